@@ -1,0 +1,159 @@
+"""The `agentkv` command. Each subcommand parses its flags here and calls into the package; heavy imports
+(torch, matplotlib) happen inside the commands that need them, so `agentkv trace stats` starts fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from agentkv.workload.arrivals import ArrivalModel
+from agentkv.workload.generator import GeneratorConfig
+from agentkv.workload.trace import Trace
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"agentkv: error: {e}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agentkv", description=__doc__)
+    sub = p.add_subparsers(title="commands")
+    trace = sub.add_parser("trace", help="load, convert, generate and describe workload traces").add_subparsers()
+
+    stats = trace.add_parser("stats", help="what a trace asks of a KV cache (no PATH: the built-in workload)")
+    add_trace_args(stats, optional=True)
+    add_arrival_args(stats)
+    stats.add_argument("--window", type=float, default=300.0, help="working-set window in seconds (default 300)")
+    stats.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    stats.set_defaults(run=cmd_trace_stats)
+
+    gen = trace.add_parser("generate", help="write a synthetic agentic trace (.npz)")
+    add_generator_args(gen)
+    gen.add_argument("--out", required=True, help="output .npz path")
+    gen.add_argument("--config-out", help="also write the generator parameters as JSON")
+    gen.set_defaults(run=cmd_trace_generate)
+
+    conv = trace.add_parser("convert", help="load any supported trace and write the canonical .npz")
+    add_trace_args(conv, optional=False)
+    conv.add_argument("--out", required=True, help="output .npz path")
+    conv.set_defaults(run=cmd_trace_convert)
+    return p
+
+
+def add_trace_args(p: argparse.ArgumentParser, optional: bool) -> None:
+    p.add_argument("paths", nargs="*" if optional else "+", metavar="PATH",
+                   help="trace files or folders (kv-cache-tester JSON, Mooncake JSONL, Azure CSV, OpenAI chat "
+                        "JSONL, agentkv .npz; .gz read transparently)")
+    p.add_argument("--skip-bad", action="store_true", help="skip malformed records (and report how many)")
+    p.add_argument("--tokenizer", help="tokenizer.json for OpenAI chat logs (default: built-in byte-level)")
+    p.add_argument("--block-size", type=int, default=64, help="block size for OpenAI chat logs (default 64)")
+    if optional:
+        add_generator_args(p, prefix="gen-")
+
+
+def add_generator_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    g = p.add_argument_group("synthetic workload" + (" (used when no PATH is given)" if prefix else ""))
+    g.add_argument(f"--{prefix}sessions", type=int, default=None, help="sessions to generate (default 100)")
+    g.add_argument(f"--{prefix}seed", type=int, default=0)
+    g.add_argument(f"--{prefix}config", help="generator parameters as JSON (from --config-out)")
+    g.add_argument("--fit", help="fit the generator's parameters to this real trace first")
+
+
+def add_arrival_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("arrivals (default: the trace's clock, else 20 concurrent sessions)")
+    x = g.add_mutually_exclusive_group()
+    x.add_argument("--concurrency", type=float, help="Poisson session starts at this many open sessions")
+    x.add_argument("--rate", type=float, help="Poisson session starts at this many sessions per second")
+    x.add_argument("--trace-clock", action="store_true", help="the trace's own timestamps")
+    g.add_argument("--arrival-seed", type=int, default=0)
+
+
+def arrival_from_args(args: argparse.Namespace, trace: Trace) -> ArrivalModel:
+    if args.concurrency is not None:
+        return ArrivalModel("concurrency", args.concurrency, args.arrival_seed)
+    if args.rate is not None:
+        return ArrivalModel("rate", args.rate, args.arrival_seed)
+    if args.trace_clock:
+        return ArrivalModel("trace", 0.0, args.arrival_seed)
+    return ArrivalModel.default_for(trace)
+
+
+def generator_config(args: argparse.Namespace, prefix: str = "") -> GeneratorConfig:
+    from dataclasses import replace
+
+    from agentkv.workload.generator import fit
+    from agentkv.workload.load import load_trace
+
+    opt = prefix.replace("-", "_")
+    config, sessions, seed = (getattr(args, opt + name) for name in ("config", "sessions", "seed"))
+    if config:
+        with open(config) as f:
+            cfg = GeneratorConfig.from_json(f.read())
+    elif args.fit:
+        cfg = fit(load_trace(args.fit))
+    else:
+        cfg = GeneratorConfig()
+    return replace(cfg, seed=seed, **({"sessions": sessions} if sessions else {}))
+
+
+def load_or_generate(args: argparse.Namespace) -> Trace:
+    from agentkv.workload.generator import generate
+    from agentkv.workload.load import load_trace
+
+    if args.paths:
+        return load_trace(args.paths, skip_bad=args.skip_bad, tokenizer=args.tokenizer, block_size=args.block_size)
+    return generate(generator_config(args, prefix="gen-"))
+
+
+def cmd_trace_stats(args: argparse.Namespace) -> int:
+    from agentkv.workload.stats import trace_stats
+
+    trace = load_or_generate(args)
+    stats = trace_stats(trace, arrival_from_args(args, trace), window=args.window)
+    if args.json:
+        print(json.dumps(stats.to_dict(), indent=1))
+    else:
+        from agentkv.report.tables import print_trace_stats
+
+        print_trace_stats(stats, trace.skipped)
+    return 0
+
+
+def cmd_trace_generate(args: argparse.Namespace) -> int:
+    from agentkv.workload.formats import canonical
+    from agentkv.workload.generator import generate
+
+    cfg = generator_config(args)
+    trace = generate(cfg)
+    canonical.save(trace, args.out)
+    if args.config_out:
+        with open(args.config_out, "w") as f:
+            f.write(cfg.to_json())
+    print(f"wrote {args.out}: {trace.n_sessions} sessions, {trace.n_requests} requests, "
+          f"{int(trace.input_tokens.sum()):,} input tokens")
+    return 0
+
+
+def cmd_trace_convert(args: argparse.Namespace) -> int:
+    from agentkv.workload.formats import canonical
+    from agentkv.workload.load import load_trace
+
+    trace = load_trace(args.paths, skip_bad=args.skip_bad, tokenizer=args.tokenizer, block_size=args.block_size)
+    canonical.save(trace, args.out)
+    print(f"wrote {args.out}: {trace.n_sessions} sessions, {trace.n_requests} requests"
+          + (f", {len(trace.skipped)} bad records skipped" if trace.skipped else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

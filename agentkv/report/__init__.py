@@ -1,0 +1,1 @@
+"""Rendering: terminal tables, plots and the HTML report."""

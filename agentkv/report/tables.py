@@ -1,0 +1,45 @@
+"""Terminal tables (rich) for the CLI's human-readable output."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from agentkv.workload.stats import TraceStats
+
+
+def _num(x: float) -> str:
+    return "-" if x != x else f"{x:,.0f}"
+
+
+def _pct(x: float) -> str:
+    return "-" if x != x else f"{100 * x:.1f}%"
+
+
+def print_trace_stats(s: TraceStats, skipped: list[str], console: Console | None = None) -> None:
+    console = console or Console()
+    t = Table(title=f"trace stats: {s.source}", show_header=True, header_style="bold")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("requests", f"{s.requests:,}")
+    t.add_row("sessions (top-level + sub-agents)", f"{s.top_level_sessions:,} + {s.subagents:,}")
+    t.add_row("requests inside sub-agents", f"{s.subagent_requests:,}")
+    t.add_row("input tokens", f"{s.input_tokens:,}")
+    t.add_row("output tokens", f"{s.output_tokens:,}")
+    for name, d in (("input", s.input), ("output", s.output)):
+        t.add_row(f"{name} p10 / p50 / p90 / p99 / max",
+                  " / ".join(_num(d[k]) for k in ("p10", "p50", "p90", "p99", "max")))
+        t.add_row(f"{name} mean", _num(d["mean"]))
+    t.add_row("share of requests over 128k input", _pct(s.share_over_128k))
+    t.add_row("prefix hit, infinite cache per session", _pct(s.hit_rate_per_session))
+    t.add_row("prefix hit, infinite cache shared by all", _pct(s.hit_rate_global))
+    t.add_row("arrivals", s.arrival)
+    t.add_row("span (s)", _num(s.duration_s))
+    t.add_row("offered input tok/s (all / uncached)", f"{_num(s.offered_input_tok_s)} / {_num(s.offered_uncached_tok_s)}")
+    t.add_row("offered output tok/s", _num(s.offered_output_tok_s))
+    ws = s.working_set_tokens
+    t.add_row(f"working set per {s.working_set_window_s:g}s window, tokens p50 / p90 / max",
+              " / ".join(_num(ws[k]) for k in ("p50", "p90", "max")))
+    console.print(t)
+    if skipped:
+        console.print(f"[yellow]skipped {len(skipped)} bad records[/yellow]; first: {skipped[0]}")

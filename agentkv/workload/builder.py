@@ -1,0 +1,144 @@
+"""Incremental construction of a Trace: what every loader and the generator write through.
+
+Sources name blocks in their own id spaces (local to a session, global, 64-bit content hashes). Each
+session is added with an id *scope*; equal ids inside one scope are the same block, ids in different scopes
+never are. `build()` remaps every scope into one dense id space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agentkv.workload.trace import NO_PARENT, Trace
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(slots=True)
+class _Session:
+    name: str
+    start: float
+    parent: int
+    tenant: int
+    scope: Hashable
+    times: list[float] = field(default_factory=list)
+    inputs: list[int] = field(default_factory=list)
+    outputs: list[int] = field(default_factory=list)
+    thinks: list[float] = field(default_factory=list)
+    apis: list[float] = field(default_factory=list)
+    blocks: list[np.ndarray] = field(default_factory=list)
+
+
+class TraceBuilder:
+    def __init__(self, block_size: int, has_block_ids: bool = True, source: str = "") -> None:
+        if block_size <= 0:
+            raise ValueError(f"block size must be positive, got {block_size}")
+        self.block_size = block_size
+        self.has_block_ids = has_block_ids
+        self.source = source
+        self._sessions: list[_Session] = []
+        self._tenants: dict[str, int] = {}
+
+    def add_session(
+        self,
+        name: str,
+        start: float = float("nan"),
+        parent: int = NO_PARENT,
+        tenant: str = "default",
+        scope: Hashable | None = None,
+    ) -> int:
+        """A new session; `scope=None` makes its block ids local to it. Returns its index."""
+        sid = len(self._sessions)
+        t = self._tenants.setdefault(tenant, len(self._tenants))
+        self._sessions.append(_Session(name, start, parent, t, ("local", sid) if scope is None else scope))
+        return sid
+
+    def session_name(self, session: int) -> str:
+        return self._sessions[session].name
+
+    def add_request(
+        self,
+        session: int,
+        time: float,
+        input_tokens: int,
+        output_tokens: int,
+        block_ids: np.ndarray | list[int] | None = None,
+        think_time: float = float("nan"),
+        api_time: float = float("nan"),
+    ) -> None:
+        s = self._sessions[session]
+        s.times.append(time)
+        s.inputs.append(input_tokens)
+        s.outputs.append(output_tokens)
+        s.thinks.append(think_time)
+        s.apis.append(api_time)
+        s.blocks.append(_EMPTY if block_ids is None else np.asarray(block_ids, dtype=np.int64))
+
+    def build(self) -> Trace:
+        sessions = self._sessions
+        order = [np.argsort(np.asarray(s.times), kind="stable") for s in sessions]
+
+        def column(attr: str, dtype: type) -> np.ndarray:
+            parts = [np.asarray(getattr(s, attr), dtype=dtype)[o] for s, o in zip(sessions, order, strict=True)]
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+        blocks = [[s.blocks[i] for i in o] for s, o in zip(sessions, order, strict=True)]
+        lens = np.array([len(b) for bs in blocks for b in bs], dtype=np.int64)
+        block_ids = self._dense_ids(blocks)
+        return Trace(
+            block_size=self.block_size,
+            has_block_ids=self.has_block_ids,
+            session_names=[s.name for s in sessions],
+            session_start=np.array([s.start for s in sessions], dtype=np.float64),
+            session_parent=np.array([s.parent for s in sessions], dtype=np.int32),
+            session_tenant=np.array([s.tenant for s in sessions], dtype=np.int32),
+            tenants=list(self._tenants),
+            session=np.repeat(np.arange(len(sessions), dtype=np.int32), [len(s.times) for s in sessions]),
+            time=column("times", np.float64),
+            input_tokens=column("inputs", np.int64),
+            output_tokens=column("outputs", np.int64),
+            think_time=column("thinks", np.float32),
+            api_time=column("apis", np.float32),
+            block_offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+            block_ids=block_ids,
+            source=self.source,
+        )
+
+    def _dense_ids(self, blocks: list[list[np.ndarray]]) -> np.ndarray:
+        """Concatenate all block ids in trace order, remapped so each scope gets its own dense range."""
+        by_scope: dict[Hashable, list[int]] = {}
+        for sid, s in enumerate(self._sessions):
+            by_scope.setdefault(s.scope, []).append(sid)
+        dense: list[list[np.ndarray]] = [[] for _ in self._sessions]
+        offset = 0
+        for sids in by_scope.values():
+            flat = [b for sid in sids for b in blocks[sid]]
+            if not flat:
+                continue
+            inverse, n_unique = densify(np.concatenate(flat))
+            inverse += offset
+            offset += n_unique
+            pos = 0
+            for sid in sids:
+                for b in blocks[sid]:
+                    dense[sid].append(inverse[pos : pos + len(b)])
+                    pos += len(b)
+        flat_all = [b for per_session in dense for b in per_session]
+        return np.concatenate(flat_all) if flat_all else np.zeros(0, dtype=np.int64)
+
+
+def densify(ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Relabel ids as 0..n-1 (order-preserving): a lookup table for small non-negative ids, else a sort."""
+    if len(ids) == 0:
+        return ids.astype(np.int64), 0
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo >= 0 and hi < 4 * len(ids) + 1024:
+        present = np.zeros(hi + 1, dtype=bool)
+        present[ids] = True
+        table = np.cumsum(present, dtype=np.int64) - 1
+        return table[ids], int(table[-1]) + 1
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    return inverse.astype(np.int64), len(uniq)

@@ -1,0 +1,1 @@
+"""One module per source format; `agentkv.workload.load` picks among them by content."""

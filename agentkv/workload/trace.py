@@ -1,0 +1,232 @@
+"""The trace model: sessions of requests, stored column-wise.
+
+Real traces reach tens of thousands of requests and billions of tokens, so a trace is a handful of numpy
+arrays rather than a list of objects. Block ids are *dense* (0..n_block_ids-1) and unique across the whole
+trace: loaders remap whatever ids a source uses (local per session, global, content hashes) into this one
+space, so downstream code can index arrays by block id. A block id stands for its content and everything
+before it, so equal ids mean reusable KV.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NO_PARENT = -1
+
+
+@dataclass(slots=True, frozen=True)
+class RequestView:
+    """One request read out of a trace, for code that wants objects rather than columns."""
+
+    index: int
+    session: int
+    time: float  # seconds after its session's start
+    input_tokens: int
+    output_tokens: int
+    block_ids: np.ndarray
+    think_time: float  # NaN when the source does not say
+    api_time: float  # NaN when the source does not say
+
+
+@dataclass(slots=True)
+class Trace:
+    """Sessions (with parent links for sub-agents and a tenant each) and their requests.
+
+    Requests are stored grouped by session and, inside a session, in time order. `time` is relative to the
+    session's start; `session_start` is absolute (seconds) or NaN where the source has no clock, in which
+    case an arrival model places the sessions.
+    """
+
+    block_size: int
+    has_block_ids: bool
+    session_names: list[str]
+    session_start: np.ndarray  # float64 [S]
+    session_parent: np.ndarray  # int32 [S], NO_PARENT for top-level sessions
+    session_tenant: np.ndarray  # int32 [S], index into tenants
+    tenants: list[str]
+    session: np.ndarray  # int32 [R]
+    time: np.ndarray  # float64 [R]
+    input_tokens: np.ndarray  # int64 [R]
+    output_tokens: np.ndarray  # int64 [R]
+    think_time: np.ndarray  # float32 [R], NaN = unknown
+    api_time: np.ndarray  # float32 [R], NaN = unknown
+    block_offsets: np.ndarray  # int64 [R+1]; request i's ids are block_ids[offsets[i]:offsets[i+1]]
+    block_ids: np.ndarray  # int64 [sum of blocks]
+    source: str = ""
+    skipped: list[str] = field(default_factory=list)  # reasons for records dropped under --skip-bad
+
+    @property
+    def n_requests(self) -> int:
+        return len(self.session)
+
+    @property
+    def n_sessions(self) -> int:
+        return len(self.session_names)
+
+    @property
+    def n_block_ids(self) -> int:
+        return int(self.block_ids.max()) + 1 if len(self.block_ids) else 0
+
+    @property
+    def blocks_per_request(self) -> np.ndarray:
+        return np.diff(self.block_offsets)
+
+    def blocks(self, i: int) -> np.ndarray:
+        return self.block_ids[self.block_offsets[i] : self.block_offsets[i + 1]]
+
+    def request(self, i: int) -> RequestView:
+        return RequestView(
+            index=i,
+            session=int(self.session[i]),
+            time=float(self.time[i]),
+            input_tokens=int(self.input_tokens[i]),
+            output_tokens=int(self.output_tokens[i]),
+            block_ids=self.blocks(i),
+            think_time=float(self.think_time[i]),
+            api_time=float(self.api_time[i]),
+        )
+
+    def session_bounds(self) -> np.ndarray:
+        """[S+1] offsets: session s owns requests bounds[s]:bounds[s+1] (requests are grouped by session)."""
+        return np.searchsorted(self.session, np.arange(self.n_sessions + 1), side="left")
+
+    def block_request_index(self) -> np.ndarray:
+        """For every entry of block_ids, the request it belongs to."""
+        return np.repeat(np.arange(self.n_requests), self.blocks_per_request)
+
+    def validate(self) -> None:
+        """Check the invariants every loader and the generator promise; raise ValueError naming the first broken one."""
+        r, s = self.n_requests, self.n_sessions
+        for name, arr, n in [
+            ("session_start", self.session_start, s),
+            ("session_parent", self.session_parent, s),
+            ("session_tenant", self.session_tenant, s),
+            ("time", self.time, r),
+            ("input_tokens", self.input_tokens, r),
+            ("output_tokens", self.output_tokens, r),
+            ("think_time", self.think_time, r),
+            ("api_time", self.api_time, r),
+            ("block_offsets", self.block_offsets, r + 1),
+        ]:
+            if len(arr) != n:
+                raise ValueError(f"trace field {name}: length {len(arr)}, expected {n}")
+        if r and (np.any(np.diff(self.session) < 0) or self.session[0] < 0 or self.session[-1] >= s):
+            raise ValueError("trace field session: requests must be grouped by session in session order")
+        if np.any(self.input_tokens < 0) or np.any(self.output_tokens < 0):
+            raise ValueError("trace: negative token count")
+        if self.block_offsets[0] != 0 or self.block_offsets[-1] != len(self.block_ids):
+            raise ValueError("trace field block_offsets: does not span block_ids")
+        if self.has_block_ids:
+            n = self.blocks_per_request
+            need = self.input_tokens // self.block_size
+            if np.any(n < need) or np.any(n > -(-self.input_tokens // self.block_size)):
+                bad = int(np.flatnonzero((n < need) | (n > -(-self.input_tokens // self.block_size)))[0])
+                raise ValueError(
+                    f"trace request {bad}: {n[bad]} block ids for {self.input_tokens[bad]} tokens "
+                    f"at block size {self.block_size}"
+                )
+
+    def replicate(self, copies: int) -> Trace:
+        """`copies` independent copies of every session (fresh block ids, names suffixed): scales load for benchmarks."""
+        if copies < 1:
+            raise ValueError("copies must be >= 1")
+        nb, ns = self.n_block_ids, self.n_sessions
+        reps = range(copies)
+        lens = self.blocks_per_request
+        return Trace(
+            block_size=self.block_size,
+            has_block_ids=self.has_block_ids,
+            session_names=[f"{n}#{k}" if k else n for k in reps for n in self.session_names],
+            session_start=np.tile(self.session_start, copies),
+            session_parent=np.concatenate(
+                [np.where(self.session_parent >= 0, self.session_parent + k * ns, NO_PARENT) for k in reps]
+            ).astype(np.int32),
+            session_tenant=np.tile(self.session_tenant, copies),
+            tenants=list(self.tenants),
+            session=np.concatenate([self.session + k * ns for k in reps]).astype(np.int32),
+            time=np.tile(self.time, copies),
+            input_tokens=np.tile(self.input_tokens, copies),
+            output_tokens=np.tile(self.output_tokens, copies),
+            think_time=np.tile(self.think_time, copies),
+            api_time=np.tile(self.api_time, copies),
+            block_offsets=np.concatenate([[0], np.cumsum(np.tile(lens, copies))]).astype(np.int64),
+            block_ids=np.concatenate([self.block_ids + k * nb for k in reps]),
+            source=f"{self.source} x{copies}",
+        )
+
+    def select_sessions(self, keep: np.ndarray) -> Trace:
+        """The trace restricted to sessions where `keep` is true (parents outside the selection are cut)."""
+        keep = np.asarray(keep, dtype=bool)
+        new_index = np.cumsum(keep) - 1
+        rmask = keep[self.session]
+        lens = self.blocks_per_request[rmask]
+        bmask = np.repeat(rmask, self.blocks_per_request)
+        parent = self.session_parent[keep]
+        parent = np.where((parent >= 0) & keep[np.maximum(parent, 0)], new_index[np.maximum(parent, 0)], NO_PARENT)
+        return Trace(
+            block_size=self.block_size,
+            has_block_ids=self.has_block_ids,
+            session_names=[n for n, k in zip(self.session_names, keep, strict=True) if k],
+            session_start=self.session_start[keep],
+            session_parent=parent.astype(np.int32),
+            session_tenant=self.session_tenant[keep],
+            tenants=list(self.tenants),
+            session=new_index[self.session[rmask]].astype(np.int32),
+            time=self.time[rmask],
+            input_tokens=self.input_tokens[rmask],
+            output_tokens=self.output_tokens[rmask],
+            think_time=self.think_time[rmask],
+            api_time=self.api_time[rmask],
+            block_offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+            block_ids=self.block_ids[bmask],
+            source=self.source,
+        )
+
+
+def concat_traces(traces: list[Trace]) -> Trace:
+    """Several traces as one: sessions side by side, block ids kept apart (different sources share no KV)."""
+    if not traces:
+        raise ValueError("no traces to concatenate")
+    if len(traces) == 1:
+        return traces[0]
+    bs = {t.block_size for t in traces if t.has_block_ids} or {traces[0].block_size}
+    if len(bs) > 1:
+        raise ValueError(f"cannot combine traces with different block sizes {sorted(bs)}")
+    tenants: list[str] = []
+    parts = []
+    s_off = b_off = 0
+    for t in traces:
+        tmap = np.array([_index_of(tenants, name) for name in t.tenants], dtype=np.int32)
+        parts.append((t, s_off, b_off, tmap))
+        s_off += t.n_sessions
+        b_off += t.n_block_ids
+    lens = np.concatenate([t.blocks_per_request for t in traces])
+    return Trace(
+        block_size=bs.pop(),
+        has_block_ids=all(t.has_block_ids for t in traces),
+        session_names=[n for t in traces for n in t.session_names],
+        session_start=np.concatenate([t.session_start for t in traces]),
+        session_parent=np.concatenate(
+            [np.where(t.session_parent >= 0, t.session_parent + so, NO_PARENT) for t, so, _, _ in parts]
+        ).astype(np.int32),
+        session_tenant=np.concatenate([tm[t.session_tenant] for t, _, _, tm in parts]).astype(np.int32),
+        tenants=tenants,
+        session=np.concatenate([t.session + so for t, so, _, _ in parts]).astype(np.int32),
+        time=np.concatenate([t.time for t in traces]),
+        input_tokens=np.concatenate([t.input_tokens for t in traces]),
+        output_tokens=np.concatenate([t.output_tokens for t in traces]),
+        think_time=np.concatenate([t.think_time for t in traces]),
+        api_time=np.concatenate([t.api_time for t in traces]),
+        block_offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+        block_ids=np.concatenate([t.block_ids + bo for t, _, bo, _ in parts]),
+        source=" + ".join(t.source for t in traces),
+        skipped=[s for t in traces for s in t.skipped],
+    )
+
+
+def _index_of(names: list[str], name: str) -> int:
+    if name not in names:
+        names.append(name)
+    return names.index(name)
