@@ -1,0 +1,34 @@
+"""Shared fixtures: the real traces under ../shared/data (skipped only where that folder is absent, i.e. a
+user's fresh clone without it; CI always has it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traces"
+CLAUDE_CODE = TRACES / "claude-code"
+MOONCAKE = TRACES / "mooncake" / "conversation_trace.jsonl"
+AZURE_CODE = TRACES / "azure" / "AzureLLMInferenceTrace_code.csv"
+AZURE_CONV = TRACES / "azure" / "AzureLLMInferenceTrace_conv.csv"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} not present (shared data lives beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def claude_code():
+    from agentkv.workload import load_trace
+
+    return load_trace(str(need(CLAUDE_CODE)))
+
+
+@pytest.fixture(scope="session")
+def mooncake():
+    from agentkv.workload import load_trace
+
+    return load_trace(str(need(MOONCAKE)))
