@@ -47,6 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_trace_args(conv, optional=False)
     conv.add_argument("--out", required=True, help="output .npz path")
     conv.set_defaults(run=cmd_trace_convert)
+
+    cache = sub.add_parser("cache", help="replay traces through the KV cache policy core").add_subparsers()
+    sw = cache.add_parser("sweep", help="hit rate per policy and capacity, with Belady and infinite references")
+    add_trace_args(sw, optional=True)
+    add_arrival_args(sw)
+    sw.add_argument("--policy", default="lru,lfu,cost,agent",
+                    help="comma-separated: lru, lfu, cost, agent (online); belady, infinite (references)")
+    sw.add_argument("--capacity", default="128k,256k,512k,1M",
+                    help="GPU tier sizes, tokens (256k) or bytes (16GiB); comma-separated")
+    sw.add_argument("--tiers", help="lower tiers: dram=8x (times the GPU tier) or dram=2M / dram=64GiB, disk=...")
+    sw.add_argument("--write-through", action="store_true", help="copy new blocks to the next tier at once")
+    sw.add_argument("--model", default="llama-3.1-8b", help="model whose KV shape sizes byte capacities")
+    sw.add_argument("--models", help="your own models.toml")
+    sw.add_argument("--codec", default="bf16", help="KV codec: bf16, fp8, int8, int4")
+    sw.add_argument("--out", default="sweep", help="output folder for sweep.csv, sweep.json, sweep.png")
+    sw.add_argument("--json", action="store_true", help="print the results as JSON")
+    sw.set_defaults(run=cmd_cache_sweep)
     return p
 
 
@@ -152,6 +169,51 @@ def cmd_trace_convert(args: argparse.Namespace) -> int:
     canonical.save(trace, args.out)
     print(f"wrote {args.out}: {trace.n_sessions} sessions, {trace.n_requests} requests"
           + (f", {len(trace.skipped)} bad records skipped" if trace.skipped else ""))
+    return 0
+
+
+def cmd_cache_sweep(args: argparse.Namespace) -> int:
+    import os
+
+    from agentkv.catalog import model
+    from agentkv.kvcache.sizing import codec
+    from agentkv.kvcache.sweep import (
+        capacities_arg,
+        parse_lower_tiers,
+        rows,
+        summary_lines,
+        sweep,
+        write_csv,
+        write_json,
+    )
+    from agentkv.report.progress import progress_bar
+    from agentkv.report.tables import print_sweep
+
+    trace = load_or_generate(args)
+    policies = [p.strip() for p in args.policy.split(",") if p.strip()]
+    capacities = capacities_arg(args.capacity)
+    lower = parse_lower_tiers(args.tiers)
+    m, c = model(args.model, args.models), codec(args.codec)
+    arrival = arrival_from_args(args, trace)
+    total = len(capacities) * len(set(policies) - {"infinite"} | {"belady"})
+    with progress_bar(total, "cache sweep", quiet=args.json) as step:
+        points, infinite = sweep(trace, policies, capacities, lower, arrival, m, c, args.write_through, step)
+    os.makedirs(args.out, exist_ok=True)
+    meta = {"trace": trace.source, "arrival": arrival.describe(), "model": m.name, "codec": c.name,
+            "tiers": args.tiers or "gpu only", "write_through": args.write_through}
+    write_csv(points, os.path.join(args.out, "sweep.csv"))
+    write_json(points, infinite, meta, os.path.join(args.out, "sweep.json"))
+    from agentkv.report.plots import hit_rate_vs_capacity
+
+    title = f"{trace.source}: {arrival.describe()}; {m.name} {c.name}; tiers: {args.tiers or 'gpu only'}"
+    hit_rate_vs_capacity(points, infinite, os.path.join(args.out, "sweep.png"), title)
+    if args.json:
+        print(json.dumps({**meta, "infinite_hit_rate": infinite, "points": rows(points)}, indent=1))
+    else:
+        print_sweep(rows(points), f"cache sweep: {title}")
+        for line in summary_lines(points, infinite):
+            print(line)
+        print(f"wrote {args.out}/sweep.csv, sweep.json, sweep.png")
     return 0
 
 

@@ -12,6 +12,13 @@ def _num(x: float) -> str:
     return "-" if x != x else f"{x:,.0f}"
 
 
+def _bytes(x: float) -> str:
+    for unit, scale in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if x >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x:.0f} B"
+
+
 def _pct(x: float) -> str:
     return "-" if x != x else f"{100 * x:.1f}%"
 
@@ -43,3 +50,22 @@ def print_trace_stats(s: TraceStats, skipped: list[str], console: Console | None
     console.print(t)
     if skipped:
         console.print(f"[yellow]skipped {len(skipped)} bad records[/yellow]; first: {skipped[0]}")
+
+
+
+def print_sweep(rows: list[dict[str, object]], title: str, console: Console | None = None) -> None:
+    """The sweep's headline columns; the CSV and JSON keep all of them."""
+    console = console or Console()
+    tiers = [k.removeprefix("hit_rate_") for k in rows[0] if k.startswith("hit_rate_")] if rows else []
+    t = Table(title=title, header_style="bold")
+    for name in ["policy", "GPU", "hit", *(f"from {x}" for x in tiers), "recomputed", "demoted", "dropped", "s"]:
+        t.add_column(name, justify="left" if name == "policy" else "right")
+    for r in rows:
+        t.add_row(
+            str(r["policy"]), str(r["gpu_capacity"]), _pct(float(r["hit_rate"])),  # type: ignore[arg-type]
+            *(_pct(float(r[f"hit_rate_{x}"])) for x in tiers),  # type: ignore[arg-type]
+            f"{int(r['recomputed_tokens']) / 1e6:,.0f}M tok",  # type: ignore[call-overload]
+            _bytes(float(r["demoted_GiB"]) * 2**30), _bytes(float(r["dropped_GiB"]) * 2**30),  # type: ignore[arg-type]
+            f"{float(r['seconds']):.1f}",  # type: ignore[arg-type]
+        )
+    console.print(t)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agentkv.workload.trace import NO_PARENT, Trace
+from agentkv.workload.trace import FINISH_UNKNOWN, NO_PARENT, Trace
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -29,6 +29,7 @@ class _Session:
     outputs: list[int] = field(default_factory=list)
     thinks: list[float] = field(default_factory=list)
     apis: list[float] = field(default_factory=list)
+    finishes: list[int] = field(default_factory=list)
     blocks: list[np.ndarray] = field(default_factory=list)
 
 
@@ -68,6 +69,7 @@ class TraceBuilder:
         block_ids: np.ndarray | list[int] | None = None,
         think_time: float = float("nan"),
         api_time: float = float("nan"),
+        finish: int = FINISH_UNKNOWN,
     ) -> None:
         s = self._sessions[session]
         s.times.append(time)
@@ -75,6 +77,7 @@ class TraceBuilder:
         s.outputs.append(output_tokens)
         s.thinks.append(think_time)
         s.apis.append(api_time)
+        s.finishes.append(finish)
         s.blocks.append(_EMPTY if block_ids is None else np.asarray(block_ids, dtype=np.int64))
 
     def build(self) -> Trace:
@@ -102,6 +105,7 @@ class TraceBuilder:
             output_tokens=column("outputs", np.int64),
             think_time=column("thinks", np.float32),
             api_time=column("apis", np.float32),
+            finish=column("finishes", np.int8),
             block_offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
             block_ids=block_ids,
             source=self.source,

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import numpy as np
 
 from agentkv.workload.builder import TraceBuilder
-from agentkv.workload.trace import Trace
+from agentkv.workload.trace import FINISH_END, FINISH_TOOL, Trace
 
 
 @dataclass(slots=True, frozen=True)
@@ -230,12 +230,14 @@ class _Generator:
         for k in range(turns):
             out = max(1, round(cfg.output.sample(rng)))
             api = cfg.api_overhead_s + out / cfg.decode_tok_s
+            last = k == turns - 1
+            human = last or rng.random() < cfg.human_turn_share  # the reply ends the turn, or calls a tool
             self.builder.add_request(
                 sid, t, ctx.tokens, out, ctx.ids if cfg.with_block_ids else None,
-                think_time=think, api_time=api,
+                think_time=think, api_time=api, finish=FINISH_END if human else FINISH_TOOL,
             )
             t_done = t + api
-            if k == turns - 1:
+            if last:
                 return t_done
             # the next request: the reply (as kept: thinking is dropped) and tool results appended
             added = float(LogNormal(step_median * warm[k], cfg.step.sigma).sample(rng))
@@ -264,7 +266,6 @@ class _Generator:
             n_full = new_tokens // bs
             ctx = _Context(new_tokens, np.concatenate([ctx.ids[: min(stable, n_full)],
                                                        self.ids.fresh(max(n_full - stable, 0))]))
-            human = rng.random() < cfg.human_turn_share
             think = float((cfg.human_think if human else cfg.tool_think).sample(rng))
             t = t_done + think
         return t

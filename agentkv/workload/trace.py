@@ -15,6 +15,10 @@ import numpy as np
 
 NO_PARENT = -1
 
+# How a response ended, which a serving engine knows when the turn ends: a tool call (the agent comes back in
+# seconds) or the end of the turn (a person reads, for minutes or hours).
+FINISH_UNKNOWN, FINISH_TOOL, FINISH_END = 0, 1, 2
+
 
 @dataclass(slots=True, frozen=True)
 class RequestView:
@@ -28,6 +32,7 @@ class RequestView:
     block_ids: np.ndarray
     think_time: float  # NaN when the source does not say
     api_time: float  # NaN when the source does not say
+    finish: int  # FINISH_*
 
 
 @dataclass(slots=True)
@@ -52,6 +57,7 @@ class Trace:
     output_tokens: np.ndarray  # int64 [R]
     think_time: np.ndarray  # float32 [R], NaN = unknown
     api_time: np.ndarray  # float32 [R], NaN = unknown
+    finish: np.ndarray  # int8 [R], FINISH_*
     block_offsets: np.ndarray  # int64 [R+1]; request i's ids are block_ids[offsets[i]:offsets[i+1]]
     block_ids: np.ndarray  # int64 [sum of blocks]
     source: str = ""
@@ -86,6 +92,7 @@ class Trace:
             block_ids=self.blocks(i),
             think_time=float(self.think_time[i]),
             api_time=float(self.api_time[i]),
+            finish=int(self.finish[i]),
         )
 
     def session_bounds(self) -> np.ndarray:
@@ -108,6 +115,7 @@ class Trace:
             ("output_tokens", self.output_tokens, r),
             ("think_time", self.think_time, r),
             ("api_time", self.api_time, r),
+            ("finish", self.finish, r),
             ("block_offsets", self.block_offsets, r + 1),
         ]:
             if len(arr) != n:
@@ -151,6 +159,7 @@ class Trace:
             output_tokens=np.tile(self.output_tokens, copies),
             think_time=np.tile(self.think_time, copies),
             api_time=np.tile(self.api_time, copies),
+            finish=np.tile(self.finish, copies),
             block_offsets=np.concatenate([[0], np.cumsum(np.tile(lens, copies))]).astype(np.int64),
             block_ids=np.concatenate([self.block_ids + k * nb for k in reps]),
             source=f"{self.source} x{copies}",
@@ -179,6 +188,7 @@ class Trace:
             output_tokens=self.output_tokens[rmask],
             think_time=self.think_time[rmask],
             api_time=self.api_time[rmask],
+            finish=self.finish[rmask],
             block_offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
             block_ids=self.block_ids[bmask],
             source=self.source,
@@ -219,6 +229,7 @@ def concat_traces(traces: list[Trace]) -> Trace:
         output_tokens=np.concatenate([t.output_tokens for t in traces]),
         think_time=np.concatenate([t.think_time for t in traces]),
         api_time=np.concatenate([t.api_time for t in traces]),
+        finish=np.concatenate([t.finish for t in traces]),
         block_offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
         block_ids=np.concatenate([t.block_ids + bo for t, _, bo, _ in parts]),
         source=" + ".join(t.source for t in traces),

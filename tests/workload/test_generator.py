@@ -57,7 +57,7 @@ def test_agent_structure():
     first = t.session_bounds()[top]
     # sessions of one agent share its system prompt and tool schemas; other agents' sessions do not
     a0, a1 = t.session_tenant[top[0]], t.session_tenant[top[1]]
-    same = [s for s in top[2:] if t.session_tenant[s] == a0][0]
+    same = next(s for s in top[2:] if t.session_tenant[s] == a0)
     assert t.blocks(first[0])[0] == t.blocks(t.session_bounds()[same])[0]
     assert a0 != a1 and t.blocks(first[0])[0] != t.blocks(first[1])[0]
     # cross-session reuse: one shared cache beats one cache per session

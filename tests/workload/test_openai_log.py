@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -43,7 +44,7 @@ def test_sessions_are_inferred_from_resent_history(tmp_path):
     # each request's blocks extend the previous one's: a growing prefix
     for s in range(2):
         reqs = np.flatnonzero(t.session == s)
-        for i, j in zip(reqs, reqs[1:], strict=False):
+        for i, j in itertools.pairwise(reqs):
             assert np.array_equal(t.blocks(j)[: len(t.blocks(i))], t.blocks(i))
     # the two sessions share the system prompt and tools, so their first blocks are the same
     assert t.blocks(0)[0] == t.blocks(1)[0]
@@ -87,7 +88,7 @@ def test_block_ids_are_chained_hashes_of_full_blocks(tmp_path):
 def test_real_tokenizer_json(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate("hello world agent tool".split())}}
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(["hello", "world", "agent", "tool"])}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.save(str(tmp_path / "tokenizer.json"))

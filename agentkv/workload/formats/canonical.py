@@ -20,7 +20,7 @@ MAGIC = b"PK\x03\x04"  # a zip archive, as every .npz is
 
 _ARRAYS = (
     "session_start", "session_parent", "session_tenant", "session", "time", "input_tokens",
-    "output_tokens", "think_time", "api_time", "block_offsets", "block_ids",
+    "output_tokens", "think_time", "api_time", "finish", "block_offsets", "block_ids",
 )
 
 

@@ -12,8 +12,10 @@ from typing import Any
 
 from agentkv.workload.builder import TraceBuilder
 from agentkv.workload.errors import BadRecords, TraceError, require_block_ids, require_number
+from agentkv.workload.trace import FINISH_END, FINISH_TOOL, FINISH_UNKNOWN
 
 NAME = "kv-cache-tester"
+STOP = {"tool_use": FINISH_TOOL, "end_turn": FINISH_END, "stop_sequence": FINISH_END, "max_tokens": FINISH_END}
 
 
 def looks_like(head: str) -> bool:
@@ -93,5 +95,6 @@ def _add_requests(
             sid, t0 + t, n_in, n_out, ids,
             think_time=float("nan") if think is None else float(think),
             api_time=float("nan") if api is None else float(api),
+            finish=STOP.get(r.get("stop") or "", FINISH_UNKNOWN),
         )
 

@@ -23,8 +23,10 @@ from agentkv.kvcache.block_hash import block_hashes, salt_hash
 from agentkv.workload.builder import TraceBuilder
 from agentkv.workload.errors import BadRecords, TraceError
 from agentkv.workload.tokenize import Tokenizer, render_message, render_pieces
+from agentkv.workload.trace import FINISH_END, FINISH_TOOL, FINISH_UNKNOWN
 
 NAME = "openai-log"
+FINISH = {"tool_calls": FINISH_TOOL, "function_call": FINISH_TOOL, "stop": FINISH_END, "length": FINISH_END}
 
 
 def looks_like(head: str) -> bool:
@@ -74,7 +76,7 @@ def load(
         n_out = rec["out"]
         if n_out is None:
             n_out = len(tokenizer.encode(render_message(reply))) if reply else int(body.get("max_tokens") or 0)
-        b.add_request(sid, t, len(tokens), int(n_out), ids)
+        b.add_request(sid, t, len(tokens), int(n_out), ids, finish=rec["finish"])
         by_prefix[digests[-1]] = sid
         if reply:
             by_prefix[_extend(digests[-1], reply)] = sid
@@ -103,7 +105,8 @@ def _parse(line: str, path: str, where: str) -> dict[str, Any]:
     if out is not None and (not isinstance(out, int) or out < 0):
         raise TraceError(path, where, "response.usage.completion_tokens", f"expected a count, got {out!r}")
     choices = response.get("choices") if isinstance(response, dict) else None
-    reply = choices[0].get("message") if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    reply = choice.get("message")
     session = rec.get("session_id") or body.get("session_id") or meta.get("session_id")
     return {
         "body": body,
@@ -112,6 +115,7 @@ def _parse(line: str, path: str, where: str) -> dict[str, Any]:
         "tenant": str(meta.get("tenant") or body.get("user") or rec.get("user") or "default"),
         "out": out,
         "reply": reply if isinstance(reply, dict) else None,
+        "finish": FINISH.get(str(choice.get("finish_reason")), FINISH_UNKNOWN),
         "where": f"{path.rsplit('/', 1)[-1]}:{where}",
     }
 

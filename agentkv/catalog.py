@@ -1,0 +1,74 @@
+"""Catalogs kept as editable data files (agentkv/data/*.toml): models, hardware, prices.
+
+Every entry carries its public source. Pass your own file to override or extend the built-in one; entries are
+plain dataclasses so the rest of the code never reads TOML.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from importlib import resources
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True, frozen=True)
+class ModelSpec:
+    name: str
+    source: str
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    params_total: float
+    params_active: float
+    context: int
+    mla_latent: int = 0
+    mla_rope_dim: int = 0
+
+    @property
+    def is_mla(self) -> bool:
+        return self.mla_latent > 0
+
+    @property
+    def is_moe(self) -> bool:
+        return self.params_active < self.params_total
+
+
+def read_toml(name: str, path: str | None = None) -> dict[str, Any]:
+    """The built-in `agentkv/data/{name}.toml`, or the file at `path` when given."""
+    if path:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    return tomllib.loads(resources.files("agentkv.data").joinpath(f"{name}.toml").read_text())
+
+
+def entries(cls: type[T], raw: dict[str, Any], what: str) -> dict[str, T]:
+    """Each table of `raw` as a `cls`, with errors naming the entry and field."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    out = {}
+    for name, table in raw.items():
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ValueError(f"{what} '{name}': unknown field '{unknown[0]}'")
+        try:
+            out[name] = cls(name=name, **table)  # type: ignore[call-arg]
+        except TypeError as e:
+            raise ValueError(f"{what} '{name}': {e}") from None
+    return out
+
+
+def models(path: str | None = None) -> dict[str, ModelSpec]:
+    return entries(ModelSpec, read_toml("models", path), "model")
+
+
+def model(name: str, path: str | None = None) -> ModelSpec:
+    table = models(path)
+    if name not in table:
+        raise ValueError(f"unknown model '{name}' (known: {', '.join(sorted(table))})")
+    return table[name]

@@ -1,0 +1,370 @@
+"""The KV cache policy core: which blocks are cached, in which tier, and what moves when. Ids and sizes only.
+
+Blocks are dense integer ids (see `BlockIds` for callers holding content hashes). A block id stands for its
+tokens and everything before them, so a request can reuse the leading run of its blocks that some tier holds.
+Tier 0 is where attention runs (GPU HBM); lower tiers (host DRAM, local disk, a remote store) hold copies.
+
+Life of a request (the engine and the simulator drive the same calls):
+- `acquire(key, ids, n_blocks, ctx)`: pins the leading run of `ids` (the request's full blocks) that is cached,
+  promoting blocks found only in lower tiers to tier 0, and reserves tier-0 blocks for the rest of the
+  `n_blocks` the request needs (what must be computed, partial last block included); evicts as needed.
+  Returns a `Grant` with the hits per tier and the moves to perform, or None when tier 0 cannot make room
+  even by evicting everything unpinned (the scheduler waits or preempts).
+- `reserve(key, n)`: more tier-0 blocks for a running request (decode filling new blocks).
+- `commit(key, ids)`: names reserved blocks once their KV is written (their ids are known then).
+- `release(key, ctx)`: unpins; the policy scores the chain; the blocks stay cached until evicted.
+- `tick(now)`: the policy's prefetches, carried out where there is room.
+
+Partial blocks: only full blocks have ids and can be shared. A request's partial last block is reserved,
+written and freed at release, never cached (as in vLLM and SGLang): up to block_size − 1 tokens per request
+are always recomputed.
+
+Eviction from tier t demotes a block to tier t+1 unless a lower tier already holds a copy (then it is just
+dropped from t); from the last tier it is dropped. Blocks arriving in a full tier compete with its residents
+by key, so a demotion never displaces a block the policy values more. In write-through mode committed blocks
+are also copied to tier 1 at once, so later GPU evictions are free drops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agentkv.kvcache.policy import AccessContext, Policy, chain_monotone
+from agentkv.kvcache.tiers import TierSpec
+
+NEVER = -np.inf  # the key of a block that has never been released
+
+
+@dataclass(slots=True)
+class MoveBatch:
+    """Blocks to move between tiers. kind: 'promote' (copy src→0), 'demote' (copy src→dst, then free src),
+    'write' (write-through copy 0→dst), 'drop' (free in src; dst = -1)."""
+
+    kind: str
+    src: int
+    dst: int
+    blocks: np.ndarray
+
+
+@dataclass(slots=True)
+class Grant:
+    hit_blocks: int  # leading run of the request's ids that was cached
+    hit_tiers: np.ndarray  # the tier each of those blocks was found in
+    hits_per_tier: np.ndarray  # how many came from each tier
+    moves: list[MoveBatch]
+
+
+@dataclass(slots=True)
+class CacheStats:
+    n_tiers: int
+    hit_blocks: np.ndarray = field(init=False)  # per source tier
+    promoted: np.ndarray = field(init=False)  # per source tier
+    demoted: np.ndarray = field(init=False)  # per source tier
+    freed: np.ndarray = field(init=False)  # per tier: evicted where a lower tier still holds a copy
+    dropped: np.ndarray = field(init=False)  # per tier: evicted from the cache altogether
+    written: int = 0  # write-through copies
+    prefetched: int = 0
+    lookups: int = 0
+    refused: int = 0  # acquires that could not make room
+
+    def __post_init__(self) -> None:
+        z = lambda: np.zeros(self.n_tiers, dtype=np.int64)  # noqa: E731
+        self.hit_blocks, self.promoted, self.demoted, self.freed, self.dropped = z(), z(), z(), z(), z()
+
+
+@dataclass(slots=True)
+class _Held:
+    chain: list[np.ndarray]  # named blocks pinned for the request, head to tail
+    reserved: int  # anonymous tier-0 blocks (being written, or partial)
+
+
+class _Members:
+    """The ids resident in one tier, as an append-only buffer cleaned lazily (departures only clear a bit)."""
+
+    def __init__(self) -> None:
+        self.buf = np.empty(1024, dtype=np.int64)
+        self.n = 0
+
+    def add(self, slots: np.ndarray) -> None:
+        need = self.n + len(slots)
+        if need > len(self.buf):
+            self.buf = np.resize(self.buf, max(need, 2 * len(self.buf)))
+        self.buf[self.n : need] = slots
+        self.n = need
+
+
+class KVCache:
+    def __init__(self, tiers: Sequence[TierSpec], policy: Policy, write_through: bool = False) -> None:
+        if not tiers:
+            raise ValueError("a cache needs at least one tier")
+        if len(tiers) > 8:
+            raise ValueError("at most 8 tiers")
+        self.tiers = list(tiers)
+        self.capacity = np.array([t.capacity_blocks for t in tiers], dtype=np.int64)
+        self.used = np.zeros(len(tiers), dtype=np.int64)
+        self.reserved = 0
+        self.write_through = write_through and len(tiers) > 1
+        self.policy = policy
+        self.n_slots = 0
+        self.where = np.zeros(0, dtype=np.uint8)  # bit t set: tier t holds the block
+        self.listed = np.zeros(0, dtype=np.uint8)  # bit t set: the block is in tier t's member buffer
+        self.pins = np.zeros(0, dtype=np.int32)
+        self.depth = np.zeros(0, dtype=np.int32)
+        self.key = np.zeros(0, dtype=np.float64)
+        self._members = [_Members() for _ in tiers]
+        self._held: dict[Hashable, _Held] = {}
+        self.stats = CacheStats(len(tiers))
+        policy.bind(self)
+
+    # ---- queries -------------------------------------------------------------------------------------------
+    def lookup(self, ids: np.ndarray) -> tuple[int, np.ndarray]:
+        """(length of the leading run of `ids` held by some tier, best tier of each block of that run)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        self._ensure(ids)
+        present = self.where[ids] != 0
+        n = int(np.argmin(present)) if len(ids) and not present.all() else len(ids)
+        return n, _lowest_bit(self.where[ids[:n]])
+
+    def tier_of(self, ids: np.ndarray) -> np.ndarray:
+        """Best tier holding each id, -1 where none does."""
+        ids = np.asarray(ids, dtype=np.int64)
+        self._ensure(ids)
+        w = self.where[ids]
+        return np.where(w != 0, _lowest_bit(w), -1)
+
+    def free_blocks(self, tier: int = 0) -> int:
+        return int(self.capacity[tier] - self.used[tier] - (self.reserved if tier == 0 else 0))
+
+    def evictable_blocks(self) -> int:
+        """Tier-0 blocks that eviction could free now."""
+        return int(self.used[0] - np.count_nonzero(self.pins[self._resident(0)]))
+
+    # ---- the request life cycle ----------------------------------------------------------------------------
+    def acquire(self, key: Hashable, ids: np.ndarray, n_blocks: int, ctx: AccessContext) -> Grant | None:
+        if key in self._held:
+            raise ValueError(f"request {key!r} already holds blocks")
+        ids = np.asarray(ids, dtype=np.int64)
+        if n_blocks < len(ids):
+            raise ValueError(f"request {key!r}: {len(ids)} block ids but only {n_blocks} blocks needed")
+        n_hit, hit_tier = self.lookup(ids)
+        n_new = n_blocks - n_hit
+        hits = ids[:n_hit]
+        promote = hits[hit_tier > 0]
+        need = len(promote) + n_new
+        moves: list[MoveBatch] = []
+        self.pins[hits] += 1  # pinned before making room, so eviction cannot take them
+        if not self._room0(need, moves, ctx.now):
+            self.pins[hits] -= 1
+            self.stats.refused += 1
+            return None
+        per_tier = np.bincount(hit_tier, minlength=len(self.tiers)).astype(np.int64)
+        for t in range(1, len(self.tiers)):
+            if per_tier[t]:
+                self._add(0, promote[hit_tier[hit_tier > 0] == t])
+                moves.append(MoveBatch("promote", t, 0, promote[hit_tier[hit_tier > 0] == t]))
+        self.reserved += n_new
+        self.stats.lookups += 1
+        self.stats.hit_blocks += per_tier
+        self.stats.promoted += per_tier * (np.arange(len(self.tiers)) > 0)
+        self._held[key] = _Held([hits], n_new)
+        self.policy.on_acquire(hits, ctx)
+        return Grant(n_hit, hit_tier, per_tier, moves)
+
+    def reserve(self, key: Hashable, n: int, now: float) -> list[MoveBatch] | None:
+        """n more tier-0 blocks for a running request; None if tier 0 cannot make room."""
+        moves: list[MoveBatch] = []
+        if not self._room0(n, moves, now):
+            return None
+        self._held[key].reserved += n
+        self.reserved += n
+        return moves
+
+    def commit(self, key: Hashable, ids: np.ndarray, now: float) -> list[MoveBatch]:
+        """Name `len(ids)` of the request's reserved blocks: their KV is written and may now be shared."""
+        held = self._held[key]
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) > held.reserved:
+            raise ValueError(f"request {key!r} commits {len(ids)} blocks but reserved {held.reserved}")
+        self._ensure(ids)
+        depth0 = sum(len(c) for c in held.chain)
+        self.depth[ids] = np.arange(depth0, depth0 + len(ids), dtype=np.int32)
+        fresh = ids[(self.where[ids] & 1) == 0]  # a block another request wrote meanwhile stays theirs
+        held.reserved -= len(fresh)
+        self.reserved -= len(fresh)
+        self._add(0, fresh)
+        self.pins[ids] += 1
+        held.chain.append(ids)
+        moves: list[MoveBatch] = []
+        if self.write_through and len(fresh):
+            below = fresh[(self.where[fresh] & 2) == 0]
+            self._insert(1, below, moves, now)
+            self.stats.written += len(below)
+            moves.append(MoveBatch("write", 0, 1, below))
+        return moves
+
+    def release(self, key: Hashable, ctx: AccessContext) -> None:
+        """The request is done (or preempted): unpin; the policy scores its chain; partial blocks are freed."""
+        held = self._held.pop(key)
+        chain = np.concatenate(held.chain) if held.chain else np.zeros(0, dtype=np.int64)
+        self.pins[chain] -= 1
+        self.reserved -= held.reserved
+        if len(chain):
+            keys = chain_monotone(self.policy.on_release(chain, self.depth[chain], ctx))
+            self.key[chain] = np.maximum(self.key[chain], keys) if self.policy.keys_only_rise else keys
+
+    def tick(self, now: float) -> list[MoveBatch]:
+        """Carry out the policy's prefetches (head first) wherever tier 0 has room or holds blocks ranked lower."""
+        moves: list[MoveBatch] = []
+        for chain in self.policy.prefetch(now):
+            tiers = self.tier_of(chain)
+            if np.any(tiers < 0):
+                chain = chain[: int(np.argmax(tiers < 0))]  # only a cached prefix is worth fetching
+                tiers = tiers[: len(chain)]
+            todo = chain[tiers > 0]
+            if not len(todo):
+                continue
+            n = self._room0_below(len(todo), float(np.min(self.policy.keys(todo, now))), moves, now)
+            got, src = todo[:n], tiers[tiers > 0][:n]
+            for t in np.unique(src):
+                self._add(0, got[src == t])
+                moves.append(MoveBatch("promote", int(t), 0, got[src == t]))
+            self.stats.prefetched += n
+        return moves
+
+    def held(self, key: Hashable) -> tuple[np.ndarray, int]:
+        """(named blocks the request pins, head to tail; anonymous blocks it reserves)."""
+        h = self._held[key]
+        return (np.concatenate(h.chain) if h.chain else np.zeros(0, dtype=np.int64)), h.reserved
+
+    # ---- mechanics ------------------------------------------------------------------------------------------
+    def _ensure(self, ids: np.ndarray) -> None:
+        if not len(ids):
+            return
+        top = int(ids.max()) + 1
+        if top <= self.n_slots:
+            return
+        if int(ids.min()) < 0:
+            raise ValueError("block ids must be non-negative dense ids (see BlockIds)")
+        n = max(top, 2 * self.n_slots, 1024)
+        grow = n - self.n_slots
+        self.where = np.concatenate([self.where, np.zeros(grow, np.uint8)])
+        self.listed = np.concatenate([self.listed, np.zeros(grow, np.uint8)])
+        self.pins = np.concatenate([self.pins, np.zeros(grow, np.int32)])
+        self.depth = np.concatenate([self.depth, np.zeros(grow, np.int32)])
+        self.key = np.concatenate([self.key, np.full(grow, NEVER)])
+        self.n_slots = n
+        self.policy.grow(n)
+
+    def _resident(self, t: int) -> np.ndarray:
+        bit = np.uint8(1 << t)
+        members = self._members[t]
+        view = members.buf[: members.n]
+        keep = (self.where[view] & bit) != 0
+        self.listed[view[~keep]] &= np.uint8(~bit & 0xFF)
+        alive = view[keep]
+        members.n = len(alive)
+        members.buf[: members.n] = alive
+        return alive
+
+    def _add(self, t: int, slots: np.ndarray) -> None:
+        bit = np.uint8(1 << t)
+        self.where[slots] |= bit
+        self.used[t] += len(slots)
+        new = slots[(self.listed[slots] & bit) == 0]
+        self.listed[new] |= bit
+        self._members[t].add(new)
+
+    def _remove(self, t: int, slots: np.ndarray) -> None:
+        self.where[slots] &= np.uint8(~(1 << t) & 0xFF)
+        self.used[t] -= len(slots)
+
+    def _room0(self, need: int, moves: list[MoveBatch], now: float) -> bool:
+        """Make `need` tier-0 blocks free, evicting unpinned blocks; False (nothing changed) if impossible."""
+        short = need - self.free_blocks(0)
+        if short <= 0:
+            return True
+        cands = self._resident(0)
+        cands = cands[self.pins[cands] == 0]
+        if len(cands) < short:
+            return False
+        victims = cands[_lowest(self.policy.keys(cands, now), self.depth[cands], short)]
+        self._evict(0, victims, moves, now)
+        return True
+
+    def _room0_below(self, want: int, threshold: float, moves: list[MoveBatch], now: float) -> int:
+        """Free up to `want` tier-0 blocks using free space and unpinned blocks keyed below `threshold`."""
+        free = self.free_blocks(0)
+        if free >= want:
+            return want
+        cands = self._resident(0)
+        cands = cands[self.pins[cands] == 0]
+        keys = self.policy.keys(cands, now)
+        cands, keys = cands[keys < threshold], keys[keys < threshold]
+        k = min(want - free, len(cands))
+        if k:
+            self._evict(0, cands[_lowest(keys, self.depth[cands], k)], moves, now)
+        return free + k
+
+    def _evict(self, t: int, victims: np.ndarray, moves: list[MoveBatch], now: float) -> None:
+        """Take `victims` out of tier t: demoted to t+1 unless a lower tier holds them already, else dropped."""
+        if t == 0:
+            self.policy.on_evict(self.policy.keys(victims, now))
+        self._remove(t, victims)
+        lower = np.uint8((0xFF << (t + 1)) & 0xFF)
+        covered = (self.where[victims] & lower) != 0
+        if covered.any():
+            moves.append(MoveBatch("drop", t, -1, victims[covered]))
+            self.stats.freed[t] += int(covered.sum())
+        down = victims[~covered]
+        if not len(down):
+            return
+        if t + 1 < len(self.tiers):
+            placed = self._insert(t + 1, down, moves, now)
+            if len(placed):
+                moves.append(MoveBatch("demote", t, t + 1, placed))
+                self.stats.demoted[t] += len(placed)
+            down = np.setdiff1d(down, placed, assume_unique=True)
+        if len(down):
+            moves.append(MoveBatch("drop", t, -1, down))
+            self.stats.dropped[t] += len(down)
+
+    def _insert(self, t: int, incoming: np.ndarray, moves: list[MoveBatch], now: float) -> np.ndarray:
+        """Place `incoming` in tier t, competing by key with its residents; returns the ids placed."""
+        if self.capacity[t] <= 0 or not len(incoming):
+            return incoming[:0]
+        over = int(self.used[t] + len(incoming) - self.capacity[t])
+        if over > 0:
+            resident = self._resident(t)
+            pool = np.concatenate([resident, incoming])
+            out = pool[_lowest(self.policy.keys(pool, now), self.depth[pool], over)]
+            is_incoming = np.isin(out, incoming, assume_unique=True)
+            incoming = np.setdiff1d(incoming, out[is_incoming], assume_unique=True)
+            if (~is_incoming).any():
+                self._evict(t, out[~is_incoming], moves, now)
+        self._add(t, incoming)
+        return incoming
+
+
+def _lowest(keys: np.ndarray, depth: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k entries ranked lowest by (key ascending, depth descending)."""
+    n = len(keys)
+    if k >= n:
+        return np.arange(n)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    kth = np.partition(keys, k - 1)[k - 1]
+    below = np.flatnonzero(keys < kth)
+    ties = np.flatnonzero(keys == kth)
+    deepest = ties[np.argsort(-depth[ties], kind="stable")[: k - len(below)]]
+    return np.concatenate([below, deepest])
+
+
+def _lowest_bit(w: np.ndarray) -> np.ndarray:
+    """Index of the lowest set bit of each (nonzero) uint8: the best tier holding a block."""
+    return _LOWEST_BIT[w]
+
+
+_LOWEST_BIT = np.array([(x & -x).bit_length() - 1 if x else -1 for x in range(256)], dtype=np.int64)

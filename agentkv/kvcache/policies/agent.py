@@ -1,0 +1,193 @@
+"""Agent-aware: rank blocks by when their session will be back, forecast from how its last reply ended.
+
+Agentic traffic is sessions that pause and come back with the same prefix plus a little more. The serving
+engine knows, when a turn ends, whether its reply called a tool (the agent runs it and is back in seconds)
+or ended the turn (a person reads, for minutes or hours). So:
+- each block belongs to the session that last used it; its key is minus that session's forecast return
+  time, so the sessions coming back soonest keep their KV: Belady's rule with a forecast for the future;
+- the forecast is the mean residual life of the gap between a session's requests (arrival to arrival, which
+  an engine sees however long it takes to serve them): given that e seconds have passed since the session's
+  last request arrived, how much longer gaps of the same kind (after a tool call / after the end of a turn /
+  unknown) that lasted e seconds went on, stretched to this session's own pace and to the length of its
+  last reply (longer replies: longer gaps; the exponent is fitted online). Gaps are heavy-tailed, so an
+  overdue session is pushed further out rather than kept;
+- blocks shared by several sessions (an agent's system prompt and tool schemas) are protected;
+- blocks a session's latest request no longer uses (left behind by compaction or an edit) go first;
+- with a lower tier, evicted KV is demoted rather than dropped (the core does so for every policy), and
+  `prefetch` brings a session's chain back to the GPU tier ahead of its forecast return.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agentkv.kvcache.policy import AccessContext, Policy
+
+PROTECT = 1e18  # keys of shared blocks sit above any session's; dead blocks below
+N_KINDS = 3  # pause kinds: indexed by the FINISH_* of the reply before the pause
+MIN_SAMPLES = 16  # below this a kind borrows the pooled distribution
+
+
+class _Pauses:
+    """Observed pauses of one kind, kept sorted with tail sums for mean residual life."""
+
+    def __init__(self) -> None:
+        self.new: list[float] = []
+        self.sorted = np.zeros(0)
+        self.tail_sum = np.zeros(1)
+
+    def add(self, pause: float) -> None:
+        self.new.append(pause)
+        if len(self.new) >= 0.25 * len(self.sorted) + 8:
+            self.sorted = np.sort(np.concatenate([self.sorted, self.new]))
+            self.tail_sum = np.concatenate([np.cumsum(self.sorted[::-1])[::-1], [0.0]])
+            self.new = []
+
+    @property
+    def median(self) -> float:
+        return float(self.sorted[len(self.sorted) // 2]) if len(self.sorted) else float("nan")
+
+    def mean_residual_life(self, e: np.ndarray) -> np.ndarray:
+        """E[pause − e | pause > e]; past the longest pause seen the session has likely ended, so its
+        return recedes as fast as time passes."""
+        g = self.sorted
+        i = np.searchsorted(g, e, side="right")
+        above = len(g) - i
+        return np.where(above > 0, self.tail_sum[i] / np.maximum(above, 1) - e, e + (g[-1] if len(g) else 60.0))
+
+
+class AgentAware(Policy):
+    name = "agent"
+
+    def __init__(self, prefetch_lead_s: float = 10.0) -> None:
+        self.lead = prefetch_lead_s
+        self.owner = np.zeros(0, dtype=np.int64)  # session that last used the block (-1: none)
+        self.touch = np.zeros(0, dtype=np.int64)  # release number of that use
+        self.shared = np.zeros(0, dtype=bool)
+        self.releases = 0
+        self.kinds = [_Pauses() for _ in range(N_KINDS)]
+        self.pooled = _Pauses()
+        # per session, grown on demand
+        self.last_arrival = np.zeros(0)  # when its last request arrived (NaN: none yet)
+        self.serving = np.zeros(0, dtype=bool)  # a request of the session holds its blocks
+        self.last_kind = np.zeros(0, dtype=np.int64)  # how that turn ended
+        self.last_seq = np.zeros(0, dtype=np.int64)
+        self.pace = np.zeros(0)  # its gaps relative to the typical gap of their kind (median ratio)
+        self.reply = np.zeros(0)  # its last reply's length relative to the typical reply (1: unknown)
+        self.out_log: list[float] = []  # (log reply length, log gap ratio) pairs for the reply exponent
+        self.gap_log: list[float] = []
+        self.reply_exponent = 0.0
+        self.typical_reply = 0.0
+        self.ratios: list[list[float]] = []
+        self.chains: list[np.ndarray] = []
+
+    def grow(self, n_slots: int) -> None:
+        extra = n_slots - len(self.owner)
+        self.owner = np.concatenate([self.owner, np.full(extra, -1, dtype=np.int64)])
+        self.touch = np.concatenate([self.touch, np.zeros(extra, dtype=np.int64)])
+        self.shared = np.concatenate([self.shared, np.zeros(extra, dtype=bool)])
+
+    def _session(self, s: int) -> None:
+        pad = s + 1 - len(self.last_arrival)
+        if pad > 0:
+            self.last_arrival = np.concatenate([self.last_arrival, np.full(pad, np.nan)])
+            self.serving = np.concatenate([self.serving, np.zeros(pad, dtype=bool)])
+            self.last_kind = np.concatenate([self.last_kind, np.zeros(pad, dtype=np.int64)])
+            self.last_seq = np.concatenate([self.last_seq, np.zeros(pad, dtype=np.int64)])
+            self.pace = np.concatenate([self.pace, np.ones(pad)])
+            self.reply = np.concatenate([self.reply, np.ones(pad)])
+            self.ratios += [[] for _ in range(pad)]
+            self.chains += [np.zeros(0, dtype=np.int64) for _ in range(pad)]
+
+    def _table(self, kind: int) -> _Pauses:
+        table = self.kinds[kind]
+        return table if len(table.sorted) >= MIN_SAMPLES else self.pooled
+
+    def on_acquire(self, hits: np.ndarray, ctx: AccessContext) -> None:
+        s = ctx.session
+        if s < 0:
+            return
+        self._session(s)
+        # a new use: whatever of this session the request does not reuse is dead from now on
+        self.releases += 1
+        self.touch[hits] = self.releases
+        self.last_seq[s] = self.releases
+        if not np.isnan(self.last_arrival[s]):
+            pause = max(ctx.now - self.last_arrival[s], 0.0)
+            kind = int(self.last_kind[s])
+            typical = self._table(kind).median
+            if typical == typical and typical > 0:
+                ratio = max(pause, 1e-3) / typical
+                self.ratios[s].append(ratio)
+                self.pace[s] = float(np.median(self.ratios[s][-16:]))
+                if self.reply[s] != 1.0:
+                    self._learn_reply(float(np.log(self.reply[s])), float(np.log(ratio)))
+            self.kinds[kind].add(pause)
+            self.pooled.add(pause)
+        self.last_arrival[s] = ctx.now
+        self.serving[s] = True
+
+    def on_release(self, slots: np.ndarray, depth: np.ndarray, ctx: AccessContext) -> np.ndarray:
+        self.releases += 1
+        s = ctx.session
+        if s >= 0:
+            self._session(s)
+            mine = self.owner[slots]
+            self.shared[slots] |= (mine >= 0) & (mine != s)
+            self.owner[slots] = s
+            self.serving[s] = False
+            self.last_kind[s] = ctx.finish if 0 <= ctx.finish < N_KINDS else 0
+            self.reply[s] = self._relative_reply(ctx.output_tokens)
+            self.last_seq[s] = self.releases
+            self.chains[s] = slots.copy()
+        self.touch[slots] = self.releases
+        return np.zeros(len(slots))  # keys are computed when needed: they change as time passes
+
+    def keys(self, slots: np.ndarray, now: float) -> np.ndarray:
+        owner = self.owner[slots]
+        known = owner >= 0
+        o = np.maximum(owner, 0)
+        ret = self.predicted_return(now)
+        keys = np.full(len(slots), -np.inf)
+        if len(ret):
+            keys = np.where(known, -ret[np.minimum(o, len(ret) - 1)], -np.inf)
+            dead = known & (self.touch[slots] < self.last_seq[np.minimum(o, len(ret) - 1)])
+            keys = np.where(dead, -PROTECT + self.touch[slots], keys)
+        return np.where(self.shared[slots], PROTECT + self.touch[slots], keys)
+
+    def predicted_return(self, now: float) -> np.ndarray:
+        """Forecast arrival of each session's next request (now for sessions in service)."""
+        away = ~self.serving & ~np.isnan(self.last_arrival)
+        elapsed = np.where(away, now - np.nan_to_num(self.last_arrival), 0.0)
+        remaining = np.zeros(len(away))
+        pace = np.maximum(self.pace * self.reply**self.reply_exponent, 1e-3)
+        for kind in range(N_KINDS):
+            sel = away & (self.last_kind == kind)
+            if sel.any():
+                table = self._table(kind)
+                remaining[sel] = pace[sel] * table.mean_residual_life(elapsed[sel] / pace[sel])
+        return np.where(away, now + remaining, now)
+
+    def _relative_reply(self, tokens: int) -> float:
+        if tokens <= 0:
+            return 1.0
+        self.typical_reply = tokens if not self.typical_reply else 0.99 * self.typical_reply + 0.01 * tokens
+        return max(tokens / self.typical_reply, 1e-3)
+
+    def _learn_reply(self, log_reply: float, log_ratio: float) -> None:
+        """Slope of log gap on log reply length (least squares over what was seen, refreshed as it grows)."""
+        self.out_log.append(log_reply)
+        self.gap_log.append(log_ratio)
+        n = len(self.out_log)
+        if (n >= 32 and (n & (n - 1)) == 0) or n % 256 == 0:
+            x, y = np.asarray(self.out_log), np.asarray(self.gap_log)
+            var = float(np.var(x))
+            self.reply_exponent = float(np.clip(np.cov(x, y, bias=True)[0, 1] / var, 0.0, 1.0)) if var > 0 else 0.0
+
+    def prefetch(self, now: float) -> list[np.ndarray]:
+        if len(self.cache.tiers) < 2 or not len(self.last_arrival):
+            return []
+        ret = self.predicted_return(now)
+        away = ~self.serving & ~np.isnan(self.last_arrival)
+        due = np.flatnonzero(away & (ret <= now + self.lead))
+        return [self.chains[s] for s in due[np.argsort(ret[due], kind="stable")] if len(self.chains[s])]

@@ -1,0 +1,68 @@
+"""What a cache policy decides, and nothing else: which blocks matter most.
+
+The core (`KVCache`) owns capacity, tiers, pins and moves. A policy only ranks blocks: when a request releases
+its blocks it may score them (`on_release`), and when room is needed it gives each candidate an eviction key
+(`keys`): lowest evicted first, ties evicted deepest first. The core keeps every key chain-monotone (a block's
+key is never below its descendants'), so eviction never strands a cached suffix whose prefix is gone. A
+policy may also propose prefetches (`prefetch`), which the core carries out only where it has room or can
+evict blocks ranked lower.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class AccessContext:
+    """Who touched the blocks and when. `request` is the request's position in an offline replay (used only
+    by offline reference policies)."""
+
+    now: float
+    session: int = -1
+    tenant: int = 0
+    request: int = -1
+    finish: int = 0  # how the released request's reply ended (agentkv.workload.trace.FINISH_*)
+    output_tokens: int = 0  # the released request's reply length (0: unknown)
+
+
+class Policy(ABC):
+    name: str = "policy"
+    # A released chain's keys never lower what a block already has: a parent shared by two branches keeps the
+    # higher of their keys, so it never ranks below a child of either. Policies whose keys are monotone across
+    # branches by construction, but must fall (Belady: the next use moves later), set this False.
+    keys_only_rise: bool = True
+
+    def bind(self, cache: KVCache) -> None:  # noqa: F821 (forward reference to the core)
+        """Called once by the core; policies that keep per-block state size it from `cache.n_slots`."""
+        self.cache = cache
+
+    def grow(self, n_slots: int) -> None:
+        """The core's per-block arrays now hold `n_slots` ids; grow any of the policy's own."""
+
+    def on_acquire(self, hits: np.ndarray, ctx: AccessContext) -> None:
+        """A request of `ctx.session` arrived and pinned the cached prefix `hits` (a session's return)."""
+
+    @abstractmethod
+    def on_release(self, slots: np.ndarray, depth: np.ndarray, ctx: AccessContext) -> np.ndarray:
+        """A request released its chain `slots` (head to tail): return their raw keys (the core makes them
+        chain-monotone)."""
+
+    def keys(self, slots: np.ndarray, now: float) -> np.ndarray:
+        """Eviction keys of candidate `slots` at time `now` (default: the stored keys)."""
+        return self.cache.key[slots]
+
+    def on_evict(self, keys: np.ndarray) -> None:
+        """The keys of blocks the core just evicted from the GPU tier (aging policies track them)."""
+
+    def prefetch(self, now: float) -> list[np.ndarray]:
+        """Chains (head to tail) worth bringing back to the GPU tier now, most urgent first."""
+        return []
+
+
+def chain_monotone(raw: np.ndarray) -> np.ndarray:
+    """Keys where no block ranks below a block after it in the chain (a parent is reused whenever its child is)."""
+    return np.maximum.accumulate(raw[::-1])[::-1] if len(raw) else raw

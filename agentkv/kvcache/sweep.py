@@ -1,0 +1,170 @@
+"""`agentkv cache sweep`: replay a trace through every (policy, capacity) point and tabulate what each buys.
+
+Capacities are the GPU tier's; lower tiers are given absolutely (`dram=2M`, `dram=64GiB`) or as multiples of
+the GPU tier (`dram=8x`). Belady (offline, same tiers) and an infinite cache are always computed as the
+references a plot needs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agentkv.catalog import ModelSpec
+from agentkv.kvcache.cache import KVCache
+from agentkv.kvcache.replay import ReplayResult, make_policy, reference_stream, replay
+from agentkv.kvcache.sizing import CodecSpec, kv_bytes_per_block, kv_bytes_per_token
+from agentkv.kvcache.tiers import TIER_NAMES, Size, TierSpec, parse_size
+from agentkv.workload.arrivals import ArrivalModel, arrival_times, replay_order
+from agentkv.workload.stats import infinite_cache_hits
+from agentkv.workload.trace import Trace
+
+
+@dataclass(slots=True, frozen=True)
+class LowerTier:
+    name: str
+    size: Size | None  # absolute
+    times_gpu: float = 0.0  # or a multiple of the GPU tier
+
+
+def parse_lower_tiers(text: str | None) -> list[LowerTier]:
+    """`dram=8x,disk=1TiB` → lower tiers (the GPU tier comes from --capacity)."""
+    out: list[LowerTier] = []
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        name, _, value = part.partition("=")
+        name = name.strip().lower()
+        if name not in TIER_NAMES[1:]:
+            raise ValueError(f"--tiers: unknown lower tier {name!r} (tiers below the GPU: {', '.join(TIER_NAMES[1:])}; "
+                             "the GPU tier is --capacity)")
+        if any(t.name == name for t in out):
+            raise ValueError(f"--tiers: tier {name!r} given twice")
+        value = value.strip().lower()
+        if value.endswith("x"):
+            out.append(LowerTier(name, None, float(value[:-1])))
+        else:
+            out.append(LowerTier(name, parse_size(value)))
+    return sorted(out, key=lambda t: TIER_NAMES.index(t.name))
+
+
+@dataclass(slots=True)
+class SweepPoint:
+    policy: str
+    gpu: Size
+    result: ReplayResult
+
+
+def tier_specs(gpu: Size, lower: list[LowerTier], model: ModelSpec, codec: CodecSpec, block_size: int) -> list[TierSpec]:
+    per_token = kv_bytes_per_token(model, codec)
+    block = kv_bytes_per_block(model, codec, block_size)
+    gpu_bytes = gpu.to_bytes(per_token)
+    specs = [TierSpec("gpu", gpu_bytes, block)]
+    for t in lower:
+        size = t.size.to_bytes(per_token) if t.size else t.times_gpu * gpu_bytes
+        specs.append(TierSpec(t.name, size, block))
+    return specs
+
+
+def sweep(
+    trace: Trace,
+    policies: list[str],
+    capacities: list[Size],
+    lower: list[LowerTier],
+    arrival: ArrivalModel,
+    model: ModelSpec,
+    codec: CodecSpec,
+    write_through: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[SweepPoint], float]:
+    """Every (policy, capacity) point, plus Belady at each capacity; returns them and the infinite-cache hit rate."""
+    arrivals = arrival_times(trace, arrival)
+    order = replay_order(arrivals)
+    points: list[SweepPoint] = []
+    names = [p for p in policies if p != "infinite"]
+    if "belady" not in names:
+        names.append("belady")
+    for gpu in capacities:
+        specs = tier_specs(gpu, lower, model, codec, trace.block_size)
+        if specs[0].capacity_blocks < 1:
+            raise ValueError(f"capacity {gpu} holds no {trace.block_size}-token block of {model.name} KV")
+        stream = reference_stream(trace, order, specs[0].capacity_blocks)
+        for name in names:
+            if progress:
+                progress(f"{name} @ {gpu}")
+            policy = make_policy(name, stream, model, trace.block_size)
+            res = replay(trace, order, arrivals, KVCache(specs, policy, write_through), stream)
+            points.append(SweepPoint(name, gpu, res))
+    hits = infinite_cache_hits(trace, order, per_session=False)
+    infinite = float(hits.sum()) / max(int(trace.input_tokens.sum()), 1)
+    return points, infinite
+
+
+def rows(points: list[SweepPoint]) -> list[dict[str, object]]:
+    out = []
+    for p in points:
+        r = p.result
+        moved = r.bytes_moved()
+        row: dict[str, object] = {
+            "policy": p.policy,
+            "gpu_capacity": str(p.gpu),
+            "gpu_capacity_tokens": r.capacity_tokens[0],
+            "tiers": "+".join(r.tiers),
+            "hit_rate": round(r.hit_rate, 6),
+        }
+        for name, share in zip(r.tiers, r.hit_rate_per_tier, strict=True):
+            row[f"hit_rate_{name}"] = round(float(share), 6)
+        row.update({
+            "recomputed_tokens": r.recomputed_tokens,
+            "promoted_GiB": round(moved["promoted"] / 2**30, 3),
+            "demoted_GiB": round(moved["demoted"] / 2**30, 3),
+            "dropped_GiB": round(moved["dropped"] / 2**30, 3),
+            "written_GiB": round(moved["written"] / 2**30, 3),
+            "prefetched_blocks": r.prefetched_blocks,
+            "seconds": round(r.seconds, 3),
+        })
+        out.append(row)
+    return out
+
+
+def write_csv(points: list[SweepPoint], path: str) -> None:
+    table = rows(points)
+    fields = list(dict.fromkeys(k for row in table for k in row))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(table)
+
+
+def write_json(points: list[SweepPoint], infinite: float, meta: dict[str, object], path: str) -> None:
+    with open(path, "w") as f:
+        json.dump({**meta, "infinite_hit_rate": infinite, "points": rows(points)}, f, indent=1)
+
+
+def gap_closed(points: list[SweepPoint], policy: str, baseline: str = "lru") -> dict[str, float]:
+    """Per capacity: the share of the baseline→Belady gap that `policy` closes."""
+    by = {(p.policy, str(p.gpu)): p.result.hit_rate for p in points}
+    out = {}
+    for cap in dict.fromkeys(str(p.gpu) for p in points):
+        lo, hi, x = by.get((baseline, cap)), by.get(("belady", cap)), by.get((policy, cap))
+        if lo is not None and hi is not None and x is not None and hi > lo:
+            out[cap] = (x - lo) / (hi - lo)
+    return out
+
+
+def summary_lines(points: list[SweepPoint], infinite: float) -> list[str]:
+    lines = [f"infinite cache: {100 * infinite:.1f}%"]
+    for policy in dict.fromkeys(p.policy for p in points):
+        if policy in ("lru", "belady"):
+            continue
+        for cap, g in gap_closed(points, policy).items():
+            lines.append(f"{policy} @ {cap}: closes {100 * g:.0f}% of the LRU→Belady gap")
+    return lines
+
+
+def capacities_arg(text: str) -> list[Size]:
+    sizes = [parse_size(c) for c in text.split(",") if c.strip()]
+    if not sizes:
+        raise ValueError("--capacity: give at least one size")
+    return sorted(sizes, key=lambda s: (s.is_bytes, s.value))
+
