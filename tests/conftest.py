@@ -6,6 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# `pytest --hypothesis-profile=thorough` for a deeper search than CI's default
+settings.register_profile("ci", max_examples=60)
+settings.register_profile("thorough", max_examples=500)
+settings.load_profile("ci")
 
 TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traces"
 CLAUDE_CODE = TRACES / "claude-code"

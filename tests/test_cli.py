@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import MOONCAKE, need
 
@@ -45,3 +48,31 @@ def test_bad_input_exits_2_naming_file_and_line(tmp_path):
     assert f"{bad}:line 2: field 'input_length': missing" in r.stderr
     r = agentkv("trace", "stats", str(bad), "--skip-bad")
     assert r.returncode == 0 and "skipped 1 bad records" in r.stdout
+
+
+def test_cache_sweep_writes_table_csv_json_png(tmp_path):
+    out = tmp_path / "sw"
+    r = agentkv("cache", "sweep", "--gen-sessions", "15", "--capacity", "64k,256k", "--policy", "lru,agent",
+                "--tiers", "dram=4x", "--concurrency", "5", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "closes" in r.stdout and "infinite cache" in r.stdout
+    rows = list(csv.DictReader((out / "sweep.csv").read_text().splitlines()))
+    assert {row["policy"] for row in rows} == {"lru", "agent", "belady"}
+    assert len(rows) == 6
+    for row in rows:
+        total = float(row["hit_rate"])
+        assert total == pytest.approx(float(row["hit_rate_gpu"]) + float(row["hit_rate_dram"]), abs=1e-5)
+    doc = json.loads((out / "sweep.json").read_text())
+    assert 0 < doc["infinite_hit_rate"] <= 1 and doc["tiers"] == "dram=4x"
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cache_sweep_rejects_bad_input(tmp_path):
+    r = agentkv("cache", "sweep", "--gen-sessions", "3", "--tiers", "hbm=2x", "--out", str(tmp_path))
+    assert r.returncode == 2 and "unknown lower tier 'hbm'" in r.stderr
+    r = agentkv("cache", "sweep", "--gen-sessions", "3", "--capacity", "lots", "--out", str(tmp_path))
+    assert r.returncode == 2 and "bad capacity 'lots'" in r.stderr
+    csv_trace = tmp_path / "a.csv"
+    csv_trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9,100,3\n")
+    r = agentkv("cache", "sweep", str(csv_trace), "--out", str(tmp_path))
+    assert r.returncode == 2 and "no block ids" in r.stderr

@@ -290,8 +290,10 @@ class KVCache:
         cands = cands[self.pins[cands] == 0]
         if len(cands) < short:
             return False
-        victims = cands[_lowest(self.policy.keys(cands, now), self.depth[cands], short)]
-        self._evict(0, victims, moves, now)
+        keys = self.policy.keys(cands, now)
+        chosen = _lowest(keys, self.depth[cands], short)
+        self.policy.on_evict(keys[chosen])
+        self._evict(0, cands[chosen], moves, now)
         return True
 
     def _room0_below(self, want: int, threshold: float, moves: list[MoveBatch], now: float) -> int:
@@ -305,13 +307,13 @@ class KVCache:
         cands, keys = cands[keys < threshold], keys[keys < threshold]
         k = min(want - free, len(cands))
         if k:
-            self._evict(0, cands[_lowest(keys, self.depth[cands], k)], moves, now)
+            chosen = _lowest(keys, self.depth[cands], k)
+            self.policy.on_evict(keys[chosen])
+            self._evict(0, cands[chosen], moves, now)
         return free + k
 
     def _evict(self, t: int, victims: np.ndarray, moves: list[MoveBatch], now: float) -> None:
         """Take `victims` out of tier t: demoted to t+1 unless a lower tier holds them already, else dropped."""
-        if t == 0:
-            self.policy.on_evict(self.policy.keys(victims, now))
         self._remove(t, victims)
         lower = np.uint8((0xFF << (t + 1)) & 0xFF)
         covered = (self.where[victims] & lower) != 0

@@ -56,7 +56,7 @@ class Policy(ABC):
         return self.cache.key[slots]
 
     def on_evict(self, keys: np.ndarray) -> None:
-        """The keys of blocks the core just evicted from the GPU tier (aging policies track them)."""
+        """The keys of blocks the core is evicting from the GPU tier (aging policies track them)."""
 
     def prefetch(self, now: float) -> list[np.ndarray]:
         """Chains (head to tail) worth bringing back to the GPU tier now, most urgent first."""
