@@ -40,6 +40,21 @@ class ModelSpec:
         return self.params_active < self.params_total
 
 
+@dataclass(slots=True, frozen=True)
+class HardwareSpec:
+    name: str
+    source: str
+    bf16_flops: float
+    fp8_flops: float
+    hbm_bytes: float
+    hbm_bw: float
+    host_link_bw: float
+    dram_bytes: float
+    nvme_bw: float
+    interconnect_bw: float
+    network_bw: float
+
+
 def read_toml(name: str, path: str | None = None) -> dict[str, Any]:
     """The built-in `agentkv/data/{name}.toml`, or the file at `path` when given."""
     if path:
@@ -72,3 +87,18 @@ def model(name: str, path: str | None = None) -> ModelSpec:
     if name not in table:
         raise ValueError(f"unknown model '{name}' (known: {', '.join(sorted(table))})")
     return table[name]
+
+
+def hardware_table(path: str | None = None) -> dict[str, HardwareSpec]:
+    return entries(HardwareSpec, read_toml("hardware", path), "hardware")
+
+
+def hardware(name: str, path: str | None = None) -> HardwareSpec:
+    table = hardware_table(path)
+    if name not in table:
+        raise ValueError(f"unknown hardware '{name}' (known: {', '.join(sorted(table))})")
+    return table[name]
+
+
+def prices(path: str | None = None) -> dict[str, Any]:
+    return read_toml("prices", path)

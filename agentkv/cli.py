@@ -11,6 +11,8 @@ from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.generator import GeneratorConfig
 from agentkv.workload.trace import Trace
 
+REPORT_SESSIONS = 50  # the default report's synthetic workload: big enough to be agentic, quick enough to run
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -64,6 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", default="sweep", help="output folder for sweep.csv, sweep.json, sweep.png")
     sw.add_argument("--json", action="store_true", help="print the results as JSON")
     sw.set_defaults(run=cmd_cache_sweep)
+
+    rep = sub.add_parser("report", help="the mitigation ladder: hit rate, latency, GPUs and $/Mtok per lever "
+                                        "(no TRACE: the built-in synthetic agentic workload)")
+    add_trace_args(rep, optional=True)
+    add_arrival_args(rep)
+    rep.add_argument("--deployment", default="",
+                     help="key=value,... over the defaults: hardware=h200, model=llama-3.1-8b, tp=1, "
+                          "weight_dtype=bf16, router=prefix-aware, dram_gb=0 (half the host's), disk_gb=2000, "
+                          "slo_ttft_s=20, slo_quantile=90")
+    rep.add_argument("--hardware-file", help="your own hardware.toml")
+    rep.add_argument("--models", help="your own models.toml")
+    rep.add_argument("--prices", help="your own prices.toml")
+    rep.add_argument("--workers", type=int, default=2, help="processes running rungs in parallel (default 2)")
+    rep.add_argument("--out", default="report.html", help="HTML report path (PNGs go in <name>_files/)")
+    rep.add_argument("--json", action="store_true", help="print the results as JSON")
+    rep.set_defaults(run=cmd_report)
     return p
 
 
@@ -214,6 +232,85 @@ def cmd_cache_sweep(args: argparse.Namespace) -> int:
         for line in summary_lines(points, infinite):
             print(line)
         print(f"wrote {args.out}/sweep.csv, sweep.json, sweep.png")
+    return 0
+
+
+def deployment_spec(text: str, hardware_file: str | None, models_file: str | None):
+    from dataclasses import fields
+
+    from agentkv.report.ladder import DeploymentSpec
+
+    types = {f.name: f.type for f in fields(DeploymentSpec)}
+    values: dict[str, object] = {"hardware_file": hardware_file, "models_file": models_file}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or key not in types or key.endswith("_file"):
+            raise ValueError(f"--deployment: unknown setting {key!r} "
+                             f"(settings: {', '.join(k for k in types if not k.endswith('_file'))})")
+        kind = types[key]
+        try:
+            values[key] = int(value) if kind == "int" else float(value) if kind == "float" else value.strip()
+        except ValueError:
+            raise ValueError(f"--deployment: {key}={value!r} is not a number") from None
+    return DeploymentSpec(**values)  # type: ignore[arg-type]
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import os
+
+    from agentkv.catalog import hardware, prices
+    from agentkv.cost.plans import break_even
+    from agentkv.cost.providers import all_providers
+    from agentkv.report.html import plots, write_html
+    from agentkv.report.ladder import LADDER, run_ladder
+    from agentkv.report.progress import progress_bar
+    from agentkv.report.tables import print_ladder
+    from agentkv.workload.arrivals import arrival_times
+
+    if not args.paths and not args.gen_sessions:
+        args.gen_sessions = REPORT_SESSIONS
+    trace = load_or_generate(args)
+    arrival = arrival_from_args(args, trace)
+    spec = deployment_spec(args.deployment, args.hardware_file, args.models)
+    price_table = prices(args.prices)
+    hw = hardware(spec.hardware, spec.hardware_file)
+    gpu_hour = float(price_table["gpu_hour"].get(spec.hardware, 0.0))
+    if gpu_hour <= 0:
+        raise ValueError(f"prices: no gpu_hour price for hardware '{spec.hardware}'")
+    with progress_bar(len(LADDER), "report", quiet=args.json) as step:
+        step(LADDER[0].name)
+        results = run_ladder(trace, spec, arrival, gpu_hour, workers=args.workers,
+                             on_done=lambda r: step(f"{r.rung.name} done"))
+    arrivals = arrival_times(trace, arrival)
+    providers = all_providers(trace, arrivals, price_table["providers"]) if trace.has_block_ids else []
+    plan_prices = {k: float(v) for k, v in price_table.get("plans", {}).items() if k != "source"}
+    top_sessions = int((trace.session_parent < 0).sum())
+    plans = break_even(plan_prices, providers, top_sessions)
+    meta = {
+        "trace": f"{trace.source}: {top_sessions} sessions, {trace.n_requests:,} requests, "
+                 f"{int(trace.input_tokens.sum()):,} input tokens",
+        "arrivals": arrival.describe(),
+        "deployment": f"{spec.model} on {hw.name} (tp={spec.tp}, weights {spec.weight_dtype}), router {spec.router}, "
+                      f"${gpu_hour}/GPU-hour",
+        "SLO": f"p{spec.slo_quantile:g} TTFT <= {spec.slo_ttft_s:g} s",
+    }
+    files_dir = os.path.splitext(args.out)[0] + "_files"
+    images = plots(results, providers, files_dir)
+    write_html(args.out, "agentkv report", meta, results, providers, plans, images)
+    doc = {**meta, "ladder": [r.row for r in results],
+           "providers": [{"name": p.name, "hit_rate": p.hit_rate, "usd": p.usd, "usd_no_cache": p.usd_no_cache,
+                          "saving": p.saving, "usd_per_mtok": p.usd_per_mtok} for p in providers],
+           "break_even": [b.__dict__ if hasattr(b, "__dict__") else {f: getattr(b, f) for f in b.__slots__}
+                          for b in plans]}
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+        json.dump(doc, f, indent=1, default=float)
+    if args.json:
+        print(json.dumps(doc, indent=1, default=float))
+    else:
+        print_ladder([r.row for r in results], [(p.name, p.hit_rate, p.usd_per_mtok) for p in providers],
+                     f"agentkv report: {meta['trace']}; {meta['deployment']}; SLO {meta['SLO']}")
+        print(f"wrote {args.out}, {os.path.splitext(args.out)[0]}.json and {len(images)} plots in {files_dir}/")
     return 0
 
 

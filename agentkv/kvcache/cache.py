@@ -97,7 +97,10 @@ class _Members:
 
 
 class KVCache:
-    def __init__(self, tiers: Sequence[TierSpec], policy: Policy, write_through: bool = False) -> None:
+    def __init__(self, tiers: Sequence[TierSpec], policy: Policy, write_through: bool = False,
+                 evict_ahead: int = 0) -> None:
+        """evict_ahead: when tier 0 must evict, free this many blocks more than needed, so that a stream of
+        one-block decode reservations does not scan the tier every step (0: evict exactly what is needed)."""
         if not tiers:
             raise ValueError("a cache needs at least one tier")
         if len(tiers) > 8:
@@ -107,6 +110,7 @@ class KVCache:
         self.used = np.zeros(len(tiers), dtype=np.int64)
         self.reserved = 0
         self.write_through = write_through and len(tiers) > 1
+        self.evict_ahead = evict_ahead
         self.policy = policy
         self.n_slots = 0
         self.where = np.zeros(0, dtype=np.uint8)  # bit t set: tier t holds the block
@@ -116,6 +120,7 @@ class KVCache:
         self.key = np.zeros(0, dtype=np.float64)
         self._members = [_Members() for _ in tiers]
         self._held: dict[Hashable, _Held] = {}
+        self.releases = 0  # room can only appear when a request lets go: a cheap "worth retrying" signal
         self.stats = CacheStats(len(tiers))
         policy.bind(self)
 
@@ -208,6 +213,7 @@ class KVCache:
     def release(self, key: Hashable, ctx: AccessContext) -> None:
         """The request is done (or preempted): unpin; the policy scores its chain; partial blocks are freed."""
         held = self._held.pop(key)
+        self.releases += 1
         chain = np.concatenate(held.chain) if held.chain else np.zeros(0, dtype=np.int64)
         self.pins[chain] -= 1
         self.reserved -= held.reserved
@@ -291,7 +297,7 @@ class KVCache:
         if len(cands) < short:
             return False
         keys = self.policy.keys(cands, now)
-        chosen = _lowest(keys, self.depth[cands], short)
+        chosen = _lowest(keys, self.depth[cands], min(short + self.evict_ahead, len(cands)))
         self.policy.on_evict(keys[chosen])
         self._evict(0, cands[chosen], moves, now)
         return True

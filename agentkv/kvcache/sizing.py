@@ -7,6 +7,7 @@ same formats, so their storage matches these figures byte for byte.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from agentkv.catalog import ModelSpec
 
@@ -41,6 +42,7 @@ def codec(name: str) -> CodecSpec:
     return CODECS[name]
 
 
+@lru_cache(maxsize=64)
 def kv_bytes_per_token(model: ModelSpec, codec_spec: CodecSpec) -> float:
     """K and V of every layer (or MLA's one latent + rope key per layer) for one token."""
     if model.is_mla:

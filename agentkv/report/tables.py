@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
+
+
+def default_console() -> Console:
+    """A terminal's own width; piped output gets room for the wide tables (rich would squeeze it to 80)."""
+    return Console() if sys.stdout.isatty() else Console(width=140)
 
 from agentkv.workload.stats import TraceStats
 
@@ -24,7 +31,7 @@ def _pct(x: float) -> str:
 
 
 def print_trace_stats(s: TraceStats, skipped: list[str], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or default_console()
     t = Table(title=f"trace stats: {s.source}", show_header=True, header_style="bold")
     t.add_column("metric")
     t.add_column("value", justify="right")
@@ -55,7 +62,7 @@ def print_trace_stats(s: TraceStats, skipped: list[str], console: Console | None
 
 def print_sweep(rows: list[dict[str, object]], title: str, console: Console | None = None) -> None:
     """The sweep's headline columns; the CSV and JSON keep all of them."""
-    console = console or Console()
+    console = console or default_console()
     tiers = [k.removeprefix("hit_rate_") for k in rows[0] if k.startswith("hit_rate_")] if rows else []
     t = Table(title=title, header_style="bold")
     for name in ["policy", "GPU", "hit", *(f"from {x}" for x in tiers), "recomputed", "demoted", "dropped", "s"]:
@@ -68,4 +75,21 @@ def print_sweep(rows: list[dict[str, object]], title: str, console: Console | No
             _bytes(float(r["demoted_GiB"]) * 2**30), _bytes(float(r["dropped_GiB"]) * 2**30),  # type: ignore[arg-type]
             f"{float(r['seconds']):.1f}",  # type: ignore[arg-type]
         )
+    console.print(t)
+
+
+def print_ladder(rows: list[dict[str, object]], providers: list[tuple[str, float, float]], title: str,
+                 console: Console | None = None) -> None:
+    """The ladder, then each provider's price for the same traffic (name, cache hit rate, $/Mtok)."""
+    console = console or default_console()
+    t = Table(title=title, header_style="bold")
+    for name in ("lever", "hit", "TTFT p50", "TTFT p99", "TPOT p50", "tok/s/GPU", "GPUs", "$/Mtok"):
+        t.add_column(name, justify="left" if name == "lever" else "right")
+    for r in rows:
+        gpus = f"{r['gpus']}" + ("" if r["slo_met"] else " (SLO missed)")
+        t.add_row(str(r["lever"]), _pct(float(r["hit_rate"])), f"{float(r['ttft_p50_s']):.2f}s",  # type: ignore[arg-type]
+                  f"{float(r['ttft_p99_s']):.1f}s", f"{float(r['tpot_p50_ms']):.1f}ms",  # type: ignore[arg-type]
+                  _num(float(r["tok_s_per_gpu"])), gpus, f"${float(r['usd_per_mtok']):.3f}")  # type: ignore[arg-type]
+    for name, hit, usd in providers:
+        t.add_row(f"API: {name}", _pct(hit), "", "", "", "", "", f"${usd:.3f}")
     console.print(t)

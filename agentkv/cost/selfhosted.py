@@ -1,0 +1,50 @@
+"""Self-hosted $/Mtok: the GPU-hours a simulated deployment holds, split over the tokens it served.
+
+The deployment pays for every GPU for the whole run. Busy time is attributed to prefill (uncached input),
+decode (output) and KV transfers (cached input served from lower tiers) by the step-cost model; idle time is
+spread over them in proportion. HBM holding cached KV costs nothing extra here: its price is in how many
+GPUs the load needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agentkv.sim.simulator import SimResult
+
+
+@dataclass(slots=True, frozen=True)
+class SelfHostedCost:
+    gpus: int
+    gpu_hours: float
+    usd: float
+    usd_per_mtok_input: float  # uncached prompt tokens
+    usd_per_mtok_cached: float  # prompt tokens served from the cache
+    usd_per_mtok_output: float
+    usd_per_mtok_blended: float  # all tokens, in and out
+
+
+def self_hosted_cost(res: SimResult, usd_per_gpu_hour: float) -> SelfHostedCost:
+    d = res.config.deployment
+    gpus = res.config.replicas * d.tp
+    hours = gpus * res.makespan_s / 3600.0
+    usd = hours * usd_per_gpu_hour
+    served = res.served
+    cached = float(res.cached[served].sum())
+    uncached = float(res.prompt[served].sum()) - cached
+    output = float(res.output[served].sum())
+    busy = res.prefill_s + res.decode_s + res.transfer_s
+    share = (lambda part: part / busy) if busy > 0 else (lambda part: 0.0)
+
+    def per_mtok(part_usd: float, tokens: float) -> float:
+        return part_usd / (tokens / 1e6) if tokens > 0 else 0.0
+
+    return SelfHostedCost(
+        gpus=gpus,
+        gpu_hours=hours,
+        usd=usd,
+        usd_per_mtok_input=per_mtok(usd * share(res.prefill_s), uncached),
+        usd_per_mtok_cached=per_mtok(usd * share(res.transfer_s), cached),
+        usd_per_mtok_output=per_mtok(usd * share(res.decode_s), output),
+        usd_per_mtok_blended=per_mtok(usd, uncached + cached + output),
+    )

@@ -1,0 +1,187 @@
+"""What one scheduler step costs in seconds, from first principles and a handful of coefficients.
+
+A step runs the batch's new tokens (prefill chunks and one token per decode) through the model. Each op group
+costs max(compute time, memory time), groups add up:
+- weights: 2·active params FLOPs per token; the weight bytes are read once per step (for MoE, the experts
+  the step's tokens touch);
+- attention: 4·layers·heads·head_dim FLOPs per (query, key) pair, causal inside a prefill chunk; memory is
+  the KV read (IO-aware: K and V stream through on-chip SRAM once per query tile, scores never leave it) or,
+  for naive attention, additionally the score and probability matrices written to and read back from HBM;
+- KV writes for the new tokens, at the codec's bytes per token;
+- tensor parallelism splits FLOPs and bytes and adds two all-reduces per layer.
+Tier transfers (lower-tier hits promoted before a prefill) run at the link's bandwidth and overlap with
+compute where the engine overlaps them.
+
+Every achievable-fraction and overhead lives in `Coefficients`, the one place measured engine figures replace.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from agentkv.catalog import HardwareSpec, ModelSpec
+from agentkv.kvcache.sizing import CodecSpec, kv_bytes_per_token
+
+WEIGHT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int4": 0.5}
+
+
+@dataclass(slots=True, frozen=True)
+class Coefficients:
+    """Achievable fractions of peak and fixed overheads. Defaults are typical of vLLM/SGLang on Hopper
+    (FlashAttention-2/3 reach 50-75% of peak FLOP/s, GEMMs 60-80%, streaming kernels ~85% of HBM bandwidth)."""
+
+    gemm_efficiency: float = 0.70
+    attention_efficiency: float = 0.55  # IO-aware kernels
+    naive_attention_efficiency: float = 0.35  # unfused matmuls + a separate softmax
+    hbm_efficiency: float = 0.85
+    link_efficiency: float = 0.80  # host link, NVMe, network
+    interconnect_efficiency: float = 0.70  # all-reduce over NVLink / Infinity Fabric
+    query_tile: int = 128  # IO-aware kernels re-read K/V once per tile of this many queries
+    score_bytes: float = 2.0  # naive attention keeps scores and probabilities in 16-bit
+    step_overhead_s: float = 3e-4  # scheduling, sampling, kernel launches (with CUDA graphs for decode)
+    memory_utilization: float = 0.90  # of HBM an engine takes
+    activation_reserve_bytes: float = 4e9  # per device, for activations and workspace
+
+
+@dataclass(slots=True, frozen=True)
+class Deployment:
+    hardware: HardwareSpec
+    model: ModelSpec
+    kv_codec: CodecSpec
+    tp: int = 1
+    weight_dtype: str = "bf16"
+    attention: str = "flash"  # or "naive"
+    overlap_transfers: bool = True
+    coefficients: Coefficients = field(default_factory=Coefficients)
+
+    def __post_init__(self) -> None:
+        if self.attention not in ("flash", "naive"):
+            raise ValueError(f"attention must be 'flash' or 'naive', got {self.attention!r}")
+        if self.weight_dtype not in WEIGHT_BYTES:
+            raise ValueError(f"weight dtype must be one of {', '.join(WEIGHT_BYTES)}")
+        if self.tp < 1:
+            raise ValueError("tp must be >= 1")
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.model.params_total * WEIGHT_BYTES[self.weight_dtype]
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        return kv_bytes_per_token(self.model, self.kv_codec)
+
+    @property
+    def kv_capacity_bytes(self) -> float:
+        """HBM left for KV across the tp devices: what the engine takes, less weights and activations."""
+        c, hw = self.coefficients, self.hardware
+        return self.tp * (hw.hbm_bytes * c.memory_utilization - c.activation_reserve_bytes) - self.weight_bytes
+
+    @property
+    def flops(self) -> float:
+        """Dense peak FLOP/s of the replica at the weight precision's tensor-core rate."""
+        hw = self.hardware
+        return self.tp * (hw.fp8_flops if WEIGHT_BYTES[self.weight_dtype] <= 1 else hw.bf16_flops)
+
+
+@dataclass(slots=True, frozen=True)
+class StepShape:
+    """What the step-cost model needs of a batch: prefill chunks as (new tokens, tokens before them) and, per
+    decode, the context it attends over."""
+
+    prefills: tuple[tuple[int, int], ...] = ()
+    decodes: tuple[int, ...] = ()
+
+    @property
+    def tokens(self) -> int:
+        return sum(n for n, _ in self.prefills) + len(self.decodes)
+
+
+@dataclass(slots=True)
+class StepCost:
+    weights: float = 0.0
+    attention: float = 0.0
+    kv_write: float = 0.0
+    communication: float = 0.0
+    overhead: float = 0.0
+    prefill_share: float = 0.0  # of the step's time, what the prefill chunks account for (group by group)
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.attention + self.kv_write + self.communication + self.overhead
+
+
+def attention_pairs(shape: StepShape) -> float:
+    """(query, key) pairs the step's attention scores: causal inside each prefill chunk."""
+    pairs = sum(n * (start + (n + 1) / 2) for n, start in shape.prefills)
+    return pairs + sum(float(c) for c in shape.decodes)
+
+
+def kv_read_tokens(shape: StepShape, query_tile: int) -> float:
+    """Token-KVs read from HBM by IO-aware attention: a decode reads its context once; a prefill chunk reads
+    the keys each query tile needs, once per tile."""
+    total = float(sum(shape.decodes))
+    for n, start in shape.prefills:
+        tiles = math.ceil(n / query_tile)
+        total += tiles * (start + (n + query_tile) / 2)  # each tile sees the context before it, causally
+    return total
+
+
+def step_cost(shape: StepShape, d: Deployment) -> StepCost:
+    c, m = d.coefficients, d.model
+    tokens = shape.tokens
+    if tokens == 0:
+        return StepCost()
+    hbm = d.tp * d.hardware.hbm_bw * c.hbm_efficiency
+    flops = d.flops
+    # weights: GEMMs over the step's tokens; weight bytes the tokens touch (all of them for a dense model)
+    touched = 1.0 - (1.0 - m.params_active / m.params_total) ** tokens
+    weight_time = max(2.0 * m.params_active * tokens / (flops * c.gemm_efficiency),
+                      d.weight_bytes * touched / hbm)
+    # attention
+    head_dim = (2 * m.mla_latent + m.mla_rope_dim) / 2 if m.is_mla else m.head_dim
+    pairs = attention_pairs(shape)
+    attn_flops = 4.0 * m.layers * m.heads * head_dim * pairs
+    kv_bytes = kv_read_tokens(shape, c.query_tile) * d.kv_bytes_per_token
+    if d.attention == "flash":
+        attn_time = max(attn_flops / (d.tp * d.hardware.bf16_flops * c.attention_efficiency), kv_bytes / hbm)
+    else:
+        # whole contexts read once per chunk, plus scores written, read by softmax, probabilities written and read
+        ctx_bytes = (sum(start + n for n, start in shape.prefills) + sum(shape.decodes)) * d.kv_bytes_per_token
+        score_bytes = 4.0 * c.score_bytes * m.layers * m.heads * pairs
+        attn_time = max(attn_flops / (d.tp * d.hardware.bf16_flops * c.naive_attention_efficiency),
+                        (ctx_bytes + score_bytes) / hbm)
+    kv_write = tokens * d.kv_bytes_per_token / hbm
+    comm = 0.0
+    if d.tp > 1:
+        volume = 2 * m.layers * 2.0 * (d.tp - 1) / d.tp * tokens * m.hidden * 2.0  # two all-reduces per layer
+        comm = volume / (d.hardware.interconnect_bw * c.interconnect_efficiency)
+    # who the time is for: token-proportional groups by tokens, attention by (query, key) pairs
+    prefill_tokens = tokens - len(shape.decodes)
+    token_share = prefill_tokens / tokens
+    pair_share = (pairs - sum(shape.decodes)) / pairs if pairs else token_share
+    per_token = weight_time + kv_write + comm + c.step_overhead_s
+    share = (per_token * token_share + attn_time * pair_share) / (per_token + attn_time)
+    return StepCost(weight_time, attn_time, kv_write, comm, c.step_overhead_s, share)
+
+
+def transfer_seconds(bytes_by_link: dict[str, float], d: Deployment) -> float:
+    """Time to move KV over each link (they run in parallel): 'host' (DRAM), 'nvme' (disk), 'network' (remote)."""
+    hw, eff = d.hardware, d.coefficients.link_efficiency
+    bw = {"host": hw.host_link_bw * d.tp, "nvme": hw.nvme_bw * d.tp, "network": hw.network_bw * d.tp}
+    return max((b / (bw[link] * eff) for link, b in bytes_by_link.items() if b > 0), default=0.0)
+
+
+def prefill_seconds(prompt: int, d: Deployment, chunk: int, cached: int = 0) -> float:
+    """A lone request's prefill, chunk by chunk (what its TTFT is on an idle replica, less the first token)."""
+    total, start = 0.0, cached
+    while start < prompt:
+        n = min(chunk, prompt - start)
+        total += step_cost(StepShape(prefills=((n, start),)), d).total
+        start += n
+    return total
+
+
+def decode_seconds(batch: int, context: int, d: Deployment) -> float:
+    """One decode step of `batch` sequences at `context` tokens each."""
+    return step_cost(StepShape(decodes=(context,) * batch), d).total
