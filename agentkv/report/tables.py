@@ -7,12 +7,12 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from agentkv.workload.stats import TraceStats
+
 
 def default_console() -> Console:
     """A terminal's own width; piped output gets room for the wide tables (rich would squeeze it to 80)."""
     return Console() if sys.stdout.isatty() else Console(width=140)
-
-from agentkv.workload.stats import TraceStats
 
 
 def _num(x: float) -> str:

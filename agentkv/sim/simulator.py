@@ -17,6 +17,7 @@ import numpy as np
 
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.replay import make_policy
+from agentkv.kvcache.sizing import kv_bytes_per_block
 from agentkv.kvcache.tiers import TierSpec
 from agentkv.scheduler import Batch, Scheduler, SchedulerConfig, Sequence
 from agentkv.sim.router import Router
@@ -94,7 +95,7 @@ class SimResult:
 class _Replica:
     def __init__(self, cfg: SimConfig, block_size: int) -> None:
         d = cfg.deployment
-        block = int(round(d.kv_bytes_per_token * block_size))
+        block = kv_bytes_per_block(d.model, d.kv_codec, block_size)
         tiers = [TierSpec("gpu", max(d.kv_capacity_bytes, 0.0), block)]
         for name, size in (("dram", cfg.dram_bytes), ("disk", cfg.disk_bytes)):
             if size > 0:
