@@ -76,3 +76,32 @@ def test_cache_sweep_rejects_bad_input(tmp_path):
     csv_trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9,100,3\n")
     r = agentkv("cache", "sweep", str(csv_trace), "--out", str(tmp_path))
     assert r.returncode == 2 and "no block ids" in r.stderr
+
+
+def test_report_ladder_end_to_end(tmp_path):
+    out = tmp_path / "r.html"
+    r = agentkv("report", "--gen-sessions", "8", "--workers", "1", "--concurrency", "4", "--out", str(out),
+                "--deployment", "hardware=h100-sxm,slo_ttft_s=30")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "r.json").read_text())
+    ladder = {row["lever"]: row for row in doc["ladder"]}
+    assert list(ladder) == ["baseline", "+IO-aware attention", "+prefix cache (HBM)", "+fp8 KV", "+int4 KV",
+                            "+DRAM tier", "+disk tier", "+agent-aware policy"]
+    assert ladder["baseline"]["hit_rate"] == 0 and ladder["+IO-aware attention"]["hit_rate"] == 0
+    assert ladder["+prefix cache (HBM)"]["hit_rate"] > 0.5
+    assert ladder["+IO-aware attention"]["ttft_p50_s"] < ladder["baseline"]["ttft_p50_s"]
+    assert ladder["+int4 KV"]["gpus"] <= ladder["baseline"]["gpus"]
+    assert {p["name"] for p in doc["providers"]} >= {"anthropic", "openai", "deepseek"}
+    assert all(0 < p["saving"] < 1 for p in doc["providers"])
+    html = out.read_text()
+    assert "mitigation ladder" in html and "report_files" not in html.split("<img")[0]
+    pngs = list((tmp_path / "r_files").glob("*.png"))
+    assert len(pngs) == 4 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    assert "API: openai" in r.stdout
+
+
+def test_report_rejects_bad_deployment(tmp_path):
+    r = agentkv("report", "--gen-sessions", "2", "--deployment", "gpu=h100", "--out", str(tmp_path / "x.html"))
+    assert r.returncode == 2 and "unknown setting 'gpu'" in r.stderr
+    r = agentkv("report", "--gen-sessions", "2", "--deployment", "hardware=tpu9", "--out", str(tmp_path / "x.html"))
+    assert r.returncode == 2 and "unknown hardware 'tpu9'" in r.stderr

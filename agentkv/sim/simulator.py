@@ -63,6 +63,7 @@ class SimResult:
     steps: int
     prefill_tokens: int  # tokens computed by prefill (cached prefixes excluded; preemption recompute included)
     decode_tokens: int
+    in_system_s: float  # ∫ (requests queued or running, over all replicas) dt, from the schedulers' own state
     wall_s: float
     config: SimConfig
 
@@ -167,7 +168,12 @@ def simulate(trace: Trace, cfg: SimConfig) -> SimResult:
         rep.busy_s += secs
         push(now + secs, DONE, r, batch)
 
+    in_system, last_t = 0.0, 0.0
     while arrivals or steps:
+        t_next = min(arrivals[0][0] if arrivals else np.inf, steps[0][0] if steps else np.inf)
+        if last_t:
+            in_system += (t_next - last_t) * sum(len(p.sched.waiting) + len(p.sched.running) for p in replicas)
+        last_t = t_next
         if arrivals and (not steps or arrivals[0][0] <= steps[0][0]):
             now, i = heapq.heappop(arrivals)
             seq = Sequence(i, int(trace.input_tokens[i]), trace.blocks(i), max(int(trace.output_tokens[i]), 1),
@@ -214,7 +220,8 @@ def simulate(trace: Trace, cfg: SimConfig) -> SimResult:
         busy_s=np.array([rep.busy_s for rep in replicas]), makespan_s=makespan,
         prefill_s=totals["prefill"], decode_s=totals["decode"], transfer_s=totals["transfer"],
         steps=int(totals["steps"]), prefill_tokens=int(totals["prefill_tokens"]),
-        decode_tokens=int(totals["decode_tokens"]), wall_s=time.perf_counter() - wall, config=cfg,
+        decode_tokens=int(totals["decode_tokens"]), in_system_s=in_system, wall_s=time.perf_counter() - wall,
+        config=cfg,
     )
 
 

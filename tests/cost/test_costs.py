@@ -1,0 +1,80 @@
+"""Provider cache rules and self-hosted cost attribution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agentkv.catalog import prices
+from agentkv.cost.plans import break_even
+from agentkv.cost.providers import provider_cost
+from agentkv.workload.builder import TraceBuilder
+
+SCHED = {"kind": "explicit", "input": 3.0, "output": 15.0, "write_5m": 1.25, "read": 0.1, "min_prefix": 1024,
+         "ttl_s": 300}
+
+
+def trace_of(requests):
+    """requests: (time, input tokens, ids) of one session; block size 64."""
+    b = TraceBuilder(64)
+    s = b.add_session("s", start=0.0)
+    for t, n, ids in requests:
+        b.add_request(s, t, n, 0, ids)
+    return b.build()
+
+
+def cost(trace, sched):
+    arrivals = trace.time.copy()
+    return provider_cost(trace, arrivals, "p", sched)
+
+
+def test_explicit_caching_reads_writes_and_ttl():
+    ids = np.arange(32)  # 2048 tokens
+    t = trace_of([(0, 2048, ids), (100, 2048, ids), (100 + 301, 2048, ids)])
+    c = cost(t, SCHED)
+    per_tok = 3.0 / 1e6
+    # write all, then read all (within TTL), then the TTL has lapsed: written again
+    expect = 2048 * 1.25 * per_tok + 2048 * 0.1 * per_tok + 2048 * 1.25 * per_tok
+    assert c.usd == pytest.approx(expect)
+    assert c.cached_tokens == 2048
+
+
+def test_hits_refresh_the_ttl():
+    ids = np.arange(32)
+    t = trace_of([(0, 2048, ids), (250, 2048, ids), (500, 2048, ids)])
+    assert cost(t, SCHED).cached_tokens == 4096  # 500 s after the write, but 250 s after the refreshing read
+
+
+def test_min_prefix_and_automatic_increments():
+    short = trace_of([(0, 900, np.arange(14)), (1, 900, np.arange(14))])
+    assert cost(short, SCHED).cached_tokens == 0  # under the minimum: never cached
+    auto = {"kind": "automatic", "input": 1.0, "output": 1.0, "read": 0.1, "min_prefix": 1024, "step": 128,
+            "ttl_s": 600}
+    t = trace_of([(0, 1600, np.arange(25)), (1, 1700, np.arange(26))])
+    c = cost(t, auto)
+    assert c.cached_tokens == 1024 + 128 * ((1600 - 1024) // 128)  # 1536: whole 128-token steps only
+    assert c.usd == pytest.approx(((1600 + 1700 - c.cached_tokens) + 0.1 * c.cached_tokens) / 1e6)
+
+
+def test_prefix_break_stops_the_hit():
+    a = np.arange(32)
+    b = np.concatenate([a[:20], np.arange(100, 112)])
+    c = cost(trace_of([(0, 2048, a), (10, 2048, b)]), SCHED)
+    assert c.cached_tokens == 20 * 64
+
+
+def test_builtin_schedules_and_break_even():
+    table = prices()["providers"]
+    t = trace_of([(10 * k, 4096 + 64 * k, np.arange(64 + k)) for k in range(4)])  # an agent loop
+    costs = [provider_cost(t, t.time.copy(), n, s) for n, s in table.items()]
+    assert all(0 < c.usd < c.usd_no_cache for c in costs)
+    one_shot = trace_of([(0, 4096, np.arange(64)), (10, 4160, np.arange(65))])
+    premium = provider_cost(one_shot, one_shot.time.copy(), "1h", table["anthropic-1h"])
+    assert premium.usd > premium.usd_no_cache  # a 2x write read back once does not pay for itself
+    be = break_even({"pro": 20.0}, costs, sessions=1)
+    assert all(b.sessions_per_month == pytest.approx(20.0 / c.usd) for b, c in zip(be, costs, strict=True))
+
+
+def test_unknown_kind_is_named():
+    with pytest.raises(ValueError, match="field 'kind'"):
+        cost(trace_of([(0, 100, np.arange(1))]), {**SCHED, "kind": "magic"})

@@ -1,0 +1,91 @@
+"""Physics of the simulator: conservation, Little's law, a lone request, monotonicity in memory and replicas."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from agentkv.catalog import hardware, model
+from agentkv.kvcache.sizing import codec
+from agentkv.sim.simulator import SimConfig, simulate
+from agentkv.sim.stepcost import Coefficients, Deployment, prefill_seconds
+from agentkv.workload.arrivals import ArrivalModel
+from agentkv.workload.builder import TraceBuilder
+from agentkv.workload.generator import GeneratorConfig, LogNormal, WindowClass, generate
+
+
+def dep(**kw) -> Deployment:
+    return Deployment(hardware("h200"), model("llama-3.1-8b"), codec("bf16"), **kw)
+
+
+@pytest.fixture(scope="module")
+def small():
+    """30 agentic sessions with contexts up to ~150k (short enough to run in a second or two)."""
+    cfg = GeneratorConfig(sessions=30, seed=7, windows=(WindowClass(1.0, 120_000, LogNormal(20_000, 0.5)),),
+                          turns=LogNormal(12, 0.6))
+    return generate(cfg)
+
+
+def test_tokens_are_conserved(small):
+    r = simulate(small, SimConfig(dep(), replicas=2, arrival=ArrivalModel("concurrency", 10)))
+    assert not r.rejected.any() and r.preemptions.sum() == 0
+    assert np.all(~np.isnan(r.finish))
+    assert r.prefill_tokens == int((r.prompt - r.cached.sum(axis=1)).sum())
+    assert r.decode_tokens == int((r.output - 1).sum())
+    assert np.all(r.first_token >= r.arrival) and np.all(r.finish >= r.first_token)
+
+
+def test_littles_law(small):
+    r = simulate(small, SimConfig(dep(), replicas=1, arrival=ArrivalModel("concurrency", 10)))
+    horizon = float(np.nanmax(r.finish) - np.nanmin(r.arrival))
+    mean_in_system = r.in_system_s / horizon  # from the schedulers' queues, step by step
+    arrival_rate = len(r.arrival) / horizon
+    assert mean_in_system == pytest.approx(arrival_rate * float(np.mean(r.e2e)), rel=0.02)
+
+
+def test_lone_request_ttft_is_the_step_cost_prefill():
+    b = TraceBuilder(64)
+    s = b.add_session("lone", start=0.0)
+    b.add_request(s, 0.0, 50_000, 20, np.arange(50_000 // 64))
+    trace = b.build()
+    d = dep()
+    r = simulate(trace, SimConfig(d, arrival=ArrivalModel("trace")))
+    assert float(r.ttft[0]) == pytest.approx(prefill_seconds(50_000, d, 8192), rel=1e-9)
+    assert r.cached.sum() == 0
+
+
+def test_more_hbm_never_lowers_the_lru_hit_rate(small):
+    hits = []
+    for util in (0.3, 0.4, 0.6, 0.9):  # the share of HBM the engine takes, hence KV room
+        d = dep(coefficients=Coefficients(memory_utilization=util))
+        hits.append(simulate(small, SimConfig(d, policy="lru", arrival=ArrivalModel("concurrency", 10))).hit_rate)
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(hits))
+    assert hits[-1] > hits[0]
+
+
+def test_more_replicas_never_raise_p99_ttft(small):
+    p99 = [float(np.percentile(simulate(small, SimConfig(dep(), replicas=n, arrival=ArrivalModel("concurrency", 20))
+                                        ).ttft, 99)) for n in (1, 2, 4)]
+    assert p99[0] >= p99[1] >= p99[2]
+
+
+def test_requests_too_long_for_a_replica_are_rejected_not_lost(small):
+    d = replace(dep(), coefficients=Coefficients(memory_utilization=0.18))  # ~3 GB of KV: ~25k tokens
+    r = simulate(small, SimConfig(d, arrival=ArrivalModel("concurrency", 10)))
+    assert r.rejected.any() and not r.rejected.all()
+    assert np.all(np.isnan(r.first_token[r.rejected]))
+    assert np.all(~np.isnan(r.finish[~r.rejected]))
+
+
+def test_dram_tier_serves_hits_and_is_charged(small):
+    d = replace(dep(), coefficients=Coefficients(memory_utilization=0.35))
+    base = simulate(small, SimConfig(d, arrival=ArrivalModel("concurrency", 10)))
+    tiered = simulate(small, SimConfig(d, dram_bytes=200e9, arrival=ArrivalModel("concurrency", 10)))
+    assert tiered.cached[:, 1].sum() > 0
+    assert tiered.hit_rate > base.hit_rate
+    serial = simulate(small, SimConfig(replace(d, overlap_transfers=False), dram_bytes=200e9,
+                                       arrival=ArrivalModel("concurrency", 10)))
+    assert serial.transfer_s > 0.0  # promotions from DRAM cost link time when not overlapped with compute
