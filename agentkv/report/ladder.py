@@ -4,8 +4,9 @@ baseline (no prefix cache, bf16 KV, naive attention) → +IO-aware attention →
 +fp8 KV → +int4 KV → +DRAM tier → +disk tier → +agent-aware policy.
 
 For every rung the simulator finds the fewest replicas whose TTFT (at the SLO's percentile) meets the SLO
-under the offered load; figures are read at that size. Where no size can meet it (a lone request already
-misses it), the rung is sized to run at the target utilisation instead and flagged.
+under the offered load; figures are read at that size. Where no size can meet it (requests miss it on an
+idle replica), the rung gets the fewest replicas at which queueing adds at most 25% to its nearly-idle TTFT,
+and is flagged.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from agentkv.sim.stepcost import Deployment, prefill_seconds
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.trace import Trace
 
-LATENCY_BOUND_UTILIZATION = 0.25  # missing the SLO this idle: adding replicas will not fix it
+LATENCY_BOUND_UTILIZATION = 0.25  # below this, queueing is negligible: TTFT is what requests themselves take
+QUEUEING_SLACK = 0.25  # where the SLO is unreachable: how much queueing may add to the nearly-idle TTFT
 
 
 @dataclass(slots=True, frozen=True)
@@ -40,7 +42,6 @@ class DeploymentSpec:
     disk_gb: float = 2000.0  # per replica
     slo_ttft_s: float = 20.0
     slo_quantile: float = 90.0
-    target_utilization: float = 0.7
     max_replicas: int = 512
     hardware_file: str | None = None
     models_file: str | None = None
@@ -115,46 +116,51 @@ def rung_config(spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, replica
 
 
 def size_rung(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, usd_per_gpu_hour: float,
-              start: int = 4, max_runs: int = 6) -> RungResult:
-    """Fewest replicas meeting the TTFT SLO (search up ×1.5, then down), each point a full simulation."""
+              start: int = 4, max_runs: int = 8) -> RungResult:
+    """Fewest replicas meeting the TTFT SLO, each candidate a full simulation. Where no size can meet it (the
+    SLO is below what requests take on an idle replica), the fewest replicas at which queueing adds at most
+    QUEUEING_SLACK to the TTFT percentile they get when nearly idle: sized for the load, flagged as missing."""
     runs: dict[int, SimResult] = {}
     tried: list[tuple[int, float]] = []
 
-    def run(r: int) -> float:
+    def ttft(r: int) -> float:
         if r not in runs:
             runs[r] = simulate(trace, rung_config(spec, rung, arrival, r))
             tried.append((r, _q(runs[r].ttft, spec.slo_quantile)))
         return _q(runs[r].ttft, spec.slo_quantile)
 
-    def by_utilization(r: int) -> RungResult:
-        """Where the SLO cannot be met, size the rung to carry the load at the target utilisation."""
-        run(r)
-        busy = float(runs[r].busy_s.sum())
-        r = max(1, min(spec.max_replicas, math.ceil(busy / (runs[r].makespan_s * spec.target_utilization))))
-        run(r)
-        return RungResult(rung, r, False, runs[r], self_hosted_cost(runs[r], usd_per_gpu_hour), tried)
+    def smallest(limit: float, r: int, lo: int = 0) -> int | None:
+        """Grow ×1.5 from r until TTFT meets `limit`, then bisect down to the fewest replicas that do."""
+        while ttft(r) > limit:
+            lo = r
+            if r >= spec.max_replicas or len(runs) >= max_runs:
+                return None
+            r = min(spec.max_replicas, math.ceil(r * 1.5))
+        while r - lo > 1 and len(runs) < max_runs:
+            mid = (lo + r) // 2
+            r, lo = (mid, lo) if ttft(mid) <= limit else (r, mid)
+        return r
 
+    def result(r: int, met: bool) -> RungResult:
+        return RungResult(rung, r, met, runs[r], self_hosted_cost(runs[r], usd_per_gpu_hour), tried)
+
+    reachable = True
     if not rung.prefix_cache:  # without a cache TTFT >= the request's own prefill: a floor no size lowers
         cfg = rung_config(spec, rung, arrival, 1)
         prompt = int(np.percentile(trace.input_tokens, spec.slo_quantile))
-        if prefill_seconds(prompt, cfg.deployment, cfg.max_batched_tokens) > spec.slo_ttft_s:
-            return by_utilization(start)
-    lo, r = 0, start  # lo: the largest size known to miss the SLO
-    while run(r) > spec.slo_ttft_s:  # grow until it meets the SLO
-        lo = r
-        idle = float(runs[r].utilization.mean()) < LATENCY_BOUND_UTILIZATION
-        if idle or r >= spec.max_replicas or len(runs) >= max_runs:
-            return by_utilization(r)  # latency-bound (misses the SLO while mostly idle), or out of budget
-        r = min(spec.max_replicas, math.ceil(r * 1.5))
-    hi = r
-    while hi - lo > 1 and len(runs) < max_runs:  # then bisect down
-        mid = (lo + hi) // 2
-        if run(mid) <= spec.slo_ttft_s:
-            hi = mid
-        else:
-            lo = mid
-    res = runs[hi]
-    return RungResult(rung, hi, True, res, self_hosted_cost(res, usd_per_gpu_hour), tried)
+        reachable = prefill_seconds(prompt, cfg.deployment, cfg.max_batched_tokens) <= spec.slo_ttft_s
+    if reachable:
+        r = smallest(spec.slo_ttft_s, start)
+        if r is not None:
+            return result(r, True)
+    # unreachable: find a nearly idle size for reference, then the fewest replicas within the slack of it
+    r = max(runs, default=start)
+    ttft(r)
+    while runs[r].utilization.mean() >= LATENCY_BOUND_UTILIZATION and r < spec.max_replicas:
+        r = min(spec.max_replicas, r * 2)
+        ttft(r)
+    limit = (1.0 + QUEUEING_SLACK) * ttft(r)
+    return result(smallest(limit, r // 2 or 1) or r, False)
 
 
 def _one(args: tuple) -> RungResult:
