@@ -258,10 +258,14 @@ def deployment_spec(text: str, hardware_file: str | None, models_file: str | Non
 
 def cmd_report(args: argparse.Namespace) -> int:
     import os
+    from dataclasses import replace
+
+    import numpy as np
 
     from agentkv.catalog import hardware, prices
     from agentkv.cost.plans import break_even
     from agentkv.cost.providers import all_providers
+    from agentkv.kvcache.sizing import codec
     from agentkv.report.html import plots, write_html
     from agentkv.report.ladder import LADDER, run_ladder
     from agentkv.report.progress import progress_bar
@@ -295,6 +299,17 @@ def cmd_report(args: argparse.Namespace) -> int:
                       f"${gpu_hour}/GPU-hour",
         "SLO": f"p{spec.slo_quantile:g} TTFT <= {spec.slo_ttft_s:g} s",
     }
+    from agentkv.report.ladder import rung_config
+    from agentkv.report.levers import codec_fits, tier_loads
+
+    median = int(np.median(trace.input_tokens))
+    base = rung_config(spec, LADDER[-1], arrival, 1).deployment
+    fits = codec_fits(base, median)
+    loads = tier_loads(replace(base, kv_codec=codec("bf16")), median)
+    meta["median context"] = f"{median:,} tokens"
+    meta["contexts per GPU"] = ", ".join(f"{f.codec} {f.contexts_per_gpu:.1f} ({f.gib_per_context:.1f} GiB each)"
+                                         for f in fits)
+    meta["bf16 KV of a median context on the GPU"] = ", ".join(f"{t.source} {t.seconds:.2f} s" for t in loads)
     files_dir = os.path.splitext(args.out)[0] + "_files"
     images = plots(results, providers, files_dir)
     write_html(args.out, "agentkv report", meta, results, providers, plans, images)
@@ -310,6 +325,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         print_ladder([r.row for r in results], [(p.name, p.hit_rate, p.usd_per_mtok) for p in providers],
                      f"agentkv report: {meta['trace']}; {meta['deployment']}; SLO {meta['SLO']}")
+        for key in ("median context", "contexts per GPU", "bf16 KV of a median context on the GPU"):
+            print(f"{key}: {meta[key]}")
         print(f"wrote {args.out}, {os.path.splitext(args.out)[0]}.json and {len(images)} plots in {files_dir}/")
     return 0
 

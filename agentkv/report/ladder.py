@@ -129,14 +129,17 @@ def size_rung(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalMo
             tried.append((r, _q(runs[r].ttft, spec.slo_quantile)))
         return _q(runs[r].ttft, spec.slo_quantile)
 
-    def smallest(limit: float, r: int, lo: int = 0) -> int | None:
-        """Grow ×1.5 from r until TTFT meets `limit`, then bisect down to the fewest replicas that do."""
+    def smallest(limit: float, r: int, budget: int) -> int | None:
+        """Grow ×1.5 from r until TTFT meets `limit`, then bisect down to the fewest replicas that do. None
+        when it misses `limit` while mostly idle (latency-bound: more replicas will not help)."""
+        lo, stop = 0, len(runs) + budget
         while ttft(r) > limit:
-            lo = r
-            if r >= spec.max_replicas or len(runs) >= max_runs:
+            if runs[r].utilization.mean() < LATENCY_BOUND_UTILIZATION or r >= spec.max_replicas:
                 return None
-            r = min(spec.max_replicas, math.ceil(r * 1.5))
-        while r - lo > 1 and len(runs) < max_runs:
+            lo, r = r, min(spec.max_replicas, math.ceil(r * 1.5))
+            if len(runs) >= stop:
+                return None
+        while r - lo > 1 and len(runs) < stop:
             mid = (lo + r) // 2
             r, lo = (mid, lo) if ttft(mid) <= limit else (r, mid)
         return r
@@ -150,17 +153,17 @@ def size_rung(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalMo
         prompt = int(np.percentile(trace.input_tokens, spec.slo_quantile))
         reachable = prefill_seconds(prompt, cfg.deployment, cfg.max_batched_tokens) <= spec.slo_ttft_s
     if reachable:
-        r = smallest(spec.slo_ttft_s, start)
+        r = smallest(spec.slo_ttft_s, start, max_runs)
         if r is not None:
             return result(r, True)
-    # unreachable: find a nearly idle size for reference, then the fewest replicas within the slack of it
+    # unreachable: a nearly idle size for reference, then the fewest replicas within the slack of its TTFT
     r = max(runs, default=start)
     ttft(r)
     while runs[r].utilization.mean() >= LATENCY_BOUND_UTILIZATION and r < spec.max_replicas:
         r = min(spec.max_replicas, r * 2)
         ttft(r)
-    limit = (1.0 + QUEUEING_SLACK) * ttft(r)
-    return result(smallest(limit, r // 2 or 1) or r, False)
+    best = smallest((1.0 + QUEUEING_SLACK) * ttft(r), r, max_runs)
+    return result(best if best is not None else r, False)
 
 
 def _one(args: tuple) -> RungResult:

@@ -15,9 +15,12 @@ batch with the step-cost model instead of a forward pass.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from agentkv.kvcache.cache import KVCache
+import numpy as np
+
+from agentkv.kvcache.cache import KVCache, MoveBatch
 from agentkv.kvcache.policy import AccessContext
 from agentkv.scheduler.batch import Batch, PrefillChunk
 from agentkv.scheduler.sequence import Sequence, Status
@@ -36,13 +39,20 @@ def blocks_for(tokens: int, block_size: int) -> int:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, cache: KVCache) -> None:
+    def __init__(self, config: SchedulerConfig, cache: KVCache,
+                 on_commit: Callable[[Sequence, int, np.ndarray], None] | None = None,
+                 on_release: Callable[[Sequence], None] | None = None) -> None:
+        """on_commit(seq, first block, ids) and on_release(seq) let the engine move its tensors in step with the
+        cache's accounts (the simulator has no tensors and passes neither)."""
         self.cfg = config
         self.cache = cache
+        self.on_commit = on_commit
+        self.on_release = on_release
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.preemptions = 0
         self._blocked_at = -1  # cache.releases when the head of the queue last found no room
+        self.commit_moves: list[MoveBatch] = []  # write-through copies made by commits: the engine drains them
 
     # ---- queue ---------------------------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -72,7 +82,7 @@ class Scheduler:
 
     # ---- one step ------------------------------------------------------------------------------------------
     def schedule(self, now: float) -> Batch:
-        batch = Batch()
+        batch = Batch(moves=self.cache.tick(now))  # the policy's prefetches first
         budget = self.cfg.max_batched_tokens
         i = 0
         while i < len(self.running) and budget > 0:
@@ -151,7 +161,7 @@ class Scheduler:
         bs = self.cfg.block_size
         target = seq.prompt_len + seq.generated  # after a preemption, what it generated is recomputed too
         n_blocks = blocks_for(target, bs)
-        ids = seq.block_ids if self.cfg.prefix_cache else seq.block_ids[:0]
+        ids = seq.prefix_ids(bs) if self.cfg.prefix_cache else seq.block_ids[:0]
         grant = self.cache.acquire(seq.seq_id, ids, n_blocks, self._ctx(seq, now))
         if grant is None:
             return False
@@ -198,10 +208,13 @@ class Scheduler:
             return
         ids = seq.name_blocks(seq.computed // self.cfg.block_size, self.cfg.block_size)
         if len(ids):
-            self.cache.commit(seq.seq_id, ids, now)
+            self.commit_moves.extend(self.cache.commit(seq.seq_id, ids, now))
+            if self.on_commit:
+                self.on_commit(seq, seq.committed, ids)
             seq.committed += len(ids)
 
     def _release(self, seq: Sequence, now: float) -> None:
         self.cache.release(seq.seq_id, self._ctx(seq, now))
+        if self.on_release:
+            self.on_release(seq)
         seq.blocks_held = 0
-        seq.committed = 0

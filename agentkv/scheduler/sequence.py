@@ -56,6 +56,10 @@ class Sequence:
     def done(self) -> bool:
         return self.stop or self.generated >= self.max_tokens
 
+    def prefix_ids(self, block_size: int) -> np.ndarray:
+        """Ids of the full blocks to look up at admission (the prompt's; the engine adds generated ones)."""
+        return self.block_ids
+
     def name_blocks(self, upto: int, block_size: int) -> np.ndarray:
         """Ids of full blocks [committed, upto) if they can be named: the prompt's blocks from its ids. The
         engine overrides naming for generated tokens by passing `tokens`; the simulator cannot name them."""

@@ -196,6 +196,7 @@ def simulate(trace: Trace, cfg: SimConfig) -> SimResult:
             for seq in rep.sched.postprocess(batch, now):
                 res.record(seq)
                 next_in_session(seq.seq_id, now)
+            rep.sched.commit_moves.clear()  # write-through copies: no tensors here, and they overlap compute
             k = rep.sched.decode_leap()
             if k >= 2:
                 ctx = tuple(q.computed + 1 + k // 2 for q in rep.sched.running)

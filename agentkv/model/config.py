@@ -1,0 +1,102 @@
+"""A Llama-family model's shape, read from its Hugging Face `config.json`.
+
+One config covers Llama 3.x (with its RoPE frequency scaling), Qwen2.5 (biases on q/k/v), Qwen3 (RMSNorm on
+q and k per head) and Mistral: they differ only in those flags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+
+
+@dataclass(slots=True, frozen=True)
+class ModelConfig:
+    family: str
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    rope_scaling: dict[str, Any] = field(default_factory=dict)
+    eos_token_ids: tuple[int, ...] = ()
+    bos_token_id: int | None = None
+    torch_dtype: str = "bfloat16"
+
+    @staticmethod
+    def from_dir(model_dir: str) -> ModelConfig:
+        path = os.path.join(model_dir, "config.json")
+        try:
+            with open(path) as f:
+                raw = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no config.json in the model folder") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+        gen = os.path.join(model_dir, "generation_config.json")
+        if os.path.exists(gen):
+            with open(gen) as f:
+                extra = json.load(f)
+            raw = {**raw, "eos_token_id": extra.get("eos_token_id", raw.get("eos_token_id"))}
+        return ModelConfig.from_hf(raw, path)
+
+    @staticmethod
+    def from_hf(raw: dict[str, Any], path: str = "config.json") -> ModelConfig:
+        arch = (raw.get("architectures") or [None])[0]
+        family = ARCHITECTURES.get(arch or "", raw.get("model_type"))
+        if family not in ARCHITECTURES.values():
+            raise ValueError(f"{path}: field 'architectures': {arch or raw.get('model_type')!r} is not supported "
+                             f"(supported: {', '.join(ARCHITECTURES)})")
+
+        def need(key: str) -> Any:
+            if key not in raw or raw[key] is None:
+                raise ValueError(f"{path}: field '{key}': missing")
+            return raw[key]
+
+        heads = int(need("num_attention_heads"))
+        hidden = int(need("hidden_size"))
+        rope = dict(raw.get("rope_scaling") or raw.get("rope_parameters") or {})
+        theta = raw.get("rope_theta", rope.get("rope_theta", 10000.0))
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind not in ("default", "llama3", "linear"):
+            raise ValueError(f"{path}: field 'rope_scaling': rope type {kind!r} is not supported "
+                             "(default, linear, llama3)")
+        eos = raw.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+        return ModelConfig(
+            family=family,
+            hidden_size=hidden,
+            intermediate_size=int(need("intermediate_size")),
+            num_layers=int(need("num_hidden_layers")),
+            num_heads=heads,
+            num_kv_heads=int(raw.get("num_key_value_heads") or heads),
+            head_dim=int(raw.get("head_dim") or hidden // heads),
+            vocab_size=int(need("vocab_size")),
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(theta),
+            max_position_embeddings=int(raw.get("max_position_embeddings", 8192)),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            qkv_bias=bool(raw.get("attention_bias", family == "qwen2")),
+            qk_norm=family == "qwen3",
+            rope_scaling={**rope, "rope_type": kind},
+            eos_token_ids=eos_ids,
+            bos_token_id=raw.get("bos_token_id"),
+            torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"),
+        )

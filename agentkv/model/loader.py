@@ -1,0 +1,62 @@
+"""Load a Hugging Face checkpoint folder (config.json + one or sharded safetensors) into our model."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from safetensors import safe_open
+
+from agentkv.kernels.attention import AttentionBackend, TorchAttention
+from agentkv.model.config import ModelConfig
+from agentkv.model.llama import LlamaForCausalLM, rope_inv_freq
+
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+          "float32": torch.float32, "fp32": torch.float32}
+
+
+def weight_files(model_dir: str) -> list[str]:
+    index = os.path.join(model_dir, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        return [os.path.join(model_dir, s) for s in shards]
+    single = os.path.join(model_dir, "model.safetensors")
+    if os.path.exists(single):
+        return [single]
+    raise FileNotFoundError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
+
+
+def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
+               backend: AttentionBackend | None = None) -> LlamaForCausalLM:
+    cfg = ModelConfig.from_dir(model_dir)
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    dtype = dtype or DTYPES.get(cfg.torch_dtype, torch.bfloat16)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg, backend or TorchAttention())
+    expected = {k for k in model.state_dict() if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
+    tensors: dict[str, torch.Tensor] = {}
+    for path in weight_files(model_dir):
+        with safe_open(path, framework="pt", device="cpu") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if name.endswith("rotary_emb.inv_freq"):
+                    continue
+                if name not in expected:
+                    raise ValueError(f"{path}: tensor '{name}' is not part of a {cfg.family} model")
+                tensors[name] = f.get_tensor(name).to(device=device, dtype=dtype)
+    missing = sorted(expected - set(tensors))
+    if missing:
+        raise ValueError(f"{model_dir}: checkpoint lacks tensor '{missing[0]}' ({len(missing)} missing)")
+    model.load_state_dict(tensors, strict=False, assign=True)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.model.rotary = model.model.rotary.to_empty(device=device)
+    model.model.rotary.inv_freq.copy_(rope_inv_freq(cfg).to(device))
+    for name, p in model.named_parameters():
+        if p.device.type == "meta":
+            raise ValueError(f"{model_dir}: parameter '{name}' was not loaded")
+    return model.eval()

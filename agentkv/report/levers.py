@@ -1,0 +1,42 @@
+"""Levers at a glance, for one context size on one deployment: how many contexts the KV codecs fit, and what
+bringing a cached context back from each tier costs next to recomputing it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from agentkv.kvcache.sizing import CODECS
+from agentkv.sim.stepcost import Deployment, prefill_seconds, transfer_seconds
+
+
+@dataclass(slots=True, frozen=True)
+class CodecFit:
+    codec: str
+    gib_per_context: float
+    contexts_per_gpu: float
+
+
+@dataclass(slots=True, frozen=True)
+class TierLoad:
+    source: str  # "recompute", "dram", "disk", "remote"
+    seconds: float
+
+
+def codec_fits(d: Deployment, context: int, codecs: tuple[str, ...] = ("bf16", "fp8", "int8", "int4")) -> list[CodecFit]:
+    out = []
+    for name in codecs:
+        dc = replace(d, kv_codec=CODECS[name])
+        per = dc.kv_bytes_per_token * context
+        out.append(CodecFit(name, per / 2**30, dc.kv_capacity_bytes / per / d.tp))
+    return out
+
+
+def tier_loads(d: Deployment, context: int, chunk: int = 8192) -> list[TierLoad]:
+    """Seconds to have a `context`-token prefix's KV on the GPU: recomputed, or copied from each tier."""
+    size = d.kv_bytes_per_token * context
+    return [
+        TierLoad("recompute", prefill_seconds(context, d, chunk)),
+        TierLoad("dram", transfer_seconds({"host": size}, d)),
+        TierLoad("disk", transfer_seconds({"nvme": size}, d)),
+        TierLoad("remote", transfer_seconds({"network": size}, d)),
+    ]
