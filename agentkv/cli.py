@@ -82,6 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="report.html", help="HTML report path (PNGs go in <name>_files/)")
     rep.add_argument("--json", action="store_true", help="print the results as JSON")
     rep.set_defaults(run=cmd_report)
+
+    gen = sub.add_parser("generate", help="run a local Llama-family checkpoint (HF folder) on prompts")
+    gen.add_argument("--model", required=True, help="folder with config.json, safetensors and tokenizer.json")
+    gen.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
+    gen.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the chat template")
+    gen.add_argument("--system", help="system message for --chat")
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    gen.add_argument("--dtype", choices=["bfloat16", "float16", "float32"])
+    gen.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    gen.add_argument("--kv-cache-gb", type=float, help="KV pool size (default: free GPU memory, or 0.5 GB on CPU)")
+    gen.add_argument("--compile", action="store_true", help="torch.compile the model forward (CUDA)")
+    gen.add_argument("--json", action="store_true", help="print outputs as JSON")
+    gen.set_defaults(run=cmd_generate)
     return p
 
 
@@ -328,6 +346,29 @@ def cmd_report(args: argparse.Namespace) -> int:
         for key in ("median context", "contexts per GPU", "bf16 KV of a median context on the GPU"):
             print(f"{key}: {meta[key]}")
         print(f"wrote {args.out}, {os.path.splitext(args.out)[0]}.json and {len(images)} plots in {files_dir}/")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from agentkv.engine.llm import LLM
+    from agentkv.engine.sequence import SamplingParams
+
+    llm = LLM(args.model, dtype=args.dtype, device=args.device, compile=args.compile,
+              kv_cache_bytes=int(args.kv_cache_gb * 2**30) if args.kv_cache_gb else None)
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                            top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
+    if args.chat:
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        outs = llm.chat([[*system, {"role": "user", "content": p}] for p in args.prompt], params)
+    else:
+        outs = llm.generate(list(args.prompt), params)
+    if args.json:
+        print(json.dumps([{"text": o.text, "token_ids": o.token_ids, "finish_reason": o.finish_reason,
+                           "prompt_tokens": len(o.prompt_token_ids), "cached_tokens": o.cached_tokens}
+                          for o in outs], indent=1))
+    else:
+        for o in outs:
+            print(o.text)
     return 0
 
 

@@ -23,6 +23,7 @@ from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.ids import BlockIds
 from agentkv.kvcache.replay import make_policy
 from agentkv.kvcache.tiers import TierSpec
+from agentkv.model.llama import LlamaForCausalLM
 from agentkv.model.loader import load_model
 from agentkv.scheduler import Batch, Scheduler, SchedulerConfig
 
@@ -42,7 +43,7 @@ class RequestOutput:
 class LLM:
     def __init__(
         self,
-        model_dir: str,
+        model_dir: str | None = None,
         dtype: str | None = None,
         device: str | None = None,
         kv_cache_bytes: int | None = None,
@@ -54,18 +55,28 @@ class LLM:
         policy: str = "lru",
         gpu_memory_utilization: float = 0.9,
         compile: bool = False,
+        model: LlamaForCausalLM | None = None,
     ) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = load_model(model_dir, dtype, self.device)
+        """Load `model_dir` (HF layout), or serve an already-built `model` (benchmarks with random weights)."""
+        if (model_dir is None) == (model is None):
+            raise ValueError("give exactly one of model_dir and model")
+        if model is not None:
+            self.model = model.eval()
+            self.device = next(model.parameters()).device
+        else:
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            self.model = load_model(model_dir, dtype, self.device)  # type: ignore[arg-type]
         cfg = self.model.config
         self.config = cfg
         self.dtype = next(self.model.parameters()).dtype
-        try:
+        self.tokenizer: Any = None
+        if model_dir is not None:
             from agentkv.engine.tokenizer import Tokenizer
 
-            self.tokenizer: Any = Tokenizer(model_dir)
-        except FileNotFoundError:
-            self.tokenizer = None
+            try:
+                self.tokenizer = Tokenizer(model_dir)
+            except FileNotFoundError:
+                self.tokenizer = None
         elem = torch.empty((), dtype=self.dtype).element_size()
         block_bytes = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * block_size * elem
         if kv_cache_bytes is None:
@@ -88,7 +99,7 @@ class LLM:
                                    on_release=self.pool.drop_sequence)
         self.block_size = block_size
         self.ids = BlockIds()
-        self.salt = salt_hash(f"{model_dir}|{self.dtype}")  # blocks of another model or dtype never match
+        self.salt = salt_hash(f"{model_dir or id(self.model)}|{self.dtype}")  # other models/dtypes never match
         self._next_id = 0
         self._generators: dict[int, torch.Generator | None] = {}
         self._seqs: dict[int, EngineSequence] = {}

@@ -8,7 +8,7 @@ attend over its context, gathered through its block table, causally.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -24,8 +24,30 @@ class SeqAttention:
 
 @dataclass(slots=True)
 class AttentionMetadata:
+    """Built once per step and shared by every layer. Single-token (decode) sequences are gathered into one
+    padded batch here, so each layer runs one attention call for all of them."""
+
     slot_mapping: torch.Tensor  # [T] where each new token's K/V goes
     seqs: list[SeqAttention]
+    others: list[SeqAttention] = field(init=False)  # prefill chunks: attended one by one
+    decode_rows: torch.Tensor | None = field(init=False)  # [B] their rows in the batch
+    decode_slots: torch.Tensor | None = field(init=False)  # [B, L] context slots, padded
+    decode_mask: torch.Tensor | None = field(init=False)  # [B, 1, 1, L] true where a slot is real
+
+    def __post_init__(self) -> None:
+        decodes = [s for s in self.seqs if s.q_len == 1]
+        self.others = [s for s in self.seqs if s.q_len != 1]
+        self.decode_rows = self.decode_slots = self.decode_mask = None
+        if decodes:
+            dev = self.slot_mapping.device
+            longest = max(len(s.kv_slots) for s in decodes)
+            slots = torch.zeros(len(decodes), longest, dtype=torch.long, device=dev)
+            mask = torch.zeros(len(decodes), longest, dtype=torch.bool, device=dev)
+            for i, s in enumerate(decodes):
+                slots[i, : len(s.kv_slots)] = s.kv_slots
+                mask[i, : len(s.kv_slots)] = True
+            self.decode_rows = torch.tensor([s.q_start for s in decodes], dtype=torch.long, device=dev)
+            self.decode_slots, self.decode_mask = slots, mask[:, None, None, :]
 
 
 class AttentionBackend(Protocol):
@@ -43,7 +65,13 @@ class TorchAttention:
         flat_k[meta.slot_mapping] = k.to(flat_k.dtype)
         flat_v[meta.slot_mapping] = v.to(flat_v.dtype)
         out = torch.empty_like(q)
-        for s in meta.seqs:
+        if meta.decode_rows is not None:  # all single-token queries at once: [B, H, 1, D] over padded contexts
+            qd = q[meta.decode_rows].unsqueeze(2)
+            kd = flat_k[meta.decode_slots].transpose(1, 2).to(q.dtype)  # [B, KVH, L, D]
+            vd = flat_v[meta.decode_slots].transpose(1, 2).to(q.dtype)
+            o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=scale, enable_gqa=True)
+            out[meta.decode_rows] = o.squeeze(2)
+        for s in meta.others:
             qs = q[s.q_start : s.q_start + s.q_len].transpose(0, 1)  # [H, q, D]
             ks = flat_k[s.kv_slots].transpose(0, 1).to(q.dtype)  # [KVH, ctx, D]
             vs = flat_v[s.kv_slots].transpose(0, 1).to(q.dtype)
