@@ -29,7 +29,7 @@ def block_bytes(llm: LLM) -> int:
 def cases(checkpoint):
     _, folder = checkpoint
     ps = prompts(5, seed=11)
-    ps.append(ps[1][:40] + [7, 8, 9])  # shares a 40-token prefix with prompt 1
+    ps.append([*ps[1][:40], 7, 8, 9])  # shares a 40-token prefix with prompt 1
     ref = hf_model(folder)
     return folder, ps, [hf_greedy(ref, p, GREEDY.max_tokens) for p in ps]
 
@@ -138,7 +138,7 @@ def test_bad_inputs_are_named(llama_dir, tmp_path):
         llm.add_request([5] * 4000, SamplingParams(max_tokens=200))
     with pytest.raises(ValueError, match="empty prompt"):
         llm.add_request([], GREEDY)
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         LLM(str(tmp_path))
 
 
