@@ -40,13 +40,23 @@ def write_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                   bos_token_id=0, eos_token_id=1)
-    if family == "llama3":
+    if family == "qwen2":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif family == "mistral":
+        from transformers import MistralConfig, MistralForCausalLM
+
+        model = MistralForCausalLM(MistralConfig(**common, sliding_window=None))
+    elif family == "llama3":
         cfg = LlamaConfig(**common, rope_theta=500000.0, rope_scaling={
             "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 256})
         model = LlamaForCausalLM(cfg)
-    else:
+    elif family == "qwen3":
         model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=32, tie_word_embeddings=True))
+    else:
+        raise ValueError(family)
     folder.mkdir(parents=True, exist_ok=True)
     model.float().eval().save_pretrained(str(folder), max_shard_size="60KB")
     write_tokenizer(folder)
@@ -73,3 +83,8 @@ def prompts(n: int, seed: int = 0, lo: int = 5, hi: int = 80) -> list[list[int]]
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(lo, hi, (n,), generator=g).tolist()
     return [torch.randint(2, VOCAB, (k,), generator=g).tolist() for k in lengths]
+
+
+@pytest.fixture(scope="session", params=["qwen2", "mistral"])
+def other_family(request, tmp_path_factory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp(request.param), request.param)

@@ -66,3 +66,14 @@ def test_bf16_runs_close_to_fp32(checkpoint):
     a = run(hi, ch, p, 0, [1, 2, 3, 4])
     b = run(lo, cl, p, 0, [1, 2, 3, 4])
     assert (a - b).abs().max() < 0.1 * a.abs().max()
+
+
+def test_qwen2_and_mistral_layouts(other_family):
+    """Qwen2.5 (biases on q/k/v) and Mistral load and match HF too."""
+    ours, ref = load_model(str(other_family), "float32"), hf_model(other_family)
+    assert ours.config.qkv_bias == (ours.config.family == "qwen2")
+    p = prompts(1, seed=9, lo=30, hi=31)[0]
+    got = run(ours, paged(ours), p, 0, [6, 1, 9, 2])
+    with torch.no_grad():
+        full = ref(torch.tensor([p])).logits[0]
+    assert torch.allclose(got, full, atol=ATOL)
