@@ -11,7 +11,7 @@ from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.generator import GeneratorConfig
 from agentkv.workload.trace import Trace
 
-REPORT_SESSIONS = 50  # the default report's synthetic workload: big enough to be agentic, quick enough to run
+REPORT_SESSIONS = 40  # the default report's synthetic workload: big enough to be agentic, quick enough to run
 
 
 def main(argv: list[str] | None = None) -> int:

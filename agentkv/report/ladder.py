@@ -5,13 +5,12 @@ baseline (no prefix cache, bf16 KV, naive attention) → +IO-aware attention →
 
 For every rung the simulator finds the fewest replicas whose TTFT (at the SLO's percentile) meets the SLO
 under the offered load; figures are read at that size. Where no size can meet it (requests miss it on an
-idle replica), the rung gets the fewest replicas at which queueing adds at most 25% to its nearly-idle TTFT,
+idle replica), the rung gets the fewest replicas within 25% of the TTFT that adding replicas converges to,
 and is flagged.
 """
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -25,8 +24,7 @@ from agentkv.sim.stepcost import Deployment, prefill_seconds
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.trace import Trace
 
-LATENCY_BOUND_UTILIZATION = 0.25  # below this, queueing is negligible: TTFT is what requests themselves take
-QUEUEING_SLACK = 0.25  # where the SLO is unreachable: how much queueing may add to the nearly-idle TTFT
+QUEUEING_SLACK = 0.25  # where the SLO is unreachable: TTFT may be this much above what more replicas reach
 
 
 @dataclass(slots=True, frozen=True)
@@ -116,10 +114,10 @@ def rung_config(spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, replica
 
 
 def size_rung(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, usd_per_gpu_hour: float,
-              start: int = 4, max_runs: int = 8) -> RungResult:
-    """Fewest replicas meeting the TTFT SLO, each candidate a full simulation. Where no size can meet it (the
-    SLO is below what requests take on an idle replica), the fewest replicas at which queueing adds at most
-    QUEUEING_SLACK to the TTFT percentile they get when nearly idle: sized for the load, flagged as missing."""
+              start: int = 4, max_runs: int = 6) -> RungResult:
+    """Fewest replicas meeting the TTFT SLO, each candidate a full simulation. Where none within the budget
+    does (the SLO is below what requests take on an idle replica, or out of reach), the fewest replicas whose
+    TTFT is within QUEUEING_SLACK of where more replicas stop helping: sized for the load, flagged as missing."""
     runs: dict[int, SimResult] = {}
     tried: list[tuple[int, float]] = []
 
@@ -129,16 +127,14 @@ def size_rung(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalMo
             tried.append((r, _q(runs[r].ttft, spec.slo_quantile)))
         return _q(runs[r].ttft, spec.slo_quantile)
 
-    def smallest(limit: float, r: int, budget: int) -> int | None:
-        """Grow ×1.5 from r until TTFT meets `limit`, then bisect down to the fewest replicas that do. None
-        when it misses `limit` while mostly idle (latency-bound: more replicas will not help)."""
-        lo, stop = 0, len(runs) + budget
+    def smallest(limit: float, r: int, lo: int, budget: int) -> int | None:
+        """Double r until TTFT meets `limit`, then bisect down to the fewest replicas that do (more replicas
+        also means more cache, so even an idle-looking deployment can get faster). None: out of budget."""
+        stop = len(runs) + budget
         while ttft(r) > limit:
-            if runs[r].utilization.mean() < LATENCY_BOUND_UTILIZATION or r >= spec.max_replicas:
+            if r >= spec.max_replicas or len(runs) >= stop:
                 return None
-            lo, r = r, min(spec.max_replicas, math.ceil(r * 1.5))
-            if len(runs) >= stop:
-                return None
+            lo, r = r, min(spec.max_replicas, 2 * r)
         while r - lo > 1 and len(runs) < stop:
             mid = (lo + r) // 2
             r, lo = (mid, lo) if ttft(mid) <= limit else (r, mid)
@@ -153,17 +149,17 @@ def size_rung(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalMo
         prompt = int(np.percentile(trace.input_tokens, spec.slo_quantile))
         reachable = prefill_seconds(prompt, cfg.deployment, cfg.max_batched_tokens) <= spec.slo_ttft_s
     if reachable:
-        r = smallest(spec.slo_ttft_s, start, max_runs)
+        r = smallest(spec.slo_ttft_s, start, 0, max_runs)
         if r is not None:
             return result(r, True)
-    # unreachable: a nearly idle size for reference, then the fewest replicas within the slack of its TTFT
-    r = max(runs, default=start)
-    ttft(r)
-    while runs[r].utilization.mean() >= LATENCY_BOUND_UTILIZATION and r < spec.max_replicas:
-        r = min(spec.max_replicas, r * 2)
-        ttft(r)
-    best = smallest((1.0 + QUEUEING_SLACK) * ttft(r), r, max_runs)
-    return result(best if best is not None else r, False)
+    # unreachable: find where more replicas stop helping (TTFT falls < 20% on doubling), then the fewest
+    # replicas within the slack of that TTFT
+    ref = max(runs, default=start)
+    stop = len(runs) + max_runs
+    while ref < spec.max_replicas and len(runs) < stop and ttft(min(2 * ref, spec.max_replicas)) < 0.8 * ttft(ref):
+        ref = min(2 * ref, spec.max_replicas)
+    best = smallest((1.0 + QUEUEING_SLACK) * ttft(ref), ref, 0, max_runs)
+    return result(best if best is not None else ref, False)
 
 
 def _one(args: tuple) -> RungResult:

@@ -89,3 +89,20 @@ def test_dram_tier_serves_hits_and_is_charged(small):
     serial = simulate(small, SimConfig(replace(d, overlap_transfers=False), dram_bytes=200e9,
                                        arrival=ArrivalModel("concurrency", 10)))
     assert serial.transfer_s > 0.0  # promotions from DRAM cost link time when not overlapped with compute
+
+
+def test_prefix_aware_routing_keeps_sessions_on_their_cache(small):
+    hit = {router: simulate(small, SimConfig(dep(), replicas=4, router=router,
+                                             arrival=ArrivalModel("concurrency", 10))).hit_rate
+           for router in ("round-robin", "least-loaded", "prefix-aware")}
+    assert hit["prefix-aware"] > hit["round-robin"]
+    assert hit["prefix-aware"] > hit["least-loaded"]
+
+
+def test_tensor_parallel_70b_serves_the_load(small):
+    d = Deployment(hardware("h100-sxm"), model("llama-3.1-70b"), codec("fp8"), tp=4, weight_dtype="fp8")
+    assert d.kv_capacity_bytes > 0
+    r = simulate(small, SimConfig(d, arrival=ArrivalModel("concurrency", 5)))
+    assert not r.rejected.any() and r.hit_rate > 0.5
+    one = simulate(small, SimConfig(replace(d, tp=8), arrival=ArrivalModel("concurrency", 5)))
+    assert np.median(one.ttft) < np.median(r.ttft)  # more devices per replica: faster prefill
