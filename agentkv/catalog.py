@@ -78,15 +78,18 @@ def entries(cls: type[T], raw: dict[str, Any], what: str) -> dict[str, T]:
     return out
 
 
+def lookup(table: dict[str, T], name: str, what: str) -> T:
+    if name not in table:
+        raise ValueError(f"unknown {what} '{name}' (known: {', '.join(sorted(table))})")
+    return table[name]
+
+
 def models(path: str | None = None) -> dict[str, ModelSpec]:
     return entries(ModelSpec, read_toml("models", path), "model")
 
 
 def model(name: str, path: str | None = None) -> ModelSpec:
-    table = models(path)
-    if name not in table:
-        raise ValueError(f"unknown model '{name}' (known: {', '.join(sorted(table))})")
-    return table[name]
+    return lookup(models(path), name, "model")
 
 
 def hardware_table(path: str | None = None) -> dict[str, HardwareSpec]:
@@ -94,10 +97,7 @@ def hardware_table(path: str | None = None) -> dict[str, HardwareSpec]:
 
 
 def hardware(name: str, path: str | None = None) -> HardwareSpec:
-    table = hardware_table(path)
-    if name not in table:
-        raise ValueError(f"unknown hardware '{name}' (known: {', '.join(sorted(table))})")
-    return table[name]
+    return lookup(hardware_table(path), name, "hardware")
 
 
 def prices(path: str | None = None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,3 +68,14 @@ def require_block_ids(
             f"(block size {block_size})"
         )
     return ids
+
+
+def json_object(line: str, path: str, where: str) -> dict[str, Any]:
+    """One JSON object (a JSONL line), or a TraceError saying where it is malformed."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise TraceError(path, where, None, f"invalid JSON: {e.msg}") from None
+    if not isinstance(rec, dict):
+        raise TraceError(path, where, None, "expected a JSON object")
+    return rec

@@ -7,10 +7,8 @@ file share one scope (reuse across requests is what the ids say it is).
 
 from __future__ import annotations
 
-import json
-
 from agentkv.workload.builder import TraceBuilder
-from agentkv.workload.errors import BadRecords, TraceError, require_block_ids, require_number
+from agentkv.workload.errors import BadRecords, TraceError, json_object, require_block_ids, require_number
 
 NAME = "mooncake"
 BLOCK_SIZE = 512
@@ -30,12 +28,7 @@ def load(paths: list[str], texts: list[str], errors: BadRecords) -> TraceBuilder
                 continue
             at = f"line {lineno}"
             try:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise TraceError(path, at, None, f"invalid JSON: {e.msg}") from None
-                if not isinstance(rec, dict):
-                    raise TraceError(path, at, None, "expected a JSON object")
+                rec = json_object(line, path, at)
                 ts = float(require_number(rec, "timestamp", path, at) or 0.0)
                 n_in = int(require_number(rec, "input_length", path, at, integer=True) or 0)
                 n_out = int(require_number(rec, "output_length", path, at, integer=True) or 0)

@@ -21,7 +21,7 @@ import numpy as np
 
 from agentkv.kvcache.block_hash import block_hashes, salt_hash
 from agentkv.workload.builder import TraceBuilder
-from agentkv.workload.errors import BadRecords, TraceError
+from agentkv.workload.errors import BadRecords, TraceError, json_object
 from agentkv.workload.tokenize import Tokenizer, render_message, render_pieces
 from agentkv.workload.trace import FINISH_END, FINISH_TOOL, FINISH_UNKNOWN
 
@@ -84,12 +84,7 @@ def load(
 
 
 def _parse(line: str, path: str, where: str) -> dict[str, Any]:
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise TraceError(path, where, None, f"invalid JSON: {e.msg}") from None
-    if not isinstance(rec, dict):
-        raise TraceError(path, where, None, "expected a JSON object")
+    rec = json_object(line, path, where)
     body = rec.get("request") or rec.get("body") or rec
     if not isinstance(body, dict):
         raise TraceError(path, where, "request", "expected an object")
