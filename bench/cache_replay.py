@@ -13,7 +13,8 @@ from functools import partial
 
 from agentkv.catalog import model
 from agentkv.kvcache.cache import KVCache
-from agentkv.kvcache.replay import make_policy, reference_stream, replay
+from agentkv.kvcache.policies import make_policy
+from agentkv.kvcache.replay import reference_stream, replay
 from agentkv.kvcache.tiers import TierSpec
 from agentkv.workload import load_trace
 from agentkv.workload.arrivals import ArrivalModel, arrival_times, replay_order

@@ -12,7 +12,8 @@ import time
 
 from agentkv.catalog import hardware, model
 from agentkv.kvcache.cache import KVCache
-from agentkv.kvcache.replay import make_policy, replay
+from agentkv.kvcache.policies import make_policy
+from agentkv.kvcache.replay import replay
 from agentkv.kvcache.sizing import codec, kv_bytes_per_block
 from agentkv.kvcache.tiers import TierSpec
 from agentkv.sim.simulator import SimConfig, simulate

@@ -21,7 +21,7 @@ from agentkv.kernels.attention import AttentionMetadata, SeqAttention
 from agentkv.kvcache.block_hash import salt_hash
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.ids import BlockIds
-from agentkv.kvcache.replay import make_policy
+from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.tiers import TierSpec
 from agentkv.model.llama import LlamaForCausalLM
 from agentkv.model.loader import load_model

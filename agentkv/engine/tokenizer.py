@@ -29,9 +29,6 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
-    def token_id(self, token: str) -> int | None:
-        return self._tok.token_to_id(token)
-
     def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any) -> str:
         if not self.chat_template:
             raise ValueError("the model has no chat template (tokenizer_config.json 'chat_template'): send a raw prompt")

@@ -240,11 +240,6 @@ class KVCache:
             self.stats.prefetched += n
         return moves
 
-    def held(self, key: Hashable) -> tuple[np.ndarray, int]:
-        """(named blocks the request pins, head to tail; anonymous blocks it reserves)."""
-        h = self._held[key]
-        return (np.concatenate(h.chain) if h.chain else np.zeros(0, dtype=np.int64)), h.reserved
-
     # ---- mechanics ------------------------------------------------------------------------------------------
     def _ensure(self, ids: np.ndarray) -> None:
         if not len(ids):

@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agentkv.catalog import ModelSpec
 from agentkv.kvcache.cache import KVCache
-from agentkv.kvcache.policies import LFU, LRU, AgentAware, Belady, CostAware, next_uses
 from agentkv.kvcache.policy import AccessContext, Policy
 from agentkv.workload.trace import Trace
 
@@ -63,26 +61,6 @@ class ReplayResult:
 def reference_stream(trace: Trace, order: np.ndarray, gpu_blocks: int) -> list[np.ndarray]:
     """The blocks each request (in replay order) can cache: its ids, cut to what the GPU tier can hold."""
     return [trace.blocks(int(i))[:gpu_blocks] for i in order]
-
-
-def make_policy(name: str, stream: list[np.ndarray] | None = None, model: ModelSpec | None = None,
-                block_size: int = 64) -> Policy:
-    match name:
-        case "lru" | "infinite":
-            return LRU()
-        case "lfu":
-            return LFU()
-        case "cost":
-            if model is None:
-                raise ValueError("the cost-aware policy needs a model (its recompute cost)")
-            return CostAware(model, block_size)
-        case "agent":
-            return AgentAware()
-        case "belady":
-            if stream is None:
-                raise ValueError("Belady needs the replay's reference stream")
-            return Belady(next_uses(stream))
-    raise ValueError(f"unknown policy '{name}' (policies: lru, lfu, cost, agent, belady, infinite)")
 
 
 def replay(

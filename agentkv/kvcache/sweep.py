@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from agentkv.catalog import ModelSpec
 from agentkv.kvcache.cache import KVCache
-from agentkv.kvcache.replay import ReplayResult, make_policy, reference_stream, replay
+from agentkv.kvcache.policies import make_policy
+from agentkv.kvcache.replay import ReplayResult, reference_stream, replay
 from agentkv.kvcache.sizing import CodecSpec, kv_bytes_per_block, kv_bytes_per_token
 from agentkv.kvcache.tiers import TIER_NAMES, Size, TierSpec, parse_size
 from agentkv.workload.arrivals import ArrivalModel, arrival_times, replay_order

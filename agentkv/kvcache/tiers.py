@@ -1,4 +1,4 @@
-"""Tiers of KV memory and their capacities: `gpu=256k,dram=2M` in tokens, or `gpu=16GiB` in bytes."""
+"""Tiers of KV memory and their capacities, in tokens (`256k`) or bytes (`16GiB`)."""
 
 from __future__ import annotations
 
@@ -51,18 +51,3 @@ def format_size(s: Size) -> str:
             return f"{s.value / scale:g}{unit}"
     return f"{s.value:g}"
 
-
-def parse_tiers(text: str) -> dict[str, Size]:
-    """`gpu=256k,dram=2M` → {'gpu': Size, 'dram': Size} in fastest-first order."""
-    out: dict[str, Size] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, value = part.partition("=")
-        name = name.strip().lower()
-        if name not in TIER_NAMES:
-            raise ValueError(f"unknown tier {name!r} in {text!r} (tiers: {', '.join(TIER_NAMES)})")
-        if name in out:
-            raise ValueError(f"tier {name!r} given twice in {text!r}")
-        out[name] = parse_size(value)
-    if not out:
-        raise ValueError(f"no tiers in {text!r}")
-    return dict(sorted(out.items(), key=lambda kv: TIER_NAMES.index(kv[0])))

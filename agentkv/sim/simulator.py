@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agentkv.kvcache.cache import KVCache
-from agentkv.kvcache.replay import make_policy
+from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.sizing import kv_bytes_per_block
 from agentkv.kvcache.tiers import TierSpec
 from agentkv.scheduler import Batch, Scheduler, SchedulerConfig, Sequence

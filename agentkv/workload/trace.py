@@ -20,21 +20,6 @@ NO_PARENT = -1
 FINISH_UNKNOWN, FINISH_TOOL, FINISH_END = 0, 1, 2
 
 
-@dataclass(slots=True, frozen=True)
-class RequestView:
-    """One request read out of a trace, for code that wants objects rather than columns."""
-
-    index: int
-    session: int
-    time: float  # seconds after its session's start
-    input_tokens: int
-    output_tokens: int
-    block_ids: np.ndarray
-    think_time: float  # NaN when the source does not say
-    api_time: float  # NaN when the source does not say
-    finish: int  # FINISH_*
-
-
 @dataclass(slots=True)
 class Trace:
     """Sessions (with parent links for sub-agents and a tenant each) and their requests.
@@ -82,26 +67,9 @@ class Trace:
     def blocks(self, i: int) -> np.ndarray:
         return self.block_ids[self.block_offsets[i] : self.block_offsets[i + 1]]
 
-    def request(self, i: int) -> RequestView:
-        return RequestView(
-            index=i,
-            session=int(self.session[i]),
-            time=float(self.time[i]),
-            input_tokens=int(self.input_tokens[i]),
-            output_tokens=int(self.output_tokens[i]),
-            block_ids=self.blocks(i),
-            think_time=float(self.think_time[i]),
-            api_time=float(self.api_time[i]),
-            finish=int(self.finish[i]),
-        )
-
     def session_bounds(self) -> np.ndarray:
         """[S+1] offsets: session s owns requests bounds[s]:bounds[s+1] (requests are grouped by session)."""
         return np.searchsorted(self.session, np.arange(self.n_sessions + 1), side="left")
-
-    def block_request_index(self) -> np.ndarray:
-        """For every entry of block_ids, the request it belongs to."""
-        return np.repeat(np.arange(self.n_requests), self.blocks_per_request)
 
     def validate(self) -> None:
         """Check the invariants every loader and the generator promise; raise ValueError naming the first broken one."""
@@ -163,35 +131,6 @@ class Trace:
             block_offsets=np.concatenate([[0], np.cumsum(np.tile(lens, copies))]).astype(np.int64),
             block_ids=np.concatenate([self.block_ids + k * nb for k in reps]),
             source=f"{self.source} x{copies}",
-        )
-
-    def select_sessions(self, keep: np.ndarray) -> Trace:
-        """The trace restricted to sessions where `keep` is true (parents outside the selection are cut)."""
-        keep = np.asarray(keep, dtype=bool)
-        new_index = np.cumsum(keep) - 1
-        rmask = keep[self.session]
-        lens = self.blocks_per_request[rmask]
-        bmask = np.repeat(rmask, self.blocks_per_request)
-        parent = self.session_parent[keep]
-        parent = np.where((parent >= 0) & keep[np.maximum(parent, 0)], new_index[np.maximum(parent, 0)], NO_PARENT)
-        return Trace(
-            block_size=self.block_size,
-            has_block_ids=self.has_block_ids,
-            session_names=[n for n, k in zip(self.session_names, keep, strict=True) if k],
-            session_start=self.session_start[keep],
-            session_parent=parent.astype(np.int32),
-            session_tenant=self.session_tenant[keep],
-            tenants=list(self.tenants),
-            session=new_index[self.session[rmask]].astype(np.int32),
-            time=self.time[rmask],
-            input_tokens=self.input_tokens[rmask],
-            output_tokens=self.output_tokens[rmask],
-            think_time=self.think_time[rmask],
-            api_time=self.api_time[rmask],
-            finish=self.finish[rmask],
-            block_offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
-            block_ids=self.block_ids[bmask],
-            source=self.source,
         )
 
 

@@ -7,9 +7,9 @@ import pytest
 
 from agentkv.catalog import model
 from agentkv.kvcache.cache import KVCache
-from agentkv.kvcache.policies import LFU, LRU, AgentAware, CostAware
+from agentkv.kvcache.policies import LFU, LRU, AgentAware, CostAware, make_policy
 from agentkv.kvcache.policy import AccessContext
-from agentkv.kvcache.replay import make_policy, reference_stream, replay
+from agentkv.kvcache.replay import reference_stream, replay
 from agentkv.kvcache.sizing import codec
 from agentkv.kvcache.sweep import LowerTier, tier_specs
 from agentkv.kvcache.tiers import Size, TierSpec
