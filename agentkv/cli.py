@@ -276,7 +276,7 @@ def deployment_spec(text: str, hardware_file: str | None, models_file: str | Non
 
 def cmd_report(args: argparse.Namespace) -> int:
     import os
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     import numpy as np
 
@@ -334,8 +334,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     doc = {**meta, "ladder": [r.row for r in results],
            "providers": [{"name": p.name, "hit_rate": p.hit_rate, "usd": p.usd, "usd_no_cache": p.usd_no_cache,
                           "saving": p.saving, "usd_per_mtok": p.usd_per_mtok} for p in providers],
-           "break_even": [b.__dict__ if hasattr(b, "__dict__") else {f: getattr(b, f) for f in b.__slots__}
-                          for b in plans]}
+           "break_even": [asdict(b) for b in plans]}
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(doc, f, indent=1, default=float)
     if args.json:

@@ -19,6 +19,8 @@ or ended the turn (a person reads, for minutes or hours). So:
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 
 from agentkv.kvcache.policy import AccessContext, Policy
@@ -29,19 +31,22 @@ MIN_SAMPLES = 16  # below this a kind borrows the pooled distribution
 
 
 class _Pauses:
-    """Observed pauses of one kind, kept sorted with tail sums for mean residual life."""
+    """The most recent pauses of one kind (a long-running engine forgets old traffic), kept sorted with tail
+    sums for mean residual life; the sorted table is rebuilt as a quarter more pauses arrive."""
 
-    def __init__(self) -> None:
-        self.new: list[float] = []
+    def __init__(self, window: int = 20_000) -> None:
+        self.recent: deque[float] = deque(maxlen=window)
+        self.fresh = 0
         self.sorted = np.zeros(0)
         self.tail_sum = np.zeros(1)
 
     def add(self, pause: float) -> None:
-        self.new.append(pause)
-        if len(self.new) >= 0.25 * len(self.sorted) + 8:
-            self.sorted = np.sort(np.concatenate([self.sorted, self.new]))
+        self.recent.append(pause)
+        self.fresh += 1
+        if self.fresh >= 0.25 * len(self.sorted) + 8:
+            self.sorted = np.sort(np.fromiter(self.recent, dtype=np.float64))
             self.tail_sum = np.concatenate([np.cumsum(self.sorted[::-1])[::-1], [0.0]])
-            self.new = []
+            self.fresh = 0
 
     @property
     def median(self) -> float:
@@ -74,8 +79,9 @@ class AgentAware(Policy):
         self.last_seq = np.zeros(0, dtype=np.int64)
         self.pace = np.zeros(0)  # its gaps relative to the typical gap of their kind (median ratio)
         self.reply = np.zeros(0)  # its last reply's length relative to the typical reply (1: unknown)
-        self.out_log: list[float] = []  # (log reply length, log gap ratio) pairs for the reply exponent
-        self.gap_log: list[float] = []
+        self.out_log: deque[float] = deque(maxlen=20_000)  # recent (log reply length, log gap ratio) pairs
+        self.gap_log: deque[float] = deque(maxlen=20_000)
+        self.learned = 0
         self.reply_exponent = 0.0
         self.typical_reply = 0.0
         self.ratios: list[list[float]] = []
@@ -178,7 +184,8 @@ class AgentAware(Policy):
         """Slope of log gap on log reply length (least squares over what was seen, refreshed as it grows)."""
         self.out_log.append(log_reply)
         self.gap_log.append(log_ratio)
-        n = len(self.out_log)
+        self.learned += 1
+        n = self.learned
         if (n >= 32 and (n & (n - 1)) == 0) or n % 256 == 0:
             x, y = np.asarray(self.out_log), np.asarray(self.gap_log)
             var = float(np.var(x))
