@@ -287,14 +287,10 @@ class KVCache:
         short = need - self.free_blocks(0)
         if short <= 0:
             return True
-        cands = self._resident(0)
-        cands = cands[self.pins[cands] == 0]
+        cands = self._unpinned0()
         if len(cands) < short:
             return False
-        keys = self.policy.keys(cands, now)
-        chosen = _lowest(keys, self.depth[cands], min(short + self.evict_ahead, len(cands)))
-        self.policy.on_evict(keys[chosen])
-        self._evict(0, cands[chosen], moves, now)
+        self._evict_lowest0(cands, self.policy.keys(cands, now), short + self.evict_ahead, moves, now)
         return True
 
     def _room0_below(self, want: int, threshold: float, moves: list[MoveBatch], now: float) -> int:
@@ -302,16 +298,23 @@ class KVCache:
         free = self.free_blocks(0)
         if free >= want:
             return want
-        cands = self._resident(0)
-        cands = cands[self.pins[cands] == 0]
+        cands = self._unpinned0()
         keys = self.policy.keys(cands, now)
-        cands, keys = cands[keys < threshold], keys[keys < threshold]
-        k = min(want - free, len(cands))
+        below = keys < threshold
+        return free + self._evict_lowest0(cands[below], keys[below], want - free, moves, now)
+
+    def _unpinned0(self) -> np.ndarray:
+        cands = self._resident(0)
+        return cands[self.pins[cands] == 0]
+
+    def _evict_lowest0(self, cands: np.ndarray, keys: np.ndarray, k: int, moves: list[MoveBatch], now: float) -> int:
+        """Evict the (up to) k candidates ranked lowest from tier 0; returns how many went."""
+        k = min(k, len(cands))
         if k:
             chosen = _lowest(keys, self.depth[cands], k)
             self.policy.on_evict(keys[chosen])
             self._evict(0, cands[chosen], moves, now)
-        return free + k
+        return k
 
     def _evict(self, t: int, victims: np.ndarray, moves: list[MoveBatch], now: float) -> None:
         """Take `victims` out of tier t: demoted to t+1 unless a lower tier holds them already, else dropped."""
