@@ -217,9 +217,8 @@ class KVCache:
         chain = np.concatenate(held.chain) if held.chain else np.zeros(0, dtype=np.int64)
         self.pins[chain] -= 1
         self.reserved -= held.reserved
-        if len(chain):
-            keys = chain_monotone(self.policy.on_release(chain, self.depth[chain], ctx))
-            self.key[chain] = np.maximum(self.key[chain], keys) if self.policy.keys_only_rise else keys
+        keys = chain_monotone(self.policy.on_release(chain, self.depth[chain], ctx))  # even empty: the turn ended
+        self.key[chain] = np.maximum(self.key[chain], keys) if self.policy.keys_only_rise else keys
 
     def tick(self, now: float) -> list[MoveBatch]:
         """Carry out the policy's prefetches (head first) wherever tier 0 has room or holds blocks ranked lower."""

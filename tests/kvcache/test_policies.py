@@ -61,6 +61,26 @@ def test_agent_keeps_the_session_that_comes_back_first():
     assert kept["lru"] == (2, 6)
 
 
+def test_agent_measures_pauses_from_the_end_of_the_reply():
+    """Tool pauses of 5 s after replies of 1 s: a session whose reply took 40 s is forecast back 5 s after the
+    reply ended, not 6 s after its request arrived."""
+    policy = AgentAware()
+    c = KVCache([TierSpec("gpu", 64, 1)], policy)
+    t = 0.0
+    for i in range(40):
+        ctx = AccessContext(t, session=1, finish=FINISH_TOOL)
+        c.acquire(f"w{i}", np.array([i]), 1, ctx)
+        ctx.now = t + 1.0  # the reply ends a second later
+        c.release(f"w{i}", ctx)
+        t += 6.0
+    ctx = AccessContext(t, session=0, finish=FINISH_TOOL)
+    c.acquire("slow", np.array([100]), 1, ctx)
+    ctx.now = t + 40.0
+    c.release("slow", ctx)
+    assert policy.predicted_return(t + 41.0)[0] == pytest.approx(t + 45.0, abs=0.5)
+    assert policy.predicted_return(t + 10.0)[0] == pytest.approx(t + 45.0, abs=0.5)  # reply still running
+
+
 def test_agent_demotes_then_prefetches_before_return():
     """With a DRAM tier, KV of a session that went to a tool is demoted under pressure and fetched back to
     the GPU before the session's forecast return, so its next request hits in the GPU tier."""
