@@ -55,7 +55,8 @@ def test_cache_sweep_writes_table_csv_json_png(tmp_path):
     r = agentkv("cache", "sweep", "--gen-sessions", "15", "--capacity", "64k,256k", "--policy", "lru,agent",
                 "--tiers", "dram=4x", "--concurrency", "5", "--out", str(out))
     assert r.returncode == 0, r.stderr
-    assert "closes" in r.stdout and "infinite cache" in r.stdout
+    assert "infinite cache" in r.stdout
+    assert "agent @ 64k: recomputes" in r.stdout and "vs LRU" in r.stdout  # tiered: no Belady bound to close
     rows = list(csv.DictReader((out / "sweep.csv").read_text().splitlines()))
     assert {row["policy"] for row in rows} == {"lru", "agent", "belady"}
     assert len(rows) == 6
@@ -65,6 +66,13 @@ def test_cache_sweep_writes_table_csv_json_png(tmp_path):
     doc = json.loads((out / "sweep.json").read_text())
     assert 0 < doc["infinite_hit_rate"] <= 1 and doc["tiers"] == "dram=4x"
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gpu_only_cache_sweep_reports_the_belady_gap(tmp_path):
+    r = agentkv("cache", "sweep", "--gen-sessions", "10", "--capacity", "64k", "--policy", "lru,agent",
+                "--concurrency", "5", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "agent @ 64k: closes" in r.stdout and "of the LRU→Belady gap" in r.stdout
 
 
 def test_cache_sweep_rejects_bad_input(tmp_path):
