@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agentkv.kvcache.block_hash import block_hashes, chain_hash
+from agentkv.kvcache.block_hash import chain_hash
 from agentkv.kvcache.ids import BlockIds
 from agentkv.scheduler import Sequence
 
@@ -39,38 +39,42 @@ class EngineSequence(Sequence):
     ids: BlockIds | None = None
     salt: int = 0
     hashes: list[int] = field(default_factory=list)  # chained hashes of the full blocks named so far
+    named: list[int] = field(default_factory=list)  # their verified dense ids
     text: str = ""
     finish_reason: str = ""
 
     @staticmethod
     def create(seq_id: int, prompt: list[int], params: SamplingParams, ids: BlockIds, salt: int,
                block_size: int) -> EngineSequence:
-        hashes = block_hashes(prompt, block_size, salt)
-        return EngineSequence(seq_id, len(prompt), ids.ids(hashes), params.max_tokens, tokens=list(prompt),
-                              params=params, ids=ids, salt=salt, hashes=hashes.tolist())
+        seq = EngineSequence(seq_id, len(prompt), np.zeros(0, dtype=np.int64), params.max_tokens, tokens=list(prompt),
+                             params=params, ids=ids, salt=salt)
+        seq._name_upto(len(prompt) // block_size, block_size)
+        seq.block_ids = seq.block_range(0, len(seq.named))
+        return seq
 
     @property
     def output_ids(self) -> list[int]:
         return self.tokens[self.prompt_len :] if self.tokens else []
 
     def name_blocks(self, upto: int, block_size: int) -> np.ndarray:
-        """Ids of full blocks [committed, upto): the prompt's from its hashes, generated ones hashed now."""
-        self._hash_upto(upto, block_size)
+        """Ids of full blocks [committed, upto): the prompt's named at creation, generated ones named now."""
+        self._name_upto(upto, block_size)
         return self.block_range(self.committed, upto)
 
     def prefix_ids(self, block_size: int) -> np.ndarray:
         """Ids of every full block of its context (after a preemption, generated blocks too: they may be cached)."""
         upto = self.length // block_size
-        self._hash_upto(upto, block_size)
+        self._name_upto(upto, block_size)
         return self.block_range(0, upto)
 
     def block_range(self, first: int, last: int) -> np.ndarray:
-        assert self.ids is not None
-        return self.ids.ids(np.asarray(self.hashes[first:last], dtype=np.int64))
+        return np.asarray(self.named[first:last], dtype=np.int64)
 
-    def _hash_upto(self, upto: int, block_size: int) -> None:
-        assert self.tokens is not None
-        while len(self.hashes) < upto:
-            i = len(self.hashes)
-            parent = self.hashes[-1] if self.hashes else self.salt
-            self.hashes.append(chain_hash(parent, self.tokens[i * block_size : (i + 1) * block_size]))
+    def _name_upto(self, upto: int, block_size: int) -> None:
+        assert self.tokens is not None and self.ids is not None
+        while len(self.named) < upto:
+            i = len(self.named)
+            block = self.tokens[i * block_size : (i + 1) * block_size]
+            h = chain_hash(self.hashes[-1] if self.hashes else self.salt, block)
+            self.hashes.append(h)
+            self.named.append(self.ids.name(h, self.named[-1] if self.named else None, self.salt, block))
