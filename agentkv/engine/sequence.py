@@ -38,7 +38,7 @@ class EngineSequence(Sequence):
     params: SamplingParams = field(default_factory=SamplingParams)
     ids: BlockIds | None = None
     salt: int = 0
-    hashes: list[int] = field(default_factory=list)  # chained hashes of the full blocks named so far
+    last_hash: int = 0  # chained hash of the last full block named (the salt before any)
     named: list[int] = field(default_factory=list)  # their verified dense ids
     text: str = ""
     finish_reason: str = ""
@@ -47,7 +47,7 @@ class EngineSequence(Sequence):
     def create(seq_id: int, prompt: list[int], params: SamplingParams, ids: BlockIds, salt: int,
                block_size: int) -> EngineSequence:
         seq = EngineSequence(seq_id, len(prompt), np.zeros(0, dtype=np.int64), params.max_tokens, tokens=list(prompt),
-                             params=params, ids=ids, salt=salt)
+                             params=params, ids=ids, salt=salt, last_hash=salt)
         seq._name_upto(len(prompt) // block_size, block_size)
         seq.block_ids = seq.block_range(0, len(seq.named))
         return seq
@@ -75,6 +75,5 @@ class EngineSequence(Sequence):
         while len(self.named) < upto:
             i = len(self.named)
             block = self.tokens[i * block_size : (i + 1) * block_size]
-            h = chain_hash(self.hashes[-1] if self.hashes else self.salt, block)
-            self.hashes.append(h)
-            self.named.append(self.ids.name(h, self.named[-1] if self.named else None, self.salt, block))
+            self.last_hash = chain_hash(self.last_hash, block)
+            self.named.append(self.ids.name(self.last_hash, self.named[-1] if self.named else None, self.salt, block))
