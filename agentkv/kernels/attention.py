@@ -1,84 +1,97 @@
-"""Attention over paged KV, behind one interface: the torch reference here runs anywhere (CPU tests, any
-GPU); fused GPU kernels implement the same `forward`.
+"""Attention over paged KV, behind one interface: the torch reference here runs anywhere (CPU tests, any GPU)
+and is what every fused GPU kernel is tested against.
 
-The KV cache of a layer is two tensors [num_blocks, block_size, kv_heads, head_dim]. A batch is flattened:
-its new tokens' K/V are written at `slot_mapping` (block * block_size + offset), then each sequence's queries
-attend over its context, gathered through its block table, causally.
+A batch is flattened: prefill chunks first, then single-token decodes. Each new token's K/V is encoded into
+its page at `slot_mapping` (page * block_size + offset); then each sequence's queries attend over its pages
+(`block_tables`), causally: the i-th of a sequence's q_len new tokens sits at position seq_len - q_len + i.
+The backend builds its own metadata from the step's sequences (`prepare`), keeping block tables as a
+persistent tensor with one row per running sequence, updated only where a sequence gained pages.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from agentkv.codecs import KVCodec
 
 
 @dataclass(slots=True)
-class SeqAttention:
-    q_start: int  # the sequence's first row in the flattened batch
-    q_len: int  # its new tokens this step
-    kv_slots: torch.Tensor  # [context] flat slots of every token it attends to, in position order
+class LayerKV:
+    """One layer's K and V pages as the codec's typed fields, each [num_pages, *field.shape]."""
+
+    codec: KVCodec
+    k: dict[str, torch.Tensor]
+    v: dict[str, torch.Tensor]
+
+    @property
+    def block_size(self) -> int:
+        return next(iter(self.k.values())).shape[1]
+
+
+@dataclass(slots=True)
+class SeqSlice:
+    """What one sequence contributes to a step: its block-table row, its pages, its new and total tokens."""
+
+    row: int  # its persistent row in the backend's block-table tensor (stable while it runs)
+    pages: list[int]  # its block table: physical pages in position order (owned by the sequence)
+    q_len: int
+    seq_len: int  # context after this step: cached + computed + new
 
 
 @dataclass(slots=True)
 class AttentionMetadata:
-    """Built once per step and shared by every layer. Single-token (decode) sequences are gathered into one
-    padded batch here, so each layer runs one attention call for all of them."""
+    """Built once per step, shared by every layer. Rows 0..num_prefills-1 are prefill chunks, the rest decodes."""
 
-    slot_mapping: torch.Tensor  # [T] where each new token's K/V goes
-    seqs: list[SeqAttention]
-    others: list[SeqAttention] = field(init=False)  # prefill chunks: attended one by one
-    decode_rows: torch.Tensor | None = field(init=False)  # [B] their rows in the batch
-    decode_slots: torch.Tensor | None = field(init=False)  # [B, L] context slots, padded
-    decode_mask: torch.Tensor | None = field(init=False)  # [B, 1, 1, L] true where a slot is real
-
-    def __post_init__(self) -> None:
-        decodes = [s for s in self.seqs if s.q_len == 1]
-        self.others = [s for s in self.seqs if s.q_len != 1]
-        self.decode_rows = self.decode_slots = self.decode_mask = None
-        if decodes:
-            dev = self.slot_mapping.device
-            longest = max(len(s.kv_slots) for s in decodes)
-            slots = torch.zeros(len(decodes), longest, dtype=torch.long, device=dev)
-            mask = torch.zeros(len(decodes), longest, dtype=torch.bool, device=dev)
-            for i, s in enumerate(decodes):
-                slots[i, : len(s.kv_slots)] = s.kv_slots
-                mask[i, : len(s.kv_slots)] = True
-            self.decode_rows = torch.tensor([s.q_start for s in decodes], dtype=torch.long, device=dev)
-            self.decode_slots, self.decode_mask = slots, mask[:, None, None, :]
+    slot_mapping: torch.Tensor  # [T] int64: where each new token's K/V goes
+    query_start_loc: torch.Tensor  # [B+1] int32: cumulative query lengths
+    seq_lens: torch.Tensor  # [B] int32
+    block_tables: torch.Tensor  # [B, max_pages] int32 (entries past a sequence's pages are 0)
+    num_prefills: int
+    max_query_len: int
+    max_seq_len: int
+    query_start_loc_host: list[int]  # the same, on the host, for the reference backend's Python loops
+    seq_lens_host: list[int]
 
 
-class AttentionBackend(Protocol):
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor: ...
+class AttentionBackend(ABC):
+    """Owns its metadata: persistent block tables (one row per running sequence), built incrementally."""
 
+    def __init__(self, max_rows: int, max_pages: int, device: torch.device) -> None:
+        self.device = device
+        self.tables = torch.zeros(max_rows, max_pages, dtype=torch.int32, device=device)
+        self.synced = [0] * max_rows  # pages of each row already in `tables`
 
-class TorchAttention:
-    """Reference paged attention: write the new K/V, gather each sequence's context, causal SDPA (GQA)."""
+    def release_row(self, row: int) -> None:
+        self.synced[row] = 0
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
-        kvh, d = k_cache.shape[-2:]
-        flat_k, flat_v = k_cache.view(-1, kvh, d), v_cache.view(-1, kvh, d)
-        flat_k[meta.slot_mapping] = k.to(flat_k.dtype)
-        flat_v[meta.slot_mapping] = v.to(flat_v.dtype)
-        out = torch.empty_like(q)
-        if meta.decode_rows is not None:  # all single-token queries at once: [B, H, 1, D] over padded contexts
-            qd = q[meta.decode_rows].unsqueeze(2)
-            kd = flat_k[meta.decode_slots].transpose(1, 2).to(q.dtype)  # [B, KVH, L, D]
-            vd = flat_v[meta.decode_slots].transpose(1, 2).to(q.dtype)
-            o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=scale, enable_gqa=True)
-            out[meta.decode_rows] = o.squeeze(2)
-        for s in meta.others:
-            qs = q[s.q_start : s.q_start + s.q_len].transpose(0, 1)  # [H, q, D]
-            ks = flat_k[s.kv_slots].transpose(0, 1).to(q.dtype)  # [KVH, ctx, D]
-            vs = flat_v[s.kv_slots].transpose(0, 1).to(q.dtype)
-            ctx = ks.shape[1]
-            # query i sits at position ctx - q_len + i and sees keys up to it
-            rows = torch.arange(ctx - s.q_len, ctx, device=q.device)[:, None]
-            mask = torch.arange(ctx, device=q.device)[None, :] <= rows
-            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=True)
-            out[s.q_start : s.q_start + s.q_len] = o.transpose(0, 1)
-        return out
+    def prepare(self, seqs: list[SeqSlice], num_prefills: int, block_size: int) -> AttentionMetadata:
+        for s in seqs:  # copy only the pages a sequence gained since its row was last synced
+            n = self.synced[s.row]
+            if len(s.pages) > n:
+                self.tables[s.row, n : len(s.pages)] = torch.tensor(s.pages[n:], dtype=torch.int32)
+                self.synced[s.row] = len(s.pages)
+            elif len(s.pages) < n:  # the row was reused without release: rewrite it
+                self.tables[s.row, : len(s.pages)] = torch.tensor(s.pages, dtype=torch.int32)
+                self.synced[s.row] = len(s.pages)
+        slots: list[int] = []
+        qsl = [0]
+        for s in seqs:
+            for pos in range(s.seq_len - s.q_len, s.seq_len):
+                slots.append(s.pages[pos // block_size] * block_size + pos % block_size)
+            qsl.append(qsl[-1] + s.q_len)
+        lens = [s.seq_len for s in seqs]
+        width = max((-(-n // block_size) for n in lens), default=0)
+        rows = torch.tensor([s.row for s in seqs], dtype=torch.long, device=self.device)
+        dev = self.device
+        return AttentionMetadata(
+            torch.tensor(slots, dtype=torch.long, device=dev), torch.tensor(qsl, dtype=torch.int32, device=dev),
+            torch.tensor(lens, dtype=torch.int32, device=dev), self.tables[rows, :width], num_prefills,
+            max((s.q_len for s in seqs), default=0), max(lens, default=0), qsl, lens)
+
+    @abstractmethod
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: LayerKV, meta: AttentionMetadata,
+                scale: float) -> torch.Tensor:
+        """Write k/v [T, kv_heads, D] into their pages, then attend: q [T, heads, D] → [T, heads, D]."""
