@@ -1,0 +1,216 @@
+"""Local-disk tier: fixed-size slots in segment files under a byte cap, each slot one verified record.
+
+Every page of a store has the same size, so the disk is laid out like the DRAM slab: slot s lives in segment
+file s // slots_per_segment at a 4 KiB-aligned offset, and a block is written and read with one vectored
+syscall (head + identity + page), the page going straight between the file and the caller's tensor row.
+
+Crash safety comes from verification rather than ordering: a slot is entered in the index only after its write
+returns, the index is saved by write-to-temp then rename, and every load checks the record against the key it
+was asked for. A torn write, a slot reused after the last index save, a flipped bit or a truncated file all
+read as a miss (the slot is then freed), never as another block's bytes. Without a saved index the store
+rebuilds one by scanning slot heads, so the cache survives an engine restart either way.
+
+Disk full (ENOSPC, EDQUOT, EFBIG) shrinks the store to the slots it already holds; `capacity_pages` tells
+the engine the new size.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agentkv.storage.base import BlockKey, TierStore
+from agentkv.storage.record import HEAD_BYTES, encode_head, host_rows, read_head, verify
+
+log = logging.getLogger(__name__)
+
+ALIGN = 4096
+SEGMENT_BYTES = 1 << 30
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _round_up(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+class DiskStore(TierStore):
+    name = "disk"
+
+    def __init__(self, path: str | os.PathLike, capacity_bytes: float, page_bytes: int,
+                 max_identity_bytes: int = 16 + 4 * 256, index_interval_s: float = 5.0) -> None:
+        """max_identity_bytes: room for a key's identity (parent digest + int32 tokens: 256-token blocks by
+        default). index_interval_s: how often puts and drops save the index (always at close)."""
+        self.root = Path(path)
+        self.page_bytes = page_bytes
+        self.head_room = _round_up(HEAD_BYTES + max_identity_bytes, 64)
+        self.slot_bytes = _round_up(self.head_room + page_bytes, ALIGN)
+        self.n_slots = int(capacity_bytes // self.slot_bytes)
+        if self.n_slots < 1:
+            raise ValueError(f"disk tier at {self.root}: {capacity_bytes:.0f} bytes hold no {self.slot_bytes}-byte slot")
+        self.per_segment = max(1, SEGMENT_BYTES // self.slot_bytes)
+        self.index_interval_s = index_interval_s
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()  # guards index and free list: `contains` may run on another thread
+        self.index: dict[bytes, int] = {}  # digest -> slot
+        self.index = self._load_index() or self._scan()
+        used = set(self.index.values())
+        self.free = [s for s in range(self.n_slots - 1, -1, -1) if s not in used]
+        self._saved_at = time.monotonic()
+        self._dirty = False
+
+    @property
+    def capacity_pages(self) -> int:
+        return self.n_slots
+
+    # ---- TierStore -----------------------------------------------------------------------------------------
+    def put(self, keys: Sequence[BlockKey], pages: torch.Tensor) -> None:
+        rows = host_rows(pages)
+        for key, row in zip(keys, rows, strict=True):
+            with self._lock:
+                if key.digest in self.index or not self.free:
+                    continue  # content-addressed: already stored; or full (the core's accounts prevent that)
+                slot = self.free.pop()
+            if self._write(slot, encode_head(key, row), row):
+                with self._lock:
+                    self.index[key.digest] = slot
+                self._dirty = True
+        self._maybe_save()
+
+    def get(self, keys: Sequence[BlockKey], out: torch.Tensor) -> np.ndarray:
+        host = out if out.device.type == "cpu" else torch.empty(out.shape, dtype=torch.uint8)
+        rows = host.numpy()
+        found = np.zeros(len(keys), dtype=bool)
+        with self._lock:
+            slots = [self.index.get(k.digest, -1) for k in keys]
+        head = bytearray(self.head_room)
+        for i in sorted(range(len(keys)), key=slots.__getitem__):  # in file order
+            if slots[i] < 0:
+                continue
+            n = self._read(slots[i], head, rows[i])
+            found[i] = n == self.head_room + self.page_bytes and verify(keys[i], head, rows[i])
+            if not found[i]:
+                log.warning("disk tier %s: slot %d failed verification (%d bytes read); dropped, will recompute",
+                            self.root, slots[i], n)
+                self.drop([keys[i]])
+        if host is not out:
+            out.copy_(host)
+        return found
+
+    def drop(self, keys: Sequence[BlockKey]) -> None:
+        with self._lock:
+            for k in keys:
+                slot = self.index.pop(k.digest, None)
+                if slot is not None:
+                    self.free.append(slot)
+                    self._dirty = True
+        self._maybe_save()
+
+    def contains(self, keys: Sequence[BlockKey]) -> np.ndarray:
+        with self._lock:
+            return np.array([k.digest in self.index for k in keys], dtype=bool)
+
+    def close(self) -> None:
+        if self._dirty:
+            self.save_index()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    # ---- slots ---------------------------------------------------------------------------------------------
+    def _fd(self, slot: int) -> tuple[int, int]:
+        seg, pos = divmod(slot, self.per_segment)
+        if seg not in self._fds:
+            self._fds[seg] = os.open(self.root / f"seg{seg:05d}.kv", os.O_RDWR | os.O_CREAT, 0o644)
+        return self._fds[seg], pos * self.slot_bytes
+
+    def _write(self, slot: int, head: bytes, row: np.ndarray) -> bool:
+        fd, offset = self._fd(slot)
+        pad = bytes(self.head_room - len(head))
+        try:
+            n = os.pwritev(fd, [head, pad, row], offset)
+            if n == self.head_room + self.page_bytes:
+                return True
+            err = OSError(errno.ENOSPC, "short write")
+        except OSError as e:
+            err = e
+        if err.errno not in _FULL:
+            raise err
+        with self._lock:  # keep the slots that hold pages; later drops free room the disk already gave
+            self.free = []
+            self.n_slots = len(self.index)
+        log.warning("disk tier %s is full (%s): shrunk to %d pages", self.root, err.strerror, self.n_slots)
+        return False
+
+    def _read(self, slot: int, head: bytearray, row: np.ndarray) -> int:
+        fd, offset = self._fd(slot)
+        try:
+            return os.preadv(fd, [head, row], offset)
+        except OSError as e:
+            log.warning("disk tier %s: reading slot %d failed: %s", self.root, slot, e)
+            return -1
+
+    # ---- the index -----------------------------------------------------------------------------------------
+    def _geometry(self) -> dict:
+        return {"version": 1, "page_bytes": self.page_bytes, "slot_bytes": self.slot_bytes,
+                "head_room": self.head_room, "per_segment": self.per_segment}
+
+    def save_index(self) -> None:
+        """Atomically replace the saved index (temp file, fsync, rename)."""
+        with self._lock:
+            digests = np.frombuffer(b"".join(self.index), dtype=np.uint8).reshape(-1, 16)
+            slots = np.fromiter(self.index.values(), dtype=np.int64, count=len(self.index))
+            self._dirty = False
+        tmp = self.root / "index.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, geometry=np.frombuffer(json.dumps(self._geometry()).encode(), dtype=np.uint8),
+                     digests=digests, slots=slots)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / "index.npz")
+        self._saved_at = time.monotonic()
+
+    def _maybe_save(self) -> None:
+        if self._dirty and time.monotonic() - self._saved_at >= self.index_interval_s:
+            self.save_index()
+
+    def _load_index(self) -> dict[bytes, int] | None:
+        path = self.root / "index.npz"
+        try:
+            with np.load(path) as z:
+                if json.loads(z["geometry"].tobytes()) != self._geometry():
+                    log.warning("disk tier %s: saved with another page layout; starting empty", self.root)
+                    return {}
+                digests, slots = z["digests"], z["slots"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("disk tier %s: index unreadable (%s); rescanning slots", self.root, e)
+            return None
+        return {d.tobytes(): int(s) for d, s in zip(digests, slots, strict=True) if s < self.n_slots}
+
+    def _scan(self) -> dict[bytes, int]:
+        """Rebuild the index from the slot heads on disk (verification happens at load time)."""
+        index: dict[bytes, int] = {}
+        head = bytearray(HEAD_BYTES)
+        for seg_path in sorted(self.root.glob("seg*.kv")):
+            seg = int(seg_path.stem[3:])
+            size = seg_path.stat().st_size
+            for pos in range(min(self.per_segment, size // self.slot_bytes + 1)):
+                slot = seg * self.per_segment + pos
+                if slot >= self.n_slots:
+                    break
+                fd, offset = self._fd(slot)
+                parsed = read_head(head) if os.preadv(fd, [head], offset) == HEAD_BYTES else None
+                if parsed and parsed[2] == self.page_bytes:
+                    index[parsed[0]] = slot
+        return index

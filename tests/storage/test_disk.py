@@ -1,0 +1,135 @@
+"""Disk tier: round trip, a byte cap, restart survival, and corruption, truncation, collision and a full disk
+all reading as misses (never as wrong bytes)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from agentkv.storage import BlockKey
+from agentkv.storage.disk import DiskStore
+from tests.storage.conftest import PAGE, make_blocks
+
+
+def load(store: DiskStore, keys: list[BlockKey]) -> tuple[np.ndarray, torch.Tensor]:
+    out = torch.full((len(keys), PAGE), 7, dtype=torch.uint8)
+    return store.get(keys, out), out
+
+
+def test_round_trip_contains_drop(tmp_path):
+    keys, pages = make_blocks(12)
+    store = DiskStore(tmp_path, 1 << 20, PAGE)
+    store.put(keys[:8], pages[:8])
+    assert store.contains(keys).tolist() == [True] * 8 + [False] * 4
+    found, out = load(store, keys)
+    assert found.tolist() == [True] * 8 + [False] * 4
+    assert torch.equal(out[:8], pages[:8])
+    store.drop(keys[2:4])
+    found, out = load(store, keys[:8])
+    assert found.tolist() == [True, True, False, False, True, True, True, True]
+    assert torch.equal(out[found], pages[:8][found])
+    store.close()
+
+
+def test_byte_cap_holds(tmp_path):
+    keys, pages = make_blocks(20)
+    store = DiskStore(tmp_path, 5 * 8192, PAGE)  # a slot is 8 KiB (head room + page, 4 KiB aligned)
+    assert store.capacity_pages == 5
+    store.put(keys, pages)
+    assert store.contains(keys).sum() == 5
+    assert sum(f.stat().st_size for f in tmp_path.glob("seg*.kv")) <= 5 * 8192
+    store.drop(keys[:2])
+    store.put(keys[10:12], pages[10:12])  # dropped slots are reused
+    found, out = load(store, keys[10:12])
+    assert found.all() and torch.equal(out, pages[10:12])
+
+
+@pytest.mark.parametrize("lose_index", [False, True])
+def test_survives_reopen(tmp_path, lose_index):
+    keys, pages = make_blocks(10)
+    store = DiskStore(tmp_path, 1 << 20, PAGE)
+    store.put(keys, pages)
+    store.drop(keys[:1])
+    store.close()
+    if lose_index:  # a crash before the index was ever saved: the store rescans slot heads
+        (tmp_path / "index.npz").unlink()
+    again = DiskStore(tmp_path, 1 << 20, PAGE)
+    found, out = load(again, keys)
+    assert found[1:].all() and torch.equal(out[1:], pages[1:])
+    assert not found[0] or lose_index  # a dropped block may come back from a scan (its bytes are still right)
+    assert torch.equal(out[found], pages[found])
+
+
+def test_other_page_layout_starts_empty(tmp_path):
+    keys, pages = make_blocks(3)
+    store = DiskStore(tmp_path, 1 << 20, PAGE)
+    store.put(keys, pages)
+    store.close()
+    assert not DiskStore(tmp_path, 1 << 20, PAGE + 4096).contains(keys).any()
+
+
+def _slot_offset(store: DiskStore, key: BlockKey) -> tuple[str, int]:
+    seg, pos = divmod(store.index[key.digest], store.per_segment)
+    return str(store.root / f"seg{seg:05d}.kv"), pos * store.slot_bytes
+
+
+@pytest.mark.parametrize("where", ["page", "head", "identity"])
+def test_bit_flip_is_a_miss(tmp_path, where):
+    keys, pages = make_blocks(6)
+    store = DiskStore(tmp_path, 1 << 20, PAGE)
+    store.put(keys, pages)
+    path, offset = _slot_offset(store, keys[3])
+    offset += {"page": store.head_room + PAGE // 2, "head": 20, "identity": 40}[where]
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0x10]))
+    found, out = load(store, keys)
+    assert found.tolist() == [True, True, True, False, True, True]
+    assert torch.equal(out[found], pages[found])
+    assert not store.contains(keys[3:4])[0]  # the bad slot is freed
+
+
+def test_truncated_segment_is_a_miss(tmp_path):
+    keys, pages = make_blocks(6)
+    store = DiskStore(tmp_path, 1 << 20, PAGE)
+    store.put(keys, pages)
+    path, offset = _slot_offset(store, keys[5])
+    os.truncate(path, offset + store.slot_bytes // 2)
+    found, out = load(store, keys)
+    assert found.tolist() == [True] * 5 + [False]
+    assert torch.equal(out[:5], pages[:5])
+
+
+def test_forced_collision_is_a_miss(tmp_path):
+    keys, pages = make_blocks(2)
+    store = DiskStore(tmp_path, 1 << 20, PAGE)
+    store.put(keys[:1], pages[:1])
+    impostor = BlockKey(keys[0].digest, keys[1].identity)  # same digest, another block's identity
+    assert not load(store, [impostor])[0][0]
+
+
+def test_disk_full_shrinks(tmp_path):
+    keys, pages = make_blocks(10)
+    store = DiskStore(tmp_path, 1 << 20, PAGE, index_interval_s=1e9)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4 * store.slot_bytes + 100, old_limit[1]))  # a file may hold 4 slots
+    try:
+        store.put(keys, pages)  # the fifth write fails with EFBIG: no exception, the tier shrinks
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert store.capacity_pages == 4
+    found, out = load(store, keys)
+    assert found.tolist() == [True] * 4 + [False] * 6
+    assert torch.equal(out[:4], pages[:4])
+    store.drop(keys[:1])
+    store.put(keys[4:6], pages[4:6])  # room the disk already gave is reused; nothing past it is tried
+    assert store.contains(keys[4:6]).tolist() == [True, False]
