@@ -2,3 +2,16 @@
 model that say what each lever buys."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`from agentkv import LLM, SamplingParams` as in vLLM, while `import agentkv` stays torch-free."""
+    if name in ("LLM", "SamplingParams", "RequestOutput", "CompletionOutput"):
+        from agentkv.engine import llm, outputs
+
+        return getattr(llm, name, None) or getattr(outputs, name)
+    if name == "AsyncLLM":
+        from agentkv.engine.async_llm import AsyncLLM
+
+        return AsyncLLM
+    raise AttributeError(f"module 'agentkv' has no attribute {name!r}")

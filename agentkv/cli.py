@@ -362,12 +362,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         outs = llm.generate(list(args.prompt), params)
     if args.json:
-        print(json.dumps([{"text": o.text, "token_ids": o.token_ids, "finish_reason": o.finish_reason,
-                           "prompt_tokens": len(o.prompt_token_ids), "cached_tokens": o.cached_tokens}
+        print(json.dumps([{"text": o.outputs[0].text, "token_ids": o.outputs[0].token_ids,
+                           "finish_reason": o.outputs[0].finish_reason, "prompt_tokens": len(o.prompt_token_ids),
+                           "cached_tokens": o.num_cached_tokens, "cached_tokens_per_tier": o.cached_tokens_per_tier}
                           for o in outs], indent=1))
     else:
         for o in outs:
-            print(o.text)
+            print(o.outputs[0].text)
     return 0
 
 

@@ -68,9 +68,9 @@ def main() -> int:
 
     kv = 2 * args.requests * (args.prompt + args.new) * raw["num_hidden_layers"] * raw["num_key_value_heads"] * \
         (raw.get("head_dim") or raw["hidden_size"] // raw["num_attention_heads"]) * torch.empty((), dtype=dtype).element_size()
-    llm = LLM(model=ours, kv_cache_bytes=int(1.2 * kv) + 2**20, max_batched_tokens=max(4096, args.prompt),
-              max_num_seqs=args.requests, prefix_cache=False)
-    params = SamplingParams(max_tokens=args.new, ignore_eos=True)
+    llm = LLM(ours, kv_cache_bytes=int(1.2 * kv) + 2**20, max_num_batched_tokens=max(4096, args.prompt),
+              max_num_seqs=args.requests, enable_prefix_caching=False)
+    params = SamplingParams(max_tokens=args.new, temperature=0, ignore_eos=True)
 
     def our_run() -> float:
         t = time.perf_counter()

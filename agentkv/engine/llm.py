@@ -1,207 +1,265 @@
-"""`LLM(model_dir).generate(prompts, SamplingParams)`: the engine loop.
+"""`LLM(model=DIR).generate(prompts, sampling_params)`: the engine, one plan per step.
 
-Each step: the shared scheduler forms a batch over the KV cache policy core; the block pool performs the core's
-moves and extends block tables; the model runs the flattened batch over paged KV; the sampler picks tokens;
-the scheduler accounts the step (naming full blocks by chained hash, so later prompts that share the prefix
-skip its prefill). A prompt's cached tokens are reported with its output.
+Each step: the shared scheduler returns one `StepPlan` (the policy core's tier moves, pages allocated, named
+and freed, and the batch); the page pool carries its operations out, in order; the attention backend builds
+its metadata from the batch; the model runs the flattened batch over paged KV; the sampler picks tokens; the
+scheduler accounts the step (naming full blocks, so later prompts that share the prefix skip their prefill).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from agentkv.engine.blocks import BlockPool
+from agentkv.codecs import get_codec
+from agentkv.engine.outputs import CompletionOutput, RequestOutput
+from agentkv.engine.pages import PageLayout
+from agentkv.engine.pool import PagePool
 from agentkv.engine.sampler import sample
 from agentkv.engine.sequence import EngineSequence, SamplingParams
-from agentkv.kernels.attention import AttentionMetadata, SeqAttention
-from agentkv.kvcache.block_hash import salt_hash
+from agentkv.kernels.attention import SeqSlice
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.ids import BlockIds
 from agentkv.kvcache.policies import make_policy
+from agentkv.kvcache.sizing import kv_bytes_per_block
 from agentkv.kvcache.tiers import TierSpec
 from agentkv.model.llama import LlamaForCausalLM
 from agentkv.model.loader import load_model
-from agentkv.scheduler import Batch, Scheduler, SchedulerConfig
+from agentkv.scheduler import Allocate, Scheduler, SchedulerConfig, Status, StepPlan
+from agentkv.storage.host import HostSlab
+from agentkv.storage.keys import namespace_digest
+from agentkv.workload.trace import FINISH_END, FINISH_TOOL, FINISH_UNKNOWN
 
-
-@dataclass(slots=True)
-class RequestOutput:
-    request_id: int
-    prompt_token_ids: list[int]
-    token_ids: list[int]
-    text: str
-    finish_reason: str  # "stop", "length" or "abort"
-    cached_tokens: int  # prompt tokens served from the prefix cache (at its last admission)
-    cached_tokens_per_tier: list[int]
-    preemptions: int
+ACTIVATION_RESERVE = 512 * 2**20  # GPU memory left for activations when sizing KV from free memory
+Prompt = str | list[int] | dict[str, Any]
 
 
 class LLM:
     def __init__(
         self,
-        model_dir: str | None = None,
+        model: str | LlamaForCausalLM,
+        *,
         dtype: str | None = None,
         device: str | None = None,
+        kv_codec: str = "auto",
         kv_cache_bytes: int | None = None,
+        gpu_memory_utilization: float = 0.9,
         host_kv_bytes: int = 0,
         block_size: int = 16,
-        max_batched_tokens: int = 2048,
+        max_num_batched_tokens: int = 2048,
         max_num_seqs: int = 64,
-        prefix_cache: bool = True,
+        enable_prefix_caching: bool = True,
         policy: str = "lru",
-        gpu_memory_utilization: float = 0.9,
         compile: bool = False,
-        model: LlamaForCausalLM | None = None,
+        check_invariants: bool = False,
     ) -> None:
-        """Load `model_dir` (HF layout), or serve an already-built `model` (benchmarks with random weights)."""
-        if (model_dir is None) == (model is None):
-            raise ValueError("give exactly one of model_dir and model")
-        if model is not None:
+        """`model`: a Hugging Face checkpoint folder, or an already-built module (benchmarks, random weights).
+        kv_codec: how KV pages are stored ('auto': the model's dtype). check_invariants: compare the policy
+        core's accounts with the pages after every step (tests)."""
+        if isinstance(model, str):
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            self.model = load_model(model, dtype, self.device)
+            name = model
+        else:
             self.model = model.eval()
             self.device = next(model.parameters()).device
-        else:
-            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            self.model = load_model(model_dir, dtype, self.device)  # type: ignore[arg-type]
-        cfg = self.model.config
-        self.config = cfg
+            name = f"module-{id(model)}"
+        cfg = self.config = self.model.config
         self.dtype = next(self.model.parameters()).dtype
-        self.tokenizer: Any = None
-        if model_dir is not None:
-            from agentkv.engine.tokenizer import Tokenizer
-
-            try:
-                self.tokenizer = Tokenizer(model_dir)
-            except FileNotFoundError:
-                self.tokenizer = None
-        elem = torch.empty((), dtype=self.dtype).element_size()
-        block_bytes = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * block_size * elem
-        if kv_cache_bytes is None:
-            if self.device.type == "cuda":
-                free, _ = torch.cuda.mem_get_info(self.device)
-                kv_cache_bytes = int(free * gpu_memory_utilization) - 512 * 2**20  # leave room for activations
-            else:
-                kv_cache_bytes = 512 * 2**20
-        num_blocks = kv_cache_bytes // block_bytes
-        if num_blocks < 2:
-            raise ValueError(f"KV budget {kv_cache_bytes} bytes holds {num_blocks} blocks of {block_bytes} bytes")
-        self.pool = BlockPool(cfg.num_layers, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim,
-                              self.dtype, self.device)
-        tiers = [TierSpec("gpu", num_blocks * block_bytes, block_bytes)]
-        if host_kv_bytes:
-            tiers.append(TierSpec("dram", host_kv_bytes, block_bytes))
-        cache = KVCache(tiers, make_policy(policy, block_size=block_size), evict_ahead=max(num_blocks // 200, 0))
-        self.scheduler = Scheduler(SchedulerConfig(block_size, max_batched_tokens, max_num_seqs, prefix_cache), cache,
-                                   on_commit=lambda seq, first, ids: self.pool.name(seq, first, ids.tolist()),
-                                   on_release=self.pool.drop_sequence)
+        self.tokenizer: Any = _tokenizer(model) if isinstance(model, str) else None
+        self.codec = get_codec(_auto_codec(self.dtype) if kv_codec == "auto" else kv_codec)
         self.block_size = block_size
+        self.layout = PageLayout.of(self.codec, cfg.num_layers, block_size, cfg.num_kv_heads, cfg.head_dim)
+        spec = cfg.spec(name)
+        page_bytes = kv_bytes_per_block(spec, self.codec.spec, block_size)
+        assert page_bytes == self.layout.page_bytes, "codec pages disagree with kvcache.sizing"
+        num_pages = self._kv_budget(kv_cache_bytes, gpu_memory_utilization) // page_bytes
+        if num_pages < 2:
+            raise ValueError(f"KV budget holds {num_pages} pages of {page_bytes} bytes: give more kv_cache_bytes")
+        tiers = [TierSpec("gpu", num_pages * page_bytes, page_bytes)]
+        stores = []
+        if host_kv_bytes:
+            tiers.append(TierSpec("dram", host_kv_bytes, page_bytes))
+            stores.append(HostSlab(tiers[-1].capacity_blocks, page_bytes, pin=self.device.type == "cuda"))
+        self.tier_names = [t.name for t in tiers]
         self.ids = BlockIds()
-        self.salt = salt_hash(f"{model_dir or id(self.model)}|{self.dtype}")  # other models/dtypes never match
-        self._next_id = 0
-        self._generators: dict[int, torch.Generator | None] = {}
-        self._seqs: dict[int, EngineSequence] = {}
-        if compile:  # fuses the per-token work; the attention backend's per-sequence loop stays eager
+        self.cache = KVCache(tiers, make_policy(policy, model=spec, block_size=block_size),
+                             evict_ahead=max(num_pages // 200, 1))
+        self.scheduler = Scheduler(SchedulerConfig(block_size, max_num_batched_tokens, max_num_seqs,
+                                                   enable_prefix_caching), self.cache)
+        self.backend = self.model.model.layers[0].self_attn.backend
+        max_pages = min(num_pages, -(-cfg.max_position_embeddings // block_size))
+        self.backend.bind(max_num_seqs, max_pages, self.device)
+        self.pool = PagePool(self.layout, num_pages, self.device, self.ids, stores, self.backend, max_num_seqs)
+        self.namespace = f"{name}|{self.codec.name}|bs{block_size}"  # other models/codecs never share a block
+        self.check_invariants = check_invariants
+        self._counter = itertools.count()
+        self._seqs: dict[str, EngineSequence] = {}
+        self._generators: dict[str, torch.Generator | None] = {}
+        self._sessions: dict[str, int] = {}
+        self._tenants: dict[str, int] = {"": 0}
+        self._unreferenced: list[int] = []  # ids whose last request ended: recycled if no tier holds them
+        self.prefix_query_tokens = 0
+        self.prefix_hit_tokens = np.zeros(len(tiers), dtype=np.int64)
+        if compile:  # fuses the per-token work; the attention backend's Python loop stays eager
             self.model.forward = torch.compile(self.model.forward, dynamic=True)  # type: ignore[method-assign]
 
+    def _kv_budget(self, kv_cache_bytes: int | None, utilization: float) -> int:
+        if kv_cache_bytes is not None:
+            return kv_cache_bytes
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(free * utilization) - ACTIVATION_RESERVE
+        return 512 * 2**20
+
     # ---- requests ------------------------------------------------------------------------------------------
-    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None) -> int:
+    def add_request(self, prompt: Prompt, params: SamplingParams | None = None, *, request_id: str | None = None,
+                    session: str | None = None, tenant: str = "", cache_salt: str = "",
+                    classify_reply: Any = None) -> str:
+        """Queue a request; returns its id. `session` (an agent conversation) lets the agent-aware policy follow
+        it across turns; `tenant` and `cache_salt` partition the prefix cache (different values never share a
+        block). `classify_reply(text)` says how the reply ended ('tool_calls' or 'stop') before its blocks are
+        released, so the cache policy knows whether a tool call or a person comes next."""
         params = params or SamplingParams()
         ids = self._encode(prompt)
         if not ids:
             raise ValueError("empty prompt")
-        if len(ids) + params.max_tokens > self.config.max_position_embeddings:
+        limit = self.config.max_position_embeddings
+        if len(ids) + params.max_tokens > limit:
             raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the model's "
-                             f"context of {self.config.max_position_embeddings}")
-        seq = EngineSequence.create(self._next_id, ids, params, self.ids, self.salt, self.block_size)
+                             f"context of {limit} tokens")
+        seq_id = next(self._counter)
+        rid = str(seq_id) if request_id is None else request_id
+        if rid in self._seqs:
+            raise ValueError(f"request id {rid!r} is already in use")
+        namespace = namespace_digest(f"{self.namespace}|{tenant}|{cache_salt}")
+        seq = EngineSequence.create(seq_id, rid, ids, params, self.ids, namespace, self.block_size)
         seq.arrival = time.monotonic()
-        self._next_id += 1
-        self._generators[seq.seq_id] = _generator(params.seed, self.device)
-        self.scheduler.add(seq)
-        self._seqs[seq.seq_id] = seq
-        return seq.seq_id
+        seq.session = self._sessions.setdefault(session, len(self._sessions)) if session else -1
+        seq.tenant = self._tenants.setdefault(tenant, len(self._tenants))
+        seq.classify_reply = classify_reply
+        try:
+            self.scheduler.add(seq)
+        except ValueError:
+            self._end(seq)
+            raise
+        self._seqs[rid] = seq
+        self._generators[rid] = _generator(params.seed, self.device)
+        return rid
 
-    def abort(self, request_id: int) -> bool:
+    def abort(self, request_id: str) -> bool:
         seq = self._seqs.get(request_id)
-        if seq is None or not self.scheduler.abort(request_id, time.monotonic()):
+        if seq is None or seq.status is Status.FINISHED or not self.scheduler.abort(seq.seq_id, time.monotonic()):
             return False
         seq.finish_reason = "abort"
+        self._end(seq)
         return True
 
-    def generate(self, prompts: list[str | list[int]] | str, params: SamplingParams | list[SamplingParams] | None = None,
-                 ) -> list[RequestOutput]:
-        """Run prompts to completion, batched; outputs in the order of `prompts`."""
-        single = isinstance(prompts, str)
-        prompts = [prompts] if single else list(prompts)  # type: ignore[list-item]
-        plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
-        if len(plist) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(plist)} sampling params")
-        rids = [self.add_request(p, sp) for p, sp in zip(prompts, plist, strict=True)]
-        pending = set(rids)
-        while pending:
-            for seq in self.step():
-                pending.discard(seq.seq_id)
-        return [self._output(self._seqs.pop(r)) for r in rids]
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_work()
 
-    def chat(self, conversations: list[list[dict[str, Any]]], params: SamplingParams | None = None,
-             ) -> list[RequestOutput]:
+    def generate(self, prompts: Prompt | list[Prompt], sampling_params: SamplingParams | list[SamplingParams] | None
+                 = None) -> list[RequestOutput]:
+        """Run prompts to completion, batched; outputs in the order of `prompts`. A prompt is a string, a list
+        of token ids, or {"prompt_token_ids": [...]}; a list of those is a batch."""
+        batch = [prompts] if isinstance(prompts, str | dict) or _is_token_list(prompts) else list(prompts)
+        plist = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(batch)
+        if len(plist) != len(batch):
+            raise ValueError(f"{len(batch)} prompts but {len(plist)} sampling params")
+        rids = [self.add_request(p, sp) for p, sp in zip(batch, plist, strict=True)]
+        pending = set(rids)
+        done: dict[str, RequestOutput] = {}
+        while pending:
+            for out in self.step():
+                if out.finished and out.request_id in pending:
+                    pending.discard(out.request_id)
+                    done[out.request_id] = out
+        return [done[r] for r in rids]
+
+    def chat(self, messages: list[dict[str, Any]] | list[list[dict[str, Any]]],
+             sampling_params: SamplingParams | None = None, **template_kwargs: Any) -> list[RequestOutput]:
+        """One conversation (a list of messages) or several, through the model's chat template."""
         if self.tokenizer is None:
             raise ValueError("the model folder has no tokenizer.json: chat needs one")
-        return self.generate([self.tokenizer.encode_chat(c) for c in conversations], params)
+        convs = [messages] if messages and isinstance(messages[0], dict) else messages
+        return self.generate([self.tokenizer.encode_chat(c, **template_kwargs) for c in convs],  # type: ignore[arg-type]
+                             sampling_params)
 
     # ---- one step ------------------------------------------------------------------------------------------
-    def step(self) -> list[EngineSequence]:
-        now = time.monotonic()
-        batch = self.scheduler.schedule(now)  # preempted sequences' blocks were released to the pool already
-        self.pool.apply(batch.moves)
-        if batch.empty:
+    def step(self) -> list[RequestOutput]:
+        """Run one step; returns an output for every request that got a token (text filled in once finished)."""
+        plan = self.scheduler.schedule(time.monotonic())
+        self._execute(plan)
+        if plan.empty:
             return []
-        for seq in [c.seq for c in batch.prefills] + batch.decodes:
-            self.pool.sync(seq, seq.block_range(0, seq.committed).tolist())
-        input_ids, positions, meta, rows, sampling = self._prepare(batch)
-        hidden = self.model(input_ids, positions, self.pool.layer_caches(), meta)
+        input_ids, positions, rows, sampling = self._prepare(plan)
+        hidden = self.model(input_ids, positions, self.pool.layers, self.meta)
         tokens = sample(self.model.logits(hidden[rows]), [s.params for s in sampling],
-                        [self._generators[s.seq_id] for s in sampling]) if sampling else []
+                        [self._generators[s.request_id] for s in sampling]) if sampling else []
         for seq, tok in zip(sampling, tokens, strict=True):
             self._append(seq, tok)
-        finished = self.scheduler.postprocess(batch, time.monotonic())  # names blocks, releases the finished
-        self.pool.apply(self.scheduler.commit_moves)
-        self.scheduler.commit_moves.clear()
-        for seq in finished:
+        for seq in self.scheduler.postprocess(plan, time.monotonic()):
             seq.finish_reason = seq.finish_reason or "length"
-        return finished  # type: ignore[return-value]
+            self._end(seq)
+        return [self._output(s) for s in sampling]
 
-    def _prepare(self, batch: Batch):
-        dev = self.device
+    def _execute(self, plan: StepPlan) -> None:
+        self.pool.execute(plan.ops)
+        for op in plan.ops:
+            if isinstance(op, Allocate) and op.admission:
+                self.prefix_query_tokens += op.seq.target
+                self.prefix_hit_tokens[: len(op.seq.cached_per_tier)] += op.seq.cached_per_tier
+        self._recycle(self.pool.gone + self._unreferenced)
+        self.pool.gone, self._unreferenced = [], []
+        if self.check_invariants:
+            self.pool.check(self.cache, self.scheduler.running)  # type: ignore[arg-type]
+
+    def _recycle(self, candidates: list[int]) -> None:
+        """Ids no live request names and no tier holds stand for nothing now: their numbers are reused."""
+        if not candidates:
+            return
+        ids = np.unique(np.asarray(candidates, dtype=np.int64))
+        ids = ids[ids < self.cache.n_slots]
+        free = ids[(self.cache.where[ids] == 0) & (np.asarray(self.ids.refs)[ids] == 0)]
+        free = free[[self.ids.keys[i] is not None for i in free.tolist()]] if len(free) else free
+        self.cache.forget(free)
+        for i in free.tolist():
+            self.ids.recycle(i)
+        fresh = ids[ids >= self.cache.n_slots]  # never reached the core: nothing to reset there
+        for i in fresh.tolist():
+            if self.ids.refs[i] == 0 and self.ids.keys[i] is not None:
+                self.ids.recycle(i)
+
+    def _prepare(self, plan: StepPlan):
         tokens: list[int] = []
         positions: list[int] = []
-        slots: list[torch.Tensor] = []
-        seqs: list[SeqAttention] = []
+        slices: list[SeqSlice] = []
         rows: list[int] = []
         sampling: list[EngineSequence] = []
-        for c in batch.prefills:
-            seq = c.seq
+        for c in plan.prefills:
+            seq: EngineSequence = c.seq  # type: ignore[assignment]
             end = c.start + c.n
-            seqs.append(SeqAttention(len(tokens), c.n, self.pool.slots(seq, 0, end)))
-            slots.append(self.pool.slots(seq, c.start, end))
-            tokens += seq.tokens[c.start : end]
+            slices.append(SeqSlice(seq.row, seq.pages, c.n, end))
+            tokens += seq.tokens[c.start : end]  # type: ignore[index]
             positions += range(c.start, end)
             if end == seq.target:
                 rows.append(len(tokens) - 1)
-                sampling.append(seq)  # type: ignore[arg-type]
-        for seq in batch.decodes:
+                sampling.append(seq)
+        for seq in plan.decodes:  # type: ignore[assignment]
             p = seq.computed
-            seqs.append(SeqAttention(len(tokens), 1, self.pool.slots(seq, 0, p + 1)))
-            slots.append(self.pool.slots(seq, p, p + 1))
-            tokens.append(seq.tokens[p])
+            slices.append(SeqSlice(seq.row, seq.pages, 1, p + 1))
+            tokens.append(seq.tokens[p])  # type: ignore[index]
             positions.append(p)
             rows.append(len(tokens) - 1)
-            sampling.append(seq)  # type: ignore[arg-type]
-        meta = AttentionMetadata(torch.cat(slots), seqs)
+            sampling.append(seq)
+        self.meta = self.backend.prepare(slices, len(plan.prefills), self.block_size)
+        dev = self.device
         return (torch.tensor(tokens, dtype=torch.long, device=dev), torch.tensor(positions, dtype=torch.long, device=dev),
-                meta, torch.tensor(rows, dtype=torch.long, device=dev), sampling)
+                torch.tensor(rows, dtype=torch.long, device=dev), sampling)
 
     def _append(self, seq: EngineSequence, tok: int) -> None:
         seq.tokens.append(tok)  # type: ignore[union-attr]
@@ -213,21 +271,67 @@ class LLM:
             hit = min((i for i in (text.find(s) for s in p.stop) if i >= 0), default=-1)
             if hit >= 0:
                 seq.stop, seq.finish_reason, seq.text = True, "stop", text[:hit]
+        if seq.stop or seq.generated + 1 >= seq.max_tokens:  # its last token: say how the reply ended
+            seq.finish = FINISH_UNKNOWN
+            if seq.classify_reply is not None:
+                kind = seq.classify_reply(self._text(seq))
+                seq.finish = FINISH_TOOL if kind == "tool_calls" else FINISH_END
+
+    def _end(self, seq: EngineSequence) -> None:
+        """The request is over: its ids lose this reference (the core released its pins already)."""
+        self._unreferenced += self.ids.unref(seq.named)
+        seq.named = []
+        self._seqs.pop(seq.request_id, None)
+        self._generators.pop(seq.request_id, None)
+
+    def _text(self, seq: EngineSequence) -> str:
+        if seq.text or self.tokenizer is None:
+            return seq.text
+        return self.tokenizer.decode(self._visible(seq))
+
+    def _visible(self, seq: EngineSequence) -> list[int]:
+        out = seq.output_ids
+        if seq.finish_reason == "stop" and out and (out[-1] in self.config.eos_token_ids
+                                                    or out[-1] in seq.params.stop_token_ids):
+            return out[:-1]  # the stop token is not part of the text
+        return out
 
     def _output(self, seq: EngineSequence) -> RequestOutput:
-        out = seq.output_ids
-        if seq.finish_reason == "stop" and out and (out[-1] in self.config.eos_token_ids or out[-1] in seq.params.stop_token_ids):
-            out = out[:-1]  # the stop token is not part of the text
-        text = seq.text or (self.tokenizer.decode(out) if self.tokenizer is not None else "")
-        return RequestOutput(seq.seq_id, seq.tokens[: seq.prompt_len], out, text, seq.finish_reason,  # type: ignore[index]
-                             seq.cached, [int(x) for x in seq.cached_per_tier], seq.preemptions)
+        finished = seq.status is Status.FINISHED
+        text = self._text(seq) if finished else ""
+        completion = CompletionOutput(0, text, self._visible(seq) if finished else seq.output_ids,
+                                      seq.finish_reason if finished else None)
+        per_tier = {n: int(x) for n, x in zip(self.tier_names, seq.cached_per_tier, strict=False)}
+        return RequestOutput(seq.request_id, None, seq.tokens[: seq.prompt_len], [completion], finished,  # type: ignore[index]
+                             seq.cached, per_tier, seq.preemptions)
 
-    def _encode(self, prompt: str | list[int]) -> list[int]:
+    def _encode(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                return [int(t) for t in prompt["prompt_token_ids"]]
+            prompt = prompt.get("prompt", "")
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError("the model folder has no tokenizer.json: pass token ids")
             return self.tokenizer.encode(prompt)
         return [int(t) for t in prompt]
+
+
+def _is_token_list(p: Any) -> bool:
+    return isinstance(p, list) and bool(p) and isinstance(p[0], int | np.integer)
+
+
+def _auto_codec(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+
+
+def _tokenizer(model_dir: str) -> Any:
+    from agentkv.engine.tokenizer import Tokenizer
+
+    try:
+        return Tokenizer(model_dir)
+    except FileNotFoundError:
+        return None
 
 
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
@@ -236,3 +340,6 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator | None
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
+
+
+__all__ = ["LLM", "RequestOutput", "SamplingParams"]

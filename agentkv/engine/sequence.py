@@ -1,53 +1,61 @@
-"""What a user asks for (`SamplingParams`) and the engine's sequence: token ids, and block ids named from them."""
+"""What a user asks for (`SamplingParams`) and the engine's sequence: token ids, the block ids named from
+them, and its block table."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from agentkv.kvcache.block_hash import chain_hash
 from agentkv.kvcache.ids import BlockIds
 from agentkv.scheduler import Sequence
+from agentkv.storage.keys import block_key
 
 
 @dataclass(slots=True, frozen=True)
 class SamplingParams:
-    max_tokens: int = 64
-    temperature: float = 0.0  # 0: greedy
+    """As vLLM's: n is 1; `stop` strings end the text before them; `seed` makes sampling reproducible."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0: off
     seed: int | None = None
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
+    stop: tuple[str, ...] | list[str] = ()
+    stop_token_ids: tuple[int, ...] | list[int] = ()
     ignore_eos: bool = False
+    n: int = 1
 
     def __post_init__(self) -> None:
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        checks = [(self.max_tokens >= 1, "max_tokens must be >= 1"), (self.temperature >= 0, "temperature must be >= 0"),
+                  (0 < self.top_p <= 1, "top_p must be in (0, 1]"), (self.top_k >= 0, "top_k must be >= 0"),
+                  (self.n == 1, "n must be 1 (one completion per request)")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        object.__setattr__(self, "stop", tuple([self.stop] if isinstance(self.stop, str) else self.stop))
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
 
 
 @dataclass(slots=True, eq=False)
 class EngineSequence(Sequence):
     params: SamplingParams = field(default_factory=SamplingParams)
+    request_id: str = ""
     ids: BlockIds | None = None
-    salt: int = 0
-    last_hash: int = 0  # chained hash of the last full block named (the salt before any)
-    named: list[int] = field(default_factory=list)  # their verified dense ids
+    parent: bytes = b""  # digest of the last full block named (the namespace's before any)
+    named: list[int] = field(default_factory=list)  # ids of its full blocks, each holding one reference
+    pages: list[int] = field(default_factory=list)  # its block table: physical pages in position order
+    row: int = -1  # its row in the attention backend's block-table tensor while it runs
     text: str = ""
-    finish_reason: str = ""
+    finish_reason: str | None = None
+    classify_reply: Callable[[str], str] | None = None  # "tool_calls" | "stop": how the reply ended
 
     @staticmethod
-    def create(seq_id: int, prompt: list[int], params: SamplingParams, ids: BlockIds, salt: int,
-               block_size: int) -> EngineSequence:
+    def create(seq_id: int, request_id: str, prompt: list[int], params: SamplingParams, ids: BlockIds,
+               namespace: bytes, block_size: int) -> EngineSequence:
         seq = EngineSequence(seq_id, len(prompt), np.zeros(0, dtype=np.int64), params.max_tokens, tokens=list(prompt),
-                             params=params, ids=ids, salt=salt, last_hash=salt)
+                             params=params, request_id=request_id, ids=ids, parent=namespace)
         seq._name_upto(len(prompt) // block_size, block_size)
         seq.block_ids = seq.block_range(0, len(seq.named))
         return seq
@@ -74,6 +82,6 @@ class EngineSequence(Sequence):
         assert self.tokens is not None and self.ids is not None
         while len(self.named) < upto:
             i = len(self.named)
-            block = self.tokens[i * block_size : (i + 1) * block_size]
-            self.last_hash = chain_hash(self.last_hash, block)
-            self.named.append(self.ids.name(self.last_hash, self.named[-1] if self.named else None, self.salt, block))
+            key = block_key(self.parent, self.tokens[i * block_size : (i + 1) * block_size])
+            self.parent = key.digest
+            self.named.append(self.ids.name(key))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from tokenizers import Tokenizer as _Tokenizer
@@ -29,21 +30,34 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
-    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any) -> str:
+    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                    tools: list[dict[str, Any]] | None = None, **extra: Any) -> str:
+        """`tools` as OpenAI writes them ({"type": "function", "function": {...}}), which is what HF templates
+        expect; template errors (`raise_exception`) surface as jinja2 TemplateError."""
         if not self.chat_template:
             raise ValueError("the model has no chat template (tokenizer_config.json 'chat_template'): send a raw prompt")
+        special = {k: _token_text(self.config.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                                     **special, **extra)
+
+    @cached_property
+    def _template(self) -> Any:
+        """Compiled once: templates with tool schemas are long and compiling them per request costs ms."""
         from jinja2.exceptions import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         def raise_exception(message: str) -> None:
             raise TemplateError(message)
 
+        def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+                   sort_keys: bool = False) -> str:  # HF's: jinja's own HTML-escapes <, > and & in tool schemas
+            return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
         env.globals["raise_exception"] = raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-        special = {k: _token_text(self.config.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
-        return env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                          **special, **extra)
+        env.filters["tojson"] = tojson
+        return env.from_string(self.chat_template)
 
     def encode_chat(self, messages: list[dict[str, Any]], **extra: Any) -> list[int]:
         return self.encode(self.render_chat(messages, **extra), add_special_tokens=False)

@@ -59,10 +59,15 @@ class AttentionMetadata:
 class AttentionBackend(ABC):
     """Owns its metadata: persistent block tables (one row per running sequence), built incrementally."""
 
-    def __init__(self, max_rows: int, max_pages: int, device: torch.device) -> None:
+    device: torch.device
+    tables: torch.Tensor  # [max_rows, max_pages] int32: the running sequences' block tables
+    synced: list[int]  # pages of each row already in `tables`
+
+    def bind(self, max_rows: int, max_pages: int, device: torch.device) -> None:
+        """Size the persistent metadata for an engine (called once the engine knows its limits)."""
         self.device = device
         self.tables = torch.zeros(max_rows, max_pages, dtype=torch.int32, device=device)
-        self.synced = [0] * max_rows  # pages of each row already in `tables`
+        self.synced = [0] * max_rows
 
     def release_row(self, row: int) -> None:
         self.synced[row] = 0
@@ -95,3 +100,56 @@ class AttentionBackend(ABC):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: LayerKV, meta: AttentionMetadata,
                 scale: float) -> torch.Tensor:
         """Write k/v [T, kv_heads, D] into their pages, then attend: q [T, heads, D] → [T, heads, D]."""
+
+
+class TorchAttention(AttentionBackend):
+    """The reference: pages are decoded and attended a chunk at a time with an online softmax (running max and
+    sum, as FlashAttention does), so extra memory is bounded by `budget` elements, not by context length."""
+
+    budget = 1 << 22  # elements of one chunk's scores or decoded K (16 MiB in fp32)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: LayerKV, meta: AttentionMetadata,
+                scale: float) -> torch.Tensor:
+        kv.codec.encode_into(kv.k, meta.slot_mapping, k)
+        kv.codec.encode_into(kv.v, meta.slot_mapping, v)
+        out = torch.empty_like(q)
+        qsl, lens, p = meta.query_start_loc_host, meta.seq_lens_host, meta.num_prefills
+        for i in range(p):  # prefill chunks one at a time: their query lengths differ
+            a, b = qsl[i], qsl[i + 1]
+            out[a:b] = self._attend(q[a:b][None], kv, meta.block_tables[i : i + 1], lens[i : i + 1], scale)[0]
+        if len(lens) > p:  # every decode at once: one query each
+            a, b = qsl[p], qsl[-1]
+            out[a:b] = self._attend(q[a:b][:, None], kv, meta.block_tables[p:], lens[p:], scale)[:, 0]
+        return out
+
+    def _attend(self, q: torch.Tensor, kv: LayerKV, tables: torch.Tensor, lens: list[int], scale: float,
+                ) -> torch.Tensor:
+        """q [n, L, H, D]: the last L positions of n sequences of lengths `lens` → [n, L, H, D]."""
+        n, L, H, D = q.shape
+        bs = kv.block_size
+        kvh = next(iter(kv.k.values())).shape[2]
+        g = H // kvh
+        qg = q.float().view(n, L, kvh, g, D) * scale
+        lens_t = torch.tensor(lens, device=q.device)
+        qpos = lens_t[:, None] - L + torch.arange(L, device=q.device)  # [n, L]
+        m = torch.full((n, L, kvh, g), float("-inf"), device=q.device)
+        s_sum = torch.zeros(n, L, kvh, g, device=q.device)
+        acc = torch.zeros(n, L, kvh, g, D, device=q.device)
+        pages = -(-max(lens) // bs)
+        step = max(1, self.budget // (n * bs * max(L * H, kvh * D)))
+        for j in range(0, pages, step):
+            c = min(step, pages - j)
+            idx = tables[:, j : j + c].reshape(-1).long()
+            kc = kv.codec.decode(kv.k, idx, torch.float32).view(n, c * bs, kvh, D)
+            vc = kv.codec.decode(kv.v, idx, torch.float32).view(n, c * bs, kvh, D)
+            kpos = j * bs + torch.arange(c * bs, device=q.device)
+            s = torch.einsum("nlkgd,ntkd->nlkgt", qg, kc)
+            s = s.masked_fill(~(kpos[None, None, :] <= qpos[:, :, None])[:, :, None, None, :], float("-inf"))
+            m_new = torch.maximum(m, s.amax(-1))
+            base = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # rows that saw no key yet
+            prob = torch.exp(s - base[..., None])
+            fade = torch.exp(m - base)
+            s_sum = s_sum * fade + prob.sum(-1)
+            acc = acc * fade[..., None] + torch.einsum("nlkgt,ntkd->nlkgd", prob, vc)
+            m = m_new
+        return (acc / s_sum[..., None]).view(n, L, H, D).to(q.dtype)

@@ -239,6 +239,17 @@ class KVCache:
             self.stats.prefetched += n
         return moves
 
+    def forget(self, ids: np.ndarray) -> None:
+        """Ids no tier holds and no request pins are about to stand for other blocks: reset their state."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(ids):
+            return
+        if np.any(self.where[ids] != 0) or np.any(self.pins[ids] != 0):
+            raise ValueError("only ids that no tier holds and no request pins can be forgotten")
+        self.key[ids] = NEVER
+        self.depth[ids] = 0
+        self.policy.forget(ids)
+
     # ---- mechanics ------------------------------------------------------------------------------------------
     def _ensure(self, ids: np.ndarray) -> None:
         if not len(ids):

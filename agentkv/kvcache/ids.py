@@ -1,42 +1,72 @@
-"""Dense ids for the engine's blocks: the core indexes its arrays by block id, the engine finds blocks by hash.
+"""Dense, recycled ids for the engine's blocks: the core indexes its arrays by id, the engine finds blocks by key.
 
-A hash only finds a candidate. The id is then checked against what it stands for (its parent's id, or the
-namespace salt for a first block, and its own tokens); a hash seen again with other content (a 64-bit
-collision, about one in 2^64 per pair of blocks, so likely somewhere among billions) gets a fresh id that no
-lookup can find. The cache then misses and recomputes instead of serving another prompt's KV, and by
-induction equal ids mean equal prefixes, token for token.
+A key's 128-bit digest only finds a candidate. The id is then checked against what it stands for (its parent's
+digest, or the namespace's for a first block, and its own tokens); a digest seen again with other content gets
+a private id that no lookup can find, so the cache misses and recomputes instead of serving another prompt's
+KV. By induction equal ids mean equal prefixes, token for token.
+
+Ids are reference-counted by the live requests that name them. An id no request holds and no tier caches is
+recycled (its slot in the core's arrays is reset first), so a long-running engine keeps at most
+(blocks cached in all tiers + blocks named by live requests) ids, whatever it has served.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
-import numpy as np
+from agentkv.storage.keys import BlockKey
 
 
 class BlockIds:
-    """Ids are not reused, so a long-running engine grows this map (and the core's per-id arrays) by one entry,
-    and the block's token ids, per distinct block it has ever seen."""
-
     def __init__(self) -> None:
-        self._by_hash: dict[int, int] = {}
-        self._content: list[bytes] = []  # what each id stands for
+        self._by_digest: dict[bytes, int] = {}
+        self.keys: list[BlockKey | None] = []  # what each id stands for (None: free)
+        self.refs: list[int] = []  # live requests naming it
+        self._free: list[int] = []
         self.collisions = 0
 
     def __len__(self) -> int:
-        return len(self._content)
+        """Ids in use."""
+        return len(self.keys) - len(self._free)
 
-    def name(self, block_hash: int, parent: int | None, salt: int, tokens: Sequence[int]) -> int:
-        """The id of the block holding `tokens` after the block `parent` (None: first block of namespace `salt`)."""
-        head = b"P" + parent.to_bytes(8, "little") if parent is not None else b"S" + salt.to_bytes(8, "little", signed=True)
-        content = head + np.asarray(tokens, dtype=np.int32).tobytes()
-        found = self._by_hash.get(block_hash)
-        if found is not None and self._content[found] == content:
-            return found
-        new = len(self._content)
-        self._content.append(content)
+    @property
+    def capacity(self) -> int:
+        """The highest id ever handed out, plus one: what the core's arrays are sized by."""
+        return len(self.keys)
+
+    def name(self, key: BlockKey) -> int:
+        """The id of the block `key` stands for, with one more reference."""
+        found = self._by_digest.get(key.digest)
+        known = self.keys[found] if found is not None else None
+        if known is not None and known.identity == key.identity:
+            self.refs[found] += 1  # type: ignore[index]
+            return found  # type: ignore[return-value]
+        new = self._free.pop() if self._free else len(self.keys)
+        if new == len(self.keys):
+            self.keys.append(key)
+            self.refs.append(1)
+        else:
+            self.keys[new], self.refs[new] = key, 1
         if found is None:
-            self._by_hash[block_hash] = new
+            self._by_digest[key.digest] = new
         else:
             self.collisions += 1  # a private id: this content is computed, never matched to the other's KV
         return new
+
+    def unref(self, ids: Iterable[int]) -> list[int]:
+        """Drop one reference from each id; returns those no request holds any more."""
+        out = []
+        for i in ids:
+            self.refs[i] -= 1
+            if self.refs[i] == 0:
+                out.append(i)
+        return out
+
+    def recycle(self, i: int) -> None:
+        """Forget id i (no request holds it, no tier caches it): its number is handed out again."""
+        key = self.keys[i]
+        assert key is not None and self.refs[i] == 0, f"id {i} is still in use"
+        if self._by_digest.get(key.digest) == i:
+            del self._by_digest[key.digest]
+        self.keys[i] = None
+        self._free.append(i)

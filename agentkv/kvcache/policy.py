@@ -43,6 +43,9 @@ class Policy(ABC):
     def grow(self, n_slots: int) -> None:
         """The core's per-block arrays now hold `n_slots` ids; grow any of the policy's own."""
 
+    def forget(self, slots: np.ndarray) -> None:
+        """These ids will stand for other blocks from now on: reset any per-block state kept for them."""
+
     def on_acquire(self, hits: np.ndarray, ctx: AccessContext) -> None:
         """A request of `ctx.session` arrived and pinned the cached prefix `hits` (a session's return)."""
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agentkv.catalog import ModelSpec
 
 ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -100,3 +103,15 @@ class ModelConfig:
             bos_token_id=raw.get("bos_token_id"),
             torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"),
         )
+
+    def spec(self, name: str) -> ModelSpec:
+        """The catalog's view of this shape: what `kvcache/sizing.py` and the cost-aware policy read."""
+        from agentkv.catalog import ModelSpec
+
+        attn = self.hidden_size * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
+        layer = attn + 3 * self.hidden_size * self.intermediate_size
+        embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+        params = float(self.num_layers * layer + embed)
+        return ModelSpec(name, "config.json", self.num_layers, self.num_heads, self.num_kv_heads, self.head_dim,
+                         self.hidden_size, self.intermediate_size, self.vocab_size, params, params,
+                         self.max_position_embeddings)

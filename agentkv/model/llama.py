@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from agentkv.kernels.attention import AttentionBackend, AttentionMetadata
+from agentkv.kernels.attention import AttentionBackend, AttentionMetadata, LayerKV
 from agentkv.model.config import ModelConfig
 
 
@@ -77,7 +77,7 @@ class Attention(nn.Module):
         self.backend = backend
         self.scale = self.d**-0.5
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary, kv: tuple[torch.Tensor, torch.Tensor],
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary, kv: LayerKV,
                 meta: AttentionMetadata) -> torch.Tensor:
         q = self.q_proj(x).view(-1, self.h, self.d)
         k = self.k_proj(x).view(-1, self.kvh, self.d)
@@ -85,7 +85,7 @@ class Attention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotary(q, positions), rotary(k, positions)
-        out = self.backend.forward(q, k, v, kv[0], kv[1], meta, self.scale)
+        out = self.backend.forward(q, k, v, kv, meta, self.scale)
         return self.o_proj(out.reshape(-1, self.h * self.d))
 
 
@@ -133,7 +133,7 @@ class LlamaForCausalLM(nn.Module):
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                kv_caches: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMetadata) -> torch.Tensor:
+                kv_caches: list[LayerKV], meta: AttentionMetadata) -> torch.Tensor:
         """Hidden states [T, hidden] of a flattened batch; K/V of its tokens are written into `kv_caches`."""
         m = self.model
         x = m.embed_tokens(input_ids)

@@ -3,26 +3,25 @@
 Each step (as vLLM's v1 scheduler does): running sequences first, in admission order (a decode costs one
 token of budget, an unfinished prefill as much as is left of it), then waiting sequences first-come
 first-served while budget and KV room last. Admission is `KVCache.acquire`: the cached prefix is pinned
-(lower-tier hits are promoted, moves returned in the batch) and blocks reserved for the rest of the prompt.
+(lower-tier hits are promoted) and blocks reserved for the rest of the prompt.
 A decode that needs a new block and finds no room preempts the most recently admitted sequence: its blocks
 are released to the cache (where they stay cached, demoted to a lower tier if one exists and the policy
 chooses so) and it waits to be recomputed, its generated tokens now part of its prompt.
 
-The engine runs `schedule` → forward pass → `postprocess`; the simulator runs the same calls and prices the
-batch with the step-cost model instead of a forward pass.
+The engine runs `schedule` → carry out the plan → forward pass → `postprocess`; the simulator runs the same
+calls and prices the plan with the step-cost model instead. Every decision that touches KV memory is an
+operation appended, in order, to the plan under construction (see `plan.py`); `postprocess`'s own (names,
+releases) open the next step's plan.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
-from agentkv.kvcache.cache import KVCache, MoveBatch
+from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.policy import AccessContext
-from agentkv.scheduler.batch import Batch, PrefillChunk
+from agentkv.scheduler.plan import Allocate, Free, Name, Op, PrefillChunk, StepPlan
 from agentkv.scheduler.sequence import Sequence, Status
 
 
@@ -39,20 +38,14 @@ def blocks_for(tokens: int, block_size: int) -> int:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, cache: KVCache,
-                 on_commit: Callable[[Sequence, int, np.ndarray], None] | None = None,
-                 on_release: Callable[[Sequence], None] | None = None) -> None:
-        """on_commit(seq, first block, ids) and on_release(seq) let the engine move its tensors in step with the
-        cache's accounts (the simulator has no tensors and passes neither)."""
+    def __init__(self, config: SchedulerConfig, cache: KVCache) -> None:
         self.cfg = config
         self.cache = cache
-        self.on_commit = on_commit
-        self.on_release = on_release
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.preemptions = 0
         self._blocked_at = -1  # cache.releases when the head of the queue last found no room
-        self.commit_moves: list[MoveBatch] = []  # write-through copies made by commits: the engine drains them
+        self._ops: list[Op] = []  # the plan under construction: postprocess's operations open the next step's
 
     # ---- queue ---------------------------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -80,9 +73,16 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    @property
+    def head_blocked(self) -> bool:
+        """The head of the queue found no room and nothing was released since: it would not fit now either."""
+        return self._blocked_at == self.cache.releases
+
     # ---- one step ------------------------------------------------------------------------------------------
-    def schedule(self, now: float) -> Batch:
-        batch = Batch(moves=self.cache.tick(now))  # the policy's prefetches first
+    def schedule(self, now: float) -> StepPlan:
+        batch = StepPlan(ops=self._ops)
+        self._ops = batch.ops
+        self._ops.extend(self.cache.tick(now))  # the policy's prefetches first
         budget = self.cfg.max_batched_tokens
         i = 0
         while i < len(self.running) and budget > 0:
@@ -99,7 +99,7 @@ class Scheduler:
             budget -= 1
             i += 1
         while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
-            if self._blocked_at == self.cache.releases:
+            if self.head_blocked:
                 break  # nothing was released since the head found no room: it still would not fit
             seq = self.waiting[0]
             if not self._admit(seq, batch, now):
@@ -110,9 +110,10 @@ class Scheduler:
             n = min(seq.target - seq.computed, budget)
             batch.prefills.append(PrefillChunk(seq, seq.computed, n))
             budget -= n
+        self._ops = []
         return batch
 
-    def postprocess(self, batch: Batch, now: float) -> list[Sequence]:
+    def postprocess(self, batch: StepPlan, now: float) -> list[Sequence]:
         """Account a finished step: KV written, blocks named, tokens sampled. Returns the sequences that finished."""
         for chunk in batch.prefills:
             seq = chunk.seq
@@ -135,29 +136,12 @@ class Scheduler:
             self.running = [s for s in self.running if s.status is not Status.FINISHED]
         return finished
 
-    # ---- fast-forward for the simulator ----------------------------------------------------------------------
-    def decode_leap(self) -> int:
-        """How many decode-only steps can run with this exact composition (nobody finishes, needs a block,
-        or could be admitted meanwhile). The simulator advances them in one go."""
-        if not self.running or any(s.in_prefill for s in self.running):
-            return 0
-        if self.waiting and self._blocked_at != self.cache.releases:
-            return 0  # the head of the queue might be admitted at the next step
-        bs = self.cfg.block_size
-        return max(0, min(min(s.max_tokens - s.generated - 1, s.blocks_held * bs - s.computed)
-                          for s in self.running))
-
-    def advance_decodes(self, k: int) -> None:
-        for seq in self.running:
-            seq.computed += k
-            seq.generated += k
-
     # ---- mechanics -------------------------------------------------------------------------------------------
     def _ctx(self, seq: Sequence, now: float) -> AccessContext:
         return AccessContext(now, session=seq.session, tenant=seq.tenant, request=seq.seq_id, finish=seq.finish,
                              output_tokens=seq.generated)
 
-    def _admit(self, seq: Sequence, batch: Batch, now: float) -> bool:
+    def _admit(self, seq: Sequence, batch: StepPlan, now: float) -> bool:
         bs = self.cfg.block_size
         target = seq.prompt_len + seq.generated  # after a preemption, what it generated is recomputed too
         n_blocks = blocks_for(target, bs)
@@ -175,16 +159,18 @@ class Scheduler:
         seq.cached_per_tier = per_tier
         seq.committed = grant.hit_blocks
         seq.blocks_held = n_blocks
-        batch.moves.extend(grant.moves)
+        self._ops.extend(grant.moves)
+        self._ops.append(Allocate(seq, ids[: grant.hit_blocks], n_blocks - grant.hit_blocks, admission=True))
         return True
 
-    def _room_for_decode(self, seq: Sequence, batch: Batch, now: float) -> bool:
+    def _room_for_decode(self, seq: Sequence, batch: StepPlan, now: float) -> bool:
         """Make sure the token this decode writes has a block; preempt from the back until it does."""
         need = blocks_for(seq.computed + 1, self.cfg.block_size) - seq.blocks_held
         while need > 0:
             moves = self.cache.reserve(seq.seq_id, need, now)
             if moves is not None:
-                batch.moves.extend(moves)
+                self._ops.extend(moves)
+                self._ops.append(Allocate(seq, seq.block_ids[:0], need))
                 seq.blocks_held += need
                 return True
             victim = self.running[-1]
@@ -193,7 +179,7 @@ class Scheduler:
                 return False
         return True
 
-    def _preempt(self, seq: Sequence, batch: Batch, now: float) -> None:
+    def _preempt(self, seq: Sequence, batch: StepPlan, now: float) -> None:
         self._release(seq, now)
         self.running.remove(seq)
         seq.status = Status.WAITING
@@ -208,13 +194,11 @@ class Scheduler:
             return
         ids = seq.name_blocks(seq.computed // self.cfg.block_size, self.cfg.block_size)
         if len(ids):
-            self.commit_moves.extend(self.cache.commit(seq.seq_id, ids, now))
-            if self.on_commit:
-                self.on_commit(seq, seq.committed, ids)
+            self._ops.extend(self.cache.commit(seq.seq_id, ids, now))
+            self._ops.append(Name(seq, seq.committed, ids))
             seq.committed += len(ids)
 
     def _release(self, seq: Sequence, now: float) -> None:
         self.cache.release(seq.seq_id, self._ctx(seq, now))
-        if self.on_release:
-            self.on_release(seq)
+        self._ops.append(Free(seq))
         seq.blocks_held = 0

@@ -19,7 +19,7 @@ from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.sizing import kv_bytes_per_block
 from agentkv.kvcache.tiers import TierSpec
-from agentkv.scheduler import Batch, Scheduler, SchedulerConfig, Sequence
+from agentkv.scheduler import Scheduler, SchedulerConfig, Sequence, StepPlan
 from agentkv.sim.router import Router
 from agentkv.sim.stepcost import Deployment, StepShape, step_cost, transfer_seconds
 from agentkv.workload.arrivals import ArrivalModel, arrival_times
@@ -137,10 +137,10 @@ def simulate(trace: Trace, cfg: SimConfig) -> SimResult:
 
     # two queues: arrivals (which a leap must not run past) and replicas' step completions
     arrivals: list[tuple[float, int]] = []
-    steps: list[tuple[float, int, int, Batch | None]] = []
+    steps: list[tuple[float, int, int, StepPlan | None]] = []
     counter = [0]
 
-    def push(t: float, kind: int, who: int, payload: Batch | None = None) -> None:
+    def push(t: float, kind: int, who: int, payload: StepPlan | None = None) -> None:
         counter[0] += 1
         if kind == ARRIVE:
             heapq.heappush(arrivals, (t, who))
@@ -196,15 +196,16 @@ def simulate(trace: Trace, cfg: SimConfig) -> SimResult:
             for seq in rep.sched.postprocess(batch, now):
                 res.record(seq)
                 next_in_session(seq.seq_id, now)
-            rep.sched.commit_moves.clear()  # write-through copies: no tensors here, and they overlap compute
-            k = rep.sched.decode_leap()
+            k = _decode_leap(rep.sched)
             if k >= 2:
                 ctx = tuple(q.computed + 1 + k // 2 for q in rep.sched.running)
                 per_step = step_cost(StepShape(decodes=ctx), d).total
                 horizon = min(arrivals[0][0] if arrivals else np.inf, now + MAX_LEAP_S)
                 k = min(k, int((horizon - now) / per_step))
                 if k >= 2:
-                    rep.sched.advance_decodes(k)
+                    for q in rep.sched.running:
+                        q.computed += k
+                        q.generated += k
                     totals["decode"] += k * per_step
                     totals["steps"] += k
                     totals["decode_tokens"] += k * len(ctx)
@@ -226,16 +227,28 @@ def simulate(trace: Trace, cfg: SimConfig) -> SimResult:
     )
 
 
-def _price(batch: Batch, d: Deployment, links: list[str], block_bytes: int, totals: dict) -> float:
+def _decode_leap(sched: Scheduler) -> int:
+    """How many decode-only steps can run with this exact composition (nobody finishes, needs a block, or
+    could be admitted meanwhile): the simulator advances them in one go."""
+    if not sched.running or any(s.in_prefill for s in sched.running):
+        return 0
+    if sched.waiting and not sched.head_blocked:
+        return 0  # the head of the queue might be admitted at the next step
+    bs = sched.cfg.block_size
+    return max(0, min(min(s.max_tokens - s.generated - 1, s.blocks_held * bs - s.computed) for s in sched.running))
+
+
+def _price(batch: StepPlan, d: Deployment, links: list[str], block_bytes: int, totals: dict) -> float:
     """Seconds the batch takes, split into prefill / decode / transfer time for the cost model."""
     prefills = tuple((c.n, c.start) for c in batch.prefills)
     decodes = tuple(q.computed + 1 for q in batch.decodes)
     cost = step_cost(StepShape(prefills, decodes), d)
     total = cost.total
     moved: dict[str, float] = {}
-    for mv in batch.moves:
-        if mv.kind == "promote":
-            moved[links[mv.src]] = moved.get(links[mv.src], 0.0) + len(mv.blocks) * block_bytes
+    for mv in batch.moves:  # every copy at its link's bandwidth: promotions, demotions, write-through copies
+        if mv.kind != "drop":
+            link = links[max(mv.src, mv.dst)]  # the slower end's link
+            moved[link] = moved.get(link, 0.0) + len(mv.blocks) * block_bytes
     transfer = transfer_seconds(moved, d)
     secs = max(total, transfer) if d.overlap_transfers else total + transfer
     totals["prefill"] += total * cost.prefill_share

@@ -10,7 +10,7 @@ from agentkv.engine.llm import LLM
 from agentkv.engine.sequence import SamplingParams
 from tests.engine.conftest import hf_model, prompts
 
-GREEDY = SamplingParams(max_tokens=10, ignore_eos=True)
+GREEDY = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
 
 
 def hf_greedy(model, p: list[int], n: int) -> list[int]:
@@ -21,8 +21,7 @@ def hf_greedy(model, p: list[int], n: int) -> list[int]:
 
 
 def block_bytes(llm: LLM) -> int:
-    c = llm.config
-    return c.num_layers * 2 * c.num_kv_heads * c.head_dim * llm.block_size * 4
+    return llm.layout.page_bytes
 
 
 @pytest.fixture(scope="module")
@@ -36,104 +35,105 @@ def cases(checkpoint):
 
 def test_greedy_matches_hf_batched_and_one_by_one_cache_on_and_off(cases):
     folder, ps, expected = cases
-    llm = LLM(str(folder), dtype="float32", block_size=8, max_batched_tokens=64)
+    llm = LLM(str(folder), dtype="float32", check_invariants=True, block_size=8, max_num_batched_tokens=64)
     batched = llm.generate(ps, GREEDY)
-    assert [o.token_ids for o in batched] == expected
+    assert [o.outputs[0].token_ids for o in batched] == expected
     again = [llm.generate([p], GREEDY)[0] for p in ps]  # now most prompts are cached
-    assert [o.token_ids for o in again] == expected
-    assert all(o.cached_tokens > 0 for o in again if len(o.prompt_token_ids) >= 16)
-    off = LLM(str(folder), dtype="float32", block_size=8, prefix_cache=False).generate(ps, GREEDY)
-    assert [o.token_ids for o in off] == expected
-    assert all(o.cached_tokens == 0 for o in off)
+    assert [o.outputs[0].token_ids for o in again] == expected
+    assert all(o.num_cached_tokens > 0 for o in again if len(o.prompt_token_ids) >= 16)
+    off = LLM(str(folder), dtype="float32", check_invariants=True, block_size=8, enable_prefix_caching=False).generate(ps, GREEDY)
+    assert [o.outputs[0].token_ids for o in off] == expected
+    assert all(o.num_cached_tokens == 0 for o in off)
 
 
 def test_prompt_sharing_a_prefix_reports_cached_tokens(cases):
     folder, ps, expected = cases
-    llm = LLM(str(folder), dtype="float32", block_size=8)
+    llm = LLM(str(folder), dtype="float32", check_invariants=True, block_size=8)
     llm.generate([ps[1]], GREEDY)
     out = llm.generate([ps[-1]], GREEDY)[0]
-    assert out.cached_tokens == 40 and out.token_ids == expected[-1]
-    assert out.cached_tokens_per_tier[0] == 40
+    assert out.num_cached_tokens == 40 and out.outputs[0].token_ids == expected[-1]
+    assert out.cached_tokens_per_tier["gpu"] == 40
 
 
 def test_preemption_under_a_small_block_budget_keeps_outputs(cases):
     folder, ps, expected = cases
-    llm = LLM(str(folder), dtype="float32", block_size=8, max_batched_tokens=64,
+    llm = LLM(str(folder), dtype="float32", check_invariants=True, block_size=8, max_num_batched_tokens=64,
               kv_cache_bytes=block_bytes(_probe(folder)) * 16)
     out = llm.generate(ps, GREEDY)
-    assert [o.token_ids for o in out] == expected
+    assert [o.outputs[0].token_ids for o in out] == expected
     assert llm.scheduler.preemptions > 0
     assert llm.scheduler.cache.reserved == 0
 
 
 def _probe(folder) -> LLM:
-    return LLM(str(folder), dtype="float32", block_size=8, kv_cache_bytes=2**20)
+    return LLM(str(folder), dtype="float32", check_invariants=True, block_size=8, kv_cache_bytes=2**20)
 
 
 def test_host_tier_serves_demoted_blocks(cases):
     """A pool too small to keep every prompt, with a host-memory tier: blocks go down and come back, correct."""
     folder, ps, expected = cases
     bb = block_bytes(_probe(folder))
-    llm = LLM(str(folder), dtype="float32", block_size=8, kv_cache_bytes=bb * 24, host_kv_bytes=bb * 200)
+    llm = LLM(str(folder), dtype="float32", check_invariants=True, block_size=8, kv_cache_bytes=bb * 24, host_kv_bytes=bb * 200)
     llm.generate(ps, GREEDY)
     again = [llm.generate([p], GREEDY)[0] for p in ps]
-    assert [o.token_ids for o in again] == expected
-    assert sum(o.cached_tokens_per_tier[1] for o in again) > 0  # some hits came back from host memory
+    assert [o.outputs[0].token_ids for o in again] == expected
+    assert sum(o.cached_tokens_per_tier["dram"] for o in again) > 0  # some hits came back from host memory
     assert llm.scheduler.cache.stats.demoted[0] > 0
 
 
 def test_sampling_controls(llama_dir):
-    llm = LLM(str(llama_dir), dtype="float32")
+    llm = LLM(str(llama_dir), dtype="float32", check_invariants=True)
     p = prompts(1, seed=2)[0]
-    greedy = llm.generate([p], SamplingParams(max_tokens=8, ignore_eos=True))[0].token_ids
-    assert llm.generate([p], SamplingParams(max_tokens=8, temperature=1.0, top_k=1, ignore_eos=True))[0].token_ids == greedy
-    assert llm.generate([p], SamplingParams(max_tokens=8, temperature=0.7, top_p=1e-6, ignore_eos=True))[0].token_ids == greedy
-    a = llm.generate([p], SamplingParams(max_tokens=8, temperature=5.0, seed=1, ignore_eos=True))[0].token_ids
-    b = llm.generate([p], SamplingParams(max_tokens=8, temperature=5.0, seed=1, ignore_eos=True))[0].token_ids
-    c = llm.generate([p], SamplingParams(max_tokens=8, temperature=5.0, seed=2, ignore_eos=True))[0].token_ids
+    greedy = llm.generate([p], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))[0].outputs[0].token_ids
+    assert llm.generate([p], SamplingParams(max_tokens=8, temperature=1.0, top_k=1, ignore_eos=True))[0].outputs[0].token_ids == greedy
+    assert llm.generate([p], SamplingParams(max_tokens=8, temperature=0.7, top_p=1e-6, ignore_eos=True))[0].outputs[0].token_ids == greedy
+    a = llm.generate([p], SamplingParams(max_tokens=8, temperature=5.0, seed=1, ignore_eos=True))[0].outputs[0].token_ids
+    b = llm.generate([p], SamplingParams(max_tokens=8, temperature=5.0, seed=1, ignore_eos=True))[0].outputs[0].token_ids
+    c = llm.generate([p], SamplingParams(max_tokens=8, temperature=5.0, seed=2, ignore_eos=True))[0].outputs[0].token_ids
     assert a == b and a != c
-    stop = llm.generate([p], SamplingParams(max_tokens=8, stop_token_ids=(greedy[2],), ignore_eos=True))[0]
-    assert stop.finish_reason == "stop" and stop.token_ids == greedy[:2]
-    n = llm.generate([p], SamplingParams(max_tokens=3, ignore_eos=True))[0]
-    assert n.finish_reason == "length" and len(n.token_ids) == 3
+    stop = llm.generate([p], SamplingParams(max_tokens=8, temperature=0, stop_token_ids=(greedy[2],), ignore_eos=True))[0]
+    assert stop.outputs[0].finish_reason == "stop" and stop.outputs[0].token_ids == greedy[:2]
+    n = llm.generate([p], SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))[0]
+    assert n.outputs[0].finish_reason == "length" and len(n.outputs[0].token_ids) == 3
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=0)
 
 
 def test_stop_strings_and_text(llama_dir):
-    llm = LLM(str(llama_dir), dtype="float32")
-    params = SamplingParams(max_tokens=40, ignore_eos=True)
+    llm = LLM(str(llama_dir), dtype="float32", check_invariants=True)
+    params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
     out = llm.generate(["the agent reads a file"], params)[0]
-    words = out.text.split()
+    words = out.outputs[0].text.split()
     assert len(words) >= 2
     stop = next(w for w in words[1:] if w != words[0])  # the first word that differs from the first
-    cut = llm.generate(["the agent reads a file"], SamplingParams(max_tokens=40, stop=(stop,), ignore_eos=True))[0]
-    assert cut.finish_reason == "stop" and stop not in cut.text
-    assert out.text.startswith(cut.text) and len(cut.token_ids) < len(out.token_ids)
+    cut = llm.generate(["the agent reads a file"], SamplingParams(max_tokens=40, temperature=0, stop=(stop,), ignore_eos=True))[0]
+    assert cut.outputs[0].finish_reason == "stop" and stop not in cut.outputs[0].text
+    assert out.outputs[0].text.startswith(cut.outputs[0].text) and len(cut.outputs[0].token_ids) < len(out.outputs[0].token_ids)
 
 
 def test_chat_uses_the_model_template(llama_dir):
-    llm = LLM(str(llama_dir), dtype="float32")
+    llm = LLM(str(llama_dir), dtype="float32", check_invariants=True)
     messages = [{"role": "user", "content": "fix the bug"}]
     rendered = llm.tokenizer.render_chat(messages)
     assert rendered.startswith("<|begin_of_text|>") and rendered.endswith("assistant <|end_header_id|> ")
     ids = llm.tokenizer.encode_chat(messages)
     assert ids[0] == 0 and ids.count(0) == 1  # one BOS: the template's, not a second from the tokenizer
     out = llm.chat([messages], SamplingParams(max_tokens=4, ignore_eos=True))[0]
-    assert out.prompt_token_ids == ids and len(out.token_ids) == 4
+    assert out.prompt_token_ids == ids and len(out.outputs[0].token_ids) == 4
 
 
 def test_abort_frees_everything(llama_dir):
-    llm = LLM(str(llama_dir), dtype="float32")
+    llm = LLM(str(llama_dir), dtype="float32", check_invariants=True)
     rid = llm.add_request(prompts(1, seed=4)[0], SamplingParams(max_tokens=50, ignore_eos=True))
     llm.step()
     assert llm.abort(rid) and not llm.abort(rid)
     assert not llm.scheduler.has_work()
-    assert llm.scheduler.cache.reserved == 0 and not llm.pool.tables
+    llm.step()  # the release is carried out by the next plan
+    assert llm.scheduler.cache.reserved == 0 and len(llm.pool.free) + len(llm.pool.page_of) == llm.pool.num_pages
 
 
 def test_bad_inputs_are_named(llama_dir, tmp_path):
-    llm = LLM(str(llama_dir), dtype="float32")
+    llm = LLM(str(llama_dir), dtype="float32", check_invariants=True)
     with pytest.raises(ValueError, match="exceeds the model's context"):
         llm.add_request([5] * 4000, SamplingParams(max_tokens=200))
     with pytest.raises(ValueError, match="empty prompt"):
@@ -158,9 +158,9 @@ def test_generate_command(llama_dir):
     assert len(outs) == 2 and all(o["finish_reason"] in ("length", "stop") for o in outs)
     chat = cli("--chat", "--system", "you fix code", "--prompt", "fix the bug")
     assert chat.returncode == 0, chat.stderr
-    direct = LLM(str(llama_dir), dtype="float32").chat(
+    direct = LLM(str(llama_dir), dtype="float32", check_invariants=True).chat(
         [[{"role": "system", "content": "you fix code"}, {"role": "user", "content": "fix the bug"}]],
-        SamplingParams(max_tokens=5))[0]
-    assert json.loads(chat.stdout)[0]["token_ids"] == direct.token_ids
+        SamplingParams(max_tokens=5, temperature=0))[0]
+    assert json.loads(chat.stdout)[0]["token_ids"] == direct.outputs[0].token_ids
     bad = cli("--prompt", "x", "--temperature", "-1")
     assert bad.returncode == 2 and "temperature" in bad.stderr

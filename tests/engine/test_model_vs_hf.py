@@ -5,26 +5,29 @@ from __future__ import annotations
 
 import torch
 
-from agentkv.kernels.attention import AttentionMetadata, SeqAttention
+from agentkv.codecs import get_codec
+from agentkv.engine.pages import PageLayout
+from agentkv.kernels.attention import SeqSlice
 from agentkv.model.loader import load_model
 from tests.engine.conftest import hf_model, prompts
 
 ATOL = 1e-4
 
 
-def paged(model, n_blocks=64, bs=8):
+def paged(model, n_blocks=64, bs=8, codec="fp32"):
+    """Every layer's K/V pages, viewed over one slab of n_blocks pages, and the backend bound to it."""
     cfg = model.config
-    return [(torch.zeros(n_blocks, bs, cfg.num_kv_heads, cfg.head_dim),
-             torch.zeros(n_blocks, bs, cfg.num_kv_heads, cfg.head_dim)) for _ in range(cfg.num_layers)]
+    layout = PageLayout.of(get_codec(codec), cfg.num_layers, bs, cfg.num_kv_heads, cfg.head_dim)
+    model.model.layers[0].self_attn.backend.bind(4, n_blocks, torch.device("cpu"))
+    return layout.views(torch.zeros(n_blocks, layout.page_bytes, dtype=torch.uint8))
 
 
 def run(model, caches, tokens, start, table, bs=8):
     """Forward tokens at positions start.. for one sequence whose blocks are `table`."""
-    t = torch.tensor(table)
-    pos = torch.arange(start, start + len(tokens))
-    ctx = torch.arange(0, start + len(tokens))
-    meta = AttentionMetadata(t[pos // bs] * bs + pos % bs, [SeqAttention(0, len(tokens), t[ctx // bs] * bs + ctx % bs)])
-    return model.logits(model(torch.tensor(tokens), pos, caches, meta))
+    backend = model.model.layers[0].self_attn.backend
+    backend.release_row(0)
+    meta = backend.prepare([SeqSlice(0, table, len(tokens), start + len(tokens))], int(len(tokens) > 1), bs)
+    return model.logits(model(torch.tensor(tokens), torch.arange(start, start + len(tokens)), caches, meta))
 
 
 def test_prefill_and_decode_logits_match(checkpoint):
@@ -62,7 +65,7 @@ def test_bf16_runs_close_to_fp32(checkpoint):
     hi, lo = load_model(str(folder), "float32"), load_model(str(folder), "bfloat16")
     p = prompts(1, seed=8, lo=30, hi=31)[0]
     ch = paged(hi)
-    cl = [(k.bfloat16(), v.bfloat16()) for k, v in paged(lo)]
+    cl = paged(lo, codec="bf16")
     a = run(hi, ch, p, 0, [1, 2, 3, 4])
     b = run(lo, cl, p, 0, [1, 2, 3, 4])
     assert (a - b).abs().max() < 0.1 * a.abs().max()

@@ -95,6 +95,11 @@ class AgentAware(Policy):
         self.touch = np.concatenate([self.touch, np.zeros(extra, dtype=np.int64)])
         self.shared = np.concatenate([self.shared, np.zeros(extra, dtype=bool)])
 
+    def forget(self, slots: np.ndarray) -> None:
+        self.owner[slots] = -1
+        self.touch[slots] = 0
+        self.shared[slots] = False
+
     def _session(self, s: int) -> None:
         pad = s + 1 - len(self.last_release)
         if pad > 0:

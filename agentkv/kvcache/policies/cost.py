@@ -36,6 +36,9 @@ class CostAware(Policy):
     def recompute_cost(self, depth: np.ndarray) -> np.ndarray:
         return 1.0 + self.alpha * (depth + 0.5) * self.block_size
 
+    def forget(self, slots: np.ndarray) -> None:
+        self.count[slots] = 0
+
     def on_release(self, slots: np.ndarray, depth: np.ndarray, ctx: AccessContext) -> np.ndarray:
         self.count[slots] += 1
         return self.age + self.count[slots] * self.recompute_cost(depth.astype(np.float64))

@@ -22,6 +22,9 @@ class LFU(Policy):
     def grow(self, n_slots: int) -> None:
         self.count = np.concatenate([self.count, np.zeros(n_slots - len(self.count))])
 
+    def forget(self, slots: np.ndarray) -> None:
+        self.count[slots] = 0
+
     def on_release(self, slots: np.ndarray, depth: np.ndarray, ctx: AccessContext) -> np.ndarray:
         self.count[slots] += 1
         self.releases += 1
