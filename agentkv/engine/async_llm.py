@@ -1,0 +1,279 @@
+"""The engine loop a server drives: `LLM.step` on its own thread, a thread-safe inbox, per-request streams.
+
+Only the engine thread touches the `LLM` (scheduler, core, pages). Callers on any thread put adds and aborts
+into the inbox; the loop drains it before every step, runs the step, and pushes each request's delta (new
+token ids, newly decoded text, finish reason, cached tokens per tier) to that request's stream, which is an
+async iterator (for asyncio callers) and a plain iterator (for threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentkv.engine.llm import LLM, Prompt
+from agentkv.engine.outputs import RequestOutput
+from agentkv.engine.sequence import SamplingParams
+
+log = logging.getLogger("agentkv.engine")
+
+
+@dataclass(slots=True)
+class RequestDelta:
+    request_id: str
+    token_ids: list[int]  # new this step
+    text: str  # new text (a stop string's possible beginning is held back until it is decided)
+    finished: bool
+    finish_reason: str | None  # "stop" | "length" | "abort" once finished
+    prompt_tokens: int
+    output_tokens: int  # so far
+    cached_tokens: int
+    cached_tokens_per_tier: dict[str, int]
+
+
+@dataclass(slots=True)
+class EngineStats:
+    waiting: int = 0
+    running: int = 0
+    kv_blocks_used: dict[str, int] = field(default_factory=dict)
+    kv_blocks_total: dict[str, int] = field(default_factory=dict)
+    prefix_query_tokens: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_hit_tokens: int = 0
+    hit_tokens_per_tier: dict[str, int] = field(default_factory=dict)
+    preemptions: int = 0
+    steps: int = 0
+
+
+class EngineDead(RuntimeError):
+    """The engine loop stopped on an error; no request can be served."""
+
+
+_END = object()
+
+
+class RequestStream:
+    """One request's deltas, iterable from asyncio (`async for`) or from a thread (`for`)."""
+
+    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.request_id = request_id
+        self._loop = loop
+        self._aq: asyncio.Queue | None = asyncio.Queue() if loop is not None else None
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self.finished = False
+
+    def push(self, item: RequestDelta | BaseException | object) -> None:
+        """Called on the engine thread."""
+        if self._aq is not None and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the caller's event loop is closed: nobody is listening
+                self._loop.call_soon_threadsafe(self._aq.put_nowait, item)
+        else:
+            self._q.put(item)
+
+    def _unwrap(self, item: Any) -> RequestDelta:
+        if item is _END:
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        self.finished = item.finished
+        return item
+
+    def __aiter__(self) -> AsyncIterator[RequestDelta]:
+        return self
+
+    async def __anext__(self) -> RequestDelta:
+        if self.finished:
+            raise StopAsyncIteration
+        assert self._aq is not None, "this stream was created outside an event loop: iterate it with `for`"
+        return self._unwrap(await self._aq.get())
+
+    def __iter__(self) -> Iterator[RequestDelta]:
+        while not self.finished:
+            try:
+                yield self._unwrap(self._q.get())
+            except StopAsyncIteration:
+                return
+
+
+@dataclass(slots=True)
+class _Detok:
+    """Incremental detokenization (as vLLM does): decode a short window so that multi-token characters and
+    word-boundary spaces come out right, emit only what is new."""
+
+    sent: int = 0  # token ids sent so far
+    prefix: int = 0
+    read: int = 0
+    emitted: int = 0  # characters of the visible text sent so far
+    text: str = ""  # visible text so far
+
+
+class AsyncLLM:
+    def __init__(self, llm: LLM) -> None:
+        self.llm = llm
+        self.tokenizer = llm.tokenizer
+        self.config = llm.config
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._streams: dict[str, tuple[RequestStream, _Detok]] = {}
+        self._stats = EngineStats()
+        self._stopping = False
+        self._drain = True
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="agentkv-engine", daemon=True)
+        self._thread.start()
+
+    # ---- any thread ----------------------------------------------------------------------------------------
+    def add_request(self, prompt: Prompt, params: SamplingParams | None = None, *, request_id: str | None = None,
+                    session: str | None = None, tenant: str = "", cache_salt: str = "",
+                    classify_reply: Callable[[str], str] | None = None) -> RequestStream:
+        """Queue a request; bad input (empty, over the context) raises ValueError here, at once."""
+        if self.error is not None or self._stopping:
+            raise EngineDead("the engine is not running" if self.error is None else f"the engine failed: {self.error}")
+        params = params or SamplingParams()
+        ids = self.llm._encode(prompt)  # the tokenizer is thread-safe; the checks match LLM.add_request's
+        if not ids:
+            raise ValueError("empty prompt")
+        limit = self.config.max_position_embeddings
+        if len(ids) + params.max_tokens > limit:
+            raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the model's "
+                             f"context of {limit} tokens")
+        rid = request_id or uuid.uuid4().hex
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        stream = RequestStream(rid, loop)
+        self._inbox.put(("add", stream, dict(prompt=ids, params=params, request_id=rid, session=session,
+                                             tenant=tenant, cache_salt=cache_salt, classify_reply=classify_reply)))
+        self._wake.set()
+        return stream
+
+    async def generate(self, prompt: Prompt, params: SamplingParams | None = None, **kw: Any,
+                       ) -> AsyncIterator[RequestDelta]:
+        """Stream a request's deltas; leaving the loop early (a client gone) aborts it."""
+        stream = self.add_request(prompt, params, **kw)
+        try:
+            async for delta in stream:
+                yield delta
+        finally:
+            if not stream.finished:
+                self.abort(stream.request_id)
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(("abort", request_id, None))
+        self._wake.set()
+
+    def stats(self) -> EngineStats:
+        return self._stats
+
+    def shutdown(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop the loop: with `drain`, after the requests in flight finish; else abort them."""
+        self._drain = drain
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    # ---- the engine thread ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                self._take_inbox()
+                if self._stopping and (not self._drain or not self.llm.has_unfinished_requests()):
+                    break
+                if not self.llm.has_unfinished_requests():
+                    self._publish_stats()
+                    self._wake.wait(0.5)
+                    self._wake.clear()
+                    continue
+                for out in self.llm.step():
+                    self._deliver(out)
+                self._publish_stats()
+        except BaseException as e:  # every stream must hear of it, whatever it is
+            log.exception("engine loop failed")
+            self.error = e
+        for rid, (stream, _) in list(self._streams.items()):
+            if self.error is not None:
+                stream.push(EngineDead(f"the engine failed: {self.error}"))
+            else:
+                self.llm.abort(rid)
+                stream.push(self._final_abort(rid))
+            stream.push(_END)
+        self._streams.clear()
+
+    def _take_inbox(self) -> None:
+        while True:
+            try:
+                kind, a, kw = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "add":
+                try:
+                    self.llm.add_request(**kw)
+                except ValueError as e:
+                    a.push(e)
+                    continue
+                self._streams[a.request_id] = (a, _Detok())
+            elif a in self._streams and self.llm.abort(a):
+                stream, _ = self._streams.pop(a)
+                stream.push(self._final_abort(a))
+
+    def _final_abort(self, rid: str) -> RequestDelta:
+        return RequestDelta(rid, [], "", True, "abort", 0, 0, 0, {})
+
+    def _deliver(self, out: RequestOutput) -> None:
+        entry = self._streams.get(out.request_id)
+        if entry is None:
+            return
+        stream, det = entry
+        c = out.outputs[0]
+        text = self._new_text(out, det)
+        ids = c.token_ids
+        fresh = ids[det.sent :]
+        det.sent = len(ids)
+        stream.push(RequestDelta(out.request_id, fresh, text, out.finished, c.finish_reason,
+                                 len(out.prompt_token_ids), len(ids), out.num_cached_tokens,
+                                 dict(out.cached_tokens_per_tier)))
+        if out.finished:
+            del self._streams[out.request_id]
+
+    def _new_text(self, out: RequestOutput, det: _Detok) -> str:
+        c = out.outputs[0]
+        if self.tokenizer is None:
+            return ""
+        if out.finished:  # the engine's final text (stop strings and stop tokens removed) decides
+            new = c.text[det.emitted :]
+            det.emitted = len(c.text)
+            return new
+        ids = c.token_ids
+        before = self.tokenizer.decode(ids[det.prefix : det.read])
+        after = self.tokenizer.decode(ids[det.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            det.text += after[len(before) :]
+            det.prefix, det.read = det.read, len(ids)
+        hold = max((len(s) for s in self.llm._seqs[out.request_id].params.stop), default=1) - 1 \
+            if out.request_id in self.llm._seqs else 0
+        visible = len(det.text) - hold
+        if visible <= det.emitted:
+            return ""
+        new = det.text[det.emitted : visible]
+        det.emitted = visible
+        return new
+
+    def _publish_stats(self) -> None:
+        llm = self.llm
+        cache = llm.cache
+        names = llm.tier_names
+        used = [int(cache.used[0] + cache.reserved)] + [int(u) for u in cache.used[1:]]
+        self._stats = EngineStats(
+            waiting=len(llm.scheduler.waiting), running=len(llm.scheduler.running),
+            kv_blocks_used=dict(zip(names, used, strict=True)),
+            kv_blocks_total={n: int(c) for n, c in zip(names, cache.capacity, strict=True)},
+            prefix_query_tokens=llm.prefix_query_tokens, prefix_hit_tokens=int(llm.prefix_hit_tokens.sum()),
+            hit_tokens_per_tier={n: int(h) for n, h in zip(names, llm.prefix_hit_tokens, strict=True)},
+            preemptions=llm.scheduler.preemptions, steps=self._stats.steps + 1)
