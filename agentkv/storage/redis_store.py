@@ -2,8 +2,10 @@
 
 Keys are the block digests (already salted by model, codec and tenant), so several engine processes, on one
 machine or several, pointed at one Redis share every prefix any of them computed, and tenants never do. Values
-are records (see `record`): a load checks checksum and identity, so a collision, a corrupted or truncated value
-is a miss. Redis may evict under its own `maxmemory` policy at any time: a key gone is a miss too.
+are records (see `record`), kept as a two-field hash (head + identity, page) so that the page goes from the
+caller's tensor to the socket without a copy; a load checks checksum and identity, so a collision, a corrupted
+or truncated value is a miss. Redis may evict under its own `maxmemory` policy at any time: a key gone is a
+miss too.
 
 Redis must never stop the engine: connection and operation timeouts bound every call, and any failure marks
 the tier down (one warning), after which calls return at once (puts skipped, gets and contains all misses)
@@ -20,6 +22,7 @@ import numpy as np
 import redis
 import torch
 from redis.backoff import NoBackoff
+from redis.connection import Encoder, PythonRespSerializer
 from redis.retry import Retry
 
 from agentkv.storage.base import BlockKey, TierStore
@@ -33,7 +36,7 @@ class RedisStore(TierStore):
 
     def __init__(self, url: str, page_bytes: int, prefix: bytes = b"akv:", connect_timeout_s: float = 0.5,
                  op_timeout_s: float = 5.0, backoff_s: tuple[float, float] = (0.5, 30.0),
-                 batch_bytes: int = 64 << 20) -> None:
+                 batch_bytes: int = 128 << 20) -> None:
         """backoff_s: (first, longest) wait before retrying a tier that failed. batch_bytes: values per
         pipeline round trip (bounds the client's buffers)."""
         self.url = url
@@ -41,8 +44,11 @@ class RedisStore(TierStore):
         self.prefix = prefix
         self.batch = max(1, batch_bytes // (page_bytes + HEAD_BYTES))
         self.backoff_s = backoff_s
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout_s,
-                                           socket_timeout=op_timeout_s, retry=Retry(NoBackoff(), 0))
+        # redis-py's pure-Python packer sends a memoryview argument as is (hiredis's would copy it)
+        packer = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout_s, socket_timeout=op_timeout_s,
+                                           retry=Retry(NoBackoff(), 0), command_packer=packer,
+                                           socket_read_size=1 << 20)
         self._retry_at = 0.0
         self._wait = 0.0  # current backoff; 0 while the tier is up
 
@@ -56,7 +62,7 @@ class RedisStore(TierStore):
         for lo, hi in self._chunks(len(keys)):
             def build(pipe, lo=lo, hi=hi):
                 for key, row in zip(keys[lo:hi], rows[lo:hi], strict=True):
-                    pipe.set(self.prefix + key.digest, b"".join((encode_head(key, row), row)))
+                    pipe.hset(self.prefix + key.digest, mapping={b"h": encode_head(key, row), b"p": memoryview(row)})
             results = self._pipeline(build)
             if results is None:
                 return
@@ -70,12 +76,13 @@ class RedisStore(TierStore):
         rows = host.numpy()
         found = np.zeros(len(keys), dtype=bool)
         for lo, hi in self._chunks(len(keys)):
-            values = self._pipeline(lambda pipe, lo=lo, hi=hi: [pipe.get(self.prefix + k.digest) for k in keys[lo:hi]])
+            values = self._pipeline(lambda pipe, lo=lo, hi=hi: [pipe.hmget(self.prefix + k.digest, (b"h", b"p"))
+                                                                for k in keys[lo:hi]])
             if values is None:
                 break
             for i, value in enumerate(values, start=lo):
-                if isinstance(value, bytes):
-                    found[i] = self._load(keys[i], value, rows[i])
+                if isinstance(value, list) and value[0] is not None and value[1] is not None:
+                    found[i] = self._load(keys[i], *value, rows[i])
         if host is not out:
             out.copy_(host)
         return found
@@ -102,13 +109,10 @@ class RedisStore(TierStore):
         for lo in range(0, n, self.batch):
             yield lo, min(n, lo + self.batch)
 
-    def _load(self, key: BlockKey, value: bytes, row: np.ndarray) -> bool:
-        view = memoryview(value)
-        ident_end = HEAD_BYTES + len(key.identity)
-        page = view[ident_end:]
-        if len(page) != self.page_bytes or not verify(key, view[:ident_end], page):
-            log.warning("redis tier %s: value for %s failed verification (%d bytes); a miss, will recompute",
-                        self.url, key.digest.hex(), len(value))
+    def _load(self, key: BlockKey, head: bytes, page: bytes, row: np.ndarray) -> bool:
+        if len(page) != self.page_bytes or not verify(key, head, page):
+            log.warning("redis tier %s: value for %s failed verification (%d page bytes); a miss, will recompute",
+                        self.url, key.digest.hex(), len(page))
             return False
         row[:] = np.frombuffer(page, dtype=np.uint8)
         return True

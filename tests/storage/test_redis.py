@@ -91,24 +91,30 @@ def test_stalled_server_times_out(redis_server):
     assert found.all() and torch.equal(out, pages)
 
 
-@pytest.mark.parametrize("damage", ["flip_page", "flip_identity", "truncate", "extend", "garbage"])
+@pytest.mark.parametrize("damage", ["flip_page", "flip_identity", "truncate", "extend", "lose_field", "garbage_head",
+                                    "wrong_type"])
 def test_damaged_value_is_a_miss(redis_server, damage):
     keys, pages = make_blocks(5)
     store = RedisStore(redis_server.url, PAGE)
     store.put(keys, pages)
     raw = redis.Redis.from_url(redis_server.url)
     name = store.prefix + keys[2].digest
-    value = raw.get(name)
+    head, page = raw.hmget(name, [b"h", b"p"])
     if damage == "flip_page":
-        raw.setrange(name, len(value) - 100, bytes([value[-100] ^ 1]))
+        raw.hset(name, b"p", page[:100] + bytes([page[100] ^ 1]) + page[101:])
     elif damage == "flip_identity":
-        raw.setrange(name, 40, bytes([value[40] ^ 0x80]))
+        raw.hset(name, b"h", head[:40] + bytes([head[40] ^ 0x80]) + head[41:])
     elif damage == "truncate":
-        raw.set(name, value[:-1])
+        raw.hset(name, b"p", page[:-1])
     elif damage == "extend":
-        raw.append(name, b"\0")
+        raw.hset(name, b"p", page + b"\0")
+    elif damage == "lose_field":
+        raw.hdel(name, b"h")
+    elif damage == "garbage_head":
+        raw.hset(name, b"h", b"not a record")
     else:
-        raw.set(name, b"not a record")
+        raw.delete(name)
+        raw.set(name, head + page)
     found, out = load(store, keys)
     assert found.tolist() == [True, True, False, True, True]
     assert torch.equal(out[found], pages[found])
