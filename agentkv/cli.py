@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--json", action="store_true", help="print the results as JSON")
     sw.set_defaults(run=cmd_cache_sweep)
 
+    from agentkv.replay.cli import add_replay_parser
+
+    add_replay_parser(sub)
+
     rep = sub.add_parser("report", help="the mitigation ladder: hit rate, latency, GPUs and $/Mtok per lever "
                                         "(no TRACE: the built-in synthetic agentic workload)")
     add_trace_args(rep, optional=True)

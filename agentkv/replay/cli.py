@@ -1,0 +1,214 @@
+"""`agentkv replay --endpoint URL TRACE`: the flags, and the run from calibration to the files it writes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+INTERRUPTED = 130
+
+
+def add_replay_parser(sub: Any) -> None:
+    from agentkv.cli import add_trace_args
+
+    p = sub.add_parser("replay", help="replay a trace's sessions against a live OpenAI/Anthropic-compatible server "
+                                      "and measure cached tokens, TTFT, TPOT (with --predict: beside the prediction)")
+    add_trace_args(p, optional=False)
+    p.add_argument("--endpoint", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--api", choices=["openai", "openai-chat", "anthropic"], default="openai",
+                   help="openai: /v1/completions (raw prompt: exact block boundaries); openai-chat: "
+                        "/v1/chat/completions; anthropic: /v1/messages (default openai)")
+    p.add_argument("--model", help="model name to send (default: the first of the server's /v1/models)")
+    p.add_argument("--api-key", default=os.environ.get("AGENTKV_API_KEY", ""),
+                   help="bearer token / x-api-key (default: $AGENTKV_API_KEY)")
+    p.add_argument("--sessions", type=int, help="replay the first N top-level sessions (with their sub-agents)")
+    p.add_argument("--max-turns", type=int, help="only the first N turns of each session")
+    p.add_argument("--concurrency", type=int,
+                   help="sessions replayed at once (default: the trace's own session starts, else 8)")
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="multiply every think time and session start by this (0: no waiting; default 1)")
+    p.add_argument("--token-scale", type=float, default=1.0,
+                   help="shrink every block, prompt tail and reply by this factor, in (0, 1] (default 1)")
+    p.add_argument("--max-tokens", type=int, help="cap each reply at this many tokens")
+    p.add_argument("--max-inflight", type=int, default=64, help="requests outstanding at most (default 64)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default 600)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthesized text")
+    p.add_argument("--no-ignore-eos", action="store_true",
+                   help="do not send ignore_eos (for servers that reject it; replies may end early)")
+    p.add_argument("--extra-body", help="JSON object merged into every request body (e.g. '{\"cache_salt\": \"x\"}')")
+    p.add_argument("--predict", metavar="POLICY",
+                   help="also predict each request's cached tokens with the policy core at the server's policy "
+                        "(lru, lfu, agent), --capacity and --server-block-size")
+    p.add_argument("--capacity", help="the server's GPU KV capacity in tokens (e.g. 8192, 256k), for --predict")
+    p.add_argument("--server-block-size", type=int, default=16, help="the server's KV block size (default 16)")
+    p.add_argument("--out", default="replay", help="folder for requests.csv, summary.json and plots (default replay)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(run=cmd_replay)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    try:
+        import httpx  # noqa: F401
+    except ImportError:
+        raise ValueError("agentkv replay needs httpx: pip install 'agentkv[replay]'") from None
+    from agentkv.replay import alphabet
+    from agentkv.replay.predict import ServerModel
+    from agentkv.replay.runner import Pacing, plan
+    from agentkv.replay.synth import Synth
+    from agentkv.workload.load import load_trace
+
+    for flag, value, low in (("--max-inflight", args.max_inflight, 1), ("--concurrency", args.concurrency, 1),
+                             ("--max-turns", args.max_turns, 1), ("--max-tokens", args.max_tokens, 1),
+                             ("--server-block-size", args.server_block_size, 1)):
+        if value is not None and value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
+    if args.time_scale < 0 or args.timeout <= 0:
+        raise ValueError("--time-scale must be >= 0 and --timeout > 0")
+    extra = json.loads(args.extra_body) if args.extra_body else {}
+    if not isinstance(extra, dict):
+        raise ValueError("--extra-body must be a JSON object")
+    server = None
+    if args.predict:
+        if not args.capacity:
+            raise ValueError("--predict needs --capacity (the server's GPU KV, in tokens)")
+        from agentkv.kvcache.tiers import parse_size
+
+        size = parse_size(args.capacity)
+        if size.is_bytes:
+            raise ValueError("--capacity: give the server's KV capacity in tokens (e.g. 8192 or 256k)")
+        server = ServerModel(args.predict, int(size.value), args.server_block_size)
+    trace = load_trace(args.paths, skip_bad=args.skip_bad, tokenizer=args.tokenizer, block_size=args.block_size)
+    words = alphabet.from_tokenizer(args.tokenizer) if args.tokenizer else alphabet.builtin()
+    synth = Synth(trace, words.words, args.token_scale, args.seed)
+    the_plan = plan(trace, args.sessions, args.max_turns, args.concurrency)
+    pacing = Pacing(args.time_scale, args.concurrency, args.max_inflight, args.max_tokens)
+    os.makedirs(args.out, exist_ok=True)
+    return asyncio.run(_replay(args, synth, the_plan, pacing, extra, server))
+
+
+async def _replay(args: argparse.Namespace, synth: Any, the_plan: Any, pacing: Any, extra: dict, server: Any) -> int:
+    import httpx
+
+    from agentkv.replay.calibrate import calibrate
+    from agentkv.replay.client import Api
+    from agentkv.replay.runner import Runner
+
+    base = args.endpoint.rstrip("/").removesuffix("/v1")
+    limits = httpx.Limits(max_connections=args.max_inflight + 4, max_keepalive_connections=args.max_inflight + 4)
+    async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(args.timeout, connect=10.0), limits=limits) as c:
+        api = Api(args.api, "", args.api_key, not args.no_ignore_eos, extra)
+        api.model = args.model or await _served_model(c, api)
+        cal = await calibrate(c, api, synth.words)
+        if not args.json:
+            print(f"replay: {the_plan.n_requests:,} requests of {len(the_plan.groups)} sessions from {synth.trace.source}"
+                  f" → {base} ({api.kind}, {api.model}); {synth.block_tokens} tokens per trace block; server adds "
+                  f"{cal.overhead} tokens per prompt ({cal.checked_words} words checked via {cal.method})")
+        with _progress(the_plan.n_requests, quiet=args.json) as on_done:
+            runner = Runner(c, api, synth, cal.overhead, pacing, on_done)
+            loop = asyncio.get_running_loop()
+            stopped = []
+
+            def stop() -> None:
+                stopped.append(True)
+                runner.stop.set()
+                loop.remove_signal_handler(signal.SIGINT)  # a second Ctrl-C stops at once
+                print("\nreplay: stopping; writing what has finished", file=sys.stderr)
+
+            loop.add_signal_handler(signal.SIGINT, stop)
+            t0 = time.perf_counter()
+            try:
+                records = await runner.run(the_plan)
+            finally:
+                loop.remove_signal_handler(signal.SIGINT)
+            duration = time.perf_counter() - t0
+    summary = _write(args, records, duration, synth, cal.overhead, server, api)
+    return INTERRUPTED if stopped else (0 if summary.ok else 1)
+
+
+def _write(args, records, duration, synth, overhead, server, api):
+    from agentkv.replay import plots
+    from agentkv.replay.results import print_summary, summarize, write_csv, write_json
+
+    sweep_cmd = ""
+    if server is not None and any(not r.outcome.error for r in records):
+        from agentkv.replay.predict import as_served, predict
+        from agentkv.workload.formats import canonical
+
+        served, in_order = as_served(records, synth, overhead, server.block_size)
+        for r, n in zip(in_order, predict(served, server), strict=True):
+            r.predicted_cached = int(n)
+        canonical.save(served, os.path.join(args.out, "as_served.npz"))
+        sweep_cmd = (f"agentkv cache sweep {args.out}/as_served.npz --trace-clock --policy {server.policy} "
+                     f"--capacity {server.capacity_blocks * server.block_size}")
+    s = summarize(records, duration)
+    if sweep_cmd:
+        s.prediction = server.describe()
+    s.meta = {"trace": synth.trace.source, "endpoint": args.endpoint, "api": api.kind, "model": api.model,
+              "token_scale": args.token_scale, "time_scale": args.time_scale, "block_tokens": synth.block_tokens,
+              "server_overhead_tokens": overhead, "max_inflight": args.max_inflight,
+              "concurrency": args.concurrency, "sweep_command": sweep_cmd}
+    write_csv(records, os.path.join(args.out, "requests.csv"))
+    write_json(s, os.path.join(args.out, "summary.json"))
+    title = f"replay of {synth.trace.source} against {args.endpoint} ({api.model})"
+    plots.ttft_over_time(records, os.path.join(args.out, "ttft_over_time.png"), title)
+    plots.cached_share_per_session(records, os.path.join(args.out, "cached_share_per_session.png"), title)
+    if args.json:
+        print(json.dumps(s.to_dict(), indent=1, default=float))
+    else:
+        print_summary(s, title)
+        if sweep_cmd:
+            print(f"the cache sweep's own figure for these requests: {sweep_cmd}")
+        print(f"wrote {args.out}/requests.csv, summary.json, ttft_over_time.png, cached_share_per_session.png"
+              + (", as_served.npz" if sweep_cmd else ""))
+    return s
+
+
+async def _served_model(client: Any, api: Any) -> str:
+    try:
+        r = await client.get("/v1/models", headers=api.headers())
+        return str(r.json()["data"][0]["id"])
+    except Exception as e:  # any failure means the same thing to the user
+        raise ValueError(f"could not read the model name from {client.base_url}/v1/models ({type(e).__name__}: "
+                         f"{e}); pass --model") from None
+
+
+class _progress:
+    """A live bar with ok/error counts and the cached share so far; silent for --json."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total, self.quiet = total, quiet
+        self.ok = self.err = self.prompt = self.cached = 0
+
+    def __enter__(self):
+        if self.quiet:
+            return lambda r: None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TimeElapsedColumn(), transient=True)
+        self.bar.__enter__()
+        self.task = self.bar.add_task("replay", total=self.total)
+        return self._done
+
+    def _done(self, r: Any) -> None:
+        o = r.outcome
+        if o.error:
+            self.err += 1
+        else:
+            self.ok += 1
+            if o.cached_tokens >= 0:
+                self.prompt += o.prompt_tokens
+                self.cached += o.cached_tokens
+        share = 100 * self.cached / self.prompt if self.prompt else 0.0
+        self.bar.update(self.task, advance=1,
+                        description=f"replay: ok {self.ok} errors {self.err} cached {share:.1f}%")
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.quiet:
+            self.bar.__exit__(*exc)

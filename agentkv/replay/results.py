@@ -1,0 +1,149 @@
+"""What a replay measured: per-request records (CSV), the summary (table, JSON) and the prediction beside it."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from agentkv.replay.runner import Record
+
+QUANTILES = (50, 90, 99)
+
+
+@dataclass(slots=True)
+class Summary:
+    requests: int
+    ok: int
+    errors: dict[str, int]  # kind -> count
+    without_usage: int  # whole replies that reported no usage (not counted in the cached share)
+    count_mismatches: int  # replies whose prompt_tokens differ from the planned count: block boundaries moved
+    prompt_tokens: int
+    cached_tokens: int
+    cached_per_tier: dict[str, int]
+    completion_tokens: int
+    duration_s: float
+    ttft_s: dict[str, float]
+    tpot_s: dict[str, float]
+    e2e_s: dict[str, float]
+    predicted_cached_tokens: int = -1
+    prediction: str = ""  # how it was made
+    meta: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def cached_share(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else float("nan")
+
+    @property
+    def predicted_share(self) -> float:
+        if self.predicted_cached_tokens < 0 or not self.prompt_tokens:
+            return float("nan")
+        return self.predicted_cached_tokens / self.prompt_tokens
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d.update(cached_share=self.cached_share, predicted_share=self.predicted_share,
+                 input_tok_s=self.prompt_tokens / self.duration_s if self.duration_s else 0.0,
+                 output_tok_s=self.completion_tokens / self.duration_s if self.duration_s else 0.0)
+        return d
+
+
+def tpot(r: Record) -> float:
+    o = r.outcome
+    return (o.e2e - o.ttft) / (o.completion_tokens - 1) if o.completion_tokens > 1 else float("nan")
+
+
+def measured(r: Record) -> bool:
+    """A whole reply with usage: it counts toward the cached share."""
+    return not r.outcome.error and r.outcome.prompt_tokens >= 0 and r.outcome.cached_tokens >= 0
+
+
+def summarize(records: list[Record], duration_s: float) -> Summary:
+    ok = [r for r in records if not r.outcome.error]
+    used = [r for r in ok if measured(r)]
+    tiers: Counter[str] = Counter()
+    for r in used:
+        tiers.update(r.outcome.cached_per_tier)
+    predicted = [r.predicted_cached for r in used]
+    return Summary(
+        requests=len(records),
+        ok=len(ok),
+        errors=dict(sorted(Counter(r.outcome.error for r in records if r.outcome.error).items())),
+        without_usage=len(ok) - len(used),
+        count_mismatches=sum(r.outcome.prompt_tokens != r.prompt_planned for r in used),
+        prompt_tokens=sum(r.outcome.prompt_tokens for r in used),
+        cached_tokens=sum(r.outcome.cached_tokens for r in used),
+        cached_per_tier=dict(tiers),
+        completion_tokens=sum(max(r.outcome.completion_tokens, 0) for r in ok),
+        duration_s=duration_s,
+        ttft_s=_quantiles([r.outcome.ttft for r in ok]),
+        tpot_s=_quantiles([tpot(r) for r in ok]),
+        e2e_s=_quantiles([r.outcome.e2e for r in ok]),
+        predicted_cached_tokens=sum(predicted) if used and min(predicted) >= 0 else -1,
+    )
+
+
+def _quantiles(xs: list[float]) -> dict[str, float]:
+    a = np.asarray([x for x in xs if x == x], dtype=np.float64)
+    if not len(a):
+        return {f"p{q}": float("nan") for q in QUANTILES} | {"mean": float("nan")}
+    return {f"p{q}": float(np.percentile(a, q)) for q in QUANTILES} | {"mean": float(a.mean())}
+
+
+def print_summary(s: Summary, title: str, console: Console | None = None) -> None:
+    console = console or Console(width=140)
+    t = Table(title=title, show_header=True, header_style="bold")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("requests (ok / sent)", f"{s.ok:,} / {s.requests:,}")
+    t.add_row("errors by kind", ", ".join(f"{k} {v}" for k, v in s.errors.items()) or "none")
+    if s.without_usage or s.count_mismatches:
+        t.add_row("replies without usage / prompt counts off plan", f"{s.without_usage} / {s.count_mismatches}")
+    t.add_row("prompt tokens (cached)", f"{s.prompt_tokens:,} ({s.cached_tokens:,})")
+    t.add_row("cached-token share, measured", _pct(s.cached_share))
+    if s.cached_per_tier:
+        t.add_row("  by tier", ", ".join(f"{k} {_pct(v / s.prompt_tokens)}" for k, v in s.cached_per_tier.items()))
+    if s.predicted_cached_tokens >= 0:
+        t.add_row(f"cached-token share, predicted ({s.prediction})", _pct(s.predicted_share))
+        t.add_row("measured − predicted", f"{100 * (s.cached_share - s.predicted_share):+.2f} points")
+    for name, q, scale, unit in (("TTFT", s.ttft_s, 1, "s"), ("TPOT", s.tpot_s, 1e3, "ms"), ("E2E", s.e2e_s, 1, "s")):
+        t.add_row(f"{name} p50 / p90 / p99 ({unit})", " / ".join(_num(q[f"p{k}"] * scale) for k in QUANTILES))
+    d = s.to_dict()
+    t.add_row("input / output tokens per s", f"{d['input_tok_s']:,.0f} / {d['output_tok_s']:,.1f}")
+    t.add_row("duration (s)", f"{s.duration_s:,.1f}")
+    console.print(t)
+
+
+def _pct(x: float) -> str:
+    return "-" if x != x else f"{100 * x:.2f}%"
+
+
+def _num(x: float) -> str:
+    return "-" if x != x else f"{x:.3g}"
+
+
+FIELDS = ("request", "session", "turn", "sent_s", "prompt_planned", "prompt_tokens", "cached_tokens",
+          "predicted_cached", "max_tokens", "completion_tokens", "ttft_s", "tpot_s", "e2e_s", "status", "error",
+          "detail", "cached_per_tier")
+
+
+def write_csv(records: list[Record], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(FIELDS)
+        for r in records:
+            o = r.outcome
+            w.writerow([r.request, r.session, r.turn, f"{r.sent:.4f}", r.prompt_planned, o.prompt_tokens,
+                        o.cached_tokens, r.predicted_cached, r.max_tokens, o.completion_tokens, f"{o.ttft:.4f}",
+                        f"{tpot(r):.5f}", f"{o.e2e:.4f}", o.status, o.error, o.detail,
+                        json.dumps(o.cached_per_tier) if o.cached_per_tier else ""])
+
+
+def write_json(s: Summary, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(s.to_dict(), f, indent=1, default=float)

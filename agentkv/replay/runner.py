@@ -1,0 +1,163 @@
+"""Sessions replayed as agents send them: each session's turns in order, paced by the trace, many at once.
+
+A top-level session and its sub-agents form a group that starts together; inside a group every session is
+a track of turns. A turn is sent its think time (the trace's `think_time`, else the gap between the previous
+turn's start plus its API time and this turn's start) after the previous reply ended, times --time-scale: the
+agent's own pace is kept while the server's speed decides the rest, as in a closed-loop agent. Groups start at
+the trace's session starts (scaled) where it has them, else --concurrency groups run at once, the next one
+starting as one ends. At most --max-inflight requests are outstanding; a stop (Ctrl-C) cancels what is in
+flight and keeps every finished record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+
+from agentkv.replay.client import Api, Outcome, send
+from agentkv.replay.synth import Synth
+from agentkv.workload.arrivals import has_clock, root_sessions
+from agentkv.workload.trace import Trace
+
+
+@dataclass(slots=True)
+class Record:
+    request: int  # index in the trace
+    session: str
+    turn: int  # position in its session
+    sent: float  # seconds after the replay began
+    prompt_planned: int  # prompt tokens the server should count (text + its overhead)
+    max_tokens: int
+    outcome: Outcome = field(default_factory=Outcome)
+    predicted_cached: int = -1  # filled in by `predict`
+
+
+@dataclass(slots=True, frozen=True)
+class Pacing:
+    time_scale: float = 1.0  # 0: as fast as the server answers
+    concurrency: int | None = None  # groups at once; None: the trace's session starts, else 8
+    max_inflight: int = 64
+    max_tokens: int | None = None  # cap on each reply
+
+
+@dataclass(slots=True)
+class Plan:
+    groups: list[list[np.ndarray]]  # per top-level session: its tracks (request indices in time order)
+    starts: np.ndarray | None  # seconds (trace clock) each group starts at, or None: a concurrency pool
+
+    @property
+    def n_requests(self) -> int:
+        return sum(len(t) for g in self.groups for t in g)
+
+
+def plan(trace: Trace, sessions: int | None = None, max_turns: int | None = None,
+         concurrency: int | None = None) -> Plan:
+    """The first `sessions` top-level sessions with their sub-agents, each cut to its first `max_turns` turns
+    (a sub-agent keeps only what its parent's kept turns cover)."""
+    roots = root_sessions(trace)
+    top = np.flatnonzero(roots == np.arange(trace.n_sessions))[:sessions]
+    if sessions is not None and sessions < 1:
+        raise ValueError(f"--sessions must be >= 1, got {sessions}")
+    bounds = trace.session_bounds()
+    groups = []
+    for s in top.tolist():
+        own = np.arange(bounds[s], bounds[s + 1])[:max_turns]
+        if not len(own):
+            continue
+        horizon = trace.time[own[-1]] if max_turns else np.inf
+        tracks = [own]
+        for child in np.flatnonzero((roots == s) & (np.arange(trace.n_sessions) != s)).tolist():
+            reqs = np.arange(bounds[child], bounds[child + 1])
+            reqs = reqs[trace.time[reqs] <= horizon][:max_turns]
+            if len(reqs):
+                tracks.append(reqs)
+        groups.append(tracks)
+    if not groups:
+        raise ValueError("the trace has no requests to replay")
+    starts = None
+    if concurrency is None and has_clock(trace):
+        t0 = trace.session_start[top]
+        starts = np.array([trace.session_start[trace.session[g[0][0]]] for g in groups]) - float(np.min(t0))
+    return Plan(groups, starts)
+
+
+class Runner:
+    def __init__(self, client: httpx.AsyncClient, api: Api, synth: Synth, overhead: int, pacing: Pacing,
+                 on_done: Callable[[Record], None] = lambda r: None) -> None:
+        self.client, self.api, self.synth, self.overhead, self.pacing = client, api, synth, overhead, pacing
+        self.on_done = on_done
+        self.records: list[Record] = []
+        self.stop = asyncio.Event()
+        self._inflight = asyncio.Semaphore(pacing.max_inflight)
+        self._t0 = 0.0
+
+    async def run(self, p: Plan) -> list[Record]:
+        """Replay the plan; returns the records of every request sent (cancelled ones included)."""
+        self._t0 = time.perf_counter()
+        pool = asyncio.Semaphore(self.pacing.concurrency or 8)
+        tasks = [asyncio.create_task(self._group(g, None if p.starts is None else float(p.starts[k]), pool))
+                 for k, g in enumerate(p.groups)]
+        stopper = asyncio.create_task(self.stop.wait())
+        running = asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.wait([running, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for t in tasks:
+            t.cancel()
+        stopper.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        return sorted(self.records, key=lambda r: r.sent)
+
+    async def _group(self, tracks: list[np.ndarray], start: float | None, pool: asyncio.Semaphore) -> None:
+        origin = float(self.synth.trace.time[tracks[0][0]])  # the group's clock starts at its first turn
+        if start is not None:
+            await self._sleep_until((start + origin) * self.pacing.time_scale)
+            t0 = self._now()
+            await asyncio.gather(*(self._track(t, t0, origin) for t in tracks))
+            return
+        async with pool:
+            t0 = self._now()
+            await asyncio.gather(*(self._track(t, t0, origin) for t in tracks))
+
+    async def _track(self, reqs: np.ndarray, t0: float, origin: float) -> None:
+        tr, x = self.synth.trace, self.pacing.time_scale
+        done = t0
+        for turn, i in enumerate(reqs.tolist()):
+            if turn == 0:
+                at = t0 + (float(tr.time[i]) - origin) * x
+            else:
+                prev = reqs[turn - 1]
+                think = float(tr.think_time[i])
+                if think != think:
+                    think = max(0.0, float(tr.time[i] - tr.time[prev]) - float(np.nan_to_num(tr.api_time[prev])))
+                at = done + think * x
+            await self._sleep_until(at)
+            await self._send(i, turn)
+            done = self._now()
+
+    async def _send(self, i: int, turn: int) -> None:
+        words = self.synth.prompt_words(i)
+        text = self.synth.text(words)
+        rec = Record(i, self.synth.trace.session_names[self.synth.trace.session[i]], turn, float("nan"),
+                     len(words) + self.overhead, self.synth.max_tokens(i, self.pacing.max_tokens))
+        async with self._inflight:
+            rec.sent = self._now()
+            try:
+                rec.outcome = await send(self.client, self.api, text, rec.max_tokens)
+            except asyncio.CancelledError:
+                rec.outcome = Outcome(error="cancelled", detail="the replay was stopped")
+                self.records.append(rec)
+                raise
+        self.records.append(rec)
+        self.on_done(rec)
+
+    def _now(self) -> float:
+        return time.perf_counter() - self._t0
+
+    async def _sleep_until(self, at: float) -> None:
+        delay = at - self._now()
+        if delay > 0:
+            await asyncio.sleep(delay)
