@@ -1,11 +1,13 @@
 """How one layer's K (or V) is laid out in a KV page, and how tokens get in and out of it.
 
 A page is the unit the engine stores and moves: one block of `block_size` tokens, K and V of every layer, plus
-whatever a codec keeps beside its data (scales, zero points), as one run of bytes. A codec describes its part
+whatever a codec keeps beside its data (scales, offsets), as one run of bytes. A codec describes its part
 of a page as `PageField`s; the pool places them back to back (layer 0 K fields, layer 0 V fields, layer 1 …)
 and hands the codec typed views of its fields across all pages: `fields[name]` is a tensor
-[num_pages, *field.shape]. Bytes per page therefore equal `num_layers × 2 × Σ field.nbytes`, which is exactly
-`kvcache.sizing.kv_bytes_per_block` for the codec's `CodecSpec` (tests assert it for every codec).
+[num_pages, *field.shape]. Bytes per page therefore equal `num_layers × Σ (key + value field bytes)`, which is
+exactly `kvcache.sizing.kv_bytes_per_block` for the codec's `CodecSpec` (tests assert it for every codec).
+Fields are listed widest element first, and every half's bytes are a multiple of its widest element, so each
+typed view of the byte slab is aligned.
 """
 
 from __future__ import annotations
@@ -42,6 +44,13 @@ class KVCodec(ABC):
     @abstractmethod
     def fields(self, block_size: int, kv_heads: int, head_dim: int) -> tuple[PageField, ...]: ...
 
+    def key_fields(self, block_size: int, kv_heads: int, head_dim: int) -> tuple[PageField, ...]:
+        """A layer's K fields; differ from its V fields only where the codec treats keys apart (int4-kivi)."""
+        return self.fields(block_size, kv_heads, head_dim)
+
+    def value_fields(self, block_size: int, kv_heads: int, head_dim: int) -> tuple[PageField, ...]:
+        return self.fields(block_size, kv_heads, head_dim)
+
     @abstractmethod
     def encode_into(self, fields: dict[str, torch.Tensor], slots: torch.Tensor, x: torch.Tensor) -> None:
         """Store x [T, kv_heads, head_dim] at `slots` [T]."""
@@ -49,6 +58,33 @@ class KVCodec(ABC):
     @abstractmethod
     def decode(self, fields: dict[str, torch.Tensor], pages: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Pages `pages` [n] as [n, block_size, kv_heads, head_dim] in `dtype`."""
+
+    @abstractmethod
+    def bound(self, x: torch.Tensor, keys: bool = False, block_size: int = 16) -> torch.Tensor:
+        """The largest |x - decode(encode(x))| (decoded in fp32) the format allows, element by element, for
+        x [T, kv_heads, head_dim] written as T consecutive tokens from the start of a block. The property
+        tests hold every codec to it, and engine tests derive their logit tolerances from it."""
+
+
+def fp16_up(x: torch.Tensor) -> torch.Tensor:
+    """The smallest fp16 value >= x (as fp32): a scale rounded so the largest value still fits the codes."""
+    h = x.half()
+    return torch.where(h.float() < x, torch.nextafter(h, torch.full_like(h, math.inf)), h).float()
+
+
+def fp16_down(x: torch.Tensor) -> torch.Tensor:
+    """The largest fp16 value <= x (as fp32): an offset rounded so the smallest value is still covered."""
+    h = x.half()
+    return torch.where(h.float() > x, torch.nextafter(h, torch.full_like(h, -math.inf)), h).float()
+
+
+def split_slots(fields: dict[str, torch.Tensor], slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(page, offset) of each flat slot."""
+    bs = fields["data"].shape[1]
+    return slots // bs, slots % bs
+
+
+_HALF_ULP = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 0.0}
 
 
 class FullPrecision(KVCodec):
@@ -61,9 +97,13 @@ class FullPrecision(KVCodec):
         return (PageField("data", self.dtype, (block_size, kv_heads, head_dim)),)
 
     def encode_into(self, fields: dict[str, torch.Tensor], slots: torch.Tensor, x: torch.Tensor) -> None:
-        data = fields["data"]
-        bs = data.shape[1]
-        data[slots // bs, slots % bs] = x.to(self.dtype)
+        p, o = split_slots(fields, slots)
+        fields["data"][p, o] = x.to(self.dtype)
 
     def decode(self, fields: dict[str, torch.Tensor], pages: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return fields["data"][pages].to(dtype)
+
+    def bound(self, x: torch.Tensor, keys: bool = False, block_size: int = 16) -> torch.Tensor:
+        """Rounding to the storage type: half an ulp (fp16 subnormals: 2^-25 absolute)."""
+        tiny = 2.0**-25 if self.dtype == torch.float16 else 0.0
+        return x.float().abs() * _HALF_ULP[self.dtype] + tiny
