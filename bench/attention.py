@@ -1,0 +1,230 @@
+"""Triton paged attention on a GPU, against the hardware and the field, in one run.
+
+- Decode (Llama-3.1-8B's attention: 32 heads, 8 KV heads, head dim 128, 16-token pages scattered over the
+  pool): 8k to 128k contexts, batch 1 to 64, as a share of the device-to-device copy bandwidth measured in
+  this run (goal ≥ 85% for bf16). Bytes are what the kernel must read: every context token's K and V as stored.
+- Quantized pages at 128k: time against bf16 at the same shape (goal: int4 ≥ 3× faster).
+- Prefill: TFLOP/s (causal, unmasked half counted) against torch's scaled_dot_product_attention with the
+  flash backend on dense tensors, and FlexAttention (compiled, causal block mask), same shapes (goal ≥ 1.0×).
+
+Run: .venv/bin/python -m bench.attention [--quick]
+Without CUDA it says so, runs a tiny check of the kernels in Triton's interpreter, and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+
+import torch
+
+from bench._common import machine
+
+HEADS, KV_HEADS, DIM, BLOCK = 32, 8, 128, 16
+CONTEXTS = (8192, 32768, 131072)
+BATCHES = (1, 8, 32, 64)
+QUANT = ("fp8", "int8", "int4")
+PREFILL = ((1, 4096, 0), (1, 16384, 0), (8, 2048, 0), (1, 2048, 30720))  # (sequences, new tokens, cached)
+
+
+def pages(codec_name: str, num_pages: int, device, kv_heads: int = KV_HEADS, dim: int = DIM, block: int = BLOCK):
+    """One layer's K/V pages of `codec_name`, filled through the codec (in chunks) with N(0, 1) values."""
+    from agentkv.codecs import get_codec
+    from agentkv.kernels.attention import LayerKV
+
+    codec = get_codec(codec_name)
+    fields = codec.fields(block, kv_heads, dim)
+    kv = LayerKV(codec, *({f.name: torch.zeros(num_pages, *f.shape, dtype=f.dtype, device=device) for f in fields}
+                          for _ in range(2)))
+    step = max(block, (1 << 16) // block * block)
+    for a in range(0, num_pages * block, step):
+        slots = torch.arange(a, min(a + step, num_pages * block), device=device)
+        for side in (kv.k, kv.v):
+            codec.encode_into(side, slots, torch.randn(len(slots), kv_heads, dim, device=device, dtype=torch.bfloat16))
+    return kv, 2 * sum(f.nbytes for f in fields) / block  # bytes of K and V per token
+
+
+def batch_meta(backend, lens: list[int], q_lens: list[int], num_prefills: int, num_pages: int, block: int, device,
+               seed: int = 0):
+    """Metadata for sequences whose pages are a random scatter of the pool (as after hours of serving)."""
+    from agentkv.kernels.attention import SeqSlice
+
+    need = [math.ceil(n / block) for n in lens]
+    perm = random.Random(seed).sample(range(num_pages), sum(need))
+    seqs, at = [], 0
+    for row, (n, q, p) in enumerate(zip(lens, q_lens, need, strict=True)):
+        seqs.append(SeqSlice(row, perm[at : at + p], q, n))
+        at += p
+    backend.bind(len(seqs), max(need), device)
+    return backend.prepare(seqs, num_prefills, block)
+
+
+def causal_flops(q_lens: list[int], lens: list[int], heads: int = HEADS, dim: int = DIM) -> float:
+    """QK^T and PV FLOPs over the visible (query, key) pairs only."""
+    pairs = sum(q * (n - q) + q * (q + 1) / 2 for q, n in zip(q_lens, lens, strict=True))
+    return 4 * heads * dim * pairs
+
+
+def graph_seconds(fns: list, reps: int = 20) -> float:
+    """Seconds per call of `fns` captured back to back in one CUDA graph (launch cost amortized, as in the
+    engine's captured decode step), averaged over `reps` replays."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for f in fns:
+            f()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for f in fns:
+            f()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1e-3 / (reps * len(fns))
+
+
+def copy_bandwidth(device) -> float:
+    """Device-to-device copy, bytes read plus bytes written per second: the roof for a streaming kernel."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / graph_seconds([lambda: dst.copy_(src)])
+
+
+def decode_rows(device, copy_bw: float, quick: bool) -> None:
+    print(f"\nDecode, {HEADS} heads / {KV_HEADS} KV heads x {DIM}, pages of {BLOCK}; copy bandwidth "
+          f"{copy_bw / 1e9:,.0f} GB/s")
+    print(f"{'codec':>6} {'context':>8} {'batch':>5} {'splits':>6} {'time us':>9} {'GB/s':>8} {'% copy':>7} "
+          f"{'vs bf16':>8}")
+    bf16_us: dict[tuple[int, int], float] = {}
+    plan = {"bf16": [(c, b) for c in CONTEXTS for b in BATCHES]}
+    plan.update({q: [(CONTEXTS[-1], b) for b in (1, 8)] for q in QUANT})
+    for codec_name, shapes in plan.items():
+        _decode_codec(device, codec_name, [(c, b) for c, b in shapes if not quick or b in (1, 8)], copy_bw, bf16_us)
+
+
+def _decode_codec(device, codec_name: str, shapes: list[tuple[int, int]], copy_bw: float,
+                  bf16_us: dict[tuple[int, int], float]) -> None:
+    from agentkv.kernels.page_layout import kernel_pages
+    from agentkv.kernels.triton_attention import TritonAttention, num_splits
+
+    try:
+        kv, token_bytes = pages(codec_name, _fit(codec_name, max(c * b for c, b in shapes), device), device)
+        kernel_pages(kv.codec, kv.k)
+    except (ValueError, NotImplementedError) as e:  # a codec the engine (or the kernels) lack
+        print(f"{codec_name:>6} skipped: {e}")
+        return
+    num_pages = kv.k["data"].shape[0]
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20)
+    for ctx, batch in shapes:
+        if batch * math.ceil(ctx / BLOCK) > num_pages:
+            print(f"{codec_name:>6} {ctx:>8} {batch:>5} skipped: {batch} x {ctx} tokens do not fit in memory")
+            continue
+        # several independent batches (own pages, own queries) in one graph, so that a replay reads at least
+        # 4x the L2 cache: every row measures HBM, as a model's many layers do
+        copies = max(1, min(8, math.ceil(4 * l2 / (batch * ctx * token_bytes))))
+        calls = []
+        for c in range(copies):
+            backend = TritonAttention()
+            meta = batch_meta(backend, [ctx] * batch, [1] * batch, 0, num_pages, BLOCK, device, seed=c)
+            q = torch.randn(batch, HEADS, DIM, device=device, dtype=torch.bfloat16)
+            calls.append(lambda b=backend, q=q, m=meta: b.attend(q, kv, m, DIM**-0.5))
+        splits = num_splits(batch, KV_HEADS, ctx, backend.decode_block_n, backend.sms)
+        ms = graph_seconds(calls) * 1e3
+        us, gbs = ms * 1e3, batch * ctx * token_bytes / (ms * 1e-3)
+        if codec_name == "bf16":
+            bf16_us[(ctx, batch)] = us
+        base = bf16_us.get((ctx, batch))
+        vs = f"{base / us:7.2f}x" if base and codec_name != "bf16" else ""
+        print(f"{codec_name:>6} {ctx:>8} {batch:>5} {splits:>6} {us:>9.1f} {gbs / 1e9:>8,.0f} "
+              f"{100 * gbs / copy_bw:>6.1f}% {vs:>8}")
+
+
+def _fit(codec_name: str, tokens: int, device) -> int:
+    """Pages for `tokens` (plus a few), or as many as 80% of free memory holds (bf16-sized bound)."""
+    per_page = 2 * BLOCK * KV_HEADS * DIM * (2 if codec_name == "bf16" else 1)
+    return min(math.ceil(tokens / BLOCK) + 8, int(0.8 * torch.cuda.mem_get_info(device)[0] / per_page))
+
+
+def prefill_rows(device, quick: bool) -> None:
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from triton.testing import do_bench
+
+    from agentkv.kernels.triton_attention import TritonAttention
+
+    flex = torch.compile(flex_attention, dynamic=False)
+    print(f"\nPrefill (causal), bf16, {HEADS} heads / {KV_HEADS} KV heads x {DIM}: TFLOP/s")
+    print(f"{'seqs x new (+cached)':>22} {'ours':>7} {'SDPA flash':>11} {'Flex':>7} {'ours/SDPA':>10} "
+          f"{'max |ours-SDPA|':>16}")
+    for seqs, new, cached in PREFILL[:2] if quick else PREFILL:
+        lens, q_lens = [cached + new] * seqs, [new] * seqs
+        kv, _ = pages("bf16", seqs * math.ceil((cached + new) / BLOCK) + 8, device)
+        backend = TritonAttention()
+        meta = batch_meta(backend, lens, q_lens, seqs, kv.k["data"].shape[0], BLOCK, device)
+        q = torch.randn(seqs * new, HEADS, DIM, device=device, dtype=torch.bfloat16)
+        flops = causal_flops(q_lens, lens)
+        ours = do_bench(lambda: backend.attend(q, kv, meta, DIM**-0.5))  # noqa: B023
+        label = f"{seqs} x {new}" + (f" (+{cached})" if cached else "")
+        if cached:  # dense baselines have no paged prefix: ours alone
+            print(f"{label:>22} {flops / ours / 1e9:>7.0f} {'-':>11} {'-':>7} {'-':>10} {'-':>16}")
+            continue
+        # the same K/V, gathered dense: [seqs, heads, new, dim] (KV heads repeated for the flash kernel)
+        tables = meta.block_tables.long()
+        dense = [kv.codec.decode(side, tables.reshape(-1), torch.bfloat16).view(seqs, -1, KV_HEADS, DIM)[:, :new]
+                 for side in (kv.k, kv.v)]
+        k, v = (x.repeat_interleave(HEADS // KV_HEADS, dim=2).transpose(1, 2).contiguous() for x in dense)
+        qd = q.view(seqs, new, HEADS, DIM).transpose(1, 2).contiguous()
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            sdpa = do_bench(lambda: F.scaled_dot_product_attention(qd, k, v, is_causal=True))  # noqa: B023
+            ref = F.scaled_dot_product_attention(qd, k, v, is_causal=True)
+        mask = create_block_mask(lambda b, h, i, j: i >= j, seqs, None, new, new, device=device)
+        fl = do_bench(lambda: flex(qd, k, v, block_mask=mask))  # noqa: B023
+        err = (backend.attend(q, kv, meta, DIM**-0.5).view(seqs, new, HEADS, DIM).transpose(1, 2) - ref).abs().max()
+        print(f"{label:>22} {flops / ours / 1e9:>7.0f} {flops / sdpa / 1e9:>11.0f} {flops / fl / 1e9:>7.0f} "
+              f"{sdpa / ours:>9.2f}x {err.item():>16.2e}")
+
+
+def smoke() -> int:
+    """No GPU: the kernels run once, tiny, in Triton's interpreter, against the torch reference."""
+    os.environ["TRITON_INTERPRET"] = "1"
+    from agentkv.kernels.attention import TorchAttention
+    from agentkv.kernels.triton_attention import TritonAttention
+
+    kv, _ = pages("fp32", 16, "cpu", kv_heads=2, dim=16, block=4)
+    lens, q_lens = [11, 21, 3], [11, 1, 1]
+    q, k, v = torch.randn(13, 4, 16), torch.randn(13, 2, 16), torch.randn(13, 2, 16)
+    outs = []
+    for backend in (TritonAttention(), TorchAttention()):  # both write the same k/v, then attend
+        outs.append(backend.forward(q, k, v, kv, batch_meta(backend, lens, q_lens, 1, 16, 4, "cpu"), 0.25))
+    err = (outs[0] - outs[1]).abs().max().item()
+    print(f"interpreter smoke check (prefill 11 + 2 decodes, GQA 2, fp32): max |triton - torch| = {err:.1e}")
+    return 0 if err < 1e-4 else 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="a few shapes only")
+    args = ap.parse_args()
+    print(f"machine: {machine()}")
+    if not torch.cuda.is_available():
+        print("bench.attention measures GPU kernels and needs CUDA; this machine has none (nothing measured).")
+        return smoke()
+    device = torch.device("cuda")
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    copy_bw = copy_bandwidth(device)
+    decode_rows(device, copy_bw, args.quick)
+    prefill_rows(device, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
