@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--compile", action="store_true", help="torch.compile the model forward (CUDA)")
     gen.add_argument("--json", action="store_true", help="print outputs as JSON")
     gen.set_defaults(run=cmd_generate)
+
+    from agentkv.server.serve import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     return p
 
 

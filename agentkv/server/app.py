@@ -1,0 +1,405 @@
+"""The HTTP server: OpenAI (/v1/chat/completions, /v1/completions, /v1/models) and Anthropic (/v1/messages)
+APIs over one engine, with /health and Prometheus /metrics.
+
+Each endpoint turns its request into prompt token ids (through the model's chat template, tools included)
+and `SamplingParams`, admits it (`Jobs`), and writes the engine's deltas back in its API's shape, streamed as
+server-sent events or whole. The tenant (from the API key) and `cache_salt` scope the request's prefix-cache
+namespace; a reply's tool calls are parsed as it streams, and whether it called a tool reaches the cache
+policy before its blocks are released (`classify_reply`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from agentkv.engine.sequence import SamplingParams
+from agentkv.server import anthropic_protocol as anth
+from agentkv.server import errors
+from agentkv.server import openai_protocol as oai
+from agentkv.server.chat import Messages, Tools, anthropic_messages, openai_messages
+from agentkv.server.errors import APIError
+from agentkv.server.jobs import Jobs, Result
+from agentkv.server.metrics import Metrics
+from agentkv.server.tenants import PublicPrefixes
+from agentkv.server.tool_parsers import Parsed, make_parser, parse_all
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+log = logging.getLogger("agentkv.server")
+GREEDY_BELOW = 1e-5  # temperatures this small are greedy (dividing logits by them overflows)
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    model_name: str
+    max_model_len: int
+    block_size: int
+    vocab_size: int
+    tool_parser: str = "hermes"
+    api_keys: dict[str, str] | None = None  # key -> tenant; None: open, one tenant
+    public: PublicPrefixes | None = None
+    max_num_seqs: int = 64
+    max_queue: int = 256
+    drain_on_shutdown: bool = True
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A request as the engine takes it, with what the response needs to shape its answer."""
+
+    prompt: list[int]
+    params: SamplingParams
+    tenant: str
+    salt: str
+    session: str | None
+    tools: bool
+
+
+def create_app(engine: Any, tokenizer: Any, cfg: ServerConfig) -> FastAPI:
+    server = Server(engine, tokenizer, cfg)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        engine.shutdown(drain=cfg.drain_on_shutdown)  # uvicorn has let requests in flight finish first
+
+    app = FastAPI(title="agentkv", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI- and Anthropic-compatible serving over agentkv's engine")
+    app.state.server = server
+    errors.install(app)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(server.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", response_model=oai.ModelList)
+    async def models(request: Request) -> oai.ModelList:
+        server.tenant(request)
+        return oai.ModelList(data=[oai.ModelCard(id=cfg.model_name, created=server.started,
+                                                 max_model_len=cfg.max_model_len)])
+
+    @app.post("/v1/chat/completions", responses={200: {"model": oai.ChatCompletion}})
+    async def chat_completions(body: oai.ChatCompletionRequest, request: Request) -> Response:
+        return await server.chat(body, request)
+
+    @app.post("/v1/completions", responses={200: {"model": oai.Completion}})
+    async def completions(body: oai.CompletionRequest, request: Request) -> Response:
+        return await server.completion(body, request)
+
+    @app.post("/v1/messages", responses={200: {"model": anth.MessagesResponse}})
+    async def messages(body: anth.MessagesRequest, request: Request) -> Response:
+        return await server.messages(body, request)
+
+    @app.post("/v1/messages/count_tokens")
+    async def count_tokens(body: anth.MessagesRequest, request: Request) -> dict[str, int]:
+        server.tenant(request)
+        server.check_model(body.model)
+        msgs, tools = anthropic_messages(body)
+        return {"input_tokens": len(await server.render(msgs, tools))}
+
+    return app
+
+
+class Server:
+    def __init__(self, engine: Any, tokenizer: Any, cfg: ServerConfig) -> None:
+        self.engine, self.tokenizer, self.cfg = engine, tokenizer, cfg
+        self.metrics = Metrics(engine.stats)
+        self.jobs = Jobs(engine, self.metrics, cfg.max_num_seqs, cfg.max_queue)
+        self.started = int(time.time())
+
+    # ---- shared steps -------------------------------------------------------------------------------------
+    def tenant(self, request: Request) -> str:
+        if self.cfg.api_keys is None:
+            return ""
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+        tenant = self.cfg.api_keys.get(key)
+        if tenant is None:
+            raise APIError(401, "missing or unknown API key (send 'Authorization: Bearer KEY' or 'x-api-key: KEY')",
+                           code="invalid_api_key")
+        return tenant
+
+    def check_model(self, model: str) -> None:
+        if model != self.cfg.model_name:
+            raise APIError(404, f"model {model!r} does not exist: this server serves {self.cfg.model_name!r}",
+                           param="model", code="model_not_found")
+
+    async def render(self, messages: Messages, tools: Tools) -> list[int]:
+        if self.tokenizer is None:
+            raise APIError(400, "the model folder has no tokenizer.json: use /v1/completions with token ids")
+        from jinja2.exceptions import TemplateError
+
+        try:  # templates with long tool schemas and long prompts take ms: keep the event loop free
+            return await asyncio.to_thread(self.tokenizer.encode_chat, messages, tools=tools)
+        except (TemplateError, ValueError) as e:
+            raise APIError(400, f"messages: the chat template refused them: {e}", param="messages") from None
+
+    def prepare(self, request: Request, body: Any, prompt: list[int], max_tokens: int | None, stop: tuple[str, ...],
+                tools: bool, session: str | None) -> Prepared:
+        limit = self.cfg.max_model_len
+        if len(prompt) >= limit or (max_tokens is not None and len(prompt) + max_tokens > limit):
+            raise APIError(400, f"this model's maximum context length is {limit} tokens; the prompt has {len(prompt)}"
+                           + (f" and max_tokens asks for {max_tokens} more" if max_tokens else ""),
+                           param="messages", code="context_length_exceeded")
+        try:
+            params = SamplingParams(max_tokens=max_tokens or limit - len(prompt),
+                                    temperature=0.0 if body.temperature < GREEDY_BELOW else body.temperature,
+                                    top_p=body.top_p, top_k=body.top_k, seed=getattr(body, "seed", None),
+                                    stop=stop, ignore_eos=getattr(body, "ignore_eos", False))
+        except ValueError as e:
+            raise APIError(400, str(e)) from None
+        tenant = self.tenant(request)
+        session = request.headers.get("x-session-id") or session
+        return Prepared(prompt, params, tenant, body.cache_salt or "", f"{tenant}/{session}" if session else None, tools)
+
+    async def submit(self, request: Request, endpoint: str, arrival: float, p: Prepared, rid: str,
+                     ) -> AsyncIterator[Any]:
+        public = self.cfg.public.public_tokens(p.prompt) if self.cfg.public and not p.salt else 0
+        classify = self._classifier() if p.tools else None
+        return await self.jobs.submit(request, endpoint, arrival, p.prompt, p.params, request_id=rid, session=p.session,
+                                tenant=p.tenant, cache_salt=p.salt, classify_reply=classify,
+                                **({"public_prefix_tokens": public} if public else {}))
+
+    def _classifier(self) -> Callable[[str], str]:
+        name = self.cfg.tool_parser
+        return lambda text: "tool_calls" if parse_all(name, text).calls else "stop"
+
+    def matched_stop(self, result: Result, stops: tuple[str, ...]) -> str | None:
+        """The stop string that ended the reply, if one did (the engine cuts it from the text)."""
+        if result.finish_reason != "stop" or not stops or self.tokenizer is None:
+            return None
+        full = self.tokenizer.decode(result.token_ids)
+        hits = [(full.find(s), s) for s in stops if s and full.find(s) >= 0]
+        return min(hits)[1] if hits else None
+
+    # ---- OpenAI -------------------------------------------------------------------------------------------
+    async def chat(self, body: oai.ChatCompletionRequest, request: Request) -> Response:
+        arrival = time.monotonic()
+        self.tenant(request)
+        self.check_model(body.model)
+        msgs, tools = openai_messages(body)
+        prompt = await self.render(msgs, tools)
+        p = self.prepare(request, body, prompt, body.max_new_tokens, body.stop_list, tools is not None, body.user)
+        rid = f"chatcmpl-{secrets.token_hex(12)}"
+        deltas = await self.submit(request, "chat", arrival, p, rid)
+        if body.stream:
+            return StreamingResponse(_in_band_errors(self._chat_events(deltas, rid, body, p.tools), False), media_type="text/event-stream",
+                                     headers=SSE_HEADERS)
+        result, parsed = await self._collect(deltas, p.tools)
+        calls = [oai.ToolCall(id=f"call_{secrets.token_hex(12)}", function=oai.FunctionCall(name=c.name,
+                              arguments=c.arguments)) for c in parsed.calls]
+        message = oai.ResponseMessage(content=parsed.content if parsed.content or not calls else None,
+                                      tool_calls=calls or None)
+        out = oai.ChatCompletion(id=rid, created=int(time.time()), model=self.cfg.model_name, usage=_usage(result),
+                                 choices=[oai.ChatChoice(message=message, finish_reason=_finish(result, calls))])
+        return JSONResponse(out.model_dump())
+
+    async def _chat_events(self, deltas: AsyncIterator[Any], rid: str, body: oai.ChatCompletionRequest,
+                           tools: bool) -> AsyncIterator[str]:
+        created, model = int(time.time()), self.cfg.model_name
+        parser = make_parser(self.cfg.tool_parser) if tools else None
+        result, n_calls = Result(), 0
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+            return _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
+
+        yield chunk({"role": "assistant", "content": ""})
+        async for d in deltas:
+            result.add(d)
+            piece = _parse(parser, d.text, d.finished)
+            if piece.content:
+                yield chunk({"content": piece.content})
+            for c in piece.calls:
+                n_calls += 1
+                yield chunk({"tool_calls": [{"index": c.index, "id": f"call_{secrets.token_hex(12)}", "type": "function",
+                                             "function": {"name": c.name, "arguments": c.arguments}}]})
+        yield chunk({}, _finish(result, n_calls))
+        if body.include_usage:
+            yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "choices": [], "usage": _usage(result).model_dump()})
+        yield "data: [DONE]\n\n"
+
+    async def completion(self, body: oai.CompletionRequest, request: Request) -> Response:
+        arrival = time.monotonic()
+        self.tenant(request)
+        self.check_model(body.model)
+        prompt = body.prompt if isinstance(body.prompt, list) else await self._encode(body.prompt)
+        vocab = self.cfg.vocab_size
+        if isinstance(body.prompt, list) and not all(0 <= t < vocab for t in prompt):
+            raise APIError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt")
+        p = self.prepare(request, body, prompt, body.max_tokens, body.stop_list, False, body.user)
+        rid = f"cmpl-{secrets.token_hex(12)}"
+        deltas = await self.submit(request, "completions", arrival, p, rid)
+        if body.stream:
+            return StreamingResponse(_in_band_errors(self._completion_events(deltas, rid, body), False), media_type="text/event-stream",
+                                     headers=SSE_HEADERS)
+        result, _ = await self._collect(deltas, False)
+        out = oai.Completion(id=rid, created=int(time.time()), model=self.cfg.model_name, usage=_usage(result),
+                             choices=[oai.CompletionChoice(text=result.text, finish_reason=result.finish_reason)])
+        return JSONResponse(out.model_dump())
+
+    async def _encode(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise APIError(400, "the model folder has no tokenizer.json: send the prompt as token ids", param="prompt")
+        return await asyncio.to_thread(self.tokenizer.encode, text)
+
+    async def _completion_events(self, deltas: AsyncIterator[Any], rid: str, body: oai.CompletionRequest,
+                                 ) -> AsyncIterator[str]:
+        created, model, result = int(time.time()), self.cfg.model_name, Result()
+        async for d in deltas:
+            result.add(d)
+            if d.text or d.finished:
+                yield _sse({"id": rid, "object": "text_completion", "created": created, "model": model,
+                            "choices": [{"index": 0, "text": d.text, "logprobs": None,
+                                         "finish_reason": result.finish_reason or None}]})
+        if body.include_usage:
+            yield _sse({"id": rid, "object": "text_completion", "created": created, "model": model, "choices": [],
+                        "usage": _usage(result).model_dump()})
+        yield "data: [DONE]\n\n"
+
+    # ---- Anthropic ----------------------------------------------------------------------------------------
+    async def messages(self, body: anth.MessagesRequest, request: Request) -> Response:
+        arrival = time.monotonic()
+        self.tenant(request)
+        self.check_model(body.model)
+        msgs, tools = anthropic_messages(body)
+        prompt = await self.render(msgs, tools)
+        stops = tuple(body.stop_sequences or ())
+        session = body.metadata.user_id if body.metadata else None
+        p = self.prepare(request, body, prompt, body.max_tokens, stops, tools is not None, session)
+        rid = f"msg_{secrets.token_hex(12)}"
+        deltas = await self.submit(request, "messages", arrival, p, rid)
+        if body.stream:
+            return StreamingResponse(_in_band_errors(self._message_events(deltas, rid, stops, p.tools), True), media_type="text/event-stream",
+                                     headers=SSE_HEADERS)
+        result, parsed = await self._collect(deltas, p.tools)
+        content: list[dict[str, Any]] = [{"type": "text", "text": parsed.content}] if parsed.content else []
+        content += [_tool_use(c) for c in parsed.calls]
+        stop = self.matched_stop(result, stops)
+        out = anth.MessagesResponse(id=rid, model=self.cfg.model_name, content=content,
+                                    stop_reason=_stop_reason(result, bool(parsed.calls), stop), stop_sequence=stop,
+                                    usage=self._anthropic_usage(result))
+        return JSONResponse(out.model_dump())
+
+    async def _message_events(self, deltas: AsyncIterator[Any], rid: str, stops: tuple[str, ...], tools: bool,
+                              ) -> AsyncIterator[str]:
+        parser = make_parser(self.cfg.tool_parser) if tools else None
+        result, index, text_open, n_calls = Result(), 0, False, 0
+        async for d in deltas:
+            started = bool(result.prompt_tokens)
+            result.add(d)
+            if not started:  # the prompt's cache accounting is known once it is admitted
+                usage = self._anthropic_usage(result).model_dump() | {"output_tokens": 0}
+                yield _event("message_start", {"type": "message_start", "message": {
+                    "id": rid, "type": "message", "role": "assistant", "model": self.cfg.model_name, "content": [],
+                    "stop_reason": None, "stop_sequence": None, "usage": usage}})
+            piece = _parse(parser, d.text, d.finished)
+            if piece.content:
+                if not text_open:
+                    yield _event("content_block_start", {"type": "content_block_start", "index": index,
+                                                         "content_block": {"type": "text", "text": ""}})
+                    text_open = True
+                yield _event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                     "delta": {"type": "text_delta", "text": piece.content}})
+            for c in piece.calls:
+                if text_open:
+                    yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
+                    index, text_open = index + 1, False
+                block = _tool_use(c) | {"input": {}}
+                yield _event("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
+                yield _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {
+                    "type": "input_json_delta", "partial_json": c.arguments}})
+                yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
+                index, n_calls = index + 1, n_calls + 1
+        if text_open:
+            yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
+        stop = self.matched_stop(result, stops)
+        yield _event("message_delta", {"type": "message_delta", "delta": {
+            "stop_reason": _stop_reason(result, n_calls > 0, stop), "stop_sequence": stop},
+            "usage": {"output_tokens": result.output_tokens}})
+        yield _event("message_stop", {"type": "message_stop"})
+
+    def _anthropic_usage(self, r: Result) -> anth.AnthropicUsage:
+        """Anthropic's three-way split: read from cache, written to it (the new full blocks), neither."""
+        block = self.cfg.block_size
+        created = max(0, r.prompt_tokens // block * block - r.cached_tokens)
+        return anth.AnthropicUsage(input_tokens=r.prompt_tokens - r.cached_tokens - created,
+                                   output_tokens=r.output_tokens, cache_read_input_tokens=r.cached_tokens,
+                                   cache_creation_input_tokens=created, cached_tokens_per_tier=r.cached_tokens_per_tier)
+
+    # ---- plumbing -----------------------------------------------------------------------------------------
+    async def _collect(self, deltas: AsyncIterator[Any], tools: bool) -> tuple[Result, Parsed]:
+        result = Result()
+        async for d in deltas:
+            result.add(d)
+        if result.finish_reason == "abort":
+            raise APIError(503, "the request was aborted (server shutting down)", code="aborted")
+        return result, parse_all(self.cfg.tool_parser, result.text) if tools else Parsed(result.text)
+
+
+
+async def _in_band_errors(events: AsyncIterator[str], anthropic: bool) -> AsyncIterator[str]:
+    """A stream that fails after its headers went out can only say so in-band, then stop."""
+    try:
+        async for e in events:
+            yield e
+    except Exception as e:
+        log.exception("stream failed")
+        if anthropic:
+            yield _event("error", {"type": "error", "error": {"type": "api_error", "message": str(e)}})
+        else:
+            yield _sse({"error": {"message": str(e), "type": "server_error", "param": None, "code": None}})
+
+
+def _parse(parser: Any, text: str, finished: bool) -> Parsed:
+    if parser is None:
+        return Parsed(text)
+    out = parser.feed(text)
+    if finished:
+        out += parser.finish()
+    return out
+
+
+def _finish(result: Result, calls: Any) -> str:
+    return "tool_calls" if calls and result.finish_reason == "stop" else result.finish_reason
+
+
+def _stop_reason(result: Result, calls: bool, stop: str | None) -> str:
+    if result.finish_reason == "length":
+        return "max_tokens"
+    return "tool_use" if calls else "stop_sequence" if stop else "end_turn"
+
+
+def _usage(r: Result) -> oai.Usage:
+    return oai.Usage(prompt_tokens=r.prompt_tokens, completion_tokens=r.output_tokens,
+                     total_tokens=r.prompt_tokens + r.output_tokens,
+                     prompt_tokens_details=oai.PromptTokensDetails(cached_tokens=r.cached_tokens,
+                                                                   cached_tokens_per_tier=r.cached_tokens_per_tier))
+
+
+def _tool_use(c: Any) -> dict[str, Any]:
+    return {"type": "tool_use", "id": f"toolu_{secrets.token_hex(12)}", "name": c.name, "input": json.loads(c.arguments)}
+
+
+def _sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _event(name: str, obj: dict[str, Any]) -> str:
+    return f"event: {name}\ndata: {json.dumps(obj, ensure_ascii=False)}\n\n"

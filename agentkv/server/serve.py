@@ -1,0 +1,77 @@
+"""`agentkv serve`: load a checkpoint, start the engine loop and serve it over HTTP with uvicorn.
+
+SIGTERM (or Ctrl-C) stops accepting connections, lets the requests in flight finish, drains the engine,
+then exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from agentkv.server.tool_parsers import PARSERS
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="OpenAI- and Anthropic-compatible HTTP server over a local checkpoint")
+    p.add_argument("--model", required=True, help="folder with config.json, safetensors and tokenizer.json")
+    p.add_argument("--served-model-name", help="the name clients send as 'model' (default: the folder's name)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--kv-cache-gb", type=float, help="KV pool size (default: free GPU memory, or 0.5 GB on CPU)")
+    p.add_argument("--host-kv-gb", type=float, default=0.0, help="a host-memory (dram) KV tier of this size")
+    p.add_argument("--kv-codec", default="auto", help="how KV pages are stored (default: the model's dtype)")
+    p.add_argument("--policy", default="lru", help="KV eviction policy: lru, lfu, cost, agent")
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--max-num-seqs", type=int, default=64, help="requests in the running batch")
+    p.add_argument("--max-batched-tokens", type=int, default=2048)
+    p.add_argument("--max-model-len", type=int, help="context limit (default: the model's)")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="requests that may wait beyond the running batch; more get 429 with Retry-After")
+    p.add_argument("--tool-call-parser", default="hermes", choices=sorted(PARSERS),
+                   help="hermes: <tool_call>{...}</tool_call> (Qwen, Hermes); llama3_json: Llama 3.x JSON calls")
+    p.add_argument("--api-keys", help="file of 'KEY TENANT' lines: keys required, prefix cache split by tenant")
+    p.add_argument("--public-prefix", action="append", default=[], metavar="FILE",
+                   help="a text (e.g. a shared system prompt) whose KV all tenants may share (repeatable)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model forward (CUDA)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(run=cmd_serve)
+
+
+def build(args: argparse.Namespace):
+    """The app for these flags (its engine thread running): what `cmd_serve` runs and tests start."""
+    from agentkv.engine.async_llm import AsyncLLM
+    from agentkv.engine.llm import LLM
+    from agentkv.server.app import ServerConfig, create_app
+    from agentkv.server.tenants import PublicPrefixes, load_api_keys
+
+    for flag, value in (("--max-num-seqs", args.max_num_seqs), ("--block-size", args.block_size),
+                        ("--max-batched-tokens", args.max_batched_tokens)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if args.max_queue < 0:
+        raise ValueError(f"--max-queue must be >= 0, got {args.max_queue}")
+    keys = load_api_keys(args.api_keys) if args.api_keys else None
+    llm = LLM(args.model, dtype=args.dtype, device=args.device, compile=args.compile, policy=args.policy,
+              kv_codec=args.kv_codec, kv_cache_bytes=int(args.kv_cache_gb * 2**30) if args.kv_cache_gb else None,
+              host_kv_bytes=int(args.host_kv_gb * 2**30), block_size=args.block_size,
+              max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_batched_tokens)
+    limit = llm.config.max_position_embeddings
+    if args.max_model_len is not None and not 1 < args.max_model_len <= limit:
+        raise ValueError(f"--max-model-len must be in [2, {limit}] (the model's context), got {args.max_model_len}")
+    public = PublicPrefixes.load(args.public_prefix, llm.tokenizer) if args.public_prefix else None
+    cfg = ServerConfig(model_name=args.served_model_name or os.path.basename(os.path.normpath(args.model)),
+                       max_model_len=args.max_model_len or limit, block_size=args.block_size,
+                       vocab_size=llm.config.vocab_size, tool_parser=args.tool_call_parser, api_keys=keys,
+                       public=public, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue)
+    return create_app(AsyncLLM(llm), llm.tokenizer, cfg)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    app = build(args)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=None)
+    return 0
