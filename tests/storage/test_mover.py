@@ -20,9 +20,11 @@ class GatedDisk(DiskStore):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.gate = threading.Event()
+        self.entered = threading.Event()  # a put is running (and waiting for the gate)
         self.order: list[str] = []
 
     def put(self, keys, pages):
+        self.entered.set()
         self.gate.wait(10)
         self.order.append("put")
         super().put(keys, pages)
@@ -53,6 +55,7 @@ def test_get_overtakes_backlog_and_reads_snapshot(tmp_path):
     mover = Mover()
     original = pages.clone()
     first = mover.put(store, keys[:4], pages[:4])
+    assert store.entered.wait(10)  # the first put runs; the second waits in the queue
     second = mover.put(store, keys[4:], pages[4:])
     pages.zero_()  # the engine reuses its pages at once: the puts hold snapshots
     out = torch.zeros(8, PAGE, dtype=torch.uint8)
@@ -61,24 +64,28 @@ def test_get_overtakes_backlog_and_reads_snapshot(tmp_path):
     found = got.result(10)
     assert found.all() and torch.equal(out, original)  # all 8 served while their puts were queued or running
     first.result(10), second.result(10)
-    assert store.order.index("get") < 2  # the get ran before the second put
+    assert store.order == ["put", "get", "put"]  # the get overtook the queued put
     out.zero_()
     assert mover.get(store, keys, out).result(10).all() and torch.equal(out, original)
     mover.close()
 
 
 def test_mixed_staged_and_stored_rows(tmp_path):
-    keys, pages = make_blocks(6)
+    keys, pages = make_blocks(7)
     store = GatedDisk(tmp_path, 1 << 20, PAGE)
     store.gate.set()
     mover = Mover()
-    mover.put(store, keys[::2], pages[::2]).result(10)  # rows 0, 2, 4 on disk
+    mover.put(store, keys[:6:2], pages[:6:2]).result(10)  # rows 0, 2, 4 on disk
     store.gate.clear()
-    mover.put(store, keys[1::2], pages[1::2])  # rows 1, 3, 5 only staged
-    out = torch.zeros_like(pages)
-    found = mover.get(store, keys, out).result(10)
+    store.entered.clear()
+    mover.put(store, keys[6:], pages[6:])  # holds the worker
+    assert store.entered.wait(10)
+    mover.put(store, keys[1:6:2], pages[1:6:2])  # rows 1, 3, 5 only staged: queued behind
+    out = torch.zeros_like(pages[:6])
+    got = mover.get(store, keys[:6], out)
     store.gate.set()
-    assert found.all() and torch.equal(out, pages)
+    assert got.result(10).all() and torch.equal(out, pages[:6])
+    assert store.order[-3:] == ["put", "get", "put"]
     mover.close()
 
 
