@@ -1,4 +1,11 @@
-"""Next-token sampling: greedy, or temperature with top-k / top-p, reproducible per request with a seed."""
+"""Next-token sampling for a whole batch at once: greedy, or temperature with top-k / top-p, each row with its
+own settings, reproducible per request with a seed.
+
+No per-row Python loop over the vocabulary (the GPU engine calls this every step): top-k and top-p are one
+sort of the batch's logits, and the draw is the exponential race argmax(p / E), E ~ Exp(1) — an exact sample
+from p. Seeded requests draw their E from their own generator (a row each, only for those rows), so a seeded
+request's tokens do not depend on what it is batched with. One host sync: the sampled tokens.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +16,31 @@ from agentkv.engine.sequence import SamplingParams
 
 def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> list[int]:
     """One token per row of `logits` [B, vocab] (float32)."""
-    greedy = torch.argmax(logits, dim=-1).tolist()
-    out = []
-    for row, (p, g) in enumerate(zip(params, generators, strict=True)):
-        if p.temperature == 0:
-            out.append(greedy[row])
-            continue
-        x = logits[row] / p.temperature
-        if p.top_k:
-            kth = torch.topk(x, min(p.top_k, x.numel())).values[-1]
-            x = x.masked_fill(x < kth, float("-inf"))
-        if p.top_p < 1.0:
-            order = torch.argsort(x, descending=True)
-            probs = torch.softmax(x[order], dim=-1)
-            cut = torch.cumsum(probs, dim=-1) - probs >= p.top_p  # keep the smallest set reaching top_p
-            x[order[cut]] = float("-inf")
-        out.append(int(torch.multinomial(torch.softmax(x, dim=-1), 1, generator=g)))
-    return out
+    greedy = logits.argmax(-1)
+    if all(p.temperature == 0 for p in params):
+        return greedy.tolist()
+    dev = logits.device
+    temps = torch.tensor([p.temperature for p in params], device=dev, dtype=logits.dtype)
+    x = logits / torch.where(temps > 0, temps, 1.0)[:, None]
+    if any(p.top_k for p in params) or any(p.top_p < 1.0 for p in params):
+        x = truncate(x, [p.top_k for p in params], [p.top_p for p in params])
+    race = torch.empty_like(x).exponential_()
+    for row, g in enumerate(generators):
+        if g is not None:
+            race[row].exponential_(generator=g)
+    drawn = (torch.softmax(x, -1) / race).argmax(-1)
+    return torch.where(temps > 0, drawn, greedy).tolist()
+
+
+def truncate(x: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
+    """Logits outside each row's top_k (0: all), then outside the smallest set whose probability reaches its
+    top_p (within the top_k), set to -inf."""
+    vocab = x.shape[-1]
+    ordered, order = x.sort(-1, descending=True)
+    k = torch.tensor([k or vocab for k in top_k], device=x.device)
+    drop = torch.arange(vocab, device=x.device)[None, :] >= k[:, None]
+    ordered = ordered.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(ordered, -1)
+    p = torch.tensor(top_p, device=x.device, dtype=probs.dtype)
+    ordered = ordered.masked_fill(probs.cumsum(-1) - probs >= p[:, None], float("-inf"))
+    return torch.empty_like(x).scatter_(-1, order, ordered)
