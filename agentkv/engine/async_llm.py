@@ -131,7 +131,8 @@ class AsyncLLM:
     # ---- any thread ----------------------------------------------------------------------------------------
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, *, request_id: str | None = None,
                     session: str | None = None, tenant: str = "", cache_salt: str = "",
-                    classify_reply: Callable[[str], str] | None = None) -> RequestStream:
+                    classify_reply: Callable[[str], str] | None = None, public_prefix_tokens: int = 0,
+                    ) -> RequestStream:
         """Queue a request; bad input (empty, over the context) raises ValueError here, at once."""
         if self.error is not None or self._stopping:
             raise EngineDead("the engine is not running" if self.error is None else f"the engine failed: {self.error}")
@@ -150,7 +151,8 @@ class AsyncLLM:
             loop = None
         stream = RequestStream(rid, loop)
         self._inbox.put(("add", stream, dict(prompt=ids, params=params, request_id=rid, session=session,
-                                             tenant=tenant, cache_salt=cache_salt, classify_reply=classify_reply)))
+                                             tenant=tenant, cache_salt=cache_salt, classify_reply=classify_reply,
+                                             public_prefix_tokens=public_prefix_tokens)))
         self._wake.set()
         return stream
 

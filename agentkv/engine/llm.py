@@ -119,11 +119,13 @@ class LLM:
     # ---- requests ------------------------------------------------------------------------------------------
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, *, request_id: str | None = None,
                     session: str | None = None, tenant: str = "", cache_salt: str = "",
-                    classify_reply: Any = None) -> str:
+                    classify_reply: Any = None, public_prefix_tokens: int = 0) -> str:
         """Queue a request; returns its id. `session` (an agent conversation) lets the agent-aware policy follow
         it across turns; `tenant` and `cache_salt` partition the prefix cache (different values never share a
         block). `classify_reply(text)` says how the reply ended ('tool_calls' or 'stop') before its blocks are
-        released, so the cache policy knows whether a tool call or a person comes next."""
+        released, so the cache policy knows whether a tool call or a person comes next. The first
+        `public_prefix_tokens` (whole blocks of them) are named in the public namespace, shared by every tenant (an
+        operator's shared system prompt); the blocks after them stay in the tenant's."""
         params = params or SamplingParams()
         ids = self._encode(prompt)
         if not ids:
@@ -137,7 +139,10 @@ class LLM:
         if rid in self._seqs:
             raise ValueError(f"request id {rid!r} is already in use")
         namespace = namespace_digest(f"{self.namespace}|{tenant}|{cache_salt}")
-        seq = EngineSequence.create(seq_id, rid, ids, params, self.ids, namespace, self.block_size)
+        public = public_prefix_tokens // self.block_size if tenant or cache_salt else 0
+        root = namespace_digest(f"{self.namespace}||") if public else namespace
+        seq = EngineSequence.create(seq_id, rid, ids, params, self.ids, root, self.block_size, public,
+                                    namespace if public else b"")
         seq.arrival = time.monotonic()
         seq.session = self._sessions.setdefault(session, len(self._sessions)) if session else -1
         seq.tenant = self._tenants.setdefault(tenant, len(self._tenants))

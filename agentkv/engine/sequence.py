@@ -50,12 +50,15 @@ class EngineSequence(Sequence):
     text: str = ""
     finish_reason: str | None = None
     classify_reply: Callable[[str], str] | None = None  # "tool_calls" | "stop": how the reply ended
+    public_blocks: int = 0  # leading blocks named in the public namespace; the rest chain on in `private_root`'s
+    private_root: bytes = b""
 
     @staticmethod
     def create(seq_id: int, request_id: str, prompt: list[int], params: SamplingParams, ids: BlockIds,
-               namespace: bytes, block_size: int) -> EngineSequence:
+               namespace: bytes, block_size: int, public_blocks: int = 0, private_root: bytes = b"") -> EngineSequence:
         seq = EngineSequence(seq_id, len(prompt), np.zeros(0, dtype=np.int64), params.max_tokens, tokens=list(prompt),
-                             params=params, request_id=request_id, ids=ids, parent=namespace)
+                             params=params, request_id=request_id, ids=ids, parent=namespace,
+                             public_blocks=public_blocks, private_root=private_root)
         seq._name_upto(len(prompt) // block_size, block_size)
         seq.block_ids = seq.block_range(0, len(seq.named))
         return seq
@@ -82,6 +85,8 @@ class EngineSequence(Sequence):
         assert self.tokens is not None and self.ids is not None
         while len(self.named) < upto:
             i = len(self.named)
+            if i == self.public_blocks and self.private_root:  # the public prefix ends: the tenant's chain begins
+                self.parent = block_key(self.private_root + self.parent, ()).digest
             key = block_key(self.parent, self.tokens[i * block_size : (i + 1) * block_size])
             self.parent = key.digest
             self.named.append(self.ids.name(key))
