@@ -51,8 +51,8 @@ def builtin() -> Alphabet:
 
 
 def from_tokenizer(path: str) -> Alphabet:
-    """Words that `path` (a tokenizer.json, or a model folder holding one) encodes as exactly one token, both
-    at the start of a text and after a space; built-in words first, then the vocabulary's own."""
+    """Words that `path` (a tokenizer.json, or a model folder holding one) encodes as one token at the start of a
+    text and one token of their own after a space; built-in words first, then the vocabulary's own."""
     import os
 
     from tokenizers import Tokenizer
@@ -66,8 +66,11 @@ def from_tokenizer(path: str) -> Alphabet:
     candidates = list(dict.fromkeys([*BUILTIN, *(w for w in decoded if WORD.fullmatch(w))]))
     alone = tok.encode_batch(candidates, add_special_tokens=False)
     spaced = tok.encode_batch([" " + w for w in candidates], add_special_tokens=False)
-    words = [w for w, a, s in zip(candidates, alone, spaced, strict=True) if len(a.ids) == 1 and len(s.ids) == 1]
-    words = words[:MAX_WORDS]
+    by_token: dict[int, str] = {}  # one word per token: a word-level vocabulary maps every unknown word to one
+    for w, a, s in zip(candidates, alone, spaced, strict=True):
+        if len(a.ids) == 1 and len(s.ids) == 1 and s.ids[0] not in by_token:
+            by_token[s.ids[0]] = w
+    words = list(by_token.values())[:MAX_WORDS]
     n = len(tok.encode(" ".join(words), add_special_tokens=False).ids)
     if n != len(words):
         raise ValueError(f"{file}: {len(words)} single-token words make {n} tokens together: the tokenizer merges "

@@ -66,7 +66,8 @@ async def _count(client: httpx.AsyncClient, api: Api, text: str, method: str) ->
 def _tokenize_body(api: Api, text: str) -> dict:
     if api.kind == "openai":
         return {"model": api.model, "prompt": text}
-    return {"model": api.model, "messages": [{"role": "user", "content": text}]}
+    body = {"model": api.model, "messages": [{"role": "user", "content": text}]}
+    return body | {"max_tokens": 1} if api.kind == "anthropic" else body  # some servers validate it as a message
 
 
 def _tokenized(obj: object) -> int | None:

@@ -45,7 +45,8 @@ def add_replay_parser(sub: Any) -> None:
     p.add_argument("--predict", metavar="POLICY",
                    help="also predict each request's cached tokens with the policy core at the server's policy "
                         "(lru, lfu, agent), --capacity and --server-block-size")
-    p.add_argument("--capacity", help="the server's GPU KV capacity in tokens (e.g. 8192, 256k), for --predict")
+    p.add_argument("--capacity", help="the server's GPU KV capacity in tokens (e.g. 8192, 256k), for --predict "
+                                      "(default: what the server's /metrics reports, agentkv's or vLLM's)")
     p.add_argument("--server-block-size", type=int, default=16, help="the server's KV block size (default 16)")
     p.add_argument("--out", default="replay", help="folder for requests.csv, summary.json and plots (default replay)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -58,7 +59,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ImportError:
         raise ValueError("agentkv replay needs httpx: pip install 'agentkv[replay]'") from None
     from agentkv.replay import alphabet
-    from agentkv.replay.predict import ServerModel
     from agentkv.replay.runner import Pacing, plan
     from agentkv.replay.synth import Synth
     from agentkv.workload.load import load_trace
@@ -73,26 +73,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
     extra = json.loads(args.extra_body) if args.extra_body else {}
     if not isinstance(extra, dict):
         raise ValueError("--extra-body must be a JSON object")
-    server = None
-    if args.predict:
-        if not args.capacity:
-            raise ValueError("--predict needs --capacity (the server's GPU KV, in tokens)")
+    capacity = None
+    if args.capacity:
         from agentkv.kvcache.tiers import parse_size
 
         size = parse_size(args.capacity)
-        if size.is_bytes:
-            raise ValueError("--capacity: give the server's KV capacity in tokens (e.g. 8192 or 256k)")
-        server = ServerModel(args.predict, int(size.value), args.server_block_size)
+        if size.is_bytes or size.value < args.server_block_size:
+            raise ValueError(f"--capacity: give the server's KV capacity in tokens, at least one block (got {args.capacity})")
+        capacity = int(size.value) // args.server_block_size
     trace = load_trace(args.paths, skip_bad=args.skip_bad, tokenizer=args.tokenizer, block_size=args.block_size)
     words = alphabet.from_tokenizer(args.tokenizer) if args.tokenizer else alphabet.builtin()
     synth = Synth(trace, words.words, args.token_scale, args.seed)
     the_plan = plan(trace, args.sessions, args.max_turns, args.concurrency)
     pacing = Pacing(args.time_scale, args.concurrency, args.max_inflight, args.max_tokens)
     os.makedirs(args.out, exist_ok=True)
-    return asyncio.run(_replay(args, synth, the_plan, pacing, extra, server))
+    return asyncio.run(_replay(args, synth, the_plan, pacing, extra, capacity))
 
 
-async def _replay(args: argparse.Namespace, synth: Any, the_plan: Any, pacing: Any, extra: dict, server: Any) -> int:
+async def _replay(args: argparse.Namespace, synth: Any, the_plan: Any, pacing: Any, extra: dict,
+                  capacity: int | None) -> int:
     import httpx
 
     from agentkv.replay.calibrate import calibrate
@@ -105,6 +104,7 @@ async def _replay(args: argparse.Namespace, synth: Any, the_plan: Any, pacing: A
         api = Api(args.api, "", args.api_key, not args.no_ignore_eos, extra)
         api.model = args.model or await _served_model(c, api)
         cal = await calibrate(c, api, synth.words)
+        server = await _server_model(c, args, capacity) if args.predict else None
         if not args.json:
             print(f"replay: {the_plan.n_requests:,} requests of {len(the_plan.groups)} sessions from {synth.trace.source}"
                   f" → {base} ({api.kind}, {api.model}); {synth.block_tokens} tokens per trace block; server adds "
@@ -145,7 +145,7 @@ def _write(args, records, duration, synth, overhead, server, api):
             r.predicted_cached = int(n)
         canonical.save(served, os.path.join(args.out, "as_served.npz"))
         sweep_cmd = (f"agentkv cache sweep {args.out}/as_served.npz --trace-clock --policy {server.policy} "
-                     f"--capacity {server.capacity_blocks * server.block_size}")
+                     f"--capacity {server.capacity_blocks * server.block_size} --out {args.out}/sweep")
     s = summarize(records, duration)
     if sweep_cmd:
         s.prediction = server.describe()
@@ -167,6 +167,20 @@ def _write(args, records, duration, synth, overhead, server, api):
         print(f"wrote {args.out}/requests.csv, summary.json, ttft_over_time.png, cached_share_per_session.png"
               + (", as_served.npz" if sweep_cmd else ""))
     return s
+
+
+async def _server_model(client: Any, args: argparse.Namespace, capacity: int | None) -> Any:
+    """--predict's server: its GPU KV in blocks from --capacity, else from what its /metrics reports."""
+    from agentkv.replay.predict import ServerModel, kv_blocks_from_metrics
+
+    block_size = args.server_block_size
+    if capacity is None:
+        r = await client.get("/metrics")
+        found = kv_blocks_from_metrics(r.text) if r.status_code == 200 else None
+        if found is None:
+            raise ValueError(f"{client.base_url}/metrics reports no KV capacity: pass --capacity (tokens)")
+        capacity, block_size = found[0], found[1] or block_size
+    return ServerModel(args.predict, capacity, block_size)
 
 
 async def _served_model(client: Any, api: Any) -> str:

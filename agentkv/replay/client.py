@@ -110,11 +110,13 @@ class Api:
             out.cached_per_tier = {str(k): int(v) for k, v in tiers.items()}
 
 
-async def send(client: httpx.AsyncClient, api: Api, text: str, max_tokens: int) -> Outcome:
+async def send(client: httpx.AsyncClient, api: Api, text: str, max_tokens: int, session: str = "") -> Outcome:
+    """`session` goes out as `x-session-id`, so a server's cache policy can follow the conversation."""
     out = Outcome()
     t0 = time.perf_counter()
+    headers = api.headers() | ({"x-session-id": session} if session else {})
     try:
-        async with client.stream("POST", api.path, json=api.body(text, max_tokens), headers=api.headers()) as r:
+        async with client.stream("POST", api.path, json=api.body(text, max_tokens), headers=headers) as r:
             out.status = r.status_code
             if not 200 <= r.status_code < 300:
                 body = (await r.aread())[:300].decode("utf-8", "replace")

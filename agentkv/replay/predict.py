@@ -4,10 +4,10 @@ The prediction replays the requests *as the server saw them*: their prompts cut 
 the trace's), each full block named by its content as the engine names it, in the order they were sent, through
 the same `KVCache` and policy that `agentkv cache sweep` runs, at the server's capacity in blocks. It follows
 the engine's rules: only a prompt's full blocks are looked up; the last prompt token is always computed (a
-fully cached prompt reports one token less); the reply's full blocks are cached too (they take room, and no
-later prompt matches them); a request reserves its partial last block while it runs. Exact when requests run
-one at a time (--max-inflight 1); with overlap, requests in flight together see each other's blocks earlier or
-later than here.
+fully cached prompt reports one token less); admission reserves the prompt's blocks, its partial last one
+included, and decode reserves more as it reaches them; the reply's full blocks are cached too (they take room,
+and no later prompt matches them). Exact when requests run one at a time (--max-inflight 1); with overlap,
+requests in flight together see each other's blocks earlier or later than here.
 
 `as_served` is also written as an agentkv trace, so `agentkv cache sweep as_served.npz --trace-clock` gives
 the sweep's own figure for the same requests (it omits reply blocks and the last-token rule).
@@ -15,6 +15,7 @@ the sweep's own figure for the same requests (it omits reply blocks and the last
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,15 +37,25 @@ SCOPE = ("agentkv-replay",)  # one id scope: equal content is equal KV whatever 
 @dataclass(slots=True, frozen=True)
 class ServerModel:
     policy: str
-    capacity_tokens: int  # the server's GPU KV
+    capacity_blocks: int  # the server's GPU KV
     block_size: int
-
-    @property
-    def capacity_blocks(self) -> int:
-        return self.capacity_tokens // self.block_size
 
     def describe(self) -> str:
         return f"{self.policy}, {self.capacity_blocks:,} blocks of {self.block_size}"
+
+
+def kv_blocks_from_metrics(text: str) -> tuple[int, int | None] | None:
+    """(GPU KV blocks, block size if stated) from a Prometheus page: agentkv's `agentkv_kv_blocks_total{tier="gpu"}`
+    or vLLM's `vllm:cache_config_info{num_gpu_blocks=..., block_size=...}`."""
+    for line in text.splitlines():
+        if line.startswith('agentkv_kv_blocks_total{tier="gpu"}'):
+            return int(float(line.split()[-1])), None
+        if line.startswith("vllm:cache_config_info{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            if labels.get("num_gpu_blocks", "").isdigit():
+                size = labels.get("block_size", "")
+                return int(labels["num_gpu_blocks"]), int(size) if size.isdigit() else None
+    return None
 
 
 def as_served(records: list[Record], synth: Synth, overhead: int, block_size: int) -> tuple[Trace, list[Record]]:
@@ -75,7 +86,7 @@ def predict(served: Trace, model: ServerModel) -> np.ndarray:
     if model.block_size != bs:
         raise ValueError(f"trace at block size {bs}, server model at {model.block_size}")
     if model.capacity_blocks < 1:
-        raise ValueError(f"--capacity {model.capacity_tokens} holds no block of {bs} tokens")
+        raise ValueError(f"a server KV capacity of {model.capacity_blocks} blocks predicts nothing")
     cache = KVCache([TierSpec("gpu", model.capacity_blocks, 1)], make_policy(model.policy, block_size=bs))
     order = np.argsort(served.time, kind="stable")
     fresh = served.n_block_ids  # ids for reply blocks: content no prompt repeats
@@ -85,14 +96,17 @@ def predict(served: Trace, model: ServerModel) -> np.ndarray:
         now = float(served.time[i])
         ctx = AccessContext(now, session=int(served.session[i]), request=rank, finish=int(served.finish[i]),
                             output_tokens=n_out)
-        written = n_in + max(n_out, 1) - 1  # the last reply token is sampled, never written
-        grant = cache.acquire(rank, ids, -(-written // bs), ctx)
+        grant = cache.acquire(rank, ids, -(-n_in // bs), ctx)  # the prompt's blocks, its partial last one too
         if grant is None:  # longer than the whole cache: the server refuses it too
             continue
         out[i] = min(grant.hit_blocks * bs, n_in - 1)
-        n_reply = written // bs - len(ids)
-        cache.commit(rank, np.concatenate([ids[grant.hit_blocks :], np.arange(fresh, fresh + n_reply)]), now)
-        fresh += n_reply
+        cache.commit(rank, ids[grant.hit_blocks :], now)
+        written = n_in + max(n_out, 1) - 1  # the last reply token is sampled, never written
+        more = -(-written // bs) - -(-n_in // bs)  # decode's blocks, reserved as it reaches them
+        if more <= 0 or cache.reserve(rank, more, now) is not None:
+            n_reply = written // bs - len(ids)  # blocks the reply filled, the prompt's partial one included
+            cache.commit(rank, np.arange(fresh, fresh + n_reply), now)
+            fresh += n_reply
         ctx.now = now + float(np.nan_to_num(served.api_time[i]))
         cache.release(rank, ctx)
     return out

@@ -146,7 +146,7 @@ class Runner:
         async with self._inflight:
             rec.sent = self._now()
             try:
-                rec.outcome = await send(self.client, self.api, text, rec.max_tokens)
+                rec.outcome = await send(self.client, self.api, text, rec.max_tokens, rec.session)
             except asyncio.CancelledError:
                 rec.outcome = Outcome(error="cancelled", detail="the replay was stopped")
                 self.records.append(rec)
