@@ -58,13 +58,16 @@ class Metadata(_Body):
     user_id: str | None = Field(None, max_length=512)  # the conversation, for the cache policy
 
 
-class MessagesRequest(_Body):
+class CountTokensRequest(_Body):
     model: str
-    max_tokens: int = Field(ge=1)
     messages: list[Message] = Field(min_length=1)
     system: str | list[TextBlock] | None = None
     tools: list[ToolDef] | None = None
     tool_choice: ToolChoice | None = None
+
+
+class MessagesRequest(CountTokensRequest):
+    max_tokens: int = Field(ge=1)
     stop_sequences: list[str] | None = None
     temperature: float = Field(1.0, ge=0, le=1)
     top_p: float = Field(1.0, gt=0, le=1)

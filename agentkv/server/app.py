@@ -106,7 +106,7 @@ def create_app(engine: Any, tokenizer: Any, cfg: ServerConfig) -> FastAPI:
         return await server.messages(body, request)
 
     @app.post("/v1/messages/count_tokens")
-    async def count_tokens(body: anth.MessagesRequest, request: Request) -> dict[str, int]:
+    async def count_tokens(body: anth.CountTokensRequest, request: Request) -> dict[str, int]:
         server.tenant(request)
         server.check_model(body.model)
         msgs, tools = anthropic_messages(body)
@@ -153,7 +153,7 @@ class Server:
                 tools: bool, session: str | None) -> Prepared:
         limit = self.cfg.max_model_len
         if len(prompt) >= limit or (max_tokens is not None and len(prompt) + max_tokens > limit):
-            raise APIError(400, f"this model's maximum context length is {limit} tokens; the prompt has {len(prompt)}"
+            raise APIError(400, f"this model's maximum context length is {limit} tokens; the prompt has {len(prompt)} tokens"
                            + (f" and max_tokens asks for {max_tokens} more" if max_tokens else ""),
                            param="messages", code="context_length_exceeded")
         try:

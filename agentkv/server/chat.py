@@ -30,7 +30,7 @@ def openai_messages(req: oai.ChatCompletionRequest) -> tuple[Messages, Tools]:
     return out, [t.model_dump(exclude_none=True) for t in req.tools] if use_tools else None  # type: ignore[union-attr]
 
 
-def anthropic_messages(req: anth.MessagesRequest) -> tuple[Messages, Tools]:
+def anthropic_messages(req: anth.CountTokensRequest) -> tuple[Messages, Tools]:
     out: Messages = []
     if req.system:
         out.append({"role": "system", "content": req.system if isinstance(req.system, str)
