@@ -21,6 +21,7 @@ from agentkv.engine.pages import PageLayout
 from agentkv.engine.pool import PagePool
 from agentkv.engine.sampler import sample
 from agentkv.engine.sequence import EngineSequence, SamplingParams
+from agentkv.engine.tiering import Tiering
 from agentkv.kernels.attention import SeqSlice
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.ids import BlockIds
@@ -49,6 +50,7 @@ class LLM:
         kv_cache_bytes: int | None = None,
         gpu_memory_utilization: float = 0.9,
         host_kv_bytes: int = 0,
+        kv_tiers: str | None = None,
         block_size: int = 16,
         max_num_batched_tokens: int = 2048,
         max_num_seqs: int = 64,
@@ -58,8 +60,9 @@ class LLM:
         check_invariants: bool = False,
     ) -> None:
         """`model`: a Hugging Face checkpoint folder, or an already-built module (benchmarks, random weights).
-        kv_codec: how KV pages are stored ('auto': the model's dtype). check_invariants: compare the policy
-        core's accounts with the pages after every step (tests)."""
+        kv_codec: how KV pages are stored ('auto': the model's dtype). kv_tiers: tiers below the GPU,
+        e.g. "dram=8GiB,disk=100GiB@/mnt/nvme/kv,redis=20GiB@redis://host:6379" (see engine/tiering.py).
+        check_invariants: compare the policy core's accounts with the pages after every step (tests)."""
         if isinstance(model, str):
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
             self.model = load_model(model, dtype, self.device)
@@ -85,6 +88,13 @@ class LLM:
         if host_kv_bytes:
             tiers.append(TierSpec("dram", host_kv_bytes, page_bytes))
             stores.append(HostSlab(tiers[-1].capacity_blocks, page_bytes, pin=self.device.type == "cuda"))
+        self.tiering = None
+        if kv_tiers:
+            if host_kv_bytes:
+                raise ValueError("give host_kv_bytes or kv_tiers (with a dram tier), not both")
+            self.tiering = Tiering(kv_tiers, page_bytes, block_size, pin=self.device.type == "cuda")
+            tiers += self.tiering.tiers
+            stores += self.tiering.stores
         self.tier_names = [t.name for t in tiers]
         self.ids = BlockIds()
         self.cache = KVCache(tiers, make_policy(policy, model=spec, block_size=block_size),
@@ -152,6 +162,8 @@ class LLM:
         except ValueError:
             self._end(seq)
             raise
+        if self.tiering is not None:  # adopt what disk/Redis hold of its prefix; fetch it while it waits
+            self.tiering.admit(self.cache, self.ids.keys, seq.block_ids)
         self._seqs[rid] = seq
         self._generators[rid] = _generator(params.seed, self.device)
         return rid
@@ -166,6 +178,11 @@ class LLM:
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_work()
+
+    def close(self) -> None:
+        """Finish queued offloads and close the tier stores (a disk tier saves its index for the next run)."""
+        if self.tiering is not None:
+            self.tiering.close()
 
     def generate(self, prompts: Prompt | list[Prompt], sampling_params: SamplingParams | list[SamplingParams] | None
                  = None) -> list[RequestOutput]:
@@ -214,6 +231,8 @@ class LLM:
 
     def _execute(self, plan: StepPlan) -> None:
         self.pool.execute(plan.ops)
+        if self.tiering is not None:  # lost blocks recomputed, named blocks written through to Redis
+            self.tiering.repair(plan, self.pool, self.cache, self.block_size)
         for op in plan.ops:
             if isinstance(op, Allocate) and op.admission:
                 self.prefix_query_tokens += op.seq.target

@@ -45,6 +45,8 @@ class PagePool:
         self.page_of: dict[int, int] = {}  # named block id -> its page
         self.id_at = np.full(num_pages, -1, dtype=np.int64)  # page -> named block id (-1: anonymous or free)
         self.gone: list[int] = []  # ids a drop took out of some tier: the engine may recycle them
+        self.lost: list[tuple[int, list[int]]] = []  # (tier, ids) a promotion failed to load: the engine repairs
+        self.poisoned: set[int] = set()  # resident ids whose page holds no valid KV until recomputed
 
     @property
     def num_pages(self) -> int:
@@ -83,25 +85,32 @@ class PagePool:
             pages = [self.free.pop() for _ in ids]
             staged = torch.empty(len(ids), self.layout.page_bytes, dtype=torch.uint8, device=self.slab.device)
             found = self.stores[mv.src - 1].get(keys, staged)
-            if not found.all():
-                raise RuntimeError(f"tier {mv.src} lost blocks the policy core placed there")
+            if not found.all():  # corrupted, evicted or unreachable: the engine recomputes (see tiering.py)
+                missing = [b for b, ok in zip(ids, found, strict=True) if not ok]
+                self.lost.append((mv.src, missing))
+                self.poisoned.update(missing)
             self.slab[torch.tensor(pages, device=self.slab.device)] = staged
             for p, b in zip(pages, ids, strict=True):
                 self._name(p, b)
         elif mv.kind in ("demote", "write"):
-            self.stores[mv.dst - 1].put(keys, self._read(mv.src, ids, keys))
+            pages, ok = self._read(mv.src, ids, keys)
+            keep = [i for i, b in enumerate(ids) if ok[i] and b not in self.poisoned]  # never store garbage
+            if keep:
+                self.stores[mv.dst - 1].put([keys[i] for i in keep], pages[keep])
+            if len(keep) < len(ids):  # the core placed them in dst: it must forget them there
+                self.lost.append((mv.dst, sorted(set(ids) - {ids[i] for i in keep})))
             if mv.kind == "demote":
                 self._drop(mv.src, ids, keys)
         else:
             self._drop(mv.src, ids, keys)
             self.gone += ids
 
-    def _read(self, tier: int, ids: list[int], keys: list[BlockKey]) -> torch.Tensor:
+    def _read(self, tier: int, ids: list[int], keys: list[BlockKey]) -> tuple[torch.Tensor, np.ndarray]:
         if tier == 0:
-            return self.slab[torch.tensor([self.page_of[b] for b in ids], device=self.slab.device)]
+            pages = self.slab[torch.tensor([self.page_of[b] for b in ids], device=self.slab.device)]
+            return pages, np.ones(len(ids), dtype=bool)
         out = torch.empty(len(ids), self.layout.page_bytes, dtype=torch.uint8)
-        self.stores[tier - 1].get(keys, out)
-        return out
+        return out, self.stores[tier - 1].get(keys, out)
 
     def _drop(self, tier: int, ids: list[int], keys: list[BlockKey]) -> None:
         if tier > 0:
@@ -111,6 +120,7 @@ class PagePool:
             page = self.page_of.pop(b)
             self.id_at[page] = -1
             self.free.append(page)
+            self.poisoned.discard(b)
 
     def _keys(self, ids: list[int]) -> list[BlockKey]:
         return [self.ids.keys[b] for b in ids]  # type: ignore[misc]
@@ -140,5 +150,7 @@ class PagePool:
                     f"request {s.request_id} block {i} reads another block's page"
         assert np.array_equal(pins, cache.pins[: cache.n_slots]), "pins disagree with running requests"
         for t, store in enumerate(self.stores, start=1):
+            if store.may_lose:  # disk and Redis may drop blocks on their own: a load then misses, verified
+                continue
             held = np.flatnonzero(cache.where[: cache.n_slots] & (1 << t))
             assert store.contains(self._keys(held.tolist())).all(), f"tier {t} lost blocks the core placed there"

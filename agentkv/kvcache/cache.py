@@ -239,6 +239,20 @@ class KVCache:
             self.stats.prefetched += n
         return moves
 
+    def adopt(self, tier: int, ids: np.ndarray) -> np.ndarray:
+        """Blocks a lower tier's store holds that this core did not put there (another process shares the store,
+        or this one wrote it before a restart): accounted there while the tier has free room; returns those."""
+        ids = np.asarray(ids, dtype=np.int64)
+        self._ensure(ids)
+        ids = ids[(self.where[ids] & (1 << tier)) == 0][: max(0, self.free_blocks(tier))]
+        self._add(tier, ids)
+        return ids
+
+    def lose(self, tier: int, ids: np.ndarray) -> None:
+        """A lower tier's store no longer holds these blocks (evicted by Redis, corrupted, disk full)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        self._remove(tier, ids[(self.where[ids] & (1 << tier)) != 0])
+
     def forget(self, ids: np.ndarray) -> None:
         """Ids no tier holds and no request pins are about to stand for other blocks: reset their state."""
         ids = np.asarray(ids, dtype=np.int64)

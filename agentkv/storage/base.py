@@ -37,6 +37,7 @@ class TierStore(ABC):
 
     name: str
     page_bytes: int
+    may_lose = False  # True: blocks may vanish on their own (Redis eviction, corruption): a load can miss
 
     @abstractmethod
     def put(self, keys: Sequence[BlockKey], pages: torch.Tensor) -> None:

@@ -44,6 +44,7 @@ def _round_up(n: int, to: int) -> int:
 
 class DiskStore(TierStore):
     name = "disk"
+    may_lose = True
 
     def __init__(self, path: str | os.PathLike, capacity_bytes: float, page_bytes: int,
                  max_identity_bytes: int = 16 + 4 * 256, index_interval_s: float = 5.0) -> None:

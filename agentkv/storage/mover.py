@@ -100,6 +100,12 @@ class Mover:
 
         return self._submit(w, run, np.zeros(len(keys), dtype=bool), urgent=True)
 
+    def staged(self, store: TierStore, keys: Sequence[BlockKey]) -> np.ndarray:
+        """Which keys have a put submitted and not yet run (a get is served from its snapshot meanwhile)."""
+        w = self._worker(store)
+        with w.wake:
+            return np.array([(s := w.staged.get(k.digest)) is not None and s.key == k for k in keys], dtype=bool)
+
     def drop(self, store: TierStore, keys: Sequence[BlockKey]) -> Future[None]:
         """Forget keys, after every put submitted before."""
         return self._submit(self._worker(store), lambda: store.drop(keys), None, urgent=False)

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 class RedisStore(TierStore):
     name = "redis"
+    may_lose = True
 
     def __init__(self, url: str, page_bytes: int, prefix: bytes = b"akv:", connect_timeout_s: float = 0.5,
                  op_timeout_s: float = 5.0, backoff_s: tuple[float, float] = (0.5, 30.0),

@@ -1,0 +1,192 @@
+"""The engine's tiers below the GPU, as `kv_tiers` names them, and what makes them safe to be slow or lossy.
+
+- host DRAM is the in-process slab (`HostSlab`), moved synchronously: a copy, trusted.
+- disk and Redis stores are reached through the mover (`MovedStore`): offloads return at once (the mover
+  snapshots the pages), loads are urgent jobs that overtake queued offloads. When a request is added, the
+  blocks of its prefix that only disk or Redis hold are fetched at once (`admit`), so the fetch overlaps
+  the steps that run before the request is admitted; its promotions then take the verified pages at hand.
+- blocks the policy core does not know about are adopted at admission: a disk store reopened after a restart,
+  or a Redis shared with other engine processes (same model, codec and tenant: same keys), may hold the
+  prefix already.
+- a promotion that misses (a corrupted or truncated record, a key Redis evicted, Redis down) cannot be served:
+  the block's page is marked poisoned, the lower tier's copy is forgotten by the core, and every request
+  about to read the block recomputes from it (`repair`), rewriting the page, so no wrong KV is ever read.
+- with a Redis tier, every block the engine names is also written to Redis, so other processes find it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Future
+
+import numpy as np
+import torch
+
+from agentkv.kvcache.cache import KVCache
+from agentkv.kvcache.tiers import TierSpec
+from agentkv.scheduler import Name, StepPlan
+from agentkv.storage.base import BlockKey, TierStore
+from agentkv.storage.host import HostSlab
+from agentkv.storage.mover import Mover
+from agentkv.storage.spec import open_store, parse_kv_tiers
+
+log = logging.getLogger(__name__)
+
+PREFETCH_PAGES = 256  # fetched-ahead pages kept per store at most (oldest dropped first)
+
+
+class MovedStore(TierStore):
+    """A disk or Redis store driven through the mover, with the pages fetched ahead for admitted requests."""
+
+    may_lose = True
+
+    def __init__(self, store: TierStore, mover: Mover) -> None:
+        self.store, self.mover = store, mover
+        self.name, self.page_bytes = store.name, store.page_bytes
+        self.ahead: dict[bytes, tuple[BlockKey, Future, torch.Tensor, int]] = {}  # digest -> fetch in flight
+
+    def prefetch(self, keys: Sequence[BlockKey]) -> None:
+        keys = [k for k in keys if k.digest not in self.ahead]
+        if not keys:
+            return
+        buf = torch.empty(len(keys), self.page_bytes, dtype=torch.uint8)
+        fut = self.mover.get(self.store, keys, buf)
+        for i, k in enumerate(keys):
+            self.ahead[k.digest] = (k, fut, buf, i)
+        while len(self.ahead) > PREFETCH_PAGES:
+            del self.ahead[next(iter(self.ahead))]
+
+    def put(self, keys: Sequence[BlockKey], pages: torch.Tensor) -> None:
+        self.mover.put(self.store, keys, pages)
+
+    def get(self, keys: Sequence[BlockKey], out: torch.Tensor) -> np.ndarray:
+        found = np.zeros(len(keys), dtype=bool)
+        rest = []
+        for i, k in enumerate(keys):
+            got = self.ahead.pop(k.digest, None)
+            if got is not None and got[0] == k and got[1].result()[got[3]]:
+                out[i] = got[2][got[3]]
+                found[i] = True
+            else:
+                rest.append(i)
+        if rest:
+            buf = torch.empty(len(rest), self.page_bytes, dtype=torch.uint8)
+            found[rest] = self.mover.get(self.store, [keys[i] for i in rest], buf).result()
+            out[torch.tensor(rest, device=out.device)] = buf.to(out.device)
+        return found
+
+    def drop(self, keys: Sequence[BlockKey]) -> None:
+        self.mover.drop(self.store, keys)
+
+    def contains(self, keys: Sequence[BlockKey]) -> np.ndarray:
+        return self.store.contains(keys) | self.mover.staged(self.store, keys)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class Tiering:
+    def __init__(self, spec: str, page_bytes: int, block_size: int, pin: bool) -> None:
+        """spec: the `kv_tiers` string; sizes in tokens are converted at page_bytes per block_size tokens."""
+        self.mover = Mover()
+        self.tiers: list[TierSpec] = []
+        self.stores: list[TierStore] = []
+        self.shared: MovedStore | None = None  # the Redis tier: every named block is written through to it
+        for cfg in parse_kv_tiers(spec):
+            capacity = cfg.size.to_bytes(page_bytes / block_size)
+            if capacity < page_bytes:
+                raise ValueError(f"kv_tiers: {cfg.kind} tier of {capacity:.0f} bytes holds no {page_bytes}-byte page")
+            self.tiers.append(TierSpec(cfg.core_name, capacity, page_bytes))
+            if cfg.kind == "dram":
+                self.stores.append(HostSlab(self.tiers[-1].capacity_blocks, page_bytes, pin))
+                continue
+            store = MovedStore(open_store(cfg, capacity, page_bytes), self.mover)
+            self.stores.append(store)
+            if cfg.kind == "redis":
+                self.shared = store
+
+    def moved(self, first_tier: int) -> list[tuple[int, MovedStore]]:
+        """(tier index, store) of the disk and Redis tiers; tier indices start at `first_tier`."""
+        return [(t, s) for t, s in enumerate(self.stores, start=first_tier) if isinstance(s, MovedStore)]
+
+    # ---- admission: adopt what other processes (or a previous run) stored, fetch ahead -------------------
+    def admit(self, cache: KVCache, keys_of: list, ids: np.ndarray) -> None:
+        """Before a request queues: account the blocks of its prefix found only in disk or Redis stores, and
+        start fetching the prefix blocks that only those tiers hold."""
+        if not len(ids):
+            return
+        first = len(cache.tiers) - len(self.stores)
+        moved = self.moved(first)
+        tier = cache.tier_of(ids)
+        known = int(np.argmax(tier < 0)) if (tier < 0).any() else len(ids)
+        rest = ids[known:]
+        if len(rest):
+            where = np.full(len(rest), -1)
+            keys = [keys_of[b] for b in rest.tolist()]
+            for t, store in moved:
+                miss = np.flatnonzero(where < 0)
+                if not len(miss):
+                    break
+                where[miss[store.contains([keys[i] for i in miss])]] = t
+            run = int(np.argmax(where < 0)) if (where < 0).any() else len(rest)
+            for t in np.unique(where[:run]).tolist():
+                cache.adopt(t, rest[:run][where[:run] == t])
+            tier = cache.tier_of(ids)
+        for t, store in moved:
+            fetch = ids[tier == t]
+            if len(fetch):
+                store.prefetch([keys_of[b] for b in fetch.tolist()])
+
+    # ---- after the pool carried out a plan ---------------------------------------------------------------
+    def repair(self, plan: StepPlan, pool, cache: KVCache, block_size: int) -> None:
+        """Forget the lower-tier copies that failed to load; make every prefill that would read a poisoned page
+        recompute from it; write newly named blocks through to the shared tier."""
+        first = len(cache.tiers) - len(self.stores)
+        for tier, ids in pool.lost:
+            log.warning("tier %s lost %d blocks (a load failed verification or missed): they will be recomputed",
+                        cache.tiers[tier].name, len(ids))
+            cache.lose(tier, np.asarray(ids, dtype=np.int64))
+        pool.lost = []
+        for t, store in self.moved(first):  # a full disk shrinks its tier
+            cap = getattr(store.store, "capacity_pages", None)
+            if cap is not None and cap < cache.capacity[t]:
+                cache.capacity[t] = cap
+        if pool.poisoned:
+            self._recompute_poisoned(plan, pool, block_size)
+        if self.shared is not None:
+            self._write_through(plan, pool)
+
+    def _recompute_poisoned(self, plan: StepPlan, pool, bs: int) -> None:
+        bad = {pool.page_of[b]: b for b in pool.poisoned if b in pool.page_of}
+        healed = set()
+        for chunk in plan.prefills:
+            seq = chunk.seq
+            read = -(-chunk.start // bs)  # blocks this chunk reads rather than writes
+            first = next((i for i in range(read) if seq.pages[i] in bad), None)  # type: ignore[attr-defined]
+            if first is None:
+                continue
+            start = first * bs
+            lost = seq.cached - min(seq.cached, start)
+            chunk.n += chunk.start - start
+            chunk.start = seq.computed = start
+            seq.cached -= lost
+            for t in range(len(seq.cached_per_tier) - 1, -1, -1):  # the lower tiers' hits went first
+                take = min(lost, int(seq.cached_per_tier[t]))
+                seq.cached_per_tier[t] -= take
+                lost -= take
+            healed |= {bad[p] for p in seq.pages[first:read] if p in bad}  # type: ignore[attr-defined]
+        pool.poisoned -= healed  # this step's forward pass rewrites them
+
+    def _write_through(self, plan: StepPlan, pool) -> None:
+        ids = [b for op in plan.ops if isinstance(op, Name) for b in op.ids.tolist()
+               if b in pool.page_of and b not in pool.poisoned]
+        if ids:
+            pages = pool.slab[torch.tensor([pool.page_of[b] for b in ids], device=pool.slab.device)]
+            self.shared.put([pool.ids.keys[b] for b in ids], pages)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        """Finish queued offloads, then close the stores (the disk saves its index)."""
+        self.mover.close()
+        for s in self.stores:
+            s.close()
