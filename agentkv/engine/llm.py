@@ -97,8 +97,7 @@ class LLM:
             stores += self.tiering.stores
         self.tier_names = [t.name for t in tiers]
         self.ids = BlockIds()
-        self.cache = KVCache(tiers, make_policy(policy, model=spec, block_size=block_size),
-                             evict_ahead=max(num_pages // 200, 1))
+        self.cache = KVCache(tiers, make_policy(policy, model=spec, block_size=block_size))
         self.scheduler = Scheduler(SchedulerConfig(block_size, max_num_batched_tokens, max_num_seqs,
                                                    enable_prefix_caching), self.cache)
         self.backend = self.model.model.layers[0].self_attn.backend

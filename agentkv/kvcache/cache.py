@@ -98,9 +98,10 @@ class _Members:
 
 class KVCache:
     def __init__(self, tiers: Sequence[TierSpec], policy: Policy, write_through: bool = False,
-                 evict_ahead: int = 0) -> None:
+                 evict_ahead: int | None = None) -> None:
         """evict_ahead: when tier 0 must evict, free this many blocks more than needed, so that a stream of
-        one-block decode reservations does not scan the tier every step (0: evict exactly what is needed)."""
+        one-block decode reservations does not scan the tier every step (default: 0.5% of tier 0, the same for
+        every driver — engine, simulator and offline replay; 0: evict exactly what is needed)."""
         if not tiers:
             raise ValueError("a cache needs at least one tier")
         if len(tiers) > 8:
@@ -110,7 +111,7 @@ class KVCache:
         self.used = np.zeros(len(tiers), dtype=np.int64)
         self.reserved = 0
         self.write_through = write_through and len(tiers) > 1
-        self.evict_ahead = evict_ahead
+        self.evict_ahead = int(self.capacity[0] // 200) if evict_ahead is None else evict_ahead
         self.policy = policy
         self.n_slots = 0
         self.where = np.zeros(0, dtype=np.uint8)  # bit t set: tier t holds the block

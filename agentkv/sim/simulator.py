@@ -102,8 +102,7 @@ class _Replica:
             if size > 0:
                 tiers.append(TierSpec(name, size, block))
         policy = make_policy(cfg.policy, model=d.model, block_size=block_size)
-        ahead = max(tiers[0].capacity_blocks // 200, 1)
-        self.cache = KVCache(tiers, policy, cfg.write_through, evict_ahead=ahead)
+        self.cache = KVCache(tiers, policy, cfg.write_through)
         self.tier_links = [TIER_LINK.get(i, "host") for i in range(len(tiers))]
         self.block_bytes = block
         self.sched = Scheduler(SchedulerConfig(block_size, cfg.max_batched_tokens, cfg.max_num_seqs,
