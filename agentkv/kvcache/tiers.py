@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 
 TIER_NAMES = ("gpu", "dram", "disk", "remote")  # fastest first; any subset, in this order
+# the link a copy between a tier and the GPU crosses (a demotion t → t+1 crosses t+1's): bandwidths in sim/stepcost
+TIER_LINKS = {"gpu": "hbm", "dram": "host", "disk": "nvme", "remote": "network"}
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
           "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12}
 

@@ -18,14 +18,13 @@ import numpy as np
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.sizing import kv_bytes_per_block
-from agentkv.kvcache.tiers import TierSpec
+from agentkv.kvcache.tiers import TIER_LINKS, TierSpec
 from agentkv.scheduler import Scheduler, SchedulerConfig, Sequence, StepPlan
 from agentkv.sim.router import Router
 from agentkv.sim.stepcost import Deployment, StepShape, step_cost, transfer_seconds
 from agentkv.workload.arrivals import ArrivalModel, arrival_times
 from agentkv.workload.trace import Trace
 
-TIER_LINK = {1: "host", 2: "nvme", 3: "network"}  # the link a promotion from tier t crosses
 MAX_LEAP_S = 0.5  # a request arriving during a decode leap waits at most this long for admission
 
 
@@ -103,7 +102,7 @@ class _Replica:
                 tiers.append(TierSpec(name, size, block))
         policy = make_policy(cfg.policy, model=d.model, block_size=block_size)
         self.cache = KVCache(tiers, policy, cfg.write_through)
-        self.tier_links = [TIER_LINK.get(i, "host") for i in range(len(tiers))]
+        self.tier_links = [TIER_LINKS[t.name] for t in tiers]
         self.block_bytes = block
         self.sched = Scheduler(SchedulerConfig(block_size, cfg.max_batched_tokens, cfg.max_num_seqs,
                                                cfg.prefix_cache), self.cache)
@@ -119,111 +118,130 @@ class _Replica:
 
 
 def simulate(trace: Trace, cfg: SimConfig) -> SimResult:
-    if not trace.has_block_ids and cfg.prefix_cache:
-        raise ValueError("trace has no block ids: simulate it with the prefix cache off")
-    wall = time.perf_counter()
-    d = cfg.deployment
-    n = trace.n_requests
-    bs = trace.block_size
-    replicas = [_Replica(cfg, bs) for _ in range(cfg.replicas)]
-    router = Router(cfg.router)
-    first_arrival = arrival_times(trace, cfg.arrival)
-    pause = _pauses(trace)
-    bounds = trace.session_bounds()
-    n_tiers = len(replicas[0].cache.tiers)
-    res = _Records(n, n_tiers)
-    totals = dict(prefill=0.0, decode=0.0, transfer=0.0, steps=0, prefill_tokens=0, decode_tokens=0)
+    return Simulator(trace, cfg).run()
 
-    # two queues: arrivals (which a leap must not run past) and replicas' step completions
-    arrivals: list[tuple[float, int]] = []
-    steps: list[tuple[float, int, int, StepPlan | None]] = []
-    counter = [0]
 
-    def push(t: float, kind: int, who: int, payload: StepPlan | None = None) -> None:
-        counter[0] += 1
-        if kind == ARRIVE:
-            heapq.heappush(arrivals, (t, who))
-        else:
-            heapq.heappush(steps, (t, counter[0], who, payload))
+class Simulator:
+    """Two event queues (arrivals, which a decode leap must not run past, and replicas' step completions) and
+    the counters the cost model reads."""
 
-    ARRIVE, DONE = 0, 1
-    for s in range(trace.n_sessions):
-        if bounds[s + 1] > bounds[s]:
-            push(float(first_arrival[bounds[s]]), ARRIVE, int(bounds[s]))
+    def __init__(self, trace: Trace, cfg: SimConfig) -> None:
+        if not trace.has_block_ids and cfg.prefix_cache:
+            raise ValueError("trace has no block ids: simulate it with the prefix cache off")
+        self.trace, self.cfg, self.d = trace, cfg, cfg.deployment
+        self.replicas = [_Replica(cfg, trace.block_size) for _ in range(cfg.replicas)]
+        self.router = Router(cfg.router)
+        self.pause = _pauses(trace)
+        self.records = _Records(trace.n_requests, len(self.replicas[0].cache.tiers))
+        self.totals = dict(prefill=0.0, decode=0.0, transfer=0.0, steps=0, prefill_tokens=0, decode_tokens=0)
+        self.arrivals: list[tuple[float, int]] = []
+        self.steps: list[tuple[float, int, int, StepPlan | None]] = []
+        self._order = 0  # ties between step completions break by push order
+        self.in_system = 0.0
 
-    def next_in_session(i: int, now: float) -> None:
+    def run(self) -> SimResult:
+        wall = time.perf_counter()
+        trace = self.trace
+        first_arrival = arrival_times(trace, self.cfg.arrival)
+        bounds = trace.session_bounds()
+        for s in range(trace.n_sessions):
+            if bounds[s + 1] > bounds[s]:
+                heapq.heappush(self.arrivals, (float(first_arrival[bounds[s]]), int(bounds[s])))
+        last_t = 0.0
+        while self.arrivals or self.steps:
+            t_next = min(self.arrivals[0][0] if self.arrivals else np.inf, self.steps[0][0] if self.steps else np.inf)
+            if last_t:
+                self.in_system += (t_next - last_t) * sum(len(p.sched.waiting) + len(p.sched.running)
+                                                          for p in self.replicas)
+            last_t = t_next
+            if self.arrivals and (not self.steps or self.arrivals[0][0] <= self.steps[0][0]):
+                self._arrive(*heapq.heappop(self.arrivals))
+            else:
+                now, _, r, plan = heapq.heappop(self.steps)
+                self._step_done(r, now, plan)
+        return self._result(time.perf_counter() - wall)
+
+    def _arrive(self, now: float, i: int) -> None:
+        trace, res = self.trace, self.records
+        seq = Sequence(i, int(trace.input_tokens[i]), trace.blocks(i), max(int(trace.output_tokens[i]), 1),
+                       arrival=now, session=int(trace.session[i]),
+                       tenant=int(trace.session_tenant[trace.session[i]]), finish=int(trace.finish[i]))
+        r = self.router.pick(self.replicas, seq.block_ids, seq.prompt_len, trace.block_size)
+        res.arrival[i], res.replica[i] = now, r
+        try:
+            self.replicas[r].sched.add(seq)
+        except ValueError:  # longer than the replica's whole KV: it can never run here
+            res.rejected[i] = True
+            self._next_in_session(i, now)
+            return
+        if not self.replicas[r].busy:
+            self._start_step(r, now)
+
+    def _next_in_session(self, i: int, now: float) -> None:
         j = i + 1
-        if j < n and trace.session[j] == trace.session[i]:
-            push(now + float(pause[j]), ARRIVE, j)
+        if j < self.trace.n_requests and self.trace.session[j] == self.trace.session[i]:
+            heapq.heappush(self.arrivals, (now + float(self.pause[j]), j))
 
-    def start_step(r: int, now: float) -> None:
-        rep = replicas[r]
-        batch = rep.sched.schedule(now)
-        if batch.empty:
+    def _push_step(self, t: float, r: int, plan: StepPlan | None) -> None:
+        self._order += 1
+        heapq.heappush(self.steps, (t, self._order, r, plan))
+
+    def _start_step(self, r: int, now: float) -> None:
+        rep = self.replicas[r]
+        plan = rep.sched.schedule(now)
+        if plan.empty:
             rep.busy = False
             return
         rep.busy = True
-        secs = _price(batch, d, rep.tier_links, rep.block_bytes, totals)
+        secs = _price(plan, self.d, rep.tier_links, rep.block_bytes, self.totals)
         rep.busy_s += secs
-        push(now + secs, DONE, r, batch)
+        self._push_step(now + secs, r, plan)
 
-    in_system, last_t = 0.0, 0.0
-    while arrivals or steps:
-        t_next = min(arrivals[0][0] if arrivals else np.inf, steps[0][0] if steps else np.inf)
-        if last_t:
-            in_system += (t_next - last_t) * sum(len(p.sched.waiting) + len(p.sched.running) for p in replicas)
-        last_t = t_next
-        if arrivals and (not steps or arrivals[0][0] <= steps[0][0]):
-            now, i = heapq.heappop(arrivals)
-            seq = Sequence(i, int(trace.input_tokens[i]), trace.blocks(i), max(int(trace.output_tokens[i]), 1),
-                           arrival=now, session=int(trace.session[i]),
-                           tenant=int(trace.session_tenant[trace.session[i]]), finish=int(trace.finish[i]))
-            r = router.pick(replicas, seq.block_ids, seq.prompt_len, bs)
-            res.arrival[i], res.replica[i] = now, r
-            try:
-                replicas[r].sched.add(seq)
-            except ValueError:  # longer than the replica's whole KV: it can never run here
-                res.rejected[i] = True
-                next_in_session(i, now)
-                continue
-            if not replicas[r].busy:
-                start_step(r, now)
-            continue
-        now, _, r, batch = heapq.heappop(steps)
-        rep = replicas[r]
-        if batch is not None:
-            for seq in rep.sched.postprocess(batch, now):
-                res.record(seq)
-                next_in_session(seq.seq_id, now)
-            k = _decode_leap(rep.sched)
-            if k >= 2:
-                ctx = tuple(q.computed + 1 + k // 2 for q in rep.sched.running)
-                per_step = step_cost(StepShape(decodes=ctx), d).total
-                horizon = min(arrivals[0][0] if arrivals else np.inf, now + MAX_LEAP_S)
-                k = min(k, int((horizon - now) / per_step))
-                if k >= 2:
-                    for q in rep.sched.running:
-                        q.computed += k
-                        q.generated += k
-                    totals["decode"] += k * per_step
-                    totals["steps"] += k
-                    totals["decode_tokens"] += k * len(ctx)
-                    rep.busy_s += k * per_step
-                    push(now + k * per_step, DONE, r, None)
-                    continue
-        start_step(r, now)
+    def _step_done(self, r: int, now: float, plan: StepPlan | None) -> None:
+        rep = self.replicas[r]
+        if plan is not None:
+            for seq in rep.sched.postprocess(plan, now):
+                self.records.record(seq)
+                self._next_in_session(seq.seq_id, now)
+            if self._leap(r, now):
+                return
+        self._start_step(r, now)
 
-    makespan = float(np.nanmax(res.finish)) - float(np.nanmin(res.arrival)) if np.any(~np.isnan(res.finish)) else 0.0
-    return SimResult(
-        arrival=res.arrival, first_token=res.first_token, finish=res.finish,
-        prompt=trace.input_tokens.copy(), output=np.maximum(trace.output_tokens, 1), cached=res.cached,
-        replica=res.replica, preemptions=res.preemptions, rejected=res.rejected,
-        busy_s=np.array([rep.busy_s for rep in replicas]), makespan_s=makespan,
-        prefill_s=totals["prefill"], decode_s=totals["decode"], transfer_s=totals["transfer"],
-        steps=int(totals["steps"]), prefill_tokens=int(totals["prefill_tokens"]),
-        decode_tokens=int(totals["decode_tokens"]), in_system_s=in_system, wall_s=time.perf_counter() - wall,
-        config=cfg,
-    )
+    def _leap(self, r: int, now: float) -> bool:
+        """Advance a decode-only stretch in one event, up to the next arrival (or MAX_LEAP_S)."""
+        rep = self.replicas[r]
+        k = _decode_leap(rep.sched)
+        if k < 2:
+            return False
+        ctx = tuple(q.computed + 1 + k // 2 for q in rep.sched.running)
+        per_step = step_cost(StepShape(decodes=ctx), self.d).total
+        horizon = min(self.arrivals[0][0] if self.arrivals else np.inf, now + MAX_LEAP_S)
+        k = min(k, int((horizon - now) / per_step))
+        if k < 2:
+            return False
+        for q in rep.sched.running:
+            q.computed += k
+            q.generated += k
+        self.totals["decode"] += k * per_step
+        self.totals["steps"] += k
+        self.totals["decode_tokens"] += k * len(ctx)
+        rep.busy_s += k * per_step
+        self._push_step(now + k * per_step, r, None)
+        return True
+
+    def _result(self, wall: float) -> SimResult:
+        res, trace, totals = self.records, self.trace, self.totals
+        served = np.any(~np.isnan(res.finish))
+        makespan = float(np.nanmax(res.finish)) - float(np.nanmin(res.arrival)) if served else 0.0
+        return SimResult(
+            arrival=res.arrival, first_token=res.first_token, finish=res.finish,
+            prompt=trace.input_tokens.copy(), output=np.maximum(trace.output_tokens, 1), cached=res.cached,
+            replica=res.replica, preemptions=res.preemptions, rejected=res.rejected,
+            busy_s=np.array([rep.busy_s for rep in self.replicas]), makespan_s=makespan,
+            prefill_s=totals["prefill"], decode_s=totals["decode"], transfer_s=totals["transfer"],
+            steps=int(totals["steps"]), prefill_tokens=int(totals["prefill_tokens"]),
+            decode_tokens=int(totals["decode_tokens"]), in_system_s=self.in_system, wall_s=wall, config=self.cfg,
+        )
 
 
 def _decode_leap(sched: Scheduler) -> int:
