@@ -39,6 +39,8 @@ def add_replay_parser(sub: Any) -> None:
     p.add_argument("--max-inflight", type=int, default=64, help="requests outstanding at most (default 64)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default 600)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthesized text")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="fresh text for every request (same token counts, nothing to hit): the no-cache baseline")
     p.add_argument("--no-ignore-eos", action="store_true",
                    help="do not send ignore_eos (for servers that reject it; replies may end early)")
     p.add_argument("--extra-body", help="JSON object merged into every request body (e.g. '{\"cache_salt\": \"x\"}')")
@@ -83,7 +85,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         capacity = int(size.value) // args.server_block_size
     trace = load_trace(args.paths, skip_bad=args.skip_bad, tokenizer=args.tokenizer, block_size=args.block_size)
     words = alphabet.from_tokenizer(args.tokenizer) if args.tokenizer else alphabet.builtin()
-    synth = Synth(trace, words.words, args.token_scale, args.seed)
+    synth = Synth(trace, words.words, args.token_scale, args.seed, reuse=not args.no_reuse)
     the_plan = plan(trace, args.sessions, args.max_turns, args.concurrency)
     pacing = Pacing(args.time_scale, args.concurrency, args.max_inflight, args.max_tokens)
     os.makedirs(args.out, exist_ok=True)
@@ -151,7 +153,7 @@ def _write(args, records, duration, synth, overhead, server, api):
         s.prediction = server.describe()
     s.meta = {"trace": synth.trace.source, "endpoint": args.endpoint, "api": api.kind, "model": api.model,
               "token_scale": args.token_scale, "time_scale": args.time_scale, "block_tokens": synth.block_tokens,
-              "server_overhead_tokens": overhead, "max_inflight": args.max_inflight,
+              "server_overhead_tokens": overhead, "max_inflight": args.max_inflight, "reuse": not args.no_reuse,
               "concurrency": args.concurrency, "sweep_command": sweep_cmd}
     write_csv(records, os.path.join(args.out, "requests.csv"))
     write_json(s, os.path.join(args.out, "summary.json"))
@@ -184,10 +186,12 @@ async def _server_model(client: Any, args: argparse.Namespace, capacity: int | N
 
 
 async def _served_model(client: Any, api: Any) -> str:
+    import httpx
+
     try:
         r = await client.get("/v1/models", headers=api.headers())
         return str(r.json()["data"][0]["id"])
-    except Exception as e:  # any failure means the same thing to the user
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
         raise ValueError(f"could not read the model name from {client.base_url}/v1/models ({type(e).__name__}: "
                          f"{e}); pass --model") from None
 

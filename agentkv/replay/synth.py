@@ -6,7 +6,8 @@ a hash of (block id, position, seed): no table, so a trace of millions of blocks
 request's partial last block takes the first words of its own id's block (so a partial block repeated under one
 id repeats too), or unique words where the trace gives it no id. `--token-scale` shrinks every block, the
 partial tail and the reply by the same factor, so a small model replays the same reuse at a fraction of the
-tokens.
+tokens. Without reuse (`--no-reuse`) every request's blocks are its own: the same traffic with nothing to
+hit, the baseline a prefix cache is measured against.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Synth:
     words: tuple[str, ...]
     token_scale: float = 1.0
     seed: int = 0
+    reuse: bool = True  # False: the same token counts with fresh text per request (the no-cache baseline)
     _vocab: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -45,6 +47,8 @@ class Synth:
         n_in = int(t.input_tokens[i])
         n_full, tail = divmod(n_in, bs) if t.has_block_ids else (0, 0)
         ids = t.blocks(i) if t.has_block_ids else np.zeros(0, dtype=np.int64)
+        if not self.reuse:
+            ids = ids + UNIQUE * (i + 2)
         parts = [self._block_words(ids[:n_full], k).ravel()]
         if not t.has_block_ids:  # lengths only (Azure): every prompt is new text
             parts.append(self._block_words(UNIQUE + i * 2**20 + np.arange(1), max(1, round(n_in * self.token_scale)))[0])

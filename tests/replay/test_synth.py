@@ -64,6 +64,9 @@ def test_equal_ids_give_equal_text_and_block_boundaries_hold(word_level, session
     assert len(tokens) == len(s.prompt_words(3))  # one token per word, so trace blocks are k-token runs
     other = Synth(sessions, s.words, token_scale=1 / 16, seed=1)
     assert lcp(other.prompt_words(0), s.prompt_words(0)) < k  # the seed changes the text, not the structure
+    fresh = Synth(sessions, s.words, token_scale=1 / 16, reuse=False)
+    a, b = fresh.prompt_words(0), fresh.prompt_words(1)
+    assert len(a) == len(s.prompt_words(0)) and lcp(a, b) < k  # same counts, nothing shared
 
 
 def test_plan_keeps_sub_agents_with_their_parent_and_cuts_turns():
