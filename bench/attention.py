@@ -8,7 +8,8 @@
   flash backend on dense tensors, and FlexAttention (compiled, causal block mask), same shapes (goal ≥ 1.0×).
 
 Run: .venv/bin/python -m bench.attention [--quick]
-Without CUDA it says so, runs a tiny check of the kernels in Triton's interpreter, and exits 0.
+Without CUDA it says so, compiles the kernels for an H100 (sm_90) ahead of time and reports their registers,
+spills and shared memory, runs a tiny check of the kernels in Triton's interpreter, and exits 0.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import math
 import os
 import random
+import subprocess
 import sys
 
 import torch
@@ -193,6 +195,57 @@ def prefill_rows(device, quick: bool) -> None:
               f"{sdpa / ours:>9.2f}x {err.item():>16.2e}")
 
 
+SM90_CASES = (  # (kernel, page dtype, quant, group, warps) as the GPU path launches them for Llama-3.1-8B
+    ("prefill", "bf16", 0, 1, 8), ("decode", "bf16", 0, 1, 4), ("decode", "fp8e4nv", 1, DIM, 4),
+    ("decode", "i8", 1, DIM, 4), ("decode", "u8", 2, DIM, 4), ("decode", "u8", 2, 32, 4))
+
+
+def compile_sm90(kernel: str, page: str, quant: int, group: int, warps: int) -> dict[str, object]:
+    """Compile a kernel ahead of time for an H100 (sm_90) with Triton's bundled ptxas, no GPU needed, and read
+    its resources: registers, spilled stack bytes, and whether it uses wgmma / mma and cp.async pipelining."""
+    import tempfile
+
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from agentkv.kernels import triton_attention as ta
+
+    fn = ta._prefill_kernel if kernel == "prefill" else ta._decode_kernel
+    scale_t = "*fp16" if quant else "*bf16"
+    types = dict(q="*bf16", o="*bf16", part_o="*fp32", part_lse="*fp32", block_tables="*i32", query_start="*i32",
+                 seq_lens="*i32", k=f"*{page}", v=f"*{page}", ks=scale_t, vs=scale_t, kz=scale_t, vz=scale_t,
+                 sm_scale="fp32")
+    consts = dict(G=4, BS=BLOCK, D=DIM, BLOCK_D=DIM, BLOCK_N=64, DOT=tl.bfloat16, K_QUANT=quant, V_QUANT=quant,
+                  K_GROUP=group, V_GROUP=group, H=HEADS, BLOCK_G=16, SPLITS=8, BLOCK_M=128)
+    names = fn.arg_names
+    sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)  # as the JIT specializes strides
+             if sig[n] != "constexpr" and n not in ("sm_scale", "first_row")}
+    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(n),): consts[n] for n in names if n in consts},
+                    attrs=attrs)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=3))
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"])
+        f.flush()
+        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+        res = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    ptx = k.asm["ptx"]
+    return dict(registers=int(res.split("REG:")[1].split()[0]), stack=int(res.split("STACK:")[1].split()[0]),
+                shared=k.metadata.shared, pipelined="cp.async" in ptx,
+                mma="wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "none")
+
+
+def sm90_report() -> None:
+    print("\nCompiled ahead of time for sm_90 (H100), Llama-3.1-8B shapes: resources per kernel")
+    print(f"{'kernel':>8} {'pages':>8} {'group':>5} {'regs':>5} {'spill B':>7} {'smem KiB':>8} {'mma':>8} {'cp.async':>8}")
+    for kernel, page, quant, group, warps in SM90_CASES:
+        r = compile_sm90(kernel, page, quant, group, warps)
+        print(f"{kernel:>8} {page:>8} {group:>5} {r['registers']:>5} {r['stack']:>7} {r['shared'] / 1024:>8.0f} "
+              f"{r['mma']:>8} {'yes' if r['pipelined'] else 'no':>8}")
+
+
 def smoke() -> int:
     """No GPU: the kernels run once, tiny, in Triton's interpreter, against the torch reference."""
     os.environ["TRITON_INTERPRET"] = "1"
@@ -213,10 +266,18 @@ def smoke() -> int:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="a few shapes only")
+    ap.add_argument("--sm90", action="store_true", help="only compile the kernels for an H100 and report resources")
     args = ap.parse_args()
     print(f"machine: {machine()}")
+    if args.sm90:
+        sm90_report()
+        return 0
     if not torch.cuda.is_available():
         print("bench.attention measures GPU kernels and needs CUDA; this machine has none (nothing measured).")
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled kernels, in a child
+        sm90 = subprocess.run([sys.executable, "-m", "bench.attention", "--sm90"], env=env, capture_output=True,
+                              text=True)
+        print(sm90.stdout.split("\n", 1)[1] if sm90.returncode == 0 else f"sm_90 compile failed:\n{sm90.stderr}")
         return smoke()
     device = torch.device("cuda")
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")

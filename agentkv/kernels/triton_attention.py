@@ -31,29 +31,49 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _load_kv(data, scale, offset, pg, off, h, d, n_mask, d_mask,
+def _load_kv(data, scale, offset, pg, off, h, n_mask,
              sp, st, sh, cp, ct, ch, cg, zp, zt, zh, zg,
-             QUANT: tl.constexpr, GROUP: tl.constexpr, OUT: tl.constexpr):
+             QUANT: tl.constexpr, GROUP: tl.constexpr, OUT: tl.constexpr,
+             BLOCK_N: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr):
     """Tokens (page pg[n], offset off[n]) of KV head h as a [BLOCK_N, BLOCK_D] tile in OUT.
     QUANT 0: values as stored; 1: code × scale (fp8, int8); 2: 4-bit codes two a byte (even dims in the low
-    nibble), code × scale + offset. Scales and offsets are addressed by strides (page, token, head, group of
-    GROUP dims), so per-token-and-head, per-group and per-channel layouts share one code path."""
-    mask = n_mask[:, None] & d_mask[None, :]
+    nibble), code × scale + offset. A scale (and offset) covers GROUP dims of a token's head vector; they are
+    addressed by strides (page, token, head, group). Every load is a contiguous row per token (vectorized):
+    bytes are split into nibbles and scales broadcast in registers."""
     row = pg.to(tl.int64) * sp + off * st + h * sh
     if QUANT == 2:
-        byte = tl.load(data + row[:, None] + (d // 2)[None, :], mask=mask, other=0)
-        x = ((byte >> ((d % 2) * 4).to(tl.uint8)[None, :]) & 15).to(tl.float32)
+        b = tl.arange(0, BLOCK_D // 2)
+        packed = tl.load(data + row[:, None] + b[None, :], mask=n_mask[:, None] & (b < D // 2)[None, :], other=0)
+        x = tl.interleave(packed & 15, packed >> 4)
     else:
-        x = tl.load(data + row[:, None] + d[None, :], mask=mask, other=0.0)
+        d = tl.arange(0, BLOCK_D)
+        x = tl.load(data + row[:, None] + d[None, :], mask=n_mask[:, None] & (d < D)[None, :], other=0.0)
     if QUANT == 0:
         return x.to(OUT)
     x = x.to(tl.float32)
     srow = pg.to(tl.int64) * cp + off * ct + h * ch
-    x = x * tl.load(scale + srow[:, None] + (d // GROUP * cg)[None, :], mask=mask, other=0.0).to(tl.float32)
-    if QUANT == 2:
-        zrow = pg.to(tl.int64) * zp + off * zt + h * zh
-        x += tl.load(offset + zrow[:, None] + (d // GROUP * zg)[None, :], mask=mask, other=0.0).to(tl.float32)
+    zrow = pg.to(tl.int64) * zp + off * zt + h * zh
+    if GROUP >= D:  # one scale (and offset) per token and head
+        x = x * tl.load(scale + srow, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+        if QUANT == 2:
+            x += tl.load(offset + zrow, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+    else:  # groups of a head vector (D == BLOCK_D here): [N, groups] scales over [N, groups, GROUP] values
+        g = tl.arange(0, BLOCK_D // GROUP)
+        s = tl.load(scale + srow[:, None] + g[None, :] * cg, mask=n_mask[:, None], other=0.0).to(tl.float32)
+        x = tl.reshape(x, (BLOCK_N, BLOCK_D // GROUP, GROUP)) * s[:, :, None]
+        if QUANT == 2:
+            z = tl.load(offset + zrow[:, None] + g[None, :] * zg, mask=n_mask[:, None], other=0.0).to(tl.float32)
+            x += z[:, :, None]
+        x = tl.reshape(x, (BLOCK_N, BLOCK_D))
     return x.to(OUT)
+
+
+@triton.jit
+def _mm(a, b, dot_type: tl.constexpr):
+    """a @ b in fp32: tensor cores in the half types, exact IEEE products (no TF32) when operands are fp32."""
+    if dot_type == tl.float32:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
 
 
 @triton.jit
@@ -100,18 +120,18 @@ def _prefill_kernel(
         n = n0 + tl.arange(0, BLOCK_N)
         n_mask = n < end
         pg, off = _tile_pages(tables, n, n_mask, BS)
-        kt = _load_kv(k, ks, kz, pg, off, kvh, d, n_mask, d_mask, k_sp, k_st, k_sh, ks_p, ks_t, ks_h, ks_g,
-                      kz_p, kz_t, kz_h, kz_g, K_QUANT, K_GROUP, DOT)
-        s = tl.dot(qt, tl.trans(kt), input_precision="ieee")
+        kt = _load_kv(k, ks, kz, pg, off, kvh, n_mask, k_sp, k_st, k_sh, ks_p, ks_t, ks_h, ks_g,
+                      kz_p, kz_t, kz_h, kz_g, K_QUANT, K_GROUP, DOT, BLOCK_N, D, BLOCK_D)
+        s = _mm(qt, tl.trans(kt), DOT)
         if n0 >= full:  # the diagonal tiles: causal mask (and the sequence's end)
             s = tl.where(n[None, :] <= qpos[:, None], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        vt = _load_kv(v, vs, vz, pg, off, kvh, d, n_mask, d_mask, v_sp, v_st, v_sh, vs_p, vs_t, vs_h, vs_g,
-                      vz_p, vz_t, vz_h, vz_g, V_QUANT, V_GROUP, DOT)
-        acc = acc * alpha[:, None] + tl.dot(p.to(DOT), vt, input_precision="ieee")
+        vt = _load_kv(v, vs, vz, pg, off, kvh, n_mask, v_sp, v_st, v_sh, vs_p, vs_t, vs_h, vs_g,
+                      vz_p, vz_t, vz_h, vz_g, V_QUANT, V_GROUP, DOT, BLOCK_N, D, BLOCK_D)
+        acc = acc * alpha[:, None] + _mm(p.to(DOT), vt, DOT)
         m_i = m_new
     out = acc / l_i[:, None]
     tl.store(o + (q0 + m).to(tl.int64)[:, None] * o_st + h * o_sh + d[None, :], out.to(o.dtype.element_ty), mask=qm)
@@ -152,17 +172,17 @@ def _decode_kernel(
         n = n0 + tl.arange(0, BLOCK_N)
         n_mask = n < stop
         pg, off = _tile_pages(tables, n, n_mask, BS)
-        kt = _load_kv(k, ks, kz, pg, off, kvh, d, n_mask, d_mask, k_sp, k_st, k_sh, ks_p, ks_t, ks_h, ks_g,
-                      kz_p, kz_t, kz_h, kz_g, K_QUANT, K_GROUP, DOT)
-        s = tl.dot(qt, tl.trans(kt), input_precision="ieee")
+        kt = _load_kv(k, ks, kz, pg, off, kvh, n_mask, k_sp, k_st, k_sh, ks_p, ks_t, ks_h, ks_g,
+                      kz_p, kz_t, kz_h, kz_g, K_QUANT, K_GROUP, DOT, BLOCK_N, D, BLOCK_D)
+        s = _mm(qt, tl.trans(kt), DOT)
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        vt = _load_kv(v, vs, vz, pg, off, kvh, d, n_mask, d_mask, v_sp, v_st, v_sh, vs_p, vs_t, vs_h, vs_g,
-                      vz_p, vz_t, vz_h, vz_g, V_QUANT, V_GROUP, DOT)
-        acc = acc * alpha[:, None] + tl.dot(p.to(DOT), vt, input_precision="ieee")
+        vt = _load_kv(v, vs, vz, pg, off, kvh, n_mask, v_sp, v_st, v_sh, vs_p, vs_t, vs_h, vs_g,
+                      vz_p, vz_t, vz_h, vz_g, V_QUANT, V_GROUP, DOT, BLOCK_N, D, BLOCK_D)
+        acc = acc * alpha[:, None] + _mm(p.to(DOT), vt, DOT)
         m_i = m_new
     if SPLITS == 1:
         out = acc / l_i[:, None]
@@ -245,7 +265,10 @@ class TritonAttention(AttentionBackend):
         """Attention over pages that already hold the step's K/V (benchmarks time this part alone)."""
         out = torch.empty_like(q)
         kp, vp = kernel_pages(kv.codec, kv.k), kernel_pages(kv.codec, kv.v)
-        kv_heads = kp.data.shape[2]
+        kv_heads, dim = kp.data.shape[2], q.shape[2]
+        if any(p.quant and p.group < dim for p in (kp, vp)) and dim != triton.next_power_of_2(dim):
+            raise NotImplementedError(f"KV codec {kv.codec.name}: scale groups within a head of {dim} values "
+                                      "(not a power of two) are not supported by the Triton kernels")
         if meta.num_prefills:
             self._prefill(q, out, kp, vp, kv.block_size, kv_heads, meta, scale)
         if meta.seq_lens.shape[0] > meta.num_prefills:

@@ -137,3 +137,20 @@ def test_cpu_without_interpreter_is_refused(monkeypatch):
     monkeypatch.setattr(ta, "INTERPRET", False)
     with pytest.raises(ValueError, match="needs a CUDA device"):
         TritonAttention().bind(1, 1, torch.device("cpu"))
+
+
+def test_kernels_compile_for_h100_without_spills():
+    """Compiled ahead of time for sm_90 (no GPU needed, Triton's own ptxas): tensor-core matmuls, pipelined
+    loads, no register spills, for the widest page format (bf16 prefill) and the most unpacking (int4 decode)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json; from bench.attention import compile_sm90; "
+            "print(json.dumps([compile_sm90('prefill', 'bf16', 0, 1, 8), compile_sm90('decode', 'u8', 2, 32, 4)]))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    prefill, decode = json.loads(out.stdout.strip().splitlines()[-1])
+    assert prefill["mma"] == "wgmma" and decode["mma"] in ("mma.sync", "wgmma")
+    assert prefill["stack"] == decode["stack"] == 0 and prefill["pipelined"] and decode["pipelined"]
