@@ -160,3 +160,25 @@ def test_engine_hit_rate_equals_the_offline_replay(llama_dir, claude_code):
     total = int(sub.input_tokens.sum() / scaled)
     assert 0 <= ref.hit_tokens.sum() / scaled - engine_hits <= sub.n_requests
     assert abs(ref.hit_rate - engine_hits / total) <= sub.n_requests / total
+
+
+@pytest.mark.parametrize("policy", ["cost", "agent", "lfu"])
+def test_every_online_policy_runs_in_the_engine(llama_dir, family, policy):
+    """Requests carry a session and how the previous reply ended, so the agent-aware policy ranks the engine's
+    blocks by their session as it does in the simulator; cost-aware gets the model's shape."""
+    ps, expected = family
+    probe = LLM(str(llama_dir), dtype="float32", block_size=BS, kv_cache_bytes=2**20)
+    llm = LLM(str(llama_dir), dtype="float32", block_size=BS, kv_cache_bytes=probe.layout.page_bytes * 12,
+              policy=policy, check_invariants=True)
+    for turn in range(2):
+        for s, i in enumerate([0, 4, 1]):
+            rid = llm.add_request(ps[i], GREEDY, session=f"agent-{s}",
+                                  classify_reply=lambda text, t=turn: "tool_calls" if t == 0 else "stop")
+            while llm.has_unfinished_requests():
+                for o in llm.step():
+                    if o.finished:
+                        assert o.request_id == rid and o.outputs[0].token_ids == expected[i]
+    assert llm.cache.stats.hit_blocks.sum() > 0
+    if policy == "agent":
+        assert set(llm.cache.policy.owner[llm.cache.policy.owner >= 0].tolist()) <= {0, 1, 2}
+        assert llm.cache.policy.last_kind[:3].tolist() == [2, 2, 2]  # the last turns ended the conversation
