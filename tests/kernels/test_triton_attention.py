@@ -100,10 +100,10 @@ def test_prefill_with_cached_prefix(cached, new, block_size):
                      block_size=block_size))
 
 
-@pytest.mark.parametrize(("heads", "kv_heads"), [(2, 2), (4, 2), (8, 2), (8, 1)])
-@pytest.mark.parametrize("splits", [None, 4])
+@pytest.mark.parametrize(("heads", "kv_heads", "splits"), [(2, 2, None), (4, 2, 4), (8, 2, None), (8, 1, 4)])
 def test_decode_gqa_and_splits(heads, kv_heads, splits):
-    """Contexts of 1 token, a page border, and more than one split; G = 1, 2, 4, 8."""
+    """Contexts of 1 token, a page border, and several tiles; G = 1, 2, 4, 8; one split or four (some of them
+    empty for the short contexts)."""
     check(*run_batch("fp32", prefills=[], decodes=[1, 16, 37, 70], heads=heads, kv_heads=kv_heads,
                      splits=splits))
 
