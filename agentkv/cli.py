@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from agentkv import __version__
+from agentkv.cli_errors import Parser, UsageError, positive, run_guarded
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.generator import GeneratorConfig
 from agentkv.workload.trace import Trace
@@ -15,27 +17,29 @@ REPORT_SESSIONS = 40  # the default report's synthetic workload: big enough to b
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "run"):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"agentkv: error: {e}", file=sys.stderr)
-        return 2
+    """Bad input ends in one line on stderr and exit 2, runtime failures in exit 1 (see cli_errors.py)."""
+
+    def run() -> int:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not hasattr(args, "run"):
+            parser.print_help()
+            return 2
+        return args.run(args)
+
+    return run_guarded(run)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="agentkv", description=__doc__)
+    p = Parser(prog="agentkv", description=__doc__)
+    p.add_argument("--version", action="version", version=f"agentkv {__version__}")
     sub = p.add_subparsers(title="commands")
     trace = sub.add_parser("trace", help="load, convert, generate and describe workload traces").add_subparsers()
 
     stats = trace.add_parser("stats", help="what a trace asks of a KV cache (no PATH: the built-in workload)")
     add_trace_args(stats, optional=True)
     add_arrival_args(stats)
-    stats.add_argument("--window", type=float, default=300.0, help="working-set window in seconds (default 300)")
+    stats.add_argument("--window", type=positive(float), default=300.0, help="working-set window in seconds (default 300)")
     stats.add_argument("--json", action="store_true", help="print machine-readable JSON")
     stats.set_defaults(run=cmd_trace_stats)
 
@@ -71,9 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_replay_parser(sub)
 
-    rep = sub.add_parser("report", help="the mitigation ladder: hit rate, latency, GPUs and $/Mtok per lever "
-                                        "(no TRACE: the built-in synthetic agentic workload)")
-    add_trace_args(rep, optional=True)
+    rep = sub.add_parser("report", help="what to deploy for this traffic: every KV-cache lever on one fleet, sized "
+                                        "to the TTFT SLO, and per GPU (no PATH: the built-in synthetic agentic "
+                                        "workload)")
+    add_trace_args(rep, optional=True, default_sessions=REPORT_SESSIONS)
     add_arrival_args(rep)
     rep.add_argument("--deployment", default="",
                      help="key=value,... over the defaults: hardware=h200, model=llama-3.1-8b, tp=1, "
@@ -82,9 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--hardware-file", help="your own hardware.toml")
     rep.add_argument("--models", help="your own models.toml")
     rep.add_argument("--prices", help="your own prices.toml")
-    rep.add_argument("--workers", type=int, default=2, help="processes running rungs in parallel (default 2)")
-    rep.add_argument("--out", default="report.html", help="HTML report path (PNGs go in <name>_files/)")
-    rep.add_argument("--json", action="store_true", help="print the results as JSON")
+    rep.add_argument("--replicas", type=positive(int),
+                     help="replicas of the same-fleet view (default: what all levers together need for the SLO)")
+    rep.add_argument("--workers", type=positive(int), default=2,
+                     help="processes simulating levers in parallel (default 2)")
+    rep.add_argument("--out", default="report.html",
+                     help="self-contained HTML report path; the JSON goes beside it (default report.html)")
+    rep.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     rep.set_defaults(run=cmd_report)
 
     gen = sub.add_parser("generate", help="run a local Llama-family checkpoint (HF folder) on prompts")
@@ -92,13 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
     gen.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the chat template")
     gen.add_argument("--system", help="system message for --chat")
-    gen.add_argument("--max-tokens", type=int, default=64)
-    gen.add_argument("--temperature", type=float, default=0.0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=0)
-    gen.add_argument("--seed", type=int)
+    gen.add_argument("--max-tokens", type=positive(int), default=64, help="tokens to generate at most (default 64)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0: greedy (default 0)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
+    gen.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (default 0: off)")
+    gen.add_argument("--seed", type=int, help="sampling seed (default: unseeded)")
     gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    gen.add_argument("--dtype", choices=["bfloat16", "float16", "float32"])
+    gen.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                     help="weight and activation dtype (default: the checkpoint's)")
     gen.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     gen.add_argument("--kv-cache-gb", type=float, help="KV pool size (default: free GPU memory, or 0.5 GB on CPU)")
     gen.add_argument("--compile", action="store_true", help="torch.compile the model forward (CUDA)")
@@ -108,24 +118,30 @@ def build_parser() -> argparse.ArgumentParser:
     from agentkv.server.serve import add_parser as add_serve_parser
 
     add_serve_parser(sub)
+    from agentkv.evaluate.kv_eval import add_parser as add_kv_eval_parser
+
+    add_kv_eval_parser(sub)
     return p
 
 
-def add_trace_args(p: argparse.ArgumentParser, optional: bool) -> None:
+def add_trace_args(p: argparse.ArgumentParser, optional: bool, default_sessions: int | None = None) -> None:
     p.add_argument("paths", nargs="*" if optional else "+", metavar="PATH",
                    help="trace files or folders (kv-cache-tester JSON, Mooncake JSONL, Azure CSV, OpenAI chat "
                         "JSONL, agentkv .npz; .gz read transparently)")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed records (and report how many)")
     p.add_argument("--tokenizer", help="tokenizer.json for OpenAI chat logs (default: built-in byte-level)")
-    p.add_argument("--block-size", type=int, default=64, help="block size for OpenAI chat logs (default 64)")
+    p.add_argument("--block-size", type=positive(int), default=64,
+                   help="block size for OpenAI chat logs (default 64)")
     if optional:
-        add_generator_args(p, prefix="gen-")
+        add_generator_args(p, prefix="gen-", default_sessions=default_sessions)
 
 
-def add_generator_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+def add_generator_args(p: argparse.ArgumentParser, prefix: str = "", default_sessions: int | None = None) -> None:
     g = p.add_argument_group("synthetic workload" + (" (used when no PATH is given)" if prefix else ""))
-    g.add_argument(f"--{prefix}sessions", type=int, default=None, help="sessions to generate (default 100)")
-    g.add_argument(f"--{prefix}seed", type=int, default=0)
+    n = default_sessions or GeneratorConfig().sessions
+    g.add_argument(f"--{prefix}sessions", type=positive(int), default=None,
+                   help=f"top-level sessions to generate; sub-agents come on top (default {n}, or --{prefix}config's)")
+    g.add_argument(f"--{prefix}seed", type=int, default=0, help="random seed of the generator (default 0)")
     g.add_argument(f"--{prefix}config", help="generator parameters as JSON (from --config-out)")
     g.add_argument("--fit", help="fit the generator's parameters to this real trace first")
 
@@ -133,10 +149,10 @@ def add_generator_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
 def add_arrival_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("arrivals (default: the trace's clock, else 20 concurrent sessions)")
     x = g.add_mutually_exclusive_group()
-    x.add_argument("--concurrency", type=float, help="Poisson session starts at this many open sessions")
-    x.add_argument("--rate", type=float, help="Poisson session starts at this many sessions per second")
+    x.add_argument("--concurrency", type=positive(float), help="Poisson session starts at this many open sessions")
+    x.add_argument("--rate", type=positive(float), help="Poisson session starts at this many sessions per second")
     x.add_argument("--trace-clock", action="store_true", help="the trace's own timestamps")
-    g.add_argument("--arrival-seed", type=int, default=0)
+    g.add_argument("--arrival-seed", type=int, default=0, help="random seed of the session starts (default 0)")
 
 
 def arrival_from_args(args: argparse.Namespace, trace: Trace) -> ArrivalModel:
@@ -200,8 +216,9 @@ def cmd_trace_generate(args: argparse.Namespace) -> int:
     if args.config_out:
         with open(args.config_out, "w") as f:
             f.write(cfg.to_json())
-    print(f"wrote {args.out}: {trace.n_sessions} sessions, {trace.n_requests} requests, "
-          f"{int(trace.input_tokens.sum()):,} input tokens")
+    top = int((trace.session_parent < 0).sum())
+    print(f"wrote {args.out}: {top} sessions and {trace.n_sessions - top} sub-agents they started "
+          f"({trace.n_sessions} in all), {trace.n_requests:,} requests, {int(trace.input_tokens.sum()):,} input tokens")
     return 0
 
 
@@ -266,97 +283,44 @@ def deployment_spec(text: str, hardware_file: str | None, models_file: str | Non
 
     from agentkv.report.ladder import DeploymentSpec
 
-    types = {f.name: f.type for f in fields(DeploymentSpec)}
+    types = {f.name: f.type for f in fields(DeploymentSpec) if not f.name.endswith("_file")}
     values: dict[str, object] = {"hardware_file": hardware_file, "models_file": models_file}
     for part in filter(None, (p.strip() for p in text.split(","))):
-        key, eq, value = part.partition("=")
-        key = key.strip()
-        if not eq or key not in types or key.endswith("_file"):
-            raise ValueError(f"--deployment: unknown setting {key!r} "
-                             f"(settings: {', '.join(k for k in types if not k.endswith('_file'))})")
+        key, eq, value = (x.strip() for x in part.partition("="))
+        if key not in types:
+            raise UsageError(f"--deployment: unknown setting {key!r} (settings: {', '.join(types)})")
+        if not eq or not value:
+            raise UsageError(f"--deployment: setting {key!r} has no value (write {key}=VALUE)")
         kind = types[key]
         try:
-            values[key] = int(value) if kind == "int" else float(value) if kind == "float" else value.strip()
+            values[key] = int(value) if kind == "int" else float(value) if kind == "float" else value
         except ValueError:
-            raise ValueError(f"--deployment: {key}={value!r} is not a number") from None
-    return DeploymentSpec(**values)  # type: ignore[arg-type]
+            raise UsageError(f"--deployment: {key}={value!r} is not {'an integer' if kind == 'int' else 'a number'}") \
+                from None
+    try:
+        return DeploymentSpec(**values)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise UsageError(f"--deployment: {e}") from None
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    import os
-    from dataclasses import asdict, replace
-
-    import numpy as np
-
-    from agentkv.catalog import hardware, prices
-    from agentkv.cost.plans import break_even
-    from agentkv.cost.providers import all_providers
-    from agentkv.kvcache.sizing import codec
-    from agentkv.report.html import plots, write_html
-    from agentkv.report.ladder import LADDER, run_ladder
-    from agentkv.report.progress import progress_bar
-    from agentkv.report.tables import print_ladder
-    from agentkv.workload.arrivals import arrival_times
+    from agentkv.catalog import prices
+    from agentkv.report.run import run_report
 
     if not args.paths and not args.gen_sessions:
         args.gen_sessions = REPORT_SESSIONS
-    trace = load_or_generate(args)
-    arrival = arrival_from_args(args, trace)
     spec = deployment_spec(args.deployment, args.hardware_file, args.models)
-    price_table = prices(args.prices)
-    hw = hardware(spec.hardware, spec.hardware_file)
-    gpu_hour = float(price_table["gpu_hour"].get(spec.hardware, 0.0))
-    if gpu_hour <= 0:
-        raise ValueError(f"prices: no gpu_hour price for hardware '{spec.hardware}'")
-    with progress_bar(len(LADDER), "report", quiet=args.json) as step:
-        step(LADDER[0].name)
-        results = run_ladder(trace, spec, arrival, gpu_hour, workers=args.workers,
-                             on_done=lambda r: step(f"{r.rung.name} done"))
-    arrivals = arrival_times(trace, arrival)
-    providers = all_providers(trace, arrivals, price_table["providers"]) if trace.has_block_ids else []
-    plan_prices = {k: float(v) for k, v in price_table.get("plans", {}).items() if k != "source"}
-    top_sessions = int((trace.session_parent < 0).sum())
-    plans = break_even(plan_prices, providers, top_sessions)
-    meta = {
-        "trace": f"{trace.source}: {top_sessions} sessions, {trace.n_requests:,} requests, "
-                 f"{int(trace.input_tokens.sum()):,} input tokens",
-        "arrivals": arrival.describe(),
-        "deployment": f"{spec.model} on {hw.name} (tp={spec.tp}, weights {spec.weight_dtype}), router {spec.router}, "
-                      f"${gpu_hour}/GPU-hour",
-        "SLO": f"p{spec.slo_quantile:g} TTFT <= {spec.slo_ttft_s:g} s",
-    }
-    from agentkv.report.ladder import rung_config
-    from agentkv.report.levers import codec_fits, tier_loads
-
-    median = int(np.median(trace.input_tokens))
-    base = rung_config(spec, LADDER[-1], arrival, 1).deployment
-    fits = codec_fits(base, median)
-    loads = tier_loads(replace(base, kv_codec=codec("bf16")), median)
-    meta["median context"] = f"{median:,} tokens"
-    meta["contexts per GPU"] = ", ".join(f"{f.codec} {f.contexts_per_gpu:.1f} ({f.gib_per_context:.1f} GiB each)"
-                                         for f in fits)
-    meta["bf16 KV of a median context on the GPU"] = ", ".join(f"{t.source} {t.seconds:.2f} s" for t in loads)
-    files_dir = os.path.splitext(args.out)[0] + "_files"
-    images = plots(results, providers, files_dir)
-    write_html(args.out, "agentkv report", meta, results, providers, plans, images)
-    doc = {**meta, "ladder": [r.row for r in results],
-           "providers": [{"name": p.name, "hit_rate": p.hit_rate, "usd": p.usd, "usd_no_cache": p.usd_no_cache,
-                          "saving": p.saving, "usd_per_mtok": p.usd_per_mtok} for p in providers],
-           "break_even": [asdict(b) for b in plans]}
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump(doc, f, indent=1, default=float)
-    if args.json:
-        print(json.dumps(doc, indent=1, default=float))
-    else:
-        print_ladder([r.row for r in results], [(p.name, p.hit_rate, p.usd_per_mtok) for p in providers],
-                     f"agentkv report: {meta['trace']}; {meta['deployment']}; SLO {meta['SLO']}")
-        for key in ("median context", "contexts per GPU", "bf16 KV of a median context on the GPU"):
-            print(f"{key}: {meta[key]}")
-        print(f"wrote {args.out}, {os.path.splitext(args.out)[0]}.json and {len(images)} plots in {files_dir}/")
+    trace = load_or_generate(args)
+    run_report(trace, spec, arrival_from_args(args, trace), prices(args.prices), out=args.out,
+               replicas=args.replicas, workers=args.workers, print_json=args.json)
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from agentkv.cli_errors import check_device, check_model_dir
+
+    check_model_dir(args.model)
+    check_device(args.device)
     from agentkv.engine.llm import LLM
     from agentkv.engine.sequence import SamplingParams
 

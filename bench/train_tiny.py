@@ -1,7 +1,7 @@
 """Train a tiny Llama-layout model on the Python standard library's sources, so KV-quantization accuracy can be
 measured here on trained weights (random weights say nothing about it).
 
-    python -m bench.train_tiny --out models/tiny-stdlib [--minutes 6] [--threads 2]
+    python -m bench.train_tiny --out models/tiny-stdlib [--minutes 6] [--threads 1]
 
 Writes a Hugging Face checkpoint (config.json, model.safetensors, tokenizer.json, tokenizer_config.json) that
 `agentkv.model.loader`, `LLM` and `agentkv kv-eval` load. A byte-level BPE tokenizer is trained on the same
@@ -56,7 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="models/tiny-stdlib")
     ap.add_argument("--minutes", type=float, default=6.0, help="training time budget")
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads (the machine may be shared)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (the machine may be shared)")
     ap.add_argument("--vocab", type=int, default=2048)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)

@@ -6,8 +6,9 @@ of a page as `PageField`s; the pool places them back to back (layer 0 K fields, 
 and hands the codec typed views of its fields across all pages: `fields[name]` is a tensor
 [num_pages, *field.shape]. Bytes per page therefore equal `num_layers × Σ (key + value field bytes)`, which is
 exactly `kvcache.sizing.kv_bytes_per_block` for the codec's `CodecSpec` (tests assert it for every codec).
-Fields are listed widest element first, and every half's bytes are a multiple of its widest element, so each
-typed view of the byte slab is aligned.
+Each field starts at a multiple of its element size and every half's bytes are a multiple of its widest
+element, so each typed view of the byte slab is aligned. The first field is [block_size, …] (LayerKV reads the
+block size from it).
 """
 
 from __future__ import annotations

@@ -93,10 +93,13 @@ class Int4Kivi(KVCodec):
 
     def key_fields(self, block_size: int, kv_heads: int, head_dim: int) -> tuple[PageField, ...]:
         self.spec.group_size(head_dim)
-        return (PageField("tag", torch.int32, (1,)),
+        if block_size * kv_heads * head_dim % 8:
+            raise ValueError(f"int4-kivi: block_size × kv_heads × head_dim = {block_size * kv_heads * head_dim} "
+                             "must be a multiple of 8 (the int32 tag after the packed keys stays aligned)")
+        return (PageField("data", torch.uint8, (block_size, kv_heads, head_dim // 2)),
                 PageField("scale", torch.float16, (kv_heads, head_dim)),
                 PageField("offset", torch.float16, (kv_heads, head_dim)),
-                PageField("data", torch.uint8, (block_size, kv_heads, head_dim // 2)))
+                PageField("tag", torch.int32, (1,)))
 
     def value_fields(self, block_size: int, kv_heads: int, head_dim: int) -> tuple[PageField, ...]:
         return self.values.fields(block_size, kv_heads, head_dim)

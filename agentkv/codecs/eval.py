@@ -1,0 +1,214 @@
+"""`agentkv kv-eval`: what a KV codec does to a model's outputs, measured on the user's own checkpoint.
+
+The text is split into windows of `context` tokens; each window is one teacher-forced prefill, run in chunks
+as the engine runs a long prompt: each chunk's K/V are encoded into pages by the codec, then its queries
+attend over the decoded pages. The reference stores bf16 pages. For each codec:
+
+- attention-output relative error per layer, on the reference's own Q/K/V (so layers are measured apart,
+  errors not compounded): ||attn(q, dec(enc(k)), dec(enc(v))) - attn(q, k, v)|| / ||attn(q, k, v)||;
+- next-token KL(reference || codec) and top-1 agreement, the codec's K/V used in every layer;
+- perplexity and its change, against the reference's;
+- bytes per token of this model, and how many 96k-token contexts fit per GPU for each catalog model and GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from agentkv.codecs import KVCodec, get_codec
+from agentkv.kernels.attention import LayerKV
+
+DOSSIER_CONTEXT = 96_000  # tokens: the dossier's long agentic context
+REFERENCE = "bf16"
+
+
+@dataclass(slots=True)
+class EvalMeta:
+    """What the eval backend needs of a chunk: where its tokens go and which positions it covers."""
+
+    slot_mapping: torch.Tensor
+    start: int
+    end: int
+
+
+def attend(q: torch.Tensor, kv: LayerKV, start: int, end: int, scale: float) -> torch.Tensor:
+    """Queries at positions start..end-1 [L, heads, D] over the decoded pages holding positions 0..end-1."""
+    pages = torch.arange(-(-end // kv.block_size), device=q.device)
+    k = kv.codec.decode(kv.k, pages, q.dtype).flatten(0, 1)[:end]
+    v = kv.codec.decode(kv.v, pages, q.dtype).flatten(0, 1)[:end]
+    mask = torch.arange(end, device=q.device)[None, :] <= torch.arange(start, end, device=q.device)[:, None]
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask,
+                                         scale=scale, enable_gqa=True)
+    return out.transpose(0, 1)
+
+
+def pages_for(codec: KVCodec, tokens: int, block_size: int, kv_heads: int, head_dim: int,
+              device: torch.device) -> LayerKV:
+    """One layer's K and V fields for `tokens` tokens in pages 0, 1, … (slot = position)."""
+    pages = -(-tokens // block_size)
+
+    def alloc(fields):
+        return {f.name: torch.zeros(pages, *f.shape, dtype=f.dtype, device=device) for f in fields}
+
+    return LayerKV(codec, alloc(codec.key_fields(block_size, kv_heads, head_dim)),
+                   alloc(codec.value_fields(block_size, kv_heads, head_dim)))
+
+
+class EvalAttention:
+    """The model's attention backend for kv-eval: encode into the layer's pages, attend over them; while
+    `record` is a list, keep each layer's (q, k, v, out) of the chunk for the per-layer errors."""
+
+    def __init__(self) -> None:
+        self.record: list[tuple[torch.Tensor, ...]] | None = None
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: LayerKV, meta: EvalMeta,
+                scale: float) -> torch.Tensor:
+        kv.codec.encode_into(kv.k, meta.slot_mapping, k)
+        kv.codec.encode_into(kv.v, meta.slot_mapping, v)
+        out = attend(q, kv, meta.start, meta.end, scale)
+        if self.record is not None:
+            self.record.append((q, k, v, out))
+        return out
+
+
+@dataclass(slots=True)
+class CodecResult:
+    codec: str
+    bytes_per_token: float
+    attn_rel_err: list[float]  # per layer
+    kl: float  # mean next-token KL(reference || codec), nats
+    top1: float  # fraction of positions where the argmax agrees with the reference's
+    ppl: float
+    ppl_change: float  # relative: ppl / reference ppl - 1
+    contexts_per_gpu: dict[str, dict[str, float | None]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class KVEval:
+    model: str
+    text: str
+    tokens: int  # scored positions
+    context: int
+    windows: int
+    chunk: int
+    block_size: int
+    device: str
+    results: list[CodecResult]
+
+
+@dataclass(slots=True)
+class _Sums:
+    """Running sums for one codec over every chunk of every window."""
+
+    err: list[float]
+    ref: list[float]
+    kl: float = 0.0
+    top1: float = 0.0
+    nll: float = 0.0
+
+
+def attention_errors(codec: KVCodec, record: list[tuple[torch.Tensor, ...]], layers: list[LayerKV],
+                     start: int, end: int, scale: float, sums: _Sums) -> None:
+    """Add one chunk's squared attention-output errors, layer by layer, on the reference's q, k, v."""
+    slots = torch.arange(start, end, device=record[0][0].device)
+    for i, ((q, k, v, out), kv) in enumerate(zip(record, layers, strict=True)):
+        codec.encode_into(kv.k, slots, k)
+        codec.encode_into(kv.v, slots, v)
+        ref = out.float()
+        sums.err[i] += float((attend(q, kv, start, end, scale).float() - ref).pow(2).sum())
+        sums.ref[i] += float(ref.pow(2).sum())
+
+
+def contexts_per_gpu(codec_name: str, context: int = DOSSIER_CONTEXT) -> dict[str, dict[str, float | None]]:
+    """For each catalog model and GPU: 96k contexts that fit in the KV room of one GPU, at the smallest tensor
+    parallelism (1-8) that holds the weights, bf16 weights first, else fp8. None: the weights do not fit."""
+    from agentkv.catalog import hardware_table, models
+    from agentkv.kvcache.sizing import codec
+    from agentkv.sim.stepcost import Deployment
+
+    out: dict[str, dict[str, float | None]] = {}
+    for mname, m in models().items():
+        out[mname] = {}
+        for hname, hw in hardware_table().items():
+            fits = [d for tp in (1, 2, 4, 8) for wd in ("bf16", "fp8")
+                    if (d := Deployment(hw, m, codec(codec_name), tp=tp, weight_dtype=wd)).kv_capacity_bytes > 0]
+            d = fits[0] if fits else None
+            out[mname][hname] = None if d is None else d.kv_capacity_bytes / (d.kv_bytes_per_token * context) / d.tp
+    return out
+
+
+def evaluate(model_dir: str, codecs: list[str], text: str, text_name: str, context: int | None = None,
+             windows: int = 4, chunk: int = 512, block_size: int = 16, device: str = "cpu",
+             dtype: str | None = None, progress: Any = None) -> KVEval:
+    from agentkv.engine.tokenizer import Tokenizer
+    from agentkv.kvcache.sizing import codec as codec_spec
+    from agentkv.kvcache.sizing import kv_bytes_per_token
+    from agentkv.model.loader import load_model
+
+    codecs = [REFERENCE, *[c for c in codecs if c != REFERENCE]]
+    model = load_model(model_dir, dtype or ("float32" if device == "cpu" else "bfloat16"), device,
+                       backend=EvalAttention())
+    cfg = model.config
+    context = min(context or cfg.max_position_embeddings, cfg.max_position_embeddings)
+    ids = Tokenizer(model_dir).encode(text)
+    spans = [ids[i * context : (i + 1) * context] for i in range(min(windows, len(ids) // context) or 1)]
+    if len(spans[0]) < 2:
+        raise ValueError(f"{text_name}: {len(ids)} tokens; kv-eval needs at least 2")
+    sums = {c: _Sums([0.0] * cfg.num_layers, [0.0] * cfg.num_layers) for c in codecs}
+    task = progress.add_task("kv-eval", total=sum(-(-len(s) // chunk) for s in spans)) if progress else None
+    for span in spans:
+        for _ in score_window(model, {c: get_codec(c) for c in codecs}, span, chunk, block_size, sums):
+            if progress:
+                progress.advance(task)
+    scored = sum(len(s) - 1 for s in spans)
+    spec, base_nll = cfg.spec(model_dir), sums[REFERENCE].nll
+    results = []
+    for c in codecs:
+        s = sums[c]
+        err = [math.sqrt(e / r) if r else 0.0 for e, r in zip(s.err, s.ref, strict=True)]
+        results.append(CodecResult(c, kv_bytes_per_token(spec, codec_spec(c), block_size), err, s.kl / scored,
+                                   s.top1 / scored if c != REFERENCE else 1.0, math.exp(s.nll / scored),
+                                   math.exp((s.nll - base_nll) / scored) - 1, contexts_per_gpu(c)))
+    return KVEval(model_dir, text_name, scored, context, len(spans), chunk, block_size, device, results)
+
+
+def score_window(model: Any, impl: dict[str, KVCodec], span: list[int], chunk: int, block_size: int,
+                 sums: dict[str, _Sums]):
+    """Teacher-force one window chunk by chunk through the reference and every codec, adding to `sums`;
+    yields after each chunk (for the progress bar)."""
+    cfg, backend = model.config, model.model.layers[0].self_attn.backend
+    dev = next(model.parameters()).device
+    tokens, scale = torch.tensor(span, device=dev), cfg.head_dim**-0.5
+
+    def layers(name: str) -> list[LayerKV]:
+        return [pages_for(impl[name], len(span), block_size, cfg.num_kv_heads, cfg.head_dim, dev)
+                for _ in range(cfg.num_layers)]
+
+    names = list(impl)
+    runs = {c: layers(c) for c in names}
+    apart = {c: layers(c) for c in names[1:]}  # the codec on the reference's q/k/v, layer by layer
+    for a in range(0, len(span), chunk):
+        b = min(a + chunk, len(span))
+        pos = torch.arange(a, b, device=dev)
+        meta, targets = EvalMeta(pos, a, b), tokens[a + 1 : b + 1]
+        backend.record = []
+        ref = model.logits(model(tokens[a:b], pos, runs[names[0]], meta))[: len(targets)].log_softmax(-1)
+        record, backend.record = backend.record, None
+        sums[names[0]].nll -= float(ref.gather(-1, targets[:, None]).sum())
+        for c in names[1:]:
+            attention_errors(impl[c], record, apart[c], a, b, scale, sums[c])
+            out = model.logits(model(tokens[a:b], pos, runs[c], meta))[: len(targets)].log_softmax(-1)
+            s = sums[c]
+            s.kl += float((ref.exp() * (ref - out)).sum())
+            s.top1 += float((ref.argmax(-1) == out.argmax(-1)).sum())
+            s.nll -= float(out.gather(-1, targets[:, None]).sum())
+        yield
+
+
+def to_json(ev: KVEval) -> dict[str, Any]:
+    return asdict(ev)
