@@ -23,8 +23,8 @@ FAST = ["--time-scale", "0", "--token-scale", "0.125", "--max-tokens", "4"]
 def test_every_error_is_counted_by_kind(tmp_path, capsys):
     trace = write_trace(tmp_path / "trace", sessions=4, turns=5)
     out = tmp_path / "out"
-    with Stub(stall=1.5) as stub:
-        rc = main(["replay", str(trace), "--endpoint", stub.url, *FAST, "--timeout", "0.5", "--max-inflight", "4",
+    with Stub(stall=60) as stub:  # the stalled handler thread is a daemon: nobody waits for it
+        rc = main(["replay", str(trace), "--endpoint", stub.url, *FAST, "--timeout", "3", "--max-inflight", "4",
                    "--out", str(out), "--json"])
     assert rc == 0
     assert len(stub.served) == 20  # every request reached the server once: none was lost or repeated
@@ -77,7 +77,9 @@ def test_ctrl_c_stops_and_writes_what_finished(tmp_path):
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "COLUMNS": "140"})
         assert proc.stdout.readline().startswith("replay: 40 requests")  # calibrated, replay under way
-        time.sleep(1.0)
+        deadline = time.monotonic() + 60
+        while len(stub.served) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
