@@ -1,7 +1,7 @@
 """`agentkv serve`: load a checkpoint, start the engine loop and serve it over HTTP with uvicorn.
 
 SIGTERM (or Ctrl-C) stops accepting connections, lets the requests in flight finish, drains the engine,
-then exits 0.
+then ends by that signal (uvicorn re-raises it, so a supervisor sees a clean stop: status 143 for SIGTERM).
 """
 
 from __future__ import annotations

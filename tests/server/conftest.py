@@ -153,3 +153,56 @@ def server(start, plain_dir) -> LiveServer:
     """Open (single-tenant) server over the plain checkpoint."""
     return start("--model", str(plain_dir), "--served-model-name", "tiny", "--kv-cache-gb", "0.01",
                  "--max-num-seqs", "8")
+
+
+class ServerProcess:
+    """`python -m agentkv.cli serve ...` in its own process: for signals and for its memory, seen from outside."""
+
+    def __init__(self, flags: list[str]) -> None:
+        import os
+        import subprocess
+        import sys
+
+        import httpx
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        self.url = f"http://127.0.0.1:{self.port}"
+        root = Path(__file__).resolve().parents[2]
+        self.proc = subprocess.Popen([sys.executable, "-m", "agentkv.cli", "serve", "--port", str(self.port),
+                                      "--log-level", "warning", *flags], cwd=root,
+                                     env={**os.environ, "PYTHONPATH": str(root)})
+        deadline = time.monotonic() + 120
+        while True:
+            assert self.proc.poll() is None, f"server exited with {self.proc.returncode}"
+            assert time.monotonic() < deadline, "server did not start"
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return kb / 1024
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., ServerProcess]]:
+    procs: list[ServerProcess] = []
+
+    def run(*flags: str) -> ServerProcess:
+        procs.append(ServerProcess(list(flags)))
+        return procs[-1]
+
+    yield run
+    for p in procs:
+        p.stop()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import openai
 import pytest
+
+from tests.engine.conftest import WORDS
 
 SYSTEM = "the agent reads a file and calls a tool then writes code " * 6  # several full blocks
 
@@ -78,3 +82,21 @@ def test_stop_string_ends_the_reply(client):
     r = client.completions.create(model="tiny", prompt="hello world", max_tokens=12, temperature=0, stop=[stop],
                                   extra_body={"ignore_eos": True})
     assert r.choices[0].finish_reason == "stop" and r.choices[0].text == base[: base.find(stop)]
+
+
+def test_threads_share_one_engine_safely(client):
+    """Sync clients on threads at once (what agents' tool runners do): every one gets its own full reply."""
+    out: dict[int, str] = {}
+
+    def run(i: int) -> None:
+        out[i] = client.completions.create(model="tiny", prompt=f"hello {WORDS[i]} world", max_tokens=8, temperature=0,
+                                           extra_body={"ignore_eos": True}).choices[0].text
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    alone = client.completions.create(model="tiny", prompt=f"hello {WORDS[3]} world", max_tokens=8, temperature=0,
+                                      extra_body={"ignore_eos": True}).choices[0].text
+    assert len(out) == 8 and out[3] == alone  # batching did not change a greedy reply
