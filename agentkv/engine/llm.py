@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from agentkv.codecs import get_codec
+from agentkv.engine.cuda_graphs import DecodeGraphs
 from agentkv.engine.outputs import CompletionOutput, RequestOutput
 from agentkv.engine.pages import PageLayout
 from agentkv.engine.pool import PagePool
@@ -23,6 +24,7 @@ from agentkv.engine.sampler import sample
 from agentkv.engine.sequence import EngineSequence, SamplingParams
 from agentkv.engine.tiering import Tiering
 from agentkv.kernels.attention import SeqSlice
+from agentkv.kernels.backends import make_backend
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.ids import BlockIds
 from agentkv.kvcache.policies import make_policy
@@ -58,11 +60,15 @@ class LLM:
         policy: str = "lru",
         compile: bool = False,
         check_invariants: bool = False,
+        attention_backend: str | None = None,
+        cuda_graphs: bool = True,
     ) -> None:
         """`model`: a Hugging Face checkpoint folder, or an already-built module (benchmarks, random weights).
         kv_codec: how KV pages are stored ('auto': the model's dtype). kv_tiers: tiers below the GPU,
         e.g. "dram=8GiB,disk=100GiB@/mnt/nvme/kv,redis=20GiB@redis://host:6379" (see engine/tiering.py).
-        check_invariants: compare the policy core's accounts with the pages after every step (tests)."""
+        check_invariants: compare the policy core's accounts with the pages after every step (tests).
+        attention_backend: 'auto' (Triton kernels on CUDA, the torch reference elsewhere), 'torch' or 'triton';
+        None keeps a given module's own backend. cuda_graphs: capture decode steps (CUDA, Triton backend)."""
         if isinstance(model, str):
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
             self.model = load_model(model, dtype, self.device)
@@ -100,6 +106,10 @@ class LLM:
         self.cache = KVCache(tiers, make_policy(policy, model=spec, block_size=block_size))
         self.scheduler = Scheduler(SchedulerConfig(block_size, max_num_batched_tokens, max_num_seqs,
                                                    enable_prefix_caching), self.cache)
+        if isinstance(model, str) or attention_backend is not None:
+            backend = make_backend(attention_backend or "auto", self.device, self.codec)
+            for layer in self.model.model.layers:
+                layer.self_attn.backend = backend
         self.backend = self.model.model.layers[0].self_attn.backend
         max_pages = min(num_pages, -(-cfg.max_position_embeddings // block_size))
         self.backend.bind(max_num_seqs, max_pages, self.device)
@@ -116,6 +126,11 @@ class LLM:
         self.prefix_hit_tokens = np.zeros(len(tiers), dtype=np.int64)
         if compile:  # fuses the per-token work; the attention backend's Python loop stays eager
             self.model.forward = torch.compile(self.model.forward, dynamic=True)  # type: ignore[method-assign]
+        self.graphs = None  # decode steps as CUDA graphs, one per batch size (engine/cuda_graphs.py)
+        if cuda_graphs and not compile and self.device.type == "cuda" and hasattr(self.backend, "capturing"):
+            self.graphs = DecodeGraphs(self.model.forward, self.pool.layers, self.backend, max_num_seqs, max_pages,
+                                       block_size, cfg.num_kv_heads, self.device)
+            self.graphs.capture()
 
     def _kv_budget(self, kv_cache_bytes: int | None, utilization: float) -> int:
         if kv_cache_bytes is not None:
@@ -218,7 +233,10 @@ class LLM:
         if plan.empty:
             return []
         input_ids, positions, rows, sampling = self._prepare(plan)
-        hidden = self.model(input_ids, positions, self.pool.layers, self.meta)
+        if self.graphs is not None and not plan.prefills and self.graphs.size_for(len(plan.decodes)):
+            hidden = self.graphs.run(input_ids, positions, self.meta)
+        else:
+            hidden = self.model(input_ids, positions, self.pool.layers, self.meta)
         tokens = sample(self.model.logits(hidden[rows]), [s.params for s in sampling],
                         [self._generators[s.request_id] for s in sampling]) if sampling else []
         for seq, tok in zip(sampling, tokens, strict=True):

@@ -1,5 +1,5 @@
-"""The engine on the Triton backend (interpreted on CPU, compiled on CUDA) against the same engine on the torch
-reference: equal greedy outputs on a tiny Llama-3 checkpoint, with prefix hits, chunked prefill and batched
+"""The engine on the Triton backend (`LLM(..., attention_backend="triton")`: interpreted on CPU, compiled and
+with decode steps in CUDA graphs on CUDA) against the same engine on the torch reference: equal greedy outputs on a tiny Llama-3 checkpoint, with prefix hits, chunked prefill and batched
 decodes, on int8 pages (the kernel tests cover every codec)."""
 
 from __future__ import annotations
@@ -9,9 +9,6 @@ import torch
 
 from agentkv.engine.llm import LLM
 from agentkv.engine.sequence import SamplingParams
-from agentkv.kernels.attention import TorchAttention
-from agentkv.kernels.triton_attention import TritonAttention
-from agentkv.model.loader import load_model
 from tests.engine.conftest import prompts, write_checkpoint
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -23,11 +20,12 @@ def folder(tmp_path_factory):
     return str(write_checkpoint(tmp_path_factory.mktemp("llama3-triton"), "llama3", seed=2))
 
 
-def greedy(folder: str, backend, kv_codec: str) -> list[list[int]]:
+def greedy(folder: str, backend: str, kv_codec: str) -> list[list[int]]:
     ps = prompts(3, seed=5, lo=9, hi=40)
     ps.append([*ps[0], 11, 12])  # shares the first prompt's whole blocks: a prefill over a cached prefix
-    llm = LLM(load_model(folder, "float32", DEVICE, backend), kv_codec=kv_codec, block_size=8,
+    llm = LLM(folder, dtype="float32", device=DEVICE, attention_backend=backend, kv_codec=kv_codec, block_size=8,
               max_num_batched_tokens=32, kv_cache_bytes=1 << 20)  # chunks of at most 32 tokens
+    assert type(llm.backend).__name__ == {"triton": "TritonAttention", "torch": "TorchAttention"}[backend]
     first = llm.generate(ps[:3], GREEDY)
     last = llm.generate(ps[3:], GREEDY)
     assert last[0].num_cached_tokens >= 8
@@ -36,4 +34,4 @@ def greedy(folder: str, backend, kv_codec: str) -> list[list[int]]:
 
 @pytest.mark.parametrize("kv_codec", ["int8"])
 def test_greedy_outputs_equal_the_reference_backend(folder, kv_codec):
-    assert greedy(folder, TritonAttention(), kv_codec) == greedy(folder, TorchAttention(), kv_codec)
+    assert greedy(folder, "triton", kv_codec) == greedy(folder, "torch", kv_codec)
