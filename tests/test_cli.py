@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from agentkv import __version__ as agentkv_version
 from tests.conftest import MOONCAKE, need
 
 
@@ -86,30 +90,117 @@ def test_cache_sweep_rejects_bad_input(tmp_path):
     assert r.returncode == 2 and "no block ids" in r.stderr
 
 
-def test_report_ladder_end_to_end(tmp_path):
+def test_report_small_run_end_to_end(tmp_path):
     out = tmp_path / "r.html"
     r = agentkv("report", "--gen-sessions", "8", "--workers", "1", "--concurrency", "4", "--out", str(out),
                 "--deployment", "hardware=h100-sxm,slo_ttft_s=30")
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "r.json").read_text())
-    ladder = {row["lever"]: row for row in doc["ladder"]}
-    assert list(ladder) == ["baseline", "+IO-aware attention", "+prefix cache (HBM)", "+fp8 KV", "+int4 KV",
-                            "+DRAM tier", "+disk tier", "+agent-aware policy"]
-    assert ladder["baseline"]["hit_rate"] == 0 and ladder["+IO-aware attention"]["hit_rate"] == 0
-    assert ladder["+prefix cache (HBM)"]["hit_rate"] > 0.5
-    assert ladder["+IO-aware attention"]["ttft_p50_s"] < ladder["baseline"]["ttft_p50_s"]
-    assert ladder["+int4 KV"]["gpus"] <= ladder["baseline"]["gpus"]
-    assert {p["name"] for p in doc["providers"]} >= {"anthropic", "openai", "deepseek"}
-    assert all(0 < p["saving"] < 1 for p in doc["providers"])
-    html = out.read_text()
-    assert "mitigation ladder" in html and "report_files" not in html.split("<img")[0]
-    pngs = list((tmp_path / "r_files").glob("*.png"))
-    assert len(pngs) == 4 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
-    assert "API: openai" in r.stdout
+    levers = ["baseline", "+IO-aware attention", "+prefix cache (HBM)", "+fp8 KV", "+int4 KV", "+DRAM tier",
+              "+disk tier", "+agent-aware policy"]
+    for view in ("same_fleet", "sized_to_slo", "capacity_per_gpu"):
+        assert [row["lever"] for row in doc[view]["rows"]] == levers
+    fleet = {row["lever"]: row for row in doc["same_fleet"]["rows"]}
+    assert fleet["baseline"]["hit_pct"] == 0 and fleet["+IO-aware attention"]["hit_pct"] == 0
+    assert fleet["+prefix cache (HBM)"]["hit_pct"] > 50
+    assert fleet["+IO-aware attention"]["ttft_p50_s"] < fleet["baseline"]["ttft_p50_s"]
+    sized = {row["lever"]: row for row in doc["sized_to_slo"]["rows"]}
+    assert sized["+int4 KV"]["slo_met"] and sized["+int4 KV"]["gpus"] >= 1
+    assert {p["provider"] for p in doc["api_providers"]["rows"]} >= {"anthropic", "openai", "deepseek"}
+    assert all(0 < p["saving_pct"] < 100 for p in doc["api_providers"]["rows"])
+    page = out.read_text()
+    assert "<img" in page and "data:image/png;base64," in page and 'src="' not in page  # one self-contained file
+    assert not (tmp_path / "r_files").exists()
+    assert "The same traffic at API providers" in r.stdout and "openai" in r.stdout
 
 
-def test_report_rejects_bad_deployment(tmp_path):
-    r = agentkv("report", "--gen-sessions", "2", "--deployment", "gpu=h100", "--out", str(tmp_path / "x.html"))
-    assert r.returncode == 2 and "unknown setting 'gpu'" in r.stderr
-    r = agentkv("report", "--gen-sessions", "2", "--deployment", "hardware=tpu9", "--out", str(tmp_path / "x.html"))
-    assert r.returncode == 2 and "unknown hardware 'tpu9'" in r.stderr
+def test_version():
+    r = agentkv("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"agentkv {agentkv_version}"
+
+
+def test_every_flag_has_help_and_says_its_default():
+    from agentkv.cli import REPORT_SESSIONS, build_parser
+
+    def parsers(p):
+        yield p
+        for action in p._actions:
+            for sub in getattr(action, "choices", None).values() if isinstance(action.choices, dict) else ():
+                yield from parsers(sub)
+
+    for p in parsers(build_parser()):
+        for action in p._actions:
+            if action.option_strings and action.dest not in ("help", "version"):
+                assert action.help, f"{p.prog} {action.option_strings[0]} has no help text"
+    report = agentkv("report", "--help").stdout
+    assert f"(default {REPORT_SESSIONS}" in " ".join(report.split())
+
+
+def test_trace_generate_says_where_extra_sessions_come_from(tmp_path):
+    r = agentkv("trace", "generate", "--sessions", "60", "--out", str(tmp_path / "t.npz"))
+    assert r.returncode == 0, r.stderr
+    top, subs = (int(x) for x in re.search(r"(\d+) sessions and (\d+) sub-agents", r.stdout).groups())
+    assert top == 60 and f"({top + subs} in all)" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    """Files for the bad-input table: a checkpoint folder with a truncated safetensors shard, a plain file, an
+    unrecognised CSV, and a `torch` that cannot be imported (an install without the engine extra)."""
+    from safetensors.numpy import save_file
+
+    from tests.engine.conftest import write_tokenizer
+
+    d = tmp_path_factory.mktemp("bad")
+    ckpt = d / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128, "hidden_size": 64,
+        "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "bos_token_id": 0,
+        "eos_token_id": 1, "torch_dtype": "float32"}))
+    write_tokenizer(ckpt)
+    weights = ckpt / "model.safetensors"
+    save_file({"model.embed_tokens.weight": np.zeros((128, 64), dtype=np.float32)}, str(weights))
+    weights.write_bytes(weights.read_bytes()[:200])  # cut inside the header's tensor data
+    (d / "notes.txt").write_text("not a model")
+    (d / "requests.csv").write_text("time,prompt_tokens,completion_tokens\n0,100,5\n")
+    (d / "no_torch").mkdir()
+    (d / "no_torch" / "torch.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+    return d
+
+
+BAD_INPUTS = [  # (args, exit code, what the one line must name); {d} is the fixture's folder
+    (["generate", "--model", "{d}/ckpt", "--prompt", "hi", "--device", "cpu"], 2, "{d}/ckpt/model.safetensors"),
+    (["generate", "--model", "{d}/notes.txt", "--prompt", "hi"], 2, "--model {d}/notes.txt: is a file"),
+    (["generate", "--model", "{d}/missing", "--prompt", "hi"], 2, "--model {d}/missing: no such folder"),
+    (["generate", "--model", "{d}/ckpt", "--prompt", "hi", "--device", "cuda"], 2, "--device cuda: CUDA is not"),
+    (["generate", "--model", "{d}/ckpt", "--prompt", "hi"], 2, "needs the 'engine' extra"),  # with no_torch
+    (["report", "--gen-sessions", "0"], 2, "argument --gen-sessions: must be > 0, got 0"),
+    (["trace", "generate", "--sessions", "-3", "--out", "{d}/x.npz"], 2, "argument --sessions: must be > 0"),
+    (["trace", "stats", "--window", "0"], 2, "argument --window: must be > 0"),
+    (["report", "--workers", "0"], 2, "argument --workers: must be > 0"),
+    (["report", "--replicas", "two"], 2, "argument --replicas: expected an integer, got 'two'"),
+    (["report", "--gen-sessions", "2", "--deployment", "slo_ttft_s=-1"], 2, "--deployment: slo_ttft_s=-1: must be > 0"),
+    (["report", "--gen-sessions", "2", "--deployment", "tp=0"], 2, "--deployment: tp=0: must be >= 1"),
+    (["report", "--gen-sessions", "2", "--deployment", "tp"], 2, "--deployment: setting 'tp' has no value"),
+    (["report", "--gen-sessions", "2", "--deployment", "tp=two"], 2, "--deployment: tp='two' is not an integer"),
+    (["report", "--gen-sessions", "2", "--deployment", "gpu=h100"], 2, "--deployment: unknown setting 'gpu'"),
+    (["report", "--gen-sessions", "2", "--deployment", "hardware=tpu9"], 2, "unknown hardware 'tpu9'"),
+    (["trace", "stats", "{d}/requests.csv"], 2, "{d}/requests.csv:line 1: field 'TIMESTAMP': column missing"),
+    (["trace", "stats", "{d}/missing.jsonl"], 2, "{d}/missing.jsonl: no such file"),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "named"), BAD_INPUTS, ids=[" ".join(a[:3]) for a, _, _ in BAD_INPUTS])
+def test_bad_input_is_answered_in_one_line_by_name(bad_inputs, args, code, named, tmp_path):
+    env = dict(os.environ)
+    if named == "needs the 'engine' extra":
+        env["PYTHONPATH"] = os.pathsep.join([str(bad_inputs / "no_torch"), os.getcwd()])
+    argv = [a.replace("{d}", str(bad_inputs)) for a in args]
+    r = subprocess.run([sys.executable, "-m", "agentkv.cli", *argv, *(["--out", str(tmp_path / "r.html")]
+                        if argv[0] == "report" else [])], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == code, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert named.replace("{d}", str(bad_inputs)) in lines[0]

@@ -41,7 +41,11 @@ def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: s
     expected = {k for k in model.state_dict() if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
     tensors: dict[str, torch.Tensor] = {}
     for path in weight_files(model_dir):
-        with safe_open(path, framework="pt", device="cpu") as f:
+        try:  # a truncated or corrupt file fails here, on its header (safetensors' own error type)
+            opened = safe_open(path, framework="pt", device="cpu")
+        except Exception as e:
+            raise ValueError(f"{path}: not a valid safetensors file ({e})") from None
+        with opened as f:
             for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 if name.endswith("rotary_emb.inv_freq"):
                     continue

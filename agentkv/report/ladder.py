@@ -1,30 +1,24 @@
-"""The mitigation ladder: each lever added to the one before, the deployment sized to the load each time.
+"""The mitigation ladder: each lever added to the one before.
 
 baseline (no prefix cache, bf16 KV, naive attention) → +IO-aware attention → +prefix cache in HBM (LRU) →
 +fp8 KV → +int4 KV → +DRAM tier → +disk tier → +agent-aware policy.
 
-For every rung the simulator finds the fewest replicas whose TTFT (at the SLO's percentile) meets the SLO
-under the offered load; figures are read at that size. Where no size can meet it (requests miss it on an
-idle replica), the rung gets the fewest replicas within 25% of the TTFT that adding replicas converges to,
-and is flagged.
+This file holds what a rung is and how it becomes a simulated deployment; `capacity.py`, `sizing.py` and
+`assemble.py` run the simulations that fill the report's views.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from agentkv.catalog import hardware, model
-from agentkv.cost.selfhosted import SelfHostedCost, self_hosted_cost
 from agentkv.kvcache.sizing import codec
-from agentkv.sim.simulator import SimConfig, SimResult, simulate
+from agentkv.sim.simulator import SimConfig, SimResult
 from agentkv.sim.stepcost import Deployment, prefill_seconds
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.trace import Trace
-
-QUEUEING_SLACK = 0.25  # where the SLO is unreachable: TTFT may be this much above what more replicas reach
 
 
 @dataclass(slots=True, frozen=True)
@@ -43,6 +37,18 @@ class DeploymentSpec:
     max_replicas: int = 512
     hardware_file: str | None = None
     models_file: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, ok, rule in (("tp", self.tp >= 1, ">= 1"), ("max_replicas", self.max_replicas >= 1, ">= 1"),
+                               ("dram_gb", self.dram_gb >= 0, ">= 0"), ("disk_gb", self.disk_gb >= 0, ">= 0"),
+                               ("slo_ttft_s", self.slo_ttft_s > 0, "> 0"),
+                               ("slo_quantile", 0 < self.slo_quantile <= 100, "in (0, 100]")):
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name):g}: must be {rule}")
+
+    @property
+    def slo(self) -> str:
+        return f"p{self.slo_quantile:g} TTFT ≤ {self.slo_ttft_s:g} s"
 
 
 @dataclass(slots=True, frozen=True)
@@ -68,42 +74,6 @@ LADDER = (
 )
 
 
-@dataclass(slots=True)
-class RungResult:
-    rung: Rung
-    replicas: int
-    slo_met: bool
-    result: SimResult
-    cost: SelfHostedCost
-    tried: list[tuple[int, float]] = field(default_factory=list)  # (replicas, TTFT at the SLO percentile)
-
-    @property
-    def row(self) -> dict[str, object]:
-        r = self.result
-        ttft, tpot = r.ttft, r.tpot
-        gpus = self.cost.gpus
-        tokens = float(r.prompt[r.served].sum() + r.output[r.served].sum())
-        return {
-            "lever": self.rung.name,
-            "hit_rate": r.hit_rate,
-            "ttft_p50_s": _q(ttft, 50),
-            "ttft_p99_s": _q(ttft, 99),
-            "tpot_p50_ms": 1e3 * _q(tpot, 50),
-            "tok_s_per_gpu": tokens / max(r.makespan_s * gpus, 1e-9),
-            "gpus": gpus,
-            "slo_met": self.slo_met,
-            "usd_per_mtok": self.cost.usd_per_mtok_blended,
-            "usd_per_mtok_input": self.cost.usd_per_mtok_input,
-            "usd_per_mtok_output": self.cost.usd_per_mtok_output,
-            "rejected": int(r.rejected.sum()),
-            "preempted": int(r.preemptions.sum()),
-        }
-
-
-def _q(x: np.ndarray, q: float) -> float:
-    return float(np.percentile(x, q)) if len(x) else float("nan")
-
-
 def rung_config(spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, replicas: int) -> SimConfig:
     hw = hardware(spec.hardware, spec.hardware_file)
     d = Deployment(hw, model(spec.model, spec.models_file), codec(rung.codec), tp=spec.tp,
@@ -113,76 +83,20 @@ def rung_config(spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, replica
                      disk_bytes=spec.disk_gb * 1e9 if rung.disk else 0.0, router=spec.router, arrival=arrival)
 
 
-def size_rung(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, usd_per_gpu_hour: float,
-              start: int = 4, max_runs: int = 6) -> RungResult:
-    """Fewest replicas meeting the TTFT SLO, each candidate a full simulation. Where none within the budget
-    does (the SLO is below what requests take on an idle replica, or out of reach), the fewest replicas whose
-    TTFT is within QUEUEING_SLACK of where more replicas stop helping: sized for the load, flagged as missing."""
-    runs: dict[int, SimResult] = {}
-    tried: list[tuple[int, float]] = []
-
-    def ttft(r: int) -> float:
-        if r not in runs:
-            runs[r] = simulate(trace, rung_config(spec, rung, arrival, r))
-            tried.append((r, _q(runs[r].ttft, spec.slo_quantile)))
-        return _q(runs[r].ttft, spec.slo_quantile)
-
-    def smallest(limit: float, r: int, lo: int, budget: int) -> int | None:
-        """Double r until TTFT meets `limit`, then bisect down to the fewest replicas that do (more replicas
-        also means more cache, so even an idle-looking deployment can get faster). None: out of budget."""
-        stop = len(runs) + budget
-        while ttft(r) > limit:
-            if r >= spec.max_replicas or len(runs) >= stop:
-                return None
-            lo, r = r, min(spec.max_replicas, 2 * r)
-        while r - lo > 1 and len(runs) < stop:
-            mid = (lo + r) // 2
-            r, lo = (mid, lo) if ttft(mid) <= limit else (r, mid)
-        return r
-
-    def result(r: int, met: bool) -> RungResult:
-        return RungResult(rung, r, met, runs[r], self_hosted_cost(runs[r], usd_per_gpu_hour), tried)
-
-    reachable = True
-    if not rung.prefix_cache:  # without a cache TTFT >= the request's own prefill: a floor no size lowers
-        cfg = rung_config(spec, rung, arrival, 1)
-        prompt = int(np.percentile(trace.input_tokens, spec.slo_quantile))
-        reachable = prefill_seconds(prompt, cfg.deployment, cfg.max_batched_tokens) <= spec.slo_ttft_s
-    if reachable:
-        r = smallest(spec.slo_ttft_s, start, 0, max_runs)
-        if r is not None:
-            return result(r, True)
-    # unreachable: find where more replicas stop helping (TTFT falls < 20% on doubling), then the fewest
-    # replicas within the slack of that TTFT
-    ref = max(runs, default=start)
-    stop = len(runs) + max_runs
-    while ref < spec.max_replicas and len(runs) < stop and ttft(min(2 * ref, spec.max_replicas)) < 0.8 * ttft(ref):
-        ref = min(2 * ref, spec.max_replicas)
-    best = smallest((1.0 + QUEUEING_SLACK) * ttft(ref), ref, 0, max_runs)
-    return result(best if best is not None else ref, False)
+def quantile(x: np.ndarray, q: float) -> float:
+    return float(np.percentile(x, q)) if len(x) else float("nan")
 
 
-def _one(args: tuple) -> RungResult:
-    return size_rung(*args)
+def slo_ttft(res: SimResult, spec: DeploymentSpec) -> float:
+    """TTFT at the SLO's percentile (served requests only)."""
+    return quantile(res.ttft, spec.slo_quantile)
 
 
-def run_ladder(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, usd_per_gpu_hour: float,
-               rungs: tuple[Rung, ...] = LADDER, workers: int = 2, on_done=None) -> list[RungResult]:
-    """Every rung, sized; rungs run in `workers` processes (each rung is independent)."""
-    jobs = [(trace, spec, r, arrival, usd_per_gpu_hour) for r in rungs]
-    if workers <= 1:
-        out = []
-        for j in jobs:
-            out.append(_one(j))
-            if on_done:
-                on_done(out[-1])
-        return out
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_one, j) for j in jobs]
-        out = []
-        for f in futures:
-            out.append(f.result())
-            if on_done:
-                on_done(out[-1])
-        return out
-
+def prefill_floor(trace: Trace, spec: DeploymentSpec, rung: Rung) -> float:
+    """Seconds the SLO-percentile prompt takes to prefill on an idle replica when nothing is cached: without a
+    prefix cache no fleet size brings TTFT at that percentile below it. 0 for rungs with a prefix cache."""
+    if rung.prefix_cache:
+        return 0.0
+    cfg = rung_config(spec, rung, ArrivalModel(), 1)
+    prompt = int(np.percentile(trace.input_tokens, spec.slo_quantile))
+    return prefill_seconds(prompt, cfg.deployment, cfg.max_batched_tokens)

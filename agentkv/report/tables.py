@@ -5,14 +5,16 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.panel import Panel
 from rich.table import Table
 
+from agentkv.report.views import View, cell
 from agentkv.workload.stats import TraceStats
 
 
 def default_console() -> Console:
     """A terminal's own width; piped output gets room for the wide tables (rich would squeeze it to 80)."""
-    return Console() if sys.stdout.isatty() else Console(width=140)
+    return Console() if sys.stdout.isatty() else Console(width=150)
 
 
 def _num(x: float) -> str:
@@ -78,18 +80,20 @@ def print_sweep(rows: list[dict[str, object]], title: str, console: Console | No
     console.print(t)
 
 
-def print_ladder(rows: list[dict[str, object]], providers: list[tuple[str, float, float]], title: str,
+def print_report(title: str, headline: list[str], settings: dict[str, str], views: list[View],
                  console: Console | None = None) -> None:
-    """The ladder, then each provider's price for the same traffic (name, cache hit rate, $/Mtok)."""
+    """The headline first, then the settings, then every view with its notes (the HTML shows the same)."""
     console = console or default_console()
-    t = Table(title=title, header_style="bold")
-    for name in ("lever", "hit", "TTFT p50", "TTFT p99", "TPOT p50", "tok/s/GPU", "GPUs", "$/Mtok"):
-        t.add_column(name, justify="left" if name == "lever" else "right")
-    for r in rows:
-        gpus = f"{r['gpus']}" + ("" if r["slo_met"] else " (SLO missed)")
-        t.add_row(str(r["lever"]), _pct(float(r["hit_rate"])), f"{float(r['ttft_p50_s']):.2f}s",  # type: ignore[arg-type]
-                  f"{float(r['ttft_p99_s']):.1f}s", f"{float(r['tpot_p50_ms']):.1f}ms",  # type: ignore[arg-type]
-                  _num(float(r["tok_s_per_gpu"])), gpus, f"${float(r['usd_per_mtok']):.3f}")  # type: ignore[arg-type]
-    for name, hit, usd in providers:
-        t.add_row(f"API: {name}", _pct(hit), "", "", "", "", "", f"${usd:.3f}")
-    console.print(t)
+    console.print(f"[bold]{title}[/bold]")
+    console.print(Panel("\n".join(headline), title="answer", title_align="left", border_style="blue"))
+    for k, v in settings.items():
+        console.print(f"[dim]{k}:[/dim] {v}", highlight=False)
+    for v in views:
+        t = Table(title=v.title, header_style="bold", title_justify="left")
+        for c in v.columns:
+            t.add_column(c.label, justify="left" if c.kind == "text" else "right", no_wrap=c.kind == "text")
+        for row in v.rows:
+            t.add_row(*(cell(c, row) for c in v.columns))
+        console.print(t)
+        for n in v.notes:
+            console.print(f"  [dim]{n}[/dim]", highlight=False)

@@ -34,6 +34,11 @@ def load_trace(
             continue
         text = _decode(path, data)
         fmt = next((m for m in TEXT_FORMATS if m.looks_like(text[:HEAD_CHARS])), None)
+        if fmt is None and _looks_like_csv(path, text):  # the one CSV format we read: name what the header lacks
+            header = text.lstrip().split("\n", 1)[0]
+            lacking = next(c for c in azure.COLUMNS if c not in header)
+            raise TraceError(path, "line 1", lacking, "column missing from the CSV header (an Azure trace has "
+                             f"{', '.join(azure.COLUMNS)})")
         if fmt is None:
             raise TraceError(path, "line 1", None, "unrecognised trace format (expected kv-cache-tester JSON, "
                              "Mooncake JSONL, Azure CSV, OpenAI chat JSONL or an agentkv .npz)")
@@ -72,6 +77,11 @@ def _expand(paths: list[str]) -> list[str]:
     if not files:
         raise FileNotFoundError("no trace paths given")
     return files
+
+
+def _looks_like_csv(path: str, text: str) -> bool:
+    first = text.lstrip().split("\n", 1)[0]
+    return path.removesuffix(".gz").endswith(".csv") or ("," in first and first[:1] not in "{[")
 
 
 def _read(path: str) -> bytes:

@@ -1,0 +1,104 @@
+"""How the `agentkv` command answers bad input: one line on stderr naming the flag, file or field, exit 2;
+runtime failures exit 1; never a traceback. Also the checks a command runs before it starts heavy work."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from importlib import metadata
+
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+class UsageError(Exception):
+    """Bad input, already phrased for the user (names the flag, file or field)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage dump) and exits 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive(kind: type) -> callable:  # type: ignore[valid-type]
+    """An argparse `type` accepting only numbers > 0 of `kind` (int or float)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
+                from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def missing_extra(e: ModuleNotFoundError) -> str | None:
+    """The optional extra of agentkv that provides the missing module, if any."""
+    name = (e.name or "").split(".")[0].lower().replace("_", "-")
+    try:
+        requires = metadata.requires("agentkv") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for req in requires:
+        dist = re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower().replace("_", "-")
+        extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", req)
+        if dist == name and extra and extra.group(1) != "all":
+            return extra.group(1)
+    return None
+
+
+def check_model_dir(path: str, flag: str = "--model") -> None:
+    if not os.path.exists(path):
+        raise UsageError(f"{flag} {path}: no such folder (give a Hugging Face checkpoint folder)")
+    if not os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: is a file; give the checkpoint folder that holds config.json, "
+                         "the safetensors and tokenizer.json")
+
+
+def check_device(device: str | None, flag: str = "--device") -> None:
+    if device and device.split(":")[0] == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"{flag} {device}: CUDA is not available here (torch {torch.__version__}, "
+                             f"{'a CPU-only build' if torch.version.cuda is None else 'no CUDA device visible'}); "
+                             "use --device cpu")
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(text.split()) or type(e).__name__
+
+
+def run_guarded(fn, prog: str = "agentkv") -> int:
+    """Run `fn()`; turn every failure into one line on stderr (exit 2 for bad input, 1 for the rest)."""
+    try:
+        return int(fn() or 0)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except ModuleNotFoundError as e:
+        extra = missing_extra(e)
+        if extra is None:
+            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+            return 1
+        print(f"{prog}: error: this command needs the '{extra}' extra (missing module '{e.name}'): "
+              f"pip install 'agentkv[{extra}]'", file=sys.stderr)
+        return 2
+    except (UsageError, *USER_ERRORS) as e:
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if os.environ.get("AGENTKV_DEBUG"):
+            raise
+        print(f"{prog}: error: {type(e).__name__}: {one_line(e)} (set AGENTKV_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1

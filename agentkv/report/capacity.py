@@ -1,0 +1,93 @@
+"""Capacity per GPU: the most concurrent agent sessions one replica serves within the SLO, per lever.
+
+Whole replicas are coarse (at 20 sessions several levers all need one GPU), so each lever is also measured on
+one replica under rising load: Poisson session starts at a target concurrency (as `--concurrency` sets it:
+start rate × mean recorded session length), bracketed by doubling and then narrowed geometrically to within
+RESOLUTION. Large traces are measured on an evenly spaced sample of sessions. A trace with few sessions cannot
+offer a replica more concurrency than it has sessions; a lever still within the SLO there gets a lower bound.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agentkv.report.ladder import DeploymentSpec, Rung, prefill_floor, rung_config, slo_ttft
+from agentkv.sim.simulator import SimResult, simulate
+from agentkv.workload.arrivals import ArrivalModel, root_sessions
+from agentkv.workload.trace import Trace
+
+SAMPLE_SESSIONS = 120  # top-level sessions the search simulates at most
+RESOLUTION = 1.3  # stop when the highest load met and the lowest missed are this close (ratio)
+
+
+@dataclass(slots=True)
+class Capacity:
+    sessions_per_replica: float  # the highest concurrency that met the SLO; 0: none did
+    ttft_slo_s: float  # TTFT at the SLO's percentile there (at the lightest load tried, or the floor, where none did)
+    at_limit: bool = False  # met at the most load the trace's sessions can offer: a lower bound
+    reason: str = ""  # why none met it
+    probes: list[tuple[float, float]] = field(default_factory=list)  # (target concurrency, TTFT at the SLO's q)
+
+
+def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, start: float = 20.0,
+                     max_runs: int = 5, runs: dict[float, SimResult] | None = None) -> Capacity:
+    """Probes halve once below `start`, then drop to one session; `runs` (concurrency → result) is filled."""
+    floor = prefill_floor(trace, spec, rung)
+    if floor > spec.slo_ttft_s:
+        return Capacity(0.0, floor, reason=f"the p{spec.slo_quantile:g} prompt alone takes {floor:.0f} s to "
+                                           "prefill on an idle GPU")
+    top = int((root_sessions(trace) == np.arange(trace.n_sessions)).sum())
+    runs = {} if runs is None else runs
+    probes: list[tuple[float, float]] = []
+
+    def meets(c: float) -> bool:
+        runs[c] = simulate(trace, rung_config(spec, rung, ArrivalModel("concurrency", c, seed), 1))
+        probes.append((c, slo_ttft(runs[c], spec)))
+        return probes[-1][1] <= spec.slo_ttft_s
+
+    first = c = float(min(max(start, 1.0), top))
+    lo, hi = (c, None) if meets(c) else (None, c)
+    while lo is None and hi is not None and hi > 1.0:
+        c = max(hi / 2, 1.0) if hi == first else 1.0  # halve once, then try one session at a time
+        lo, hi = (c, hi) if meets(c) else (None, c)
+    while hi is None and lo is not None and lo < top:
+        c = min(2 * lo, float(top))
+        lo, hi = (c, None) if meets(c) else (lo, c)
+    while lo is not None and hi is not None and hi / lo > RESOLUTION and len(runs) < max_runs:
+        c = math.sqrt(lo * hi)
+        lo, hi = (c, hi) if meets(c) else (lo, c)
+    if lo is None:
+        ttft = slo_ttft(runs[min(runs)], spec)
+        return Capacity(0.0, ttft, reason=f"misses it with one session at a time (p{spec.slo_quantile:g} "
+                                          f"TTFT {ttft:.0f} s)", probes=probes)
+    return Capacity(lo, slo_ttft(runs[lo], spec), at_limit=hi is None, probes=probes)
+
+
+def sample_sessions(trace: Trace, k: int = SAMPLE_SESSIONS) -> Trace:
+    """`k` evenly spaced top-level sessions with their sub-agents (the whole trace when it has no more)."""
+    roots = root_sessions(trace)
+    top = np.flatnonzero(roots == np.arange(trace.n_sessions))
+    if len(top) <= k:
+        return trace
+    keep = np.isin(roots, top[np.linspace(0, len(top) - 1, k).round().astype(np.int64)])
+    new_id = np.cumsum(keep) - 1
+    req = keep[trace.session]
+    lens = trace.blocks_per_request[req]
+    starts = trace.block_offsets[:-1][req]
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    picks = np.repeat(starts - offsets[:-1], lens) + np.arange(offsets[-1])
+    parent = trace.session_parent[keep]
+    return Trace(
+        block_size=trace.block_size, has_block_ids=trace.has_block_ids,
+        session_names=[n for n, kept in zip(trace.session_names, keep, strict=True) if kept],
+        session_start=trace.session_start[keep],
+        session_parent=np.where(parent >= 0, new_id[np.maximum(parent, 0)], parent).astype(np.int32),
+        session_tenant=trace.session_tenant[keep], tenants=list(trace.tenants),
+        session=new_id[trace.session[req]].astype(np.int32), time=trace.time[req],
+        input_tokens=trace.input_tokens[req], output_tokens=trace.output_tokens[req],
+        think_time=trace.think_time[req], api_time=trace.api_time[req], finish=trace.finish[req],
+        block_offsets=offsets, block_ids=trace.block_ids[picks], source=f"{trace.source} (sample of {k} sessions)",
+    )

@@ -1,0 +1,83 @@
+"""The answer on top of the report: what to deploy for this traffic, against the baseline, the lever that buys
+most, and what is modelled rather than measured — in a few sentences with numbers."""
+
+from __future__ import annotations
+
+from agentkv.report.assemble import Report
+from agentkv.report.ladder import quantile
+from agentkv.report.views import plural
+
+
+def headline(rep: Report) -> list[str]:
+    return [_deploy(rep), _baseline(rep), _best_lever(rep), _modelled(rep)]
+
+
+def _deploy(rep: Report) -> str:
+    top, spec = rep.outcomes[-1], rep.spec
+    load = f"{rep.offered_sessions:.3g} concurrent agent sessions"
+    if top.sized.cost is None:
+        return (f"No combination of levers meets {spec.slo} for {load}: with all of them on, "
+                f"{top.sized.reason}.")
+    c = top.sized.cost
+    text = (f"Deploy {c.gpus} × {rep.hardware} for {load} of {spec.model}, with all levers on: "
+            f"p{spec.slo_quantile:g} TTFT {top.sized.ttft_slo_s:.1f} s against the {spec.slo_ttft_s:g} s SLO, "
+            f"${c.usd_per_mtok_blended:.3f} per million tokens (all tokens).")
+    first = next(o for o in rep.outcomes if o.sized.cost and o.sized.cost.gpus == c.gpus)
+    if first is not top:
+        text += (f" From the {first.rung.name.lstrip('+')} on, {_gpus(c.gpus)} already suffice; the levers after it "
+                 "add sessions per GPU (see capacity), not fewer GPUs, at this load.")
+    return text
+
+
+def _baseline(rep: Report) -> str:
+    base, spec = rep.outcomes[0], rep.spec
+    same = ""
+    if base.fleet_run is not None:
+        same = (f" On the same {_gpus(rep.fleet_gpus)} its p{spec.slo_quantile:g} TTFT is "
+                f"{quantile(base.fleet_run.ttft, spec.slo_quantile):,.0f} s.")
+    if base.sized.cost is None:
+        return f"The baseline (no prefix cache, bf16 KV, naive attention) meets the SLO at no fleet size: " \
+               f"{base.sized.reason}.{same}"
+    c, top = base.sized.cost, rep.outcomes[-1].sized.cost
+    vs = f" ({c.gpus / top.gpus:.1f}× the GPUs)" if top else ""
+    return f"The baseline needs {_gpus(c.gpus)} at ${c.usd_per_mtok_blended:.3f} per million tokens{vs}.{same}"
+
+
+def _gpus(n: int) -> str:
+    return plural(n, "GPU")
+
+
+def _best_lever(rep: Report) -> str:
+    """The lever with the largest step: making the SLO reachable at all beats cutting GPUs, which beats raising
+    sessions per GPU (whole GPUs are coarse at small loads)."""
+    tp, best = rep.spec.tp, None
+    for prev, cur in zip(rep.outcomes, rep.outcomes[1:], strict=False):
+        a, b = prev.sized.cost, cur.sized.cost
+        ca, cb = prev.capacity.sessions_per_replica / tp, cur.capacity.sessions_per_replica / tp
+        if b is None:
+            continue
+        gain = (float("inf") if a is None else a.gpus / b.gpus, cb / ca if ca else float("inf") if cb else 1.0)
+        if best is None or gain > best[0]:
+            best = (gain, prev, cur)
+    if best is None:
+        return "No lever brings any fleet size within the SLO."
+    (gpu_gain, _), prev, cur = best
+    name, b = cur.rung.name.lstrip("+"), cur.sized.cost
+    assert b is not None
+    if gpu_gain == float("inf"):
+        return (f"The lever that buys most is {name}: without it no fleet meets the SLO; with it "
+                f"{_gpus(b.gpus)} do.")
+    a = prev.sized.cost
+    assert a is not None
+    if gpu_gain > 1:
+        return (f"The lever that buys most is {name}: {a.gpus} → {_gpus(b.gpus)}, ${a.usd_per_mtok_blended:.3f} → "
+                f"${b.usd_per_mtok_blended:.3f} per million tokens.")
+    ca, cb = prev.capacity.sessions_per_replica / tp, cur.capacity.sessions_per_replica / tp
+    return (f"The lever that buys most is {name}: one GPU serves {ca:.3g} → {cb:.3g} concurrent sessions within "
+            "the SLO.")
+
+
+def _modelled(rep: Report) -> str:
+    return (f"Modelled, not measured: latency and cost come from agentkv's simulator and step-cost model of "
+            f"{rep.hardware} at ${rep.usd_per_gpu_hour:g}/GPU-hour; KV quantization's effect on accuracy is "
+            "not assessed.")

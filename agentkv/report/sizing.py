@@ -1,0 +1,71 @@
+"""Sized to the SLO: the fewest replicas whose TTFT at the SLO's percentile meets it under the offered load.
+
+Each candidate size is a full simulation. The search starts from the size the lever's capacity per replica
+implies (offered sessions / sessions one replica serves), walks down or up from there in growing steps and
+bisects the last gap, so a good guess costs two runs. A lever without a prefix cache whose SLO-percentile
+prompt alone takes longer than the SLO to prefill is not simulated: no size helps, so it gets no size and no
+cost, only the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from agentkv.cost.selfhosted import SelfHostedCost, self_hosted_cost
+from agentkv.report.capacity import Capacity
+from agentkv.report.ladder import DeploymentSpec, Rung, rung_config, slo_ttft
+from agentkv.sim.simulator import SimResult, simulate
+from agentkv.workload.arrivals import ArrivalModel
+from agentkv.workload.trace import Trace
+
+
+@dataclass(slots=True)
+class Sized:
+    replicas: int | None  # fewest replicas meeting the SLO; None: no size found that does
+    ttft_slo_s: float  # TTFT at the SLO's percentile at that size (the best tried, or the floor, where missed)
+    cost: SelfHostedCost | None  # only where the SLO is met
+    result: SimResult | None = None
+    reason: str = ""  # why the SLO is missed
+
+
+def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, capacity: Capacity,
+                offered_sessions: float, usd_per_gpu_hour: float, runs: dict[int, SimResult],
+                max_runs: int = 8) -> Sized:
+    """`runs` (replicas → result at the offered arrivals) is read and filled, so other views can reuse them."""
+    if capacity.sessions_per_replica <= 0 and not rung.prefix_cache:
+        return Sized(None, capacity.ttft_slo_s, None, reason=capacity.reason)
+    budget = len(runs) + max_runs
+
+    def meets(r: int) -> bool:
+        if r not in runs:
+            runs[r] = simulate(trace, rung_config(spec, rung, arrival, r))
+        return slo_ttft(runs[r], spec) <= spec.slo_ttft_s
+
+    # a replica that misses the SLO even lightly loaded may still meet it as part of a fleet: more replicas
+    # also mean more cache, so that search starts from one replica per five sessions
+    per = capacity.sessions_per_replica or 5.0
+    guess = min(max(math.ceil(offered_sessions / per), 1), spec.max_replicas)
+    lo, hi, step = 0, None, 1  # lo: most replicas known to miss (0: none), hi: fewest known to meet
+    if meets(guess):
+        hi = guess
+        while hi - lo > 1 and len(runs) < budget:
+            r = max(hi - step, lo + 1)
+            if not meets(r):
+                lo = r
+                break
+            hi, step = r, 2 * step
+    else:
+        lo = guess
+        while hi is None and lo < spec.max_replicas and len(runs) < budget:
+            r = min(lo + step, spec.max_replicas)
+            lo, hi, step = (lo, r, step) if meets(r) else (r, None, 2 * step)
+    while hi is not None and hi - lo > 1 and len(runs) < budget:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if meets(mid) else (mid, hi)
+    if hi is None:
+        best = min(runs, key=lambda r: slo_ttft(runs[r], spec))
+        ttft = slo_ttft(runs[best], spec)
+        return Sized(None, ttft, None, runs[best], reason=f"no fleet up to {max(runs)} replicas meets it "
+                                                          f"(best p{spec.slo_quantile:g} TTFT {ttft:.0f} s)")
+    return Sized(hi, slo_ttft(runs[hi], spec), self_hosted_cost(runs[hi], usd_per_gpu_hour), runs[hi])

@@ -1,0 +1,223 @@
+"""The report's vocabulary and views. Every column is named once here, with its unit; the terminal table, the
+HTML and the JSON all take their headers, keys and units from these definitions, and JSON values are plain
+numbers in the unit the key names (`_pct`, `_s`, `_ms`, `_usd`...)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from agentkv.report.ladder import quantile
+
+if TYPE_CHECKING:
+    from agentkv.report.assemble import Report
+    from agentkv.sim.simulator import SimResult
+
+
+@dataclass(slots=True, frozen=True)
+class Column:
+    key: str  # JSON key; ends in its unit
+    label: str  # terminal and HTML header
+    kind: str  # how to format: text, int, pct, s, ms, usd, num, bool
+    meaning: str = ""
+
+
+def _cols(*specs: tuple[str, ...]) -> dict[str, Column]:
+    return {s[0]: Column(*s) for s in specs}
+
+
+COLUMNS = _cols(
+    ("lever", "lever", "text", "each lever added to the ones above it"),
+    ("gpus", "GPUs", "int", "replicas × tensor-parallel degree"),
+    ("slo_met", "SLO met", "bool", "TTFT at the SLO's percentile within the SLO"),
+    ("hit_pct", "hit %", "pct", "prompt tokens served from the prefix cache, any tier"),
+    ("hit_hbm_pct", "HBM %", "pct", "prompt tokens served from GPU memory"),
+    ("hit_dram_pct", "DRAM %", "pct", "prompt tokens served from host DRAM"),
+    ("hit_disk_pct", "disk %", "pct", "prompt tokens served from local disk"),
+    ("ttft_p50_s", "TTFT p50 s", "s", "time to first token, median"),
+    ("ttft_p90_s", "TTFT p90 s", "s", "time to first token, 90th percentile"),
+    ("ttft_p99_s", "TTFT p99 s", "s", "time to first token, 99th percentile"),
+    ("tpot_p50_ms", "TPOT p50 ms", "ms", "time per output token after the first, median"),
+    ("tok_s_per_gpu", "tok/s per GPU", "num", "prompt and output tokens served per second per GPU"),
+    ("requests_rejected", "rejected", "int", "requests longer than one replica's whole GPU KV: never served"),
+    ("usd_per_mtok", "$/Mtok all tokens", "usd", "fleet $ over every prompt and output token"),
+    ("usd_per_mtok_uncached_input", "$/Mtok uncached in", "usd",
+     "prefill share of the fleet $ over prompt tokens not served from cache"),
+    ("usd_per_mtok_cached_input", "$/Mtok cached in", "usd",
+     "tier-transfer share of the fleet $ over prompt tokens served from cache"),
+    ("usd_per_mtok_output", "$/Mtok output", "usd", "decode share of the fleet $ over output tokens"),
+    ("sessions_per_replica", "sessions per replica", "num",
+     "most concurrent agent sessions (as --concurrency sets them) one replica serves within the SLO "
+     "(≥: the trace has too few sessions to load it further)"),
+    ("sessions_per_gpu", "sessions per GPU", "num", "sessions per replica / GPUs per replica"),
+    ("usd_per_session_hour", "$ per session-hour", "usd", "GPU $ per hour / sessions per GPU"),
+    ("provider", "provider", "text", "API provider's price and prompt-caching schedule"),
+    ("usd_with_cache", "$ with caching", "usd", "the whole trace, prompt caching on"),
+    ("usd_no_cache", "$ without caching", "usd", "the whole trace, prompt caching off"),
+    ("saving_pct", "saving %", "pct", "1 − with / without caching"),
+    ("plan", "plan", "text", "flat-rate subscription"),
+    ("usd_per_month", "$ per month", "usd", "the plan's price"),
+    ("usd_per_session", "$ per session", "usd", "one top-level session of this trace at API prices"),
+    ("sessions_per_month", "sessions/month to break even", "num", "plan price / $ per session"),
+)
+
+
+@dataclass(slots=True)
+class View:
+    key: str  # JSON key
+    title: str
+    columns: list[Column]
+    rows: list[dict[str, object]]
+    notes: list[str] = field(default_factory=list)
+
+
+def views(rep: Report) -> list[View]:
+    return [same_fleet(rep), sized(rep), capacity(rep), api_prices(rep), *([break_even(rep)] if rep.plans else [])]
+
+
+def _c(*keys: str) -> list[Column]:
+    return [COLUMNS[k] for k in keys]
+
+
+def _slo_key(rep: Report) -> str:
+    q = rep.spec.slo_quantile
+    key = f"ttft_p{q:g}_s".replace(".", "_")
+    if key not in COLUMNS:
+        COLUMNS[key] = Column(key, f"TTFT p{q:g} s", "s", f"time to first token, {q:g}th percentile")
+    return key
+
+
+def _hits(res: SimResult) -> dict[str, float]:
+    prompt = max(float(res.prompt[res.served].sum()), 1.0)
+    tiers = [float(res.cached[res.served, t].sum()) if res.cached.shape[1] > t else 0.0 for t in range(3)]
+    return {"hit_pct": 100 * sum(tiers) / prompt,
+            **{f"hit_{name}_pct": 100 * v / prompt for name, v in zip(("hbm", "dram", "disk"), tiers, strict=True)}}
+
+
+def _latency(res: SimResult) -> dict[str, float]:
+    return {"ttft_p50_s": quantile(res.ttft, 50), "ttft_p90_s": quantile(res.ttft, 90),
+            "ttft_p99_s": quantile(res.ttft, 99), "tpot_p50_ms": 1e3 * quantile(res.tpot, 50)}
+
+
+def same_fleet(rep: Report) -> View:
+    rows = []
+    for o in rep.outcomes:
+        res = o.fleet_run
+        assert res is not None
+        gpus = res.config.replicas * res.config.deployment.tp
+        tokens = float(res.prompt[res.served].sum() + res.output[res.served].sum())
+        rows.append({"lever": o.rung.name, "gpus": gpus, **_hits(res), **_latency(res),
+                     "tok_s_per_gpu": tokens / max(res.makespan_s * gpus, 1e-9),
+                     "requests_rejected": int(res.rejected.sum()),
+                     "slo_met": bool(quantile(res.ttft, rep.spec.slo_quantile) <= rep.spec.slo_ttft_s)})
+    cols = _c("lever", "gpus", "hit_pct", "hit_hbm_pct", "hit_dram_pct", "hit_disk_pct", "ttft_p50_s",
+              "ttft_p90_s", "ttft_p99_s", "tpot_p50_ms", "tok_s_per_gpu", "requests_rejected", "slo_met")
+    if _slo_key(rep) not in {c.key for c in cols}:
+        cols.insert(9, COLUMNS[_slo_key(rep)])
+        for row, o in zip(rows, rep.outcomes, strict=True):
+            row[_slo_key(rep)] = quantile(o.fleet_run.ttft, rep.spec.slo_quantile)  # type: ignore[union-attr]
+    return View("same_fleet", f"Same fleet: every lever on {plural(rep.fleet_gpus, 'GPU')} "
+                f"({plural(rep.fleet_replicas, 'replica')}: {rep.fleet_chosen_by})", cols, rows, _rejected_notes(rep))
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _rejected_notes(rep: Report) -> list[str]:
+    worst = max((int(o.fleet_run.rejected.sum()), o.rung.name) for o in rep.outcomes if o.fleet_run)
+    if not worst[0]:
+        return []
+    return [f"rejected: requests whose prompt and reply exceed one replica's whole GPU KV (at {worst[1]}: "
+            f"{worst[0]}); they are never served and left out of latency and cost. Smaller KV codecs fit them."]
+
+
+def sized(rep: Report) -> View:
+    key = _slo_key(rep)
+    rows, notes = [], []
+    for o in rep.outcomes:
+        s = o.sized
+        c = s.cost
+        rows.append({"lever": o.rung.name, "gpus": c.gpus if c else None, key: s.ttft_slo_s, "slo_met": c is not None,
+                     "hit_pct": _hits(s.result)["hit_pct"] if s.result and c else None,
+                     "usd_per_mtok": c.usd_per_mtok_blended if c else None,
+                     "usd_per_mtok_uncached_input": c.usd_per_mtok_input if c else None,
+                     "usd_per_mtok_cached_input": c.usd_per_mtok_cached if c else None,
+                     "usd_per_mtok_output": c.usd_per_mtok_output if c else None,
+                     "requests_rejected": int(s.result.rejected.sum()) if s.result and c else None})
+        if s.reason:
+            notes.append(f"{o.rung.name}: SLO missed, no size or cost — {s.reason}.")
+    notes.append("$/Mtok splits: GPU time spent on prefill, tier transfers and decode, each over the tokens it "
+                 "served (uncached prompt, cached prompt, output); idle time is shared in proportion.")
+    return View("sized_to_slo", f"Sized to the SLO ({rep.spec.slo}): fewest GPUs and $/Mtok per lever",
+                _c("lever", "gpus", key, "slo_met", "hit_pct", "usd_per_mtok", "usd_per_mtok_uncached_input",
+                   "usd_per_mtok_cached_input", "usd_per_mtok_output", "requests_rejected"), rows, notes)
+
+
+def capacity(rep: Report) -> View:
+    key = _slo_key(rep)
+    tp = rep.spec.tp
+    rows, notes = [], []
+    for o in rep.outcomes:
+        c = o.capacity
+        per = c.sessions_per_replica
+        rows.append({"lever": o.rung.name, "sessions_per_replica": per, "sessions_per_gpu": per / tp,
+                     "usd_per_session_hour": rep.usd_per_gpu_hour * tp / per if per else None, key: c.ttft_slo_s,
+                     "at_limit": c.at_limit})
+        if c.reason:
+            fleet = (f"; yet {plural(o.sized.cost.gpus, 'GPU')} together meet it (more replicas also bring more "
+                     "cache)") if o.sized.cost else ""
+            notes.append(f"{o.rung.name}: no load meets the SLO on one replica — {c.reason}{fleet}.")
+        elif c.at_limit:
+            notes.append(f"{o.rung.name}: still within the SLO at the most load the trace's sessions offer: "
+                         "a lower bound (give a trace with more sessions to find the limit).")
+    return View("capacity_per_gpu", f"Capacity per GPU: concurrent agent sessions one replica serves within the SLO "
+                f"(${rep.usd_per_gpu_hour:g}/GPU-hour)",
+                _c("lever", "sessions_per_replica", "sessions_per_gpu", "usd_per_session_hour", key), rows, notes)
+
+
+def api_prices(rep: Report) -> View:
+    rows = [{"provider": p.name, "hit_pct": 100 * p.hit_rate, "usd_with_cache": p.usd, "usd_no_cache": p.usd_no_cache,
+             "saving_pct": 100 * p.saving, "usd_per_mtok": p.usd_per_mtok} for p in rep.providers]
+    notes = [] if rep.providers else ["the trace has no block ids: provider caches cannot be replayed on it"]
+    return View("api_providers", "The same traffic at API providers (their prices, their prompt caching)",
+                _c("provider", "hit_pct", "usd_with_cache", "usd_no_cache", "saving_pct", "usd_per_mtok"), rows, notes)
+
+
+def break_even(rep: Report) -> View:
+    rows = [{"plan": b.plan, "usd_per_month": b.usd_per_month, "provider": b.provider,
+             "usd_per_session": b.usd_per_session, "sessions_per_month": b.sessions_per_month} for b in rep.plans]
+    return View("break_even", "Flat-rate plan vs usage billing: sessions a month at which they cost the same",
+                _c("plan", "usd_per_month", "provider", "usd_per_session", "sessions_per_month"), rows)
+
+
+def cell(col: Column, row: dict[str, object]) -> str:
+    """A row's value for `col` as the terminal and the HTML show it; a capacity the trace could not exhaust is a
+    bound (≥ sessions, ≤ $)."""
+    text = fmt(col, row.get(col.key))
+    if row.get("at_limit") and text != "—":
+        bound = {"sessions_per_replica": "≥ ", "sessions_per_gpu": "≥ ", "usd_per_session_hour": "≤ "}
+        text = bound.get(col.key, "") + text
+    return text
+
+
+def fmt(col: Column, v: object) -> str:
+    """A value as the terminal and the HTML show it."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "—"
+    if col.kind == "bool":
+        return "yes" if v else "MISSED"
+    if col.kind == "text":
+        return str(v)
+    x = float(v)  # type: ignore[arg-type]
+    if col.kind == "int":
+        return f"{x:,.0f}"
+    if col.kind == "pct":
+        return f"{x:.1f}"
+    if col.kind == "usd":
+        return f"{x:.3f}" if abs(x) < 1 else f"{x:.2f}" if abs(x) < 100 else f"{x:,.0f}"
+    if col.kind in ("s", "num"):
+        return f"{x:.2f}" if abs(x) < 10 else f"{x:,.1f}" if abs(x) < 1000 else f"{x:,.0f}"
+    return f"{x:.1f}"  # ms

@@ -1,0 +1,123 @@
+"""What a reader of the default report sees: one fleet across the same-fleet rows, no cost where the SLO is
+missed, the SLO's percentile, rejected requests, and numbers (not strings) in the JSON."""
+
+from __future__ import annotations
+
+import html
+import re
+
+import pytest
+
+VIEWS = ("same_fleet", "sized_to_slo", "capacity_per_gpu")
+TEXT = {"lever", "provider", "plan"}
+
+
+def rows(doc: dict, view: str) -> list[dict]:
+    return doc[view]["rows"]
+
+
+def table_row(stdout: str, title: str, lever: str) -> str:
+    """The terminal line of `lever` in the table printed under `title`."""
+    after = stdout[stdout.index(title):]
+    return next(line for line in after.splitlines() if line.startswith(f"│ {lever} "))
+
+
+def test_headline_comes_first_and_answers_with_numbers(default_report):
+    out, doc = default_report.stdout, default_report.doc
+    assert out.index("answer") < out.index("Same fleet")
+    first = doc["headline"][0]
+    assert first.startswith(("Deploy ", "No combination")) and re.search(r"\$\d+\.\d+ per million tokens", first)
+    assert any("lever that buys most" in s for s in doc["headline"])
+    assert any(s.startswith("Modelled, not measured") for s in doc["headline"])
+
+
+def test_same_fleet_view_has_one_gpu_count_across_rows(default_report):
+    doc = default_report.doc
+    gpus = {row["gpus"] for row in rows(doc, "same_fleet")}
+    assert gpus == {doc["numbers"]["fleet_gpus"]}
+    sized = {row["lever"]: row for row in rows(doc, "sized_to_slo")}
+    assert doc["numbers"]["fleet_gpus"] == sized["+agent-aware policy"]["gpus"]  # the size all levers need
+
+
+def test_a_lever_missing_the_slo_gets_no_cost_presented_as_met(default_report):
+    doc, out = default_report.doc, default_report.stdout
+    missed = [row for row in rows(doc, "sized_to_slo") if not row["slo_met"]]
+    assert missed, "the default run's baseline cannot meet the SLO at any size"
+    for row in missed:
+        assert row["ttft_p90_s"] > doc["numbers"]["slo_ttft_s"]
+        assert all(row[k] is None for k in row if k.startswith("usd_")) and row["gpus"] is None
+        line = table_row(out, "Sized to the SLO", row["lever"])
+        assert "MISSED" in line and not re.search(r"\d\.\d{3}", line)  # no $ figure on the line
+        assert any(n.startswith(f"{row['lever']}: SLO missed") for n in doc["sized_to_slo"]["notes"])
+    for row in rows(doc, "sized_to_slo"):
+        if row["slo_met"]:
+            assert row["ttft_p90_s"] <= doc["numbers"]["slo_ttft_s"] and row["usd_per_mtok"] > 0
+    for row in rows(doc, "capacity_per_gpu"):
+        assert (row["usd_per_session_hour"] is None) == (row["sessions_per_replica"] == 0)
+    page = html.unescape(default_report.html.read_text())
+    assert page.count("MISSED") >= len(missed)
+
+
+def test_the_slo_percentile_is_shown(default_report):
+    doc, out = default_report.doc, default_report.stdout
+    for view in VIEWS:
+        assert all("ttft_p90_s" in row for row in rows(doc, view)), view
+    assert all("ttft_p50_s" in r and "ttft_p99_s" in r for r in rows(doc, "same_fleet"))
+    assert doc["columns"]["ttft_p90_s"]["label"] == "TTFT p90 s"
+    assert out.count("p90") >= 3 and "TTFT p90 s" in html.unescape(default_report.html.read_text())
+
+
+def test_rejected_requests_appear_in_terminal_and_json(default_report):
+    doc, out = default_report.doc, default_report.stdout
+    fleet = {row["lever"]: row for row in rows(doc, "same_fleet")}
+    rejected = fleet["baseline"]["requests_rejected"]
+    assert rejected > 0, "bf16 KV on one replica cannot hold the default workload's longest requests"
+    assert fleet["+int4 KV"]["requests_rejected"] == 0
+    header = out[out.index("Same fleet"):].split("┡", 1)[0]
+    assert "rejected" in header
+    cells = [c.strip() for c in table_row(out, "Same fleet", "baseline").split("│")]
+    assert str(rejected) in cells
+    assert any(n.startswith("rejected:") for n in doc["same_fleet"]["notes"])
+
+
+def test_json_values_are_numbers_in_the_unit_their_key_names(default_report):
+    doc = default_report.doc
+    for view in (*VIEWS, "api_providers", "break_even"):
+        for row in rows(doc, view):
+            for key, value in row.items():
+                if key in TEXT:
+                    assert isinstance(value, str)
+                else:
+                    assert value is None or isinstance(value, bool | int | float), (view, key, value)
+                    assert key in doc["columns"] or key == "at_limit", key
+    for row in rows(doc, "same_fleet"):
+        assert 0 <= row["hit_pct"] <= 100
+        assert row["hit_pct"] == pytest.approx(row["hit_hbm_pct"] + row["hit_dram_pct"] + row["hit_disk_pct"])
+    assert all(isinstance(v, int | float) for v in doc["numbers"].values())
+
+
+def test_terminal_html_and_json_share_one_vocabulary(default_report):
+    doc = default_report.doc
+    page = html.unescape(default_report.html.read_text())
+    for view in VIEWS:
+        keys = list(rows(doc, view)[0])
+        heads = re.findall(r"<th title='[^']*'>([^<]+)</th>", page.split(f"id='{view}'")[1].split("</table>")[0])
+        assert heads == [doc["columns"][k]["label"] for k in keys if k != "at_limit"]
+    flat = " ".join(default_report.stdout.split())
+    for label in ("hit %", "rejected", "$/Mtok", "sessions per GPU", "$ per session-hour"):
+        assert label in flat and label in page
+
+
+def test_capacity_tells_levers_apart_where_whole_gpus_do_not(default_report):
+    doc = default_report.doc
+    sized = {r["lever"]: r for r in rows(doc, "sized_to_slo")}
+    cap = {r["lever"]: r for r in rows(doc, "capacity_per_gpu")}
+    assert cap["+prefix cache (HBM)"]["sessions_per_gpu"] > 0
+    assert cap["+int4 KV"]["sessions_per_gpu"] > cap["+prefix cache (HBM)"]["sessions_per_gpu"]
+    for lever, row in cap.items():
+        if row["sessions_per_gpu"]:
+            price = doc["numbers"]["usd_per_gpu_hour"] / row["sessions_per_gpu"]
+            assert row["usd_per_session_hour"] == pytest.approx(price)
+        if row["sessions_per_gpu"] == 0:
+            note = next(n for n in doc["capacity_per_gpu"]["notes"] if n.startswith(f"{lever}: no load meets"))
+            assert ("together meet it" in note) == sized[lever]["slo_met"]
