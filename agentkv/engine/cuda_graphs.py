@@ -51,7 +51,11 @@ class DecodeGraphs:
         for size in sorted(self.sizes, reverse=True):
             meta = self.meta(size)
             with self.backend.capturing(size, self.kv_heads, self.max_seq_len):
-                self._call(size, meta)  # compiles the kernels and warms the allocator outside the capture
+                side = torch.cuda.Stream()  # warm-up on a side stream (PyTorch's recipe): compiles the kernels,
+                side.wait_stream(torch.cuda.current_stream())  # loads them and sizes library workspaces
+                with torch.cuda.stream(side):
+                    self._call(size, meta)
+                torch.cuda.current_stream().wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool):
                     out = self._call(size, meta)
