@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="weight and activation dtype (default: the checkpoint's)")
     gen.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     gen.add_argument("--kv-cache-gb", type=float, help="KV pool size (default: free GPU memory, or 0.5 GB on CPU)")
+    gen.add_argument("--kv-tiers", help="tiers below the GPU, NAME=SIZE[@LOCATION] comma-separated, e.g. "
+                     "dram=8GiB,disk=100GiB@/mnt/nvme/kv,redis=20GiB@redis://127.0.0.1:6379")
     gen.add_argument("--compile", action="store_true", help="torch.compile the model forward (CUDA)")
     gen.add_argument("--json", action="store_true", help="print outputs as JSON")
     gen.set_defaults(run=cmd_generate)
@@ -321,11 +323,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     check_model_dir(args.model)
     check_device(args.device)
+    if args.kv_tiers:
+        from agentkv.storage.spec import parse_kv_tiers
+
+        try:
+            parse_kv_tiers(args.kv_tiers)
+        except ValueError as e:
+            raise UsageError(str(e).replace("kv_tiers", "--kv-tiers", 1)) from None
     from agentkv.engine.llm import LLM
     from agentkv.engine.sequence import SamplingParams
 
     llm = LLM(args.model, dtype=args.dtype, device=args.device, compile=args.compile,
-              kv_cache_bytes=int(args.kv_cache_gb * 2**30) if args.kv_cache_gb else None)
+              kv_cache_bytes=int(args.kv_cache_gb * 2**30) if args.kv_cache_gb else None, kv_tiers=args.kv_tiers)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
     if args.chat:
@@ -341,6 +350,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         for o in outs:
             print(o.outputs[0].text)
+    llm.close()
     return 0
 
 

@@ -194,9 +194,10 @@ class LLM:
         return self.scheduler.has_work()
 
     def close(self) -> None:
-        """Finish queued offloads and close the tier stores (a disk tier saves its index for the next run)."""
+        """Write what only GPU and DRAM hold to the disk tier, finish queued offloads and close the stores (the
+        disk saves its index): the next engine on the same folder starts warm."""
         if self.tiering is not None:
-            self.tiering.close()
+            self.tiering.close(self.pool, self.cache)
 
     def generate(self, prompts: Prompt | list[Prompt], sampling_params: SamplingParams | list[SamplingParams] | None
                  = None) -> list[RequestOutput]:

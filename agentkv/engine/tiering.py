@@ -11,7 +11,8 @@
 - a promotion that misses (a corrupted or truncated record, a key Redis evicted, Redis down) cannot be served:
   the block's page is marked poisoned, the lower tier's copy is forgotten by the core, and every request
   about to read the block recomputes from it (`repair`), rewriting the page, so no wrong KV is ever read.
-- with a Redis tier, every block the engine names is also written to Redis, so other processes find it.
+- every block the engine names is written through to Redis at once, so other processes find it; at shutdown
+  the blocks only GPU and DRAM hold are written to disk, so the next engine on the folder finds them.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class Tiering:
         self.mover = Mover()
         self.tiers: list[TierSpec] = []
         self.stores: list[TierStore] = []
-        self.shared: MovedStore | None = None  # the Redis tier: every named block is written through to it
+        self.shared: MovedStore | None = None  # the Redis tier: written through even where the core has no room
         for cfg in parse_kv_tiers(spec):
             capacity = cfg.size.to_bytes(page_bytes / block_size)
             if capacity < page_bytes:
@@ -141,7 +142,7 @@ class Tiering:
     # ---- after the pool carried out a plan ---------------------------------------------------------------
     def repair(self, plan: StepPlan, pool, cache: KVCache, block_size: int) -> None:
         """Forget the lower-tier copies that failed to load; make every prefill that would read a poisoned page
-        recompute from it; write newly named blocks through to the shared tier."""
+        recompute from it; write newly named blocks through to Redis."""
         first = len(cache.tiers) - len(self.stores)
         for tier, ids in pool.lost:
             log.warning("tier %s lost %d blocks (a load failed verification or missed): they will be recomputed",
@@ -179,14 +180,39 @@ class Tiering:
         pool.poisoned -= healed  # this step's forward pass rewrites them
 
     def _write_through(self, plan: StepPlan, pool) -> None:
+        """Blocks named this step go to Redis at once, for the other processes that share it. The core is not
+        told: a copy it counted in a lower tier would make GPU evictions drops instead of demotions to DRAM."""
         ids = [b for op in plan.ops if isinstance(op, Name) for b in op.ids.tolist()
                if b in pool.page_of and b not in pool.poisoned]
         if ids:
             pages = pool.slab[torch.tensor([pool.page_of[b] for b in ids], device=pool.slab.device)]
             self.shared.put([pool.ids.keys[b] for b in ids], pages)  # type: ignore[union-attr]
 
-    def close(self) -> None:
-        """Finish queued offloads, then close the stores (the disk saves its index)."""
+    def flush(self, pool, cache: KVCache) -> None:
+        """At shutdown, write the blocks only GPU or DRAM hold to the disk tier (where it has room), so that the
+        next engine on the same folder finds them."""
+        first = len(cache.tiers) - len(self.stores)
+        where = cache.where[: cache.n_slots]
+        for t, store in self.moved(first):
+            if store is self.shared:
+                continue
+            above = ((where & ((1 << t) - 1)) != 0) & ((where & (1 << t)) == 0)
+            ids = cache.adopt(t, np.flatnonzero(above)).tolist()
+            on_gpu = [b for b in ids if b in pool.page_of and b not in pool.poisoned]
+            if on_gpu:
+                pages = pool.slab[torch.tensor([pool.page_of[b] for b in on_gpu], device=pool.slab.device)]
+                store.put([pool.ids.keys[b] for b in on_gpu], pages)
+            for u, upper in enumerate(self.stores[: t - first], start=first):
+                rest = [b for b in ids if b not in pool.page_of and where[b] & (1 << u)]
+                if rest:
+                    keys = [pool.ids.keys[b] for b in rest]
+                    buf = torch.empty(len(rest), store.page_bytes, dtype=torch.uint8)
+                    found = upper.get(keys, buf)
+                    store.put([k for k, ok in zip(keys, found, strict=True) if ok], buf[torch.from_numpy(found)])
+
+    def close(self, pool, cache: KVCache) -> None:
+        """Flush to disk, finish queued offloads, then close the stores (the disk saves its index)."""
+        self.flush(pool, cache)
         self.mover.close()
         for s in self.stores:
             s.close()

@@ -148,3 +148,19 @@ def test_redis_killed_mid_run_then_restarted(model_dir, cases, redis_server):
     fresh = engine(model_dir, f"redis=1MiB@{redis_server.url}").generate([follow_up], GREEDY)[0]
     assert fresh.cached_tokens_per_tier["remote"] == 40
     assert fresh.outputs[0].token_ids == plain.generate([follow_up], GREEDY)[0].outputs[0].token_ids
+
+
+def test_generate_command_reuses_its_disk_tier(model_dir, tmp_path, capsys):
+    import json
+
+    from agentkv.cli import main
+
+    words = "the agent reads a file and calls a tool then writes code tests pass fail again fix bug hello world"
+    argv = ["generate", "--model", str(model_dir), "--prompt", f"{words} {words}", "--max-tokens", "4",
+            "--dtype", "float32", "--kv-tiers", f"dram=1MiB,disk=4MiB@{tmp_path}", "--json"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)[0]
+    assert main(argv) == 0  # a new engine: only the disk tier remembers
+    second = json.loads(capsys.readouterr().out)[0]
+    assert first["cached_tokens"] == 0 and second["cached_tokens_per_tier"]["disk"] == 32
+    assert second["token_ids"] == first["token_ids"]

@@ -33,3 +33,12 @@ def test_redis_url_with_password_keeps_its_at_sign():
 def test_errors_name_the_bad_part(text, names):
     with pytest.raises(ValueError, match=names.replace("(", r"\(")):
         parse_kv_tiers(text)
+
+
+def test_generate_rejects_a_bad_kv_tiers_flag_in_one_line(tmp_path, capsys):
+    from agentkv.cli import main
+
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "hi", "--kv-tiers", "redis=1GiB@localhost"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("agentkv: error: --kv-tiers: 'redis=1GiB@localhost': redis needs a URL, "
+                   "e.g. redis=20GiB@redis://127.0.0.1:6379")
