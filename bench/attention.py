@@ -6,6 +6,8 @@
 - Quantized pages at 128k: time against bf16 at the same shape (goal: int4 ≥ 3× faster).
 - Prefill: TFLOP/s (causal, unmasked half counted) against torch's scaled_dot_product_attention with the
   flash backend on dense tensors, and FlexAttention (compiled, causal block mask), same shapes (goal ≥ 1.0×).
+- Launch settings: tile sizes, warps and pipeline stages swept around the defaults at three decode shapes
+  and one prefill shape, so the first run on a new GPU says which to keep.
 
 Run: .venv/bin/python -m bench.attention [--quick]
 Without CUDA it says so, compiles the kernels for an H100 (sm_90) ahead of time and reports their registers,
@@ -115,7 +117,6 @@ def decode_rows(device, copy_bw: float, quick: bool) -> None:
 def _decode_codec(device, codec_name: str, shapes: list[tuple[int, int]], copy_bw: float,
                   bf16_us: dict[tuple[int, int], float]) -> None:
     from agentkv.kernels.page_layout import kernel_pages
-    from agentkv.kernels.triton_attention import TritonAttention, num_splits
 
     try:
         kv, token_bytes = pages(codec_name, _fit(codec_name, max(c * b for c, b in shapes), device), device)
@@ -124,29 +125,81 @@ def _decode_codec(device, codec_name: str, shapes: list[tuple[int, int]], copy_b
         print(f"{codec_name:>6} skipped: {e}")
         return
     num_pages = kv.k["data"].shape[0]
-    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20)
     for ctx, batch in shapes:
         if batch * math.ceil(ctx / BLOCK) > num_pages:
             print(f"{codec_name:>6} {ctx:>8} {batch:>5} skipped: {batch} x {ctx} tokens do not fit in memory")
             continue
-        # several independent batches (own pages, own queries) in one graph, so that a replay reads at least
-        # 4x the L2 cache: every row measures HBM, as a model's many layers do
-        copies = max(1, min(8, math.ceil(4 * l2 / (batch * ctx * token_bytes))))
-        calls = []
-        for c in range(copies):
-            backend = TritonAttention()
-            meta = batch_meta(backend, [ctx] * batch, [1] * batch, 0, num_pages, BLOCK, device, seed=c)
-            q = torch.randn(batch, HEADS, DIM, device=device, dtype=torch.bfloat16)
-            calls.append(lambda b=backend, q=q, m=meta: b.attend(q, kv, m, DIM**-0.5))
-        splits = num_splits(batch, KV_HEADS, ctx, backend.decode_block_n, backend.sms)
-        ms = graph_seconds(calls) * 1e3
-        us, gbs = ms * 1e3, batch * ctx * token_bytes / (ms * 1e-3)
+        secs, splits = decode_seconds(kv, token_bytes, ctx, batch, device)
+        us, gbs = secs * 1e6, batch * ctx * token_bytes / secs
         if codec_name == "bf16":
             bf16_us[(ctx, batch)] = us
         base = bf16_us.get((ctx, batch))
         vs = f"{base / us:7.2f}x" if base and codec_name != "bf16" else ""
         print(f"{codec_name:>6} {ctx:>8} {batch:>5} {splits:>6} {us:>9.1f} {gbs / 1e9:>8,.0f} "
               f"{100 * gbs / copy_bw:>6.1f}% {vs:>8}")
+
+
+def decode_seconds(kv, token_bytes: float, ctx: int, batch: int, device, config: dict | None = None,
+                   ) -> tuple[float, int]:
+    """Seconds per decode-attention call over `batch` contexts of `ctx` tokens, and its split count. Several
+    independent batches (own pages, own queries) go in one graph, so that a replay reads at least 4x the L2
+    cache: every figure measures HBM, as a model's many layers do."""
+    from agentkv.kernels.triton_attention import TritonAttention, num_splits
+
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20)
+    copies = max(1, min(8, math.ceil(4 * l2 / (batch * ctx * token_bytes))))
+    calls = []
+    for c in range(copies):
+        backend = TritonAttention()
+        backend.decode = dict(config or backend.decode)
+        meta = batch_meta(backend, [ctx] * batch, [1] * batch, 0, kv.k["data"].shape[0], BLOCK, device, seed=c)
+        q = torch.randn(batch, HEADS, DIM, device=device, dtype=torch.bfloat16)
+        calls.append(lambda b=backend, q=q, m=meta: b.attend(q, kv, m, DIM**-0.5))
+    return graph_seconds(calls), num_splits(batch, KV_HEADS, ctx, backend.decode["BLOCK_N"], backend.sms)
+
+
+DECODE_SWEEP = [dict(BLOCK_N=n, num_warps=w, num_stages=s) for n in (32, 64, 128) for w in (4, 8) for s in (2, 3, 4)]
+PREFILL_SWEEP = [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s)
+                 for m in (64, 128) for n in (32, 64, 128) for w in (4, 8) for s in (2, 3)]
+
+
+def sweep_rows(device, copy_bw: float) -> None:
+    """The launch settings tried around the defaults (TritonAttention.__init__), so one run on a new GPU says
+    which to keep."""
+    from triton.testing import do_bench
+
+    from agentkv.kernels.triton_attention import TritonAttention
+
+    print("\nLaunch settings: the default against the best of a sweep")
+    for codec_name, ctx, batch in (("bf16", 131072, 1), ("bf16", 32768, 32), ("int4", 131072, 1)):
+        kv, token_bytes = pages(codec_name, _fit(codec_name, ctx * batch, device), device)
+        share = {}
+        for cfg in [None, *DECODE_SWEEP]:
+            try:
+                share[str(cfg)] = batch * ctx * token_bytes / decode_seconds(kv, token_bytes, ctx, batch, device,
+                                                                              cfg)[0] / copy_bw
+            except Exception as e:  # a setting this GPU cannot run (shared memory, registers)
+                print(f"  decode {cfg}: {type(e).__name__}")
+        best = max(share, key=share.__getitem__)
+        print(f"  decode {codec_name} {ctx} x {batch}: default {100 * share['None']:.1f}% of copy; "
+              f"best {100 * share[best]:.1f}% with {best}")
+        del kv
+    seqs, new = 1, 8192
+    kv, _ = pages("bf16", seqs * new // BLOCK + 8, device)
+    q = torch.randn(seqs * new, HEADS, DIM, device=device, dtype=torch.bfloat16)
+    tflops = {}
+    for cfg in [None, *PREFILL_SWEEP]:
+        backend = TritonAttention()
+        backend.prefill = dict(cfg or backend.prefill)
+        meta = batch_meta(backend, [new] * seqs, [new] * seqs, seqs, kv.k["data"].shape[0], BLOCK, device)
+        try:
+            ms = do_bench(lambda b=backend, m=meta: b.attend(q, kv, m, DIM**-0.5))
+        except Exception as e:
+            print(f"  prefill {cfg}: {type(e).__name__}")
+            continue
+        tflops[str(cfg)] = causal_flops([new] * seqs, [new] * seqs) / ms / 1e9
+    best = max(tflops, key=tflops.__getitem__)
+    print(f"  prefill {seqs} x {new}: default {tflops['None']:.0f} TFLOP/s; best {tflops[best]:.0f} with {best}")
 
 
 def _fit(codec_name: str, tokens: int, device) -> int:
@@ -265,7 +318,7 @@ def smoke() -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="a few shapes only")
+    ap.add_argument("--quick", action="store_true", help="a few shapes only, no sweep of launch settings")
     ap.add_argument("--sm90", action="store_true", help="only compile the kernels for an H100 and report resources")
     args = ap.parse_args()
     print(f"machine: {machine()}")
@@ -284,6 +337,8 @@ def main() -> int:
     copy_bw = copy_bandwidth(device)
     decode_rows(device, copy_bw, args.quick)
     prefill_rows(device, args.quick)
+    if not args.quick:
+        sweep_rows(device, copy_bw)
     return 0
 
 

@@ -240,9 +240,13 @@ class TritonAttention(AttentionBackend):
     split-K decode over pages of any codec."""
 
     def __init__(self) -> None:
-        small = INTERPRET  # the interpreter's cost is per element: small tiles, so tests cross tile borders
-        self.prefill_blocks = (16, 16) if small else (128, 64)
-        self.decode_block_n = 16 if small else 64
+        # launch settings (bench.attention sweeps them on a GPU); the interpreter's cost is per element: small
+        # tiles there, so that tests cross tile borders
+        self.prefill = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
+        self.decode = dict(BLOCK_N=64, num_warps=4, num_stages=3)
+        if INTERPRET:
+            self.prefill = dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
+            self.decode = dict(BLOCK_N=16, num_warps=4, num_stages=1)
         self.fixed_splits: int | None = None  # set while capturing CUDA graphs: the grid must not change
         self.sms = 4
 
@@ -279,47 +283,45 @@ class TritonAttention(AttentionBackend):
     def capturing(self, num_decodes: int, kv_heads: int, max_seq_len: int) -> Iterator[None]:
         """While a CUDA graph of `num_decodes` decodes is captured: a split count fixed for the longest context
         it will replay, so one graph serves every context length (each split finds its range on the device)."""
-        self.fixed_splits = num_splits(num_decodes, kv_heads, max_seq_len, self.decode_block_n, self.sms)
+        self.fixed_splits = num_splits(num_decodes, kv_heads, max_seq_len, self.decode["BLOCK_N"], self.sms)
         try:
             yield
         finally:
             self.fixed_splits = None
 
-    def _common(self, q: torch.Tensor, out: torch.Tensor, kp: KernelPages, vp: KernelPages, meta: AttentionMetadata):
+    @staticmethod
+    def _common(kp: KernelPages, vp: KernelPages, meta: AttentionMetadata) -> tuple:
         return (*_page_args(kp), *_page_args(vp), meta.block_tables, meta.query_start_loc, meta.seq_lens)
 
     def _prefill(self, q, out, kp, vp, block_size, kv_heads, meta, scale) -> None:
         heads, dim = q.shape[1], q.shape[2]
-        block_m, block_n = self.prefill_blocks
-        grid = (triton.cdiv(meta.max_query_len, block_m), meta.num_prefills, heads)
+        grid = (triton.cdiv(meta.max_query_len, self.prefill["BLOCK_M"]), meta.num_prefills, heads)
         _prefill_kernel[grid](
-            q, out, *self._common(q, out, kp, vp, meta), scale,
+            q, out, *self._common(kp, vp, meta), scale,
             q.stride(0), q.stride(1), out.stride(0), out.stride(1), meta.block_tables.stride(0),
             *_stride_args(kp), *_stride_args(vp),
             G=heads // kv_heads, BS=block_size, D=dim, BLOCK_D=triton.next_power_of_2(dim),
-            BLOCK_M=block_m, BLOCK_N=block_n, DOT=_dot_dtype(q.dtype),
-            K_QUANT=kp.quant, K_GROUP=kp.group, V_QUANT=vp.quant, V_GROUP=vp.group,
-            num_warps=4 if INTERPRET or dim <= 64 else 8, num_stages=1 if INTERPRET else 3,
+            DOT=_dot_dtype(q.dtype), K_QUANT=kp.quant, K_GROUP=kp.group, V_QUANT=vp.quant, V_GROUP=vp.group,
+            **self.prefill,
         )
 
     def _decode(self, q, out, kp, vp, block_size, kv_heads, meta, scale) -> None:
         heads, dim = q.shape[1], q.shape[2]
         n_dec = meta.seq_lens.shape[0] - meta.num_prefills
         g = heads // kv_heads
-        block_n, block_d = self.decode_block_n, triton.next_power_of_2(dim)
-        splits = self.fixed_splits or num_splits(n_dec, kv_heads, meta.max_seq_len, block_n, self.sms)
+        block_d = triton.next_power_of_2(dim)
+        splits = self.fixed_splits or num_splits(n_dec, kv_heads, meta.max_seq_len, self.decode["BLOCK_N"], self.sms)
         part_o = part_lse = out  # unused when one split writes the output itself
         if splits > 1:
             part_o = torch.empty(n_dec, heads, splits, block_d, dtype=torch.float32, device=q.device)
             part_lse = torch.empty(n_dec, heads, splits, dtype=torch.float32, device=q.device)
         _decode_kernel[(n_dec, kv_heads, splits)](
-            q, out, part_o, part_lse, *self._common(q, out, kp, vp, meta), scale, meta.num_prefills,
+            q, out, part_o, part_lse, *self._common(kp, vp, meta), scale, meta.num_prefills,
             q.stride(0), q.stride(1), out.stride(0), out.stride(1), meta.block_tables.stride(0),
             *_stride_args(kp), *_stride_args(vp),
             H=heads, G=g, BLOCK_G=max(16, triton.next_power_of_2(g)), BS=block_size, D=dim, BLOCK_D=block_d,
-            BLOCK_N=block_n, SPLITS=splits, DOT=_dot_dtype(q.dtype),
-            K_QUANT=kp.quant, K_GROUP=kp.group, V_QUANT=vp.quant, V_GROUP=vp.group,
-            num_warps=4, num_stages=1 if INTERPRET else 3,
+            SPLITS=splits, DOT=_dot_dtype(q.dtype),
+            K_QUANT=kp.quant, K_GROUP=kp.group, V_QUANT=vp.quant, V_GROUP=vp.group, **self.decode,
         )
         if splits > 1:
             _reduce_kernel[(n_dec, heads)](out, part_o, part_lse, meta.query_start_loc, meta.num_prefills,
