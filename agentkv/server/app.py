@@ -73,6 +73,7 @@ def create_app(engine: Any, tokenizer: Any, cfg: ServerConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         yield
         engine.shutdown(drain=cfg.drain_on_shutdown)  # uvicorn has let requests in flight finish first
+        engine.llm.close()  # lower tiers finish their writes (a disk tier keeps its index for the next start)
 
     app = FastAPI(title="agentkv", version="0.1.0", lifespan=lifespan,
                   description="OpenAI- and Anthropic-compatible serving over agentkv's engine")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from agentkv.cli_errors import positive
 from agentkv.server.tool_parsers import PARSERS
 
 
@@ -20,14 +21,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--kv-cache-gb", type=float, help="KV pool size (default: free GPU memory, or 0.5 GB on CPU)")
-    p.add_argument("--host-kv-gb", type=float, default=0.0, help="a host-memory (dram) KV tier of this size")
+    p.add_argument("--kv-cache-gb", type=positive(float), help="KV pool size (default: free GPU memory, or 0.5 GB on CPU)")
+    p.add_argument("--kv-tiers", help="tiers below the GPU, e.g. dram=8GiB,disk=100GiB@/mnt/nvme/kv,"
+                                      "redis=20GiB@redis://127.0.0.1:6379")
     p.add_argument("--kv-codec", default="auto", help="how KV pages are stored (default: the model's dtype)")
     p.add_argument("--policy", default="lru", help="KV eviction policy: lru, lfu, cost, agent")
-    p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--max-num-seqs", type=int, default=64, help="requests in the running batch")
-    p.add_argument("--max-batched-tokens", type=int, default=2048)
-    p.add_argument("--max-model-len", type=int, help="context limit (default: the model's)")
+    p.add_argument("--block-size", type=positive(int), default=16, help="tokens per KV block (default 16)")
+    p.add_argument("--max-num-seqs", type=positive(int), default=64, help="requests in the running batch (default 64)")
+    p.add_argument("--max-batched-tokens", type=positive(int), default=2048, help="tokens per step (default 2048)")
+    p.add_argument("--max-model-len", type=positive(int), help="context limit (default: the model's)")
     p.add_argument("--max-queue", type=int, default=256,
                    help="requests that may wait beyond the running batch; more get 429 with Retry-After")
     p.add_argument("--tool-call-parser", default="hermes", choices=sorted(PARSERS),
@@ -42,25 +44,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def build(args: argparse.Namespace):
     """The app for these flags (its engine thread running): what `cmd_serve` runs and tests start."""
+    from agentkv.cli_errors import UsageError, check_device, check_model_dir
+
+    check_model_dir(args.model)
+    check_device(args.device)
+    if args.max_queue < 0:
+        raise UsageError(f"--max-queue must be >= 0, got {args.max_queue}")
     from agentkv.engine.async_llm import AsyncLLM
     from agentkv.engine.llm import LLM
     from agentkv.server.app import ServerConfig, create_app
     from agentkv.server.tenants import PublicPrefixes, load_api_keys
 
-    for flag, value in (("--max-num-seqs", args.max_num_seqs), ("--block-size", args.block_size),
-                        ("--max-batched-tokens", args.max_batched_tokens)):
-        if value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
-    if args.max_queue < 0:
-        raise ValueError(f"--max-queue must be >= 0, got {args.max_queue}")
     keys = load_api_keys(args.api_keys) if args.api_keys else None
     llm = LLM(args.model, dtype=args.dtype, device=args.device, compile=args.compile, policy=args.policy,
               kv_codec=args.kv_codec, kv_cache_bytes=int(args.kv_cache_gb * 2**30) if args.kv_cache_gb else None,
-              host_kv_bytes=int(args.host_kv_gb * 2**30), block_size=args.block_size,
+              kv_tiers=args.kv_tiers, block_size=args.block_size,
               max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_batched_tokens)
     limit = llm.config.max_position_embeddings
     if args.max_model_len is not None and not 1 < args.max_model_len <= limit:
-        raise ValueError(f"--max-model-len must be in [2, {limit}] (the model's context), got {args.max_model_len}")
+        raise UsageError(f"--max-model-len must be in [2, {limit}] (the model's context), got {args.max_model_len}")
     public = PublicPrefixes.load(args.public_prefix, llm.tokenizer) if args.public_prefix else None
     cfg = ServerConfig(model_name=args.served_model_name or os.path.basename(os.path.normpath(args.model)),
                        max_model_len=args.max_model_len or limit, block_size=args.block_size,

@@ -100,3 +100,21 @@ def test_threads_share_one_engine_safely(client):
     alone = client.completions.create(model="tiny", prompt=f"hello {WORDS[3]} world", max_tokens=8, temperature=0,
                                       extra_body={"ignore_eos": True}).choices[0].text
     assert len(out) == 8 and out[3] == alone  # batching did not change a greedy reply
+
+
+def test_cached_tokens_per_tier_with_a_dram_tier(start, plain_dir):
+    """A GPU pool of ~50 blocks with a host tier below: a prompt pushed out of the GPU by others is found in
+    DRAM, and usage says so."""
+    srv = start("--model", str(plain_dir), "--served-model-name", "tiny", "--kv-cache-gb", "0.0004",
+                "--kv-tiers", "dram=0.01GiB")
+    c = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
+
+    def tiers(words: list[str]) -> dict[str, int]:
+        r = c.completions.create(model="tiny", prompt=" ".join(words * 100), max_tokens=1, temperature=0)
+        return r.usage.prompt_tokens_details.model_extra["cached_tokens_per_tier"]
+
+    assert sum(tiers(WORDS[:4]).values()) == 0
+    for i in range(4, 16, 4):
+        tiers(WORDS[i : i + 4])  # others fill the GPU tier
+    found = tiers(WORDS[:4])
+    assert found["dram"] >= 160 and found["dram"] + found.get("gpu", 0) >= 384
