@@ -28,6 +28,8 @@ def tiny(tmp_path_factory):
 
 
 def replay(tmp_path, tiny, *flags: str) -> dict:
+    """One replay; give each test its own --seed: its text then shares nothing with what earlier tests left in
+    the server's cache (older blocks LRU evicts first, so they change no hit)."""
     folder, server = tiny
     files = [str(need(CLAUDE_CODE / f"{s}.json.gz")) for s in SESSIONS]
     out = tmp_path / "out"
@@ -59,8 +61,9 @@ def test_measured_cached_share_matches_the_prediction_and_the_sweep(tmp_path, ti
     assert points["belady"] > measured + 0.05  # the capacity binds: the agreement is not the trivial kind
 
 
-def test_anthropic_api_with_chat_template(tmp_path, tiny):
-    s = replay(tmp_path, tiny, "--api", "anthropic", "--sessions", "2")
+@pytest.mark.parametrize("api", ["anthropic", "openai-chat"])
+def test_chat_apis_through_the_chat_template(tmp_path, tiny, api):
+    s = replay(tmp_path, tiny, "--api", api, "--sessions", "2", "--seed", str(1 + len(api)))
     assert s["requests"] == s["ok"] == 12 and s["count_mismatches"] == 0
     assert s["meta"]["server_overhead_tokens"] > 1  # the chat template's header and footer
     assert s["cached_share"] > 0.3 and abs(s["cached_share"] - s["predicted_share"]) <= 0.02
