@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--kv-tiers", help="tiers below the GPU, NAME=SIZE[@LOCATION] comma-separated, e.g. "
                      "dram=8GiB,disk=100GiB@/mnt/nvme/kv,redis=20GiB@redis://127.0.0.1:6379")
     gen.add_argument("--compile", action="store_true", help="torch.compile the model forward (CUDA)")
+    gen.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default="auto",
+                     help="auto (default): Triton kernels on CUDA, the torch reference elsewhere")
     gen.add_argument("--json", action="store_true", help="print outputs as JSON")
     gen.set_defaults(run=cmd_generate)
 
@@ -334,7 +336,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from agentkv.engine.sequence import SamplingParams
 
     llm = LLM(args.model, dtype=args.dtype, device=args.device, compile=args.compile,
-              kv_cache_bytes=int(args.kv_cache_gb * 2**30) if args.kv_cache_gb else None, kv_tiers=args.kv_tiers)
+              kv_cache_bytes=int(args.kv_cache_gb * 2**30) if args.kv_cache_gb else None, kv_tiers=args.kv_tiers,
+              attention_backend=args.attention_backend)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
     if args.chat:

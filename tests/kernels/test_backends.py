@@ -32,3 +32,17 @@ def test_bad_choices_say_why():
         make_backend("flash", "cpu")
     with pytest.raises(ValueError, match=r"int4-kivi.*torch attention backend"):
         make_backend("triton", "cpu", get_codec("int4-kivi"))
+
+
+def test_cli_flag_forces_a_backend_or_says_why(tmp_path, monkeypatch, capsys):
+    from agentkv.cli import main
+    from tests.engine.conftest import write_checkpoint
+
+    folder = str(write_checkpoint(tmp_path / "ckpt", "llama3"))
+    base = ["generate", "--model", folder, "--prompt", "the agent reads", "--max-tokens", "2", "--device", "cpu"]
+    assert main([*base, "--attention-backend", "torch"]) == 0
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    capsys.readouterr()
+    assert main([*base, "--attention-backend", "triton"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs a CUDA device" in err and len(err.splitlines()) == 1
