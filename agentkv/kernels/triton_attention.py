@@ -31,41 +31,55 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _load_kv(data, scale, offset, pg, off, h, n_mask,
-             sp, st, sh, cp, ct, ch, cg, zp, zt, zh, zg,
-             QUANT: tl.constexpr, GROUP: tl.constexpr, OUT: tl.constexpr,
-             BLOCK_N: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Tokens (page pg[n], offset off[n]) of KV head h as a [BLOCK_N, BLOCK_D] tile in OUT.
-    QUANT 0: values as stored; 1: code × scale (fp8, int8); 2: 4-bit codes two a byte (even dims in the low
-    nibble), code × scale + offset. A scale (and offset) covers GROUP dims of a token's head vector; they are
-    addressed by strides (page, token, head, group). Every load is a contiguous row per token (vectorized):
-    bytes are split into nibbles and scales broadcast in registers."""
+def _load_codes(data, pg, off, h, n_mask, sp, st, sh, QUANT: tl.constexpr, D: tl.constexpr,
+                BLOCK_D: tl.constexpr):
+    """Tokens (page pg[n], offset off[n]) of KV head h as stored, [BLOCK_N, BLOCK_D]: values, or codes (QUANT 2:
+    4-bit codes two a byte, even dims in the low nibble). Each token's row is one contiguous, vectorized load;
+    nibbles are split in registers."""
     row = pg.to(tl.int64) * sp + off * st + h * sh
     if QUANT == 2:
         b = tl.arange(0, BLOCK_D // 2)
         packed = tl.load(data + row[:, None] + b[None, :], mask=n_mask[:, None] & (b < D // 2)[None, :], other=0)
-        x = tl.interleave(packed & 15, packed >> 4)
-    else:
-        d = tl.arange(0, BLOCK_D)
-        x = tl.load(data + row[:, None] + d[None, :], mask=n_mask[:, None] & (d < D)[None, :], other=0.0)
+        return tl.interleave(packed & 15, packed >> 4)
+    d = tl.arange(0, BLOCK_D)
+    return tl.load(data + row[:, None] + d[None, :], mask=n_mask[:, None] & (d < D)[None, :], other=0.0)
+
+
+@triton.jit
+def _token_scales(scale, offset, pg, off, h, n_mask, cp, ct, ch, zp, zt, zh, QUANT: tl.constexpr):
+    """Each token's scale and offset (0 unless QUANT 2) when one covers the whole head vector: [BLOCK_N] each."""
+    s = tl.load(scale + pg.to(tl.int64) * cp + off * ct + h * ch, mask=n_mask, other=0.0).to(tl.float32)
+    z = tl.zeros_like(s)
+    if QUANT == 2:
+        z = tl.load(offset + pg.to(tl.int64) * zp + off * zt + h * zh, mask=n_mask, other=0.0).to(tl.float32)
+    return s, z
+
+
+@triton.jit
+def _load_kv(data, scale, offset, pg, off, h, n_mask,
+             sp, st, sh, cp, ct, ch, cg, zp, zt, zh, zg,
+             QUANT: tl.constexpr, GROUP: tl.constexpr, OUT: tl.constexpr,
+             BLOCK_N: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The tile decoded to values in OUT. QUANT 0: as stored; 1: code × scale (fp8, int8); 2: code × scale +
+    offset (int4). A scale (and offset) covers GROUP dims of a token's head vector; they are addressed by
+    strides (page, token, head, group), and broadcast in registers."""
+    x = _load_codes(data, pg, off, h, n_mask, sp, st, sh, QUANT, D, BLOCK_D)
     if QUANT == 0:
         return x.to(OUT)
     x = x.to(tl.float32)
-    srow = pg.to(tl.int64) * cp + off * ct + h * ch
-    zrow = pg.to(tl.int64) * zp + off * zt + h * zh
     if GROUP >= D:  # one scale (and offset) per token and head
-        x = x * tl.load(scale + srow, mask=n_mask, other=0.0).to(tl.float32)[:, None]
-        if QUANT == 2:
-            x += tl.load(offset + zrow, mask=n_mask, other=0.0).to(tl.float32)[:, None]
-    else:  # groups of a head vector (D == BLOCK_D here): [N, groups] scales over [N, groups, GROUP] values
-        g = tl.arange(0, BLOCK_D // GROUP)
-        s = tl.load(scale + srow[:, None] + g[None, :] * cg, mask=n_mask[:, None], other=0.0).to(tl.float32)
-        x = tl.reshape(x, (BLOCK_N, BLOCK_D // GROUP, GROUP)) * s[:, :, None]
-        if QUANT == 2:
-            z = tl.load(offset + zrow[:, None] + g[None, :] * zg, mask=n_mask[:, None], other=0.0).to(tl.float32)
-            x += z[:, :, None]
-        x = tl.reshape(x, (BLOCK_N, BLOCK_D))
-    return x.to(OUT)
+        s, z = _token_scales(scale, offset, pg, off, h, n_mask, cp, ct, ch, zp, zt, zh, QUANT)
+        return (x * s[:, None] + z[:, None]).to(OUT)
+    # groups of a head vector (D == BLOCK_D here): [N, groups] scales over [N, groups, GROUP] values
+    g = tl.arange(0, BLOCK_D // GROUP)
+    srow = pg.to(tl.int64) * cp + off * ct + h * ch
+    s = tl.load(scale + srow[:, None] + g[None, :] * cg, mask=n_mask[:, None], other=0.0).to(tl.float32)
+    x = tl.reshape(x, (BLOCK_N, BLOCK_D // GROUP, GROUP)) * s[:, :, None]
+    if QUANT == 2:
+        zrow = pg.to(tl.int64) * zp + off * zt + h * zh
+        z = tl.load(offset + zrow[:, None] + g[None, :] * zg, mask=n_mask[:, None], other=0.0).to(tl.float32)
+        x += z[:, :, None]
+    return tl.reshape(x, (BLOCK_N, BLOCK_D)).to(OUT)
 
 
 @triton.jit
@@ -164,6 +178,7 @@ def _decode_kernel(
     qm = g_mask[:, None] & d_mask[None, :]
     qt = tl.load(q + t * q_st + heads[:, None] * q_sh + d[None, :], mask=qm, other=0.0)
     qt = (qt.to(tl.float32) * (sm_scale * 1.4426950408889634)).to(DOT)
+    q_sum = tl.sum(qt.to(tl.float32), 1)  # for int4 keys' offsets
     tables = block_tables + b.to(tl.int64) * bt_stride
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
@@ -172,17 +187,28 @@ def _decode_kernel(
         n = n0 + tl.arange(0, BLOCK_N)
         n_mask = n < stop
         pg, off = _tile_pages(tables, n, n_mask, BS)
-        kt = _load_kv(k, ks, kz, pg, off, kvh, n_mask, k_sp, k_st, k_sh, ks_p, ks_t, ks_h, ks_g,
-                      kz_p, kz_t, kz_h, kz_g, K_QUANT, K_GROUP, DOT, BLOCK_N, D, BLOCK_D)
-        s = _mm(qt, tl.trans(kt), DOT)
+        if K_QUANT != 0 and K_GROUP >= D:  # q·(c s + z) = s (q·c) + z Σq: the codes go to the tensor cores
+            kc = _load_codes(k, pg, off, kvh, n_mask, k_sp, k_st, k_sh, K_QUANT, D, BLOCK_D).to(DOT)
+            sk, zk = _token_scales(ks, kz, pg, off, kvh, n_mask, ks_p, ks_t, ks_h, kz_p, kz_t, kz_h, K_QUANT)
+            s = _mm(qt, tl.trans(kc), DOT) * sk[None, :] + q_sum[:, None] * zk[None, :]
+        else:
+            kt = _load_kv(k, ks, kz, pg, off, kvh, n_mask, k_sp, k_st, k_sh, ks_p, ks_t, ks_h, ks_g,
+                          kz_p, kz_t, kz_h, kz_g, K_QUANT, K_GROUP, DOT, BLOCK_N, D, BLOCK_D)
+            s = _mm(qt, tl.trans(kt), DOT)
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        vt = _load_kv(v, vs, vz, pg, off, kvh, n_mask, v_sp, v_st, v_sh, vs_p, vs_t, vs_h, vs_g,
-                      vz_p, vz_t, vz_h, vz_g, V_QUANT, V_GROUP, DOT, BLOCK_N, D, BLOCK_D)
-        acc = acc * alpha[:, None] + _mm(p.to(DOT), vt, DOT)
+        if V_QUANT != 0 and V_GROUP >= D:  # p·(c s + z) = (p s)·c + p·z: scales on the probabilities
+            vc = _load_codes(v, pg, off, kvh, n_mask, v_sp, v_st, v_sh, V_QUANT, D, BLOCK_D).to(DOT)
+            sv, zv = _token_scales(vs, vz, pg, off, kvh, n_mask, vs_p, vs_t, vs_h, vz_p, vz_t, vz_h, V_QUANT)
+            pv = _mm((p * sv[None, :]).to(DOT), vc, DOT) + tl.sum(p * zv[None, :], 1)[:, None]
+        else:
+            vt = _load_kv(v, vs, vz, pg, off, kvh, n_mask, v_sp, v_st, v_sh, vs_p, vs_t, vs_h, vs_g,
+                          vz_p, vz_t, vz_h, vz_g, V_QUANT, V_GROUP, DOT, BLOCK_N, D, BLOCK_D)
+            pv = _mm(p.to(DOT), vt, DOT)
+        acc = acc * alpha[:, None] + pv
         m_i = m_new
     if SPLITS == 1:
         out = acc / l_i[:, None]
