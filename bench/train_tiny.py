@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=2048)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--chars", type=int, default=6_000_000, help="training text, in characters")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
