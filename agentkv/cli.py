@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="weight and activation dtype (default: the checkpoint's)")
     gen.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     gen.add_argument("--kv-cache-gb", type=float, help="KV pool size (default: free GPU memory, or 0.5 GB on CPU)")
+    gen.add_argument("--kv-codec", default="auto", help="KV page format: bf16, fp16, fp8, int8, int4, int4-gN "
+                     "(default auto: the model's dtype); `agentkv kv-eval` measures what each costs in accuracy")
     gen.add_argument("--kv-tiers", help="tiers below the GPU, NAME=SIZE[@LOCATION] comma-separated, e.g. "
                      "dram=8GiB,disk=100GiB@/mnt/nvme/kv,redis=20GiB@redis://127.0.0.1:6379")
     gen.add_argument("--compile", action="store_true", help="torch.compile the model forward (CUDA)")
@@ -335,7 +337,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from agentkv.engine.llm import LLM
     from agentkv.engine.sequence import SamplingParams
 
-    llm = LLM(args.model, dtype=args.dtype, device=args.device, compile=args.compile,
+    if args.kv_codec != "auto":
+        from agentkv.kvcache.sizing import codec
+
+        try:
+            codec(args.kv_codec)
+        except ValueError as e:
+            raise UsageError(f"--kv-codec: {e}") from None
+    llm = LLM(args.model, dtype=args.dtype, device=args.device, compile=args.compile, kv_codec=args.kv_codec,
               kv_cache_bytes=int(args.kv_cache_gb * 2**30) if args.kv_cache_gb else None, kv_tiers=args.kv_tiers,
               attention_backend=args.attention_backend)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,

@@ -128,3 +128,19 @@ def test_a_codec_is_part_of_a_blocks_identity(llama, ps, tmp_path):
     out = other.generate(ps, GREEDY)
     assert sum(o.cached_tokens_per_tier["disk"] for o in out) == 0 and other.namespace != first.namespace
     assert [o.outputs[0].token_ids for o in out] == outputs(engine(llama, "int4", enable_prefix_caching=False), ps)
+
+
+def test_generate_command_takes_a_codec(llama, capsys):
+    import json
+
+    from agentkv.cli import main
+
+    args = ["generate", "--model", str(llama), "--dtype", "float32", "--max-tokens", "4", "--json",
+            "--prompt", "the agent reads a file", "--kv-codec"]
+    assert main([*args, "int4"]) == 0
+    got = json.loads(capsys.readouterr().out)[0]["token_ids"]
+    direct = LLM(str(llama), dtype="float32", kv_codec="int4").generate(
+        ["the agent reads a file"], SamplingParams(max_tokens=4, temperature=0))[0]
+    assert got == direct.outputs[0].token_ids
+    assert main([*args, "int5"]) == 2
+    assert "--kv-codec: unknown KV codec 'int5'" in capsys.readouterr().err
