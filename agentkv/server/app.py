@@ -51,7 +51,6 @@ class ServerConfig:
     public: PublicPrefixes | None = None
     max_num_seqs: int = 64
     max_queue: int = 256
-    drain_on_shutdown: bool = True
 
 
 @dataclass(slots=True)
@@ -72,7 +71,7 @@ def create_app(engine: Any, tokenizer: Any, cfg: ServerConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        engine.shutdown(drain=cfg.drain_on_shutdown)  # uvicorn has let requests in flight finish first
+        engine.shutdown(drain=True)  # uvicorn has let the requests in flight finish first
         engine.llm.close()  # lower tiers finish their writes (a disk tier keeps its index for the next start)
 
     app = FastAPI(title="agentkv", version="0.1.0", lifespan=lifespan,
@@ -88,32 +87,50 @@ def create_app(engine: Any, tokenizer: Any, cfg: ServerConfig) -> FastAPI:
     async def metrics() -> Response:
         return Response(server.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(_Authenticate, server=server)
+
     @app.get("/v1/models", response_model=oai.ModelList)
-    async def models(request: Request) -> oai.ModelList:
-        server.tenant(request)
+    async def models() -> oai.ModelList:
         return oai.ModelList(data=[oai.ModelCard(id=cfg.model_name, created=server.started,
                                                  max_model_len=cfg.max_model_len)])
 
     @app.post("/v1/chat/completions", responses={200: {"model": oai.ChatCompletion}})
     async def chat_completions(body: oai.ChatCompletionRequest, request: Request) -> Response:
-        return await server.chat(body, request)
+        return await server.chat(body, request, request.state.tenant)
 
     @app.post("/v1/completions", responses={200: {"model": oai.Completion}})
     async def completions(body: oai.CompletionRequest, request: Request) -> Response:
-        return await server.completion(body, request)
+        return await server.completion(body, request, request.state.tenant)
 
     @app.post("/v1/messages", responses={200: {"model": anth.MessagesResponse}})
     async def messages(body: anth.MessagesRequest, request: Request) -> Response:
-        return await server.messages(body, request)
+        return await server.messages(body, request, request.state.tenant)
 
     @app.post("/v1/messages/count_tokens")
-    async def count_tokens(body: anth.CountTokensRequest, request: Request) -> dict[str, int]:
-        server.tenant(request)
+    async def count_tokens(body: anth.CountTokensRequest) -> dict[str, int]:
         server.check_model(body.model)
         msgs, tools = anthropic_messages(body)
         return {"input_tokens": len(await server.render(msgs, tools))}
 
     return app
+
+
+class _Authenticate:
+    """API keys are checked before anything else reads the request: a stranger learns nothing of the body's
+    faults. The tenant goes in the request's state."""
+
+    def __init__(self, app: Any, server: Server) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            request = Request(scope)
+            try:
+                scope.setdefault("state", {})["tenant"] = self.server.tenant(request)
+            except APIError as e:
+                await errors.error_response(request, e)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class Server:
@@ -150,7 +167,7 @@ class Server:
         except (TemplateError, ValueError) as e:
             raise APIError(400, f"messages: the chat template refused them: {e}", param="messages") from None
 
-    def prepare(self, request: Request, body: Any, prompt: list[int], max_tokens: int | None, stop: tuple[str, ...],
+    def prepare(self, request: Request, tenant: str, body: Any, prompt: list[int], max_tokens: int | None, stop: tuple[str, ...],
                 tools: bool, session: str | None) -> Prepared:
         limit = self.cfg.max_model_len
         if len(prompt) >= limit or (max_tokens is not None and len(prompt) + max_tokens > limit):
@@ -164,7 +181,6 @@ class Server:
                                     stop=stop, ignore_eos=getattr(body, "ignore_eos", False))
         except ValueError as e:
             raise APIError(400, str(e)) from None
-        tenant = self.tenant(request)
         session = request.headers.get("x-session-id") or session
         return Prepared(prompt, params, tenant, body.cache_salt or "", f"{tenant}/{session}" if session else None, tools)
 
@@ -189,13 +205,12 @@ class Server:
         return min(hits)[1] if hits else None
 
     # ---- OpenAI -------------------------------------------------------------------------------------------
-    async def chat(self, body: oai.ChatCompletionRequest, request: Request) -> Response:
+    async def chat(self, body: oai.ChatCompletionRequest, request: Request, tenant: str) -> Response:
         arrival = time.monotonic()
-        self.tenant(request)
         self.check_model(body.model)
         msgs, tools = openai_messages(body)
         prompt = await self.render(msgs, tools)
-        p = self.prepare(request, body, prompt, body.max_new_tokens, body.stop_list, tools is not None, body.user)
+        p = self.prepare(request, tenant, body, prompt, body.max_new_tokens, body.stop_list, tools is not None, body.user)
         rid = f"chatcmpl-{secrets.token_hex(12)}"
         deltas = await self.submit(request, "chat", arrival, p, rid)
         if body.stream:
@@ -236,15 +251,14 @@ class Server:
                         "choices": [], "usage": _usage(result).model_dump()})
         yield "data: [DONE]\n\n"
 
-    async def completion(self, body: oai.CompletionRequest, request: Request) -> Response:
+    async def completion(self, body: oai.CompletionRequest, request: Request, tenant: str) -> Response:
         arrival = time.monotonic()
-        self.tenant(request)
         self.check_model(body.model)
         prompt = body.prompt if isinstance(body.prompt, list) else await self._encode(body.prompt)
         vocab = self.cfg.vocab_size
         if isinstance(body.prompt, list) and not all(0 <= t < vocab for t in prompt):
             raise APIError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt")
-        p = self.prepare(request, body, prompt, body.max_tokens, body.stop_list, False, body.user)
+        p = self.prepare(request, tenant, body, prompt, body.max_tokens, body.stop_list, False, body.user)
         rid = f"cmpl-{secrets.token_hex(12)}"
         deltas = await self.submit(request, "completions", arrival, p, rid)
         if body.stream:
@@ -275,15 +289,14 @@ class Server:
         yield "data: [DONE]\n\n"
 
     # ---- Anthropic ----------------------------------------------------------------------------------------
-    async def messages(self, body: anth.MessagesRequest, request: Request) -> Response:
+    async def messages(self, body: anth.MessagesRequest, request: Request, tenant: str) -> Response:
         arrival = time.monotonic()
-        self.tenant(request)
         self.check_model(body.model)
         msgs, tools = anthropic_messages(body)
         prompt = await self.render(msgs, tools)
         stops = tuple(body.stop_sequences or ())
         session = body.metadata.user_id if body.metadata else None
-        p = self.prepare(request, body, prompt, body.max_tokens, stops, tools is not None, session)
+        p = self.prepare(request, tenant, body, prompt, body.max_tokens, stops, tools is not None, session)
         rid = f"msg_{secrets.token_hex(12)}"
         deltas = await self.submit(request, "messages", arrival, p, rid)
         if body.stream:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -37,6 +38,9 @@ def test_keys_are_required(tenant_server):
         a.messages.create(model="tiny", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
     assert e.value.body["error"]["type"] == "authentication_error"
     assert [m.id for m in client(tenant_server, "sk-acme").models.list().data] == ["tiny"]
+    bad = httpx.post(tenant_server.url + "/v1/chat/completions", content=b"{oops",
+                     headers={"content-type": "application/json"})
+    assert bad.status_code == 401  # the key is checked first: no 400 describing the body to a stranger
 
 
 def test_no_tenant_hits_another_tenants_prefix(tenant_server):
