@@ -34,7 +34,7 @@ from agentkv.storage.spec import open_store, parse_kv_tiers
 
 log = logging.getLogger(__name__)
 
-PREFETCH_PAGES = 256  # fetched-ahead pages kept per store at most (oldest dropped first)
+PREFETCH_BYTES = 256 << 20  # fetched-ahead pages kept per store at most (oldest dropped first)
 
 
 class MovedStore(TierStore):
@@ -55,7 +55,7 @@ class MovedStore(TierStore):
         fut = self.mover.get(self.store, keys, buf)
         for i, k in enumerate(keys):
             self.ahead[k.digest] = (k, fut, buf, i)
-        while len(self.ahead) > PREFETCH_PAGES:
+        while len(self.ahead) > max(1, PREFETCH_BYTES // self.page_bytes):
             del self.ahead[next(iter(self.ahead))]
 
     def put(self, keys: Sequence[BlockKey], pages: torch.Tensor) -> None:
