@@ -59,7 +59,7 @@ def cached_share_per_session(records: list[Record], path: str, title: str) -> No
     ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("cached tokens (% of prompt tokens)")
     ax.set_ylim(0, 100)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
