@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 INTERRUPTED = 130
+PREDICTABLE = ("lru", "lfu", "agent")  # policies the core runs without the server's model (cost needs it)
 
 
 def add_replay_parser(sub: Any) -> None:
@@ -75,6 +76,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     extra = json.loads(args.extra_body) if args.extra_body else {}
     if not isinstance(extra, dict):
         raise ValueError("--extra-body must be a JSON object")
+    if args.predict and args.predict not in PREDICTABLE:
+        raise ValueError(f"--predict: one of {', '.join(PREDICTABLE)} (the server's online policy), got {args.predict!r}")
     capacity = None
     if args.capacity:
         from agentkv.kvcache.tiers import parse_size
@@ -111,7 +114,7 @@ async def _replay(args: argparse.Namespace, synth: Any, the_plan: Any, pacing: A
             print(f"replay: {the_plan.n_requests:,} requests of {len(the_plan.groups)} sessions from {synth.trace.source}"
                   f" → {base} ({api.kind}, {api.model}); {synth.block_tokens} tokens per trace block; server adds "
                   f"{cal.overhead} tokens per prompt ({cal.checked_words} words checked via {cal.method})")
-        with _progress(the_plan.n_requests, quiet=args.json) as on_done:
+        with _LiveBar(the_plan.n_requests, quiet=args.json) as on_done:
             runner = Runner(c, api, synth, cal.overhead, pacing, on_done)
             loop = asyncio.get_running_loop()
             stopped = []
@@ -133,21 +136,12 @@ async def _replay(args: argparse.Namespace, synth: Any, the_plan: Any, pacing: A
     return INTERRUPTED if stopped else (0 if summary.ok else 1)
 
 
-def _write(args, records, duration, synth, overhead, server, api):
+def _write(args: argparse.Namespace, records: list, duration: float, synth: Any, overhead: int, server: Any,
+           api: Any) -> Any:
     from agentkv.replay import plots
     from agentkv.replay.results import print_summary, summarize, write_csv, write_json
 
-    sweep_cmd = ""
-    if server is not None and any(not r.outcome.error for r in records):
-        from agentkv.replay.predict import as_served, predict
-        from agentkv.workload.formats import canonical
-
-        served, in_order = as_served(records, synth, overhead, server.block_size)
-        for r, n in zip(in_order, predict(served, server), strict=True):
-            r.predicted_cached = int(n)
-        canonical.save(served, os.path.join(args.out, "as_served.npz"))
-        sweep_cmd = (f"agentkv cache sweep {args.out}/as_served.npz --trace-clock --policy {server.policy} "
-                     f"--capacity {server.capacity_blocks * server.block_size} --out {args.out}/sweep")
+    sweep_cmd = _predict(args, records, synth, overhead, server) if server is not None else ""
     s = summarize(records, duration)
     if sweep_cmd:
         s.prediction = server.describe()
@@ -169,6 +163,24 @@ def _write(args, records, duration, synth, overhead, server, api):
         print(f"wrote {args.out}/requests.csv, summary.json, ttft_over_time.png, cached_share_per_session.png"
               + (", as_served.npz" if sweep_cmd else ""))
     return s
+
+
+def _predict(args: argparse.Namespace, records: list, synth: Any, overhead: int, server: Any) -> str:
+    """Fill each record's prediction and write as_served.npz; returns the equivalent `cache sweep` command ("" if
+    nothing could be predicted: the measurement is written all the same)."""
+    from agentkv.replay.predict import as_served, predict
+    from agentkv.workload.formats import canonical
+
+    try:
+        served, in_order = as_served(records, synth, overhead, server.block_size)
+    except ValueError as e:
+        print(f"replay: no prediction: {e}", file=sys.stderr)
+        return ""
+    for r, n in zip(in_order, predict(served, server), strict=True):
+        r.predicted_cached = int(n)
+    canonical.save(served, os.path.join(args.out, "as_served.npz"))
+    return (f"agentkv cache sweep {args.out}/as_served.npz --trace-clock --policy {server.policy} "
+            f"--capacity {server.capacity_blocks * server.block_size} --out {args.out}/sweep")
 
 
 async def _server_model(client: Any, args: argparse.Namespace, capacity: int | None) -> Any:
@@ -196,7 +208,7 @@ async def _served_model(client: Any, api: Any) -> str:
                          f"{e}); pass --model") from None
 
 
-class _progress:
+class _LiveBar:
     """A live bar with ok/error counts and the cached share so far; silent for --json."""
 
     def __init__(self, total: int, quiet: bool) -> None:

@@ -7,7 +7,8 @@ the engine's rules: only a prompt's full blocks are looked up; the last prompt t
 fully cached prompt reports one token less); admission reserves the prompt's blocks, its partial last one
 included, and decode reserves more as it reaches them; the reply's full blocks are cached too (they take room,
 and no later prompt matches them). Exact when requests run one at a time (--max-inflight 1); with overlap,
-requests in flight together see each other's blocks earlier or later than here.
+requests in flight together see each other's blocks earlier or later than here. Requests that failed are
+left out, though the server may have cached part of them.
 
 `as_served` is also written as an agentkv trace, so `agentkv cache sweep as_served.npz --trace-clock` gives
 the sweep's own figure for the same requests (it omits reply blocks and the last-token rule).

@@ -25,7 +25,7 @@ def test_every_error_is_counted_by_kind(tmp_path, capsys):
     out = tmp_path / "out"
     with Stub(stall=60) as stub:  # the stalled handler thread is a daemon: nobody waits for it
         rc = main(["replay", str(trace), "--endpoint", stub.url, *FAST, "--timeout", "3", "--max-inflight", "4",
-                   "--out", str(out), "--json"])
+                   "--predict", "lru", "--capacity", "4096", "--out", str(out), "--json"])
     assert rc == 0
     assert len(stub.served) == 20  # every request reached the server once: none was lost or repeated
     want = Counter(EXPECTED[b] for b in stub.served)
@@ -38,6 +38,9 @@ def test_every_error_is_counted_by_kind(tmp_path, capsys):
     whole = [r for r in rows if not r["error"]]
     assert all(int(r["prompt_tokens"]) == int(r["prompt_planned"]) for r in whole)  # the stub counts words + BOS
     assert summary["count_mismatches"] == 0
+    assert all(int(r["predicted_cached"]) >= 0 for r in whole) and all(r["predicted_cached"] == "-1" for r in rows
+                                                                        if r["error"])  # whole replies only
+    assert (out / "as_served.npz").exists() and summary["predicted_cached_tokens"] >= 0
     assert (out / "ttft_over_time.png").stat().st_size > 0 and (out / "cached_share_per_session.png").exists()
 
 
@@ -62,7 +65,7 @@ def test_unreachable_server_is_one_line_exit_2(tmp_path, capsys):
 def test_bad_flags_exit_2(tmp_path, capsys):
     trace = write_trace(tmp_path / "trace", sessions=1, turns=2)
     for flags in (["--token-scale", "0"], ["--token-scale", "1.5"], ["--max-inflight", "0"], ["--predict", "lru"],
-                  ["--predict", "lru", "--capacity", "4GiB"], ["--extra-body", "[1]"]):
+                  ["--predict", "lru", "--capacity", "4GiB"], ["--predict", "belady"], ["--extra-body", "[1]"]):
         rc = main(["replay", str(trace), "--endpoint", "http://127.0.0.1:9", *flags])
         assert rc == 2, flags
         assert capsys.readouterr().err.startswith("agentkv: error: ")
