@@ -82,7 +82,7 @@ def replay(url: str, model: Path, out: Path, args: argparse.Namespace, *flags: s
 
 
 def row(name: str, s: dict) -> str:
-    pct = lambda x: "-" if x != x else f"{100 * x:.2f}%"  # noqa: E731
+    pct = lambda x: "-" if x is None else f"{100 * x:.2f}%"  # noqa: E731
     err = sum(s["errors"].values())
     return (f"| {name} | {s['ok']}/{s['requests']} | {err} | {pct(s['cached_share'])} | {pct(s['predicted_share'])} "
             f"| {s['ttft_s']['p50']:.3f} / {s['ttft_s']['p90']:.3f} | {1e3 * s['tpot_s']['p50']:.1f} "

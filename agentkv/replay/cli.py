@@ -19,7 +19,11 @@ def add_replay_parser(sub: Any) -> None:
     from agentkv.cli import add_trace_args
 
     p = sub.add_parser("replay", help="replay a trace's sessions against a live OpenAI/Anthropic-compatible server "
-                                      "and measure cached tokens, TTFT, TPOT (with --predict: beside the prediction)")
+                                      "and measure cached tokens, TTFT, TPOT (with --predict: beside the prediction)",
+                       description="Prompts are synthesized so that equal trace block ids give equal text, in words "
+                                   "the server counts as one token each (checked with the server before the run). "
+                                   "--tokenizer (the served model's tokenizer.json or folder) also picks those words "
+                                   "from its vocabulary. Writes requests.csv, summary.json and two plots to --out.")
     add_trace_args(p, optional=False)
     p.add_argument("--endpoint", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--api", choices=["openai", "openai-chat", "anthropic"], default="openai",

@@ -46,11 +46,18 @@ class Summary:
         return self.predicted_cached_tokens / self.prompt_tokens
 
     def to_dict(self) -> dict[str, object]:
+        """Plain JSON: what was not measured is null, never NaN."""
         d = asdict(self)
         d.update(cached_share=self.cached_share, predicted_share=self.predicted_share,
                  input_tok_s=self.prompt_tokens / self.duration_s if self.duration_s else 0.0,
                  output_tok_s=self.completion_tokens / self.duration_s if self.duration_s else 0.0)
-        return d
+        return _no_nan(d)
+
+
+def _no_nan(x: object) -> object:
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    return None if isinstance(x, float) and x != x else x
 
 
 def tpot(r: Record) -> float:
