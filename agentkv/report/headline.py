@@ -24,7 +24,8 @@ def _deploy(rep: Report) -> str:
             f"${c.usd_per_mtok_blended:.3f} per million tokens (all tokens).")
     first = next(o for o in rep.outcomes if o.sized.cost and o.sized.cost.gpus == c.gpus)
     if first is not top:
-        text += (f" From the {first.rung.name.lstrip('+')} on, {_gpus(c.gpus)} already suffice; the levers after it "
+        text += (f" From the {first.rung.name.lstrip('+')} on, {_gpus(c.gpus)} already "
+                 f"{'suffices' if c.gpus == 1 else 'suffice'}; the levers after it "
                  "add sessions per GPU (see capacity), not fewer GPUs, at this load.")
     return text
 

@@ -98,10 +98,12 @@ def test_json_values_are_numbers_in_the_unit_their_key_names(default_report):
 
 def test_terminal_html_and_json_share_one_vocabulary(default_report):
     doc = default_report.doc
-    page = html.unescape(default_report.html.read_text())
+    raw = default_report.html.read_text()
+    page = html.unescape(raw)
     for view in VIEWS:
         keys = list(rows(doc, view)[0])
-        heads = re.findall(r"<th title='[^']*'>([^<]+)</th>", page.split(f"id='{view}'")[1].split("</table>")[0])
+        table = raw.split(f"id='{view}'")[1].split("</table>")[0]
+        heads = [html.unescape(h) for h in re.findall(r"<th title='[^']*'>([^<]+)</th>", table)]
         assert heads == [doc["columns"][k]["label"] for k in keys if k != "at_limit"]
     flat = " ".join(default_report.stdout.split())
     for label in ("hit %", "rejected", "$/Mtok", "sessions per GPU", "$ per session-hour"):
@@ -112,8 +114,10 @@ def test_capacity_tells_levers_apart_where_whole_gpus_do_not(default_report):
     doc = default_report.doc
     sized = {r["lever"]: r for r in rows(doc, "sized_to_slo")}
     cap = {r["lever"]: r for r in rows(doc, "capacity_per_gpu")}
-    assert cap["+prefix cache (HBM)"]["sessions_per_gpu"] > 0
-    assert cap["+int4 KV"]["sessions_per_gpu"] > cap["+prefix cache (HBM)"]["sessions_per_gpu"]
+    assert cap["+int4 KV"]["sessions_per_gpu"] > cap["+fp8 KV"]["sessions_per_gpu"] > 0
+    told_apart = [(a, b) for a in cap for b in cap if a < b and sized[a]["gpus"]
+                  and sized[a]["gpus"] == sized[b]["gpus"] and cap[a]["sessions_per_gpu"] != cap[b]["sessions_per_gpu"]]
+    assert told_apart, "levers needing the same whole GPUs differ in sessions per GPU"
     for lever, row in cap.items():
         if row["sessions_per_gpu"]:
             price = doc["numbers"]["usd_per_gpu_hour"] / row["sessions_per_gpu"]
