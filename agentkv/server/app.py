@@ -167,13 +167,14 @@ class Server:
         except (TemplateError, ValueError) as e:
             raise APIError(400, f"messages: the chat template refused them: {e}", param="messages") from None
 
-    def prepare(self, request: Request, tenant: str, body: Any, prompt: list[int], max_tokens: int | None, stop: tuple[str, ...],
-                tools: bool, session: str | None) -> Prepared:
+    def prepare(self, request: Request, tenant: str, body: Any, prompt: list[int], max_tokens: int | None,
+                stop: tuple[str, ...], tools: bool, session: str | None) -> Prepared:
         limit = self.cfg.max_model_len
         if len(prompt) >= limit or (max_tokens is not None and len(prompt) + max_tokens > limit):
-            raise APIError(400, f"this model's maximum context length is {limit} tokens; the prompt has {len(prompt)} tokens"
-                           + (f" and max_tokens asks for {max_tokens} more" if max_tokens else ""),
-                           param="messages", code="context_length_exceeded")
+            raise APIError(400, f"this model's maximum context length is {limit} tokens; the prompt has "
+                           f"{len(prompt)} tokens" + (f" and max_tokens asks for {max_tokens} more" if max_tokens else ""),
+                           param="prompt" if isinstance(body, oai.CompletionRequest) else "messages",
+                           code="context_length_exceeded")
         try:
             params = SamplingParams(max_tokens=max_tokens or limit - len(prompt),
                                     temperature=0.0 if body.temperature < GREEDY_BELOW else body.temperature,
@@ -182,15 +183,17 @@ class Server:
         except ValueError as e:
             raise APIError(400, str(e)) from None
         session = request.headers.get("x-session-id") or session
-        return Prepared(prompt, params, tenant, body.cache_salt or "", f"{tenant}/{session}" if session else None, tools)
+        return Prepared(prompt, params, tenant, body.cache_salt or "", f"{tenant}/{session}" if session else None,
+                        tools)
 
     async def submit(self, request: Request, endpoint: str, arrival: float, p: Prepared, rid: str,
                      ) -> AsyncIterator[Any]:
         public = self.cfg.public.public_tokens(p.prompt) if self.cfg.public and not p.salt else 0
         classify = self._classifier() if p.tools else None
-        return await self.jobs.submit(request, endpoint, arrival, p.prompt, p.params, request_id=rid, session=p.session,
-                                tenant=p.tenant, cache_salt=p.salt, classify_reply=classify,
-                                **({"public_prefix_tokens": public} if public else {}))
+        return await self.jobs.submit(request, endpoint, arrival, p.prompt, p.params, request_id=rid,
+                                      session=p.session,
+                                      tenant=p.tenant, cache_salt=p.salt, classify_reply=classify,
+                                      public_prefix_tokens=public)
 
     def _classifier(self) -> Callable[[str], str]:
         name = self.cfg.tool_parser
@@ -214,8 +217,7 @@ class Server:
         rid = f"chatcmpl-{secrets.token_hex(12)}"
         deltas = await self.submit(request, "chat", arrival, p, rid)
         if body.stream:
-            return StreamingResponse(_in_band_errors(self._chat_events(deltas, rid, body, p.tools), False), media_type="text/event-stream",
-                                     headers=SSE_HEADERS)
+            return _sse_response(self._chat_events(deltas, rid, body, p.tools), anthropic=False)
         result, parsed = await self._collect(deltas, p.tools)
         calls = [oai.ToolCall(id=f"call_{secrets.token_hex(12)}", function=oai.FunctionCall(name=c.name,
                               arguments=c.arguments)) for c in parsed.calls]
@@ -262,8 +264,7 @@ class Server:
         rid = f"cmpl-{secrets.token_hex(12)}"
         deltas = await self.submit(request, "completions", arrival, p, rid)
         if body.stream:
-            return StreamingResponse(_in_band_errors(self._completion_events(deltas, rid, body), False), media_type="text/event-stream",
-                                     headers=SSE_HEADERS)
+            return _sse_response(self._completion_events(deltas, rid, body), anthropic=False)
         result, _ = await self._collect(deltas, False)
         out = oai.Completion(id=rid, created=int(time.time()), model=self.cfg.model_name, usage=_usage(result),
                              choices=[oai.CompletionChoice(text=result.text, finish_reason=result.finish_reason)])
@@ -300,8 +301,7 @@ class Server:
         rid = f"msg_{secrets.token_hex(12)}"
         deltas = await self.submit(request, "messages", arrival, p, rid)
         if body.stream:
-            return StreamingResponse(_in_band_errors(self._message_events(deltas, rid, stops, p.tools), True), media_type="text/event-stream",
-                                     headers=SSE_HEADERS)
+            return _sse_response(self._message_events(deltas, rid, stops, p.tools), anthropic=True)
         result, parsed = await self._collect(deltas, p.tools)
         content: list[dict[str, Any]] = [{"type": "text", "text": parsed.content}] if parsed.content else []
         content += [_tool_use(c) for c in parsed.calls]
@@ -336,7 +336,8 @@ class Server:
                     yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
                     index, text_open = index + 1, False
                 block = _tool_use(c) | {"input": {}}
-                yield _event("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
+                yield _event("content_block_start", {"type": "content_block_start", "index": index,
+                                                     "content_block": block})
                 yield _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {
                     "type": "input_json_delta", "partial_json": c.arguments}})
                 yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
@@ -366,6 +367,10 @@ class Server:
             raise APIError(503, "the request was aborted (server shutting down)", code="aborted")
         return result, parse_all(self.cfg.tool_parser, result.text) if tools else Parsed(result.text)
 
+
+
+def _sse_response(events: AsyncIterator[str], anthropic: bool) -> StreamingResponse:
+    return StreamingResponse(_in_band_errors(events, anthropic), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 async def _in_band_errors(events: AsyncIterator[str], anthropic: bool) -> AsyncIterator[str]:

@@ -195,7 +195,7 @@ class ServerProcess:
             self.proc.wait()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def spawn() -> Iterator[Callable[..., ServerProcess]]:
     procs: list[ServerProcess] = []
 

@@ -11,24 +11,13 @@ import time
 
 import httpx
 import openai
+import pytest
 
 
-def test_sigterm_drains_requests_in_flight_then_exits(spawn, plain_dir):
-    srv = spawn("--model", str(plain_dir), "--served-model-name", "tiny", "--kv-cache-gb", "0.01")
-    c = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
-    stream = c.completions.create(model="tiny", prompt="the agent", max_tokens=300, stream=True,
-                                  stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
-    chunks = [next(stream)]
-    srv.proc.send_signal(signal.SIGTERM)  # mid-reply
-    chunks += list(stream)
-    assert chunks[-1].usage.completion_tokens == 300  # the reply was finished, not cut
-    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
-    assert srv.proc.wait(60) == -signal.SIGTERM  # after draining, it ends by the signal it got (uvicorn's way)
-    try:
-        httpx.get(srv.url + "/health", timeout=2)
-        raise AssertionError("the server still answers after draining")
-    except httpx.TransportError:
-        pass
+@pytest.fixture(scope="module")
+def srv(spawn, plain_dir):
+    return spawn("--model", str(plain_dir), "--served-model-name", "tiny", "--kv-cache-gb", "0.02",
+                 "--max-num-seqs", "16", "--max-queue", "16")
 
 
 async def one_client(c: openai.AsyncOpenAI, i: int) -> tuple[str, float]:
@@ -60,9 +49,7 @@ async def load(url: str, n: int) -> list[tuple[str, float]]:
         return await asyncio.gather(*(one_client(c, i) for i in range(n)))
 
 
-def test_64_concurrent_streaming_clients(spawn, plain_dir):
-    srv = spawn("--model", str(plain_dir), "--served-model-name", "tiny", "--kv-cache-gb", "0.02",
-                "--max-num-seqs", "16", "--max-queue", "16")
+def test_64_concurrent_streaming_clients(srv):
     asyncio.run(load(srv.url, 32))  # warm-up: first-use allocations are the baseline, not a leak
     baseline = srv.rss_mib()
     results = asyncio.run(load(srv.url, 64)) + asyncio.run(load(srv.url, 64))
@@ -78,3 +65,21 @@ def test_64_concurrent_streaming_clients(spawn, plain_dir):
           f"TTFT p50 {q[49] * 1e3:.0f} ms, p99 {q[98] * 1e3:.0f} ms; server RSS {baseline:.0f} MiB after "
           f"warm-up, {after:.0f} MiB after the load")
     assert after - baseline < 48, f"RSS grew {after - baseline:.0f} MiB"
+
+
+def test_sigterm_drains_requests_in_flight_then_exits(srv):
+    """Last in this module: it ends the server the load test used."""
+    c = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
+    stream = c.completions.create(model="tiny", prompt="the agent", max_tokens=200, stream=True,
+                                  stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    chunks = [next(stream)]
+    srv.proc.send_signal(signal.SIGTERM)  # mid-reply
+    chunks += list(stream)
+    assert chunks[-1].usage.completion_tokens == 200  # the reply was finished, not cut
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
+    assert srv.proc.wait(60) == -signal.SIGTERM  # after draining, it ends by the signal it got (uvicorn's way)
+    try:
+        httpx.get(srv.url + "/health", timeout=2)
+        raise AssertionError("the server still answers after draining")
+    except httpx.TransportError:
+        pass
