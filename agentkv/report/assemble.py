@@ -18,7 +18,7 @@ from agentkv.kvcache.sizing import codec
 from agentkv.report.capacity import Capacity, sample_sessions, session_capacity
 from agentkv.report.ladder import LADDER, DeploymentSpec, Rung, rung_config
 from agentkv.report.levers import CodecFit, TierLoad, codec_fits, tier_loads
-from agentkv.report.sizing import Sized, size_to_slo
+from agentkv.report.sizing import Sized, confirm, size_to_slo
 from agentkv.sim.simulator import SimResult, simulate
 from agentkv.workload.arrivals import ArrivalModel, arrival_times, root_sessions, session_spans
 from agentkv.workload.trace import Trace
@@ -86,7 +86,11 @@ def _rung_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
     runs: dict[int, SimResult] = {}
     if sample is trace and arrival.mode == "concurrency" and arrival.value in probes:
         runs[1] = probes[arrival.value]  # the same run: one replica at the offered concurrency
-    sized = size_to_slo(trace, spec, rung, arrival, cap, offered, gpu_hour, runs)
+    if sample is trace or arrival.mode == "trace":  # the trace's clock: a sample would carry less load
+        sized = size_to_slo(trace, spec, rung, arrival, cap, offered, gpu_hour, runs)
+    else:  # a large trace: search on the sample at the same load, confirm on the whole trace
+        sized = size_to_slo(sample, spec, rung, arrival, cap, offered, gpu_hour, {})
+        sized = confirm(trace, spec, rung, arrival, sized, gpu_hour, runs)
     if fleet and fleet not in runs:
         runs[fleet] = simulate(trace, rung_config(spec, rung, arrival, fleet))
     return RungOutcome(rung, cap, sized, None), runs

@@ -4,7 +4,8 @@ Each candidate size is a full simulation. The search starts from the size the le
 implies (offered sessions / sessions one replica serves), walks down or up from there in growing steps and
 bisects the last gap, so a good guess costs two runs. A lever without a prefix cache whose SLO-percentile
 prompt alone takes longer than the SLO to prefill is not simulated: no size helps, so it gets no size and no
-cost, only the reason.
+cost, only the reason. On a trace larger than the capacity sample the search runs on the sample at the same
+load and the size it finds is confirmed on the whole trace (`confirm`), whose figures the report shows.
 """
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
     # a replica that misses the SLO even lightly loaded may still meet it as part of a fleet: more replicas
     # also mean more cache, so that search starts from one replica per five sessions
     per = capacity.sessions_per_replica or 5.0
-    guess = min(max(math.ceil(offered_sessions / per), 1), spec.max_replicas)
-    lo, hi, step = 0, None, 1  # lo: most replicas known to miss (0: none), hi: fewest known to meet
+    lo = max((r for r in runs if not meets(r)), default=0)  # most replicas known to miss (0: none)
+    hi, step = None, 1  # fewest replicas known to meet
+    guess = min(max(math.ceil(offered_sessions / per), lo + 1), spec.max_replicas)
     if meets(guess):
         hi = guess
-        while hi - lo > 1 and len(runs) < budget:
-            r = max(hi - step, lo + 1)
+        while lo == 0 and hi > 1 and len(runs) < budget:  # walk down until a miss bounds it, then bisect
+            r = max(hi - step, 1)
             if not meets(r):
                 lo = r
                 break
@@ -69,3 +71,18 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
         return Sized(None, ttft, None, runs[best], reason=f"no fleet up to {max(runs)} replicas meets it "
                                                           f"(best p{spec.slo_quantile:g} TTFT {ttft:.0f} s)")
     return Sized(hi, slo_ttft(runs[hi], spec), self_hosted_cost(runs[hi], usd_per_gpu_hour), runs[hi])
+
+
+def confirm(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, sized: Sized,
+            usd_per_gpu_hour: float, runs: dict[int, SimResult], tries: int = 3) -> Sized:
+    """A size found on a sample of sessions, run on the whole trace (one replica more per miss, `tries` at
+    most): the figures shown are always the whole trace's."""
+    if sized.replicas is None:
+        return sized
+    for r in range(sized.replicas, min(sized.replicas + tries, spec.max_replicas + 1)):
+        runs[r] = simulate(trace, rung_config(spec, rung, arrival, r))
+        ttft = slo_ttft(runs[r], spec)
+        if ttft <= spec.slo_ttft_s:
+            return Sized(r, ttft, self_hosted_cost(runs[r], usd_per_gpu_hour), runs[r])
+    return Sized(None, ttft, None, runs[r], reason=f"the whole trace misses it up to {r} replicas (p"
+                                                    f"{spec.slo_quantile:g} TTFT {ttft:.0f} s)")
