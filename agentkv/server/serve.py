@@ -17,28 +17,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="OpenAI- and Anthropic-compatible HTTP server over a local checkpoint")
     p.add_argument("--model", required=True, help="folder with config.json, safetensors and tokenizer.json")
     p.add_argument("--served-model-name", help="the name clients send as 'model' (default: the folder's name)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                   help="weight and activation dtype (default: the checkpoint's)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--kv-cache-gb", type=positive(float), help="KV pool size (default: free GPU memory, or 0.5 GB on CPU)")
     p.add_argument("--kv-tiers", help="tiers below the GPU, e.g. dram=8GiB,disk=100GiB@/mnt/nvme/kv,"
-                                      "redis=20GiB@redis://127.0.0.1:6379")
-    p.add_argument("--kv-codec", default="auto", help="how KV pages are stored (default: the model's dtype)")
-    p.add_argument("--policy", default="lru", help="KV eviction policy: lru, lfu, cost, agent")
+                                      "redis=20GiB@redis://127.0.0.1:6379 (default: none)")
+    p.add_argument("--kv-codec", default="auto", help="how KV pages are stored: auto, bf16, fp16, fp8, int8, int4, int4-kivi "
+                                                      "(default auto: the model's dtype)")
+    p.add_argument("--policy", default="lru", help="KV eviction policy: lru, lfu, cost, agent (default lru; agent "
+                                                   "follows sessions from how each reply ended)")
     p.add_argument("--block-size", type=positive(int), default=16, help="tokens per KV block (default 16)")
     p.add_argument("--max-num-seqs", type=positive(int), default=64, help="requests in the running batch (default 64)")
     p.add_argument("--max-batched-tokens", type=positive(int), default=2048, help="tokens per step (default 2048)")
     p.add_argument("--max-model-len", type=positive(int), help="context limit (default: the model's)")
     p.add_argument("--max-queue", type=int, default=256,
-                   help="requests that may wait beyond the running batch; more get 429 with Retry-After")
+                   help="requests that may wait beyond the running batch; more get 429 with Retry-After "
+                        "(default 256)")
     p.add_argument("--tool-call-parser", default="hermes", choices=sorted(PARSERS),
-                   help="hermes: <tool_call>{...}</tool_call> (Qwen, Hermes); llama3_json: Llama 3.x JSON calls")
-    p.add_argument("--api-keys", help="file of 'KEY TENANT' lines: keys required, prefix cache split by tenant")
+                   help="hermes: <tool_call>{...}</tool_call> (Qwen, Hermes); llama3_json: Llama 3.x JSON calls "
+                        "(default hermes)")
+    p.add_argument("--api-keys", help="file of 'KEY TENANT' lines: keys required, prefix cache split by tenant "
+                                      "(default: open, one tenant)")
     p.add_argument("--public-prefix", action="append", default=[], metavar="FILE",
-                   help="a text (e.g. a shared system prompt) whose KV all tenants may share (repeatable)")
+                   help="a text (e.g. a shared system prompt) whose KV all tenants may share (repeatable; "
+                        "default: none)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model forward (CUDA)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="uvicorn's log level (default info)")
     p.set_defaults(run=cmd_serve)
 
 
