@@ -102,7 +102,8 @@ def copy_bandwidth(device) -> float:
     return 2 * src.numel() / graph_seconds([lambda: dst.copy_(src)])
 
 
-def decode_rows(device, copy_bw: float, quick: bool) -> None:
+def decode_rows(device, copy_bw: float, quick: bool) -> dict[tuple[int, int], float]:
+    """Prints the decode table; returns bf16 decode time (us) by (context, batch)."""
     print(f"\nDecode, {HEADS} heads / {KV_HEADS} KV heads x {DIM}, pages of {BLOCK}; copy bandwidth "
           f"{copy_bw / 1e9:,.0f} GB/s")
     print(f"{'codec':>6} {'context':>8} {'batch':>5} {'splits':>6} {'time us':>9} {'GB/s':>8} {'% copy':>7} "
@@ -112,6 +113,7 @@ def decode_rows(device, copy_bw: float, quick: bool) -> None:
     plan.update({q: [(CONTEXTS[-1], b) for b in (1, 8)] for q in QUANT})
     for codec_name, shapes in plan.items():
         _decode_codec(device, codec_name, [(c, b) for c, b in shapes if not quick or b in (1, 8)], copy_bw, bf16_us)
+    return bf16_us
 
 
 def _decode_codec(device, codec_name: str, shapes: list[tuple[int, int]], copy_bw: float,
@@ -208,7 +210,8 @@ def _fit(codec_name: str, tokens: int, device) -> int:
     return min(math.ceil(tokens / BLOCK) + 8, int(0.8 * torch.cuda.mem_get_info(device)[0] / per_page))
 
 
-def prefill_rows(device, quick: bool) -> None:
+def prefill_rows(device, quick: bool) -> dict[str, float]:
+    """Prints the prefill table; returns our TFLOP/s by shape label."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -217,6 +220,7 @@ def prefill_rows(device, quick: bool) -> None:
     from agentkv.kernels.triton_attention import TritonAttention
 
     flex = torch.compile(flex_attention, dynamic=False)
+    ours_tflops: dict[str, float] = {}
     print(f"\nPrefill (causal), bf16, {HEADS} heads / {KV_HEADS} KV heads x {DIM}: TFLOP/s")
     print(f"{'seqs x new (+cached)':>22} {'ours':>7} {'SDPA flash':>11} {'Flex':>7} {'ours/SDPA':>10} "
           f"{'max |ours-SDPA|':>16}")
@@ -229,6 +233,7 @@ def prefill_rows(device, quick: bool) -> None:
         flops = causal_flops(q_lens, lens)
         ours = do_bench(lambda: backend.attend(q, kv, meta, DIM**-0.5))  # noqa: B023
         label = f"{seqs} x {new}" + (f" (+{cached})" if cached else "")
+        ours_tflops[label] = flops / ours / 1e9
         if cached:  # dense baselines have no paged prefix: ours alone
             print(f"{label:>22} {flops / ours / 1e9:>7.0f} {'-':>11} {'-':>7} {'-':>10} {'-':>16}")
             continue
@@ -246,6 +251,37 @@ def prefill_rows(device, quick: bool) -> None:
         err = (backend.attend(q, kv, meta, DIM**-0.5).view(seqs, new, HEADS, DIM).transpose(1, 2) - ref).abs().max()
         print(f"{label:>22} {flops / ours / 1e9:>7.0f} {flops / sdpa / 1e9:>11.0f} {flops / fl / 1e9:>7.0f} "
               f"{sdpa / ours:>9.2f}x {err.item():>16.2e}")
+    return ours_tflops
+
+
+CATALOG_GPUS = {"H100": "h100-sxm", "H200": "h200", "B200": "b200", "MI300X": "mi300x"}
+
+
+def simulator_rows(device, copy_bw: float, decode_us: dict[tuple[int, int], float], prefill: dict[str, float],
+                   ) -> None:
+    """The simulator's step-cost coefficients beside what this run measured, on the catalog entry of this GPU."""
+    from agentkv.catalog import hardware
+    from agentkv.sim.stepcost import Coefficients
+
+    name = torch.cuda.get_device_name(device)
+    entry = next((v for k, v in CATALOG_GPUS.items() if k in name.upper()), None)
+    if entry is None or not decode_us or not prefill:
+        print(f"\nSimulator coefficients: no catalog entry for '{name}' (or nothing measured): not compared")
+        return
+    hw, c = hardware(entry), Coefficients()
+    token_bytes = 2 * KV_HEADS * DIM * 2
+    long = {k: us for k, us in decode_us.items() if k[0] >= 32768} or decode_us
+    hbm = max(ctx * batch * token_bytes / (us * 1e-6) for (ctx, batch), us in long.items()) / hw.hbm_bw
+    attn = max(prefill.values()) * 1e12 / hw.bf16_flops
+    print(f"\nSimulator coefficients (agentkv/sim/stepcost.py) against this run, catalog '{entry}' "
+          f"(HBM {hw.hbm_bw / 1e12:.2f} TB/s, bf16 {hw.bf16_flops / 1e12:.0f} TFLOP/s):")
+    print(f"  hbm_efficiency        {c.hbm_efficiency:.2f}   measured {hbm:.2f} (bf16 decode, best row >= 32k); "
+          f"copy {copy_bw / hw.hbm_bw:.2f}")
+    print(f"  attention_efficiency  {c.attention_efficiency:.2f}   measured {attn:.2f} (best prefill row)")
+    for what, model, got in (("hbm_efficiency", c.hbm_efficiency, hbm), ("attention_efficiency",
+                                                                         c.attention_efficiency, attn)):
+        if abs(got - model) > 0.2 * model:
+            print(f"  -> {what} disagrees by more than 20%: set it to {got:.2f} in Coefficients")
 
 
 SM90_CASES = (  # (kernel, page dtype, quant, group, warps) as the GPU path launches them for Llama-3.1-8B
@@ -335,8 +371,9 @@ def main() -> int:
     device = torch.device("cuda")
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     copy_bw = copy_bandwidth(device)
-    decode_rows(device, copy_bw, args.quick)
-    prefill_rows(device, args.quick)
+    decode_us = decode_rows(device, copy_bw, args.quick)
+    prefill = prefill_rows(device, args.quick)
+    simulator_rows(device, copy_bw, decode_us, prefill)
     if not args.quick:
         sweep_rows(device, copy_bw)
     return 0
