@@ -6,8 +6,10 @@ sequence's keys tile by tile with an online softmax (no score matrix in memory);
 block skip the causal mask. Decode is bandwidth-bound: one program owns one KV head of one sequence and every
 query head that shares it (GQA), so each K/V page is read once per group, and the context is cut into splits
 so that even batch 1 at 128k fills the GPU; a second kernel merges the splits by their log-sum-exp.
-Quantized pages (fp8, int8, int4) cross HBM in their stored width and become floats only in registers: the
-bandwidth saved is the point of quantizing (SGLang: unfused dequantization is "extremely slow").
+Quantized pages (fp8, int8, int4) cross HBM in their stored width and are decoded only in registers: the
+bandwidth saved is the point of quantizing (SGLang: unfused dequantization is "extremely slow"). Where one
+scale covers a token's head vector, decode hands the codes to the tensor cores as they are and applies the
+scales (and int4's offsets) to the scores and probabilities instead.
 
 Every key, the new tokens' included, is read from the pages after `encode_into` wrote them, exactly as the
 torch reference does, so both see the same (possibly quantized) values. Token t's page is looked up per key
@@ -27,7 +29,7 @@ from agentkv.kernels.attention import AttentionBackend, AttentionMetadata, Layer
 from agentkv.kernels.page_layout import KernelPages, kernel_pages
 
 INTERPRET = triton.knobs.runtime.interpret  # TRITON_INTERPRET=1: kernels run in numpy on CPU (tests)
-LOG2E = 1.4426950408889634
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # softmax in base 2: exp2 is one instruction
 
 
 @triton.jit
@@ -121,7 +123,7 @@ def _prefill_kernel(
     d_mask = d < D
     qm = m_mask[:, None] & d_mask[None, :]
     qt = tl.load(q + (q0 + m).to(tl.int64)[:, None] * q_st + h * q_sh + d[None, :], mask=qm, other=0.0)
-    qt = (qt.to(tl.float32) * (sm_scale * 1.4426950408889634)).to(DOT)
+    qt = (qt.to(tl.float32) * (sm_scale * LOG2E)).to(DOT)
     kvh = h // G
     tables = block_tables + b.to(tl.int64) * bt_stride
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -177,7 +179,7 @@ def _decode_kernel(
     d_mask = d < D
     qm = g_mask[:, None] & d_mask[None, :]
     qt = tl.load(q + t * q_st + heads[:, None] * q_sh + d[None, :], mask=qm, other=0.0)
-    qt = (qt.to(tl.float32) * (sm_scale * 1.4426950408889634)).to(DOT)
+    qt = (qt.to(tl.float32) * (sm_scale * LOG2E)).to(DOT)
     q_sum = tl.sum(qt.to(tl.float32), 1)  # for int4 keys' offsets
     tables = block_tables + b.to(tl.int64) * bt_stride
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
