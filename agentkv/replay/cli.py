@@ -180,25 +180,26 @@ def _predict(args: argparse.Namespace, records: list, synth: Any, overhead: int,
     except ValueError as e:
         print(f"replay: no prediction: {e}", file=sys.stderr)
         return ""
-    for r, n in zip(in_order, predict(served, server), strict=True):
-        r.predicted_cached = int(n)
+    names = [name for name, _ in server.tiers]
+    for r, per_tier in zip(in_order, predict(served, server), strict=True):
+        r.predicted_cached = int(per_tier.sum())
+        r.predicted_per_tier = {n: int(v) for n, v in zip(names, per_tier, strict=True) if v}
     canonical.save(served, os.path.join(args.out, "as_served.npz"))
     return (f"agentkv cache sweep {args.out}/as_served.npz --trace-clock --policy {server.policy} "
             f"--capacity {server.capacity_blocks * server.block_size} --out {args.out}/sweep")
 
 
 async def _server_model(client: Any, args: argparse.Namespace, capacity: int | None) -> Any:
-    """--predict's server: its GPU KV in blocks from --capacity, else from what its /metrics reports."""
+    """--predict's server: its GPU KV in blocks from --capacity, else its tiers as its /metrics reports them."""
     from agentkv.replay.predict import ServerModel, kv_blocks_from_metrics
 
-    block_size = args.server_block_size
-    if capacity is None:
-        r = await client.get("/metrics")
-        found = kv_blocks_from_metrics(r.text) if r.status_code == 200 else None
-        if found is None:
-            raise ValueError(f"{client.base_url}/metrics reports no KV capacity: pass --capacity (tokens)")
-        capacity, block_size = found[0], found[1] or block_size
-    return ServerModel(args.predict, capacity, block_size)
+    if capacity is not None:
+        return ServerModel(args.predict, (("gpu", capacity),), args.server_block_size)
+    r = await client.get("/metrics")
+    found = kv_blocks_from_metrics(r.text) if r.status_code == 200 else None
+    if found is None:
+        raise ValueError(f"{client.base_url}/metrics reports no KV capacity: pass --capacity (tokens)")
+    return ServerModel(args.predict, tuple(found[0].items()), found[1] or args.server_block_size)
 
 
 async def _served_model(client: Any, api: Any) -> str:

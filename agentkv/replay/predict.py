@@ -25,7 +25,7 @@ from agentkv.kvcache.block_hash import block_hashes
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.policy import AccessContext
-from agentkv.kvcache.tiers import TierSpec
+from agentkv.kvcache.tiers import TIER_NAMES, TierSpec
 from agentkv.replay.results import measured
 from agentkv.replay.runner import Record
 from agentkv.replay.synth import Synth
@@ -38,25 +38,32 @@ SCOPE = ("agentkv-replay",)  # one id scope: equal content is equal KV whatever 
 @dataclass(slots=True, frozen=True)
 class ServerModel:
     policy: str
-    capacity_blocks: int  # the server's GPU KV
+    tiers: tuple[tuple[str, int], ...]  # (name, blocks), fastest first: the GPU, then host memory, ...
     block_size: int
 
+    @property
+    def capacity_blocks(self) -> int:
+        return self.tiers[0][1]
+
     def describe(self) -> str:
-        return f"{self.policy}, {self.capacity_blocks:,} blocks of {self.block_size}"
+        return f"{self.policy}, {' + '.join(f'{n} {b:,}' for n, b in self.tiers)} blocks of {self.block_size}"
 
 
-def kv_blocks_from_metrics(text: str) -> tuple[int, int | None] | None:
-    """(GPU KV blocks, block size if stated) from a Prometheus page: agentkv's `agentkv_kv_blocks_total{tier="gpu"}`
-    or vLLM's `vllm:cache_config_info{num_gpu_blocks=..., block_size=...}`."""
+def kv_blocks_from_metrics(text: str) -> tuple[dict[str, int], int | None] | None:
+    """({tier: KV blocks}, block size if stated) from a Prometheus page: agentkv's
+    `agentkv_kv_blocks_total{tier=...}` or vLLM's `vllm:cache_config_info{num_gpu_blocks=..., block_size=...}`."""
+    tiers: dict[str, int] = {}
     for line in text.splitlines():
-        if line.startswith('agentkv_kv_blocks_total{tier="gpu"}'):
-            return int(float(line.split()[-1])), None
-        if line.startswith("vllm:cache_config_info{"):
+        if m := re.match(r'agentkv_kv_blocks_total\{tier="(\w+)"\}\s+(\S+)', line):
+            tiers[m.group(1)] = int(float(m.group(2)))
+        elif line.startswith("vllm:cache_config_info{"):
             labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
             if labels.get("num_gpu_blocks", "").isdigit():
                 size = labels.get("block_size", "")
-                return int(labels["num_gpu_blocks"]), int(size) if size.isdigit() else None
-    return None
+                return {"gpu": int(labels["num_gpu_blocks"])}, int(size) if size.isdigit() else None
+    if "gpu" not in tiers:
+        return None
+    return dict(sorted(tiers.items(), key=lambda kv: TIER_NAMES.index(kv[0]) if kv[0] in TIER_NAMES else 99)), None
 
 
 def as_served(records: list[Record], synth: Synth, overhead: int, block_size: int) -> tuple[Trace, list[Record]]:
@@ -82,16 +89,17 @@ def as_served(records: list[Record], synth: Synth, overhead: int, block_size: in
 
 
 def predict(served: Trace, model: ServerModel) -> np.ndarray:
-    """Predicted cached tokens of each request of `served`, replayed in its clock's order."""
+    """Predicted cached tokens of each request of `served` per tier [requests, tiers], replayed in its clock's
+    order."""
     bs = served.block_size
     if model.block_size != bs:
         raise ValueError(f"trace at block size {bs}, server model at {model.block_size}")
     if model.capacity_blocks < 1:
         raise ValueError(f"a server KV capacity of {model.capacity_blocks} blocks predicts nothing")
-    cache = KVCache([TierSpec("gpu", model.capacity_blocks, 1)], make_policy(model.policy, block_size=bs))
+    cache = KVCache([TierSpec(name, blocks, 1) for name, blocks in model.tiers], make_policy(model.policy, block_size=bs))
     order = np.argsort(served.time, kind="stable")
     fresh = served.n_block_ids  # ids for reply blocks: content no prompt repeats
-    out = np.zeros(served.n_requests, dtype=np.int64)
+    out = np.zeros((served.n_requests, len(model.tiers)), dtype=np.int64)
     for rank, i in enumerate(order.tolist()):
         ids, n_in, n_out = served.blocks(i), int(served.input_tokens[i]), int(served.output_tokens[i])
         now = float(served.time[i])
@@ -100,7 +108,9 @@ def predict(served: Trace, model: ServerModel) -> np.ndarray:
         grant = cache.acquire(rank, ids, -(-n_in // bs), ctx)  # the prompt's blocks, its partial last one too
         if grant is None:  # longer than the whole cache: the server refuses it too
             continue
-        out[i] = min(grant.hit_blocks * bs, n_in - 1)
+        out[i] = grant.hits_per_tier * bs
+        if grant.hit_blocks * bs >= n_in:  # all of it cached: the last token is computed again
+            out[i, int(grant.hit_tiers[-1])] -= grant.hit_blocks * bs - (n_in - 1)
         cache.commit(rank, ids[grant.hit_blocks :], now)
         written = n_in + max(n_out, 1) - 1  # the last reply token is sampled, never written
         more = -(-written // bs) - -(-n_in // bs)  # decode's blocks, reserved as it reaches them

@@ -32,6 +32,7 @@ class Summary:
     tpot_s: dict[str, float]
     e2e_s: dict[str, float]
     predicted_cached_tokens: int = -1
+    predicted_per_tier: dict[str, int] = field(default_factory=dict)
     prediction: str = ""  # how it was made
     meta: dict[str, object] = field(default_factory=dict)
 
@@ -74,8 +75,10 @@ def summarize(records: list[Record], duration_s: float) -> Summary:
     ok = [r for r in records if not r.outcome.error]
     used = [r for r in ok if measured(r)]
     tiers: Counter[str] = Counter()
+    predicted_tiers: Counter[str] = Counter()
     for r in used:
         tiers.update(r.outcome.cached_per_tier)
+        predicted_tiers.update(r.predicted_per_tier)
     predicted = [r.predicted_cached for r in used]
     return Summary(
         requests=len(records),
@@ -92,6 +95,7 @@ def summarize(records: list[Record], duration_s: float) -> Summary:
         tpot_s=_quantiles([tpot(r) for r in ok]),
         e2e_s=_quantiles([r.outcome.e2e for r in ok]),
         predicted_cached_tokens=sum(predicted) if used and min(predicted) >= 0 else -1,
+        predicted_per_tier=dict(predicted_tiers),
     )
 
 
@@ -114,9 +118,11 @@ def print_summary(s: Summary, title: str, console: Console | None = None) -> Non
     t.add_row("prompt tokens (cached)", f"{s.prompt_tokens:,} ({s.cached_tokens:,})")
     t.add_row("cached-token share, measured", _pct(s.cached_share))
     if s.cached_per_tier:
-        t.add_row("  by tier", ", ".join(f"{k} {_pct(v / s.prompt_tokens)}" for k, v in s.cached_per_tier.items()))
+        t.add_row("  by tier", _by_tier(s.cached_per_tier, s.prompt_tokens))
     if s.predicted_cached_tokens >= 0:
         t.add_row(f"cached-token share, predicted ({s.prediction})", _pct(s.predicted_share))
+        if len(s.predicted_per_tier) > 1 or len(s.cached_per_tier) > 1:
+            t.add_row("  by tier", _by_tier(s.predicted_per_tier, s.prompt_tokens))
         t.add_row("measured − predicted", f"{100 * (s.cached_share - s.predicted_share):+.2f} points")
     for name, q, scale, unit in (("TTFT", s.ttft_s, 1, "s"), ("TPOT", s.tpot_s, 1e3, "ms"), ("E2E", s.e2e_s, 1, "s")):
         t.add_row(f"{name} p50 / p90 / p99 ({unit})", " / ".join(_num(q[f"p{k}"] * scale) for k in QUANTILES))
@@ -124,6 +130,10 @@ def print_summary(s: Summary, title: str, console: Console | None = None) -> Non
     t.add_row("input / output tokens per s", f"{d['input_tok_s']:,.0f} / {d['output_tok_s']:,.1f}")
     t.add_row("duration (s)", f"{s.duration_s:,.1f}")
     console.print(t)
+
+
+def _by_tier(tokens: dict[str, int], total: int) -> str:
+    return ", ".join(f"{k} {_pct(v / total)}" for k, v in tokens.items())
 
 
 def _pct(x: float) -> str:
@@ -136,7 +146,7 @@ def _num(x: float) -> str:
 
 FIELDS = ("request", "session", "turn", "sent_s", "prompt_planned", "prompt_tokens", "cached_tokens",
           "predicted_cached", "max_tokens", "completion_tokens", "ttft_s", "tpot_s", "e2e_s", "status", "error",
-          "detail", "cached_per_tier")
+          "detail", "cached_per_tier", "predicted_per_tier")
 
 
 def write_csv(records: list[Record], path: str) -> None:
@@ -148,7 +158,8 @@ def write_csv(records: list[Record], path: str) -> None:
             w.writerow([r.request, r.session, r.turn, f"{r.sent:.4f}", r.prompt_planned, o.prompt_tokens,
                         o.cached_tokens, r.predicted_cached, r.max_tokens, o.completion_tokens, f"{o.ttft:.4f}",
                         f"{tpot(r):.5f}", f"{o.e2e:.4f}", o.status, o.error, o.detail,
-                        json.dumps(o.cached_per_tier) if o.cached_per_tier else ""])
+                        json.dumps(o.cached_per_tier) if o.cached_per_tier else "",
+                        json.dumps(r.predicted_per_tier) if r.predicted_per_tier else ""])
 
 
 def write_json(s: Summary, path: str) -> None:

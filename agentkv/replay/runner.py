@@ -35,6 +35,7 @@ class Record:
     max_tokens: int
     outcome: Outcome = field(default_factory=Outcome)
     predicted_cached: int = -1  # filled in by `predict`
+    predicted_per_tier: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)

@@ -100,21 +100,24 @@ def test_prediction_follows_the_engine_rules(sessions):
     s = Synth(sessions, alphabet.builtin().words, token_scale=1 / 32)
     first = [0, 0]  # the same prompt twice: all its full blocks hit, but the last token is computed again
     served, recs = as_served(served_records(s, first), s, overhead=1, block_size=16)
-    p = predict(served, ServerModel("lru", 10_000, 16))
+    p = predict(served, ServerModel("lru", (("gpu", 10_000),), 16)).sum(axis=1)
     n = int(served.input_tokens[0])
     assert p[0] == 0 and p[1] == min(n // 16 * 16, n - 1)
     assert [r.turn for r in recs] == [0, 1]
     other = int(np.flatnonzero(sessions.session == 1)[0])
     served, _ = as_served(served_records(s, [0, other, 0]), s, overhead=1, block_size=16)
     room = -(-int(served.input_tokens.max()) // 16) + 1  # one prompt and its reply at a time
-    big, small = predict(served, ServerModel("lru", 10_000, 16)), predict(served, ServerModel("lru", room, 16))
+    big = predict(served, ServerModel("lru", (("gpu", 10_000),), 16)).sum(axis=1)
+    small, below = predict(served, ServerModel("lru", (("gpu", room),), 16)).T[0], predict(
+        served, ServerModel("lru", (("gpu", room), ("dram", 10_000)), 16))
     order = np.argsort(served.time)
     assert big[order][2] > 0 and small[order][2] < big[order][2] / 2  # the other session evicted most of it
+    assert below[order][2].sum() == big[order][2] and below[order][2][1] > 0  # ... to host memory, found there
 
 
 def test_capacity_from_metrics():
-    assert kv_blocks_from_metrics('# HELP x\nagentkv_kv_blocks_total{tier="gpu"} 91.0\n'
-                                  'agentkv_kv_blocks_total{tier="dram"} 400.0\n') == (91, None)
+    assert kv_blocks_from_metrics('# HELP x\nagentkv_kv_blocks_total{tier="dram"} 400.0\n'
+                                  'agentkv_kv_blocks_total{tier="gpu"} 91.0\n') == ({"gpu": 91, "dram": 400}, None)
     vllm = 'vllm:cache_config_info{block_size="16",cache_dtype="auto",num_gpu_blocks="2048"} 1.0'
-    assert kv_blocks_from_metrics(vllm) == (2048, 16)
+    assert kv_blocks_from_metrics(vllm) == ({"gpu": 2048}, 16)
     assert kv_blocks_from_metrics("up 1") is None

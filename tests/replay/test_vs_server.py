@@ -44,7 +44,7 @@ def test_measured_cached_share_matches_the_prediction_and_the_sweep(tmp_path, ti
     s = replay(tmp_path, tiny)
     assert s["requests"] == s["ok"] == 18 and not s["errors"]
     assert s["count_mismatches"] == 0  # the server counted every prompt as planned: block boundaries held
-    assert s["prediction"] == f"lru, 91 blocks of {BLOCK}"  # capacity read from the server's /metrics
+    assert s["prediction"] == f"lru, gpu 91 blocks of {BLOCK}"  # capacity read from the server's /metrics
     measured, predicted = s["cached_share"], s["predicted_share"]
     assert 0.1 < measured < 0.9
     assert abs(measured - predicted) <= 0.02
