@@ -25,10 +25,11 @@ from agentkv.kvcache.sizing import CodecSpec
 
 def quantize(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Codes (uint8, 0..15), scale and offset (fp32 holding fp16 values) of x over dimension `dim`."""
-    x = x.float()
-    lo = fp16_down(x.amin(dim, keepdim=True))
-    scale = fp16_up((x.amax(dim, keepdim=True) - lo) / 15)
-    code = ((x - lo) / torch.where(scale > 0, scale, 1.0)).round().clamp(0, 15).to(torch.uint8)
+    x = x.to(torch.float32, copy=True)  # worked on in place below
+    lo, hi = torch.aminmax(x, dim=dim, keepdim=True)
+    lo = fp16_down(lo)
+    scale = fp16_up((hi - lo) / 15)
+    code = x.sub_(lo).div_(torch.where(scale > 0, scale, 1.0)).round_().clamp_(0, 15).to(torch.uint8)
     return code, scale, lo
 
 
@@ -71,8 +72,8 @@ class Int4(KVCodec):
         fields["data"][p, o] = pack(code.flatten(-2))
 
     def decode(self, fields: dict[str, torch.Tensor], pages: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        code = self._grouped(unpack(fields["data"][pages]).float())
-        x = code * fields["scale"][pages].float()[..., None] + fields["offset"][pages].float()[..., None]
+        x = self._grouped(unpack(fields["data"][pages]).float())
+        x.mul_(fields["scale"][pages].float()[..., None]).add_(fields["offset"][pages].float()[..., None])
         return x.flatten(-2).to(dtype)
 
     def bound(self, x: torch.Tensor, keys: bool = False, block_size: int = 16) -> torch.Tensor:
@@ -154,8 +155,8 @@ class Int4Kivi(KVCodec):
     def decode(self, fields: dict[str, torch.Tensor], pages: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if "tag" not in fields:
             return self.values.decode(fields, pages, dtype)
-        code = unpack(fields["data"][pages]).float()
-        x = (code * fields["scale"][pages].float()[:, None] + fields["offset"][pages].float()[:, None]).to(dtype)
+        x = unpack(fields["data"][pages]).float()
+        x = x.mul_(fields["scale"][pages].float()[:, None]).add_(fields["offset"][pages].float()[:, None]).to(dtype)
         partial = (fields["tag"][pages, 0] != 0).nonzero().flatten().tolist()
         for i in partial:
             x[i] = self._residual(fields, int(pages[i]))[1].to(dtype)

@@ -26,17 +26,18 @@ class Symmetric(KVCodec):
                 PageField("data", self.store, (block_size, kv_heads, head_dim)))
 
     def encode_into(self, fields: dict[str, torch.Tensor], slots: torch.Tensor, x: torch.Tensor) -> None:
-        x = x.float()
-        scale = fp16_up(x.abs().amax(-1, keepdim=True) / self.qmax)
-        code = (x / torch.where(scale > 0, scale, 1.0)).clamp(-self.qmax, self.qmax)
+        x = x.to(torch.float32, copy=True)  # worked on in place below
+        lo, hi = torch.aminmax(x, dim=-1, keepdim=True)
+        scale = fp16_up(torch.maximum(hi, -lo) / self.qmax)
+        code = x.div_(torch.where(scale > 0, scale, 1.0)).clamp_(-self.qmax, self.qmax)
         if self.integer:
-            code = code.round()
+            code.round_()
         p, o = split_slots(fields, slots)
         fields["scale"][p, o] = scale.half()
         fields["data"][p, o] = code.to(self.store)
 
     def decode(self, fields: dict[str, torch.Tensor], pages: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return (fields["data"][pages].float() * fields["scale"][pages].float()).to(dtype)
+        return fields["data"][pages].float().mul_(fields["scale"][pages].float()).to(dtype)
 
     def bound(self, x: torch.Tensor, keys: bool = False, block_size: int = 16) -> torch.Tensor:
         """int8: half a step, scale / 2. e4m3: half an ulp of a 3-bit mantissa (2^-4 relative) above the
