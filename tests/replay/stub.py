@@ -23,6 +23,7 @@ class Stub:
         self.lock = threading.Lock()
         self.delay, self.stall, self.tokenize = delay, stall, tokenize
         self.served: list[str] = []
+        self.active = self.most_active = 0  # completion requests being answered now, and the most at once
         stub = self
 
         class Handler(_Handler):
@@ -77,8 +78,16 @@ class _Handler(BaseHTTPRequestHandler):
         if body["max_tokens"] == 1:  # a calibration probe
             self._plain(prompt_tokens, 1)
             return
-        time.sleep(self.owner.delay)
-        getattr(self, "_" + self.owner.next())(prompt_tokens, body["max_tokens"])
+        stub = self.owner
+        with stub.lock:
+            stub.active += 1
+            stub.most_active = max(stub.most_active, stub.active)
+        try:
+            time.sleep(stub.delay)
+            getattr(self, "_" + stub.next())(prompt_tokens, body["max_tokens"])
+        finally:
+            with stub.lock:
+                stub.active -= 1
 
     # ---- behaviours ---------------------------------------------------------------------------------------
     def _ok(self, p: int, n: int) -> None:
