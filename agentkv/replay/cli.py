@@ -77,7 +77,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} must be >= {low}, got {value}")
     if args.time_scale < 0 or args.timeout <= 0:
         raise ValueError("--time-scale must be >= 0 and --timeout > 0")
-    extra = json.loads(args.extra_body) if args.extra_body else {}
+    try:
+        extra = json.loads(args.extra_body) if args.extra_body else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--extra-body: not JSON ({e})") from None
     if not isinstance(extra, dict):
         raise ValueError("--extra-body must be a JSON object")
     if args.predict and args.predict not in PREDICTABLE:

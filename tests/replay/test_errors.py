@@ -65,7 +65,7 @@ def test_unreachable_server_is_one_line_exit_2(tmp_path, capsys):
 def test_bad_flags_exit_2(tmp_path, capsys):
     trace = write_trace(tmp_path / "trace", sessions=1, turns=2)
     for flags in (["--token-scale", "0"], ["--token-scale", "1.5"], ["--max-inflight", "0"], ["--predict", "lru"],
-                  ["--predict", "lru", "--capacity", "4GiB"], ["--predict", "belady"], ["--extra-body", "[1]"]):
+                  ["--predict", "lru", "--capacity", "4GiB"], ["--predict", "belady"], ["--extra-body", "[1]"], ["--extra-body", "{x"]):
         rc = main(["replay", str(trace), "--endpoint", "http://127.0.0.1:9", *flags])
         assert rc == 2, flags
         assert capsys.readouterr().err.startswith("agentkv: error: ")
