@@ -19,7 +19,7 @@ from agentkv.kernels.triton_attention import TritonAttention
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+TOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}  # half types: q and P rounded for the MMAs on a GPU
 
 
 def layer_pages(codec_name: str, num_pages: int, block_size: int, kv_heads: int, dim: int) -> LayerKV:
