@@ -339,6 +339,7 @@ class TritonAttention(AttentionBackend):
         g = heads // kv_heads
         block_d = triton.next_power_of_2(dim)
         splits = self.fixed_splits or num_splits(n_dec, kv_heads, meta.max_seq_len, self.decode["BLOCK_N"], self.sms)
+        assert splits & (splits - 1) == 0, f"decode splits must be a power of two, got {splits}"
         part_o = part_lse = out  # unused when one split writes the output itself
         if splits > 1:
             part_o = torch.empty(n_dec, heads, splits, block_d, dtype=torch.float32, device=q.device)
