@@ -28,12 +28,18 @@ async def calibrate(client: httpx.AsyncClient, api: Api, words: tuple[str, ...])
     n = min(PROBE_WORDS, len(words) // 2)
     a, b = " ".join(words[:n]), " ".join(words[n : 2 * n])
     method = await _tokenizer_endpoint(client, api, a)
-    counts = [await _count(client, api, text, method) for text in (a, b, f"{a} {b}")]
+    got = [await _count(client, api, text, method) for text in (a, b, f"{a} {b}")]
+    counts = [c for c, _ in got]
     overhead = counts[0] + counts[1] - counts[2]
     if counts[0] - overhead != n or counts[1] - overhead != n:
         raise ValueError(f"the server counts {counts[0] - overhead} and {counts[1] - overhead} tokens for two runs "
                          f"of {n} replay words (via {method}): its tokenizer splits them, so block boundaries would "
                          "not hold; pass --tokenizer with the served model's tokenizer.json")
+    tokens = got[2][1]
+    if tokens is not None and len(set(tokens)) < 2 * n:  # a tokenizer that names its ids shows words merging
+        raise ValueError(f"the server's tokenizer gives {2 * n} replay words only {len(set(tokens))} distinct tokens "
+                         "(an unknown-word token?): different blocks would look alike; pass --tokenizer with the "
+                         "served model's tokenizer.json")
     return Calibration(overhead, 2 * n, method)
 
 
@@ -49,18 +55,21 @@ async def _tokenizer_endpoint(client: httpx.AsyncClient, api: Api, text: str) ->
     return "usage"
 
 
-async def _count(client: httpx.AsyncClient, api: Api, text: str, method: str) -> int:
+async def _count(client: httpx.AsyncClient, api: Api, text: str, method: str) -> tuple[int, list | None]:
+    """The server's token count for `text`, and its token ids where the endpoint lists them."""
     if method != "usage":
         r = await client.post(method, json=_tokenize_body(api, text), headers=api.headers())
-        got = _tokenized(r.json()) if r.status_code == 200 else None
-        if got is None:
+        obj = r.json() if r.status_code == 200 else None
+        n = _tokenized(obj)
+        if n is None:
             raise ValueError(f"{method} answered {r.status_code}: {r.text[:200]}")
-        return got
+        tokens = obj.get("tokens")  # obj is the dict `_tokenized` read a count from
+        return n, tokens if isinstance(tokens, list) else None
     out: Outcome = await send(client, api, text, 1)
     if out.error or out.prompt_tokens < 0:
         raise ValueError(f"calibration request to {api.path} failed: "
                          f"{out.error or 'no usage.prompt_tokens in the reply'} {out.detail}".strip())
-    return out.prompt_tokens
+    return out.prompt_tokens, None
 
 
 def _tokenize_body(api: Api, text: str) -> dict:

@@ -18,10 +18,11 @@ EXPECTED = {"ok": "", "plain": "", "429": "http_429", "500": "http_500", "garbag
 
 class Stub:
     def __init__(self, behaviours: tuple[str, ...] = BEHAVIOURS, delay: float = 0.0, stall: float = 2.0,
-                 tokenize: bool = True) -> None:
+                 tokenize: bool = True, unknown_words: bool = False) -> None:
         self.cycle = itertools.cycle(behaviours)
         self.lock = threading.Lock()
         self.delay, self.stall, self.tokenize = delay, stall, tokenize
+        self.unknown_words = unknown_words  # /tokenize maps every word to one id, as a word-level [UNK] would
         self.served: list[str] = []
         self.active = self.most_active = 0  # completion requests being answered now, and the most at once
         stub = self
@@ -71,7 +72,9 @@ class _Handler(BaseHTTPRequestHandler):
         prompt_tokens = len(body.get("prompt", "").split()) + 1  # the words, and a BOS
         if self.path == "/tokenize":
             if self.owner.tokenize:
-                self._json(200, {"count": prompt_tokens})
+                words = body.get("prompt", "").split()
+                ids = [0] + [3 if self.owner.unknown_words else 10 + hash(w) % 100_000 for w in words]
+                self._json(200, {"count": prompt_tokens, "tokens": ids})
             else:
                 self._json(404, {"error": {"message": "not found"}})
             return

@@ -53,6 +53,15 @@ def test_calibrates_from_usage_without_a_tokenize_endpoint(tmp_path):
     assert summary["ok"] == 3 and summary["meta"]["server_overhead_tokens"] == 1
 
 
+def test_a_tokenizer_that_merges_words_is_refused(tmp_path, capsys):
+    trace = write_trace(tmp_path / "trace", sessions=1, turns=2)
+    with Stub(("ok",), unknown_words=True) as stub:
+        rc = main(["replay", str(trace), "--endpoint", stub.url, *FAST, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "distinct tokens" in err and "--tokenizer" in err
+    assert stub.served == []  # refused before any replayed request
+
+
 def test_unreachable_server_is_one_line_exit_2(tmp_path, capsys):
     trace = write_trace(tmp_path / "trace", sessions=1, turns=2)
     with Stub() as stub:
