@@ -17,7 +17,7 @@ Resume: a Llama-shaped model with random weights (small on CPU, `--shape` on GPU
 session; a same-length request evicts it from the GPU tier into the tier under test; then the session's next
 turn (prefix + 16 new tokens, one output token) is timed: served from GPU, DRAM, disk (page cache dropped),
 Redis, and with no cache at all (its whole prefill recomputed).
-Run: .venv/bin/python -m bench.tiers [--pages 48] [--page-bytes 2097152] [--prefix 2048] [--redis URL]
+Run: .venv/bin/python -m bench.tiers [--pages 48] [--page-bytes 2097152] [--prefix 2048] [--redis URL] [--threads 1]
 """
 
 from __future__ import annotations
@@ -251,7 +251,10 @@ def main() -> int:
     ap.add_argument("--redis", help="an existing server's URL (default: start redis-server here)")
     ap.add_argument("--dir", help="folder for the disk files (default: a temp folder)")
     ap.add_argument("--skip", choices=["bandwidth", "resume"], help="leave one part out")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (1 on a shared, loaded CPU box)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"machine: {machine()}; device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
