@@ -24,7 +24,7 @@ def test_every_error_is_counted_by_kind(tmp_path, capsys):
     trace = write_trace(tmp_path / "trace", sessions=4, turns=5)
     out = tmp_path / "out"
     with Stub(stall=60) as stub:  # the stalled handler thread is a daemon: nobody waits for it
-        rc = main(["replay", str(trace), "--endpoint", stub.url, *FAST, "--timeout", "3", "--max-inflight", "4",
+        rc = main(["replay", str(trace), "--endpoint", stub.url, *FAST, "--timeout", "2", "--max-inflight", "4",
                    "--predict", "lru", "--capacity", "4096", "--out", str(out), "--json"])
     assert rc == 0
     assert len(stub.served) == 20  # every request reached the server once: none was lost or repeated
