@@ -168,6 +168,7 @@ class Tiering:
             if first is None:
                 continue
             start = first * bs
+            log.info("request %s recomputes from token %d: a block it was to read was lost", seq.request_id, start)
             lost = seq.cached - min(seq.cached, start)
             chunk.n += chunk.start - start
             chunk.start = seq.computed = start
