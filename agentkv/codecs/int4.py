@@ -6,8 +6,9 @@ nibble), an fp16 scale and offset per group of values. Three layouts of the same
 - `int4-kivi`: KIVI's split. Keys get a scale and offset per channel per block, since key outliers sit in
   fixed channels; values stay per token. A channel's scale needs all of its block's tokens, so a block's keys
   are quantized when its last token is written (sealed). Until then, the partial last block's keys stay in
-  full precision in a residual the codec holds beside the pool, at most one block per sequence and layer
-  (KIVI's full-precision window, one block long). A partial block is private to its sequence: the engine
+  full precision in a residual the codec holds beside the pool, one block per running sequence and layer
+  (KIVI's full-precision window, one block long); a sequence that ends mid-block leaves its residual until
+  the page is written again, so there is at most one per page. A partial block is private to its sequence: the engine
   never shares it, caches it or moves it between tiers. Each block's keys carry an int32 tag in the page
   (0: sealed; otherwise the id of the residual holding them), so a page that arrives by copy, or whose
   residual is not in this process, is never decoded from stale memory: it raises.
@@ -130,7 +131,6 @@ class Int4Kivi(KVCodec):
             tag, keys = self._residual(fields, page)
         keys[offsets] = x.to(keys.dtype)
         if int(offsets.max()) == bs - 1:
-            self._open.pop(key, None)
             self._seal(fields, torch.tensor([page], device=x.device), keys[None])
         else:
             self._open[key] = (tag, keys)
@@ -146,6 +146,10 @@ class Int4Kivi(KVCodec):
 
     def _seal(self, fields: dict[str, torch.Tensor], pages: torch.Tensor, keys: torch.Tensor) -> None:
         """keys [n, block_size, kv_heads, head_dim] of whole blocks → per-channel codes."""
+        if self._open:  # a page sealed whole drops the stale residual of a sequence that ended on it
+            ptr = fields["data"].data_ptr()
+            for page in pages.tolist():
+                self._open.pop((ptr, page), None)
         code, scale, lo = quantize(keys, 1)
         fields["scale"][pages] = scale.squeeze(1).half()
         fields["offset"][pages] = lo.squeeze(1).half()

@@ -160,6 +160,8 @@ def test_kivi_never_serves_stale_or_missing_residuals():
     c.encode_into(k, 16 * 2 + torch.arange(5), x[:5])  # page 2: partial, its keys in the residual
     slab[2] = slab[0]  # a tier copy lands a sealed block on page 2: its bytes win over the stale residual
     assert torch.equal(c.decode(k, torch.tensor([2]), torch.float32), c.decode(k, torch.tensor([0]), torch.float32))
+    c.encode_into(k, 16 * 2 + torch.arange(16), x)  # page 2 written whole: its stale residual is dropped
+    assert (k["data"].data_ptr(), 2) not in c._open
     c.encode_into(k, 16 * 1 + torch.arange(5), x[:5])  # page 1 partial ...
     slab[2] = slab[1]  # ... copied elsewhere: its keys cannot follow, so decoding it is an error, not garbage
     with pytest.raises(RuntimeError, match="partial block"):
