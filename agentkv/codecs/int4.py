@@ -127,6 +127,8 @@ class Int4Kivi(KVCodec):
         key, bs = (fields["data"].data_ptr(), page), fields["data"].shape[1]
         if int(offsets.min()) == 0:  # a block starts: a fresh residual
             tag, keys = next(self._ids) % 2**31 or 1, x.new_zeros(bs, *x.shape[1:])
+        elif int(fields["tag"][page, 0]) == 0:  # a sealed block is immutable: this is the engine recomputing
+            return  # the last token of a fully cached prompt, whose keys the block already holds
         else:
             tag, keys = self._residual(fields, page)
         keys[offsets] = x.to(keys.dtype)

@@ -152,6 +152,17 @@ def test_kivi_seals_whole_blocks_and_keeps_the_partial_block_exact():
     assert k["tag"][1, 0] == 0 and not c._open
 
 
+def test_kivi_sealed_blocks_are_immutable():
+    """The engine recomputes the last token of a fully cached prompt into its sealed block: it stays as is."""
+    c = get_codec("int4-kivi")
+    x = torch.randn(16, 1, 64)
+    slab, (k, _v) = pool(c, 1, 16, 1, 64)
+    c.encode_into(k, torch.arange(16), x)
+    before = slab.clone()
+    c.encode_into(k, torch.tensor([15]), x[15:] * 1.001)
+    assert torch.equal(slab, before) and not c._open
+
+
 def test_kivi_never_serves_stale_or_missing_residuals():
     c = get_codec("int4-kivi")
     x = torch.randn(16, 1, 64)
