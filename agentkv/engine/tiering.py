@@ -93,7 +93,7 @@ class Tiering:
         self.mover = Mover()
         self.tiers: list[TierSpec] = []
         self.stores: list[TierStore] = []
-        self.shared: MovedStore | None = None  # the Redis tier: written through even where the core has no room
+        self.shared: MovedStore | None = None  # the Redis tier: every block named is written through to it
         for cfg in parse_kv_tiers(spec):
             capacity = cfg.size.to_bytes(page_bytes / block_size)
             if capacity < page_bytes:
@@ -134,8 +134,9 @@ class Tiering:
             for t in np.unique(where[:run]).tolist():
                 cache.adopt(t, rest[:run][where[:run] == t])
             tier = cache.tier_of(ids)
+        lead = int(np.argmax(tier < 0)) if (tier < 0).any() else len(ids)  # only a cached prefix is of use
         for t, store in moved:
-            fetch = ids[tier == t]
+            fetch = ids[:lead][tier[:lead] == t]
             if len(fetch):
                 store.prefetch([keys_of[b] for b in fetch.tolist()])
 
