@@ -10,8 +10,8 @@ was asked for. A torn write, a slot reused after the last index save, a flipped 
 read as a miss (the slot is then freed), never as another block's bytes. Without a saved index the store
 rebuilds one by scanning slot heads, so the cache survives an engine restart either way.
 
-Disk full (ENOSPC, EDQUOT, EFBIG) shrinks the store to the slots it already holds; `capacity_pages` tells
-the engine the new size.
+Disk full (ENOSPC, EDQUOT, EFBIG) shrinks the store to the slots its files already span; `capacity_pages`
+tells the engine the new size.
 """
 
 from __future__ import annotations
@@ -146,9 +146,11 @@ class DiskStore(TierStore):
             err = e
         if err.errno not in _FULL:
             raise err
-        with self._lock:  # keep the slots that hold pages; later drops free room the disk already gave
-            self.free = []
-            self.n_slots = len(self.index)
+        extent = {seg: os.fstat(f).st_size for seg, f in self._fds.items()}
+        with self._lock:  # keep the slots the files already span (room the disk gave); lose the rest
+            self.free = [s for s in self.free
+                         if (s % self.per_segment + 1) * self.slot_bytes <= extent.get(s // self.per_segment, 0)]
+            self.n_slots = len(self.index) + len(self.free)
         log.warning("disk tier %s is full (%s): shrunk to %d pages", self.root, err.strerror, self.n_slots)
         return False
 

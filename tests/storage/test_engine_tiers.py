@@ -165,3 +165,30 @@ def test_generate_command_reuses_its_disk_tier(model_dir, tmp_path, capsys):
     second = json.loads(capsys.readouterr().out)[0]
     assert first["cached_tokens"] == 0 and second["cached_tokens_per_tier"]["disk"] == 32
     assert second["token_ids"] == first["token_ids"]
+
+
+def test_unreachable_redis_and_a_full_disk_never_stop_the_engine(model_dir, cases, tmp_path):
+    import resource
+    import signal
+    import socket
+
+    ps, expected = cases
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{s.getsockname()[1]}"
+    llm = engine(model_dir, f"disk=1MiB@{tmp_path},redis=1MiB@{dead}")
+    disk_tier = llm.tier_names.index("disk")
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    disk = llm.tiering.stores[0].store
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10 * disk.slot_bytes, old_limit[1]))  # full after 10 pages
+    try:
+        out, _ = run_twice(llm, ps)
+        llm.tiering.mover.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert out == expected
+    llm.generate(ps[:1], GREEDY)  # the next plan's repair hears of the shrink
+    assert llm.cache.capacity[disk_tier] == disk.capacity_pages == 10 < (1 << 20) // disk.slot_bytes
+    assert not llm.tiering.shared.store.up
