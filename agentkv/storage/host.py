@@ -1,6 +1,7 @@
 """Host DRAM as a tier: one preallocated slab of pages (pinned when a GPU is used), not an allocation per block.
 
-In-process, so pages are trusted: keyed by digest, no checksums. Capacity is the policy core's (it never
+In-process, so pages are trusted: keyed by digest with the identity compared (a collision is a miss), no
+checksums. Capacity is the policy core's (it never
 places more blocks here than the tier holds); a full slab is a bug, reported as such.
 """
 
@@ -35,7 +36,7 @@ class HostSlab(TierStore):
                 got = self.row_of[k.digest] = (self.free.pop(), k.identity)
             elif got[1] != k.identity:
                 continue  # another block under the same digest keeps its page: this one will miss
-            _copy(self.slab_rows[got[0]], src[i], self.pin)
+            _copy(self.slab_rows[got[0]], src[i])
 
     def get(self, keys: Sequence[BlockKey], out: torch.Tensor) -> np.ndarray:
         found = np.zeros(len(keys), dtype=bool)
@@ -43,7 +44,7 @@ class HostSlab(TierStore):
         for i, k in enumerate(keys):
             got = self.row_of.get(k.digest)
             if got is not None and got[1] == k.identity:
-                _copy(dst[i], self.slab_rows[got[0]], self.pin)
+                _copy(dst[i], self.slab_rows[got[0]])
                 found[i] = True
         return found
 
@@ -64,8 +65,9 @@ def _rows(t: torch.Tensor) -> torch.Tensor | np.ndarray:
     return t.numpy() if t.device.type == "cpu" else t
 
 
-def _copy(dst: torch.Tensor | np.ndarray, src: torch.Tensor | np.ndarray, pinned: bool) -> None:
+def _copy(dst: torch.Tensor | np.ndarray, src: torch.Tensor | np.ndarray) -> None:
+    """Synchronous: a row is reused as soon as it is dropped, so no copy may still be reading it."""
     if isinstance(dst, np.ndarray) and isinstance(src, np.ndarray):
         np.copyto(dst, src)
     else:
-        torch.as_tensor(dst).copy_(torch.as_tensor(src), non_blocking=pinned)
+        torch.as_tensor(dst).copy_(torch.as_tensor(src))
