@@ -130,12 +130,14 @@ class Mover:
         if pages.device.type == "cpu":
             return pages.clone(), None
         host = torch.empty(pages.shape, dtype=torch.uint8, pin_memory=True)
-        self._stream.wait_stream(torch.cuda.current_stream(pages.device))
+        main = torch.cuda.current_stream(pages.device)
+        self._stream.wait_stream(main)
         with torch.cuda.stream(self._stream):
             host.copy_(pages, non_blocking=True)
             pages.record_stream(self._stream)
             ready = torch.cuda.Event()
             ready.record(self._stream)
+        main.wait_event(ready)  # the engine's next writes to these pages wait for the copy, not the CPU
         return host, ready
 
     def _worker(self, store: TierStore) -> _Worker:
