@@ -327,8 +327,8 @@ class LLM:
         self._generators.pop(seq.request_id, None)
 
     def _text(self, seq: EngineSequence) -> str:
-        if seq.text or self.tokenizer is None:
-            return seq.text
+        if seq.text is not None or self.tokenizer is None:
+            return seq.text or ""
         return self.tokenizer.decode(self._visible(seq))
 
     def _visible(self, seq: EngineSequence) -> list[int]:

@@ -19,15 +19,17 @@ from agentkv.kernels.attention import LayerKV
 class PageLayout:
     codec: KVCodec
     num_layers: int
-    fields: tuple[PageField, ...]  # one layer's K (or V) fields, in page order
+    k_fields: tuple[PageField, ...]  # one layer's K fields, in page order
+    v_fields: tuple[PageField, ...]  # then its V fields (they differ where keys are treated apart: int4-kivi)
 
     @staticmethod
     def of(codec: KVCodec, num_layers: int, block_size: int, kv_heads: int, head_dim: int) -> PageLayout:
-        return PageLayout(codec, num_layers, codec.fields(block_size, kv_heads, head_dim))
+        return PageLayout(codec, num_layers, codec.key_fields(block_size, kv_heads, head_dim),
+                          codec.value_fields(block_size, kv_heads, head_dim))
 
     @property
     def page_bytes(self) -> int:
-        return self.num_layers * 2 * sum(f.nbytes for f in self.fields)
+        return self.num_layers * sum(f.nbytes for f in (*self.k_fields, *self.v_fields))
 
     def views(self, slab: torch.Tensor) -> list[LayerKV]:
         """Typed views of every layer's K and V fields over a slab [num_pages, page_bytes] (uint8)."""
@@ -35,9 +37,9 @@ class PageLayout:
         layers = []
         for _ in range(self.num_layers):
             halves = []
-            for _kv in range(2):
+            for half in (self.k_fields, self.v_fields):
                 fields = {}
-                for f in self.fields:
+                for f in half:
                     fields[f.name] = slab[:, off : off + f.nbytes].view(f.dtype).view(slab.shape[0], *f.shape)
                     off += f.nbytes
                 halves.append(fields)

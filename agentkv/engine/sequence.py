@@ -47,7 +47,7 @@ class EngineSequence(Sequence):
     named: list[int] = field(default_factory=list)  # ids of its full blocks, each holding one reference
     pages: list[int] = field(default_factory=list)  # its block table: physical pages in position order
     row: int = -1  # its row in the attention backend's block-table tensor while it runs
-    text: str = ""
+    text: str | None = None  # the reply cut at a stop string (None: not cut)
     finish_reason: str | None = None
     classify_reply: Callable[[str], str] | None = None  # "tool_calls" | "stop": how the reply ended
     public_blocks: int = 0  # leading blocks named in the public namespace; the rest chain on in `private_root`'s

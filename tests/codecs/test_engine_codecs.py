@@ -15,7 +15,7 @@ from tests.engine.conftest import prompts, write_checkpoint
 GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
 # int4-kivi is left out: the engine's PageLayout gives keys and values the same fields (codec.fields), and
 # kivi's differ (codec.key_fields / value_fields); it raises a clear error there until PageLayout uses them.
-CODECS = ["bf16", "fp16", "fp8", "int8", "int4", "int4-g8"]
+CODECS = ["bf16", "fp16", "fp8", "int8", "int4", "int4-g8", "int4-kivi"]
 
 
 @pytest.fixture(scope="module", params=["llama3", "qwen3"])  # head_dim 16, and 32 with q/k norm
