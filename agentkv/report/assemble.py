@@ -79,7 +79,8 @@ def offered_concurrency(trace: Trace, arrival: ArrivalModel) -> float:
 def _rung_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
     """One lever: capacity on one replica, then the fewest replicas at the offered load (and the fleet run, when
     the fleet is known up front). Returns every run at the offered load, by replicas, for the same-fleet view."""
-    trace, sample, spec, rung, arrival, offered, gpu_hour, fleet = args
+    spec, rung, arrival, offered, gpu_hour, fleet = args
+    trace, sample = _SHARED["trace"], _SHARED["sample"]
     start = min(offered, 20.0) if offered > 0 else 20.0
     probes: dict[float, SimResult] = {}
     cap = session_capacity(sample, spec, rung, arrival.seed, start, runs=probes)
@@ -97,8 +98,8 @@ def _rung_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
 
 
 def _fleet_job(args: tuple) -> SimResult:
-    trace, spec, rung, arrival, replicas = args
-    return simulate(trace, rung_config(spec, rung, arrival, replicas))
+    spec, rung, arrival, replicas = args
+    return simulate(_SHARED["trace"], rung_config(spec, rung, arrival, replicas))
 
 
 def choose_fleet(outcomes: list[RungOutcome], offered: float) -> tuple[int, str]:
@@ -125,21 +126,22 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
         raise ValueError(f"prices: no gpu_hour price for hardware '{spec.hardware}'")
     offered = offered_concurrency(trace, arrival)
     sample = sample_sessions(trace)
-    jobs = [(trace, sample, spec, r, arrival, offered, gpu_hour, replicas) for r in LADDER]
-    with _executor(workers) as pool:
+    jobs = [(spec, r, arrival, offered, gpu_hour, replicas) for r in LADDER]
+    with _executor(workers, trace, sample) as pool:
         step("sizing every lever")
         done = {}
         # the costliest rungs (tiers, agent-aware ranking) first, so two workers finish together
         for job, fut in [(j, pool.submit(_rung_job, j)) for j in reversed(jobs)]:
-            done[job[3].name] = fut.result()
-            step(f"{job[3].name} sized")
+            done[job[1].name] = fut.result()
+            step(f"{job[1].name} sized")
         outcomes, runs = zip(*(done[r.name] for r in LADDER), strict=True)
         fleet, chosen_by = (replicas, "given with --replicas") if replicas else choose_fleet(list(outcomes), offered)
-        missing = {i: pool.submit(_fleet_job, (trace, spec, o.rung, arrival, fleet))
+        missing = {i: pool.submit(_fleet_job, (spec, o.rung, arrival, fleet))
                    for i, o in enumerate(outcomes) if fleet not in runs[i]}
         for i, o in enumerate(outcomes):
             o.fleet_run = missing[i].result() if i in missing else runs[i][fleet]
         step("same fleet done")
+    _SHARED.clear()
     providers = all_providers(trace, arrival_times(trace, arrival), price_table["providers"]) \
         if trace.has_block_ids else []
     plan_prices = {k: float(v) for k, v in price_table.get("plans", {}).items() if k != "source"}
@@ -167,5 +169,15 @@ class _Inline(Executor):
         return f
 
 
-def _executor(workers: int) -> Executor:
-    return ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline()
+_SHARED: dict[str, Trace] = {}  # the trace and its sample, handed to each worker once (not pickled per job)
+
+
+def _share(trace: Trace, sample: Trace) -> None:
+    _SHARED.update(trace=trace, sample=sample)
+
+
+def _executor(workers: int, trace: Trace, sample: Trace) -> Executor:
+    if workers > 1:
+        return ProcessPoolExecutor(max_workers=workers, initializer=_share, initargs=(trace, sample))
+    _share(trace, sample)
+    return _Inline()
