@@ -13,6 +13,13 @@ settings.register_profile("ci", max_examples=60)
 settings.register_profile("thorough", max_examples=500)
 settings.load_profile("ci")
 
+try:  # the tests' models are tiny: a second intra-op thread only spins against the other jobs on a 2-core box
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:
+    pass
+
 TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traces"
 CLAUDE_CODE = TRACES / "claude-code"
 MOONCAKE = TRACES / "mooncake" / "conversation_trace.jsonl"
