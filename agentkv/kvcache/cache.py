@@ -232,7 +232,9 @@ class KVCache:
             todo = chain[tiers > 0]
             if not len(todo):
                 continue
+            self.pins[todo] += 1  # making room may demote into their tier: they must not be evicted from it
             n = self._room0_below(len(todo), float(np.min(self.policy.keys(todo, now))), moves, now)
+            self.pins[todo] -= 1
             got, src = todo[:n], tiers[tiers > 0][:n]
             for t in np.unique(src):
                 self._add(0, got[src == t])
@@ -369,6 +371,7 @@ class KVCache:
         over = int(self.used[t] + len(incoming) - self.capacity[t])
         if over > 0:
             resident = self._resident(t)
+            resident = resident[self.pins[resident] == 0]  # pinned here: about to be promoted, copied first
             pool = np.concatenate([resident, incoming])
             out = pool[_lowest(self.policy.keys(pool, now), self.depth[pool], over)]
             is_incoming = np.isin(out, incoming, assume_unique=True)

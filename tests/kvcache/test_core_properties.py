@@ -172,3 +172,20 @@ def test_partial_blocks_are_reserved_and_freed():
     assert c.reserved == 2 and c.used[0] == 3
     c.release("a", ctx)
     assert c.reserved == 0 and c.used[0] == 3 and c.free_blocks() == 7
+
+
+def test_a_hit_being_promoted_is_not_evicted_from_its_tier_to_make_room():
+    """Tier 0 full, tier 1 full: admitting a request whose prefix sits only in tier 1 demotes tier-0 blocks into
+    tier 1. The blocks being promoted must not be the ones tier 1 evicts for them (their copy would be gone
+    before it is read)."""
+    cache = KVCache([TierSpec("gpu", 4, 1), TierSpec("dram", 4, 1)], LRU())
+    ctx = AccessContext(0.0)
+    for key, ids in enumerate([np.arange(0, 4), np.arange(4, 8), np.arange(8, 12)]):
+        assert cache.acquire(key, ids[:0], 4, ctx) is not None
+        cache.commit(key, ids, 0.0)
+        cache.release(key, ctx)
+    grant = cache.acquire(9, np.arange(4, 8), 4, AccessContext(1.0))  # 4..7 live in tier 1 only; 0..3 went
+    assert grant is not None and grant.hits_per_tier.tolist() == [0, 4]
+    dropped = [b for mv in grant.moves if mv.kind == "drop" and mv.src == 1 for b in mv.blocks.tolist()]
+    assert not set(dropped) & set(range(4, 8))
+    assert (cache.where[4:8] & 1).all()
