@@ -10,6 +10,7 @@ persistent tensor with one row per running sequence, updated only where a sequen
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -74,14 +75,19 @@ class AttentionBackend(ABC):
         self.synced[row] = 0
 
     def prepare(self, seqs: list[SeqSlice], num_prefills: int, block_size: int) -> AttentionMetadata:
-        for s in seqs:  # copy only the pages a sequence gained since its row was last synced
-            n = self.synced[s.row]
-            if len(s.pages) > n:
-                self.tables[s.row, n : len(s.pages)] = torch.tensor(s.pages[n:], dtype=torch.int32)
-                self.synced[s.row] = len(s.pages)
-            elif len(s.pages) < n:  # the row was reused without release: rewrite it
-                self.tables[s.row, : len(s.pages)] = torch.tensor(s.pages, dtype=torch.int32)
-                self.synced[s.row] = len(s.pages)
+        """Everything is built on the host and crosses to the device in one non-blocking copy from pinned
+        memory (on CUDA): no host sync in the step. Block-table rows get only the pages they gained."""
+        upd_rows: list[int] = []
+        upd_cols: list[int] = []
+        upd_vals: list[int] = []
+        for s in seqs:
+            n, m = self.synced[s.row], len(s.pages)
+            if m != n:  # gained pages, or a row reused without release (rewritten whole)
+                first = n if m > n else 0
+                upd_rows += [s.row] * (m - first)
+                upd_cols += range(first, m)
+                upd_vals += s.pages[first:]
+                self.synced[s.row] = m
         slots: list[int] = []
         qsl = [0]
         for s in seqs:
@@ -89,13 +95,18 @@ class AttentionBackend(ABC):
                 slots.append(s.pages[pos // block_size] * block_size + pos % block_size)
             qsl.append(qsl[-1] + s.q_len)
         lens = [s.seq_len for s in seqs]
+        parts = [slots, qsl, lens, [s.row for s in seqs], upd_rows, upd_cols, upd_vals]
+        host = torch.tensor([x for p in parts for x in p], dtype=torch.long,
+                            pin_memory=self.device.type == "cuda")
+        dev = host.to(self.device, non_blocking=True)
+        cut = list(itertools.accumulate(len(p) for p in parts))
+        d_slots, d_qsl, d_lens, d_rows, d_ur, d_uc, d_uv = torch.tensor_split(dev, cut[:-1])
+        if upd_rows:
+            self.tables[d_ur, d_uc] = d_uv.to(torch.int32)
         width = max((-(-n // block_size) for n in lens), default=0)
-        rows = torch.tensor([s.row for s in seqs], dtype=torch.long, device=self.device)
-        dev = self.device
-        return AttentionMetadata(
-            torch.tensor(slots, dtype=torch.long, device=dev), torch.tensor(qsl, dtype=torch.int32, device=dev),
-            torch.tensor(lens, dtype=torch.int32, device=dev), self.tables[rows, :width], num_prefills,
-            max((s.q_len for s in seqs), default=0), max(lens, default=0), qsl, lens)
+        return AttentionMetadata(d_slots, d_qsl.to(torch.int32), d_lens.to(torch.int32), self.tables[d_rows, :width],
+                                 num_prefills, max((s.q_len for s in seqs), default=0), max(lens, default=0), qsl,
+                                 lens)
 
     @abstractmethod
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: LayerKV, meta: AttentionMetadata,
