@@ -37,7 +37,6 @@ from agentkv.storage.host import HostSlab
 from agentkv.storage.keys import namespace_digest
 from agentkv.workload.trace import FINISH_END, FINISH_TOOL, FINISH_UNKNOWN
 
-ACTIVATION_RESERVE = 512 * 2**20  # GPU memory left for activations when sizing KV from free memory
 Prompt = str | list[int] | dict[str, Any]
 
 
@@ -86,7 +85,12 @@ class LLM:
         spec = cfg.spec(name)
         page_bytes = kv_bytes_per_block(spec, self.codec.spec, block_size)
         assert page_bytes == self.layout.page_bytes, "codec pages disagree with kvcache.sizing"
-        num_pages = self._kv_budget(kv_cache_bytes, gpu_memory_utilization) // page_bytes
+        if isinstance(model, str) or attention_backend is not None:
+            backend = make_backend(attention_backend or "auto", self.device, self.codec)
+            for layer in self.model.model.layers:
+                layer.self_attn.backend = backend
+        self.backend = self.model.model.layers[0].self_attn.backend
+        num_pages = self._kv_budget(kv_cache_bytes, gpu_memory_utilization, max_num_batched_tokens) // page_bytes
         if num_pages < 2:
             raise ValueError(f"KV budget holds {num_pages} pages of {page_bytes} bytes: give more kv_cache_bytes")
         tiers = [TierSpec("gpu", num_pages * page_bytes, page_bytes)]
@@ -106,11 +110,6 @@ class LLM:
         self.cache = KVCache(tiers, make_policy(policy, model=spec, block_size=block_size))
         self.scheduler = Scheduler(SchedulerConfig(block_size, max_num_batched_tokens, max_num_seqs,
                                                    enable_prefix_caching), self.cache)
-        if isinstance(model, str) or attention_backend is not None:
-            backend = make_backend(attention_backend or "auto", self.device, self.codec)
-            for layer in self.model.model.layers:
-                layer.self_attn.backend = backend
-        self.backend = self.model.model.layers[0].self_attn.backend
         max_pages = min(num_pages, -(-cfg.max_position_embeddings // block_size))
         self.backend.bind(max_num_seqs, max_pages, self.device)
         self.pool = PagePool(self.layout, num_pages, self.device, self.ids, stores, self.backend, max_num_seqs)
@@ -132,13 +131,42 @@ class LLM:
                                        block_size, cfg.num_kv_heads, self.device)
             self.graphs.capture()
 
-    def _kv_budget(self, kv_cache_bytes: int | None, utilization: float) -> int:
+    def _kv_budget(self, kv_cache_bytes: int | None, utilization: float, step_tokens: int) -> int:
+        """KV bytes: as given; on CUDA, what `utilization` of the device leaves after the weights and the peak
+        activations of a profiled forward pass of a full step; on CPU, 512 MiB."""
         if kv_cache_bytes is not None:
             return kv_cache_bytes
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            return int(free * utilization) - ACTIVATION_RESERVE
-        return 512 * 2**20
+        if self.device.type != "cuda":
+            return 512 * 2**20
+        activations = self.profile_activations(step_tokens)
+        free, total = torch.cuda.mem_get_info(self.device)
+        used = total - free  # weights, the CUDA context, other processes
+        return int(total * utilization) - used - int(activations * 1.2)
+
+    def profile_activations(self, tokens: int) -> int:
+        """Peak bytes (CUDA; 0 elsewhere) a forward pass of one `tokens`-token prefill takes beyond what is
+        allocated already, over a scratch KV slab of its own (freed after). It also warms up the kernels."""
+        cfg, bs = self.config, self.block_size
+        pages = -(-tokens // bs)
+        slab = torch.zeros(pages, self.layout.page_bytes, dtype=torch.uint8, device=self.device)
+        bound = {k: getattr(self.backend, k) for k in ("device", "tables", "synced") if hasattr(self.backend, k)}
+        self.backend.bind(1, pages, self.device)
+        meta = self.backend.prepare([SeqSlice(0, list(range(pages)), tokens, tokens)], 1, bs)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device) if cuda else 0
+        ids = torch.zeros(tokens, dtype=torch.long, device=self.device) + (cfg.bos_token_id or 0)
+        hidden = self.model(ids, torch.arange(tokens, device=self.device), self.layout.views(slab), meta)
+        self.model.logits(hidden[-1:])
+        peak = torch.cuda.max_memory_allocated(self.device) - before if cuda else 0
+        del slab, hidden
+        for k, v in bound.items():  # a bound engine's block tables come back as they were
+            setattr(self.backend, k, v)
+        if cuda:
+            torch.cuda.empty_cache()
+        return max(peak, 0)
 
     # ---- requests ------------------------------------------------------------------------------------------
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, *, request_id: str | None = None,

@@ -182,3 +182,13 @@ def test_every_online_policy_runs_in_the_engine(llama_dir, family, policy):
     if policy == "agent":
         assert set(llm.cache.policy.owner[llm.cache.policy.owner >= 0].tolist()) <= {0, 1, 2}
         assert llm.cache.policy.last_kind[:3].tolist() == [2, 2, 2]  # the last turns ended the conversation
+
+
+def test_profiling_forward_leaves_the_engine_intact(llama_dir, family):
+    """The pass that sizes KV on CUDA (peak activations of a full step) runs on any device over a scratch slab;
+    afterwards the engine's own block tables and outputs are untouched."""
+    ps, expected = family
+    llm = LLM(str(llama_dir), dtype="float32", block_size=BS, check_invariants=True)
+    first = llm.generate(ps[:2], GREEDY)
+    assert llm.profile_activations(100) == 0  # no allocator statistics on CPU: the pass itself is what runs here
+    assert [o.outputs[0].token_ids for o in first + llm.generate(ps[2:4], GREEDY)] == expected[:4]
