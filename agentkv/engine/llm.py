@@ -205,7 +205,9 @@ class LLM:
             self._end(seq)
             raise
         if self.tiering is not None:  # adopt what disk/Redis hold of its prefix; fetch it while it waits
-            self.tiering.admit(self.cache, self.ids.keys, seq.block_ids)
+            waits = self.tiering.admit(self.cache, self.ids.keys, seq.block_ids)
+            if waits:
+                seq.ready = lambda: all(f.done() for f in waits)
         self._seqs[rid] = seq
         self._generators[rid] = _generator(params.seed, self.device)
         return rid
@@ -260,6 +262,8 @@ class LLM:
         plan = self.scheduler.schedule(time.monotonic())
         self._execute(plan)
         if plan.empty:
+            if self.scheduler.waiting and not self.scheduler.running:
+                time.sleep(0.001)  # every waiting request's prefix is still in flight from a slow tier
             return []
         input_ids, positions, rows, sampling = self._prepare(plan)
         if self.graphs is not None and not plan.prefills and self.graphs.size_for(len(plan.decodes)):

@@ -47,16 +47,20 @@ class MovedStore(TierStore):
         self.name, self.page_bytes = store.name, store.page_bytes
         self.ahead: dict[bytes, tuple[BlockKey, Future, torch.Tensor, int]] = {}  # digest -> fetch in flight
 
-    def prefetch(self, keys: Sequence[BlockKey]) -> None:
+    def prefetch(self, keys: Sequence[BlockKey]) -> list[Future]:
+        """Start loading `keys`; returns the loads they wait on (some may be in flight already)."""
+        waits = {id(got[1]): got[1] for k in keys if (got := self.ahead.get(k.digest)) is not None}
         keys = [k for k in keys if k.digest not in self.ahead]
         if not keys:
-            return
+            return list(waits.values())
         buf = torch.empty(len(keys), self.page_bytes, dtype=torch.uint8)
         fut = self.mover.get(self.store, keys, buf)
+        waits[id(fut)] = fut
         for i, k in enumerate(keys):
             self.ahead[k.digest] = (k, fut, buf, i)
         while len(self.ahead) > max(1, PREFETCH_BYTES // self.page_bytes):
             del self.ahead[next(iter(self.ahead))]
+        return list(waits.values())
 
     def put(self, keys: Sequence[BlockKey], pages: torch.Tensor) -> None:
         self.mover.put(self.store, keys, pages)
@@ -112,11 +116,12 @@ class Tiering:
         return [(t, s) for t, s in enumerate(self.stores, start=first_tier) if isinstance(s, MovedStore)]
 
     # ---- admission: adopt what other processes (or a previous run) stored, fetch ahead -------------------
-    def admit(self, cache: KVCache, keys_of: list, ids: np.ndarray) -> None:
+    def admit(self, cache: KVCache, keys_of: list, ids: np.ndarray) -> list[Future]:
         """Before a request queues: account the blocks of its prefix found only in disk or Redis stores, and
-        start fetching the prefix blocks that only those tiers hold."""
+        start fetching the prefix blocks that only those tiers hold; returns the loads it waits on (the
+        scheduler admits it once they are done, so running requests never wait for them)."""
         if not len(ids):
-            return
+            return []
         first = len(cache.tiers) - len(self.stores)
         moved = self.moved(first)
         tier = cache.tier_of(ids)
@@ -135,10 +140,12 @@ class Tiering:
                 cache.adopt(t, rest[:run][where[:run] == t])
             tier = cache.tier_of(ids)
         lead = int(np.argmax(tier < 0)) if (tier < 0).any() else len(ids)  # only a cached prefix is of use
+        waits: list[Future] = []
         for t, store in moved:
             fetch = ids[:lead][tier[:lead] == t]
             if len(fetch):
-                store.prefetch([keys_of[b] for b in fetch.tolist()])
+                waits += store.prefetch([keys_of[b] for b in fetch.tolist()])
+        return waits
 
     # ---- after the pool carried out a plan ---------------------------------------------------------------
     def repair(self, plan: StepPlan, pool, cache: KVCache, block_size: int) -> None:

@@ -101,11 +101,13 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
             if self.head_blocked:
                 break  # nothing was released since the head found no room: it still would not fit
-            seq = self.waiting[0]
+            seq = next((q for q in self.waiting if q.ready is None or q.ready()), None)
+            if seq is None:
+                break  # every waiting request still has its prefix in flight from a slow tier
             if not self._admit(seq, batch, now):
                 self._blocked_at = self.cache.releases
-                break  # first come, first served: the head waits for room
-            self.waiting.popleft()
+                break  # first come, first served (among those whose prefix is at hand): it waits for room
+            self.waiting.remove(seq)
             self.running.append(seq)
             n = min(seq.target - seq.computed, budget)
             batch.prefills.append(PrefillChunk(seq, seq.computed, n))

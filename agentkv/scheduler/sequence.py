@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -42,6 +43,7 @@ class Sequence:
     first_token_time: float = float("nan")
     finish_time: float = float("nan")
     stop: bool = False  # the engine saw a stop token or string
+    ready: Callable[[], bool] | None = None  # engine: its cached prefix has arrived from slower tiers
 
     @property
     def length(self) -> int:

@@ -192,3 +192,31 @@ def test_unreachable_redis_and_a_full_disk_never_stop_the_engine(model_dir, case
     llm.generate(ps[:1], GREEDY)  # the next plan's repair hears of the shrink
     assert llm.cache.capacity[disk_tier] == disk.capacity_pages == 10 < (1 << 20) // disk.slot_bytes
     assert not llm.tiering.shared.store.up
+
+
+def test_a_prefix_in_flight_from_disk_never_stalls_running_requests(model_dir, cases, tmp_path):
+    """A request whose prefix only the disk holds waits in the queue until its load is done, while running
+    requests keep decoding; then it is admitted and served from disk. The disk is made slow by holding its
+    loads at a gate (the real store then reads the real records)."""
+    import threading
+
+    ps, expected = cases
+    first = engine(model_dir, f"disk=1MiB@{tmp_path}")
+    first.generate([ps[0]], GREEDY)
+    first.close()
+    llm = engine(model_dir, f"disk=1MiB@{tmp_path}")
+    disk = next(s.store for s in llm.tiering.stores if getattr(s, "store", None) is not None)
+    gate, real_get = threading.Event(), disk.get
+    disk.get = lambda keys, out: (gate.wait(30), real_get(keys, out))[1]
+    busy = llm.add_request(ps[1], SamplingParams(max_tokens=20, temperature=0, ignore_eos=True))
+    llm.step()
+    waiting = llm.add_request(ps[0], GREEDY)
+    for _ in range(5):  # the load is held: the running request decodes on, the new one stays queued
+        assert [o.request_id for o in llm.step()] == [busy]
+    assert [s.request_id for s in llm.scheduler.waiting] == [waiting]
+    gate.set()
+    done = {}
+    while llm.has_unfinished_requests():
+        done.update({o.request_id: o for o in llm.step() if o.finished})
+    assert done[waiting].outputs[0].token_ids == expected[0] and done[waiting].cached_tokens_per_tier["disk"] > 0
+    llm.close()
