@@ -265,6 +265,7 @@ class LLM:
             if self.scheduler.waiting and not self.scheduler.running:
                 time.sleep(0.001)  # every waiting request's prefix is still in flight from a slow tier
             return []
+        t0 = time.perf_counter()
         input_ids, positions, rows, sampling = self._prepare(plan)
         if self.graphs is not None and not plan.prefills and self.graphs.size_for(len(plan.decodes)):
             hidden = self.graphs.run(input_ids, positions, self.meta)
@@ -274,6 +275,8 @@ class LLM:
                         [self._generators[s.request_id] for s in sampling]) if sampling else []
         for seq, tok in zip(sampling, tokens, strict=True):
             self._append(seq, tok)
+        if self.tiering is not None and plan.prefills:  # what recomputing a block costs: the slow-store test
+            self.tiering.measure_recompute((time.perf_counter() - t0) / plan.num_tokens * self.block_size)
         for seq in self.scheduler.postprocess(plan, time.monotonic()):
             seq.finish_reason = seq.finish_reason or "length"
             self._end(seq)

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 
@@ -34,6 +35,7 @@ from agentkv.storage.spec import open_store, parse_kv_tiers
 
 log = logging.getLogger(__name__)
 
+PROBE_EVERY = 32  # a store skipped as slower than recomputing is tried again on every 32nd admission
 PREFETCH_BYTES = 256 << 20  # fetched-ahead pages kept per store at most (oldest dropped first)
 
 
@@ -45,6 +47,7 @@ class MovedStore(TierStore):
     def __init__(self, store: TierStore, mover: Mover) -> None:
         self.store, self.mover = store, mover
         self.name, self.page_bytes = store.name, store.page_bytes
+        self.load_s = float("nan")  # seconds a page takes to load, smoothed over recent loads
         self.ahead: dict[bytes, tuple[BlockKey, Future, torch.Tensor, int]] = {}  # digest -> fetch in flight
 
     def prefetch(self, keys: Sequence[BlockKey]) -> list[Future]:
@@ -54,7 +57,7 @@ class MovedStore(TierStore):
         if not keys:
             return list(waits.values())
         buf = torch.empty(len(keys), self.page_bytes, dtype=torch.uint8)
-        fut = self.mover.get(self.store, keys, buf)
+        fut = self._timed(self.mover.get(self.store, keys, buf), len(keys))
         waits[id(fut)] = fut
         for i, k in enumerate(keys):
             self.ahead[k.digest] = (k, fut, buf, i)
@@ -77,9 +80,19 @@ class MovedStore(TierStore):
                 rest.append(i)
         if rest:
             buf = torch.empty(len(rest), self.page_bytes, dtype=torch.uint8)
-            found[rest] = self.mover.get(self.store, [keys[i] for i in rest], buf).result()
+            found[rest] = self._timed(self.mover.get(self.store, [keys[i] for i in rest], buf), len(rest)).result()
             out[torch.tensor(rest, device=out.device)] = buf.to(out.device)
         return found
+
+    def _timed(self, fut: Future, pages: int) -> Future:
+        """Measure a load from submission to completion (queueing included: that is what a request waits)."""
+        t0 = time.perf_counter()
+
+        def done(_: Future) -> None:
+            per_page = (time.perf_counter() - t0) / max(pages, 1)
+            self.load_s = per_page if self.load_s != self.load_s else 0.7 * self.load_s + 0.3 * per_page
+        fut.add_done_callback(done)
+        return fut
 
     def drop(self, keys: Sequence[BlockKey]) -> None:
         self.mover.drop(self.store, keys)
@@ -98,6 +111,8 @@ class Tiering:
         self.tiers: list[TierSpec] = []
         self.stores: list[TierStore] = []
         self.shared: MovedStore | None = None  # the Redis tier: every block named is written through to it
+        self.recompute_s = float("nan")  # seconds the engine takes to recompute one block (measured by it)
+        self.admissions = 0
         for cfg in parse_kv_tiers(spec):
             capacity = cfg.size.to_bytes(page_bytes / block_size)
             if capacity < page_bytes:
@@ -111,6 +126,17 @@ class Tiering:
             if cfg.kind == "redis":
                 self.shared = store
 
+    def measure_recompute(self, block_s: float) -> None:
+        """The engine's latest cost of computing one block (seconds), smoothed."""
+        r = self.recompute_s
+        self.recompute_s = block_s if r != r else 0.7 * r + 0.3 * block_s
+
+    def _slower_than_recompute(self, store: MovedStore) -> bool:
+        """Skip a store whose loads take longer than recomputing (re-measured every PROBE_EVERY admissions)."""
+        if self.admissions % PROBE_EVERY == 0:
+            return False
+        return bool(store.load_s > self.recompute_s)  # NaN (not measured yet) compares False
+
     def moved(self, first_tier: int) -> list[tuple[int, MovedStore]]:
         """(tier index, store) of the disk and Redis tiers; tier indices start at `first_tier`."""
         return [(t, s) for t, s in enumerate(self.stores, start=first_tier) if isinstance(s, MovedStore)]
@@ -123,7 +149,12 @@ class Tiering:
         if not len(ids):
             return []
         first = len(cache.tiers) - len(self.stores)
-        moved = self.moved(first)
+        self.admissions += 1
+        moved = [(t, st) for t, st in self.moved(first) if not self._slower_than_recompute(st)]
+        cache.tier_of(ids)  # sizes the core's arrays for these ids
+        for t, st in self.moved(first):
+            if (t, st) not in moved:  # its copies of this prefix are worth less than recomputing: misses
+                cache.lose(t, ids[(cache.where[ids] & (1 << t)) != 0])
         tier = cache.tier_of(ids)
         known = int(np.argmax(tier < 0)) if (tier < 0).any() else len(ids)
         rest = ids[known:]

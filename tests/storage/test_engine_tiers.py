@@ -220,3 +220,22 @@ def test_a_prefix_in_flight_from_disk_never_stalls_running_requests(model_dir, c
         done.update({o.request_id: o for o in llm.step() if o.finished})
     assert done[waiting].outputs[0].token_ids == expected[0] and done[waiting].cached_tokens_per_tier["disk"] > 0
     llm.close()
+
+
+def test_a_store_slower_than_recomputing_is_skipped(model_dir, cases, tmp_path):
+    """Loads from a disk that takes 0.3 s a page (held by a delay around the real store) are slower than this
+    engine recomputes a block: after the first load measures it, prefixes it holds are recomputed instead."""
+    ps, expected = cases
+    first = engine(model_dir, f"disk=1MiB@{tmp_path}")
+    first.generate(ps[:4], GREEDY)
+    first.close()
+    llm = engine(model_dir, f"disk=1MiB@{tmp_path}")
+    disk = next(s for s in llm.tiering.stores if getattr(s, "store", None) is not None)
+    real_get = disk.store.get
+    disk.store.get = lambda keys, out: (time.sleep(0.3 * len(keys)), real_get(keys, out))[1]
+    outs = [llm.generate([p], GREEDY)[0] for p in ps[:4]]
+    assert [o.outputs[0].token_ids for o in outs] == expected[:4]
+    assert outs[0].cached_tokens_per_tier["disk"] > 0  # the first load is what measures the store
+    assert disk.load_s > llm.tiering.recompute_s
+    assert all(o.cached_tokens_per_tier["disk"] == 0 for o in outs[1:])  # then it is skipped
+    llm.close()
