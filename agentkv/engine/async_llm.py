@@ -137,13 +137,7 @@ class AsyncLLM:
         if self.error is not None or self._stopping:
             raise EngineDead("the engine is not running" if self.error is None else f"the engine failed: {self.error}")
         params = params or SamplingParams()
-        ids = self.llm._encode(prompt)  # the tokenizer is thread-safe; the checks match LLM.add_request's
-        if not ids:
-            raise ValueError("empty prompt")
-        limit = self.config.max_position_embeddings
-        if len(ids) + params.max_tokens > limit:
-            raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the model's "
-                             f"context of {limit} tokens")
+        ids = self.llm.tokens_of(prompt, params)
         rid = request_id or uuid.uuid4().hex
         try:
             loop = asyncio.get_running_loop()

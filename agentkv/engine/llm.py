@@ -179,13 +179,7 @@ class LLM:
         `public_prefix_tokens` (whole blocks of them) are named in the public namespace, shared by every tenant (an
         operator's shared system prompt); the blocks after them stay in the tenant's."""
         params = params or SamplingParams()
-        ids = self._encode(prompt)
-        if not ids:
-            raise ValueError("empty prompt")
-        limit = self.config.max_position_embeddings
-        if len(ids) + params.max_tokens > limit:
-            raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the model's "
-                             f"context of {limit} tokens")
+        ids = self.tokens_of(prompt, params)
         seq_id = next(self._counter)
         rid = str(seq_id) if request_id is None else request_id
         if rid in self._seqs:
@@ -381,6 +375,18 @@ class LLM:
         per_tier = {n: int(x) for n, x in zip(self.tier_names, seq.cached_per_tier, strict=False)}
         return RequestOutput(seq.request_id, None, seq.tokens[: seq.prompt_len], [completion], finished,  # type: ignore[index]
                              seq.cached, per_tier, seq.preemptions)
+
+    def tokens_of(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+        """The prompt's token ids, checked: not empty, and room for max_tokens within the model's context.
+        Thread-safe (the tokenizer is), so the engine loop's callers check at once, on their own thread."""
+        ids = self._encode(prompt)
+        if not ids:
+            raise ValueError("empty prompt")
+        limit = self.config.max_position_embeddings
+        if len(ids) + params.max_tokens > limit:
+            raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the model's "
+                             f"context of {limit} tokens")
+        return ids
 
     def _encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, dict):
