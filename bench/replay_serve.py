@@ -49,14 +49,14 @@ def write_model(folder: Path, layers: int, hidden: int, max_len: int) -> Path:
     return folder
 
 
-def start_server(model: Path, kv_gb: float, block: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, kv_gb: float, block: int, *extra: str) -> tuple[subprocess.Popen, str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
     proc = subprocess.Popen([sys.executable, "-m", "agentkv.cli", "serve", "--model", str(model), "--port", str(port),
                              "--kv-cache-gb", f"{kv_gb:.6f}", "--block-size", str(block), "--policy", "lru",
-                             "--max-batched-tokens", "4096", "--log-level", "warning"])
+                             "--max-batched-tokens", "4096", "--log-level", "warning", *extra])
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
