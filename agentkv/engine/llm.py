@@ -8,6 +8,7 @@ scheduler accounts the step (naming full blocks, so later prompts that share the
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from typing import Any
@@ -28,6 +29,7 @@ from agentkv.kernels.backends import make_backend
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.ids import BlockIds
 from agentkv.kvcache.policies import make_policy
+from agentkv.kvcache.policy import Policy
 from agentkv.kvcache.sizing import kv_bytes_per_block
 from agentkv.kvcache.tiers import TierSpec
 from agentkv.model.llama import LlamaForCausalLM
@@ -56,7 +58,7 @@ class LLM:
         max_num_batched_tokens: int = 2048,
         max_num_seqs: int = 64,
         enable_prefix_caching: bool = True,
-        policy: str = "lru",
+        policy: str | Policy = "lru",
         compile: bool = False,
         check_invariants: bool = False,
         attention_backend: str | None = None,
@@ -65,6 +67,7 @@ class LLM:
         """`model`: a Hugging Face checkpoint folder, or an already-built module (benchmarks, random weights).
         kv_codec: how KV pages are stored ('auto': the model's dtype). kv_tiers: tiers below the GPU,
         e.g. "dram=8GiB,disk=100GiB@/mnt/nvme/kv,redis=20GiB@redis://host:6379" (see engine/tiering.py).
+        policy: a policy's name (lru, lfu, cost, agent) or a `Policy` of your own.
         check_invariants: compare the policy core's accounts with the pages after every step (tests).
         attention_backend: 'auto' (Triton kernels on CUDA, the torch reference elsewhere), 'torch' or 'triton';
         None keeps a given module's own backend. cuda_graphs: capture decode steps (CUDA, Triton backend)."""
@@ -107,9 +110,13 @@ class LLM:
             stores += self.tiering.stores
         self.tier_names = [t.name for t in tiers]
         self.ids = BlockIds()
-        self.cache = KVCache(tiers, make_policy(policy, model=spec, block_size=block_size))
+        self.cache = KVCache(tiers, policy if isinstance(policy, Policy) else
+                             make_policy(policy, model=spec, block_size=block_size))
         self.scheduler = Scheduler(SchedulerConfig(block_size, max_num_batched_tokens, max_num_seqs,
                                                    enable_prefix_caching), self.cache)
+        if self.tiering is not None:
+            self.scheduler.at_hand = functools.partial(self.tiering.at_hand, self.ids.keys,
+                                                       len(tiers) - len(self.tiering.stores))
         max_pages = min(num_pages, -(-cfg.max_position_embeddings // block_size))
         self.backend.bind(max_num_seqs, max_pages, self.device)
         self.pool = PagePool(self.layout, num_pages, self.device, self.ids, stores, self.backend, max_num_seqs)

@@ -5,6 +5,9 @@
   snapshots the pages), loads are urgent jobs that overtake queued offloads. When a request is added, the
   blocks of its prefix that only disk or Redis hold are fetched at once (`admit`), so the fetch overlaps
   the steps that run before the request is admitted; its promotions then take the verified pages at hand.
+- the agent-aware policy's prefetches (a session predicted to return) promote a disk or Redis block only once
+  it is loaded (`at_hand`): the load starts when the prediction is made, the promotion waits for it, the
+  step does not.
 - blocks the policy core does not know about are adopted at admission: a disk store reopened after a restart,
   or a Redis shared with other engine processes (same model, codec and tenant: same keys), may hold the
   prefix already.
@@ -64,6 +67,11 @@ class MovedStore(TierStore):
         while len(self.ahead) > max(1, PREFETCH_BYTES // self.page_bytes):
             del self.ahead[next(iter(self.ahead))]
         return list(waits.values())
+
+    def fetched(self, keys: Sequence[BlockKey]) -> np.ndarray:
+        """Which keys have a finished prefetch (found or not: a miss is then handled as a failed load)."""
+        return np.array([(got := self.ahead.get(k.digest)) is not None and got[0] == k and got[1].done()
+                         for k in keys], dtype=bool)
 
     def put(self, keys: Sequence[BlockKey], pages: torch.Tensor) -> None:
         self.mover.put(self.store, keys, pages)
@@ -178,6 +186,17 @@ class Tiering:
                 waits += store.prefetch([keys_of[b] for b in fetch.tolist()])
         return waits
 
+    def at_hand(self, keys_of: list, first: int, tier: int, ids: np.ndarray) -> np.ndarray:
+        """The policy's prefetch from tier `tier` (core index; stores start at `first`) may promote these blocks
+        now: all of DRAM's, and those a disk or Redis load has brought in; the rest start loading, in the
+        background, so that a later step promotes them without waiting."""
+        store = self.stores[tier - first]
+        if not isinstance(store, MovedStore):
+            return np.ones(len(ids), dtype=bool)
+        keys = [keys_of[b] for b in ids.tolist()]
+        store.prefetch(keys)
+        return store.fetched(keys)
+
     # ---- after the pool carried out a plan ---------------------------------------------------------------
     def repair(self, plan: StepPlan, pool, cache: KVCache, block_size: int) -> None:
         """Forget the lower-tier copies that failed to load; make every prefill that would read a poisoned page
@@ -195,7 +214,7 @@ class Tiering:
         if pool.poisoned:
             self._recompute_poisoned(plan, pool, block_size)
         if self.shared is not None:
-            self._write_through(plan, pool)
+            self._write_through(plan, pool, cache, first + self.stores.index(self.shared))
 
     def _recompute_poisoned(self, plan: StepPlan, pool, bs: int) -> None:
         bad = {pool.page_of[b]: b for b in pool.poisoned if b in pool.page_of}
@@ -219,14 +238,15 @@ class Tiering:
             healed |= {bad[p] for p in seq.pages[first:read] if p in bad}  # type: ignore[attr-defined]
         pool.poisoned -= healed  # this step's forward pass rewrites them
 
-    def _write_through(self, plan: StepPlan, pool) -> None:
-        """Blocks named this step go to Redis at once, for the other processes that share it. The core is not
-        told: a copy it counted in a lower tier would make GPU evictions drops instead of demotions to DRAM."""
+    def _write_through(self, plan: StepPlan, pool, cache: KVCache, tier: int) -> None:
+        """Blocks named this step go to Redis at once, for the other processes that share it, and the core
+        counts them there while the tier has room (so a block leaving DRAM is not written to Redis twice)."""
         ids = [b for op in plan.ops if isinstance(op, Name) for b in op.ids.tolist()
                if b in pool.page_of and b not in pool.poisoned]
         if ids:
             pages = pool.slab[torch.tensor([pool.page_of[b] for b in ids], device=pool.slab.device)]
             self.shared.put([pool.ids.keys[b] for b in ids], pages)  # type: ignore[union-attr]
+            cache.adopt(tier, np.asarray(ids, dtype=np.int64))
 
     def flush(self, pool, cache: KVCache) -> None:
         """At shutdown, write the blocks only GPU or DRAM hold to the disk tier (where it has room), so that the

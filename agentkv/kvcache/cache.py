@@ -13,21 +13,22 @@ Life of a request (the engine and the simulator drive the same calls):
 - `reserve(key, n)`: more tier-0 blocks for a running request (decode filling new blocks).
 - `commit(key, ids)`: names reserved blocks once their KV is written (their ids are known then).
 - `release(key, ctx)`: unpins; the policy scores the chain; the blocks stay cached until evicted.
-- `tick(now)`: the policy's prefetches, carried out where there is room.
+- `tick(now, at_hand)`: the policy's prefetches, carried out where there is room (and the data is at hand).
 
 Partial blocks: only full blocks have ids and can be shared. A request's partial last block is reserved,
 written and freed at release, never cached (as in vLLM and SGLang): up to block_size − 1 tokens per request
 are always recomputed.
 
-Eviction from tier t demotes a block to tier t+1 unless a lower tier already holds a copy (then it is just
-dropped from t); from the last tier it is dropped. Blocks arriving in a full tier compete with its residents
+Eviction from tier t demotes a block to tier t+1 unless t+1 already holds a copy (then it is just dropped
+from t); from the last tier it is dropped. A block a tier below t+1 holds still goes to t+1 if it earns a
+place there (a block promoted from disk goes back to DRAM), else it is dropped from t, its copy kept. Blocks arriving in a full tier compete with its residents
 by key, so a demotion never displaces a block the policy values more. In write-through mode committed blocks
 are also copied to tier 1 at once, so later GPU evictions are free drops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,7 @@ from agentkv.kvcache.policy import AccessContext, Policy, chain_monotone
 from agentkv.kvcache.tiers import TierSpec
 
 NEVER = -np.inf  # the key of a block that has never been released
+AtHand = Callable[[int, np.ndarray], np.ndarray]  # (tier, ids) -> which can move up now
 
 
 @dataclass(slots=True)
@@ -221,21 +223,29 @@ class KVCache:
         keys = chain_monotone(self.policy.on_release(chain, self.depth[chain], ctx))  # even empty: the turn ended
         self.key[chain] = np.maximum(self.key[chain], keys) if self.policy.keys_only_rise else keys
 
-    def tick(self, now: float) -> list[MoveBatch]:
-        """Carry out the policy's prefetches (head first) wherever tier 0 has room or holds blocks ranked lower."""
+    def tick(self, now: float, at_hand: AtHand | None = None) -> list[MoveBatch]:
+        """Carry out the policy's prefetches (head first) wherever tier 0 has room or holds blocks ranked lower.
+        `at_hand(tier, ids)` says which of a lower tier's blocks can move up without waiting (an engine loads
+        disk and Redis blocks in the background first); a chain is promoted up to its first block that is not."""
         moves: list[MoveBatch] = []
         for chain in self.policy.prefetch(now):
             tiers = self.tier_of(chain)
             if np.any(tiers < 0):
                 chain = chain[: int(np.argmax(tiers < 0))]  # only a cached prefix is worth fetching
                 tiers = tiers[: len(chain)]
-            todo = chain[tiers > 0]
+            todo, src = chain[tiers > 0], tiers[tiers > 0]
+            if at_hand is not None and len(todo):
+                ready = np.ones(len(todo), dtype=bool)
+                for t in np.unique(src).tolist():
+                    ready[src == t] = at_hand(t, todo[src == t])
+                cut = int(np.argmax(~ready)) if not ready.all() else len(todo)
+                todo, src = todo[:cut], src[:cut]
             if not len(todo):
                 continue
             self.pins[todo] += 1  # making room may demote into their tier: they must not be evicted from it
             n = self._room0_below(len(todo), float(np.min(self.policy.keys(todo, now))), moves, now)
             self.pins[todo] -= 1
-            got, src = todo[:n], tiers[tiers > 0][:n]
+            got, src = todo[:n], src[:n]
             for t in np.unique(src):
                 self._add(0, got[src == t])
                 moves.append(MoveBatch("promote", int(t), 0, got[src == t]))
@@ -344,25 +354,22 @@ class KVCache:
         return k
 
     def _evict(self, t: int, victims: np.ndarray, moves: list[MoveBatch], now: float) -> None:
-        """Take `victims` out of tier t: demoted to t+1 unless a lower tier holds them already, else dropped."""
+        """Take `victims` out of tier t: demoted to t+1 where they win a place there by key, else dropped. A
+        block t+1 holds already is only dropped; one a tier further down holds is still offered to t+1 (a
+        block that came up from disk goes back to DRAM, not straight to disk)."""
         self._remove(t, victims)
-        lower = np.uint8((0xFF << (t + 1)) & 0xFF)
-        covered = (self.where[victims] & lower) != 0
-        if covered.any():
-            moves.append(MoveBatch("drop", t, -1, victims[covered]))
-            self.stats.freed[t] += int(covered.sum())
-        down = victims[~covered]
-        if not len(down):
-            return
-        if t + 1 < len(self.tiers):
-            placed = self._insert(t + 1, down, moves, now)
-            if len(placed):
-                moves.append(MoveBatch("demote", t, t + 1, placed))
-                self.stats.demoted[t] += len(placed)
-            down = np.setdiff1d(down, placed, assume_unique=True)
-        if len(down):
-            moves.append(MoveBatch("drop", t, -1, down))
-            self.stats.dropped[t] += len(down)
+        has_next = t + 1 < len(self.tiers)
+        held = (self.where[victims] & np.uint8(1 << (t + 1))) != 0 if has_next else np.zeros(len(victims), bool)
+        placed = self._insert(t + 1, victims[~held], moves, now) if has_next else victims[:0]
+        if len(placed):
+            moves.append(MoveBatch("demote", t, t + 1, placed))
+            self.stats.demoted[t] += len(placed)
+        gone = np.setdiff1d(victims, placed, assume_unique=True)
+        if len(gone):
+            moves.append(MoveBatch("drop", t, -1, gone))
+            covered = int(np.count_nonzero(self.where[gone] & np.uint8((0xFF << (t + 1)) & 0xFF)))
+            self.stats.freed[t] += covered
+            self.stats.dropped[t] += len(gone) - covered
 
     def _insert(self, t: int, incoming: np.ndarray, moves: list[MoveBatch], now: float) -> np.ndarray:
         """Place `incoming` in tier t, competing by key with its residents; returns the ids placed."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from agentkv.kvcache.cache import KVCache
+from agentkv.kvcache.cache import AtHand, KVCache
 from agentkv.kvcache.policy import AccessContext
 from agentkv.scheduler.plan import Allocate, Free, Name, Op, PrefillChunk, StepPlan
 from agentkv.scheduler.sequence import Sequence, Status
@@ -46,6 +46,7 @@ class Scheduler:
         self.preemptions = 0
         self._blocked_at = -1  # cache.releases when the head of the queue last found no room
         self._ops: list[Op] = []  # the plan under construction: postprocess's operations open the next step's
+        self.at_hand: AtHand | None = None  # which lower-tier blocks a prefetch can promote now (None: all)
 
     # ---- queue ---------------------------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -82,7 +83,7 @@ class Scheduler:
     def schedule(self, now: float) -> StepPlan:
         batch = StepPlan(ops=self._ops)
         self._ops = batch.ops
-        self._ops.extend(self.cache.tick(now))  # the policy's prefetches first
+        self._ops.extend(self.cache.tick(now, self.at_hand))  # the policy's prefetches first
         budget = self.cfg.max_batched_tokens
         i = 0
         while i < len(self.running) and budget > 0:

@@ -189,3 +189,25 @@ def test_a_hit_being_promoted_is_not_evicted_from_its_tier_to_make_room():
     dropped = [b for mv in grant.moves if mv.kind == "drop" and mv.src == 1 for b in mv.blocks.tolist()]
     assert not set(dropped) & set(range(4, 8))
     assert (cache.where[4:8] & 1).all()
+
+
+def test_a_block_promoted_from_disk_goes_back_to_dram_not_straight_to_disk():
+    """A promotion copies a block up and the lower copy stays. When the GPU evicts it again it is offered to
+    DRAM like any other block (the next tier), not dropped because disk still holds it; blocks DRAM already
+    holds are dropped (freed), never copied twice."""
+    cache = KVCache(tiers(4, 4, 16), LRU())
+    for key in range(4):  # blocks 0..3 end on disk, 4..7 in DRAM, 12..15 on the GPU
+        ids = np.arange(4 * key, 4 * key + 4)
+        assert cache.acquire(key, ids[:0], 4, AccessContext(float(key))) is not None
+        cache.commit(key, ids, float(key))
+        cache.release(key, AccessContext(float(key)))
+    assert cache.tier_of(np.arange(4)).tolist() == [2] * 4
+    grant = cache.acquire(9, np.arange(4), 4, AccessContext(5.0))
+    assert grant is not None and grant.hits_per_tier.tolist() == [0, 0, 4]
+    cache.release(9, AccessContext(5.0))
+    grant = cache.acquire(10, np.arange(20, 24)[:0], 4, AccessContext(6.0))  # evicts 0..3 from the GPU
+    assert grant is not None
+    moved = {(mv.kind, mv.src, mv.dst): set(mv.blocks.tolist()) for mv in grant.moves}
+    assert moved[("demote", 0, 1)] == {0, 1, 2, 3}
+    assert ((cache.where[:4] & 0b110) == 0b110).all()  # in DRAM again, the disk copy kept
+    check_invariants(cache)

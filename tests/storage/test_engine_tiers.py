@@ -8,14 +8,17 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
+import numpy as np
 import pytest
 import redis
 import torch
 
 from agentkv.engine.llm import LLM
 from agentkv.engine.sequence import SamplingParams
+from agentkv.kvcache.policies import LRU
 from tests.engine.conftest import prompts, write_checkpoint
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
@@ -44,16 +47,17 @@ def cases(model_dir):
     return ps, [o.outputs[0].token_ids for o in plain.generate(ps, GREEDY)]
 
 
-def engine(model_dir, tiers: str) -> LLM:
+def engine(model_dir, tiers: str, **kw) -> LLM:
     probe = LLM(str(model_dir), dtype="float32", block_size=8, kv_cache_bytes=2**20)
     return LLM(str(model_dir), dtype="float32", block_size=8, check_invariants=True,
-               kv_cache_bytes=probe.layout.page_bytes * GPU_PAGES, kv_tiers=tiers)
+               kv_cache_bytes=probe.layout.page_bytes * GPU_PAGES, kv_tiers=tiers, **kw)
 
 
 def run_twice(llm: LLM, ps: list[list[int]]) -> tuple[list[list[int]], dict[str, int]]:
-    """All prompts, then each again alone: (the second pass's outputs, its cached tokens per tier)."""
+    """All prompts, then each again alone, the most recent first (so that under LRU the second pass reaches
+    down the tiers: GPU, then DRAM, then disk): (its outputs in prompt order, its cached tokens per tier)."""
     llm.generate(ps, GREEDY)
-    again = [llm.generate([p], GREEDY)[0] for p in ps]
+    again = [llm.generate([p], GREEDY)[0] for p in ps[::-1]][::-1]
     hits = {t: sum(o.cached_tokens_per_tier.get(t, 0) for o in again) for t in llm.tier_names}
     return [o.outputs[0].token_ids for o in again], hits
 
@@ -64,7 +68,7 @@ def test_dram_disk_redis_round_trip(model_dir, cases, tmp_path, redis_server):
     assert llm.tier_names == ["gpu", "dram", "disk", "remote"]
     out, hits = run_twice(llm, ps)
     assert out == expected
-    assert hits["dram"] > 0 and hits["disk"] > 0
+    assert hits["dram"] > 0 and hits["disk"] > 0, hits
     llm.close()
 
 
@@ -198,8 +202,6 @@ def test_a_prefix_in_flight_from_disk_never_stalls_running_requests(model_dir, c
     """A request whose prefix only the disk holds waits in the queue until its load is done, while running
     requests keep decoding; then it is admitted and served from disk. The disk is made slow by holding its
     loads at a gate (the real store then reads the real records)."""
-    import threading
-
     ps, expected = cases
     first = engine(model_dir, f"disk=1MiB@{tmp_path}")
     first.generate([ps[0]], GREEDY)
@@ -219,6 +221,58 @@ def test_a_prefix_in_flight_from_disk_never_stalls_running_requests(model_dir, c
     while llm.has_unfinished_requests():
         done.update({o.request_id: o for o in llm.step() if o.finished})
     assert done[waiting].outputs[0].token_ids == expected[0] and done[waiting].cached_tokens_per_tier["disk"] > 0
+    llm.close()
+
+
+class Predicts(LRU):
+    """LRU that, once told a chain, predicts its return (as the agent-aware policy does for a session that is
+    due back) and ranks it above everything else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chain = np.zeros(0, dtype=np.int64)
+
+    def prefetch(self, now: float) -> list[np.ndarray]:
+        return [self.chain] if len(self.chain) else []
+
+    def keys(self, slots: np.ndarray, now: float) -> np.ndarray:
+        return np.where(np.isin(slots, self.chain), np.inf, super().keys(slots, now))
+
+
+def test_a_predicted_return_loads_from_disk_in_the_background(model_dir, cases, tmp_path):
+    """The policy predicts a session's return while its prefix is on disk: the load starts at once, steps go on
+    without waiting for it (the disk's loads are held at a gate), and the promotion to the GPU happens in the
+    first step after the load is done; the session's next request then hits the GPU."""
+    ps, expected = cases
+    policy = Predicts()
+    llm = engine(model_dir, f"disk=1MiB@{tmp_path}", policy=policy)
+    rid = llm.add_request(ps[0], GREEDY)
+    prefix = llm._seqs[rid].block_ids.copy()
+    while llm.has_unfinished_requests():
+        llm.step()
+    llm.generate(ps[1:6], GREEDY)  # pushes the first prompt's blocks down to disk
+    assert (llm.cache.tier_of(prefix) == 1).all()
+    disk = llm.tiering.stores[0]
+    gate, real_get = threading.Event(), disk.store.get
+    disk.store.get = lambda keys, out: (gate.wait(30), real_get(keys, out))[1]
+    policy.chain = prefix  # the session is due back
+    busy = llm.add_request(prompts(1, seed=9, lo=20, hi=30)[0], SamplingParams(max_tokens=8, temperature=0,
+                                                                               ignore_eos=True))  # nothing cached
+    for _ in range(4):  # the load is held: steps run on, the blocks stay on disk until it is done
+        assert [o.request_id for o in llm.step()] == [busy]
+    assert (llm.cache.tier_of(prefix) == 1).all()
+    keys = [llm.ids.keys[b] for b in prefix.tolist()]
+    assert not disk.fetched(keys).any() and all(k.digest in disk.ahead for k in keys)
+    gate.set()
+    for k in keys:
+        disk.ahead[k.digest][1].result(30)
+    llm.step()
+    assert (llm.cache.tier_of(prefix) == 0).all() and llm.cache.stats.prefetched >= len(prefix)
+    while llm.has_unfinished_requests():
+        llm.step()
+    out = llm.generate([ps[0]], GREEDY)[0]
+    assert out.outputs[0].token_ids == expected[0]
+    assert out.cached_tokens_per_tier["gpu"] >= 8 * len(prefix) - 8 and out.cached_tokens_per_tier["disk"] == 0
     llm.close()
 
 
