@@ -27,6 +27,15 @@ def tiny(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def tiered(tiny):
+    """The same model and GPU pages over a 128-block DRAM tier (the policy core moves blocks down and back)."""
+    server = LiveServer(["--model", str(tiny[0]), "--served-model-name", "tiny", "--kv-cache-gb", "0.0007",
+                         "--block-size", str(BLOCK), "--policy", "lru", "--kv-tiers", "dram=1MiB"])
+    yield tiny[0], server
+    server.stop()
+
+
 def replay(tmp_path, tiny, *flags: str) -> dict:
     """One replay; give each test its own --seed: its text then shares nothing with what earlier tests left in
     the server's cache (older blocks LRU evicts first, so they change no hit)."""
@@ -67,3 +76,14 @@ def test_chat_apis_through_the_chat_template(tmp_path, tiny, api):
     assert s["requests"] == s["ok"] == 12 and s["count_mismatches"] == 0
     assert s["meta"]["server_overhead_tokens"] > 1  # the chat template's header and footer
     assert s["cached_share"] > 0.3 and abs(s["cached_share"] - s["predicted_share"]) <= 0.02
+
+
+def test_a_dram_tier_serves_what_the_prediction_says_per_tier(tmp_path, tiered):
+    s = replay(tmp_path, tiered)
+    assert s["requests"] == s["ok"] == 18 and not s["errors"]
+    assert s["prediction"] == f"lru, gpu 91 + dram 128 blocks of {BLOCK}"  # tiers and sizes read from /metrics
+    assert s["cached_per_tier"]["dram"] > s["cached_per_tier"]["gpu"] > 0  # most hits came back from DRAM ...
+    assert s["cached_per_tier"] == s["predicted_per_tier"]  # ... each one where the policy core put it
+    rows = list(csv.DictReader((tmp_path / "out" / "requests.csv").open()))
+    nonzero = lambda cell: {k: v for k, v in json.loads(cell or "{}").items() if v}  # noqa: E731
+    assert all(nonzero(r["cached_per_tier"]) == nonzero(r["predicted_per_tier"]) for r in rows)
