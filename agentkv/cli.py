@@ -8,7 +8,7 @@ import json
 import sys
 
 from agentkv import __version__
-from agentkv.cli_errors import Parser, UsageError, positive, run_guarded
+from agentkv.cli_errors import Parser, UsageError, check_output, positive, run_guarded
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.generator import GeneratorConfig
 from agentkv.workload.trace import Trace
@@ -216,6 +216,7 @@ def cmd_trace_generate(args: argparse.Namespace) -> int:
     from agentkv.workload.formats import canonical
     from agentkv.workload.generator import generate
 
+    check_output(args.out)
     cfg = generator_config(args)
     trace = generate(cfg)
     canonical.save(trace, args.out)
@@ -232,6 +233,7 @@ def cmd_trace_convert(args: argparse.Namespace) -> int:
     from agentkv.workload.formats import canonical
     from agentkv.workload.load import load_trace
 
+    check_output(args.out)
     trace = load_trace(args.paths, skip_bad=args.skip_bad, tokenizer=args.tokenizer, block_size=args.block_size)
     canonical.save(trace, args.out)
     print(f"wrote {args.out}: {trace.n_sessions} sessions, {trace.n_requests} requests"
@@ -256,6 +258,7 @@ def cmd_cache_sweep(args: argparse.Namespace) -> int:
     from agentkv.report.progress import progress_bar
     from agentkv.report.tables import print_sweep
 
+    check_output(args.out, folder=True)
     trace = load_or_generate(args)
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
     capacities = capacities_arg(args.capacity)
@@ -265,7 +268,6 @@ def cmd_cache_sweep(args: argparse.Namespace) -> int:
     total = len(capacities) * len(set(policies) - {"infinite"} | {"belady"})
     with progress_bar(total, "cache sweep", quiet=args.json) as step:
         points, infinite = sweep(trace, policies, capacities, lower, arrival, m, c, args.write_through, step)
-    os.makedirs(args.out, exist_ok=True)
     meta = {"trace": trace.source, "arrival": arrival.describe(), "model": m.name, "codec": c.name,
             "tiers": args.tiers or "gpu only", "write_through": args.write_through}
     write_csv(points, os.path.join(args.out, "sweep.csv"))
@@ -313,6 +315,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from agentkv.catalog import prices
     from agentkv.report.run import run_report
 
+    check_output(args.out)
     if not args.paths and not args.gen_sessions:
         args.gen_sessions = REPORT_SESSIONS
     spec = deployment_spec(args.deployment, args.hardware_file, args.models)

@@ -63,6 +63,19 @@ def check_model_dir(path: str, flag: str = "--model") -> None:
                          "the safetensors and tokenizer.json")
 
 
+def check_output(path: str, flag: str = "--out", folder: bool = False) -> None:
+    """Before any work: create the output folder (`path` itself, or the folder a file goes in), or say why not."""
+    if not folder and os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: is a folder; give a file path")
+    where = path if folder else (os.path.dirname(os.path.abspath(path)))
+    try:
+        os.makedirs(where, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot create the folder {where} ({e.strerror})") from None
+    if not os.access(where, os.W_OK):
+        raise UsageError(f"{flag} {path}: the folder {where} is not writable")
+
+
 def check_device(device: str | None, flag: str = "--device") -> None:
     if device and device.split(":")[0] == "cuda":
         import torch

@@ -189,6 +189,10 @@ BAD_INPUTS = [  # (args, exit code, what the one line must name); {d} is the fix
     (["report", "--gen-sessions", "2", "--deployment", "hardware=tpu9"], 2, "unknown hardware 'tpu9'"),
     (["trace", "stats", "{d}/requests.csv"], 2, "{d}/requests.csv:line 1: field 'TIMESTAMP': column missing"),
     (["trace", "stats", "{d}/missing.jsonl"], 2, "{d}/missing.jsonl: no such file"),
+    (["report", "--gen-sessions", "2", "--out", "{d}/notes.txt/r.html"], 2, "--out {d}/notes.txt/r.html: cannot"),
+    (["report", "--gen-sessions", "2", "--out", "{d}"], 2, "--out {d}: is a folder"),
+    (["trace", "generate", "--sessions", "2", "--out", "{d}/notes.txt/x.npz"], 2, "--out {d}/notes.txt/x.npz"),
+    (["cache", "sweep", "--gen-sessions", "2", "--out", "{d}/notes.txt"], 2, "--out {d}/notes.txt: cannot"),
 ]
 
 
@@ -199,7 +203,7 @@ def test_bad_input_is_answered_in_one_line_by_name(bad_inputs, args, code, named
         env["PYTHONPATH"] = os.pathsep.join([str(bad_inputs / "no_torch"), os.getcwd()])
     argv = [a.replace("{d}", str(bad_inputs)) for a in args]
     r = subprocess.run([sys.executable, "-m", "agentkv.cli", *argv, *(["--out", str(tmp_path / "r.html")]
-                        if argv[0] == "report" else [])], capture_output=True, text=True, timeout=120, env=env)
+                        if argv[0] == "report" and "--out" not in argv else [])], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == code, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr

@@ -65,11 +65,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         import httpx  # noqa: F401
     except ImportError:
         raise ValueError("agentkv replay needs httpx: pip install 'agentkv[replay]'") from None
+    from agentkv.cli_errors import check_output
     from agentkv.replay import alphabet
     from agentkv.replay.runner import Pacing, plan
     from agentkv.replay.synth import Synth
     from agentkv.workload.load import load_trace
 
+    check_output(args.out, folder=True)
     for flag, value, low in (("--max-inflight", args.max_inflight, 1), ("--concurrency", args.concurrency, 1),
                              ("--max-turns", args.max_turns, 1), ("--max-tokens", args.max_tokens, 1),
                              ("--server-block-size", args.server_block_size, 1)):
@@ -98,7 +100,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     synth = Synth(trace, words.words, args.token_scale, args.seed, reuse=not args.no_reuse)
     the_plan = plan(trace, args.sessions, args.max_turns, args.concurrency)
     pacing = Pacing(args.time_scale, args.concurrency, args.max_inflight, args.max_tokens)
-    os.makedirs(args.out, exist_ok=True)
     return asyncio.run(_replay(args, synth, the_plan, pacing, extra, capacity))
 
 
