@@ -15,10 +15,10 @@ from agentkv.catalog import hardware
 from agentkv.cost.plans import BreakEven, break_even
 from agentkv.cost.providers import ProviderCost, all_providers
 from agentkv.kvcache.sizing import codec
-from agentkv.report.capacity import Capacity, sample_sessions, session_capacity
+from agentkv.report.capacity import SAMPLE_SESSIONS, Capacity, sample_sessions, session_capacity
 from agentkv.report.ladder import LADDER, DeploymentSpec, Rung, rung_config
 from agentkv.report.levers import CodecFit, TierLoad, codec_fits, tier_loads
-from agentkv.report.sizing import Sized, confirm, size_to_slo
+from agentkv.report.sizing import Sized, size_to_slo
 from agentkv.sim.simulator import SimResult, simulate
 from agentkv.workload.arrivals import ArrivalModel, arrival_times, root_sessions, session_spans
 from agentkv.workload.trace import Trace
@@ -38,6 +38,7 @@ class Report:
     hardware: str
     usd_per_gpu_hour: float
     trace: str  # what was served, in words
+    measured_on: str  # what the simulations ran: the whole trace, or which sample of it
     top_sessions: int
     requests: int
     input_tokens: int
@@ -80,26 +81,22 @@ def _rung_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
     """One lever: capacity on one replica, then the fewest replicas at the offered load (and the fleet run, when
     the fleet is known up front). Returns every run at the offered load, by replicas, for the same-fleet view."""
     spec, rung, arrival, offered, gpu_hour, fleet = args
-    trace, sample = _SHARED["trace"], _SHARED["sample"]
+    sample, measured = _SHARED["sample"], _SHARED["measured"]
     start = min(offered, 20.0) if offered > 0 else 20.0
     probes: dict[float, SimResult] = {}
     cap = session_capacity(sample, spec, rung, arrival.seed, start, runs=probes)
     runs: dict[int, SimResult] = {}
-    if sample is trace and arrival.mode == "concurrency" and arrival.value in probes:
+    if measured is sample and arrival.mode == "concurrency" and arrival.value in probes:
         runs[1] = probes[arrival.value]  # the same run: one replica at the offered concurrency
-    if sample is trace or arrival.mode == "trace":  # the trace's clock: a sample would carry less load
-        sized = size_to_slo(trace, spec, rung, arrival, cap, offered, gpu_hour, runs)
-    else:  # a large trace: search on the sample at the same load, confirm on the whole trace
-        sized = size_to_slo(sample, spec, rung, arrival, cap, offered, gpu_hour, {})
-        sized = confirm(trace, spec, rung, arrival, sized, gpu_hour, runs)
+    sized = size_to_slo(measured, spec, rung, arrival, cap, offered, gpu_hour, runs)
     if fleet and fleet not in runs:
-        runs[fleet] = simulate(trace, rung_config(spec, rung, arrival, fleet))
+        runs[fleet] = simulate(measured, rung_config(spec, rung, arrival, fleet))
     return RungOutcome(rung, cap, sized, None), runs
 
 
 def _fleet_job(args: tuple) -> SimResult:
     spec, rung, arrival, replicas = args
-    return simulate(_SHARED["trace"], rung_config(spec, rung, arrival, replicas))
+    return simulate(_SHARED["measured"], rung_config(spec, rung, arrival, replicas))
 
 
 def choose_fleet(outcomes: list[RungOutcome], offered: float) -> tuple[int, str]:
@@ -116,7 +113,7 @@ def choose_fleet(outcomes: list[RungOutcome], offered: float) -> tuple[int, str]
 
 def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, price_table: dict[str, Any],
                  replicas: int | None = None, workers: int = 2,
-                 step: Callable[[str], None] = lambda label: None) -> Report:
+                 step: Callable[[str], None] = lambda label: None, sample_size: int = SAMPLE_SESSIONS) -> Report:
     """Everything the report shows, for `trace` offered at `arrival` to the deployment `spec`. `replicas` fixes
     the same-fleet size (default: what all levers together need). Rungs run in `workers` processes."""
     wall = time.perf_counter()
@@ -125,9 +122,12 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
     if gpu_hour <= 0:
         raise ValueError(f"prices: no gpu_hour price for hardware '{spec.hardware}'")
     offered = offered_concurrency(trace, arrival)
-    sample = sample_sessions(trace)
+    sample = sample_sessions(trace, sample_size)
+    # sizing and the same fleet run the sample of a large trace at the same offered load; on the trace's own
+    # clock, the whole trace (a sample of it would carry less load)
+    measured = trace if arrival.mode == "trace" else sample
     jobs = [(spec, r, arrival, offered, gpu_hour, replicas) for r in LADDER]
-    with _executor(workers, trace, sample) as pool:
+    with _executor(workers, measured, sample) as pool:
         step("sizing every lever")
         done = {}
         # the costliest rungs (tiers, agent-aware ranking) first, so two workers finish together
@@ -146,10 +146,14 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
         if trace.has_block_ids else []
     plan_prices = {k: float(v) for k, v in price_table.get("plans", {}).items() if k != "source"}
     top = int((trace.session_parent < 0).sum())
+    measured_on = "the whole trace" if measured is trace else (
+        f"an evenly spaced sample of {int((measured.session_parent < 0).sum())} of its {top} sessions "
+        f"({measured.n_requests:,} requests), at the same offered load")
     median = int(np.median(trace.input_tokens)) if trace.n_requests else 0
     base = rung_config(spec, LADDER[-1], arrival, 1).deployment
     return Report(
-        spec=spec, hardware=hw.name, usd_per_gpu_hour=gpu_hour, trace=trace.source, top_sessions=top,
+        spec=spec, hardware=hw.name, usd_per_gpu_hour=gpu_hour, trace=trace.source, measured_on=measured_on,
+        top_sessions=top,
         requests=trace.n_requests, input_tokens=int(trace.input_tokens.sum()), arrival=arrival.describe(),
         offered_sessions=offered, fleet_replicas=fleet, fleet_chosen_by=chosen_by, outcomes=list(outcomes),
         providers=providers, plans=break_even(plan_prices, providers, top), median_context=median,
@@ -169,15 +173,15 @@ class _Inline(Executor):
         return f
 
 
-_SHARED: dict[str, Trace] = {}  # the trace and its sample, handed to each worker once (not pickled per job)
+_SHARED: dict[str, Trace] = {}  # the traces the jobs simulate, handed to each worker once (not pickled per job)
 
 
-def _share(trace: Trace, sample: Trace) -> None:
-    _SHARED.update(trace=trace, sample=sample)
+def _share(measured: Trace, sample: Trace) -> None:
+    _SHARED.update(measured=measured, sample=sample)
 
 
-def _executor(workers: int, trace: Trace, sample: Trace) -> Executor:
+def _executor(workers: int, measured: Trace, sample: Trace) -> Executor:
     if workers > 1:
-        return ProcessPoolExecutor(max_workers=workers, initializer=_share, initargs=(trace, sample))
-    _share(trace, sample)
+        return ProcessPoolExecutor(max_workers=workers, initializer=_share, initargs=(measured, sample))
+    _share(measured, sample)
     return _Inline()

@@ -68,7 +68,8 @@ def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, 
 
 
 def sample_sessions(trace: Trace, k: int = SAMPLE_SESSIONS) -> Trace:
-    """`k` evenly spaced top-level sessions with their sub-agents (the whole trace when it has no more)."""
+    """`k` evenly spaced top-level sessions with their sub-agents (the whole trace when it has no more). Block
+    ids are renumbered densely: the policy core sizes its per-block arrays (per replica) by the largest id."""
     roots = root_sessions(trace)
     top = np.flatnonzero(roots == np.arange(trace.n_sessions))
     if len(top) <= k:
@@ -90,5 +91,6 @@ def sample_sessions(trace: Trace, k: int = SAMPLE_SESSIONS) -> Trace:
         session=new_id[trace.session[req]].astype(np.int32), time=trace.time[req],
         input_tokens=trace.input_tokens[req], output_tokens=trace.output_tokens[req],
         think_time=trace.think_time[req], api_time=trace.api_time[req], finish=trace.finish[req],
-        block_offsets=offsets, block_ids=trace.block_ids[picks], source=f"{trace.source} (sample of {k} sessions)",
+        block_offsets=offsets, block_ids=np.unique(trace.block_ids[picks], return_inverse=True)[1].astype(np.int64),
+        source=f"{trace.source} (sample of {k} sessions)",
     )

@@ -54,6 +54,7 @@ def settings(rep: Report) -> dict[str, str]:
         "traffic": f"{rep.trace}: {rep.top_sessions} sessions, {rep.requests:,} requests, "
                    f"{rep.input_tokens:,} input tokens; median context {rep.median_context:,} tokens",
         "arrivals": f"{rep.arrival}; {rep.offered_sessions:.1f} concurrent sessions offered",
+        "simulated": rep.measured_on,
         "deployment": f"{s.model} on {rep.hardware} (tp={s.tp}, weights {s.weight_dtype}), router {s.router}, "
                       f"${rep.usd_per_gpu_hour:g}/GPU-hour",
         "SLO": s.slo,

@@ -4,8 +4,8 @@ Each candidate size is a full simulation. The search starts from the size the le
 implies (offered sessions / sessions one replica serves), walks down or up from there in growing steps and
 bisects the last gap, so a good guess costs two runs. A lever without a prefix cache whose SLO-percentile
 prompt alone takes longer than the SLO to prefill is not simulated: no size helps, so it gets no size and no
-cost, only the reason. On a trace larger than the capacity sample the search runs on the sample at the same
-load and the size it finds is confirmed on the whole trace (`confirm`), whose figures the report shows.
+cost, only the reason. A trace larger than the capacity sample is sized on the sample at the same load (see
+`assemble._measured`).
 """
 
 from __future__ import annotations
@@ -72,17 +72,3 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
                                                           f"(best p{spec.slo_quantile:g} TTFT {ttft:.0f} s)")
     return Sized(hi, slo_ttft(runs[hi], spec), self_hosted_cost(runs[hi], usd_per_gpu_hour), runs[hi])
 
-
-def confirm(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, sized: Sized,
-            usd_per_gpu_hour: float, runs: dict[int, SimResult], tries: int = 3) -> Sized:
-    """A size found on a sample of sessions, run on the whole trace (one replica more per miss, `tries` at
-    most): the figures shown are always the whole trace's."""
-    if sized.replicas is None:
-        return sized
-    for r in range(sized.replicas, min(sized.replicas + tries, spec.max_replicas + 1)):
-        runs[r] = simulate(trace, rung_config(spec, rung, arrival, r))
-        ttft = slo_ttft(runs[r], spec)
-        if ttft <= spec.slo_ttft_s:
-            return Sized(r, ttft, self_hosted_cost(runs[r], usd_per_gpu_hour), runs[r])
-    return Sized(None, ttft, None, runs[r], reason=f"the whole trace misses it up to {r} replicas (p"
-                                                    f"{spec.slo_quantile:g} TTFT {ttft:.0f} s)")

@@ -54,6 +54,10 @@ class Deployment:
     attention: str = "flash"  # or "naive"
     overlap_transfers: bool = True
     coefficients: Coefficients = field(default_factory=Coefficients)
+    # derived once (the simulator prices a million steps a report)
+    weight_bytes: float = field(init=False, repr=False, compare=False)
+    kv_bytes_per_token: float = field(init=False, repr=False, compare=False)
+    flops: float = field(init=False, repr=False, compare=False)  # dense peak of the replica at the weights' rate
 
     def __post_init__(self) -> None:
         if self.attention not in ("flash", "naive"):
@@ -62,26 +66,16 @@ class Deployment:
             raise ValueError(f"weight dtype must be one of {', '.join(WEIGHT_BYTES)}")
         if self.tp < 1:
             raise ValueError("tp must be >= 1")
-
-    @property
-    def weight_bytes(self) -> float:
-        return self.model.params_total * WEIGHT_BYTES[self.weight_dtype]
-
-    @property
-    def kv_bytes_per_token(self) -> float:
-        return kv_bytes_per_token(self.model, self.kv_codec)
+        hw, wb = self.hardware, WEIGHT_BYTES[self.weight_dtype]
+        object.__setattr__(self, "weight_bytes", self.model.params_total * wb)
+        object.__setattr__(self, "kv_bytes_per_token", kv_bytes_per_token(self.model, self.kv_codec))
+        object.__setattr__(self, "flops", self.tp * (hw.fp8_flops if wb <= 1 else hw.bf16_flops))
 
     @property
     def kv_capacity_bytes(self) -> float:
         """HBM left for KV across the tp devices: what the engine takes, less weights and activations."""
         c, hw = self.coefficients, self.hardware
         return self.tp * (hw.hbm_bytes * c.memory_utilization - c.activation_reserve_bytes) - self.weight_bytes
-
-    @property
-    def flops(self) -> float:
-        """Dense peak FLOP/s of the replica at the weight precision's tensor-core rate."""
-        hw = self.hardware
-        return self.tp * (hw.fp8_flops if WEIGHT_BYTES[self.weight_dtype] <= 1 else hw.bf16_flops)
 
 
 @dataclass(slots=True, frozen=True)

@@ -6,8 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from agentkv.catalog import prices
+from agentkv.report.assemble import build_report
 from agentkv.report.capacity import sample_sessions
 from agentkv.report.ladder import DeploymentSpec
+from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.generator import GeneratorConfig, generate
 
 
@@ -19,15 +22,18 @@ def test_sample_keeps_whole_sessions_with_their_subagents_and_block_ids():
     assert int((sample.session_parent < 0).sum()) == 10
     kept = [n for n in trace.session_names if n in set(sample.session_names)]
     assert kept == sample.session_names  # trace order, whole sessions
+    mine, theirs = [], []
     for s, name in enumerate(sample.session_names):
         t = trace.session_names.index(name)
         assert np.array_equal(sample.input_tokens[sample.session == s], trace.input_tokens[trace.session == t])
-        mine = np.concatenate([sample.blocks(i) for i in np.flatnonzero(sample.session == s)])
-        theirs = np.concatenate([trace.blocks(i) for i in np.flatnonzero(trace.session == t)])
-        assert np.array_equal(mine, theirs)
+        mine += [sample.blocks(i) for i in np.flatnonzero(sample.session == s)]
+        theirs += [trace.blocks(i) for i in np.flatnonzero(trace.session == t)]
         if sample.session_parent[s] >= 0:  # a sub-agent keeps its parent, renumbered
             parent = trace.session_names[int(trace.session_parent[t])]
             assert sample.session_names[int(sample.session_parent[s])] == parent
+    mine, theirs = np.concatenate(mine), np.concatenate(theirs)
+    pairs = np.unique(np.stack([mine, theirs]), axis=1)  # the renumbering is one-to-one, and dense
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1] == mine.max() + 1
     assert sample_sessions(trace, 30) is trace
 
 
@@ -38,3 +44,17 @@ def test_sample_keeps_whole_sessions_with_their_subagents_and_block_ids():
 def test_deployment_rejects_nonsense_naming_the_field(field, value, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
         DeploymentSpec(**{field: value})
+
+
+def test_a_trace_larger_than_the_sample_is_simulated_on_the_sample_at_the_same_load():
+    """Sizing and the same fleet run the sample (a 40k-request trace would take an hour); what was served is the
+    whole trace, and the report says which sample its figures come from."""
+    trace = generate(GeneratorConfig(sessions=10, seed=4))
+    rep = build_report(trace, DeploymentSpec(), ArrivalModel("concurrency", 3.0), prices(), workers=1, sample_size=5)
+    sample = sample_sessions(trace, 5)
+    assert rep.measured_on.startswith("an evenly spaced sample of 5 of its 10 sessions")
+    assert f"({sample.n_requests:,} requests)" in rep.measured_on
+    assert sample.n_requests < trace.n_requests == rep.requests
+    for o in rep.outcomes:
+        assert len(o.fleet_run.arrival) == sample.n_requests
+        assert o.sized.result is None or len(o.sized.result.arrival) == sample.n_requests
