@@ -23,6 +23,7 @@ class Stub:
         self.lock = threading.Lock()
         self.delay, self.stall, self.tokenize = delay, stall, tokenize
         self.unknown_words = unknown_words  # /tokenize maps every word to one id, as a word-level [UNK] would
+        self.vocab: dict[str, int] = {}  # a word-level tokenizer: one id per distinct word
         self.served: list[str] = []
         self.active = self.most_active = 0  # completion requests being answered now, and the most at once
         stub = self
@@ -73,7 +74,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/tokenize":
             if self.owner.tokenize:
                 words = body.get("prompt", "").split()
-                ids = [0] + [3 if self.owner.unknown_words else 10 + hash(w) % 100_000 for w in words]
+                with self.owner.lock:
+                    vocab = self.owner.vocab
+                    ids = [0] + [3 if self.owner.unknown_words else vocab.setdefault(w, 10 + len(vocab)) for w in words]
                 self._json(200, {"count": prompt_tokens, "tokens": ids})
             else:
                 self._json(404, {"error": {"message": "not found"}})
