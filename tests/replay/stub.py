@@ -25,7 +25,7 @@ class Stub:
         self.unknown_words = unknown_words  # /tokenize maps every word to one id, as a word-level [UNK] would
         self.vocab: dict[str, int] = {}  # a word-level tokenizer: one id per distinct word
         self.served: list[str] = []
-        self.active = self.most_active = 0  # completion requests being answered now, and the most at once
+        self.active = self.most_active = 0  # completion requests inside their delay now, and the most at once
         stub = self
 
         class Handler(_Handler):
@@ -88,12 +88,10 @@ class _Handler(BaseHTTPRequestHandler):
         with stub.lock:
             stub.active += 1
             stub.most_active = max(stub.most_active, stub.active)
-        try:
-            time.sleep(stub.delay)
-            getattr(self, "_" + stub.next())(prompt_tokens, body["max_tokens"])
-        finally:
-            with stub.lock:
-                stub.active -= 1
+        time.sleep(stub.delay)
+        with stub.lock:  # before answering: once the answer is out, the client may send its next request at once
+            stub.active -= 1
+        getattr(self, "_" + stub.next())(prompt_tokens, body["max_tokens"])
 
     # ---- behaviours ---------------------------------------------------------------------------------------
     def _ok(self, p: int, n: int) -> None:
