@@ -1,9 +1,11 @@
 """Self-hosted $/Mtok: the GPU-hours a simulated deployment holds, split over the tokens it served.
 
-The deployment pays for every GPU for the whole run. Busy time is attributed to prefill (uncached input),
-decode (output) and KV transfers (cached input served from lower tiers) by the step-cost model; idle time is
-spread over them in proportion. HBM holding cached KV costs nothing extra here: its price is in how many
-GPUs the load needs.
+The deployment pays for every GPU over the window the trace offers as load (`SimResult.billed_s`), spread over
+the tokens of the requests that arrived in it, not over the makespan: a finite trace ends in a drain (one
+Claude Code session returns 122 h after it began) that would bill an idle fleet. Busy time is attributed to
+prefill (uncached input), decode (output) and KV transfers (cached input served from lower tiers) by the
+step-cost model; idle time is spread over them in proportion. HBM holding cached KV costs nothing extra here:
+its price is in how many GPUs the load needs.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ class SelfHostedCost:
 def self_hosted_cost(res: SimResult, usd_per_gpu_hour: float) -> SelfHostedCost:
     d = res.config.deployment
     gpus = res.config.replicas * d.tp
-    hours = gpus * res.makespan_s / 3600.0
+    hours = gpus * res.billed_s / 3600.0
     usd = hours * usd_per_gpu_hour
-    served = res.served
+    served = res.billed
     cached = float(res.cached[served].sum())
     uncached = float(res.prompt[served].sum()) - cached
     output = float(res.output[served].sum())

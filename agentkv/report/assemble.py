@@ -20,7 +20,7 @@ from agentkv.report.ladder import LADDER, DeploymentSpec, Rung, rung_config
 from agentkv.report.levers import CodecFit, TierLoad, codec_fits, tier_loads
 from agentkv.report.sizing import Sized, size_to_slo
 from agentkv.sim.simulator import SimResult, simulate
-from agentkv.workload.arrivals import ArrivalModel, arrival_times, root_sessions, session_spans
+from agentkv.workload.arrivals import ArrivalModel, arrival_times, open_sessions, root_sessions, session_spans
 from agentkv.workload.trace import Trace
 
 
@@ -44,6 +44,7 @@ class Report:
     input_tokens: int
     arrival: str
     offered_sessions: float  # concurrent sessions the arrivals offer (see offered_concurrency)
+    open_sessions: tuple[float, int]  # sessions open at once in the simulated window: mean, peak (open_sessions)
     fleet_replicas: int
     fleet_chosen_by: str
     outcomes: list[RungOutcome]
@@ -155,7 +156,7 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
         spec=spec, hardware=hw.name, usd_per_gpu_hour=gpu_hour, trace=trace.source, measured_on=measured_on,
         top_sessions=top,
         requests=trace.n_requests, input_tokens=int(trace.input_tokens.sum()), arrival=arrival.describe(),
-        offered_sessions=offered, fleet_replicas=fleet, fleet_chosen_by=chosen_by, outcomes=list(outcomes),
+        offered_sessions=offered, open_sessions=open_sessions(measured, arrival), fleet_replicas=fleet, fleet_chosen_by=chosen_by, outcomes=list(outcomes),
         providers=providers, plans=break_even(plan_prices, providers, top), median_context=median,
         kv_fit=codec_fits(base, max(median, 1)), kv_load=tier_loads(replace(base, kv_codec=codec("bf16")), median),
         wall_s=time.perf_counter() - wall,

@@ -9,7 +9,17 @@ from agentkv.report.views import plural
 
 
 def headline(rep: Report) -> list[str]:
-    return [_deploy(rep), _baseline(rep), _best_lever(rep), _modelled(rep)]
+    return [_deploy(rep) + _ramp(rep), _baseline(rep), _best_lever(rep), _modelled(rep)]
+
+
+def _ramp(rep: Report) -> str:
+    """Little's law holds in steady state; a finite trace ramps up from nothing, so say what load was checked."""
+    mean, peak = rep.open_sessions
+    if mean >= 0.8 * rep.offered_sessions:
+        return ""
+    return (f" This trace averages only {mean:.3g} sessions open at once in the billed window ({peak} at peak): "
+            "a finite trace ramps up from none, so the SLO was checked at a lighter load than offered and the "
+            "fleet is a lower bound for steady traffic.")
 
 
 def _deploy(rep: Report) -> str:

@@ -53,7 +53,8 @@ def settings(rep: Report) -> dict[str, str]:
     return {
         "traffic": f"{rep.trace}: {rep.top_sessions} sessions, {rep.requests:,} requests, "
                    f"{rep.input_tokens:,} input tokens; median context {rep.median_context:,} tokens",
-        "arrivals": f"{rep.arrival}; {rep.offered_sessions:.1f} concurrent sessions offered",
+        "arrivals": f"{rep.arrival}; {rep.offered_sessions:.1f} concurrent sessions offered; open at once in the "
+                    f"billed window: {rep.open_sessions[0]:.1f} on average, {rep.open_sessions[1]} at peak",
         "simulated": rep.measured_on,
         "deployment": f"{s.model} on {rep.hardware} (tp={s.tp}, weights {s.weight_dtype}), router {s.router}, "
                       f"${rep.usd_per_gpu_hour:g}/GPU-hour",
@@ -70,7 +71,8 @@ def document(rep: Report, lines: list[str], info: dict[str, str], vs: list[View]
         "agentkv_version": __version__,
         "headline": lines,
         "settings": info,
-        "numbers": {"offered_concurrent_sessions": rep.offered_sessions, "fleet_gpus": rep.fleet_gpus,
+        "numbers": {"offered_concurrent_sessions": rep.offered_sessions, "open_sessions_mean": rep.open_sessions[0],
+                    "open_sessions_peak": rep.open_sessions[1], "fleet_gpus": rep.fleet_gpus,
                     "usd_per_gpu_hour": rep.usd_per_gpu_hour, "slo_ttft_s": rep.spec.slo_ttft_s,
                     "slo_quantile": rep.spec.slo_quantile, "median_context_tokens": rep.median_context,
                     "requests": rep.requests, "input_tokens": rep.input_tokens, "wall_s": rep.wall_s},

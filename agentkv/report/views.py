@@ -41,7 +41,7 @@ COLUMNS = _cols(
     ("ttft_p90_s", "TTFT p90 s", "s", "time to first token, 90th percentile"),
     ("ttft_p99_s", "TTFT p99 s", "s", "time to first token, 99th percentile"),
     ("tpot_p50_ms", "TPOT p50 ms", "ms", "time per output token after the first, median"),
-    ("tok_s_per_gpu", "tok/s per GPU", "num", "prompt and output tokens served per second per GPU"),
+    ("tok_s_per_gpu", "tok/s per GPU", "num", "prompt and output tokens served per GPU-second billed"),
     ("requests_rejected", "rejected", "int", "requests longer than one replica's whole GPU KV: never served"),
     ("usd_per_mtok", "$/Mtok all tokens", "usd", "fleet $ over every prompt and output token"),
     ("usd_per_mtok_uncached_input", "$/Mtok uncached in", "usd",
@@ -108,9 +108,9 @@ def same_fleet(rep: Report) -> View:
         res = o.fleet_run
         assert res is not None
         gpus = res.config.replicas * res.config.deployment.tp
-        tokens = float(res.prompt[res.served].sum() + res.output[res.served].sum())
+        tokens = float(res.prompt[res.billed].sum() + res.output[res.billed].sum())
         rows.append({"lever": o.rung.name, "gpus": gpus, **_hits(res), **_latency(res),
-                     "tok_s_per_gpu": tokens / max(res.makespan_s * gpus, 1e-9),
+                     "tok_s_per_gpu": tokens / max(res.billed_s * gpus, 1e-9),
                      "requests_rejected": int(res.rejected.sum()),
                      "slo_met": bool(quantile(res.ttft, rep.spec.slo_quantile) <= rep.spec.slo_ttft_s)})
     cols = _c("lever", "gpus", "hit_pct", "hit_hbm_pct", "hit_dram_pct", "hit_disk_pct", "ttft_p50_s",
@@ -150,8 +150,10 @@ def sized(rep: Report) -> View:
                      "requests_rejected": int(s.result.rejected.sum()) if s.result and c else None})
         if s.reason:
             notes.append(f"{o.rung.name}: SLO missed, no size or cost — {s.reason}.")
-    notes.append("$/Mtok splits: GPU time spent on prefill, tier transfers and decode, each over the tokens it "
-                 "served (uncached prompt, cached prompt, output); idle time is shared in proportion.")
+    notes.append("$/Mtok: the fleet's GPU-hours over the window its sessions start in (n / start rate), over the "
+                 "tokens of the requests that arrived in it; the drain after it is not billed. Splits: "
+                 "GPU time spent on prefill, tier transfers and decode, each over the tokens it served (uncached "
+                 "prompt, cached prompt, output); idle time is shared in proportion.")
     return View("sized_to_slo", f"Sized to the SLO ({rep.spec.slo}): fewest GPUs and $/Mtok per lever",
                 _c("lever", "gpus", key, "slo_met", "hit_pct", "usd_per_mtok", "usd_per_mtok_uncached_input",
                    "usd_per_mtok_cached_input", "usd_per_mtok_output", "requests_rejected"), rows, notes)

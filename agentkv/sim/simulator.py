@@ -22,7 +22,7 @@ from agentkv.kvcache.tiers import TIER_LINKS, TierSpec
 from agentkv.scheduler import Scheduler, SchedulerConfig, Sequence, StepPlan
 from agentkv.sim.router import Router
 from agentkv.sim.stepcost import Deployment, StepShape, step_cost, transfer_seconds
-from agentkv.workload.arrivals import ArrivalModel, arrival_times
+from agentkv.workload.arrivals import ArrivalModel, arrival_times, offered_seconds
 from agentkv.workload.trace import Trace
 
 MAX_LEAP_S = 0.5  # a request arriving during a decode leap waits at most this long for admission
@@ -55,7 +55,8 @@ class SimResult:
     preemptions: np.ndarray
     rejected: np.ndarray  # could never fit in a replica's KV
     busy_s: np.ndarray  # per replica
-    makespan_s: float
+    makespan_s: float  # first arrival to last reply, the drain of a finite trace included
+    offered_s: float  # how long the trace lasts as steady load (arrivals.offered_seconds): the billed window
     prefill_s: float  # busy time attributed to prefill, decode and non-overlapped transfers
     decode_s: float
     transfer_s: float
@@ -88,8 +89,17 @@ class SimResult:
         return float(self.cached[self.served].sum()) / max(int(self.prompt[self.served].sum()), 1)
 
     @property
-    def utilization(self) -> np.ndarray:
-        return self.busy_s / max(self.makespan_s, 1e-9)
+    def billed_s(self) -> float:
+        """Seconds each GPU is paid for: the offered window, or the busiest replica's busy time where the fleet
+        could not keep pace with the load."""
+        return max(self.offered_s, float(self.busy_s.max(initial=0.0)))
+
+    @property
+    def billed(self) -> np.ndarray:
+        """Served requests that arrived within the billed window: the tokens its cost is spread over (the drain
+        of a finite trace is simulated, for latency, but neither billed nor counted)."""
+        t0 = float(self.arrival.min()) if len(self.arrival) else 0.0
+        return self.served & (self.arrival - t0 <= self.billed_s)
 
 
 class _Replica:
@@ -138,11 +148,13 @@ class Simulator:
         self.steps: list[tuple[float, int, int, StepPlan | None]] = []
         self._order = 0  # ties between step completions break by push order
         self.in_system = 0.0
+        self.offered = 0.0  # set by run(), once the arrivals are placed
 
     def run(self) -> SimResult:
         wall = time.perf_counter()
         trace = self.trace
         first_arrival = arrival_times(trace, self.cfg.arrival)
+        self.offered = offered_seconds(trace, self.cfg.arrival, first_arrival)
         bounds = trace.session_bounds()
         for s in range(trace.n_sessions):
             if bounds[s + 1] > bounds[s]:
@@ -237,7 +249,7 @@ class Simulator:
             arrival=res.arrival, first_token=res.first_token, finish=res.finish,
             prompt=trace.input_tokens.copy(), output=np.maximum(trace.output_tokens, 1), cached=res.cached,
             replica=res.replica, preemptions=res.preemptions, rejected=res.rejected,
-            busy_s=np.array([rep.busy_s for rep in self.replicas]), makespan_s=makespan,
+            busy_s=np.array([rep.busy_s for rep in self.replicas]), makespan_s=makespan, offered_s=self.offered,
             prefill_s=totals["prefill"], decode_s=totals["decode"], transfer_s=totals["transfer"],
             steps=int(totals["steps"]), prefill_tokens=int(totals["prefill_tokens"]),
             decode_tokens=int(totals["decode_tokens"]), in_system_s=self.in_system, wall_s=wall, config=self.cfg,

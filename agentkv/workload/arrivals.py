@@ -73,18 +73,51 @@ def arrival_times(trace: Trace, model: ArrivalModel) -> np.ndarray:
             raise ValueError("trace has no session start times: place sessions with a concurrency or a rate")
         start[top] = trace.session_start[top] - np.min(trace.session_start[top])
     else:
-        if model.value <= 0:
-            raise ValueError(f"arrival {model.mode} must be > 0, got {model.value}")
-        if model.mode == "concurrency":
-            mean_span = float(np.mean(session_spans(trace)[top])) if len(top) else 0.0
-            rate = model.value / max(mean_span, 1e-9)
-        else:
-            rate = model.value
         rng = np.random.default_rng(model.seed)
-        gaps = rng.exponential(1.0 / rate, size=len(top))
+        gaps = rng.exponential(1.0 / _start_rate(trace, model, top), size=len(top))
         gaps[0] = 0.0
         start[rng.permutation(top)] = np.cumsum(gaps)
     return start[roots[trace.session]] + trace.time
+
+
+def offered_seconds(trace: Trace, model: ArrivalModel, arrivals: np.ndarray) -> float:
+    """How long the trace offers load: the time its top-level sessions take to start at the model's rate
+    (n / rate), or on the trace's own clock its arrivals' span. A finite trace ends in a drain (one Claude Code
+    session spans 122 h, long after the others ended): billing the makespan would charge that idle tail."""
+    if model.mode == "trace" or not len(arrivals):
+        return float(np.ptp(arrivals)) if len(arrivals) else 0.0
+    top = np.flatnonzero(root_sessions(trace) == np.arange(trace.n_sessions))
+    return len(top) / _start_rate(trace, model, top)
+
+
+def open_sessions(trace: Trace, model: ArrivalModel) -> tuple[float, int]:
+    """Top-level sessions open at once (first arrival to the end of the last request) over the offered window:
+    (mean, peak). Little's law holds in steady state only; a finite trace ramps up from no open session, and its
+    long sessions reach steady state late, so the mean is below the concurrency asked for."""
+    arrivals = arrival_times(trace, model)
+    window = offered_seconds(trace, model, arrivals)
+    roots = root_sessions(trace)
+    top = np.flatnonzero(roots == np.arange(trace.n_sessions))
+    if window <= 0 or not len(top):
+        return 0.0, 0
+    start = np.full(trace.n_sessions, np.inf)
+    np.minimum.at(start, roots[trace.session], arrivals - trace.time)
+    t0 = float(start[top].min())
+    lo = np.clip(start[top] - t0, 0.0, window)
+    hi = np.clip(start[top] - t0 + session_spans(trace)[top], 0.0, window)
+    edges = np.concatenate([np.stack([lo, np.ones_like(lo)], 1), np.stack([hi, -np.ones_like(hi)], 1)])
+    edges = edges[np.lexsort((edges[:, 1], edges[:, 0]))]  # at equal times a session ends before one starts
+    return float((hi - lo).sum()) / window, int(np.cumsum(edges[:, 1]).max(initial=0))
+
+
+def _start_rate(trace: Trace, model: ArrivalModel, top: np.ndarray) -> float:
+    """Top-level session starts per second: as given, or by Little's law from a concurrency."""
+    if model.value <= 0:
+        raise ValueError(f"arrival {model.mode} must be > 0, got {model.value}")
+    if model.mode == "rate":
+        return model.value
+    mean_span = float(np.mean(session_spans(trace)[top])) if len(top) else 0.0
+    return model.value / max(mean_span, 1e-9)
 
 
 def replay_order(arrivals: np.ndarray) -> np.ndarray:

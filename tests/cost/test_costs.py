@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agentkv.catalog import prices
+from agentkv.catalog import hardware, model, prices
 from agentkv.cost.plans import break_even
 from agentkv.cost.providers import provider_cost
+from agentkv.cost.selfhosted import self_hosted_cost
+from agentkv.kvcache.sizing import codec
+from agentkv.sim.simulator import SimConfig, simulate
+from agentkv.sim.stepcost import Deployment
+from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.builder import TraceBuilder
 
 SCHED = {"kind": "explicit", "input": 3.0, "output": 15.0, "write_5m": 1.25, "read": 0.1, "min_prefix": 1024,
@@ -78,3 +83,38 @@ def test_builtin_schedules_and_break_even():
 def test_unknown_kind_is_named():
     with pytest.raises(ValueError, match="field 'kind'"):
         cost(trace_of([(0, 100, np.arange(1))]), {**SCHED, "kind": "magic"})
+
+
+def sessions_trace(tail_h: float = 0.0):
+    """20 sessions of 6 turns a minute apart, 4k-token growing prompts; session 0 comes back `tail_h` hours later."""
+    b = TraceBuilder(64)
+    for k in range(20):
+        s = b.add_session(f"s{k}")
+        ids = np.arange(k * 1000, k * 1000 + 64 * 6)
+        for turn in range(6):
+            t = 60.0 * turn + (tail_h * 3600 if k == 0 and turn == 5 else 0.0)
+            b.add_request(s, t, 4096 * (turn + 1), 200, ids[: 64 * (turn + 1)])
+    return b.build()
+
+
+def one_h200(arrival: ArrivalModel) -> SimConfig:
+    return SimConfig(Deployment(hardware("h200"), model("llama-3.1-8b"), codec("bf16")), replicas=1, arrival=arrival)
+
+
+def test_the_drain_of_a_finite_trace_is_not_billed():
+    """One session that returns days later stretches the makespan 100-fold; the tokens, the load they offer and
+    so their cost per token stay the same (before, every GPU was billed for the whole idle tail)."""
+    cfg = one_h200(ArrivalModel("rate", 1 / 30.0))
+    short, long = simulate(sessions_trace(), cfg), simulate(sessions_trace(tail_h=72.0), cfg)
+    assert long.makespan_s > 50 * short.makespan_s
+    assert long.offered_s == short.offered_s == pytest.approx(20 * 30.0)  # 20 sessions at one start per 30 s
+    a, b = self_hosted_cost(short, 3.49), self_hosted_cost(long, 3.49)
+    assert b.usd_per_mtok_blended == pytest.approx(a.usd_per_mtok_blended, rel=0.05)
+    assert a.gpu_hours == pytest.approx(max(short.offered_s, short.busy_s.max()) / 3600)
+
+
+def test_a_fleet_that_cannot_keep_pace_is_billed_for_its_busy_time():
+    cfg = one_h200(ArrivalModel("rate", 100.0))  # 20 sessions in a fifth of a second
+    res = simulate(sessions_trace(), cfg)
+    assert res.busy_s.max() > res.offered_s
+    assert res.billed_s == res.busy_s.max()

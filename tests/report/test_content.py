@@ -125,3 +125,13 @@ def test_capacity_tells_levers_apart_where_whole_gpus_do_not(default_report):
         if row["sessions_per_gpu"] == 0:
             note = next(n for n in doc["capacity_per_gpu"]["notes"] if n.startswith(f"{lever}: no load meets"))
             assert ("together meet it" in note) == sized[lever]["slo_met"]
+
+
+def test_the_load_actually_simulated_is_said_where_it_falls_short_of_the_offered(default_report):
+    """40 sessions offered as 20 concurrent ones average far fewer open at once: the headline and the arrivals
+    line say so, and the fleet is called a lower bound."""
+    doc = default_report.doc
+    mean, peak = doc["numbers"]["open_sessions_mean"], doc["numbers"]["open_sessions_peak"]
+    assert 0 < mean < 0.8 * doc["numbers"]["offered_concurrent_sessions"] and mean <= peak
+    assert f"{mean:.3g} sessions open at once" in doc["headline"][0] and "lower bound" in doc["headline"][0]
+    assert f"{mean:.1f} on average, {peak} at peak" in doc["settings"]["arrivals"]

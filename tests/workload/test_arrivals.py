@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agentkv.workload.arrivals import ArrivalModel, arrival_times, root_sessions, session_spans
+from agentkv.workload.arrivals import ArrivalModel, arrival_times, offered_seconds, root_sessions, session_spans
+from agentkv.workload.arrivals import open_sessions as open_at_once
 from agentkv.workload.generator import GeneratorConfig, generate
 
 
@@ -57,3 +58,20 @@ def test_trace_clock_needs_one(sessions):
         arrival_times(sessions, ArrivalModel("trace"))
     with pytest.raises(ValueError, match="must be > 0"):
         arrival_times(sessions, ArrivalModel("rate", 0))
+
+
+def test_open_sessions_over_the_offered_window_count_the_ramp_of_a_finite_trace(sessions):
+    model = ArrivalModel("concurrency", 20, seed=1)
+    a = arrival_times(sessions, model)
+    window = offered_seconds(sessions, model, a)
+    top = np.flatnonzero(sessions.session_parent < 0)
+    s = np.array([a[sessions.session == k].min() - sessions.time[sessions.session == k].min() for k in top])
+    e = s + session_spans(sessions)[top]
+    grid = np.linspace(0, window, 20_001)
+    counts = np.array([np.sum((s <= g) & (e > g)) for g in grid])
+    mean, peak = open_at_once(sessions, model)
+    assert mean == pytest.approx(counts.mean(), rel=0.01)
+    assert counts.max() <= peak <= counts.max() + 1
+    assert 12 < mean < 20  # 400 sessions: steady for most of the window, but it starts from none open
+    few = generate(GeneratorConfig(sessions=20, with_block_ids=False, human_turn_share=0.0))
+    assert open_at_once(few, model)[0] < 0.6 * 20  # 20 sessions offered as 20 concurrent: mostly ramp
