@@ -177,7 +177,8 @@ def capacity(rep: Report) -> View:
             notes.append(f"{o.rung.name}: still within the SLO at the most load the trace's sessions offer: "
                          "a lower bound (give a trace with more sessions to find the limit).")
     notes.append(f"capacity is the highest concurrency probed that met the SLO; the next probe, at most "
-                 f"{RESOLUTION:g}× higher, missed it.")
+                 f"{RESOLUTION:g}× higher, missed it. Concurrency is as offered (session start rate × mean session "
+                 "length); a finite trace holds fewer sessions open at once (see arrivals).")
     return View("capacity_per_gpu", f"Capacity per GPU: concurrent agent sessions one replica serves within the SLO "
                 f"(${rep.usd_per_gpu_hour:g}/GPU-hour)",
                 _c("lever", "sessions_per_replica", "sessions_per_gpu", "usd_per_session_hour", key), rows, notes)

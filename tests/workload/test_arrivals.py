@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agentkv.workload.arrivals import ArrivalModel, arrival_times, offered_seconds, root_sessions, session_spans
-from agentkv.workload.arrivals import open_sessions as open_at_once
+from agentkv.workload.arrivals import (
+    ArrivalModel,
+    arrival_times,
+    offered_seconds,
+    open_sessions,
+    root_sessions,
+    session_spans,
+)
 from agentkv.workload.generator import GeneratorConfig, generate
 
 
@@ -15,7 +21,7 @@ def sessions():
     return generate(GeneratorConfig(sessions=400, with_block_ids=False, human_turn_share=0.0))
 
 
-def open_sessions(trace, arrivals) -> float:
+def steady_open_sessions(trace, arrivals) -> float:
     """Time-average number of top-level sessions between their first arrival and their end."""
     roots = root_sessions(trace)
     top = np.flatnonzero(roots == np.arange(trace.n_sessions))
@@ -30,7 +36,7 @@ def open_sessions(trace, arrivals) -> float:
 
 def test_concurrency_target_is_met(sessions):
     a = arrival_times(sessions, ArrivalModel("concurrency", 20, seed=1))
-    assert open_sessions(sessions, a) == pytest.approx(20, rel=0.3)
+    assert steady_open_sessions(sessions, a) == pytest.approx(20, rel=0.3)
 
 
 def test_rate_sets_session_starts_per_second(sessions):
@@ -69,9 +75,9 @@ def test_open_sessions_over_the_offered_window_count_the_ramp_of_a_finite_trace(
     e = s + session_spans(sessions)[top]
     grid = np.linspace(0, window, 20_001)
     counts = np.array([np.sum((s <= g) & (e > g)) for g in grid])
-    mean, peak = open_at_once(sessions, model)
+    mean, peak = open_sessions(sessions, model)
     assert mean == pytest.approx(counts.mean(), rel=0.01)
     assert counts.max() <= peak <= counts.max() + 1
     assert 12 < mean < 20  # 400 sessions: steady for most of the window, but it starts from none open
     few = generate(GeneratorConfig(sessions=20, with_block_ids=False, human_turn_share=0.0))
-    assert open_at_once(few, model)[0] < 0.6 * 20  # 20 sessions offered as 20 concurrent: mostly ramp
+    assert open_sessions(few, model)[0] < 0.6 * 20  # 20 sessions offered as 20 concurrent: mostly ramp
