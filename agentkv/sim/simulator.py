@@ -56,7 +56,7 @@ class SimResult:
     rejected: np.ndarray  # could never fit in a replica's KV
     busy_s: np.ndarray  # per replica
     makespan_s: float  # first arrival to last reply, the drain of a finite trace included
-    offered_s: float  # how long the trace lasts as steady load (arrivals.offered_seconds): the billed window
+    offered_s: float  # how long the trace offers load (arrivals.offered_seconds): the window billed
     prefill_s: float  # busy time attributed to prefill, decode and non-overlapped transfers
     decode_s: float
     transfer_s: float
