@@ -115,8 +115,7 @@ class LLM:
         self.scheduler = Scheduler(SchedulerConfig(block_size, max_num_batched_tokens, max_num_seqs,
                                                    enable_prefix_caching), self.cache)
         if self.tiering is not None:
-            self.scheduler.at_hand = functools.partial(self.tiering.at_hand, self.ids.keys,
-                                                       len(tiers) - len(self.tiering.stores))
+            self.scheduler.at_hand = functools.partial(self.tiering.at_hand, self.cache, self.ids.keys)
         max_pages = min(num_pages, -(-cfg.max_position_embeddings // block_size))
         self.backend.bind(max_num_seqs, max_pages, self.device)
         self.pool = PagePool(self.layout, num_pages, self.device, self.ids, stores, self.backend, max_num_seqs)

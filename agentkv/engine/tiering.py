@@ -156,7 +156,7 @@ class Tiering:
         scheduler admits it once they are done, so running requests never wait for them)."""
         if not len(ids):
             return []
-        first = len(cache.tiers) - len(self.stores)
+        first = self.first_tier(cache)
         self.admissions += 1
         moved = [(t, st) for t, st in self.moved(first) if not self._slower_than_recompute(st)]
         cache.tier_of(ids)  # sizes the core's arrays for these ids
@@ -186,11 +186,15 @@ class Tiering:
                 waits += store.prefetch([keys_of[b] for b in fetch.tolist()])
         return waits
 
-    def at_hand(self, keys_of: list, first: int, tier: int, ids: np.ndarray) -> np.ndarray:
-        """The policy's prefetch from tier `tier` (core index; stores start at `first`) may promote these blocks
-        now: all of DRAM's, and those a disk or Redis load has brought in; the rest start loading, in the
-        background, so that a later step promotes them without waiting."""
-        store = self.stores[tier - first]
+    def first_tier(self, cache: KVCache) -> int:
+        """The core's index of the first of these stores: they are the core's last tiers."""
+        return len(cache.tiers) - len(self.stores)
+
+    def at_hand(self, cache: KVCache, keys_of: list, tier: int, ids: np.ndarray) -> np.ndarray:
+        """The policy's prefetch from tier `tier` (the core's index) may promote these blocks now: all of DRAM's,
+        and those a disk or Redis load has brought in; the rest start loading, in the background, so that a
+        later step promotes them without waiting."""
+        store = self.stores[tier - self.first_tier(cache)]
         if not isinstance(store, MovedStore):
             return np.ones(len(ids), dtype=bool)
         keys = [keys_of[b] for b in ids.tolist()]
@@ -201,7 +205,7 @@ class Tiering:
     def repair(self, plan: StepPlan, pool, cache: KVCache, block_size: int) -> None:
         """Forget the lower-tier copies that failed to load; make every prefill that would read a poisoned page
         recompute from it; write newly named blocks through to Redis."""
-        first = len(cache.tiers) - len(self.stores)
+        first = self.first_tier(cache)
         for tier, ids in pool.lost:
             log.warning("tier %s lost %d blocks (a load failed verification or missed): they will be recomputed",
                         cache.tiers[tier].name, len(ids))
@@ -251,7 +255,7 @@ class Tiering:
     def flush(self, pool, cache: KVCache) -> None:
         """At shutdown, write the blocks only GPU or DRAM hold to the disk tier (where it has room), so that the
         next engine on the same folder finds them."""
-        first = len(cache.tiers) - len(self.stores)
+        first = self.first_tier(cache)
         where = cache.where[: cache.n_slots]
         for t, store in self.moved(first):
             if store is self.shared:

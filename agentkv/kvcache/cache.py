@@ -21,9 +21,10 @@ are always recomputed.
 
 Eviction from tier t demotes a block to tier t+1 unless t+1 already holds a copy (then it is just dropped
 from t); from the last tier it is dropped. A block a tier below t+1 holds still goes to t+1 if it earns a
-place there (a block promoted from disk goes back to DRAM), else it is dropped from t, its copy kept. Blocks arriving in a full tier compete with its residents
-by key, so a demotion never displaces a block the policy values more. In write-through mode committed blocks
-are also copied to tier 1 at once, so later GPU evictions are free drops.
+place there (a block promoted from disk goes back to DRAM), else it is dropped from t, its copy kept. Blocks
+arriving in a full tier compete with its residents by key, so a demotion never displaces a block the policy
+values more. In write-through mode committed blocks are also copied to tier 1 at once, so later GPU
+evictions are free drops.
 """
 
 from __future__ import annotations

@@ -20,7 +20,14 @@ from agentkv.report.ladder import LADDER, DeploymentSpec, Rung, rung_config
 from agentkv.report.levers import CodecFit, TierLoad, codec_fits, tier_loads
 from agentkv.report.sizing import Sized, size_to_slo
 from agentkv.sim.simulator import SimResult, simulate
-from agentkv.workload.arrivals import ArrivalModel, arrival_times, open_sessions, root_sessions, session_spans
+from agentkv.workload.arrivals import (
+    ArrivalModel,
+    arrival_times,
+    open_sessions,
+    root_sessions,
+    session_intervals,
+    session_spans,
+)
 from agentkv.workload.trace import Trace
 
 
@@ -63,19 +70,15 @@ class Report:
 def offered_concurrency(trace: Trace, arrival: ArrivalModel) -> float:
     """The load in the unit capacity is measured in: concurrent sessions as `--concurrency` sets them (start
     rate × mean recorded session length); for the trace's own clock, open sessions averaged over its span."""
-    roots = root_sessions(trace)
-    top = roots == np.arange(trace.n_sessions)
-    spans = session_spans(trace)[top]
+    top = root_sessions(trace) == np.arange(trace.n_sessions)
     if not top.any():
         return 0.0
     if arrival.mode == "concurrency":
         return arrival.value
     if arrival.mode == "rate":
-        return arrival.value * float(spans.mean())
-    start = np.full(trace.n_sessions, np.inf)
-    np.minimum.at(start, roots[trace.session], arrival_times(trace, arrival) - trace.time)
-    end = start[top] + spans
-    return float(spans.sum()) / max(float(end.max() - start[top].min()), 1e-9)
+        return arrival.value * float(session_spans(trace)[top].mean())
+    start, end = session_intervals(trace, arrival_times(trace, arrival))
+    return float((end - start).sum()) / max(float(end.max() - start.min()), 1e-9)
 
 
 def _rung_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:

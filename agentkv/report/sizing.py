@@ -5,7 +5,7 @@ implies (offered sessions / sessions one replica serves), walks down or up from 
 bisects the last gap, so a good guess costs two runs. A lever without a prefix cache whose SLO-percentile
 prompt alone takes longer than the SLO to prefill is not simulated: no size helps, so it gets no size and no
 cost, only the reason. A trace larger than the capacity sample is sized on the sample at the same load (see
-`assemble._measured`).
+`assemble.build_report`).
 """
 
 from __future__ import annotations

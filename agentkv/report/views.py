@@ -108,7 +108,8 @@ def same_fleet(rep: Report) -> View:
         res = o.fleet_run
         assert res is not None
         gpus = res.config.replicas * res.config.deployment.tp
-        tokens = float(res.prompt[res.billed].sum() + res.output[res.billed].sum())
+        billed = res.billed
+        tokens = float(res.prompt[billed].sum() + res.output[billed].sum())
         rows.append({"lever": o.rung.name, "gpus": gpus, **_hits(res), **_latency(res),
                      "tok_s_per_gpu": tokens / max(res.billed_s * gpus, 1e-9),
                      "requests_rejected": int(res.rejected.sum()),

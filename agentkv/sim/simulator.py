@@ -148,13 +148,11 @@ class Simulator:
         self.steps: list[tuple[float, int, int, StepPlan | None]] = []
         self._order = 0  # ties between step completions break by push order
         self.in_system = 0.0
-        self.offered = 0.0  # set by run(), once the arrivals are placed
 
     def run(self) -> SimResult:
         wall = time.perf_counter()
         trace = self.trace
         first_arrival = arrival_times(trace, self.cfg.arrival)
-        self.offered = offered_seconds(trace, self.cfg.arrival, first_arrival)
         bounds = trace.session_bounds()
         for s in range(trace.n_sessions):
             if bounds[s + 1] > bounds[s]:
@@ -171,7 +169,7 @@ class Simulator:
             else:
                 now, _, r, plan = heapq.heappop(self.steps)
                 self._step_done(r, now, plan)
-        return self._result(time.perf_counter() - wall)
+        return self._result(time.perf_counter() - wall, offered_seconds(trace, self.cfg.arrival, first_arrival))
 
     def _arrive(self, now: float, i: int) -> None:
         trace, res = self.trace, self.records
@@ -241,7 +239,7 @@ class Simulator:
         self._push_step(now + k * per_step, r, None)
         return True
 
-    def _result(self, wall: float) -> SimResult:
+    def _result(self, wall: float, offered: float) -> SimResult:
         res, trace, totals = self.records, self.trace, self.totals
         served = np.any(~np.isnan(res.finish))
         makespan = float(np.nanmax(res.finish)) - float(np.nanmin(res.arrival)) if served else 0.0
@@ -249,7 +247,7 @@ class Simulator:
             arrival=res.arrival, first_token=res.first_token, finish=res.finish,
             prompt=trace.input_tokens.copy(), output=np.maximum(trace.output_tokens, 1), cached=res.cached,
             replica=res.replica, preemptions=res.preemptions, rejected=res.rejected,
-            busy_s=np.array([rep.busy_s for rep in self.replicas]), makespan_s=makespan, offered_s=self.offered,
+            busy_s=np.array([rep.busy_s for rep in self.replicas]), makespan_s=makespan, offered_s=offered,
             prefill_s=totals["prefill"], decode_s=totals["decode"], transfer_s=totals["transfer"],
             steps=int(totals["steps"]), prefill_tokens=int(totals["prefill_tokens"]),
             decode_tokens=int(totals["decode_tokens"]), in_system_s=self.in_system, wall_s=wall, config=self.cfg,

@@ -96,18 +96,24 @@ def open_sessions(trace: Trace, model: ArrivalModel) -> tuple[float, int]:
     long sessions reach steady state late, so the mean is below the concurrency asked for."""
     arrivals = arrival_times(trace, model)
     window = offered_seconds(trace, model, arrivals)
-    roots = root_sessions(trace)
-    top = np.flatnonzero(roots == np.arange(trace.n_sessions))
-    if window <= 0 or not len(top):
+    start, end = session_intervals(trace, arrivals)
+    if window <= 0 or not len(start):
         return 0.0, 0
-    start = np.full(trace.n_sessions, np.inf)
-    np.minimum.at(start, roots[trace.session], arrivals - trace.time)
-    t0 = float(start[top].min())
-    lo = np.clip(start[top] - t0, 0.0, window)
-    hi = np.clip(start[top] - t0 + session_spans(trace)[top], 0.0, window)
+    t0 = float(start.min())
+    lo, hi = np.clip(start - t0, 0.0, window), np.clip(end - t0, 0.0, window)
     edges = np.concatenate([np.stack([lo, np.ones_like(lo)], 1), np.stack([hi, -np.ones_like(hi)], 1)])
     edges = edges[np.lexsort((edges[:, 1], edges[:, 0]))]  # at equal times a session ends before one starts
     return float((hi - lo).sum()) / window, int(np.cumsum(edges[:, 1]).max(initial=0))
+
+
+def session_intervals(trace: Trace, arrivals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) on the deployment's clock of every top-level session: where its clock's zero falls, and the
+    end of its last request (sub-agents included)."""
+    roots = root_sessions(trace)
+    top = roots == np.arange(trace.n_sessions)
+    start = np.full(trace.n_sessions, np.inf)
+    np.minimum.at(start, roots[trace.session], arrivals - trace.time)
+    return start[top], start[top] + session_spans(trace)[top]
 
 
 def _start_rate(trace: Trace, model: ArrivalModel, top: np.ndarray) -> float:
