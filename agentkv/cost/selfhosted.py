@@ -3,8 +3,9 @@
 The deployment pays for every GPU over the window the trace offers as load (`SimResult.billed_s`), spread over
 the tokens of the requests that arrived in it, not over the makespan: a finite trace ends in a drain (one
 Claude Code session returns 122 h after it began) that would bill an idle fleet. Busy time is attributed to
-prefill (uncached input), decode (output) and KV transfers (cached input served from lower tiers) by the
-step-cost model; idle time is spread over them in proportion. HBM holding cached KV costs nothing extra here:
+uncached input, output and cached input by the simulator (`simulator._attribute`): token-proportional work to the
+step's new tokens, attention to the keys it reads, so cached input carries the attention over its KV and the
+transfers that brought it to the GPU; idle time is spread over them in proportion. HBM holding cached KV costs nothing extra here:
 its price is in how many GPUs the load needs.
 """
 
@@ -13,6 +14,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agentkv.sim.simulator import SimResult
+
+
+@dataclass(slots=True, frozen=True)
+class GpuRates:
+    """$ per GPU-hour on demand: public rates for one GPU differ 2-4x by kind of provider."""
+
+    low: float  # marketplaces, long-tail clouds
+    typical: float  # specialty GPU clouds: what the report prices at
+    hyperscaler: float
+
+    @staticmethod
+    def of(table: dict, hardware: str) -> GpuRates:
+        """From prices.toml's [gpu_hour]: a {low, typical, hyperscaler} table, or one number (no range)."""
+        entry = table.get(hardware)
+        if isinstance(entry, int | float) and not isinstance(entry, bool):
+            entry = {"low": entry, "typical": entry, "hyperscaler": entry}
+        if not isinstance(entry, dict):
+            raise ValueError(f"prices: no gpu_hour price for hardware '{hardware}'")
+        rates = [entry.get(k) for k in ("low", "typical", "hyperscaler")]
+        if not all(isinstance(r, int | float) and r > 0 for r in rates) or not rates[0] <= rates[1] <= rates[2]:
+            raise ValueError(f"prices: gpu_hour '{hardware}' needs 0 < low <= typical <= hyperscaler, got {entry}")
+        return GpuRates(*(float(r) for r in rates))
 
 
 @dataclass(slots=True, frozen=True)
@@ -35,7 +58,7 @@ def self_hosted_cost(res: SimResult, usd_per_gpu_hour: float) -> SelfHostedCost:
     cached = float(res.cached[served].sum())
     uncached = float(res.prompt[served].sum()) - cached
     output = float(res.output[served].sum())
-    busy = res.prefill_s + res.decode_s + res.transfer_s
+    busy = res.prefill_s + res.decode_s + res.cached_s + res.transfer_s
     share = (lambda part: part / busy) if busy > 0 else (lambda part: 0.0)
 
     def per_mtok(part_usd: float, tokens: float) -> float:
@@ -46,7 +69,7 @@ def self_hosted_cost(res: SimResult, usd_per_gpu_hour: float) -> SelfHostedCost:
         gpu_hours=hours,
         usd=usd,
         usd_per_mtok_input=per_mtok(usd * share(res.prefill_s), uncached),
-        usd_per_mtok_cached=per_mtok(usd * share(res.transfer_s), cached),
+        usd_per_mtok_cached=per_mtok(usd * share(res.cached_s + res.transfer_s), cached),
         usd_per_mtok_output=per_mtok(usd * share(res.decode_s), output),
         usd_per_mtok_blended=per_mtok(usd, uncached + cached + output),
     )

@@ -18,7 +18,7 @@ from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.replay import ReplayResult, reference_stream, replay
 from agentkv.kvcache.sizing import CodecSpec, kv_bytes_per_block, kv_bytes_per_token
 from agentkv.kvcache.tiers import TIER_NAMES, Size, TierSpec, parse_size
-from agentkv.workload.arrivals import ArrivalModel, arrival_times, replay_order
+from agentkv.workload.arrivals import ArrivalModel, place, replay_order
 from agentkv.workload.stats import infinite_cache_hits
 from agentkv.workload.trace import Trace
 
@@ -79,7 +79,7 @@ def sweep(
     progress: Callable[[str], None] | None = None,
 ) -> tuple[list[SweepPoint], float]:
     """Every (policy, capacity) point, plus Belady at each capacity; returns them and the infinite-cache hit rate."""
-    arrivals = arrival_times(trace, arrival)
+    trace, arrivals = place(trace, arrival)  # as served: later laps of a wrapped session are copies
     order = replay_order(arrivals)
     points: list[SweepPoint] = []
     names = [p for p in policies if p != "infinite"]

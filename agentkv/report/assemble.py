@@ -14,6 +14,7 @@ import numpy as np
 from agentkv.catalog import hardware
 from agentkv.cost.plans import BreakEven, break_even
 from agentkv.cost.providers import ProviderCost, all_providers
+from agentkv.cost.selfhosted import GpuRates
 from agentkv.kvcache.sizing import codec
 from agentkv.report.capacity import SAMPLE_SESSIONS, Capacity, sample_sessions, session_capacity
 from agentkv.report.ladder import LADDER, DeploymentSpec, Rung, rung_config
@@ -24,6 +25,7 @@ from agentkv.workload.arrivals import (
     ArrivalModel,
     arrival_times,
     open_sessions,
+    place,
     root_sessions,
     session_intervals,
     session_spans,
@@ -43,7 +45,7 @@ class RungOutcome:
 class Report:
     spec: DeploymentSpec
     hardware: str
-    usd_per_gpu_hour: float
+    gpu_rates: GpuRates
     trace: str  # what was served, in words
     measured_on: str  # what the simulations ran: the whole trace, or which sample of it
     top_sessions: int
@@ -61,6 +63,10 @@ class Report:
     kv_fit: list[CodecFit]
     kv_load: list[TierLoad]
     wall_s: float = 0.0
+
+    @property
+    def usd_per_gpu_hour(self) -> float:
+        return self.gpu_rates.typical
 
     @property
     def fleet_gpus(self) -> int:
@@ -122,9 +128,8 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
     the same-fleet size (default: what all levers together need). Rungs run in `workers` processes."""
     wall = time.perf_counter()
     hw = hardware(spec.hardware, spec.hardware_file)
-    gpu_hour = float(price_table.get("gpu_hour", {}).get(spec.hardware, 0.0))
-    if gpu_hour <= 0:
-        raise ValueError(f"prices: no gpu_hour price for hardware '{spec.hardware}'")
+    rates = GpuRates.of(price_table.get("gpu_hour", {}), spec.hardware)
+    gpu_hour = rates.typical
     offered = offered_concurrency(trace, arrival)
     sample = sample_sessions(trace, sample_size)
     # sizing and the same fleet run the sample of a large trace at the same offered load; on the trace's own
@@ -146,9 +151,9 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
             o.fleet_run = missing[i].result() if i in missing else runs[i][fleet]
         step("same fleet done")
     _SHARED.clear()
-    providers = all_providers(trace, arrival_times(trace, arrival), price_table["providers"]) \
+    providers = all_providers(*place(trace, arrival), price_table["providers"]) \
         if trace.has_block_ids else []
-    plan_prices = {k: float(v) for k, v in price_table.get("plans", {}).items() if k != "source"}
+    plan_prices = {k: float(v) for k, v in price_table.get("plans", {}).items() if k not in ("source", "as_of")}
     top = int((trace.session_parent < 0).sum())
     measured_on = "the whole trace" if measured is trace else (
         f"an evenly spaced sample of {int((measured.session_parent < 0).sum())} of its {top} sessions "
@@ -156,7 +161,7 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
     median = int(np.median(trace.input_tokens)) if trace.n_requests else 0
     base = rung_config(spec, LADDER[-1], arrival, 1).deployment
     return Report(
-        spec=spec, hardware=hw.name, usd_per_gpu_hour=gpu_hour, trace=trace.source, measured_on=measured_on,
+        spec=spec, hardware=hw.name, gpu_rates=rates, trace=trace.source, measured_on=measured_on,
         top_sessions=top,
         requests=trace.n_requests, input_tokens=int(trace.input_tokens.sum()), arrival=arrival.describe(),
         offered_sessions=offered, open_sessions=open_sessions(measured, arrival), fleet_replicas=fleet,

@@ -93,4 +93,5 @@ def sample_sessions(trace: Trace, k: int = SAMPLE_SESSIONS) -> Trace:
         think_time=trace.think_time[req], api_time=trace.api_time[req], finish=trace.finish[req],
         block_offsets=offsets, block_ids=np.unique(trace.block_ids[picks], return_inverse=True)[1].astype(np.int64),
         source=f"{trace.source} (sample of {k} sessions)",
+        models=list(trace.models), model=trace.model[req],
     )

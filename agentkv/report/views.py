@@ -44,6 +44,10 @@ COLUMNS = _cols(
     ("tok_s_per_gpu", "tok/s per GPU", "num", "prompt and output tokens served per GPU-second billed"),
     ("requests_rejected", "rejected", "int", "requests longer than one replica's whole GPU KV: never served"),
     ("usd_per_mtok", "$/Mtok all tokens", "usd", "fleet $ over every prompt and output token"),
+    ("usd_per_mtok_low", "$/Mtok at low GPU rate", "usd",
+     "the same fleet at the lowest public on-demand $/GPU-hour (marketplaces, long-tail clouds)"),
+    ("usd_per_mtok_hyperscaler", "$/Mtok at hyperscaler rate", "usd",
+     "the same fleet at a hyperscaler's on-demand $/GPU-hour"),
     ("usd_per_mtok_uncached_input", "$/Mtok uncached in", "usd",
      "prefill share of the fleet $ over prompt tokens not served from cache"),
     ("usd_per_mtok_cached_input", "$/Mtok cached in", "usd",
@@ -58,6 +62,7 @@ COLUMNS = _cols(
     ("usd_with_cache", "$ with caching", "usd", "the whole trace, prompt caching on"),
     ("usd_no_cache", "$ without caching", "usd", "the whole trace, prompt caching off"),
     ("saving_pct", "saving %", "pct", "1 − with / without caching"),
+    ("requests_refused", "refused", "int", "requests larger than their model's window at this provider: not priced"),
     ("plan", "plan", "text", "flat-rate subscription"),
     ("usd_per_month", "$ per month", "usd", "the plan's price"),
     ("usd_per_session", "$ per session", "usd", "one top-level session of this trace at API prices"),
@@ -139,24 +144,31 @@ def _rejected_notes(rep: Report) -> list[str]:
 def sized(rep: Report) -> View:
     key = _slo_key(rep)
     rows, notes = [], []
+    r = rep.gpu_rates
+    band = (r.low / r.typical, r.hyperscaler / r.typical)  # GPU-hours are bought at one rate: $ scale with it
     for o in rep.outcomes:
         s = o.sized
         c = s.cost
         rows.append({"lever": o.rung.name, "gpus": c.gpus if c else None, key: s.ttft_slo_s, "slo_met": c is not None,
                      "hit_pct": _hits(s.result)["hit_pct"] if s.result and c else None,
                      "usd_per_mtok": c.usd_per_mtok_blended if c else None,
+                     "usd_per_mtok_low": c.usd_per_mtok_blended * band[0] if c else None,
+                     "usd_per_mtok_hyperscaler": c.usd_per_mtok_blended * band[1] if c else None,
                      "usd_per_mtok_uncached_input": c.usd_per_mtok_input if c else None,
                      "usd_per_mtok_cached_input": c.usd_per_mtok_cached if c else None,
                      "usd_per_mtok_output": c.usd_per_mtok_output if c else None,
                      "requests_rejected": int(s.result.rejected.sum()) if s.result and c else None})
         if s.reason:
             notes.append(f"{o.rung.name}: SLO missed, no size or cost — {s.reason}.")
+    notes.append(f"GPU-hours at ${r.typical:g} (specialty GPU clouds); the band is the same fleet at ${r.low:g} "
+                 f"(long-tail clouds) and ${r.hyperscaler:g} (hyperscalers) per GPU-hour, on demand.")
     notes.append("$/Mtok: the fleet's GPU-hours over the window its sessions start in (n / start rate), over the "
                  "tokens of the requests that arrived in it; the drain after it is not billed. Splits: "
                  "GPU time spent on prefill, tier transfers and decode, each over the tokens it served (uncached "
                  "prompt, cached prompt, output); idle time is shared in proportion.")
     return View("sized_to_slo", f"Sized to the SLO ({rep.spec.slo}): fewest GPUs and $/Mtok per lever",
-                _c("lever", "gpus", key, "slo_met", "hit_pct", "usd_per_mtok", "usd_per_mtok_uncached_input",
+                _c("lever", "gpus", key, "slo_met", "hit_pct", "usd_per_mtok", "usd_per_mtok_low",
+                   "usd_per_mtok_hyperscaler", "usd_per_mtok_uncached_input",
                    "usd_per_mtok_cached_input", "usd_per_mtok_output", "requests_rejected"), rows, notes)
 
 
@@ -179,7 +191,7 @@ def capacity(rep: Report) -> View:
                          "a lower bound (give a trace with more sessions to find the limit).")
     notes.append(f"capacity is the highest concurrency probed that met the SLO; the next probe, at most "
                  f"{RESOLUTION:g}× higher, missed it. Concurrency is as offered (session start rate × mean session "
-                 "length); a finite trace holds fewer sessions open at once (see arrivals).")
+                 "length), held from the first second: sessions start warm, already open as in the stationary state.")
     return View("capacity_per_gpu", f"Capacity per GPU: concurrent agent sessions one replica serves within the SLO "
                 f"(${rep.usd_per_gpu_hour:g}/GPU-hour)",
                 _c("lever", "sessions_per_replica", "sessions_per_gpu", "usd_per_session_hour", key), rows, notes)
@@ -187,10 +199,18 @@ def capacity(rep: Report) -> View:
 
 def api_prices(rep: Report) -> View:
     rows = [{"provider": p.name, "hit_pct": 100 * p.hit_rate, "usd_with_cache": p.usd, "usd_no_cache": p.usd_no_cache,
-             "saving_pct": 100 * p.saving, "usd_per_mtok": p.usd_per_mtok} for p in rep.providers]
+             "saving_pct": 100 * p.saving, "usd_per_mtok": p.usd_per_mtok, "requests_refused": p.refused}
+            for p in rep.providers]
     notes = [] if rep.providers else ["the trace has no block ids: provider caches cannot be replayed on it"]
+    notes += [f"{p.name}: " + ", ".join(f"{m} ${u:,.2f}" for m, u in p.usd_by_model) for p in rep.providers
+              if len(p.usd_by_model) > 1]
+    if rep.providers:
+        notes.append("each request at its own model's list price (the trace's model, or the provider's default), "
+                     "long-context rates where the prompt passes the model's threshold; a request over the model's "
+                     "window is refused: counted, not priced (prices.toml names each price's source and date)")
     return View("api_providers", "The same traffic at API providers (their prices, their prompt caching)",
-                _c("provider", "hit_pct", "usd_with_cache", "usd_no_cache", "saving_pct", "usd_per_mtok"), rows, notes)
+                _c("provider", "hit_pct", "usd_with_cache", "usd_no_cache", "saving_pct", "usd_per_mtok",
+                   "requests_refused"), rows, notes)
 
 
 def break_even(rep: Report) -> View:

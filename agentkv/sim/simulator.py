@@ -19,10 +19,10 @@ from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.sizing import kv_bytes_per_block
 from agentkv.kvcache.tiers import TIER_LINKS, TierSpec
-from agentkv.scheduler import Scheduler, SchedulerConfig, Sequence, StepPlan
+from agentkv.scheduler import PrefillChunk, Scheduler, SchedulerConfig, Sequence, StepPlan
 from agentkv.sim.router import Router
-from agentkv.sim.stepcost import Deployment, StepShape, step_cost, transfer_seconds
-from agentkv.workload.arrivals import ArrivalModel, arrival_times, offered_seconds
+from agentkv.sim.stepcost import Deployment, StepCost, StepShape, step_cost, transfer_seconds
+from agentkv.workload.arrivals import ArrivalModel, offered_seconds, place
 from agentkv.workload.trace import Trace
 
 MAX_LEAP_S = 0.5  # a request arriving during a decode leap waits at most this long for admission
@@ -57,8 +57,9 @@ class SimResult:
     busy_s: np.ndarray  # per replica
     makespan_s: float  # first arrival to last reply, the drain of a finite trace included
     offered_s: float  # how long the trace offers load (arrivals.offered_seconds): the window billed
-    prefill_s: float  # busy time attributed to prefill, decode and non-overlapped transfers
+    prefill_s: float  # busy time attributed to uncached input, output, cached input and non-overlapped transfers
     decode_s: float
+    cached_s: float  # attention over cached prompt keys (see simulator._attribute)
     transfer_s: float
     steps: int
     prefill_tokens: int  # tokens computed by prefill (cached prefixes excluded; preemption recompute included)
@@ -138,12 +139,15 @@ class Simulator:
     def __init__(self, trace: Trace, cfg: SimConfig) -> None:
         if not trace.has_block_ids and cfg.prefix_cache:
             raise ValueError("trace has no block ids: simulate it with the prefix cache off")
-        self.trace, self.cfg, self.d = trace, cfg, cfg.deployment
+        self.trace, self.first_arrival = place(trace, cfg.arrival)  # sessions already open at 0: see arrivals
+        self.offered = offered_seconds(trace, cfg.arrival, self.first_arrival)
+        self.cfg, self.d = cfg, cfg.deployment
         self.replicas = [_Replica(cfg, trace.block_size) for _ in range(cfg.replicas)]
         self.router = Router(cfg.router)
-        self.pause = _pauses(trace)
+        self.pause = _pauses(self.trace)
         self.records = _Records(trace.n_requests, len(self.replicas[0].cache.tiers))
-        self.totals = dict(prefill=0.0, decode=0.0, transfer=0.0, steps=0, prefill_tokens=0, decode_tokens=0)
+        self.totals = dict(prefill=0.0, decode=0.0, cached=0.0, transfer=0.0, steps=0, prefill_tokens=0,
+                           decode_tokens=0)
         self.arrivals: list[tuple[float, int]] = []
         self.steps: list[tuple[float, int, int, StepPlan | None]] = []
         self._order = 0  # ties between step completions break by push order
@@ -152,7 +156,7 @@ class Simulator:
     def run(self) -> SimResult:
         wall = time.perf_counter()
         trace = self.trace
-        first_arrival = arrival_times(trace, self.cfg.arrival)
+        first_arrival = self.first_arrival
         bounds = trace.session_bounds()
         for s in range(trace.n_sessions):
             if bounds[s + 1] > bounds[s]:
@@ -169,7 +173,7 @@ class Simulator:
             else:
                 now, _, r, plan = heapq.heappop(self.steps)
                 self._step_done(r, now, plan)
-        return self._result(time.perf_counter() - wall, offered_seconds(trace, self.cfg.arrival, first_arrival))
+        return self._result(time.perf_counter() - wall, self.offered)
 
     def _arrive(self, now: float, i: int) -> None:
         trace, res = self.trace, self.records
@@ -223,16 +227,18 @@ class Simulator:
         k = _decode_leap(rep.sched)
         if k < 2:
             return False
-        ctx = tuple(q.computed + 1 + k // 2 for q in rep.sched.running)
-        per_step = step_cost(StepShape(decodes=ctx), self.d).total
+        mid = k // 2
+        ctx = tuple(q.computed + 1 + mid for q in rep.sched.running)
+        cost = step_cost(StepShape(decodes=ctx), self.d)
+        per_step = cost.total
         horizon = min(self.arrivals[0][0] if self.arrivals else np.inf, now + MAX_LEAP_S)
         k = min(k, int((horizon - now) / per_step))
         if k < 2:
             return False
+        _attribute(cost, [], rep.sched.running, self.totals, steps=k, ahead=mid)
         for q in rep.sched.running:
             q.computed += k
             q.generated += k
-        self.totals["decode"] += k * per_step
         self.totals["steps"] += k
         self.totals["decode_tokens"] += k * len(ctx)
         rep.busy_s += k * per_step
@@ -248,7 +254,8 @@ class Simulator:
             prompt=trace.input_tokens.copy(), output=np.maximum(trace.output_tokens, 1), cached=res.cached,
             replica=res.replica, preemptions=res.preemptions, rejected=res.rejected,
             busy_s=np.array([rep.busy_s for rep in self.replicas]), makespan_s=makespan, offered_s=offered,
-            prefill_s=totals["prefill"], decode_s=totals["decode"], transfer_s=totals["transfer"],
+            prefill_s=totals["prefill"], decode_s=totals["decode"], cached_s=totals["cached"],
+            transfer_s=totals["transfer"],
             steps=int(totals["steps"]), prefill_tokens=int(totals["prefill_tokens"]),
             decode_tokens=int(totals["decode_tokens"]), in_system_s=self.in_system, wall_s=wall, config=self.cfg,
         )
@@ -266,7 +273,7 @@ def _decode_leap(sched: Scheduler) -> int:
 
 
 def _price(batch: StepPlan, d: Deployment, links: list[str], block_bytes: int, totals: dict) -> float:
-    """Seconds the batch takes, split into prefill / decode / transfer time for the cost model."""
+    """Seconds the batch takes, split into prefill / decode / cached-prefix / transfer time for the cost model."""
     prefills = tuple((c.n, c.start) for c in batch.prefills)
     decodes = tuple(q.computed + 1 for q in batch.decodes)
     cost = step_cost(StepShape(prefills, decodes), d)
@@ -278,13 +285,37 @@ def _price(batch: StepPlan, d: Deployment, links: list[str], block_bytes: int, t
             moved[link] = moved.get(link, 0.0) + len(mv.blocks) * block_bytes
     transfer = transfer_seconds(moved, d)
     secs = max(total, transfer) if d.overlap_transfers else total + transfer
-    totals["prefill"] += total * cost.prefill_share
-    totals["decode"] += total * (1.0 - cost.prefill_share)
+    _attribute(cost, batch.prefills, batch.decodes, totals)
     totals["transfer"] += secs - total
     totals["steps"] += 1
     totals["prefill_tokens"] += sum(c.n for c in batch.prefills)
     totals["decode_tokens"] += len(decodes)
     return secs
+
+
+def _attribute(cost: StepCost, prefills: list[PrefillChunk], decodes: list[Sequence], totals: dict,
+               steps: int = 1, ahead: int = 0) -> None:
+    """Who a step's time is for. Token-proportional work (weights, KV writes, all-reduce, overhead) goes to the
+    step's new tokens: prefill chunks to uncached input, decodes to output. Attention goes to the keys it reads:
+    a (query, key) pair over a cached prompt token is the cost of serving that token from the cache, over an
+    output token the output's, else the uncached input's. `ahead`: decodes `steps` long, at mid-leap context."""
+    tokens = sum(c.n for c in prefills) + len(decodes)
+    per_token = (cost.total - cost.attention) * steps
+    prefill_part = sum(c.n for c in prefills) / tokens if tokens else 0.0
+    cached = out = pairs = 0.0
+    for c in prefills:  # causal pairs inside the chunk; keys before it: the cached prefix, then earlier chunks
+        pairs += c.n * (c.start + (c.n + 1) / 2)
+        cached += c.n * min(c.seq.cached, c.start)
+    for q in decodes:
+        keys = q.computed + 1 + ahead
+        pairs += keys
+        cached += min(q.cached, keys)
+        out += max(keys - q.prompt_len, 0)
+    attn = cost.attention * steps
+    share = (lambda x: attn * x / pairs) if pairs else (lambda x: 0.0)
+    totals["cached"] += share(cached)
+    totals["decode"] += per_token * (1.0 - prefill_part) + share(out)
+    totals["prefill"] += per_token * prefill_part + attn - share(cached) - share(out)
 
 
 def _pauses(trace: Trace) -> np.ndarray:

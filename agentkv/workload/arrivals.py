@@ -5,16 +5,24 @@ many sessions on one deployment, top-level sessions start at the points of a Poi
 by a target number of concurrently open sessions (Little's law: rate = concurrency / mean session length) or
 by sessions per second; or, where the trace has a clock of its own, at the trace's own timestamps.
 Sub-agents keep their place on their parent's clock and requests inside a session keep their relative times.
+
+Placed sessions start warm, as in the stationary state: n sessions at rate λ offer load for a window of n / λ
+seconds, and each starts at a uniform point of it (a Poisson process given n points) and wraps around its end,
+so a session still running at the window's end is the one already open at its start. `place` splits a session
+at each wrap into segments served as sessions of their own (a later segment is another user's copy of it: its
+private blocks get fresh ids, so no session hits its own future), and the sessions open at once average the
+concurrency offered from the first second, where a cold start ramped up from none.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
-from agentkv.workload.trace import Trace
+from agentkv.workload.builder import densify
+from agentkv.workload.trace import NO_PARENT, Trace
 
 Mode = Literal["trace", "concurrency", "rate"]
 
@@ -64,43 +72,124 @@ def session_spans(trace: Trace) -> np.ndarray:
 
 
 def arrival_times(trace: Trace, model: ArrivalModel) -> np.ndarray:
-    """Absolute arrival time (seconds, first session at 0) of every request."""
+    """Arrival time (seconds) of every request: on the trace's clock from its first session, else wrapped into
+    the offered window [0, n / rate) from each session's uniform start (see `place`)."""
     roots = root_sessions(trace)
     top = np.flatnonzero(roots == np.arange(trace.n_sessions))
-    start = np.zeros(trace.n_sessions)
     if model.mode == "trace":
         if not has_clock(trace):
             raise ValueError("trace has no session start times: place sessions with a concurrency or a rate")
+        start = np.zeros(trace.n_sessions)
         start[top] = trace.session_start[top] - np.min(trace.session_start[top])
-    else:
-        rng = np.random.default_rng(model.seed)
-        gaps = rng.exponential(1.0 / _start_rate(trace, model, top), size=len(top))
-        gaps[0] = 0.0
-        start[rng.permutation(top)] = np.cumsum(gaps)
+        return start[roots[trace.session]] + trace.time
+    absolute = _unwrapped(trace, model, roots, top)
+    return np.mod(absolute, _window(trace, model, top)) if len(absolute) else absolute
+
+
+def _window(trace: Trace, model: ArrivalModel, top: np.ndarray) -> float:
+    return len(top) / _start_rate(trace, model, top) if len(top) else 0.0
+
+
+def _unwrapped(trace: Trace, model: ArrivalModel, roots: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """Each request's time from the window's start before wrapping: its session's uniform start + its own time."""
+    rng = np.random.default_rng(model.seed)
+    start = np.zeros(trace.n_sessions)
+    start[top] = rng.uniform(0.0, _window(trace, model, top), size=len(top))
     return start[roots[trace.session]] + trace.time
 
 
+def place(trace: Trace, model: ArrivalModel) -> tuple[Trace, np.ndarray]:
+    """The trace as one deployment serves it, and every request's arrival. On the trace's own clock, itself; else
+    every session is cut where its requests wrap around the offered window, each later segment a session of its
+    own whose clock starts before 0 (already open) and whose session-private blocks get fresh ids (another user's
+    copy of that session). Requests keep their order and count, so results index like the trace."""
+    arrivals = arrival_times(trace, model)
+    if model.mode == "trace" or not trace.n_requests:
+        return trace, arrivals
+    roots = root_sessions(trace)
+    top = np.flatnonzero(roots == np.arange(trace.n_sessions))
+    lap = np.floor(_unwrapped(trace, model, roots, top) / _window(trace, model, top)).astype(np.int64)
+    return (_split(trace, roots, lap) if lap.any() else trace), arrivals
+
+
+def _split(trace: Trace, roots: np.ndarray, lap: np.ndarray) -> Trace:
+    """Sessions cut at changes of `lap` (per request); a segment's parent is its root's segment of the same lap."""
+    new_seg = np.concatenate([[True], (trace.session[1:] != trace.session[:-1]) | (lap[1:] != lap[:-1])])
+    seg = np.cumsum(new_seg) - 1
+    first = np.flatnonzero(new_seg)
+    old = trace.session[first]
+    key = {(int(roots[s]), int(k)): i for i, (s, k) in enumerate(zip(old, lap[first], strict=True)) if roots[s] == s}
+    parent = np.array([NO_PARENT if roots[s] == s else key.get((int(roots[s]), int(k)), NO_PARENT)
+                       for s, k in zip(old, lap[first], strict=True)], dtype=np.int32)
+    ids = trace.block_ids
+    if trace.has_block_ids and len(ids):
+        ids, offset, private = ids.copy(), trace.n_block_ids, _private(trace, roots)
+        for k in np.unique(lap[lap > 0]):  # one dense range of fresh ids per lap
+            reqs = np.flatnonzero(lap == k)
+            lens = trace.blocks_per_request[reqs]
+            at = np.repeat(trace.block_offsets[reqs] - (np.cumsum(lens) - lens), lens) + np.arange(lens.sum())
+            at = at[private[ids[at]]]
+            fresh, n = densify(ids[at])
+            ids[at] = fresh + offset
+            offset += n
+    return replace(
+        trace, session_names=[f"{trace.session_names[s]}@{k}" if k else trace.session_names[s]
+                              for s, k in zip(old, lap[first], strict=True)],
+        session_start=np.full(len(first), np.nan), session_parent=parent,
+        session_tenant=trace.session_tenant[old], session=seg.astype(np.int32), block_ids=ids,
+    )
+
+
+def _private(trace: Trace, roots: np.ndarray) -> np.ndarray:
+    """Per block id: held by one top-level session (with its sub-agents) only. Whichever owner the scatter keeps,
+    an id with two owners has an entry that disagrees with it. Kept for the last trace (a report places one trace
+    at many loads)."""
+    if _PRIVATE and _PRIVATE[0] is trace:
+        return _PRIVATE[1]
+    owner = np.repeat(roots[trace.session], trace.blocks_per_request)
+    kept = np.full(trace.n_block_ids, -1, dtype=np.int64)
+    kept[trace.block_ids] = owner
+    private = np.ones(trace.n_block_ids, dtype=bool)
+    private[trace.block_ids[owner != kept[trace.block_ids]]] = False
+    _PRIVATE[:] = [trace, private]
+    return private
+
+
+_PRIVATE: list = []
+
+
 def offered_seconds(trace: Trace, model: ArrivalModel, arrivals: np.ndarray) -> float:
-    """How long the trace offers load: the time its top-level sessions take to start at the model's rate
+    """How long the trace offers load: the window its top-level sessions start in at the model's rate
     (n / rate), or on the trace's own clock its arrivals' span. A finite trace ends in a drain (one Claude Code
     session spans 122 h, long after the others ended): billing the makespan would charge that idle tail."""
     if model.mode == "trace" or not len(arrivals):
         return float(np.ptp(arrivals)) if len(arrivals) else 0.0
-    top = np.flatnonzero(root_sessions(trace) == np.arange(trace.n_sessions))
-    return len(top) / _start_rate(trace, model, top)
+    return _window(trace, model, np.flatnonzero(root_sessions(trace) == np.arange(trace.n_sessions)))
 
 
 def open_sessions(trace: Trace, model: ArrivalModel) -> tuple[float, int]:
-    """Top-level sessions open at once (first arrival to the end of the last request) over the offered window:
-    (mean, peak). Little's law holds in steady state only; a finite trace ramps up from no open session, and its
-    long sessions reach steady state late, so the mean is below the concurrency asked for."""
+    """Top-level sessions open at once (from their clock's start to the end of their last request, thinking
+    included) over the offered window: (mean, peak). Placed sessions wrap around the window, so the mean is the
+    concurrency offered from the first second; on a trace's own clock, what the trace holds."""
     arrivals = arrival_times(trace, model)
     window = offered_seconds(trace, model, arrivals)
-    start, end = session_intervals(trace, arrivals)
+    if model.mode == "trace":
+        start, end = session_intervals(trace, arrivals)
+        start, end = start - float(start.min(initial=0.0)), end - float(start.min(initial=0.0))
+    else:  # the unwrapped interval of each session, cut into one piece per lap of the window
+        roots = root_sessions(trace)
+        top = np.flatnonzero(roots == np.arange(trace.n_sessions))
+        first = np.full(trace.n_sessions, np.inf)
+        np.minimum.at(first, roots[trace.session], _unwrapped(trace, model, roots, top) - trace.time)
+        s0 = first[top]
+        s1 = s0 + session_spans(trace)[top]
+        laps = np.floor(s1 / window).astype(np.int64) + 1 if window > 0 else np.ones(len(top), dtype=np.int64)
+        k = np.arange(int(laps.sum())) - np.repeat(np.cumsum(laps) - laps, laps)
+        start = np.maximum(np.repeat(s0, laps), k * window) - k * window
+        end = np.minimum(np.repeat(s1, laps), (k + 1) * window) - k * window
     if window <= 0 or not len(start):
         return 0.0, 0
-    t0 = float(start.min())
-    lo, hi = np.clip(start - t0, 0.0, window), np.clip(end - t0, 0.0, window)
+    lo, hi = np.clip(start, 0.0, window), np.clip(end, 0.0, window)
     edges = np.concatenate([np.stack([lo, np.ones_like(lo)], 1), np.stack([hi, -np.ones_like(hi)], 1)])
     edges = edges[np.lexsort((edges[:, 1], edges[:, 0]))]  # at equal times a session ends before one starts
     return float((hi - lo).sum()) / window, int(np.cumsum(edges[:, 1]).max(initial=0))

@@ -30,6 +30,7 @@ class _Session:
     thinks: list[float] = field(default_factory=list)
     apis: list[float] = field(default_factory=list)
     finishes: list[int] = field(default_factory=list)
+    models: list[int] = field(default_factory=list)
     blocks: list[np.ndarray] = field(default_factory=list)
 
 
@@ -42,6 +43,7 @@ class TraceBuilder:
         self.source = source
         self._sessions: list[_Session] = []
         self._tenants: dict[str, int] = {}
+        self._models: dict[str, int] = {}
 
     def add_session(
         self,
@@ -70,8 +72,10 @@ class TraceBuilder:
         think_time: float = float("nan"),
         api_time: float = float("nan"),
         finish: int = FINISH_UNKNOWN,
+        model: str | None = None,
     ) -> None:
         s = self._sessions[session]
+        s.models.append(-1 if model is None else self._models.setdefault(model, len(self._models)))
         s.times.append(time)
         s.inputs.append(input_tokens)
         s.outputs.append(output_tokens)
@@ -109,6 +113,8 @@ class TraceBuilder:
             block_offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
             block_ids=block_ids,
             source=self.source,
+            models=list(self._models),
+            model=column("models", np.int16),
         )
 
     def _dense_ids(self, blocks: list[list[np.ndarray]]) -> np.ndarray:

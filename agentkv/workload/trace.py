@@ -47,6 +47,16 @@ class Trace:
     block_ids: np.ndarray  # int64 [sum of blocks]
     source: str = ""
     skipped: list[str] = field(default_factory=list)  # reasons for records dropped under --skip-bad
+    models: list[str] = field(default_factory=list)  # model names the requests name
+    model: np.ndarray = None  # type: ignore[assignment]  # int16 [R], index into models, -1 = not recorded
+
+    def __post_init__(self) -> None:
+        if self.model is None:  # sources without a model per request
+            self.model = np.full(len(self.session), -1, dtype=np.int16)
+
+    def model_names(self) -> np.ndarray:
+        """Each request's model name ('' where the source does not record one)."""
+        return np.array([*self.models, ""], dtype=object)[self.model]
 
     @property
     def n_requests(self) -> int:
@@ -84,12 +94,15 @@ class Trace:
             ("think_time", self.think_time, r),
             ("api_time", self.api_time, r),
             ("finish", self.finish, r),
+            ("model", self.model, r),
             ("block_offsets", self.block_offsets, r + 1),
         ]:
             if len(arr) != n:
                 raise ValueError(f"trace field {name}: length {len(arr)}, expected {n}")
         if r and (np.any(np.diff(self.session) < 0) or self.session[0] < 0 or self.session[-1] >= s):
             raise ValueError("trace field session: requests must be grouped by session in session order")
+        if r and (self.model.min() < -1 or self.model.max() >= len(self.models)):
+            raise ValueError("trace field model: index outside the model names")
         if np.any(self.input_tokens < 0) or np.any(self.output_tokens < 0):
             raise ValueError("trace: negative token count")
         if self.block_offsets[0] != 0 or self.block_offsets[-1] != len(self.block_ids):
@@ -131,6 +144,8 @@ class Trace:
             block_offsets=np.concatenate([[0], np.cumsum(np.tile(lens, copies))]).astype(np.int64),
             block_ids=np.concatenate([self.block_ids + k * nb for k in reps]),
             source=f"{self.source} x{copies}",
+            models=list(self.models),
+            model=np.tile(self.model, copies),
         )
 
 
@@ -144,6 +159,8 @@ def concat_traces(traces: list[Trace]) -> Trace:
     if len(bs) > 1:
         raise ValueError(f"cannot combine traces with different block sizes {sorted(bs)}")
     tenants: list[str] = []
+    models: list[str] = []
+    model_maps = [np.array([*(_index_of(models, m) for m in t.models), -1], dtype=np.int16) for t in traces]
     parts = []
     s_off = b_off = 0
     for t in traces:
@@ -173,6 +190,8 @@ def concat_traces(traces: list[Trace]) -> Trace:
         block_ids=np.concatenate([t.block_ids + bo for t, _, bo, _ in parts]),
         source=" + ".join(t.source for t in traces),
         skipped=[s for t in traces for s in t.skipped],
+        models=models,
+        model=np.concatenate([mm[t.model] for t, mm in zip(traces, model_maps, strict=True)]).astype(np.int16),
     )
 
 

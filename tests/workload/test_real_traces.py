@@ -68,3 +68,14 @@ def test_azure_figures(path, rows, median_in, max_in, median_out):
     assert s.output["p50"] == median_out
     assert np.isnan(s.hit_rate_global)
     assert s.duration_s == pytest.approx(3_600, rel=0.05)  # one hour of traffic
+
+
+def test_claude_code_requests_carry_their_model(claude_code, tmp_path):
+    """Every request keeps the model it went to (the API prices it by that), through the canonical file too."""
+    from agentkv.workload.formats.canonical import save
+
+    names, counts = np.unique(claude_code.model_names(), return_counts=True)
+    assert dict(zip(names.tolist(), counts.tolist(), strict=True)) == {
+        "claude-opus-4-5-20251101": 5857, "claude-sonnet-4-5-20250929": 3685, "claude-haiku-4-5-20251001": 159}
+    save(claude_code, str(tmp_path / "cc.npz"))
+    np.testing.assert_array_equal(load_trace(str(tmp_path / "cc.npz")).model_names(), claude_code.model_names())

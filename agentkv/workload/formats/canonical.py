@@ -38,10 +38,11 @@ def save(trace: Trace, path: str) -> None:
         "session_names": trace.session_names,
         "tenants": trace.tenants,
         "source": trace.source,
+        "models": trace.models,
     }
     with open(path, "wb") as f:
         np.savez_compressed(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-                            **{k: getattr(trace, k) for k in _ARRAYS})
+                            model=trace.model, **{k: getattr(trace, k) for k in _ARRAYS})
 
 
 def load(path: str, data: bytes) -> Trace:
@@ -59,6 +60,8 @@ def load(path: str, data: bytes) -> Trace:
             session_names=list(meta["session_names"]),
             tenants=list(meta["tenants"]),
             source=str(meta.get("source", "")),
+            models=list(meta.get("models", [])),
+            model=z.get("model"),  # None in files written before the model column: not recorded
             **{k: z[k] for k in _ARRAYS},
         )
     try:

@@ -96,5 +96,6 @@ def _add_requests(
             think_time=float("nan") if think is None else float(think),
             api_time=float("nan") if api is None else float(api),
             finish=STOP.get(r.get("stop") or "", FINISH_UNKNOWN),
+            model=r["model"] if isinstance(r.get("model"), str) and r["model"] else None,
         )
 
