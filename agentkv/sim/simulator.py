@@ -10,6 +10,7 @@ transfers where they do not overlap. Decode-only stretches with nothing else due
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.policies import make_policy
-from agentkv.kvcache.sizing import kv_bytes_per_block
+from agentkv.kvcache.sizing import kv_bytes_per_block, state_bytes
 from agentkv.kvcache.tiers import TIER_LINKS, TierSpec
 from agentkv.scheduler import Scheduler, SchedulerConfig, Sequence, StepPlan
 from agentkv.sim.router import Router
@@ -105,7 +106,7 @@ class SimResult:
 class _Replica:
     def __init__(self, cfg: SimConfig, block_size: int) -> None:
         d = cfg.deployment
-        block = kv_bytes_per_block(d.model, d.kv_codec, block_size)
+        block = kv_bytes_per_block(d.model, d.kv_codec, block_size, d.tp)
         tiers = [TierSpec("gpu", max(d.kv_capacity_bytes, 0.0), block)]
         for name, size in (("dram", cfg.dram_bytes), ("disk", cfg.disk_bytes)):
             if size > 0:
@@ -114,8 +115,9 @@ class _Replica:
         self.cache = KVCache(tiers, policy, cfg.write_through)
         self.tier_links = [TIER_LINKS[t.name] for t in tiers]
         self.block_bytes = block
+        state = math.ceil(state_bytes(d.model, d.kv_codec, block_size, d.tp) / block)
         self.sched = Scheduler(SchedulerConfig(block_size, cfg.max_batched_tokens, cfg.max_num_seqs,
-                                               cfg.prefix_cache), self.cache)
+                                               cfg.prefix_cache, state), self.cache)
         self.busy = False
         self.busy_s = 0.0
 
