@@ -54,7 +54,8 @@ class SimResult:
     cached: np.ndarray  # [R, tiers] prompt tokens served from each tier
     replica: np.ndarray
     preemptions: np.ndarray
-    rejected: np.ndarray  # could never fit in a replica's KV
+    rejected: np.ndarray  # never served: over the model's window, or could never fit in a replica's KV
+    over_window: np.ndarray  # of those, over the model's context window (fit the trace first: workload.window)
     busy_s: np.ndarray  # per replica
     makespan_s: float  # first arrival to last reply, the drain of a finite trace included
     offered_s: float  # how long the trace offers load (arrivals.offered_seconds): the window billed
@@ -178,6 +179,11 @@ class Simulator:
         seq = Sequence(i, int(trace.input_tokens[i]), trace.blocks(i), max(int(trace.output_tokens[i]), 1),
                        arrival=now, session=int(trace.session[i]),
                        tenant=int(trace.session_tenant[trace.session[i]]), finish=int(trace.finish[i]))
+        if seq.prompt_len + seq.max_tokens > self.d.model.context:  # the model cannot take it: no replica sees it
+            res.arrival[i] = now
+            res.rejected[i] = res.over_window[i] = True
+            self._next_in_session(i, now)
+            return
         r = self.router.pick(self.replicas, seq.block_ids, seq.prompt_len, trace.block_size)
         res.arrival[i], res.replica[i] = now, r
         try:
@@ -248,7 +254,7 @@ class Simulator:
         return SimResult(
             arrival=res.arrival, first_token=res.first_token, finish=res.finish,
             prompt=trace.input_tokens.copy(), output=np.maximum(trace.output_tokens, 1), cached=res.cached,
-            replica=res.replica, preemptions=res.preemptions, rejected=res.rejected,
+            replica=res.replica, preemptions=res.preemptions, rejected=res.rejected, over_window=res.over_window,
             busy_s=np.array([rep.busy_s for rep in self.replicas]), makespan_s=makespan, offered_s=offered,
             prefill_s=totals["prefill"], decode_s=totals["decode"], transfer_s=totals["transfer"],
             steps=int(totals["steps"]), prefill_tokens=int(totals["prefill_tokens"]),
@@ -309,6 +315,7 @@ class _Records:
     replica: np.ndarray = field(init=False)
     preemptions: np.ndarray = field(init=False)
     rejected: np.ndarray = field(init=False)
+    over_window: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.arrival = np.full(self.n, np.nan)
@@ -318,6 +325,7 @@ class _Records:
         self.replica = np.full(self.n, -1, dtype=np.int32)
         self.preemptions = np.zeros(self.n, dtype=np.int32)
         self.rejected = np.zeros(self.n, dtype=bool)
+        self.over_window = np.zeros(self.n, dtype=bool)
 
     def record(self, seq: Sequence) -> None:
         i = seq.seq_id
