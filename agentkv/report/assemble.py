@@ -169,16 +169,8 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
         for i, o in enumerate(outcomes):
             o.fleet_run = missing[i].result() if i in missing else runs[i][fleet]
         step("same fleet done")
-        sized = {c[0].model: pool.submit(_candidate_job, (c[0], c[1], arrival, offered, gpu_hour, sample_size))
-                 for c in others}
-        models_view = []
-        for name in candidates:
-            if name == spec.model:
-                models_view.append(candidate(spec, trace, window, outcomes[-1].sized))
-                continue
-            c_spec, fitted, fit = next(c for c in others if c[0].model == name)
-            step(f"candidate {name} sized")
-            models_view.append(candidate(c_spec, fitted, fit, sized[name].result()))
+        models_view = _model_view(pool, candidates, others, (spec, trace, window, outcomes[-1].sized),
+                                  (arrival, offered, gpu_hour, sample_size), step)
     _SHARED.clear()
     providers = all_providers(recorded, arrival_times(recorded, arrival), price_table["providers"]) \
         if recorded.has_block_ids else []
@@ -199,6 +191,23 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
         kv_fit=codec_fits(base, max(median, 1)), kv_load=tier_loads(replace(base, kv_codec=codec("bf16")), median),
         window=window, model_choice=model_choice, candidates=models_view, wall_s=time.perf_counter() - wall,
     )
+
+
+def _model_view(pool: Executor, names: tuple[str, ...], others: list, deployed: tuple, load: tuple,
+                step: Callable[[str], None]) -> list[Candidate]:
+    """The candidates in the order named: the deployed model from the ladder's last rung, the others sized in
+    the workers on their own fitted traces."""
+    spec, trace, window, sized = deployed
+    futures = {c[0].model: (c, pool.submit(_candidate_job, (c[0], c[1], *load))) for c in others}
+    out = []
+    for name in names:
+        if name == spec.model:
+            out.append(candidate(spec, trace, window, sized))
+            continue
+        (c_spec, fitted, fit), future = futures[name]
+        step(f"candidate {name} sized")
+        out.append(candidate(c_spec, fitted, fit, future.result()))
+    return out
 
 
 class _Inline(Executor):
