@@ -14,6 +14,53 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+ATTENTION_KINDS = ("full", "sliding", "chunked", "compressed", "linear", "mla")
+
+
+@dataclass(slots=True, frozen=True)
+class LayerGroup:
+    """Layers that attend alike: what each keeps per token (or per sequence) and which keys a query sees.
+
+    full: K and V of every token. sliding: of the last `window` tokens. chunked: of the tokens since the last
+    multiple of `window` (Llama 4's local layers). mla: one latent of `latent` + `rope` values per token, shared
+    by all heads. compressed: one shared K=V vector of `head_dim` per `ratio` tokens, plus the raw last `window`
+    tokens (DeepSeek V4's CSA/HCA). linear: a recurrent state of `state_bytes` per sequence, whatever the
+    context (gated DeltaNet, Mamba). Any kind may be sparse: each query attends to at most `top_k` entries,
+    chosen by an indexer of `index_heads` × `index_dim` that scores every entry (DeepSeek's DSA)."""
+
+    kind: str
+    layers: int
+    window: int = 0
+    kv_heads: int = 0  # 0: the model's
+    head_dim: int = 0  # 0: the model's
+    ratio: int = 1
+    top_k: int = 0  # 0: dense
+    latent: int = 0
+    rope: int = 0
+    index_heads: int = 0
+    index_dim: int = 0
+    state_bytes: int = 0
+    shared_kv: bool = False  # one vector serves as key and value (DeepSeek V4): half the bytes of K and V
+
+    def __post_init__(self) -> None:
+        if self.kind not in ATTENTION_KINDS:
+            raise ValueError(f"attention kind '{self.kind}' (known: {', '.join(ATTENTION_KINDS)})")
+        if self.layers < 1 or self.ratio < 1:
+            raise ValueError(f"{self.kind} layers: layers and ratio must be >= 1")
+        need = {"sliding": "window", "chunked": "window", "mla": "latent", "linear": "state_bytes"}.get(self.kind)
+        if need and getattr(self, need) <= 0:
+            raise ValueError(f"{self.kind} layers need {need} > 0")
+
+    def flops_per_pair(self, model: ModelSpec) -> float:
+        """QK^T and PV over every query head, 2 FLOPs per multiply-add, all layers of the group, per (query,
+        key) pair; MLA attends in its latent space (absorbed weights): latent + rope for keys, latent for
+        values."""
+        if self.kind == "linear":
+            return 0.0
+        dim = (2 * self.latent + self.rope) / 2 if self.kind == "mla" else self.head_dim or model.head_dim
+        return 4.0 * self.layers * model.heads * dim
+
+
 @dataclass(slots=True, frozen=True)
 class ModelSpec:
     name: str
@@ -30,6 +77,23 @@ class ModelSpec:
     context: int
     mla_latent: int = 0
     mla_rope_dim: int = 0
+    attention: tuple[LayerGroup, ...] = ()  # empty: every layer full (or MLA where mla_latent is set)
+    unpublished: str = ""  # figures the entry estimates, and why
+
+    def __post_init__(self) -> None:
+        groups = tuple(g if isinstance(g, LayerGroup) else LayerGroup(**g) for g in self.attention)
+        object.__setattr__(self, "attention", groups)
+        if groups and sum(g.layers for g in groups) != self.layers:
+            raise ValueError(f"attention groups cover {sum(g.layers for g in groups)} layers, not {self.layers}")
+
+    @property
+    def groups(self) -> tuple[LayerGroup, ...]:
+        """The per-layer attention description every consumer reads (sizing, step cost, policies)."""
+        if self.attention:
+            return self.attention
+        if self.is_mla:
+            return (LayerGroup("mla", self.layers, latent=self.mla_latent, rope=self.mla_rope_dim),)
+        return (LayerGroup("full", self.layers),)
 
     @property
     def is_mla(self) -> bool:
@@ -73,7 +137,7 @@ def entries(cls: type[T], raw: dict[str, Any], what: str) -> dict[str, T]:
             raise ValueError(f"{what} '{name}': unknown field '{unknown[0]}'")
         try:
             out[name] = cls(name=name, **table)  # type: ignore[call-arg]
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ValueError(f"{what} '{name}': {e}") from None
     return out
 

@@ -12,6 +12,7 @@ from agentkv.cli_errors import Parser, UsageError, check_output, positive, run_g
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.generator import GeneratorConfig
 from agentkv.workload.trace import Trace
+from agentkv.workload.window import OVER_WINDOW
 
 REPORT_SESSIONS = 40  # the default report's synthetic workload: big enough to be agentic, quick enough to run
 
@@ -94,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="report.html",
                      help="self-contained HTML report path; the JSON goes beside it (default report.html)")
     rep.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+    rep.add_argument("--over-window", choices=OVER_WINDOW, default="compact",
+                     help="what a request over the model's context window becomes: compact (the client summarises "
+                          "the conversation and goes on; default), reject (refused, its session ends), truncate "
+                          "(oldest tokens cut); counted in the report")
+    rep.add_argument("--candidates", default="",
+                     help="comma-separated catalog models for the model view, each fitted to its window, placed "
+                          "and sized to the SLO with every lever on, e.g. deepseek-v4-flash,qwen3-coder-480b-a35b")
     rep.set_defaults(run=cmd_report)
 
     gen = sub.add_parser("generate", help="run a local Llama-family checkpoint (HF folder) on prompts")
@@ -312,16 +320,26 @@ def deployment_spec(text: str, hardware_file: str | None, models_file: str | Non
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from agentkv.catalog import prices
+    from agentkv.catalog import models, prices
     from agentkv.report.run import run_report
 
     check_output(args.out)
     if not args.paths and not args.gen_sessions:
         args.gen_sessions = REPORT_SESSIONS
+    from agentkv.report.models import default_model
+
     spec = deployment_spec(args.deployment, args.hardware_file, args.models)
+    candidates = tuple(dict.fromkeys(c.strip() for c in args.candidates.split(",") if c.strip()))
+    known = models(args.models)
+    for name in candidates:
+        if name not in known:
+            raise UsageError(f"--candidates: unknown model '{name}' (known: {', '.join(sorted(known))})")
     trace = load_or_generate(args)
+    named = {p.partition("=")[0].strip() for p in args.deployment.split(",")}
+    spec, why = (spec, f"{spec.model}, as given") if "model" in named else default_model(trace, spec, named)
     run_report(trace, spec, arrival_from_args(args, trace), prices(args.prices), out=args.out,
-               replicas=args.replicas, workers=args.workers, print_json=args.json)
+               replicas=args.replicas, workers=args.workers, print_json=args.json, over_window=args.over_window,
+               candidates=candidates, model_choice=why)
     return 0
 
 

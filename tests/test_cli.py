@@ -114,6 +114,27 @@ def test_report_small_run_end_to_end(tmp_path):
     assert "The same traffic at API providers" in r.stdout and "openai" in r.stdout
 
 
+def test_report_model_view_and_window_enforcement(tmp_path):
+    """A 131k model on traffic reaching 400k: the headline opens with what is over its window, the requests
+    over it are rejected with their sessions and counted; the model view sizes each candidate on its own fitted
+    trace."""
+    out = tmp_path / "r.html"
+    r = agentkv("report", "--gen-sessions", "4", "--workers", "1", "--concurrency", "2", "--out", str(out),
+                "--deployment", "model=gpt-oss-120b,weight_dtype=fp8", "--over-window", "reject",
+                "--candidates", "gpt-oss-120b,qwen3-next-80b-a3b")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "r.json").read_text())
+    window = doc["context_window"]
+    assert window["window"] == 131072 and window["over"] > 0 and window["rejected"] >= window["over"]
+    assert doc["headline"][0].startswith("Context window: ") and "--over-window reject" in doc["headline"][0]
+    assert doc["headline"][1] == "Model: gpt-oss-120b, as given."
+    rows = {row["model"]: row for row in doc["models"]["rows"]}
+    assert list(rows) == ["gpt-oss-120b", "qwen3-next-80b-a3b"]
+    assert rows["qwen3-next-80b-a3b"]["in_window_requests_pct"] >= rows["gpt-oss-120b"]["in_window_requests_pct"]
+    assert all(row["kv_gib_median"] > 0 and row["contexts_per_gpu"] > 0 for row in rows.values())
+    assert "Model choice" in r.stdout
+
+
 def test_version():
     r = agentkv("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"agentkv {agentkv_version}"
@@ -187,6 +208,8 @@ BAD_INPUTS = [  # (args, exit code, what the one line must name); {d} is the fix
     (["report", "--gen-sessions", "2", "--deployment", "tp=two"], 2, "--deployment: tp='two' is not an integer"),
     (["report", "--gen-sessions", "2", "--deployment", "gpu=h100"], 2, "--deployment: unknown setting 'gpu'"),
     (["report", "--gen-sessions", "2", "--deployment", "hardware=tpu9"], 2, "unknown hardware 'tpu9'"),
+    (["report", "--gen-sessions", "2", "--candidates", "gpt-9"], 2, "--candidates: unknown model 'gpt-9'"),
+    (["report", "--gen-sessions", "2", "--over-window", "drop"], 2, "argument --over-window: invalid choice"),
     (["trace", "stats", "{d}/requests.csv"], 2, "{d}/requests.csv:line 1: field 'TIMESTAMP': column missing"),
     (["trace", "stats", "{d}/missing.jsonl"], 2, "{d}/missing.jsonl: no such file"),
     (["report", "--gen-sessions", "2", "--out", "{d}/notes.txt/r.html"], 2, "--out {d}/notes.txt/r.html: cannot"),

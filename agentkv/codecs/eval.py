@@ -124,21 +124,26 @@ def attention_errors(codec: KVCodec, record: list[tuple[torch.Tensor, ...]], lay
         sums.ref[i] += float(ref.pow(2).sum())
 
 
+EVAL_WEIGHTS = "fp8"  # one weight dtype for every model and GPU, so the GPUs compare on HBM alone
+
+
 def contexts_per_gpu(codec_name: str, context: int = DOSSIER_CONTEXT) -> dict[str, dict[str, float | None]]:
-    """For each catalog model and GPU: 96k contexts that fit in the KV room of one GPU, at the smallest tensor
-    parallelism (1-8) that holds the weights, bf16 weights first, else fp8. None: the weights do not fit."""
+    """For each catalog model and GPU: `context`-token contexts per GPU at the tensor parallelism (1-8) that fits
+    most, fp8 weights throughout, KV replicated across ranks where the model keeps it so (MLA's latent, KV
+    heads fewer than ranks). None: the weights do not fit on 8. More HBM never gives fewer: each TP's count
+    grows with HBM, and the best of them does too."""
     from agentkv.catalog import hardware_table, models
     from agentkv.kvcache.sizing import codec
+    from agentkv.report.levers import contexts_per_gpu as per_gpu
     from agentkv.sim.stepcost import Deployment
 
     out: dict[str, dict[str, float | None]] = {}
     for mname, m in models().items():
         out[mname] = {}
         for hname, hw in hardware_table().items():
-            fits = [d for tp in (1, 2, 4, 8) for wd in ("bf16", "fp8")
-                    if (d := Deployment(hw, m, codec(codec_name), tp=tp, weight_dtype=wd)).kv_capacity_bytes > 0]
-            d = fits[0] if fits else None
-            out[mname][hname] = None if d is None else d.kv_capacity_bytes / (d.kv_bytes_per_token * context) / d.tp
+            fits = [per_gpu(d, context) for tp in (1, 2, 4, 8)
+                    if (d := Deployment(hw, m, codec(codec_name), tp=tp, weight_dtype=EVAL_WEIGHTS)).kv_capacity_bytes > 0]
+            out[mname][hname] = max(fits) if fits else None
     return out
 
 

@@ -7,11 +7,12 @@ The policy core, the simulator and the report size tiers with these figures, and
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from agentkv.catalog import ModelSpec
+from agentkv.catalog import LayerGroup, ModelSpec
 
 BLOCK_SIZE = 16  # the engine's default block size, for per-token figures of codecs whose bytes depend on it
 BLOCK_TAG_BYTES = 4  # int4-kivi: one int32 per block's keys telling whether they are sealed (see codecs.int4)
@@ -68,18 +69,81 @@ def codec(name: str) -> CodecSpec:
     raise ValueError(f"unknown KV codec '{name}' (known: {', '.join(CODECS)}, int4-gN)")
 
 
+INDEX_SCALE_BYTES = 4  # a sparse indexer's key per entry: fp8 values and an fp32 scale (vLLM's DSA layout)
+GROWING = ("full", "mla", "compressed")  # kinds whose KV grows with the context; the others keep a bounded state
+
+
+def entry_bytes(g: LayerGroup, model: ModelSpec, codec_spec: CodecSpec, block_size: int, tp: int = 1) -> float:
+    """One layer's bytes per entry (a token; for compressed layers, one compressed entry) across `tp` ranks,
+    replicas included: each rank keeps ceil(kv_heads / tp) heads, and a vector shared by all heads (MLA's
+    latent, a compressed K=V) on every rank."""
+    dim, heads = g.head_dim or model.head_dim, g.kv_heads or model.kv_heads
+    if g.kind == "linear":
+        return 0.0
+    if g.kind == "mla":
+        data = tp * codec_spec.half_block_bytes(block_size, 1, g.latent + g.rope, keys=False)
+    elif g.kind == "compressed":
+        data = tp * codec_spec.half_block_bytes(block_size, heads, dim, keys=False)
+    else:
+        stored = tp * -(-heads // tp)
+        data = codec_spec.half_block_bytes(block_size, stored, dim, keys=False)
+        if not g.shared_kv:
+            data += codec_spec.half_block_bytes(block_size, stored, dim, keys=True)
+    return data / block_size + index_bytes(g, tp)
+
+
+def index_bytes(g: LayerGroup, tp: int = 1) -> float:
+    """The sparse indexer's key per entry, kept beside the KV on every rank."""
+    return tp * (g.index_dim + INDEX_SCALE_BYTES) if g.index_dim else 0.0
+
+
+def raw_bytes(g: LayerGroup, model: ModelSpec, codec_spec: CodecSpec, block_size: int, tp: int = 1) -> float:
+    """Per token of a layer's bounded window: a sliding or chunked layer's K and V, a compressed layer's raw
+    recent tokens (its shared vector, uncompressed)."""
+    if g.kind in ("sliding", "chunked"):
+        return entry_bytes(g, model, codec_spec, block_size, tp)
+    if g.kind == "compressed" and g.window:
+        return entry_bytes(g, model, codec_spec, block_size, tp) - index_bytes(g, tp)
+    return 0.0
+
+
 @lru_cache(maxsize=256)
-def kv_bytes_per_block(model: ModelSpec, codec_spec: CodecSpec, block_size: int) -> int:
-    """K and V of every layer (or MLA's one latent + rope key per layer) for one block: one engine page."""
-    if model.is_mla:
-        return model.layers * codec_spec.half_block_bytes(block_size, 1, model.mla_latent + model.mla_rope_dim,
-                                                          keys=False)
-    k = codec_spec.half_block_bytes(block_size, model.kv_heads, model.head_dim, keys=True)
-    v = codec_spec.half_block_bytes(block_size, model.kv_heads, model.head_dim, keys=False)
-    return model.layers * (k + v)
+def kv_bytes_per_block(model: ModelSpec, codec_spec: CodecSpec, block_size: int, tp: int = 1) -> int:
+    """One block of the layers whose KV grows with the context (full, MLA, compressed: one entry per `ratio`
+    tokens), across `tp` ranks: one engine page, the unit the policy core counts and shares. Sliding, chunked
+    and linear layers keep a bounded state per sequence instead (`state_bytes`)."""
+    total = sum(g.layers * entry_bytes(g, model, codec_spec, block_size, tp) * block_size / g.ratio
+                for g in model.groups if g.kind in GROWING)
+    return math.ceil(total)
+
+
+@lru_cache(maxsize=256)
+def state_bytes(model: ModelSpec, codec_spec: CodecSpec, block_size: int = BLOCK_SIZE, tp: int = 1) -> float:
+    """What a running sequence keeps whatever its length, at most: a sliding layer's last `window` tokens, a
+    chunked layer's current chunk, a compressed layer's raw window, a linear layer's state (split by head)."""
+    return sum(g.layers * (g.window * raw_bytes(g, model, codec_spec, block_size, tp) + g.state_bytes)
+               for g in model.groups)
+
+
+def kv_bytes(model: ModelSpec, codec_spec: CodecSpec, context: int, tp: int = 1,
+             block_size: int = BLOCK_SIZE) -> float:
+    """KV of one sequence at `context` tokens, every layer by its kind, across `tp` ranks."""
+    total = 0.0
+    for g in model.groups:
+        per = entry_bytes(g, model, codec_spec, block_size, tp)
+        if g.kind in ("full", "mla"):
+            total += g.layers * per * context
+        elif g.kind == "compressed":
+            total += g.layers * (per * (context // g.ratio)
+                                 + raw_bytes(g, model, codec_spec, block_size, tp) * min(context, g.window))
+        elif g.kind == "linear":
+            total += g.layers * g.state_bytes
+        else:
+            total += g.layers * per * min(context, g.window)
+    return total
 
 
 def kv_bytes_per_token(model: ModelSpec, codec_spec: CodecSpec, block_size: int = BLOCK_SIZE) -> float:
-    """A block's bytes over its tokens (whole bytes for every codec but int4-kivi, whose key scales are per
-    block)."""
+    """A block's bytes over its tokens: what each further token of context adds (whole bytes for every codec but
+    int4-kivi, whose key scales are per block; fractional for compressed layers)."""
     return kv_bytes_per_block(model, codec_spec, block_size) / block_size

@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from agentkv.catalog import hardware
+from agentkv.catalog import hardware, model
 from agentkv.cost.plans import BreakEven, break_even
 from agentkv.cost.providers import ProviderCost, all_providers
 from agentkv.cost.selfhosted import GpuRates
@@ -19,6 +19,7 @@ from agentkv.kvcache.sizing import codec
 from agentkv.report.capacity import SAMPLE_SESSIONS, Capacity, sample_sessions, session_capacity
 from agentkv.report.ladder import LADDER, DeploymentSpec, Rung, rung_config
 from agentkv.report.levers import CodecFit, TierLoad, codec_fits, tier_loads
+from agentkv.report.models import Candidate, candidate, candidate_specs, deployment
 from agentkv.report.sizing import Sized, size_to_slo
 from agentkv.sim.simulator import SimResult, simulate
 from agentkv.workload.arrivals import (
@@ -31,6 +32,7 @@ from agentkv.workload.arrivals import (
     session_spans,
 )
 from agentkv.workload.trace import Trace
+from agentkv.workload.window import WindowFit, fit_window
 
 
 @dataclass(slots=True)
@@ -62,6 +64,9 @@ class Report:
     median_context: int
     kv_fit: list[CodecFit]
     kv_load: list[TierLoad]
+    window: WindowFit  # the trace fitted to the model's context window: what is over it and what became of it
+    model_choice: str = ""  # which model the report runs, and why
+    candidates: list[Candidate] = field(default_factory=list)  # --candidates: the model view
     wall_s: float = 0.0
 
     @property
@@ -88,10 +93,24 @@ def offered_concurrency(trace: Trace, arrival: ArrivalModel) -> float:
 
 
 def _rung_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
+    spec, rung, arrival, offered, gpu_hour, fleet = args
+    return measure_rung(_SHARED["sample"], _SHARED["measured"], spec, rung, arrival, offered, gpu_hour, fleet)
+
+
+def _candidate_job(args: tuple) -> Sized | None:
+    """A candidate model on its own fitted trace, every lever on; None where its weights leave no KV room."""
+    spec, fitted, arrival, offered, gpu_hour, sample_size = args
+    if deployment(spec).kv_capacity_bytes <= 0:
+        return None
+    sample = sample_sessions(fitted, sample_size)
+    measured = fitted if arrival.mode == "trace" else sample
+    return measure_rung(sample, measured, spec, LADDER[-1], arrival, offered, gpu_hour, None)[0].sized
+
+
+def measure_rung(sample: Trace, measured: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel,
+                 offered: float, gpu_hour: float, fleet: int | None) -> tuple[RungOutcome, dict[int, SimResult]]:
     """One lever: capacity on one replica, then the fewest replicas at the offered load (and the fleet run, when
     the fleet is known up front). Returns every run at the offered load, by replicas, for the same-fleet view."""
-    spec, rung, arrival, offered, gpu_hour, fleet = args
-    sample, measured = _SHARED["sample"], _SHARED["measured"]
     start = min(offered, 20.0) if offered > 0 else 20.0
     probes: dict[float, SimResult] = {}
     cap = session_capacity(sample, spec, rung, arrival.seed, start, runs=probes)
@@ -123,14 +142,19 @@ def choose_fleet(outcomes: list[RungOutcome], offered: float) -> tuple[int, str]
 
 def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, price_table: dict[str, Any],
                  replicas: int | None = None, workers: int = 2,
-                 step: Callable[[str], None] = lambda label: None, sample_size: int = SAMPLE_SESSIONS) -> Report:
-    """Everything the report shows, for `trace` offered at `arrival` to the deployment `spec`. `replicas` fixes
-    the same-fleet size (default: what all levers together need). Rungs run in `workers` processes."""
+                 step: Callable[[str], None] = lambda label: None, sample_size: int = SAMPLE_SESSIONS,
+                 over_window: str = "compact", candidates: tuple[str, ...] = (), model_choice: str = "") -> Report:
+    """Everything the report shows, for `trace` offered at `arrival` to the deployment `spec`, fitted first to
+    the model's context window (`over_window`: workload.window). `replicas` fixes the same-fleet size (default:
+    what all levers together need); `candidates` adds the model view. Rungs run in `workers` processes."""
     wall = time.perf_counter()
+    recorded = trace
+    trace, window = fit_window(trace, model(spec.model, spec.models_file).context, over_window)
+    others = [c for c in candidate_specs(candidates, recorded, spec, over_window) if c[0].model != spec.model]
     hw = hardware(spec.hardware, spec.hardware_file)
     rates = GpuRates.of(price_table.get("gpu_hour", {}), spec.hardware)
     gpu_hour = rates.typical
-    offered = offered_concurrency(trace, arrival)
+    offered = offered_concurrency(recorded, arrival)
     sample = sample_sessions(trace, sample_size)
     # sizing and the same fleet run the sample of a large trace at the same offered load; on the trace's own
     # clock, the whole trace (a sample of it would carry less load)
@@ -150,9 +174,11 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
         for i, o in enumerate(outcomes):
             o.fleet_run = missing[i].result() if i in missing else runs[i][fleet]
         step("same fleet done")
+        models_view = _model_view(pool, candidates, others, (spec, trace, window, outcomes[-1].sized),
+                                  (arrival, offered, gpu_hour, sample_size), step)
     _SHARED.clear()
-    providers = all_providers(*place(trace, arrival), price_table["providers"]) \
-        if trace.has_block_ids else []
+    providers = all_providers(*place(recorded, arrival), price_table["providers"]) \
+        if recorded.has_block_ids else []
     plan_prices = {k: float(v) for k, v in price_table.get("plans", {}).items() if k not in ("source", "as_of")}
     top = int((trace.session_parent < 0).sum())
     measured_on = "the whole trace" if measured is trace else (
@@ -161,15 +187,32 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
     median = int(np.median(trace.input_tokens)) if trace.n_requests else 0
     base = rung_config(spec, LADDER[-1], arrival, 1).deployment
     return Report(
-        spec=spec, hardware=hw.name, gpu_rates=rates, trace=trace.source, measured_on=measured_on,
+        spec=spec, hardware=hw.name, gpu_rates=rates, trace=recorded.source, measured_on=measured_on,
         top_sessions=top,
-        requests=trace.n_requests, input_tokens=int(trace.input_tokens.sum()), arrival=arrival.describe(),
+        requests=recorded.n_requests, input_tokens=int(recorded.input_tokens.sum()), arrival=arrival.describe(),
         offered_sessions=offered, open_sessions=open_sessions(measured, arrival), fleet_replicas=fleet,
         fleet_chosen_by=chosen_by, outcomes=list(outcomes),
         providers=providers, plans=break_even(plan_prices, providers, top), median_context=median,
         kv_fit=codec_fits(base, max(median, 1)), kv_load=tier_loads(replace(base, kv_codec=codec("bf16")), median),
-        wall_s=time.perf_counter() - wall,
+        window=window, model_choice=model_choice, candidates=models_view, wall_s=time.perf_counter() - wall,
     )
+
+
+def _model_view(pool: Executor, names: tuple[str, ...], others: list, deployed: tuple, load: tuple,
+                step: Callable[[str], None]) -> list[Candidate]:
+    """The candidates in the order named: the deployed model from the ladder's last rung, the others sized in
+    the workers on their own fitted traces."""
+    spec, trace, window, sized = deployed
+    futures = {c[0].model: (c, pool.submit(_candidate_job, (c[0], c[1], *load))) for c in others}
+    out = []
+    for name in names:
+        if name == spec.model:
+            out.append(candidate(spec, trace, window, sized))
+            continue
+        (c_spec, fitted, fit), future = futures[name]
+        step(f"candidate {name} sized")
+        out.append(candidate(c_spec, fitted, fit, future.result()))
+    return out
 
 
 class _Inline(Executor):

@@ -9,7 +9,33 @@ from agentkv.report.views import plural
 
 
 def headline(rep: Report) -> list[str]:
-    return [_deploy(rep) + _ramp(rep), _baseline(rep), _best_lever(rep), _modelled(rep)]
+    return [*_window(rep), _deploy(rep) + _ramp(rep), _baseline(rep), _best_lever(rep), _modelled(rep)]
+
+
+def _window(rep: Report) -> list[str]:
+    """First: what the traffic asks of a model's window, which model runs and why, and (with candidates) which
+    model serves it cheapest."""
+    lines = []
+    if rep.window.over:
+        lines.append(f"Context window: {rep.window.describe()}.")
+    lines.append(f"Model: {rep.model_choice or rep.spec.model}.")
+    priced = [c for c in rep.candidates if c.sized and c.sized.cost]
+    if priced:
+        best = min(priced, key=lambda c: c.sized.cost.usd_per_mtok_blended)  # type: ignore[union-attr]
+        cost = best.sized.cost  # type: ignore[union-attr]
+        inside = 1 - best.fit.over_share
+        text = (f"Model choice: of {len(rep.candidates)} candidates, {best.model} serves this traffic cheapest "
+                f"with every lever on: {_gpus(cost.gpus)}, ${cost.usd_per_mtok_blended:.3f} per million tokens, "
+                f"{inside:.0%} of requests inside its {best.window:,}-token window")
+        dearest = max(priced, key=lambda c: c.sized.cost.usd_per_mtok_blended)  # type: ignore[union-attr]
+        if dearest is not best:
+            ratio = dearest.sized.cost.usd_per_mtok_blended / cost.usd_per_mtok_blended  # type: ignore[union-attr]
+            text += f"; {dearest.model} costs {ratio:.1f}× as much"
+        missed = [c.model for c in rep.candidates if not (c.sized and c.sized.cost)]
+        if missed:
+            text += f"; {', '.join(missed)} meet the SLO at no size tried (or do not fit on 8 GPUs)"
+        lines.append(text + ".")
+    return lines
 
 
 def _ramp(rep: Report) -> str:

@@ -22,18 +22,23 @@ class TierLoad:
     seconds: float
 
 
+def contexts_per_gpu(d: Deployment, context: int) -> float:
+    """`context`-token sequences the replica's KV room holds, per GPU (every layer by its kind, TP replicas
+    counted)."""
+    return max(d.kv_capacity_bytes, 0.0) / d.kv_bytes(context) / d.tp
+
+
 def codec_fits(d: Deployment, context: int, codecs: tuple[str, ...] = ("bf16", "fp8", "int8", "int4")) -> list[CodecFit]:
     out = []
     for name in codecs:
         dc = replace(d, kv_codec=CODECS[name])
-        per = dc.kv_bytes_per_token * context
-        out.append(CodecFit(name, per / 2**30, dc.kv_capacity_bytes / per / d.tp))
+        out.append(CodecFit(name, dc.kv_bytes(context) / 2**30, contexts_per_gpu(dc, context)))
     return out
 
 
 def tier_loads(d: Deployment, context: int, chunk: int = 8192) -> list[TierLoad]:
     """Seconds to have a `context`-token prefix's KV on the GPU: recomputed, or copied from each tier."""
-    size = d.kv_bytes_per_token * context
+    size = d.kv_bytes(context)
     return [
         TierLoad("recompute", prefill_seconds(context, d, chunk)),
         TierLoad("dram", transfer_seconds({"host": size}, d)),

@@ -21,10 +21,12 @@ TITLE = "agentkv report: what each KV-cache lever buys on this agentic traffic"
 
 def run_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, price_table: dict[str, Any],
                out: str = "report.html", replicas: int | None = None, workers: int = 2,
-               print_json: bool = False) -> Report:
+               print_json: bool = False, over_window: str = "compact", candidates: tuple[str, ...] = (),
+               model_choice: str = "") -> Report:
     """Compute, write `out` and `<out>.json` beside it, print the report (or its JSON)."""
-    with progress_bar(10, "report", quiet=print_json) as step:
-        rep = build_report(trace, spec, arrival, price_table, replicas, workers, step)
+    with progress_bar(10 + len(candidates), "report", quiet=print_json) as step:
+        rep = build_report(trace, spec, arrival, price_table, replicas, workers, step, over_window=over_window,
+                           candidates=candidates, model_choice=model_choice)
     vs = views(rep)
     lines = headline(rep)
     info = settings(rep)
@@ -58,6 +60,7 @@ def settings(rep: Report) -> dict[str, str]:
         "simulated": rep.measured_on,
         "deployment": f"{s.model} on {rep.hardware} (tp={s.tp}, weights {s.weight_dtype}), router {s.router}, "
                       f"${rep.usd_per_gpu_hour:g}/GPU-hour",
+        "context window": rep.window.describe(),
         "SLO": s.slo,
         "median contexts per GPU by KV codec": fits,
         "bf16 KV of a median context onto the GPU": loads,
@@ -79,6 +82,7 @@ def document(rep: Report, lines: list[str], info: dict[str, str], vs: list[View]
                     "requests": rep.requests, "input_tokens": rep.input_tokens, "wall_s": rep.wall_s},
         "columns": {k: {"label": c.label, "meaning": c.meaning} for k, c in COLUMNS.items() if k in used},
         **{v.key: {"title": v.title, "rows": [_finite(row) for row in v.rows], "notes": v.notes} for v in vs},
+        "context_window": {**asdict(rep.window), "served": rep.window.served},
         "kv_codec_fit": [asdict(f) for f in rep.kv_fit],
         "kv_load_seconds": [asdict(t) for t in rep.kv_load],
     }

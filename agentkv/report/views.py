@@ -31,6 +31,15 @@ def _cols(*specs: tuple[str, ...]) -> dict[str, Column]:
 
 COLUMNS = _cols(
     ("lever", "lever", "text", "each lever added to the ones above it"),
+    ("model", "model", "text", "catalog model (agentkv/data/models.toml)"),
+    ("window_tokens", "window", "int", "the model's context window, tokens"),
+    ("placement", "GPUs × weights", "text", "GPUs per replica (tensor parallel) and weight dtype: the fewest "
+     "GPUs whose KV holds the longest request served"),
+    ("in_window_requests_pct", "req in window %", "pct", "recorded requests whose prompt and reply fit the window"),
+    ("in_window_tokens_pct", "tok in window %", "pct", "recorded input tokens of those requests"),
+    ("kv_gib_median", "KV GiB/median ctx", "num", "bf16 KV of the median served prompt, every layer by its kind, "
+     "tensor-parallel copies included"),
+    ("contexts_per_gpu", "median ctx/GPU", "num", "median served prompts whose bf16 KV fits in one GPU's KV room"),
     ("gpus", "GPUs", "int", "replicas × tensor-parallel degree"),
     ("slo_met", "SLO met", "bool", "TTFT at the SLO's percentile within the SLO"),
     ("hit_pct", "hit %", "pct", "prompt tokens served from the prefix cache, any tier"),
@@ -80,7 +89,29 @@ class View:
 
 
 def views(rep: Report) -> list[View]:
-    return [same_fleet(rep), sized(rep), capacity(rep), api_prices(rep), *([break_even(rep)] if rep.plans else [])]
+    first = [model_view(rep)] if rep.candidates else []
+    return [*first, same_fleet(rep), sized(rep), capacity(rep), api_prices(rep),
+            *([break_even(rep)] if rep.plans else [])]
+
+
+def model_view(rep: Report) -> View:
+    key = _slo_key(rep)
+    rows = []
+    for c in rep.candidates:
+        s = c.sized
+        cost = s.cost if s else None
+        rows.append({"model": c.model, "window_tokens": c.window, "placement": f"{c.tp} × {c.weight_dtype}",
+                     "in_window_requests_pct": 100 * (1 - c.fit.over_share),
+                     "in_window_tokens_pct": 100 * (1 - c.fit.over_token_share), "kv_gib_median": c.kv_gib_median,
+                     "contexts_per_gpu": c.contexts_per_gpu, "gpus": cost.gpus if cost else None,
+                     key: s.ttft_slo_s if s else None, "slo_met": cost is not None,
+                     "usd_per_mtok": cost.usd_per_mtok_blended if cost else None})
+    notes = [f"each model serves the trace fitted to its own window (--over-window {rep.window.mode}): "
+             + "; ".join(f"{c.model}: {c.fit.describe()}" for c in rep.candidates if c.fit.over),
+             "GPUs, TTFT and $/Mtok: every KV lever on (the last rung), sized to the SLO at the offered load."]
+    return View("models", "Model choice: which models take this traffic, and what each costs",
+                _c("model", "window_tokens", "placement", "in_window_requests_pct", "in_window_tokens_pct",
+                   "kv_gib_median", "contexts_per_gpu", "gpus", key, "slo_met", "usd_per_mtok"), rows, notes)
 
 
 def _c(*keys: str) -> list[Column]:

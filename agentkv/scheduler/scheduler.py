@@ -31,6 +31,9 @@ class SchedulerConfig:
     max_batched_tokens: int = 8192
     max_num_seqs: int = 256
     prefix_cache: bool = True  # off: nothing is looked up or named; every block is private to its request
+    # blocks' worth of bounded state each running sequence holds beside its pages (a sliding window's or a
+    # linear layer's state, `kvcache.sizing.state_bytes`): reserved at admission, freed with the sequence
+    state_blocks: int = 0
 
 
 def blocks_for(tokens: int, block_size: int) -> int:
@@ -50,7 +53,8 @@ class Scheduler:
 
     # ---- queue ---------------------------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
-        if blocks_for(seq.prompt_len + seq.max_tokens, self.cfg.block_size) > self.cache.capacity[0]:
+        if blocks_for(seq.prompt_len + seq.max_tokens, self.cfg.block_size) + self.cfg.state_blocks > \
+                self.cache.capacity[0]:
             raise ValueError(f"request {seq.seq_id}: {seq.prompt_len + seq.max_tokens} tokens can never fit in "
                              f"{self.cache.capacity[0] * self.cfg.block_size} tokens of GPU KV")
         seq.status = Status.WAITING
@@ -149,7 +153,7 @@ class Scheduler:
         target = seq.prompt_len + seq.generated  # after a preemption, what it generated is recomputed too
         n_blocks = blocks_for(target, bs)
         ids = seq.prefix_ids(bs) if self.cfg.prefix_cache else seq.block_ids[:0]
-        grant = self.cache.acquire(seq.seq_id, ids, n_blocks, self._ctx(seq, now))
+        grant = self.cache.acquire(seq.seq_id, ids, n_blocks + self.cfg.state_blocks, self._ctx(seq, now))
         if grant is None:
             return False
         hit = min(grant.hit_blocks * bs, target - 1)  # the last token is always computed: it yields logits

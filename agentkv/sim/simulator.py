@@ -10,6 +10,7 @@ transfers where they do not overlap. Decode-only stretches with nothing else due
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.policies import make_policy
-from agentkv.kvcache.sizing import kv_bytes_per_block
+from agentkv.kvcache.sizing import kv_bytes_per_block, state_bytes
 from agentkv.kvcache.tiers import TIER_LINKS, TierSpec
 from agentkv.scheduler import PrefillChunk, Scheduler, SchedulerConfig, Sequence, StepPlan
 from agentkv.sim.router import Router
@@ -53,7 +54,8 @@ class SimResult:
     cached: np.ndarray  # [R, tiers] prompt tokens served from each tier
     replica: np.ndarray
     preemptions: np.ndarray
-    rejected: np.ndarray  # could never fit in a replica's KV
+    rejected: np.ndarray  # never served: over the model's window, or could never fit in a replica's KV
+    over_window: np.ndarray  # of those, over the model's context window (fit the trace first: workload.window)
     busy_s: np.ndarray  # per replica
     makespan_s: float  # first arrival to last reply, the drain of a finite trace included
     offered_s: float  # how long the trace offers load (arrivals.offered_seconds): the window billed
@@ -106,7 +108,7 @@ class SimResult:
 class _Replica:
     def __init__(self, cfg: SimConfig, block_size: int) -> None:
         d = cfg.deployment
-        block = kv_bytes_per_block(d.model, d.kv_codec, block_size)
+        block = kv_bytes_per_block(d.model, d.kv_codec, block_size, d.tp)
         tiers = [TierSpec("gpu", max(d.kv_capacity_bytes, 0.0), block)]
         for name, size in (("dram", cfg.dram_bytes), ("disk", cfg.disk_bytes)):
             if size > 0:
@@ -115,8 +117,9 @@ class _Replica:
         self.cache = KVCache(tiers, policy, cfg.write_through)
         self.tier_links = [TIER_LINKS[t.name] for t in tiers]
         self.block_bytes = block
+        state = math.ceil(state_bytes(d.model, d.kv_codec, block_size, d.tp) / block)
         self.sched = Scheduler(SchedulerConfig(block_size, cfg.max_batched_tokens, cfg.max_num_seqs,
-                                               cfg.prefix_cache), self.cache)
+                                               cfg.prefix_cache, state), self.cache)
         self.busy = False
         self.busy_s = 0.0
 
@@ -180,6 +183,11 @@ class Simulator:
         seq = Sequence(i, int(trace.input_tokens[i]), trace.blocks(i), max(int(trace.output_tokens[i]), 1),
                        arrival=now, session=int(trace.session[i]),
                        tenant=int(trace.session_tenant[trace.session[i]]), finish=int(trace.finish[i]))
+        if seq.prompt_len + seq.max_tokens > self.d.model.context:  # the model cannot take it: no replica sees it
+            res.arrival[i] = now
+            res.rejected[i] = res.over_window[i] = True
+            self._next_in_session(i, now)
+            return
         r = self.router.pick(self.replicas, seq.block_ids, seq.prompt_len, trace.block_size)
         res.arrival[i], res.replica[i] = now, r
         try:
@@ -252,7 +260,7 @@ class Simulator:
         return SimResult(
             arrival=res.arrival, first_token=res.first_token, finish=res.finish,
             prompt=trace.input_tokens.copy(), output=np.maximum(trace.output_tokens, 1), cached=res.cached,
-            replica=res.replica, preemptions=res.preemptions, rejected=res.rejected,
+            replica=res.replica, preemptions=res.preemptions, rejected=res.rejected, over_window=res.over_window,
             busy_s=np.array([rep.busy_s for rep in self.replicas]), makespan_s=makespan, offered_s=offered,
             prefill_s=totals["prefill"], decode_s=totals["decode"], cached_s=totals["cached"],
             transfer_s=totals["transfer"],
@@ -338,6 +346,7 @@ class _Records:
     replica: np.ndarray = field(init=False)
     preemptions: np.ndarray = field(init=False)
     rejected: np.ndarray = field(init=False)
+    over_window: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.arrival = np.full(self.n, np.nan)
@@ -347,6 +356,7 @@ class _Records:
         self.replica = np.full(self.n, -1, dtype=np.int32)
         self.preemptions = np.zeros(self.n, dtype=np.int32)
         self.rejected = np.zeros(self.n, dtype=bool)
+        self.over_window = np.zeros(self.n, dtype=bool)
 
     def record(self, seq: Sequence) -> None:
         i = seq.seq_id

@@ -4,10 +4,12 @@ A step runs the batch's new tokens (prefill chunks and one token per decode) thr
 costs max(compute time, memory time), groups add up:
 - weights: 2·active params FLOPs per token; the weight bytes are read once per step (for MoE, the experts
   the step's tokens touch);
-- attention: 4·layers·heads·head_dim FLOPs per (query, key) pair, causal inside a prefill chunk; memory is
-  the KV read (IO-aware: K and V stream through on-chip SRAM once per query tile, scores never leave it) or,
-  for naive attention, additionally the score and probability matrices written to and read back from HBM;
-- KV writes for the new tokens, at the codec's bytes per token;
+- attention: layer group by layer group from the model's per-layer description (`sim/attention.py`):
+  4·heads·head_dim FLOPs per (query, key) pair over the keys each kind lets a query see (whole context,
+  window, chunk, compressed entries, top-k), indexer scoring, linear-state updates; memory is the KV read
+  (IO-aware: K and V stream through on-chip SRAM once per query tile, scores never leave it) or, for naive
+  attention, whole contexts plus the score and probability matrices written to and read back from HBM;
+- KV writes for the new tokens, at the codec's bytes per token of every layer;
 - tensor parallelism splits FLOPs and bytes and adds two all-reduces per layer.
 Tier transfers (lower-tier hits promoted before a prefill) run at the link's bandwidth and overlap with
 compute where the engine overlaps them.
@@ -17,11 +19,18 @@ Every achievable-fraction and overhead lives in `Coefficients`, the one place me
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from agentkv.catalog import HardwareSpec, ModelSpec
-from agentkv.kvcache.sizing import CodecSpec, kv_bytes_per_token
+from agentkv.kvcache.sizing import BLOCK_SIZE, CodecSpec, kv_bytes
+from agentkv.sim.attention import (
+    GroupCost,
+    Work,
+    decode_work,
+    group_costs,
+    prefill_work,
+    write_bytes_per_token,
+)
 
 WEIGHT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int4": 0.5}
 
@@ -56,7 +65,8 @@ class Deployment:
     coefficients: Coefficients = field(default_factory=Coefficients)
     # derived once (the simulator prices a million steps a report)
     weight_bytes: float = field(init=False, repr=False, compare=False)
-    kv_bytes_per_token: float = field(init=False, repr=False, compare=False)
+    groups: tuple[GroupCost, ...] = field(init=False, repr=False, compare=False)
+    write_bytes_per_token: float = field(init=False, repr=False, compare=False)
     flops: float = field(init=False, repr=False, compare=False)  # dense peak of the replica at the weights' rate
 
     def __post_init__(self) -> None:
@@ -68,8 +78,13 @@ class Deployment:
             raise ValueError("tp must be >= 1")
         hw, wb = self.hardware, WEIGHT_BYTES[self.weight_dtype]
         object.__setattr__(self, "weight_bytes", self.model.params_total * wb)
-        object.__setattr__(self, "kv_bytes_per_token", kv_bytes_per_token(self.model, self.kv_codec))
+        object.__setattr__(self, "groups", group_costs(self.model, self.kv_codec, BLOCK_SIZE, self.tp))
+        object.__setattr__(self, "write_bytes_per_token", write_bytes_per_token(self.groups))
         object.__setattr__(self, "flops", self.tp * (hw.fp8_flops if wb <= 1 else hw.bf16_flops))
+
+    def kv_bytes(self, context: int) -> float:
+        """One sequence's KV at `context` tokens on this replica (every layer by its kind, TP replicas included)."""
+        return kv_bytes(self.model, self.kv_codec, context, self.tp)
 
     @property
     def kv_capacity_bytes(self) -> float:
@@ -105,20 +120,16 @@ class StepCost:
         return self.weights + self.attention + self.kv_write + self.communication + self.overhead
 
 
-def attention_pairs(shape: StepShape) -> float:
-    """(query, key) pairs the step's attention scores: causal inside each prefill chunk."""
-    pairs = sum(n * (start + (n + 1) / 2) for n, start in shape.prefills)
-    return pairs + sum(float(c) for c in shape.decodes)
-
-
-def kv_read_tokens(shape: StepShape, query_tile: int) -> float:
-    """Token-KVs read from HBM by IO-aware attention: a decode reads its context once; a prefill chunk reads
-    the keys each query tile needs, once per tile."""
-    total = float(sum(shape.decodes))
-    for n, start in shape.prefills:
-        tiles = math.ceil(n / query_tile)
-        total += tiles * (start + (n + query_tile) / 2)  # each tile sees the context before it, causally
-    return total
+def attention_work(shape: StepShape, d: Deployment) -> tuple[Work, Work]:
+    """The step's attention work for its prefill chunks and for its decodes, summed over the layer groups."""
+    tile, total = d.coefficients.query_tile, float(sum(shape.decodes))
+    pre, dec = Work(), Work()
+    for g in d.groups:
+        for n, start in shape.prefills:
+            pre.add(prefill_work(g, start, n, tile))
+        if shape.decodes:
+            dec.add(decode_work(g, shape.decodes, total))
+    return pre, dec
 
 
 def step_cost(shape: StepShape, d: Deployment) -> StepCost:
@@ -132,28 +143,31 @@ def step_cost(shape: StepShape, d: Deployment) -> StepCost:
     touched = 1.0 - (1.0 - m.params_active / m.params_total) ** tokens
     weight_time = max(2.0 * m.params_active * tokens / (flops * c.gemm_efficiency),
                       d.weight_bytes * touched / hbm)
-    # attention
-    head_dim = (2 * m.mla_latent + m.mla_rope_dim) / 2 if m.is_mla else m.head_dim
-    pairs = attention_pairs(shape)
-    attn_flops = 4.0 * m.layers * m.heads * head_dim * pairs
-    kv_bytes = kv_read_tokens(shape, c.query_tile) * d.kv_bytes_per_token
-    if d.attention == "flash":
-        attn_time = max(attn_flops / (d.tp * d.hardware.bf16_flops * c.attention_efficiency), kv_bytes / hbm)
-    else:
+    # attention, from the per-layer description
+    pre, dec = attention_work(shape, d)
+    peak = d.tp * d.hardware.bf16_flops
+
+    def attention_time(w: Work) -> float:
+        if d.attention == "flash":
+            return max(w.flops / (peak * c.attention_efficiency), w.io_bytes / hbm)
         # whole contexts read once per chunk, plus scores written, read by softmax, probabilities written and read
-        ctx_bytes = (sum(start + n for n, start in shape.prefills) + sum(shape.decodes)) * d.kv_bytes_per_token
-        score_bytes = 4.0 * c.score_bytes * m.layers * m.heads * pairs
-        attn_time = max(attn_flops / (d.tp * d.hardware.bf16_flops * c.naive_attention_efficiency),
-                        (ctx_bytes + score_bytes) / hbm)
-    kv_write = tokens * d.kv_bytes_per_token / hbm
+        return max(w.flops / (peak * c.naive_attention_efficiency),
+                   (w.naive_bytes + 4.0 * c.score_bytes * w.scores) / hbm)
+
+    attn_pre, attn_dec = attention_time(pre), attention_time(dec)
+    both = Work()
+    both.add(pre)
+    both.add(dec)
+    attn_time = attention_time(both)
+    kv_write = tokens * d.write_bytes_per_token / hbm
     comm = 0.0
     if d.tp > 1:
         volume = 2 * m.layers * 2.0 * (d.tp - 1) / d.tp * tokens * m.hidden * 2.0  # two all-reduces per layer
         comm = volume / (d.hardware.interconnect_bw * c.interconnect_efficiency)
-    # who the time is for: token-proportional groups by tokens, attention by (query, key) pairs
+    # who the time is for: token-proportional groups by tokens, attention by its work
     prefill_tokens = tokens - len(shape.decodes)
     token_share = prefill_tokens / tokens
-    pair_share = (pairs - sum(shape.decodes)) / pairs if pairs else token_share
+    pair_share = attn_pre / (attn_pre + attn_dec) if attn_pre + attn_dec else token_share
     per_token = weight_time + kv_write + comm + c.step_overhead_s
     share = (per_token * token_share + attn_time * pair_share) / (per_token + attn_time)
     return StepCost(weight_time, attn_time, kv_write, comm, c.step_overhead_s, share)

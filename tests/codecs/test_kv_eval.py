@@ -12,7 +12,7 @@ import torch
 
 from agentkv.catalog import hardware, model
 from agentkv.cli import main
-from agentkv.codecs.eval import DOSSIER_CONTEXT, evaluate
+from agentkv.codecs.eval import DOSSIER_CONTEXT, contexts_per_gpu, evaluate
 from agentkv.kvcache.sizing import codec, kv_bytes_per_token
 from agentkv.model.config import ModelConfig
 from agentkv.report.levers import codec_fits
@@ -72,11 +72,29 @@ def test_bytes_and_contexts_are_sizings_and_the_reports(ckpt, result):
     spec = ModelConfig.from_dir(str(ckpt)).spec(str(ckpt))
     for r in result.results:
         assert r.bytes_per_token == kv_bytes_per_token(spec, codec(r.codec), 16)
-    fits = {f.codec: f.contexts_per_gpu for f in codec_fits(
-        Deployment(hardware("h200"), model("llama-3.1-8b"), codec("bf16")), DOSSIER_CONTEXT)}
+    best = {tp: {f.codec: f.contexts_per_gpu for f in codec_fits(
+        Deployment(hardware("h200"), model("llama-3.1-8b"), codec("bf16"), tp=tp, weight_dtype="fp8"),
+        DOSSIER_CONTEXT)} for tp in (1, 2, 4, 8)}
     for r in result.results:
-        if r.codec in fits:
-            assert r.contexts_per_gpu["llama-3.1-8b"]["h200"] == pytest.approx(fits[r.codec])
+        if r.codec in best[1]:
+            assert r.contexts_per_gpu["llama-3.1-8b"]["h200"] == pytest.approx(max(b[r.codec] for b in best.values()))
+
+
+def test_contexts_per_gpu_compare_across_gpus():
+    """One weight dtype, the best TP: a GPU with more HBM never fits fewer contexts of the same model (the
+    issue: llama-3.1-70b 0.53 on a B200 against 1.66 on an H200; deepseek-v3 0.16 on an MI300X vs 5.8)."""
+    from agentkv.catalog import hardware_table
+
+    fits = contexts_per_gpu("bf16")
+    hbm = {name: hw.hbm_bytes for name, hw in hardware_table().items()}
+    for name, per in fits.items():
+        for a in per:
+            for b in per:
+                if hbm[a] > hbm[b] and per[b] is not None:
+                    assert per[a] is not None and per[a] >= per[b], (name, a, b)
+    # deepseek-v3 fits on 8 H200s only (671 GB of fp8 weights); its 576-value latent is kept on every rank
+    room = 8 * (141e9 * 0.9 - 4e9) - 671e9
+    assert fits["deepseek-v3"]["h200"] == pytest.approx(room / (8 * 61 * 576 * 2 * DOSSIER_CONTEXT) / 8)
 
 
 def test_chunking_does_not_change_a_per_token_codec(ckpt, text):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from agentkv.catalog import hardware, model
-from agentkv.kvcache.sizing import codec
+from agentkv.kvcache.sizing import codec, kv_bytes_per_token
 from agentkv.sim.stepcost import (
     Deployment,
     StepShape,
+    attention_work,
     decode_seconds,
-    kv_read_tokens,
     prefill_seconds,
     step_cost,
     transfer_seconds,
@@ -67,9 +67,16 @@ def test_moe_decode_reads_only_active_experts():
 
 
 def test_io_aware_prefill_reads_kv_once_per_query_tile():
-    assert kv_read_tokens(StepShape(prefills=((128, 0),)), 128) == pytest.approx(128)
-    assert kv_read_tokens(StepShape(prefills=((256, 1000),)), 128) == pytest.approx((1000 + 128) + (1000 + 256))
-    assert kv_read_tokens(StepShape(decodes=(500, 700)), 128) == 1200
+    d = dep()
+    per_token = kv_bytes_per_token(d.model, d.kv_codec)
+
+    def read(shape: StepShape) -> float:
+        pre, dec = attention_work(shape, d)
+        return (pre.io_bytes + dec.io_bytes) / per_token
+
+    assert read(StepShape(prefills=((128, 0),))) == pytest.approx(128)
+    assert read(StepShape(prefills=((256, 1000),))) == pytest.approx((1000 + 128) + (1000 + 256))
+    assert read(StepShape(decodes=(500, 700))) == 1200
 
 
 def test_transfers_run_at_link_speed_in_parallel():

@@ -13,11 +13,13 @@ import numpy as np
 
 from agentkv.catalog import ModelSpec
 from agentkv.kvcache.policy import AccessContext, Policy
+from agentkv.kvcache.sizing import GROWING
 
 
 def attention_to_linear_ratio(model: ModelSpec) -> float:
-    """α: attention FLOPs one token spends per earlier token, over its linear-layer FLOPs."""
-    attn = 4.0 * model.layers * model.heads * model.head_dim  # QK^T and PV, 2 FLOPs per multiply-add
+    """α: attention FLOPs one token spends per earlier token, over its linear-layer FLOPs. Only layers that
+    attend to the whole context densely (full, MLA, compressed: per entry) make a deep block dearer."""
+    attn = sum(g.flops_per_pair(model) / g.ratio for g in model.groups if g.kind in GROWING and not g.top_k)
     return attn / (2.0 * model.params_active)
 
 
