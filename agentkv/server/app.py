@@ -32,7 +32,7 @@ from agentkv.server import openai_protocol as oai
 from agentkv.server.chat import Messages, Tools, anthropic_messages, openai_messages
 from agentkv.server.errors import APIError
 from agentkv.server.jobs import Jobs, Result
-from agentkv.server.limits import BodyLimit, Limits, text_chars
+from agentkv.server.limits import Limits, RequestLimits, text_chars
 from agentkv.server.metrics import Metrics
 from agentkv.server.tenants import PublicPrefixes
 from agentkv.server.tool_parsers import Parsed, make_parser, parse_all
@@ -95,7 +95,7 @@ def create_app(engine: Any, tokenizer: Any, cfg: ServerConfig) -> FastAPI:
     async def metrics() -> Response:
         return Response(server.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(BodyLimit, max_bytes=cfg.limits.max_body_bytes)
+    app.add_middleware(RequestLimits, max_bytes=cfg.limits.max_body_bytes, max_header_bytes=cfg.limits.max_header_bytes)
     app.add_middleware(_Authenticate, server=server)
     errors.document_400(app)
 

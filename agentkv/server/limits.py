@@ -1,7 +1,7 @@
 """What a public endpoint bounds, so that no client (keyed or not) can take the server's memory, descriptors or
 event loop: request bodies, header size and time, idle connections, the number of connections.
 
-- bodies: `BodyLimit` answers 413 from the Content-Length header before a byte of the body is read, and
+- bodies: `RequestLimits` answers 413 from the Content-Length header before a byte of the body is read, and
   counts the bytes of a chunked body as they arrive, refusing it at the limit (nothing is parsed until then);
 - headers: `guarded_protocol` is uvicorn's h11 protocol with h11's incomplete-event cap (header bytes) and a
   deadline for a request's headers, armed when a connection opens and after each response, and not reset by
@@ -162,12 +162,13 @@ def guarded_protocol(limits: Limits) -> type[H11Protocol]:
     return Guarded
 
 
-class BodyLimit:
-    """ASGI middleware: a body over `max_bytes` is answered 413 (and the connection closed) before it is parsed:
-    at once by its Content-Length, or, chunked, when its bytes reach the limit."""
+class RequestLimits:
+    """ASGI middleware: headers over `max_header_bytes` are answered 431 (h11 bounds only headers that arrive in
+    pieces); a body over `max_bytes` 413, the connection closed, before it is parsed: at once by its
+    Content-Length, or, chunked, when its bytes reach the limit."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: Any, max_bytes: int, max_header_bytes: int) -> None:
+        self.app, self.max_bytes, self.max_header_bytes = app, max_bytes, max_header_bytes
 
     def error(self) -> APIError:
         return APIError(413, f"request body over {self.max_bytes} bytes (the server's --max-body-bytes)",
@@ -176,6 +177,12 @@ class BodyLimit:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        size = len(scope.get("raw_path") or b"") + sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+        if size > self.max_header_bytes:
+            err = APIError(431, f"request headers over {self.max_header_bytes} bytes (the server's "
+                           "--max-header-bytes)", code="headers_too_large", headers={"connection": "close"})
+            await error_response(Request(scope), err)(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
