@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -122,6 +123,8 @@ class LLM:
         max_pages = min(num_pages, -(-cfg.max_position_embeddings // block_size))
         self.backend.bind(max_num_seqs, max_pages, self.device)
         self.pool = PagePool(self.layout, num_pages, self.device, self.ids, stores, self.backend, max_num_seqs)
+        # an engine dropped, or a process exiting, without close() still flushes and closes its tiers (once)
+        self._closer = weakref.finalize(self, self.tiering.close, self.pool, self.cache) if self.tiering else None
         self.namespace = f"{name}|{self.codec.name}|bs{block_size}"  # other models/codecs never share a block
         self.check_invariants = check_invariants
         self._counter = itertools.count()
@@ -231,8 +234,8 @@ class LLM:
     def close(self) -> None:
         """Write what only GPU and DRAM hold to the disk tier, finish queued offloads and close the stores (the
         disk saves its index): the next engine on the same folder starts warm."""
-        if self.tiering is not None:
-            self.tiering.close(self.pool, self.cache)
+        if self._closer is not None:
+            self._closer()
 
     def generate(self, prompts: Prompt | list[Prompt], sampling_params: SamplingParams | list[SamplingParams] | None
                  = None) -> list[RequestOutput]:

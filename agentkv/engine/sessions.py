@@ -26,8 +26,13 @@ class SessionIds:
     def __len__(self) -> int:
         return len(self._ids)
 
+    def get(self, name: str) -> int | None:
+        """The session's number if it is followed now (without counting this as a use)."""
+        return self._ids.get(_digest(name))
+
     def __call__(self, name: str) -> int:
-        key = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        """The session's number, giving it one (the least recently seen session's, when full)."""
+        key = _digest(name)
         number = self._ids.get(key)
         if number is not None:
             self._ids.move_to_end(key)
@@ -39,3 +44,7 @@ class SessionIds:
             self.on_reuse(number)
         self._ids[key] = number
         return number
+
+
+def _digest(name: str) -> bytes:
+    return hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=16).digest()

@@ -9,6 +9,10 @@ Redis work in parallel on their own workers.
 side stream on CUDA), so the engine may reuse the source page at once. Until the put has run, a `get` of the
 same block is served from that snapshot: a block offloaded a moment ago is still a hit. A job that raises is
 logged and reads as "nothing stored" / "all missed": storage never raises into the engine.
+
+A store that hangs (a stopped Redis) holds its worker, and puts queue behind it: past `MAX_BACKLOG_BYTES` of
+snapshots waiting for one store, further puts are skipped (the blocks are simply not stored there, which a
+lossy tier allows), so a hung store cannot grow the engine's memory without bound.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from agentkv.storage.base import BlockKey, TierStore
 
 log = logging.getLogger(__name__)
+MAX_BACKLOG_BYTES = 512 << 20  # snapshots queued for one store at most
 
 
 @dataclass(slots=True)
@@ -45,6 +50,8 @@ class _Worker:
     wake: threading.Condition = field(default_factory=threading.Condition)
     closing: bool = False
     thread: threading.Thread | None = None
+    backlog_bytes: int = 0  # snapshots of puts submitted and not yet run
+    skipped: int = 0  # puts skipped over the backlog since the last warning
 
 
 class Mover:
@@ -54,9 +61,24 @@ class Mover:
 
     # ---- submissions (engine thread) -----------------------------------------------------------------------
     def put(self, store: TierStore, keys: Sequence[BlockKey], pages: torch.Tensor) -> Future[None]:
-        """Store a snapshot of `pages` [len(keys), page_bytes] under `keys` in the background."""
-        host, ready = self._snapshot(pages)
+        """Store a snapshot of `pages` [len(keys), page_bytes] under `keys` in the background (skipped while
+        the store's backlog is over MAX_BACKLOG_BYTES)."""
         w = self._worker(store)
+        size = pages.numel() * pages.element_size()
+        with w.wake:
+            if w.backlog_bytes + size > MAX_BACKLOG_BYTES:
+                if w.skipped == 0:
+                    log.warning("tier %s is not keeping up (%d MiB queued): puts skipped until it does",
+                                store.name, w.backlog_bytes >> 20)
+                w.skipped += 1
+                done: Future = Future()
+                done.set_result(None)
+                return done
+            if w.skipped:
+                log.warning("tier %s keeps up again (%d puts were skipped)", store.name, w.skipped)
+                w.skipped = 0
+            w.backlog_bytes += size
+        host, ready = self._snapshot(pages)
         with w.wake:
             for i, key in enumerate(keys):
                 w.staged[key.digest] = _Staged(key, host, i, ready)
@@ -68,6 +90,7 @@ class Mover:
                 store.put(keys, host)
             finally:
                 with w.wake:
+                    w.backlog_bytes -= size
                     for key in keys:
                         if (s := w.staged.get(key.digest)) is not None and s.batch is host:
                             del w.staged[key.digest]
@@ -105,6 +128,15 @@ class Mover:
         w = self._worker(store)
         with w.wake:
             return np.array([(s := w.staged.get(k.digest)) is not None and s.key == k for k in keys], dtype=bool)
+
+    def contains(self, store: TierStore, keys: Sequence[BlockKey]) -> Future[np.ndarray]:
+        """Ask the store which keys it holds, ahead of queued offloads (snapshots not counted)."""
+        return self._submit(self._worker(store), lambda: store.contains(keys), np.zeros(len(keys), dtype=bool),
+                            urgent=True)
+
+    def touch(self, store: TierStore, keys: Sequence[BlockKey]) -> Future[None]:
+        """Mark keys as used now, in the background (a store with its own eviction keeps them longer)."""
+        return self._submit(self._worker(store), lambda: store.touch(keys), None, urgent=False)
 
     def drop(self, store: TierStore, keys: Sequence[BlockKey]) -> Future[None]:
         """Forget keys, after every put submitted before."""
