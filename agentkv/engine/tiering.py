@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 PROBE_EVERY = 32  # a store skipped as slower than recomputing is tried again on every 32nd admission
 PREFETCH_BYTES = 256 << 20  # fetched-ahead pages kept per store at most (oldest dropped first)
-LOOKUP_S = 0.05  # the longest the engine waits for a remote store's lookup
+LOOKUP_S = 0.1  # the longest the engine waits for a remote store's lookup
 LOAD_S = 0.5  # ... and for a load it did not fetch ahead
 
 

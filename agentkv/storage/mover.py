@@ -1,4 +1,4 @@
-"""Moves pages to and from tier stores off the engine thread, one worker thread per store.
+"""Moves pages to and from tier stores off the engine thread, one worker thread per store (and one for its lookups).
 
 The engine submits batches and gets futures back: offloads (`put`) run in the background, while loads (`get`)
 are urgent and jump ahead of queued offloads, so a request waits only for the blocks it needs, not for the
@@ -56,7 +56,7 @@ class _Worker:
 
 class Mover:
     def __init__(self) -> None:
-        self._workers: dict[int, _Worker] = {}
+        self._workers: dict[tuple[int, str], _Worker] = {}
         self._stream = torch.cuda.Stream() if torch.cuda.is_available() else None
 
     # ---- submissions (engine thread) -----------------------------------------------------------------------
@@ -130,9 +130,10 @@ class Mover:
             return np.array([(s := w.staged.get(k.digest)) is not None and s.key == k for k in keys], dtype=bool)
 
     def contains(self, store: TierStore, keys: Sequence[BlockKey]) -> Future[np.ndarray]:
-        """Ask the store which keys it holds, ahead of queued offloads (snapshots not counted)."""
-        return self._submit(self._worker(store), lambda: store.contains(keys), np.zeros(len(keys), dtype=bool),
-                            urgent=True)
+        """Ask the store which keys it holds, on a worker of its own (a lookup never waits for a put to finish;
+        snapshots not counted)."""
+        return self._submit(self._worker(store, "lookup"), lambda: store.contains(keys),
+                            np.zeros(len(keys), dtype=bool), urgent=True)
 
     def touch(self, store: TierStore, keys: Sequence[BlockKey]) -> Future[None]:
         """Mark keys as used now, in the background (a store with its own eviction keeps them longer)."""
@@ -172,10 +173,10 @@ class Mover:
         main.wait_event(ready)  # the engine's next writes to these pages wait for the copy, not the CPU
         return host, ready
 
-    def _worker(self, store: TierStore) -> _Worker:
-        w = self._workers.get(id(store))
+    def _worker(self, store: TierStore, lane: str = "move") -> _Worker:
+        w = self._workers.get((id(store), lane))
         if w is None:
-            w = self._workers[id(store)] = _Worker(store)
+            w = self._workers[(id(store), lane)] = _Worker(store)
             w.thread = threading.Thread(target=self._loop, args=(w,), name=f"agentkv-mover-{store.name}", daemon=True)
             w.thread.start()
         return w
