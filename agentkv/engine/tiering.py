@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 PROBE_EVERY = 32  # a store skipped as slower than recomputing is tried again on every 32nd admission
 PREFETCH_BYTES = 256 << 20  # fetched-ahead pages kept per store at most (oldest dropped first)
 LOOKUP_S = 0.1  # the longest the engine waits for a remote store's lookup
-LOAD_S = 0.5  # ... and for a load it did not fetch ahead
+LOAD_S = 0.1  # ... and for a load it did not fetch ahead (rare: promotions wait for their prefetch)
 
 
 class MovedStore(TierStore):
@@ -91,7 +91,7 @@ class MovedStore(TierStore):
         rest = []
         for i, k in enumerate(keys):
             got = self.ahead.pop(k.digest, None)
-            if got is not None and got[0] == k and got[1].result()[got[3]]:
+            if got is not None and got[0] == k and got[1].done() and got[1].result()[got[3]]:
                 out[i] = got[2][got[3]]
                 found[i] = True
             else:
