@@ -35,7 +35,7 @@ WARN_EVERY_S = 10.0
 
 @dataclass(slots=True)
 class Limits:
-    max_body_bytes: int = 32 << 20
+    max_body_bytes: int = 8 << 20  # a 128k-token context is ~1 MB of JSON
     max_prompt_chars: int | None = None  # None: PROMPT_CHARS_PER_TOKEN x the context (see app.ServerConfig)
     max_header_bytes: int = 16 << 10
     header_timeout_s: float = 10.0
