@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from agentkv.server.fields import Body as _Body
-from agentkv.server.fields import MaxTokens, TopK
+from agentkv.server.fields import MaxTokens, Stops, TopK
 
 
 class TextBlock(_Body):
@@ -67,7 +67,7 @@ class CountTokensRequest(_Body):
 
 class MessagesRequest(CountTokensRequest):
     max_tokens: MaxTokens
-    stop_sequences: list[str] | None = None
+    stop_sequences: Stops | None = None
     temperature: float = Field(1.0, ge=0, le=1)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: TopK = 0

@@ -2,7 +2,7 @@
 limits, and nothing a client sends can raise later (on the engine thread, in the tokenizer, in a response).
 
 - numbers: no NaN or infinity; seeds, top_k and max_tokens within what the engine takes (`engine/sequence.py`
-  owns those limits);
+  owns those limits); at most 64 stop strings of at most 1,024 characters;
 - text: valid Unicode. JSON may spell a lone surrogate (`"\\ud800"`), which Python keeps in a str but no
   tokenizer or UTF-8 encoder accepts: refused with the field's name.
 """
@@ -18,6 +18,8 @@ from agentkv.engine.sequence import MAX_TOKENS_MAX, SEED_MAX, SEED_MIN, TOP_K_MA
 Seed = Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)]
 TopK = Annotated[int, Field(ge=0, le=TOP_K_MAX)]
 MaxTokens = Annotated[int, Field(ge=1, le=MAX_TOKENS_MAX)]
+# every stop string is searched for after every token, on the engine thread: a bounded few of bounded length
+Stops = Annotated[list[Annotated[str, Field(max_length=1024)]], Field(max_length=64)]
 
 
 class Body(BaseModel):

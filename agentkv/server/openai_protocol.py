@@ -8,12 +8,12 @@ cached_tokens_per_tier` on usage.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from agentkv.server.fields import Body as _Body
-from agentkv.server.fields import MaxTokens, Seed, TopK
+from agentkv.server.fields import MaxTokens, Seed, Stops, TopK
 
 
 class TextPart(_Body):
@@ -63,7 +63,7 @@ class Sampling(_Body):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: TopK = 0  # extension
     n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
-    stop: str | list[str] | None = None
+    stop: Annotated[str, Field(max_length=1024)] | Stops | None = None
     seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -33,10 +33,15 @@ def test_out_of_range_numbers_are_400_and_the_next_request_succeeds(server, fiel
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
 
 
-def test_nan_and_infinity_are_400(server):
+def test_nan_and_too_many_stop_strings_are_400(server):
     body = json.dumps(COMPLETION).replace('"temperature": 0.5', '"temperature": NaN')
     r = httpx.post(server.url + "/v1/completions", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "temperature", r.text
+    r = httpx.post(server.url + "/v1/completions", json={**COMPLETION, "stop": ["x"] * 65})
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith("stop"), r.text
+    r = httpx.post(server.url + "/v1/messages", json={"model": "tiny", "max_tokens": 4, "stop_sequences": ["x" * 1025],
+                                                     "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 400 and "1024 characters" in r.text, r.text
 
 
 @pytest.mark.parametrize(("path", "body"), [
