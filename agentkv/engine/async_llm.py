@@ -114,8 +114,11 @@ class _Detok:
 
 
 class AsyncLLM:
-    def __init__(self, llm: LLM) -> None:
+    def __init__(self, llm: LLM, on_death: Callable[[BaseException], None] | None = None) -> None:
+        """on_death: called (on the engine thread) if the loop ever stops on an error, e.g. to end the process
+        so that its supervisor restarts it rather than leaving a server that answers 503 for ever."""
         self.llm = llm
+        self.on_death = on_death
         self.tokenizer = llm.tokenizer
         self.config = llm.config
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -201,6 +204,8 @@ class AsyncLLM:
                 stream.push(self._final_abort(rid))
             stream.push(_END)
         self._streams.clear()
+        if self.error is not None and self.on_death is not None:
+            self.on_death(self.error)
 
     def _take_inbox(self) -> None:
         while True:
@@ -211,7 +216,10 @@ class AsyncLLM:
             if kind == "add":
                 try:
                     self.llm.add_request(**kw)
-                except ValueError as e:
+                except Exception as e:  # refused (the engine keeps nothing of it): this request fails, not the loop
+                    if not isinstance(e, ValueError):  # not a refusal: undo whatever part of it was queued
+                        log.exception("request %s could not be added", a.request_id)
+                        self.llm.abort(a.request_id)
                     a.push(e)
                     continue
                 self._streams[a.request_id] = (a, _Detok())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from agentkv.engine.pages import PageLayout
 from agentkv.engine.pool import PagePool
 from agentkv.engine.sampler import sample
 from agentkv.engine.sequence import EngineSequence, SamplingParams
+from agentkv.engine.sessions import MAX_SESSIONS, SessionIds
 from agentkv.engine.tiering import Tiering
 from agentkv.kernels.attention import SeqSlice
 from agentkv.kernels.backends import make_backend
@@ -63,6 +65,7 @@ class LLM:
         check_invariants: bool = False,
         attention_backend: str | None = None,
         cuda_graphs: bool = True,
+        max_sessions: int = MAX_SESSIONS,
     ) -> None:
         """`model`: a Hugging Face checkpoint folder, or an already-built module (benchmarks, random weights).
         kv_codec: how KV pages are stored ('auto': the model's dtype). kv_tiers: tiers below the GPU,
@@ -70,7 +73,8 @@ class LLM:
         policy: a policy's name (lru, lfu, cost, agent) or a `Policy` of your own.
         check_invariants: compare the policy core's accounts with the pages after every step (tests).
         attention_backend: 'auto' (Triton kernels on CUDA, the torch reference elsewhere), 'torch' or 'triton';
-        None keeps a given module's own backend. cuda_graphs: capture decode steps (CUDA, Triton backend)."""
+        None keeps a given module's own backend. cuda_graphs: capture decode steps (CUDA, Triton backend).
+        max_sessions: sessions the policy follows at once (the least recently seen beyond it are forgotten)."""
         if isinstance(model, str):
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
             self.model = load_model(model, dtype, self.device)
@@ -119,12 +123,14 @@ class LLM:
         max_pages = min(num_pages, -(-cfg.max_position_embeddings // block_size))
         self.backend.bind(max_num_seqs, max_pages, self.device)
         self.pool = PagePool(self.layout, num_pages, self.device, self.ids, stores, self.backend, max_num_seqs)
+        # an engine dropped, or a process exiting, without close() still flushes and closes its tiers (once)
+        self._closer = weakref.finalize(self, self.tiering.close, self.pool, self.cache) if self.tiering else None
         self.namespace = f"{name}|{self.codec.name}|bs{block_size}"  # other models/codecs never share a block
         self.check_invariants = check_invariants
         self._counter = itertools.count()
         self._seqs: dict[str, EngineSequence] = {}
         self._generators: dict[str, torch.Generator | None] = {}
-        self._sessions: dict[str, int] = {}
+        self._sessions = SessionIds(self.cache.policy.forget_session, max_sessions)
         self._tenants: dict[str, int] = {"": 0}
         self._unreferenced: list[int] = []  # ids whose last request ended: recycled if no tier holds them
         self.prefix_query_tokens = 0
@@ -185,18 +191,20 @@ class LLM:
         `public_prefix_tokens` (whole blocks of them) are named in the public namespace, shared by every tenant (an
         operator's shared system prompt); the blocks after them stay in the tenant's."""
         params = params or SamplingParams()
+        params.check()
         ids = self.tokens_of(prompt, params)
         seq_id = next(self._counter)
         rid = str(seq_id) if request_id is None else request_id
         if rid in self._seqs:
             raise ValueError(f"request id {rid!r} is already in use")
+        generator = _generator(params.seed, self.device)  # before anything is queued: a refusal leaves no trace
         namespace = namespace_digest(f"{self.namespace}|{tenant}|{cache_salt}")
         public = public_prefix_tokens // self.block_size if tenant or cache_salt else 0
         root = namespace_digest(f"{self.namespace}||") if public else namespace
         seq = EngineSequence.create(seq_id, rid, ids, params, self.ids, root, self.block_size, public,
                                     namespace if public else b"")
         seq.arrival = time.monotonic()
-        seq.session = self._sessions.setdefault(session, len(self._sessions)) if session else -1
+        seq.session = self._sessions(session) if session else -1
         seq.tenant = self._tenants.setdefault(tenant, len(self._tenants))
         seq.classify_reply = classify_reply
         try:
@@ -204,12 +212,12 @@ class LLM:
         except ValueError:
             self._end(seq)
             raise
+        self._seqs[rid] = seq
+        self._generators[rid] = generator
         if self.tiering is not None:  # adopt what disk/Redis hold of its prefix; fetch it while it waits
             waits = self.tiering.admit(self.cache, self.ids.keys, seq.block_ids)
             if waits:
                 seq.ready = lambda: all(f.done() for f in waits)
-        self._seqs[rid] = seq
-        self._generators[rid] = _generator(params.seed, self.device)
         return rid
 
     def abort(self, request_id: str) -> bool:
@@ -226,8 +234,8 @@ class LLM:
     def close(self) -> None:
         """Write what only GPU and DRAM hold to the disk tier, finish queued offloads and close the stores (the
         disk saves its index): the next engine on the same folder starts warm."""
-        if self.tiering is not None:
-            self.tiering.close(self.pool, self.cache)
+        if self._closer is not None:
+            self._closer()
 
     def generate(self, prompts: Prompt | list[Prompt], sampling_params: SamplingParams | list[SamplingParams] | None
                  = None) -> list[RequestOutput]:
@@ -290,6 +298,9 @@ class LLM:
             if isinstance(op, Allocate) and op.admission:
                 self.prefix_query_tokens += op.seq.target
                 self.prefix_hit_tokens[: len(op.seq.cached_per_tier)] += op.seq.cached_per_tier
+                if not op.seq.preemptions:  # after repair: a lost block's tokens were not served from cache
+                    op.seq.prompt_cached = op.seq.cached  # type: ignore[attr-defined]
+                    op.seq.prompt_cached_per_tier = op.seq.cached_per_tier.copy()  # type: ignore[attr-defined]
         self._recycle(self.pool.gone + self._unreferenced)
         self.pool.gone, self._unreferenced = [], []
         if self.check_invariants:
@@ -378,9 +389,9 @@ class LLM:
         text = self._text(seq) if finished else ""
         completion = CompletionOutput(0, text, self._visible(seq) if finished else seq.output_ids,
                                       seq.finish_reason if finished else None)
-        per_tier = {n: int(x) for n, x in zip(self.tier_names, seq.cached_per_tier, strict=False)}
+        per_tier = {n: int(x) for n, x in zip(self.tier_names, seq.prompt_cached_per_tier, strict=False)}
         return RequestOutput(seq.request_id, None, seq.tokens[: seq.prompt_len], [completion], finished,  # type: ignore[index]
-                             seq.cached, per_tier, seq.preemptions)
+                             seq.prompt_cached, per_tier, seq.preemptions)
 
     def tokens_of(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         """The prompt's token ids, checked: not empty, and room for max_tokens within the model's context.

@@ -21,6 +21,6 @@ class RequestOutput:
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]
     finished: bool
-    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache (at its last admission)
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache (at its first admission)
     cached_tokens_per_tier: dict[str, int] = field(default_factory=dict)  # {"gpu": 48, "dram": 16}
     preemptions: int = 0

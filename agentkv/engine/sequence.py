@@ -12,10 +12,16 @@ from agentkv.kvcache.ids import BlockIds
 from agentkv.scheduler import Sequence
 from agentkv.storage.keys import block_key
 
+# The engine's real limits on a request's numbers: the server's request models take them from here.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
+TOP_K_MAX = 2**31 - 1  # any k at or above the vocabulary means "all"; beyond int64 torch.tensor overflows
+MAX_TOKENS_MAX = 2**31 - 1
+
 
 @dataclass(slots=True, frozen=True)
 class SamplingParams:
-    """As vLLM's: n is 1; `stop` strings end the text before them; `seed` makes sampling reproducible."""
+    """As vLLM's: n is 1; `stop` strings end the text before them; `seed` makes sampling reproducible.
+    Every number is checked here, so nothing out of range reaches the engine thread."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -28,14 +34,22 @@ class SamplingParams:
     n: int = 1
 
     def __post_init__(self) -> None:
-        checks = [(self.max_tokens >= 1, "max_tokens must be >= 1"), (self.temperature >= 0, "temperature must be >= 0"),
-                  (0 < self.top_p <= 1, "top_p must be in (0, 1]"), (self.top_k >= 0, "top_k must be >= 0"),
+        self.check()
+        object.__setattr__(self, "stop", tuple([self.stop] if isinstance(self.stop, str) else self.stop))
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+
+    def check(self) -> None:
+        """ValueError naming the first number out of range (the engine checks again at add_request)."""
+        seed = self.seed
+        checks = [(1 <= self.max_tokens <= MAX_TOKENS_MAX, f"max_tokens must be in [1, {MAX_TOKENS_MAX}]"),
+                  (0 <= self.temperature < float("inf"), "temperature must be a finite number >= 0"),
+                  (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+                  (0 <= self.top_k <= TOP_K_MAX, f"top_k must be in [0, {TOP_K_MAX}]"),
+                  (seed is None or SEED_MIN <= seed <= SEED_MAX, f"seed must be in [{SEED_MIN}, {SEED_MAX}]"),
                   (self.n == 1, "n must be 1 (one completion per request)")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
-        object.__setattr__(self, "stop", tuple([self.stop] if isinstance(self.stop, str) else self.stop))
-        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
 
 
 @dataclass(slots=True, eq=False)
@@ -52,6 +66,10 @@ class EngineSequence(Sequence):
     classify_reply: Callable[[str], str] | None = None  # "tool_calls" | "stop": how the reply ended
     public_blocks: int = 0  # leading blocks named in the public namespace; the rest chain on in `private_root`'s
     private_root: bytes = b""
+    # usage: prompt tokens served from the cache at its first admission (a preempted request's re-admission
+    # also finds its own generated blocks cached; those are not prompt tokens the client was spared)
+    prompt_cached: int = 0
+    prompt_cached_per_tier: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @staticmethod
     def create(seq_id: int, request_id: str, prompt: list[int], params: SamplingParams, ids: BlockIds,

@@ -14,8 +14,14 @@
 - a promotion that misses (a corrupted or truncated record, a key Redis evicted, Redis down) cannot be served:
   the block's page is marked poisoned, the lower tier's copy is forgotten by the core, and every request
   about to read the block recomputes from it (`repair`), rewriting the page, so no wrong KV is ever read.
-- every block the engine names is written through to Redis at once, so other processes find it; at shutdown
-  the blocks only GPU and DRAM hold are written to disk, so the next engine on the folder finds them.
+- every block the engine names is written through, in the background, to Redis (other processes find it)
+  and to disk (a kill keeps it: the next engine rescans the slots); at shutdown the blocks only GPU and DRAM
+  hold are written to disk too, so the next engine on the folder finds them.
+- a lookup in Redis is a network round trip that may hang: it runs on the mover and the engine waits for it
+  LOOKUP_S at most; a store that misses the deadline counts as holding nothing, and is not asked again until
+  that lookup returns, so a hung Redis costs one step LOOKUP_S once, not a socket timeout per request. (Disk
+  lookups read the in-memory index under a lock never held across I/O.) The engine touches the Redis copies
+  of every prefix it admits, so Redis's own LRU drops chain tails before the heads.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +47,8 @@ log = logging.getLogger(__name__)
 
 PROBE_EVERY = 32  # a store skipped as slower than recomputing is tried again on every 32nd admission
 PREFETCH_BYTES = 256 << 20  # fetched-ahead pages kept per store at most (oldest dropped first)
+LOOKUP_S = 0.1  # the longest the engine waits for a remote store's lookup
+LOAD_S = 0.1  # ... and for a load it did not fetch ahead (rare: promotions wait for their prefetch)
 
 
 class MovedStore(TierStore):
@@ -52,6 +61,7 @@ class MovedStore(TierStore):
         self.name, self.page_bytes = store.name, store.page_bytes
         self.load_s = float("nan")  # seconds a page takes to load, smoothed over recent loads
         self.ahead: dict[bytes, tuple[BlockKey, Future, torch.Tensor, int]] = {}  # digest -> fetch in flight
+        self.late: Future | None = None  # a job that missed its deadline: bypassed until it is done
 
     def prefetch(self, keys: Sequence[BlockKey]) -> list[Future]:
         """Start loading `keys`; returns the loads they wait on (some may be in flight already)."""
@@ -81,16 +91,34 @@ class MovedStore(TierStore):
         rest = []
         for i, k in enumerate(keys):
             got = self.ahead.pop(k.digest, None)
-            if got is not None and got[0] == k and got[1].result()[got[3]]:
+            if got is not None and got[0] == k and got[1].done() and got[1].result()[got[3]]:
                 out[i] = got[2][got[3]]
                 found[i] = True
             else:
                 rest.append(i)
-        if rest:
+        if rest and not self.bypassed():
             buf = torch.empty(len(rest), self.page_bytes, dtype=torch.uint8)
-            found[rest] = self._timed(self.mover.get(self.store, [keys[i] for i in rest], buf), len(rest)).result()
-            out[torch.tensor(rest, device=out.device)] = buf.to(out.device)
+            got = self._waited(self._timed(self.mover.get(self.store, [keys[i] for i in rest], buf), len(rest)), LOAD_S)
+            if got is not None:
+                found[rest] = got
+                out[torch.tensor(rest, device=out.device)] = buf.to(out.device)
         return found
+
+    def bypassed(self) -> bool:
+        """Is a job that missed its deadline still running (the store hangs)?"""
+        if self.late is not None and self.late.done():
+            log.warning("tier %s answers again", self.name)
+            self.late = None
+        return self.late is not None
+
+    def _waited(self, fut: Future, deadline_s: float) -> Any:
+        """The job's result, or None if it takes longer than `deadline_s` (the store is then bypassed)."""
+        try:
+            return fut.result(timeout=deadline_s)
+        except TimeoutError:
+            log.warning("tier %s did not answer within %g s: bypassed until it does", self.name, deadline_s)
+            self.late = fut
+            return None
 
     def _timed(self, fut: Future, pages: int) -> Future:
         """Measure a load from submission to completion (queueing included: that is what a request waits)."""
@@ -106,7 +134,15 @@ class MovedStore(TierStore):
         self.mover.drop(self.store, keys)
 
     def contains(self, keys: Sequence[BlockKey]) -> np.ndarray:
-        return self.store.contains(keys) | self.mover.staged(self.store, keys)
+        staged = self.mover.staged(self.store, keys)
+        if not self.store.remote:
+            return self.store.contains(keys) | staged
+        found = None if self.bypassed() else self._waited(self.mover.contains(self.store, keys), LOOKUP_S)
+        return staged if found is None else found | staged
+
+    def touch(self, keys: Sequence[BlockKey]) -> None:
+        if not self.bypassed():
+            self.mover.touch(self.store, keys)
 
     def close(self) -> None:
         self.store.close()
@@ -179,6 +215,10 @@ class Tiering:
                 cache.adopt(t, rest[:run][where[:run] == t])
             tier = cache.tier_of(ids)
         lead = int(np.argmax(tier < 0)) if (tier < 0).any() else len(ids)  # only a cached prefix is of use
+        if self.shared is not None:  # its heads stay the most recently used keys in Redis
+            held = ids[(cache.where[ids] & (1 << (first + self.stores.index(self.shared)))) != 0]
+            if len(held):
+                self.shared.touch([keys_of[b] for b in held.tolist()])
         waits: list[Future] = []
         for t, store in moved:
             fetch = ids[:lead][tier[:lead] == t]
@@ -217,8 +257,7 @@ class Tiering:
                 cache.capacity[t] = cap
         if pool.poisoned:
             self._recompute_poisoned(plan, pool, block_size)
-        if self.shared is not None:
-            self._write_through(plan, pool, cache, first + self.stores.index(self.shared))
+        self._write_through(plan, pool, cache, first)
 
     def _recompute_poisoned(self, plan: StepPlan, pool, bs: int) -> None:
         bad = {pool.page_of[b]: b for b in pool.poisoned if b in pool.page_of}
@@ -242,15 +281,24 @@ class Tiering:
             healed |= {bad[p] for p in seq.pages[first:read] if p in bad}  # type: ignore[attr-defined]
         pool.poisoned -= healed  # this step's forward pass rewrites them
 
-    def _write_through(self, plan: StepPlan, pool, cache: KVCache, tier: int) -> None:
-        """Blocks named this step go to Redis at once, for the other processes that share it, and the core
-        counts them there while the tier has room (so a block leaving DRAM is not written to Redis twice)."""
+    def _write_through(self, plan: StepPlan, pool, cache: KVCache, first: int) -> None:
+        """Blocks named this step go to Redis at once (all of them, for the other processes that share it) and
+        to disk (while it has room, so that a kill keeps them); the core counts them there while the tier has
+        room (so a block leaving DRAM is not written again)."""
         ids = [b for op in plan.ops if isinstance(op, Name) for b in op.ids.tolist()
                if b in pool.page_of and b not in pool.poisoned]
-        if ids:
-            pages = pool.slab[torch.tensor([pool.page_of[b] for b in ids], device=pool.slab.device)]
-            self.shared.put([pool.ids.keys[b] for b in ids], pages)  # type: ignore[union-attr]
-            cache.adopt(tier, np.asarray(ids, dtype=np.int64))
+        moved = self.moved(first)
+        if not ids or not moved:
+            return
+        pages = pool.slab[torch.tensor([pool.page_of[b] for b in ids], device=pool.slab.device)]
+        row = {b: i for i, b in enumerate(ids)}
+        for t, store in moved:
+            kept = cache.adopt(t, np.asarray(ids, dtype=np.int64)).tolist()
+            send = ids if store is self.shared else kept
+            if send:
+                rows = pages if len(send) == len(ids) else pages[torch.tensor([row[b] for b in send],
+                                                                             device=pages.device)]
+                store.put([pool.ids.keys[b] for b in send], rows)
 
     def flush(self, pool, cache: KVCache) -> None:
         """At shutdown, write the blocks only GPU or DRAM hold to the disk tier (where it has room), so that the

@@ -46,6 +46,9 @@ class Policy(ABC):
     def forget(self, slots: np.ndarray) -> None:
         """These ids will stand for other blocks from now on: reset any per-block state kept for them."""
 
+    def forget_session(self, session: int) -> None:
+        """This session number will stand for another session from now on: reset any per-session state."""
+
     def on_acquire(self, hits: np.ndarray, ctx: AccessContext) -> None:
         """A request of `ctx.session` arrived and pinned the cached prefix `hits` (a session's return)."""
 

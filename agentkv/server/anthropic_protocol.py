@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+from agentkv.server.fields import Body as _Body
+from agentkv.server.fields import MaxTokens, Stops, TopK
 
 
 class TextBlock(_Body):
@@ -67,11 +66,11 @@ class CountTokensRequest(_Body):
 
 
 class MessagesRequest(CountTokensRequest):
-    max_tokens: int = Field(ge=1)
-    stop_sequences: list[str] | None = None
+    max_tokens: MaxTokens
+    stop_sequences: Stops | None = None
     temperature: float = Field(1.0, ge=0, le=1)
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
+    top_k: TopK = 0
     stream: bool = False
     metadata: Metadata | None = None
     cache_salt: str | None = Field(None, max_length=256)  # extension, as on the OpenAI endpoints

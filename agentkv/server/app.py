@@ -11,13 +11,14 @@ policy before its blocks are released (`classify_reply`).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,6 +32,7 @@ from agentkv.server import openai_protocol as oai
 from agentkv.server.chat import Messages, Tools, anthropic_messages, openai_messages
 from agentkv.server.errors import APIError
 from agentkv.server.jobs import Jobs, Result
+from agentkv.server.limits import Limits, RequestLimits, text_chars
 from agentkv.server.metrics import Metrics
 from agentkv.server.tenants import PublicPrefixes
 from agentkv.server.tool_parsers import Parsed, make_parser, parse_all
@@ -38,6 +40,8 @@ from agentkv.server.tool_parsers import Parsed, make_parser, parse_all
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 log = logging.getLogger("agentkv.server")
 GREEDY_BELOW = 1e-5  # temperatures this small are greedy (dividing logits by them overflows)
+PROMPT_CHARS_PER_TOKEN = 16  # default prompt limit in characters per token of context (text averages ~4)
+ADMIN_PATHS = ("/metrics", "/openapi.json", "/docs", "/redoc")  # other tenants' traffic, the API's shape
 
 
 @dataclass(slots=True)
@@ -51,6 +55,8 @@ class ServerConfig:
     public: PublicPrefixes | None = None
     max_num_seqs: int = 64
     max_queue: int = 256
+    limits: Limits = field(default_factory=Limits)
+    metrics_key: str | None = None  # /metrics, /openapi.json, /docs need it; with api_keys and none: loopback only
 
 
 @dataclass(slots=True)
@@ -79,15 +85,19 @@ def create_app(engine: Any, tokenizer: Any, cfg: ServerConfig) -> FastAPI:
     app.state.server = server
     errors.install(app)
 
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/health", responses={503: {"description": "the engine loop failed; the process is exiting"}})
+    async def health() -> Response:
+        if engine.error is not None:
+            return JSONResponse({"status": "error", "error": f"the engine failed: {engine.error}"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:
         return Response(server.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(RequestLimits, max_bytes=cfg.limits.max_body_bytes, max_header_bytes=cfg.limits.max_header_bytes)
     app.add_middleware(_Authenticate, server=server)
+    errors.document_400(app)
 
     @app.get("/v1/models", response_model=oai.ModelList)
     async def models() -> oai.ModelList:
@@ -117,16 +127,20 @@ def create_app(engine: Any, tokenizer: Any, cfg: ServerConfig) -> FastAPI:
 
 class _Authenticate:
     """API keys are checked before anything else reads the request: a stranger learns nothing of the body's
-    faults. The tenant goes in the request's state."""
+    faults. The tenant goes in the request's state. /metrics and the API's schema and docs show every tenant's
+    traffic: with keys on they take the metrics key, or without one only loopback clients."""
 
     def __init__(self, app: Any, server: Server) -> None:
         self.app, self.server = app, server
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and (scope["path"].startswith("/v1/") or scope["path"].startswith(ADMIN_PATHS)):
             request = Request(scope)
             try:
-                scope.setdefault("state", {})["tenant"] = self.server.tenant(request)
+                if scope["path"].startswith("/v1/"):
+                    scope.setdefault("state", {})["tenant"] = self.server.tenant(request)
+                else:
+                    self.server.admin(request)
             except APIError as e:
                 await errors.error_response(request, e)(scope, receive, send)
                 return
@@ -139,18 +153,33 @@ class Server:
         self.metrics = Metrics(engine.stats)
         self.jobs = Jobs(engine, self.metrics, cfg.max_num_seqs, cfg.max_queue)
         self.started = int(time.time())
+        self.max_prompt_chars = cfg.limits.max_prompt_chars or PROMPT_CHARS_PER_TOKEN * cfg.max_model_len
 
     # ---- shared steps -------------------------------------------------------------------------------------
     def tenant(self, request: Request) -> str:
         if self.cfg.api_keys is None:
             return ""
-        auth = request.headers.get("authorization", "")
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-        tenant = self.cfg.api_keys.get(key)
+        tenant = self.cfg.api_keys.get(_key(request))
         if tenant is None:
             raise APIError(401, "missing or unknown API key (send 'Authorization: Bearer KEY' or 'x-api-key: KEY')",
                            code="invalid_api_key")
         return tenant
+
+    def admin(self, request: Request) -> None:
+        """May this client read /metrics and the API's schema? (APIError if not.)"""
+        if self.cfg.metrics_key is not None:
+            if not secrets.compare_digest(_key(request).encode(), self.cfg.metrics_key.encode()):
+                raise APIError(401, "this path needs the metrics key (--metrics-key-file)", code="invalid_api_key")
+        elif self.cfg.api_keys is not None and not _loopback(request):
+            raise APIError(403, "with API keys on, this path answers loopback clients only (or give the server "
+                           "--metrics-key-file)", code="forbidden")
+
+    def check_chars(self, param: str, *texts: Any) -> None:
+        """Refuse a prompt too long to be worth tokenizing (tokenizing megabytes stalls every stream)."""
+        n, limit = sum(text_chars(t) for t in texts), self.max_prompt_chars
+        if n > limit:
+            raise APIError(400, f"{param}: {n} characters, over this server's limit of {limit} (--max-prompt-chars)",
+                           param=param, code="context_length_exceeded")
 
     def check_model(self, model: str) -> None:
         if model != self.cfg.model_name:
@@ -160,6 +189,7 @@ class Server:
     async def render(self, messages: Messages, tools: Tools) -> list[int]:
         if self.tokenizer is None:
             raise APIError(400, "the model folder has no tokenizer.json: use /v1/completions with token ids")
+        self.check_chars("messages", messages, tools)
         from jinja2.exceptions import TemplateError
 
         try:  # templates with long tool schemas and long prompts take ms: keep the event loop free
@@ -273,6 +303,7 @@ class Server:
     async def _encode(self, text: str) -> list[int]:
         if self.tokenizer is None:
             raise APIError(400, "the model folder has no tokenizer.json: send the prompt as token ids", param="prompt")
+        self.check_chars("prompt", text)
         return await asyncio.to_thread(self.tokenizer.encode, text)
 
     async def _completion_events(self, deltas: AsyncIterator[Any], rid: str, body: oai.CompletionRequest,
@@ -367,6 +398,18 @@ class Server:
             raise APIError(503, "the request was aborted (server shutting down)", code="aborted")
         return result, parse_all(self.cfg.tool_parser, result.text) if tools else Parsed(result.text)
 
+
+
+def _loopback(request: Request) -> bool:
+    try:
+        return request.client is not None and ipaddress.ip_address(request.client.host).is_loopback
+    except ValueError:
+        return False
+
+
+def _key(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
 
 
 def _sse_response(events: AsyncIterator[str], anthropic: bool) -> StreamingResponse:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +23,8 @@ from fastapi import Request
 from agentkv.engine.async_llm import EngineDead
 from agentkv.server.errors import APIError
 from agentkv.server.metrics import Metrics
+
+log = logging.getLogger("agentkv.server")
 
 
 @dataclass(slots=True)
@@ -90,7 +93,9 @@ class Jobs:
         if isinstance(e, EngineDead):
             self.metrics.rejected.labels("engine_down").inc()
             return APIError(503, str(e), code="engine_unavailable")
-        raise e
+        log.error("request failed: %s: %s", type(e).__name__, e)
+        self.metrics.rejected.labels("error").inc()
+        return APIError(500, f"internal error: {type(e).__name__}: {e}", code="internal_error")
 
     async def _read(self, queue: asyncio.Queue, rid: str) -> AsyncIterator[Any]:
         done = False

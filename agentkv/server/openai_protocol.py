@@ -8,13 +8,12 @@ cached_tokens_per_tier` on usage.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+from agentkv.server.fields import Body as _Body
+from agentkv.server.fields import MaxTokens, Seed, Stops, TopK
 
 
 class TextPart(_Body):
@@ -62,15 +61,15 @@ class Sampling(_Body):
     model: str
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)  # extension
+    top_k: TopK = 0  # extension
     n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Annotated[str, Field(max_length=1024)] | Stops | None = None
+    seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float = Field(0.0, ge=0, le=0, description="penalties are not implemented: only 0")
     frequency_penalty: float = Field(0.0, ge=0, le=0, description="penalties are not implemented: only 0")
-    user: str | None = None
+    user: str | None = Field(None, max_length=512)
     ignore_eos: bool = False  # extension: generate exactly max_tokens
     cache_salt: str | None = Field(None, max_length=256)  # extension: a private cache namespace
 
@@ -87,8 +86,8 @@ class Sampling(_Body):
 
 class ChatCompletionRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = None
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto"] | None = Field(
         None, description="'required' and named tools need constrained decoding, which is not implemented")
@@ -102,7 +101,7 @@ class ChatCompletionRequest(Sampling):
 
 class CompletionRequest(Sampling):
     prompt: str | list[int] = Field(description="one prompt: text or token ids")
-    max_tokens: int = Field(16, ge=1)
+    max_tokens: MaxTokens = 16
     echo: Literal[False] = False
     logprobs: None = None
     suffix: None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from agentkv.cli_errors import positive
 from agentkv.server.tool_parsers import PARSERS
@@ -44,10 +45,56 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--public-prefix", action="append", default=[], metavar="FILE",
                    help="a text (e.g. a shared system prompt) whose KV all tenants may share (repeatable; "
                         "default: none)")
+    add_limit_flags(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model forward (CUDA)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="uvicorn's log level (default info)")
     p.set_defaults(run=cmd_serve)
+
+
+def add_limit_flags(p: argparse.ArgumentParser) -> None:
+    """What a public endpoint bounds (agentkv/server/limits.py), all in one block."""
+    from agentkv.server.limits import Limits
+
+    d = Limits()
+    g = p.add_argument_group("limits (a public endpoint)")
+    g.add_argument("--max-body-bytes", type=positive(int), default=d.max_body_bytes,
+                   help=f"larger request bodies get 413 before they are read (default {d.max_body_bytes})")
+    g.add_argument("--max-prompt-chars", type=positive(int),
+                   help="longer prompts (characters of text) get 400 before they are tokenized (default: 16 per "
+                        "token of --max-model-len)")
+    g.add_argument("--max-header-bytes", type=positive(int), default=d.max_header_bytes,
+                   help=f"request line and headers (default {d.max_header_bytes})")
+    g.add_argument("--header-timeout", type=positive(float), default=d.header_timeout_s, metavar="SECONDS",
+                   help="a connection that has not sent a request's headers by then is closed, however slowly "
+                        f"they trickle in (default {d.header_timeout_s:g})")
+    g.add_argument("--idle-timeout", type=positive(float), default=d.idle_timeout_s, metavar="SECONDS",
+                   help=f"an idle keep-alive connection is closed after (default {d.idle_timeout_s:g})")
+    g.add_argument("--max-connections", type=positive(int), default=d.max_connections,
+                   help="open connections; past it a new one closes the oldest idle one, or gets 503 if none is "
+                        f"idle (default {d.max_connections}, kept below the descriptor limit)")
+    g.add_argument("--metrics-key-file", metavar="FILE",
+                   help="a file holding the key /metrics, /openapi.json and /docs require (default: open, or "
+                        "loopback clients only when --api-keys is given)")
+
+
+def limits_of(args: argparse.Namespace):
+    from agentkv.server.limits import Limits
+
+    return Limits(max_body_bytes=args.max_body_bytes, max_prompt_chars=args.max_prompt_chars,
+                  max_header_bytes=args.max_header_bytes, header_timeout_s=args.header_timeout,
+                  idle_timeout_s=args.idle_timeout, max_connections=args.max_connections)
+
+
+def metrics_key(path: str | None) -> str | None:
+    from agentkv.cli_errors import UsageError
+
+    if path is None:
+        return None
+    key = Path(path).read_text().strip()
+    if not key or len(key.split()) != 1:
+        raise UsageError(f"--metrics-key-file {path}: expected one key on its own, found {len(key.split())} words")
+    return key
 
 
 def build(args: argparse.Namespace):
@@ -75,13 +122,35 @@ def build(args: argparse.Namespace):
     cfg = ServerConfig(model_name=args.served_model_name or os.path.basename(os.path.normpath(args.model)),
                        max_model_len=args.max_model_len or limit, block_size=args.block_size,
                        vocab_size=llm.config.vocab_size, tool_parser=args.tool_call_parser, api_keys=keys,
-                       public=public, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue)
+                       public=public, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue,
+                       limits=limits_of(args), metrics_key=metrics_key(args.metrics_key_file))
     return create_app(AsyncLLM(llm), llm.tokenizer, cfg)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    return run(build(args), args)
+
+
+def run(app, args: argparse.Namespace, sockets: list | None = None) -> int:
+    """Serve `app` until a signal or until its engine loop fails: then exit 1 with one line, so that a
+    supervisor restarts the process instead of leaving a server that answers 503 for ever."""
+    import sys
+
     import uvicorn
 
-    app = build(args)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=None)
+    from agentkv.server.limits import uvicorn_config
+
+    server = uvicorn.Server(uvicorn_config(app, app.state.server.cfg.limits, host=args.host, port=args.port,
+                                           log_level=args.log_level, timeout_graceful_shutdown=None))
+    engine = app.state.server.engine
+
+    def died(_: BaseException) -> None:
+        server.should_exit = True
+
+    engine.on_death = died
+    server.run(sockets=sockets)
+    if engine.error is not None:
+        print(f"agentkv serve: the engine loop failed ({type(engine.error).__name__}: {engine.error}); exiting",
+              file=sys.stderr)
+        return 1
     return 0

@@ -38,6 +38,7 @@ class TierStore(ABC):
     name: str
     page_bytes: int
     may_lose = False  # True: blocks may vanish on their own (Redis eviction, corruption): a load can miss
+    remote = False  # True: a lookup is a network round trip that may hang (asked on the mover, with a deadline)
 
     @abstractmethod
     def put(self, keys: Sequence[BlockKey], pages: torch.Tensor) -> None:
@@ -54,6 +55,9 @@ class TierStore(ABC):
 
     @abstractmethod
     def contains(self, keys: Sequence[BlockKey]) -> np.ndarray: ...
+
+    def touch(self, keys: Sequence[BlockKey]) -> None:
+        """The keys were used now (a store that evicts by recency keeps them longer; others ignore it)."""
 
     def close(self) -> None:
         """Release files, connections, pinned memory."""

@@ -5,10 +5,13 @@ file s // slots_per_segment at a 4 KiB-aligned offset, and a block is written an
 syscall (head + identity + page), the page going straight between the file and the caller's tensor row.
 
 Crash safety comes from verification rather than ordering: a slot is entered in the index only after its write
-returns, the index is saved by write-to-temp then rename, and every load checks the record against the key it
-was asked for. A torn write, a slot reused after the last index save, a flipped bit or a truncated file all
-read as a miss (the slot is then freed), never as another block's bytes. Without a saved index the store
-rebuilds one by scanning slot heads, so the cache survives an engine restart either way.
+returns, and every load checks the record against the key it was asked for. A torn write, a slot reused after
+the last index save, a flipped bit or a truncated file all read as a miss (the slot is then freed), never as
+another block's bytes. The index is saved at `close` (temp file, fsync, rename) with each segment file's size
+and modification time; at open it is used only if it is readable and the segments are exactly as it saw them.
+Otherwise (a kill, an exit without `close`, a damaged or stale index) the index is rebuilt by scanning slot
+heads, so every block whose write completed survives. One engine at a time: the folder is locked (`flock`)
+while a store has it open, and a second store gets `FolderInUse`.
 
 Disk full (ENOSPC, EDQUOT, EFBIG) shrinks the store to the slots its files already span; `capacity_pages`
 tells the engine the new size.
@@ -17,11 +20,11 @@ tells the engine the new size.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,14 +45,18 @@ def _round_up(n: int, to: int) -> int:
     return -(-n // to) * to
 
 
+class FolderInUse(RuntimeError):
+    """Another store (this process or another) has the disk tier's folder open."""
+
+
 class DiskStore(TierStore):
     name = "disk"
     may_lose = True
 
     def __init__(self, path: str | os.PathLike, capacity_bytes: float, page_bytes: int,
-                 max_identity_bytes: int = 16 + 4 * 256, index_interval_s: float = 5.0) -> None:
+                 max_identity_bytes: int = 16 + 4 * 256) -> None:
         """max_identity_bytes: room for a key's identity (parent digest + int32 tokens: 256-token blocks by
-        default). index_interval_s: how often puts and drops save the index (always at close)."""
+        default)."""
         self.root = Path(path)
         self.page_bytes = page_bytes
         self.head_room = _round_up(HEAD_BYTES + max_identity_bytes, 64)
@@ -58,16 +65,14 @@ class DiskStore(TierStore):
         if self.n_slots < 1:
             raise ValueError(f"disk tier at {self.root}: {capacity_bytes:.0f} bytes hold no {self.slot_bytes}-byte slot")
         self.per_segment = max(1, SEGMENT_BYTES // self.slot_bytes)
-        self.index_interval_s = index_interval_s
         self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = self._lock_folder()
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()  # guards index and free list: `contains` may run on another thread
         self.index: dict[bytes, int] = {}  # digest -> slot
         self.index = self._load_index() or self._scan()
         used = set(self.index.values())
         self.free = [s for s in range(self.n_slots - 1, -1, -1) if s not in used]
-        self._saved_at = time.monotonic()
-        self._dirty = False
 
     @property
     def capacity_pages(self) -> int:
@@ -84,8 +89,6 @@ class DiskStore(TierStore):
             if self._write(slot, encode_head(key, row), row):
                 with self._lock:
                     self.index[key.digest] = slot
-                self._dirty = True
-        self._maybe_save()
 
     def get(self, keys: Sequence[BlockKey], out: torch.Tensor) -> np.ndarray:
         host = out if out.device.type == "cpu" else torch.empty(out.shape, dtype=torch.uint8)
@@ -113,19 +116,34 @@ class DiskStore(TierStore):
                 slot = self.index.pop(k.digest, None)
                 if slot is not None:
                     self.free.append(slot)
-                    self._dirty = True
-        self._maybe_save()
 
     def contains(self, keys: Sequence[BlockKey]) -> np.ndarray:
         with self._lock:
             return np.array([k.digest in self.index for k in keys], dtype=bool)
 
     def close(self) -> None:
-        if self._dirty:
-            self.save_index()
+        """Save the index and release the files and the folder's lock (a deleted folder only warns)."""
+        if self._lock_fd is None:
+            return
+        self.save_index()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+    def _lock_folder(self) -> int:
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise FolderInUse(f"disk tier {self.root} is in use by another engine (pid {holder}); give each "
+                              "engine its own folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
 
     # ---- slots ---------------------------------------------------------------------------------------------
     def _fd(self, slot: int) -> tuple[int, int]:
@@ -167,39 +185,58 @@ class DiskStore(TierStore):
         return {"version": 1, "page_bytes": self.page_bytes, "slot_bytes": self.slot_bytes,
                 "head_room": self.head_room, "per_segment": self.per_segment}
 
+    def _segments(self) -> list[list[int]]:
+        """[segment, size, mtime_ns] of every segment file: what the index saw, to tell a stale one."""
+        out = []
+        for path in sorted(self.root.glob("seg*.kv")):
+            st = path.stat()
+            out.append([int(path.stem[3:]), st.st_size, st.st_mtime_ns])
+        return out
+
     def save_index(self) -> None:
-        """Atomically replace the saved index (temp file, fsync, rename)."""
+        """Atomically replace the saved index (temp file, fsync, rename); a failure (disk full, folder gone)
+        only warns: the next open rescans."""
         with self._lock:
             digests = np.frombuffer(b"".join(self.index), dtype=np.uint8).reshape(-1, 16)
             slots = np.fromiter(self.index.values(), dtype=np.int64, count=len(self.index))
-            self._dirty = False
         tmp = self.root / "index.tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, geometry=np.frombuffer(json.dumps(self._geometry()).encode(), dtype=np.uint8),
-                     digests=digests, slots=slots)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / "index.npz")
-        self._saved_at = time.monotonic()
-
-    def _maybe_save(self) -> None:
-        if self._dirty and time.monotonic() - self._saved_at >= self.index_interval_s:
-            self.save_index()
+        try:
+            for fd in self._fds.values():
+                os.fsync(fd)  # the segments as the index describes them are on disk before it is
+            meta = {**self._geometry(), "segments": self._segments()}
+            with open(tmp, "wb") as f:
+                np.savez(f, geometry=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                         digests=digests, slots=slots)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.root / "index.npz")
+        except OSError as e:
+            log.warning("disk tier %s: index not saved (%s); the next start rescans the slots", self.root,
+                        e.strerror or e)
+            tmp.unlink(missing_ok=True)
 
     def _load_index(self) -> dict[bytes, int] | None:
+        """The saved index if it is readable and describes the segments as they are; else None (rescan)."""
         path = self.root / "index.npz"
+        if not path.exists():
+            return None
         try:
             with np.load(path) as z:
-                if json.loads(z["geometry"].tobytes()) != self._geometry():
-                    log.warning("disk tier %s: saved with another page layout; starting empty", self.root)
-                    return {}
+                meta = json.loads(z["geometry"].tobytes())
                 digests, slots = z["digests"], z["slots"]
-        except FileNotFoundError:
+            segments = meta.pop("segments")
+            if meta != self._geometry():
+                log.warning("disk tier %s: saved with another page layout; starting empty", self.root)
+                return {}
+            if segments != self._segments():
+                log.warning("disk tier %s: index older than the slots (no clean close); rescanning", self.root)
+                return None
+            if digests.shape != (len(slots), 16):
+                raise ValueError(f"{len(digests)} digests for {len(slots)} slots")
+            return {d.tobytes(): int(s) for d, s in zip(digests, slots, strict=True) if 0 <= s < self.n_slots}
+        except Exception as e:  # a damaged file fails in many ways (BadZipFile, EOFError, KeyError, ...)
+            log.warning("disk tier %s: index unreadable (%s: %s); rescanning slots", self.root, type(e).__name__, e)
             return None
-        except (OSError, ValueError, KeyError) as e:
-            log.warning("disk tier %s: index unreadable (%s); rescanning slots", self.root, e)
-            return None
-        return {d.tobytes(): int(s) for d, s in zip(digests, slots, strict=True) if s < self.n_slots}
 
     def _scan(self) -> dict[bytes, int]:
         """Rebuild the index from the slot heads on disk (verification happens at load time)."""

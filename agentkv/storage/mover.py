@@ -1,4 +1,4 @@
-"""Moves pages to and from tier stores off the engine thread, one worker thread per store.
+"""Moves pages to and from tier stores off the engine thread, one worker thread per store (and one for its lookups).
 
 The engine submits batches and gets futures back: offloads (`put`) run in the background, while loads (`get`)
 are urgent and jump ahead of queued offloads, so a request waits only for the blocks it needs, not for the
@@ -9,6 +9,10 @@ Redis work in parallel on their own workers.
 side stream on CUDA), so the engine may reuse the source page at once. Until the put has run, a `get` of the
 same block is served from that snapshot: a block offloaded a moment ago is still a hit. A job that raises is
 logged and reads as "nothing stored" / "all missed": storage never raises into the engine.
+
+A store that hangs (a stopped Redis) holds its worker, and puts queue behind it: past `MAX_BACKLOG_BYTES` of
+snapshots waiting for one store, further puts are skipped (the blocks are simply not stored there, which a
+lossy tier allows), so a hung store cannot grow the engine's memory without bound.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from agentkv.storage.base import BlockKey, TierStore
 
 log = logging.getLogger(__name__)
+MAX_BACKLOG_BYTES = 512 << 20  # snapshots queued for one store at most
 
 
 @dataclass(slots=True)
@@ -45,18 +50,35 @@ class _Worker:
     wake: threading.Condition = field(default_factory=threading.Condition)
     closing: bool = False
     thread: threading.Thread | None = None
+    backlog_bytes: int = 0  # snapshots of puts submitted and not yet run
+    skipped: int = 0  # puts skipped over the backlog since the last warning
 
 
 class Mover:
     def __init__(self) -> None:
-        self._workers: dict[int, _Worker] = {}
+        self._workers: dict[tuple[int, str], _Worker] = {}
         self._stream = torch.cuda.Stream() if torch.cuda.is_available() else None
 
     # ---- submissions (engine thread) -----------------------------------------------------------------------
     def put(self, store: TierStore, keys: Sequence[BlockKey], pages: torch.Tensor) -> Future[None]:
-        """Store a snapshot of `pages` [len(keys), page_bytes] under `keys` in the background."""
-        host, ready = self._snapshot(pages)
+        """Store a snapshot of `pages` [len(keys), page_bytes] under `keys` in the background (skipped while
+        the store's backlog is over MAX_BACKLOG_BYTES)."""
         w = self._worker(store)
+        size = pages.numel() * pages.element_size()
+        with w.wake:
+            if w.backlog_bytes + size > MAX_BACKLOG_BYTES:
+                if w.skipped == 0:
+                    log.warning("tier %s is not keeping up (%d MiB queued): puts skipped until it does",
+                                store.name, w.backlog_bytes >> 20)
+                w.skipped += 1
+                done: Future = Future()
+                done.set_result(None)
+                return done
+            if w.skipped:
+                log.warning("tier %s keeps up again (%d puts were skipped)", store.name, w.skipped)
+                w.skipped = 0
+            w.backlog_bytes += size
+        host, ready = self._snapshot(pages)
         with w.wake:
             for i, key in enumerate(keys):
                 w.staged[key.digest] = _Staged(key, host, i, ready)
@@ -68,6 +90,7 @@ class Mover:
                 store.put(keys, host)
             finally:
                 with w.wake:
+                    w.backlog_bytes -= size
                     for key in keys:
                         if (s := w.staged.get(key.digest)) is not None and s.batch is host:
                             del w.staged[key.digest]
@@ -106,6 +129,16 @@ class Mover:
         with w.wake:
             return np.array([(s := w.staged.get(k.digest)) is not None and s.key == k for k in keys], dtype=bool)
 
+    def contains(self, store: TierStore, keys: Sequence[BlockKey]) -> Future[np.ndarray]:
+        """Ask the store which keys it holds, on a worker of its own (a lookup never waits for a put to finish;
+        snapshots not counted)."""
+        return self._submit(self._worker(store, "lookup"), lambda: store.contains(keys),
+                            np.zeros(len(keys), dtype=bool), urgent=True)
+
+    def touch(self, store: TierStore, keys: Sequence[BlockKey]) -> Future[None]:
+        """Mark keys as used now, in the background (a store with its own eviction keeps them longer)."""
+        return self._submit(self._worker(store), lambda: store.touch(keys), None, urgent=False)
+
     def drop(self, store: TierStore, keys: Sequence[BlockKey]) -> Future[None]:
         """Forget keys, after every put submitted before."""
         return self._submit(self._worker(store), lambda: store.drop(keys), None, urgent=False)
@@ -140,10 +173,10 @@ class Mover:
         main.wait_event(ready)  # the engine's next writes to these pages wait for the copy, not the CPU
         return host, ready
 
-    def _worker(self, store: TierStore) -> _Worker:
-        w = self._workers.get(id(store))
+    def _worker(self, store: TierStore, lane: str = "move") -> _Worker:
+        w = self._workers.get((id(store), lane))
         if w is None:
-            w = self._workers[id(store)] = _Worker(store)
+            w = self._workers[(id(store), lane)] = _Worker(store)
             w.thread = threading.Thread(target=self._loop, args=(w,), name=f"agentkv-mover-{store.name}", daemon=True)
             w.thread.start()
         return w

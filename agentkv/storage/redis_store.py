@@ -5,7 +5,10 @@ machine or several, pointed at one Redis share every prefix any of them computed
 are records (see `record`), kept as a two-field hash (head + identity, page) so that the page goes from the
 caller's tensor to the socket without a copy; a load checks checksum and identity, so a collision, a corrupted
 or truncated value is a miss. Redis may evict under its own `maxmemory` policy at any time: a key gone is a
-miss too.
+miss too. A prefix is only of use from its head, so lookups use TOUCH (which refreshes a key's LRU clock, as
+EXISTS does not) and the engine touches the Redis copies of every prefix it serves: under `allkeys-lru`, Redis
+then drops chain tails before the heads every request shares. A key holding another type (written by
+something else) is replaced on the next put.
 
 Redis must never stop the engine: connection and operation timeouts bound every call, and any failure marks
 the tier down (one warning), after which calls return at once (puts skipped, gets and contains all misses)
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 class RedisStore(TierStore):
     name = "redis"
     may_lose = True
+    remote = True
 
     def __init__(self, url: str, page_bytes: int, prefix: bytes = b"akv:", connect_timeout_s: float = 0.5,
                  op_timeout_s: float = 5.0, backoff_s: tuple[float, float] = (0.5, 30.0),
@@ -67,6 +71,15 @@ class RedisStore(TierStore):
             results = self._pipeline(build)
             if results is None:
                 return
+            wrong = [i for i, r in enumerate(results, start=lo) if isinstance(r, redis.ResponseError)
+                     and str(r).startswith("WRONGTYPE")]
+            if wrong:  # a key of another type under our name: replace it
+                def replace(pipe, wrong=wrong):
+                    for i in wrong:
+                        pipe.unlink(self.prefix + keys[i].digest)
+                        pipe.hset(self.prefix + keys[i].digest, mapping={b"h": encode_head(keys[i], rows[i]),
+                                                                         b"p": memoryview(rows[i])})
+                results = self._pipeline(replace) or []
             for r in results:
                 if isinstance(r, Exception):  # e.g. OOM under maxmemory with noeviction: the block is not stored
                     log.warning("redis tier %s: SET refused: %s", self.url, r)
@@ -96,11 +109,14 @@ class RedisStore(TierStore):
     def contains(self, keys: Sequence[BlockKey]) -> np.ndarray:
         found = np.zeros(len(keys), dtype=bool)
         for lo, hi in self._chunks(len(keys)):
-            res = self._pipeline(lambda pipe, lo=lo, hi=hi: [pipe.exists(self.prefix + k.digest) for k in keys[lo:hi]])
+            res = self._pipeline(lambda pipe, lo=lo, hi=hi: [pipe.touch(self.prefix + k.digest) for k in keys[lo:hi]])
             if res is None:
                 break
             found[lo:hi] = [r == 1 for r in res]
         return found
+
+    def touch(self, keys: Sequence[BlockKey]) -> None:
+        self.contains(keys)
 
     def close(self) -> None:
         self.client.close()

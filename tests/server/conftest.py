@@ -158,12 +158,18 @@ def server(start, plain_dir) -> LiveServer:
 class ServerProcess:
     """`python -m agentkv.cli serve ...` in its own process: for signals and for its memory, seen from outside."""
 
-    def __init__(self, flags: list[str]) -> None:
+    def __init__(self, flags: list[str], log: Path | None = None, nofile: int | None = None) -> None:
+        """log: where its stdout and stderr go (default: the test's); nofile: its descriptor limit."""
         import os
+        import resource
         import subprocess
         import sys
 
         import httpx
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -171,9 +177,12 @@ class ServerProcess:
         sock.close()
         self.url = f"http://127.0.0.1:{self.port}"
         root = Path(__file__).resolve().parents[2]
+        out = open(log, "wb") if log is not None else None  # noqa: SIM115 (the child writes it; closed at stop)
         self.proc = subprocess.Popen([sys.executable, "-m", "agentkv.cli", "serve", "--port", str(self.port),
-                                      "--log-level", "warning", *flags], cwd=root,
-                                     env={**os.environ, "PYTHONPATH": str(root)})
+                                      "--log-level", "warning", *flags], cwd=root, stdout=out, stderr=out,
+                                     env={**os.environ, "PYTHONPATH": str(root)}, preexec_fn=limit)
+        if out is not None:
+            out.close()
         deadline = time.monotonic() + 120
         while True:
             assert self.proc.poll() is None, f"server exited with {self.proc.returncode}"
@@ -199,8 +208,8 @@ class ServerProcess:
 def spawn() -> Iterator[Callable[..., ServerProcess]]:
     procs: list[ServerProcess] = []
 
-    def run(*flags: str) -> ServerProcess:
-        procs.append(ServerProcess(list(flags)))
+    def run(*flags: str, log: Path | None = None, nofile: int | None = None) -> ServerProcess:
+        procs.append(ServerProcess(list(flags), log, nofile))
         return procs[-1]
 
     yield run

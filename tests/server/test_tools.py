@@ -63,7 +63,7 @@ def test_round_trip_reaches_the_cache_policy(oai, tool_server):
                                         extra_headers={"x-session-id": "agent-7"})
     call = first.choices[0].message.tool_calls[0]
     llm = tool_server.engine.llm
-    session = llm._sessions["/agent-7"]
+    session = llm._sessions.get("/agent-7")
     assert llm.cache.policy.last_kind[session] == FINISH_TOOL
     history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
                {"role": "tool", "tool_call_id": call.id, "content": "print ( 1 )"}]

@@ -117,7 +117,7 @@ def test_forced_collision_is_a_miss(tmp_path):
 
 def test_disk_full_shrinks(tmp_path):
     keys, pages = make_blocks(10)
-    store = DiskStore(tmp_path, 1 << 20, PAGE, index_interval_s=1e9)
+    store = DiskStore(tmp_path, 1 << 20, PAGE)
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (4 * store.slot_bytes + 100, old_limit[1]))  # a file may hold 4 slots
@@ -133,3 +133,82 @@ def test_disk_full_shrinks(tmp_path):
     store.drop(keys[:1])
     store.put(keys[4:6], pages[4:6])  # room the disk already gave is reused; nothing past it is tried
     assert store.contains(keys[4:6]).tolist() == [True, False]
+
+
+def _written_and_closed(tmp_path):
+    keys, pages = make_blocks(14)
+    store = DiskStore(tmp_path, 1 << 20, PAGE)
+    store.put(keys[:10], pages[:10])
+    store.close()
+    return keys, pages
+
+
+def _mismatched_counts(path):
+    with np.load(path) as z:
+        parts = {k: z[k] for k in z.files}
+    parts["slots"] = parts["slots"][:-3]
+    with open(path, "wb") as f:
+        np.savez(f, **parts)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "counts", "stale"])
+def test_a_damaged_or_stale_index_is_rebuilt_by_a_rescan(tmp_path, damage, caplog):
+    keys, pages = _written_and_closed(tmp_path)
+    index = tmp_path / "index.npz"
+    if damage == "truncated":
+        index.write_bytes(index.read_bytes()[: index.stat().st_size // 2])
+    elif damage == "garbage":
+        index.write_bytes(b"PK\x03\x04" + b"\x00" * 100)
+    elif damage == "empty":
+        index.write_bytes(b"")
+    elif damage == "counts":
+        _mismatched_counts(index)
+    else:  # an index saved before the last 4 blocks were written (the process then died without close)
+        store = DiskStore(tmp_path, 1 << 20, PAGE)
+        saved = index.read_bytes()
+        store.put(keys[10:], pages[10:])
+        store._fds.clear()  # a kill: no close, nothing saved
+        os.close(store._lock_fd)
+        index.write_bytes(saved)
+    if damage != "stale":
+        keys, pages = keys[:10], pages[:10]
+    again = DiskStore(tmp_path, 1 << 20, PAGE)
+    found, out = load(again, keys)
+    assert found.all() and torch.equal(out, pages)
+    assert "rescanning" in caplog.text
+    again.close()
+
+
+def test_a_folder_is_locked_by_one_store(tmp_path):
+    from agentkv.storage.disk import FolderInUse
+
+    first = DiskStore(tmp_path, 1 << 20, PAGE)
+    with pytest.raises(FolderInUse, match=rf"disk tier {tmp_path} is in use by another engine \(pid {os.getpid()}\)"):
+        DiskStore(tmp_path, 1 << 20, PAGE)
+    first.close()
+    DiskStore(tmp_path, 1 << 20, PAGE).close()
+
+
+def test_close_survives_a_deleted_folder_and_a_full_disk(tmp_path, caplog):
+    import shutil
+
+    keys, pages = make_blocks(4)
+    gone = DiskStore(tmp_path / "gone", 1 << 20, PAGE)
+    gone.put(keys, pages)
+    shutil.rmtree(tmp_path / "gone")
+    gone.close()  # warns, does not raise
+    assert "index not saved" in caplog.text
+    full = DiskStore(tmp_path / "full", 1 << 20, PAGE)
+    full.put(keys, pages)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200, old_limit[1]))  # the index cannot be written
+    try:
+        full.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert not (tmp_path / "full" / "index.tmp").exists()
+    assert "Traceback" not in caplog.text and all(r.levelname == "WARNING" for r in caplog.records)
+    found, _ = load(DiskStore(tmp_path / "full", 1 << 20, PAGE), keys)
+    assert found.all()

@@ -125,3 +125,27 @@ def test_forced_collision_is_a_miss(redis_server):
     store = RedisStore(redis_server.url, PAGE)
     store.put(keys[:1], pages[:1])
     assert not load(store, [BlockKey(keys[0].digest, keys[1].identity)])[0][0]
+
+
+def test_a_key_of_another_type_is_replaced_by_the_next_put(redis_server):
+    keys, pages = make_blocks(5)
+    store = RedisStore(redis_server.url, PAGE)
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.set(store.prefix + keys[2].digest, b"written by something else")
+    store.put(keys, pages)
+    found, out = load(store, keys)
+    assert found.all() and torch.equal(out, pages)
+
+
+def test_a_lookup_refreshes_the_keys_lru_clock(redis_server):
+    """Under allkeys-lru Redis evicts the longest idle keys: a lookup must count as a use (TOUCH), or a
+    chain's heads, written first, go first and the surviving tails are of no use to anyone."""
+    keys, pages = make_blocks(3)
+    store = RedisStore(redis_server.url, PAGE)
+    store.put(keys, pages)
+    raw = redis.Redis.from_url(redis_server.url)
+    time.sleep(2.1)  # Redis's LRU clock ticks in seconds
+    assert raw.object("idletime", store.prefix + keys[0].digest) >= 2
+    assert store.contains(keys[:1]).all()
+    assert raw.object("idletime", store.prefix + keys[0].digest) <= 1
+    assert raw.object("idletime", store.prefix + keys[2].digest) >= 2

@@ -112,6 +112,15 @@ class AgentAware(Policy):
             self.ratios += [[] for _ in range(pad)]
             self.chains += [np.zeros(0, dtype=np.int64) for _ in range(pad)]
 
+    def forget_session(self, session: int) -> None:
+        if session >= len(self.last_release):
+            return
+        s = session
+        self.last_release[s], self.serving[s], self.last_kind[s], self.last_seq[s] = np.nan, False, 0, 0
+        self.pace[s] = self.reply[s] = 1.0
+        self.ratios[s], self.chains[s] = [], np.zeros(0, dtype=np.int64)
+        self.owner[self.owner == s] = -1  # its blocks belong to no session now
+
     def _table(self, kind: int) -> _Pauses:
         table = self.kinds[kind]
         return table if len(table.sorted) >= MIN_SAMPLES else self.pooled
