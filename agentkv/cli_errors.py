@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
+import threading
 from importlib import metadata
 
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
@@ -91,13 +93,34 @@ def one_line(e: BaseException) -> str:
     return " ".join(text.split()) or type(e).__name__
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP, raised where the program is, so the `with` blocks holding workers and files unwind."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
 def run_guarded(fn, prog: str = "agentkv") -> int:
-    """Run `fn()`; turn every failure into one line on stderr (exit 2 for bad input, 1 for the rest)."""
+    """Run `fn()`; turn every failure into one line on stderr (exit 2 for bad input, 1 for the rest). SIGTERM and
+    SIGHUP unwind like Ctrl-C (worker processes are ended on the way out), then end the process by that signal."""
+    caught = (signal.SIGTERM, signal.SIGHUP) if threading.current_thread() is threading.main_thread() else ()
+    before = {s: signal.signal(s, _stop) for s in caught}
     try:
         return int(fn() or 0)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Stopped as e:
+        print(f"{prog}: stopped by {e}", file=sys.stderr)
+        sys.stderr.flush()
+        signal.signal(e.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), e.signum)  # a supervisor sees the signal it sent (status 128 + signum)
+        return 128 + e.signum
     except ModuleNotFoundError as e:
         extra = missing_extra(e)
         if extra is None:
@@ -115,3 +138,6 @@ def run_guarded(fn, prog: str = "agentkv") -> int:
         print(f"{prog}: error: {type(e).__name__}: {one_line(e)} (set AGENTKV_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return 1
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
