@@ -163,6 +163,9 @@ def add_arrival_args(p: argparse.ArgumentParser) -> None:
 
 def arrival_from_args(args: argparse.Namespace, trace: Trace) -> ArrivalModel:
     if args.concurrency is not None:
+        from agentkv.limits import check_concurrency
+
+        check_concurrency(args.concurrency, int((trace.session_parent < 0).sum()))
         return ArrivalModel("concurrency", args.concurrency, args.arrival_seed)
     if args.rate is not None:
         return ArrivalModel("rate", args.rate, args.arrival_seed)
@@ -186,7 +189,11 @@ def generator_config(args: argparse.Namespace, prefix: str = "") -> GeneratorCon
         cfg = fit(load_trace(args.fit))
     else:
         cfg = GeneratorConfig()
-    return replace(cfg, seed=seed, **({"sessions": sessions} if sessions else {}))
+    cfg = replace(cfg, seed=seed, **({"sessions": sessions} if sessions else {}))
+    from agentkv.limits import check_generated
+
+    check_generated(cfg, f"--{prefix}sessions")
+    return cfg
 
 
 def load_or_generate(args: argparse.Namespace) -> Trace:
