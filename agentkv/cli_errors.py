@@ -57,6 +57,22 @@ def missing_extra(e: ModuleNotFoundError) -> str | None:
     return None
 
 
+TORCH_EXTRAS = ("engine", "server")  # extras whose install pulls torch: PyPI's default Linux wheel is a CUDA build
+CPU_TORCH = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"  # the README's, for CPUs
+
+
+def install_hint(e: ModuleNotFoundError) -> str | None:
+    """What to install for a missing module, in the words both the CLI and the Python API use; None when no
+    extra of agentkv provides it. Extras that pull torch name the CPU build first, so a CPU machine stays on it."""
+    extra = missing_extra(e)
+    if extra is None:
+        return None
+    install = f"pip install 'agentkv[{extra}]'"
+    if extra in TORCH_EXTRAS:
+        install = f"{CPU_TORCH} && {install} (with a GPU, your CUDA build of torch instead of the first command)"
+    return f"this needs agentkv's '{extra}' extra (missing module '{e.name}'): {install}"
+
+
 def check_model_dir(path: str, flag: str = "--model") -> None:
     if not os.path.exists(path):
         raise UsageError(f"{flag} {path}: no such folder (give a Hugging Face checkpoint folder)")
@@ -122,13 +138,9 @@ def run_guarded(fn, prog: str = "agentkv") -> int:
         os.kill(os.getpid(), e.signum)  # a supervisor sees the signal it sent (status 128 + signum)
         return 128 + e.signum
     except ModuleNotFoundError as e:
-        extra = missing_extra(e)
-        if extra is None:
-            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-            return 1
-        print(f"{prog}: error: this command needs the '{extra}' extra (missing module '{e.name}'): "
-              f"pip install 'agentkv[{extra}]'", file=sys.stderr)
-        return 2
+        hint = install_hint(e)
+        print(f"{prog}: error: {hint or one_line(e)}", file=sys.stderr)
+        return 1 if hint is None else 2
     except (UsageError, *USER_ERRORS) as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,12 +171,25 @@ def bad_inputs(tmp_path_factory):
     return d
 
 
+ENGINE_HINT = ("this needs agentkv's 'engine' extra (missing module 'torch'): pip install torch==2.13.0 --index-url "
+               "https://download.pytorch.org/whl/cpu && pip install 'agentkv[engine]'")
+
+
+def test_the_python_api_names_the_missing_extra_as_the_cli_does(bad_inputs):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(bad_inputs / "no_torch"), os.getcwd()])}
+    r = subprocess.run([sys.executable, "-c", "from agentkv import LLM"], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith(f"ModuleNotFoundError: {ENGINE_HINT}")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in readme  # the same command
+
+
 BAD_INPUTS = [  # (args, exit code, what the one line must name); {d} is the fixture's folder
     (["generate", "--model", "{d}/ckpt", "--prompt", "hi", "--device", "cpu"], 2, "{d}/ckpt/model.safetensors"),
     (["generate", "--model", "{d}/notes.txt", "--prompt", "hi"], 2, "--model {d}/notes.txt: is a file"),
     (["generate", "--model", "{d}/missing", "--prompt", "hi"], 2, "--model {d}/missing: no such folder"),
     (["generate", "--model", "{d}/ckpt", "--prompt", "hi", "--device", "cuda"], 2, "--device cuda: CUDA is not"),
-    (["generate", "--model", "{d}/ckpt", "--prompt", "hi"], 2, "needs the 'engine' extra"),  # with no_torch
+    (["generate", "--model", "{d}/ckpt", "--prompt", "hi"], 2, ENGINE_HINT),  # with no_torch
     (["report", "--gen-sessions", "0"], 2, "argument --gen-sessions: must be > 0, got 0"),
     (["trace", "generate", "--sessions", "-3", "--out", "{d}/x.npz"], 2, "argument --sessions: must be > 0"),
     (["trace", "stats", "--window", "0"], 2, "argument --window: must be > 0"),
@@ -203,7 +217,7 @@ BAD_INPUTS = [  # (args, exit code, what the one line must name); {d} is the fix
 @pytest.mark.parametrize(("args", "code", "named"), BAD_INPUTS, ids=[" ".join(a[:3]) for a, _, _ in BAD_INPUTS])
 def test_bad_input_is_answered_in_one_line_by_name(bad_inputs, args, code, named, tmp_path):
     env = dict(os.environ)
-    if named == "needs the 'engine' extra":
+    if named == ENGINE_HINT:
         env["PYTHONPATH"] = os.pathsep.join([str(bad_inputs / "no_torch"), os.getcwd()])
     argv = [a.replace("{d}", str(bad_inputs)) for a in args]
     r = subprocess.run([sys.executable, "-m", "agentkv.cli", *argv, *(["--out", str(tmp_path / "r.html")]

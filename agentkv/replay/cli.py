@@ -72,10 +72,8 @@ def add_replay_parser(sub: Any) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    try:
-        import httpx  # noqa: F401
-    except ImportError:
-        raise ValueError("agentkv replay needs httpx: pip install 'agentkv[replay]'") from None
+    import httpx  # noqa: F401  (missing: the CLI names the 'replay' extra)
+
     from agentkv.cli_errors import check_output
     from agentkv.replay import alphabet
     from agentkv.replay.runner import Pacing, plan
