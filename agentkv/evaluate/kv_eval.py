@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
 
 from agentkv.cli_errors import UsageError, check_device, check_model_dir, positive
@@ -64,7 +65,12 @@ def cmd_kv_eval(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from agentkv.codecs.eval import evaluate, to_json
+    from agentkv.model.config import ModelConfig
 
+    window = ModelConfig.from_dir(args.model).max_position_embeddings
+    if args.context and args.context > window:
+        print(f"kv-eval: --context {args.context:,} is over the model's window: {window:,} tokens per window "
+              "(its max_position_embeddings)", file=sys.stderr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     text, name = read_text(args.text, (args.context or 4096) * args.windows * 8)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -78,34 +84,43 @@ def cmd_kv_eval(args: argparse.Namespace) -> int:
         if not console.is_terminal:  # a file or a pipe: the whole table, unwrapped
             console = Console(width=200)
         console.print(table(ev))
+        console.print(fit_table(ev))
     return 0
 
 
 def table(ev: Any):
-    """One row per codec: quality against bf16, then 96k contexts per GPU for every catalog model."""
+    """One row per codec: its quality against bf16."""
     from rich.table import Table
 
-    gpus = " ".join(next(iter(ev.results[0].contexts_per_gpu.values())))
     t = Table(title=f"kv-eval: {ev.model} on {ev.text} ({ev.tokens:,} tokens in {ev.windows} windows of "
                     f"{ev.context:,}; {ev.device})", caption="attn err: attention-output relative error on the "
-              "bf16 run's Q/K/V (mean over layers, worst layer); KL, top-1, ppl: every layer on the codec's KV; "
-              f"96k ctx/GPU: per GPU of {gpus} (-: the weights do not fit on 8)")
-    t.add_column("KV codec", no_wrap=True)
-    t.add_column("bytes/token", justify="right")
-    t.add_column("attn err", justify="right")
-    t.add_column("KL (nats)", justify="right")
-    t.add_column("top-1", justify="right")
-    t.add_column("ppl (change)", justify="right")
-    models = list(ev.results[0].contexts_per_gpu)
-    for m in models:
-        t.add_column(f"{m}\n96k ctx/GPU", justify="right")
+              "bf16 run's Q/K/V (mean over layers, worst layer); KL, top-1, ppl: every layer on the codec's KV")
+    for name in ("KV codec", "bytes/token", "attn err", "KL (nats)", "top-1", "ppl (change)"):
+        t.add_column(name, justify="left" if name == "KV codec" else "right", no_wrap=name == "KV codec")
     for r in ev.results:
         worst = max(range(len(r.attn_rel_err)), key=r.attn_rel_err.__getitem__)
         err = (f"{sum(r.attn_rel_err) / len(r.attn_rel_err):.2%} (L{worst} {r.attn_rel_err[worst]:.2%})"
                if any(r.attn_rel_err) else "reference")
-        fits = [" ".join(_count(n) for n in r.contexts_per_gpu[m].values()) for m in models]
         t.add_row(r.codec, f"{r.bytes_per_token:,.0f}", err, f"{r.kl:.3g}", f"{r.top1:.2%}",
-                  f"{r.ppl:.3f} ({r.ppl_change:+.2%})", *fits)
+                  f"{r.ppl:.3f} ({r.ppl_change:+.2%})")
+    return t
+
+
+def fit_table(ev: Any):
+    """What each codec buys in room: 96k-token contexts per GPU, one row per catalog model and codec, one column
+    per GPU."""
+    from rich.table import Table
+
+    models = list(ev.results[0].contexts_per_gpu)
+    gpus = list(ev.results[0].contexts_per_gpu[models[0]])
+    t = Table(title="96k-token contexts per GPU, by KV codec", caption="-: the weights do not fit on 8 GPUs")
+    t.add_column("model", no_wrap=True)
+    t.add_column("KV codec", no_wrap=True)
+    for g in gpus:
+        t.add_column(g, justify="right")
+    for m in models:
+        for r in ev.results:
+            t.add_row(m, r.codec, *(_count(r.contexts_per_gpu[m][g]) for g in gpus))
     return t
 
 
