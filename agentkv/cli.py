@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from agentkv import __version__
@@ -14,6 +15,9 @@ from agentkv.workload.generator import GeneratorConfig
 from agentkv.workload.trace import Trace
 
 REPORT_SESSIONS = 40  # the default report's synthetic workload: big enough to be agentic, quick enough to run
+ABOUT = ("agentkv: a prefix-shared, quantized, tiered KV cache for agentic LLM serving, and the trace tools, "
+         "simulator and cost model that say what each lever buys. Start with `agentkv report` (what to deploy for "
+         "an agentic workload), or `agentkv report TRACE` for your own traffic.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
-        if not hasattr(args, "run"):
-            parser.print_help()
+        if not hasattr(args, "run"):  # a command group without its subcommand: that group's commands
+            getattr(args, "group", parser).print_help()
             return 2
         return args.run(args)
 
@@ -31,10 +35,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="agentkv", description=__doc__)
+    p = Parser(prog="agentkv", description=ABOUT)
     p.add_argument("--version", action="version", version=f"agentkv {__version__}")
     sub = p.add_subparsers(title="commands")
-    trace = sub.add_parser("trace", help="load, convert, generate and describe workload traces").add_subparsers()
+    group = sub.add_parser("trace", help="load, convert, generate and describe workload traces")
+    group.set_defaults(group=group)
+    trace = group.add_subparsers(title="trace commands")
 
     stats = trace.add_parser("stats", help="what a trace asks of a KV cache (no PATH: the built-in workload)")
     add_trace_args(stats, optional=True)
@@ -54,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--out", required=True, help="output .npz path")
     conv.set_defaults(run=cmd_trace_convert)
 
-    cache = sub.add_parser("cache", help="replay traces through the KV cache policy core").add_subparsers()
+    group = sub.add_parser("cache", help="replay traces through the KV cache policy core")
+    group.set_defaults(group=group)
+    cache = group.add_subparsers(title="cache commands")
     sw = cache.add_parser("sweep", help="hit rate per policy and capacity, with Belady and infinite references")
     add_trace_args(sw, optional=True)
     add_arrival_args(sw)
@@ -197,24 +205,34 @@ def generator_config(args: argparse.Namespace, prefix: str = "") -> GeneratorCon
 
 
 def load_or_generate(args: argparse.Namespace) -> Trace:
+    return load_or_generate_with_config(args)[0]
+
+
+def load_or_generate_with_config(args: argparse.Namespace) -> tuple[Trace, GeneratorConfig | None]:
+    """The trace the PATHs name, else the generated one with the parameters it was generated from."""
     from agentkv.workload.generator import generate
     from agentkv.workload.load import load_trace
 
     if args.paths:
-        return load_trace(args.paths, skip_bad=args.skip_bad, tokenizer=args.tokenizer, block_size=args.block_size)
-    return generate(generator_config(args, prefix="gen-"))
+        trace = load_trace(args.paths, skip_bad=args.skip_bad, tokenizer=args.tokenizer, block_size=args.block_size)
+        return trace, None
+    cfg = generator_config(args, prefix="gen-")
+    return generate(cfg), cfg
 
 
 def cmd_trace_stats(args: argparse.Namespace) -> int:
     from agentkv.workload.stats import trace_stats
 
-    trace = load_or_generate(args)
+    trace, cfg = load_or_generate_with_config(args)
     stats = trace_stats(trace, arrival_from_args(args, trace), window=args.window)
+    fitted = cfg if cfg is not None and args.fit else None
     if args.json:
-        print(json.dumps(stats.to_dict(), indent=1))
+        print(json.dumps(stats.to_dict() | ({"generator": json.loads(fitted.to_json())} if fitted else {}), indent=1))
     else:
-        from agentkv.report.tables import print_trace_stats
+        from agentkv.report.tables import print_generator, print_trace_stats
 
+        if fitted:
+            print_generator(fitted)
         print_trace_stats(stats, trace.skipped)
     return 0
 
@@ -336,6 +354,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from agentkv.cli_errors import check_device, check_model_dir
 
     check_model_dir(args.model)
+    if not os.path.isfile(os.path.join(args.model, "tokenizer.json")):
+        raise UsageError(f"--model {args.model}: no tokenizer.json in the folder; `agentkv generate` takes text "
+                         "prompts, so it needs the model's tokenizer")
     check_device(args.device)
     if args.kv_tiers:
         from agentkv.storage.spec import parse_kv_tiers

@@ -137,6 +137,25 @@ def test_every_flag_has_help_and_says_its_default():
     assert f"(default {REPORT_SESSIONS}" in " ".join(report.split())
 
 
+def test_help_and_command_groups_without_their_subcommand():
+    r = agentkv("--help")
+    assert r.returncode == 0 and "agentkv: a prefix-shared, quantized, tiered KV cache" in " ".join(r.stdout.split())
+    for group, commands in (("trace", ("stats", "generate", "convert")), ("cache", ("sweep",))):
+        r = agentkv(group)
+        assert r.returncode == 2 and r.stdout.startswith(f"usage: agentkv {group} ")
+        assert all(c in r.stdout for c in commands) and "report" not in r.stdout
+
+
+def test_trace_stats_fit_prints_the_fitted_parameters():
+    real = str(need(MOONCAKE))
+    r = agentkv("trace", "stats", "--fit", real, "--gen-sessions", "3")
+    assert r.returncode == 0, r.stderr
+    assert "generator fitted to" in r.stdout and "log-normal: median" in r.stdout
+    assert r.stdout.index("generator fitted to") < r.stdout.index("trace stats: generator")
+    doc = json.loads(agentkv("trace", "stats", "--fit", real, "--gen-sessions", "3", "--json").stdout)
+    assert doc["generator"]["fitted_from"] and doc["generator"]["turns"] and doc["top_level_sessions"] == 3
+
+
 def test_trace_generate_says_where_extra_sessions_come_from(tmp_path):
     r = agentkv("trace", "generate", "--sessions", "60", "--out", str(tmp_path / "t.npz"))
     assert r.returncode == 0, r.stderr
@@ -165,6 +184,8 @@ def bad_inputs(tmp_path_factory):
     save_file({"model.embed_tokens.weight": np.zeros((128, 64), dtype=np.float32)}, str(weights))
     weights.write_bytes(weights.read_bytes()[:200])  # cut inside the header's tensor data
     (d / "notes.txt").write_text("not a model")
+    (d / "no_tok").mkdir()
+    (d / "no_tok" / "config.json").write_text((ckpt / "config.json").read_text())
     (d / "requests.csv").write_text("time,prompt_tokens,completion_tokens\n0,100,5\n")
     (d / "no_torch").mkdir()
     (d / "no_torch" / "torch.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
@@ -188,6 +209,7 @@ BAD_INPUTS = [  # (args, exit code, what the one line must name); {d} is the fix
     (["generate", "--model", "{d}/ckpt", "--prompt", "hi", "--device", "cpu"], 2, "{d}/ckpt/model.safetensors"),
     (["generate", "--model", "{d}/notes.txt", "--prompt", "hi"], 2, "--model {d}/notes.txt: is a file"),
     (["generate", "--model", "{d}/missing", "--prompt", "hi"], 2, "--model {d}/missing: no such folder"),
+    (["generate", "--model", "{d}/no_tok", "--prompt", "hi"], 2, "--model {d}/no_tok: no tokenizer.json in the"),
     (["generate", "--model", "{d}/ckpt", "--prompt", "hi", "--device", "cuda"], 2, "--device cuda: CUDA is not"),
     (["generate", "--model", "{d}/ckpt", "--prompt", "hi"], 2, ENGINE_HINT),  # with no_torch
     (["report", "--gen-sessions", "0"], 2, "argument --gen-sessions: must be > 0, got 0"),
