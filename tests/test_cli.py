@@ -184,6 +184,7 @@ def bad_inputs(tmp_path_factory):
     save_file({"model.embed_tokens.weight": np.zeros((128, 64), dtype=np.float32)}, str(weights))
     weights.write_bytes(weights.read_bytes()[:200])  # cut inside the header's tensor data
     (d / "notes.txt").write_text("not a model")
+    (d / "empty.jsonl").write_text("\n")
     (d / "no_tok").mkdir()
     (d / "no_tok" / "config.json").write_text((ckpt / "config.json").read_text())
     (d / "requests.csv").write_text("time,prompt_tokens,completion_tokens\n0,100,5\n")
@@ -225,6 +226,7 @@ BAD_INPUTS = [  # (args, exit code, what the one line must name); {d} is the fix
     (["report", "--gen-sessions", "2", "--deployment", "hardware=tpu9"], 2, "unknown hardware 'tpu9'"),
     (["trace", "stats", "{d}/requests.csv"], 2, "{d}/requests.csv:line 1: field 'TIMESTAMP': column missing"),
     (["trace", "stats", "{d}/missing.jsonl"], 2, "{d}/missing.jsonl: no such file"),
+    (["trace", "stats", "{d}/empty.jsonl"], 2, "{d}/empty.jsonl:line 1: the file is empty (no trace records)"),
     (["report", "--gen-sessions", "2", "--out", "{d}/notes.txt/r.html"], 2, "--out {d}/notes.txt/r.html: cannot"),
     (["report", "--gen-sessions", "2", "--out", "{d}"], 2, "--out {d}: is a folder"),
     (["trace", "generate", "--sessions", "2", "--out", "{d}/notes.txt/x.npz"], 2, "--out {d}/notes.txt/x.npz"),
