@@ -221,10 +221,15 @@ def load_or_generate_with_config(args: argparse.Namespace) -> tuple[Trace, Gener
 
 
 def cmd_trace_stats(args: argparse.Namespace) -> int:
+    from agentkv.report.progress import progress_bar
     from agentkv.workload.stats import trace_stats
 
-    trace, cfg = load_or_generate_with_config(args)
-    stats = trace_stats(trace, arrival_from_args(args, trace), window=args.window)
+    with progress_bar(None, "trace stats", quiet=args.json) as step:
+        step(f"loading {len(args.paths)} path(s)" if args.paths else "generating the workload"
+             + (f" fitted to {args.fit}" if args.fit else ""))
+        trace, cfg = load_or_generate_with_config(args)
+        step(f"measuring {trace.n_requests:,} requests")
+        stats = trace_stats(trace, arrival_from_args(args, trace), window=args.window)
     fitted = cfg if cfg is not None and args.fit else None
     if args.json:
         print(json.dumps(stats.to_dict() | ({"generator": json.loads(fitted.to_json())} if fitted else {}), indent=1))
@@ -238,13 +243,18 @@ def cmd_trace_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_trace_generate(args: argparse.Namespace) -> int:
+    from agentkv.report.progress import progress_bar
     from agentkv.workload.formats import canonical
     from agentkv.workload.generator import generate
 
     check_output(args.out)
-    cfg = generator_config(args)
-    trace = generate(cfg)
-    canonical.save(trace, args.out)
+    with progress_bar(None, "trace generate") as step:
+        step("fitting the generator to " + args.fit if args.fit and not args.config else "checking the size")
+        cfg = generator_config(args)
+        step(f"generating {cfg.sessions:,} sessions")
+        trace = generate(cfg)
+        step(f"writing {args.out}")
+        canonical.save(trace, args.out)
     if args.config_out:
         with open(args.config_out, "w") as f:
             f.write(cfg.to_json())
