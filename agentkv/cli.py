@@ -361,7 +361,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from agentkv.cli_errors import check_device, check_model_dir
+    from agentkv.cli_errors import check_device, check_model_dir, engine_error
 
     check_model_dir(args.model)
     if not os.path.isfile(os.path.join(args.model, "tokenizer.json")):
@@ -385,9 +385,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
             codec(args.kv_codec)
         except ValueError as e:
             raise UsageError(f"--kv-codec: {e}") from None
-    llm = LLM(args.model, dtype=args.dtype, device=args.device, compile=args.compile, kv_codec=args.kv_codec,
-              kv_cache_bytes=int(args.kv_cache_gb * 2**30) if args.kv_cache_gb else None, kv_tiers=args.kv_tiers,
-              attention_backend=args.attention_backend)
+    try:
+        llm = LLM(args.model, dtype=args.dtype, device=args.device, compile=args.compile, kv_codec=args.kv_codec,
+                  kv_cache_bytes=int(args.kv_cache_gb * 2**30) if args.kv_cache_gb else None,
+                  kv_tiers=args.kv_tiers, attention_backend=args.attention_backend)
+    except ValueError as e:
+        raise engine_error(e, args.kv_tiers) from None
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
     if args.chat:

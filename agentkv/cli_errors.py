@@ -94,6 +94,15 @@ def check_output(path: str, flag: str = "--out", folder: bool = False) -> None:
         raise UsageError(f"{flag} {path}: the folder {where} is not writable")
 
 
+def engine_error(e: ValueError, kv_tiers: str | None) -> Exception:
+    """The engine's error for the flags that caused it: a tier size only the loaded model can check (smaller
+    than one of its pages) names --kv-tiers and its units; anything else is passed on as it was."""
+    if not str(e).startswith("kv_tiers"):
+        return e
+    return UsageError(f"--kv-tiers {kv_tiers}: {str(e).removeprefix('kv_tiers: ')} (sizes are tokens, e.g. 64k, "
+                      "or bytes, e.g. 8GiB)")
+
+
 def check_device(device: str | None, flag: str = "--device") -> None:
     if device and device.split(":")[0] == "cuda":
         import torch

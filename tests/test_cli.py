@@ -183,6 +183,9 @@ def bad_inputs(tmp_path_factory):
     weights = ckpt / "model.safetensors"
     save_file({"model.embed_tokens.weight": np.zeros((128, 64), dtype=np.float32)}, str(weights))
     weights.write_bytes(weights.read_bytes()[:200])  # cut inside the header's tensor data
+    from tests.engine.conftest import write_checkpoint
+
+    write_checkpoint(d / "good", "llama3")
     (d / "notes.txt").write_text("not a model")
     (d / "empty.jsonl").write_text("\n")
     (d / "no_tok").mkdir()
@@ -210,6 +213,8 @@ BAD_INPUTS = [  # (args, exit code, what the one line must name); {d} is the fix
     (["generate", "--model", "{d}/ckpt", "--prompt", "hi", "--device", "cpu"], 2, "{d}/ckpt/model.safetensors"),
     (["generate", "--model", "{d}/notes.txt", "--prompt", "hi"], 2, "--model {d}/notes.txt: is a file"),
     (["generate", "--model", "{d}/missing", "--prompt", "hi"], 2, "--model {d}/missing: no such folder"),
+    (["generate", "--model", "{d}/good", "--prompt", "hi", "--kv-cache-gb", "0.001", "--kv-tiers", "dram=8"], 2,
+     "--kv-tiers dram=8: dram tier of "),
     (["generate", "--model", "{d}/no_tok", "--prompt", "hi"], 2, "--model {d}/no_tok: no tokenizer.json in the"),
     (["generate", "--model", "{d}/ckpt", "--prompt", "hi", "--device", "cuda"], 2, "--device cuda: CUDA is not"),
     (["generate", "--model", "{d}/ckpt", "--prompt", "hi"], 2, ENGINE_HINT),  # with no_torch

@@ -61,7 +61,7 @@ def build(args: argparse.Namespace):
 
 def load(args: argparse.Namespace):
     """The app for flags `startup.check` passed: the model loaded, its engine thread running."""
-    from agentkv.cli_errors import UsageError
+    from agentkv.cli_errors import engine_error
 
     keys = startup.api_keys(args.api_keys)
     from agentkv.engine.async_llm import AsyncLLM
@@ -74,11 +74,8 @@ def load(args: argparse.Namespace):
                   kv_codec=args.kv_codec, kv_cache_bytes=int(args.kv_cache_gb * 2**30) if args.kv_cache_gb else None,
                   kv_tiers=args.kv_tiers, block_size=args.block_size,
                   max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_batched_tokens)
-    except ValueError as e:  # sizes only the loaded model can check (a tier smaller than one of its pages)
-        if str(e).startswith("kv_tiers"):
-            raise UsageError(f"--kv-tiers {args.kv_tiers}: {str(e).removeprefix('kv_tiers: ')} (sizes are tokens, "
-                             "e.g. 64k, or bytes, e.g. 8GiB)") from None
-        raise
+    except ValueError as e:
+        raise engine_error(e, args.kv_tiers) from None
     public = PublicPrefixes.load(args.public_prefix, llm.tokenizer) if args.public_prefix else None
     name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
     window = args.max_model_len or llm.config.max_position_embeddings
