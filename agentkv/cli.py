@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from agentkv import __version__
@@ -15,6 +16,9 @@ from agentkv.workload.trace import Trace
 from agentkv.workload.window import OVER_WINDOW
 
 REPORT_SESSIONS = 40  # the default report's synthetic workload: big enough to be agentic, quick enough to run
+ABOUT = ("agentkv: a prefix-shared, quantized, tiered KV cache for agentic LLM serving, and the trace tools, "
+         "simulator and cost model that say what each lever buys. Start with `agentkv report` (what to deploy for "
+         "an agentic workload), or `agentkv report TRACE` for your own traffic.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
-        if not hasattr(args, "run"):
-            parser.print_help()
+        if not hasattr(args, "run"):  # a command group without its subcommand: that group's commands
+            getattr(args, "group", parser).print_help()
             return 2
         return args.run(args)
 
@@ -32,10 +36,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="agentkv", description=__doc__)
+    p = Parser(prog="agentkv", description=ABOUT)
     p.add_argument("--version", action="version", version=f"agentkv {__version__}")
     sub = p.add_subparsers(title="commands")
-    trace = sub.add_parser("trace", help="load, convert, generate and describe workload traces").add_subparsers()
+    group = sub.add_parser("trace", help="load, convert, generate and describe workload traces")
+    group.set_defaults(group=group)
+    trace = group.add_subparsers(title="trace commands")
 
     stats = trace.add_parser("stats", help="what a trace asks of a KV cache (no PATH: the built-in workload)")
     add_trace_args(stats, optional=True)
@@ -55,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--out", required=True, help="output .npz path")
     conv.set_defaults(run=cmd_trace_convert)
 
-    cache = sub.add_parser("cache", help="replay traces through the KV cache policy core").add_subparsers()
+    group = sub.add_parser("cache", help="replay traces through the KV cache policy core")
+    group.set_defaults(group=group)
+    cache = group.add_subparsers(title="cache commands")
     sw = cache.add_parser("sweep", help="hit rate per policy and capacity, with Belady and infinite references")
     add_trace_args(sw, optional=True)
     add_arrival_args(sw)
@@ -171,6 +179,9 @@ def add_arrival_args(p: argparse.ArgumentParser) -> None:
 
 def arrival_from_args(args: argparse.Namespace, trace: Trace) -> ArrivalModel:
     if args.concurrency is not None:
+        from agentkv.limits import check_concurrency
+
+        check_concurrency(args.concurrency, int((trace.session_parent < 0).sum()))
         return ArrivalModel("concurrency", args.concurrency, args.arrival_seed)
     if args.rate is not None:
         return ArrivalModel("rate", args.rate, args.arrival_seed)
@@ -194,40 +205,64 @@ def generator_config(args: argparse.Namespace, prefix: str = "") -> GeneratorCon
         cfg = fit(load_trace(args.fit))
     else:
         cfg = GeneratorConfig()
-    return replace(cfg, seed=seed, **({"sessions": sessions} if sessions else {}))
+    cfg = replace(cfg, seed=seed, **({"sessions": sessions} if sessions else {}))
+    from agentkv.limits import check_generated
+
+    check_generated(cfg, f"--{prefix}sessions")
+    return cfg
 
 
 def load_or_generate(args: argparse.Namespace) -> Trace:
+    return load_or_generate_with_config(args)[0]
+
+
+def load_or_generate_with_config(args: argparse.Namespace) -> tuple[Trace, GeneratorConfig | None]:
+    """The trace the PATHs name, else the generated one with the parameters it was generated from."""
     from agentkv.workload.generator import generate
     from agentkv.workload.load import load_trace
 
     if args.paths:
-        return load_trace(args.paths, skip_bad=args.skip_bad, tokenizer=args.tokenizer, block_size=args.block_size)
-    return generate(generator_config(args, prefix="gen-"))
+        trace = load_trace(args.paths, skip_bad=args.skip_bad, tokenizer=args.tokenizer, block_size=args.block_size)
+        return trace, None
+    cfg = generator_config(args, prefix="gen-")
+    return generate(cfg), cfg
 
 
 def cmd_trace_stats(args: argparse.Namespace) -> int:
+    from agentkv.report.progress import progress_bar
     from agentkv.workload.stats import trace_stats
 
-    trace = load_or_generate(args)
-    stats = trace_stats(trace, arrival_from_args(args, trace), window=args.window)
+    with progress_bar(None, "trace stats", quiet=args.json) as step:
+        step(f"loading {len(args.paths)} path(s)" if args.paths else "generating the workload"
+             + (f" fitted to {args.fit}" if args.fit else ""))
+        trace, cfg = load_or_generate_with_config(args)
+        step(f"measuring {trace.n_requests:,} requests")
+        stats = trace_stats(trace, arrival_from_args(args, trace), window=args.window)
+    fitted = cfg if cfg is not None and args.fit else None
     if args.json:
-        print(json.dumps(stats.to_dict(), indent=1))
+        print(json.dumps(stats.to_dict() | ({"generator": json.loads(fitted.to_json())} if fitted else {}), indent=1))
     else:
-        from agentkv.report.tables import print_trace_stats
+        from agentkv.report.tables import print_generator, print_trace_stats
 
+        if fitted:
+            print_generator(fitted)
         print_trace_stats(stats, trace.skipped)
     return 0
 
 
 def cmd_trace_generate(args: argparse.Namespace) -> int:
+    from agentkv.report.progress import progress_bar
     from agentkv.workload.formats import canonical
     from agentkv.workload.generator import generate
 
     check_output(args.out)
-    cfg = generator_config(args)
-    trace = generate(cfg)
-    canonical.save(trace, args.out)
+    with progress_bar(None, "trace generate") as step:
+        step("fitting the generator to " + args.fit if args.fit and not args.config else "checking the size")
+        cfg = generator_config(args)
+        step(f"generating {cfg.sessions:,} sessions")
+        trace = generate(cfg)
+        step(f"writing {args.out}")
+        canonical.save(trace, args.out)
     if args.config_out:
         with open(args.config_out, "w") as f:
             f.write(cfg.to_json())
@@ -344,9 +379,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from agentkv.cli_errors import check_device, check_model_dir
+    from agentkv.cli_errors import check_device, check_model_dir, engine_error
 
     check_model_dir(args.model)
+    if not os.path.isfile(os.path.join(args.model, "tokenizer.json")):
+        raise UsageError(f"--model {args.model}: no tokenizer.json in the folder; `agentkv generate` takes text "
+                         "prompts, so it needs the model's tokenizer")
     check_device(args.device)
     if args.kv_tiers:
         from agentkv.storage.spec import parse_kv_tiers
@@ -365,9 +403,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
             codec(args.kv_codec)
         except ValueError as e:
             raise UsageError(f"--kv-codec: {e}") from None
-    llm = LLM(args.model, dtype=args.dtype, device=args.device, compile=args.compile, kv_codec=args.kv_codec,
-              kv_cache_bytes=int(args.kv_cache_gb * 2**30) if args.kv_cache_gb else None, kv_tiers=args.kv_tiers,
-              attention_backend=args.attention_backend)
+    try:
+        llm = LLM(args.model, dtype=args.dtype, device=args.device, compile=args.compile, kv_codec=args.kv_codec,
+                  kv_cache_bytes=int(args.kv_cache_gb * 2**30) if args.kv_cache_gb else None,
+                  kv_tiers=args.kv_tiers, attention_backend=args.attention_backend)
+    except ValueError as e:
+        raise engine_error(e, args.kv_tiers) from None
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
     if args.chat:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
+import threading
 from importlib import metadata
 
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
@@ -55,6 +57,22 @@ def missing_extra(e: ModuleNotFoundError) -> str | None:
     return None
 
 
+TORCH_EXTRAS = ("engine", "server")  # extras whose install pulls torch: PyPI's default Linux wheel is a CUDA build
+CPU_TORCH = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"  # the README's, for CPUs
+
+
+def install_hint(e: ModuleNotFoundError) -> str | None:
+    """What to install for a missing module, in the words both the CLI and the Python API use; None when no
+    extra of agentkv provides it. Extras that pull torch name the CPU build first, so a CPU machine stays on it."""
+    extra = missing_extra(e)
+    if extra is None:
+        return None
+    install = f"pip install 'agentkv[{extra}]'"
+    if extra in TORCH_EXTRAS:
+        install = f"{CPU_TORCH} && {install} (with a GPU, your CUDA build of torch instead of the first command)"
+    return f"this needs agentkv's '{extra}' extra (missing module '{e.name}'): {install}"
+
+
 def check_model_dir(path: str, flag: str = "--model") -> None:
     if not os.path.exists(path):
         raise UsageError(f"{flag} {path}: no such folder (give a Hugging Face checkpoint folder)")
@@ -76,6 +94,15 @@ def check_output(path: str, flag: str = "--out", folder: bool = False) -> None:
         raise UsageError(f"{flag} {path}: the folder {where} is not writable")
 
 
+def engine_error(e: ValueError, kv_tiers: str | None) -> Exception:
+    """The engine's error for the flags that caused it: a tier size only the loaded model can check (smaller
+    than one of its pages) names --kv-tiers and its units; anything else is passed on as it was."""
+    if not str(e).startswith("kv_tiers"):
+        return e
+    return UsageError(f"--kv-tiers {kv_tiers}: {str(e).removeprefix('kv_tiers: ')} (sizes are tokens, e.g. 64k, "
+                      "or bytes, e.g. 8GiB)")
+
+
 def check_device(device: str | None, flag: str = "--device") -> None:
     if device and device.split(":")[0] == "cuda":
         import torch
@@ -91,21 +118,38 @@ def one_line(e: BaseException) -> str:
     return " ".join(text.split()) or type(e).__name__
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP, raised where the program is, so the `with` blocks holding workers and files unwind."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
 def run_guarded(fn, prog: str = "agentkv") -> int:
-    """Run `fn()`; turn every failure into one line on stderr (exit 2 for bad input, 1 for the rest)."""
+    """Run `fn()`; turn every failure into one line on stderr (exit 2 for bad input, 1 for the rest). SIGTERM and
+    SIGHUP unwind like Ctrl-C (worker processes are ended on the way out), then end the process by that signal."""
+    caught = (signal.SIGTERM, signal.SIGHUP) if threading.current_thread() is threading.main_thread() else ()
+    before = {s: signal.signal(s, _stop) for s in caught}
     try:
         return int(fn() or 0)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Stopped as e:
+        print(f"{prog}: stopped by {e}", file=sys.stderr)
+        sys.stderr.flush()
+        signal.signal(e.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), e.signum)  # a supervisor sees the signal it sent (status 128 + signum)
+        return 128 + e.signum
     except ModuleNotFoundError as e:
-        extra = missing_extra(e)
-        if extra is None:
-            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-            return 1
-        print(f"{prog}: error: this command needs the '{extra}' extra (missing module '{e.name}'): "
-              f"pip install 'agentkv[{extra}]'", file=sys.stderr)
-        return 2
+        hint = install_hint(e)
+        print(f"{prog}: error: {hint or one_line(e)}", file=sys.stderr)
+        return 1 if hint is None else 2
     except (UsageError, *USER_ERRORS) as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return 2
@@ -115,3 +159,6 @@ def run_guarded(fn, prog: str = "agentkv") -> int:
         print(f"{prog}: error: {type(e).__name__}: {one_line(e)} (set AGENTKV_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return 1
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

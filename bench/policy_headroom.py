@@ -118,7 +118,9 @@ def main() -> int:
         lru, belady, agent = run(make_policy("lru")), run(make_policy("belady", stream)), run(make_policy("agent"))
         gap = belady - lru
         print(f"\n{cap}: LRU {100 * lru:.2f}%  Belady {100 * belady:.2f}%  agent-aware {100 * agent:.2f}% "
-              f"(closes {100 * (agent - lru) / gap:.0f}% of the gap)")
+              + (f"(closes {100 * (agent - lru) / gap:.0f}% of the gap)" if gap > 0 else "(no gap: LRU is optimal here)"))
+        if gap <= 0:
+            continue
         curve = []
         for sigma in SIGMAS:
             h = run(OracleForecast(nxt, sigma))

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,6 +158,25 @@ def test_every_flag_has_help_and_says_its_default():
     assert f"(default {REPORT_SESSIONS}" in " ".join(report.split())
 
 
+def test_help_and_command_groups_without_their_subcommand():
+    r = agentkv("--help")
+    assert r.returncode == 0 and "agentkv: a prefix-shared, quantized, tiered KV cache" in " ".join(r.stdout.split())
+    for group, commands in (("trace", ("stats", "generate", "convert")), ("cache", ("sweep",))):
+        r = agentkv(group)
+        assert r.returncode == 2 and r.stdout.startswith(f"usage: agentkv {group} ")
+        assert all(c in r.stdout for c in commands) and "report" not in r.stdout
+
+
+def test_trace_stats_fit_prints_the_fitted_parameters():
+    real = str(need(MOONCAKE))
+    r = agentkv("trace", "stats", "--fit", real, "--gen-sessions", "3")
+    assert r.returncode == 0, r.stderr
+    assert "generator fitted to" in r.stdout and "log-normal: median" in r.stdout
+    assert r.stdout.index("generator fitted to") < r.stdout.index("trace stats: generator")
+    doc = json.loads(agentkv("trace", "stats", "--fit", real, "--gen-sessions", "3", "--json").stdout)
+    assert doc["generator"]["fitted_from"] and doc["generator"]["turns"] and doc["top_level_sessions"] == 3
+
+
 def test_trace_generate_says_where_extra_sessions_come_from(tmp_path):
     r = agentkv("trace", "generate", "--sessions", "60", "--out", str(tmp_path / "t.npz"))
     assert r.returncode == 0, r.stderr
@@ -184,19 +204,41 @@ def bad_inputs(tmp_path_factory):
     weights = ckpt / "model.safetensors"
     save_file({"model.embed_tokens.weight": np.zeros((128, 64), dtype=np.float32)}, str(weights))
     weights.write_bytes(weights.read_bytes()[:200])  # cut inside the header's tensor data
+    from tests.engine.conftest import write_checkpoint
+
+    write_checkpoint(d / "good", "llama3")
     (d / "notes.txt").write_text("not a model")
+    (d / "empty.jsonl").write_text("\n")
+    (d / "no_tok").mkdir()
+    (d / "no_tok" / "config.json").write_text((ckpt / "config.json").read_text())
     (d / "requests.csv").write_text("time,prompt_tokens,completion_tokens\n0,100,5\n")
     (d / "no_torch").mkdir()
     (d / "no_torch" / "torch.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
     return d
 
 
+ENGINE_HINT = ("this needs agentkv's 'engine' extra (missing module 'torch'): pip install torch==2.13.0 --index-url "
+               "https://download.pytorch.org/whl/cpu && pip install 'agentkv[engine]'")
+
+
+def test_the_python_api_names_the_missing_extra_as_the_cli_does(bad_inputs):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(bad_inputs / "no_torch"), os.getcwd()])}
+    r = subprocess.run([sys.executable, "-c", "from agentkv import LLM"], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith(f"ModuleNotFoundError: {ENGINE_HINT}")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in readme  # the same command
+
+
 BAD_INPUTS = [  # (args, exit code, what the one line must name); {d} is the fixture's folder
     (["generate", "--model", "{d}/ckpt", "--prompt", "hi", "--device", "cpu"], 2, "{d}/ckpt/model.safetensors"),
     (["generate", "--model", "{d}/notes.txt", "--prompt", "hi"], 2, "--model {d}/notes.txt: is a file"),
     (["generate", "--model", "{d}/missing", "--prompt", "hi"], 2, "--model {d}/missing: no such folder"),
+    (["generate", "--model", "{d}/good", "--prompt", "hi", "--kv-cache-gb", "0.001", "--kv-tiers", "dram=8"], 2,
+     "--kv-tiers dram=8: dram tier of "),
+    (["generate", "--model", "{d}/no_tok", "--prompt", "hi"], 2, "--model {d}/no_tok: no tokenizer.json in the"),
     (["generate", "--model", "{d}/ckpt", "--prompt", "hi", "--device", "cuda"], 2, "--device cuda: CUDA is not"),
-    (["generate", "--model", "{d}/ckpt", "--prompt", "hi"], 2, "needs the 'engine' extra"),  # with no_torch
+    (["generate", "--model", "{d}/ckpt", "--prompt", "hi"], 2, ENGINE_HINT),  # with no_torch
     (["report", "--gen-sessions", "0"], 2, "argument --gen-sessions: must be > 0, got 0"),
     (["trace", "generate", "--sessions", "-3", "--out", "{d}/x.npz"], 2, "argument --sessions: must be > 0"),
     (["trace", "stats", "--window", "0"], 2, "argument --window: must be > 0"),
@@ -212,17 +254,22 @@ BAD_INPUTS = [  # (args, exit code, what the one line must name); {d} is the fix
     (["report", "--gen-sessions", "2", "--over-window", "drop"], 2, "argument --over-window: invalid choice"),
     (["trace", "stats", "{d}/requests.csv"], 2, "{d}/requests.csv:line 1: field 'TIMESTAMP': column missing"),
     (["trace", "stats", "{d}/missing.jsonl"], 2, "{d}/missing.jsonl: no such file"),
+    (["trace", "stats", "{d}/empty.jsonl"], 2, "{d}/empty.jsonl:line 1: the file is empty (no trace records)"),
     (["report", "--gen-sessions", "2", "--out", "{d}/notes.txt/r.html"], 2, "--out {d}/notes.txt/r.html: cannot"),
     (["report", "--gen-sessions", "2", "--out", "{d}"], 2, "--out {d}: is a folder"),
     (["trace", "generate", "--sessions", "2", "--out", "{d}/notes.txt/x.npz"], 2, "--out {d}/notes.txt/x.npz"),
     (["cache", "sweep", "--gen-sessions", "2", "--out", "{d}/notes.txt"], 2, "--out {d}/notes.txt: cannot"),
+    (["report", "--gen-sessions", "1000000000"], 2, "--gen-sessions 1,000,000,000: a generated trace that large "
+                                                    "needs about 3,165.3 TiB of memory"),
+    (["report", "--concurrency", "1e9", "--gen-sessions", "5"], 2, "--concurrency 1e+09: the trace has 5 sessions"),
+    (["trace", "generate", "--sessions", "100000000", "--out", "{d}/x.npz"], 2, "--sessions 100,000,000: a generated"),
 ]
 
 
 @pytest.mark.parametrize(("args", "code", "named"), BAD_INPUTS, ids=[" ".join(a[:3]) for a, _, _ in BAD_INPUTS])
 def test_bad_input_is_answered_in_one_line_by_name(bad_inputs, args, code, named, tmp_path):
     env = dict(os.environ)
-    if named == "needs the 'engine' extra":
+    if named == ENGINE_HINT:
         env["PYTHONPATH"] = os.pathsep.join([str(bad_inputs / "no_torch"), os.getcwd()])
     argv = [a.replace("{d}", str(bad_inputs)) for a in args]
     r = subprocess.run([sys.executable, "-m", "agentkv.cli", *argv, *(["--out", str(tmp_path / "r.html")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
 
 from agentkv.cli_errors import UsageError, check_device, check_model_dir, positive
@@ -64,7 +65,12 @@ def cmd_kv_eval(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from agentkv.codecs.eval import evaluate, to_json
+    from agentkv.model.config import ModelConfig
 
+    window = ModelConfig.from_dir(args.model).max_position_embeddings
+    if args.context and args.context > window:
+        print(f"kv-eval: --context {args.context:,} is over the model's window: {window:,} tokens per window "
+              "(its max_position_embeddings)", file=sys.stderr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     text, name = read_text(args.text, (args.context or 4096) * args.windows * 8)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -101,17 +107,21 @@ def table(ev: Any):
 
 
 def fit_table(ev: Any):
-    """One row per catalog model: 96k contexts per GPU under each codec, one figure per GPU."""
+    """What each codec buys in room: 96k-token contexts per GPU, one row per catalog model and codec, one column
+    per GPU (fp8 weights, the TP from 1 to 8 that fits most, KV replicated across ranks counted)."""
     from rich.table import Table
 
-    gpus = " ".join(next(iter(ev.results[0].contexts_per_gpu.values())))
-    t = Table(title="96k-token contexts per GPU", caption=f"per GPU of {gpus}: fp8 weights, the TP (1-8) that "
-              "fits most, KV replicated across ranks counted (-: the weights do not fit on 8)")
+    models = list(ev.results[0].contexts_per_gpu)
+    gpus = list(ev.results[0].contexts_per_gpu[models[0]])
+    t = Table(title="96k-token contexts per GPU, by KV codec", caption="fp8 weights, the TP (1-8) that fits most, "
+              "KV replicated across ranks counted; -: the weights do not fit on 8 GPUs")
     t.add_column("model", no_wrap=True)
-    for r in ev.results:
-        t.add_column(r.codec, justify="right", no_wrap=True)
-    for m in ev.results[0].contexts_per_gpu:
-        t.add_row(m, *(" ".join(_count(n) for n in r.contexts_per_gpu[m].values()) for r in ev.results))
+    t.add_column("KV codec", no_wrap=True)
+    for g in gpus:
+        t.add_column(g, justify="right")
+    for m in models:
+        for r in ev.results:
+            t.add_row(m, r.codec, *(_count(r.contexts_per_gpu[m][g]) for g in gpus))
     return t
 
 

@@ -24,8 +24,10 @@ class Calibration:
     method: str
 
 
-async def calibrate(client: httpx.AsyncClient, api: Api, words: tuple[str, ...]) -> Calibration:
-    n = min(PROBE_WORDS, len(words) // 2)
+async def calibrate(client: httpx.AsyncClient, api: Api, words: tuple[str, ...],
+                    max_model_len: int | None = None) -> Calibration:
+    """Probe texts fit a small window too: half of it for the two runs together, the rest for the server's own."""
+    n = min(PROBE_WORDS, len(words) // 2, (max_model_len or 4 * PROBE_WORDS) // 4)
     a, b = " ".join(words[:n]), " ".join(words[n : 2 * n])
     method = await _tokenizer_endpoint(client, api, a)
     got = [await _count(client, api, text, method) for text in (a, b, f"{a} {b}")]

@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any
 
+from agentkv.replay import window
+
 INTERRUPTED = 130
 PREDICTABLE = ("lru", "lfu", "agent")  # policies the core runs without the server's model (cost needs it)
 
@@ -43,7 +45,16 @@ def add_replay_parser(sub: Any) -> None:
     p.add_argument("--max-tokens", type=int, help="cap each reply at this many tokens")
     p.add_argument("--max-inflight", type=int, default=64, help="requests outstanding at most (default 64)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default 600)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthesized text")
+    p.add_argument("--seed", type=int, help="seed of the synthesized text (default: a fresh one per run, so no run "
+                                            "hits another's prompts in the server's cache; the same --seed shares it)")
+    p.add_argument("--max-think", type=float, default=float("inf"), metavar="SECONDS",
+                   help="cap every think time, as replayed (after --time-scale), at this many seconds (default: none)")
+    p.add_argument("--fit-window", choices=window.MODES, default="scale",
+                   help="requests longer than the server's max_model_len: scale lowers --token-scale until they fit "
+                        "(and cuts what one token per block still leaves over); cap cuts them to the window; stop "
+                        "refuses the run, saying by how much they exceed it (default scale)")
+    p.add_argument("--max-errors", type=int, default=20,
+                   help="stop once this many requests in a row fail the same way (default 20; 0: never)")
     p.add_argument("--no-reuse", action="store_true",
                    help="fresh text for every request (same token counts, nothing to hit): the no-cache baseline")
     p.add_argument("--no-ignore-eos", action="store_true",
@@ -61,10 +72,8 @@ def add_replay_parser(sub: Any) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    try:
-        import httpx  # noqa: F401
-    except ImportError:
-        raise ValueError("agentkv replay needs httpx: pip install 'agentkv[replay]'") from None
+    import httpx  # noqa: F401  (missing: the CLI names the 'replay' extra)
+
     from agentkv.cli_errors import check_output
     from agentkv.replay import alphabet
     from agentkv.replay.runner import Pacing, plan
@@ -74,11 +83,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     check_output(args.out, folder=True)
     for flag, value, low in (("--max-inflight", args.max_inflight, 1), ("--concurrency", args.concurrency, 1),
                              ("--max-turns", args.max_turns, 1), ("--max-tokens", args.max_tokens, 1),
-                             ("--server-block-size", args.server_block_size, 1)):
+                             ("--server-block-size", args.server_block_size, 1), ("--max-errors", args.max_errors, 0)):
         if value is not None and value < low:
             raise ValueError(f"{flag} must be >= {low}, got {value}")
-    if args.time_scale < 0 or args.timeout <= 0:
-        raise ValueError("--time-scale must be >= 0 and --timeout > 0")
+    if args.time_scale < 0 or args.timeout <= 0 or not args.max_think >= 0:
+        raise ValueError("--time-scale and --max-think must be >= 0 and --timeout > 0")
     try:
         extra = json.loads(args.extra_body) if args.extra_body else {}
     except json.JSONDecodeError as e:
@@ -97,9 +106,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         capacity = int(size.value) // args.server_block_size
     trace = load_trace(args.paths, skip_bad=args.skip_bad, tokenizer=args.tokenizer, block_size=args.block_size)
     words = alphabet.from_tokenizer(args.tokenizer) if args.tokenizer else alphabet.builtin()
-    synth = Synth(trace, words.words, args.token_scale, args.seed, reuse=not args.no_reuse)
+    if args.seed is None:
+        args.seed = int.from_bytes(os.urandom(4), "little")
+    synth = Synth(trace, words.words, args.token_scale, args.seed, reuse=not args.no_reuse, reply_cap=args.max_tokens)
     the_plan = plan(trace, args.sessions, args.max_turns, args.concurrency)
-    pacing = Pacing(args.time_scale, args.concurrency, args.max_inflight, args.max_tokens)
+    pacing = Pacing(args.time_scale, args.concurrency, args.max_inflight, args.max_think, args.max_errors)
     return asyncio.run(_replay(args, synth, the_plan, pacing, extra, capacity))
 
 
@@ -109,19 +120,25 @@ async def _replay(args: argparse.Namespace, synth: Any, the_plan: Any, pacing: A
 
     from agentkv.replay.calibrate import calibrate
     from agentkv.replay.client import Api
+    from agentkv.replay.endpoint import probe
     from agentkv.replay.runner import Runner
 
     base = args.endpoint.rstrip("/").removesuffix("/v1")
     limits = httpx.Limits(max_connections=args.max_inflight + 4, max_keepalive_connections=args.max_inflight + 4)
     async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(args.timeout, connect=10.0), limits=limits) as c:
         api = Api(args.api, "", args.api_key, not args.no_ignore_eos, extra)
-        api.model = args.model or await _served_model(c, api)
-        cal = await calibrate(c, api, synth.words)
+        endpoint = await probe(c, api, args.model)
+        api.model = endpoint.model
+        say(args, f"endpoint: {endpoint.describe(base)}")
+        cal = await calibrate(c, api, synth.words, endpoint.max_model_len)
+        if endpoint.max_model_len and (fitted := window.fit_window(synth, the_plan.requests, endpoint.max_model_len,
+                                                                   cal.overhead, args.fit_window)):
+            say(args, f"window: {fitted}")
         server = await _server_model(c, args, capacity) if args.predict else None
-        if not args.json:
-            print(f"replay: {the_plan.n_requests:,} requests of {len(the_plan.groups)} sessions from {synth.trace.source}"
-                  f" → {base} ({api.kind}, {api.model}); {synth.block_tokens} tokens per trace block; server adds "
-                  f"{cal.overhead} tokens per prompt ({cal.checked_words} words checked via {cal.method})")
+        say(args, f"replay: {the_plan.n_requests:,} requests of {len(the_plan.groups)} sessions from "
+                  f"{synth.trace.source} ({api.kind}, text seed {synth.seed}); {synth.block_tokens} tokens per trace "
+                  f"block; server adds {cal.overhead} tokens per prompt ({cal.checked_words} words checked via "
+                  f"{cal.method}); think time alone takes {_duration(the_plan.think_floor(synth.trace, pacing))}")
         with _LiveBar(the_plan.n_requests, quiet=args.json) as on_done:
             runner = Runner(c, api, synth, cal.overhead, pacing, on_done)
             loop = asyncio.get_running_loop()
@@ -141,7 +158,23 @@ async def _replay(args: argparse.Namespace, synth: Any, the_plan: Any, pacing: A
                 loop.remove_signal_handler(signal.SIGINT)
             duration = time.perf_counter() - t0
     summary = _write(args, records, duration, synth, cal.overhead, server, api)
-    return INTERRUPTED if stopped else (0 if summary.ok else 1)
+    if runner.halted:
+        print(f"agentkv: error: replay stopped: {runner.halted}", file=sys.stderr)
+    elif summary.errors and not stopped:
+        print(f"agentkv: error: {sum(summary.errors.values()):,} of {summary.requests:,} requests failed: "
+              + ", ".join(f"{k} {v}" for k, v in summary.errors.items()), file=sys.stderr)
+    return INTERRUPTED if stopped else (1 if runner.halted or summary.errors else 0)
+
+
+def say(args: argparse.Namespace, line: str) -> None:
+    """A line about the run: on stdout, or on stderr where stdout carries --json."""
+    print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"at least {seconds / 3600:.1f} h (--max-think caps it)"
+    return f"at least {seconds / 60:.1f} min" if seconds >= 60 else f"at least {seconds:.0f} s"
 
 
 def _write(args: argparse.Namespace, records: list, duration: float, synth: Any, overhead: int, server: Any,
@@ -154,9 +187,10 @@ def _write(args: argparse.Namespace, records: list, duration: float, synth: Any,
     if sweep_cmd:
         s.prediction = server.describe()
     s.meta = {"trace": synth.trace.source, "endpoint": args.endpoint, "api": api.kind, "model": api.model,
-              "token_scale": args.token_scale, "time_scale": args.time_scale, "block_tokens": synth.block_tokens,
+              "token_scale": synth.token_scale, "time_scale": args.time_scale, "block_tokens": synth.block_tokens,
               "server_overhead_tokens": overhead, "max_inflight": args.max_inflight, "reuse": not args.no_reuse,
-              "concurrency": args.concurrency, "sweep_command": sweep_cmd}
+              "concurrency": args.concurrency, "seed": args.seed, "window": synth.window,
+              "sweep_command": sweep_cmd}
     write_csv(records, os.path.join(args.out, "requests.csv"))
     write_json(s, os.path.join(args.out, "summary.json"))
     title = f"replay of {synth.trace.source} against {args.endpoint} ({api.model})"
@@ -204,17 +238,6 @@ async def _server_model(client: Any, args: argparse.Namespace, capacity: int | N
     if found is None:
         raise ValueError(f"{client.base_url}/metrics reports no KV capacity: pass --capacity (tokens)")
     return ServerModel(args.predict, tuple(found[0].items()), found[1] or args.server_block_size)
-
-
-async def _served_model(client: Any, api: Any) -> str:
-    import httpx
-
-    try:
-        r = await client.get("/v1/models", headers=api.headers())
-        return str(r.json()["data"][0]["id"])
-    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
-        raise ValueError(f"could not read the model name from {client.base_url}/v1/models ({type(e).__name__}: "
-                         f"{e}); pass --model") from None
 
 
 class _LiveBar:

@@ -2,11 +2,13 @@
 
 A top-level session and its sub-agents form a group that starts together; inside a group every session is
 a track of turns. A turn is sent its think time (the trace's `think_time`, else the gap between the previous
-turn's start plus its API time and this turn's start) after the previous reply ended, times --time-scale: the
-agent's own pace is kept while the server's speed decides the rest, as in a closed-loop agent. Groups start at
+turn's start plus its API time and this turn's start) after the previous reply ended, times --time-scale and
+capped at --max-think: the agent's own pace is kept while the server's speed decides the rest, as in a
+closed-loop agent. Groups start at
 the trace's session starts (scaled) where it has them, else --concurrency groups run at once, the next one
-starting as one ends. At most --max-inflight requests are outstanding; a stop (Ctrl-C) cancels what is in
-flight and keeps every finished record.
+starting as one ends. At most --max-inflight requests are outstanding; a stop (Ctrl-C, or --max-errors
+consecutive failures of one kind: a server that refuses everything) cancels what is in flight and keeps every
+finished record.
 """
 
 from __future__ import annotations
@@ -43,7 +45,16 @@ class Pacing:
     time_scale: float = 1.0  # 0: as fast as the server answers
     concurrency: int | None = None  # groups at once; None: the trace's session starts, else 8
     max_inflight: int = 64
-    max_tokens: int | None = None  # cap on each reply
+    max_think: float = float("inf")  # seconds, after time_scale
+    max_errors: int = 0  # stop after this many consecutive failures of one kind; 0: never
+
+
+def think_s(trace: Trace, prev: int, i: int, pacing: Pacing) -> float:
+    """Seconds to wait, as replayed, between request `prev`'s reply and request `i` of the same session."""
+    think = float(trace.think_time[i])
+    if think != think:
+        think = max(0.0, float(trace.time[i] - trace.time[prev]) - float(np.nan_to_num(trace.api_time[prev])))
+    return min(think * pacing.time_scale, pacing.max_think)
 
 
 @dataclass(slots=True)
@@ -54,6 +65,20 @@ class Plan:
     @property
     def n_requests(self) -> int:
         return sum(len(t) for g in self.groups for t in g)
+
+    @property
+    def requests(self) -> np.ndarray:
+        return np.concatenate([t for g in self.groups for t in g])
+
+    def think_floor(self, trace: Trace, pacing: Pacing) -> float:
+        """Seconds the replay waits at least, however fast the server: each group lasts its longest track's think
+        times; a pool of --concurrency groups runs them side by side, clocked groups from their starts."""
+        spans = np.array([max(sum(think_s(trace, a, b, pacing) for a, b in zip(t[:-1].tolist(), t[1:].tolist(),
+                                                                                 strict=True)) for t in g)
+                          for g in self.groups])
+        if self.starts is not None:
+            return float((self.starts * pacing.time_scale + spans).max())
+        return max(float(spans.max()), float(spans.sum()) / (pacing.concurrency or 8))
 
 
 def plan(trace: Trace, sessions: int | None = None, max_turns: int | None = None,
@@ -94,6 +119,8 @@ class Runner:
         self.on_done = on_done
         self.records: list[Record] = []
         self.stop = asyncio.Event()
+        self.halted = ""  # why the run stopped itself, if it did
+        self._streak: tuple[str, int] = ("", 0)  # the last failure's kind, and how many in a row
         self._inflight = asyncio.Semaphore(pacing.max_inflight)
         self._t0 = 0.0
 
@@ -130,12 +157,10 @@ class Runner:
             if turn == 0:
                 at = t0 + (float(tr.time[i]) - origin) * x
             else:
-                prev = reqs[turn - 1]
-                think = float(tr.think_time[i])
-                if think != think:
-                    think = max(0.0, float(tr.time[i] - tr.time[prev]) - float(np.nan_to_num(tr.api_time[prev])))
-                at = done + think * x
+                at = done + think_s(tr, int(reqs[turn - 1]), i, self.pacing)
             await self._sleep_until(at)
+            if self.stop.is_set():
+                return
             await self._send(i, turn)
             done = self._now()
 
@@ -143,7 +168,7 @@ class Runner:
         words = self.synth.prompt_words(i)
         text = self.synth.text(words)
         rec = Record(i, self.synth.trace.session_names[self.synth.trace.session[i]], turn, float("nan"),
-                     len(words) + self.overhead, self.synth.max_tokens(i, self.pacing.max_tokens))
+                     len(words) + self.overhead, self.synth.max_tokens(i))
         async with self._inflight:
             rec.sent = self._now()
             try:
@@ -154,6 +179,15 @@ class Runner:
                 raise
         self.records.append(rec)
         self.on_done(rec)
+        self._count_failure(rec.outcome)
+
+    def _count_failure(self, o: Outcome) -> None:
+        kind, n = self._streak
+        self._streak = (o.error, n + 1 if o.error and o.error == kind else int(bool(o.error)))
+        if self.pacing.max_errors and self._streak[1] >= self.pacing.max_errors and not self.halted:
+            self.halted = (f"{self._streak[1]} requests in a row failed with {o.error} (--max-errors "
+                           f"{self.pacing.max_errors}); the last: {o.detail[:200]}")
+            self.stop.set()
 
     def _now(self) -> float:
         return time.perf_counter() - self._t0

@@ -7,7 +7,9 @@ request's partial last block takes the first words of its own id's block (so a p
 id repeats too), or unique words where the trace gives it no id. `--token-scale` shrinks every block, the
 partial tail and the reply by the same factor, so a small model replays the same reuse at a fraction of the
 tokens. Without reuse (`--no-reuse`) every request's blocks are its own: the same traffic with nothing to
-hit, the baseline a prefix cache is measured against.
+hit, the baseline a prefix cache is measured against. A `window` (the server's context less what it adds) cuts
+a request that would not fit: its reply to a quarter of the window at most, its prompt to the rest, keeping the
+prompt's start (where the reuse is).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Synth:
     token_scale: float = 1.0
     seed: int = 0
     reuse: bool = True  # False: the same token counts with fresh text per request (the no-cache baseline)
+    reply_cap: int | None = None  # --max-tokens
+    window: int | None = None  # prompt + reply tokens a request may take; None: no limit
     _vocab: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -40,6 +44,25 @@ class Synth:
     def block_tokens(self) -> int:
         """Tokens each trace block becomes."""
         return max(1, round(self.trace.block_size * self.token_scale))
+
+    def sizes(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(prompt, reply) tokens of requests `idx` as sent: scaled, capped, cut to the window."""
+        t, bs, k = self.trace, self.trace.block_size, self.block_tokens
+        n_in = t.input_tokens[idx]
+        if t.has_block_ids:
+            n_full, tail = np.divmod(n_in, bs)
+            prompt = np.minimum(n_full, t.blocks_per_request[idx]) * k
+            prompt += np.where(tail > 0, np.minimum(k, np.round(tail * self.token_scale)), 0).astype(np.int64)
+        else:
+            prompt = np.maximum(1, np.round(n_in * self.token_scale)).astype(np.int64)
+        reply = np.maximum(1, np.round(t.output_tokens[idx] * self.token_scale)).astype(np.int64)
+        if self.reply_cap:
+            reply = np.minimum(reply, self.reply_cap)
+        if self.window:
+            over = prompt + reply > self.window
+            reply = np.where(over, np.minimum(reply, max(1, self.window // 4)), reply)
+            prompt = np.where(over, np.maximum(self.window - reply, 1), prompt)
+        return prompt, reply
 
     def prompt_words(self, i: int) -> np.ndarray:
         """Request i's prompt as alphabet indices, one per token."""
@@ -55,12 +78,12 @@ class Synth:
         elif tail and (n_tail := min(k, round(tail * self.token_scale))):
             tail_id = ids[n_full] if len(ids) > n_full else UNIQUE + i
             parts.append(self._block_words(np.array([tail_id]), k)[0, :n_tail])
-        return np.concatenate(parts)
+        words = np.concatenate(parts)
+        return words[: int(self.sizes(np.array([i]))[0][0])] if self.window else words
 
-    def max_tokens(self, i: int, cap: int | None = None) -> int:
+    def max_tokens(self, i: int) -> int:
         """The reply length to ask for: the trace's, scaled like the prompt, at least 1."""
-        n = max(1, round(int(self.trace.output_tokens[i]) * self.token_scale))
-        return min(n, cap) if cap else n
+        return int(self.sizes(np.array([i]))[1][0])
 
     def text(self, words: np.ndarray) -> str:
         return " ".join(self._vocab[words])

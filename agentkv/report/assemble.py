@@ -3,9 +3,13 @@ fleet, the same traffic at API prices, and the facts the headline is written fro
 
 from __future__ import annotations
 
+import ctypes
+import signal
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -226,6 +230,7 @@ class _Inline(Executor):
         return f
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 _SHARED: dict[str, Trace] = {}  # the traces the jobs simulate, handed to each worker once (not pickled per job)
 
 
@@ -233,8 +238,32 @@ def _share(measured: Trace, sample: Trace) -> None:
     _SHARED.update(measured=measured, sample=sample)
 
 
-def _executor(workers: int, measured: Trace, sample: Trace) -> Executor:
-    if workers > 1:
-        return ProcessPoolExecutor(max_workers=workers, initializer=_share, initargs=(measured, sample))
+@contextmanager
+def _executor(workers: int, measured: Trace, sample: Trace) -> Iterator[Executor]:
+    """Worker processes that never outlive the report: on any exit but success (Ctrl-C, SIGTERM, SIGHUP, an
+    error) they are terminated at once rather than left to finish their simulations, and each also dies with
+    its parent should that be killed outright (Linux's parent-death signal)."""
+    if workers <= 1:
+        _share(measured, sample)
+        yield _Inline()
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(measured, sample))
+    try:
+        yield pool
+    except BaseException:
+        for proc in list(pool._processes.values()):  # no public handle before Python 3.14's terminate_workers()
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _worker_init(measured: Trace, sample: Trace) -> None:
+    """Ctrl-C reaches the whole process group: the parent alone answers it (by ending the workers). SIGTERM ends
+    a worker outright (not the parent's unwinding handler, which a fork inherits)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     _share(measured, sample)
-    return _Inline()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
 from agentkv.report.views import View, cell
+from agentkv.workload.generator import GeneratorConfig, LogNormal, Quantiles, WindowClass
 from agentkv.workload.stats import TraceStats
 
 
@@ -30,6 +32,37 @@ def _bytes(x: float) -> str:
 
 def _pct(x: float) -> str:
     return "-" if x != x else f"{100 * x:.1f}%"
+
+
+def print_generator(cfg: GeneratorConfig, console: Console | None = None) -> None:
+    """The generator's parameters as fitted: what `trace generate --config` would reproduce."""
+    console = console or default_console()
+    t = Table(title=f"generator fitted to {cfg.fitted_from}", show_header=True, header_style="bold")
+    t.add_column("parameter")
+    t.add_column("value")
+    for f in fields(cfg):
+        if f.name not in ("fitted_from", "sessions", "seed"):
+            t.add_row(f.name, _parameter(getattr(cfg, f.name)))
+    console.print(t)
+
+
+def _parameter(v: object) -> str:
+    if isinstance(v, LogNormal):
+        return f"log-normal: median {_parameter(v.median)}, sigma {v.sigma:.3g}"
+    if isinstance(v, Quantiles):
+        q = v.values
+        return f"quantiles: min {_parameter(q[0])}, median {_parameter(q[len(q) // 2])}, max {_parameter(q[-1])}"
+    if isinstance(v, WindowClass):
+        return (f"{v.share:.0%} of requests, compact at {v.compact_at:,.0f} tokens, initial history "
+                f"{_parameter(v.initial_history)}")
+    if isinstance(v, tuple) and v and isinstance(v[0], tuple):
+        return f"{len(v)} real session shapes (window, turns, history, step, compaction), resampled"
+    if isinstance(v, tuple):
+        return "; ".join(_parameter(x) for x in v) if v and isinstance(v[0], WindowClass) else \
+            ", ".join(f"{x:.3g}" for x in v)  # type: ignore[union-attr]
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+    return str(v)
 
 
 def print_trace_stats(s: TraceStats, skipped: list[str], console: Console | None = None) -> None:

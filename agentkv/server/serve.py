@@ -1,6 +1,7 @@
 """`agentkv serve`: load a checkpoint, start the engine loop and serve it over HTTP with uvicorn.
 
-SIGTERM (or Ctrl-C) stops accepting connections, lets the requests in flight finish, drains the engine,
+Every flag and file is checked, and the port bound, before the model loads (`startup`); once it is up, one
+line says what is served. SIGTERM (or Ctrl-C) stops accepting connections, lets the requests in flight finish, drains the engine,
 then ends by that signal (uvicorn re-raises it, so a supervisor sees a clean stop: status 143 for SIGTERM).
 """
 
@@ -8,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from agentkv.cli_errors import positive
+from agentkv.server import startup
 from agentkv.server.tool_parsers import PARSERS
 
 
@@ -19,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="folder with config.json, safetensors and tokenizer.json")
     p.add_argument("--served-model-name", help="the name clients send as 'model' (default: the folder's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument("--port", type=startup.port, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
                    help="weight and activation dtype (default: the checkpoint's)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -98,44 +101,49 @@ def metrics_key(path: str | None) -> str | None:
 
 
 def build(args: argparse.Namespace):
-    """The app for these flags (its engine thread running): what `cmd_serve` runs and tests start."""
-    from agentkv.cli_errors import UsageError, check_device, check_model_dir
+    """The app for these flags (its engine thread running): what tests start."""
+    startup.check(args)
+    return load(args)
 
-    check_model_dir(args.model)
-    check_device(args.device)
-    if args.max_queue < 0:
-        raise UsageError(f"--max-queue must be >= 0, got {args.max_queue}")
+
+def load(args: argparse.Namespace):
+    """The app for flags `startup.check` passed: the model loaded, its engine thread running."""
+    from agentkv.cli_errors import engine_error
+
+    keys = startup.api_keys(args.api_keys)
     from agentkv.engine.async_llm import AsyncLLM
     from agentkv.engine.llm import LLM
     from agentkv.server.app import ServerConfig, create_app
-    from agentkv.server.tenants import PublicPrefixes, load_api_keys
+    from agentkv.server.tenants import PublicPrefixes
 
-    keys = load_api_keys(args.api_keys) if args.api_keys else None
-    llm = LLM(args.model, dtype=args.dtype, device=args.device, compile=args.compile, policy=args.policy,
-              kv_codec=args.kv_codec, kv_cache_bytes=int(args.kv_cache_gb * 2**30) if args.kv_cache_gb else None,
-              kv_tiers=args.kv_tiers, block_size=args.block_size,
-              max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_batched_tokens)
-    limit = llm.config.max_position_embeddings
-    if args.max_model_len is not None and not 1 < args.max_model_len <= limit:
-        raise UsageError(f"--max-model-len must be in [2, {limit}] (the model's context), got {args.max_model_len}")
+    try:
+        llm = LLM(args.model, dtype=args.dtype, device=args.device, compile=args.compile, policy=args.policy,
+                  kv_codec=args.kv_codec, kv_cache_bytes=int(args.kv_cache_gb * 2**30) if args.kv_cache_gb else None,
+                  kv_tiers=args.kv_tiers, block_size=args.block_size,
+                  max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_batched_tokens)
+    except ValueError as e:
+        raise engine_error(e, args.kv_tiers) from None
     public = PublicPrefixes.load(args.public_prefix, llm.tokenizer) if args.public_prefix else None
-    cfg = ServerConfig(model_name=args.served_model_name or os.path.basename(os.path.normpath(args.model)),
-                       max_model_len=args.max_model_len or limit, block_size=args.block_size,
+    name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
+    window = args.max_model_len or llm.config.max_position_embeddings
+    cfg = ServerConfig(model_name=name, max_model_len=window, block_size=args.block_size,
                        vocab_size=llm.config.vocab_size, tool_parser=args.tool_call_parser, api_keys=keys,
                        public=public, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue,
                        limits=limits_of(args), metrics_key=metrics_key(args.metrics_key_file))
+    print(startup.summary(llm, name, window, keys, len(args.public_prefix)), file=sys.stderr, flush=True)
     return create_app(AsyncLLM(llm), llm.tokenizer, cfg)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    return run(build(args), args)
+    startup.check(args)
+    metrics_key(args.metrics_key_file)
+    sock = startup.bind(args.host, args.port)
+    return run(load(args), args, sockets=[sock])
 
 
 def run(app, args: argparse.Namespace, sockets: list | None = None) -> int:
     """Serve `app` until a signal or until its engine loop fails: then exit 1 with one line, so that a
     supervisor restarts the process instead of leaving a server that answers 503 for ever."""
-    import sys
-
     import uvicorn
 
     from agentkv.server.limits import uvicorn_config

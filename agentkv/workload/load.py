@@ -33,6 +33,8 @@ def load_trace(
             traces.append(canonical.load(path, data))
             continue
         text = _decode(path, data)
+        if not text.strip():
+            raise TraceError(path, "line 1", None, "the file is empty (no trace records)")
         fmt = next((m for m in TEXT_FORMATS if m.looks_like(text[:HEAD_CHARS])), None)
         if fmt is None and _looks_like_csv(path, text):  # the one CSV format we read: name what the header lacks
             header = text.lstrip().split("\n", 1)[0]

@@ -109,9 +109,21 @@ def test_cli_table_and_json(ckpt, text, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "int4" in out and "llama-3.1-8b" in out and "reference" in out
+    fits = out[out.index("96k-token contexts per GPU, by KV codec"):].splitlines()
+    header = next(line for line in fits[1:] if "KV codec" in line)
+    assert "h100" in header.lower() and "b200" in header.lower()  # one column per GPU, one number per cell
+    row = next(line for line in fits if "llama-3.1-8b" in line and "int4" in line)
+    assert all(" " not in cell.strip() for cell in row.split("│")[3:-1])
     assert main([*args, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [r["codec"] for r in data["results"]] == ["bf16", "int8", "int4"] and data["tokens"] == 47
+
+
+def test_a_context_over_the_window_is_said(ckpt, text, capsys):
+    assert main(["kv-eval", "--model", str(ckpt), "--codecs", "int8", "--text", str(text), "--context", "100000",
+                 "--windows", "1", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "kv-eval: --context 100,000 is over the model's window: 4,096 tokens per window" in err
 
 
 @pytest.mark.parametrize("args,message", [

@@ -18,13 +18,16 @@ EXPECTED = {"ok": "", "plain": "", "429": "http_429", "500": "http_500", "garbag
 
 class Stub:
     def __init__(self, behaviours: tuple[str, ...] = BEHAVIOURS, delay: float = 0.0, stall: float = 2.0,
-                 tokenize: bool = True, unknown_words: bool = False) -> None:
+                 tokenize: bool = True, unknown_words: bool = False, key: str = "",
+                 max_model_len: int | None = None) -> None:
         self.cycle = itertools.cycle(behaviours)
         self.lock = threading.Lock()
         self.delay, self.stall, self.tokenize = delay, stall, tokenize
         self.unknown_words = unknown_words  # /tokenize maps every word to one id, as a word-level [UNK] would
         self.vocab: dict[str, int] = {}  # a word-level tokenizer: one id per distinct word
         self.served: list[str] = []
+        self.prompts: list[str] = []  # every replayed prompt, in arrival order
+        self.key, self.max_model_len = key, max_model_len  # a key the server requires; its listed window
         self.active = self.most_active = 0  # completion requests inside their delay now, and the most at once
         stub = self
 
@@ -62,15 +65,31 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
+    def _refused(self) -> bool:
+        """A 401 unless the request carries the stub's key (when it has one)."""
+        if self.owner.key and self.headers.get("authorization") != f"Bearer {self.owner.key}":
+            self._json(401, {"error": {"message": "invalid api key"}})
+            return True
+        return False
+
     def do_GET(self) -> None:
+        if self._refused():
+            return
         if self.path == "/v1/models":
-            self._json(200, {"object": "list", "data": [{"id": "stub-model", "object": "model"}]})
+            window = {"max_model_len": self.owner.max_model_len} if self.owner.max_model_len else {}
+            self._json(200, {"object": "list", "data": [{"id": "stub-model", "object": "model", **window}]})
         else:
             self._json(404, {"error": {"message": "not found"}})
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         prompt_tokens = len(body.get("prompt", "").split()) + 1  # the words, and a BOS
+        if self._refused():
+            return
+        limit = self.owner.max_model_len
+        if limit and prompt_tokens + body.get("max_tokens", 0) > limit:
+            self._json(400, {"error": {"message": f"maximum context length is {limit} tokens"}})
+            return
         if self.path == "/tokenize":
             if self.owner.tokenize:
                 words = body.get("prompt", "").split()
@@ -86,6 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         stub = self.owner
         with stub.lock:
+            stub.prompts.append(body["prompt"])
             stub.active += 1
             stub.most_active = max(stub.most_active, stub.active)
         time.sleep(stub.delay)

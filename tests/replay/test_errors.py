@@ -26,7 +26,7 @@ def test_every_error_is_counted_by_kind(tmp_path, capsys):
     with Stub(stall=60) as stub:  # the stalled handler thread is a daemon: nobody waits for it
         rc = main(["replay", str(trace), "--endpoint", stub.url, *FAST, "--timeout", "2", "--max-inflight", "4",
                    "--predict", "lru", "--capacity", "4096", "--out", str(out), "--json"])
-    assert rc == 0
+    assert rc == 1  # requests failed: the run says so in its status
     assert len(stub.served) == 20  # every request reached the server once: none was lost or repeated
     want = Counter(EXPECTED[b] for b in stub.served)
     summary = json.loads((out / "summary.json").read_text())
@@ -88,6 +88,7 @@ def test_ctrl_c_stops_and_writes_what_finished(tmp_path):
                                  *FAST, "--max-inflight", "2", "--out", str(out)],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "COLUMNS": "140"})
+        assert proc.stdout.readline().startswith("endpoint: ")  # checked first
         assert proc.stdout.readline().startswith("replay: 40 requests")  # calibrated, replay under way
         deadline = time.monotonic() + 60
         while len(stub.served) < 6 and time.monotonic() < deadline:
