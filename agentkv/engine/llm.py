@@ -18,6 +18,7 @@ import torch
 
 from agentkv.codecs import get_codec
 from agentkv.engine.cuda_graphs import DecodeGraphs
+from agentkv.engine.grammar import Grammars
 from agentkv.engine.outputs import CompletionOutput, RequestOutput
 from agentkv.engine.pages import PageLayout
 from agentkv.engine.pool import PagePool
@@ -199,6 +200,8 @@ class LLM:
         seq.session = self._sessions.setdefault(session, len(self._sessions)) if session else -1
         seq.tenant = self._tenants.setdefault(tenant, len(self._tenants))
         seq.classify_reply = classify_reply
+        if params.structured_outputs is not None:
+            seq.matcher = self.grammars.matcher(params.structured_outputs)
         try:
             self.scheduler.add(seq)
         except ValueError:
@@ -211,6 +214,13 @@ class LLM:
         self._seqs[rid] = seq
         self._generators[rid] = _generator(params.seed, self.device)
         return rid
+
+    @functools.cached_property
+    def grammars(self) -> Grammars:
+        """Structured outputs' grammars over this model's tokenizer (built on first use)."""
+        if self.tokenizer is None:
+            raise ValueError("structured outputs need the model's tokenizer.json")
+        return Grammars(self.tokenizer.to_json(), self.config.vocab_size, list(self.config.eos_token_ids))
 
     def abort(self, request_id: str) -> bool:
         seq = self._seqs.get(request_id)
@@ -272,8 +282,11 @@ class LLM:
         else:
             hidden = self.model(input_ids, positions, self.pool.layers, self.meta)
         tokens = sample(self.model.logits(hidden[rows]), [s.params for s in sampling],
-                        [self._generators[s.request_id] for s in sampling]) if sampling else []
+                        [self._generators[s.request_id] for s in sampling],
+                        [s.matcher for s in sampling]) if sampling else []
         for seq, tok in zip(sampling, tokens, strict=True):
+            if seq.matcher is not None:
+                seq.matcher.consume_token(tok)
             self._append(seq, tok)
         if self.tiering is not None and plan.prefills:  # what recomputing a block costs: the slow-store test
             self.tiering.measure_recompute((time.perf_counter() - t0) / plan.num_tokens * self.block_size)

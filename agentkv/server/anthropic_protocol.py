@@ -3,13 +3,16 @@
 Usage follows Anthropic's accounting: `input_tokens` are the prompt tokens neither read from nor written to
 the cache, so input_tokens + cache_read_input_tokens + cache_creation_input_tokens is the whole prompt. agentkv
 caches every full block automatically, so `cache_control` markers are accepted and need nothing more.
+`thinking` is passed to chat templates that have a thinking mode (`enable_thinking`) and refused otherwise;
+`context_management` (Claude Code sends `clear_thinking` with `keep: all`) and `output_config.effort` are
+accepted: the first asks for nothing to be cleared, the second has no counterpart in an open model.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Body(BaseModel):
@@ -39,7 +42,7 @@ Block = Annotated[TextBlock | ToolUseBlock | ToolResultBlock, Field(discriminato
 
 
 class Message(_Body):
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"]  # Claude Code sends system messages between turns
     content: str | list[Block]
 
 
@@ -50,8 +53,20 @@ class ToolDef(_Body):
 
 
 class ToolChoice(_Body):
-    type: Literal["auto", "none"] = Field(
-        description="'any' and 'tool' need constrained decoding, which is not implemented")
+    type: Literal["auto", "none", "any", "tool"]
+    name: str | None = None  # with 'tool'
+    disable_parallel_tool_use: bool = False
+
+    @model_validator(mode="after")
+    def _named(self) -> ToolChoice:
+        if self.type == "tool" and not self.name:
+            raise ValueError("type 'tool' needs the tool's 'name'")
+        return self
+
+
+class Thinking(_Body):
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: int | None = Field(None, ge=1)
 
 
 class Metadata(_Body):
@@ -74,7 +89,22 @@ class MessagesRequest(CountTokensRequest):
     top_k: int = Field(0, ge=0)
     stream: bool = False
     metadata: Metadata | None = None
+    thinking: Thinking | None = None
     cache_salt: str | None = Field(None, max_length=256)  # extension, as on the OpenAI endpoints
+
+
+class ModelInfo(BaseModel):
+    type: Literal["model"] = "model"
+    id: str
+    display_name: str
+    created_at: str  # RFC 3339
+
+
+class ModelList(BaseModel):
+    data: list[ModelInfo]
+    has_more: bool = False
+    first_id: str | None
+    last_id: str | None
 
 
 class AnthropicUsage(BaseModel):

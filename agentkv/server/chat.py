@@ -21,7 +21,7 @@ def openai_messages(req: oai.ChatCompletionRequest) -> tuple[Messages, Tools]:
         if m.name:
             msg["name"] = m.name
         if m.tool_calls:
-            msg["tool_calls"] = [_call(c.id, c.function.name, _arguments(c.function.arguments,
+            msg["tool_calls"] = [_call(c.id, c.function.name, parse_arguments(c.function.arguments,
                                  f"messages.{i}.tool_calls.{j}.function.arguments")) for j, c in enumerate(m.tool_calls)]
         if m.role == "tool":
             msg["tool_call_id"] = m.tool_call_id or ""
@@ -62,7 +62,7 @@ def _call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
-def _arguments(text: str, param: str) -> dict[str, Any]:
+def parse_arguments(text: str, param: str) -> dict[str, Any]:
     """Templates render arguments as an object (`| tojson`), so the JSON text a client sends back is decoded."""
     try:
         args = json.loads(text or "{}")

@@ -16,7 +16,9 @@ from agentkv.server.tool_parsers import PARSERS
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="OpenAI- and Anthropic-compatible HTTP server over a local checkpoint")
     p.add_argument("--model", required=True, help="folder with config.json, safetensors and tokenizer.json")
-    p.add_argument("--served-model-name", help="the name clients send as 'model' (default: the folder's name)")
+    p.add_argument("--served-model-name", nargs="+", metavar="NAME",
+                   help="the names clients may send as 'model', e.g. an agent's own model names (default: the "
+                        "folder's name); the first is the model's own, the others its aliases")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
@@ -72,8 +74,9 @@ def build(args: argparse.Namespace):
     if args.max_model_len is not None and not 1 < args.max_model_len <= limit:
         raise UsageError(f"--max-model-len must be in [2, {limit}] (the model's context), got {args.max_model_len}")
     public = PublicPrefixes.load(args.public_prefix, llm.tokenizer) if args.public_prefix else None
-    cfg = ServerConfig(model_name=args.served_model_name or os.path.basename(os.path.normpath(args.model)),
-                       max_model_len=args.max_model_len or limit, block_size=args.block_size,
+    names = tuple(dict.fromkeys(args.served_model_name or [os.path.basename(os.path.normpath(args.model))]))
+    cfg = ServerConfig(model_name=names[0], aliases=names[1:], max_model_len=args.max_model_len or limit,
+                       block_size=args.block_size,
                        vocab_size=llm.config.vocab_size, tool_parser=args.tool_call_parser, api_keys=keys,
                        public=public, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue)
     return create_app(AsyncLLM(llm), llm.tokenizer, cfg)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.engine.conftest import write_checkpoint
+from tests.engine.conftest import write_chat_checkpoint, write_checkpoint
 
 QWEN_TEMPLATE = """{%- if tools %}
 {{- '<|im_start|>system\\n' }}
@@ -50,6 +50,14 @@ QWEN_TEMPLATE = """{%- if tools %}
 {%- endif %}
 {%- endfor %}
 {%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"""
+
+# Qwen3's switch: with enable_thinking false the template closes an empty think block for the model
+THINKING_TEMPLATE = QWEN_TEMPLATE.replace(
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}",
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}")
+assert THINKING_TEMPLATE != QWEN_TEMPLATE
 
 TOOL_SPECIAL = ["<|im_start|>", "<|im_end|>", "[UNK]"]
 TOOL_SCRIPT = ["<tool_call>", '{"name":', '"read_file",', '"arguments":', '{"path":', '"a.py"}}', "</tool_call>"]
@@ -133,6 +141,12 @@ def plain_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tool_dir(tmp_path_factory) -> Path:
     return write_tool_checkpoint(tmp_path_factory.mktemp("tool"))
+
+
+@pytest.fixture(scope="session")
+def chat_dir(tmp_path_factory) -> Path:
+    """The BPE chat checkpoint (short replies, a thinking template) with a window for agents' prompts."""
+    return write_chat_checkpoint(tmp_path_factory.mktemp("chat"), THINKING_TEMPLATE, max_len=131072)
 
 
 @pytest.fixture(scope="session")
