@@ -143,6 +143,6 @@ def write_chat_checkpoint(folder: Path, template: str, max_len: int = 4096, voca
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
-        model.lm_head.weight.copy_(head)
+        model.lm_head.weight.copy_(head * 10)  # the norm scales a one-hot state by 4: successors win by e^80
     model.float().eval().save_pretrained(str(folder))
     return folder

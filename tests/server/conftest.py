@@ -163,6 +163,13 @@ def start() -> Iterator[Callable[..., LiveServer]]:
 
 
 @pytest.fixture(scope="session")
+def chat_server(start, chat_dir) -> LiveServer:
+    """The chat checkpoint served under its own name and an alias (agents ask for a small model too)."""
+    return start("--model", str(chat_dir), "--served-model-name", "chat", "chat-small", "--kv-cache-gb", "0.05",
+                 "--max-batched-tokens", "4096")
+
+
+@pytest.fixture(scope="session")
 def server(start, plain_dir) -> LiveServer:
     """Open (single-tenant) server over the plain checkpoint."""
     return start("--model", str(plain_dir), "--served-model-name", "tiny", "--kv-cache-gb", "0.01",
