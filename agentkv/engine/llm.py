@@ -220,7 +220,10 @@ class LLM:
         """Structured outputs' grammars over this model's tokenizer (built on first use)."""
         if self.tokenizer is None:
             raise ValueError("structured outputs need the model's tokenizer.json")
-        return Grammars(self.tokenizer.to_json(), self.config.vocab_size, list(self.config.eos_token_ids))
+        try:
+            return Grammars(self.tokenizer.to_json(), self.config.vocab_size, list(self.config.eos_token_ids))
+        except ValueError as e:
+            raise ValueError(f"structured outputs: the grammar engine cannot read this model's tokenizer ({e})") from None
 
     def abort(self, request_id: str) -> bool:
         seq = self._seqs.get(request_id)

@@ -224,7 +224,11 @@ class Server:
             raise APIError(400, f"messages: the chat template refused them: {e}", param="messages") from None
 
     def literal(self, text: str) -> str:
-        return self.engine.llm.grammars.literal(text)
+        """A piece of a tool-call grammar (only forced calls ask: a tokenizer llguidance cannot read is a 400)."""
+        try:
+            return self.engine.llm.grammars.literal(text)
+        except ValueError as e:
+            raise APIError(400, f"tool_choice: {e}", param="tool_choice") from None
 
     async def constrain(self, spec: StructuredOutputsParams | None, param: str) -> StructuredOutputsParams | None:
         """The spec compiled (cached for the engine) off the event loop; what the grammar engine refuses is a 400."""

@@ -14,7 +14,7 @@ from tests.engine.conftest import CHAT_REPLY, write_chat_checkpoint
 
 SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "maximum": 9}},
           "required": ["ok", "n"], "additionalProperties": False}
-TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>\n{% endfor %}<|im_start|>\n"
+TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}<|im_start|>{{ '\\n' }}"
 
 
 @pytest.fixture(scope="module")
