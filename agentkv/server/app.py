@@ -37,6 +37,8 @@ from agentkv.server.metrics import Metrics
 from agentkv.server.responses import Responses, ResponsesRequest
 from agentkv.server.structured import forced_call, json_reply
 from agentkv.server.tenants import PublicPrefixes
+from agentkv.server.thinking import ThinkingSplitter
+from agentkv.server.thinking import split as split_thinking
 from agentkv.server.tool_parsers import Parsed, feed, make_parser, parse_all
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -376,7 +378,9 @@ class Server:
         arrival = time.monotonic()
         self.check_model(body.model)
         msgs, tools = anthropic_messages(body)
-        prompt = await self.render(msgs, tools, **self._thinking(body.thinking))
+        template = self._thinking(body.thinking)
+        think = template.get("enable_thinking", False)
+        prompt = await self.render(msgs, tools, **template)
         stops = tuple(body.stop_sequences or ())
         session = body.metadata.user_id if body.metadata else None
         choice = body.tool_choice
@@ -388,9 +392,12 @@ class Server:
         rid = f"msg_{secrets.token_hex(12)}"
         deltas = await self.submit(request, "messages", arrival, p, rid)
         if body.stream:
-            return _sse_response(self._message_events(deltas, rid, stops, p), anthropic=True)
-        result, parsed = await self._collect(deltas, p.tools)
-        content: list[dict[str, Any]] = [{"type": "text", "text": parsed.content}] if parsed.content else []
+            return _sse_response(self._message_events(deltas, rid, stops, p, think), anthropic=True)
+        result, _ = await self._collect(deltas, False)
+        thought, answer = split_thinking(result.text) if think else ("", result.text)
+        parsed = parse_all(self.cfg.tool_parser, answer) if p.tools else Parsed(answer)
+        content: list[dict[str, Any]] = [_thinking_block(thought)] if thought else []
+        content += [{"type": "text", "text": parsed.content}] if parsed.content else []
         content += [_tool_use(c) for c in parsed.calls]
         stop = self.matched_stop(result, stops)
         out = anth.MessagesResponse(id=rid, model=p.model, content=content,
@@ -411,9 +418,10 @@ class Server:
         return {"enable_thinking": thinking.type != "disabled"}
 
     async def _message_events(self, deltas: AsyncIterator[Any], rid: str, stops: tuple[str, ...], p: Prepared,
-                              ) -> AsyncIterator[str]:
+                              think: bool) -> AsyncIterator[str]:
         parser = make_parser(self.cfg.tool_parser) if p.tools else None
-        result, index, text_open, n_calls = Result(), 0, False, 0
+        splitter = ThinkingSplitter() if think else None
+        result, index, text_open, think_open, n_calls = Result(), 0, False, False, 0
         async for d in deltas:
             started = bool(result.prompt_tokens)
             result.add(d)
@@ -422,7 +430,18 @@ class Server:
                 yield _event("message_start", {"type": "message_start", "message": {
                     "id": rid, "type": "message", "role": "assistant", "model": p.model, "content": [],
                     "stop_reason": None, "stop_sequence": None, "usage": usage}})
-            piece = feed(parser, d.text, d.finished)
+            thought, answer = splitter.feed(d.text, d.finished) if splitter else ("", d.text)
+            if thought and not think_open:
+                yield _event("content_block_start", {"type": "content_block_start", "index": index,
+                                                     "content_block": _thinking_block("")})
+                think_open = True
+            if thought:
+                yield _event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                     "delta": {"type": "thinking_delta", "thinking": thought}})
+            if think_open and (answer or d.finished):
+                yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
+                index, think_open = index + 1, False
+            piece = feed(parser, answer, d.finished)
             if piece.content:
                 if not text_open:
                     yield _event("content_block_start", {"type": "content_block_start", "index": index,
@@ -500,6 +519,10 @@ def _usage(r: Result) -> oai.Usage:
                      total_tokens=r.prompt_tokens + r.output_tokens,
                      prompt_tokens_details=oai.PromptTokensDetails(cached_tokens=r.cached_tokens,
                                                                    cached_tokens_per_tier=r.cached_tokens_per_tier))
+
+
+def _thinking_block(text: str) -> dict[str, Any]:
+    return {"type": "thinking", "thinking": text, "signature": ""}  # unsigned: an open model's own thoughts
 
 
 def _tool_use(c: Any) -> dict[str, Any]:

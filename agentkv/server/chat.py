@@ -37,10 +37,12 @@ def anthropic_messages(req: anth.CountTokensRequest) -> tuple[Messages, Tools]:
                     else "".join(b.text for b in req.system)})
     for m in req.messages:
         blocks = [anth.TextBlock(type="text", text=m.content)] if isinstance(m.content, str) else m.content
-        text, calls = "", []
+        text, calls, reasoning = "", [], ""
         for b in blocks:
             if isinstance(b, anth.TextBlock):
                 text += b.text
+            elif isinstance(b, anth.ThinkingBlock):  # Qwen3-style templates read it as reasoning_content
+                reasoning += b.thinking
             elif isinstance(b, anth.ToolUseBlock):
                 calls.append(_call(b.id, b.name, b.input))
             else:  # a tool result becomes a tool message, after any text before it
@@ -50,8 +52,9 @@ def anthropic_messages(req: anth.CountTokensRequest) -> tuple[Messages, Tools]:
                 content = b.content if isinstance(b.content, str) else "".join(t.text for t in b.content)
                 out.append({"role": "tool", "tool_call_id": b.tool_use_id,
                             "content": f"Error: {content}" if b.is_error else content})
-        if text or calls:
-            out.append({"role": m.role, "content": text, **({"tool_calls": calls} if calls else {})})
+        if text or calls or reasoning:
+            out.append({"role": m.role, "content": text, **({"tool_calls": calls} if calls else {}),
+                        **({"reasoning_content": reasoning} if reasoning else {})})
     use_tools = req.tools and not (req.tool_choice and req.tool_choice.type == "none")
     tools = [{"type": "function", "function": {"name": t.name, "description": t.description or "",
                                                "parameters": t.input_schema}} for t in req.tools or []]

@@ -110,7 +110,7 @@ class HermesParser(ToolParser):
                 continue
             start = self.buf.find(self.OPEN)
             if start < 0:
-                keep = _partial_suffix(self.buf, self.OPEN)  # a tag may be arriving in pieces
+                keep = partial_suffix(self.buf, self.OPEN)  # a tag may be arriving in pieces
                 out.content += self.buf[: len(self.buf) - keep]
                 self.buf = self.buf[len(self.buf) - keep :]
                 return out
@@ -203,7 +203,7 @@ def parse_all(name: str, text: str) -> Parsed:
     return out
 
 
-def _partial_suffix(text: str, tag: str) -> int:
+def partial_suffix(text: str, tag: str) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
     for k in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:k]):

@@ -66,7 +66,8 @@ TOOL_WORDS = ["system", "user", "assistant", "tool", "you", "are", "a", "helpful
 TOOL_VOCAB = 64
 
 
-def write_tool_checkpoint(folder: Path, script: list[str] = TOOL_SCRIPT, after: str = "assistant") -> Path:
+def write_tool_checkpoint(folder: Path, script: list[str] = TOOL_SCRIPT, after: str = "assistant",
+                          template: str = QWEN_TEMPLATE) -> Path:
     """A checkpoint whose output after the token `after` is `script` token by token, then <|im_end|>."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -81,7 +82,7 @@ def write_tool_checkpoint(folder: Path, script: list[str] = TOOL_SCRIPT, after: 
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"eos_token": "<|im_end|>", "chat_template": QWEN_TEMPLATE}))
+        {"eos_token": "<|im_end|>", "chat_template": template}))
     eos = vocab["<|im_end|>"]
     cfg = LlamaConfig(vocab_size=TOOL_VOCAB, hidden_size=TOOL_VOCAB, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, eos_token_id=eos)
@@ -167,6 +168,20 @@ def chat_server(start, chat_dir) -> LiveServer:
     """The chat checkpoint served under its own name and an alias (agents ask for a small model too)."""
     return start("--model", str(chat_dir), "--served-model-name", "chat", "chat-small", "--kv-cache-gb", "0.05",
                  "--max-batched-tokens", "4096")
+
+
+@pytest.fixture(scope="session")
+def chat_oai(chat_server):
+    import openai
+
+    return openai.OpenAI(base_url=chat_server.url + "/v1", api_key="none", max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def chat_anth(chat_server):
+    import anthropic
+
+    return anthropic.Anthropic(base_url=chat_server.url, api_key="none", max_retries=0)
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ RUN_TOOL = {"type": "function", "name": "run", "description": "Run a command", "
 
 
 @pytest.fixture(scope="module")
-def client(chat_server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=chat_server.url + "/v1", api_key="none", max_retries=0)
+def client(chat_oai) -> openai.OpenAI:
+    return chat_oai
 
 
 def test_text_whole_and_streamed(client):
