@@ -141,6 +141,8 @@ class AsyncLLM:
             raise EngineDead("the engine is not running" if self.error is None else f"the engine failed: {self.error}")
         params = params or SamplingParams()
         ids = self.llm.tokens_of(prompt, params)
+        if params.structured_outputs is not None:  # compiled here (cached), so the engine thread only copies it
+            self.llm.grammars.compile(params.structured_outputs)
         rid = request_id or uuid.uuid4().hex
         try:
             loop = asyncio.get_running_loop()

@@ -19,6 +19,7 @@ import torch
 
 from agentkv.codecs import get_codec
 from agentkv.engine.cuda_graphs import DecodeGraphs
+from agentkv.engine.grammar import Grammars
 from agentkv.engine.outputs import CompletionOutput, RequestOutput
 from agentkv.engine.pages import PageLayout
 from agentkv.engine.pool import PagePool
@@ -207,6 +208,8 @@ class LLM:
         seq.session = self._sessions(session) if session else -1
         seq.tenant = self._tenants.setdefault(tenant, len(self._tenants))
         seq.classify_reply = classify_reply
+        if params.structured_outputs is not None:
+            seq.matcher = self.grammars.matcher(params.structured_outputs)
         try:
             self.scheduler.add(seq)
         except ValueError:
@@ -219,6 +222,16 @@ class LLM:
             if waits:
                 seq.ready = lambda: all(f.done() for f in waits)
         return rid
+
+    @functools.cached_property
+    def grammars(self) -> Grammars:
+        """Structured outputs' grammars over this model's tokenizer (built on first use)."""
+        if self.tokenizer is None:
+            raise ValueError("structured outputs need the model's tokenizer.json")
+        try:
+            return Grammars(self.tokenizer.to_json(), self.config.vocab_size, list(self.config.eos_token_ids))
+        except ValueError as e:
+            raise ValueError(f"structured outputs: the grammar engine cannot read this model's tokenizer ({e})") from None
 
     def abort(self, request_id: str) -> bool:
         seq = self._seqs.get(request_id)
@@ -280,8 +293,11 @@ class LLM:
         else:
             hidden = self.model(input_ids, positions, self.pool.layers, self.meta)
         tokens = sample(self.model.logits(hidden[rows]), [s.params for s in sampling],
-                        [self._generators[s.request_id] for s in sampling]) if sampling else []
+                        [self._generators[s.request_id] for s in sampling],
+                        [s.matcher for s in sampling]) if sampling else []
         for seq, tok in zip(sampling, tokens, strict=True):
+            if seq.matcher is not None:
+                seq.matcher.consume_token(tok)
             self._append(seq, tok)
         if self.tiering is not None and plan.prefills:  # what recomputing a block costs: the slow-store test
             self.tiering.measure_recompute((time.perf_counter() - t0) / plan.num_tokens * self.block_size)

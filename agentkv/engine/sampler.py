@@ -5,17 +5,24 @@ No per-row Python loop over the vocabulary (the GPU engine calls this every step
 sort of the batch's logits, and the draw is the exponential race argmax(p / E), E ~ Exp(1) — an exact sample
 from p. Seeded requests draw their E from their own generator (a row each, only for those rows), so a seeded
 request's tokens do not depend on what it is batched with. One host sync: the sampled tokens.
+Rows under a grammar (engine/grammar.py) get their mask first; a batch without one skips it entirely.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from agentkv.engine.grammar import apply_masks
 from agentkv.engine.sequence import SamplingParams
 
 
-def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> list[int]:
-    """One token per row of `logits` [B, vocab] (float32)."""
+def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+           matchers: list[Any] | None = None) -> list[int]:
+    """One token per row of `logits` [B, vocab] (float32); `matchers`: each row's grammar matcher or None."""
+    if matchers is not None and any(m is not None for m in matchers):
+        apply_masks(logits, matchers)
     greedy = logits.argmax(-1)
     if all(p.temperature == 0 for p in params):
         return greedy.tolist()

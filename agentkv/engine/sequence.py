@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from agentkv.engine.grammar import StructuredOutputsParams
 from agentkv.kvcache.ids import BlockIds
 from agentkv.scheduler import Sequence
 from agentkv.storage.keys import block_key
@@ -20,8 +22,9 @@ MAX_TOKENS_MAX = 2**31 - 1
 
 @dataclass(slots=True, frozen=True)
 class SamplingParams:
-    """As vLLM's: n is 1; `stop` strings end the text before them; `seed` makes sampling reproducible.
-    Every number is checked here, so nothing out of range reaches the engine thread."""
+    """As vLLM's: n is 1; `stop` strings end the text before them; `seed` makes sampling reproducible;
+    `structured_outputs` holds the output to a schema or grammar. Every number is checked here, so nothing out
+    of range reaches the engine thread."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -32,6 +35,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] | list[int] = ()
     ignore_eos: bool = False
     n: int = 1
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         self.check()
@@ -64,6 +68,7 @@ class EngineSequence(Sequence):
     text: str | None = None  # the reply cut at a stop string (None: not cut)
     finish_reason: str | None = None
     classify_reply: Callable[[str], str] | None = None  # "tool_calls" | "stop": how the reply ended
+    matcher: Any = None  # its grammar's state (engine/grammar.py) when it has one
     public_blocks: int = 0  # leading blocks named in the public namespace; the rest chain on in `private_root`'s
     private_root: bytes = b""
     # usage: prompt tokens served from the cache at its first admission (a preempted request's re-admission

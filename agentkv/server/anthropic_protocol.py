@@ -3,13 +3,16 @@
 Usage follows Anthropic's accounting: `input_tokens` are the prompt tokens neither read from nor written to
 the cache, so input_tokens + cache_read_input_tokens + cache_creation_input_tokens is the whole prompt. agentkv
 caches every full block automatically, so `cache_control` markers are accepted and need nothing more.
+`thinking` is passed to chat templates that have a thinking mode (`enable_thinking`) and refused otherwise;
+`context_management` (Claude Code sends `clear_thinking` with `keep: all`) and `output_config.effort` are
+accepted: the first asks for nothing to be cleared, the second has no counterpart in an open model.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from agentkv.server.fields import Body as _Body
 from agentkv.server.fields import MaxTokens, Stops, TopK
@@ -34,11 +37,17 @@ class ToolResultBlock(_Body):
     is_error: bool = False
 
 
-Block = Annotated[TextBlock | ToolUseBlock | ToolResultBlock, Field(discriminator="type")]
+class ThinkingBlock(_Body):
+    type: Literal["thinking"]
+    thinking: str
+    signature: str = ""
+
+
+Block = Annotated[TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock, Field(discriminator="type")]
 
 
 class Message(_Body):
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"]  # Claude Code sends system messages between turns
     content: str | list[Block]
 
 
@@ -49,8 +58,20 @@ class ToolDef(_Body):
 
 
 class ToolChoice(_Body):
-    type: Literal["auto", "none"] = Field(
-        description="'any' and 'tool' need constrained decoding, which is not implemented")
+    type: Literal["auto", "none", "any", "tool"]
+    name: str | None = None  # with 'tool'
+    disable_parallel_tool_use: bool = False
+
+    @model_validator(mode="after")
+    def _named(self) -> ToolChoice:
+        if self.type == "tool" and not self.name:
+            raise ValueError("type 'tool' needs the tool's 'name'")
+        return self
+
+
+class Thinking(_Body):
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: int | None = Field(None, ge=1)
 
 
 class Metadata(_Body):
@@ -73,7 +94,22 @@ class MessagesRequest(CountTokensRequest):
     top_k: TopK = 0
     stream: bool = False
     metadata: Metadata | None = None
+    thinking: Thinking | None = None
     cache_salt: str | None = Field(None, max_length=256)  # extension, as on the OpenAI endpoints
+
+
+class ModelInfo(BaseModel):
+    type: Literal["model"] = "model"
+    id: str
+    display_name: str
+    created_at: str  # RFC 3339
+
+
+class ModelList(BaseModel):
+    data: list[ModelInfo]
+    has_more: bool = False
+    first_id: str | None
+    last_id: str | None
 
 
 class AnthropicUsage(BaseModel):

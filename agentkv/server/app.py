@@ -1,11 +1,12 @@
-"""The HTTP server: OpenAI (/v1/chat/completions, /v1/completions, /v1/models) and Anthropic (/v1/messages)
-APIs over one engine, with /health and Prometheus /metrics.
+"""The HTTP server: OpenAI (/v1/chat/completions, /v1/completions, /v1/responses, /v1/models) and Anthropic
+(/v1/messages, /v1/models in its own shape) APIs over one engine, with /health and Prometheus /metrics.
 
 Each endpoint turns its request into prompt token ids (through the model's chat template, tools included)
 and `SamplingParams`, admits it (`Jobs`), and writes the engine's deltas back in its API's shape, streamed as
 server-sent events or whole. The tenant (from the API key) and `cache_salt` scope the request's prefix-cache
 namespace; a reply's tool calls are parsed as it streams, and whether it called a tool reaches the cache
-policy before its blocks are released (`classify_reply`).
+policy before its blocks are released (`classify_reply`). A forced tool call or a JSON reply is held to its
+schema by the grammar engine (server/structured.py). Every response carries `request-id` and `x-request-id`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from agentkv.engine.grammar import StructuredOutputsParams
 from agentkv.engine.sequence import SamplingParams
 from agentkv.server import anthropic_protocol as anth
 from agentkv.server import errors
@@ -34,8 +36,12 @@ from agentkv.server.errors import APIError
 from agentkv.server.jobs import Jobs, Result
 from agentkv.server.limits import Limits, RequestLimits, text_chars
 from agentkv.server.metrics import Metrics
+from agentkv.server.responses import Responses, ResponsesRequest
+from agentkv.server.structured import forced_call, json_reply
 from agentkv.server.tenants import PublicPrefixes
-from agentkv.server.tool_parsers import Parsed, make_parser, parse_all
+from agentkv.server.thinking import ThinkingSplitter
+from agentkv.server.thinking import split as split_thinking
+from agentkv.server.tool_parsers import Parsed, feed, make_parser, parse_all
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 log = logging.getLogger("agentkv.server")
@@ -50,6 +56,7 @@ class ServerConfig:
     max_model_len: int
     block_size: int
     vocab_size: int
+    aliases: tuple[str, ...] = ()  # more names clients may ask for (agents ask for their own)
     tool_parser: str = "hermes"
     api_keys: dict[str, str] | None = None  # key -> tenant; None: open, one tenant
     public: PublicPrefixes | None = None
@@ -69,6 +76,7 @@ class Prepared:
     salt: str
     session: str | None
     tools: bool
+    model: str  # the name the client asked for, echoed in the response
 
 
 def create_app(engine: Any, tokenizer: Any, cfg: ServerConfig) -> FastAPI:
@@ -98,11 +106,25 @@ def create_app(engine: Any, tokenizer: Any, cfg: ServerConfig) -> FastAPI:
     app.add_middleware(RequestLimits, max_bytes=cfg.limits.max_body_bytes, max_header_bytes=cfg.limits.max_header_bytes)
     app.add_middleware(_Authenticate, server=server)
     errors.document_400(app)
+    app.add_middleware(_RequestId)
 
-    @app.get("/v1/models", response_model=oai.ModelList)
-    async def models() -> oai.ModelList:
-        return oai.ModelList(data=[oai.ModelCard(id=cfg.model_name, created=server.started,
-                                                 max_model_len=cfg.max_model_len)])
+    @app.get("/v1/models", responses={200: {"model": oai.ModelList}})
+    async def models(request: Request) -> Response:
+        return JSONResponse(server.models(request).model_dump())
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, request: Request) -> Response:
+        server.check_model(model_id)
+        return JSONResponse(next(m for m in server.models(request).data if m.id == model_id).model_dump())
+
+    @app.post("/v1/responses")
+    async def create_response(body: ResponsesRequest, request: Request) -> Response:
+        out = await server.responses.create(body, request, request.state.tenant)
+        return out if isinstance(out, Response) else _sse_response(out, anthropic=False)
+
+    @app.get("/v1/responses/{response_id}")
+    async def get_response(response_id: str, request: Request) -> Response:
+        return JSONResponse(server.responses.get(response_id, request.state.tenant))
 
     @app.post("/v1/chat/completions", responses={200: {"model": oai.ChatCompletion}})
     async def chat_completions(body: oai.ChatCompletionRequest, request: Request) -> Response:
@@ -147,6 +169,28 @@ class _Authenticate:
         await self.app(scope, receive, send)
 
 
+class _RequestId:
+    """`request-id` (Anthropic's header) and `x-request-id` (OpenAI's) on every response: the client's own
+    `x-request-id` when it sent one, else a fresh id, so a client's log line finds the server's."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")[:128]
+        rid = (given or f"req_{secrets.token_hex(12)}").encode("latin-1")
+
+        async def with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"request-id", rid), (b"x-request-id", rid)]
+            await send(message)
+
+        await self.app(scope, receive, with_id)
+
+
 class Server:
     def __init__(self, engine: Any, tokenizer: Any, cfg: ServerConfig) -> None:
         self.engine, self.tokenizer, self.cfg = engine, tokenizer, cfg
@@ -154,6 +198,20 @@ class Server:
         self.jobs = Jobs(engine, self.metrics, cfg.max_num_seqs, cfg.max_queue)
         self.started = int(time.time())
         self.max_prompt_chars = cfg.limits.max_prompt_chars or PROMPT_CHARS_PER_TOKEN * cfg.max_model_len
+        self.responses = Responses(self)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.cfg.model_name, *self.cfg.aliases)
+
+    def models(self, request: Request) -> oai.ModelList | anth.ModelList:
+        """Every served name, in the shape of the asking client's API (Anthropic's sends anthropic-version)."""
+        if "anthropic-version" in request.headers:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started))
+            data = [anth.ModelInfo(id=n, display_name=n, created_at=stamp) for n in self.names]
+            return anth.ModelList(data=data, first_id=data[0].id, last_id=data[-1].id)
+        return oai.ModelList(data=[oai.ModelCard(id=n, created=self.started, root=self.cfg.model_name,
+                                                 max_model_len=self.cfg.max_model_len) for n in self.names])
 
     # ---- shared steps -------------------------------------------------------------------------------------
     def tenant(self, request: Request) -> str:
@@ -182,23 +240,41 @@ class Server:
                            param=param, code="context_length_exceeded")
 
     def check_model(self, model: str) -> None:
-        if model != self.cfg.model_name:
-            raise APIError(404, f"model {model!r} does not exist: this server serves {self.cfg.model_name!r}",
-                           param="model", code="model_not_found")
+        if model not in self.names:
+            raise APIError(404, f"model {model!r} does not exist: this server serves "
+                           f"{', '.join(map(repr, self.names))}", param="model", code="model_not_found")
 
-    async def render(self, messages: Messages, tools: Tools) -> list[int]:
+    async def render(self, messages: Messages, tools: Tools, **template: Any) -> list[int]:
         if self.tokenizer is None:
             raise APIError(400, "the model folder has no tokenizer.json: use /v1/completions with token ids")
         self.check_chars("messages", messages, tools)
         from jinja2.exceptions import TemplateError
 
         try:  # templates with long tool schemas and long prompts take ms: keep the event loop free
-            return await asyncio.to_thread(self.tokenizer.encode_chat, messages, tools=tools)
+            return await asyncio.to_thread(self.tokenizer.encode_chat, messages, tools=tools, **template)
         except (TemplateError, ValueError) as e:
             raise APIError(400, f"messages: the chat template refused them: {e}", param="messages") from None
 
+    def literal(self, text: str) -> str:
+        """A piece of a tool-call grammar (only forced calls ask: a tokenizer llguidance cannot read is a 400)."""
+        try:
+            return self.engine.llm.grammars.literal(text)
+        except ValueError as e:
+            raise APIError(400, f"tool_choice: {e}", param="tool_choice") from None
+
+    async def constrain(self, spec: StructuredOutputsParams | None, param: str) -> StructuredOutputsParams | None:
+        """The spec compiled (cached for the engine) off the event loop; what the grammar engine refuses is a 400."""
+        if spec is None:
+            return None
+        try:
+            await asyncio.to_thread(self.engine.llm.grammars.compile, spec)
+        except ValueError as e:
+            raise APIError(400, f"{param}: {e}", param=param) from None
+        return spec
+
     def prepare(self, request: Request, tenant: str, body: Any, prompt: list[int], max_tokens: int | None,
-                stop: tuple[str, ...], tools: bool, session: str | None) -> Prepared:
+                stop: tuple[str, ...], tools: bool, session: str | None,
+                structured: StructuredOutputsParams | None = None) -> Prepared:
         limit = self.cfg.max_model_len
         if len(prompt) >= limit or (max_tokens is not None and len(prompt) + max_tokens > limit):
             raise APIError(400, f"this model's maximum context length is {limit} tokens; the prompt has "
@@ -209,12 +285,13 @@ class Server:
             params = SamplingParams(max_tokens=max_tokens or limit - len(prompt),
                                     temperature=0.0 if body.temperature < GREEDY_BELOW else body.temperature,
                                     top_p=body.top_p, top_k=body.top_k, seed=getattr(body, "seed", None),
-                                    stop=stop, ignore_eos=getattr(body, "ignore_eos", False))
+                                    stop=stop, ignore_eos=getattr(body, "ignore_eos", False),
+                                    structured_outputs=structured)
         except ValueError as e:
             raise APIError(400, str(e)) from None
         session = request.headers.get("x-session-id") or session
         return Prepared(prompt, params, tenant, body.cache_salt or "", f"{tenant}/{session}" if session else None,
-                        tools)
+                        tools, body.model)
 
     async def submit(self, request: Request, endpoint: str, arrival: float, p: Prepared, rid: str,
                      ) -> AsyncIterator[Any]:
@@ -243,7 +320,14 @@ class Server:
         self.check_model(body.model)
         msgs, tools = openai_messages(body)
         prompt = await self.render(msgs, tools)
-        p = self.prepare(request, tenant, body, prompt, body.max_new_tokens, body.stop_list, tools is not None, body.user)
+        choice = body.tool_choice
+        forced = "*" if choice == "required" else choice.function.name if isinstance(choice, oai.NamedToolChoice) else None
+        fmt = body.response_format
+        spec = forced_call(self.cfg.tool_parser, tools, forced, body.parallel_tool_calls, self.literal) if forced else \
+            json_reply(fmt.type, fmt.json_schema.schema_ if fmt.json_schema else None) if fmt else None
+        spec = await self.constrain(spec, "tool_choice" if forced else "response_format")
+        p = self.prepare(request, tenant, body, prompt, body.max_new_tokens, body.stop_list, tools is not None, body.user,
+                         spec)
         rid = f"chatcmpl-{secrets.token_hex(12)}"
         deltas = await self.submit(request, "chat", arrival, p, rid)
         if body.stream:
@@ -253,13 +337,13 @@ class Server:
                               arguments=c.arguments)) for c in parsed.calls]
         message = oai.ResponseMessage(content=parsed.content if parsed.content or not calls else None,
                                       tool_calls=calls or None)
-        out = oai.ChatCompletion(id=rid, created=int(time.time()), model=self.cfg.model_name, usage=_usage(result),
+        out = oai.ChatCompletion(id=rid, created=int(time.time()), model=p.model, usage=_usage(result),
                                  choices=[oai.ChatChoice(message=message, finish_reason=_finish(result, calls))])
         return JSONResponse(out.model_dump())
 
     async def _chat_events(self, deltas: AsyncIterator[Any], rid: str, body: oai.ChatCompletionRequest,
                            tools: bool) -> AsyncIterator[str]:
-        created, model = int(time.time()), self.cfg.model_name
+        created, model = int(time.time()), body.model
         parser = make_parser(self.cfg.tool_parser) if tools else None
         result, n_calls = Result(), 0
 
@@ -270,7 +354,7 @@ class Server:
         yield chunk({"role": "assistant", "content": ""})
         async for d in deltas:
             result.add(d)
-            piece = _parse(parser, d.text, d.finished)
+            piece = feed(parser, d.text, d.finished)
             if piece.content:
                 yield chunk({"content": piece.content})
             for c in piece.calls:
@@ -296,7 +380,7 @@ class Server:
         if body.stream:
             return _sse_response(self._completion_events(deltas, rid, body), anthropic=False)
         result, _ = await self._collect(deltas, False)
-        out = oai.Completion(id=rid, created=int(time.time()), model=self.cfg.model_name, usage=_usage(result),
+        out = oai.Completion(id=rid, created=int(time.time()), model=p.model, usage=_usage(result),
                              choices=[oai.CompletionChoice(text=result.text, finish_reason=result.finish_reason)])
         return JSONResponse(out.model_dump())
 
@@ -308,7 +392,7 @@ class Server:
 
     async def _completion_events(self, deltas: AsyncIterator[Any], rid: str, body: oai.CompletionRequest,
                                  ) -> AsyncIterator[str]:
-        created, model, result = int(time.time()), self.cfg.model_name, Result()
+        created, model, result = int(time.time()), body.model, Result()
         async for d in deltas:
             result.add(d)
             if d.text or d.finished:
@@ -325,36 +409,70 @@ class Server:
         arrival = time.monotonic()
         self.check_model(body.model)
         msgs, tools = anthropic_messages(body)
-        prompt = await self.render(msgs, tools)
+        template = self._thinking(body.thinking)
+        think = template.get("enable_thinking", False)
+        prompt = await self.render(msgs, tools, **template)
         stops = tuple(body.stop_sequences or ())
         session = body.metadata.user_id if body.metadata else None
-        p = self.prepare(request, tenant, body, prompt, body.max_tokens, stops, tools is not None, session)
+        choice = body.tool_choice
+        forced = None if choice is None else "*" if choice.type == "any" else choice.name if choice.type == "tool" else None
+        spec = await self.constrain(forced_call(self.cfg.tool_parser, tools, forced,
+                                                not (choice and choice.disable_parallel_tool_use), self.literal),
+                                    "tool_choice")
+        p = self.prepare(request, tenant, body, prompt, body.max_tokens, stops, tools is not None, session, spec)
         rid = f"msg_{secrets.token_hex(12)}"
         deltas = await self.submit(request, "messages", arrival, p, rid)
         if body.stream:
-            return _sse_response(self._message_events(deltas, rid, stops, p.tools), anthropic=True)
-        result, parsed = await self._collect(deltas, p.tools)
-        content: list[dict[str, Any]] = [{"type": "text", "text": parsed.content}] if parsed.content else []
+            return _sse_response(self._message_events(deltas, rid, stops, p, think), anthropic=True)
+        result, _ = await self._collect(deltas, False)
+        thought, answer = split_thinking(result.text) if think else ("", result.text)
+        parsed = parse_all(self.cfg.tool_parser, answer) if p.tools else Parsed(answer)
+        content: list[dict[str, Any]] = [_thinking_block(thought)] if thought else []
+        content += [{"type": "text", "text": parsed.content}] if parsed.content else []
         content += [_tool_use(c) for c in parsed.calls]
         stop = self.matched_stop(result, stops)
-        out = anth.MessagesResponse(id=rid, model=self.cfg.model_name, content=content,
+        out = anth.MessagesResponse(id=rid, model=p.model, content=content,
                                     stop_reason=_stop_reason(result, bool(parsed.calls), stop), stop_sequence=stop,
                                     usage=self._anthropic_usage(result))
         return JSONResponse(out.model_dump())
 
-    async def _message_events(self, deltas: AsyncIterator[Any], rid: str, stops: tuple[str, ...], tools: bool,
-                              ) -> AsyncIterator[str]:
-        parser = make_parser(self.cfg.tool_parser) if tools else None
-        result, index, text_open, n_calls = Result(), 0, False, 0
+    def _thinking(self, thinking: anth.Thinking | None) -> dict[str, bool]:
+        """`thinking` as the chat template's `enable_thinking`, or a 400 when the template has no thinking mode."""
+        if thinking is None:
+            return {}
+        if self.tokenizer is None or "enable_thinking" not in (self.tokenizer.chat_template or ""):
+            if thinking.type == "disabled":
+                return {}
+            raise APIError(400, f"thinking: {thinking.type!r} is not available: this model's chat template has no "
+                           "thinking mode (no 'enable_thinking'); leave 'thinking' out or set it to disabled",
+                           param="thinking")
+        return {"enable_thinking": thinking.type != "disabled"}
+
+    async def _message_events(self, deltas: AsyncIterator[Any], rid: str, stops: tuple[str, ...], p: Prepared,
+                              think: bool) -> AsyncIterator[str]:
+        parser = make_parser(self.cfg.tool_parser) if p.tools else None
+        splitter = ThinkingSplitter() if think else None
+        result, index, text_open, think_open, n_calls = Result(), 0, False, False, 0
         async for d in deltas:
             started = bool(result.prompt_tokens)
             result.add(d)
             if not started:  # the prompt's cache accounting is known once it is admitted
                 usage = self._anthropic_usage(result).model_dump() | {"output_tokens": 0}
                 yield _event("message_start", {"type": "message_start", "message": {
-                    "id": rid, "type": "message", "role": "assistant", "model": self.cfg.model_name, "content": [],
+                    "id": rid, "type": "message", "role": "assistant", "model": p.model, "content": [],
                     "stop_reason": None, "stop_sequence": None, "usage": usage}})
-            piece = _parse(parser, d.text, d.finished)
+            thought, answer = splitter.feed(d.text, d.finished) if splitter else ("", d.text)
+            if thought and not think_open:
+                yield _event("content_block_start", {"type": "content_block_start", "index": index,
+                                                     "content_block": _thinking_block("")})
+                think_open = True
+            if thought:
+                yield _event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                     "delta": {"type": "thinking_delta", "thinking": thought}})
+            if think_open and (answer or d.finished):
+                yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
+                index, think_open = index + 1, False
+            piece = feed(parser, answer, d.finished)
             if piece.content:
                 if not text_open:
                     yield _event("content_block_start", {"type": "content_block_start", "index": index,
@@ -429,15 +547,6 @@ async def _in_band_errors(events: AsyncIterator[str], anthropic: bool) -> AsyncI
             yield _sse({"error": {"message": str(e), "type": "server_error", "param": None, "code": None}})
 
 
-def _parse(parser: Any, text: str, finished: bool) -> Parsed:
-    if parser is None:
-        return Parsed(text)
-    out = parser.feed(text)
-    if finished:
-        out += parser.finish()
-    return out
-
-
 def _finish(result: Result, calls: Any) -> str:
     return "tool_calls" if calls and result.finish_reason == "stop" else result.finish_reason
 
@@ -453,6 +562,10 @@ def _usage(r: Result) -> oai.Usage:
                      total_tokens=r.prompt_tokens + r.output_tokens,
                      prompt_tokens_details=oai.PromptTokensDetails(cached_tokens=r.cached_tokens,
                                                                    cached_tokens_per_tier=r.cached_tokens_per_tier))
+
+
+def _thinking_block(text: str) -> dict[str, Any]:
+    return {"type": "thinking", "thinking": text, "signature": ""}  # unsigned: an open model's own thoughts
 
 
 def _tool_use(c: Any) -> dict[str, Any]:

@@ -21,7 +21,7 @@ def openai_messages(req: oai.ChatCompletionRequest) -> tuple[Messages, Tools]:
         if m.name:
             msg["name"] = m.name
         if m.tool_calls:
-            msg["tool_calls"] = [_call(c.id, c.function.name, _arguments(c.function.arguments,
+            msg["tool_calls"] = [_call(c.id, c.function.name, parse_arguments(c.function.arguments,
                                  f"messages.{i}.tool_calls.{j}.function.arguments")) for j, c in enumerate(m.tool_calls)]
         if m.role == "tool":
             msg["tool_call_id"] = m.tool_call_id or ""
@@ -37,10 +37,12 @@ def anthropic_messages(req: anth.CountTokensRequest) -> tuple[Messages, Tools]:
                     else "".join(b.text for b in req.system)})
     for m in req.messages:
         blocks = [anth.TextBlock(type="text", text=m.content)] if isinstance(m.content, str) else m.content
-        text, calls = "", []
+        text, calls, reasoning = "", [], ""
         for b in blocks:
             if isinstance(b, anth.TextBlock):
                 text += b.text
+            elif isinstance(b, anth.ThinkingBlock):  # Qwen3-style templates read it as reasoning_content
+                reasoning += b.thinking
             elif isinstance(b, anth.ToolUseBlock):
                 calls.append(_call(b.id, b.name, b.input))
             else:  # a tool result becomes a tool message, after any text before it
@@ -50,8 +52,9 @@ def anthropic_messages(req: anth.CountTokensRequest) -> tuple[Messages, Tools]:
                 content = b.content if isinstance(b.content, str) else "".join(t.text for t in b.content)
                 out.append({"role": "tool", "tool_call_id": b.tool_use_id,
                             "content": f"Error: {content}" if b.is_error else content})
-        if text or calls:
-            out.append({"role": m.role, "content": text, **({"tool_calls": calls} if calls else {})})
+        if text or calls or reasoning:
+            out.append({"role": m.role, "content": text, **({"tool_calls": calls} if calls else {}),
+                        **({"reasoning_content": reasoning} if reasoning else {})})
     use_tools = req.tools and not (req.tool_choice and req.tool_choice.type == "none")
     tools = [{"type": "function", "function": {"name": t.name, "description": t.description or "",
                                                "parameters": t.input_schema}} for t in req.tools or []]
@@ -62,7 +65,7 @@ def _call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
-def _arguments(text: str, param: str) -> dict[str, Any]:
+def parse_arguments(text: str, param: str) -> dict[str, Any]:
     """Templates render arguments as an object (`| tojson`), so the JSON text a client sends back is decoded."""
     try:
         args = json.loads(text or "{}")

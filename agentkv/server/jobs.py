@@ -131,9 +131,11 @@ class Jobs:
             watcher.cancel()
             self.in_flight -= 1
             self.metrics.in_flight.set(self.in_flight)
-            self._account(endpoint, result, arrival, first, last)
+            self._account(endpoint, rid, result, arrival, first, last)
 
-    def _account(self, endpoint: str, r: Result, arrival: float, first: float, last: float) -> None:
+    def _account(self, endpoint: str, rid: str, r: Result, arrival: float, first: float, last: float) -> None:
+        log.info("%s %s: %d prompt tokens (%d cached), %d output tokens, %s", endpoint, rid, r.prompt_tokens,
+                 r.cached_tokens, r.output_tokens, r.finish_reason or "error")
         m = self.metrics
         m.requests.labels(endpoint, r.finish_reason or "error").inc()
         m.prompt_tokens.inc(r.prompt_tokens)

@@ -51,6 +51,35 @@ class Tool(_Body):
     function: FunctionDef
 
 
+class NamedFunction(_Body):
+    name: str
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
+class JSONSchemaFormat(_Body):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Body):
+    """`text`, `json_object` (any JSON object) or `json_schema`: the last two are enforced by the grammar engine."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs a 'json_schema' object")
+        return self
+
+
 class StreamOptions(_Body):
     include_usage: bool = False
 
@@ -89,9 +118,9 @@ class ChatCompletionRequest(Sampling):
     max_tokens: MaxTokens | None = None
     max_completion_tokens: MaxTokens | None = None
     tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto"] | None = Field(
-        None, description="'required' and named tools need constrained decoding, which is not implemented")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
     logprobs: Literal[False] | None = None
 
     @property
@@ -169,6 +198,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "agentkv"
+    root: str  # the served model this name is an alias of (vLLM's field)
     max_model_len: int
 
 

@@ -20,7 +20,9 @@ from agentkv.server.tool_parsers import PARSERS
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="OpenAI- and Anthropic-compatible HTTP server over a local checkpoint")
     p.add_argument("--model", required=True, help="folder with config.json, safetensors and tokenizer.json")
-    p.add_argument("--served-model-name", help="the name clients send as 'model' (default: the folder's name)")
+    p.add_argument("--served-model-name", nargs="+", metavar="NAME",
+                   help="the names clients may send as 'model', e.g. an agent's own model names (default: the "
+                        "folder's name); the first is the model's own, the others its aliases")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     p.add_argument("--port", type=startup.port, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
@@ -124,9 +126,10 @@ def load(args: argparse.Namespace):
     except ValueError as e:
         raise engine_error(e, args.kv_tiers) from None
     public = PublicPrefixes.load(args.public_prefix, llm.tokenizer) if args.public_prefix else None
-    name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
+    names = tuple(dict.fromkeys(args.served_model_name or [os.path.basename(os.path.normpath(args.model))]))
+    name = names[0]
     window = args.max_model_len or llm.config.max_position_embeddings
-    cfg = ServerConfig(model_name=name, max_model_len=window, block_size=args.block_size,
+    cfg = ServerConfig(model_name=name, aliases=names[1:], max_model_len=window, block_size=args.block_size,
                        vocab_size=llm.config.vocab_size, tool_parser=args.tool_call_parser, api_keys=keys,
                        public=public, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue,
                        limits=limits_of(args), metrics_key=metrics_key(args.metrics_key_file))

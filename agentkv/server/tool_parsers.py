@@ -9,12 +9,17 @@ Formats (vLLM's `--tool-call-parser` names):
   ends, then is either all tool calls or all content.
 A call is emitted whole (name and arguments together), only once it parsed: a client never sees a name whose
 arguments later turn out to be garbage.
+
+Each format also says what a forced call looks like (`grammar`): a Lark grammar, with each tool's JSON schema
+embedded, that constrained decoding (engine/grammar.py) holds the reply to when a client forces a tool.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -38,8 +43,27 @@ class Parsed:
 class ToolParser:
     """Feed text pieces in order, then `finish()`; the sum of what they return is the whole reply."""
 
+    ARGUMENTS = "arguments"  # the key the format writes the arguments under
+    WRAP: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # what surrounds one call, piece by piece
+    SEPARATOR = "\n"  # between parallel calls
+
     def __init__(self) -> None:
         self.n_calls = 0
+
+    @classmethod
+    def grammar(cls, tools: list[dict[str, Any]], parallel: bool, literal: Callable[[str], str]) -> str:
+        """A reply of one call (more with `parallel`) to one of `tools` (OpenAI's shape), arguments valid
+        against that tool's schema: a Lark grammar for llguidance (`literal` writes a piece of text in it)."""
+        from agentkv.engine.grammar import JSON_STYLE
+
+        calls = [{"type": "object", "properties": {"name": {"const": t["function"]["name"]},
+                                                   cls.ARGUMENTS: t["function"].get("parameters") or {"type": "object"}},
+                  "required": ["name", cls.ARGUMENTS], "additionalProperties": False} for t in tools]
+        schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
+        before, after = (" ".join(map(literal, w)) for w in cls.WRAP)
+        call = f"{before} %json {json.dumps({**schema, 'x-guidance': JSON_STYLE})} {after}"
+        more = f" ({literal(cls.SEPARATOR)} call)*" if parallel else ""
+        return f"start: call{more}\ncall: {call}"
 
     def feed(self, text: str) -> Parsed:
         raise NotImplementedError
@@ -66,6 +90,7 @@ class ToolParser:
 
 class HermesParser(ToolParser):
     OPEN, CLOSE = "<tool_call>", "</tool_call>"
+    WRAP = (("<tool_call>", "\n"), ("\n", "</tool_call>"))  # as Qwen's template writes calls in the history
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,7 +110,7 @@ class HermesParser(ToolParser):
                 continue
             start = self.buf.find(self.OPEN)
             if start < 0:
-                keep = _partial_suffix(self.buf, self.OPEN)  # a tag may be arriving in pieces
+                keep = partial_suffix(self.buf, self.OPEN)  # a tag may be arriving in pieces
                 out.content += self.buf[: len(self.buf) - keep]
                 self.buf = self.buf[len(self.buf) - keep :]
                 return out
@@ -107,6 +132,7 @@ class HermesParser(ToolParser):
 
 class Llama3JsonParser(ToolParser):
     TAG = "<|python_tag|>"
+    ARGUMENTS, SEPARATOR = "parameters", "; "
 
     def __init__(self) -> None:
         super().__init__()
@@ -159,6 +185,16 @@ def make_parser(name: str) -> ToolParser:
     return PARSERS[name]()
 
 
+def feed(parser: ToolParser | None, text: str, finished: bool) -> Parsed:
+    """One streamed piece through `parser` (None: no tools, all content), finishing it with the last piece."""
+    if parser is None:
+        return Parsed(text)
+    out = parser.feed(text)
+    if finished:
+        out += parser.finish()
+    return out
+
+
 def parse_all(name: str, text: str) -> Parsed:
     """The whole reply at once (non-streaming responses, and the reply's finish reason for the cache policy)."""
     parser = make_parser(name)
@@ -167,7 +203,7 @@ def parse_all(name: str, text: str) -> Parsed:
     return out
 
 
-def _partial_suffix(text: str, tag: str) -> int:
+def partial_suffix(text: str, tag: str) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
     for k in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:k]):

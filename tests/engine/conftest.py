@@ -88,3 +88,61 @@ def prompts(n: int, seed: int = 0, lo: int = 5, hi: int = 80) -> list[list[int]]
 @pytest.fixture(scope="session", params=["qwen2", "mistral"])
 def other_family(request, tmp_path_factory) -> Path:
     return write_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
+
+
+CHAT_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_ADDED = ["<tool_call>", "</tool_call>", "<think>", "</think>"]  # as Qwen's: added, not special
+CHAT_REPLY = "I read it."
+CLOSERS = ['"', "}", "]", "0", "true"]  # after EOS, what the head prefers: short JSON under a grammar
+
+
+def write_chat_checkpoint(folder: Path, template: str, max_len: int = 4096, vocab_size: int = 2048) -> Path:
+    """A byte-level BPE tokenizer (trained on this repository's sources) and a Llama whose greedy reply after a
+    newline (where chat templates end the prompt) is `CHAT_REPLY`, then EOS; elsewhere, as under a grammar, it
+    prefers EOS, then closing JSON. One-hot state embeddings, attention and MLP outputs zeroed, one attention
+    head of 16 dims (a 30k-token prompt prefills in seconds on a CPU), an LM head written so: a real model run
+    by the real engine, only its weights chosen, so a test (or an agent) gets short replies to long prompts."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = Path(__file__).resolve().parents[2]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train([str(p) for p in sorted(root.glob("agentkv/**/*.py"))], trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=CHAT_SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    tok.add_tokens(CHAT_ADDED)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>", "chat_template": template}))
+    n = tok.get_vocab_size()
+    vocab = -(-n // 64) * 64  # padded, as real checkpoints' heads often are
+    eos = tok.token_to_id("<|im_end|>")
+    script = [*tok.encode("\n").ids, *tok.encode(CHAT_REPLY).ids]
+    hidden = 16
+    assert len(set(script)) == len(script) < hidden, "each of these tokens is its own state"
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=16, num_hidden_layers=1,
+                      num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=max_len,
+                      eos_token_id=eos)
+    model = LlamaForCausalLM(cfg)
+    embed = torch.zeros(vocab, hidden)
+    embed[:, 0] = 1.0  # every token is state 0 ...
+    head = torch.zeros(vocab, hidden)
+    head -= torch.arange(vocab, dtype=torch.float32)[:, None] * 1e-4  # ... ties broken towards low ids
+    head[eos] += 1.0
+    for rank, text in enumerate(CLOSERS):
+        head[tok.token_to_id(text)] += 0.9 - 0.1 * rank
+    for state, t in enumerate(script, start=1):  # ... but a newline and the reply's tokens are states 1..
+        embed[t] = 0.0
+        embed[t, state] = 1.0
+    for state, t in enumerate([*script[1:], eos], start=1):
+        head[t, state] += 2.0  # state k's successor: the reply's next token (EOS after the last)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(embed)
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.lm_head.weight.copy_(head * 10)  # the norm scales a one-hot state by 4: successors win by e^80
+    model.float().eval().save_pretrained(str(folder))
+    return folder

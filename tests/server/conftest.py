@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.engine.conftest import write_checkpoint
+from tests.engine.conftest import write_chat_checkpoint, write_checkpoint
 
 QWEN_TEMPLATE = """{%- if tools %}
 {{- '<|im_start|>system\\n' }}
@@ -51,6 +51,14 @@ QWEN_TEMPLATE = """{%- if tools %}
 {%- endfor %}
 {%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"""
 
+# Qwen3's switch: with enable_thinking false the template closes an empty think block for the model
+THINKING_TEMPLATE = QWEN_TEMPLATE.replace(
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}",
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}")
+assert THINKING_TEMPLATE != QWEN_TEMPLATE
+
 TOOL_SPECIAL = ["<|im_start|>", "<|im_end|>", "[UNK]"]
 TOOL_SCRIPT = ["<tool_call>", '{"name":', '"read_file",', '"arguments":', '{"path":', '"a.py"}}', "</tool_call>"]
 TOOL_WORDS = ["system", "user", "assistant", "tool", "you", "are", "a", "helpful", "read", "the", "file", "please",
@@ -58,7 +66,8 @@ TOOL_WORDS = ["system", "user", "assistant", "tool", "you", "are", "a", "helpful
 TOOL_VOCAB = 64
 
 
-def write_tool_checkpoint(folder: Path, script: list[str] = TOOL_SCRIPT, after: str = "assistant") -> Path:
+def write_tool_checkpoint(folder: Path, script: list[str] = TOOL_SCRIPT, after: str = "assistant",
+                          template: str = QWEN_TEMPLATE) -> Path:
     """A checkpoint whose output after the token `after` is `script` token by token, then <|im_end|>."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -73,7 +82,7 @@ def write_tool_checkpoint(folder: Path, script: list[str] = TOOL_SCRIPT, after: 
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"eos_token": "<|im_end|>", "chat_template": QWEN_TEMPLATE}))
+        {"eos_token": "<|im_end|>", "chat_template": template}))
     eos = vocab["<|im_end|>"]
     cfg = LlamaConfig(vocab_size=TOOL_VOCAB, hidden_size=TOOL_VOCAB, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, eos_token_id=eos)
@@ -136,6 +145,12 @@ def tool_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def chat_dir(tmp_path_factory) -> Path:
+    """The BPE chat checkpoint (short replies, a thinking template) with a window for agents' prompts."""
+    return write_chat_checkpoint(tmp_path_factory.mktemp("chat"), THINKING_TEMPLATE, max_len=131072)
+
+
+@pytest.fixture(scope="session")
 def start() -> Iterator[Callable[..., LiveServer]]:
     servers: list[LiveServer] = []
 
@@ -146,6 +161,27 @@ def start() -> Iterator[Callable[..., LiveServer]]:
     yield run
     for s in servers:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def chat_server(start, chat_dir) -> LiveServer:
+    """The chat checkpoint served under its own name and an alias (agents ask for a small model too)."""
+    return start("--model", str(chat_dir), "--served-model-name", "chat", "chat-small", "--kv-cache-gb", "0.05",
+                 "--max-batched-tokens", "4096")
+
+
+@pytest.fixture(scope="session")
+def chat_oai(chat_server):
+    import openai
+
+    return openai.OpenAI(base_url=chat_server.url + "/v1", api_key="none", max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def chat_anth(chat_server):
+    import anthropic
+
+    return anthropic.Anthropic(base_url=chat_server.url, api_key="none", max_retries=0)
 
 
 @pytest.fixture(scope="session")

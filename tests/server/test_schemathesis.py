@@ -9,7 +9,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 OPERATIONS = [("GET", "/health"), ("GET", "/metrics"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
-              ("POST", "/v1/completions"), ("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens")]
+              ("POST", "/v1/completions"), ("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens"),
+              ("GET", "/v1/models/{model_id}"), ("POST", "/v1/responses"), ("GET", "/v1/responses/{response_id}")]
 
 
 @pytest.fixture(scope="module")

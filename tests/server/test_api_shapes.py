@@ -1,0 +1,116 @@
+"""What each API's official client expects of the server beyond completions: served names and aliases
+(unknown: 404 listing them), `models.list` / `models.retrieve` in OpenAI's and in Anthropic's shape,
+`request-id` / `x-request-id` on every response, and Anthropic `thinking` honoured by a template with a
+thinking mode or refused, named, by one without."""
+
+from __future__ import annotations
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from agentkv.server.thinking import ThinkingSplitter, split
+from tests.engine.conftest import CHAT_REPLY
+from tests.server.conftest import THINKING_TEMPLATE, write_tool_checkpoint
+
+ASK = [{"role": "user", "content": "hello"}]
+
+
+def test_models_in_each_shape(chat_oai, chat_anth):
+    cards = chat_oai.models.list().data
+    assert [(m.id, m.object, m.model_extra["root"]) for m in cards] == [("chat", "model", "chat"),
+                                                                         ("chat-small", "model", "chat")]
+    infos = chat_anth.models.list().data
+    assert [(m.id, m.type, m.display_name) for m in infos] == [("chat", "model", "chat"),
+                                                               ("chat-small", "model", "chat-small")]
+    assert infos[0].created_at.year >= 2026
+    assert chat_anth.models.retrieve("chat-small").id == "chat-small" and chat_oai.models.retrieve("chat").id == "chat"
+    with pytest.raises(anthropic.NotFoundError):
+        chat_anth.models.retrieve("claude-opus-4-1")
+
+
+def test_aliases_answer_and_unknown_names_list_what_is_served(chat_oai, chat_anth):
+    r = chat_oai.chat.completions.create(model="chat-small", messages=ASK, max_tokens=10, temperature=0)
+    assert r.model == "chat-small" and r.choices[0].message.content == CHAT_REPLY
+    m = chat_anth.messages.create(model="chat-small", max_tokens=10, messages=ASK)
+    assert m.model == "chat-small"
+    with pytest.raises(openai.NotFoundError) as e:
+        chat_oai.chat.completions.create(model="gpt-4o", messages=ASK, max_tokens=5)
+    assert "'chat', 'chat-small'" in e.value.body["message"] and e.value.body["code"] == "model_not_found"
+    with pytest.raises(anthropic.NotFoundError) as e:
+        chat_anth.messages.create(model="claude-sonnet-4-5", max_tokens=5, messages=ASK)
+    assert "'chat', 'chat-small'" in e.value.message
+
+
+def test_request_ids(chat_server, chat_oai, chat_anth):
+    raw = chat_oai.chat.completions.with_raw_response.create(model="chat", messages=ASK, max_tokens=5)
+    assert raw.headers["x-request-id"].startswith("req_") and raw.headers["request-id"] == raw.headers["x-request-id"]
+    m = chat_anth.messages.with_raw_response.create(model="chat", max_tokens=5, messages=ASK)
+    assert m.request_id and m.request_id.startswith("req_")
+    with pytest.raises(anthropic.NotFoundError) as e:  # errors carry one too
+        chat_anth.messages.create(model="nope", max_tokens=5, messages=ASK)
+    assert e.value.request_id
+    given = httpx.get(chat_server.url + "/v1/models", headers={"x-request-id": "trace-42"})
+    assert given.headers["x-request-id"] == given.headers["request-id"] == "trace-42"
+
+
+def test_thinking_goes_to_a_template_with_a_thinking_mode(chat_anth):
+    on = chat_anth.messages.create(model="chat", max_tokens=10, messages=ASK, thinking={"type": "enabled",
+                                                                                   "budget_tokens": 1024})
+    off = chat_anth.messages.create(model="chat", max_tokens=10, messages=ASK, thinking={"type": "disabled"})
+    plain = chat_anth.messages.create(model="chat", max_tokens=10, messages=ASK)
+    assert _prompt(on) == _prompt(plain)
+    assert _prompt(off) > _prompt(on)  # the template closed an empty think block for the model
+    assert on.content[0].text == CHAT_REPLY
+
+
+def test_thinking_comes_back_as_thinking_blocks(start, tmp_path):
+    """A model that thinks first: with thinking on, `<think>...</think>` is a thinking block, whole and streamed
+    (the tool checkpoint's words: each script token must be an added token, hence the quotes)."""
+    folder = write_tool_checkpoint(tmp_path / "thinker", ["<think>", '"hmm"', "</think>", '"ok"'],
+                                   template=THINKING_TEMPLATE)
+    srv = start("--model", str(folder), "--served-model-name", "thinker", "--kv-cache-gb", "0.005")
+    a = anthropic.Anthropic(base_url=srv.url, api_key="none", max_retries=0)
+    kw = dict(model="thinker", max_tokens=20, messages=ASK, thinking={"type": "enabled", "budget_tokens": 1024})
+    whole = a.messages.create(**kw)
+    with a.messages.stream(**kw) as s:
+        streamed = s.get_final_message()
+    for m in (whole, streamed):
+        assert [(b.type, (b.thinking if b.type == "thinking" else b.text).strip()) for b in m.content] == [
+            ("thinking", '"hmm"'), ("text", '"ok"')]
+    plain = a.messages.create(model="thinker", max_tokens=20, messages=ASK)  # thinking not asked: all text
+    assert [b.type for b in plain.content] == ["text"] and "<think>" in plain.content[0].text
+
+
+def test_thinking_splits_alike_in_any_pieces():
+    for text in ["<think>a</think>b", "  <think>\nlong thought</think>\n\nanswer", "no thinking", "<thi", "<think>cut"]:
+        splitter = ThinkingSplitter()
+        got = [splitter.feed(c, i == len(text) - 1) for i, c in enumerate(text)]
+        assert ("".join(g[0] for g in got), "".join(g[1] for g in got)) == split(text)
+    assert split("<think>a</think>b") == ("a", "b") and split("<thi") == ("", "<thi") and split("x") == ("", "x")
+
+
+def test_thinking_refused_by_a_template_without_one(server):
+    a = anthropic.Anthropic(base_url=server.url, api_key="none", max_retries=0)
+    with pytest.raises(anthropic.BadRequestError) as e:
+        a.messages.create(model="tiny", max_tokens=5, messages=ASK, thinking={"type": "adaptive"})
+    assert "thinking" in e.value.message and "no thinking mode" in e.value.message
+    ok = a.messages.create(model="tiny", max_tokens=5, messages=ASK, thinking={"type": "disabled"})
+    assert ok.stop_reason in ("end_turn", "max_tokens")
+
+
+def test_claude_code_request_fields(chat_anth):
+    """What Claude Code 2.1 sends beyond the basics: system messages between turns, context_management,
+    output_config, cache_control."""
+    m = chat_anth.messages.create(model="chat", max_tokens=10, messages=[
+        {"role": "user", "content": [{"type": "text", "text": "hello", "cache_control": {"type": "ephemeral"}}]},
+        {"role": "system", "content": "Available agent types: none"}],
+        extra_body={"context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+                    "output_config": {"effort": "high"}})
+    assert m.content[0].text == CHAT_REPLY
+
+
+def _prompt(m) -> int:
+    u = m.usage
+    return u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens
