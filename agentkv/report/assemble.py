@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -117,9 +117,11 @@ def choose_fleet(outcomes: list[RungOutcome], offered: float) -> tuple[int, str]
 
 def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, price_table: dict[str, Any],
                  replicas: int | None = None, workers: int = 2,
-                 step: Callable[[str], None] = lambda label: None, sample_size: int = SAMPLE_SESSIONS) -> Report:
+                 step: Callable[[str], None] = lambda label: None, sample_size: int = SAMPLE_SESSIONS,
+                 ray: str | None = None) -> Report:
     """Everything the report shows, for `trace` offered at `arrival` to the deployment `spec`. `replicas` fixes
-    the same-fleet size (default: what all levers together need). Rungs run in `workers` processes."""
+    the same-fleet size (default: what all levers together need). Rungs run in `workers` processes, or as
+    tasks on the Ray cluster at `ray` ("local": one started here with `workers` CPUs)."""
     wall = time.perf_counter()
     hw = hardware(spec.hardware, spec.hardware_file)
     gpu_hour = float(price_table.get("gpu_hour", {}).get(spec.hardware, 0.0))
@@ -131,13 +133,14 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
     # clock, the whole trace (a sample of it would carry less load)
     measured = trace if arrival.mode == "trace" else sample
     jobs = [(spec, r, arrival, offered, gpu_hour, replicas) for r in LADDER]
-    with _executor(workers, measured, sample) as pool:
+    with _executor(workers, measured, sample, ray) as pool:
         step("sizing every lever")
-        done = {}
         # the costliest rungs (tiers, agent-aware ranking) first, so two workers finish together
-        for job, fut in [(j, pool.submit(_rung_job, j)) for j in reversed(jobs)]:
-            done[job[1].name] = fut.result()
-            step(f"{job[1].name} sized")
+        futures = {pool.submit(_rung_job, j): j[1].name for j in reversed(jobs)}
+        done = {}
+        for fut in as_completed(futures):
+            done[futures[fut]] = fut.result()
+            step(f"{futures[fut]} sized")
         outcomes, runs = zip(*(done[r.name] for r in LADDER), strict=True)
         fleet, chosen_by = (replicas, "given with --replicas") if replicas else choose_fleet(list(outcomes), offered)
         missing = {i: pool.submit(_fleet_job, (spec, o.rung, arrival, fleet))
@@ -185,7 +188,11 @@ def _share(measured: Trace, sample: Trace) -> None:
     _SHARED.update(measured=measured, sample=sample)
 
 
-def _executor(workers: int, measured: Trace, sample: Trace) -> Executor:
+def _executor(workers: int, measured: Trace, sample: Trace, ray: str | None = None) -> Executor:
+    if ray is not None:
+        from agentkv.cluster.tasks import RayExecutor
+
+        return RayExecutor(ray, _share, (measured, sample), num_cpus=workers)
     if workers > 1:
         return ProcessPoolExecutor(max_workers=workers, initializer=_share, initargs=(measured, sample))
     _share(measured, sample)
