@@ -103,7 +103,8 @@ class SimResult:
 
 
 class _Replica:
-    def __init__(self, cfg: SimConfig, block_size: int) -> None:
+    def __init__(self, cfg: SimConfig, block_size: int, name: int) -> None:
+        self.name = name
         d = cfg.deployment
         block = kv_bytes_per_block(d.model, d.kv_codec, block_size)
         tiers = [TierSpec("gpu", max(d.kv_capacity_bytes, 0.0), block)]
@@ -139,7 +140,7 @@ class Simulator:
         if not trace.has_block_ids and cfg.prefix_cache:
             raise ValueError("trace has no block ids: simulate it with the prefix cache off")
         self.trace, self.cfg, self.d = trace, cfg, cfg.deployment
-        self.replicas = [_Replica(cfg, trace.block_size) for _ in range(cfg.replicas)]
+        self.replicas = [_Replica(cfg, trace.block_size, r) for r in range(cfg.replicas)]
         self.router = Router(cfg.router)
         self.pause = _pauses(trace)
         self.records = _Records(trace.n_requests, len(self.replicas[0].cache.tiers))
@@ -176,7 +177,7 @@ class Simulator:
         seq = Sequence(i, int(trace.input_tokens[i]), trace.blocks(i), max(int(trace.output_tokens[i]), 1),
                        arrival=now, session=int(trace.session[i]),
                        tenant=int(trace.session_tenant[trace.session[i]]), finish=int(trace.finish[i]))
-        r = self.router.pick(self.replicas, seq.block_ids, seq.prompt_len, trace.block_size)
+        r = self.router.pick(self.replicas, seq.block_ids, seq.prompt_len, trace.block_size, seq.session)
         res.arrival[i], res.replica[i] = now, r
         try:
             self.replicas[r].sched.add(seq)
