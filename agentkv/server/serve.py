@@ -11,6 +11,7 @@ import os
 
 from agentkv.cli_errors import positive
 from agentkv.server.tool_parsers import PARSERS
+from agentkv.sim.router import ROUTERS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +48,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model forward (CUDA)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="uvicorn's log level (default info)")
+    g = p.add_argument_group("replicas on Ray Serve (agentkv[ray])")
+    g.add_argument("--replicas", type=positive(int), default=1,
+                   help="engine replicas behind one endpoint, as a Ray Serve deployment (default 1: this process)")
+    g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="the Ray cluster the replicas run on (no ADDRESS, or --replicas alone: a local one)")
+    g.add_argument("--router", default="session", choices=ROUTERS,
+                   help="how requests pick a replica, the simulator's routers: session (default: a session stays "
+                        "on its replica, new ones go where their prefix is cached, then the least loaded), "
+                        "prefix-aware, least-loaded, round-robin")
     p.set_defaults(run=cmd_serve)
 
 
@@ -82,6 +92,22 @@ def build(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    app = build(args)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=None)
+    if args.replicas == 1 and args.ray is None:
+        uvicorn.run(build(args), host=args.host, port=args.port, log_level=args.log_level,
+                    timeout_graceful_shutdown=None)
+        return 0
+    from agentkv.cli import check_ray
+    from agentkv.cli_errors import check_model_dir
+
+    check_ray(args)
+    check_model_dir(args.model)
+    from ray import serve
+
+    from agentkv.cluster.serve import APP, start
+
+    try:
+        uvicorn.run(start(args), host=args.host, port=args.port, log_level=args.log_level,
+                    timeout_graceful_shutdown=None)
+    finally:
+        serve.delete(APP)  # on a shared cluster, the replicas go with their gateway
     return 0
