@@ -116,7 +116,7 @@ class Gateway:
 
         self.handle = handle.options(stream=True)
         self.block_size = args.block_size
-        self.replicas = args.replicas
+        self.router = args.router
         try:
             self.tokenizer: Tokenizer | None = Tokenizer(args.model)
         except FileNotFoundError:
@@ -139,8 +139,8 @@ class Gateway:
 
     async def metrics(self, request: Request) -> Response:
         pages = [s.get("metrics", "") for s in self._stats().values()]
-        return Response(sum_metrics(pages) + f"# TYPE agentkv_replicas gauge\nagentkv_replicas {len(pages)}\n",
-                        media_type="text/plain; version=0.0.4")
+        fleet = f'# TYPE agentkv_replicas gauge\nagentkv_replicas{{router="{self.router}"}} {len(pages)}\n'
+        return Response(sum_metrics(pages) + fleet, media_type="text/plain; version=0.0.4")
 
     def _stats(self) -> dict[str, dict[str, Any]]:
         return {k: v for r in LIVE for k, v in r.replica_stats().items() if v}

@@ -3,6 +3,7 @@ gateway and agentkv's router, sharing a real redis-server, driven by the officia
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.engine.conftest import WORDS, write_checkpoint
+from tests.replay.conftest import write_trace
 from tests.storage.conftest import RedisServer
 
 
@@ -60,8 +62,12 @@ def redis(tmp_path_factory) -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="module")
-def gateway(ray_cluster, redis, tmp_path_factory) -> Iterator[Gateway]:
-    model = write_checkpoint(tmp_path_factory.mktemp("plain"), "llama3", seed=3)
+def model(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("plain"), "llama3", seed=3)
+
+
+@pytest.fixture(scope="module")
+def gateway(ray_cluster, redis, model) -> Iterator[Gateway]:
     gw = Gateway(["--model", str(model), "--served-model-name", "tiny", "--kv-cache-gb", "0.01",
                   "--max-num-seqs", "8", "--block-size", "16", "--replicas", "2",
                   "--kv-tiers", f"redis=64MiB@{redis.url}"])
@@ -89,6 +95,23 @@ def _words(session: str, n: int = 200) -> list[str]:
     return [WORDS[i] for i in rng.integers(0, len(WORDS), n)]
 
 
+def test_replay_against_the_replicas_matches_the_prediction_per_replica(gateway, model, tmp_path):
+    """First in this module: the router has seen no session yet, as the prediction's router has not."""
+    from agentkv.cli import main
+
+    trace = write_trace(tmp_path / "trace", sessions=4, turns=4, seed=3)
+    out = tmp_path / "out"
+    assert main(["replay", str(trace), "--endpoint", gateway.url, "--tokenizer", str(model), "--token-scale", "0.25",
+                 "--time-scale", "0", "--max-tokens", "4", "--concurrency", "4", "--max-inflight", "1",
+                 "--predict", "lru", "--out", str(out), "--json"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["ok"] == s["requests"] == 16 and s["prediction"].endswith("× 2 replicas, router session")
+    assert len(s["per_replica"]) == 2  # the sessions were spread ...
+    for row in s["per_replica"].values():  # ... as the simulator's router predicts, and each replica's hits too
+        assert row["routed_as_predicted"] == row["requests"] and row["cached_tokens"] > 0
+        assert row["cached_tokens"] == row["predicted_cached_tokens"]
+
+
 def test_sessions_stay_on_a_replica_and_move_with_their_prefix_in_redis_when_it_dies(gateway):
     from openai import OpenAI
 
@@ -100,7 +123,7 @@ def test_sessions_stay_on_a_replica_and_move_with_their_prefix_in_redis_when_it_
         homes[s] = turns[0]
     assert len(set(homes.values())) == 2  # new sessions go where the fewest sessions are, at equal work
     metrics = httpx.get(gateway.url + "/metrics").text
-    assert "agentkv_replicas 2" in metrics and "agentkv_kv_blocks_total" in metrics
+    assert 'agentkv_replicas{router="session"} 2' in metrics and "agentkv_kv_blocks_total" in metrics
     dead = homes["a"]
     _kill(dead)
     time.sleep(0.5)
