@@ -149,16 +149,17 @@ class Gateway:
         body = await request.body()
         call = HttpCall(request.method, request.url.path, request.url.query.encode(), request.headers.raw, body,
                         await asyncio.to_thread(self.route, request, body))
-        for attempt in range(2):  # a replica that dies before answering: once more, on another
+        retries = 1  # a replica that dies before answering: once more, on another
+        while True:
             stream = self.handle.call.remote(call)
             try:
                 status, headers = await stream.__anext__()
             except Exception as e:
-                if attempt == 0 and _replica_died(e):
+                if retries and _replica_died(e):
+                    retries -= 1
                     continue
                 return _unavailable(request, e)
             return StreamingResponse(_rest(stream, request), status_code=status, headers=_headers(headers))
-        raise AssertionError("unreachable")
 
     def route(self, request: Request, body: bytes) -> Routed:
         """The request's session, blocks and size as the router weighs them (empty blocks if its body is not
