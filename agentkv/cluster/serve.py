@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -96,10 +97,14 @@ class EngineReplica:
 
 
 def deployment(args: argparse.Namespace):
-    """`args.replicas` engines, each admitting what one server admits, routed by `args.router`."""
+    """`args.replicas` engines, each admitting what one server admits, routed by `args.router`; one GPU each
+    where the engine runs on CUDA (`--device cuda`, or no --device on a cluster with GPUs), else one CPU."""
+    import ray
     from ray.serve.config import RequestRouterConfig
 
+    cuda = args.device.startswith("cuda") if args.device else ray.cluster_resources().get("GPU", 0) > 0
     return serve.deployment(EngineReplica, name="EngineReplica", num_replicas=args.replicas,
+                            ray_actor_options={"num_gpus": 1, "num_cpus": 0} if cuda else {"num_cpus": 1},
                             max_ongoing_requests=args.max_num_seqs + args.max_queue, health_check_period_s=1.0,
                             request_router_config=RequestRouterConfig(
                                 request_router_class=AgentRouter,
@@ -261,7 +266,7 @@ def start(args: argparse.Namespace) -> Starlette:
     """Start (or join, at --ray ADDRESS) a Ray cluster, deploy the replicas and return the gateway's app."""
     from agentkv.cluster.tasks import LOCAL, connect
 
-    connect(args.ray or LOCAL)
+    connect(args.ray or LOCAL, num_cpus=max(os.cpu_count() or 1, args.replicas))  # a local cluster fits them all
     gateway = Gateway(serve.run(deployment(args), name=APP, route_prefix=None), args)
     gateway.warm_up()
     return gateway.app()
