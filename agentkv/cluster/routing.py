@@ -96,13 +96,15 @@ class AgentRouter(RequestRouter):
         reps = sorted(candidate_replicas, key=lambda r: r.replica_id.unique_id)
         i = self.router.pick([self._view(r) for r in reps], route.ids, route.prompt_tokens, self.block_size,
                              route.session)
-        return [[reps[i]], reps[:i] + reps[i + 1 :]]  # the rest only if the choice is full
+        # the choice alone: should Serve find it full (or its queue-length probe late, on a loaded machine), it
+        # asks again rather than send the request where agentkv's router would not
+        return [[reps[i]]]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
         route: Routed = pending_request.args[0].route
         name = replica_id.unique_id
         if route.session is not None and self.router.kind == "session":
-            self.router.home[route.session] = name  # where it went, should its choice have been full
+            self.router.home[route.session] = name  # where it went (the replica set may have changed meanwhile)
         self.load[name] = self.load.get(name, 0) + route.work_tokens
         self.in_flight[pending_request.metadata.internal_request_id] = (name, route.work_tokens)
         self.shadow.setdefault(name, ShadowCache()).add(route.ids)
