@@ -89,18 +89,19 @@ def sweep(
     names = [p for p in policies if p != "infinite"]
     if "belady" not in names:
         names.append("belady")
-    jobs = []
+    labels, jobs = [], []
     for gpu in capacities:
         specs = tier_specs(gpu, lower, model, codec, trace.block_size)
         if specs[0].capacity_blocks < 1:
             raise ValueError(f"capacity {gpu} holds no {trace.block_size}-token block of {model.name} KV")
-        jobs += [(name, gpu, specs, model, write_through) for name in names]
+        labels += [(name, gpu) for name in names]
+        jobs += [(name, specs, model, write_through) for name in names]
     done = {}
     for k, res in run_points(_point, jobs, ray, _share, (trace, arrivals, order)):
         done[k] = res
         if progress:
-            progress(f"{jobs[k][0]} @ {jobs[k][1]}")
-    points = [SweepPoint(name, gpu, done[k]) for k, (name, gpu, *_) in enumerate(jobs)]
+            progress(f"{labels[k][0]} @ {labels[k][1]}")
+    points = [SweepPoint(name, gpu, done[k]) for k, (name, gpu) in enumerate(labels)]
     hits = infinite_cache_hits(trace, order, per_session=False)
     infinite = float(hits.sum()) / max(int(trace.input_tokens.sum()), 1)
     return points, infinite
@@ -113,7 +114,7 @@ def _share(trace: Trace, arrivals: np.ndarray, order: np.ndarray) -> None:
     _SHARED.update(trace=trace, arrivals=arrivals, order=order)
 
 
-def _point(name: str, gpu: Size, specs: list[TierSpec], model: ModelSpec, write_through: bool) -> ReplayResult:
+def _point(name: str, specs: list[TierSpec], model: ModelSpec, write_through: bool) -> ReplayResult:
     trace, arrivals, order = _SHARED["trace"], _SHARED["arrivals"], _SHARED["order"]
     stream = reference_stream(trace, order, specs[0].capacity_blocks)
     policy = make_policy(name, stream, model, trace.block_size)
