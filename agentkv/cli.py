@@ -10,6 +10,8 @@ import sys
 
 from agentkv import __version__
 from agentkv.cli_errors import Parser, UsageError, check_output, positive, run_guarded
+from agentkv.cluster.tasks import LOCAL
+from agentkv.report.capacity import SAMPLE_SESSIONS
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.generator import GeneratorConfig
 from agentkv.workload.trace import Trace
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--codec", default="bf16", help="KV codec: bf16, fp8, int8, int4")
     sw.add_argument("--out", default="sweep", help="output folder for sweep.csv, sweep.json, sweep.png")
     sw.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_ray_arg(sw)
     sw.set_defaults(run=cmd_cache_sweep)
 
     from agentkv.replay.cli import add_replay_parser
@@ -99,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--replicas", type=positive(int),
                      help="replicas of the same-fleet view (default: what all levers together need for the SLO)")
     rep.add_argument("--workers", type=positive(int), default=2,
-                     help="processes simulating levers in parallel (default 2)")
+                     help="processes simulating levers in parallel (default 2; with --ray and no address: the "
+                          "CPUs of the local Ray cluster)")
+    rep.add_argument("--sample-sessions", type=int,
+                     help="size and run the same fleet on an evenly spaced sample of this many top-level sessions "
+                          f"(default {SAMPLE_SESSIONS}; with --ray: the whole trace; 0: the whole trace)")
+    add_ray_arg(rep)
     rep.add_argument("--out", default="report.html",
                      help="self-contained HTML report path; the JSON goes beside it (default report.html)")
     rep.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
@@ -166,6 +174,20 @@ def add_generator_args(p: argparse.ArgumentParser, prefix: str = "", default_ses
     g.add_argument(f"--{prefix}seed", type=int, default=0, help="random seed of the generator (default 0)")
     g.add_argument(f"--{prefix}config", help="generator parameters as JSON (from --config-out)")
     g.add_argument("--fit", help="fit the generator's parameters to this real trace first")
+
+
+def add_ray_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", nargs="?", const=LOCAL, metavar="ADDRESS",
+                   help="run the simulation points as Ray tasks on the cluster at ADDRESS (ray://host:10001 or "
+                        "host:6379; no ADDRESS: a local cluster started here); needs agentkv[ray]")
+
+
+def check_ray(args: argparse.Namespace) -> None:
+    """--ray without Ray installed is bad input: say so before loading anything."""
+    import importlib.util
+
+    if args.ray is not None and importlib.util.find_spec("ray") is None:
+        raise UsageError("--ray: Ray is not installed here (pip install 'agentkv[ray]')")
 
 
 def add_arrival_args(p: argparse.ArgumentParser) -> None:
@@ -302,6 +324,7 @@ def cmd_cache_sweep(args: argparse.Namespace) -> int:
     from agentkv.report.tables import print_sweep
 
     check_output(args.out, folder=True)
+    check_ray(args)
     trace = load_or_generate(args)
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
     capacities = capacities_arg(args.capacity)
@@ -310,7 +333,8 @@ def cmd_cache_sweep(args: argparse.Namespace) -> int:
     arrival = arrival_from_args(args, trace)
     total = len(capacities) * len(set(policies) - {"infinite"} | {"belady"})
     with progress_bar(total, "cache sweep", quiet=args.json) as step:
-        points, infinite = sweep(trace, policies, capacities, lower, arrival, m, c, args.write_through, step)
+        points, infinite = sweep(trace, policies, capacities, lower, arrival, m, c, args.write_through, step,
+                                 ray=args.ray)
     meta = {"trace": trace.source, "arrival": arrival.describe(), "model": m.name, "codec": c.name,
             "tiers": args.tiers or "gpu only", "write_through": args.write_through}
     write_csv(points, os.path.join(args.out, "sweep.csv"))
@@ -359,6 +383,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from agentkv.report.run import run_report
 
     check_output(args.out)
+    check_ray(args)
+    if args.sample_sessions is not None and args.sample_sessions < 0:
+        raise UsageError(f"--sample-sessions must be >= 0, got {args.sample_sessions}")
     if not args.paths and not args.gen_sessions:
         args.gen_sessions = REPORT_SESSIONS
     from agentkv.report.models import default_model
@@ -374,7 +401,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     spec, why = (spec, f"{spec.model}, as given") if "model" in named else default_model(trace, spec, named)
     run_report(trace, spec, arrival_from_args(args, trace), prices(args.prices), out=args.out,
                replicas=args.replicas, workers=args.workers, print_json=args.json, over_window=args.over_window,
-               candidates=candidates, model_choice=why)
+               candidates=candidates, model_choice=why, sample_size=args.sample_sessions, ray=args.ray)
     return 0
 
 

@@ -91,6 +91,11 @@ def test_cache_sweep_rejects_bad_input(tmp_path):
     assert r.returncode == 2 and "no block ids" in r.stderr
 
 
+def test_report_rejects_a_negative_sample_before_any_work(tmp_path):
+    r = agentkv("report", "--sample-sessions", "-1", "--out", str(tmp_path / "r.html"))
+    assert r.returncode == 2 and "--sample-sessions must be >= 0, got -1" in r.stderr
+
+
 def test_report_small_run_end_to_end(tmp_path):
     out = tmp_path / "r.html"
     r = agentkv("report", "--gen-sessions", "8", "--workers", "1", "--concurrency", "4", "--out", str(out),

@@ -12,7 +12,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from agentkv.catalog import ModelSpec
+from agentkv.cluster.tasks import run_points
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.replay import ReplayResult, reference_stream, replay
@@ -77,28 +80,45 @@ def sweep(
     codec: CodecSpec,
     write_through: bool = False,
     progress: Callable[[str], None] | None = None,
+    ray: str | None = None,
 ) -> tuple[list[SweepPoint], float]:
-    """Every (policy, capacity) point, plus Belady at each capacity; returns them and the infinite-cache hit rate."""
+    """Every (policy, capacity) point, plus Belady at each capacity; returns them and the infinite-cache hit rate.
+    Points run here one after another, or as tasks on the Ray cluster at `ray` ("local": one started here)."""
     trace, arrivals = place(trace, arrival)  # as served: later laps of a wrapped session are copies
     order = replay_order(arrivals)
-    points: list[SweepPoint] = []
     names = [p for p in policies if p != "infinite"]
     if "belady" not in names:
         names.append("belady")
+    labels, jobs = [], []
     for gpu in capacities:
         specs = tier_specs(gpu, lower, model, codec, trace.block_size)
         if specs[0].capacity_blocks < 1:
             raise ValueError(f"capacity {gpu} holds no {trace.block_size}-token block of {model.name} KV")
-        stream = reference_stream(trace, order, specs[0].capacity_blocks)
-        for name in names:
-            if progress:
-                progress(f"{name} @ {gpu}")
-            policy = make_policy(name, stream, model, trace.block_size)
-            res = replay(trace, order, arrivals, KVCache(specs, policy, write_through), stream)
-            points.append(SweepPoint(name, gpu, res))
+        labels += [(name, gpu) for name in names]
+        jobs += [(name, specs, model, write_through) for name in names]
+    done = {}
+    for k, res in run_points(_point, jobs, ray, _share, (trace, arrivals, order)):
+        done[k] = res
+        if progress:
+            progress(f"{labels[k][0]} @ {labels[k][1]}")
+    points = [SweepPoint(name, gpu, done[k]) for k, (name, gpu) in enumerate(labels)]
     hits = infinite_cache_hits(trace, order, per_session=False)
     infinite = float(hits.sum()) / max(int(trace.input_tokens.sum()), 1)
     return points, infinite
+
+
+_SHARED: dict[str, object] = {}  # what every point replays, set once per process (or Ray worker)
+
+
+def _share(trace: Trace, arrivals: np.ndarray, order: np.ndarray) -> None:
+    _SHARED.update(trace=trace, arrivals=arrivals, order=order)
+
+
+def _point(name: str, specs: list[TierSpec], model: ModelSpec, write_through: bool) -> ReplayResult:
+    trace, arrivals, order = _SHARED["trace"], _SHARED["arrivals"], _SHARED["order"]
+    stream = reference_stream(trace, order, specs[0].capacity_blocks)
+    policy = make_policy(name, stream, model, trace.block_size)
+    return replay(trace, order, arrivals, KVCache(specs, policy, write_through), stream)
 
 
 def rows(points: list[SweepPoint]) -> list[dict[str, object]]:

@@ -210,7 +210,7 @@ def _write(args: argparse.Namespace, records: list, duration: float, synth: Any,
 def _predict(args: argparse.Namespace, records: list, synth: Any, overhead: int, server: Any) -> str:
     """Fill each record's prediction and write as_served.npz; returns the equivalent `cache sweep` command ("" if
     nothing could be predicted: the measurement is written all the same)."""
-    from agentkv.replay.predict import as_served, predict
+    from agentkv.replay.predict import as_served, predict_routed
     from agentkv.workload.formats import canonical
 
     try:
@@ -219,8 +219,10 @@ def _predict(args: argparse.Namespace, records: list, synth: Any, overhead: int,
         print(f"replay: no prediction: {e}", file=sys.stderr)
         return ""
     names = [name for name, _ in server.tiers]
-    for r, per_tier in zip(in_order, predict(served, server), strict=True):
+    cached, routed = predict_routed(served, server)
+    for r, per_tier, replica in zip(in_order, cached, routed.tolist(), strict=True):
         r.predicted_cached = int(per_tier.sum())
+        r.predicted_replica = replica
         r.predicted_per_tier = {n: int(v) for n, v in zip(names, per_tier, strict=True) if v}
     canonical.save(served, os.path.join(args.out, "as_served.npz"))
     return (f"agentkv cache sweep {args.out}/as_served.npz --trace-clock --policy {server.policy} "
@@ -228,16 +230,19 @@ def _predict(args: argparse.Namespace, records: list, synth: Any, overhead: int,
 
 
 async def _server_model(client: Any, args: argparse.Namespace, capacity: int | None) -> Any:
-    """--predict's server: its GPU KV in blocks from --capacity, else its tiers as its /metrics reports them."""
-    from agentkv.replay.predict import ServerModel, kv_blocks_from_metrics
+    """--predict's server: its GPU KV in blocks from --capacity, else its tiers as its /metrics reports them;
+    behind `agentkv serve --replicas`, its replicas and router too (the page sums the replicas' blocks)."""
+    from agentkv.replay.predict import ServerModel, fleet_from_metrics, kv_blocks_from_metrics
 
-    if capacity is not None:
-        return ServerModel(args.predict, (("gpu", capacity),), args.server_block_size)
     r = await client.get("/metrics")
+    replicas, router = (fleet_from_metrics(r.text) if r.status_code == 200 else None) or (1, "session")
+    if capacity is not None:
+        return ServerModel(args.predict, (("gpu", capacity),), args.server_block_size, replicas, router)
     found = kv_blocks_from_metrics(r.text) if r.status_code == 200 else None
     if found is None:
         raise ValueError(f"{client.base_url}/metrics reports no KV capacity: pass --capacity (tokens)")
-    return ServerModel(args.predict, tuple(found[0].items()), found[1] or args.server_block_size)
+    tiers = tuple((name, blocks // replicas) for name, blocks in found[0].items())
+    return ServerModel(args.predict, tiers, found[1] or args.server_block_size, replicas, router)
 
 
 class _LiveBar:

@@ -36,6 +36,7 @@ class Outcome:
     completion_tokens: int = -1
     cached_tokens: int = -1
     cached_per_tier: dict[str, int] = field(default_factory=dict)
+    replica: str = ""  # which replica answered, where the server says (agentkv serve --replicas)
 
 
 @dataclass(slots=True)
@@ -118,6 +119,7 @@ async def send(client: httpx.AsyncClient, api: Api, text: str, max_tokens: int, 
     try:
         async with client.stream("POST", api.path, json=api.body(text, max_tokens), headers=headers) as r:
             out.status = r.status_code
+            out.replica = r.headers.get("x-agentkv-replica", "")
             if not 200 <= r.status_code < 300:
                 body = (await r.aread())[:300].decode("utf-8", "replace")
                 out.error, out.detail = f"http_{r.status_code}", body

@@ -29,6 +29,7 @@ from agentkv.kvcache.tiers import TIER_NAMES, TierSpec
 from agentkv.replay.results import measured
 from agentkv.replay.runner import Record
 from agentkv.replay.synth import Synth
+from agentkv.sim.router import Router
 from agentkv.workload.builder import TraceBuilder
 from agentkv.workload.trace import Trace
 
@@ -38,15 +39,24 @@ SCOPE = ("agentkv-replay",)  # one id scope: equal content is equal KV whatever 
 @dataclass(slots=True, frozen=True)
 class ServerModel:
     policy: str
-    tiers: tuple[tuple[str, int], ...]  # (name, blocks), fastest first: the GPU, then host memory, ...
+    tiers: tuple[tuple[str, int], ...]  # (name, blocks) per replica, fastest first: the GPU, then host memory, ...
     block_size: int
+    replicas: int = 1  # behind `router` (agentkv serve --replicas)
+    router: str = "session"
 
     @property
     def capacity_blocks(self) -> int:
         return self.tiers[0][1]
 
     def describe(self) -> str:
-        return f"{self.policy}, {' + '.join(f'{n} {b:,}' for n, b in self.tiers)} blocks of {self.block_size}"
+        fleet = f" × {self.replicas} replicas, router {self.router}" if self.replicas > 1 else ""
+        return f"{self.policy}, {' + '.join(f'{n} {b:,}' for n, b in self.tiers)} blocks of {self.block_size}{fleet}"
+
+
+def fleet_from_metrics(text: str) -> tuple[int, str] | None:
+    """(replicas, router) from `agentkv serve --replicas`'s /metrics (`agentkv_replicas{router=...} N`)."""
+    m = re.search(r'^agentkv_replicas\{router="([\w-]+)"\}\s+(\S+)', text, re.M)
+    return (int(float(m.group(2))), m.group(1)) if m else None
 
 
 def kv_blocks_from_metrics(text: str) -> tuple[dict[str, int], int | None] | None:
@@ -91,18 +101,44 @@ def as_served(records: list[Record], synth: Synth, overhead: int, block_size: in
 def predict(served: Trace, model: ServerModel) -> np.ndarray:
     """Predicted cached tokens of each request of `served` per tier [requests, tiers], replayed in its clock's
     order."""
+    return predict_routed(served, model)[0]
+
+
+@dataclass(slots=True)
+class _Replica:
+    """A predicted replica as the router sees it (sim.router.ReplicaView): requests run one at a time, so
+    nothing is outstanding when the next one is routed."""
+
+    name: int
+    cache: KVCache
+
+    def outstanding_tokens(self) -> int:
+        return 0
+
+    def cached_prefix(self, ids: np.ndarray) -> int:
+        return self.cache.lookup(ids)[0]
+
+
+def predict_routed(served: Trace, model: ServerModel) -> tuple[np.ndarray, np.ndarray]:
+    """`predict`, and the replica each request goes to: the server's router (the simulator's) over one policy
+    core per replica."""
     bs = served.block_size
     if model.block_size != bs:
         raise ValueError(f"trace at block size {bs}, server model at {model.block_size}")
     if model.capacity_blocks < 1:
         raise ValueError(f"a server KV capacity of {model.capacity_blocks} blocks predicts nothing")
-    cache = KVCache([TierSpec(name, blocks, 1) for name, blocks in model.tiers], make_policy(model.policy, block_size=bs))
+    fleet = [_Replica(r, KVCache([TierSpec(name, blocks, 1) for name, blocks in model.tiers],
+                                 make_policy(model.policy, block_size=bs))) for r in range(model.replicas)]
+    router = Router(model.router)
     order = np.argsort(served.time, kind="stable")
     fresh = served.n_block_ids  # ids for reply blocks: content no prompt repeats
     out = np.zeros((served.n_requests, len(model.tiers)), dtype=np.int64)
+    routed = np.zeros(served.n_requests, dtype=np.int32)
     for rank, i in enumerate(order.tolist()):
         ids, n_in, n_out = served.blocks(i), int(served.input_tokens[i]), int(served.output_tokens[i])
         now = float(served.time[i])
+        routed[i] = router.pick(fleet, ids, n_in, bs, int(served.session[i]))
+        cache = fleet[routed[i]].cache
         ctx = AccessContext(now, session=int(served.session[i]), request=rank, finish=int(served.finish[i]),
                             output_tokens=n_out)
         grant = cache.acquire(rank, ids, -(-n_in // bs), ctx)  # the prompt's blocks, its partial last one too
@@ -120,4 +156,4 @@ def predict(served: Trace, model: ServerModel) -> np.ndarray:
             fresh += n_reply
         ctx.now = now + float(np.nan_to_num(served.api_time[i]))
         cache.release(rank, ctx)
-    return out
+    return out, routed

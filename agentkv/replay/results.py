@@ -34,6 +34,7 @@ class Summary:
     predicted_cached_tokens: int = -1
     predicted_per_tier: dict[str, int] = field(default_factory=dict)
     prediction: str = ""  # how it was made
+    per_replica: dict[str, dict[str, int]] = field(default_factory=dict)  # behind several replicas (per_replica)
     meta: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -96,7 +97,28 @@ def summarize(records: list[Record], duration_s: float) -> Summary:
         e2e_s=_quantiles([r.outcome.e2e for r in ok]),
         predicted_cached_tokens=sum(predicted) if used and min(predicted) >= 0 else -1,
         predicted_per_tier=dict(predicted_tiers),
+        per_replica=per_replica(used),
     )
+
+
+def per_replica(used: list[Record]) -> dict[str, dict[str, int]]:
+    """Per replica that answered: its requests, cached tokens measured and predicted, and how many of its
+    requests the router was predicted to send it (predicted replica k is the replica most of k's went to)."""
+    if len({r.outcome.replica for r in used}) < 2:
+        return {}
+    votes: dict[int, Counter[str]] = {}
+    for r in used:
+        votes.setdefault(r.predicted_replica, Counter())[r.outcome.replica] += 1
+    named = {k: c.most_common(1)[0][0] for k, c in votes.items()}
+    out: dict[str, dict[str, int]] = {}
+    for r in used:
+        row = out.setdefault(r.outcome.replica, dict(requests=0, cached_tokens=0, predicted_cached_tokens=0,
+                                                     routed_as_predicted=0))
+        row["requests"] += 1
+        row["cached_tokens"] += r.outcome.cached_tokens
+        row["predicted_cached_tokens"] += max(r.predicted_cached, 0)
+        row["routed_as_predicted"] += named.get(r.predicted_replica) == r.outcome.replica
+    return dict(sorted(out.items()))
 
 
 def _quantiles(xs: list[float]) -> dict[str, float]:
@@ -124,6 +146,10 @@ def print_summary(s: Summary, title: str, console: Console | None = None) -> Non
         if len(s.predicted_per_tier) > 1 or len(s.cached_per_tier) > 1:
             t.add_row("  by tier", _by_tier(s.predicted_per_tier, s.prompt_tokens))
         t.add_row("measured − predicted", f"{100 * (s.cached_share - s.predicted_share):+.2f} points")
+    for name, row in s.per_replica.items():
+        t.add_row(f"replica {name}: requests (routed as predicted)", f"{row['requests']} ({row['routed_as_predicted']})")
+        t.add_row(f"replica {name}: cached tokens measured / predicted",
+                  f"{row['cached_tokens']:,} / {row['predicted_cached_tokens']:,}")
     for name, q, scale, unit in (("TTFT", s.ttft_s, 1, "s"), ("TPOT", s.tpot_s, 1e3, "ms"), ("E2E", s.e2e_s, 1, "s")):
         t.add_row(f"{name} p50 / p90 / p99 ({unit})", " / ".join(_num(q[f"p{k}"] * scale) for k in QUANTILES))
     d = s.to_dict()
@@ -146,7 +172,7 @@ def _num(x: float) -> str:
 
 FIELDS = ("request", "session", "turn", "sent_s", "prompt_planned", "prompt_tokens", "cached_tokens",
           "predicted_cached", "max_tokens", "completion_tokens", "ttft_s", "tpot_s", "e2e_s", "status", "error",
-          "detail", "cached_per_tier", "predicted_per_tier")
+          "detail", "cached_per_tier", "predicted_per_tier", "replica", "predicted_replica")
 
 
 def write_csv(records: list[Record], path: str) -> None:
@@ -159,7 +185,8 @@ def write_csv(records: list[Record], path: str) -> None:
                         o.cached_tokens, r.predicted_cached, r.max_tokens, o.completion_tokens, f"{o.ttft:.4f}",
                         f"{tpot(r):.5f}", f"{o.e2e:.4f}", o.status, o.error, o.detail,
                         json.dumps(o.cached_per_tier) if o.cached_per_tier else "",
-                        json.dumps(r.predicted_per_tier) if r.predicted_per_tier else ""])
+                        json.dumps(r.predicted_per_tier) if r.predicted_per_tier else "", o.replica,
+                        r.predicted_replica])
 
 
 def write_json(s: Summary, path: str) -> None:

@@ -38,6 +38,7 @@ class Record:
     outcome: Outcome = field(default_factory=Outcome)
     predicted_cached: int = -1  # filled in by `predict`
     predicted_per_tier: dict[str, int] = field(default_factory=dict)
+    predicted_replica: int = -1  # behind several replicas: the one the router is predicted to pick
 
 
 @dataclass(slots=True, frozen=True)

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -147,10 +147,12 @@ def choose_fleet(outcomes: list[RungOutcome], offered: float) -> tuple[int, str]
 def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, price_table: dict[str, Any],
                  replicas: int | None = None, workers: int = 2,
                  step: Callable[[str], None] = lambda label: None, sample_size: int = SAMPLE_SESSIONS,
-                 over_window: str = "compact", candidates: tuple[str, ...] = (), model_choice: str = "") -> Report:
+                 over_window: str = "compact", candidates: tuple[str, ...] = (), model_choice: str = "",
+                 ray: str | None = None) -> Report:
     """Everything the report shows, for `trace` offered at `arrival` to the deployment `spec`, fitted first to
     the model's context window (`over_window`: workload.window). `replicas` fixes the same-fleet size (default:
-    what all levers together need); `candidates` adds the model view. Rungs run in `workers` processes."""
+    what all levers together need); `candidates` adds the model view. Rungs run in `workers` processes, or as
+    tasks on the Ray cluster at `ray` ("local": one started here with `workers` CPUs)."""
     wall = time.perf_counter()
     recorded = trace
     trace, window = fit_window(trace, model(spec.model, spec.models_file).context, over_window)
@@ -164,13 +166,14 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
     # clock, the whole trace (a sample of it would carry less load)
     measured = trace if arrival.mode == "trace" else sample
     jobs = [(spec, r, arrival, offered, gpu_hour, replicas) for r in LADDER]
-    with _executor(workers, measured, sample) as pool:
+    with _executor(workers, measured, sample, ray) as pool:
         step("sizing every lever")
-        done = {}
         # the costliest rungs (tiers, agent-aware ranking) first, so two workers finish together
-        for job, fut in [(j, pool.submit(_rung_job, j)) for j in reversed(jobs)]:
-            done[job[1].name] = fut.result()
-            step(f"{job[1].name} sized")
+        futures = {pool.submit(_rung_job, j): j[1].name for j in reversed(jobs)}
+        done = {}
+        for fut in as_completed(futures):
+            done[futures[fut]] = fut.result()
+            step(f"{futures[fut]} sized")
         outcomes, runs = zip(*(done[r.name] for r in LADDER), strict=True)
         fleet, chosen_by = (replicas, "given with --replicas") if replicas else choose_fleet(list(outcomes), offered)
         missing = {i: pool.submit(_fleet_job, (spec, o.rung, arrival, fleet))
@@ -239,10 +242,17 @@ def _share(measured: Trace, sample: Trace) -> None:
 
 
 @contextmanager
-def _executor(workers: int, measured: Trace, sample: Trace) -> Iterator[Executor]:
-    """Worker processes that never outlive the report: on any exit but success (Ctrl-C, SIGTERM, SIGHUP, an
-    error) they are terminated at once rather than left to finish their simulations, and each also dies with
-    its parent should that be killed outright (Linux's parent-death signal)."""
+def _executor(workers: int, measured: Trace, sample: Trace, ray: str | None = None) -> Iterator[Executor]:
+    """Tasks on the Ray cluster at `ray`, or worker processes that never outlive the report: on any exit but
+    success (Ctrl-C, SIGTERM, SIGHUP, an error) they are terminated at once rather than left to finish their
+    simulations, and each also dies with its parent should that be killed outright (Linux's parent-death
+    signal)."""
+    if ray is not None:
+        from agentkv.cluster.tasks import RayExecutor
+
+        with RayExecutor(ray, _share, (measured, sample), num_cpus=workers) as pool:
+            yield pool
+        return
     if workers <= 1:
         _share(measured, sample)
         yield _Inline()

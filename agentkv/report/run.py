@@ -9,6 +9,7 @@ from typing import Any
 
 from agentkv import __version__
 from agentkv.report.assemble import Report, build_report
+from agentkv.report.capacity import SAMPLE_SESSIONS
 from agentkv.report.headline import headline
 from agentkv.report.ladder import DeploymentSpec
 from agentkv.report.progress import progress_bar
@@ -22,11 +23,14 @@ TITLE = "agentkv report: what each KV-cache lever buys on this agentic traffic"
 def run_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, price_table: dict[str, Any],
                out: str = "report.html", replicas: int | None = None, workers: int = 2,
                print_json: bool = False, over_window: str = "compact", candidates: tuple[str, ...] = (),
-               model_choice: str = "") -> Report:
-    """Compute, write `out` and `<out>.json` beside it, print the report (or its JSON)."""
+               model_choice: str = "", sample_size: int | None = None, ray: str | None = None) -> Report:
+    """Compute, write `out` and `<out>.json` beside it, print the report (or its JSON). `sample_size` top-level
+    sessions are simulated (default: SAMPLE_SESSIONS, the whole trace on Ray; 0: the whole trace)."""
+    if sample_size is None:
+        sample_size = 0 if ray is not None else SAMPLE_SESSIONS
     with progress_bar(10 + len(candidates), "report", quiet=print_json) as step:
-        rep = build_report(trace, spec, arrival, price_table, replicas, workers, step, over_window=over_window,
-                           candidates=candidates, model_choice=model_choice)
+        rep = build_report(trace, spec, arrival, price_table, replicas, workers, step, sample_size or trace.n_sessions,
+                           over_window=over_window, candidates=candidates, model_choice=model_choice, ray=ray)
     vs = views(rep)
     lines = headline(rep)
     info = settings(rep)

@@ -15,6 +15,7 @@ from pathlib import Path
 from agentkv.cli_errors import positive
 from agentkv.server import startup
 from agentkv.server.tool_parsers import PARSERS
+from agentkv.sim.router import ROUTERS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +55,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model forward (CUDA)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="uvicorn's log level (default info)")
+    g = p.add_argument_group("replicas on Ray Serve (agentkv[ray])")
+    g.add_argument("--replicas", type=positive(int), default=1,
+                   help="engine replicas behind one endpoint, as a Ray Serve deployment (default 1: this process)")
+    g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="the Ray cluster the replicas run on (no ADDRESS, or --replicas alone: a local one)")
+    g.add_argument("--router", default="session", choices=ROUTERS,
+                   help="how requests pick a replica, the simulator's routers: session (default: a session stays "
+                        "on its replica, new ones go where their prefix is cached, then the least loaded), "
+                        "prefix-aware, least-loaded, round-robin")
     p.set_defaults(run=cmd_serve)
 
 
@@ -140,8 +150,29 @@ def load(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> int:
     startup.check(args)
     metrics_key(args.metrics_key_file)
+    if args.replicas > 1 or args.ray is not None:
+        return serve_on_ray(args)
     sock = startup.bind(args.host, args.port)
     return run(load(args), args, sockets=[sock])
+
+
+def serve_on_ray(args: argparse.Namespace) -> int:
+    """`--replicas N` / `--ray ADDRESS`: the replicas as a Ray Serve deployment behind a gateway here."""
+    import uvicorn
+
+    from agentkv.cli import check_ray
+
+    check_ray(args)
+    from ray import serve
+
+    from agentkv.cluster.serve import APP, start
+
+    try:
+        uvicorn.run(start(args), host=args.host, port=args.port, log_level=args.log_level,
+                    timeout_graceful_shutdown=None)
+    finally:
+        serve.delete(APP)  # on a shared cluster, the replicas go with their gateway
+    return 0
 
 
 def run(app, args: argparse.Namespace, sockets: list | None = None) -> int:

@@ -1,13 +1,21 @@
-"""Routers spread requests over replicas: round-robin, least-loaded, or prefix-aware.
+"""Routers spread requests over replicas: round-robin, least-loaded, prefix-aware, or session.
 
 Prefix-aware sends a request where it costs least: the prompt tokens that replica would have to compute
 (those it does not hold cached) plus the work already queued there. Pure "most cached prefix" routing
 piles every session of an agent onto the replica holding the agent's shared system prompt; weighing the
 queue keeps sessions sticky while load is even and spreads them when it is not (as SGLang's cache-aware
-router balances hit rate against load)."""
+router balances hit rate against load).
+
+Session adds affinity in front: a session's requests go to the replica that served it last while that
+replica is up; a new session (or one whose replica is gone) goes where prefix-aware sends it, ties broken
+by the fewest sessions already there, so idle replicas share new sessions. This one function decides both
+in the simulator and in `agentkv serve --replicas` (the Ray Serve request router calls it), so a simulated
+fleet and a served one route alike.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from collections.abc import Sequence as Seq
 from typing import Protocol
 
@@ -15,12 +23,14 @@ import numpy as np
 
 
 class ReplicaView(Protocol):
+    name: Hashable  # stable across requests (a replica's index in the simulator, its Ray Serve id when served)
+
     def outstanding_tokens(self) -> int: ...
 
     def cached_prefix(self, ids: np.ndarray) -> int: ...  # blocks
 
 
-ROUTERS = ("round-robin", "least-loaded", "prefix-aware")
+ROUTERS = ("round-robin", "least-loaded", "prefix-aware", "session")
 
 
 class Router:
@@ -29,16 +39,35 @@ class Router:
             raise ValueError(f"unknown router '{kind}' (routers: {', '.join(ROUTERS)})")
         self.kind = kind
         self._next = 0
+        self.home: dict[Hashable, Hashable] = {}  # session -> the name of the replica that served it last
 
-    def pick(self, replicas: Seq[ReplicaView], ids: np.ndarray, prompt_tokens: int, block_size: int) -> int:
+    def pick(self, replicas: Seq[ReplicaView], ids: np.ndarray, prompt_tokens: int, block_size: int,
+             session: Hashable | None = None) -> int:
+        i = self._choose(replicas, ids, prompt_tokens, block_size, session)
+        if self.kind == "session" and session is not None:
+            self.home[session] = replicas[i].name
+        return i
+
+    def forget(self, name: Hashable) -> None:
+        """A replica is gone: its sessions are new sessions again."""
+        self.home = {s: r for s, r in self.home.items() if r != name}
+
+    def _choose(self, replicas: Seq[ReplicaView], ids: np.ndarray, prompt_tokens: int, block_size: int,
+                session: Hashable | None) -> int:
         if len(replicas) == 1:
             return 0
         if self.kind == "round-robin":
             self._next = (self._next + 1) % len(replicas)
             return self._next
+        names = [r.name for r in replicas]
+        if self.kind == "session" and self.home.get(session) in names:
+            return names.index(self.home[session])
         load = np.array([r.outstanding_tokens() for r in replicas], dtype=np.float64)
         if self.kind == "least-loaded":
             return int(np.argmin(load))
         cached = np.array([r.cached_prefix(ids) for r in replicas], dtype=np.float64) * block_size
         work = load + np.maximum(prompt_tokens - cached, 0.0)
-        return int(np.lexsort((load, work))[0])
+        if self.kind == "prefix-aware":
+            return int(np.lexsort((load, work))[0])
+        homed = np.array([sum(h == n for h in self.home.values()) for n in names])
+        return int(np.lexsort((homed, load, work))[0])

@@ -106,7 +106,8 @@ class SimResult:
 
 
 class _Replica:
-    def __init__(self, cfg: SimConfig, block_size: int) -> None:
+    def __init__(self, cfg: SimConfig, block_size: int, name: int) -> None:
+        self.name = name
         d = cfg.deployment
         block = kv_bytes_per_block(d.model, d.kv_codec, block_size, d.tp)
         tiers = [TierSpec("gpu", max(d.kv_capacity_bytes, 0.0), block)]
@@ -145,7 +146,7 @@ class Simulator:
         self.trace, self.first_arrival = place(trace, cfg.arrival)  # sessions already open at 0: see arrivals
         self.offered = offered_seconds(trace, cfg.arrival, self.first_arrival)
         self.cfg, self.d = cfg, cfg.deployment
-        self.replicas = [_Replica(cfg, trace.block_size) for _ in range(cfg.replicas)]
+        self.replicas = [_Replica(cfg, trace.block_size, r) for r in range(cfg.replicas)]
         self.router = Router(cfg.router)
         self.pause = _pauses(self.trace)
         self.records = _Records(trace.n_requests, len(self.replicas[0].cache.tiers))
@@ -188,7 +189,7 @@ class Simulator:
             res.rejected[i] = res.over_window[i] = True
             self._next_in_session(i, now)
             return
-        r = self.router.pick(self.replicas, seq.block_ids, seq.prompt_len, trace.block_size)
+        r = self.router.pick(self.replicas, seq.block_ids, seq.prompt_len, trace.block_size, seq.session)
         res.arrival[i], res.replica[i] = now, r
         try:
             self.replicas[r].sched.add(seq)

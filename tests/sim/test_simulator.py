@@ -106,3 +106,14 @@ def test_tensor_parallel_70b_serves_the_load(small):
     assert not r.rejected.any() and r.hit_rate > 0.5
     one = simulate(small, SimConfig(replace(d, tp=8), arrival=ArrivalModel("concurrency", 5)))
     assert np.median(one.ttft) < np.median(r.ttft)  # more devices per replica: faster prefill
+
+
+def test_session_routing_keeps_each_session_on_one_replica(small):
+    r = simulate(small, SimConfig(dep(), replicas=4, router="session", arrival=ArrivalModel("concurrency", 10)))
+    served = r.replica >= 0
+    per_session = {s: set(r.replica[(small.session == s) & served].tolist()) for s in range(small.n_sessions)}
+    assert all(len(reps) == 1 for reps in per_session.values() if reps)  # affinity: one replica per session
+    assert len(set().union(*per_session.values())) > 1  # equal work: the replica with the fewest sessions
+    prefix = simulate(small, SimConfig(dep(), replicas=4, router="prefix-aware",
+                                       arrival=ArrivalModel("concurrency", 10)))
+    assert r.hit_rate >= prefix.hit_rate - 0.01
