@@ -44,7 +44,11 @@ SMALLER = [  # (README text, what runs instead)
                                                   "--chars 300000"),
     ("bench.policy_headroom", "bench.policy_headroom --trace {claude} --capacity 32k"),
     (".venv/bin/agentkv ", "agentkv "),
+    ("max_tokens=256", "max_tokens=8"),
 ]
+MORE = {"agentkv report": " --gen-sessions 2",  # where no PATH is given: a two-session workload
+        "agentkv trace stats --fit": " --gen-sessions 2",
+        "agentkv generate": " --max-tokens 8"}
 
 
 def bash_commands() -> list[str]:
@@ -105,8 +109,7 @@ class World:
     def argv(self, command: str, port: int | None = None) -> list[str]:
         for old, new in SMALLER:
             command = command.replace(old, new)
-        if command.startswith("agentkv report") or command.startswith("agentkv trace stats --fit"):
-            command += " --gen-sessions 3"  # where no PATH is given: a three-session workload
+        command += next((more for start, more in MORE.items() if command.startswith(start)), "")
         words = shlex.split(fill(command, **self.fill, port=port or 0).removesuffix("&").strip())
         if words[0] == "agentkv":
             return [sys.executable, "-m", "agentkv.cli", *words[1:]]

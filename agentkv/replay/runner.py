@@ -4,9 +4,8 @@ A top-level session and its sub-agents form a group that starts together; inside
 a track of turns. A turn is sent its think time (the trace's `think_time`, else the gap between the previous
 turn's start plus its API time and this turn's start) after the previous reply ended, times --time-scale and
 capped at --max-think: the agent's own pace is kept while the server's speed decides the rest, as in a
-closed-loop agent. Groups start at
-the trace's session starts (scaled) where it has them, else --concurrency groups run at once, the next one
-starting as one ends. At most --max-inflight requests are outstanding; a stop (Ctrl-C, or --max-errors
+closed-loop agent. Groups start at the trace's session starts (scaled) where it has them, else --concurrency
+groups run at once, the next one starting as one ends. At most --max-inflight requests are outstanding; a stop (Ctrl-C, or --max-errors
 consecutive failures of one kind: a server that refuses everything) cancels what is in flight and keeps every
 finished record.
 """
