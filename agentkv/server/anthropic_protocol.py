@@ -62,6 +62,11 @@ class ToolChoice(_Body):
     name: str | None = None  # with 'tool'
     disable_parallel_tool_use: bool = False
 
+    @property
+    def forced(self) -> str | None:
+        """None (the model decides), "*" (any tool) or the tool's name."""
+        return "*" if self.type == "any" else self.name if self.type == "tool" else None
+
     @model_validator(mode="after")
     def _named(self) -> ToolChoice:
         if self.type == "tool" and not self.name:

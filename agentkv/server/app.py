@@ -320,12 +320,11 @@ class Server:
         self.check_model(body.model)
         msgs, tools = openai_messages(body)
         prompt = await self.render(msgs, tools)
-        choice = body.tool_choice
-        forced = "*" if choice == "required" else choice.function.name if isinstance(choice, oai.NamedToolChoice) else None
         fmt = body.response_format
-        spec = forced_call(self.cfg.tool_parser, tools, forced, body.parallel_tool_calls, self.literal) if forced else \
-            json_reply(fmt.type, fmt.json_schema.schema_ if fmt.json_schema else None) if fmt else None
-        spec = await self.constrain(spec, "tool_choice" if forced else "response_format")
+        forced = forced_call(self.cfg.tool_parser, tools, body.forced_tool, body.parallel_tool_calls, self.literal)
+        spec = await self.constrain(forced, "tool_choice") or await self.constrain(
+            json_reply(fmt.type, fmt.json_schema.schema_ if fmt.json_schema else None) if fmt else None,
+            "response_format")
         p = self.prepare(request, tenant, body, prompt, body.max_new_tokens, body.stop_list, tools is not None, body.user,
                          spec)
         rid = f"chatcmpl-{secrets.token_hex(12)}"
@@ -414,11 +413,9 @@ class Server:
         prompt = await self.render(msgs, tools, **template)
         stops = tuple(body.stop_sequences or ())
         session = body.metadata.user_id if body.metadata else None
-        choice = body.tool_choice
-        forced = None if choice is None else "*" if choice.type == "any" else choice.name if choice.type == "tool" else None
-        spec = await self.constrain(forced_call(self.cfg.tool_parser, tools, forced,
-                                                not (choice and choice.disable_parallel_tool_use), self.literal),
-                                    "tool_choice")
+        choice = body.tool_choice or anth.ToolChoice(type="auto")
+        spec = await self.constrain(forced_call(self.cfg.tool_parser, tools, choice.forced,
+                                                not choice.disable_parallel_tool_use, self.literal), "tool_choice")
         p = self.prepare(request, tenant, body, prompt, body.max_tokens, stops, tools is not None, session, spec)
         rid = f"msg_{secrets.token_hex(12)}"
         deltas = await self.submit(request, "messages", arrival, p, rid)

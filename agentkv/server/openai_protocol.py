@@ -124,6 +124,13 @@ class ChatCompletionRequest(Sampling):
     logprobs: Literal[False] | None = None
 
     @property
+    def forced_tool(self) -> str | None:
+        """What `tool_choice` forces: None (the model decides), "*" (any tool) or a tool's name."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return "*" if self.tool_choice == "required" else None
+
+    @property
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 

@@ -110,6 +110,13 @@ class ResponsesRequest(_Body):
     reasoning: dict[str, Any] | None = None  # echoed: the model's template decides whether it reasons
     cache_salt: str | None = Field(None, max_length=256)  # extension
 
+    @property
+    def forced_tool(self) -> str | None:
+        """What `tool_choice` forces: None (the model decides), "*" (any tool) or a tool's name."""
+        if isinstance(self.tool_choice, FunctionChoice):
+            return self.tool_choice.name
+        return "*" if self.tool_choice == "required" else None
+
 
 @dataclass(slots=True)
 class _Stored:
@@ -134,12 +141,10 @@ class Responses:
         tools, namespaces = _tools(body.tools) if body.tool_choice != "none" else (None, {})
         system = [{"role": "system", "content": body.instructions}] if body.instructions else []  # never inherited
         prompt = await srv.render(system + messages, tools)
-        choice = body.tool_choice
-        forced = "*" if choice == "required" else choice.name if isinstance(choice, FunctionChoice) else None
         fmt = body.text.format if body.text else TextFormat()
-        spec = forced_call(srv.cfg.tool_parser, tools, forced, body.parallel_tool_calls, srv.literal) if forced else \
-            json_reply(fmt.type, fmt.schema_)
-        spec = await srv.constrain(spec, "tool_choice" if forced else "text.format")
+        spec = await srv.constrain(forced_call(srv.cfg.tool_parser, tools, body.forced_tool, body.parallel_tool_calls,
+                                               srv.literal), "tool_choice") or \
+            await srv.constrain(json_reply(fmt.type, fmt.schema_), "text.format")
         session = request.headers.get("x-session-id") or body.prompt_cache_key or body.user
         p = srv.prepare(request, tenant, body, prompt, body.max_output_tokens, (), tools is not None, session, spec)
         rid = f"resp_{secrets.token_hex(12)}"
