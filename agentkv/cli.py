@@ -207,16 +207,26 @@ def load_or_generate(args: argparse.Namespace) -> Trace:
 
 
 def cmd_trace_stats(args: argparse.Namespace) -> int:
-    from agentkv.workload.stats import trace_stats
+    from dataclasses import asdict
+
+    from agentkv.workload.stats import fit_figures, trace_stats
 
     trace = load_or_generate(args)
     stats = trace_stats(trace, arrival_from_args(args, trace), window=args.window)
+    fitted = None
+    if args.fit and not args.paths:  # the generator fitted to a real trace: how close it came
+        from agentkv.workload.load import load_trace
+
+        fitted = fit_figures(trace, load_trace(args.fit))
     if args.json:
-        print(json.dumps(stats.to_dict(), indent=1))
+        fit = [{k: None if v != v else v for k, v in asdict(r).items()} for r in fitted or []]  # NaN: not stated
+        print(json.dumps({**stats.to_dict(), **({"fit": fit} if fit else {})}, indent=1))
     else:
-        from agentkv.report.tables import print_trace_stats
+        from agentkv.report.tables import print_fit, print_trace_stats
 
         print_trace_stats(stats, trace.skipped)
+        if fitted:
+            print_fit(fitted, args.fit)
     return 0
 
 
