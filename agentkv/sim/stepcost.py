@@ -127,7 +127,6 @@ class StepCost:
     kv_write: float = 0.0
     communication: float = 0.0
     overhead: float = 0.0
-    prefill_share: float = 0.0  # of the step's time, what the prefill chunks account for (group by group)
 
     @property
     def total(self) -> float:
@@ -169,7 +168,6 @@ def step_cost(shape: StepShape, d: Deployment) -> StepCost:
         return max(w.flops / (peak * c.naive_attention_efficiency),
                    (w.naive_bytes + 4.0 * c.score_bytes * w.scores) / hbm)
 
-    attn_pre, attn_dec = attention_time(pre), attention_time(dec)
     both = Work()
     both.add(pre)
     both.add(dec)
@@ -178,15 +176,10 @@ def step_cost(shape: StepShape, d: Deployment) -> StepCost:
     comm = 0.0
     if d.tp > 1:
         volume = 2 * m.layers * 2.0 * (d.tp - 1) / d.tp * tokens * m.hidden * 2.0  # two all-reduces per layer
-        comm = volume / (d.hardware.interconnect_bw * c.interconnect_efficiency) + 2 * m.layers * c.collective_latency_s
-    # who the time is for: token-proportional groups by tokens, attention by its work
-    prefill_tokens = tokens - len(shape.decodes)
-    token_share = prefill_tokens / tokens
-    pair_share = attn_pre / (attn_pre + attn_dec) if attn_pre + attn_dec else token_share
+        comm = (volume / (d.hardware.interconnect_bw * c.interconnect_efficiency)
+                + 2 * m.layers * c.collective_latency_s)  # and each all-reduce's fixed latency
     overhead = c.step_overhead_s + c.seq_overhead_s * (len(shape.prefills) + len(shape.decodes))
-    per_token = weight_time + kv_write + comm + overhead
-    share = (per_token * token_share + attn_time * pair_share) / (per_token + attn_time)
-    return StepCost(weight_time, attn_time, kv_write, comm, overhead, share)
+    return StepCost(weight_time, attn_time, kv_write, comm, overhead)  # who it is for: simulator._attribute
 
 
 def transfer_seconds(bytes_by_link: dict[str, float], d: Deployment) -> float:
