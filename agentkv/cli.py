@@ -251,8 +251,10 @@ def load_or_generate_with_config(args: argparse.Namespace) -> tuple[Trace, Gener
 
 
 def cmd_trace_stats(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from agentkv.report.progress import progress_bar
-    from agentkv.workload.stats import trace_stats
+    from agentkv.workload.stats import fit_figures, trace_stats
 
     with progress_bar(None, "trace stats", quiet=args.json) as step:
         step(f"loading {len(args.paths)} path(s)" if args.paths else "generating the workload"
@@ -260,15 +262,25 @@ def cmd_trace_stats(args: argparse.Namespace) -> int:
         trace, cfg = load_or_generate_with_config(args)
         step(f"measuring {trace.n_requests:,} requests")
         stats = trace_stats(trace, arrival_from_args(args, trace), window=args.window)
-    fitted = cfg if cfg is not None and args.fit else None
-    if args.json:
-        print(json.dumps(stats.to_dict() | ({"generator": json.loads(fitted.to_json())} if fitted else {}), indent=1))
-    else:
-        from agentkv.report.tables import print_generator, print_trace_stats
+        generator = cfg if cfg is not None and args.fit else None
+        fit = None
+        if args.fit and not args.paths:  # the generator fitted to a real trace: how close it came
+            from agentkv.workload.load import load_trace
 
-        if fitted:
-            print_generator(fitted)
+            step(f"comparing with {args.fit}")
+            fit = fit_figures(trace, load_trace(args.fit))
+    if args.json:
+        rows = [{k: None if v != v else v for k, v in asdict(r).items()} for r in fit or []]  # NaN: not stated
+        print(json.dumps(stats.to_dict() | ({"generator": json.loads(generator.to_json())} if generator else {})
+                         | ({"fit": rows} if rows else {}), indent=1))
+    else:
+        from agentkv.report.tables import print_fit, print_generator, print_trace_stats
+
+        if generator:
+            print_generator(generator)
         print_trace_stats(stats, trace.skipped)
+        if fit:
+            print_fit(fit, args.fit)
     return 0
 
 

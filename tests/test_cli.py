@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from agentkv import __version__ as agentkv_version
-from tests.conftest import MOONCAKE, need
+from tests.conftest import CLAUDE_CODE, MOONCAKE, need
 
 
 def agentkv(*args: str) -> subprocess.CompletedProcess:
@@ -32,6 +32,16 @@ def test_default_main_job_runs_on_the_generated_workload():
     r = agentkv("trace", "stats", "--gen-sessions", "30")
     assert r.returncode == 0, r.stderr
     assert "trace stats: generator" in r.stdout and "share of requests over 128k" in r.stdout
+
+
+def test_trace_stats_reports_the_generators_fit_to_a_real_trace():
+    r = agentkv("trace", "stats", "--fit", str(need(CLAUDE_CODE)), "--gen-sessions", "40", "--json")
+    assert r.returncode == 0, r.stderr
+    fit = {row["figure"]: row for row in json.loads(r.stdout)["fit"]}
+    assert fit["token_weighted_median"]["real"] == 158_577 and fit["share_over_400k"]["dossier"] is None
+    assert fit["request_median"]["generated"] == json.loads(r.stdout)["input"]["p50"]
+    table = agentkv("trace", "stats", "--fit", str(need(CLAUDE_CODE)), "--gen-sessions", "40")
+    assert "generator fit" in table.stdout and "token weighted median" in table.stdout
 
 
 def test_generate_then_read_back(tmp_path):

@@ -72,7 +72,7 @@ def _baseline(rep: Report) -> str:
         same = (f" On the same {_gpus(rep.fleet_gpus)} its p{spec.slo_quantile:g} TTFT is "
                 f"{quantile(base.fleet_run.ttft, spec.slo_quantile):,.0f} s.")
     if base.sized.cost is None:
-        return f"The baseline (no prefix cache, bf16 KV, naive attention) meets the SLO at no fleet size: " \
+        return f"The baseline (no prefix cache, bf16 KV, FlashAttention-2-class attention) meets the SLO at no fleet size: " \
                f"{base.sized.reason}.{same}"
     c, top = base.sized.cost, rep.outcomes[-1].sized.cost
     vs = f" ({c.gpus / top.gpus:.1f}× the GPUs)" if top else ""

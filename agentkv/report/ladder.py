@@ -1,6 +1,8 @@
 """The mitigation ladder: each lever added to the one before.
 
-baseline (no prefix cache, bf16 KV, naive attention) → +IO-aware attention → +prefix cache in HBM (LRU) →
+baseline (no prefix cache, bf16 KV, FlashAttention-2-class attention: what a user can run at long context; the
+scores of unfused attention would not fit in memory) → +IO-aware attention (FlashAttention-3 class) → +prefix
+cache in HBM (LRU) →
 +fp8 KV → +int4 KV → +DRAM tier → +disk tier → +agent-aware policy.
 
 This file holds what a rung is and how it becomes a simulated deployment; `capacity.py`, `sizing.py` and
@@ -63,7 +65,7 @@ class Rung:
 
 
 LADDER = (
-    Rung("baseline", "naive", False, "bf16", "lru", False, False),
+    Rung("baseline", "flash2", False, "bf16", "lru", False, False),
     Rung("+IO-aware attention", "flash", False, "bf16", "lru", False, False),
     Rung("+prefix cache (HBM)", "flash", True, "bf16", "lru", False, False),
     Rung("+fp8 KV", "flash", True, "fp8", "lru", False, False),

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from agentkv.report.views import View, cell
 from agentkv.workload.generator import GeneratorConfig, LogNormal, Quantiles, WindowClass
-from agentkv.workload.stats import TraceStats
+from agentkv.workload.stats import FitRow, TraceStats
 
 
 def default_console() -> Console:
@@ -93,6 +93,21 @@ def print_trace_stats(s: TraceStats, skipped: list[str], console: Console | None
     if skipped:
         console.print(f"[yellow]skipped {len(skipped)} bad records[/yellow]; first: {skipped[0]}")
 
+
+
+def print_fit(rows: list[FitRow], real: str, console: Console | None = None) -> None:
+    """The generated workload's context figures against the real trace and the dossier, as ratios."""
+    console = console or default_console()
+    t = Table(title=f"generator fit: generated / real ({real}) and / dossier", show_header=True, header_style="bold")
+    for name in ("figure", "generated", "real", "generated / real", "dossier", "generated / dossier"):
+        t.add_column(name, justify="left" if name == "figure" else "right")
+    for r in rows:
+        share = r.figure.startswith("share")
+        show = _pct if share else _num
+        t.add_row(r.figure.replace("_", " "), show(r.generated), show(r.real), f"{r.ratio(r.real):.2f}",
+                  "—" if r.dossier != r.dossier else show(r.dossier),
+                  "—" if r.dossier != r.dossier else f"{r.ratio(r.dossier):.2f}")
+    console.print(t)
 
 
 def print_sweep(rows: list[dict[str, object]], title: str, console: Console | None = None) -> None:

@@ -33,6 +33,9 @@ from agentkv.sim.attention import (
 )
 
 WEIGHT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int4": 0.5}
+# flash: IO-aware, FlashAttention-3 class; flash2: IO-aware at FlashAttention-2's efficiency (what runs anywhere);
+# naive: scores and probabilities through HBM (at long context it could never run: 8k x 98k scores per head)
+ATTENTION = ("flash", "flash2", "naive")
 
 
 @dataclass(slots=True, frozen=True)
@@ -41,7 +44,9 @@ class Coefficients:
     (FlashAttention-2/3 reach 50-75% of peak FLOP/s, GEMMs 60-80%, streaming kernels ~85% of HBM bandwidth)."""
 
     gemm_efficiency: float = 0.70
-    attention_efficiency: float = 0.55  # IO-aware kernels
+    attention_efficiency: float = 0.55  # IO-aware kernels of the FlashAttention-3 class
+    fa2_attention_efficiency: float = 0.35  # FlashAttention-2 on H100: 324-370 TFLOP/s forward at head dim 128
+    # of 989 peak (FlashAttention-3 paper, Shah et al., arXiv 2407.08608, 2024-07): the baseline a user can run
     naive_attention_efficiency: float = 0.35  # unfused matmuls + a separate softmax
     hbm_efficiency: float = 0.85
     link_efficiency: float = 0.80  # host link, NVMe, network
@@ -49,6 +54,15 @@ class Coefficients:
     query_tile: int = 128  # IO-aware kernels re-read K/V once per tile of this many queries
     score_bytes: float = 2.0  # naive attention keeps scores and probabilities in 16-bit
     step_overhead_s: float = 3e-4  # scheduling, sampling, kernel launches (with CUDA graphs for decode)
+    # measured overheads (agentkv/sim/calibration.py holds each measurement; `python -m bench.calibration`):
+    seq_overhead_s: float = 2.7e-4  # per sequence in a step (sampling, metadata, detokenize): vLLM CI latency
+    # benchmark, Llama-3.1-8B on one H200, batch 8, 32 in / 128 out: 833 ms end to end
+    collective_latency_s: float = 3.4e-5  # per all-reduce, on top of bytes / bandwidth: NVIDIA NIM benchmark,
+    # Llama-3.3-70B fp8 on 2x H100 (TP2), 5000 in / 500 out, concurrency 1: ITL 18.6 ms
+    host_load_latency_s: float = 8.5e-3  # per load from host DRAM, on top of bytes / bandwidth: vLLM blog on
+    # the KV offloading connector, Llama-3.1-8B on H100, 1k-token prompt: DRAM reload ~2x faster than recompute
+    nvme_load_latency_s: float = 0.0  # unmeasured here: no published per-load figure held against the model
+    network_load_latency_s: float = 0.0  # unmeasured here
     memory_utilization: float = 0.90  # of HBM an engine takes
     activation_reserve_bytes: float = 4e9  # per device, for activations and workspace
 
@@ -60,7 +74,7 @@ class Deployment:
     kv_codec: CodecSpec
     tp: int = 1
     weight_dtype: str = "bf16"
-    attention: str = "flash"  # or "naive"
+    attention: str = "flash"  # one of ATTENTION
     overlap_transfers: bool = True
     coefficients: Coefficients = field(default_factory=Coefficients)
     # derived once (the simulator prices a million steps a report)
@@ -70,8 +84,8 @@ class Deployment:
     flops: float = field(init=False, repr=False, compare=False)  # dense peak of the replica at the weights' rate
 
     def __post_init__(self) -> None:
-        if self.attention not in ("flash", "naive"):
-            raise ValueError(f"attention must be 'flash' or 'naive', got {self.attention!r}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, got {self.attention!r}")
         if self.weight_dtype not in WEIGHT_BYTES:
             raise ValueError(f"weight dtype must be one of {', '.join(WEIGHT_BYTES)}")
         if self.tp < 1:
@@ -113,7 +127,6 @@ class StepCost:
     kv_write: float = 0.0
     communication: float = 0.0
     overhead: float = 0.0
-    prefill_share: float = 0.0  # of the step's time, what the prefill chunks account for (group by group)
 
     @property
     def total(self) -> float:
@@ -148,13 +161,13 @@ def step_cost(shape: StepShape, d: Deployment) -> StepCost:
     peak = d.tp * d.hardware.bf16_flops
 
     def attention_time(w: Work) -> float:
-        if d.attention == "flash":
-            return max(w.flops / (peak * c.attention_efficiency), w.io_bytes / hbm)
+        if d.attention != "naive":
+            eff = c.attention_efficiency if d.attention == "flash" else c.fa2_attention_efficiency
+            return max(w.flops / (peak * eff), w.io_bytes / hbm)
         # whole contexts read once per chunk, plus scores written, read by softmax, probabilities written and read
         return max(w.flops / (peak * c.naive_attention_efficiency),
                    (w.naive_bytes + 4.0 * c.score_bytes * w.scores) / hbm)
 
-    attn_pre, attn_dec = attention_time(pre), attention_time(dec)
     both = Work()
     both.add(pre)
     both.add(dec)
@@ -163,21 +176,19 @@ def step_cost(shape: StepShape, d: Deployment) -> StepCost:
     comm = 0.0
     if d.tp > 1:
         volume = 2 * m.layers * 2.0 * (d.tp - 1) / d.tp * tokens * m.hidden * 2.0  # two all-reduces per layer
-        comm = volume / (d.hardware.interconnect_bw * c.interconnect_efficiency)
-    # who the time is for: token-proportional groups by tokens, attention by its work
-    prefill_tokens = tokens - len(shape.decodes)
-    token_share = prefill_tokens / tokens
-    pair_share = attn_pre / (attn_pre + attn_dec) if attn_pre + attn_dec else token_share
-    per_token = weight_time + kv_write + comm + c.step_overhead_s
-    share = (per_token * token_share + attn_time * pair_share) / (per_token + attn_time)
-    return StepCost(weight_time, attn_time, kv_write, comm, c.step_overhead_s, share)
+        comm = (volume / (d.hardware.interconnect_bw * c.interconnect_efficiency)
+                + 2 * m.layers * c.collective_latency_s)  # and each all-reduce's fixed latency
+    overhead = c.step_overhead_s + c.seq_overhead_s * (len(shape.prefills) + len(shape.decodes))
+    return StepCost(weight_time, attn_time, kv_write, comm, overhead)  # who it is for: simulator._attribute
 
 
 def transfer_seconds(bytes_by_link: dict[str, float], d: Deployment) -> float:
     """Time to move KV over each link (they run in parallel): 'host' (DRAM), 'nvme' (disk), 'network' (remote)."""
-    hw, eff = d.hardware, d.coefficients.link_efficiency
+    hw, c = d.hardware, d.coefficients
     bw = {"host": hw.host_link_bw * d.tp, "nvme": hw.nvme_bw * d.tp, "network": hw.network_bw * d.tp}
-    return max((b / (bw[link] * eff) for link, b in bytes_by_link.items() if b > 0), default=0.0)
+    latency = {"host": c.host_load_latency_s, "nvme": c.nvme_load_latency_s, "network": c.network_load_latency_s}
+    return max((latency[link] + b / (bw[link] * c.link_efficiency) for link, b in bytes_by_link.items() if b > 0),
+               default=0.0)
 
 
 def prefill_seconds(prompt: int, d: Deployment, chunk: int, cached: int = 0) -> float:

@@ -13,8 +13,10 @@ sub-agent (a session of a sub-agent type with its own shared prompt) that the pa
 Block ids follow from that layout: a block keeps its id while nothing at or before it changed, and gets a
 fresh id otherwise, so equal ids are equal prefixes, as in a real trace.
 
-Defaults are calibrated to the published figures for coding agents (median input ≈ 96k tokens, about half the
-requests over 128k); `fit(trace)` estimates every parameter from a real trace instead.
+Defaults are fitted to the shared Claude Code traces' context distribution (token-weighted median, shares over
+128k and 400k: the tail that sizes a KV cache) while keeping the dossier's request figures (median ≈ 96k, about
+half over 128k) close; `workload.stats.fit_figures` says how close, and `fit(trace)` estimates every parameter
+from a real trace instead.
 """
 
 from __future__ import annotations
@@ -92,8 +94,8 @@ class GeneratorConfig:
     shared_prefix: LogNormal = LogNormal(17_000, 0.3)  # system prompt + tool/MCP schemas, per agent
     header_tokens: int = 400  # dynamic content placed before the history
     # session shape
-    turns: LogNormal = LogNormal(26, 1.3)  # requests per session
-    step: LogNormal = LogNormal(2_000, 1.1)  # tokens a turn adds to the prompt (the reply as kept + tool results)
+    turns: LogNormal = LogNormal(17.5, 1.3)  # requests per session
+    step: LogNormal = LogNormal(620, 1.1)  # tokens a turn adds to the prompt (the reply as kept + tool results)
     session_step_sigma: float = 0.6  # per-session spread of the step median (some sessions read whole files)
     warmup: tuple[float, ...] = (3.5, 1.7, 1.5, 1.4, 1.3, 1.2, 1.1)  # growth of the first turns vs later ones
     # fitted only: (window class, turns, initial history, mean step, compaction threshold) of real sessions,
@@ -102,11 +104,14 @@ class GeneratorConfig:
     shapes: tuple[tuple[int, float, float, float, float], ...] = ()
     shape_jitter: float = 0.15
     # context-window classes: 128k, 200k and 1M-token models; the history already in a session's first
-    # request (resumed work, files read) is larger where the window is
+    # request (resumed work, files read) is larger where the window is. Shares, compaction points and histories
+    # were searched (with turns and step) to put the token-weighted median and the shares over 128k and 400k
+    # within 10% of the Claude Code traces: on them, sessions on 1M windows rarely pass 500k (the old 850k
+    # compaction point made the tail 3.5x too heavy)
     windows: tuple[WindowClass, ...] = (
-        WindowClass(0.48, 95_000, LogNormal(30_000, 0.6)),
-        WindowClass(0.04, 160_000, LogNormal(60_000, 0.6)),
-        WindowClass(0.48, 850_000, LogNormal(240_000, 0.5)),
+        WindowClass(0.362, 111_931, LogNormal(22_937, 0.6)),
+        WindowClass(0.404, 173_273, LogNormal(113_289, 0.335)),
+        WindowClass(0.234, 502_359, LogNormal(321_118, 0.5)),
     )
     compacted_share: Distribution = LogNormal(0.45, 0.35)  # context after a compaction / before (< 0.7)
     # prefix breaks inside a session, per request

@@ -16,6 +16,9 @@ from agentkv.workload.trace import Trace
 
 PERCENTILES = (10, 50, 90, 99)
 LONG_CONTEXT = 128_000
+VERY_LONG_CONTEXT = 400_000
+# what the dossier says of coding agents (request-weighted): median input ~96k tokens, about half over 128k
+DOSSIER = {"request_median": 96_000.0, "share_over_128k": 0.5}
 
 
 def percentile(x: np.ndarray, q: float) -> float:
@@ -171,3 +174,32 @@ def trace_stats(trace: Trace, arrival: ArrivalModel | None = None, window: float
         working_set_series=[(float(t), int(n)) for t, n in zip(win_t, win_tokens, strict=True)],
         skipped=len(trace.skipped),
     )
+
+
+@dataclass(slots=True, frozen=True)
+class FitRow:
+    figure: str
+    generated: float
+    real: float  # NaN: the reference does not state it
+    dossier: float
+
+    def ratio(self, ref: float) -> float:
+        return self.generated / ref if ref == ref and ref else float("nan")
+
+
+def context_figures(trace: Trace) -> dict[str, float]:
+    """The figures that size a KV cache for agents: the median context request by request and token by token
+    (half of all prompt tokens are in requests at most this long), and the shares of requests over 128k and 400k."""
+    x = np.sort(trace.input_tokens.astype(np.float64))
+    if not len(x):
+        return dict.fromkeys(("request_median", "token_weighted_median", "share_over_128k", "share_over_400k"),
+                             float("nan"))
+    cum = np.cumsum(x)
+    return {"request_median": percentile(x, 50), "token_weighted_median": float(x[np.searchsorted(cum, cum[-1] / 2)]),
+            "share_over_128k": float(np.mean(x > LONG_CONTEXT)), "share_over_400k": float(np.mean(x > VERY_LONG_CONTEXT))}
+
+
+def fit_figures(generated: Trace, real: Trace) -> list[FitRow]:
+    """The generated workload's context figures beside a real trace's and the dossier's."""
+    g, r = context_figures(generated), context_figures(real)
+    return [FitRow(k, g[k], r[k], DOSSIER.get(k, float("nan"))) for k in g]

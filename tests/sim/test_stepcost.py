@@ -26,7 +26,9 @@ def test_batch1_decode_is_weight_bytes_over_hbm_bandwidth(hw):
     d = dep(hw)
     floor = d.weight_bytes / d.hardware.hbm_bw  # 16.06 GB / 3.35 TB/s = 4.8 ms on H100
     t = decode_seconds(1, 1024, d)
-    assert floor < t < 1.3 * floor  # achievable bandwidth (~85%) and launch overhead on top, nothing more
+    # achievable bandwidth (~85%) and the measured step and per-sequence overheads on top, nothing more
+    assert floor < t < floor / d.coefficients.hbm_efficiency + 1.1 * (d.coefficients.step_overhead_s
+                                                                     + d.coefficients.seq_overhead_s)
     # published single-stream decode of Llama-3.1-8B bf16 on H100 with vLLM/TensorRT-LLM: ~170-190 tok/s
     if hw == "h100-sxm":
         assert 150 < 1 / t < 200
@@ -46,6 +48,19 @@ def test_io_aware_attention_at_98k_context():
     # with most of the prompt cached, as on agentic traffic, the end-to-end gain shrinks toward decode's
     cached = (prefill_seconds(98_000, naive, 8192, 93_000) + 400 * dn) / (prefill_seconds(98_000, flash, 8192, 93_000) + 400 * df)
     assert cached < e2e
+
+
+def test_io_aware_lever_over_a_baseline_that_could_run_at_98k():
+    """Unfused attention at 98k would hold 8k x 98k scores per head in HBM: no one can run it. Against
+    FlashAttention-2 (35% of peak, the FlashAttention-3 paper's figures) the FlashAttention-3-class kernel
+    (55%) prefills a 98k prompt 1.38x faster and serves it with 400 reply tokens 1.24x faster on H100: below
+    the dossier's 1.4-1.7x, which holds only against the baseline that could not run."""
+    fa3, fa2 = dep(), dep(attention="flash2")
+    pf, p2 = prefill_seconds(98_000, fa3, 8192), prefill_seconds(98_000, fa2, 8192)
+    df, d2 = decode_seconds(1, 98_000, fa3), decode_seconds(1, 98_000, fa2)
+    assert p2 / pf == pytest.approx(1.38, abs=0.02)
+    assert d2 == pytest.approx(df)  # decode reads the KV either way
+    assert (p2 + 400 * d2) / (pf + 400 * df) == pytest.approx(1.24, abs=0.02)
 
 
 def test_costs_move_the_right_way():
@@ -81,6 +96,8 @@ def test_io_aware_prefill_reads_kv_once_per_query_tile():
 
 def test_transfers_run_at_link_speed_in_parallel():
     d = dep()
+    c = d.coefficients
     host = transfer_seconds({"host": 44e9}, d)
-    assert host == pytest.approx(44e9 / (55e9 * 0.8))
-    assert transfer_seconds({"host": 44e9, "nvme": 1e9}, d) == pytest.approx(max(host, 1e9 / (6.5e9 * 0.8)))
+    assert host == pytest.approx(c.host_load_latency_s + 44e9 / (55e9 * 0.8))  # a load's fixed latency, then bytes
+    assert transfer_seconds({"host": 44e9, "nvme": 1e9}, d) == pytest.approx(
+        max(host, c.nvme_load_latency_s + 1e9 / (6.5e9 * 0.8)))
