@@ -99,15 +99,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from agentkv.cli import check_ray
     from agentkv.cli_errors import check_model_dir
 
-    check_ray(args)
+    check_ray("--replicas" if args.replicas > 1 else "--ray")
     check_model_dir(args.model)
     from ray import serve
 
     from agentkv.cluster.serve import APP, start
 
+    app = start(args)
     try:
-        uvicorn.run(start(args), host=args.host, port=args.port, log_level=args.log_level,
-                    timeout_graceful_shutdown=None)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=None)
     finally:
         serve.delete(APP)  # on a shared cluster, the replicas go with their gateway
     return 0
