@@ -182,12 +182,12 @@ def add_ray_arg(p: argparse.ArgumentParser) -> None:
                         "host:6379; no ADDRESS: a local cluster started here); needs agentkv[ray]")
 
 
-def check_ray(args: argparse.Namespace) -> None:
-    """--ray without Ray installed is bad input: say so before loading anything."""
+def check_ray(flag: str = "--ray") -> None:
+    """A flag that needs Ray, without Ray installed, is bad input: say so before loading anything."""
     import importlib.util
 
-    if args.ray is not None and importlib.util.find_spec("ray") is None:
-        raise UsageError("--ray: Ray is not installed here (pip install 'agentkv[ray]')")
+    if importlib.util.find_spec("ray") is None:
+        raise UsageError(f"{flag}: Ray is not installed here (pip install 'agentkv[ray]')")
 
 
 def add_arrival_args(p: argparse.ArgumentParser) -> None:
@@ -336,7 +336,8 @@ def cmd_cache_sweep(args: argparse.Namespace) -> int:
     from agentkv.report.tables import print_sweep
 
     check_output(args.out, folder=True)
-    check_ray(args)
+    if args.ray is not None:
+        check_ray()
     trace = load_or_generate(args)
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
     capacities = capacities_arg(args.capacity)
@@ -395,7 +396,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from agentkv.report.run import run_report
 
     check_output(args.out)
-    check_ray(args)
+    if args.ray is not None:
+        check_ray()
     if args.sample_sessions is not None and args.sample_sessions < 0:
         raise UsageError(f"--sample-sessions must be >= 0, got {args.sample_sessions}")
     if not args.paths and not args.gen_sessions:

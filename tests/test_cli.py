@@ -106,6 +106,15 @@ def test_report_rejects_a_negative_sample_before_any_work(tmp_path):
     assert r.returncode == 2 and "--sample-sessions must be >= 0, got -1" in r.stderr
 
 
+def test_ray_flags_without_ray_installed_exit_2_naming_the_extra(tmp_path):
+    hide_ray = "import sys; sys.modules['ray'] = None; from agentkv.cli import main; sys.exit(main(sys.argv[1:]))"
+    for args, flag in ((["report", "--ray", "--out", str(tmp_path / "r.html")], "--ray"),
+                       (["cache", "sweep", "--ray", "--out", str(tmp_path)], "--ray"),
+                       (["serve", "--model", str(tmp_path), "--replicas", "2"], "--replicas")):
+        r = subprocess.run([sys.executable, "-c", hide_ray, *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and f"{flag}: Ray is not installed here (pip install 'agentkv[ray]')" in r.stderr
+
+
 def test_report_small_run_end_to_end(tmp_path):
     out = tmp_path / "r.html"
     r = agentkv("report", "--gen-sessions", "8", "--workers", "1", "--concurrency", "4", "--out", str(out),

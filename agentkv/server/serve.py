@@ -162,14 +162,14 @@ def serve_on_ray(args: argparse.Namespace) -> int:
 
     from agentkv.cli import check_ray
 
-    check_ray(args)
+    check_ray("--replicas" if args.replicas > 1 else "--ray")
     from ray import serve
 
     from agentkv.cluster.serve import APP, start
 
+    app = start(args)
     try:
-        uvicorn.run(start(args), host=args.host, port=args.port, log_level=args.log_level,
-                    timeout_graceful_shutdown=None)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=None)
     finally:
         serve.delete(APP)  # on a shared cluster, the replicas go with their gateway
     return 0
