@@ -93,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_trace_args(rep, optional=True, default_sessions=REPORT_SESSIONS)
     add_arrival_args(rep)
     rep.add_argument("--deployment", default="",
-                     help="key=value,... over the defaults: hardware=h200, model=llama-3.1-8b, tp=1, "
-                          "weight_dtype=bf16, router=prefix-aware, dram_gb=0 (half the host's), disk_gb=2000, "
+                     help="key=value,... over the defaults: hardware=h200, model: the first of llama-3.1-8b, "
+                          "qwen3-coder-30b-a3b, deepseek-v4-flash, llama-4-scout whose context window holds every "
+                          "request, on the fewest GPUs whose KV holds the longest (tp=1, weight_dtype=bf16 for a model "
+                          "you name), router=prefix-aware, dram_gb=0 (half the host's), disk_gb=2000, "
                           "slo_ttft_s=20, slo_quantile=90")
     rep.add_argument("--hardware-file", help="your own hardware.toml")
     rep.add_argument("--models", help="your own models.toml")
@@ -117,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(oldest tokens cut); counted in the report")
     rep.add_argument("--candidates", default="",
                      help="comma-separated catalog models for the model view, each fitted to its window, placed "
-                          "and sized to the SLO with every lever on, e.g. deepseek-v4-flash,qwen3-coder-480b-a35b")
+                          "and sized to the SLO with every lever on, e.g. deepseek-v4-flash,qwen3-coder-480b-a35b "
+                          "(default: none, no model view)")
     rep.set_defaults(run=cmd_report)
 
     gen = sub.add_parser("generate", help="run a local Llama-family checkpoint (HF folder) on prompts")
