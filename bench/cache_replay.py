@@ -17,7 +17,7 @@ from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.replay import reference_stream, replay
 from agentkv.kvcache.tiers import TierSpec
 from agentkv.workload import load_trace
-from agentkv.workload.arrivals import ArrivalModel, arrival_times, replay_order
+from agentkv.workload.arrivals import ArrivalModel, place, replay_order
 from bench._common import TRACES, best_of, machine
 
 GPU_TOKENS = 256_000
@@ -31,8 +31,7 @@ def main() -> int:
     first: dict[str, float] = {}
     first_lru: dict[int, float] = {}
     for copies in (1, 2, 4):
-        trace = base.replicate(copies)
-        arrivals = arrival_times(trace, ArrivalModel("concurrency", 20 * copies))
+        trace, arrivals = place(base.replicate(copies), ArrivalModel("concurrency", 20 * copies))
         order = replay_order(arrivals)
         blocks = GPU_TOKENS // trace.block_size
         stream = reference_stream(trace, order, blocks)

@@ -181,9 +181,10 @@ def open_sessions(trace: Trace, model: ArrivalModel) -> tuple[float, int]:
         top = np.flatnonzero(roots == np.arange(trace.n_sessions))
         first = np.full(trace.n_sessions, np.inf)
         np.minimum.at(first, roots[trace.session], _unwrapped(trace, model, roots, top) - trace.time)
-        s0 = first[top]
-        s1 = s0 + session_spans(trace)[top]
-        laps = np.floor(s1 / window).astype(np.int64) + 1 if window > 0 else np.ones(len(top), dtype=np.int64)
+        live = top[np.isfinite(first[top])]  # sessions left with requests (a window fit can reject them all)
+        s0 = first[live]
+        s1 = s0 + session_spans(trace)[live]
+        laps = np.floor(s1 / window).astype(np.int64) + 1 if window > 0 else np.ones(len(live), dtype=np.int64)
         k = np.arange(int(laps.sum())) - np.repeat(np.cumsum(laps) - laps, laps)
         start = np.maximum(np.repeat(s0, laps), k * window) - k * window
         end = np.minimum(np.repeat(s1, laps), (k + 1) * window) - k * window

@@ -13,7 +13,7 @@ from agentkv.kvcache.replay import reference_stream, replay
 from agentkv.kvcache.sizing import codec
 from agentkv.kvcache.sweep import LowerTier, tier_specs
 from agentkv.kvcache.tiers import Size, TierSpec
-from agentkv.workload.arrivals import ArrivalModel, arrival_times, replay_order
+from agentkv.workload.arrivals import ArrivalModel, place, replay_order
 from agentkv.workload.stats import infinite_cache_hits
 from agentkv.workload.trace import FINISH_END, FINISH_TOOL
 
@@ -121,8 +121,8 @@ def test_lfu_keeps_the_frequent_over_the_recent():
 
 @pytest.fixture(scope="module")
 def replayed(claude_code):
-    arrivals = arrival_times(claude_code, ArrivalModel("concurrency", 20))
-    return claude_code, replay_order(arrivals), arrivals
+    trace, arrivals = place(claude_code, ArrivalModel("concurrency", 20))  # as served: wrapped laps are copies
+    return trace, replay_order(arrivals), arrivals
 
 
 def test_infinite_capacity_replay_equals_trace_stats(replayed):

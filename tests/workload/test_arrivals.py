@@ -101,3 +101,17 @@ def test_trace_clock_needs_one(sessions):
         arrival_times(sessions, ArrivalModel("trace"))
     with pytest.raises(ValueError, match="must be > 0"):
         arrival_times(sessions, ArrivalModel("rate", 0))
+
+
+def test_a_session_left_without_requests_is_not_open():
+    """A window fit can reject every request of a session: it offers no load and is never open."""
+    from agentkv.workload.builder import TraceBuilder
+
+    b = TraceBuilder(64, has_block_ids=False)
+    for k in range(3):
+        s = b.add_session(f"s{k}")
+        if k != 1:
+            for t in range(4):
+                b.add_request(s, 60.0 * t, 1000, 10, api_time=5.0)
+    mean, peak = open_sessions(b.build(), ArrivalModel("concurrency", 2))
+    assert mean == pytest.approx(2.0) and peak >= 2  # the two live sessions, wrapped around the window
