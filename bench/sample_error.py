@@ -1,7 +1,8 @@
 """How far the report's 120-session sample is from the whole trace: per lever, the GPUs the SLO needs, the
 $/Mtok at that size and the TTFT at the SLO's percentile there, from the sample and from the whole trace (both
 run as Ray tasks on a local cluster), and the sample's error against the whole trace.
-Run: .venv/bin/python -m bench.sample_error [--sessions N ...] [PATH ...]  (default: claude-code and 240)
+Run: .venv/bin/python -m bench.sample_error [--sessions N ...] [--sample K] [PATH ...]  (default: claude-code
+and 240 generated sessions, K = 120)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, action="append", help="generated traces of this many sessions")
     ap.add_argument("--concurrency", type=float, default=20.0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--sample", type=int, default=SAMPLE_SESSIONS, help="sample size (the report's: 120)")
     a = ap.parse_args()
     traces = [load_trace(p) for p in a.paths] if a.paths or a.sessions else [load_trace(str(TRACES / "claude-code"))]
     traces += [generate(GeneratorConfig(sessions=n)) for n in (a.sessions or ([] if a.paths else [240]))]
@@ -49,7 +51,7 @@ def main() -> int:
     for trace in traces:
         top = int((trace.session_parent < 0).sum())
         runs = {}
-        for label, k in (("sample", SAMPLE_SESSIONS), ("whole", trace.n_sessions)):
+        for label, k in (("sample", a.sample), ("whole", trace.n_sessions)):
             t = time.perf_counter()
             rep = build_report(trace, DeploymentSpec(), arrival, prices(), workers=a.workers, sample_size=k, ray="local")
             runs[label] = _figures(rep)
