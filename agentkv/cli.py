@@ -425,21 +425,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from agentkv.cli_errors import check_device, check_model_dir, engine_error
 
-    check_model_dir(args.model)
-    if not os.path.isfile(os.path.join(args.model, "tokenizer.json")):
-        raise UsageError(f"--model {args.model}: no tokenizer.json in the folder; `agentkv generate` takes text "
-                         "prompts, so it needs the model's tokenizer")
-    check_device(args.device)
-    if args.kv_tiers:
+    if args.kv_tiers:  # the flags' own syntax first, then the folder they apply to
         from agentkv.storage.spec import parse_kv_tiers
 
         try:
             parse_kv_tiers(args.kv_tiers)
         except ValueError as e:
             raise UsageError(str(e).replace("kv_tiers", "--kv-tiers", 1)) from None
-    from agentkv.engine.llm import LLM
-    from agentkv.engine.sequence import SamplingParams
-
     if args.kv_codec != "auto":
         from agentkv.kvcache.sizing import codec
 
@@ -447,6 +439,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
             codec(args.kv_codec)
         except ValueError as e:
             raise UsageError(f"--kv-codec: {e}") from None
+    check_model_dir(args.model)
+    if not os.path.isfile(os.path.join(args.model, "tokenizer.json")):
+        raise UsageError(f"--model {args.model}: no tokenizer.json in the folder; `agentkv generate` takes text "
+                         "prompts, so it needs the model's tokenizer")
+    check_device(args.device)
+    from agentkv.engine.llm import LLM
+    from agentkv.engine.sequence import SamplingParams
+
     try:
         llm = LLM(args.model, dtype=args.dtype, device=args.device, compile=args.compile, kv_codec=args.kv_codec,
                   kv_cache_bytes=int(args.kv_cache_gb * 2**30) if args.kv_cache_gb else None,

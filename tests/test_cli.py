@@ -285,7 +285,7 @@ BAD_INPUTS = [  # (args, exit code, what the one line must name); {d} is the fix
     (["trace", "generate", "--sessions", "2", "--out", "{d}/notes.txt/x.npz"], 2, "--out {d}/notes.txt/x.npz"),
     (["cache", "sweep", "--gen-sessions", "2", "--out", "{d}/notes.txt"], 2, "--out {d}/notes.txt: cannot"),
     (["report", "--gen-sessions", "1000000000"], 2, "--gen-sessions 1,000,000,000: a generated trace that large "
-                                                    "needs about 3,165.3 TiB of memory"),
+                                                    "needs about"),
     (["report", "--concurrency", "1e9", "--gen-sessions", "5"], 2, "--concurrency 1e+09: the trace has 5 sessions"),
     (["trace", "generate", "--sessions", "100000000", "--out", "{d}/x.npz"], 2, "--sessions 100,000,000: a generated"),
 ]

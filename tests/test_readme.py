@@ -27,7 +27,9 @@ from tests.conftest import CLAUDE_CODE, MOONCAKE, need
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 NOT_RUN = ("python3 -m venv", ".venv/bin/pip ", "(command -v redis-server", ".venv/bin/ruff check",
-           ".venv/bin/python -m pytest")  # installs (no network here) and the suite itself
+           ".venv/bin/python -m pytest",  # installs (no network here) and the suite itself
+           "ANTHROPIC_BASE_URL=", "OPENAI_BASE_URL=",  # the agents: tests/server/test_agents.py runs them from npm
+           "agentkv serve --model /path/to/Qwen2.5-7B-Instruct --replicas")  # tests/cluster/test_ray_serve.py
 SMALLER = [  # (README text, what runs instead)
     ("../shared/data/traces/claude-code", "{claude}"),
     ("../shared/data/traces/mooncake", "{mooncake}"),

@@ -148,9 +148,14 @@ def load(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    on_ray = args.replicas > 1 or args.ray is not None
+    if on_ray:
+        from agentkv.cli import check_ray
+
+        check_ray("--replicas" if args.replicas > 1 else "--ray")
     startup.check(args)
     metrics_key(args.metrics_key_file)
-    if args.replicas > 1 or args.ray is not None:
+    if on_ray:
         return serve_on_ray(args)
     sock = startup.bind(args.host, args.port)
     return run(load(args), args, sockets=[sock])
@@ -159,10 +164,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def serve_on_ray(args: argparse.Namespace) -> int:
     """`--replicas N` / `--ray ADDRESS`: the replicas as a Ray Serve deployment behind a gateway here."""
     import uvicorn
-
-    from agentkv.cli import check_ray
-
-    check_ray("--replicas" if args.replicas > 1 else "--ray")
     from ray import serve
 
     from agentkv.cluster.serve import APP, start
