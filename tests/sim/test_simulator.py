@@ -12,7 +12,7 @@ from agentkv.catalog import hardware, model
 from agentkv.kvcache.sizing import codec
 from agentkv.sim.simulator import SimConfig, simulate
 from agentkv.sim.stepcost import Coefficients, Deployment, prefill_seconds
-from agentkv.workload.arrivals import ArrivalModel
+from agentkv.workload.arrivals import ArrivalModel, place
 from agentkv.workload.builder import TraceBuilder
 from agentkv.workload.generator import GeneratorConfig, LogNormal, WindowClass, generate
 
@@ -109,9 +109,11 @@ def test_tensor_parallel_70b_serves_the_load(small):
 
 
 def test_session_routing_keeps_each_session_on_one_replica(small):
-    r = simulate(small, SimConfig(dep(), replicas=4, router="session", arrival=ArrivalModel("concurrency", 10)))
+    arrival = ArrivalModel("concurrency", 10)
+    r = simulate(small, SimConfig(dep(), replicas=4, router="session", arrival=arrival))
     served = r.replica >= 0
-    per_session = {s: set(r.replica[(small.session == s) & served].tolist()) for s in range(small.n_sessions)}
+    placed, _ = place(small, arrival)  # a session wrapping the offered window is served as two users' sessions
+    per_session = {s: set(r.replica[(placed.session == s) & served].tolist()) for s in range(placed.n_sessions)}
     assert all(len(reps) == 1 for reps in per_session.values() if reps)  # affinity: one replica per session
     assert len(set().union(*per_session.values())) > 1  # equal work: the replica with the fewest sessions
     prefix = simulate(small, SimConfig(dep(), replicas=4, router="prefix-aware",
