@@ -5,21 +5,12 @@ after preemption and recompute, and the per-session map holds at most `max_sessi
 from __future__ import annotations
 
 import pytest
-import torch
 
 from agentkv.engine.llm import LLM
 from agentkv.engine.sequence import SamplingParams
 from tests.engine.conftest import prompts
 
 GREEDY = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import time
 import numpy as np
 import pytest
 import redis
-import torch
 
 from agentkv.engine.llm import LLM
 from agentkv.engine.sequence import SamplingParams
@@ -23,15 +22,6 @@ from tests.engine.conftest import prompts, write_checkpoint
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
 GPU_PAGES = 24  # a pool too small to keep every prompt: blocks go down to the lower tiers and come back
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A tiny model on a shared 2-core machine: intra-op threads only contend (7x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
