@@ -15,7 +15,7 @@ import redis
 
 from agentkv.engine.sequence import SamplingParams
 from tests.engine.conftest import prompts
-from tests.storage.test_engine_tiers import GREEDY, cases, engine, model_dir, one_thread  # noqa: F401 (fixtures)
+from tests.storage.test_engine_tiers import GREEDY, cases, engine, model_dir  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
 
