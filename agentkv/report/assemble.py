@@ -34,6 +34,7 @@ from agentkv.workload.arrivals import (
     root_sessions,
     session_intervals,
     session_spans,
+    tokens_per_open_second,
 )
 from agentkv.workload.trace import Trace
 from agentkv.workload.window import WindowFit, fit_window
@@ -188,9 +189,7 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
         if recorded.has_block_ids else []
     plan_prices = {k: float(v) for k, v in price_table.get("plans", {}).items() if k not in ("source", "as_of")}
     top = int((trace.session_parent < 0).sum())
-    measured_on = "the whole trace" if measured is trace else (
-        f"an evenly spaced sample of {int((measured.session_parent < 0).sum())} of its {top} sessions "
-        f"({measured.n_requests:,} requests), at the same offered load")
+    measured_on = "the whole trace" if measured is trace else _sample_note(measured, trace, top)
     median = int(np.median(trace.input_tokens)) if trace.n_requests else 0
     base = rung_config(spec, LADDER[-1], arrival, 1).deployment
     return Report(
@@ -203,6 +202,16 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
         kv_fit=codec_fits(base, max(median, 1)), kv_load=tier_loads(replace(base, kv_codec=codec("bf16")), median),
         window=window, model_choice=model_choice, candidates=models_view, wall_s=time.perf_counter() - wall,
     )
+
+
+def _sample_note(sample: Trace, trace: Trace, top: int) -> str:
+    """Which sample the figures come from, and how far its sessions' load is from the whole trace's: at the same
+    concurrency a sparser sample fills fewer GPU-hours with tokens, so its $/Mtok reads high (and the reverse)."""
+    ratio = tokens_per_open_second(sample) / max(tokens_per_open_second(trace), 1e-9)
+    return (f"an evenly spaced sample of {int((sample.session_parent < 0).sum())} of its {top} sessions "
+            f"({sample.n_requests:,} requests), at the same offered load; its sessions send {ratio:.2f}x the "
+            f"whole trace's input tokens per open second, which biases $/Mtok by about the inverse "
+            f"(--sample-sessions 0 or --ray simulates the whole trace)")
 
 
 def _model_view(pool: Executor, names: tuple[str, ...], others: list, deployed: tuple, load: tuple,

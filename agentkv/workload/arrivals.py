@@ -71,6 +71,15 @@ def session_spans(trace: Trace) -> np.ndarray:
     return span
 
 
+def tokens_per_open_second(trace: Trace) -> float:
+    """Input tokens per second a top-level session is open (sub-agents counted with it): the load one open
+    session offers. At a given concurrency, a sample of sessions carries the whole trace's load only if it
+    sends tokens at the same rate; this says how far it does."""
+    top = root_sessions(trace) == np.arange(trace.n_sessions)
+    open_s = float(session_spans(trace)[top].sum())
+    return float(trace.input_tokens.sum()) / open_s if open_s > 0 else 0.0
+
+
 def arrival_times(trace: Trace, model: ArrivalModel) -> np.ndarray:
     """Arrival time (seconds) of every request: on the trace's clock from its first session, else wrapped into
     the offered window [0, n / rate) from each session's uniform start (see `place`)."""

@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agentkv.catalog import prices
+from agentkv.catalog import model, prices
 from agentkv.report.assemble import build_report
 from agentkv.report.capacity import sample_sessions
 from agentkv.report.ladder import DeploymentSpec
-from agentkv.workload.arrivals import ArrivalModel
+from agentkv.workload.arrivals import ArrivalModel, tokens_per_open_second
 from agentkv.workload.generator import GeneratorConfig, generate
+from agentkv.workload.window import fit_window
 
 
 def test_sample_keeps_whole_sessions_with_their_subagents_and_block_ids():
@@ -54,6 +55,9 @@ def test_a_trace_larger_than_the_sample_is_simulated_on_the_sample_at_the_same_l
     sample = sample_sessions(trace, 5)
     assert rep.measured_on.startswith("an evenly spaced sample of 5 of its 10 sessions")
     assert f"({sample.n_requests:,} requests)" in rep.measured_on
+    fitted = fit_window(trace, model(DeploymentSpec().model).context, "compact")[0]  # what the report simulates
+    ratio = tokens_per_open_second(sample_sessions(fitted, 5)) / tokens_per_open_second(fitted)
+    assert f"its sessions send {ratio:.2f}x the whole trace's input tokens per open second" in rep.measured_on
     assert sample.n_requests < trace.n_requests == rep.requests
     for o in rep.outcomes:
         assert len(o.fleet_run.arrival) == sample.n_requests

@@ -13,6 +13,7 @@ from agentkv.workload.arrivals import (
     place,
     root_sessions,
     session_spans,
+    tokens_per_open_second,
 )
 from agentkv.workload.generator import GeneratorConfig, generate
 
@@ -115,3 +116,19 @@ def test_a_session_left_without_requests_is_not_open():
                 b.add_request(s, 60.0 * t, 1000, 10, api_time=5.0)
     mean, peak = open_sessions(b.build(), ArrivalModel("concurrency", 2))
     assert mean == pytest.approx(2.0) and peak >= 2  # the two live sessions, wrapped around the window
+
+
+def test_tokens_per_open_second_counts_subagents_with_their_session():
+    """The load one open session offers: all input tokens over the top-level sessions' open seconds (a
+    sub-agent's requests add tokens, not open time of their own)."""
+    from agentkv.workload.builder import TraceBuilder
+
+    b = TraceBuilder(64, has_block_ids=False)
+    a = b.add_session("a")
+    b.add_request(a, 0.0, 1000, 10, api_time=10.0)
+    b.add_request(a, 90.0, 2000, 10, api_time=10.0)  # open 0 .. 100 s
+    sub = b.add_session("a/sub", parent=a)
+    b.add_request(sub, 20.0, 3000, 10, api_time=5.0)
+    c = b.add_session("c")
+    b.add_request(c, 0.0, 4000, 10, api_time=50.0)  # open 0 .. 50 s
+    assert tokens_per_open_second(b.build()) == pytest.approx((1000 + 2000 + 3000 + 4000) / 150.0)
