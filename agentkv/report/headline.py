@@ -3,13 +3,15 @@ most, and what is modelled rather than measured — in a few sentences with numb
 
 from __future__ import annotations
 
-from agentkv.report.assemble import Report
+from itertools import pairwise
+
+from agentkv.report.assemble import Report, RungOutcome
 from agentkv.report.ladder import quantile
 from agentkv.report.views import plural
 
 
 def headline(rep: Report) -> list[str]:
-    return [*_window(rep), _deploy(rep) + _ramp(rep), _baseline(rep), _best_lever(rep), _modelled(rep)]
+    return [*_window(rep), _deploy(rep) + _ramp(rep), _baseline(rep), best_lever(rep.outcomes, rep.spec.tp), _modelled(rep)]
 
 
 def _window(rep: Report) -> list[str]:
@@ -83,11 +85,11 @@ def _gpus(n: int) -> str:
     return plural(n, "GPU")
 
 
-def _best_lever(rep: Report) -> str:
+def best_lever(outcomes: list[RungOutcome], tp: int) -> str:
     """The lever with the largest step: making the SLO reachable at all beats cutting GPUs, which beats raising
     sessions per GPU (whole GPUs are coarse at small loads)."""
-    tp, best = rep.spec.tp, None
-    for prev, cur in zip(rep.outcomes, rep.outcomes[1:], strict=False):
+    best = None
+    for prev, cur in pairwise(outcomes):
         a, b = prev.sized.cost, cur.sized.cost
         ca, cb = prev.capacity.sessions_per_replica / tp, cur.capacity.sessions_per_replica / tp
         if b is None:
@@ -97,7 +99,10 @@ def _best_lever(rep: Report) -> str:
             best = (gain, prev, cur)
     if best is None:
         return "No lever brings any fleet size within the SLO."
-    (gpu_gain, _), prev, cur = best
+    (gpu_gain, session_gain), prev, cur = best
+    if gpu_gain <= 1 and session_gain <= 1:  # every lever leaves both where they were: say so, not "2 → 2"
+        return ("No lever cuts the GPUs the SLO needs or raises the sessions one GPU serves within it at this "
+                "load.")
     name, b = cur.rung.name.lstrip("+"), cur.sized.cost
     assert b is not None
     if gpu_gain == float("inf"):

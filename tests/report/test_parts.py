@@ -62,3 +62,29 @@ def test_a_trace_larger_than_the_sample_is_simulated_on_the_sample_at_the_same_l
     for o in rep.outcomes:
         assert len(o.fleet_run.arrival) == sample.n_requests
         assert o.sized.result is None or len(o.sized.result.arrival) == sample.n_requests
+
+
+def _outcome(rung, gpus: int | None, sessions: float):
+    from agentkv.cost.selfhosted import SelfHostedCost
+    from agentkv.report.assemble import RungOutcome
+    from agentkv.report.capacity import Capacity
+    from agentkv.report.sizing import Sized
+
+    cost = None if gpus is None else SelfHostedCost(gpus, gpus * 1.0, gpus * 3.0, 0.1, 0.01, 1.0, 0.05 * gpus)
+    return RungOutcome(rung, Capacity(sessions, 1.0), Sized(gpus, 1.0, cost), None)
+
+
+@pytest.mark.parametrize(("gpus", "sessions", "expected"), [
+    ((None, 4, 2), (0.0, 5.0, 10.0), "the SLO; with it 4 GPUs do"),
+    ((4, 4, 2), (5.0, 5.0, 10.0), "prefix cache (HBM): 4 → 2 GPUs, $0.200 → $0.100"),
+    ((2, 2, 2), (5.0, 5.0, 10.0), "one GPU serves 5 → 10 concurrent sessions"),
+    ((2, 2, 2), (5.0, 5.0, 5.0), "No lever cuts the GPUs the SLO needs or raises the sessions one GPU serves"),
+])
+def test_the_headline_names_the_lever_with_the_largest_step(gpus, sessions, expected):
+    """Reaching the SLO at all beats fewer GPUs, which beats more sessions per GPU; a ladder where nothing
+    moves says so rather than printing "2 → 2"."""
+    from agentkv.report.headline import best_lever
+    from agentkv.report.ladder import LADDER
+
+    ladder = [_outcome(r, g, s) for r, g, s in zip(LADDER[:3], gpus, sessions, strict=True)]
+    assert expected in best_lever(ladder, tp=1)
