@@ -244,16 +244,17 @@ class Server:
             raise APIError(404, f"model {model!r} does not exist: this server serves "
                            f"{', '.join(map(repr, self.names))}", param="model", code="model_not_found")
 
-    async def render(self, messages: Messages, tools: Tools, **template: Any) -> list[int]:
+    async def render(self, messages: Messages, tools: Tools, param: str = "messages", **template: Any) -> list[int]:
+        """The chat as prompt token ids; `param` is the request field errors name (the Responses API's `input`)."""
         if self.tokenizer is None:
             raise APIError(400, "the model folder has no tokenizer.json: use /v1/completions with token ids")
-        self.check_chars("messages", messages, tools)
+        self.check_chars(param, messages, tools)
         from jinja2.exceptions import TemplateError
 
         try:  # templates with long tool schemas and long prompts take ms: keep the event loop free
             return await asyncio.to_thread(self.tokenizer.encode_chat, messages, tools=tools, **template)
         except (TemplateError, ValueError) as e:
-            raise APIError(400, f"messages: the chat template refused them: {e}", param="messages") from None
+            raise APIError(400, f"{param}: the chat template refused them: {e}", param=param) from None
 
     def literal(self, text: str) -> str:
         """A piece of a tool-call grammar (only forced calls ask: a tokenizer llguidance cannot read is a 400)."""
@@ -279,7 +280,7 @@ class Server:
         if len(prompt) >= limit or (max_tokens is not None and len(prompt) + max_tokens > limit):
             raise APIError(400, f"this model's maximum context length is {limit} tokens; the prompt has "
                            f"{len(prompt)} tokens" + (f" and max_tokens asks for {max_tokens} more" if max_tokens else ""),
-                           param="prompt" if isinstance(body, oai.CompletionRequest) else "messages",
+                           param=_PROMPT_FIELD.get(type(body), "messages"),
                            code="context_length_exceeded")
         try:
             params = SamplingParams(max_tokens=max_tokens or limit - len(prompt),
@@ -520,6 +521,9 @@ def _loopback(request: Request) -> bool:
         return request.client is not None and ipaddress.ip_address(request.client.host).is_loopback
     except ValueError:
         return False
+
+
+_PROMPT_FIELD = {oai.CompletionRequest: "prompt", ResponsesRequest: "input"}  # the field a too-long prompt came in
 
 
 def _key(request: Request) -> str:

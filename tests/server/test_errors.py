@@ -65,8 +65,12 @@ def test_context_over_the_limit_is_400_naming_it(oai, server):
     with pytest.raises(openai.BadRequestError, match="maximum context length is 4096 tokens") as e:
         oai.completions.create(model="tiny", prompt="the agent " * 2100, max_tokens=4)
     assert e.value.body["code"] == "context_length_exceeded"
-    with pytest.raises(openai.BadRequestError, match="the prompt has 9 tokens and max_tokens asks for 4100 more"):
+    with pytest.raises(openai.BadRequestError, match="the prompt has 9 tokens and max_tokens asks for 4100 more") as e:
         oai.chat.completions.create(model="tiny", messages=MSG, max_tokens=4100)
+    assert e.value.body["param"] == "messages"
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 4096 tokens") as e:
+        oai.responses.create(model="tiny", input="go", max_output_tokens=4100)
+    assert (e.value.body["param"], e.value.body["code"]) == ("input", "context_length_exceeded")  # its own field
     a = anthropic.Anthropic(base_url=server.url, api_key="none", max_retries=0)
     with pytest.raises(anthropic.BadRequestError, match="maximum context length is 4096"):
         a.messages.create(model="tiny", max_tokens=4090, messages=[{"role": "user", "content": "go " * 10}])
