@@ -55,8 +55,8 @@ def steady_output_tokens_per_s(d: Deployment, concurrency: int, prompt: int, out
     """A closed loop keeping `concurrency` requests in flight with chunked prefill: every step decodes each of
     them and carries its share of the prompts being prefilled (concurrency x prompt tokens per `output` steps),
     all at mean contexts."""
-    chunk = (concurrency * prompt, prompt // 2)
-    shape = StepShape(prefills=((chunk[0] // output, chunk[1]),), decodes=(prompt + output // 2,) * concurrency)
+    prefill = (concurrency * prompt // output, prompt // 2)  # prompt tokens per step, at the mean position
+    shape = StepShape(prefills=(prefill,), decodes=(prompt + output // 2,) * concurrency)
     return concurrency / step_cost(shape, d).total
 
 

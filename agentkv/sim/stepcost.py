@@ -41,7 +41,8 @@ ATTENTION = ("flash", "flash2", "naive")
 @dataclass(slots=True, frozen=True)
 class Coefficients:
     """Achievable fractions of peak and fixed overheads. Defaults are typical of vLLM/SGLang on Hopper
-    (FlashAttention-2/3 reach 50-75% of peak FLOP/s, GEMMs 60-80%, streaming kernels ~85% of HBM bandwidth)."""
+    (GEMMs 60-80% of peak FLOP/s, streaming kernels ~85% of HBM bandwidth); attention and the overheads are
+    fitted to the published measurements in agentkv/sim/calibration.py."""
 
     gemm_efficiency: float = 0.70
     # IO-aware attention runs at efficiency · K / (K + overhead_keys) of peak for K keys per query: each query row
