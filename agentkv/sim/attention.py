@@ -57,18 +57,21 @@ def group_costs(m: ModelSpec, codec: CodecSpec, block_size: int, tp: int) -> tup
 @dataclass(slots=True)
 class Work:
     """Attention work summed over a step's sequences: FLOPs, HBM bytes an IO-aware kernel reads, bytes a naive
-    one reads (whole contexts once) and its score-matrix elements."""
+    one reads (whole contexts once), its score-matrix elements, and the FLOPs per key of every query row (a
+    kernel's fixed work per query is priced as a number of keys: `Coefficients.attention_overhead_keys`)."""
 
     flops: float = 0.0
     io_bytes: float = 0.0
     naive_bytes: float = 0.0
     scores: float = 0.0
+    query_flops: float = 0.0
 
     def add(self, other: Work) -> None:
         self.flops += other.flops
         self.io_bytes += other.io_bytes
         self.naive_bytes += other.naive_bytes
         self.scores += other.scores
+        self.query_flops += other.query_flops
 
 
 def sum_min(a: float, b: float, w: float) -> float:
@@ -118,7 +121,7 @@ def prefill_work(g: GroupCost, s: int, n: int, tile: int) -> Work:
     naive = (_seen(g, end) * g.entry_bytes + min(end, g.raw_window) * g.raw_bytes
              + end / g.ratio * g.index_bytes)
     return Work(g.flops_per_pair * (pairs + raw) + g.index_flops * scored, io, naive,
-                g.score_heads * (pairs + raw))
+                g.score_heads * (pairs + raw), g.flops_per_pair * n)
 
 
 def decode_work(g: GroupCost, contexts: tuple[int, ...], total: float) -> Work:
@@ -132,7 +135,7 @@ def decode_work(g: GroupCost, contexts: tuple[int, ...], total: float) -> Work:
     scored = total / g.ratio if g.index_flops else 0.0
     io = seen * g.entry_bytes + raw * g.raw_bytes + scored * g.index_bytes
     return Work(g.flops_per_pair * (seen + raw) + g.index_flops * scored, io, io,
-                g.score_heads * (seen + raw))
+                g.score_heads * (seen + raw), g.flops_per_pair * k)
 
 
 def write_bytes_per_token(groups: tuple[GroupCost, ...]) -> float:

@@ -41,12 +41,18 @@ ATTENTION = ("flash", "flash2", "naive")
 @dataclass(slots=True, frozen=True)
 class Coefficients:
     """Achievable fractions of peak and fixed overheads. Defaults are typical of vLLM/SGLang on Hopper
-    (FlashAttention-2/3 reach 50-75% of peak FLOP/s, GEMMs 60-80%, streaming kernels ~85% of HBM bandwidth)."""
+    (GEMMs 60-80% of peak FLOP/s, streaming kernels ~85% of HBM bandwidth); attention and the overheads are
+    fitted to the published measurements in agentkv/sim/calibration.py."""
 
     gemm_efficiency: float = 0.70
-    attention_efficiency: float = 0.55  # IO-aware kernels of the FlashAttention-3 class
-    fa2_attention_efficiency: float = 0.35  # FlashAttention-2 on H100: 324-370 TFLOP/s forward at head dim 128
-    # of 989 peak (FlashAttention-3 paper, Shah et al., arXiv 2407.08608, 2024-07): the baseline a user can run
+    # IO-aware attention runs at efficiency · K / (K + overhead_keys) of peak for K keys per query: each query row
+    # costs `overhead_keys` keys' worth of fixed work (load Q, rescale, write O), so short contexts run slower.
+    # Both kernels fitted (within 3%) to the forward sweep of the FlashAttention-3 paper (Shah et al., arXiv
+    # 2407.08608v2, 2024-07-12, Fig. 5d: causal, head dim 128, H100 SXM5, 512-16k tokens, K = tokens / 2):
+    attention_efficiency: float = 0.665  # FlashAttention-3: 292, 423, 521, 579, 602, 616 TFLOP/s of 989
+    attention_overhead_keys: float = 305.0
+    fa2_attention_efficiency: float = 0.357  # FlashAttention-2 (the baseline a user can run anywhere):
+    fa2_overhead_keys: float = 204.0  # 191, 260, 298, 319, 333, 335 TFLOP/s
     naive_attention_efficiency: float = 0.35  # unfused matmuls + a separate softmax
     hbm_efficiency: float = 0.85
     link_efficiency: float = 0.80  # host link, NVMe, network
@@ -59,12 +65,25 @@ class Coefficients:
     # benchmark, Llama-3.1-8B on one H200, batch 8, 32 in / 128 out: 833 ms end to end
     collective_latency_s: float = 3.4e-5  # per all-reduce, on top of bytes / bandwidth: NVIDIA NIM benchmark,
     # Llama-3.3-70B fp8 on 2x H100 (TP2), 5000 in / 500 out, concurrency 1: ITL 18.6 ms
-    host_load_latency_s: float = 8.5e-3  # per load from host DRAM, on top of bytes / bandwidth: vLLM blog on
-    # the KV offloading connector, Llama-3.1-8B on H100, 1k-token prompt: DRAM reload ~2x faster than recompute
-    nvme_load_latency_s: float = 0.0  # unmeasured here: no published per-load figure held against the model
+    host_load_latency_s: float = 4.8e-3  # per load from host DRAM, on top of bytes / bandwidth: vLLM blog on
+    # the KV offloading connector (2025-12-29), Llama-3.1-8B on H100, 512-token prompt: TTFT from DRAM 2x faster
+    nvme_load_latency_s: float = 0.0  # unmeasured: no LMCache / Dynamo NVMe figure found with its workload stated
     network_load_latency_s: float = 0.0  # unmeasured here
     memory_utilization: float = 0.90  # of HBM an engine takes
     activation_reserve_bytes: float = 4e9  # per device, for activations and workspace
+
+    def attention_kernel(self, attention: str) -> tuple[float, float]:
+        """(efficiency at long context, per-query overhead in keys) of an attention kind's kernel."""
+        if attention == "flash":
+            return self.attention_efficiency, self.attention_overhead_keys
+        if attention == "flash2":
+            return self.fa2_attention_efficiency, self.fa2_overhead_keys
+        return self.naive_attention_efficiency, 0.0
+
+    def attention_efficiency_at(self, keys: float, attention: str = "flash") -> float:
+        """Fraction of peak FLOP/s the kernel reaches when each query reads `keys` keys."""
+        eff, overhead = self.attention_kernel(attention)
+        return eff * keys / (keys + overhead)
 
 
 @dataclass(slots=True, frozen=True)
@@ -82,6 +101,7 @@ class Deployment:
     groups: tuple[GroupCost, ...] = field(init=False, repr=False, compare=False)
     write_bytes_per_token: float = field(init=False, repr=False, compare=False)
     flops: float = field(init=False, repr=False, compare=False)  # dense peak of the replica at the weights' rate
+    kernel: tuple[float, float] = field(init=False, repr=False, compare=False)  # Coefficients.attention_kernel
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION:
@@ -95,6 +115,7 @@ class Deployment:
         object.__setattr__(self, "groups", group_costs(self.model, self.kv_codec, BLOCK_SIZE, self.tp))
         object.__setattr__(self, "write_bytes_per_token", write_bytes_per_token(self.groups))
         object.__setattr__(self, "flops", self.tp * (hw.fp8_flops if wb <= 1 else hw.bf16_flops))
+        object.__setattr__(self, "kernel", self.coefficients.attention_kernel(self.attention))
 
     def kv_bytes(self, context: int) -> float:
         """One sequence's KV at `context` tokens on this replica (every layer by its kind, TP replicas included)."""
@@ -161,12 +182,12 @@ def step_cost(shape: StepShape, d: Deployment) -> StepCost:
     peak = d.tp * d.hardware.bf16_flops
 
     def attention_time(w: Work) -> float:
+        eff, overhead = d.kernel
+        compute = (w.flops + overhead * w.query_flops) / (peak * eff)
         if d.attention != "naive":
-            eff = c.attention_efficiency if d.attention == "flash" else c.fa2_attention_efficiency
-            return max(w.flops / (peak * eff), w.io_bytes / hbm)
+            return max(compute, w.io_bytes / hbm)
         # whole contexts read once per chunk, plus scores written, read by softmax, probabilities written and read
-        return max(w.flops / (peak * c.naive_attention_efficiency),
-                   (w.naive_bytes + 4.0 * c.score_bytes * w.scores) / hbm)
+        return max(compute, (w.naive_bytes + 4.0 * c.score_bytes * w.scores) / hbm)
 
     both = Work()
     both.add(pre)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from agentkv.sim.calibration import MEASUREMENTS
+from agentkv.sim.stepcost import Coefficients
+
+# FlashAttention-3 paper (arXiv 2407.08608v2), Fig. 5d: causal forward, head dim 128, H100 SXM5, TFLOP/s by seqlen
+FA_SWEEP = {"flash": (292, 423, 521, 579, 602, 616), "flash2": (191, 260, 298, 319, 333, 335)}
+SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
 
 
 @pytest.mark.parametrize("m", MEASUREMENTS, ids=lambda m: m.workload)
@@ -12,5 +19,21 @@ def test_modelled_figure_is_within_the_band_of_the_published_one(m):
     assert 0.8 <= m.ratio <= 1.25, (m.published, m.modelled())
 
 
-def test_every_measurement_names_its_source():
-    assert all(m.source and m.unit for m in MEASUREMENTS)
+def test_every_measurement_names_its_source_and_date():
+    for m in MEASUREMENTS:
+        assert m.source and m.unit, m.workload
+        assert re.search(r"\b20\d\d-\d\d-\d\d\b", m.as_of), (m.workload, m.as_of)
+
+
+@pytest.mark.parametrize("attention", ["flash", "flash2"])
+def test_attention_efficiency_grows_with_context_through_the_papers_points(attention):
+    """A causal pass over L tokens reads L/2 keys per query on average: the curve meets the paper's sweep within
+    5% at every length, rises with context and saturates below the long-context efficiency."""
+    c = Coefficients()
+    effs = [c.attention_efficiency_at(L / 2, attention) for L in SEQLENS]
+    assert effs == sorted(effs)
+    for eff, published in zip(effs, FA_SWEEP[attention], strict=True):
+        assert eff * 989 == pytest.approx(published, rel=0.05)
+    long = c.attention_kernel(attention)[0]
+    assert effs[-1] < c.attention_efficiency_at(1e6, attention) < long
+    assert c.attention_efficiency_at(1e9, attention) == pytest.approx(long, rel=1e-6)
