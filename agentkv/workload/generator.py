@@ -94,8 +94,8 @@ class GeneratorConfig:
     shared_prefix: LogNormal = LogNormal(17_000, 0.3)  # system prompt + tool/MCP schemas, per agent
     header_tokens: int = 400  # dynamic content placed before the history
     # session shape
-    turns: LogNormal = LogNormal(17.5, 1.3)  # requests per session
-    step: LogNormal = LogNormal(620, 1.1)  # tokens a turn adds to the prompt (the reply as kept + tool results)
+    turns: LogNormal = LogNormal(14.5, 1.3)  # requests per session
+    step: LogNormal = LogNormal(566, 1.1)  # tokens a turn adds to the prompt (the reply as kept + tool results)
     session_step_sigma: float = 0.6  # per-session spread of the step median (some sessions read whole files)
     warmup: tuple[float, ...] = (3.5, 1.7, 1.5, 1.4, 1.3, 1.2, 1.1)  # growth of the first turns vs later ones
     # fitted only: (window class, turns, initial history, mean step, compaction threshold) of real sessions,
@@ -105,13 +105,14 @@ class GeneratorConfig:
     shape_jitter: float = 0.15
     # context-window classes: 128k, 200k and 1M-token models; the history already in a session's first
     # request (resumed work, files read) is larger where the window is. Shares, compaction points and histories
-    # were searched (with turns and step) to put the token-weighted median and the shares over 128k and 400k
-    # within 10% of the Claude Code traces: on them, sessions on 1M windows rarely pass 500k (the old 850k
-    # compaction point made the tail 3.5x too heavy)
+    # were searched (with turns and step; 1,000 sessions, seeds 0-1) to put the token-weighted median and the
+    # shares over 128k and 400k within 10% of the Claude Code traces and the request median within 15% of the
+    # dossier's 96k: on them, sessions on 1M windows rarely pass 600k (the old 850k compaction point made the
+    # tail 3.5x too heavy)
     windows: tuple[WindowClass, ...] = (
-        WindowClass(0.362, 111_931, LogNormal(22_937, 0.6)),
-        WindowClass(0.404, 173_273, LogNormal(113_289, 0.335)),
-        WindowClass(0.234, 502_359, LogNormal(321_118, 0.5)),
+        WindowClass(0.367, 89_469, LogNormal(26_358, 0.6)),
+        WindowClass(0.435, 182_248, LogNormal(115_191, 0.335)),
+        WindowClass(0.198, 554_236, LogNormal(280_877, 0.5)),
     )
     compacted_share: Distribution = LogNormal(0.45, 0.35)  # context after a compaction / before (< 0.7)
     # prefix breaks inside a session, per request
