@@ -244,7 +244,7 @@ class Server:
             raise APIError(404, f"model {model!r} does not exist: this server serves "
                            f"{', '.join(map(repr, self.names))}", param="model", code="model_not_found")
 
-    async def render(self, messages: Messages, tools: Tools, param: str = "messages", **template: Any) -> list[int]:
+    async def render(self, messages: Messages, tools: Tools, *, param: str = "messages", **template: Any) -> list[int]:
         """The chat as prompt token ids; `param` is the request field errors name (the Responses API's `input`)."""
         if self.tokenizer is None:
             raise APIError(400, "the model folder has no tokenizer.json: use /v1/completions with token ids")

@@ -140,7 +140,7 @@ class Responses:
         messages = self._previous(body.previous_response_id, tenant) + _messages(body.input)
         tools, namespaces = _tools(body.tools) if body.tool_choice != "none" else (None, {})
         system = [{"role": "system", "content": body.instructions}] if body.instructions else []  # never inherited
-        prompt = await srv.render(system + messages, tools, "input")
+        prompt = await srv.render(system + messages, tools, param="input")
         fmt = body.text.format if body.text else TextFormat()
         spec = await srv.constrain(forced_call(srv.cfg.tool_parser, tools, body.forced_tool, body.parallel_tool_calls,
                                                srv.literal), "tool_choice") or \
