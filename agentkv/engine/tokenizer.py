@@ -31,6 +31,10 @@ class Tokenizer:
         """The tokenizer as tokenizer.json holds it (what the grammar engine reads)."""
         return self._tok.to_str()
 
+    def token_str(self, i: int) -> str | None:
+        """Token `i` as the vocabulary spells it (None for an id the vocabulary does not have)."""
+        return self._tok.id_to_token(i)
+
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
@@ -63,8 +67,9 @@ class Tokenizer:
         env.filters["tojson"] = tojson
         return env.from_string(self.chat_template)
 
-    def encode_chat(self, messages: list[dict[str, Any]], **extra: Any) -> list[int]:
-        return self.encode(self.render_chat(messages, **extra), add_special_tokens=False)
+    def encode_chat(self, messages: list[dict[str, Any]], add_special_tokens: bool = False, **extra: Any) -> list[int]:
+        """The template writes the chat's special tokens itself; `add_special_tokens` adds the tokenizer's too."""
+        return self.encode(self.render_chat(messages, **extra), add_special_tokens=add_special_tokens)
 
 
 def _pick_template(t: Any) -> str | None:

@@ -4,11 +4,15 @@ Three texts are counted: words A, words B, and A followed by B. The server's own
 template's header and footer) are the same in all three, so `overhead = c(A) + c(B) − c(A+B)`, and each part
 must then count exactly its words. Counts come from the server's tokenizer endpoint where it has one (vLLM's
 `/tokenize`, Anthropic's `/v1/messages/count_tokens`), else from the usage of a one-token request.
+
+Where the endpoint lists ids (vLLM's and agentkv's `/tokenize`, completions API), every word's id is learnt as it
+reads after a space: a reply's tokens that fill a block are then named in the prompt's terms, and a later prompt
+that happens to repeat them hits that block on the server, as the prediction must say (see `predict`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -22,6 +26,7 @@ class Calibration:
     overhead: int  # tokens the server adds to every prompt
     checked_words: int
     method: str
+    token_words: dict[int, int] = field(default_factory=dict)  # token id -> word index; {} where not listed
 
 
 async def calibrate(client: httpx.AsyncClient, api: Api, words: tuple[str, ...],
@@ -42,7 +47,25 @@ async def calibrate(client: httpx.AsyncClient, api: Api, words: tuple[str, ...],
         raise ValueError(f"the server's tokenizer gives {2 * n} replay words only {len(set(tokens))} distinct tokens "
                          "(an unknown-word token?): different blocks would look alike; pass --tokenizer with the "
                          "served model's tokenizer.json")
-    return Calibration(overhead, 2 * n, method)
+    ids = await _word_ids(client, api, words, method, overhead, n) if tokens is not None and api.kind == "openai" else {}
+    return Calibration(overhead, 2 * n, method, ids)
+
+
+async def _word_ids(client: httpx.AsyncClient, api: Api, words: tuple[str, ...], method: str, overhead: int,
+                    per_call: int) -> dict[int, int]:
+    """{token id: word index} for every word after a space (each run starts with words[0], so every word of
+    the run has one before it); {} if any run does not come back one id per word."""
+    out: dict[int, int] = {}
+    try:
+        for k in range(0, len(words), per_call):
+            run = words[k : k + per_call]
+            n, tokens = await _count(client, api, " ".join((words[0], *run)), method)
+            if tokens is None or n != overhead + 1 + len(run) or len(tokens) != n:
+                return {}
+            out.update(zip((int(t) for t in tokens[-len(run):]), range(k, k + len(run)), strict=True))
+    except ValueError:
+        return {}
+    return out if len(out) == len(words) else {}
 
 
 async def _tokenizer_endpoint(client: httpx.AsyncClient, api: Api, text: str) -> str:

@@ -135,6 +135,7 @@ async def _replay(args: argparse.Namespace, synth: Any, the_plan: Any, pacing: A
                                                                    cal.overhead, args.fit_window)):
             say(args, f"window: {fitted}")
         server = await _server_model(c, args, capacity) if args.predict else None
+        api.token_ids = server is not None and bool(cal.token_words)  # the reply's blocks, named: see predict
         say(args, f"replay: {the_plan.n_requests:,} requests of {len(the_plan.groups)} sessions from "
                   f"{synth.trace.source} ({api.kind}, text seed {synth.seed}); {synth.block_tokens} tokens per trace "
                   f"block; server adds {cal.overhead} tokens per prompt ({cal.checked_words} words checked via "
@@ -157,7 +158,7 @@ async def _replay(args: argparse.Namespace, synth: Any, the_plan: Any, pacing: A
             finally:
                 loop.remove_signal_handler(signal.SIGINT)
             duration = time.perf_counter() - t0
-    summary = _write(args, records, duration, synth, cal.overhead, server, api)
+    summary = _write(args, records, duration, synth, cal, server, api)
     if runner.halted:
         print(f"agentkv: error: replay stopped: {runner.halted}", file=sys.stderr)
     elif summary.errors and not stopped:
@@ -177,18 +178,18 @@ def _duration(seconds: float) -> str:
     return f"at least {seconds / 60:.1f} min" if seconds >= 60 else f"at least {seconds:.0f} s"
 
 
-def _write(args: argparse.Namespace, records: list, duration: float, synth: Any, overhead: int, server: Any,
+def _write(args: argparse.Namespace, records: list, duration: float, synth: Any, cal: Any, server: Any,
            api: Any) -> Any:
     from agentkv.replay import plots
     from agentkv.replay.results import print_summary, summarize, write_csv, write_json
 
-    sweep_cmd = _predict(args, records, synth, overhead, server) if server is not None else ""
+    sweep_cmd = _predict(args, records, synth, cal, server) if server is not None else ""
     s = summarize(records, duration)
     if sweep_cmd:
         s.prediction = server.describe()
     s.meta = {"trace": synth.trace.source, "endpoint": args.endpoint, "api": api.kind, "model": api.model,
               "token_scale": synth.token_scale, "time_scale": args.time_scale, "block_tokens": synth.block_tokens,
-              "server_overhead_tokens": overhead, "max_inflight": args.max_inflight, "reuse": not args.no_reuse,
+              "server_overhead_tokens": cal.overhead, "max_inflight": args.max_inflight, "reuse": not args.no_reuse,
               "concurrency": args.concurrency, "seed": args.seed, "window": synth.window,
               "sweep_command": sweep_cmd}
     write_csv(records, os.path.join(args.out, "requests.csv"))
@@ -207,19 +208,19 @@ def _write(args: argparse.Namespace, records: list, duration: float, synth: Any,
     return s
 
 
-def _predict(args: argparse.Namespace, records: list, synth: Any, overhead: int, server: Any) -> str:
+def _predict(args: argparse.Namespace, records: list, synth: Any, cal: Any, server: Any) -> str:
     """Fill each record's prediction and write as_served.npz; returns the equivalent `cache sweep` command ("" if
     nothing could be predicted: the measurement is written all the same)."""
     from agentkv.replay.predict import as_served, predict_routed
     from agentkv.workload.formats import canonical
 
     try:
-        served, in_order = as_served(records, synth, overhead, server.block_size)
+        served, in_order, replies = as_served(records, synth, cal.overhead, server.block_size, cal.token_words)
     except ValueError as e:
         print(f"replay: no prediction: {e}", file=sys.stderr)
         return ""
     names = [name for name, _ in server.tiers]
-    cached, routed = predict_routed(served, server)
+    cached, routed = predict_routed(served, server, replies)
     for r, per_tier, replica in zip(in_order, cached, routed.tolist(), strict=True):
         r.predicted_cached = int(per_tier.sum())
         r.predicted_replica = replica

@@ -37,6 +37,7 @@ class Outcome:
     cached_tokens: int = -1
     cached_per_tier: dict[str, int] = field(default_factory=dict)
     replica: str = ""  # which replica answered, where the server says (agentkv serve --replicas)
+    token_ids: list[int] | None = None  # the reply's, where the server lists them (Api.token_ids)
 
 
 @dataclass(slots=True)
@@ -46,6 +47,7 @@ class Api:
     api_key: str = ""
     ignore_eos: bool = True  # vLLM/SGLang/agentkv extension: the reply runs to the trace's length
     extra: dict[str, Any] = field(default_factory=dict)  # merged into every body (e.g. cache_salt)
+    token_ids: bool = False  # ask for the reply's token ids (vLLM/agentkv `return_token_ids`)
 
     @property
     def path(self) -> str:
@@ -67,6 +69,8 @@ class Api:
                 b["stream_options"] = {"include_usage": True}
             if self.ignore_eos:
                 b["ignore_eos"] = True
+            if self.token_ids:
+                b["return_token_ids"] = True
         return {**b, **self.extra}
 
     def event(self, obj: dict[str, Any], out: Outcome) -> tuple[bool, bool]:
@@ -86,11 +90,20 @@ class Api:
         if isinstance(obj.get("usage"), dict):
             self._usage(obj["usage"], out)
         choices = obj.get("choices") or []
+        if choices:
+            self._token_ids(choices[0], out)
         return bool(choices) and (self.kind == "openai" or "content" in choices[0]["delta"]), False
 
     def whole(self, obj: dict[str, Any], out: Outcome) -> None:
         """A reply that came back in one piece (the server ignored `stream`)."""
         self._usage(obj.get("usage") or {}, out)
+        if self.kind != "anthropic" and obj.get("choices"):
+            self._token_ids(obj["choices"][0], out)
+
+    def _token_ids(self, choice: dict[str, Any], out: Outcome) -> None:
+        ids = choice.get("token_ids") if self.token_ids else None
+        if isinstance(ids, list):
+            out.token_ids = (out.token_ids or []) + [int(t) for t in ids]
 
     def _usage(self, u: dict[str, Any], out: Outcome) -> None:
         if self.kind == "anthropic":

@@ -5,10 +5,13 @@ the trace's), each full block named by its content as the engine names it, in th
 the same `KVCache` and policy that `agentkv cache sweep` runs, at the server's capacity in blocks. It follows
 the engine's rules: only a prompt's full blocks are looked up; the last prompt token is always computed (a
 fully cached prompt reports one token less); admission reserves the prompt's blocks, its partial last one
-included, and decode reserves more as it reaches them; the reply's full blocks are cached too (they take room,
-and no later prompt matches them). Exact when requests run one at a time (--max-inflight 1); with overlap,
-requests in flight together see each other's blocks earlier or later than here. Requests that failed are
-left out, though the server may have cached part of them.
+included, and decode reserves more as it reaches them; the blocks the reply fills are cached too, named by
+their content: the prompt's tail and the reply's tokens. A later prompt rarely repeats a reply's tokens, but
+when it does the server hits that block, so where the server lists the reply's token ids (vLLM's and agentkv's
+`return_token_ids`, completions API) they are named in the prompt's words and can be hit here too; elsewhere
+they get ids no prompt repeats. Exact when requests run one at a time (--max-inflight 1) and the reply's ids
+came back; with overlap, requests in flight together see each other's blocks earlier or later than here.
+Requests that failed are left out, though the server may have cached part of them.
 
 `as_served` is also written as an agentkv trace, so `agentkv cache sweep as_served.npz --trace-clock` gives
 the sweep's own figure for the same requests (it omits reply blocks and the last-token rule).
@@ -16,12 +19,13 @@ the sweep's own figure for the same requests (it omits reply blocks and the last
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from agentkv.kvcache.block_hash import block_hashes
+from agentkv.kvcache.block_hash import ROOT, block_hashes
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.policy import AccessContext
@@ -76,8 +80,11 @@ def kv_blocks_from_metrics(text: str) -> tuple[dict[str, int], int | None] | Non
     return dict(sorted(tiers.items(), key=lambda kv: TIER_NAMES.index(kv[0]) if kv[0] in TIER_NAMES else 99)), None
 
 
-def as_served(records: list[Record], synth: Synth, overhead: int, block_size: int) -> tuple[Trace, list[Record]]:
-    """The measured requests as a trace at the server's block size, and their records in the trace's order."""
+def as_served(records: list[Record], synth: Synth, overhead: int, block_size: int,
+              token_words: dict[int, int] | None = None) -> tuple[Trace, list[Record], list[np.ndarray | None]]:
+    """The measured requests as a trace at the server's block size, their records in the trace's order, and
+    per request the ids (in the trace's id space) of the blocks its reply filled, None where the reply's
+    tokens are unknown. `token_words` names a reply token by its word (Calibration.token_words)."""
     used = sorted((r for r in records if measured(r)), key=lambda r: r.sent)
     if not used:
         raise ValueError("no request came back with usage: nothing to predict")
@@ -85,23 +92,56 @@ def as_served(records: list[Record], synth: Synth, overhead: int, block_size: in
     b = TraceBuilder(block_size, source=f"replay of {src.source}")
     sessions: dict[str, int] = {}
     head = -np.arange(1, overhead + 1, dtype=np.int64)  # the server's own tokens: the same before every prompt
+    prompts: dict[int, np.ndarray] = {}  # record's id -> its prompt's block hashes
+    replies: dict[int, np.ndarray] = {}  # record's id -> the hashes of the blocks its reply filled
     for r in used:
         sid = sessions.get(r.session)
         if sid is None:
             sid = sessions[r.session] = b.add_session(r.session, start=0.0, scope=SCOPE)
         tokens = np.concatenate([head, synth.prompt_words(r.request)])
-        b.add_request(sid, r.sent, len(tokens), max(r.outcome.completion_tokens, 0), block_hashes(tokens, block_size),
+        prompts[id(r)] = block_hashes(tokens, block_size)
+        if token_words and r.outcome.token_ids and len(r.outcome.token_ids) == r.outcome.completion_tokens:
+            replies[id(r)] = _reply_hashes(tokens, prompts[id(r)], r.outcome.token_ids, token_words, -overhead - 1,
+                                           block_size)
+        b.add_request(sid, r.sent, len(tokens), max(r.outcome.completion_tokens, 0), prompts[id(r)],
                       api_time=r.outcome.e2e, finish=int(src.finish[r.request]))
     trace = b.build()
     trace.validate()
     by_session = sorted(used, key=lambda r: sessions[r.session])  # stable: each session's stay in sent order
-    return trace, by_session
+    return trace, by_session, _in_trace_ids(trace, [prompts[id(r)] for r in by_session],
+                                            [replies.get(id(r)) for r in by_session])
 
 
-def predict(served: Trace, model: ServerModel) -> np.ndarray:
+def _in_trace_ids(trace: Trace, prompts: list[np.ndarray], replies: list[np.ndarray | None],
+                  ) -> list[np.ndarray | None]:
+    """Reply blocks' hashes as the trace's ids: a prompt's block keeps the id the trace gave it, content no
+    prompt holds gets an id past the trace's (equal content, equal id)."""
+    named = dict(zip(np.concatenate(prompts).tolist(), trace.block_ids.tolist(), strict=True))
+    fresh = itertools.count(trace.n_block_ids)
+    out: list[np.ndarray | None] = []
+    for hashes in replies:
+        if hashes is not None:
+            for h in hashes.tolist():
+                if h not in named:
+                    named[h] = next(fresh)
+            hashes = np.array([named[h] for h in hashes.tolist()], dtype=np.int64)
+        out.append(hashes)
+    return out
+
+
+def _reply_hashes(tokens: np.ndarray, prompt: np.ndarray, reply: list[int], token_words: dict[int, int],
+                  below: int, block_size: int) -> np.ndarray:
+    """The hashes of the blocks a reply's written tokens fill (all but its last, which is sampled, never written),
+    the prompt's partial last block first; a token that is no word is named `below - id`, which no prompt holds."""
+    words = np.array([token_words.get(t, below - t) for t in reply[:-1]], dtype=np.int64)
+    tail = np.concatenate([tokens[len(prompt) * block_size :], words])
+    return block_hashes(tail, block_size, parent=int(prompt[-1]) if len(prompt) else ROOT)
+
+
+def predict(served: Trace, model: ServerModel, replies: list[np.ndarray | None] | None = None) -> np.ndarray:
     """Predicted cached tokens of each request of `served` per tier [requests, tiers], replayed in its clock's
-    order."""
-    return predict_routed(served, model)[0]
+    order; `replies` as `as_served` gives them."""
+    return predict_routed(served, model, replies)[0]
 
 
 @dataclass(slots=True)
@@ -119,7 +159,8 @@ class _Replica:
         return self.cache.lookup(ids)[0]
 
 
-def predict_routed(served: Trace, model: ServerModel) -> tuple[np.ndarray, np.ndarray]:
+def predict_routed(served: Trace, model: ServerModel, replies: list[np.ndarray | None] | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """`predict`, and the replica each request goes to: the server's router (the simulator's) over one policy
     core per replica."""
     bs = served.block_size
@@ -131,7 +172,8 @@ def predict_routed(served: Trace, model: ServerModel) -> tuple[np.ndarray, np.nd
                                  make_policy(model.policy, block_size=bs))) for r in range(model.replicas)]
     router = Router(model.router)
     order = np.argsort(served.time, kind="stable")
-    fresh = served.n_block_ids  # ids for reply blocks: content no prompt repeats
+    replies = replies or [None] * served.n_requests
+    fresh = max([served.n_block_ids, *(int(r.max()) + 1 for r in replies if r is not None and len(r))])
     out = np.zeros((served.n_requests, len(model.tiers)), dtype=np.int64)
     routed = np.zeros(served.n_requests, dtype=np.int32)
     for rank, i in enumerate(order.tolist()):
@@ -152,8 +194,10 @@ def predict_routed(served: Trace, model: ServerModel) -> tuple[np.ndarray, np.nd
         more = -(-written // bs) - -(-n_in // bs)  # decode's blocks, reserved as it reaches them
         if more <= 0 or cache.reserve(rank, more, now) is not None:
             n_reply = written // bs - len(ids)  # blocks the reply filled, the prompt's partial one included
-            cache.commit(rank, np.arange(fresh, fresh + n_reply), now)
-            fresh += n_reply
+            filled = replies[i]
+            if filled is None or len(filled) != n_reply:  # its tokens unknown: content no prompt repeats
+                filled, fresh = np.arange(fresh, fresh + n_reply), fresh + n_reply
+            cache.commit(rank, filled, now)
         ctx.now = now + float(np.nan_to_num(served.api_time[i]))
         cache.release(rank, ctx)
     return out, routed

@@ -48,6 +48,7 @@ log = logging.getLogger("agentkv.server")
 GREEDY_BELOW = 1e-5  # temperatures this small are greedy (dividing logits by them overflows)
 PROMPT_CHARS_PER_TOKEN = 16  # default prompt limit in characters per token of context (text averages ~4)
 ADMIN_PATHS = ("/metrics", "/openapi.json", "/docs", "/redoc")  # other tenants' traffic, the API's shape
+API_PATHS = ("/v1/", "/tokenize", "/detokenize")  # a tenant's key opens them
 
 
 @dataclass(slots=True)
@@ -138,6 +139,14 @@ def create_app(engine: Any, tokenizer: Any, cfg: ServerConfig) -> FastAPI:
     async def messages(body: anth.MessagesRequest, request: Request) -> Response:
         return await server.messages(body, request, request.state.tenant)
 
+    @app.post("/tokenize")
+    async def tokenize(body: oai.TokenizeRequest) -> dict[str, Any]:
+        return await server.tokenize(body)
+
+    @app.post("/detokenize")
+    async def detokenize(body: oai.DetokenizeRequest) -> dict[str, str]:
+        return server.detokenize(body)
+
     @app.post("/v1/messages/count_tokens")
     async def count_tokens(body: anth.CountTokensRequest) -> dict[str, int]:
         server.check_model(body.model)
@@ -156,10 +165,10 @@ class _Authenticate:
         self.app, self.server = app, server
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and (scope["path"].startswith("/v1/") or scope["path"].startswith(ADMIN_PATHS)):
+        if scope["type"] == "http" and scope["path"].startswith((*API_PATHS, *ADMIN_PATHS)):
             request = Request(scope)
             try:
-                if scope["path"].startswith("/v1/"):
+                if scope["path"].startswith(API_PATHS):
                     scope.setdefault("state", {})["tenant"] = self.server.tenant(request)
                 else:
                     self.server.admin(request)
@@ -331,7 +340,7 @@ class Server:
         rid = f"chatcmpl-{secrets.token_hex(12)}"
         deltas = await self.submit(request, "chat", arrival, p, rid)
         if body.stream:
-            return _sse_response(self._chat_events(deltas, rid, body, p.tools), anthropic=False)
+            return _sse_response(self._chat_events(deltas, rid, body, p), anthropic=False)
         result, parsed = await self._collect(deltas, p.tools)
         calls = [oai.ToolCall(id=f"call_{secrets.token_hex(12)}", function=oai.FunctionCall(name=c.name,
                               arguments=c.arguments)) for c in parsed.calls]
@@ -339,21 +348,26 @@ class Server:
                                       tool_calls=calls or None)
         out = oai.ChatCompletion(id=rid, created=int(time.time()), model=p.model, usage=_usage(result),
                                  choices=[oai.ChatChoice(message=message, finish_reason=_finish(result, calls))])
-        return JSONResponse(out.model_dump())
+        return JSONResponse(_with_ids(out.model_dump(), body, p.prompt, result.token_ids, prompt_on_choice=False))
 
     async def _chat_events(self, deltas: AsyncIterator[Any], rid: str, body: oai.ChatCompletionRequest,
-                           tools: bool) -> AsyncIterator[str]:
+                           p: Prepared) -> AsyncIterator[str]:
         created, model = int(time.time()), body.model
-        parser = make_parser(self.cfg.tool_parser) if tools else None
-        result, n_calls = Result(), 0
+        parser = make_parser(self.cfg.tool_parser) if p.tools else None
+        result, n_calls, pending = Result(), 0, []  # pending: token ids no chunk has carried yet
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-            return _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
+            obj = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+            if body.return_token_ids:
+                _with_ids(obj, body, p.prompt if "role" in delta else None, pending[:], prompt_on_choice=False)
+                pending.clear()
+            return _sse(obj)
 
         yield chunk({"role": "assistant", "content": ""})
         async for d in deltas:
             result.add(d)
+            pending += d.token_ids
             piece = feed(parser, d.text, d.finished)
             if piece.content:
                 yield chunk({"content": piece.content})
@@ -378,27 +392,53 @@ class Server:
         rid = f"cmpl-{secrets.token_hex(12)}"
         deltas = await self.submit(request, "completions", arrival, p, rid)
         if body.stream:
-            return _sse_response(self._completion_events(deltas, rid, body), anthropic=False)
+            return _sse_response(self._completion_events(deltas, rid, body, p.prompt), anthropic=False)
         result, _ = await self._collect(deltas, False)
         out = oai.Completion(id=rid, created=int(time.time()), model=p.model, usage=_usage(result),
                              choices=[oai.CompletionChoice(text=result.text, finish_reason=result.finish_reason)])
-        return JSONResponse(out.model_dump())
+        return JSONResponse(_with_ids(out.model_dump(), body, p.prompt, result.token_ids, prompt_on_choice=True))
 
-    async def _encode(self, text: str) -> list[int]:
+    async def _encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         if self.tokenizer is None:
             raise APIError(400, "the model folder has no tokenizer.json: send the prompt as token ids", param="prompt")
         self.check_chars("prompt", text)
-        return await asyncio.to_thread(self.tokenizer.encode, text)
+        return await asyncio.to_thread(self.tokenizer.encode, text, add_special_tokens)
+
+    # ---- vLLM's tokenizer endpoints -----------------------------------------------------------------------
+    async def tokenize(self, body: oai.TokenizeRequest) -> dict[str, Any]:
+        if body.model is not None:
+            self.check_model(body.model)
+        if body.messages is not None:
+            msgs, tools = openai_messages(body)
+            ids = await self.render(msgs, tools, add_generation_prompt=body.add_generation_prompt,
+                                    add_special_tokens=bool(body.add_special_tokens))
+        else:
+            ids = await self._encode(body.prompt or "", body.add_special_tokens is not False)
+        strs = [self.tokenizer.token_str(i) or "" for i in ids] if body.return_token_strs else None
+        return {"count": len(ids), "max_model_len": self.cfg.max_model_len, "tokens": ids, "token_strs": strs}
+
+    def detokenize(self, body: oai.DetokenizeRequest) -> dict[str, str]:
+        if body.model is not None:
+            self.check_model(body.model)
+        if self.tokenizer is None:
+            raise APIError(400, "the model folder has no tokenizer.json: nothing to detokenize with")
+        vocab = self.cfg.vocab_size
+        if not all(t < vocab for t in body.tokens):
+            raise APIError(400, f"tokens: token ids must be in [0, {vocab})", param="tokens")
+        return {"prompt": self.tokenizer.decode(body.tokens)}
 
     async def _completion_events(self, deltas: AsyncIterator[Any], rid: str, body: oai.CompletionRequest,
-                                 ) -> AsyncIterator[str]:
+                                 prompt: list[int]) -> AsyncIterator[str]:
         created, model, result = int(time.time()), body.model, Result()
+        first = True
         async for d in deltas:
             result.add(d)
-            if d.text or d.finished:
-                yield _sse({"id": rid, "object": "text_completion", "created": created, "model": model,
-                            "choices": [{"index": 0, "text": d.text, "logprobs": None,
-                                         "finish_reason": result.finish_reason or None}]})
+            if d.text or d.finished or (body.return_token_ids and d.token_ids):  # a token may decode to no text
+                obj = {"id": rid, "object": "text_completion", "created": created, "model": model,
+                       "choices": [{"index": 0, "text": d.text, "logprobs": None,
+                                    "finish_reason": result.finish_reason or None}]}
+                yield _sse(_with_ids(obj, body, prompt if first else None, d.token_ids, prompt_on_choice=True))
+                first = False
         if body.include_usage:
             yield _sse({"id": rid, "object": "text_completion", "created": created, "model": model, "choices": [],
                         "usage": _usage(result).model_dump()})
@@ -563,6 +603,18 @@ def _usage(r: Result) -> oai.Usage:
                      total_tokens=r.prompt_tokens + r.output_tokens,
                      prompt_tokens_details=oai.PromptTokensDetails(cached_tokens=r.cached_tokens,
                                                                    cached_tokens_per_tier=r.cached_tokens_per_tier))
+
+
+def _with_ids(obj: dict[str, Any], body: oai.Sampling, prompt: list[int] | None, reply: list[int], *,
+              prompt_on_choice: bool) -> dict[str, Any]:
+    """vLLM's `return_token_ids`, where asked: the reply's ids on the choice, the prompt's on the choice
+    (completions) or the response (chat); a stream sends the prompt's with its first chunk only."""
+    if body.return_token_ids:
+        choice = obj["choices"][0]
+        if prompt is not None:
+            (choice if prompt_on_choice else obj)["prompt_token_ids"] = list(prompt)
+        choice["token_ids"] = list(reply)
+    return obj
 
 
 def _thinking_block(text: str) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 Requests validate strictly where a wrong value would change the answer (n, logprobs, penalties we do not
 implement are refused, not ignored) and loosely elsewhere (unknown fields are ignored, as OpenAI does).
-Extensions, vLLM-style: `top_k`, `ignore_eos`, `cache_salt` on requests; `prompt_tokens_details.
-cached_tokens_per_tier` on usage.
+Extensions, vLLM-style: `top_k`, `ignore_eos`, `cache_salt`, `return_token_ids` on requests; `prompt_tokens_details.
+cached_tokens_per_tier` on usage; with `return_token_ids`, vLLM's `prompt_token_ids` (on a chat response, on a
+completion's choice) and `token_ids` (on the choice; streamed: each chunk's new ones).
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class Sampling(_Body):
     user: str | None = Field(None, max_length=512)
     ignore_eos: bool = False  # extension: generate exactly max_tokens
     cache_salt: str | None = Field(None, max_length=256)  # extension: a private cache namespace
+    return_token_ids: bool = False  # extension: the prompt's and the reply's token ids, as the engine saw them
 
     @property
     def stop_list(self) -> tuple[str, ...]:
@@ -147,6 +149,31 @@ class CompletionRequest(Sampling):
         if not self.prompt:
             raise ValueError("prompt is empty")
         return self
+
+
+class TokenizeRequest(_Body):
+    """vLLM's /tokenize: a prompt, or a chat as the model's template renders it (what a client needs to count
+    or place tokens exactly, e.g. a replay keeping block boundaries)."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | None = None
+    add_generation_prompt: bool = True  # a chat: end with the assistant's header, as a request would
+    add_special_tokens: bool | None = None  # default: yes for a prompt; a chat's template writes its own
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either 'prompt' or 'messages'")
+        return self
+
+
+class DetokenizeRequest(_Body):
+    model: str | None = None
+    tokens: list[Annotated[int, Field(ge=0)]]
 
 
 # ---- responses --------------------------------------------------------------------------------------------

@@ -99,13 +99,13 @@ def served_records(synth: Synth, requests: list[int], cached: int = 0) -> list[R
 def test_prediction_follows_the_engine_rules(sessions):
     s = Synth(sessions, alphabet.builtin().words, token_scale=1 / 32)
     first = [0, 0]  # the same prompt twice: all its full blocks hit, but the last token is computed again
-    served, recs = as_served(served_records(s, first), s, overhead=1, block_size=16)
+    served, recs, _ = as_served(served_records(s, first), s, overhead=1, block_size=16)
     p = predict(served, ServerModel("lru", (("gpu", 10_000),), 16)).sum(axis=1)
     n = int(served.input_tokens[0])
     assert p[0] == 0 and p[1] == min(n // 16 * 16, n - 1)
     assert [r.turn for r in recs] == [0, 1]
     other = int(np.flatnonzero(sessions.session == 1)[0])
-    served, _ = as_served(served_records(s, [0, other, 0]), s, overhead=1, block_size=16)
+    served, _, _ = as_served(served_records(s, [0, other, 0]), s, overhead=1, block_size=16)
     room = -(-int(served.input_tokens.max()) // 16) + 1  # one prompt and its reply at a time
     big = predict(served, ServerModel("lru", (("gpu", 10_000),), 16)).sum(axis=1)
     small, below = predict(served, ServerModel("lru", (("gpu", room),), 16)).T[0], predict(
@@ -121,3 +121,28 @@ def test_capacity_from_metrics():
     vllm = 'vllm:cache_config_info{block_size="16",cache_dtype="auto",num_gpu_blocks="2048"} 1.0'
     assert kv_blocks_from_metrics(vllm) == ({"gpu": 2048}, 16)
     assert kv_blocks_from_metrics("up 1") is None
+
+
+def test_a_reply_that_writes_the_next_prompts_words_is_a_hit(sessions):
+    """The server names the block a reply completes by its content; a next prompt that happens to repeat the
+    reply's tokens there hits it. Known token ids (return_token_ids) let the prediction see that too."""
+    s = Synth(sessions, alphabet.builtin().words, token_scale=1 / 32)
+    first, second = (int(i) for i in np.flatnonzero(sessions.session == 0)[:2])
+    p0, p1 = s.prompt_words(first), s.prompt_words(second)
+    n0 = len(p0) + 1  # with the server's one head token
+    assert lcp(p0, p1) == len(p0) and n0 % 16 and len(p1) + 1 > n0 // 16 * 16 + 16  # extends past the partial block
+    recs = served_records(s, [first, second])
+    reply = p1[len(p0) : len(p0) + 4].tolist()  # the very words the next prompt continues with
+    recs[0].outcome.token_ids = [1000 + w for w in reply]
+    words = {1000 + w: w for w in range(len(s.words))}  # token id -> word, as calibration learns it
+    server = ServerModel("lru", (("gpu", 10_000),), 16)
+
+    def cached(token_words: dict[int, int] | None) -> int:
+        served, _, replies = as_served(recs, s, 1, 16, token_words)
+        return int(predict(served, server, replies)[1, 0])
+
+    filled = (n0 + 3) // 16 * 16  # four reply tokens, three written (the last is sampled only)
+    assert filled > n0 // 16 * 16  # ... and they complete the prompt's partial block
+    assert cached(None) == n0 // 16 * 16 and cached(words) == filled
+    recs[0].outcome.token_ids = [1000 + (w + 1) % len(s.words) for w in reply]  # other words: no hit
+    assert cached(words) == n0 // 16 * 16

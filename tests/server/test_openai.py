@@ -75,6 +75,31 @@ def test_completions_text_and_token_ids(client, server):
     assert "".join(c.choices[0].text for c in streamed) == r.choices[0].text
 
 
+def test_return_token_ids_as_vllm_gives_them(client, server):
+    """vLLM's extension: the prompt's ids as the engine saw them and the reply's, whole or chunk by chunk."""
+    tok = server.app.state.server.tokenizer
+    kw = dict(model="tiny", prompt="the agent reads a file", max_tokens=6, temperature=0,
+              extra_body={"ignore_eos": True, "return_token_ids": True})
+    whole = client.completions.create(**kw).choices[0]
+    assert whole.prompt_token_ids == tok.encode("the agent reads a file") and len(whole.token_ids) == 6
+    assert tok.decode(whole.token_ids) == whole.text
+    chunks = [c.choices[0] for c in client.completions.create(stream=True, **kw)]
+    assert chunks[0].prompt_token_ids == whole.prompt_token_ids
+    assert all(getattr(c, "prompt_token_ids", None) is None for c in chunks[1:])
+    assert [t for c in chunks for t in c.token_ids] == whole.token_ids
+    plain = client.completions.create(**{**kw, "extra_body": {"ignore_eos": True}}).choices[0]
+    assert "token_ids" not in plain.model_dump() and plain.text == whole.text  # only when asked
+
+    said = chat(client, "fix bug", max_tokens=5, temperature=0, extra_body={"ignore_eos": True, "return_token_ids": True})
+    ids = said.model_extra["prompt_token_ids"]
+    assert len(ids) == said.usage.prompt_tokens and tok.decode(ids).endswith("code fix bug")  # template's specials skipped
+    assert len(said.choices[0].token_ids) == said.usage.completion_tokens == 5
+    streamed = list(chat(client, "fix bug", max_tokens=5, temperature=0, stream=True,
+                         extra_body={"ignore_eos": True, "return_token_ids": True}))
+    assert streamed[0].model_extra["prompt_token_ids"] == said.model_extra["prompt_token_ids"]
+    assert [t for c in streamed if c.choices for t in c.choices[0].token_ids] == said.choices[0].token_ids
+
+
 def test_stop_string_ends_the_reply(client):
     base = client.completions.create(model="tiny", prompt="hello world", max_tokens=12, temperature=0,
                                      extra_body={"ignore_eos": True}).choices[0].text
@@ -118,3 +143,25 @@ def test_cached_tokens_per_tier_with_a_dram_tier(start, plain_dir):
         tiers(WORDS[i : i + 4])  # others fill the GPU tier
     found = tiers(WORDS[:4])
     assert found["dram"] >= 160 and found["dram"] + found.get("gpu", 0) >= 384
+
+
+def test_tokenize_and_detokenize_as_vllm(client, server):
+    import httpx
+
+    tok = server.app.state.server.tokenizer
+    with httpx.Client(base_url=server.url) as h:
+        r = h.post("/tokenize", json={"model": "tiny", "prompt": "fix the bug", "return_token_strs": True}).json()
+        assert r["tokens"] == tok.encode("fix the bug") and r["count"] == 4 and r["max_model_len"] == 4096
+        assert r["token_strs"] == ["<|begin_of_text|>", "fix", "the", "bug"]
+        bare = h.post("/tokenize", json={"prompt": "fix the bug", "add_special_tokens": False}).json()
+        assert bare["tokens"] == r["tokens"][1:] and bare["token_strs"] is None
+        said = chat(client, "fix bug", max_tokens=1, temperature=0)
+        as_chat = h.post("/tokenize", json={"model": "tiny", "messages": [{"role": "system", "content": SYSTEM},
+                                                                           {"role": "user", "content": "fix bug"}]})
+        assert as_chat.json()["count"] == said.usage.prompt_tokens  # what a chat request is charged
+        assert h.post("/detokenize", json={"model": "tiny", "tokens": r["tokens"]}).json() == {"prompt": "fix the bug"}
+        for path, body, field in [("/tokenize", {"model": "tiny"}, "prompt"),
+                                  ("/tokenize", {"model": "nope", "prompt": "x"}, "model"),
+                                  ("/detokenize", {"tokens": [10**6]}, "tokens")]:
+            bad = h.post(path, json=body)
+            assert bad.status_code in (400, 404, 422) and field in bad.text, (path, bad.text)

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 
 OPERATIONS = [("GET", "/health"), ("GET", "/metrics"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
               ("POST", "/v1/completions"), ("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens"),
-              ("GET", "/v1/models/{model_id}"), ("POST", "/v1/responses"), ("GET", "/v1/responses/{response_id}")]
+              ("GET", "/v1/models/{model_id}"), ("POST", "/v1/responses"), ("GET", "/v1/responses/{response_id}"),
+              ("POST", "/tokenize"), ("POST", "/detokenize")]
 
 
 @pytest.fixture(scope="module")
