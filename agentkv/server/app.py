@@ -59,6 +59,7 @@ class ServerConfig:
     vocab_size: int
     aliases: tuple[str, ...] = ()  # more names clients may ask for (agents ask for their own)
     tool_parser: str = "hermes"
+    reasoning_parser: str | None = None  # OpenAI chat: <think>...</think> as the message's `reasoning`
     api_keys: dict[str, str] | None = None  # key -> tenant; None: open, one tenant
     public: PublicPrefixes | None = None
     max_num_seqs: int = 64
@@ -329,7 +330,7 @@ class Server:
         arrival = time.monotonic()
         self.check_model(body.model)
         msgs, tools = openai_messages(body)
-        prompt = await self.render(msgs, tools)
+        prompt = await self.render(msgs, tools, **(body.chat_template_kwargs or {}))
         fmt = body.response_format
         forced = forced_call(self.cfg.tool_parser, tools, body.forced_tool, body.parallel_tool_calls, self.literal)
         spec = await self.constrain(forced, "tool_choice") or await self.constrain(
@@ -341,19 +342,25 @@ class Server:
         deltas = await self.submit(request, "chat", arrival, p, rid)
         if body.stream:
             return _sse_response(self._chat_events(deltas, rid, body, p), anthropic=False)
-        result, parsed = await self._collect(deltas, p.tools)
+        result, _ = await self._collect(deltas, False)
+        thought, answer = split_thinking(result.text) if self.cfg.reasoning_parser else ("", result.text)
+        parsed = parse_all(self.cfg.tool_parser, answer) if p.tools else Parsed(answer)
         calls = [oai.ToolCall(id=f"call_{secrets.token_hex(12)}", function=oai.FunctionCall(name=c.name,
                               arguments=c.arguments)) for c in parsed.calls]
         message = oai.ResponseMessage(content=parsed.content if parsed.content or not calls else None,
                                       tool_calls=calls or None)
         out = oai.ChatCompletion(id=rid, created=int(time.time()), model=p.model, usage=_usage(result),
                                  choices=[oai.ChatChoice(message=message, finish_reason=_finish(result, calls))])
-        return JSONResponse(_with_ids(out.model_dump(), body, p.prompt, result.token_ids, prompt_on_choice=False))
+        d = out.model_dump()
+        if self.cfg.reasoning_parser:
+            d["choices"][0]["message"] |= _reasoning(thought or None)
+        return JSONResponse(_with_ids(d, body, p.prompt, result.token_ids, prompt_on_choice=False))
 
     async def _chat_events(self, deltas: AsyncIterator[Any], rid: str, body: oai.ChatCompletionRequest,
                            p: Prepared) -> AsyncIterator[str]:
         created, model = int(time.time()), body.model
         parser = make_parser(self.cfg.tool_parser) if p.tools else None
+        splitter = ThinkingSplitter() if self.cfg.reasoning_parser else None
         result, n_calls, pending = Result(), 0, []  # pending: token ids no chunk has carried yet
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
@@ -368,7 +375,10 @@ class Server:
         async for d in deltas:
             result.add(d)
             pending += d.token_ids
-            piece = feed(parser, d.text, d.finished)
+            thought, answer = splitter.feed(d.text, d.finished) if splitter else ("", d.text)
+            if thought:
+                yield chunk(_reasoning(thought))
+            piece = feed(parser, answer, d.finished)
             if piece.content:
                 yield chunk({"content": piece.content})
             for c in piece.calls:
@@ -411,7 +421,7 @@ class Server:
         if body.messages is not None:
             msgs, tools = openai_messages(body)
             ids = await self.render(msgs, tools, add_generation_prompt=body.add_generation_prompt,
-                                    add_special_tokens=bool(body.add_special_tokens))
+                                    add_special_tokens=bool(body.add_special_tokens), **(body.chat_template_kwargs or {}))
         else:
             ids = await self._encode(body.prompt or "", body.add_special_tokens is not False)
         strs = [self.tokenizer.token_str(i) or "" for i in ids] if body.return_token_strs else None
@@ -615,6 +625,11 @@ def _with_ids(obj: dict[str, Any], body: oai.Sampling, prompt: list[int] | None,
             (choice if prompt_on_choice else obj)["prompt_token_ids"] = list(prompt)
         choice["token_ids"] = list(reply)
     return obj
+
+
+def _reasoning(text: str | None) -> dict[str, Any]:
+    """vLLM's reasoning fields: `reasoning`, and `reasoning_content`, its older name, which clients still read."""
+    return {"reasoning": text, "reasoning_content": text}
 
 
 def _thinking_block(text: str) -> dict[str, Any]:

@@ -2,16 +2,17 @@
 
 Requests validate strictly where a wrong value would change the answer (n, logprobs, penalties we do not
 implement are refused, not ignored) and loosely elsewhere (unknown fields are ignored, as OpenAI does).
-Extensions, vLLM-style: `top_k`, `ignore_eos`, `cache_salt`, `return_token_ids` on requests; `prompt_tokens_details.
-cached_tokens_per_tier` on usage; with `return_token_ids`, vLLM's `prompt_token_ids` (on a chat response, on a
-completion's choice) and `token_ids` (on the choice; streamed: each chunk's new ones).
+Extensions, vLLM-style: `top_k`, `ignore_eos`, `cache_salt`, `return_token_ids`, `chat_template_kwargs` on
+requests; `prompt_tokens_details.cached_tokens_per_tier` on usage; with `return_token_ids`, vLLM's
+`prompt_token_ids` (on a chat response, on a completion's choice) and `token_ids` (on the choice; streamed:
+each chunk's new ones).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from agentkv.server.fields import Body as _Body
 from agentkv.server.fields import MaxTokens, Seed, Stops, TopK
@@ -81,6 +82,22 @@ class ResponseFormat(_Body):
         return self
 
 
+RENDER_OWN = frozenset({"messages", "tools", "add_generation_prompt", "add_special_tokens", "param", "bos_token",
+                        "eos_token", "pad_token", "unk_token"})  # what the server itself gives the template
+
+
+def template_kwargs(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """vLLM's `chat_template_kwargs` (e.g. Qwen3's `enable_thinking`): more variables for the chat template,
+    none of the ones the server sets itself."""
+    taken = sorted(RENDER_OWN.intersection(value or ()))
+    if taken:
+        raise ValueError(f"{', '.join(taken)}: set by the server, not in chat_template_kwargs")
+    return value
+
+
+TemplateKwargs = Annotated[dict[str, Any] | None, AfterValidator(template_kwargs)]
+
+
 class StreamOptions(_Body):
     include_usage: bool = False
 
@@ -124,6 +141,7 @@ class ChatCompletionRequest(Sampling):
     parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None
     logprobs: Literal[False] | None = None
+    chat_template_kwargs: TemplateKwargs = None  # extension
 
     @property
     def forced_tool(self) -> str | None:
@@ -161,6 +179,7 @@ class TokenizeRequest(_Body):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | None = None
     add_generation_prompt: bool = True  # a chat: end with the assistant's header, as a request would
+    chat_template_kwargs: TemplateKwargs = None
     add_special_tokens: bool | None = None  # default: yes for a prompt; a chat's template writes its own
     return_token_strs: bool = False
 

@@ -46,6 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tool-call-parser", default="hermes", choices=sorted(PARSERS),
                    help="hermes: <tool_call>{...}</tool_call> (Qwen, Hermes); llama3_json: Llama 3.x JSON calls "
                         "(default hermes)")
+    p.add_argument("--reasoning-parser", choices=["qwen3"],
+                   help="qwen3: a chat reply that opens with <think>...</think> gives that text as the OpenAI "
+                        "message's `reasoning` (and `reasoning_content`), the rest as its content (default: none, "
+                        "all content; Anthropic `thinking` splits it without this)")
     p.add_argument("--api-keys", help="file of 'KEY TENANT' lines: keys required, prefix cache split by tenant "
                                       "(default: open, one tenant)")
     p.add_argument("--public-prefix", action="append", default=[], metavar="FILE",
@@ -140,7 +144,8 @@ def load(args: argparse.Namespace):
     name = names[0]
     window = args.max_model_len or llm.config.max_position_embeddings
     cfg = ServerConfig(model_name=name, aliases=names[1:], max_model_len=window, block_size=args.block_size,
-                       vocab_size=llm.config.vocab_size, tool_parser=args.tool_call_parser, api_keys=keys,
+                       vocab_size=llm.config.vocab_size, tool_parser=args.tool_call_parser,
+                       reasoning_parser=args.reasoning_parser, api_keys=keys,
                        public=public, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue,
                        limits=limits_of(args), metrics_key=metrics_key(args.metrics_key_file))
     print(startup.summary(llm, name, window, keys, len(args.public_prefix)), file=sys.stderr, flush=True)

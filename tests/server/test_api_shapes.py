@@ -83,6 +83,26 @@ def test_thinking_comes_back_as_thinking_blocks(start, tmp_path):
     assert [b.type for b in plain.content] == ["text"] and "<think>" in plain.content[0].text
 
 
+def test_reasoning_parser_gives_openai_chat_its_reasoning(start, tmp_path):
+    """vLLM's `--reasoning-parser qwen3`: the reply's `<think>...</think>` is the message's `reasoning` (and
+    `reasoning_content`), whole and streamed; without the flag it stays in the content."""
+    folder = write_tool_checkpoint(tmp_path / "thinker", ["<think>", '"hmm"', "</think>", '"ok"'],
+                                   template=THINKING_TEMPLATE)
+    srv = start("--model", str(folder), "--served-model-name", "thinker", "--kv-cache-gb", "0.005",
+                "--reasoning-parser", "qwen3")
+    o = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
+    kw = dict(model="thinker", max_tokens=20, messages=ASK)
+    m = o.chat.completions.create(**kw).choices[0].message
+    assert (m.model_extra["reasoning"].strip(), m.model_extra["reasoning_content"].strip(), m.content.strip()) == (
+        '"hmm"', '"hmm"', '"ok"')
+    deltas = [c.choices[0].delta for c in o.chat.completions.create(stream=True, **kw) if c.choices]
+    assert "".join((d.model_extra or {}).get("reasoning") or "" for d in deltas).strip() == '"hmm"'
+    assert "".join(d.content or "" for d in deltas).strip() == '"ok"'
+    plain = start("--model", str(folder), "--served-model-name", "thinker", "--kv-cache-gb", "0.005")
+    said = openai.OpenAI(base_url=plain.url + "/v1", api_key="none", max_retries=0).chat.completions.create(**kw)
+    assert "<think>" in said.choices[0].message.content and "reasoning" not in said.choices[0].message.model_extra
+
+
 def test_thinking_splits_alike_in_any_pieces():
     for text in ["<think>a</think>b", "  <think>\nlong thought</think>\n\nanswer", "no thinking", "<thi", "<think>cut"]:
         splitter = ThinkingSplitter()
@@ -114,3 +134,20 @@ def test_claude_code_request_fields(chat_anth):
 def _prompt(m) -> int:
     u = m.usage
     return u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens
+
+
+def test_chat_template_kwargs_reach_the_template(chat_oai, chat_server):
+    """vLLM's `chat_template_kwargs`: Qwen3's `enable_thinking` switch from an OpenAI client, on chats and on
+    /tokenize alike; the variables the server sets itself are refused by name."""
+    ask = [{"role": "user", "content": "hello"}]
+    off = chat_oai.chat.completions.create(model="chat", max_tokens=3, messages=ask,
+                                           extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    plain = chat_oai.chat.completions.create(model="chat", max_tokens=3, messages=ask)
+    assert off.usage.prompt_tokens > plain.usage.prompt_tokens  # the template closed an empty think block
+    counted = httpx.post(chat_server.url + "/tokenize", json={"model": "chat", "messages": ask,
+                                                               "chat_template_kwargs": {"enable_thinking": False}})
+    assert counted.json()["count"] == off.usage.prompt_tokens
+    with pytest.raises(openai.BadRequestError) as e:
+        chat_oai.chat.completions.create(model="chat", max_tokens=3, messages=ask,
+                                         extra_body={"chat_template_kwargs": {"tools": [], "bos_token": "x"}})
+    assert "chat_template_kwargs" in e.value.message and "bos_token, tools" in e.value.message
