@@ -274,8 +274,8 @@ def fmt(col: Column, v: object) -> str:
         return f"{x:,.0f}"
     if col.kind == "pct":
         return f"{x:.1f}"
-    if col.kind == "usd":
-        return f"{x:.3f}" if abs(x) < 1 else f"{x:.2f}" if abs(x) < 100 else f"{x:,.0f}"
+    if col.kind == "usd":  # the digits shown shrink as the value grows: decided on the value as rounded
+        return f"{x:.3f}" if abs(round(x, 3)) < 1 else f"{x:.2f}" if abs(round(x, 2)) < 100 else f"{x:,.0f}"
     if col.kind in ("s", "num"):
-        return f"{x:.2f}" if abs(x) < 10 else f"{x:,.1f}" if abs(x) < 1000 else f"{x:,.0f}"
+        return f"{x:.2f}" if abs(round(x, 2)) < 10 else f"{x:,.1f}" if abs(round(x, 1)) < 1000 else f"{x:,.0f}"
     return f"{x:.1f}"  # ms

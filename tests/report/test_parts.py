@@ -88,3 +88,11 @@ def test_the_headline_names_the_lever_with_the_largest_step(gpus, sessions, expe
 
     ladder = [_outcome(r, g, s) for r, g, s in zip(LADDER[:3], gpus, sessions, strict=True)]
     assert expected in best_lever(ladder, tp=1)
+
+
+def test_a_value_that_rounds_up_takes_the_next_ranges_digits():
+    from agentkv.report.views import Column, fmt
+
+    s, usd = Column("ttft_p99_s", "TTFT p99 s", "s"), Column("usd_per_mtok", "$/Mtok", "usd")
+    assert [fmt(s, x) for x in (9.994, 9.996, 999.94, 999.96)] == ["9.99", "10.0", "999.9", "1,000"]
+    assert [fmt(usd, x) for x in (0.9994, 0.9996, 99.994, 99.996)] == ["0.999", "1.00", "99.99", "100"]
