@@ -44,6 +44,8 @@ def req(t=0.0, n_in=8, n_out=2, ids=(1, 2), **extra) -> dict:
         ([mooncake_line(), mooncake_line(n_in=1600, ids=(1, 2))], "line 2", "hash_ids", "need at least 3"),
         ([mooncake_line(n_in=10, ids=(1, 2))], "line 1", "hash_ids", "at most 1"),
         ([mooncake_line(ts="soon")], "line 1", "timestamp", "expected a number"),
+        ([mooncake_line(n_in=1024, ids=(1, True))], "line 1", "hash_ids", "expected a list of integers"),
+        ([mooncake_line(n_in=1024, ids=(1, 2.0))], "line 1", "hash_ids", "expected a list of integers"),
     ],
 )
 def test_mooncake_errors_name_file_line_field(tmp_path, lines, where, field, what):
