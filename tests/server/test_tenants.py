@@ -41,6 +41,11 @@ def test_keys_are_required(tenant_server):
     bad = httpx.post(tenant_server.url + "/v1/chat/completions", content=b"{oops",
                      headers={"content-type": "application/json"})
     assert bad.status_code == 401  # the key is checked first: no 400 describing the body to a stranger
+    for path in ("/tokenize", "/detokenize"):  # vLLM's tokenizer endpoints: a tenant's key opens them too
+        body = {"prompt": "hi"} if path == "/tokenize" else {"tokens": [1]}
+        assert httpx.post(tenant_server.url + path, json=body).status_code == 401
+        assert httpx.post(tenant_server.url + path, json=body,
+                          headers={"authorization": "Bearer sk-acme"}).status_code == 200
 
 
 def test_no_tenant_hits_another_tenants_prefix(tenant_server):
