@@ -10,6 +10,9 @@ session for the cache policy; usage reports `input_tokens_details.cached_tokens`
 
 Function tools, also inside a `namespace` (Codex groups tools so), are offered to the model; hosted tools
 (web search, file search, computer use, ...) are refused with a 400 naming them: this server runs none.
+With `--reasoning-parser`, a reply's `<think>...</think>` is a `reasoning` item (`reasoning_text`, streamed
+as `response.reasoning_text.delta`), as open-weight reasoning models answer; a `reasoning` item sent back in
+`input` (Codex does) reaches the template as the next assistant turn's `reasoning_content`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from agentkv.server.chat import Messages, Tools, parse_arguments
 from agentkv.server.errors import APIError
 from agentkv.server.jobs import Result
 from agentkv.server.structured import forced_call, json_reply
-from agentkv.server.tool_parsers import Parsed, feed, make_parser
+from agentkv.server.thinking import CLOSE, OPEN, ThinkingSplitter
+from agentkv.server.thinking import split as split_thinking
+from agentkv.server.tool_parsers import Parsed, feed, make_parser, parse_all
 
 
 class _Body(BaseModel):
@@ -38,7 +43,7 @@ class _Body(BaseModel):
 
 
 class ContentPart(_Body):
-    type: Literal["input_text", "output_text", "text", "summary_text", "refusal"]
+    type: Literal["input_text", "output_text", "text", "summary_text", "reasoning_text", "refusal"]
     text: str = ""
     refusal: str = ""
 
@@ -62,7 +67,12 @@ class FunctionCallOutputItem(_Body):
     output: str | list[ContentPart]
 
 
-Item = FunctionCallItem | FunctionCallOutputItem | MessageItem
+class ReasoningItem(_Body):
+    type: Literal["reasoning"]
+    content: list[ContentPart] | None = None  # the reasoning text (summaries are not the model's own words)
+
+
+Item = FunctionCallItem | FunctionCallOutputItem | ReasoningItem | MessageItem
 
 
 class ToolDef(_Body):
@@ -152,9 +162,11 @@ class Responses:
         shell = self._shell(rid, body)
         if body.stream:
             return self._events(deltas, shell, body, messages, tenant, namespaces, p.tools)
-        result, parsed = await srv._collect(deltas, p.tools)
-        out = self._finish(shell, body, result, _items(parsed, namespaces), messages, tenant)
-        return JSONResponse(out)
+        result, _ = await srv._collect(deltas, False)
+        thought, answer = split_thinking(result.text) if srv.cfg.reasoning_parser else ("", result.text)
+        parsed = parse_all(srv.cfg.tool_parser, answer) if p.tools else Parsed(answer)
+        items = ([_reasoning(thought)] if thought else []) + _items(parsed, namespaces)
+        return JSONResponse(self._finish(shell, body, result, items, messages, tenant))
 
     def get(self, response_id: str, tenant: str) -> dict[str, Any]:
         self._expire()
@@ -214,10 +226,18 @@ class Responses:
                          "total_tokens": result.prompt_tokens + result.output_tokens,
                          "input_tokens_details": {"cached_tokens": result.cached_tokens,
                                                   "cached_tokens_per_tier": result.cached_tokens_per_tier},
-                         "output_tokens_details": {"reasoning_tokens": 0}}}
+                         "output_tokens_details": {"reasoning_tokens": self._reasoning_tokens(items, result)}}}
         if body.store:
             self._store(shell["id"], tenant, [*messages, _reply(items)], out)
         return out
+
+    def _reasoning_tokens(self, items: list[dict[str, Any]], result: Result) -> int:
+        """The reply's thinking as the tokenizer counts it, its tags included (the engine does not mark where the
+        thinking ended)."""
+        text = "".join(p["text"] for it in items if it["type"] == "reasoning" for p in it["content"])
+        if not text:
+            return 0
+        return min(result.output_tokens, len(self.server.tokenizer.encode(f"{OPEN}{text}{CLOSE}", False)))
 
     async def _events(self, deltas: AsyncIterator[Any], shell: dict[str, Any], body: ResponsesRequest,
                       messages: Messages, tenant: str, namespaces: dict[str, str], tools: bool) -> AsyncIterator[str]:
@@ -230,10 +250,28 @@ class Responses:
         yield event("response.created", response=shell)
         yield event("response.in_progress", response=shell)
         parser = make_parser(self.server.cfg.tool_parser) if tools else None
+        splitter = ThinkingSplitter() if self.server.cfg.reasoning_parser else None
         result, items, text = Result(), [], None  # text: the open message item, while text streams
+        thinking = None  # the open reasoning item, while the thinking streams
         async for d in deltas:
             result.add(d)
-            piece = feed(parser, d.text, d.finished)
+            thought, answer = splitter.feed(d.text, d.finished) if splitter else ("", d.text)
+            if thought:
+                if thinking is None:
+                    thinking = _reasoning("")
+                    thinking["status"] = "in_progress"
+                    items.append(thinking)
+                    yield event("response.output_item.added", output_index=len(items) - 1, item=thinking)
+                thinking["content"][0]["text"] += thought
+                yield event("response.reasoning_text.delta", item_id=thinking["id"], output_index=items.index(thinking),
+                            content_index=0, delta=thought)
+            if thinking is not None and thinking["status"] == "in_progress" and (answer or d.finished):
+                thinking["status"] = "completed"
+                i = items.index(thinking)
+                yield event("response.reasoning_text.done", item_id=thinking["id"], output_index=i, content_index=0,
+                            text=thinking["content"][0]["text"])
+                yield event("response.output_item.done", output_index=i, item=thinking)
+            piece = feed(parser, answer, d.finished)
             if piece.content:
                 if text is None:
                     text = _message("")
@@ -269,7 +307,11 @@ def _messages(given: str | list[Item]) -> Messages:
     """`input` as chat messages (the HF convention `chat.py` uses for the other APIs)."""
     out: Messages = []
     items = [MessageItem(role="user", content=given)] if isinstance(given, str) else given
+    thought = ""  # a reasoning item's text, for the assistant turn it preceded
     for i, item in enumerate(items):
+        if isinstance(item, ReasoningItem):
+            thought += _text(item.content or [])
+            continue
         if isinstance(item, MessageItem):
             role = "system" if item.role == "developer" else item.role
             out.append({"role": role, "content": _text(item.content)})
@@ -283,6 +325,9 @@ def _messages(given: str | list[Item]) -> Messages:
                 out.append({"role": "assistant", "content": "", "tool_calls": [call]})
         else:
             out.append({"role": "tool", "tool_call_id": item.call_id, "content": _text(item.output)})
+        if thought and out[-1]["role"] == "assistant":
+            out[-1].setdefault("reasoning_content", thought)
+            thought = ""
     return out
 
 
@@ -316,6 +361,11 @@ def _items(parsed: Parsed, namespaces: dict[str, str]) -> list[dict[str, Any]]:
     return items
 
 
+def _reasoning(text: str) -> dict[str, Any]:
+    return {"type": "reasoning", "id": f"rs_{secrets.token_hex(12)}", "status": "completed", "summary": [],
+            "content": [{"type": "reasoning_text", "text": text}]}
+
+
 def _message(text: str) -> dict[str, Any]:
     return {"type": "message", "id": f"msg_{secrets.token_hex(12)}", "status": "completed", "role": "assistant",
             "content": [_part(text)]}
@@ -331,7 +381,9 @@ def _reply(items: list[dict[str, Any]]) -> dict[str, Any]:
     calls = [{"id": it["call_id"], "type": "function", "function": {"name": it["name"],
                                                                     "arguments": json.loads(it["arguments"])}}
              for it in items if it["type"] == "function_call"]
-    return {"role": "assistant", "content": text, **({"tool_calls": calls} if calls else {})}
+    thought = "".join(p["text"] for it in items if it["type"] == "reasoning" for p in it["content"])
+    return {"role": "assistant", "content": text, **({"tool_calls": calls} if calls else {}),
+            **({"reasoning_content": thought} if thought else {})}
 
 
 def _text(content: str | list[ContentPart]) -> str:

@@ -102,6 +102,33 @@ def test_reasoning_parser_gives_openai_chat_its_reasoning(start, tmp_path):
     said = openai.OpenAI(base_url=plain.url + "/v1", api_key="none", max_retries=0).chat.completions.create(**kw)
     assert "<think>" in said.choices[0].message.content and "reasoning" not in said.choices[0].message.model_extra
 
+    # the Responses API: a `reasoning` item before the message, whole and streamed; sent back, it is taken
+    r = o.responses.create(model="thinker", input="hello", max_output_tokens=20)
+    assert [i.type for i in r.output] == ["reasoning", "message"] and r.output_text.strip() == '"ok"'
+    assert r.output[0].content[0].text.strip() == '"hmm"' and 0 < r.usage.output_tokens_details.reasoning_tokens < 20
+    with o.responses.stream(model="thinker", input="hello", max_output_tokens=20) as stream:
+        kinds = [e.type for e in stream]
+        final = stream.get_final_response()
+    assert "response.reasoning_text.delta" in kinds and "response.reasoning_text.done" in kinds
+    assert [i.type for i in final.output] == ["reasoning", "message"] and final.output_text == r.output_text
+    again = o.responses.create(model="thinker", max_output_tokens=20, store=False, input=[
+        {"role": "user", "content": "hello"}, *[i.model_dump(exclude_none=True) for i in r.output],
+        {"role": "user", "content": "more"}])
+    assert again.output_text.strip() == '"ok"'
+
+
+def test_a_reasoning_item_goes_with_the_assistant_turn_after_it():
+    from agentkv.server.responses import ResponsesRequest, _messages
+
+    body = ResponsesRequest.model_validate({"model": "m", "input": [
+        {"role": "user", "content": "hi"},
+        {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": "hmm"}]},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "ok"}]})
+    msgs = _messages(body.input)
+    assert [m["role"] for m in msgs] == ["user", "assistant", "tool"]
+    assert msgs[1]["reasoning_content"] == "hmm" and msgs[1]["tool_calls"][0]["function"]["name"] == "f"
+
 
 def test_thinking_splits_alike_in_any_pieces():
     for text in ["<think>a</think>b", "  <think>\nlong thought</think>\n\nanswer", "no thinking", "<thi", "<think>cut"]:
