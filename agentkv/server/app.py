@@ -249,6 +249,12 @@ class Server:
             raise APIError(400, f"{param}: {n} characters, over this server's limit of {limit} (--max-prompt-chars)",
                            param=param, code="context_length_exceeded")
 
+    def check_ids(self, param: str, ids: list[int]) -> None:
+        """Token ids a client sent: each must name a row of the model's vocabulary."""
+        vocab = self.cfg.vocab_size
+        if not all(0 <= t < vocab for t in ids):
+            raise APIError(400, f"{param}: token ids must be in [0, {vocab})", param=param)
+
     def check_model(self, model: str) -> None:
         if model not in self.names:
             raise APIError(404, f"model {model!r} does not exist: this server serves "
@@ -342,9 +348,7 @@ class Server:
         deltas = await self.submit(request, "chat", arrival, p, rid)
         if body.stream:
             return _sse_response(self._chat_events(deltas, rid, body, p), anthropic=False)
-        result, _ = await self._collect(deltas, False)
-        thought, answer = split_thinking(result.text) if self.cfg.reasoning_parser else ("", result.text)
-        parsed = parse_all(self.cfg.tool_parser, answer) if p.tools else Parsed(answer)
+        result, thought, parsed = await self.collect(deltas, p.tools, self.cfg.reasoning_parser is not None)
         calls = [oai.ToolCall(id=f"call_{secrets.token_hex(12)}", function=oai.FunctionCall(name=c.name,
                               arguments=c.arguments)) for c in parsed.calls]
         message = oai.ResponseMessage(content=parsed.content if parsed.content or not calls else None,
@@ -395,15 +399,14 @@ class Server:
         arrival = time.monotonic()
         self.check_model(body.model)
         prompt = body.prompt if isinstance(body.prompt, list) else await self._encode(body.prompt)
-        vocab = self.cfg.vocab_size
-        if isinstance(body.prompt, list) and not all(0 <= t < vocab for t in prompt):
-            raise APIError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt")
+        if isinstance(body.prompt, list):
+            self.check_ids("prompt", prompt)
         p = self.prepare(request, tenant, body, prompt, body.max_tokens, body.stop_list, False, body.user)
         rid = f"cmpl-{secrets.token_hex(12)}"
         deltas = await self.submit(request, "completions", arrival, p, rid)
         if body.stream:
             return _sse_response(self._completion_events(deltas, rid, body, p.prompt), anthropic=False)
-        result, _ = await self._collect(deltas, False)
+        result, _, _ = await self.collect(deltas, False, False)
         out = oai.Completion(id=rid, created=int(time.time()), model=p.model, usage=_usage(result),
                              choices=[oai.CompletionChoice(text=result.text, finish_reason=result.finish_reason)])
         return JSONResponse(_with_ids(out.model_dump(), body, p.prompt, result.token_ids, prompt_on_choice=True))
@@ -432,9 +435,7 @@ class Server:
             self.check_model(body.model)
         if self.tokenizer is None:
             raise APIError(400, "the model folder has no tokenizer.json: nothing to detokenize with")
-        vocab = self.cfg.vocab_size
-        if not all(t < vocab for t in body.tokens):
-            raise APIError(400, f"tokens: token ids must be in [0, {vocab})", param="tokens")
+        self.check_ids("tokens", body.tokens)
         return {"prompt": self.tokenizer.decode(body.tokens)}
 
     async def _completion_events(self, deltas: AsyncIterator[Any], rid: str, body: oai.CompletionRequest,
@@ -472,9 +473,7 @@ class Server:
         deltas = await self.submit(request, "messages", arrival, p, rid)
         if body.stream:
             return _sse_response(self._message_events(deltas, rid, stops, p, think), anthropic=True)
-        result, _ = await self._collect(deltas, False)
-        thought, answer = split_thinking(result.text) if think else ("", result.text)
-        parsed = parse_all(self.cfg.tool_parser, answer) if p.tools else Parsed(answer)
+        result, thought, parsed = await self.collect(deltas, p.tools, think)
         content: list[dict[str, Any]] = [_thinking_block(thought)] if thought else []
         content += [{"type": "text", "text": parsed.content}] if parsed.content else []
         content += [_tool_use(c) for c in parsed.calls]
@@ -556,13 +555,15 @@ class Server:
                                    cache_creation_input_tokens=created, cached_tokens_per_tier=r.cached_tokens_per_tier)
 
     # ---- plumbing -----------------------------------------------------------------------------------------
-    async def _collect(self, deltas: AsyncIterator[Any], tools: bool) -> tuple[Result, Parsed]:
+    async def collect(self, deltas: AsyncIterator[Any], tools: bool, think: bool) -> tuple[Result, str, Parsed]:
+        """A whole reply: its Result, its thinking (split off when `think`) and the rest, tool calls parsed."""
         result = Result()
         async for d in deltas:
             result.add(d)
         if result.finish_reason == "abort":
             raise APIError(503, "the request was aborted (server shutting down)", code="aborted")
-        return result, parse_all(self.cfg.tool_parser, result.text) if tools else Parsed(result.text)
+        thought, answer = split_thinking(result.text) if think else ("", result.text)
+        return result, thought, parse_all(self.cfg.tool_parser, answer) if tools else Parsed(answer)
 
 
 

@@ -34,8 +34,7 @@ from agentkv.server.errors import APIError
 from agentkv.server.jobs import Result
 from agentkv.server.structured import forced_call, json_reply
 from agentkv.server.thinking import CLOSE, OPEN, ThinkingSplitter
-from agentkv.server.thinking import split as split_thinking
-from agentkv.server.tool_parsers import Parsed, feed, make_parser, parse_all
+from agentkv.server.tool_parsers import Parsed, feed, make_parser
 
 
 class _Body(BaseModel):
@@ -162,9 +161,7 @@ class Responses:
         shell = self._shell(rid, body)
         if body.stream:
             return self._events(deltas, shell, body, messages, tenant, namespaces, p.tools)
-        result, _ = await srv._collect(deltas, False)
-        thought, answer = split_thinking(result.text) if srv.cfg.reasoning_parser else ("", result.text)
-        parsed = parse_all(srv.cfg.tool_parser, answer) if p.tools else Parsed(answer)
+        result, thought, parsed = await srv.collect(deltas, p.tools, srv.cfg.reasoning_parser is not None)
         items = ([_reasoning(thought)] if thought else []) + _items(parsed, namespaces)
         return JSONResponse(self._finish(shell, body, result, items, messages, tenant))
 
@@ -234,7 +231,7 @@ class Responses:
     def _reasoning_tokens(self, items: list[dict[str, Any]], result: Result) -> int:
         """The reply's thinking as the tokenizer counts it, its tags included (the engine does not mark where the
         thinking ended)."""
-        text = "".join(p["text"] for it in items if it["type"] == "reasoning" for p in it["content"])
+        text = _thought(items)
         if not text:
             return 0
         return min(result.output_tokens, len(self.server.tokenizer.encode(f"{OPEN}{text}{CLOSE}", False)))
@@ -366,6 +363,10 @@ def _reasoning(text: str) -> dict[str, Any]:
             "content": [{"type": "reasoning_text", "text": text}]}
 
 
+def _thought(items: list[dict[str, Any]]) -> str:
+    return "".join(p["text"] for it in items if it["type"] == "reasoning" for p in it["content"])
+
+
 def _message(text: str) -> dict[str, Any]:
     return {"type": "message", "id": f"msg_{secrets.token_hex(12)}", "status": "completed", "role": "assistant",
             "content": [_part(text)]}
@@ -381,7 +382,7 @@ def _reply(items: list[dict[str, Any]]) -> dict[str, Any]:
     calls = [{"id": it["call_id"], "type": "function", "function": {"name": it["name"],
                                                                     "arguments": json.loads(it["arguments"])}}
              for it in items if it["type"] == "function_call"]
-    thought = "".join(p["text"] for it in items if it["type"] == "reasoning" for p in it["content"])
+    thought = _thought(items)
     return {"role": "assistant", "content": text, **({"tool_calls": calls} if calls else {}),
             **({"reasoning_content": thought} if thought else {})}
 
