@@ -116,6 +116,8 @@ def _in_trace_ids(trace: Trace, prompts: list[np.ndarray], replies: list[np.ndar
                   ) -> list[np.ndarray | None]:
     """Reply blocks' hashes as the trace's ids: a prompt's block keeps the id the trace gave it, content no
     prompt holds gets an id past the trace's (equal content, equal id)."""
+    if all(hashes is None for hashes in replies):  # no reply's tokens came back: nothing to name
+        return list(replies)
     named = dict(zip(np.concatenate(prompts).tolist(), trace.block_ids.tolist(), strict=True))
     fresh = itertools.count(trace.n_block_ids)
     out: list[np.ndarray | None] = []
