@@ -116,6 +116,23 @@ def test_ray_flags_without_ray_installed_exit_2_naming_the_extra(tmp_path):
         assert r.returncode == 2 and f"{flag}: Ray is not installed here (pip install 'agentkv[ray]')" in r.stderr
 
 
+# what the extras bring (pyproject's optional dependencies): none of it may be needed by the main job
+EXTRA_MODULES = ("torch", "safetensors", "tokenizers", "jinja2", "llguidance", "xxhash", "redis", "hiredis",
+                 "fastapi", "starlette", "uvicorn", "prometheus_client", "httpx", "pydantic", "triton", "ray")
+
+
+def test_the_main_job_runs_on_a_core_install(tmp_path):
+    """README's first command installs agentkv without extras: `agentkv report` (and the CLI's parser, which
+    holds `serve`'s flags too) must not import them. Each is blocked here as if not installed."""
+    code = (f"import sys; sys.modules.update(dict.fromkeys({EXTRA_MODULES!r})); from agentkv.cli import main; "
+            f"sys.exit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, "report", "--gen-sessions", "4", "--workers", "1",
+                        "--concurrency", "2", "--out", str(tmp_path / "r.html")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "r.json").read_text())["headline"]
+
+
 def test_report_small_run_end_to_end(tmp_path):
     out = tmp_path / "r.html"
     r = agentkv("report", "--gen-sessions", "8", "--workers", "1", "--concurrency", "4", "--out", str(out),

@@ -33,8 +33,9 @@ from agentkv.server import errors
 from agentkv.server import openai_protocol as oai
 from agentkv.server.chat import Messages, Tools, anthropic_messages, openai_messages
 from agentkv.server.errors import APIError
+from agentkv.server.guards import RequestLimits
 from agentkv.server.jobs import Jobs, Result
-from agentkv.server.limits import Limits, RequestLimits, text_chars
+from agentkv.server.limits import Limits, text_chars
 from agentkv.server.metrics import Metrics
 from agentkv.server.responses import Responses, ResponsesRequest
 from agentkv.server.structured import forced_call, json_reply

@@ -186,7 +186,7 @@ def run(app, args: argparse.Namespace, sockets: list | None = None) -> int:
     supervisor restarts the process instead of leaving a server that answers 503 for ever."""
     import uvicorn
 
-    from agentkv.server.limits import uvicorn_config
+    from agentkv.server.guards import uvicorn_config
 
     server = uvicorn.Server(uvicorn_config(app, app.state.server.cfg.limits, host=args.host, port=args.port,
                                            log_level=args.log_level, timeout_graceful_shutdown=None))

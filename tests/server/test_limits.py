@@ -11,7 +11,8 @@ import time
 import pytest
 import uvicorn
 
-from agentkv.server.limits import Limits, uvicorn_config
+from agentkv.server.guards import uvicorn_config
+from agentkv.server.limits import Limits
 
 
 async def echo(scope, receive, send) -> None:
