@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "qwen3-coder-30b-a3b, deepseek-v4-flash, llama-4-scout whose context window holds every "
                           "request, on the fewest GPUs whose KV holds the longest (tp=1, weight_dtype=bf16 for a model "
                           "you name), router=prefix-aware, dram_gb=0 (half the host's), disk_gb=2000, "
-                          "slo_ttft_s=20, slo_quantile=90")
+                          "slo_ttft_s=20, slo_quantile=90 (the percentile every bound is at), slo_output_tps=30 "
+                          "(per-request output speed; or slo_tpot_ms, which replaces it), slo_e2e_s=0 (turn time; "
+                          "0: none), slo_slowdown=1.2 (agents' pace against the trace's timing; 0: none)")
     rep.add_argument("--hardware-file", help="your own hardware.toml")
     rep.add_argument("--models", help="your own models.toml")
     rep.add_argument("--prices", help="your own prices.toml")

@@ -3,8 +3,8 @@
 Whole replicas are coarse (at 20 sessions several levers all need one GPU), so each lever is also measured on
 one replica under rising load: Poisson session starts at a target concurrency (as `--concurrency` sets it:
 start rate × mean recorded session length), bracketed by doubling and then narrowed geometrically to within
-RESOLUTION. Large traces are measured on an evenly spaced sample of sessions. A trace with few sessions cannot
-offer a replica more concurrency than it has sessions; a lever still within the SLO there gets a lower bound.
+RESOLUTION. Large traces are measured on an evenly spaced sample of sessions; a load above the sample's session
+count replays copies of its sessions (fresh ids for their private blocks), so the search is not capped by it.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agentkv.report.ladder import DeploymentSpec, Rung, prefill_floor, rung_config, slo_ttft
+from agentkv.report.slo import meets_slo, slo_misses
 from agentkv.sim.simulator import SimResult, simulate
 from agentkv.workload.arrivals import ArrivalModel, root_sessions
 from agentkv.workload.trace import Trace
 
 SAMPLE_SESSIONS = 120  # top-level sessions the search simulates at most
+MAX_SESSIONS = 4096.0  # the most concurrent sessions one replica is probed at: beyond it, a lower bound
 RESOLUTION = 1.5  # stop when the highest load met and the lowest missed are this close: one geometric midpoint
 # inside a doubling bracket (√2 apart), which keeps the default report within a minute on 2 cores
 
@@ -28,42 +30,45 @@ RESOLUTION = 1.5  # stop when the highest load met and the lowest missed are thi
 class Capacity:
     sessions_per_replica: float  # the highest concurrency that met the SLO; 0: none did
     ttft_slo_s: float  # TTFT at the SLO's percentile there (at the lightest load tried, or the floor, where none did)
-    at_limit: bool = False  # met at the most load the trace's sessions can offer: a lower bound
+    at_limit: bool = False  # met at MAX_SESSIONS, the most load probed: a lower bound
     reason: str = ""  # why none met it
     probes: list[tuple[float, float]] = field(default_factory=list)  # (target concurrency, TTFT at the SLO's q)
 
 
 def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, start: float = 20.0,
-                     max_runs: int = 5, runs: dict[float, SimResult] | None = None) -> Capacity:
-    """Probes halve once below `start`, then drop to one session; `runs` (concurrency → result) is filled."""
+                     max_runs: int = 5, runs: dict[float, SimResult] | None = None,
+                     max_sessions: float = MAX_SESSIONS) -> Capacity:
+    """Probes halve once below `start`, then drop to one session; `runs` (concurrency → result) is filled. The
+    load is not capped by the trace's session count: past it, placement wraps each session round the shorter
+    window, and every later lap is another user's copy of it with fresh ids for its private blocks (see
+    `workload.arrivals.place`)."""
     floor = prefill_floor(trace, spec, rung)
     if floor > spec.slo_ttft_s:
         return Capacity(0.0, floor, reason=f"the p{spec.slo_quantile:g} prompt alone takes {floor:.0f} s to "
                                            "prefill on an idle GPU")
-    top = int((root_sessions(trace) == np.arange(trace.n_sessions)).sum())
     runs = {} if runs is None else runs
     probes: list[tuple[float, float]] = []
 
     def meets(c: float) -> bool:
         runs[c] = simulate(trace, rung_config(spec, rung, ArrivalModel("concurrency", c, seed), 1))
         probes.append((c, slo_ttft(runs[c], spec)))
-        return probes[-1][1] <= spec.slo_ttft_s
+        return meets_slo(runs[c], spec)
 
-    first = c = float(min(max(start, 1.0), top))
+    first = c = float(min(max(start, 1.0), max_sessions))
     lo, hi = (c, None) if meets(c) else (None, c)
     while lo is None and hi is not None and hi > 1.0:
         c = max(hi / 2, 1.0) if hi == first else 1.0  # halve once, then try one session at a time
         lo, hi = (c, hi) if meets(c) else (None, c)
-    while hi is None and lo is not None and lo < top:
-        c = min(2 * lo, float(top))
+    while hi is None and lo is not None and lo < max_sessions:
+        c = min(2 * lo, max_sessions)
         lo, hi = (c, None) if meets(c) else (lo, c)
     while lo is not None and hi is not None and hi / lo > RESOLUTION and len(runs) < max_runs:
         c = math.sqrt(lo * hi)
         lo, hi = (c, hi) if meets(c) else (lo, c)
     if lo is None:
-        ttft = slo_ttft(runs[min(runs)], spec)
-        return Capacity(0.0, ttft, reason=f"misses it with one session at a time (p{spec.slo_quantile:g} "
-                                          f"TTFT {ttft:.0f} s)", probes=probes)
+        least = runs[min(runs)]
+        return Capacity(0.0, slo_ttft(least, spec), reason="misses it with one session at a time ("
+                                                         + "; ".join(slo_misses(least, spec)) + ")", probes=probes)
     return Capacity(lo, slo_ttft(runs[lo], spec), at_limit=hi is None, probes=probes)
 
 

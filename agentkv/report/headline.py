@@ -7,6 +7,7 @@ from itertools import pairwise
 
 from agentkv.report.assemble import Report, RungOutcome
 from agentkv.report.ladder import quantile
+from agentkv.report.slo import slo_achieved
 from agentkv.report.views import plural
 
 
@@ -56,9 +57,12 @@ def _deploy(rep: Report) -> str:
         return (f"No combination of levers meets {spec.slo} for {load}: with all of them on, "
                 f"{top.sized.reason}.")
     c = top.sized.cost
+    assert top.sized.result is not None
     text = (f"Deploy {c.gpus} × {rep.hardware} for {load} of {spec.model}, with all levers on: "
-            f"p{spec.slo_quantile:g} TTFT {top.sized.ttft_slo_s:.1f} s against the {spec.slo_ttft_s:g} s SLO, "
+            f"{slo_achieved(top.sized.result, spec)} against the SLO ({spec.slo}), "
             f"${c.usd_per_mtok_blended:.3f} per million tokens (all tokens).")
+    if top.sized.binding:
+        text += (f" What sets the size: one replica fewer misses {'; '.join(top.sized.binding)}.")
     first = next(o for o in rep.outcomes if o.sized.cost and o.sized.cost.gpus == c.gpus)
     if first is not top:
         text += (f" From the {first.rung.name.lstrip('+')} on, {_gpus(c.gpus)} already "

@@ -17,6 +17,7 @@ import numpy as np
 
 from agentkv.catalog import hardware, model
 from agentkv.kvcache.sizing import codec
+from agentkv.report.slo import DEFAULT_OUTPUT_TPS, DEFAULT_SLOWDOWN, describe_slo
 from agentkv.sim.simulator import SimConfig, SimResult
 from agentkv.sim.stepcost import Deployment, prefill_seconds
 from agentkv.workload.arrivals import ArrivalModel
@@ -35,7 +36,11 @@ class DeploymentSpec:
     dram_gb: float = 0.0  # per replica; 0: half the host DRAM the hardware has per device × tp
     disk_gb: float = 2000.0  # per replica
     slo_ttft_s: float = 20.0
-    slo_quantile: float = 90.0
+    slo_quantile: float = 90.0  # every percentile bound of the SLO is at this percentile of requests
+    slo_output_tps: float = DEFAULT_OUTPUT_TPS  # per-request output tokens/s (0: no bound); see report/slo.py
+    slo_tpot_ms: float = 0.0  # time per output token (0: none); where given it replaces slo_output_tps
+    slo_e2e_s: float = 0.0  # turn time, request sent to last token (0: no bound)
+    slo_slowdown: float = DEFAULT_SLOWDOWN  # agents' pace against the trace's own timing (0: no bound)
     max_replicas: int = 512
     hardware_file: str | None = None
     models_file: str | None = None
@@ -44,13 +49,16 @@ class DeploymentSpec:
         for name, ok, rule in (("tp", self.tp >= 1, ">= 1"), ("max_replicas", self.max_replicas >= 1, ">= 1"),
                                ("dram_gb", self.dram_gb >= 0, ">= 0"), ("disk_gb", self.disk_gb >= 0, ">= 0"),
                                ("slo_ttft_s", self.slo_ttft_s > 0, "> 0"),
+                               *((k, getattr(self, k) >= 0, ">= 0") for k in ("slo_output_tps", "slo_tpot_ms",
+                                                                              "slo_e2e_s")),
+                               ("slo_slowdown", self.slo_slowdown == 0 or self.slo_slowdown >= 1, "0 (off) or >= 1"),
                                ("slo_quantile", 0 < self.slo_quantile <= 100, "in (0, 100]")):
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name):g}: must be {rule}")
 
     @property
     def slo(self) -> str:
-        return f"p{self.slo_quantile:g} TTFT ≤ {self.slo_ttft_s:g} s"
+        return describe_slo(self)
 
 
 @dataclass(slots=True, frozen=True)
@@ -90,7 +98,7 @@ def quantile(x: np.ndarray, q: float) -> float:
 
 
 def slo_ttft(res: SimResult, spec: DeploymentSpec) -> float:
-    """TTFT at the SLO's percentile (served requests only)."""
+    """TTFT at the SLO's percentile (served requests only): what the views show beside "SLO met"."""
     return quantile(res.ttft, spec.slo_quantile)
 
 

@@ -1,4 +1,4 @@
-"""Sized to the SLO: the fewest replicas whose TTFT at the SLO's percentile meets it under the offered load.
+"""Sized to the SLO: the fewest replicas that meet every part of it (`slo.meets_slo`) under the offered load.
 
 Each candidate size is a full simulation. The search starts from the size the lever's capacity per replica
 implies (offered sessions / sessions one replica serves), walks down or up from there in growing steps and
@@ -11,11 +11,12 @@ cost, only the reason. A trace larger than the capacity sample is sized on the s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agentkv.cost.selfhosted import SelfHostedCost, self_hosted_cost
 from agentkv.report.capacity import Capacity
 from agentkv.report.ladder import DeploymentSpec, Rung, rung_config, slo_ttft
+from agentkv.report.slo import meets_slo, slo_misses
 from agentkv.sim.simulator import SimResult, simulate
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.trace import Trace
@@ -28,6 +29,7 @@ class Sized:
     cost: SelfHostedCost | None  # only where the SLO is met
     result: SimResult | None = None
     reason: str = ""  # why the SLO is missed
+    binding: list[str] = field(default_factory=list)  # what one replica fewer misses: the bounds that set the size
 
 
 def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, capacity: Capacity,
@@ -41,7 +43,7 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
     def meets(r: int) -> bool:
         if r not in runs:
             runs[r] = simulate(trace, rung_config(spec, rung, arrival, r))
-        return slo_ttft(runs[r], spec) <= spec.slo_ttft_s
+        return meets_slo(runs[r], spec)
 
     # a replica that misses the SLO even lightly loaded may still meet it as part of a fleet: more replicas
     # also mean more cache, so that search starts from one replica per five sessions
@@ -66,9 +68,11 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if meets(mid) else (mid, hi)
     if hi is None:
-        best = min(runs, key=lambda r: slo_ttft(runs[r], spec))
-        ttft = slo_ttft(runs[best], spec)
-        return Sized(None, ttft, None, runs[best], reason=f"no fleet up to {max(runs)} replicas meets it "
-                                                          f"(best p{spec.slo_quantile:g} TTFT {ttft:.0f} s)")
-    return Sized(hi, slo_ttft(runs[hi], spec), self_hosted_cost(runs[hi], usd_per_gpu_hour), runs[hi])
+        best = min(runs, key=lambda r: (len(slo_misses(runs[r], spec)), slo_ttft(runs[r], spec)))
+        return Sized(None, slo_ttft(runs[best], spec), None, runs[best],
+                     reason=f"no fleet up to {max(runs)} replicas meets it (at {best}: "
+                            + "; ".join(slo_misses(runs[best], spec)) + ")")
+    below = slo_misses(runs[hi - 1], spec) if hi - 1 in runs else []
+    return Sized(hi, slo_ttft(runs[hi], spec), self_hosted_cost(runs[hi], usd_per_gpu_hour), runs[hi],
+                 binding=below)
 

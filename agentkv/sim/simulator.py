@@ -69,6 +69,8 @@ class SimResult:
     in_system_s: float  # ∫ (requests queued or running, over all replicas) dt, from the schedulers' own state
     wall_s: float
     config: SimConfig
+    pause: np.ndarray = field(default_factory=lambda: np.zeros(0))  # agent's think before each request (s)
+    recorded_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the trace's service time (NaN: unknown)
 
     @property
     def served(self) -> np.ndarray:
@@ -86,6 +88,22 @@ class SimResult:
     @property
     def e2e(self) -> np.ndarray:
         return (self.finish - self.arrival)[self.served]
+
+    @property
+    def output_tps(self) -> np.ndarray:
+        """Output tokens per second each request streams after its first token (1 / TPOT)."""
+        return 1.0 / np.maximum(self.tpot, 1e-9)
+
+    @property
+    def slowdown(self) -> float:
+        """How much longer the agents take than they recorded: (think + served turn times) over (think + recorded
+        service times), over served requests whose service time the trace records; NaN where none does."""
+        known = self.served & ~np.isnan(self.recorded_s) if len(self.recorded_s) else np.zeros(0, dtype=bool)
+        if not known.any():
+            return float("nan")
+        think = float(self.pause[known].sum())
+        return (think + float((self.finish - self.arrival)[known].sum())) / max(
+            think + float(self.recorded_s[known].sum()), 1e-9)
 
     @property
     def hit_rate(self) -> float:
@@ -267,6 +285,7 @@ class Simulator:
             transfer_s=totals["transfer"],
             steps=int(totals["steps"]), prefill_tokens=int(totals["prefill_tokens"]),
             decode_tokens=int(totals["decode_tokens"]), in_system_s=self.in_system, wall_s=wall, config=self.cfg,
+            pause=self.pause, recorded_s=trace.api_time.astype(np.float64),
         )
 
 
