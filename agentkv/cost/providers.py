@@ -14,7 +14,7 @@ read within the TTL); the client is assumed to mark the whole prompt for caching
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,8 @@ class ModelPrice:
     long_above: int  # prompts over this many tokens pay the long rates (0: no long-context tier)
     long_input: float
     long_output: float
+    read: float  # cache hits, x input
+    serves: str = ""  # the catalog model (models.toml) this row sells, for open models a user could self-host
 
     def rates(self, prompt: int) -> tuple[float, float]:
         """$ per input and output token for a prompt of this size."""
@@ -55,6 +57,8 @@ class ProviderCost:
     refused: int = 0  # requests larger than their model's window: not served, not priced
     refused_tokens: int = 0  # their prompt tokens
     usd_by_model: tuple[tuple[str, float], ...] = ()
+    unmatched: tuple[str, ...] = ()  # the trace's models with no row of their exact version: priced at the default
+    as_of: str = ""  # the date its prices were read
 
     @property
     def hit_rate(self) -> float:
@@ -89,28 +93,31 @@ def _model_price(provider: str, name: str, t: dict[str, Any], sched: dict[str, A
 
     return ModelPrice(name, str(t.get("match", "")), num("input"), num("output"), int(num("context")),
                       int(num("min_prefix", sched.get("min_prefix", 0))), int(num("long_above", 0)),
-                      num("long_input", t.get("input")), num("long_output", t.get("output")))
+                      num("long_input", t.get("input")), num("long_output", t.get("output")),
+                      num("read", sched.get("read")), str(t.get("serves", "")))
 
 
 def serving_model(models: list[ModelPrice], default: str, requested: str) -> int:
-    """Index of the model a request for `requested` is priced at: the first whose `match` it contains."""
-    if requested:
-        for k, m in enumerate(models):
-            if m.match and m.match in requested:
-                return k
-    return next(k for k, m in enumerate(models) if m.name == default)
+    """Index of the model a request for `requested` is priced at: the one with the longest `match` it contains
+    (an exact version, "opus-4-1", beats a family), else the provider's default."""
+    hits = [(len(m.match), -k) for k, m in enumerate(models) if requested and m.match and m.match in requested]
+    return -max(hits)[1] if hits else next(k for k, m in enumerate(models) if m.name == default)
 
 
-def provider_cost(trace: Trace, arrivals: np.ndarray, name: str, sched: dict[str, Any]) -> ProviderCost:
+def provider_cost(trace: Trace, arrivals: np.ndarray, name: str, sched: dict[str, Any],
+                  only: str | None = None) -> ProviderCost:
+    """The trace at this provider: each request at its own model's row, or every request at the row `only`."""
     kind = sched.get("kind")
     if kind not in KINDS:
         raise ValueError(f"provider '{name}': field 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
     models = model_prices(name, sched)
-    read, ttl = float(sched["read"]), float(sched["ttl_s"])
+    ttl = float(sched["ttl_s"])
     write = float(sched.get("write_5m", 1.0)) if kind == "explicit" else 1.0
     step = int(sched.get("step", 1))
     names = trace.model_names()
-    by_name = {n: serving_model(models, sched["default"], n) for n in set(names.tolist())}
+    by_name = {n: serving_model(models, only or sched["default"], "" if only else n) for n in set(names.tolist())}
+    unmatched = tuple(sorted(n for n in by_name if n and not only and not any(m.match and m.match in n
+                                                                                for m in models)))
     serving = np.array([by_name[n] for n in names], dtype=np.int64)
     bs = trace.block_size
     expiry = np.full((len(models), trace.n_block_ids), -np.inf)  # one cache per model
@@ -136,7 +143,7 @@ def provider_cost(trace: Trace, arrivals: np.ndarray, name: str, sched: dict[str
         elif kind == "hitmiss":
             cached = step * (cached // step)
         cacheable = n_in >= m.min_prefix
-        cost = cached * read * p_in + (n_in - cached) * (write if cacheable else 1.0) * p_in + n_out * p_out
+        cost = cached * m.read * p_in + (n_in - cached) * (write if cacheable else 1.0) * p_in + n_out * p_out
         if cacheable:
             expiry[k, ids] = now + ttl  # written, or read and refreshed
         usd += cost
@@ -147,7 +154,8 @@ def provider_cost(trace: Trace, arrivals: np.ndarray, name: str, sched: dict[str
     return ProviderCost(
         name, usd, usd_plain, int(cached_total), int(trace.input_tokens[served].sum()),
         int(trace.output_tokens[served].sum()), int(refused.sum()), int(trace.input_tokens[refused].sum()),
-        tuple((m.name, float(u)) for m, u in zip(models, usd_model, strict=True) if u > 0),
+        tuple((m.name, float(u)) for m, u in zip(models, usd_model, strict=True) if u > 0), unmatched,
+        str(sched.get("as_of", "")),
     )
 
 
@@ -155,3 +163,17 @@ def all_providers(trace: Trace, arrivals: np.ndarray, table: dict[str, Any]) -> 
     if not trace.has_block_ids:
         raise ValueError("trace has no block ids: provider caches cannot be replayed on it")
     return [provider_cost(trace, arrivals, name, sched) for name, sched in table.items()]
+
+
+def same_model_apis(trace: Trace, arrivals: np.ndarray, prices: dict[str, Any], model: str) -> list[ProviderCost]:
+    """Every API row that sells the catalog model `model` (its lab's own API and the hosts of open weights:
+    prices.toml's [providers] and [open_apis] rows whose `serves` names it), each pricing the whole trace.
+    These are the prices a self-hosted deployment of that model competes with."""
+    out = []
+    for table in (prices.get("providers", {}), prices.get("open_apis", {})):
+        for name, sched in table.items():
+            for m in model_prices(name, sched):
+                if m.serves == model:
+                    out.append(replace(provider_cost(trace, arrivals, name, sched, only=m.name),
+                                       name=f"{name} {m.name}"))
+    return out

@@ -17,12 +17,13 @@ import numpy as np
 
 from agentkv.catalog import hardware, model
 from agentkv.cost.plans import BreakEven, break_even
-from agentkv.cost.providers import ProviderCost, all_providers
+from agentkv.cost.providers import ProviderCost, all_providers, same_model_apis
 from agentkv.cost.selfhosted import GpuRates
 from agentkv.kvcache.sizing import codec
 from agentkv.report.capacity import SAMPLE_SESSIONS, Capacity, sample_sessions, session_capacity
 from agentkv.report.ladder import LADDER, DeploymentSpec, Rung, rung_config
 from agentkv.report.levers import CodecFit, TierLoad, codec_fits, tier_loads
+from agentkv.report.load import LoadCurve, load_curve
 from agentkv.report.models import Candidate, candidate, candidate_specs, deployment
 from agentkv.report.sizing import Sized, size_to_slo
 from agentkv.sim.simulator import SimResult, simulate
@@ -65,6 +66,7 @@ class Report:
     fleet_chosen_by: str
     outcomes: list[RungOutcome]
     providers: list[ProviderCost]
+    model_apis: list[ProviderCost]  # the APIs that sell the deployed model (cost.providers.same_model_apis)
     plans: list[BreakEven]
     median_context: int
     kv_fit: list[CodecFit]
@@ -81,6 +83,10 @@ class Report:
     @property
     def fleet_gpus(self) -> int:
         return self.fleet_replicas * self.spec.tp
+
+    @property
+    def curves(self) -> list[LoadCurve]:
+        return [load_curve(o.rung.name, o.capacity, self.usd_per_gpu_hour, self.spec.tp) for o in self.outcomes]
 
 
 def offered_concurrency(trace: Trace, arrival: ArrivalModel) -> float:
@@ -185,8 +191,9 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
         models_view = _model_view(pool, candidates, others, (spec, trace, window, outcomes[-1].sized),
                                   (arrival, offered, gpu_hour, sample_size), step)
     _SHARED.clear()
-    providers = all_providers(*place(recorded, arrival), price_table["providers"]) \
-        if recorded.has_block_ids else []
+    placed = place(recorded, arrival) if recorded.has_block_ids else None
+    providers = all_providers(*placed, price_table["providers"]) if placed else []
+    apis = same_model_apis(*placed, price_table, spec.model) if placed else []
     plan_prices = {k: float(v) for k, v in price_table.get("plans", {}).items() if k not in ("source", "as_of")}
     top = int((trace.session_parent < 0).sum())
     measured_on = "the whole trace" if measured is trace else _sample_note(measured, trace, top)
@@ -198,7 +205,7 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
         requests=recorded.n_requests, input_tokens=int(recorded.input_tokens.sum()), arrival=arrival.describe(),
         offered_sessions=offered, open_sessions=open_sessions(measured, arrival), fleet_replicas=fleet,
         fleet_chosen_by=chosen_by, outcomes=list(outcomes),
-        providers=providers, plans=break_even(plan_prices, providers, top), median_context=median,
+        providers=providers, model_apis=apis, plans=break_even(plan_prices, providers, top), median_context=median,
         kv_fit=codec_fits(base, max(median, 1)), kv_load=tier_loads(replace(base, kv_codec=codec("bf16")), median),
         window=window, model_choice=model_choice, candidates=models_view, wall_s=time.perf_counter() - wall,
     )

@@ -33,6 +33,7 @@ class Capacity:
     at_limit: bool = False  # met at MAX_SESSIONS, the most load probed: a lower bound
     reason: str = ""  # why none met it
     probes: list[tuple[float, float]] = field(default_factory=list)  # (target concurrency, TTFT at the SLO's q)
+    tokens_per_session_s: float = 0.0  # prompt and output tokens an open session sends per second, at capacity
 
 
 def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, start: float = 20.0,
@@ -69,7 +70,13 @@ def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, 
         least = runs[min(runs)]
         return Capacity(0.0, slo_ttft(least, spec), reason="misses it with one session at a time ("
                                                          + "; ".join(slo_misses(least, spec)) + ")", probes=probes)
-    return Capacity(lo, slo_ttft(runs[lo], spec), at_limit=hi is None, probes=probes)
+    return Capacity(lo, slo_ttft(runs[lo], spec), at_limit=hi is None, probes=probes,
+                    tokens_per_session_s=billed_tokens(runs[lo]) / max(runs[lo].billed_s * lo, 1e-9))
+
+
+def billed_tokens(res: SimResult) -> float:
+    """Prompt and output tokens of the requests a run bills (those that arrived in its offered window)."""
+    return float(res.prompt[res.billed].sum() + res.output[res.billed].sum())
 
 
 def sample_sessions(trace: Trace, k: int = SAMPLE_SESSIONS) -> Trace:

@@ -15,10 +15,34 @@ from agentkv.report.views import View
 
 
 def figures(views: dict[str, View], slo_s: float) -> list[tuple[str, bytes]]:
-    out = [_sized(views["sized_to_slo"]), _capacity(views["capacity_per_gpu"]), _ttft(views["same_fleet"], slo_s)]
+    out = [_load(views["cost_vs_load"]), _sized(views["sized_to_slo"]), _capacity(views["capacity_per_gpu"]),
+           _ttft(views["same_fleet"], slo_s)]
     if views["api_providers"].rows:
         out.append(_providers(views["api_providers"]))
     return out
+
+
+def _load(view: View) -> tuple[str, bytes]:
+    """$/Mtok against concurrent sessions, log-log: a line per lever (where it meets the SLO), a dashed line per
+    API of the same model."""
+    keys = [c.key for c in view.columns if c.key.startswith("usd_per_mtok_at_")]
+    loads = [int(k.split("_")[4]) for k in keys]
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=100)
+    for r in view.rows:
+        xs = [n for n, k in zip(loads, keys, strict=True) if r.get(k) is not None]
+        ys = [r[k] for k in keys if r.get(k) is not None]
+        api = str(r["lever"]).startswith("API ")
+        if xs:
+            ax.plot(xs, ys, "--" if api else "o-", label=str(r["lever"])[:60], linewidth=2 if api else 1,
+                    markersize=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent agent sessions")
+    ax.set_ylabel("$ per million tokens")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Cost against load: self-hosted levers vs the same model's APIs")
+    return "$/Mtok against load per lever, and the APIs of the same model (dashed)", _png(fig)
 
 
 def _names(view: View) -> list[str]:

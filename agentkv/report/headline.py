@@ -7,12 +7,30 @@ from itertools import pairwise
 
 from agentkv.report.assemble import Report, RungOutcome
 from agentkv.report.ladder import quantile
+from agentkv.report.load import crossings
 from agentkv.report.slo import slo_achieved
 from agentkv.report.views import plural
 
 
 def headline(rep: Report) -> list[str]:
-    return [*_window(rep), _deploy(rep) + _ramp(rep), _baseline(rep), best_lever(rep.outcomes, rep.spec.tp), _modelled(rep)]
+    return [*_window(rep), _deploy(rep) + _ramp(rep), *_break_even(rep), _baseline(rep),
+            best_lever(rep.outcomes, rep.spec.tp), _modelled(rep)]
+
+
+def _break_even(rep: Report) -> list[str]:
+    """Against each API of the same model: the load where self-hosting starts to win, and what to run each side."""
+    out = []
+    for x in crossings(rep.curves, rep.model_apis):
+        api = f"{x.api.name} (${x.api.usd_per_mtok:.3f}/Mtok on this traffic)"
+        if x.sessions is None:
+            floor = f"${x.floor:.3f}" if x.floor is not None else "more"
+            out.append(f"Against {api}: self-hosting {rep.spec.model} never breaks even on {rep.hardware} — even "
+                       f"full replicas with every lever cost {floor}/Mtok; use the API at any load.")
+            continue
+        out.append(f"Against {api}: break-even at {x.sessions:.3g} concurrent sessions per replica of "
+                   f"{plural(rep.spec.tp, 'GPU')} — below ~{x.sessions:.3g} sessions use {x.api.name}; above, "
+                   f"self-host with levers through {x.lever.lstrip('+')} (full replicas: ${x.floor:.3f}/Mtok).")
+    return out
 
 
 def _window(rep: Report) -> list[str]:

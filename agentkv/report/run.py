@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 from agentkv import __version__
@@ -12,6 +12,7 @@ from agentkv.report.assemble import Report, build_report
 from agentkv.report.capacity import SAMPLE_SESSIONS
 from agentkv.report.headline import headline
 from agentkv.report.ladder import DeploymentSpec
+from agentkv.report.load import crossings
 from agentkv.report.progress import progress_bar
 from agentkv.report.views import COLUMNS, View, views
 from agentkv.workload.arrivals import ArrivalModel
@@ -84,6 +85,10 @@ def document(rep: Report, lines: list[str], info: dict[str, str], vs: list[View]
                     "usd_per_gpu_hour_hyperscaler": rep.gpu_rates.hyperscaler, "slo_ttft_s": rep.spec.slo_ttft_s,
                     "slo_quantile": rep.spec.slo_quantile, "median_context_tokens": rep.median_context,
                     "requests": rep.requests, "input_tokens": rep.input_tokens, "wall_s": rep.wall_s},
+        "slo": {f.name: getattr(rep.spec, f.name) for f in fields(rep.spec) if f.name.startswith("slo_")},
+        "break_even": [{"api": x.api.name, "api_usd_per_mtok": x.api.usd_per_mtok, "as_of": x.api.as_of,
+                        "lever": x.lever, "sessions_per_replica": x.sessions, "full_replica_usd_per_mtok": x.floor}
+                       for x in crossings(rep.curves, rep.model_apis)],
         "columns": {k: {"label": c.label, "meaning": c.meaning} for k, c in COLUMNS.items() if k in used},
         **{v.key: {"title": v.title, "rows": [_finite(row) for row in v.rows], "notes": v.notes} for v in vs},
         "context_window": {**asdict(rep.window), "served": rep.window.served},

@@ -5,12 +5,14 @@ numbers in the unit the key names (`_pct`, `_s`, `_ms`, `_usd`...)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agentkv.report.capacity import RESOLUTION
+from agentkv.report.capacity import MAX_SESSIONS, RESOLUTION
 from agentkv.report.ladder import quantile
+from agentkv.report.load import LOADS, Crossing, crossings
 from agentkv.report.slo import meets_slo
 
 if TYPE_CHECKING:
@@ -66,10 +68,14 @@ COLUMNS = _cols(
     ("usd_per_mtok_output", "$/Mtok output", "usd", "decode share of the fleet $ over output tokens"),
     ("sessions_per_replica", "sessions per replica", "num",
      "most concurrent agent sessions (as --concurrency sets them) one replica serves within the SLO "
-     "(≥: the trace has too few sessions to load it further)"),
+     "(≥: met at the most load probed); past the trace's own sessions, copies of them are replayed"),
     ("sessions_per_gpu", "sessions per GPU", "num", "sessions per replica / GPUs per replica"),
     ("usd_per_session_hour", "$ per session-hour", "usd", "GPU $ per hour / sessions per GPU"),
     ("provider", "provider", "text", "API provider's price and prompt-caching schedule"),
+    ("usd_per_mtok_full", "$/Mtok full", "usd",
+     "a lever's fleet $/Mtok with every replica at its capacity (the least it costs at any load); an API's $/Mtok"),
+    ("break_even_sessions", "break-even sessions", "num",
+     "concurrent sessions one replica must carry for the cheapest lever to cost what this API does (— : never)"),
     ("usd_with_cache", "$ with caching", "usd", "the whole trace, prompt caching on"),
     ("usd_no_cache", "$ without caching", "usd", "the whole trace, prompt caching off"),
     ("saving_pct", "saving %", "pct", "1 − with / without caching"),
@@ -92,7 +98,7 @@ class View:
 
 def views(rep: Report) -> list[View]:
     first = [model_view(rep)] if rep.candidates else []
-    return [*first, same_fleet(rep), sized(rep), capacity(rep), api_prices(rep),
+    return [*first, same_fleet(rep), sized(rep), capacity(rep), cost_vs_load(rep), api_prices(rep),
             *([break_even(rep)] if rep.plans else [])]
 
 
@@ -220,14 +226,70 @@ def capacity(rep: Report) -> View:
                      "cache)") if o.sized.cost else ""
             notes.append(f"{o.rung.name}: no load meets the SLO on one replica — {c.reason}{fleet}.")
         elif c.at_limit:
-            notes.append(f"{o.rung.name}: still within the SLO at the most load the trace's sessions offer: "
-                         "a lower bound (give a trace with more sessions to find the limit).")
+            notes.append(f"{o.rung.name}: still within the SLO at {MAX_SESSIONS:,.0f} concurrent sessions, the most "
+                         "probed: a lower bound.")
     notes.append(f"capacity is the highest concurrency probed that met the SLO; the next probe, at most "
                  f"{RESOLUTION:g}× higher, missed it. Concurrency is as offered (session start rate × mean session "
                  "length), held from the first second: sessions start warm, already open as in the stationary state.")
     return View("capacity_per_gpu", f"Capacity per GPU: concurrent agent sessions one replica serves within the SLO "
                 f"(${rep.usd_per_gpu_hour:g}/GPU-hour)",
                 _c("lever", "sessions_per_replica", "sessions_per_gpu", "usd_per_session_hour", key), rows, notes)
+
+
+def _load_key(n: int) -> str:
+    key = f"usd_per_mtok_at_{n}_sessions"
+    if key not in COLUMNS:
+        COLUMNS[key] = Column(key, f"{n:,}", "usd", f"fleet $ per million tokens at {n:,} concurrent sessions: "
+                              "⌈load / capacity⌉ replicas over the tokens that load sends")
+    return key
+
+
+STALE_DAYS = 180  # a price read longer ago than this is flagged
+
+
+def stale(as_of: str, today: date) -> bool:
+    """A price dated more than STALE_DAYS before `today`, or with no date a reader can check."""
+    try:
+        read = date.fromisoformat(as_of if len(as_of) > 7 else f"{as_of}-01")
+    except ValueError:
+        return True
+    return (today - read).days > STALE_DAYS
+
+
+def cost_vs_load(rep: Report, today: date | None = None) -> View:
+    today = today or date.today()
+    curves, keys = rep.curves, [_load_key(n) for n in LOADS]
+    rows: list[dict[str, object]] = []
+    for c in curves:
+        rows.append({"lever": c.lever, "sessions_per_replica": c.per_replica or None, "usd_per_mtok_full": c.floor,
+                     **{k: c.usd_per_mtok(n) for k, n in zip(keys, LOADS, strict=True)}})
+    notes = []
+    for x in crossings(curves, rep.model_apis):
+        flag = " STALE" if stale(x.api.as_of, today) else ""
+        rows.append({"lever": f"API {x.api.name}{flag}",
+                     "usd_per_mtok_full": x.api.usd_per_mtok, "break_even_sessions": x.sessions,
+                     **dict.fromkeys(keys, x.api.usd_per_mtok)})
+        notes.append(_crossing_note(x) + (f" (prices as of {x.api.as_of or 'an unknown date'}: older than "
+                                           f"{STALE_DAYS} days, check them)" if flag else ""))
+    if not rep.model_apis:
+        notes.append(f"no API in the price catalog sells {rep.spec.model} (prices.toml rows whose `serves` names "
+                     "it), or the trace has no block ids to replay their caches on")
+    notes.append("a lever's fleet at each load: ⌈load / its capacity per replica⌉ replicas (capacity view, one "
+                 "replica simulated within the SLO), paid for the tokens that load sends at the rate measured at "
+                 "capacity; the sized view simulates the fleet at the offered load. APIs: the trace at their "
+                 "prices and caching, load-independent.")
+    return View("cost_vs_load", f"Cost against load: $/Mtok at {LOADS[0]} to {LOADS[-1]:,} concurrent sessions "
+                f"(columns), per lever and at the APIs that sell {rep.spec.model}",
+                _c("lever", "sessions_per_replica", "usd_per_mtok_full", *keys, "break_even_sessions"), rows, notes)
+
+
+def _crossing_note(x: Crossing) -> str:
+    if x.sessions is None:
+        floor = f"${x.floor:.3f}" if x.floor is not None else "no price (no lever meets the SLO)"
+        return (f"{x.api.name}: ${x.api.usd_per_mtok:.3f}/Mtok on this traffic; self-hosting never matches it: "
+                f"full replicas with the best levers cost {floor}/Mtok")
+    return (f"{x.api.name}: ${x.api.usd_per_mtok:.3f}/Mtok; self-hosted with levers through {x.lever.lstrip('+')} "
+            f"it breaks even at {x.sessions:.3g} concurrent sessions per replica")
 
 
 def api_prices(rep: Report) -> View:
@@ -237,8 +299,12 @@ def api_prices(rep: Report) -> View:
     notes = [] if rep.providers else ["the trace has no block ids: provider caches cannot be replayed on it"]
     notes += [f"{p.name}: " + ", ".join(f"{m} ${u:,.2f}" for m, u in p.usd_by_model) for p in rep.providers
               if len(p.usd_by_model) > 1]
+    notes += [f"{p.name}: no row for {', '.join(p.unmatched)}: priced at its default model" for p in rep.providers
+              if p.unmatched]
+    notes += [f"{p.name}: STALE, prices as of {p.as_of or 'an unknown date'}" for p in rep.providers
+              if stale(p.as_of, date.today())]
     if rep.providers:
-        notes.append("each request at its own model's list price (the trace's model, or the provider's default), "
+        notes.append("each request at its own model's list price, by exact version (the trace's model, or the provider's default), "
                      "long-context rates where the prompt passes the model's threshold; a request over the model's "
                      "window is refused: counted, not priced (prices.toml names each price's source and date)")
     return View("api_providers", "The same traffic at API providers (their prices, their prompt caching)",

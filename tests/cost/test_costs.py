@@ -9,7 +9,7 @@ import pytest
 
 from agentkv.catalog import hardware, model, prices
 from agentkv.cost.plans import break_even
-from agentkv.cost.providers import provider_cost
+from agentkv.cost.providers import provider_cost, same_model_apis
 from agentkv.cost.selfhosted import self_hosted_cost
 from agentkv.kvcache.sizing import codec
 from agentkv.sim.simulator import SimConfig, simulate
@@ -114,21 +114,51 @@ def test_each_request_is_priced_at_its_own_model():
 
 
 def test_a_request_without_a_model_is_priced_at_the_default_and_windows_bind_other_providers():
-    t = trace_of([(0, 150_000, np.arange(2343)), (10, 100_000, np.arange(1562))])
+    t = trace_of([(0, 450_000, np.arange(7032)), (10, 100_000, np.arange(1562))])
     table = prices()["providers"]
-    deepseek = provider_cost(t, t.time.copy(), "deepseek", table["deepseek"])
-    assert deepseek.refused == 1 and deepseek.input_tokens == 100_000  # 128k window
+    openai = provider_cost(t, t.time.copy(), "openai", table["openai"])
+    assert openai.refused == 1 and openai.input_tokens == 100_000  # 400k window
     anthropic = provider_cost(t, t.time.copy(), "anthropic", table["anthropic"])
     assert anthropic.refused == 0 and dict(anthropic.usd_by_model).keys() == {"claude-sonnet-4-5"}
 
 
 def test_every_price_names_its_source_and_date():
     table = prices()
-    for section in ("gpu_hour", "plans", *(f"providers.{p}" for p in table["providers"])):
+    for section in ("gpu_hour", "plans", *(f"providers.{p}" for p in table["providers"]),
+                    *(f"open_apis.{p}" for p in table["open_apis"])):
         entry = table
         for key in section.split("."):
             entry = entry[key]
         assert entry.get("source") and entry.get("as_of"), section
+
+
+def test_each_request_is_priced_at_its_exact_model_version():
+    """Opus 4.1 at Opus 4.1's $15/$75, not Opus 4.5's $5/$25; a version with no row falls to the default, and the
+    cost names it."""
+    table = prices()["providers"]["anthropic"]
+    b = TraceBuilder(64)
+    s = b.add_session("s")
+    for t, m in ((0, "claude-opus-4-1-20250805"), (1000, "claude-opus-4-5-20251101"), (2000, "claude-opus-9")):
+        b.add_request(s, t, 640, 100, np.arange(10) + t, model=m)
+    c = provider_cost(b.build(), np.array([0.0, 1000.0, 2000.0]), "anthropic", table)
+    mtok = 1e-6  # 640-token prompts are under the minimum cacheable prefix: no write premium
+    assert dict(c.usd_by_model) == pytest.approx({"claude-opus-4-1": 640 * 15 * mtok + 100 * 75 * mtok,
+                                                  "claude-opus-4-5": 640 * 5 * mtok + 100 * 25 * mtok,
+                                                  "claude-sonnet-4-5": 640 * 3 * mtok + 100 * 15 * mtok})
+    assert c.unmatched == ("claude-opus-9",)
+
+
+def test_the_same_models_apis_price_the_whole_trace_at_that_model():
+    """A self-hosted deepseek-v4-flash competes with every row that sells it: DeepSeek's own API (cache hits at
+    2% of input) and OpenRouter's listing (no cache discount modelled); Claude's model names do not matter."""
+    t = trace_of([(0, 64_000, np.arange(1000)), (60, 64_000, np.arange(1000))])
+    rows = {c.name: c for c in same_model_apis(t, t.time.copy(), prices(), "deepseek-v4-flash")}
+    assert set(rows) == {"deepseek deepseek-v4-flash", "openrouter deepseek-v4-flash"}
+    mtok = 1e-6
+    deepseek = 64_000 * 0.14 * mtok + 64_000 * 0.0028 * mtok  # the second prompt is all hits
+    assert rows["deepseek deepseek-v4-flash"].usd == pytest.approx(deepseek, rel=1e-6)
+    assert rows["openrouter deepseek-v4-flash"].usd == pytest.approx(2 * 64_000 * 0.10 * mtok)
+    assert same_model_apis(t, t.time.copy(), prices(), "kimi-k2") == []
 
 
 def test_a_broken_model_table_is_named():
