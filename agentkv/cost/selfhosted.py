@@ -5,8 +5,9 @@ the tokens of the requests that arrived in it, not over the makespan: a finite t
 Claude Code session returns 122 h after it began) that would bill an idle fleet. Busy time is attributed to
 uncached input, output and cached input by the simulator (`simulator._attribute`): token-proportional work to the
 step's new tokens, attention to the keys it reads, so cached input carries the attention over its KV and the
-transfers that brought it to the GPU; idle time is spread over them in proportion. HBM holding cached KV costs nothing extra here:
-its price is in how many GPUs the load needs.
+transfers that brought it to the GPU. Idle time is its own line (`usd_per_mtok_idle`, over all tokens), not
+folded into the parts: a part-idle fleet would otherwise show output at tens of $/Mtok beside cents of input.
+HBM holding cached KV costs nothing extra here: its price is in how many GPUs the load needs.
 """
 
 from __future__ import annotations
@@ -43,10 +44,12 @@ class SelfHostedCost:
     gpus: int
     gpu_hours: float
     usd: float
-    usd_per_mtok_input: float  # uncached prompt tokens
+    usd_per_mtok_input: float  # uncached prompt tokens: the GPU time spent on them
     usd_per_mtok_cached: float  # prompt tokens served from the cache
     usd_per_mtok_output: float
-    usd_per_mtok_blended: float  # all tokens, in and out
+    usd_per_mtok_blended: float  # all tokens, in and out: every GPU-hour billed
+    usd_per_mtok_idle: float = 0.0  # the GPU-hours no step ran, over all tokens
+    utilisation: float = 0.0  # busy GPU time / billed GPU time
 
 
 def self_hosted_cost(res: SimResult, usd_per_gpu_hour: float) -> SelfHostedCost:
@@ -58,8 +61,10 @@ def self_hosted_cost(res: SimResult, usd_per_gpu_hour: float) -> SelfHostedCost:
     cached = float(res.cached[served].sum())
     uncached = float(res.prompt[served].sum()) - cached
     output = float(res.output[served].sum())
-    busy = res.prefill_s + res.decode_s + res.cached_s + res.transfer_s
-    share = (lambda part: part / busy) if busy > 0 else (lambda part: 0.0)
+    billed_replica_s = res.config.replicas * res.billed_s
+    worked = res.prefill_s + res.decode_s + res.cached_s + res.transfer_s
+    util = min(worked / billed_replica_s, 1.0) if billed_replica_s > 0 else 0.0  # the drain's work is not billed
+    share = (lambda part: usd * util * part / worked) if worked > 0 else (lambda part: 0.0)  # parts + idle = usd
 
     def per_mtok(part_usd: float, tokens: float) -> float:
         return part_usd / (tokens / 1e6) if tokens > 0 else 0.0
@@ -68,8 +73,10 @@ def self_hosted_cost(res: SimResult, usd_per_gpu_hour: float) -> SelfHostedCost:
         gpus=gpus,
         gpu_hours=hours,
         usd=usd,
-        usd_per_mtok_input=per_mtok(usd * share(res.prefill_s), uncached),
-        usd_per_mtok_cached=per_mtok(usd * share(res.cached_s + res.transfer_s), cached),
-        usd_per_mtok_output=per_mtok(usd * share(res.decode_s), output),
+        usd_per_mtok_input=per_mtok(share(res.prefill_s), uncached),
+        usd_per_mtok_cached=per_mtok(share(res.cached_s + res.transfer_s), cached),
+        usd_per_mtok_output=per_mtok(share(res.decode_s), output),
         usd_per_mtok_blended=per_mtok(usd, uncached + cached + output),
+        usd_per_mtok_idle=per_mtok(usd * (1 - util), uncached + cached + output),
+        utilisation=util,
     )

@@ -17,7 +17,7 @@ import numpy as np
 from agentkv.report.ladder import DeploymentSpec, Rung, prefill_floor, rung_config, slo_ttft
 from agentkv.report.slo import meets_slo, slo_misses
 from agentkv.sim.simulator import SimResult, simulate
-from agentkv.workload.arrivals import ArrivalModel, root_sessions
+from agentkv.workload.arrivals import ArrivalModel, root_sessions, session_spans
 from agentkv.workload.trace import Trace
 
 SAMPLE_SESSIONS = 120  # top-level sessions the search simulates at most
@@ -34,6 +34,7 @@ class Capacity:
     reason: str = ""  # why none met it
     probes: list[tuple[float, float]] = field(default_factory=list)  # (target concurrency, TTFT at the SLO's q)
     tokens_per_session_s: float = 0.0  # prompt and output tokens an open session sends per second, at capacity
+    undefined: bool = False  # the trace's sessions have no length, so a concurrency cannot place them: not probed
 
 
 def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, start: float = 20.0,
@@ -47,6 +48,12 @@ def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, 
     if floor > spec.slo_ttft_s:
         return Capacity(0.0, floor, reason=f"the p{spec.slo_quantile:g} prompt alone takes {floor:.0f} s to "
                                            "prefill on an idle GPU")
+    top = root_sessions(trace) == np.arange(trace.n_sessions)
+    if not top.any() or float(session_spans(trace)[top].mean()) <= 0:
+        return Capacity(0.0, float("nan"), undefined=True,
+                        reason="its sessions are single requests with no recorded service time, so no concurrency "
+                               "can place them (Little's law would pack the whole trace into an instant); sized on "
+                               "the arrivals as offered instead")
     runs = {} if runs is None else runs
     probes: list[tuple[float, float]] = []
 

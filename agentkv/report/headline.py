@@ -78,7 +78,8 @@ def _deploy(rep: Report) -> str:
     assert top.sized.result is not None
     text = (f"Deploy {c.gpus} × {rep.hardware} for {load} of {spec.model}, with all levers on: "
             f"{slo_achieved(top.sized.result, spec)} against the SLO ({spec.slo}), "
-            f"${c.usd_per_mtok_blended:.3f} per million tokens (all tokens).")
+            f"${c.usd_per_mtok_blended:.3f} per million tokens (all tokens; the GPUs are busy "
+            f"{c.utilisation:.0%} of the time, idle capacity ${c.usd_per_mtok_idle:.3f} of it).")
     if top.sized.binding:
         text += (f" What sets the size: one replica fewer misses {'; '.join(top.sized.binding)}.")
     first = next(o for o in rep.outcomes if o.sized.cost and o.sized.cost.gpus == c.gpus)

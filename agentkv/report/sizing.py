@@ -36,7 +36,7 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
                 offered_sessions: float, usd_per_gpu_hour: float, runs: dict[int, SimResult],
                 max_runs: int = 8) -> Sized:
     """`runs` (replicas → result at the offered arrivals) is read and filled, so other views can reuse them."""
-    if capacity.sessions_per_replica <= 0 and not rung.prefix_cache:
+    if capacity.sessions_per_replica <= 0 and not rung.prefix_cache and not capacity.undefined:
         return Sized(None, capacity.ttft_slo_s, None, reason=capacity.reason)
     budget = len(runs) + max_runs
 

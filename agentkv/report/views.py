@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from agentkv.cost.selfhosted import self_hosted_cost
 from agentkv.report.capacity import MAX_SESSIONS, RESOLUTION
 from agentkv.report.ladder import quantile
 from agentkv.report.load import LOADS, Crossing, crossings
@@ -54,7 +55,10 @@ COLUMNS = _cols(
     ("ttft_p90_s", "TTFT p90 s", "s", "time to first token, 90th percentile"),
     ("ttft_p99_s", "TTFT p99 s", "s", "time to first token, 99th percentile"),
     ("tpot_p50_ms", "TPOT p50 ms", "ms", "time per output token after the first, median"),
-    ("tok_s_per_gpu", "tok/s per GPU", "num", "prompt and output tokens served per GPU-second billed"),
+    ("computed_tok_s_per_gpu", "computed tok/s/GPU", "num",
+     "uncached prompt and output tokens the GPUs computed, per GPU-second billed"),
+    ("cached_tok_s_per_gpu", "cached tok/s/GPU", "num", "prompt tokens served from the cache, per GPU-second billed"),
+    ("util_pct", "GPU busy %", "pct", "GPU time spent on steps over GPU time billed: the rest is idle capacity"),
     ("requests_rejected", "rejected", "int", "requests longer than one replica's whole GPU KV: never served"),
     ("usd_per_mtok", "$/Mtok all tokens", "usd", "fleet $ over every prompt and output token"),
     ("usd_per_mtok_low", "$/Mtok at low GPU rate", "usd",
@@ -66,6 +70,8 @@ COLUMNS = _cols(
     ("usd_per_mtok_cached_input", "$/Mtok cached in", "usd",
      "tier-transfer share of the fleet $ over prompt tokens served from cache"),
     ("usd_per_mtok_output", "$/Mtok output", "usd", "decode share of the fleet $ over output tokens"),
+    ("usd_per_mtok_idle", "$/Mtok idle", "usd", "the fleet's idle GPU time, over all tokens: its own line, not "
+     "folded into the parts"),
     ("sessions_per_replica", "sessions per replica", "num",
      "most concurrent agent sessions (as --concurrency sets them) one replica serves within the SLO "
      "(≥: met at the most load probed); past the trace's own sessions, copies of them are replayed"),
@@ -152,20 +158,40 @@ def same_fleet(rep: Report) -> View:
         res = o.fleet_run
         assert res is not None
         gpus = res.config.replicas * res.config.deployment.tp
-        billed = res.billed
-        tokens = float(res.prompt[billed].sum() + res.output[billed].sum())
+        billed, gpu_s = res.billed, max(res.billed_s * gpus, 1e-9)
+        cached = float(res.cached[billed].sum())
+        computed = float(res.prompt[billed].sum() + res.output[billed].sum()) - cached
         rows.append({"lever": o.rung.name, "gpus": gpus, **_hits(res), **_latency(res),
-                     "tok_s_per_gpu": tokens / max(res.billed_s * gpus, 1e-9),
+                     "computed_tok_s_per_gpu": computed / gpu_s, "cached_tok_s_per_gpu": cached / gpu_s,
+                     "util_pct": 100 * self_hosted_cost(res, rep.usd_per_gpu_hour).utilisation,
                      "requests_rejected": int(res.rejected.sum()),
                      "slo_met": meets_slo(res, rep.spec)})
     cols = _c("lever", "gpus", "hit_pct", "hit_hbm_pct", "hit_dram_pct", "hit_disk_pct", "ttft_p50_s",
-              "ttft_p90_s", "ttft_p99_s", "tpot_p50_ms", "tok_s_per_gpu", "requests_rejected", "slo_met")
+              "ttft_p90_s", "ttft_p99_s", "tpot_p50_ms", "computed_tok_s_per_gpu", "cached_tok_s_per_gpu",
+              "util_pct", "requests_rejected", "slo_met")
     if _slo_key(rep) not in {c.key for c in cols}:
         cols.insert(9, COLUMNS[_slo_key(rep)])
         for row, o in zip(rows, rep.outcomes, strict=True):
             row[_slo_key(rep)] = quantile(o.fleet_run.ttft, rep.spec.slo_quantile)  # type: ignore[union-attr]
     return View("same_fleet", f"Same fleet: every lever on {plural(rep.fleet_gpus, 'GPU')} "
-                f"({plural(rep.fleet_replicas, 'replica')}: {rep.fleet_chosen_by})", cols, rows, _rejected_notes(rep))
+                f"({plural(rep.fleet_replicas, 'replica')}: {rep.fleet_chosen_by})", cols, rows,
+                _rejected_notes(rep) + _tail_notes(rep))
+
+
+P99_FACTOR = 3.0  # a p99 TTFT this many times the SLO percentile's is a tail the SLO does not see: flagged
+
+
+def _tail_notes(rep: Report) -> list[str]:
+    q, out = rep.spec.slo_quantile, []
+    for o in rep.outcomes:
+        res = o.fleet_run
+        assert res is not None
+        at_q, p99 = quantile(res.ttft, q), quantile(res.ttft, 99)
+        if q < 99 and p99 > P99_FACTOR * at_q:
+            out.append(f"{o.rung.name}: p99 TTFT {p99:.3g} s is {p99 / max(at_q, 1e-9):.0f}x the p{q:g}'s "
+                       f"{at_q:.3g} s (flagged above {P99_FACTOR:g}x): one request in a hundred waits far longer "
+                       "than the SLO's percentile shows")
+    return out
 
 
 def plural(n: int, word: str) -> str:
@@ -196,6 +222,8 @@ def sized(rep: Report) -> View:
                      "usd_per_mtok_uncached_input": c.usd_per_mtok_input if c else None,
                      "usd_per_mtok_cached_input": c.usd_per_mtok_cached if c else None,
                      "usd_per_mtok_output": c.usd_per_mtok_output if c else None,
+                     "usd_per_mtok_idle": c.usd_per_mtok_idle if c else None,
+                     "util_pct": 100 * c.utilisation if c else None,
                      "requests_rejected": int(s.result.rejected.sum()) if s.result and c else None})
         if s.reason:
             notes.append(f"{o.rung.name}: SLO missed, no size or cost — {s.reason}.")
@@ -204,11 +232,12 @@ def sized(rep: Report) -> View:
     notes.append("$/Mtok: the fleet's GPU-hours over the window its sessions start in (n / start rate), over the "
                  "tokens of the requests that arrived in it; the drain after it is not billed. Splits: "
                  "GPU time spent on prefill, tier transfers and decode, each over the tokens it served (uncached "
-                 "prompt, cached prompt, output); idle time is shared in proportion.")
+                 "prompt, cached prompt, output); idle GPU time is its own line, over all tokens.")
     return View("sized_to_slo", f"Sized to the SLO ({rep.spec.slo}): fewest GPUs and $/Mtok per lever",
                 _c("lever", "gpus", key, "slo_met", "hit_pct", "usd_per_mtok", "usd_per_mtok_low",
-                   "usd_per_mtok_hyperscaler", "usd_per_mtok_uncached_input",
-                   "usd_per_mtok_cached_input", "usd_per_mtok_output", "requests_rejected"), rows, notes)
+                   "usd_per_mtok_hyperscaler", "util_pct", "usd_per_mtok_uncached_input",
+                   "usd_per_mtok_cached_input", "usd_per_mtok_output", "usd_per_mtok_idle", "requests_rejected"),
+                rows, notes)
 
 
 def capacity(rep: Report) -> View:
@@ -221,7 +250,9 @@ def capacity(rep: Report) -> View:
         rows.append({"lever": o.rung.name, "sessions_per_replica": per, "sessions_per_gpu": per / tp,
                      "usd_per_session_hour": rep.usd_per_gpu_hour * tp / per if per else None, key: c.ttft_slo_s,
                      "at_limit": c.at_limit})
-        if c.reason:
+        if c.undefined:
+            notes.append(f"{o.rung.name}: capacity per replica not measured — {c.reason}.")
+        elif c.reason:
             fleet = (f"; yet {plural(o.sized.cost.gpus, 'GPU')} together meet it (more replicas also bring more "
                      "cache)") if o.sized.cost else ""
             notes.append(f"{o.rung.name}: no load meets the SLO on one replica — {c.reason}{fleet}.")

@@ -220,3 +220,17 @@ def test_cached_input_carries_the_attention_over_its_keys():
     assert c.usd_per_mtok_cached > 0
     cold = simulate(sessions_trace(), replace(cfg, prefix_cache=False))
     assert cold.cached_s == 0.0  # nothing served from cache: no attention charged to it
+
+
+def test_idle_time_is_its_own_line_and_the_parts_add_up_to_the_bill():
+    """A fleet far larger than its load: the idle GPU-hours are shown as idle, not charged to output tokens."""
+    res = simulate(sessions_trace(), replace(one_h200(ArrivalModel("rate", 1 / 30.0)), replicas=4))
+    c = self_hosted_cost(res, 3.49)
+    assert 0 < c.utilisation < 0.5 and c.utilisation == pytest.approx(res.busy_s.sum() / (4 * res.billed_s))
+    billed = res.billed
+    cached = float(res.cached[billed].sum())
+    uncached, output = float(res.prompt[billed].sum()) - cached, float(res.output[billed].sum())
+    parts = (c.usd_per_mtok_input * uncached + c.usd_per_mtok_cached * cached + c.usd_per_mtok_output * output
+             + c.usd_per_mtok_idle * (uncached + cached + output)) / 1e6
+    assert parts == pytest.approx(c.usd)
+    assert c.usd_per_mtok_idle * (uncached + cached + output) / 1e6 == pytest.approx(c.usd * (1 - c.utilisation))

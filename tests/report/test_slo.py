@@ -68,3 +68,22 @@ def test_capacity_search_exceeds_the_traces_own_session_count(small):
     assert cap.sessions_per_replica > 12.0
     loads = [c for c, _ in cap.probes]
     assert max(loads) > cap.sessions_per_replica or cap.at_limit
+
+
+def test_a_trace_of_single_requests_is_sized_on_its_own_clock_not_packed_into_an_instant():
+    """Mooncake-style traffic: every request its own session, with no service time recorded. A concurrency
+    cannot place such sessions (their length is 0), so capacity is not probed; the fleet is still sized on the
+    trace's own arrivals, where one replica keeps up."""
+    from agentkv.catalog import prices
+    from agentkv.report.assemble import build_report
+    from agentkv.workload.builder import TraceBuilder
+
+    b = TraceBuilder(64)
+    for k in range(60):
+        s = b.add_session(f"r{k}", start=2.0 * k)
+        b.add_request(s, 0.0, 2048, 64, np.arange(32) + 1000 * k)
+    rep = build_report(b.build(), DeploymentSpec(slo_slowdown=0.0), ArrivalModel("trace"), prices(), workers=1)
+    base = rep.outcomes[0]
+    assert base.capacity.undefined and not base.capacity.probes
+    assert base.sized.replicas == 1 and base.sized.result is not None
+    assert float(np.ptp(base.sized.result.arrival)) == pytest.approx(118.0)  # the trace's own two minutes
