@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agentkv.report.capacity import session_capacity
+from agentkv.report.capacity import Capacity, session_capacity
 from agentkv.report.ladder import LADDER, DeploymentSpec, rung_config
 from agentkv.report.slo import meets_slo, slo_misses, tpot_limit_ms
 from agentkv.sim.simulator import simulate
@@ -87,3 +87,21 @@ def test_a_trace_of_single_requests_is_sized_on_its_own_clock_not_packed_into_an
     assert base.capacity.undefined and not base.capacity.probes
     assert base.sized.replicas == 1 and base.sized.result is not None
     assert float(np.ptp(base.sized.result.arrival)) == pytest.approx(118.0)  # the trace's own two minutes
+
+
+def test_an_output_speed_bound_sizes_a_bigger_fleet_and_the_sizing_says_what_binds(small):
+    """Where one replica meets TTFT but streams too slowly, the output-speed bound alone sets a larger fleet; the
+    size below it is named with the bound it misses (what the headline prints)."""
+    from agentkv.report.sizing import size_to_slo
+
+    arrival, rung = ArrivalModel("concurrency", 48.0), LADDER[-1]
+    at = {r: simulate(small, rung_config(DeploymentSpec(), rung, arrival, r)) for r in (1, 4)}
+    tpot = [1e3 * float(np.percentile(at[r].tpot, 90)) for r in (1, 4)]
+    assert tpot[1] < tpot[0], "more replicas must mean smaller decode batches for this test"
+    loose = DeploymentSpec(slo_output_tps=0.0, slo_slowdown=0.0)
+    tight = DeploymentSpec(slo_tpot_ms=(tpot[0] + tpot[1]) / 2, slo_slowdown=0.0)
+    cap = Capacity(48.0, 1.0)
+    a = size_to_slo(small, loose, rung, arrival, cap, 48.0, 3.49, {})
+    b = size_to_slo(small, tight, rung, arrival, cap, 48.0, 3.49, {})
+    assert a.replicas == 1 and b.replicas is not None and 1 < b.replicas <= 4
+    assert b.binding and all("output speed" in m for m in b.binding)
