@@ -43,3 +43,33 @@ def test_break_even_names_the_first_lever_as_cheap_as_the_best():
 def test_a_price_older_than_half_a_year_or_undated_is_stale():
     today = date(2026, 12, 5)
     assert not stale("2026-07-04", today) and stale("2026-05", today) and stale("unknown", today)
+
+
+def test_the_report_prices_its_own_model_at_its_apis_and_states_the_break_even():
+    """llama-3.1-8b on one H200: DeepInfra's row serves that model; the headline names the break-even load (or
+    that there is none), the load view carries the API as a flat line beside every lever, and a lever's $/Mtok
+    at the break-even load equals the API's."""
+    from agentkv.catalog import prices
+    from agentkv.report.assemble import build_report
+    from agentkv.report.headline import headline
+    from agentkv.report.ladder import DeploymentSpec
+    from agentkv.report.views import cost_vs_load
+    from agentkv.workload.arrivals import ArrivalModel
+    from agentkv.workload.generator import GeneratorConfig, LogNormal, WindowClass, generate
+
+    trace = generate(GeneratorConfig(sessions=6, seed=11, subagent_rate=0.0, turns=LogNormal(8, 0.4),
+                                     windows=(WindowClass(1.0, 60_000, LogNormal(12_000, 0.4)),)))
+    rep = build_report(trace, DeploymentSpec(), ArrivalModel("concurrency", 6.0), prices(), workers=1)
+    assert [a.name for a in rep.model_apis] == ["deepinfra llama-3.1-8b"]
+    [x] = crossings(rep.curves, rep.model_apis)
+    line = next(s for s in headline(rep) if s.startswith("Against deepinfra llama-3.1-8b"))
+    view = cost_vs_load(rep, today=date(2026, 12, 5))
+    api_row = view.rows[-1]
+    assert api_row["lever"] == "API deepinfra llama-3.1-8b STALE"  # its source gives no date
+    assert {v for k, v in api_row.items() if k.startswith("usd_per_mtok_at_")} == {x.api.usd_per_mtok}
+    if x.sessions is None:
+        assert "never breaks even" in line and x.floor > x.api.usd_per_mtok
+    else:
+        assert f"break-even at {x.sessions:.3g} concurrent sessions" in line
+        curve = next(c for c in rep.curves if c.lever == x.lever)
+        assert curve.usd_per_mtok(x.sessions) == pytest.approx(x.api.usd_per_mtok)
