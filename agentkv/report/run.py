@@ -86,7 +86,7 @@ def document(rep: Report, lines: list[str], info: dict[str, str], vs: list[View]
                     "slo_quantile": rep.spec.slo_quantile, "median_context_tokens": rep.median_context,
                     "requests": rep.requests, "input_tokens": rep.input_tokens, "wall_s": rep.wall_s},
         "slo": {f.name: getattr(rep.spec, f.name) for f in fields(rep.spec) if f.name.startswith("slo_")},
-        "break_even": [{"api": x.api.name, "api_usd_per_mtok": x.api.usd_per_mtok, "as_of": x.api.as_of,
+        "api_break_even": [{"api": x.api.name, "api_usd_per_mtok": x.api.usd_per_mtok, "as_of": x.api.as_of,
                         "lever": x.lever, "sessions_per_replica": x.sessions, "full_replica_usd_per_mtok": x.floor}
                        for x in crossings(rep.curves, rep.model_apis)],
         "columns": {k: {"label": c.label, "meaning": c.meaning} for k, c in COLUMNS.items() if k in used},

@@ -67,6 +67,11 @@ def test_the_report_prices_its_own_model_at_its_apis_and_states_the_break_even()
     api_row = view.rows[-1]
     assert api_row["lever"] == "API deepinfra llama-3.1-8b STALE"  # its source gives no date
     assert {v for k, v in api_row.items() if k.startswith("usd_per_mtok_at_")} == {x.api.usd_per_mtok}
+    from agentkv.report.run import document
+    from agentkv.report.views import views
+
+    [doc_row] = document(rep, headline(rep), {}, views(rep))["api_break_even"]
+    assert doc_row["api"] == x.api.name and doc_row["sessions_per_replica"] == x.sessions
     if x.sessions is None:
         assert "never breaks even" in line and x.floor > x.api.usd_per_mtok
     else:
