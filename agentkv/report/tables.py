@@ -16,7 +16,7 @@ from agentkv.workload.stats import FitRow, TraceStats
 
 def default_console() -> Console:
     """A terminal's own width; piped output gets room for the wide tables (rich would squeeze it to 80)."""
-    return Console() if sys.stdout.isatty() else Console(width=150)
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _num(x: float) -> str:

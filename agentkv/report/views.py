@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agentkv.cost.selfhosted import self_hosted_cost
 from agentkv.report.capacity import MAX_SESSIONS, RESOLUTION
 from agentkv.report.ladder import quantile
 from agentkv.report.load import LOADS, Crossing, crossings
@@ -58,7 +57,7 @@ COLUMNS = _cols(
     ("computed_tok_s_per_gpu", "computed tok/s/GPU", "num",
      "uncached prompt and output tokens the GPUs computed, per GPU-second billed"),
     ("cached_tok_s_per_gpu", "cached tok/s/GPU", "num", "prompt tokens served from the cache, per GPU-second billed"),
-    ("util_pct", "GPU busy %", "pct", "GPU time spent on steps over GPU time billed: the rest is idle capacity"),
+    ("util_pct", "busy %", "pct", "GPU time spent on steps over GPU time billed: the rest is idle capacity"),
     ("requests_rejected", "rejected", "int", "requests longer than one replica's whole GPU KV: never served"),
     ("usd_per_mtok", "$/Mtok all tokens", "usd", "fleet $ over every prompt and output token"),
     ("usd_per_mtok_low", "$/Mtok at low GPU rate", "usd",
@@ -163,12 +162,11 @@ def same_fleet(rep: Report) -> View:
         computed = float(res.prompt[billed].sum() + res.output[billed].sum()) - cached
         rows.append({"lever": o.rung.name, "gpus": gpus, **_hits(res), **_latency(res),
                      "computed_tok_s_per_gpu": computed / gpu_s, "cached_tok_s_per_gpu": cached / gpu_s,
-                     "util_pct": 100 * self_hosted_cost(res, rep.usd_per_gpu_hour).utilisation,
                      "requests_rejected": int(res.rejected.sum()),
                      "slo_met": meets_slo(res, rep.spec)})
     cols = _c("lever", "gpus", "hit_pct", "hit_hbm_pct", "hit_dram_pct", "hit_disk_pct", "ttft_p50_s",
               "ttft_p90_s", "ttft_p99_s", "tpot_p50_ms", "computed_tok_s_per_gpu", "cached_tok_s_per_gpu",
-              "util_pct", "requests_rejected", "slo_met")
+              "requests_rejected", "slo_met")
     if _slo_key(rep) not in {c.key for c in cols}:
         cols.insert(9, COLUMNS[_slo_key(rep)])
         for row, o in zip(rows, rep.outcomes, strict=True):
@@ -221,11 +219,11 @@ def sized(rep: Report) -> View:
                      "usd_per_mtok": c.usd_per_mtok_blended if c else None,
                      "usd_per_mtok_low": c.usd_per_mtok_blended * band[0] if c else None,
                      "usd_per_mtok_hyperscaler": c.usd_per_mtok_blended * band[1] if c else None,
+                     "util_pct": 100 * c.utilisation if c else None,
                      "usd_per_mtok_uncached_input": c.usd_per_mtok_input if c else None,
                      "usd_per_mtok_cached_input": c.usd_per_mtok_cached if c else None,
                      "usd_per_mtok_output": c.usd_per_mtok_output if c else None,
                      "usd_per_mtok_idle": c.usd_per_mtok_idle if c else None,
-                     "util_pct": 100 * c.utilisation if c else None,
                      "requests_rejected": int(s.result.rejected.sum()) if s.result and c else None})
         if s.reason:
             notes.append(f"{o.rung.name}: SLO missed, no size or cost — {s.reason}.")
