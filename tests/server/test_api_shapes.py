@@ -118,7 +118,8 @@ def test_reasoning_parser_gives_openai_chat_its_reasoning(start, tmp_path):
 
 
 def test_a_reasoning_item_goes_with_the_assistant_turn_after_it():
-    from agentkv.server.responses import ResponsesRequest, _messages
+    from agentkv.server.api_responses import _messages
+    from agentkv.server.responses_protocol import ResponsesRequest
 
     body = ResponsesRequest.model_validate({"model": "m", "input": [
         {"role": "user", "content": "hi"},
