@@ -127,7 +127,6 @@ class _Sent:
     """How much of a request's reply its stream has had."""
 
     tokens: int = 0
-    chars: int = 0
 
 
 class AsyncLLM:
@@ -265,10 +264,10 @@ class AsyncLLM:
             return
         stream, sent = entry
         c = out.outputs[0]
-        fresh, text = c.token_ids[sent.tokens :], c.text[sent.chars :]
-        sent.tokens, sent.chars = len(c.token_ids), max(sent.chars, len(c.text))
+        fresh = c.token_ids[sent.tokens :]
+        sent.tokens = len(c.token_ids)
         stop = c.stop_reason if isinstance(c.stop_reason, str) else None
-        stream.push(RequestDelta(out.request_id, fresh, text, out.finished, c.finish_reason,
+        stream.push(RequestDelta(out.request_id, fresh, c.delta, out.finished, c.finish_reason,
                                  len(out.prompt_token_ids), len(c.token_ids), out.num_cached_tokens,
                                  dict(out.cached_tokens_per_tier), stop))
         if out.finished:

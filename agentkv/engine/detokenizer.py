@@ -20,14 +20,21 @@ class Detokenizer:
     tokenizer: Any
     stops: tuple[str, ...] = ()
     ids: list[int] = field(default_factory=list)
-    text: str = ""  # decoded so far (cut before the stop string once one matched)
+    shown: list[str] = field(default_factory=list)  # the text `take` handed out, piece by piece
+    shown_chars: int = 0
+    held: str = ""  # decoded, not yet handed out (cut before the stop string once one matched)
     matched: str | None = None  # the stop string that ended the reply
     prefix: int = 0  # the window: ids[prefix:read] decoded already, ids[read:] not yet
     read: int = 0
 
     @property
     def hold(self) -> int:
+        """Characters a running reply keeps back: the longest stop string but one."""
         return max((len(s) for s in self.stops), default=1) - 1
+
+    @property
+    def text(self) -> str:
+        return "".join(self.shown) + self.held
 
     def push(self, token: int) -> str | None:
         """Take one token of the reply; returns the stop string it completed, if it did."""
@@ -36,22 +43,27 @@ class Detokenizer:
         after = self.tokenizer.decode(self.ids[self.prefix :])
         if len(after) <= len(before) or after.endswith(REPLACEMENT):
             return None
-        start = len(self.text)
-        self.text += after[len(before) :]
+        self.held += after[len(before) :]
         self.prefix, self.read = self.read, len(self.ids)
-        return self._find_stop(start) if self.stops else None
+        return self._find_stop() if self.stops else None
 
-    def _find_stop(self, start: int) -> str | None:
-        """A stop string ending in the new piece (`text[start:]`): only the last `hold` characters before it
-        can begin one, so the search is as long as the piece, not the reply."""
-        window = max(0, start - self.hold)
-        hits = [(i, s) for s in self.stops if s and (i := self.text.find(s, window)) >= 0]
+    def _find_stop(self) -> str | None:
+        """A stop string in what is held: the new piece and the `hold` characters before it (anything older
+        was searched when it came), so the search is as long as the piece, not the reply."""
+        hits = [(i, s) for s in self.stops if s and (i := self.held.find(s)) >= 0]
         if not hits:
             return None
         at, self.matched = min(hits)
-        self.text = self.text[:at]
+        self.held = self.held[:at]
         return self.matched
 
-    def visible(self) -> str:
-        """What a stream may show while the reply runs: all but what may still begin a stop string."""
-        return self.text[: max(0, len(self.text) - self.hold)] if self.stops else self.text
+    def take(self, finished: bool = False) -> str:
+        """The text new since the last take that a stream may show: all of it once `finished`, else all but
+        what may still begin a stop string."""
+        keep = 0 if finished or not self.stops else self.hold
+        n = max(0, len(self.held) - keep)
+        out, self.held = self.held[:n], self.held[n:]
+        if out:
+            self.shown.append(out)
+            self.shown_chars += len(out)
+        return out

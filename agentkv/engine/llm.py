@@ -289,8 +289,8 @@ class LLM:
 
     # ---- one step ------------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Run one step; returns an output for every request that got a token (its text so far, less what may
-        begin a stop string; the final text once finished)."""
+        """Run one step; returns an output for every request that got a token (its new text as `delta`, less
+        what may begin a stop string; the final text once finished)."""
         plan = self.scheduler.schedule(time.monotonic())
         self._execute(plan)
         if plan.empty:
@@ -417,12 +417,21 @@ class LLM:
 
     def _output(self, seq: EngineSequence) -> RequestOutput:
         finished = seq.status is Status.FINISHED
-        text = self._text(seq) if finished else seq.detok.visible() if seq.detok is not None else ""
+        text = self._text(seq) if finished else ""
         completion = CompletionOutput(0, text, self._visible(seq) if finished else seq.output_ids,
-                                      seq.finish_reason if finished else None, seq.stop_reason if finished else None)
+                                      seq.finish_reason if finished else None, seq.stop_reason if finished else None,
+                                      self._delta(seq, text, finished))
         per_tier = {n: int(x) for n, x in zip(self.tier_names, seq.prompt_cached_per_tier, strict=False)}
         return RequestOutput(seq.request_id, None, seq.tokens[: seq.prompt_len], [completion], finished,  # type: ignore[index]
                              seq.prompt_cached, per_tier, seq.preemptions)
+
+    @staticmethod
+    def _delta(seq: EngineSequence, text: str, finished: bool) -> str:
+        """The text new this step, as the detokenizer lets a stream show it; at the end, the rest of the final
+        text (what the stream showed is its beginning)."""
+        if seq.detok is None:
+            return ""
+        return text[seq.detok.shown_chars :] if finished else seq.detok.take()
 
     def tokens_of(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         """The prompt's token ids, checked: not empty, and room for max_tokens within the model's context.
