@@ -85,6 +85,12 @@ def create_app(engine: Any, tokenizer: Any, cfg: ServerConfig) -> FastAPI:
     app.add_middleware(_Authenticate, server=server)
     errors.document_400(app)
     app.add_middleware(_RequestId)
+    _api_routes(app, server)
+    return app
+
+
+def _api_routes(app: FastAPI, server: Server) -> None:
+    """The APIs' endpoints: each hands its body to its adapter (or to the server, for what is the server's own)."""
 
     @app.get("/v1/models", responses={200: {"model": oai.ModelList}})
     async def models(request: Request) -> Response:
@@ -126,8 +132,6 @@ def create_app(engine: Any, tokenizer: Any, cfg: ServerConfig) -> FastAPI:
     @app.post("/v1/messages/count_tokens")
     async def count_tokens(body: anth.CountTokensRequest) -> dict[str, int]:
         return {"input_tokens": len(await server.count_tokens(body))}
-
-    return app
 
 
 class _Authenticate:
