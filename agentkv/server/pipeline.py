@@ -129,6 +129,12 @@ class Pipeline:
         if self.tokenizer is None:
             raise APIError(400, "the model folder has no tokenizer.json: send the prompt as token ids", param="prompt")
         self.check_chars(ask.param, ask.messages if ask.messages is not None else ask.prompt, ask.tools)
+        if ask.messages is not None:
+            return await self.render(ask)
+        return await asyncio.to_thread(encode, ask, self.tokenizer)
+
+    async def render(self, ask: Ask) -> list[int]:
+        """A chat through the model's template; what the template refuses is a 400 naming the API's field."""
         from jinja2.exceptions import TemplateError
 
         try:  # templates with long tool schemas and long prompts take ms: keep the event loop free
