@@ -61,13 +61,13 @@ def tap(agent_server, monkeypatch, caplog):
     """Every rendered request (messages and tools, as the template saw them) and the server's log lines."""
     server = agent_server.app.state.server
     seen: list[tuple[list, list | None]] = []
-    render = server.render
+    render = server.pipe.render
 
-    async def recording(messages, tools, **template):
-        seen.append((messages, tools))
-        return await render(messages, tools, **template)
+    async def recording(ask):
+        seen.append((ask.messages, ask.tools))
+        return await render(ask)
 
-    monkeypatch.setattr(server, "render", recording)
+    monkeypatch.setattr(server.pipe, "render", recording)
     caplog.set_level(logging.INFO, logger="agentkv.server")
     return server, seen, caplog
 
