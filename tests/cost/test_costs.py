@@ -234,3 +234,26 @@ def test_idle_time_is_its_own_line_and_the_parts_add_up_to_the_bill():
              + c.usd_per_mtok_idle * (uncached + cached + output)) / 1e6
     assert parts == pytest.approx(c.usd)
     assert c.usd_per_mtok_idle * (uncached + cached + output) / 1e6 == pytest.approx(c.usd * (1 - c.utilisation))
+
+
+def test_the_split_prices_add_up_to_the_bill():
+    """Uncached input, cached input (attention over its keys and the tier transfers that brought it back),
+    output, each at its own $/Mtok, and idle time (its own line, over all tokens) add up to the fleet's $; so does
+    the blended price over all tokens. Twelve
+    generated sessions of Qwen3-Coder-30B at 20 concurrent overflow one H200's HBM into DRAM, so every part is
+    non-zero."""
+    from agentkv.workload.generator import GeneratorConfig, generate
+
+    d = Deployment(hardware("h200"), model("qwen3-coder-30b-a3b"), codec("bf16"))
+    cfg = SimConfig(d, arrival=ArrivalModel("concurrency", 20.0), dram_bytes=500e9)
+    res = simulate(generate(GeneratorConfig(sessions=12, seed=0)), cfg)
+    assert res.transfer_s > 0 and res.cached_s > 0 and res.prefill_s > 0
+    c = self_hosted_cost(res, 3.49)
+    cached = float(res.cached[res.billed].sum())
+    tokens = {"uncached": float(res.prompt[res.billed].sum()) - cached, "cached": cached,
+              "output": float(res.output[res.billed].sum())}
+    parts = (c.usd_per_mtok_input * tokens["uncached"] + c.usd_per_mtok_cached * tokens["cached"]
+             + c.usd_per_mtok_output * tokens["output"] + c.usd_per_mtok_idle * sum(tokens.values())) / 1e6
+    assert parts == pytest.approx(c.usd, rel=1e-9)
+    assert c.usd_per_mtok_blended * sum(tokens.values()) / 1e6 == pytest.approx(c.usd, rel=1e-9)
+    assert c.usd == pytest.approx(c.gpu_hours * 3.49) and c.gpu_hours == pytest.approx(res.billed_s / 3600)
