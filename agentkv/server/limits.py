@@ -41,11 +41,15 @@ class Limits:
 
 
 def text_chars(value: Any) -> int:
-    """Characters of text in a prompt's parts (strings in nested lists and dicts)."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(text_chars(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return sum(text_chars(v) for v in value)
-    return 0
+    """Characters of text in a prompt's parts (strings in nested lists and dicts); iterative, so that no
+    nesting a client sends can overflow the stack."""
+    n, stack = 0, [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            n += len(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+    return n

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from jinja2.defaults import DEFAULT_NAMESPACE
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
+from agentkv.engine.tokenizer import TEMPLATE_GLOBALS
 from agentkv.server.fields import Body as _Body
 from agentkv.server.fields import MaxTokens, Seed, Stops, TopK
 
@@ -84,6 +86,9 @@ class ResponseFormat(_Body):
 
 RENDER_OWN = frozenset({"messages", "tools", "add_generation_prompt", "add_special_tokens", "param", "bos_token",
                         "eos_token", "pad_token", "unk_token"})  # what the server itself gives the template
+# the template's functions (jinja's `namespace`, `range`, ..., and the tokenizer's): a variable of that name
+# would replace the function, and the template would fail calling it
+TEMPLATE_FUNCTIONS = frozenset((*DEFAULT_NAMESPACE, *TEMPLATE_GLOBALS))
 
 
 def template_kwargs(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -92,6 +97,9 @@ def template_kwargs(value: dict[str, Any] | None) -> dict[str, Any] | None:
     taken = sorted(RENDER_OWN.intersection(value or ()))
     if taken:
         raise ValueError(f"{', '.join(taken)}: set by the server, not in chat_template_kwargs")
+    functions = sorted(TEMPLATE_FUNCTIONS.intersection(value or ()))
+    if functions:
+        raise ValueError(f"{', '.join(functions)}: the chat template's own functions, not variables to set")
     return value
 
 

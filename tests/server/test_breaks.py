@@ -1,0 +1,97 @@
+"""The breaks issue 32's break test found, each sent as it was and answered with its 4xx (or done), the next
+request still served: `/v1/responses` bodies checked like every other body (lone surrogates, NaN, metadata
+bounds), free-form JSON nested past any stack, tool-call arguments nested thousands deep, and template
+kwargs that name the template's own functions."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.server.test_hostile import ok
+
+JSON = {"content-type": "application/json"}
+
+
+def _post(url: str, body: str) -> httpx.Response:
+    return httpx.post(url, content=body.encode(), headers=JSON, timeout=30)
+
+
+def _nested(depth: int) -> str:
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
+RESPONSES = '{"model": "chat", "max_output_tokens": 4, '
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    (RESPONSES + '"input": "a \\ud800 b"}', "input"),
+    (RESPONSES + '"input": "hi", "instructions": "\\udfff"}', "instructions"),
+    (RESPONSES + '"input": "hi", "user": "\\ud800"}', "user"),
+    (RESPONSES + '"input": "hi", "metadata": {"k": "\\ud800"}}', "metadata"),
+    (RESPONSES + '"input": [{"role": "user", "content": [{"type": "input_text", "text": "\\ud800"}]}]}', "input"),
+    (RESPONSES + '"input": "hi", "reasoning": {"effort": NaN}}', "reasoning"),
+    (RESPONSES + '"input": "hi", "stream": true, "reasoning": {"effort": NaN}}', "reasoning"),
+    (RESPONSES + '"input": "hi", "metadata": {"k": "' + "x" * 513 + '"}}', "metadata"),
+    (RESPONSES + '"input": "hi", "metadata": {' + ", ".join(f'"k{i}": "v"' for i in range(17)) + "}}", "metadata"),
+])
+def test_responses_bodies_have_every_bodys_checks(chat_server, body, param):
+    r = _post(chat_server.url + "/v1/responses", body)
+    assert r.status_code == 400 and param in r.json()["error"]["message"], r.text
+    assert _post(chat_server.url + "/v1/responses", RESPONSES + '"input": "hi"}').status_code == 200
+
+
+DEEP = 480  # ~2.9 KB: what overflowed the stack counting a prompt's characters
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions", '{"model": "chat", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}], '
+                             '"tools": [{"type": "function", "function": {"name": "f", "parameters": '
+                             + _nested(DEEP) + "}}]}"),
+    ("/v1/messages", '{"model": "chat", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}], '
+                     '"tools": [{"name": "f", "input_schema": ' + _nested(DEEP) + "}]}"),
+    ("/v1/messages", '{"model": "chat", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}, '
+                     '{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": '
+                     + _nested(DEEP) + "}]}]}"),
+    ("/v1/responses", RESPONSES + '"input": "x", "tools": [{"type": "function", "name": "f", "parameters": '
+                      + _nested(DEEP) + "}]}"),
+])
+def test_json_nested_past_the_stack_is_400(chat_server, path, body):
+    r = _post(chat_server.url + path, body)
+    assert r.status_code == 400, r.text  # "nested deeper than 64", or what a union's first branch says
+    ok_chat(chat_server.url)
+
+
+def ok_chat(url: str) -> None:
+    r = httpx.post(url + "/v1/chat/completions", json={"model": "chat", "max_tokens": 4,
+                                                       "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("depth", [100, 5000])
+def test_tool_call_arguments_nested_deep_are_400_naming_them(chat_server, depth):
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": _nested(depth)}}
+    body = {"model": "chat", "max_tokens": 4, "messages": [{"role": "user", "content": "x"},
+                                                          {"role": "assistant", "tool_calls": [call]}]}
+    r = httpx.post(chat_server.url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "messages.1.tool_calls.0.function.arguments", r.text
+    ok_chat(chat_server.url)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/tokenize"])
+@pytest.mark.parametrize("name", ["namespace", "strftime_now", "range", "raise_exception"])
+def test_template_kwargs_naming_a_template_function_are_400(chat_server, path, name):
+    body = {"model": "chat", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}],
+            "chat_template_kwargs": {name: 5}}
+    r = httpx.post(chat_server.url + path, json=body, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "chat_template_kwargs", r.text
+    assert name in r.json()["error"]["message"]
+    ok_chat(chat_server.url)
+
+
+def test_a_body_nested_past_the_json_decoder_is_400(server):
+    r = _post(server.url + "/v1/completions", '{"model": "tiny", "prompt": "hi", "x": ' + "[" * 100_000
+              + "]" * 100_000 + "}")
+    assert r.status_code == 400 and "parsing the body" in r.json()["error"]["message"], r.text
+    ok(server.url)
