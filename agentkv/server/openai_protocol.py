@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from jinja2.defaults import DEFAULT_NAMESPACE
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
+from agentkv.engine.sequence import BIAS_MAX
 from agentkv.engine.tokenizer import TEMPLATE_GLOBALS
 from agentkv.server.fields import Body as _Body
 from agentkv.server.fields import MaxTokens, Seed, Stops, TopK
@@ -106,6 +107,11 @@ def template_kwargs(value: dict[str, Any] | None) -> dict[str, Any] | None:
 TemplateKwargs = Annotated[dict[str, Any] | None, AfterValidator(template_kwargs)]
 
 
+# token id (JSON keys are text: "50256") -> added to its logit, in OpenAI's range; at most 1,024 of them (this
+# server's bound, not a published one: each is one entry of the sampler's per-step scatter)
+LogitBias = Annotated[dict[int, Annotated[float, Field(ge=-BIAS_MAX, le=BIAS_MAX)]], Field(max_length=1024)]
+
+
 class StreamOptions(_Body):
     include_usage: bool = False
 
@@ -128,6 +134,7 @@ class Sampling(_Body):
     ignore_eos: bool = False  # extension: generate exactly max_tokens
     cache_salt: str | None = Field(None, max_length=256)  # extension: a private cache namespace
     return_token_ids: bool = False  # extension: the prompt's and the reply's token ids, as the engine saw them
+    logit_bias: LogitBias | None = None
 
     @property
     def stop_list(self) -> tuple[str, ...]:
@@ -167,6 +174,7 @@ class CompletionRequest(Sampling):
     prompt: str | list[int] = Field(description="one prompt: text or token ids")
     max_tokens: MaxTokens = 16
     echo: Literal[False] = False
+    best_of: int | None = Field(None, ge=1, le=1, description="only best_of=1 (= n) is supported")
     logprobs: None = None
     suffix: None = None
 

@@ -58,6 +58,7 @@ class Ask:
     top_k: int = 0
     seed: int | None = None
     ignore_eos: bool = False
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
     forced_tool: str | None = None  # None (the model decides), "*" (any tool) or a tool's name
     parallel_tool_calls: bool = True
     json_format: tuple[str, dict[str, Any] | None] | None = None  # (kind, schema) of a JSON reply
@@ -107,6 +108,7 @@ class Pipeline:
         arrival = time.monotonic()
         self.check_model(body.model)
         ask = to_request(body, request.headers, self.context)
+        self.check_ids("logit_bias", [t for t, _ in ask.logit_bias])
         prompt = await self.prompt(ask)
         grammar = await self.constrain(self.structured(ask), ask)
         params = self.sampling(ask, prompt, grammar[0] if grammar else None)
@@ -179,7 +181,7 @@ class Pipeline:
             return SamplingParams(max_tokens=asked or limit - len(prompt),
                                   temperature=0.0 if ask.temperature < GREEDY_BELOW else ask.temperature,
                                   top_p=ask.top_p, top_k=ask.top_k, seed=ask.seed, stop=ask.stop,
-                                  ignore_eos=ask.ignore_eos, structured_outputs=spec)
+                                  ignore_eos=ask.ignore_eos, structured_outputs=spec, logit_bias=ask.logit_bias)
         except ValueError as e:
             raise APIError(400, str(e)) from None
 

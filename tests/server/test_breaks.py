@@ -5,10 +5,12 @@ kwargs that name the template's own functions."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
-from tests.server.test_hostile import ok
+from tests.server.test_hostile import COMPLETION, ok
 
 JSON = {"content-type": "application/json"}
 
@@ -95,3 +97,74 @@ def test_a_body_nested_past_the_json_decoder_is_400(server):
               + "]" * 100_000 + "}")
     assert r.status_code == 400 and "parsing the body" in r.json()["error"]["message"], r.text
     ok(server.url)
+
+
+def _pydantic_tool_schema() -> dict:
+    """A tool's parameters as Pydantic writes them: nested models under `$defs`, referenced by `$ref`."""
+    from pydantic import BaseModel, Field
+
+    class Edit(BaseModel):
+        path: str = Field(max_length=12)
+        line: int = Field(ge=0, le=99)
+
+    class Args(BaseModel):
+        edits: list[Edit] = Field(min_length=1, max_length=2)
+
+    schema = Args.model_json_schema()
+    assert "$defs" in schema
+    return schema
+
+
+@pytest.mark.parametrize("api", ["chat", "messages", "responses"])
+def test_a_forced_tool_whose_schema_uses_defs_is_called(chat_oai, chat_anth, api):
+    import jsonschema
+
+    schema = _pydantic_tool_schema()
+    ask = [{"role": "user", "content": "edit"}]
+    if api == "chat":
+        tools = [{"type": "function", "function": {"name": "edit", "parameters": schema}}]
+        r = chat_oai.chat.completions.create(model="chat", messages=ask, tools=tools, tool_choice="required",
+                                             max_tokens=200, temperature=0, parallel_tool_calls=False)
+        args = json.loads(r.choices[0].message.tool_calls[0].function.arguments)
+    elif api == "messages":
+        tools = [{"name": "edit", "description": "x", "input_schema": schema}]
+        r = chat_anth.messages.create(model="chat", max_tokens=200, tools=tools, tool_choice={"type": "any"},
+                                      messages=ask, extra_body={"temperature": 0})
+        args = next(b.input for b in r.content if b.type == "tool_use")
+    else:
+        r = chat_oai.responses.create(model="chat", input="edit", tools=[{"type": "function", "name": "edit",
+                                      "parameters": schema, "strict": True}], tool_choice="required",
+                                      temperature=0, max_output_tokens=200, parallel_tool_calls=False)
+        args = json.loads(next(o.arguments for o in r.output if o.type == "function_call"))
+    jsonschema.validate(args, schema)
+
+
+def _ids(url: str, **extra) -> list[int]:
+    r = httpx.post(url + "/v1/completions", json={**COMPLETION, "temperature": 0, "max_tokens": 6,
+                                                  "ignore_eos": True, "return_token_ids": True, **extra}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["token_ids"]
+
+
+def test_logit_bias_is_applied_not_ignored(server):
+    plain = _ids(server.url)
+    assert _ids(server.url, logit_bias={"7": 100}) == [7] * 6  # +100 all but forces a token
+    banned = _ids(server.url, logit_bias={str(plain[0]): -100})
+    assert banned[0] != plain[0] and plain[0] not in banned  # -100 bans one
+
+
+def test_logit_bias_on_a_sampled_chat(chat_server):
+    r = httpx.post(chat_server.url + "/v1/chat/completions", timeout=30, json={
+        "model": "chat", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"9": 100},
+        "return_token_ids": True, "temperature": 0.7, "seed": 1, "ignore_eos": True})
+    assert r.status_code == 200 and r.json()["choices"][0]["token_ids"] == [9] * 3, r.text
+
+
+@pytest.mark.parametrize(("extra", "param"), [({"logit_bias": {"7": 101}}, "logit_bias"),
+                                              ({"logit_bias": {"99999999": 1}}, "logit_bias"),
+                                              ({"logit_bias": {"x": 1}}, "logit_bias"),
+                                              ({"best_of": 2}, "best_of")])
+def test_what_is_not_done_is_refused(server, extra, param):
+    r = httpx.post(server.url + "/v1/completions", json={**COMPLETION, **extra}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith(param), r.text
+    assert httpx.post(server.url + "/v1/completions", json={**COMPLETION, "best_of": 1}).status_code == 200
