@@ -110,7 +110,7 @@ class Pipeline:
         ask = to_request(body, request.headers, self.context)
         self.check_ids("logit_bias", [t for t, _ in ask.logit_bias])
         prompt = await self.prompt(ask)
-        grammar = await self.constrain(self.structured(ask), ask)
+        grammar = await self.constrain(self.structured(ask), tenant)
         params = self.sampling(ask, prompt, grammar[0] if grammar else None)
         rid = f"{_ID_PREFIX[ask.endpoint]}{secrets.token_hex(12)}"
         public = self.cfg.public.public_tokens(prompt) if self.cfg.public and not ask.salt else 0
@@ -159,14 +159,14 @@ class Pipeline:
         except ValueError as e:
             raise APIError(400, f"tool_choice: {e}", param="tool_choice") from None
 
-    async def constrain(self, given: tuple[StructuredOutputsParams, str] | None, ask: Ask,
+    async def constrain(self, given: tuple[StructuredOutputsParams, str] | None, tenant: str,
                         ) -> tuple[StructuredOutputsParams, Any] | None:
         """The spec compiled, once for this request, off the event loop; what the grammar engine refuses is a 400."""
         if given is None:
             return None
         spec, param = given
         try:
-            return spec, await asyncio.to_thread(self.engine.llm.grammars.compile, spec)
+            return spec, await asyncio.to_thread(self.engine.llm.grammars.compile, spec, tenant)
         except ValueError as e:
             raise APIError(400, f"{param}: {e}", param=param) from None
 
