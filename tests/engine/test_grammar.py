@@ -48,9 +48,9 @@ def test_bad_grammars_are_value_errors(llm):
 def test_the_cache_is_bounded_by_bytes_per_tenant(tmp_path):
     """One tenant's flood of distinct schemas evicts its own grammars, never another tenant's; the total stays
     within its bytes; a grammar over a tenant's budget is compiled and used, not kept."""
-    from agentkv.engine.grammar import Grammars
-
     from tokenizers import Tokenizer
+
+    from agentkv.engine.grammar import Grammars
 
     text = (write_chat_checkpoint(tmp_path, "x") / "tokenizer.json").read_text()
     vocab = Tokenizer.from_str(text).get_vocab_size()
