@@ -1,5 +1,5 @@
 """What a public endpoint bounds, so that no client (keyed or not) can take the server's memory, descriptors or
-event loop: request bodies, header size and time, idle connections, the number of connections. The numbers
+event loop: request bodies (size and time), header size and time, idle connections, the number of connections. The numbers
 live here, free of the web stack, so the CLI builds its flags on a core install; `guards.py` enforces them.
 """
 
@@ -20,6 +20,7 @@ class Limits:
     max_prompt_chars: int | None = None  # None: PROMPT_CHARS_PER_TOKEN x the context (see app.ServerConfig)
     max_header_bytes: int = 16 << 10
     header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0  # from the headers to the body's last byte (8 MiB at 2.2 Mbit/s)
     idle_timeout_s: float = 5.0
     max_connections: int = 2048
 

@@ -168,3 +168,26 @@ def test_what_is_not_done_is_refused(server, extra, param):
     r = httpx.post(server.url + "/v1/completions", json={**COMPLETION, **extra}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"].startswith(param), r.text
     assert httpx.post(server.url + "/v1/completions", json={**COMPLETION, "best_of": 1}).status_code == 200
+
+
+def test_slow_bodies_are_cut_off_without_a_traceback_and_leave_room(spawn, plain_dir, tmp_path):
+    import socket
+    import time
+
+    log = tmp_path / "serve.log"
+    srv = spawn("--model", str(plain_dir), "--served-model-name", "tiny", "--kv-cache-gb", "0.01",
+                "--body-timeout", "1", "--max-connections", "4", log=log)
+    slow = []
+    for _ in range(4):  # headers sent, then one body byte of 100
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                  b"content-length: 100\r\n\r\n{")
+        s.settimeout(5)
+        slow.append(s)
+    ok(srv.url)  # at the cap: the slowest body made room
+    time.sleep(1.5)
+    for s in slow:
+        assert s.recv(4096) == b""  # closed, unanswered, by the body timeout (or to make room)
+        s.close()
+    ok(srv.url)
+    assert "Traceback" not in log.read_text()
