@@ -11,6 +11,7 @@ Every response carries `request-id` and `x-request-id`.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import secrets
 import time
@@ -127,7 +128,7 @@ def _api_routes(app: FastAPI, server: Server) -> None:
 
     @app.post("/detokenize")
     async def detokenize(body: oai.DetokenizeRequest) -> dict[str, str]:
-        return server.detokenize(body)
+        return await asyncio.to_thread(server.detokenize, body)  # millions of ids take seconds: not on the loop
 
     @app.post("/v1/messages/count_tokens")
     async def count_tokens(body: anth.CountTokensRequest) -> dict[str, int]:

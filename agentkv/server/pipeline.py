@@ -107,7 +107,7 @@ class Pipeline:
         """The API's body through its adapter's `to_request`, then prepared and admitted."""
         arrival = time.monotonic()
         self.check_model(body.model)
-        ask = to_request(body, request.headers, self.context)
+        ask = await asyncio.to_thread(to_request, body, request.headers, self.context)  # 250k messages take ~1 s
         self.check_ids("logit_bias", [t for t, _ in ask.logit_bias])
         prompt = await self.prompt(ask)
         grammar = await self.constrain(self.structured(ask), tenant)
@@ -123,14 +123,17 @@ class Pipeline:
 
     # ---- prepare ------------------------------------------------------------------------------------------
     async def prompt(self, ask: Ask) -> list[int]:
+        """The prompt's token ids, checked; counted, rendered and tokenized off the event loop's thread (a legal
+        8 MB body takes seconds, and every stream would wait)."""
         if isinstance(ask.prompt, list):
-            self.check_ids(ask.param, ask.prompt)
+            await asyncio.to_thread(self.check_ids, ask.param, ask.prompt)
             return list(ask.prompt)
         if self.tokenizer is None and ask.messages is not None:
             raise APIError(400, "the model folder has no tokenizer.json: use /v1/completions with token ids")
         if self.tokenizer is None:
             raise APIError(400, "the model folder has no tokenizer.json: send the prompt as token ids", param="prompt")
-        self.check_chars(ask.param, ask.messages if ask.messages is not None else ask.prompt, ask.tools)
+        await asyncio.to_thread(self.check_chars, ask.param, ask.messages if ask.messages is not None else ask.prompt,
+                                ask.tools)
         if ask.messages is not None:
             return await self.render(ask)
         return await asyncio.to_thread(encode, ask, self.tokenizer)

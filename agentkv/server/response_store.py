@@ -6,6 +6,7 @@ tenant keep gigabytes (a response's conversation grows with every turn)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -36,26 +37,29 @@ class ResponseStore:
         """Budgets per tenant: `max_count` responses and `max_bytes` of them."""
         self.retention_s, self.max_count, self.max_bytes = retention_s, max_count, max_bytes
         self._shelves: dict[str, _Shelf] = {}
+        self._lock = threading.Lock()  # requests are translated on worker threads (`previous_response_id`)
 
     def get(self, tenant: str, response_id: str) -> Kept | None:
-        shelf = self._shelves.get(tenant)
-        if shelf is None:
-            return None
-        cutoff = time.monotonic() - self.retention_s
-        while shelf.kept and next(iter(shelf.kept.values())).at < cutoff:
-            shelf.pop_oldest()
-        return shelf.kept.get(response_id)
+        with self._lock:
+            shelf = self._shelves.get(tenant)
+            if shelf is None:
+                return None
+            cutoff = time.monotonic() - self.retention_s
+            while shelf.kept and next(iter(shelf.kept.values())).at < cutoff:
+                shelf.pop_oldest()
+            return shelf.kept.get(response_id)
 
     def put(self, tenant: str, response_id: str, messages: list[dict[str, Any]], body: dict[str, Any]) -> bool:
         """Keep a response, the tenant's oldest making room; False (not kept) if it alone is over the budget."""
         size = len(json.dumps([messages, body], ensure_ascii=False).encode())
         if size > self.max_bytes:
             return False
-        shelf = self._shelves.setdefault(tenant, _Shelf())
-        shelf.kept[response_id] = Kept(time.monotonic(), size, messages, body)
-        shelf.size += size
-        while len(shelf.kept) > self.max_count or shelf.size > self.max_bytes:
-            shelf.pop_oldest()
+        with self._lock:
+            shelf = self._shelves.setdefault(tenant, _Shelf())
+            shelf.kept[response_id] = Kept(time.monotonic(), size, messages, body)
+            shelf.size += size
+            while len(shelf.kept) > self.max_count or shelf.size > self.max_bytes:
+                shelf.pop_oldest()
         return True
 
     def held(self, tenant: str) -> tuple[int, int]:
