@@ -165,7 +165,16 @@ class Tiering:
             if cfg.kind == "dram":
                 self.stores.append(HostSlab(self.tiers[-1].capacity_blocks, page_bytes, pin))
                 continue
-            store = MovedStore(open_store(cfg, capacity, page_bytes), self.mover)
+            try:
+                opened = open_store(cfg, capacity, page_bytes)
+            except OSError as e:  # a read-only or full folder: the disk tier is an optimization, not a need
+                if cfg.kind != "disk":
+                    raise
+                log.warning("disk tier %s cannot be used (%s): serving without it", cfg.location,
+                            e.strerror or e)
+                self.tiers.pop()
+                continue
+            store = MovedStore(opened, self.mover)
             self.stores.append(store)
             if cfg.kind == "redis":
                 self.shared = store
