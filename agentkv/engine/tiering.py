@@ -109,6 +109,8 @@ class MovedStore(TierStore):
         if self.late is not None and self.late.done():
             log.warning("tier %s answers again", self.name)
             self.late = None
+            self.load_s = float("nan")  # measured across the hang: re-measured, or the store stays skipped
+            # as slower than recomputing for hundreds of requests after it recovered
         return self.late is not None
 
     def _waited(self, fut: Future, deadline_s: float) -> Any:
