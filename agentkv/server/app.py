@@ -202,22 +202,10 @@ class Server:
                                                  max_model_len=self.cfg.max_model_len) for n in names])
 
     def tenant(self, request: Request) -> str:
-        if self.cfg.api_keys is None:
-            return ""
-        tenant = self.cfg.api_keys.get(_key(request))
-        if tenant is None:
-            raise APIError(401, "missing or unknown API key (send 'Authorization: Bearer KEY' or 'x-api-key: KEY')",
-                           code="invalid_api_key")
-        return tenant
+        return tenant_of(request, self.cfg.api_keys)
 
     def admin(self, request: Request) -> None:
-        """May this client read /metrics and the API's schema? (APIError if not.)"""
-        if self.cfg.metrics_key is not None:
-            if not secrets.compare_digest(_key(request).encode(), self.cfg.metrics_key.encode()):
-                raise APIError(401, "this path needs the metrics key (--metrics-key-file)", code="invalid_api_key")
-        elif self.cfg.api_keys is not None and not _loopback(request):
-            raise APIError(403, "with API keys on, this path answers loopback clients only (or give the server "
-                           "--metrics-key-file)", code="forbidden")
+        check_admin(request, self.cfg.metrics_key, self.cfg.api_keys is not None)
 
     # ---- token counting, and vLLM's tokenizer endpoints ---------------------------------------------------
     async def count_tokens(self, body: anth.CountTokensRequest) -> list[int]:
@@ -247,6 +235,28 @@ class Server:
             raise APIError(400, "the model folder has no tokenizer.json: nothing to detokenize with")
         self.pipe.check_ids("tokens", body.tokens)
         return {"prompt": self.tokenizer.decode(body.tokens)}
+
+
+def tenant_of(request: Request, api_keys: dict[str, str] | None) -> str:
+    """The tenant whose key the request carries ("" when the server is open); APIError 401 if none is known.
+    The single server and the Ray gateway both ask here."""
+    if api_keys is None:
+        return ""
+    tenant = api_keys.get(_key(request))
+    if tenant is None:
+        raise APIError(401, "missing or unknown API key (send 'Authorization: Bearer KEY' or 'x-api-key: KEY')",
+                       code="invalid_api_key")
+    return tenant
+
+
+def check_admin(request: Request, metrics_key: str | None, keys_on: bool) -> None:
+    """May this client read /metrics and the API's schema? (APIError if not.)"""
+    if metrics_key is not None:
+        if not secrets.compare_digest(_key(request).encode(), metrics_key.encode()):
+            raise APIError(401, "this path needs the metrics key (--metrics-key-file)", code="invalid_api_key")
+    elif keys_on and not _loopback(request):
+        raise APIError(403, "with API keys on, this path answers loopback clients only (or give the server "
+                       "--metrics-key-file)", code="forbidden")
 
 
 def _loopback(request: Request) -> bool:

@@ -175,10 +175,13 @@ def serve_on_ray(args: argparse.Namespace) -> int:
     from ray import serve
 
     from agentkv.cluster.serve import APP, start
+    from agentkv.server.guards import uvicorn_config
 
+    sock = startup.bind(args.host, args.port)  # before the replicas load: a port in use fails at once
     app = start(args)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=None)
+    try:  # the single server's connection guards (header size and time, slow bodies, the connection cap)
+        uvicorn.Server(uvicorn_config(app, limits_of(args), host=args.host, port=args.port, log_level=args.log_level,
+                                      timeout_graceful_shutdown=None)).run(sockets=[sock])
     finally:
         serve.delete(APP)  # on a shared cluster, the replicas go with their gateway
     return 0
