@@ -194,12 +194,12 @@ def test_slow_bodies_are_cut_off_without_a_traceback_and_leave_room(spawn, plain
 
 
 def test_counting_rendering_tokenizing_and_translating_run_off_the_event_loop(chat_server, monkeypatch):
-    """What grows with a legal body (translating 250k messages, counting their characters, rendering and
-    tokenizing them, detokenizing millions of ids) runs on worker threads: the event loop's thread, which
-    every stream's bytes go through, never does it."""
+    """What grows with a legal body (decoding and validating its JSON, translating 250k messages, counting
+    their characters, rendering and tokenizing them, detokenizing millions of ids) runs on worker threads:
+    the event loop's thread, which every stream's bytes go through, never does it."""
     import threading
 
-    from agentkv.server import api_chat
+    from agentkv.server import api_chat, bodies
 
     server = chat_server.app.state.server
     seen: dict[str, threading.Thread] = {}
@@ -214,9 +214,10 @@ def test_counting_rendering_tokenizing_and_translating_run_off_the_event_loop(ch
         monkeypatch.setattr(server.tokenizer, name, spy(name, getattr(server.tokenizer, name)))
     monkeypatch.setattr(server.pipe, "check_chars", spy("check_chars", server.pipe.check_chars))
     monkeypatch.setattr(api_chat, "to_request", spy("to_request", api_chat.to_request))
+    monkeypatch.setattr(bodies, "validate", spy("validate", bodies.validate))
     ok_chat(chat_server.url)
     r = httpx.post(chat_server.url + "/v1/completions", json={"model": "chat", "prompt": "hi", "max_tokens": 2})
     assert r.status_code == 200, r.text
     assert httpx.post(chat_server.url + "/detokenize", json={"tokens": [1, 2, 3]}).status_code == 200
-    assert set(seen) == {"encode", "encode_chat", "decode", "check_chars", "to_request"}
+    assert set(seen) == {"encode", "encode_chat", "decode", "check_chars", "to_request", "validate"}
     assert chat_server.thread not in seen.values(), {k: t.name for k, t in seen.items()}
