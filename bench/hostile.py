@@ -171,18 +171,32 @@ def long_prompt(srv: Serve, mb: int) -> tuple[object, str]:
 
 
 def idle_connections(srv: Serve, n: int) -> tuple[object, str]:
+    code, took, held = held_while_canary(srv, n, b"")
+    return code, f"{held} held; the canary answered in {took:.3f} s"
+
+
+def held_while_canary(srv: Serve, n: int, first: bytes) -> tuple[object, float, int]:
+    """Up to `n` connections opened (each sending `first`), then a canary: (its status or error, its seconds,
+    how many were held)."""
     held = []
     for _ in range(n):
         try:
-            held.append(socket.create_connection(("127.0.0.1", srv.port), timeout=10))
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            if first:
+                s.sendall(first)
+            held.append(s)
         except OSError:
             break
+    time.sleep(0.5 if first else 0)
     t0 = time.monotonic()
-    code = canary(srv.url)
+    try:
+        code: object = canary(srv.url)
+    except httpx.TransportError as e:
+        code = type(e).__name__
     took = time.monotonic() - t0
     for s in held:
         s.close()
-    return code, f"{len(held)} held; the canary answered in {took:.3f} s"
+    return code, took, len(held)
 
 
 def slow_headers(srv: Serve) -> tuple[object, str]:
@@ -280,25 +294,10 @@ def large_legal_body(srv: Serve) -> tuple[object, str]:
 
 
 def slow_bodies(srv: Serve, n: int) -> tuple[object, str]:
-    held = []
-    for _ in range(n):
-        try:
-            s = raw(srv.port)
-            s.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + KEY.encode()
-                      + b"\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
-            held.append(s)
-        except OSError:
-            break
-    time.sleep(0.5)
-    t0 = time.monotonic()
-    try:
-        code: object = canary(srv.url)
-    except httpx.TransportError as e:
-        code = type(e).__name__
-    took = time.monotonic() - t0
-    for s in held:
-        s.close()
-    return code, f"{len(held)} connections each sent 1 body byte of 100; a new client answered in {took:.3f} s"
+    head = (b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + KEY.encode()
+            + b"\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+    code, took, held = held_while_canary(srv, n, head)
+    return code, f"{held} connections each sent 1 body byte of 100; a new client answered in {took:.3f} s"
 
 
 def issue32(srv: Serve) -> list[tuple[str, object]]:
