@@ -5,7 +5,15 @@ tokens with nobody attacking; the same stream's gap is measured during the 10 MB
 and while requests with new prefixes arrive with the Redis tier stopped (SIGSTOP), as a ratio to the same
 traffic with Redis running.
 
-    python -m bench.hostile [--idle 2000] [--sessions 500]
+The attacks of issue 32 (names start with "#32"; `--only "#32"` runs just them) add: /v1/responses bodies
+with a lone surrogate and a NaN effort, JSON nested past the stack (a tool schema 480 deep, tool-call
+arguments 5,000 deep), a template global as a chat_template_kwarg, logit_bias
+(applied or ignored), best_of, a legal 8 MB body of 200k messages (a running stream's largest gap), and 2,100
+slow-body connections, past the default --max-connections (does a new client get in?). The bench model's
+word-level tokenizer is not one llguidance reads, so forced tools and the grammar cache are shown by the tests
+(tests/server/test_breaks.py, tests/engine/test_grammar.py), not here.
+
+    python -m bench.hostile [--idle 2000] [--sessions 500] [--only TEXT]
 """
 
 from __future__ import annotations
@@ -30,6 +38,10 @@ from bench._common import machine
 from bench.replay_serve import write_model
 
 KEY = "sk-bench"
+SLOW_BODIES = 2100  # more than the server's default --max-connections (2,048)
+# a chat template that calls one of jinja's functions (Qwen3's uses namespace() so)
+TEMPLATE = ("{%- set ns = namespace(n=0) %}{%- for m in messages %}{%- set ns.n = ns.n + 1 %}{{ m['role'] }} "
+            "{{ m['content'] }} {% endfor %}{%- if tools %}{{ tools | tojson }}{% endif %}assistant")
 HEAD = {"authorization": f"Bearer {KEY}"}
 
 
@@ -159,18 +171,32 @@ def long_prompt(srv: Serve, mb: int) -> tuple[object, str]:
 
 
 def idle_connections(srv: Serve, n: int) -> tuple[object, str]:
+    code, took, held = held_while_canary(srv, n, b"")
+    return code, f"{held} held; the canary answered in {took:.3f} s"
+
+
+def held_while_canary(srv: Serve, n: int, first: bytes) -> tuple[object, float, int]:
+    """Up to `n` connections opened (each sending `first`), then a canary: (its status or error, its seconds,
+    how many were held)."""
     held = []
     for _ in range(n):
         try:
-            held.append(socket.create_connection(("127.0.0.1", srv.port), timeout=10))
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            if first:
+                s.sendall(first)
+            held.append(s)
         except OSError:
             break
+    time.sleep(0.5 if first else 0)
     t0 = time.monotonic()
-    code = canary(srv.url)
+    try:
+        code: object = canary(srv.url)
+    except httpx.TransportError as e:
+        code = type(e).__name__
     took = time.monotonic() - t0
     for s in held:
         s.close()
-    return code, f"{len(held)} held; the canary answered in {took:.3f} s"
+    return code, took, len(held)
 
 
 def slow_headers(srv: Serve) -> tuple[object, str]:
@@ -229,6 +255,69 @@ def stopped_redis(srv: Serve, redis: subprocess.Popen) -> tuple[object, str]:
                              f"({stopped[1] / running[1]:.1f}x)")
 
 
+# ---- issue 32 --------------------------------------------------------------------------------------------
+def _chat(url: str, extra: dict | bytes | None = None) -> httpx.Response:
+    body = {"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    return post(url, "/v1/chat/completions", {**body, **(extra or {})})
+
+
+def _nested(depth: int) -> str:
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
+def deep_schema(srv: Serve) -> tuple[object, str]:
+    body = ('{"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}], "tools": [{"type": '
+            '"function", "function": {"name": "f", "parameters": ' + _nested(480) + "}}]}")
+    return post(srv.url, "/v1/chat/completions", body.encode()).status_code, "2.9 KB"
+
+
+def deep_arguments(srv: Serve) -> tuple[object, str]:
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": _nested(5000)}}
+    r = _chat(srv.url, {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [call]}]})
+    return r.status_code, ""
+
+
+def logit_bias(srv: Serve) -> tuple[object, str]:
+    r = post(srv.url, "/v1/completions", {"model": "m", "prompt": "hi", "max_tokens": 6, "temperature": 0,
+                                          "ignore_eos": True, "logit_bias": {"7": 100}, "return_token_ids": True})
+    ids = r.json()["choices"][0]["token_ids"] if r.status_code == 200 else []
+    return r.status_code, "applied" if ids == [7] * 6 else f"ignored (tokens {ids})"
+
+
+def large_legal_body(srv: Serve) -> tuple[object, str]:
+    stream = Stream(srv.url, tokens=2000)
+    msgs = [{"role": "user", "content": "a"}] * 200_000
+    t0 = time.monotonic()
+    r = _chat(srv.url, {"messages": msgs})
+    took = time.monotonic() - t0
+    return r.status_code, f"answered in {took:.2f} s; a running stream's largest gap {stream.max_gap():.3f} s"
+
+
+def slow_bodies(srv: Serve, n: int) -> tuple[object, str]:
+    head = (b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + KEY.encode()
+            + b"\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+    code, took, held = held_while_canary(srv, n, head)
+    return code, f"{held} connections each sent 1 body byte of 100; a new client answered in {took:.3f} s"
+
+
+def issue32(srv: Serve) -> list[tuple[str, object]]:
+    return [
+        ("#32 /v1/responses lone surrogate", lambda: (post(srv.url, "/v1/responses", b'{"model": "m", "input": '
+                                                           b'"\\ud800"}').status_code, "")),
+        ("#32 /v1/responses effort NaN", lambda: (post(srv.url, "/v1/responses", b'{"model": "m", "input": "hi", '
+                                                       b'"reasoning": {"effort": NaN}}').status_code, "")),
+        ("#32 tool schema nested 480 deep", lambda: deep_schema(srv)),
+        ("#32 tool-call arguments nested 5,000 deep", lambda: deep_arguments(srv)),
+        ("#32 chat_template_kwargs {namespace: 1}", lambda: (_chat(srv.url, {"chat_template_kwargs": {
+            "namespace": 1}}).status_code, "")),
+        ("#32 logit_bias {7: +100}", lambda: logit_bias(srv)),
+        ("#32 best_of 2", lambda: (post(srv.url, "/v1/completions", {"model": "m", "prompt": "hi", "max_tokens": 2,
+                                                                   "best_of": 2}).status_code, "")),
+        ("#32 8 MB body of 200k messages", lambda: large_legal_body(srv)),
+        (f"#32 {SLOW_BODIES} slow bodies", lambda: slow_bodies(srv, SLOW_BODIES)),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--idle", type=int, default=2000, help="idle connections to hold (default 2000)")
@@ -245,6 +334,8 @@ def main() -> None:
                                   "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)
         time.sleep(0.5)
     model = write_model(folder / "model", layers=2, hidden=128, max_len=8192)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": TEMPLATE}))
     srv = Serve(folder, model, f"redis://127.0.0.1:{rport}" if redis else None)
     print(f"agentkv serve on {srv.url} ({machine()}); RSS {srv.rss_mib():.0f} MiB at start")
     base = Stream(srv.url).max_gap()
@@ -267,6 +358,7 @@ def main() -> None:
     ]
     if redis is not None:
         attacks.append(("Redis stopped (SIGSTOP)", lambda: stopped_redis(srv, redis)))
+    attacks += issue32(srv)
     print("| attack | status | time (s) | RSS change (MiB) | next request | detail |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, attack in attacks:

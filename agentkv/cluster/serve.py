@@ -11,6 +11,12 @@ own router. The reply streams back unchanged, with the replica's name in
 replaces the dead one); after the first byte the stream ends with an in-band error; nothing waits on a dead
 replica. `/metrics` sums every replica's series (their routing stats carry the page) and adds
 `agentkv_replicas`.
+
+The gateway keeps every limit the single server has, in front of the replicas: API keys and the metrics key
+(checked before a body is read), body and header sizes (`RequestLimits`), slow headers and bodies and the
+connection cap (its uvicorn runs the same guarded protocol), and the prompt's characters before it
+tokenizes one to route it. Ray Serve's own HTTP proxy is not started (the gateway is the only front), so
+:8000 is left alone whatever `--port` says.
 """
 
 from __future__ import annotations
@@ -28,12 +34,14 @@ from typing import Any
 import numpy as np
 from ray import serve
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from agentkv.cluster.routing import LIVE, AgentRouter, Routed
 from agentkv.kvcache.block_hash import block_hashes, salt_hash
+from agentkv.server.limits import text_chars
 
 APP = "agentkv"
 REPLICA_HEADER = "x-agentkv-replica"
@@ -119,11 +127,19 @@ class Gateway:
 
     def __init__(self, handle: Any, args: argparse.Namespace) -> None:
         from agentkv.engine.tokenizer import Tokenizer
+        from agentkv.model.config import ModelConfig
+        from agentkv.server.pipeline import PROMPT_CHARS_PER_TOKEN
+        from agentkv.server.serve import limits_of, metrics_key
+        from agentkv.server.startup import api_keys
 
         self.handle = handle.options(stream=True)
         self.block_size = args.block_size
         self.router = args.router
         self.reasoning_parser = args.reasoning_parser
+        self.limits = limits_of(args)
+        self.api_keys, self.metrics_key = api_keys(args.api_keys), metrics_key(args.metrics_key_file)
+        window = args.max_model_len or ModelConfig.from_dir(args.model).max_position_embeddings
+        self.max_prompt_chars = self.limits.max_prompt_chars or PROMPT_CHARS_PER_TOKEN * window
         try:
             self.tokenizer: Tokenizer | None = Tokenizer(args.model)
         except FileNotFoundError:
@@ -137,14 +153,28 @@ class Gateway:
             pass
 
     def app(self) -> Starlette:
-        return Starlette(routes=[Route("/health", self.health), Route("/metrics", self.metrics),
-                                 Route("/{path:path}", self.forward, methods=["GET", "POST"])])
+        from agentkv.server import errors
+        from agentkv.server.guards import RequestLimits
+
+        app = Starlette(routes=[Route("/health", self.health), Route("/metrics", self.metrics),
+                                Route("/{path:path}", self.forward, methods=["GET", "POST"])],
+                        middleware=[Middleware(RequestLimits, max_bytes=self.limits.max_body_bytes,
+                                               max_header_bytes=self.limits.max_header_bytes)])
+        errors.install(app)
+        return app
 
     async def health(self, request: Request) -> Response:
         up = len(self._stats())
         return JSONResponse({"status": "ok" if up else "starting", "replicas": up}, status_code=200 if up else 503)
 
     async def metrics(self, request: Request) -> Response:
+        from agentkv.server.app import check_admin
+        from agentkv.server.errors import APIError, error_response
+
+        try:
+            check_admin(request, self.metrics_key, self.api_keys is not None)
+        except APIError as e:
+            return error_response(request, e)
         pages = [s.get("metrics", "") for s in self._stats().values()]
         fleet = f'# TYPE agentkv_replicas gauge\nagentkv_replicas{{router="{self.router}"}} {len(pages)}\n'
         return Response(sum_metrics(pages) + fleet, media_type="text/plain; version=0.0.4")
@@ -153,7 +183,20 @@ class Gateway:
         return {k: v for r in LIVE for k, v in r.replica_stats().items() if v}
 
     async def forward(self, request: Request) -> Response:
-        body = await request.body()
+        from agentkv.server.app import ADMIN_PATHS, API_PATHS, check_admin, tenant_of
+        from agentkv.server.errors import APIError, error_response
+
+        try:  # a stranger's body is neither read nor tokenized
+            if request.url.path.startswith(API_PATHS):
+                tenant_of(request, self.api_keys)
+            elif request.url.path.startswith(ADMIN_PATHS):
+                check_admin(request, self.metrics_key, self.api_keys is not None)
+        except APIError as e:
+            return error_response(request, e)
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # gone, or cut off by --body-timeout: there is no one to answer
+            return Response(status_code=499)
         call = HttpCall(request.method, request.url.path, request.url.query.encode(), request.headers.raw, body,
                         await asyncio.to_thread(self.route, request, body))
         retries = 1  # a replica that dies before answering: once more, on another
@@ -182,7 +225,9 @@ class Gateway:
             ask = ask_of(request.url.path, body, request.headers, Context(self.tokenizer, self.reasoning_parser))
             if ask is not None:
                 session, max_tokens, salt = ask.session, ask.max_tokens or 0, ask.salt
-                prompt = encode(ask, self.tokenizer)
+                text = ask.messages if ask.messages is not None else ask.prompt
+                if text_chars(text) + text_chars(ask.tools) <= self.max_prompt_chars:  # else: the replica's 400
+                    prompt = encode(ask, self.tokenizer)
         ids = block_hashes(prompt, self.block_size, salt_hash(f"{key}\x00{salt}")) if prompt \
             else np.zeros(0, dtype=np.int64)
         return Routed(f"{key}/{session}" if session else None, ids, len(prompt), len(prompt) + max_tokens)
@@ -256,6 +301,7 @@ def start(args: argparse.Namespace) -> Starlette:
     from agentkv.cluster.tasks import LOCAL, connect
 
     connect(args.ray or LOCAL, num_cpus=max(os.cpu_count() or 1, args.replicas))  # a local cluster fits them all
+    serve.start(proxy_location="Disabled")  # the gateway is the front: Ray's proxy would take :8000
     gateway = Gateway(serve.run(deployment(args), name=APP, route_prefix=None), args)
     gateway.warm_up()
     return gateway.app()

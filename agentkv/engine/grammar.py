@@ -6,8 +6,8 @@ runtime), masks in tens of microseconds on the CPU with no precompilation pass o
 Schema support broad enough for agents' tool schemas, and Lark grammars with embedded `%json` for the
 tool-call formats. A request without a grammar never reaches this file: the sampler's fast path is unchanged.
 
-Compiled grammars are cached by their text (an agent sends the same tool schemas every turn); a request gets
-a copy of the cached matcher, so the engine thread never compiles.
+Compiled grammars are cached by their text (an agent sends the same tool schemas every turn), within byte
+budgets per tenant; a request gets a copy of the cached matcher, so the engine thread never compiles.
 """
 
 from __future__ import annotations
@@ -53,18 +53,29 @@ class StructuredOutputsParams:
         return lg.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_STYLE)  # type: ignore[arg-type]
 
 
-class Grammars:
-    """Grammars compiled against one tokenizer, the most recent `capacity` kept (server threads and the
-    engine thread share it)."""
+@dataclass(slots=True)
+class _Kept:
+    matcher: Any
+    tenant: str  # who compiled it: the one whose budget it counts against
+    size: int  # its grammar text's bytes: the cost measure (a matcher's memory grows with its grammar)
 
-    def __init__(self, tokenizer_json: str, vocab_size: int, eos_token_ids: list[int], capacity: int = 256) -> None:
+
+class Grammars:
+    """Grammars compiled against one tokenizer (server threads and the engine thread share it). The cache is
+    bounded by grammar bytes, in all (`max_bytes`) and per tenant (`tenant_bytes`): one tenant's distinct
+    schemas evict its own first, and past the total the largest holder's, so no tenant crowds out another's
+    agents (whose tool schemas repeat every turn). A grammar over a tenant's budget is compiled, never kept."""
+
+    def __init__(self, tokenizer_json: str, vocab_size: int, eos_token_ids: list[int], max_bytes: int = 8 << 20,
+                 tenant_bytes: int = 2 << 20) -> None:
         import llguidance as lg
 
         self.vocab_size = vocab_size
         self.tokenizer = lg.LLTokenizer(tokenizer_json, n_vocab=vocab_size, eos_token=eos_token_ids)
         self._added = {t["content"]: t["id"] for t in json.loads(tokenizer_json).get("added_tokens", [])}
-        self.capacity = capacity
-        self._compiled: OrderedDict[str, Any] = OrderedDict()
+        self.max_bytes, self.tenant_bytes = max_bytes, tenant_bytes
+        self._compiled: OrderedDict[str, _Kept] = OrderedDict()
+        self._held: dict[str, int] = {}  # tenant -> bytes of its kept grammars
         self._lock = threading.Lock()
 
     def literal(self, text: str) -> str:
@@ -72,8 +83,9 @@ class Grammars:
         grammar engine reads as special, never as text: it is named by its id, as the model writes it."""
         return f"<[{self._added[text]}]>" if text in self._added else json.dumps(text)
 
-    def compile(self, spec: StructuredOutputsParams) -> Any:
-        """The matcher for `spec` at its start (compiled once, then cached); ValueError naming what is wrong."""
+    def compile(self, spec: StructuredOutputsParams, tenant: str = "") -> Any:
+        """The matcher for `spec` at its start, its first mask computed (compiled once, then cached);
+        ValueError naming what is wrong. Compiling holds no lock: a slow grammar delays only its request."""
         import llguidance as lg
 
         try:
@@ -81,16 +93,39 @@ class Grammars:
         except (ValueError, TypeError) as e:
             raise ValueError(f"structured_outputs: {e}") from None
         with self._lock:
-            proto = self._compiled.get(text)
-            if proto is None:
-                proto = lg.LLMatcher(self.tokenizer, text, log_level=0)
-                if proto.is_error():
-                    raise ValueError(f"structured_outputs: the grammar engine refused it: {proto.get_error()}")
-                self._compiled[text] = proto
-                if len(self._compiled) > self.capacity:
-                    self._compiled.popitem(last=False)
-            self._compiled.move_to_end(text)
-            return proto
+            kept = self._compiled.get(text)
+            if kept is not None:
+                self._compiled.move_to_end(text)
+                return kept.matcher
+        proto = lg.LLMatcher(self.tokenizer, text, log_level=0)
+        if proto.is_error():
+            raise ValueError(f"structured_outputs: the grammar engine refused it: {proto.get_error()}")
+        proto.compute_bitmask()  # llguidance builds its lexer lazily: here, not on the engine thread's first step
+        with self._lock:
+            self._keep(text, proto, tenant)
+        return proto
+
+    def held(self, tenant: str) -> int:
+        """Bytes of grammar kept for `tenant`."""
+        return self._held.get(tenant, 0)
+
+    def _keep(self, text: str, proto: Any, tenant: str) -> None:
+        size = len(text.encode())
+        if text in self._compiled or size > self.tenant_bytes:
+            return
+        self._compiled[text] = _Kept(proto, tenant, size)
+        self._held[tenant] = self.held(tenant) + size
+        while self._held[tenant] > self.tenant_bytes:
+            self._evict(tenant)
+        while sum(self._held.values()) > self.max_bytes:
+            self._evict(max(self._held, key=self._held.__getitem__))
+
+    def _evict(self, tenant: str) -> None:
+        """`tenant`'s least recently used grammar out."""
+        text = next(t for t, k in self._compiled.items() if k.tenant == tenant)
+        self._held[tenant] -= self._compiled.pop(text).size
+        if not self._held[tenant]:
+            del self._held[tenant]
 
     def matcher(self, spec: StructuredOutputsParams) -> Any:
         """A fresh matcher for one request."""

@@ -434,7 +434,8 @@ class LLM:
         return text[seq.detok.shown_chars :] if finished else seq.detok.take()
 
     def tokens_of(self, prompt: Prompt, params: SamplingParams) -> list[int]:
-        """The prompt's token ids, checked: not empty, and room for max_tokens within the model's context.
+        """The prompt's token ids, checked: not empty, room for max_tokens within the model's context, biases
+        on tokens the model has.
         Thread-safe (the tokenizer is), so the engine loop's callers check at once, on their own thread."""
         ids = self._encode(prompt)
         if not ids:
@@ -443,6 +444,8 @@ class LLM:
         if len(ids) + params.max_tokens > limit:
             raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the model's "
                              f"context of {limit} tokens")
+        if not all(0 <= t < self.config.vocab_size for t, _ in params.logit_bias):
+            raise ValueError(f"logit_bias: token ids must be in [0, {self.config.vocab_size})")
         return ids
 
     def _encode(self, prompt: Prompt) -> list[int]:

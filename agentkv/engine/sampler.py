@@ -5,7 +5,8 @@ No per-row Python loop over the vocabulary (the GPU engine calls this every step
 sort of the batch's logits, and the draw is the exponential race argmax(p / E), E ~ Exp(1) — an exact sample
 from p. Seeded requests draw their E from their own generator (a row each, only for those rows), so a seeded
 request's tokens do not depend on what it is batched with. One host sync: the sampled tokens.
-Rows under a grammar (engine/grammar.py) get their mask first; a batch without one skips it entirely.
+Rows with a `logit_bias` get it added first, then rows under a grammar (engine/grammar.py) their mask; a
+batch without either skips it entirely.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from agentkv.engine.sequence import SamplingParams
 def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
            matchers: list[Any] | None = None) -> list[int]:
     """One token per row of `logits` [B, vocab] (float32); `matchers`: each row's grammar matcher or None."""
+    if any(p.logit_bias for p in params):
+        add_bias(logits, params)
     if matchers is not None and any(m is not None for m in matchers):
         apply_masks(logits, matchers)
     greedy = logits.argmax(-1)
@@ -37,6 +40,15 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
             race[row].exponential_(generator=g)
     drawn = (torch.softmax(x, -1) / race).argmax(-1)
     return torch.where(temps > 0, drawn, greedy).tolist()
+
+
+def add_bias(logits: torch.Tensor, params: list[SamplingParams]) -> None:
+    """Each row's `logit_bias` added to its logits (vLLM's and OpenAI's meaning: before temperature, top-k and
+    top-p, so -100 bans a token and +100 all but forces it); one transfer for the batch."""
+    rows, cols, values = zip(*((r, t, b) for r, p in enumerate(params) for t, b in p.logit_bias), strict=True)
+    dev = logits.device
+    index = (torch.tensor(rows, device=dev), torch.tensor(cols, device=dev))
+    logits.index_put_(index, torch.tensor(values, device=dev, dtype=logits.dtype), accumulate=True)
 
 
 def truncate(x: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:

@@ -19,6 +19,7 @@ from agentkv.storage.keys import block_key
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
 TOP_K_MAX = 2**31 - 1  # any k at or above the vocabulary means "all"; beyond int64 torch.tensor overflows
 MAX_TOKENS_MAX = 2**31 - 1
+BIAS_MAX = 100.0  # OpenAI's logit_bias range, [-100, 100] (platform.openai.com API reference, read 2026-12)
 
 
 @dataclass(slots=True, frozen=True)
@@ -37,11 +38,13 @@ class SamplingParams:
     ignore_eos: bool = False
     n: int = 1
     structured_outputs: StructuredOutputsParams | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit) before any sampling
 
     def __post_init__(self) -> None:
         self.check()
         object.__setattr__(self, "stop", tuple([self.stop] if isinstance(self.stop, str) else self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        object.__setattr__(self, "logit_bias", tuple((int(t), float(b)) for t, b in self.logit_bias))
 
     def check(self) -> None:
         """ValueError naming the first number out of range (the engine checks again at add_request)."""
@@ -51,7 +54,9 @@ class SamplingParams:
                   (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
                   (0 <= self.top_k <= TOP_K_MAX, f"top_k must be in [0, {TOP_K_MAX}]"),
                   (seed is None or SEED_MIN <= seed <= SEED_MAX, f"seed must be in [{SEED_MIN}, {SEED_MAX}]"),
-                  (self.n == 1, "n must be 1 (one completion per request)")]
+                  (self.n == 1, "n must be 1 (one completion per request)"),
+                  (all(-BIAS_MAX <= b <= BIAS_MAX for _, b in self.logit_bias),
+                   f"logit_bias values must be in [-{BIAS_MAX:g}, {BIAS_MAX:g}]")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)

@@ -109,6 +109,8 @@ class MovedStore(TierStore):
         if self.late is not None and self.late.done():
             log.warning("tier %s answers again", self.name)
             self.late = None
+            self.load_s = float("nan")  # measured across the hang: re-measured, or the store stays skipped
+            # as slower than recomputing for hundreds of requests after it recovered
         return self.late is not None
 
     def _waited(self, fut: Future, deadline_s: float) -> Any:
@@ -165,7 +167,16 @@ class Tiering:
             if cfg.kind == "dram":
                 self.stores.append(HostSlab(self.tiers[-1].capacity_blocks, page_bytes, pin))
                 continue
-            store = MovedStore(open_store(cfg, capacity, page_bytes), self.mover)
+            try:
+                opened = open_store(cfg, capacity, page_bytes)
+            except OSError as e:  # a read-only or full folder: the disk tier is an optimization, not a need
+                if cfg.kind != "disk":
+                    raise
+                log.warning("disk tier %s cannot be used (%s): serving without it", cfg.location,
+                            e.strerror or e)
+                self.tiers.pop()
+                continue
+            store = MovedStore(opened, self.mover)
             self.stores.append(store)
             if cfg.kind == "redis":
                 self.shared = store

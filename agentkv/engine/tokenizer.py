@@ -10,6 +10,8 @@ from typing import Any
 
 from tokenizers import Tokenizer as _Tokenizer
 
+TEMPLATE_GLOBALS = ("raise_exception", "strftime_now")  # the functions chat templates get beside jinja's own (HF's)
+
 
 class Tokenizer:
     def __init__(self, model_dir: str) -> None:
@@ -62,8 +64,8 @@ class Tokenizer:
             return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-        env.globals["raise_exception"] = raise_exception
-        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        env.globals.update(zip(TEMPLATE_GLOBALS, (raise_exception, lambda fmt: datetime.now().strftime(fmt)),
+                               strict=True))
         env.filters["tojson"] = tojson
         return env.from_string(self.chat_template)
 

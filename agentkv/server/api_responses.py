@@ -3,7 +3,7 @@ Agents SDK speak.
 
 A request's `input` (text, or items: messages, `function_call`s and their `function_call_output`s) becomes a
 chat conversation for the model's template, after the conversation of `previous_response_id` when given.
-Responses are kept (unless `store` is false) per tenant for `retention_s` and at most `max_stored` of them,
+Responses are kept (unless `store` is false) per tenant, within its budgets (`response_store.py`),
 so a chain of turns can send only what is new. The reply comes back as output items (a `message` with
 `output_text`, `function_call`s), whole or as the API's stream of typed events. `prompt_cache_key` names the
 session for the cache policy; usage reports `input_tokens_details.cached_tokens`.
@@ -20,9 +20,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -34,6 +32,7 @@ from agentkv.server.errors import APIError
 from agentkv.server.jobs import Result
 from agentkv.server.pipeline import Ask, Context, Job, Pipeline, session_of
 from agentkv.server.reply import Call, Reply, Text, Thought, ThoughtDone, whole
+from agentkv.server.response_store import ResponseStore
 from agentkv.server.responses_protocol import (
     ContentPart,
     FunctionCallItem,
@@ -46,13 +45,6 @@ from agentkv.server.responses_protocol import (
 )
 from agentkv.server.thinking import CLOSE, OPEN
 from agentkv.server.tool_parsers import Parsed
-
-
-@dataclass(slots=True)
-class _Stored:
-    tenant: str
-    at: float
-    messages: Messages  # the conversation, this response's reply included
 
 
 def to_request(body: ResponsesRequest, headers: Mapping[str, str], ctx: Context, history: Messages = ()) -> Ask:
@@ -71,10 +63,8 @@ def to_request(body: ResponsesRequest, headers: Mapping[str, str], ctx: Context,
 class Responses:
     """The endpoint, and the responses it keeps for `previous_response_id` and `GET /v1/responses/{id}`."""
 
-    def __init__(self, pipe: Pipeline, retention_s: float = 3600.0, max_stored: int = 10_000) -> None:
-        self.pipe, self.retention_s, self.max_stored = pipe, retention_s, max_stored
-        self._stored: OrderedDict[str, _Stored] = OrderedDict()
-        self._bodies: dict[str, dict[str, Any]] = {}
+    def __init__(self, pipe: Pipeline, kept: ResponseStore | None = None) -> None:
+        self.pipe, self.kept = pipe, kept or ResponseStore()
 
     # ---- the endpoint ---------------------------------------------------------------------------------------
     async def handle(self, body: ResponsesRequest, request: Request, tenant: str) -> Response:
@@ -92,37 +82,22 @@ class Responses:
         return JSONResponse(self._finish(shell, body, w.result, items, job, tenant))
 
     def get(self, response_id: str, tenant: str) -> dict[str, Any]:
-        self._expire()
-        s = self._stored.get(response_id)
-        if s is None or s.tenant != tenant:
+        s = self.kept.get(tenant, response_id)
+        if s is None:
             raise APIError(404, f"response {response_id!r} not found (never stored, or older than "
-                           f"{self.retention_s:g} s)", param="response_id", code="response_not_found")
-        return self._bodies[response_id]
+                           f"{self.kept.retention_s:g} s)", param="response_id", code="response_not_found")
+        return s.body
 
     # ---- conversation -----------------------------------------------------------------------------------------
     def _previous(self, response_id: str | None, tenant: str) -> Messages:
         if response_id is None:
             return []
-        self._expire()
-        s = self._stored.get(response_id)
-        if s is None or s.tenant != tenant:
+        s = self.kept.get(tenant, response_id)
+        if s is None:
             raise APIError(400, f"previous_response_id: response {response_id!r} not found (not stored, or older "
-                           f"than the {self.retention_s:g} s retention window)", param="previous_response_id",
+                           f"than the {self.kept.retention_s:g} s retention window)", param="previous_response_id",
                            code="previous_response_not_found")
         return list(s.messages)
-
-    def _store(self, rid: str, tenant: str, messages: Messages, out: dict[str, Any]) -> None:
-        self._stored[rid] = _Stored(tenant, time.monotonic(), messages)
-        self._bodies[rid] = out
-        while len(self._stored) > self.max_stored:
-            old, _ = self._stored.popitem(last=False)
-            self._bodies.pop(old, None)
-
-    def _expire(self) -> None:
-        cutoff = time.monotonic() - self.retention_s
-        while self._stored and next(iter(self._stored.values())).at < cutoff:
-            old, _ = self._stored.popitem(last=False)
-            self._bodies.pop(old, None)
 
     # ---- output -----------------------------------------------------------------------------------------------
     def _shell(self, rid: str, body: ResponsesRequest) -> dict[str, Any]:
@@ -152,7 +127,7 @@ class Responses:
                          "output_tokens_details": {"reasoning_tokens": self._reasoning_tokens(items, result)}}}
         if body.store:
             conversation = (job.ask.messages or [])[1 if body.instructions else 0 :]  # the instructions: not kept
-            self._store(shell["id"], tenant, [*conversation, _reply(items)], out)
+            self.kept.put(tenant, shell["id"], [*conversation, _reply(items)], out)
         return out
 
     def _reasoning_tokens(self, items: list[dict[str, Any]], result: Result) -> int:

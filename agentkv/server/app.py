@@ -11,6 +11,7 @@ Every response carries `request-id` and `x-request-id`.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import secrets
 import time
@@ -26,6 +27,7 @@ from agentkv.server import anthropic_protocol as anth
 from agentkv.server import api_chat, api_completions, api_messages, errors
 from agentkv.server import openai_protocol as oai
 from agentkv.server.api_responses import Responses
+from agentkv.server.bodies import components, documented, parsed
 from agentkv.server.chat import anthropic_messages, openai_messages
 from agentkv.server.errors import APIError
 from agentkv.server.guards import RequestLimits
@@ -38,6 +40,10 @@ from agentkv.server.tenants import PublicPrefixes
 
 ADMIN_PATHS = ("/metrics", "/openapi.json", "/docs", "/redoc")  # other tenants' traffic, the API's shape
 API_PATHS = ("/v1/", "/tokenize", "/detokenize")  # a tenant's key opens them
+REQUEST_BODIES = (oai.ChatCompletionRequest, oai.CompletionRequest, anth.MessagesRequest, anth.CountTokensRequest,
+                  ResponsesRequest, oai.TokenizeRequest, oai.DetokenizeRequest)  # parsed off the event loop
+ChatBody, CompletionBody, MessagesBody, CountTokensBody, ResponsesBody, TokenizeBody, DetokenizeBody = (
+    parsed(m) for m in REQUEST_BODIES)
 
 
 @dataclass(slots=True)
@@ -83,7 +89,7 @@ def create_app(engine: Any, tokenizer: Any, cfg: ServerConfig) -> FastAPI:
 
     app.add_middleware(RequestLimits, max_bytes=cfg.limits.max_body_bytes, max_header_bytes=cfg.limits.max_header_bytes)
     app.add_middleware(_Authenticate, server=server)
-    errors.document_400(app)
+    errors.document_400(app, components(list(REQUEST_BODIES)))
     app.add_middleware(_RequestId)
     _api_routes(app, server)
     return app
@@ -101,36 +107,40 @@ def _api_routes(app: FastAPI, server: Server) -> None:
         server.pipe.check_model(model_id)
         return JSONResponse(next(m for m in server.models(request).data if m.id == model_id).model_dump())
 
-    @app.post("/v1/responses")
-    async def create_response(body: ResponsesRequest, request: Request) -> Response:
+    @app.post("/v1/responses", openapi_extra=documented(ResponsesRequest))
+    async def create_response(request: Request, body: ResponsesBody) -> Response:
         return await server.responses.handle(body, request, request.state.tenant)
 
     @app.get("/v1/responses/{response_id}")
     async def get_response(response_id: str, request: Request) -> Response:
         return JSONResponse(server.responses.get(response_id, request.state.tenant))
 
-    @app.post("/v1/chat/completions", responses={200: {"model": oai.ChatCompletion}})
-    async def chat_completions(body: oai.ChatCompletionRequest, request: Request) -> Response:
+    @app.post("/v1/chat/completions", responses={200: {"model": oai.ChatCompletion}},
+              openapi_extra=documented(oai.ChatCompletionRequest))
+    async def chat_completions(request: Request,
+                               body: ChatBody) -> Response:
         return await api_chat.handle(server.pipe, body, request, request.state.tenant)
 
-    @app.post("/v1/completions", responses={200: {"model": oai.Completion}})
-    async def completions(body: oai.CompletionRequest, request: Request) -> Response:
+    @app.post("/v1/completions", responses={200: {"model": oai.Completion}},
+              openapi_extra=documented(oai.CompletionRequest))
+    async def completions(request: Request, body: CompletionBody) -> Response:
         return await api_completions.handle(server.pipe, body, request, request.state.tenant)
 
-    @app.post("/v1/messages", responses={200: {"model": anth.MessagesResponse}})
-    async def messages(body: anth.MessagesRequest, request: Request) -> Response:
+    @app.post("/v1/messages", responses={200: {"model": anth.MessagesResponse}},
+              openapi_extra=documented(anth.MessagesRequest))
+    async def messages(request: Request, body: MessagesBody) -> Response:
         return await api_messages.handle(server.pipe, body, request, request.state.tenant)
 
-    @app.post("/tokenize")
-    async def tokenize(body: oai.TokenizeRequest) -> dict[str, Any]:
+    @app.post("/tokenize", openapi_extra=documented(oai.TokenizeRequest))
+    async def tokenize(body: TokenizeBody) -> dict[str, Any]:
         return await server.tokenize(body)
 
-    @app.post("/detokenize")
-    async def detokenize(body: oai.DetokenizeRequest) -> dict[str, str]:
-        return server.detokenize(body)
+    @app.post("/detokenize", openapi_extra=documented(oai.DetokenizeRequest))
+    async def detokenize(body: DetokenizeBody) -> dict[str, str]:
+        return await asyncio.to_thread(server.detokenize, body)  # millions of ids take seconds: not on the loop
 
-    @app.post("/v1/messages/count_tokens")
-    async def count_tokens(body: anth.CountTokensRequest) -> dict[str, int]:
+    @app.post("/v1/messages/count_tokens", openapi_extra=documented(anth.CountTokensRequest))
+    async def count_tokens(body: CountTokensBody) -> dict[str, int]:
         return {"input_tokens": len(await server.count_tokens(body))}
 
 
@@ -201,22 +211,10 @@ class Server:
                                                  max_model_len=self.cfg.max_model_len) for n in names])
 
     def tenant(self, request: Request) -> str:
-        if self.cfg.api_keys is None:
-            return ""
-        tenant = self.cfg.api_keys.get(_key(request))
-        if tenant is None:
-            raise APIError(401, "missing or unknown API key (send 'Authorization: Bearer KEY' or 'x-api-key: KEY')",
-                           code="invalid_api_key")
-        return tenant
+        return tenant_of(request, self.cfg.api_keys)
 
     def admin(self, request: Request) -> None:
-        """May this client read /metrics and the API's schema? (APIError if not.)"""
-        if self.cfg.metrics_key is not None:
-            if not secrets.compare_digest(_key(request).encode(), self.cfg.metrics_key.encode()):
-                raise APIError(401, "this path needs the metrics key (--metrics-key-file)", code="invalid_api_key")
-        elif self.cfg.api_keys is not None and not _loopback(request):
-            raise APIError(403, "with API keys on, this path answers loopback clients only (or give the server "
-                           "--metrics-key-file)", code="forbidden")
+        check_admin(request, self.cfg.metrics_key, self.cfg.api_keys is not None)
 
     # ---- token counting, and vLLM's tokenizer endpoints ---------------------------------------------------
     async def count_tokens(self, body: anth.CountTokensRequest) -> list[int]:
@@ -246,6 +244,28 @@ class Server:
             raise APIError(400, "the model folder has no tokenizer.json: nothing to detokenize with")
         self.pipe.check_ids("tokens", body.tokens)
         return {"prompt": self.tokenizer.decode(body.tokens)}
+
+
+def tenant_of(request: Request, api_keys: dict[str, str] | None) -> str:
+    """The tenant whose key the request carries ("" when the server is open); APIError 401 if none is known.
+    The single server and the Ray gateway both ask here."""
+    if api_keys is None:
+        return ""
+    tenant = api_keys.get(_key(request))
+    if tenant is None:
+        raise APIError(401, "missing or unknown API key (send 'Authorization: Bearer KEY' or 'x-api-key: KEY')",
+                       code="invalid_api_key")
+    return tenant
+
+
+def check_admin(request: Request, metrics_key: str | None, keys_on: bool) -> None:
+    """May this client read /metrics and the API's schema? (APIError if not.)"""
+    if metrics_key is not None:
+        if not secrets.compare_digest(_key(request).encode(), metrics_key.encode()):
+            raise APIError(401, "this path needs the metrics key (--metrics-key-file)", code="invalid_api_key")
+    elif keys_on and not _loopback(request):
+        raise APIError(403, "with API keys on, this path answers loopback clients only (or give the server "
+                       "--metrics-key-file)", code="forbidden")
 
 
 def _loopback(request: Request) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 from agentkv.server import anthropic_protocol as anth
 from agentkv.server import openai_protocol as oai
 from agentkv.server.errors import APIError
+from agentkv.server.fields import MAX_DEPTH, json_fault
 
 Messages = list[dict[str, Any]]
 Tools = list[dict[str, Any]] | None
@@ -71,8 +72,12 @@ def parse_arguments(text: str, param: str) -> dict[str, Any]:
         args = json.loads(text or "{}")
     except json.JSONDecodeError as e:
         raise APIError(400, f"{param}: not valid JSON ({e.msg} at character {e.pos})", param=param) from None
+    except RecursionError:  # the decoder's own stack guard, thousands of levels down
+        raise APIError(400, f"{param}: nested deeper than {MAX_DEPTH} levels", param=param) from None
     if not isinstance(args, dict):
         raise APIError(400, f"{param}: must be a JSON object", param=param)
+    if (fault := json_fault(args, param)) is not None:
+        raise APIError(400, fault, param=param)
     return args
 
 

@@ -60,13 +60,17 @@ def install(app) -> None:
     app.add_exception_handler(HTTPException, http_error)
 
 
-def document_400(app) -> None:
-    """The schema says what the server does: a bad body is 400 with the error body above, not FastAPI's 422."""
+def document_400(app, bodies: dict | None = None) -> None:
+    """The schema says what the server does: a bad body is 400 with the error body above, not FastAPI's 422;
+    `bodies`: the component schemas of the request bodies the routes parse themselves (`bodies.py`)."""
     build = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = build()
+            known = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, body in (bodies or {}).items():
+                known.setdefault(name, body)
             for path in schema.get("paths", {}).values():
                 for op in path.values():
                     responses = op.get("responses", {})

@@ -6,8 +6,11 @@ descriptors or event loop:
 - headers: `guarded_protocol` is uvicorn's h11 protocol with h11's incomplete-event cap (header bytes) and a
   deadline for a request's headers, armed when a connection opens and after each response, and not reset by
   the bytes that trickle in (slowloris); an idle keep-alive connection closes after `idle_timeout_s`;
+- bodies, slowly: a request's body must arrive within `body_timeout_s` of its headers (nginx's
+  client_body_timeout), or the connection is closed;
 - connections: at `max_connections` a new connection closes the oldest idle one (no request in progress), as
-  nginx reuses keep-alive connections; if every connection is busy the new one gets a JSON 503 and is closed.
+  nginx reuses keep-alive connections, else the one that has been reading its body the longest (a slow-body
+  flood must not lock out new clients); if every connection is busy otherwise the new one gets a JSON 503.
   The cap is kept below the process's descriptor limit (raised to its hard limit first), so accept() never
   fails with EMFILE and the log never fills with its tracebacks.
 """
@@ -19,6 +22,7 @@ import logging
 import time
 from typing import Any
 
+import h11
 import uvicorn
 from fastapi import Request
 from starlette.exceptions import HTTPException
@@ -65,7 +69,9 @@ def guarded_protocol(limits: Limits) -> type[H11Protocol]:
         "evicted": _Rare(f"oldest idle connection closed to admit a new one ({limits.max_connections} open, "
                          "--max-connections)"),
         "timed_out": _Rare(f"connection closed: no complete request headers within {limits.header_timeout_s:g} s "
-                           "(--header-timeout)")})
+                           "(--header-timeout)"),
+        "slow_body": _Rare(f"connection closed: no complete request body within {limits.body_timeout_s:g} s of its "
+                           "headers (--body-timeout), or it was the slowest at --max-connections")})
 
 
 class _Guarded(H11Protocol):
@@ -76,30 +82,40 @@ class _Guarded(H11Protocol):
     refused: _Rare
     evicted: _Rare
     timed_out: _Rare
+    slow_body: _Rare
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.opened = time.monotonic()
-        self.header_deadline: Any = None
+        self.deadline: Any = None  # the headers' (idle) or the body's (while it arrives)
+        self.body_since: float | None = None  # when its request's body began to arrive (None: not arriving)
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.limits.max_connections and not self._evict_idle():
+        if len(self.connections) > self.limits.max_connections and not self._evict():
             self.refused()
             transport.write(self.busy)
             transport.close()
             return
-        self._arm()
+        self._arm(self.limits.header_timeout_s, self._too_slow)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.cycle is not None and not self.cycle.response_complete:
-            self._disarm()  # the headers are in: the request's own time is not bounded here
+        if self.cycle is None or self.cycle.response_complete:
+            return
+        if self.conn.their_state is h11.SEND_BODY:  # the headers are in, the body is arriving
+            if self.body_since is None:
+                self.body_since = time.monotonic()
+                self._arm(self.limits.body_timeout_s, self._body_too_slow)
+        else:  # the request is in: its own time is not bounded here
+            self.body_since = None
+            self._disarm()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self.body_since = None
         if not self.transport.is_closing():
-            self._arm()
+            self._arm(self.limits.header_timeout_s, self._too_slow)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -108,28 +124,41 @@ class _Guarded(H11Protocol):
     def idle(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
 
-    def _evict_idle(self) -> bool:
-        idle = [c for c in self.connections if c is not self and isinstance(c, _Guarded) and c.idle()
-                and not c.transport.is_closing()]
-        if not idle:
-            return False
-        self.evicted()
-        min(idle, key=lambda c: c.opened).shutdown()
-        return True
+    def _evict(self) -> bool:
+        """Room for a new connection: the oldest idle one closed, else the longest still reading its body."""
+        others = [c for c in self.connections if c is not self and isinstance(c, _Guarded)
+                  and not c.transport.is_closing()]
+        idle = [c for c in others if c.idle()]
+        if idle:
+            self.evicted()
+            min(idle, key=lambda c: c.opened).shutdown()
+            return True
+        slow = [c for c in others if c.body_since is not None]
+        if slow:
+            self.slow_body()
+            min(slow, key=lambda c: c.body_since or 0.0).transport.close()
+            return True
+        return False
 
-    def _arm(self) -> None:
+    def _arm(self, seconds: float, then: Any) -> None:
         self._disarm()
-        self.header_deadline = self.loop.call_later(self.limits.header_timeout_s, self._too_slow)
+        self.deadline = self.loop.call_later(seconds, then)
 
     def _disarm(self) -> None:
-        if self.header_deadline is not None:
-            self.header_deadline.cancel()
-            self.header_deadline = None
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
 
     def _too_slow(self) -> None:
-        self.header_deadline = None
+        self.deadline = None
         if self.idle() and not self.transport.is_closing():
             self.timed_out()
+            self.transport.close()
+
+    def _body_too_slow(self) -> None:
+        self.deadline = None
+        if self.body_since is not None and not self.transport.is_closing():
+            self.slow_body()
             self.transport.close()
 
 

@@ -1,5 +1,5 @@
 """What a public endpoint bounds, so that no client (keyed or not) can take the server's memory, descriptors or
-event loop: request bodies, header size and time, idle connections, the number of connections. The numbers
+event loop: request bodies (size and time), header size and time, idle connections, the number of connections. The numbers
 live here, free of the web stack, so the CLI builds its flags on a core install; `guards.py` enforces them.
 """
 
@@ -20,6 +20,7 @@ class Limits:
     max_prompt_chars: int | None = None  # None: PROMPT_CHARS_PER_TOKEN x the context (see app.ServerConfig)
     max_header_bytes: int = 16 << 10
     header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0  # from the headers to the body's last byte (8 MiB at 2.2 Mbit/s)
     idle_timeout_s: float = 5.0
     max_connections: int = 2048
 
@@ -41,11 +42,15 @@ class Limits:
 
 
 def text_chars(value: Any) -> int:
-    """Characters of text in a prompt's parts (strings in nested lists and dicts)."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(text_chars(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return sum(text_chars(v) for v in value)
-    return 0
+    """Characters of text in a prompt's parts (strings in nested lists and dicts); iterative, so that no
+    nesting a client sends can overflow the stack."""
+    n, stack = 0, [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            n += len(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+    return n

@@ -30,4 +30,5 @@ def with_ids(obj: dict[str, Any], body: oai.Sampling, prompt: list[int] | None, 
 def sampling(body: oai.Sampling) -> dict[str, Any]:
     """The `Ask` fields both endpoints fill alike."""
     return dict(model=body.model, stop=body.stop_list, salt=body.cache_salt or "", temperature=body.temperature,
-                top_p=body.top_p, top_k=body.top_k, seed=body.seed, ignore_eos=body.ignore_eos)
+                top_p=body.top_p, top_k=body.top_k, seed=body.seed, ignore_eos=body.ignore_eos,
+                logit_bias=tuple((body.logit_bias or {}).items()))

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from jinja2.defaults import DEFAULT_NAMESPACE
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
+from agentkv.engine.sequence import BIAS_MAX
+from agentkv.engine.tokenizer import TEMPLATE_GLOBALS
 from agentkv.server.fields import Body as _Body
 from agentkv.server.fields import MaxTokens, Seed, Stops, TopK
 
@@ -84,6 +87,9 @@ class ResponseFormat(_Body):
 
 RENDER_OWN = frozenset({"messages", "tools", "add_generation_prompt", "add_special_tokens", "param", "bos_token",
                         "eos_token", "pad_token", "unk_token"})  # what the server itself gives the template
+# the template's functions (jinja's `namespace`, `range`, ..., and the tokenizer's): a variable of that name
+# would replace the function, and the template would fail calling it
+TEMPLATE_FUNCTIONS = frozenset((*DEFAULT_NAMESPACE, *TEMPLATE_GLOBALS))
 
 
 def template_kwargs(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -92,10 +98,18 @@ def template_kwargs(value: dict[str, Any] | None) -> dict[str, Any] | None:
     taken = sorted(RENDER_OWN.intersection(value or ()))
     if taken:
         raise ValueError(f"{', '.join(taken)}: set by the server, not in chat_template_kwargs")
+    functions = sorted(TEMPLATE_FUNCTIONS.intersection(value or ()))
+    if functions:
+        raise ValueError(f"{', '.join(functions)}: the chat template's own functions, not variables to set")
     return value
 
 
 TemplateKwargs = Annotated[dict[str, Any] | None, AfterValidator(template_kwargs)]
+
+
+# token id (JSON keys are text: "50256") -> added to its logit, in OpenAI's range; at most 1,024 of them (this
+# server's bound, not a published one: each is one entry of the sampler's per-step scatter)
+LogitBias = Annotated[dict[int, Annotated[float, Field(ge=-BIAS_MAX, le=BIAS_MAX)]], Field(max_length=1024)]
 
 
 class StreamOptions(_Body):
@@ -120,6 +134,7 @@ class Sampling(_Body):
     ignore_eos: bool = False  # extension: generate exactly max_tokens
     cache_salt: str | None = Field(None, max_length=256)  # extension: a private cache namespace
     return_token_ids: bool = False  # extension: the prompt's and the reply's token ids, as the engine saw them
+    logit_bias: LogitBias | None = None
 
     @property
     def stop_list(self) -> tuple[str, ...]:
@@ -159,6 +174,7 @@ class CompletionRequest(Sampling):
     prompt: str | list[int] = Field(description="one prompt: text or token ids")
     max_tokens: MaxTokens = 16
     echo: Literal[False] = False
+    best_of: int | None = Field(None, ge=1, le=1, description="only best_of=1 (= n) is supported")
     logprobs: None = None
     suffix: None = None
 

@@ -58,6 +58,7 @@ class Ask:
     top_k: int = 0
     seed: int | None = None
     ignore_eos: bool = False
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
     forced_tool: str | None = None  # None (the model decides), "*" (any tool) or a tool's name
     parallel_tool_calls: bool = True
     json_format: tuple[str, dict[str, Any] | None] | None = None  # (kind, schema) of a JSON reply
@@ -106,9 +107,10 @@ class Pipeline:
         """The API's body through its adapter's `to_request`, then prepared and admitted."""
         arrival = time.monotonic()
         self.check_model(body.model)
-        ask = to_request(body, request.headers, self.context)
+        ask = await asyncio.to_thread(to_request, body, request.headers, self.context)  # 250k messages take ~1 s
+        self.check_ids("logit_bias", [t for t, _ in ask.logit_bias])
         prompt = await self.prompt(ask)
-        grammar = await self.constrain(self.structured(ask), ask)
+        grammar = await self.constrain(self.structured(ask), tenant)
         params = self.sampling(ask, prompt, grammar[0] if grammar else None)
         rid = f"{_ID_PREFIX[ask.endpoint]}{secrets.token_hex(12)}"
         public = self.cfg.public.public_tokens(prompt) if self.cfg.public and not ask.salt else 0
@@ -121,14 +123,17 @@ class Pipeline:
 
     # ---- prepare ------------------------------------------------------------------------------------------
     async def prompt(self, ask: Ask) -> list[int]:
+        """The prompt's token ids, checked; counted, rendered and tokenized off the event loop's thread (a legal
+        8 MB body takes seconds, and every stream would wait)."""
         if isinstance(ask.prompt, list):
-            self.check_ids(ask.param, ask.prompt)
+            await asyncio.to_thread(self.check_ids, ask.param, ask.prompt)
             return list(ask.prompt)
         if self.tokenizer is None and ask.messages is not None:
             raise APIError(400, "the model folder has no tokenizer.json: use /v1/completions with token ids")
         if self.tokenizer is None:
             raise APIError(400, "the model folder has no tokenizer.json: send the prompt as token ids", param="prompt")
-        self.check_chars(ask.param, ask.messages if ask.messages is not None else ask.prompt, ask.tools)
+        await asyncio.to_thread(self.check_chars, ask.param, ask.messages if ask.messages is not None else ask.prompt,
+                                ask.tools)
         if ask.messages is not None:
             return await self.render(ask)
         return await asyncio.to_thread(encode, ask, self.tokenizer)
@@ -157,14 +162,14 @@ class Pipeline:
         except ValueError as e:
             raise APIError(400, f"tool_choice: {e}", param="tool_choice") from None
 
-    async def constrain(self, given: tuple[StructuredOutputsParams, str] | None, ask: Ask,
+    async def constrain(self, given: tuple[StructuredOutputsParams, str] | None, tenant: str,
                         ) -> tuple[StructuredOutputsParams, Any] | None:
         """The spec compiled, once for this request, off the event loop; what the grammar engine refuses is a 400."""
         if given is None:
             return None
         spec, param = given
         try:
-            return spec, await asyncio.to_thread(self.engine.llm.grammars.compile, spec)
+            return spec, await asyncio.to_thread(self.engine.llm.grammars.compile, spec, tenant)
         except ValueError as e:
             raise APIError(400, f"{param}: {e}", param=param) from None
 
@@ -179,7 +184,7 @@ class Pipeline:
             return SamplingParams(max_tokens=asked or limit - len(prompt),
                                   temperature=0.0 if ask.temperature < GREEDY_BELOW else ask.temperature,
                                   top_p=ask.top_p, top_k=ask.top_k, seed=ask.seed, stop=ask.stop,
-                                  ignore_eos=ask.ignore_eos, structured_outputs=spec)
+                                  ignore_eos=ask.ignore_eos, structured_outputs=spec, logit_bias=ask.logit_bias)
         except ValueError as e:
             raise APIError(400, str(e)) from None
 

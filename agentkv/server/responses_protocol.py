@@ -3,13 +3,18 @@ reasoning), tools (function tools, also inside a `namespace`), `text.format` and
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from agentkv.server.fields import Body as _Body  # the checks every body has (Unicode, NaN, nesting)
+from agentkv.server.fields import MaxTokens, TopK
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+# OpenAI's API reference (platform.openai.com/docs/api-reference/responses/create, read 2026-12): "Set of 16
+# key-value pairs ... Keys are strings with a maximum length of 64 characters. Values are strings with a
+# maximum length of 512 characters." A stored response keeps its metadata, so the bound is the store's too.
+Metadata = Annotated[dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+                     Field(max_length=16)]
 
 
 class ContentPart(_Body):
@@ -77,16 +82,16 @@ class ResponsesRequest(_Body):
     tool_choice: Literal["none", "auto", "required"] | FunctionChoice = "auto"
     parallel_tool_calls: bool = True
     text: TextConfig | None = None
-    max_output_tokens: int | None = Field(None, ge=1)
+    max_output_tokens: MaxTokens | None = None
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)  # extension, as on the other endpoints
+    top_k: TopK = 0  # extension, as on the other endpoints
     stream: bool = False
     previous_response_id: str | None = None
     store: bool = True
     prompt_cache_key: str | None = Field(None, max_length=512)
-    user: str | None = None
-    metadata: dict[str, str] | None = None
+    user: str | None = Field(None, max_length=512)
+    metadata: Metadata | None = None
     reasoning: dict[str, Any] | None = None  # echoed: the model's template decides whether it reasons
     cache_salt: str | None = Field(None, max_length=256)  # extension
 

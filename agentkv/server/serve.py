@@ -87,6 +87,9 @@ def add_limit_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--header-timeout", type=positive(float), default=d.header_timeout_s, metavar="SECONDS",
                    help="a connection that has not sent a request's headers by then is closed, however slowly "
                         f"they trickle in (default {d.header_timeout_s:g})")
+    g.add_argument("--body-timeout", type=positive(float), default=d.body_timeout_s, metavar="SECONDS",
+                   help="a request whose body has not all arrived this long after its headers is cut off (default "
+                        f"{d.body_timeout_s:g})")
     g.add_argument("--idle-timeout", type=positive(float), default=d.idle_timeout_s, metavar="SECONDS",
                    help=f"an idle keep-alive connection is closed after (default {d.idle_timeout_s:g})")
     g.add_argument("--max-connections", type=positive(int), default=d.max_connections,
@@ -102,7 +105,7 @@ def limits_of(args: argparse.Namespace):
 
     return Limits(max_body_bytes=args.max_body_bytes, max_prompt_chars=args.max_prompt_chars,
                   max_header_bytes=args.max_header_bytes, header_timeout_s=args.header_timeout,
-                  idle_timeout_s=args.idle_timeout, max_connections=args.max_connections)
+                  body_timeout_s=args.body_timeout, idle_timeout_s=args.idle_timeout, max_connections=args.max_connections)
 
 
 def metrics_key(path: str | None) -> str | None:
@@ -172,10 +175,13 @@ def serve_on_ray(args: argparse.Namespace) -> int:
     from ray import serve
 
     from agentkv.cluster.serve import APP, start
+    from agentkv.server.guards import uvicorn_config
 
+    sock = startup.bind(args.host, args.port)  # before the replicas load: a port in use fails at once
     app = start(args)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=None)
+    try:  # the single server's connection guards (header size and time, slow bodies, the connection cap)
+        uvicorn.Server(uvicorn_config(app, limits_of(args), host=args.host, port=args.port, log_level=args.log_level,
+                                      timeout_graceful_shutdown=None)).run(sockets=[sock])
     finally:
         serve.delete(APP)  # on a shared cluster, the replicas go with their gateway
     return 0

@@ -40,6 +40,18 @@ class Parsed:
         return self
 
 
+def rebased(schema: Any, root: str) -> Any:
+    """A tool's schema moved to `root` of the call's schema: its local `$ref`s ("#/$defs/Item", as Pydantic
+    writes every nested model; "#" for recursion) rewritten to point there, so they resolve as in the tool's
+    own schema (bodies cap the nesting, so the recursion here is bounded)."""
+    if isinstance(schema, dict):
+        return {k: root + v[1:] if k == "$ref" and isinstance(v, str) and v.startswith("#") else rebased(v, root)
+                for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [rebased(v, root) for v in schema]
+    return schema
+
+
 class ToolParser:
     """Feed text pieces in order, then `finish()`; the sum of what they return is the whole reply."""
 
@@ -57,9 +69,11 @@ class ToolParser:
         from agentkv.engine.grammar import JSON_STYLE
 
         calls = [{"type": "object", "properties": {"name": {"const": t["function"]["name"]},
-                                                   cls.ARGUMENTS: t["function"].get("parameters") or {"type": "object"}},
-                  "required": ["name", cls.ARGUMENTS], "additionalProperties": False} for t in tools]
+                                                   cls.ARGUMENTS: {"$ref": f"#/$defs/tool{i}"}},
+                  "required": ["name", cls.ARGUMENTS], "additionalProperties": False} for i, t in enumerate(tools)]
         schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
+        schema["$defs"] = {f"tool{i}": rebased(t["function"].get("parameters") or {"type": "object"},
+                                               f"#/$defs/tool{i}") for i, t in enumerate(tools)}
         before, after = (" ".join(map(literal, w)) for w in cls.WRAP)
         call = f"{before} %json {json.dumps({**schema, 'x-guidance': JSON_STYLE})} {after}"
         more = f" ({literal(cls.SEPARATOR)} call)*" if parallel else ""

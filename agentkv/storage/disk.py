@@ -68,6 +68,7 @@ class DiskStore(TierStore):
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._lock_folder()
         self._fds: dict[int, int] = {}
+        self.failure: str | None = None  # what the disk last failed with, while it fails
         self._lock = threading.Lock()  # guards index and free list: `contains` may run on another thread
         self.index: dict[bytes, int] = {}  # digest -> slot
         self.index = self._load_index() or self._scan()
@@ -86,7 +87,15 @@ class DiskStore(TierStore):
                 if key.digest in self.index or not self.free:
                     continue  # content-addressed: already stored; or full (the core's accounts prevent that)
                 slot = self.free.pop()
-            if self._write(slot, encode_head(key, row), row):
+            try:
+                written = self._write(slot, encode_head(key, row), row)
+            except OSError as e:  # a failing disk (EIO, a read-only remount): the slot goes back, the put is a skip
+                self._failing(e)
+                with self._lock:
+                    self.free.append(slot)
+                continue
+            self._failing(None)
+            if written:
                 with self._lock:
                     self.index[key.digest] = slot
 
@@ -141,8 +150,12 @@ class DiskStore(TierStore):
             os.close(fd)
             raise FolderInUse(f"disk tier {self.root} is in use by another engine (pid {holder}); give each "
                               "engine its own folder") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError:  # a full disk: the caller serves without this tier
+            os.close(fd)
+            raise
         return fd
 
     # ---- slots ---------------------------------------------------------------------------------------------
@@ -173,12 +186,25 @@ class DiskStore(TierStore):
         return False
 
     def _read(self, slot: int, head: bytearray, row: np.ndarray) -> int:
-        fd, offset = self._fd(slot)
         try:
-            return os.preadv(fd, [head, row], offset)
+            fd, offset = self._fd(slot)
+            n = os.preadv(fd, [head, row], offset)
         except OSError as e:
-            log.warning("disk tier %s: reading slot %d failed: %s", self.root, slot, e)
+            self._failing(e)
             return -1
+        self._failing(None)
+        return n
+
+    def _failing(self, error: OSError | None) -> None:
+        """Say once that the disk fails (and once that it works again), not once per page of every batch."""
+        if (error is None) == (self.failure is None):
+            return
+        self.failure = None if error is None else error.strerror or str(error)
+        if error is None:
+            log.warning("disk tier %s works again", self.root)
+        else:
+            log.warning("disk tier %s fails (%s): its writes are skipped and its reads miss until it works again",
+                        self.root, self.failure)
 
     # ---- the index -----------------------------------------------------------------------------------------
     def _geometry(self) -> dict:

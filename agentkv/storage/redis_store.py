@@ -40,10 +40,11 @@ class RedisStore(TierStore):
     remote = True
 
     def __init__(self, url: str, page_bytes: int, prefix: bytes = b"akv:", connect_timeout_s: float = 0.5,
-                 op_timeout_s: float = 5.0, backoff_s: tuple[float, float] = (0.5, 30.0),
+                 op_timeout_s: float = 5.0, backoff_s: tuple[float, float] = (0.5, 5.0),
                  batch_bytes: int = 128 << 20) -> None:
-        """backoff_s: (first, longest) wait before retrying a tier that failed. batch_bytes: values per
-        pipeline round trip (bounds the client's buffers)."""
+        """backoff_s: (first, longest) wait before retrying a tier that failed (a retry is one connect on the
+        mover's thread: a short longest wait costs little, and a resumed Redis is back within it).
+        batch_bytes: values per pipeline round trip (bounds the client's buffers)."""
         self.url = url
         self.page_bytes = page_bytes
         self.prefix = prefix

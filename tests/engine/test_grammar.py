@@ -43,3 +43,29 @@ def test_bad_grammars_are_value_errors(llm):
         llm.generate(["x"], SamplingParams(structured_outputs=StructuredOutputsParams(json={"type": "frob"})))
     with pytest.raises(ValueError, match="exactly one"):
         StructuredOutputsParams(json={}, regex="a")
+
+
+def test_the_cache_is_bounded_by_bytes_per_tenant(tmp_path):
+    """One tenant's flood of distinct schemas evicts its own grammars, never another tenant's; the total stays
+    within its bytes; a grammar over a tenant's budget is compiled and used, not kept."""
+    from tokenizers import Tokenizer
+
+    from agentkv.engine.grammar import Grammars
+
+    text = (write_chat_checkpoint(tmp_path, "x") / "tokenizer.json").read_text()
+    vocab = Tokenizer.from_str(text).get_vocab_size()
+    g = Grammars(text, vocab, [0], max_bytes=60_000, tenant_bytes=30_000)
+
+    def schema(i: int, pad: int = 0) -> StructuredOutputsParams:
+        return StructuredOutputsParams(json={"type": "object", "properties": {f"k{i}": {"const": "x" * pad}}})
+
+    mine = g.compile(schema(-1), "b")
+    for i in range(200):
+        g.compile(schema(i, 500), "a")
+        assert g.held("a") <= 30_000
+    assert g.compile(schema(-1), "b") is mine  # still cached: a's flood evicted a's own
+    huge = g.compile(schema(-2, 40_000), "c")
+    assert huge.compute_bitmask() and g.held("c") == 0  # compiled, not kept
+    for i in range(200):
+        g.compile(schema(1000 + i, 500), "d")
+    assert g.held("a") + g.held("b") + g.held("d") <= 60_000 and g.held("b") > 0

@@ -52,3 +52,11 @@ def test_a_seeded_row_does_not_depend_on_its_neighbours():
     alone = [sample(logits[1:2], [p], [seeded(7)])[0] for _ in range(2)]
     batched = sample(logits, [SamplingParams(), p, SamplingParams()], [None, seeded(7), None])[1]
     assert alone[0] == alone[1] == batched
+
+
+def test_logit_bias_moves_only_its_own_row_before_truncation():
+    logits = torch.zeros(3, 8)
+    logits[:, 0] = 5.0  # every row's argmax is token 0
+    params = [SamplingParams(temperature=0, logit_bias=[(3, 10.0)]), SamplingParams(temperature=0),
+              SamplingParams(temperature=1.0, top_k=1, logit_bias=[(0, -100.0), (6, 2.0)])]
+    assert sample(logits.clone(), params, [None] * 3) == [3, 0, 6]  # top_k=1 keeps the biased best, not token 0

@@ -87,7 +87,7 @@ def test_store_retrieve_and_not_stored(client):
 
 def test_retention_window(chat_server, client):
     r = client.responses.create(model="chat", input="hi", temperature=0)
-    responses = chat_server.app.state.server.responses
+    responses = chat_server.app.state.server.responses.kept
     kept, responses.retention_s = responses.retention_s, 0.0
     try:
         with pytest.raises(openai.BadRequestError) as e:

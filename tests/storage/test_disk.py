@@ -212,3 +212,27 @@ def test_close_survives_a_deleted_folder_and_a_full_disk(tmp_path, caplog):
     assert "Traceback" not in caplog.text and all(r.levelname == "WARNING" for r in caplog.records)
     found, _ = load(DiskStore(tmp_path / "full", 1 << 20, PAGE), keys)
     assert found.all()
+
+
+def test_a_failing_disk_warns_once_leaks_no_slot_and_recovers(tmp_path, caplog):
+    """Writes that fail (here: the segment opened read-only, as after a remount) are skips, not exceptions: the
+    slot goes back to the free list, one warning says so, and one more when the disk works again."""
+    keys, pages = make_blocks(12)
+    store = DiskStore(tmp_path, 1 << 20, PAGE)
+    store.put(keys[:2], pages[:2])
+    free = len(store.free)
+    writable = dict(store._fds)
+    store._fds = {seg: os.open(tmp_path / f"seg{seg:05d}.kv", os.O_RDONLY) for seg in writable}
+    caplog.clear()
+    for _ in range(3):
+        store.put(keys[2:10], pages[2:10])  # would raise EBADF per page
+    assert len(store.free) == free and store.failure is not None
+    assert not store.contains(keys[2:10]).any()
+    assert len(caplog.records) == 1 and "fails" in caplog.records[0].message  # 24 failed writes, one line
+    for fd in store._fds.values():
+        os.close(fd)
+    store._fds = writable
+    store.put(keys[10:], pages[10:])
+    assert store.contains(keys[10:]).all() and store.failure is None and "works again" in caplog.records[-1].message
+    found, out = load(store, keys[:2])
+    assert found.all() and torch.equal(out, pages[:2])

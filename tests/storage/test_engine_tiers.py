@@ -283,3 +283,16 @@ def test_a_store_slower_than_recomputing_is_skipped(model_dir, cases, tmp_path):
     assert disk.load_s > llm.tiering.recompute_s
     assert all(o.cached_tokens_per_tier["disk"] == 0 for o in outs[1:])  # then it is skipped
     llm.close()
+
+
+def test_a_disk_tier_that_cannot_be_opened_is_left_out_and_said(model_dir, cases, tmp_path, caplog):
+    """A tier folder the process cannot create or write (here: a file stands where the folder should be; a
+    read-only or full filesystem fails the same way, with an OSError) leaves the engine without that tier."""
+    ps, expected = cases
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    llm = engine(model_dir, f"dram=64KiB,disk=1MiB@{blocker / 'kv'}")
+    assert "disk" not in llm.tier_names and "dram" in llm.tier_names
+    assert any("cannot be used" in r.message and "serving without it" in r.message for r in caplog.records)
+    out, _ = run_twice(llm, ps)
+    assert out == expected

@@ -91,3 +91,32 @@ def test_admitted_prefixes_refresh_their_redis_copies(model_dir, cases, redis_se
     idle = sorted(raw.object("idletime", n) for n in names)
     assert max(idle[: len(ps[0]) // 8]) <= 1, idle  # every block of its prefix used again just now
     llm.close()
+
+
+def test_a_redis_that_hung_is_used_again_as_soon_as_it_answers(redis_server):
+    """A load that waited out a freeze measured the freeze, not Redis: once Redis answers again its speed is
+    re-measured, so it is not skipped as slower than recomputing for hundreds of requests."""
+    import numpy as np
+    import torch
+
+    from agentkv.engine.tiering import LOAD_S, MovedStore
+    from agentkv.storage.mover import Mover
+    from agentkv.storage.redis_store import RedisStore
+    from tests.storage.conftest import PAGE, make_blocks
+
+    keys, pages = make_blocks(4, salt="hung")
+    mover = Mover()
+    store = MovedStore(RedisStore(redis_server.url, PAGE), mover)
+    store.store.put(keys, pages)
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        out = torch.empty(4, PAGE, dtype=torch.uint8)
+        t0 = time.monotonic()
+        assert not store.get(keys, out).any() and time.monotonic() - t0 < LOAD_S + 0.5  # bypassed, not waited
+        time.sleep(1.0)
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    store.late.result(timeout=10)  # the hung load finishes once Redis resumes
+    assert not store.bypassed() and np.isnan(store.load_s)  # not ~1 s a page
+    assert store.get(keys, out).all() and torch.equal(out, pages)
+    mover.close()
