@@ -139,7 +139,9 @@ class LLM:
         if compile:  # fuses the per-token work; the attention backend's Python loop stays eager
             self.model.forward = torch.compile(self.model.forward, dynamic=True)  # type: ignore[method-assign]
         self.graphs = None  # decode steps as CUDA graphs, one per batch size (engine/cuda_graphs.py)
-        if cuda_graphs and not compile and self.device.type == "cuda" and hasattr(self.backend, "capturing"):
+        # a MoE layer groups tokens by expert on the host (a sync a captured graph cannot replay): no graphs
+        if cuda_graphs and not compile and self.device.type == "cuda" and hasattr(self.backend, "capturing") \
+                and not cfg.num_experts:
             self.graphs = DecodeGraphs(self.model.forward, self.pool.layers, self.backend, max_num_seqs, max_pages,
                                        block_size, cfg.num_kv_heads, self.device)
             self.graphs.capture()

@@ -1,7 +1,8 @@
-"""A Llama-family model's shape, read from its Hugging Face `config.json`.
+"""A model's shape, read from its Hugging Face `config.json`.
 
 One config covers Llama 3.x (with its RoPE frequency scaling), Qwen2.5 (biases on q/k/v), Qwen3 (RMSNorm on
-q and k per head) and Mistral: they differ only in those flags.
+q and k per head), Mistral, and Qwen3-MoE (Qwen3 with a routed mixture of experts in place of the MLP on
+its sparse layers): they differ only in those flags and numbers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ ARCHITECTURES = {
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
 }
 
 
@@ -42,6 +44,14 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
     bos_token_id: int | None = None
     torch_dtype: str = "bfloat16"
+    num_experts: int = 0  # 0: dense (every layer an MLP)
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False  # renormalise the chosen experts' weights to sum to 1
+    moe_layers: tuple[bool, ...] = ()  # per layer: a routed MoE block (True) or the dense MLP
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return bool(self.moe_layers) and self.moe_layers[layer]
 
     @staticmethod
     def from_dir(model_dir: str) -> ModelConfig:
@@ -83,11 +93,12 @@ class ModelConfig:
                              "(default, linear, llama3)")
         eos = raw.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+        layers = int(need("num_hidden_layers"))
         return ModelConfig(
             family=family,
             hidden_size=hidden,
             intermediate_size=int(need("intermediate_size")),
-            num_layers=int(need("num_hidden_layers")),
+            num_layers=layers,
             num_heads=heads,
             num_kv_heads=int(raw.get("num_key_value_heads") or heads),
             head_dim=int(raw.get("head_dim") or hidden // heads),
@@ -97,11 +108,12 @@ class ModelConfig:
             max_position_embeddings=int(raw.get("max_position_embeddings", 8192)),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             qkv_bias=bool(raw.get("attention_bias", family == "qwen2")),
-            qk_norm=family == "qwen3",
+            qk_norm=family in ("qwen3", "qwen3_moe"),
             rope_scaling={**rope, "rope_type": kind},
             eos_token_ids=eos_ids,
             bos_token_id=raw.get("bos_token_id"),
             torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"),
+            **(_moe_fields(raw, layers, need, path) if family == "qwen3_moe" else {}),
         )
 
     def spec(self, name: str) -> ModelSpec:
@@ -109,9 +121,29 @@ class ModelConfig:
         from agentkv.catalog import ModelSpec
 
         attn = self.hidden_size * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
-        layer = attn + 3 * self.hidden_size * self.intermediate_size
+        dense = 3 * self.hidden_size * self.intermediate_size
+        expert = 3 * self.hidden_size * self.moe_intermediate_size
+        router = self.hidden_size * self.num_experts
+        moe = sum(self.moe_layers)
         embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
-        params = float(self.num_layers * layer + embed)
+        base = self.num_layers * attn + (self.num_layers - moe) * dense + moe * router + embed
+        total = float(base + moe * self.num_experts * expert)
+        active = float(base + moe * self.experts_per_token * expert)
         return ModelSpec(name, "config.json", self.num_layers, self.num_heads, self.num_kv_heads, self.head_dim,
-                         self.hidden_size, self.intermediate_size, self.vocab_size, params, params,
+                         self.hidden_size, self.intermediate_size, self.vocab_size, total, active,
                          self.max_position_embeddings)
+
+
+def _moe_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> dict[str, Any]:
+    """Qwen3-MoE's routing: layer i is sparse unless listed in `mlp_only_layers` or off the
+    `decoder_sparse_step` stride (as transformers' Qwen3MoeDecoderLayer decides)."""
+    experts = int(raw.get("num_local_experts") or need("num_experts"))  # transformers 5 writes the former
+    top_k = int(need("num_experts_per_tok"))
+    if not 0 < top_k <= experts:
+        raise ValueError(f"{path}: field 'num_experts_per_tok': {top_k} is not in [1, num_experts={experts}]")
+    step = int(raw.get("decoder_sparse_step", 1) or 1)
+    dense = set(raw.get("mlp_only_layers") or ())
+    return {"num_experts": experts, "experts_per_token": top_k,
+            "moe_intermediate_size": int(need("moe_intermediate_size")),
+            "norm_topk_prob": bool(raw.get("norm_topk_prob", False)),
+            "moe_layers": tuple(i not in dense and (i + 1) % step == 0 for i in range(layers))}

@@ -1,4 +1,5 @@
-"""The Llama family in plain PyTorch: Llama 3.x, Qwen2.5, Qwen3, Mistral (one module, a few flags).
+"""The Llama family in plain PyTorch: Llama 3.x, Qwen2.5, Qwen3, Mistral, and Qwen3-MoE (one module, a few
+flags; a MoE config swaps the MLP of its sparse layers for routed experts, `model/moe.py`).
 
 Parameter names follow the Hugging Face checkpoints, so safetensors load without renaming. The model works on
 a flattened batch (prefill chunks and decode tokens of many sequences side by side) over paged KV: attention
@@ -14,6 +15,7 @@ from torch import nn
 
 from agentkv.kernels.attention import AttentionBackend, AttentionMetadata, LayerKV
 from agentkv.model.config import ModelConfig
+from agentkv.model.moe import GatedMLP, SparseMoE
 
 
 class RMSNorm(nn.Module):
@@ -89,22 +91,18 @@ class Attention(nn.Module):
         return self.o_proj(out.reshape(-1, self.h * self.d))
 
 
-class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+def feed_forward(cfg: ModelConfig, layer: int) -> nn.Module:
+    """The layer's MLP: routed experts on a MoE config's sparse layers, the dense gated MLP elsewhere."""
+    if cfg.is_moe_layer(layer):
+        return SparseMoE(cfg)
+    return GatedMLP(cfg.hidden_size, cfg.intermediate_size)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, backend: AttentionBackend) -> None:
+    def __init__(self, cfg: ModelConfig, backend: AttentionBackend, layer: int) -> None:
         super().__init__()
         self.self_attn = Attention(cfg, backend)
-        self.mlp = MLP(cfg)
+        self.mlp = feed_forward(cfg, layer)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -117,7 +115,7 @@ class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig, backend: AttentionBackend) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, backend) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, backend, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = Rotary(cfg)
 

@@ -55,6 +55,12 @@ def write_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
         model = LlamaForCausalLM(cfg)
     elif family == "qwen3":
         model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=32, tie_word_embeddings=True))
+    elif family == "qwen3_moe":  # layer 1 dense (mlp_only_layers), layers 0 and 2 routed: 8 experts, top 2
+        from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+        model = Qwen3MoeForCausalLM(Qwen3MoeConfig(**{**common, "num_hidden_layers": 3}, head_dim=32,
+                                                   moe_intermediate_size=32, num_experts=8, num_experts_per_tok=2,
+                                                   norm_topk_prob=True, mlp_only_layers=[1]))
     else:
         raise ValueError(family)
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,7 +69,7 @@ def write_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session", params=["llama3", "qwen3"])
+@pytest.fixture(scope="session", params=["llama3", "qwen3", "qwen3_moe"])
 def checkpoint(request, tmp_path_factory) -> tuple[str, Path]:
     return request.param, write_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
 

@@ -1,0 +1,60 @@
+"""A routed mixture of experts in place of the dense MLP: each token runs through its top-k experts only.
+
+Shared by the MoE families (Qwen3-MoE today): a linear router scores every expert, the top k are kept (their
+softmax weights renormalised where the config says so), and each expert is a gated MLP. Tokens are grouped
+by expert so each expert runs one matmul over the tokens routed to it, not one per token. Parameter names
+follow the published per-expert checkpoints (`mlp.gate`, `mlp.experts.{i}.gate_proj`), so they load as is.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from agentkv.model.config import ModelConfig
+
+
+class GatedMLP(nn.Module):
+    """down(silu(gate(x)) * up(x)): the dense MLP of every Llama-family layer, and each expert of a MoE."""
+
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class SparseMoE(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.top_k, self.renormalise = cfg.experts_per_token, cfg.norm_topk_prob
+        self.gate = nn.Linear(cfg.hidden_size, cfg.num_experts, bias=False)
+        self.experts = nn.ModuleList(GatedMLP(cfg.hidden_size, cfg.moe_intermediate_size)
+                                     for _ in range(cfg.num_experts))
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each token's top-k experts [T, k] and their weights [T, k] (softmax in fp32, as the references)."""
+        probs = torch.softmax(self.gate(x).float(), dim=-1)
+        weights, chosen = torch.topk(probs, self.top_k, dim=-1)
+        if self.renormalise:
+            weights = weights / weights.sum(-1, keepdim=True)
+        return chosen, weights.to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chosen, weights = self.route(x)
+        out = torch.zeros_like(x)
+        flat = chosen.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=len(self.experts)).tolist()
+        tokens = order // self.top_k  # the token of each (token, slot) pair, grouped by expert
+        scale = weights.reshape(-1)[order, None]
+        start = 0
+        for e, n in enumerate(counts):
+            if n:
+                rows = tokens[start : start + n]
+                out.index_add_(0, rows, self.experts[e](x[rows]) * scale[start : start + n])
+            start += n
+        return out
