@@ -21,7 +21,9 @@ ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
     "Qwen3MoeForCausalLM": "qwen3_moe",
+    "Gemma3ForCausalLM": "gemma3",
 }
+WINDOWED = {"sliding_attention": True, "full_attention": False}  # config.json's `layer_types` values
 
 
 @dataclass(slots=True, frozen=True)
@@ -49,6 +51,16 @@ class ModelConfig:
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = False  # renormalise the chosen experts' weights to sum to 1
     moe_layers: tuple[bool, ...] = ()  # per layer: a routed MoE block (True) or the dense MLP
+    layer_windows: tuple[int, ...] = ()  # per layer: its sliding window in tokens (0: full attention)
+    query_scale: float = 0.0  # 0: head_dim ** -0.5
+    o_bias: bool = False
+    attention_sinks: bool = False  # a learned logit per head in every softmax's denominator (gpt-oss)
+    local_rope_theta: float = 0.0  # sliding layers' RoPE base where it differs, unscaled (Gemma 3); 0: the same
+    activation: str = "silu"  # of the gated MLP: silu, or gelu_pytorch_tanh (Gemma)
+    logit_softcap: float = 0.0  # cap * tanh(logits / cap) on the final logits (0: none)
+
+    def window_of(self, layer: int) -> int:
+        return self.layer_windows[layer] if self.layer_windows else 0
 
     def is_moe_layer(self, layer: int) -> bool:
         return bool(self.moe_layers) and self.moe_layers[layer]
@@ -86,6 +98,9 @@ class ModelConfig:
         heads = int(need("num_attention_heads"))
         hidden = int(need("hidden_size"))
         rope = dict(raw.get("rope_scaling") or raw.get("rope_parameters") or {})
+        local_rope = dict(rope.get("sliding_attention") or {})
+        if "full_attention" in rope:  # transformers 5 writes one RoPE per layer type (Gemma 3)
+            rope = dict(rope["full_attention"])
         theta = raw.get("rope_theta", rope.get("rope_theta", 10000.0))
         kind = rope.get("rope_type", rope.get("type", "default"))
         if kind not in ("default", "llama3", "linear"):
@@ -106,14 +121,15 @@ class ModelConfig:
             rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
             rope_theta=float(theta),
             max_position_embeddings=int(raw.get("max_position_embeddings", 8192)),
-            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", family == "gemma3")),
             qkv_bias=bool(raw.get("attention_bias", family == "qwen2")),
-            qk_norm=family in ("qwen3", "qwen3_moe"),
+            qk_norm=family in ("qwen3", "qwen3_moe", "gemma3"),
             rope_scaling={**rope, "rope_type": kind},
             eos_token_ids=eos_ids,
             bos_token_id=raw.get("bos_token_id"),
             torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"),
             **(_moe_fields(raw, layers, need, path) if family == "qwen3_moe" else {}),
+            **(_gemma3_fields(raw, layers, need, path, local_rope) if family == "gemma3" else {}),
         )
 
     def spec(self, name: str) -> ModelSpec:
@@ -147,3 +163,26 @@ def _moe_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> dict[
             "moe_intermediate_size": int(need("moe_intermediate_size")),
             "norm_topk_prob": bool(raw.get("norm_topk_prob", False)),
             "moe_layers": tuple(i not in dense and (i + 1) % step == 0 for i in range(layers))}
+
+
+def _layer_windows(raw: dict[str, Any], layers: int, need: Any, path: str, pattern: int) -> tuple[int, ...]:
+    """Each layer's window from `layer_types`, or else every `pattern`-th layer full, the others sliding (the
+    `sliding_window_pattern` older configs give)."""
+    window = int(need("sliding_window"))
+    types = raw.get("layer_types") or ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                                       for i in range(layers)]
+    if len(types) != layers or any(t not in WINDOWED for t in types):
+        raise ValueError(f"{path}: field 'layer_types': expected {layers} of {', '.join(WINDOWED)}")
+    return tuple(window if WINDOWED[t] else 0 for t in types)
+
+
+def _gemma3_fields(raw: dict[str, Any], layers: int, need: Any, path: str, local_rope: dict) -> dict[str, Any]:
+    """Gemma 3: 5 sliding layers to 1 global by default, the sliding ones on their own RoPE base, queries scaled
+    by query_pre_attn_scalar, a GELU-tanh MLP, q/k RMSNorm, tied embeddings."""
+    local = local_rope.get("rope_theta", raw.get("rope_local_base_freq", 10000.0))
+    if raw.get("attn_logit_softcapping"):  # Gemma 2's; every Gemma 3 config has none
+        raise ValueError(f"{path}: field 'attn_logit_softcapping': attention logit soft-capping is not supported")
+    return {"layer_windows": _layer_windows(raw, layers, need, path, int(raw.get("sliding_window_pattern", 6))),
+            "query_scale": float(raw.get("query_pre_attn_scalar", 256)) ** -0.5,
+            "local_rope_theta": float(local), "activation": str(raw.get("hidden_activation", "gelu_pytorch_tanh")),
+            "logit_softcap": float(raw.get("final_logit_softcapping") or 0.0)}

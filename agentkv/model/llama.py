@@ -31,12 +31,11 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+def rope_inv_freq(head_dim: int, theta: float, rs: dict) -> torch.Tensor:
     """Inverse frequencies, with Llama 3's long-context scaling (low frequencies stretched by `factor`, high
     ones kept, a smooth blend between) or linear position scaling where the config asks for it."""
-    d = cfg.head_dim
-    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
-    rs = cfg.rope_scaling
+    d = head_dim
+    inv = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
     if rs.get("rope_type") == "linear":
         return (inv / float(rs["factor"])).float()
     if rs.get("rope_type") == "llama3":
@@ -52,9 +51,19 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 
 class Rotary(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, head_dim: int, theta: float, scaling: dict) -> None:
         super().__init__()
-        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self.head_dim, self.theta, self.scaling = head_dim, theta, scaling
+        self.register_buffer("inv_freq", rope_inv_freq(head_dim, theta, scaling), persistent=False)
+
+    @staticmethod
+    def of(cfg: ModelConfig) -> Rotary:
+        return Rotary(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+
+    def materialise(self, device: str | torch.device) -> None:
+        """Fill the frequencies on `device` (a model built on the meta device has none)."""
+        self.to_empty(device=device)
+        self.inv_freq.copy_(rope_inv_freq(self.head_dim, self.theta, self.scaling).to(device))
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x: [T, heads, head_dim] rotated by each token's position (the half-split layout HF uses)."""
@@ -65,19 +74,25 @@ class Rotary(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, backend: AttentionBackend) -> None:
+    """Grouped-query attention over paged KV. Per layer: its window (0: full), a sink logit per head where
+    the config has them; per family: biases, RMSNorm on q and k (of `norm`'s kind), the query scale."""
+
+    def __init__(self, cfg: ModelConfig, backend: AttentionBackend, layer: int = 0,
+                 norm: type[nn.Module] = RMSNorm) -> None:
         super().__init__()
         self.h, self.kvh, self.d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.q_proj = nn.Linear(cfg.hidden_size, self.h * self.d, bias=cfg.qkv_bias)
         self.k_proj = nn.Linear(cfg.hidden_size, self.kvh * self.d, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.hidden_size, self.kvh * self.d, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(self.h * self.d, cfg.hidden_size, bias=False)
+        self.o_proj = nn.Linear(self.h * self.d, cfg.hidden_size, bias=cfg.o_bias)
         if cfg.qk_norm:
-            self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps)
-            self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps)
+            self.q_norm = norm(self.d, cfg.rms_norm_eps)
+            self.k_norm = norm(self.d, cfg.rms_norm_eps)
+        self.sinks = nn.Parameter(torch.zeros(self.h)) if cfg.attention_sinks else None
         self.qk_norm = cfg.qk_norm
         self.backend = backend
-        self.scale = self.d**-0.5
+        self.window = cfg.window_of(layer)
+        self.scale = cfg.query_scale or self.d**-0.5
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary, kv: LayerKV,
                 meta: AttentionMetadata) -> torch.Tensor:
@@ -87,7 +102,7 @@ class Attention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotary(q, positions), rotary(k, positions)
-        out = self.backend.forward(q, k, v, kv, meta, self.scale)
+        out = self.backend.forward(q, k, v, kv, meta, self.scale, self.window, self.sinks)
         return self.o_proj(out.reshape(-1, self.h * self.d))
 
 
@@ -95,13 +110,13 @@ def feed_forward(cfg: ModelConfig, layer: int) -> nn.Module:
     """The layer's MLP: routed experts on a MoE config's sparse layers, the dense gated MLP elsewhere."""
     if cfg.is_moe_layer(layer):
         return SparseMoE(cfg)
-    return GatedMLP(cfg.hidden_size, cfg.intermediate_size)
+    return GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.activation)
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, backend: AttentionBackend, layer: int) -> None:
         super().__init__()
-        self.self_attn = Attention(cfg, backend)
+        self.self_attn = Attention(cfg, backend, layer)
         self.mlp = feed_forward(cfg, layer)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -117,7 +132,7 @@ class Backbone(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, backend, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.rotary = Rotary(cfg)
+        self.rotary = Rotary.of(cfg)
 
 
 class LlamaForCausalLM(nn.Module):

@@ -7,11 +7,14 @@ import os
 
 import torch
 from safetensors import safe_open
+from torch import nn
 
 from agentkv.kernels.attention import AttentionBackend, TorchAttention
 from agentkv.model.config import ModelConfig
-from agentkv.model.llama import LlamaForCausalLM, rope_inv_freq
+from agentkv.model.gemma3 import Gemma3ForCausalLM
+from agentkv.model.llama import LlamaForCausalLM, Rotary
 
+MODELS: dict[str, type[nn.Module]] = {"gemma3": Gemma3ForCausalLM}  # every other family: llama.py
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
           "float32": torch.float32, "fp32": torch.float32}
 
@@ -37,7 +40,7 @@ def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: s
         dtype = DTYPES[dtype]
     dtype = dtype or DTYPES.get(cfg.torch_dtype, torch.bfloat16)
     with torch.device("meta"):
-        model = LlamaForCausalLM(cfg, backend or TorchAttention())
+        model = MODELS.get(cfg.family, LlamaForCausalLM)(cfg, backend or TorchAttention())
     expected = {k for k in model.state_dict() if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
     tensors: dict[str, torch.Tensor] = {}
     for path in weight_files(model_dir):
@@ -58,8 +61,9 @@ def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: s
     model.load_state_dict(tensors, strict=False, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    model.model.rotary = model.model.rotary.to_empty(device=device)
-    model.model.rotary.inv_freq.copy_(rope_inv_freq(cfg).to(device))
+    for module in model.modules():
+        if isinstance(module, Rotary):
+            module.materialise(device)
     for name, p in model.named_parameters():
         if p.device.type == "meta":
             raise ValueError(f"{model_dir}: parameter '{name}' was not loaded")

@@ -13,18 +13,25 @@ from torch import nn
 
 from agentkv.model.config import ModelConfig
 
+ACTIVATIONS = {"silu": nn.functional.silu, "gelu_pytorch_tanh": lambda x: nn.functional.gelu(x, approximate="tanh")}
+
 
 class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)): the dense MLP of every Llama-family layer, and each expert of a MoE."""
+    """down(act(gate(x)) * up(x)): the dense MLP of every Llama-family and Gemma layer, and each expert of a
+    Qwen3-MoE."""
 
-    def __init__(self, hidden: int, intermediate: int) -> None:
+    def __init__(self, hidden: int, intermediate: int, activation: str = "silu") -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"config.json: MLP activation {activation!r} is not supported "
+                             f"({', '.join(ACTIVATIONS)})")
+        self.act = ACTIVATIONS[activation]
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class SparseMoE(nn.Module):

@@ -61,6 +61,13 @@ def write_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
         model = Qwen3MoeForCausalLM(Qwen3MoeConfig(**{**common, "num_hidden_layers": 3}, head_dim=32,
                                                    moe_intermediate_size=32, num_experts=8, num_experts_per_tok=2,
                                                    norm_topk_prob=True, mlp_only_layers=[1]))
+    elif family == "gemma3":  # 5 sliding (window 8) : 1 global, as Gemma 3's pattern
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**{**common, "num_hidden_layers": 6}, head_dim=32,
+                                                   sliding_window=8, query_pre_attn_scalar=24,
+                                                   rope_local_base_freq=100.0))
+        jitter(model)
     else:
         raise ValueError(family)
     folder.mkdir(parents=True, exist_ok=True)
@@ -69,7 +76,15 @@ def write_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session", params=["llama3", "qwen3", "qwen3_moe"])
+def jitter(model) -> None:
+    """Norm weights, biases and sinks start as constants (0 or 1): made random so a test sees them."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.3)
+
+
+@pytest.fixture(scope="session", params=["llama3", "qwen3", "qwen3_moe", "gemma3"])
 def checkpoint(request, tmp_path_factory) -> tuple[str, Path]:
     return request.param, write_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
 
