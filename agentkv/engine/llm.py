@@ -8,6 +8,7 @@ scheduler accounts the step (naming full blocks, so later prompts that share the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import time
@@ -91,10 +92,13 @@ class LLM:
         self.block_size = block_size
         self.layout = PageLayout.of(self.codec, cfg.num_layers, block_size, cfg.num_kv_heads, cfg.head_dim)
         spec = cfg.spec(name)
-        page_bytes = kv_bytes_per_block(spec, self.codec.spec, block_size)
+        # a page holds one block of every layer, sliding ones too: their pages beyond the window are not
+        # released yet (no per-group pool), so the pool is sized as if every layer were full
+        self.stored = dataclasses.replace(spec, attention=())
+        page_bytes = kv_bytes_per_block(self.stored, self.codec.spec, block_size)
         assert page_bytes == self.layout.page_bytes, "codec pages disagree with kvcache.sizing"
         if isinstance(model, str) or attention_backend is not None:
-            backend = make_backend(attention_backend or "auto", self.device, self.codec)
+            backend = make_backend(attention_backend or "auto", self.device, self.codec, cfg.masked)
             for layer in self.model.model.layers:
                 layer.self_attn.backend = backend
         self.backend = self.model.model.layers[0].self_attn.backend

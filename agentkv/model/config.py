@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agentkv.catalog import ModelSpec
+    from agentkv.catalog import LayerGroup, ModelSpec
 
 ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -22,6 +22,7 @@ ARCHITECTURES = {
     "Qwen3ForCausalLM": "qwen3",
     "Qwen3MoeForCausalLM": "qwen3_moe",
     "Gemma3ForCausalLM": "gemma3",
+    "GptOssForCausalLM": "gpt_oss",
 }
 WINDOWED = {"sliding_attention": True, "full_attention": False}  # config.json's `layer_types` values
 
@@ -58,6 +59,8 @@ class ModelConfig:
     local_rope_theta: float = 0.0  # sliding layers' RoPE base where it differs, unscaled (Gemma 3); 0: the same
     activation: str = "silu"  # of the gated MLP: silu, or gelu_pytorch_tanh (Gemma)
     logit_softcap: float = 0.0  # cap * tanh(logits / cap) on the final logits (0: none)
+    swiglu_limit: float = 0.0  # gpt-oss experts clamp their gate and up projections to it
+    swiglu_alpha: float = 1.0
 
     def window_of(self, layer: int) -> int:
         return self.layer_windows[layer] if self.layer_windows else 0
@@ -103,9 +106,9 @@ class ModelConfig:
             rope = dict(rope["full_attention"])
         theta = raw.get("rope_theta", rope.get("rope_theta", 10000.0))
         kind = rope.get("rope_type", rope.get("type", "default"))
-        if kind not in ("default", "llama3", "linear"):
+        if kind not in ("default", "llama3", "linear", "yarn"):
             raise ValueError(f"{path}: field 'rope_scaling': rope type {kind!r} is not supported "
-                             "(default, linear, llama3)")
+                             "(default, linear, llama3, yarn)")
         eos = raw.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
         layers = int(need("num_hidden_layers"))
@@ -122,7 +125,7 @@ class ModelConfig:
             rope_theta=float(theta),
             max_position_embeddings=int(raw.get("max_position_embeddings", 8192)),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", family == "gemma3")),
-            qkv_bias=bool(raw.get("attention_bias", family == "qwen2")),
+            qkv_bias=bool(raw.get("attention_bias", family in ("qwen2", "gpt_oss"))),
             qk_norm=family in ("qwen3", "qwen3_moe", "gemma3"),
             rope_scaling={**rope, "rope_type": kind},
             eos_token_ids=eos_ids,
@@ -130,6 +133,7 @@ class ModelConfig:
             torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"),
             **(_moe_fields(raw, layers, need, path) if family == "qwen3_moe" else {}),
             **(_gemma3_fields(raw, layers, need, path, local_rope) if family == "gemma3" else {}),
+            **(_gpt_oss_fields(raw, layers, need, path) if family == "gpt_oss" else {}),
         )
 
     def spec(self, name: str) -> ModelSpec:
@@ -147,7 +151,23 @@ class ModelConfig:
         active = float(base + moe * self.experts_per_token * expert)
         return ModelSpec(name, "config.json", self.num_layers, self.num_heads, self.num_kv_heads, self.head_dim,
                          self.hidden_size, self.intermediate_size, self.vocab_size, total, active,
-                         self.max_position_embeddings)
+                         self.max_position_embeddings, attention=self.layer_groups())
+
+    def layer_groups(self) -> tuple[LayerGroup, ...]:
+        """Its layers by attention kind, as the catalog describes them: () where every layer is full."""
+        from agentkv.catalog import LayerGroup
+
+        windows = sorted({w for w in self.layer_windows if w})
+        if not windows:
+            return ()
+        groups = [LayerGroup("sliding", self.layer_windows.count(w), window=w) for w in windows]
+        full = self.layer_windows.count(0)
+        return (LayerGroup("full", full), *groups) if full else tuple(groups)
+
+    @property
+    def masked(self) -> bool:
+        """Some layer attends within a window or with sinks (masks only the torch reference has so far)."""
+        return any(self.layer_windows) or self.attention_sinks
 
 
 def _moe_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> dict[str, Any]:
@@ -186,3 +206,19 @@ def _gemma3_fields(raw: dict[str, Any], layers: int, need: Any, path: str, local
             "query_scale": float(raw.get("query_pre_attn_scalar", 256)) ** -0.5,
             "local_rope_theta": float(local), "activation": str(raw.get("hidden_activation", "gelu_pytorch_tanh")),
             "logit_softcap": float(raw.get("final_logit_softcapping") or 0.0)}
+
+
+def _gpt_oss_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> dict[str, Any]:
+    """gpt-oss: sliding (128) and full layers alternating, a sink logit per head, biases on every attention
+    projection, every layer a MoE (top-k of the router's logits, softmaxed) of clamped SwiGLU experts."""
+    quant = (raw.get("quantization_config") or {}).get("quant_method")
+    if quant:
+        raise ValueError(f"{path}: field 'quantization_config': {quant} weights are not supported yet "
+                         "(use a bf16 checkpoint)")
+    experts, top_k = int(need("num_local_experts")), int(need("num_experts_per_tok"))
+    if not 0 < top_k <= experts:
+        raise ValueError(f"{path}: field 'num_experts_per_tok': {top_k} is not in [1, num_local_experts={experts}]")
+    return {"layer_windows": _layer_windows(raw, layers, need, path, 2), "attention_sinks": True,
+            "o_bias": bool(raw.get("attention_bias", True)), "num_experts": experts, "experts_per_token": top_k,
+            "moe_intermediate_size": int(need("intermediate_size")), "moe_layers": (True,) * layers,
+            "swiglu_limit": float(raw.get("swiglu_limit", 7.0)), "swiglu_alpha": float(raw.get("swiglu_alpha", 1.702))}

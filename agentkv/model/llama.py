@@ -38,6 +38,8 @@ def rope_inv_freq(head_dim: int, theta: float, rs: dict) -> torch.Tensor:
     inv = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
     if rs.get("rope_type") == "linear":
         return (inv / float(rs["factor"])).float()
+    if rs.get("rope_type") == "yarn":
+        return yarn_inv_freq(inv, d, theta, rs)
     if rs.get("rope_type") == "llama3":
         factor, lo, hi = float(rs["factor"]), float(rs["low_freq_factor"]), float(rs["high_freq_factor"])
         old = float(rs["original_max_position_embeddings"])
@@ -50,10 +52,35 @@ def rope_inv_freq(head_dim: int, theta: float, rs: dict) -> torch.Tensor:
     return inv.float()
 
 
+def yarn_inv_freq(inv: torch.Tensor, d: int, theta: float, rs: dict) -> torch.Tensor:
+    """YaRN: frequencies that turn fewer than `beta_slow` times over the original context are interpolated
+    (divided by `factor`), those turning more than `beta_fast` times kept, a linear ramp between."""
+    factor, old = float(rs["factor"]), float(rs["original_max_position_embeddings"])
+
+    def dim_of(turns: float) -> float:
+        return d * math.log(old / (turns * 2 * math.pi)) / (2 * math.log(theta))
+
+    lo, hi = dim_of(float(rs.get("beta_fast") or 32)), dim_of(float(rs.get("beta_slow") or 1))
+    if rs.get("truncate", True):
+        lo, hi = math.floor(lo), math.ceil(hi)
+    lo, hi = max(lo, 0), min(hi, d - 1)
+    ramp = ((torch.arange(d // 2, dtype=torch.float64) - lo) / ((hi - lo) or 0.001)).clamp(0, 1)
+    return (inv / factor * ramp + inv * (1 - ramp)).float()
+
+
+def rope_attention_factor(rs: dict) -> float:
+    """YaRN scales cos and sin by this (0.1 ln(factor) + 1 unless the config names it); 1 for the others."""
+    if rs.get("rope_type") != "yarn":
+        return 1.0
+    factor = float(rs["factor"])
+    return float(rs.get("attention_factor") or (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0))
+
+
 class Rotary(nn.Module):
     def __init__(self, head_dim: int, theta: float, scaling: dict) -> None:
         super().__init__()
         self.head_dim, self.theta, self.scaling = head_dim, theta, scaling
+        self.gain = rope_attention_factor(scaling)
         self.register_buffer("inv_freq", rope_inv_freq(head_dim, theta, scaling), persistent=False)
 
     @staticmethod
@@ -68,7 +95,7 @@ class Rotary(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x: [T, heads, head_dim] rotated by each token's position (the half-split layout HF uses)."""
         freqs = positions[:, None].float() * self.inv_freq[None, :]
-        cos, sin = freqs.cos()[:, None, :], freqs.sin()[:, None, :]
+        cos, sin = freqs.cos()[:, None, :] * self.gain, freqs.sin()[:, None, :] * self.gain
         x1, x2 = x.float().chunk(2, dim=-1)
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 

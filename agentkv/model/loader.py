@@ -12,9 +12,10 @@ from torch import nn
 from agentkv.kernels.attention import AttentionBackend, TorchAttention
 from agentkv.model.config import ModelConfig
 from agentkv.model.gemma3 import Gemma3ForCausalLM
+from agentkv.model.gpt_oss import GptOssForCausalLM
 from agentkv.model.llama import LlamaForCausalLM, Rotary
 
-MODELS: dict[str, type[nn.Module]] = {"gemma3": Gemma3ForCausalLM}  # every other family: llama.py
+MODELS: dict[str, type[nn.Module]] = {"gemma3": Gemma3ForCausalLM, "gpt_oss": GptOssForCausalLM}  # others: llama.py
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
           "float32": torch.float32, "fp32": torch.float32}
 

@@ -1,12 +1,14 @@
 """A routed mixture of experts in place of the dense MLP: each token runs through its top-k experts only.
 
-Shared by the MoE families (Qwen3-MoE today): a linear router scores every expert, the top k are kept (their
+`dispatch` (tokens grouped by expert) is shared by the MoE families; Qwen3-MoE's block is here: a linear router scores every expert, the top k are kept (their
 softmax weights renormalised where the config says so), and each expert is a gated MLP. Tokens are grouped
 by expert so each expert runs one matmul over the tokens routed to it, not one per token. Parameter names
 follow the published per-expert checkpoints (`mlp.gate`, `mlp.experts.{i}.gate_proj`), so they load as is.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -52,16 +54,24 @@ class SparseMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         chosen, weights = self.route(x)
-        out = torch.zeros_like(x)
-        flat = chosen.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=len(self.experts)).tolist()
-        tokens = order // self.top_k  # the token of each (token, slot) pair, grouped by expert
-        scale = weights.reshape(-1)[order, None]
-        start = 0
-        for e, n in enumerate(counts):
-            if n:
-                rows = tokens[start : start + n]
-                out.index_add_(0, rows, self.experts[e](x[rows]) * scale[start : start + n])
-            start += n
-        return out
+        return dispatch(x, chosen, weights, lambda e, rows: self.experts[e](rows))
+
+
+def dispatch(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor,
+             expert: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """sum over each token's chosen experts of weight · expert(token): tokens grouped by expert, so each expert
+    runs once, over the rows routed to it. chosen, weights: [T, k]."""
+    out = torch.zeros_like(x)
+    k = chosen.shape[1]
+    flat = chosen.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat).tolist()
+    tokens = order // k  # the token of each (token, slot) pair, grouped by expert
+    scale = weights.reshape(-1)[order, None]
+    start = 0
+    for e, n in enumerate(counts):
+        if n:
+            rows = tokens[start : start + n]
+            out.index_add_(0, rows, expert(e, x[rows]) * scale[start : start + n])
+        start += n
+    return out

@@ -68,6 +68,13 @@ def write_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
                                                    sliding_window=8, query_pre_attn_scalar=24,
                                                    rope_local_base_freq=100.0))
         jitter(model)
+    elif family == "gpt_oss":  # sliding (window 8) and full alternating, sinks, 8 experts top 2, YaRN
+        from transformers import GptOssConfig, GptOssForCausalLM
+
+        model = GptOssForCausalLM(GptOssConfig(**{**common, "num_hidden_layers": 4, "intermediate_size": 32},
+                                               head_dim=16, num_local_experts=8, num_experts_per_tok=2,
+                                               sliding_window=8))
+        jitter(model)
     else:
         raise ValueError(family)
     folder.mkdir(parents=True, exist_ok=True)
@@ -84,7 +91,7 @@ def jitter(model) -> None:
                 p.add_(torch.randn_like(p) * 0.3)
 
 
-@pytest.fixture(scope="session", params=["llama3", "qwen3", "qwen3_moe", "gemma3"])
+@pytest.fixture(scope="session", params=["llama3", "qwen3", "qwen3_moe", "gemma3", "gpt_oss"])
 def checkpoint(request, tmp_path_factory) -> tuple[str, Path]:
     return request.param, write_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
 

@@ -13,7 +13,7 @@ from agentkv.kvcache.sizing import codec, kv_bytes_per_block
 from tests.engine.conftest import prompts, write_checkpoint
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
-FAMILIES = ["qwen3_moe"]
+FAMILIES = ["qwen3_moe", "gemma3", "gpt_oss"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -40,7 +40,7 @@ def outputs(llm: LLM, ps) -> list[list[int]]:
 def test_quantized_pages_hit_preempt_and_reload_from_dram(family_dir, ps, name):
     expected = outputs(engine(family_dir, name, enable_prefix_caching=False), ps)
     llm = engine(family_dir, name)
-    assert llm.layout.page_bytes == kv_bytes_per_block(llm.config.spec(str(family_dir)), codec(name), 8)
+    assert llm.layout.page_bytes == kv_bytes_per_block(llm.stored, codec(name), 8)
     assert outputs(llm, ps) == expected
     again = [llm.generate([p], GREEDY)[0] for p in ps]
     assert [o.outputs[0].token_ids for o in again] == expected and all(o.num_cached_tokens > 0 for o in again)
