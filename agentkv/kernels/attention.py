@@ -27,6 +27,7 @@ class LayerKV:
     codec: KVCodec
     k: dict[str, torch.Tensor]
     v: dict[str, torch.Tensor]
+    group: int = 0  # its page group: 0 the pool's (full layers), 1 the sliding layers' (`AttentionMetadata.groups`)
 
     @property
     def block_size(self) -> int:
@@ -72,6 +73,7 @@ class AttentionMetadata:
     max_seq_len: int
     query_start_loc_host: list[int]  # the same, on the host, for the reference backend's Python loops
     seq_lens_host: list[int]
+    groups: tuple[AttentionMetadata, ...] = ()  # page group g >= 1's own block tables and slots: groups[g - 1]
 
 
 class AttentionBackend(ABC):
@@ -140,6 +142,8 @@ class TorchAttention(AttentionBackend):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: LayerKV, meta: AttentionMetadata,
                 scale: float, window: int = 0, sinks: torch.Tensor | None = None) -> torch.Tensor:
+        if kv.group:
+            meta = meta.groups[kv.group - 1]
         kv.codec.encode_into(kv.k, meta.slot_mapping, k)
         kv.codec.encode_into(kv.v, meta.slot_mapping, v)
         out = torch.empty_like(q)

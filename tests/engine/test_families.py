@@ -40,14 +40,14 @@ def outputs(llm: LLM, ps) -> list[list[int]]:
 def test_quantized_pages_hit_preempt_and_reload_from_dram(family_dir, ps, name):
     expected = outputs(engine(family_dir, name, enable_prefix_caching=False), ps)
     llm = engine(family_dir, name)
-    assert llm.layout.page_bytes == kv_bytes_per_block(llm.stored, codec(name), 8)
+    assert llm.layout.page_bytes == kv_bytes_per_block(llm.config.spec(str(family_dir)), codec(name), 8)
     assert outputs(llm, ps) == expected
     again = [llm.generate([p], GREEDY)[0] for p in ps]
     assert [o.outputs[0].token_ids for o in again] == expected and all(o.num_cached_tokens > 0 for o in again)
-    page = llm.layout.page_bytes
-    tight = engine(family_dir, name, kv_cache_bytes=page * 12, max_num_batched_tokens=64)
+    page, window = llm.layout.page_bytes, llm.sliding.nbytes if llm.sliding else 0
+    tight = engine(family_dir, name, kv_cache_bytes=page * 12 + window, max_num_batched_tokens=2048)
     assert outputs(tight, ps) == expected and tight.scheduler.preemptions > 0
-    tiered = engine(family_dir, name, kv_cache_bytes=page * 16, host_kv_bytes=page * 200)
+    tiered = engine(family_dir, name, kv_cache_bytes=page * 16 + window, host_kv_bytes=page * 200)
     outputs(tiered, ps)
     back = [tiered.generate([p], GREEDY)[0] for p in ps]
     assert [o.outputs[0].token_ids for o in back] == expected
