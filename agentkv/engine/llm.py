@@ -104,12 +104,14 @@ class LLM:
         self.backend = self.model.model.layers[0].self_attn.backend
         self.ids = BlockIds()
         self.sliding = None  # the sliding layers' own page group (engine/sliding.py)
-        if window:
-            wl = PageLayout.of(self.codec, cfg.num_layers - full_layers, block_size, cfg.num_kv_heads, cfg.head_dim)
-            self.sliding = SlidingPages(wl, SlidingPages.pages_needed(max_num_seqs, max_num_batched_tokens, window,
-                                                                      block_size),
-                                        window, block_size, self.device, copy.copy(self.backend), self.ids)
+        self.window_layout = PageLayout.of(self.codec, cfg.num_layers - full_layers, block_size, cfg.num_kv_heads,
+                                           cfg.head_dim) if window else None
         kv_bytes = self._kv_budget(kv_cache_bytes, gpu_memory_utilization, max_num_batched_tokens)
+        if self.window_layout is not None:
+            wl = self.window_layout
+            n = SlidingPages.pages_for(kv_bytes, wl.page_bytes, max_num_seqs, max_num_batched_tokens, window,
+                                       block_size)
+            self.sliding = SlidingPages(wl, n, window, block_size, self.device, copy.copy(self.backend), self.ids)
         num_pages = (kv_bytes - (self.sliding.nbytes if self.sliding else 0)) // page_bytes
         if num_pages < 2:
             raise ValueError(f"KV budget holds {num_pages} pages of {page_bytes} bytes: give more kv_cache_bytes")
@@ -189,8 +191,8 @@ class LLM:
         before = torch.cuda.memory_allocated(self.device) if cuda else 0
         ids = torch.zeros(tokens, dtype=torch.long, device=self.device) + (cfg.bos_token_id or 0)
         views = []
-        if self.sliding is not None:  # its scratch pages 0.. too: the same table serves both groups
-            wl = self.sliding.layout
+        if self.window_layout is not None:  # its scratch pages 0.. too: the same table serves both groups
+            wl = self.window_layout
             views = wl.views(torch.zeros(pages, wl.page_bytes, dtype=torch.uint8, device=self.device), group=1)
             meta.groups = (meta,)
         kv = self._by_layer(self.layout.views(slab), views)
@@ -203,6 +205,20 @@ class LLM:
         if cuda:
             torch.cuda.empty_cache()
         return max(peak, 0)
+
+    def layers_text(self) -> str:
+        """Its layers as the start-up line names them: '28 layers', or their groups, where each group's pages
+        live, and the experts: '6 layers: 1 full + 5 sliding (window 8, 1,234 pages of their own), MoE ...'."""
+        cfg = self.config
+        groups = cfg.layer_groups()
+        text = f"{cfg.num_layers} layers"
+        if groups:
+            own = f", {self.sliding.slab.shape[0]:,} pages of their own" if self.sliding else ""
+            text += ": " + " + ".join(f"{g.layers} {g.kind}" + (f" (window {g.window}{own})" if g.window else "")
+                                      for g in groups)
+        if cfg.num_experts:
+            text += f", MoE {cfg.num_experts} experts top-{cfg.experts_per_token} on {sum(cfg.moe_layers)} layers"
+        return text
 
     def _by_layer(self, full: list[LayerKV], sliding: list[LayerKV]) -> list[LayerKV]:
         """Each layer's pages in model order: the full layers' from the pool, the sliding ones' from theirs."""

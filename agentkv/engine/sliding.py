@@ -11,8 +11,8 @@ A released page whose block is named stays cached (least recently released evict
 block boundary B needs only the window's pages before B. Where the core grants a hit whose window pages are
 gone, the prefill rewinds to the last block boundary whose window is all here (block 0 at worst) and
 recomputes from it. This group is engine-side, as the simulator models it: its bytes are carved from the KV
-budget up front (every running sequence's window, plus as much again for cached windows), not counted by
-the core.
+budget up front (every running sequence's window, and as much again for cached windows where half the
+budget allows), not counted by the core.
 
 Page 0 is never handed out: released entries of a block table keep pointing at whatever page they named,
 which the window's mask hides (stale but finite values), so tables never need rewriting.
@@ -51,11 +51,20 @@ class SlidingPages:
         self.rewound_tokens = 0  # cached tokens recomputed because their window's pages were gone
 
     @staticmethod
-    def pages_needed(max_seqs: int, max_batched_tokens: int, window: int, block_size: int) -> int:
-        """Every running sequence's window (a partial block at each end) and one step's new blocks, twice over
-        (the second half keeps released windows cached), and the null page."""
-        held = max_seqs * (-(-(window - 1) // block_size) + 2) + -(-max_batched_tokens // block_size)
-        return 2 * held + 1
+    def floor(max_seqs: int, max_batched_tokens: int, window: int, block_size: int) -> int:
+        """Pages every running sequence's window (a partial block at each end), one step's new blocks and the
+        null page take at most."""
+        return max_seqs * (-(-(window - 1) // block_size) + 2) + -(-max_batched_tokens // block_size) + 1
+
+    @staticmethod
+    def pages_for(kv_bytes: int, page_bytes: int, max_seqs: int, max_batched_tokens: int, window: int,
+                  block_size: int) -> int:
+        """The floor at least; as much again to keep released windows cached, within half the KV budget."""
+        held = SlidingPages.floor(max_seqs, max_batched_tokens, window, block_size)
+        if held * page_bytes > kv_bytes:
+            raise ValueError(f"the sliding windows of max_num_seqs={max_seqs} sequences need {held * page_bytes} "
+                             f"bytes of the {kv_bytes}-byte KV budget: lower max_num_seqs or give more KV memory")
+        return min(2 * held, max(held, kv_bytes // 2 // page_bytes))
 
     @property
     def nbytes(self) -> int:

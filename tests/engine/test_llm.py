@@ -8,6 +8,7 @@ import torch
 
 from agentkv.engine.llm import LLM
 from agentkv.engine.sequence import SamplingParams
+from agentkv.engine.sliding import SlidingPages
 from tests.engine.conftest import hf_model, prompts
 
 GREEDY = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
@@ -20,11 +21,14 @@ def hf_greedy(model, p: list[int], n: int) -> list[int]:
     return out[0, len(p):].tolist()
 
 
-def kv_bytes(folder, pages: int, **kw) -> int:
-    """A KV budget of `pages` pool pages, plus the sliding layers' page group where the model has one (its
-    size depends on the engine's limits, hence `kw`, the engine's own)."""
-    llm = LLM(str(folder), dtype="float32", block_size=8, kv_cache_bytes=2**28, **kw)
-    return llm.layout.page_bytes * pages + (llm.sliding.nbytes if llm.sliding else 0)
+def kv_bytes(folder, pages: int, max_num_batched_tokens: int = 2048) -> int:
+    """A KV budget of `pages` pool pages, plus the least the sliding layers' page group takes where the model
+    has one (it depends on the engine's limits)."""
+    llm = LLM(str(folder), dtype="float32", block_size=8, kv_cache_bytes=2**28)
+    if llm.sliding is None:
+        return llm.layout.page_bytes * pages
+    least = SlidingPages.floor(64, max_num_batched_tokens, llm.sliding.window, 8)
+    return llm.layout.page_bytes * pages + least * llm.sliding.layout.page_bytes
 
 
 @pytest.fixture(scope="module")
