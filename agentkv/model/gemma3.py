@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from agentkv.kernels.attention import AttentionBackend, AttentionMetadata, LayerKV
+from agentkv.kernels.attention import AttentionBackend
 from agentkv.model.config import ModelConfig
-from agentkv.model.llama import Attention, Rotary
+from agentkv.model.llama import Attention, Backbone, LlamaForCausalLM, Rotary
 from agentkv.model.moe import GatedMLP
 
 
@@ -46,38 +46,18 @@ class Gemma3Layer(nn.Module):
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
 
 
-class Gemma3Backbone(nn.Module):
-    def __init__(self, cfg: ModelConfig, backend: AttentionBackend) -> None:
-        super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Gemma3Layer(cfg, backend, i) for i in range(cfg.num_layers))
-        self.norm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.rotary = Rotary.of(cfg)
-        self.local_rotary = Rotary(cfg.head_dim, cfg.local_rope_theta, {"rope_type": "default"})
+class Gemma3ForCausalLM(LlamaForCausalLM):
+    layer = Gemma3Layer
 
+    def backbone(self, cfg: ModelConfig, backend: AttentionBackend) -> nn.Module:
+        model = Backbone(cfg, backend, self.layer)
+        model.norm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        model.local_rotary = Rotary(cfg.head_dim, cfg.local_rope_theta, {"rope_type": "default"})
+        return model
 
-class Gemma3ForCausalLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, backend: AttentionBackend) -> None:
-        super().__init__()
-        self.config = cfg
-        self.model = Gemma3Backbone(cfg, backend)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        if cfg.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.model.embed_tokens(input_ids)
+        return x * torch.tensor(self.config.hidden_size**0.5, dtype=x.dtype)
 
-    @torch.no_grad()
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                kv_caches: list[LayerKV], meta: AttentionMetadata) -> torch.Tensor:
-        m = self.model
-        x = m.embed_tokens(input_ids)
-        x = x * torch.tensor(self.config.hidden_size**0.5, dtype=x.dtype)
-        for layer, kv in zip(m.layers, kv_caches, strict=True):
-            rotary = m.local_rotary if layer.self_attn.window else m.rotary
-            x = layer(x, positions, rotary, kv, meta)
-        return m.norm(x)
-
-    @torch.no_grad()
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        out = self.lm_head(hidden).float()
-        cap = self.config.logit_softcap
-        return torch.tanh(out / cap) * cap if cap else out
+    def rotary_of(self, layer: nn.Module) -> Rotary:
+        return self.model.local_rotary if layer.self_attn.window else self.model.rotary

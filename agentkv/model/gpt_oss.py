@@ -61,8 +61,6 @@ class GptOssLayer(nn.Module):
 
 
 class GptOssForCausalLM(LlamaForCausalLM):
-    """The Llama backbone and head with gpt-oss layers in place of its decoder layers."""
+    """The Llama backbone and head with gpt-oss layers."""
 
-    def __init__(self, cfg: ModelConfig, backend: AttentionBackend) -> None:
-        super().__init__(cfg, backend)
-        self.model.layers = nn.ModuleList(GptOssLayer(cfg, backend, i) for i in range(cfg.num_layers))
+    layer = GptOssLayer

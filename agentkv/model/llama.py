@@ -154,19 +154,24 @@ class DecoderLayer(nn.Module):
 
 
 class Backbone(nn.Module):
-    def __init__(self, cfg: ModelConfig, backend: AttentionBackend) -> None:
+    def __init__(self, cfg: ModelConfig, backend: AttentionBackend, layer: type[nn.Module] = DecoderLayer) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, backend, i) for i in range(cfg.num_layers))
+        self.layers = nn.ModuleList(layer(cfg, backend, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = Rotary.of(cfg)
 
 
 class LlamaForCausalLM(nn.Module):
+    """The model every family shares: embeddings, decoder layers (`layer`, the family's), a final norm, the LM
+    head. A family overrides what differs: its layer, `embed`, which RoPE a layer takes."""
+
+    layer: type[nn.Module] = DecoderLayer
+
     def __init__(self, cfg: ModelConfig, backend: AttentionBackend) -> None:
         super().__init__()
         self.config = cfg
-        self.model = Backbone(cfg, backend)
+        self.model = self.backbone(cfg, backend)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -176,11 +181,22 @@ class LlamaForCausalLM(nn.Module):
                 kv_caches: list[LayerKV], meta: AttentionMetadata) -> torch.Tensor:
         """Hidden states [T, hidden] of a flattened batch; K/V of its tokens are written into `kv_caches`."""
         m = self.model
-        x = m.embed_tokens(input_ids)
+        x = self.embed(input_ids)
         for layer, kv in zip(m.layers, kv_caches, strict=True):
-            x = layer(x, positions, m.rotary, kv, meta)
+            x = layer(x, positions, self.rotary_of(layer), kv, meta)
         return m.norm(x)
+
+    def backbone(self, cfg: ModelConfig, backend: AttentionBackend) -> nn.Module:
+        return Backbone(cfg, backend, self.layer)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(input_ids)
+
+    def rotary_of(self, layer: nn.Module) -> Rotary:
+        return self.model.rotary
 
     @torch.no_grad()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+        out = self.lm_head(hidden).float()
+        cap = self.config.logit_softcap  # cap * tanh(logits / cap) where the family softcaps (0: none)
+        return torch.tanh(out / cap) * cap if cap else out

@@ -7,7 +7,6 @@ import os
 
 import torch
 from safetensors import safe_open
-from torch import nn
 
 from agentkv.kernels.attention import AttentionBackend, TorchAttention
 from agentkv.model.config import ModelConfig
@@ -15,7 +14,7 @@ from agentkv.model.gemma3 import Gemma3ForCausalLM
 from agentkv.model.gpt_oss import GptOssForCausalLM
 from agentkv.model.llama import LlamaForCausalLM, Rotary
 
-MODELS: dict[str, type[nn.Module]] = {"gemma3": Gemma3ForCausalLM, "gpt_oss": GptOssForCausalLM}  # others: llama.py
+MODELS: dict[str, type[LlamaForCausalLM]] = {"gemma3": Gemma3ForCausalLM, "gpt_oss": GptOssForCausalLM}  # others: llama.py
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
           "float32": torch.float32, "fp32": torch.float32}
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 import pytest
 
 from agentkv.engine.llm import LLM
-from agentkv.engine.sequence import SamplingParams
 from agentkv.engine.sliding import SlidingPages
 from agentkv.kvcache.sizing import codec, kv_bytes_per_block
+from tests.codecs.test_engine_codecs import GREEDY, engine, outputs
 from tests.engine.conftest import prompts, write_checkpoint
 
-GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
 FAMILIES = ["qwen3_moe", "gemma3", "gpt_oss"]
 
 
@@ -24,17 +23,7 @@ def family_dir(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ps():
-    p = prompts(5, seed=9, lo=20, hi=70)
-    p.append([*p[0][:32], 5, 6, 7])  # shares 32 tokens (4 blocks of 8) with prompt 0
-    return p
-
-
-def engine(folder, name: str, **kw) -> LLM:
-    return LLM(str(folder), dtype="float32", kv_codec=name, block_size=8, check_invariants=True, **kw)
-
-
-def outputs(llm: LLM, ps) -> list[list[int]]:
-    return [o.outputs[0].token_ids for o in llm.generate(ps, GREEDY)]
+    return prompts(6, seed=9, lo=20, hi=70)
 
 
 @pytest.mark.parametrize("name", ["fp8", "int8", "int4"])
