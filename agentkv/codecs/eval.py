@@ -74,10 +74,10 @@ class EvalAttention:
         self.record: list[tuple[torch.Tensor, ...]] | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: LayerKV, meta: EvalMeta,
-                scale: float, window: int = 0, sinks: torch.Tensor | None = None) -> torch.Tensor:
+                scale: float, window: int = 0, sinks: torch.Tensor | None = None, chunk: int = 0) -> torch.Tensor:
         kv.codec.encode_into(kv.k, meta.slot_mapping, k)
         kv.codec.encode_into(kv.v, meta.slot_mapping, v)
-        mask = Mask(scale, window, sinks)
+        mask = Mask(scale, window, sinks, chunk)
         out = attend(q, kv, meta.start, meta.end, mask)
         if self.record is not None:
             self.record.append((q, k, v, out, mask))

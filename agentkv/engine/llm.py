@@ -111,7 +111,8 @@ class LLM:
             wl = self.window_layout
             n = SlidingPages.pages_for(kv_bytes, wl.page_bytes, max_num_seqs, max_num_batched_tokens, window,
                                        block_size)
-            self.sliding = SlidingPages(wl, n, window, block_size, self.device, copy.copy(self.backend), self.ids)
+            self.sliding = SlidingPages(wl, n, window, block_size, self.device, copy.copy(self.backend), self.ids,
+                                        cfg.chunked)
         num_pages = (kv_bytes - (self.sliding.nbytes if self.sliding else 0)) // page_bytes
         if num_pages < 2:
             raise ValueError(f"KV budget holds {num_pages} pages of {page_bytes} bytes: give more kv_cache_bytes")
@@ -214,7 +215,8 @@ class LLM:
         text = f"{cfg.num_layers} layers"
         if groups:
             own = f", {self.sliding.slab.shape[0]:,} pages of their own" if self.sliding else ""
-            text += ": " + " + ".join(f"{g.layers} {g.kind}" + (f" (window {g.window}{own})" if g.window else "")
+            span = "chunk" if cfg.chunked else "window"
+            text += ": " + " + ".join(f"{g.layers} {g.kind}" + (f" ({span} {g.window}{own})" if g.window else "")
                                       for g in groups)
         if cfg.num_experts:
             text += f", MoE {cfg.num_experts} experts top-{cfg.experts_per_token} on {sum(cfg.moe_layers)} layers"

@@ -1,6 +1,7 @@
-"""The sliding-window layers' pages: a second page group beside the pool's, holding only what a window needs.
+"""The sliding-window (or chunked) layers' pages: a second page group beside the pool's, holding only what a
+window (or the current chunk) needs.
 
-A model with sliding layers (Gemma 3, gpt-oss) keeps two kinds of page. The pool's pages (`pool.py`, counted
+A model with sliding layers (Gemma 3, gpt-oss) or chunked ones (Llama 4) keeps two kinds of page. The pool's pages (`pool.py`, counted
 by the policy core) hold one block of the full layers, as `kvcache/sizing.py`'s `kv_bytes_per_block` prices
 them; the pages here hold one block of the sliding layers, and a running sequence keeps only those its next
 queries can see (positions after computed - window): older ones are released as it goes, as vLLM's hybrid
@@ -36,8 +37,9 @@ from agentkv.storage.base import BlockKey
 
 class SlidingPages:
     def __init__(self, layout: PageLayout, num_pages: int, window: int, block_size: int, device: torch.device,
-                 backend: AttentionBackend, ids: BlockIds) -> None:
-        self.layout, self.window, self.bs, self.ids = layout, window, block_size, ids
+                 backend: AttentionBackend, ids: BlockIds, chunked: bool = False) -> None:
+        """window: the sliding layers' window, or with `chunked` the chunk their queries attend within."""
+        self.layout, self.window, self.bs, self.ids, self.chunked = layout, window, block_size, ids, chunked
         self.backend = backend  # its own block tables: one row per running sequence, as the pool's
         self.slab = torch.zeros(num_pages, layout.page_bytes, dtype=torch.uint8, device=device)
         self.layers = layout.views(self.slab, group=1)
@@ -97,7 +99,7 @@ class SlidingPages:
         for chunk in plan.prefills:
             self._rewind_if_missing(chunk)
         for seq in running:
-            first = max(0, seq.computed - self.window + 1) // self.bs
+            first = self.first_seen(seq.computed) // self.bs
             for b in range(min(first, len(seq.window_pages))):
                 if seq.window_pages[b]:
                     self._unpin(seq.window_pages[b])
@@ -124,7 +126,7 @@ class SlidingPages:
         pages = seq.window_pages
 
         def whole(start: int) -> bool:
-            return all(b < len(pages) and pages[b] for b in range(max(0, start - self.window + 1) // self.bs,
+            return all(b < len(pages) and pages[b] for b in range(self.first_seen(start) // self.bs,
                                                                      -(-start // self.bs)))
 
         if whole(chunk.start):
@@ -132,6 +134,12 @@ class SlidingPages:
         start = next(b * self.bs for b in range(chunk.start // self.bs, -1, -1) if whole(b * self.bs))
         self.rewound_tokens += chunk.start - start
         rewind(chunk, start, chunk.n)  # as many tokens as planned: the step's budget holds
+
+    def first_seen(self, position: int) -> int:
+        """The first key position a query at `position` sees: its window's, or its chunk's start."""
+        if self.chunked:
+            return position // self.window * self.window
+        return max(0, position - self.window + 1)
 
     def _take(self) -> int:
         if self.free:

@@ -46,17 +46,21 @@ class SeqSlice:
 
 @dataclass(slots=True, frozen=True)
 class Mask:
-    """What one layer's queries see: causal, within `window` tokens where set, plus a sink logit per head."""
+    """What one layer's queries see: causal, within `window` tokens or within their `chunk` where set, plus a
+    sink logit per head."""
 
     scale: float
     window: int = 0
     sinks: torch.Tensor | None = None
+    chunk: int = 0
 
     def visible(self, kpos: torch.Tensor, qpos: torch.Tensor) -> torch.Tensor:
         """[n, L, K] bool: key positions kpos [K] each query position qpos [n, L] may attend."""
         seen = kpos[None, None, :] <= qpos[:, :, None]
         if self.window:
             seen &= kpos[None, None, :] > qpos[:, :, None] - self.window
+        if self.chunk:
+            seen &= kpos[None, None, :] >= qpos[:, :, None] // self.chunk * self.chunk
         return seen
 
 
@@ -128,9 +132,10 @@ class AttentionBackend(ABC):
 
     @abstractmethod
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: LayerKV, meta: AttentionMetadata,
-                scale: float, window: int = 0, sinks: torch.Tensor | None = None) -> torch.Tensor:
+                scale: float, window: int = 0, sinks: torch.Tensor | None = None, chunk: int = 0) -> torch.Tensor:
         """Write k/v [T, kv_heads, D] into their pages, then attend: q [T, heads, D] → [T, heads, D].
-        window > 0: a query at position p sees keys at p - window + 1 .. p only (a sliding layer).
+        window > 0: a query at position p sees keys at p - window + 1 .. p only (a sliding layer);
+        chunk > 0: keys from the start of p's chunk of `chunk` tokens (a chunked layer, Llama 4).
         sinks [heads]: a learned logit per head that joins every softmax's denominator (gpt-oss)."""
 
 
@@ -141,14 +146,14 @@ class TorchAttention(AttentionBackend):
     budget = 1 << 22  # elements of one chunk's scores or decoded K (16 MiB in fp32)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: LayerKV, meta: AttentionMetadata,
-                scale: float, window: int = 0, sinks: torch.Tensor | None = None) -> torch.Tensor:
+                scale: float, window: int = 0, sinks: torch.Tensor | None = None, chunk: int = 0) -> torch.Tensor:
         if kv.group:
             meta = meta.groups[kv.group - 1]
         kv.codec.encode_into(kv.k, meta.slot_mapping, k)
         kv.codec.encode_into(kv.v, meta.slot_mapping, v)
         out = torch.empty_like(q)
         qsl, lens, p = meta.query_start_loc_host, meta.seq_lens_host, meta.num_prefills
-        mask = Mask(scale, window, sinks)
+        mask = Mask(scale, window, sinks, chunk)
         for i in range(p):  # prefill chunks one at a time: their query lengths differ
             a, b = qsl[i], qsl[i + 1]
             out[a:b] = self._attend(q[a:b][None], kv, meta.block_tables[i : i + 1], lens[i : i + 1], mask)[0]

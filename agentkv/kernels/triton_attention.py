@@ -288,8 +288,8 @@ class TritonAttention(AttentionBackend):
         super().bind(max_rows, max_pages, device)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: LayerKV, meta: AttentionMetadata,
-                scale: float, window: int = 0, sinks: torch.Tensor | None = None) -> torch.Tensor:
-        if window or sinks is not None:  # make_backend never picks these kernels for such a model
+                scale: float, window: int = 0, sinks: torch.Tensor | None = None, chunk: int = 0) -> torch.Tensor:
+        if window or chunk or sinks is not None:  # make_backend never picks these kernels for such a model
             raise NotImplementedError("the Triton kernels have no sliding-window or sink masks yet")
         kv.codec.encode_into(kv.k, meta.slot_mapping, k)
         kv.codec.encode_into(kv.v, meta.slot_mapping, v)

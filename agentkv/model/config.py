@@ -23,8 +23,9 @@ ARCHITECTURES = {
     "Qwen3MoeForCausalLM": "qwen3_moe",
     "Gemma3ForCausalLM": "gemma3",
     "GptOssForCausalLM": "gpt_oss",
+    "Llama4ForCausalLM": "llama4",
 }
-WINDOWED = {"sliding_attention": True, "full_attention": False}  # config.json's `layer_types` values
+WINDOWED = {"sliding_attention": True, "chunked_attention": True, "full_attention": False}  # `layer_types`
 
 
 @dataclass(slots=True, frozen=True)
@@ -52,7 +53,8 @@ class ModelConfig:
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = False  # renormalise the chosen experts' weights to sum to 1
     moe_layers: tuple[bool, ...] = ()  # per layer: a routed MoE block (True) or the dense MLP
-    layer_windows: tuple[int, ...] = ()  # per layer: its sliding window in tokens (0: full attention)
+    layer_windows: tuple[int, ...] = ()  # per layer: its sliding window (or chunk) in tokens (0: full attention)
+    chunked: bool = False  # the windowed layers attend within their chunk (Llama 4), not a sliding window
     query_scale: float = 0.0  # 0: head_dim ** -0.5
     o_bias: bool = False
     attention_sinks: bool = False  # a learned logit per head in every softmax's denominator (gpt-oss)
@@ -61,6 +63,12 @@ class ModelConfig:
     logit_softcap: float = 0.0  # cap * tanh(logits / cap) on the final logits (0: none)
     swiglu_limit: float = 0.0  # gpt-oss experts clamp their gate and up projections to it
     swiglu_alpha: float = 1.0
+    rope_layers: tuple[bool, ...] = ()  # per layer: rotated (True) or NoPE (Llama 4's global layers); (): all
+    interleaved_rope: bool = False  # RoPE on adjacent pairs of dims (Llama 4), not the two halves
+    nope_temperature: tuple[float, float] = (0.0, 0.0)  # Llama 4's NoPE query scale: (floor_scale, attn_scale)
+    qk_l2_norm: bool = False  # Llama 4: q and k RMS-normed without a weight after RoPE, on rotated layers
+    shared_expert: bool = False  # a dense MLP of moe_intermediate_size beside the routed experts (Llama 4)
+    dense_intermediate_size: int = 0  # the dense layers' MLP where it differs from intermediate_size (Llama 4)
 
     def window_of(self, layer: int) -> int:
         return self.layer_windows[layer] if self.layer_windows else 0
@@ -134,6 +142,7 @@ class ModelConfig:
             **(_moe_fields(raw, layers, need, path) if family == "qwen3_moe" else {}),
             **(_gemma3_fields(raw, layers, need, path, local_rope) if family == "gemma3" else {}),
             **(_gpt_oss_fields(raw, layers, need, path) if family == "gpt_oss" else {}),
+            **(_llama4_fields(raw, layers, need, path) if family == "llama4" else {}),
         )
 
     def spec(self, name: str) -> ModelSpec:
@@ -160,7 +169,8 @@ class ModelConfig:
         windows = sorted({w for w in self.layer_windows if w})
         if not windows:
             return ()
-        groups = [LayerGroup("sliding", self.layer_windows.count(w), window=w) for w in windows]
+        kind = "chunked" if self.chunked else "sliding"
+        groups = [LayerGroup(kind, self.layer_windows.count(w), window=w) for w in windows]
         full = self.layer_windows.count(0)
         return (LayerGroup("full", full), *groups) if full else tuple(groups)
 
@@ -185,10 +195,9 @@ def _moe_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> dict[
             "moe_layers": tuple(i not in dense and (i + 1) % step == 0 for i in range(layers))}
 
 
-def _layer_windows(raw: dict[str, Any], layers: int, need: Any, path: str, pattern: int) -> tuple[int, ...]:
-    """Each layer's window from `layer_types`, or else every `pattern`-th layer full, the others sliding (the
-    `sliding_window_pattern` older configs give)."""
-    window = int(need("sliding_window"))
+def _layer_windows(raw: dict[str, Any], layers: int, window: int, path: str, pattern: int) -> tuple[int, ...]:
+    """Each layer's window (or chunk) from `layer_types`, or else every `pattern`-th layer full, the others
+    sliding (the `sliding_window_pattern` older configs give)."""
     types = raw.get("layer_types") or ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
                                        for i in range(layers)]
     if len(types) != layers or any(t not in WINDOWED for t in types):
@@ -202,7 +211,8 @@ def _gemma3_fields(raw: dict[str, Any], layers: int, need: Any, path: str, local
     local = local_rope.get("rope_theta", raw.get("rope_local_base_freq", 10000.0))
     if raw.get("attn_logit_softcapping"):  # Gemma 2's; every Gemma 3 config has none
         raise ValueError(f"{path}: field 'attn_logit_softcapping': attention logit soft-capping is not supported")
-    return {"layer_windows": _layer_windows(raw, layers, need, path, int(raw.get("sliding_window_pattern", 6))),
+    pattern = int(raw.get("sliding_window_pattern", 6))
+    return {"layer_windows": _layer_windows(raw, layers, int(need("sliding_window")), path, pattern),
             "query_scale": float(raw.get("query_pre_attn_scalar", 256)) ** -0.5,
             "local_rope_theta": float(local), "activation": str(raw.get("hidden_activation", "gelu_pytorch_tanh")),
             "logit_softcap": float(raw.get("final_logit_softcapping") or 0.0)}
@@ -218,7 +228,34 @@ def _gpt_oss_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> d
     experts, top_k = int(need("num_local_experts")), int(need("num_experts_per_tok"))
     if not 0 < top_k <= experts:
         raise ValueError(f"{path}: field 'num_experts_per_tok': {top_k} is not in [1, num_local_experts={experts}]")
-    return {"layer_windows": _layer_windows(raw, layers, need, path, 2), "attention_sinks": True,
+    return {"layer_windows": _layer_windows(raw, layers, int(need("sliding_window")), path, 2),
+            "attention_sinks": True,
             "o_bias": bool(raw.get("attention_bias", True)), "num_experts": experts, "experts_per_token": top_k,
             "moe_intermediate_size": int(need("intermediate_size")), "moe_layers": (True,) * layers,
             "swiglu_limit": float(raw.get("swiglu_limit", 7.0)), "swiglu_alpha": float(raw.get("swiglu_alpha", 1.702))}
+
+
+def _llama4_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> dict[str, Any]:
+    """Llama 4 (text): chunked attention with RoPE on 3 layers of 4, global NoPE attention (queries scaled up
+    with the position) on the 4th; RoPE on adjacent pairs; MoE layers every `interleave_moe_layer_step`
+    (sigmoid-weighted top-k experts fed the weighted input, plus a shared expert)."""
+    rope = raw.get("no_rope_layers") or [int((i + 1) % int(raw.get("no_rope_layer_interval", 4)) != 0)
+                                         for i in range(layers)]
+    chunk = raw.get("attention_chunk_size")
+    types = raw.get("layer_types") or ["chunked_attention" if r and chunk else "full_attention" for r in rope]
+    step = int(raw.get("interleave_moe_layer_step", 1))
+    moe = set(raw.get("moe_layers") if raw.get("moe_layers") is not None else range(step - 1, layers, step))
+    experts, top_k = int(need("num_local_experts")), int(need("num_experts_per_tok"))
+    if len(rope) != layers or not 0 < top_k <= experts:
+        raise ValueError(f"{path}: field 'no_rope_layers' or 'num_experts_per_tok' does not fit {layers} layers "
+                         f"of {experts} experts")
+    windows = _layer_windows({**raw, "layer_types": types}, layers, int(chunk), path, 4) if chunk else ()
+    tuning = bool(raw.get("attn_temperature_tuning", True))
+    return {"layer_windows": windows, "chunked": True, "rope_layers": tuple(bool(r) for r in rope),
+            "interleaved_rope": True, "qk_l2_norm": bool(raw.get("use_qk_norm", True)),
+            "nope_temperature": (float(raw.get("floor_scale", 8192)), float(raw.get("attn_scale", 0.1)))
+            if tuning else (0.0, 0.0),
+            "num_experts": experts, "experts_per_token": top_k, "shared_expert": True,
+            "moe_intermediate_size": int(need("intermediate_size")),
+            "dense_intermediate_size": int(raw.get("intermediate_size_mlp") or need("intermediate_size")),
+            "moe_layers": tuple(i in moe for i in range(layers))}

@@ -44,7 +44,7 @@ class GptOssMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         top, chosen = torch.topk(self.router(x), self.top_k, dim=-1)
-        return dispatch(x, chosen, torch.softmax(top, dim=-1), self.experts)
+        return dispatch(x, chosen, torch.softmax(top, dim=-1), lambda e, rows, w: self.experts(e, rows) * w)
 
 
 class GptOssLayer(nn.Module):

@@ -77,15 +77,15 @@ def rope_attention_factor(rs: dict) -> float:
 
 
 class Rotary(nn.Module):
-    def __init__(self, head_dim: int, theta: float, scaling: dict) -> None:
+    def __init__(self, head_dim: int, theta: float, scaling: dict, interleaved: bool = False) -> None:
         super().__init__()
-        self.head_dim, self.theta, self.scaling = head_dim, theta, scaling
+        self.head_dim, self.theta, self.scaling, self.interleaved = head_dim, theta, scaling, interleaved
         self.gain = rope_attention_factor(scaling)
         self.register_buffer("inv_freq", rope_inv_freq(head_dim, theta, scaling), persistent=False)
 
     @staticmethod
     def of(cfg: ModelConfig) -> Rotary:
-        return Rotary(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        return Rotary(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.interleaved_rope)
 
     def materialise(self, device: str | torch.device) -> None:
         """Fill the frequencies on `device` (a model built on the meta device has none)."""
@@ -93,9 +93,13 @@ class Rotary(nn.Module):
         self.inv_freq.copy_(rope_inv_freq(self.head_dim, self.theta, self.scaling).to(device))
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x: [T, heads, head_dim] rotated by each token's position (the half-split layout HF uses)."""
+        """x: [T, heads, head_dim] rotated by each token's position: dims i and i + d/2 as a pair (the half-split
+        layout HF uses for most families) or dims 2i and 2i + 1 (interleaved, Llama 4)."""
         freqs = positions[:, None].float() * self.inv_freq[None, :]
         cos, sin = freqs.cos()[:, None, :] * self.gain, freqs.sin()[:, None, :] * self.gain
+        if self.interleaved:
+            x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
+            return torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2).to(x.dtype)
         x1, x2 = x.float().chunk(2, dim=-1)
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
@@ -118,7 +122,8 @@ class Attention(nn.Module):
         self.sinks = nn.Parameter(torch.zeros(self.h)) if cfg.attention_sinks else None
         self.qk_norm = cfg.qk_norm
         self.backend = backend
-        self.window = cfg.window_of(layer)
+        self.window, self.chunk = (0, cfg.window_of(layer)) if cfg.chunked else (cfg.window_of(layer), 0)
+        self.rotated = not cfg.rope_layers or cfg.rope_layers[layer]
         self.scale = cfg.query_scale or self.d**-0.5
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary, kv: LayerKV,
@@ -128,9 +133,15 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(-1, self.kvh, self.d)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rotary(q, positions), rotary(k, positions)
-        out = self.backend.forward(q, k, v, kv, meta, self.scale, self.window, self.sinks)
+        if self.rotated:
+            q, k = rotary(q, positions), rotary(k, positions)
+        q, k = self.after_rope(q, k, positions)
+        out = self.backend.forward(q, k, v, kv, meta, self.scale, self.window, self.sinks, self.chunk)
         return self.o_proj(out.reshape(-1, self.h * self.d))
+
+    def after_rope(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What a family does to q and k after RoPE (Llama 4: an L2 norm, a NoPE query scale): nothing here."""
+        return q, k
 
 
 def feed_forward(cfg: ModelConfig, layer: int) -> nn.Module:

@@ -54,13 +54,14 @@ class SparseMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         chosen, weights = self.route(x)
-        return dispatch(x, chosen, weights, lambda e, rows: self.experts[e](rows))
+        return dispatch(x, chosen, weights, lambda e, rows, w: self.experts[e](rows) * w)
 
 
 def dispatch(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor,
-             expert: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """sum over each token's chosen experts of weight · expert(token): tokens grouped by expert, so each expert
-    runs once, over the rows routed to it. chosen, weights: [T, k]."""
+             expert: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The sum over each token's chosen experts of expert(e, token, its weight) (which weighs the output, or the
+    input as Llama 4 does): tokens grouped by expert, so each expert runs once, over the rows routed to it.
+    chosen, weights: [T, k]."""
     out = torch.zeros_like(x)
     k = chosen.shape[1]
     flat = chosen.reshape(-1)
@@ -72,6 +73,6 @@ def dispatch(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor,
     for e, n in enumerate(counts):
         if n:
             rows = tokens[start : start + n]
-            out.index_add_(0, rows, expert(e, x[rows]) * scale[start : start + n])
+            out.index_add_(0, rows, expert(e, x[rows], scale[start : start + n]))
         start += n
     return out

@@ -75,6 +75,14 @@ def write_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
                                                head_dim=16, num_local_experts=8, num_experts_per_tok=2,
                                                sliding_window=8))
         jitter(model)
+    elif family == "llama4":  # chunks of 8 on 3 layers of 4 (NoPE on the 4th), MoE every 2nd layer
+        from transformers import Llama4ForCausalLM, Llama4TextConfig
+
+        model = Llama4ForCausalLM(Llama4TextConfig(
+            **{**common, "num_hidden_layers": 4, "intermediate_size": 32}, intermediate_size_mlp=96, head_dim=16,
+            num_local_experts=4, num_experts_per_tok=2, attention_chunk_size=8, interleave_moe_layer_step=2,
+            floor_scale=16, attn_scale=0.5, rope_parameters={"rope_type": "default", "rope_theta": 500000.0}))
+        jitter(model)
     else:
         raise ValueError(family)
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,7 +99,7 @@ def jitter(model) -> None:
                 p.add_(torch.randn_like(p) * 0.3)
 
 
-@pytest.fixture(scope="session", params=["llama3", "qwen3", "qwen3_moe", "gemma3", "gpt_oss"])
+@pytest.fixture(scope="session", params=["llama3", "qwen3", "qwen3_moe", "gemma3", "gpt_oss", "llama4"])
 def checkpoint(request, tmp_path_factory) -> tuple[str, Path]:
     return request.param, write_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
 

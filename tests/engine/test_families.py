@@ -13,7 +13,7 @@ from agentkv.kvcache.sizing import codec, kv_bytes_per_block
 from tests.codecs.test_engine_codecs import GREEDY, engine, outputs
 from tests.engine.conftest import prompts, write_checkpoint
 
-FAMILIES = ["qwen3_moe", "gemma3", "gpt_oss"]
+FAMILIES = ["qwen3_moe", "gemma3", "gpt_oss", "llama4"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -55,7 +55,8 @@ def test_the_start_up_line_names_the_layer_groups(family_dir):
     want = {"qwen3_moe": "3 layers, MoE 8 experts top-2 on 2 layers",
             "gemma3": f"6 layers: 1 full + 5 sliding (window 8, {llm.sliding.slab.shape[0] if llm.sliding else 0:,} "
                       "pages of their own)",
-            "gpt_oss": "4 layers: 2 full + 2 sliding (window 8, "}[cfg.family]
+            "gpt_oss": "4 layers: 2 full + 2 sliding (window 8, ",
+            "llama4": "4 layers: 1 full + 3 chunked (chunk 8, "}[cfg.family]
     assert f"model m ({want}" in line
 
 
