@@ -69,6 +69,7 @@ class ModelConfig:
     qk_l2_norm: bool = False  # Llama 4: q and k RMS-normed without a weight after RoPE, on rotated layers
     shared_expert: bool = False  # a dense MLP of moe_intermediate_size beside the routed experts (Llama 4)
     dense_intermediate_size: int = 0  # the dense layers' MLP where it differs from intermediate_size (Llama 4)
+    mxfp4: bool = False  # expert weights published as MXFP4 blocks and scales (gpt-oss), dequantized at load
 
     def window_of(self, layer: int) -> int:
         return self.layer_windows[layer] if self.layer_windows else 0
@@ -222,9 +223,8 @@ def _gpt_oss_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> d
     """gpt-oss: sliding (128) and full layers alternating, a sink logit per head, biases on every attention
     projection, every layer a MoE (top-k of the router's logits, softmaxed) of clamped SwiGLU experts."""
     quant = (raw.get("quantization_config") or {}).get("quant_method")
-    if quant:
-        raise ValueError(f"{path}: field 'quantization_config': {quant} weights are not supported yet "
-                         "(use a bf16 checkpoint)")
+    if quant not in (None, "mxfp4"):
+        raise ValueError(f"{path}: field 'quantization_config': {quant} weights are not supported (bf16, mxfp4)")
     experts, top_k = int(need("num_local_experts")), int(need("num_experts_per_tok"))
     if not 0 < top_k <= experts:
         raise ValueError(f"{path}: field 'num_experts_per_tok': {top_k} is not in [1, num_local_experts={experts}]")
@@ -232,7 +232,8 @@ def _gpt_oss_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> d
             "attention_sinks": True,
             "o_bias": bool(raw.get("attention_bias", True)), "num_experts": experts, "experts_per_token": top_k,
             "moe_intermediate_size": int(need("intermediate_size")), "moe_layers": (True,) * layers,
-            "swiglu_limit": float(raw.get("swiglu_limit", 7.0)), "swiglu_alpha": float(raw.get("swiglu_alpha", 1.702))}
+            "swiglu_limit": float(raw.get("swiglu_limit", 7.0)), "swiglu_alpha": float(raw.get("swiglu_alpha", 1.702)),
+            "mxfp4": quant == "mxfp4"}
 
 
 def _llama4_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import torch
 from safetensors import safe_open
 
 from agentkv.kernels.attention import AttentionBackend, TorchAttention
+from agentkv.model import mxfp4
 from agentkv.model.config import ModelConfig
 from agentkv.model.gemma3 import Gemma3ForCausalLM
 from agentkv.model.gpt_oss import GptOssForCausalLM
@@ -45,6 +46,7 @@ def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: s
         model = MODELS.get(cfg.family, LlamaForCausalLM)(cfg, backend or TorchAttention())
     expected = {k for k in model.state_dict() if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
     tensors: dict[str, torch.Tensor] = {}
+    packed: dict[str, dict[str, torch.Tensor]] = {}  # MXFP4 tensors: name -> its blocks and scales
     for path in weight_files(model_dir):
         try:  # a truncated or corrupt file fails here, on its header (safetensors' own error type)
             opened = safe_open(path, framework="pt", device="cpu")
@@ -54,9 +56,17 @@ def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: s
             for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 if name.endswith("rotary_emb.inv_freq"):
                     continue
+                base, part = name[:-7], name[-7:]
+                if part in mxfp4.SUFFIXES and base in expected and cfg.mxfp4:
+                    packed.setdefault(base, {})[part] = f.get_tensor(name).to(device)
+                    continue
                 if name not in expected:
                     raise ValueError(f"{path}: tensor '{name}' is not part of a {cfg.family} model")
                 tensors[name] = f.get_tensor(name).to(device=device, dtype=dtype)
+    for name, parts in packed.items():
+        if len(parts) != 2:
+            raise ValueError(f"{model_dir}: MXFP4 tensor '{name}' lacks its {set(mxfp4.SUFFIXES) - set(parts)}")
+        tensors[name] = mxfp4.dequantize(parts["_blocks"], parts["_scales"], dtype)
     missing = sorted(expected - set(tensors))
     if missing:
         raise ValueError(f"{model_dir}: checkpoint lacks tensor '{missing[0]}' ({len(missing)} missing)")
