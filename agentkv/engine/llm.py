@@ -98,7 +98,7 @@ class LLM:
         page_bytes = kv_bytes_per_block(spec, self.codec.spec, block_size)
         assert page_bytes == self.layout.page_bytes, "codec pages disagree with kvcache.sizing"
         if isinstance(model, str) or attention_backend is not None:
-            backend = make_backend(attention_backend or "auto", self.device, self.codec, cfg.masked)
+            backend = make_backend(attention_backend or "auto", self.device, self.codec)
             for layer in self.model.model.layers:
                 layer.self_attn.backend = backend
         self.backend = self.model.model.layers[0].self_attn.backend

@@ -13,11 +13,9 @@ from agentkv.kernels.attention import AttentionBackend, TorchAttention
 BACKENDS = ("auto", "torch", "triton")
 
 
-def make_backend(name: str, device: torch.device | str, codec: KVCodec | None = None,
-                 masked: bool = False) -> AttentionBackend:
+def make_backend(name: str, device: torch.device | str, codec: KVCodec | None = None) -> AttentionBackend:
     """'torch' (the reference, any device), 'triton' (fused kernels: CUDA, or CPU under TRITON_INTERPRET=1),
-    or 'auto': triton on a CUDA device where triton is installed and reads `codec`'s pages, else the reference.
-    masked: the model has sliding-window layers or attention sinks, which only the reference masks so far."""
+    or 'auto': triton on a CUDA device where triton is installed and reads `codec`'s pages, else the reference."""
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend '{name}' (known: {', '.join(BACKENDS)})")
     device = torch.device(device)
@@ -27,8 +25,6 @@ def make_backend(name: str, device: torch.device | str, codec: KVCodec | None = 
         from agentkv.kernels.page_layout import unsupported
 
         why = unsupported(codec)
-    if masked:
-        why = "this model's sliding windows and attention sinks need the torch attention backend (no Triton masks yet)"
     if name == "auto":
         name = "triton" if device.type == "cuda" and have_triton and why is None else "torch"
     if name == "torch":

@@ -175,11 +175,6 @@ class ModelConfig:
         full = self.layer_windows.count(0)
         return (LayerGroup("full", full), *groups) if full else tuple(groups)
 
-    @property
-    def masked(self) -> bool:
-        """Some layer attends within a window or with sinks (masks only the torch reference has so far)."""
-        return any(self.layer_windows) or self.attention_sinks
-
 
 def _moe_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> dict[str, Any]:
     """Qwen3-MoE's routing: layer i is sparse unless listed in `mlp_only_layers` or off the
