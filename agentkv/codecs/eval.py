@@ -77,7 +77,7 @@ class EvalAttention:
                 scale: float, window: int = 0, sinks: torch.Tensor | None = None, chunk: int = 0) -> torch.Tensor:
         kv.codec.encode_into(kv.k, meta.slot_mapping, k)
         kv.codec.encode_into(kv.v, meta.slot_mapping, v)
-        mask = Mask(scale, window, sinks, chunk)
+        mask = Mask(scale, window, None if sinks is None else sinks.detach(), chunk)  # re-attended off the graph
         out = attend(q, kv, meta.start, meta.end, mask)
         if self.record is not None:
             self.record.append((q, k, v, out, mask))
