@@ -305,9 +305,10 @@ def compile_sm90(kernel: str, page: str, quant: int, group: int, warps: int) -> 
     scale_t = "*fp16" if quant else "*bf16"
     types = dict(q="*bf16", o="*bf16", part_o="*fp32", part_lse="*fp32", block_tables="*i32", query_start="*i32",
                  seq_lens="*i32", k=f"*{page}", v=f"*{page}", ks=scale_t, vs=scale_t, kz=scale_t, vz=scale_t,
-                 sm_scale="fp32")
+                 sm_scale="fp32", sinks="*fp32")
     consts = dict(G=4, BS=BLOCK, D=DIM, BLOCK_D=DIM, BLOCK_N=64, DOT=tl.bfloat16, K_QUANT=quant, V_QUANT=quant,
-                  K_GROUP=group, V_GROUP=group, H=HEADS, BLOCK_G=16, SPLITS=8, BLOCK_M=128)
+                  K_GROUP=group, V_GROUP=group, H=HEADS, BLOCK_G=16, SPLITS=8, BLOCK_M=128, WINDOW=0, CHUNK=0,
+                  SINKS=False)  # full causal attention: the Llama shapes this reports on
     names = fn.arg_names
     sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)  # as the JIT specializes strides

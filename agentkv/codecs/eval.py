@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from agentkv.codecs import KVCodec, get_codec
-from agentkv.kernels.attention import LayerKV
+from agentkv.kernels.attention import LayerKV, Mask
 
 DOSSIER_CONTEXT = 96_000  # tokens: the dossier's long agentic context
 REFERENCE = "bf16"
@@ -36,15 +36,22 @@ class EvalMeta:
     end: int
 
 
-def attend(q: torch.Tensor, kv: LayerKV, start: int, end: int, scale: float) -> torch.Tensor:
-    """Queries at positions start..end-1 [L, heads, D] over the decoded pages holding positions 0..end-1."""
+def attend(q: torch.Tensor, kv: LayerKV, start: int, end: int, mask: Mask) -> torch.Tensor:
+    """Queries at positions start..end-1 [L, heads, D] over the decoded pages holding positions 0..end-1,
+    under the layer's mask (causal, its window, its sinks)."""
     pages = torch.arange(-(-end // kv.block_size), device=q.device)
-    k = kv.codec.decode(kv.k, pages, q.dtype).flatten(0, 1)[:end]
-    v = kv.codec.decode(kv.v, pages, q.dtype).flatten(0, 1)[:end]
-    mask = torch.arange(end, device=q.device)[None, :] <= torch.arange(start, end, device=q.device)[:, None]
-    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask,
-                                         scale=scale, enable_gqa=True)
-    return out.transpose(0, 1)
+    k = kv.codec.decode(kv.k, pages, q.dtype).flatten(0, 1)[:end].transpose(0, 1)
+    v = kv.codec.decode(kv.v, pages, q.dtype).flatten(0, 1)[:end].transpose(0, 1)
+    seen = mask.visible(torch.arange(end, device=q.device), torch.arange(start, end, device=q.device)[None])[0]
+    if mask.sinks is None:
+        out = F.scaled_dot_product_attention(q.transpose(0, 1), k, v, attn_mask=seen, scale=mask.scale,
+                                             enable_gqa=True)
+        return out.transpose(0, 1)
+    g = q.shape[1] // k.shape[0]  # a sink is one more key per head, of value 0
+    s = torch.einsum("lhd,htd->hlt", q.float(), k.float().repeat_interleave(g, 0)) * mask.scale
+    sink = mask.sinks.float()[:, None, None].expand(-1, s.shape[1], 1)
+    p = torch.softmax(torch.cat([s.masked_fill(~seen, float("-inf")), sink], -1), -1)[..., :-1]
+    return torch.einsum("hlt,htd->lhd", p, v.float().repeat_interleave(g, 0)).to(q.dtype)
 
 
 def pages_for(codec: KVCodec, tokens: int, block_size: int, kv_heads: int, head_dim: int,
@@ -67,12 +74,13 @@ class EvalAttention:
         self.record: list[tuple[torch.Tensor, ...]] | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: LayerKV, meta: EvalMeta,
-                scale: float) -> torch.Tensor:
+                scale: float, window: int = 0, sinks: torch.Tensor | None = None, chunk: int = 0) -> torch.Tensor:
         kv.codec.encode_into(kv.k, meta.slot_mapping, k)
         kv.codec.encode_into(kv.v, meta.slot_mapping, v)
-        out = attend(q, kv, meta.start, meta.end, scale)
+        mask = Mask(scale, window, None if sinks is None else sinks.detach(), chunk)  # re-attended off the graph
+        out = attend(q, kv, meta.start, meta.end, mask)
         if self.record is not None:
-            self.record.append((q, k, v, out))
+            self.record.append((q, k, v, out, mask))
         return out
 
 
@@ -112,15 +120,15 @@ class _Sums:
     nll: float = 0.0
 
 
-def attention_errors(codec: KVCodec, record: list[tuple[torch.Tensor, ...]], layers: list[LayerKV],
-                     start: int, end: int, scale: float, sums: _Sums) -> None:
+def attention_errors(codec: KVCodec, record: list[tuple[Any, ...]], layers: list[LayerKV],
+                     start: int, end: int, sums: _Sums) -> None:
     """Add one chunk's squared attention-output errors, layer by layer, on the reference's q, k, v."""
     slots = torch.arange(start, end, device=record[0][0].device)
-    for i, ((q, k, v, out), kv) in enumerate(zip(record, layers, strict=True)):
+    for i, ((q, k, v, out, mask), kv) in enumerate(zip(record, layers, strict=True)):
         codec.encode_into(kv.k, slots, k)
         codec.encode_into(kv.v, slots, v)
         ref = out.float()
-        sums.err[i] += float((attend(q, kv, start, end, scale).float() - ref).pow(2).sum())
+        sums.err[i] += float((attend(q, kv, start, end, mask).float() - ref).pow(2).sum())
         sums.ref[i] += float(ref.pow(2).sum())
 
 
@@ -188,7 +196,7 @@ def score_window(model: Any, impl: dict[str, KVCodec], span: list[int], chunk: i
     yields after each chunk (for the progress bar)."""
     cfg, backend = model.config, model.model.layers[0].self_attn.backend
     dev = next(model.parameters()).device
-    tokens, scale = torch.tensor(span, device=dev), cfg.head_dim**-0.5
+    tokens = torch.tensor(span, device=dev)
 
     def layers(name: str) -> list[LayerKV]:
         return [pages_for(impl[name], len(span), block_size, cfg.num_kv_heads, cfg.head_dim, dev)
@@ -206,7 +214,7 @@ def score_window(model: Any, impl: dict[str, KVCodec], span: list[int], chunk: i
         record, backend.record = backend.record, None
         sums[names[0]].nll -= float(ref.gather(-1, targets[:, None]).sum())
         for c in names[1:]:
-            attention_errors(impl[c], record, apart[c], a, b, scale, sums[c])
+            attention_errors(impl[c], record, apart[c], a, b, sums[c])
             out = model.logits(model(tokens[a:b], pos, runs[c], meta))[: len(targets)].log_softmax(-1)
             s = sums[c]
             s.kl += float((ref.exp() * (ref - out)).sum())

@@ -8,6 +8,7 @@ scheduler accounts the step (naming full blocks, so later prompts that share the
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import time
@@ -27,8 +28,9 @@ from agentkv.engine.pool import PagePool
 from agentkv.engine.sampler import sample
 from agentkv.engine.sequence import EngineSequence, SamplingParams
 from agentkv.engine.sessions import MAX_SESSIONS, SessionIds
+from agentkv.engine.sliding import SlidingPages
 from agentkv.engine.tiering import Tiering
-from agentkv.kernels.attention import SeqSlice
+from agentkv.kernels.attention import LayerKV, SeqSlice
 from agentkv.kernels.backends import make_backend
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.ids import BlockIds
@@ -90,7 +92,9 @@ class LLM:
         self.tokenizer: Any = _tokenizer(model) if isinstance(model, str) else None
         self.codec = get_codec(_auto_codec(self.dtype) if kv_codec == "auto" else kv_codec)
         self.block_size = block_size
-        self.layout = PageLayout.of(self.codec, cfg.num_layers, block_size, cfg.num_kv_heads, cfg.head_dim)
+        window = _one_window(cfg)
+        full_layers = cfg.num_layers - sum(1 for w in cfg.layer_windows if w)
+        self.layout = PageLayout.of(self.codec, full_layers, block_size, cfg.num_kv_heads, cfg.head_dim)
         spec = cfg.spec(name)
         page_bytes = kv_bytes_per_block(spec, self.codec.spec, block_size)
         assert page_bytes == self.layout.page_bytes, "codec pages disagree with kvcache.sizing"
@@ -99,7 +103,18 @@ class LLM:
             for layer in self.model.model.layers:
                 layer.self_attn.backend = backend
         self.backend = self.model.model.layers[0].self_attn.backend
-        num_pages = self._kv_budget(kv_cache_bytes, gpu_memory_utilization, max_num_batched_tokens) // page_bytes
+        self.ids = BlockIds()
+        self.sliding = None  # the sliding layers' own page group (engine/sliding.py)
+        self.window_layout = PageLayout.of(self.codec, cfg.num_layers - full_layers, block_size, cfg.num_kv_heads,
+                                           cfg.head_dim) if window else None
+        kv_bytes = self._kv_budget(kv_cache_bytes, gpu_memory_utilization, max_num_batched_tokens)
+        if self.window_layout is not None:
+            wl = self.window_layout
+            n = SlidingPages.pages_for(kv_bytes, wl.page_bytes, max_num_seqs, max_num_batched_tokens, window,
+                                       block_size)
+            self.sliding = SlidingPages(wl, n, window, block_size, self.device, copy.copy(self.backend), self.ids,
+                                        cfg.chunked)
+        num_pages = (kv_bytes - (self.sliding.nbytes if self.sliding else 0)) // page_bytes
         if num_pages < 2:
             raise ValueError(f"KV budget holds {num_pages} pages of {page_bytes} bytes: give more kv_cache_bytes")
         tiers = [TierSpec("gpu", num_pages * page_bytes, page_bytes)]
@@ -115,7 +130,6 @@ class LLM:
             tiers += self.tiering.tiers
             stores += self.tiering.stores
         self.tier_names = [t.name for t in tiers]
-        self.ids = BlockIds()
         self.cache = KVCache(tiers, policy if isinstance(policy, Policy) else
                              make_policy(policy, model=spec, block_size=block_size))
         self.scheduler = Scheduler(SchedulerConfig(block_size, max_num_batched_tokens, max_num_seqs,
@@ -125,6 +139,9 @@ class LLM:
         max_pages = min(num_pages, -(-cfg.max_position_embeddings // block_size))
         self.backend.bind(max_num_seqs, max_pages, self.device)
         self.pool = PagePool(self.layout, num_pages, self.device, self.ids, stores, self.backend, max_num_seqs)
+        if self.sliding is not None:
+            self.sliding.backend.bind(max_num_seqs, max_pages, self.device)
+        self.kv_layers = self._by_layer(self.pool.layers, self.sliding.layers if self.sliding else [])
         # an engine dropped, or a process exiting, without close() still flushes and closes its tiers (once)
         self._closer = weakref.finalize(self, self.tiering.close, self.pool, self.cache) if self.tiering else None
         self.namespace = f"{name}|{self.codec.name}|bs{block_size}"  # other models/codecs never share a block
@@ -140,7 +157,10 @@ class LLM:
         if compile:  # fuses the per-token work; the attention backend's Python loop stays eager
             self.model.forward = torch.compile(self.model.forward, dynamic=True)  # type: ignore[method-assign]
         self.graphs = None  # decode steps as CUDA graphs, one per batch size (engine/cuda_graphs.py)
-        if cuda_graphs and not compile and self.device.type == "cuda" and hasattr(self.backend, "capturing"):
+        cuda_graphs = cuda_graphs and self.sliding is None
+        # a MoE layer groups tokens by expert on the host (a sync a captured graph cannot replay): no graphs
+        if cuda_graphs and not compile and self.device.type == "cuda" and hasattr(self.backend, "capturing") \
+                and not cfg.num_experts:
             self.graphs = DecodeGraphs(self.model.forward, self.pool.layers, self.backend, max_num_seqs, max_pages,
                                        block_size, cfg.num_kv_heads, self.device)
             self.graphs.capture()
@@ -172,15 +192,41 @@ class LLM:
             torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device) if cuda else 0
         ids = torch.zeros(tokens, dtype=torch.long, device=self.device) + (cfg.bos_token_id or 0)
-        hidden = self.model(ids, torch.arange(tokens, device=self.device), self.layout.views(slab), meta)
+        views = []
+        if self.window_layout is not None:  # its scratch pages 0.. too: the same table serves both groups
+            wl = self.window_layout
+            views = wl.views(torch.zeros(pages, wl.page_bytes, dtype=torch.uint8, device=self.device), group=1)
+            meta.groups = (meta,)
+        kv = self._by_layer(self.layout.views(slab), views)
+        hidden = self.model(ids, torch.arange(tokens, device=self.device), kv, meta)
         self.model.logits(hidden[-1:])
         peak = torch.cuda.max_memory_allocated(self.device) - before if cuda else 0
-        del slab, hidden
+        del slab, hidden, views, kv
         for k, v in bound.items():  # a bound engine's block tables come back as they were
             setattr(self.backend, k, v)
         if cuda:
             torch.cuda.empty_cache()
         return max(peak, 0)
+
+    def layers_text(self) -> str:
+        """Its layers as the start-up line names them: '28 layers', or their groups, where each group's pages
+        live, and the experts: '6 layers: 1 full + 5 sliding (window 8, 1,234 pages of their own), MoE ...'."""
+        cfg = self.config
+        groups = cfg.layer_groups()
+        text = f"{cfg.num_layers} layers"
+        if groups:
+            own = f", {self.sliding.slab.shape[0]:,} pages of their own" if self.sliding else ""
+            span = "chunk" if cfg.chunked else "window"
+            text += ": " + " + ".join(f"{g.layers} {g.kind}" + (f" ({span} {g.window}{own})" if g.window else "")
+                                      for g in groups)
+        if cfg.num_experts:
+            text += f", MoE {cfg.num_experts} experts top-{cfg.experts_per_token} on {sum(cfg.moe_layers)} layers"
+        return text
+
+    def _by_layer(self, full: list[LayerKV], sliding: list[LayerKV]) -> list[LayerKV]:
+        """Each layer's pages in model order: the full layers' from the pool, the sliding ones' from theirs."""
+        groups = (iter(full), iter(sliding))
+        return [next(groups[bool(self.config.window_of(i))]) for i in range(self.config.num_layers)]
 
     # ---- requests ------------------------------------------------------------------------------------------
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, *, request_id: str | None = None,
@@ -302,7 +348,7 @@ class LLM:
         if self.graphs is not None and not plan.prefills and self.graphs.size_for(len(plan.decodes)):
             hidden = self.graphs.run(input_ids, positions, self.meta)
         else:
-            hidden = self.model(input_ids, positions, self.pool.layers, self.meta)
+            hidden = self.model(input_ids, positions, self.kv_layers, self.meta)
         tokens = sample(self.model.logits(hidden[rows]), [s.params for s in sampling],
                         [self._generators[s.request_id] for s in sampling],
                         [s.matcher for s in sampling]) if sampling else []
@@ -321,6 +367,9 @@ class LLM:
         self.pool.execute(plan.ops)
         if self.tiering is not None:  # lost blocks recomputed, named blocks written through to Redis
             self.tiering.repair(plan, self.pool, self.cache, self.block_size)
+        if self.sliding is not None:
+            self.sliding.execute(plan.ops)
+            self.sliding.before_forward(plan, self.scheduler.running)  # type: ignore[arg-type]
         for op in plan.ops:
             if isinstance(op, Allocate) and op.admission:
                 self.prefix_query_tokens += op.seq.target
@@ -332,6 +381,8 @@ class LLM:
         self.pool.gone, self._unreferenced = [], []
         if self.check_invariants:
             self.pool.check(self.cache, self.scheduler.running)  # type: ignore[arg-type]
+            if self.sliding is not None:
+                self.sliding.check(self.scheduler.running)  # type: ignore[arg-type]
 
     def _recycle(self, candidates: list[int]) -> None:
         """Ids no live request names and no tier holds stand for nothing now: their numbers are reused."""
@@ -372,6 +423,8 @@ class LLM:
             rows.append(len(tokens) - 1)
             sampling.append(seq)
         self.meta = self.backend.prepare(slices, len(plan.prefills), self.block_size)
+        if self.sliding is not None:
+            self.meta.groups = (self.sliding.prepare(plan),)
         dev = self.device
         return (torch.tensor(tokens, dtype=torch.long, device=dev), torch.tensor(positions, dtype=torch.long, device=dev),
                 torch.tensor(rows, dtype=torch.long, device=dev), sampling)
@@ -486,3 +539,13 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator | None
 
 
 __all__ = ["LLM", "RequestOutput", "SamplingParams"]
+
+
+def _one_window(cfg: Any) -> int:
+    """The sliding layers' window (0: none); the page groups serve one window size so far."""
+    windows = {w for w in cfg.layer_windows if w}
+    if len(windows) > 1:
+        raise ValueError(f"config.json: sliding windows of {sorted(windows)} tokens: one size is supported")
+    if windows and all(cfg.layer_windows):
+        raise ValueError("config.json: every layer slides: a model needs one full-attention layer here")
+    return windows.pop() if windows else 0

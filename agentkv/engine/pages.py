@@ -31,8 +31,9 @@ class PageLayout:
     def page_bytes(self) -> int:
         return self.num_layers * sum(f.nbytes for f in (*self.k_fields, *self.v_fields))
 
-    def views(self, slab: torch.Tensor) -> list[LayerKV]:
-        """Typed views of every layer's K and V fields over a slab [num_pages, page_bytes] (uint8)."""
+    def views(self, slab: torch.Tensor, group: int = 0) -> list[LayerKV]:
+        """Typed views of every layer's K and V fields over a slab [num_pages, page_bytes] (uint8), pages of
+        page group `group` (the attention metadata's tables for it)."""
         off = 0
         layers = []
         for _ in range(self.num_layers):
@@ -43,5 +44,5 @@ class PageLayout:
                     fields[f.name] = slab[:, off : off + f.nbytes].view(f.dtype).view(slab.shape[0], *f.shape)
                     off += f.nbytes
                 halves.append(fields)
-            layers.append(LayerKV(self.codec, halves[0], halves[1]))
+            layers.append(LayerKV(self.codec, halves[0], halves[1], group))
         return layers

@@ -13,6 +13,7 @@ from agentkv.engine.detokenizer import Detokenizer
 from agentkv.engine.grammar import StructuredOutputsParams
 from agentkv.kvcache.ids import BlockIds
 from agentkv.scheduler import Sequence
+from agentkv.scheduler.plan import PrefillChunk
 from agentkv.storage.keys import block_key
 
 # The engine's real limits on a request's numbers: the server's request models take them from here.
@@ -70,6 +71,7 @@ class EngineSequence(Sequence):
     parent: bytes = b""  # digest of the last full block named (the namespace's before any)
     named: list[int] = field(default_factory=list)  # ids of its full blocks, each holding one reference
     pages: list[int] = field(default_factory=list)  # its block table: physical pages in position order
+    window_pages: list[int] = field(default_factory=list)  # sliding layers' pages by block (0: released)
     row: int = -1  # its row in the attention backend's block-table tensor while it runs
     text: str | None = None  # the reply's final text, made once it ends
     detok: Detokenizer | None = None  # its reply's text as it comes; None without a tokenizer
@@ -121,3 +123,17 @@ class EngineSequence(Sequence):
             key = block_key(self.parent, self.tokens[i * block_size : (i + 1) * block_size])
             self.parent = key.digest
             self.named.append(self.ids.name(key))
+
+
+def rewind(chunk: PrefillChunk, start: int, n: int) -> None:
+    """Make a prefill chunk recompute from `start`, before its planned start, as `n` tokens: the cached tokens
+    after `start` no longer count as served from the cache (the lower tiers' hits go first)."""
+    seq = chunk.seq
+    lost = seq.cached - min(seq.cached, start)
+    chunk.n = n
+    chunk.start = seq.computed = start
+    seq.cached -= lost
+    for t in range(len(seq.cached_per_tier) - 1, -1, -1):
+        take = min(lost, int(seq.cached_per_tier[t]))
+        seq.cached_per_tier[t] -= take
+        lost -= take

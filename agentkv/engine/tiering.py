@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agentkv.engine.sequence import rewind
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.tiers import TierSpec
 from agentkv.scheduler import Name, StepPlan
@@ -281,14 +282,7 @@ class Tiering:
                 continue
             start = first * bs
             log.info("request %s recomputes from token %d: a block it was to read was lost", seq.request_id, start)
-            lost = seq.cached - min(seq.cached, start)
-            chunk.n += chunk.start - start
-            chunk.start = seq.computed = start
-            seq.cached -= lost
-            for t in range(len(seq.cached_per_tier) - 1, -1, -1):  # the lower tiers' hits went first
-                take = min(lost, int(seq.cached_per_tier[t]))
-                seq.cached_per_tier[t] -= take
-                lost -= take
+            rewind(chunk, start, chunk.n + chunk.start - start)
             healed |= {bad[p] for p in seq.pages[first:read] if p in bad}  # type: ignore[attr-defined]
         pool.poisoned -= healed  # this step's forward pass rewrites them
 

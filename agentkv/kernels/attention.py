@@ -27,6 +27,7 @@ class LayerKV:
     codec: KVCodec
     k: dict[str, torch.Tensor]
     v: dict[str, torch.Tensor]
+    group: int = 0  # its page group: 0 the pool's (full layers), 1 the sliding layers' (`AttentionMetadata.groups`)
 
     @property
     def block_size(self) -> int:
@@ -43,6 +44,26 @@ class SeqSlice:
     seq_len: int  # context after this step: cached + computed + new
 
 
+@dataclass(slots=True, frozen=True)
+class Mask:
+    """What one layer's queries see: causal, within `window` tokens or within their `chunk` where set, plus a
+    sink logit per head."""
+
+    scale: float
+    window: int = 0
+    sinks: torch.Tensor | None = None
+    chunk: int = 0
+
+    def visible(self, kpos: torch.Tensor, qpos: torch.Tensor) -> torch.Tensor:
+        """[n, L, K] bool: key positions kpos [K] each query position qpos [n, L] may attend."""
+        seen = kpos[None, None, :] <= qpos[:, :, None]
+        if self.window:
+            seen &= kpos[None, None, :] > qpos[:, :, None] - self.window
+        if self.chunk:
+            seen &= kpos[None, None, :] >= qpos[:, :, None] // self.chunk * self.chunk
+        return seen
+
+
 @dataclass(slots=True)
 class AttentionMetadata:
     """Built once per step, shared by every layer. Rows 0..num_prefills-1 are prefill chunks, the rest decodes."""
@@ -56,6 +77,7 @@ class AttentionMetadata:
     max_seq_len: int
     query_start_loc_host: list[int]  # the same, on the host, for the reference backend's Python loops
     seq_lens_host: list[int]
+    groups: tuple[AttentionMetadata, ...] = ()  # page group g >= 1's own block tables and slots: groups[g - 1]
 
 
 class AttentionBackend(ABC):
@@ -110,8 +132,11 @@ class AttentionBackend(ABC):
 
     @abstractmethod
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: LayerKV, meta: AttentionMetadata,
-                scale: float) -> torch.Tensor:
-        """Write k/v [T, kv_heads, D] into their pages, then attend: q [T, heads, D] → [T, heads, D]."""
+                scale: float, window: int = 0, sinks: torch.Tensor | None = None, chunk: int = 0) -> torch.Tensor:
+        """Write k/v [T, kv_heads, D] into their pages, then attend: q [T, heads, D] → [T, heads, D].
+        window > 0: a query at position p sees keys at p - window + 1 .. p only (a sliding layer);
+        chunk > 0: keys from the start of p's chunk of `chunk` tokens (a chunked layer, Llama 4).
+        sinks [heads]: a learned logit per head that joins every softmax's denominator (gpt-oss)."""
 
 
 class TorchAttention(AttentionBackend):
@@ -121,20 +146,23 @@ class TorchAttention(AttentionBackend):
     budget = 1 << 22  # elements of one chunk's scores or decoded K (16 MiB in fp32)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: LayerKV, meta: AttentionMetadata,
-                scale: float) -> torch.Tensor:
+                scale: float, window: int = 0, sinks: torch.Tensor | None = None, chunk: int = 0) -> torch.Tensor:
+        if kv.group:
+            meta = meta.groups[kv.group - 1]
         kv.codec.encode_into(kv.k, meta.slot_mapping, k)
         kv.codec.encode_into(kv.v, meta.slot_mapping, v)
         out = torch.empty_like(q)
         qsl, lens, p = meta.query_start_loc_host, meta.seq_lens_host, meta.num_prefills
+        mask = Mask(scale, window, sinks, chunk)
         for i in range(p):  # prefill chunks one at a time: their query lengths differ
             a, b = qsl[i], qsl[i + 1]
-            out[a:b] = self._attend(q[a:b][None], kv, meta.block_tables[i : i + 1], lens[i : i + 1], scale)[0]
+            out[a:b] = self._attend(q[a:b][None], kv, meta.block_tables[i : i + 1], lens[i : i + 1], mask)[0]
         if len(lens) > p:  # every decode at once: one query each
             a, b = qsl[p], qsl[-1]
-            out[a:b] = self._attend(q[a:b][:, None], kv, meta.block_tables[p:], lens[p:], scale)[:, 0]
+            out[a:b] = self._attend(q[a:b][:, None], kv, meta.block_tables[p:], lens[p:], mask)[:, 0]
         return out
 
-    def _attend(self, q: torch.Tensor, kv: LayerKV, tables: torch.Tensor, lens: list[int], scale: float,
+    def _attend(self, q: torch.Tensor, kv: LayerKV, tables: torch.Tensor, lens: list[int], mask: Mask,
                 ) -> torch.Tensor:
         """q [n, L, H, D]: the last L positions of n sequences of lengths `lens` → [n, L, H, D]."""
         n, L, H, D = q.shape
@@ -145,17 +173,20 @@ class TorchAttention(AttentionBackend):
         qpos = lens_t[:, None] - L + torch.arange(L, device=q.device)  # [n, L]
         pages = -(-max(lens) // bs)
         step = max(1, self.budget // (n * bs * max(L * H, kvh * D)))
-        if pages <= step:  # the whole context fits the budget: one fused call, no running softmax needed
+        if pages <= step and mask.sinks is None:  # the context fits the budget: one fused call
             idx = tables[:, :pages].reshape(-1).long()
             kc = kv.codec.decode(kv.k, idx, q.dtype).view(n, pages * bs, kvh, D).transpose(1, 2)
             vc = kv.codec.decode(kv.v, idx, q.dtype).view(n, pages * bs, kvh, D).transpose(1, 2)
-            mask = torch.arange(pages * bs, device=q.device)[None, None, :] <= qpos[:, :, None]
-            o = F.scaled_dot_product_attention(q.transpose(1, 2), kc, vc, attn_mask=mask[:, None], scale=scale,
-                                               enable_gqa=True)
+            seen = mask.visible(torch.arange(pages * bs, device=q.device), qpos)
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), kc, vc, attn_mask=seen[:, None],
+                                               scale=mask.scale, enable_gqa=True)
             return o.transpose(1, 2)
-        qg = q.float().view(n, L, kvh, g, D) * scale
+        qg = q.float().view(n, L, kvh, g, D) * mask.scale
         m = torch.full((n, L, kvh, g), float("-inf"), device=q.device)
         s_sum = torch.zeros(n, L, kvh, g, device=q.device)
+        if mask.sinks is not None:  # a sink is one more key, of value 0: the running softmax starts from it
+            m = mask.sinks.float().view(1, 1, kvh, g).expand(n, L, kvh, g).clone()
+            s_sum += 1.0
         acc = torch.zeros(n, L, kvh, g, D, device=q.device)
         for j in range(0, pages, step):
             c = min(step, pages - j)
@@ -164,7 +195,7 @@ class TorchAttention(AttentionBackend):
             vc = kv.codec.decode(kv.v, idx, torch.float32).view(n, c * bs, kvh, D)
             kpos = j * bs + torch.arange(c * bs, device=q.device)
             s = torch.einsum("nlkgd,ntkd->nlkgt", qg, kc)
-            s = s.masked_fill(~(kpos[None, None, :] <= qpos[:, :, None])[:, :, None, None, :], float("-inf"))
+            s = s.masked_fill(~mask.visible(kpos, qpos)[:, :, None, None, :], float("-inf"))
             m_new = torch.maximum(m, s.amax(-1))
             base = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # rows that saw no key yet
             prob = torch.exp(s - base[..., None])

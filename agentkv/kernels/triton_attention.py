@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from agentkv.kernels.attention import AttentionBackend, AttentionMetadata, LayerKV
+from agentkv.kernels.attention import AttentionBackend, AttentionMetadata, LayerKV, Mask
 from agentkv.kernels.page_layout import KernelPages, kernel_pages
 
 INTERPRET = triton.knobs.runtime.interpret  # TRITON_INTERPRET=1: kernels run in numpy on CPU (tests)
@@ -93,6 +93,27 @@ def _mm(a, b, dot_type: tl.constexpr):
 
 
 @triton.jit
+def _first_seen(pos, WINDOW: tl.constexpr, CHUNK: tl.constexpr):
+    """The first key a query at `pos` sees: its window's, its chunk's start, or 0."""
+    if WINDOW > 0:
+        return tl.maximum(pos - WINDOW + 1, 0)
+    if CHUNK > 0:
+        return pos // CHUNK * CHUNK
+    return pos * 0
+
+
+@triton.jit
+def _softmax_step(s, m_i, l_i):
+    """One tile of the online softmax (base 2): the new running max, the tile's probabilities, the old sum's
+    rescale; a row that has seen no key yet (masked by a window or chunk) keeps a max of -inf, no NaN."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    base = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - base[:, None])
+    alpha = tl.exp2(m_i - base)
+    return m_new, p, alpha, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
 def _tile_pages(block_tables, n, n_mask, BS: tl.constexpr):
     pg = tl.load(block_tables + n // BS, mask=n_mask, other=0)
     return pg, n % BS
@@ -100,16 +121,18 @@ def _tile_pages(block_tables, n, n_mask, BS: tl.constexpr):
 
 @triton.jit
 def _prefill_kernel(
-    q, o, k, ks, kz, v, vs, vz, block_tables, query_start, seq_lens, sm_scale,
+    q, o, k, ks, kz, v, vs, vz, block_tables, query_start, seq_lens, sm_scale, sinks,
     q_st, q_sh, o_st, o_sh, bt_stride,
     k_sp, k_st, k_sh, ks_p, ks_t, ks_h, ks_g, kz_p, kz_t, kz_h, kz_g,
     v_sp, v_st, v_sh, vs_p, vs_t, vs_h, vs_g, vz_p, vz_t, vz_h, vz_g,
     G: tl.constexpr, BS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr,
     K_QUANT: tl.constexpr, K_GROUP: tl.constexpr, V_QUANT: tl.constexpr, V_GROUP: tl.constexpr,
+    WINDOW: tl.constexpr, CHUNK: tl.constexpr, SINKS: tl.constexpr,
 ):
     """Grid (query blocks, prefill sequences, heads): BLOCK_M new tokens of one head attend causally over the
-    sequence's pages (cached prefix and the chunk itself)."""
+    sequence's pages (cached prefix and the chunk itself), within their window or chunk where set; a sink
+    logit per head starts the running softmax where SINKS."""
     mb, b, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     q0 = tl.load(query_start + b)
     q_len = tl.load(query_start + b + 1) - q0
@@ -128,23 +151,27 @@ def _prefill_kernel(
     tables = block_tables + b.to(tl.int64) * bt_stride
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
+    if SINKS:  # one more key, of value 0: exp2(sink - max) joins the sum
+        m_i = tl.zeros([BLOCK_M], tl.float32) + tl.load(sinks + h).to(tl.float32) * LOG2E
+        l_i += 1.0
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     first = seq_len - q_len + mb * BLOCK_M  # keys before `first` are visible to every query of the block
     full = first // BLOCK_N * BLOCK_N
     end = tl.minimum(seq_len, first + BLOCK_M)
-    for n0 in range(0, end, BLOCK_N):
+    lo = _first_seen(first, WINDOW, CHUNK) // BLOCK_N * BLOCK_N  # tiles before it no query of the block sees
+    for n0 in range(lo, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_mask = n < end
         pg, off = _tile_pages(tables, n, n_mask, BS)
         kt = _load_kv(k, ks, kz, pg, off, kvh, n_mask, k_sp, k_st, k_sh, ks_p, ks_t, ks_h, ks_g,
                       kz_p, kz_t, kz_h, kz_g, K_QUANT, K_GROUP, DOT, BLOCK_N, D, BLOCK_D)
         s = _mm(qt, tl.trans(kt), DOT)
-        if n0 >= full:  # the diagonal tiles: causal mask (and the sequence's end)
+        if WINDOW > 0 or CHUNK > 0:  # every tile: causal, and from each query's first visible key
+            seen = (n[None, :] <= qpos[:, None]) & (n[None, :] >= _first_seen(qpos, WINDOW, CHUNK)[:, None])
+            s = tl.where(seen, s, float("-inf"))
+        elif n0 >= full:  # the diagonal tiles: causal mask (and the sequence's end)
             s = tl.where(n[None, :] <= qpos[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        m_new, p, alpha, l_i = _softmax_step(s, m_i, l_i)
         vt = _load_kv(v, vs, vz, pg, off, kvh, n_mask, v_sp, v_st, v_sh, vs_p, vs_t, vs_h, vs_g,
                       vz_p, vz_t, vz_h, vz_g, V_QUANT, V_GROUP, DOT, BLOCK_N, D, BLOCK_D)
         acc = acc * alpha[:, None] + _mm(p.to(DOT), vt, DOT)
@@ -155,16 +182,18 @@ def _prefill_kernel(
 
 @triton.jit
 def _decode_kernel(
-    q, o, part_o, part_lse, k, ks, kz, v, vs, vz, block_tables, query_start, seq_lens, sm_scale, first_row,
+    q, o, part_o, part_lse, k, ks, kz, v, vs, vz, block_tables, query_start, seq_lens, sm_scale, sinks, first_row,
     q_st, q_sh, o_st, o_sh, bt_stride,
     k_sp, k_st, k_sh, ks_p, ks_t, ks_h, ks_g, kz_p, kz_t, kz_h, kz_g,
     v_sp, v_st, v_sh, vs_p, vs_t, vs_h, vs_g, vz_p, vz_t, vz_h, vz_g,
     H: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, BS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, DOT: tl.constexpr,
     K_QUANT: tl.constexpr, K_GROUP: tl.constexpr, V_QUANT: tl.constexpr, V_GROUP: tl.constexpr,
+    WINDOW: tl.constexpr, CHUNK: tl.constexpr, SINKS: tl.constexpr,
 ):
     """Grid (decodes, KV heads, splits): the G query heads sharing one KV head attend over one split of the
-    context; the partial output and its log-sum-exp (base 2) go to part_o / part_lse unless SPLITS == 1."""
+    context (its part within the window or chunk); the partial output and its log-sum-exp (base 2) go to
+    part_o / part_lse unless SPLITS == 1. The sinks join split 0 only, so the merge counts them once."""
     i, kvh, sp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b = first_row + i
     t = tl.load(query_start + b).to(tl.int64)
@@ -184,10 +213,15 @@ def _decode_kernel(
     tables = block_tables + b.to(tl.int64) * bt_stride
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
+    if SINKS:
+        sink = tl.load(sinks + heads, mask=g_mask, other=0.0).to(tl.float32) * LOG2E
+        m_i = tl.where(sp == 0, sink, m_i)
+        l_i = tl.where(sp == 0, 1.0, l_i)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-    for n0 in range(start, stop, BLOCK_N):
+    lo = _first_seen(seq_len - 1, WINDOW, CHUNK)
+    for n0 in range(tl.maximum(start, lo // BLOCK_N * BLOCK_N), stop, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = n < stop
+        n_mask = (n < stop) & (n >= lo)
         pg, off = _tile_pages(tables, n, n_mask, BS)
         if K_QUANT != 0 and K_GROUP >= D:  # q·(c s + z) = s (q·c) + z Σq: the codes go to the tensor cores
             kc = _load_codes(k, pg, off, kvh, n_mask, k_sp, k_st, k_sh, K_QUANT, D, BLOCK_D).to(DOT)
@@ -198,10 +232,7 @@ def _decode_kernel(
                           kz_p, kz_t, kz_h, kz_g, K_QUANT, K_GROUP, DOT, BLOCK_N, D, BLOCK_D)
             s = _mm(qt, tl.trans(kt), DOT)
         s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        m_new, p, alpha, l_i = _softmax_step(s, m_i, l_i)
         if V_QUANT != 0 and V_GROUP >= D:  # p·(c s + z) = (p s)·c + p·z: scales on the probabilities
             vc = _load_codes(v, pg, off, kvh, n_mask, v_sp, v_st, v_sh, V_QUANT, D, BLOCK_D).to(DOT)
             sv, zv = _token_scales(vs, vz, pg, off, kvh, n_mask, vs_p, vs_t, vs_h, vz_p, vz_t, vz_h, V_QUANT)
@@ -288,13 +319,17 @@ class TritonAttention(AttentionBackend):
         super().bind(max_rows, max_pages, device)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: LayerKV, meta: AttentionMetadata,
-                scale: float) -> torch.Tensor:
+                scale: float, window: int = 0, sinks: torch.Tensor | None = None, chunk: int = 0) -> torch.Tensor:
+        if kv.group:
+            meta = meta.groups[kv.group - 1]
         kv.codec.encode_into(kv.k, meta.slot_mapping, k)
         kv.codec.encode_into(kv.v, meta.slot_mapping, v)
-        return self.attend(q, kv, meta, scale)
+        return self.attend(q, kv, meta, Mask(scale, window, sinks, chunk))
 
-    def attend(self, q: torch.Tensor, kv: LayerKV, meta: AttentionMetadata, scale: float) -> torch.Tensor:
-        """Attention over pages that already hold the step's K/V (benchmarks time this part alone)."""
+    def attend(self, q: torch.Tensor, kv: LayerKV, meta: AttentionMetadata, mask: Mask | float) -> torch.Tensor:
+        """Attention over pages that already hold the step's K/V (benchmarks time this part alone); `mask` a
+        layer's (its scale, window or chunk, sinks), or just the scale."""
+        mask = mask if isinstance(mask, Mask) else Mask(mask)
         out = torch.empty_like(q)
         kp, vp = kernel_pages(kv.codec, kv.k), kernel_pages(kv.codec, kv.v)
         kv_heads, dim = kp.data.shape[2], q.shape[2]
@@ -302,9 +337,9 @@ class TritonAttention(AttentionBackend):
             raise NotImplementedError(f"KV codec {kv.codec.name}: scale groups within a head of {dim} values "
                                       "(not a power of two) are not supported by the Triton kernels")
         if meta.num_prefills:
-            self._prefill(q, out, kp, vp, kv.block_size, kv_heads, meta, scale)
+            self._prefill(q, out, kp, vp, kv.block_size, kv_heads, meta, mask)
         if meta.seq_lens.shape[0] > meta.num_prefills:
-            self._decode(q, out, kp, vp, kv.block_size, kv_heads, meta, scale)
+            self._decode(q, out, kp, vp, kv.block_size, kv_heads, meta, mask)
         return out
 
     @contextmanager
@@ -321,19 +356,26 @@ class TritonAttention(AttentionBackend):
     def _common(kp: KernelPages, vp: KernelPages, meta: AttentionMetadata) -> tuple:
         return (*_page_args(kp), *_page_args(vp), meta.block_tables, meta.query_start_loc, meta.seq_lens)
 
-    def _prefill(self, q, out, kp, vp, block_size, kv_heads, meta, scale) -> None:
+    @staticmethod
+    def _mask_args(q: torch.Tensor, mask: Mask) -> tuple[tuple, dict]:
+        """The sinks' pointer (q where there are none: never read) and the mask's compile-time constants."""
+        sinks = q if mask.sinks is None else mask.sinks
+        return (mask.scale, sinks), dict(WINDOW=mask.window, CHUNK=mask.chunk, SINKS=mask.sinks is not None)
+
+    def _prefill(self, q, out, kp, vp, block_size, kv_heads, meta, mask) -> None:
         heads, dim = q.shape[1], q.shape[2]
         grid = (triton.cdiv(meta.max_query_len, self.prefill["BLOCK_M"]), meta.num_prefills, heads)
+        margs, mconst = self._mask_args(q, mask)
         _prefill_kernel[grid](
-            q, out, *self._common(kp, vp, meta), scale,
+            q, out, *self._common(kp, vp, meta), *margs,
             q.stride(0), q.stride(1), out.stride(0), out.stride(1), meta.block_tables.stride(0),
             *_stride_args(kp), *_stride_args(vp),
             G=heads // kv_heads, BS=block_size, D=dim, BLOCK_D=triton.next_power_of_2(dim),
             DOT=_dot_dtype(q.dtype), K_QUANT=kp.quant, K_GROUP=kp.group, V_QUANT=vp.quant, V_GROUP=vp.group,
-            **self.prefill,
+            **mconst, **self.prefill,
         )
 
-    def _decode(self, q, out, kp, vp, block_size, kv_heads, meta, scale) -> None:
+    def _decode(self, q, out, kp, vp, block_size, kv_heads, meta, mask) -> None:
         heads, dim = q.shape[1], q.shape[2]
         n_dec = meta.seq_lens.shape[0] - meta.num_prefills
         g = heads // kv_heads
@@ -344,13 +386,14 @@ class TritonAttention(AttentionBackend):
         if splits > 1:
             part_o = torch.empty(n_dec, heads, splits, block_d, dtype=torch.float32, device=q.device)
             part_lse = torch.empty(n_dec, heads, splits, dtype=torch.float32, device=q.device)
+        margs, mconst = self._mask_args(q, mask)
         _decode_kernel[(n_dec, kv_heads, splits)](
-            q, out, part_o, part_lse, *self._common(kp, vp, meta), scale, meta.num_prefills,
+            q, out, part_o, part_lse, *self._common(kp, vp, meta), *margs, meta.num_prefills,
             q.stride(0), q.stride(1), out.stride(0), out.stride(1), meta.block_tables.stride(0),
             *_stride_args(kp), *_stride_args(vp),
             H=heads, G=g, BLOCK_G=max(16, triton.next_power_of_2(g)), BS=block_size, D=dim, BLOCK_D=block_d,
             SPLITS=splits, DOT=_dot_dtype(q.dtype),
-            K_QUANT=kp.quant, K_GROUP=kp.group, V_QUANT=vp.quant, V_GROUP=vp.group, **self.decode,
+            K_QUANT=kp.quant, K_GROUP=kp.group, V_QUANT=vp.quant, V_GROUP=vp.group, **mconst, **self.decode,
         )
         if splits > 1:
             _reduce_kernel[(n_dec, heads)](out, part_o, part_lse, meta.query_start_loc, meta.num_prefills,

@@ -1,7 +1,8 @@
-"""A Llama-family model's shape, read from its Hugging Face `config.json`.
+"""A model's shape, read from its Hugging Face `config.json`.
 
 One config covers Llama 3.x (with its RoPE frequency scaling), Qwen2.5 (biases on q/k/v), Qwen3 (RMSNorm on
-q and k per head) and Mistral: they differ only in those flags.
+q and k per head), Mistral, and Qwen3-MoE (Qwen3 with a routed mixture of experts in place of the MLP on
+its sparse layers): they differ only in those flags and numbers.
 """
 
 from __future__ import annotations
@@ -12,14 +13,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agentkv.catalog import ModelSpec
+    from agentkv.catalog import LayerGroup, ModelSpec
 
 ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+    "Gemma3ForCausalLM": "gemma3",
+    "GptOssForCausalLM": "gpt_oss",
+    "Llama4ForCausalLM": "llama4",
 }
+WINDOWED = {"sliding_attention": True, "chunked_attention": True, "full_attention": False}  # `layer_types`
 
 
 @dataclass(slots=True, frozen=True)
@@ -42,6 +48,34 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
     bos_token_id: int | None = None
     torch_dtype: str = "bfloat16"
+    num_experts: int = 0  # 0: dense (every layer an MLP)
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False  # renormalise the chosen experts' weights to sum to 1
+    moe_layers: tuple[bool, ...] = ()  # per layer: a routed MoE block (True) or the dense MLP
+    layer_windows: tuple[int, ...] = ()  # per layer: its sliding window (or chunk) in tokens (0: full attention)
+    chunked: bool = False  # the windowed layers attend within their chunk (Llama 4), not a sliding window
+    query_scale: float = 0.0  # 0: head_dim ** -0.5
+    o_bias: bool = False
+    attention_sinks: bool = False  # a learned logit per head in every softmax's denominator (gpt-oss)
+    local_rope_theta: float = 0.0  # sliding layers' RoPE base where it differs, unscaled (Gemma 3); 0: the same
+    activation: str = "silu"  # of the gated MLP: silu, or gelu_pytorch_tanh (Gemma)
+    logit_softcap: float = 0.0  # cap * tanh(logits / cap) on the final logits (0: none)
+    swiglu_limit: float = 0.0  # gpt-oss experts clamp their gate and up projections to it
+    swiglu_alpha: float = 1.0
+    rope_layers: tuple[bool, ...] = ()  # per layer: rotated (True) or NoPE (Llama 4's global layers); (): all
+    interleaved_rope: bool = False  # RoPE on adjacent pairs of dims (Llama 4), not the two halves
+    nope_temperature: tuple[float, float] = (0.0, 0.0)  # Llama 4's NoPE query scale: (floor_scale, attn_scale)
+    qk_l2_norm: bool = False  # Llama 4: q and k RMS-normed without a weight after RoPE, on rotated layers
+    shared_expert: bool = False  # a dense MLP of moe_intermediate_size beside the routed experts (Llama 4)
+    dense_intermediate_size: int = 0  # the dense layers' MLP where it differs from intermediate_size (Llama 4)
+    mxfp4: bool = False  # expert weights published as MXFP4 blocks and scales (gpt-oss), dequantized at load
+
+    def window_of(self, layer: int) -> int:
+        return self.layer_windows[layer] if self.layer_windows else 0
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return bool(self.moe_layers) and self.moe_layers[layer]
 
     @staticmethod
     def from_dir(model_dir: str) -> ModelConfig:
@@ -76,18 +110,22 @@ class ModelConfig:
         heads = int(need("num_attention_heads"))
         hidden = int(need("hidden_size"))
         rope = dict(raw.get("rope_scaling") or raw.get("rope_parameters") or {})
+        local_rope = dict(rope.get("sliding_attention") or {})
+        if "full_attention" in rope:  # transformers 5 writes one RoPE per layer type (Gemma 3)
+            rope = dict(rope["full_attention"])
         theta = raw.get("rope_theta", rope.get("rope_theta", 10000.0))
         kind = rope.get("rope_type", rope.get("type", "default"))
-        if kind not in ("default", "llama3", "linear"):
+        if kind not in ("default", "llama3", "linear", "yarn"):
             raise ValueError(f"{path}: field 'rope_scaling': rope type {kind!r} is not supported "
-                             "(default, linear, llama3)")
+                             "(default, linear, llama3, yarn)")
         eos = raw.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+        layers = int(need("num_hidden_layers"))
         return ModelConfig(
             family=family,
             hidden_size=hidden,
             intermediate_size=int(need("intermediate_size")),
-            num_layers=int(need("num_hidden_layers")),
+            num_layers=layers,
             num_heads=heads,
             num_kv_heads=int(raw.get("num_key_value_heads") or heads),
             head_dim=int(raw.get("head_dim") or hidden // heads),
@@ -95,13 +133,17 @@ class ModelConfig:
             rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
             rope_theta=float(theta),
             max_position_embeddings=int(raw.get("max_position_embeddings", 8192)),
-            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-            qkv_bias=bool(raw.get("attention_bias", family == "qwen2")),
-            qk_norm=family == "qwen3",
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", family == "gemma3")),
+            qkv_bias=bool(raw.get("attention_bias", family in ("qwen2", "gpt_oss"))),
+            qk_norm=family in ("qwen3", "qwen3_moe", "gemma3"),
             rope_scaling={**rope, "rope_type": kind},
             eos_token_ids=eos_ids,
             bos_token_id=raw.get("bos_token_id"),
             torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"),
+            **(_moe_fields(raw, layers, need, path) if family == "qwen3_moe" else {}),
+            **(_gemma3_fields(raw, layers, need, path, local_rope) if family == "gemma3" else {}),
+            **(_gpt_oss_fields(raw, layers, need, path) if family == "gpt_oss" else {}),
+            **(_llama4_fields(raw, layers, need, path) if family == "llama4" else {}),
         )
 
     def spec(self, name: str) -> ModelSpec:
@@ -109,9 +151,107 @@ class ModelConfig:
         from agentkv.catalog import ModelSpec
 
         attn = self.hidden_size * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
-        layer = attn + 3 * self.hidden_size * self.intermediate_size
+        dense = 3 * self.hidden_size * self.intermediate_size
+        expert = 3 * self.hidden_size * self.moe_intermediate_size
+        router = self.hidden_size * self.num_experts
+        moe = sum(self.moe_layers)
         embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
-        params = float(self.num_layers * layer + embed)
+        base = self.num_layers * attn + (self.num_layers - moe) * dense + moe * router + embed
+        total = float(base + moe * self.num_experts * expert)
+        active = float(base + moe * self.experts_per_token * expert)
         return ModelSpec(name, "config.json", self.num_layers, self.num_heads, self.num_kv_heads, self.head_dim,
-                         self.hidden_size, self.intermediate_size, self.vocab_size, params, params,
-                         self.max_position_embeddings)
+                         self.hidden_size, self.intermediate_size, self.vocab_size, total, active,
+                         self.max_position_embeddings, attention=self.layer_groups())
+
+    def layer_groups(self) -> tuple[LayerGroup, ...]:
+        """Its layers by attention kind, as the catalog describes them: () where every layer is full."""
+        from agentkv.catalog import LayerGroup
+
+        windows = sorted({w for w in self.layer_windows if w})
+        if not windows:
+            return ()
+        kind = "chunked" if self.chunked else "sliding"
+        groups = [LayerGroup(kind, self.layer_windows.count(w), window=w) for w in windows]
+        full = self.layer_windows.count(0)
+        return (LayerGroup("full", full), *groups) if full else tuple(groups)
+
+
+def _moe_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> dict[str, Any]:
+    """Qwen3-MoE's routing: layer i is sparse unless listed in `mlp_only_layers` or off the
+    `decoder_sparse_step` stride (as transformers' Qwen3MoeDecoderLayer decides)."""
+    experts = int(raw.get("num_local_experts") or need("num_experts"))  # transformers 5 writes the former
+    top_k = int(need("num_experts_per_tok"))
+    if not 0 < top_k <= experts:
+        raise ValueError(f"{path}: field 'num_experts_per_tok': {top_k} is not in [1, num_experts={experts}]")
+    step = int(raw.get("decoder_sparse_step", 1) or 1)
+    dense = set(raw.get("mlp_only_layers") or ())
+    return {"num_experts": experts, "experts_per_token": top_k,
+            "moe_intermediate_size": int(need("moe_intermediate_size")),
+            "norm_topk_prob": bool(raw.get("norm_topk_prob", False)),
+            "moe_layers": tuple(i not in dense and (i + 1) % step == 0 for i in range(layers))}
+
+
+def _layer_windows(raw: dict[str, Any], layers: int, window: int, path: str, pattern: int) -> tuple[int, ...]:
+    """Each layer's window (or chunk) from `layer_types`, or else every `pattern`-th layer full, the others
+    sliding (the `sliding_window_pattern` older configs give)."""
+    types = raw.get("layer_types") or ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                                       for i in range(layers)]
+    if len(types) != layers or any(t not in WINDOWED for t in types):
+        raise ValueError(f"{path}: field 'layer_types': expected {layers} of {', '.join(WINDOWED)}")
+    return tuple(window if WINDOWED[t] else 0 for t in types)
+
+
+def _gemma3_fields(raw: dict[str, Any], layers: int, need: Any, path: str, local_rope: dict) -> dict[str, Any]:
+    """Gemma 3: 5 sliding layers to 1 global by default, the sliding ones on their own RoPE base, queries scaled
+    by query_pre_attn_scalar, a GELU-tanh MLP, q/k RMSNorm, tied embeddings."""
+    local = local_rope.get("rope_theta", raw.get("rope_local_base_freq", 10000.0))
+    if raw.get("attn_logit_softcapping"):  # Gemma 2's; every Gemma 3 config has none
+        raise ValueError(f"{path}: field 'attn_logit_softcapping': attention logit soft-capping is not supported")
+    pattern = int(raw.get("sliding_window_pattern", 6))
+    return {"layer_windows": _layer_windows(raw, layers, int(need("sliding_window")), path, pattern),
+            "query_scale": float(raw.get("query_pre_attn_scalar", 256)) ** -0.5,
+            "local_rope_theta": float(local), "activation": str(raw.get("hidden_activation", "gelu_pytorch_tanh")),
+            "logit_softcap": float(raw.get("final_logit_softcapping") or 0.0)}
+
+
+def _gpt_oss_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> dict[str, Any]:
+    """gpt-oss: sliding (128) and full layers alternating, a sink logit per head, biases on every attention
+    projection, every layer a MoE (top-k of the router's logits, softmaxed) of clamped SwiGLU experts."""
+    quant = (raw.get("quantization_config") or {}).get("quant_method")
+    if quant not in (None, "mxfp4"):
+        raise ValueError(f"{path}: field 'quantization_config': {quant} weights are not supported (bf16, mxfp4)")
+    experts, top_k = int(need("num_local_experts")), int(need("num_experts_per_tok"))
+    if not 0 < top_k <= experts:
+        raise ValueError(f"{path}: field 'num_experts_per_tok': {top_k} is not in [1, num_local_experts={experts}]")
+    return {"layer_windows": _layer_windows(raw, layers, int(need("sliding_window")), path, 2),
+            "attention_sinks": True,
+            "o_bias": bool(raw.get("attention_bias", True)), "num_experts": experts, "experts_per_token": top_k,
+            "moe_intermediate_size": int(need("intermediate_size")), "moe_layers": (True,) * layers,
+            "swiglu_limit": float(raw.get("swiglu_limit", 7.0)), "swiglu_alpha": float(raw.get("swiglu_alpha", 1.702)),
+            "mxfp4": quant == "mxfp4"}
+
+
+def _llama4_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> dict[str, Any]:
+    """Llama 4 (text): chunked attention with RoPE on 3 layers of 4, global NoPE attention (queries scaled up
+    with the position) on the 4th; RoPE on adjacent pairs; MoE layers every `interleave_moe_layer_step`
+    (sigmoid-weighted top-k experts fed the weighted input, plus a shared expert)."""
+    rope = raw.get("no_rope_layers") or [int((i + 1) % int(raw.get("no_rope_layer_interval", 4)) != 0)
+                                         for i in range(layers)]
+    chunk = raw.get("attention_chunk_size")
+    types = raw.get("layer_types") or ["chunked_attention" if r and chunk else "full_attention" for r in rope]
+    step = int(raw.get("interleave_moe_layer_step", 1))
+    moe = set(raw.get("moe_layers") if raw.get("moe_layers") is not None else range(step - 1, layers, step))
+    experts, top_k = int(need("num_local_experts")), int(need("num_experts_per_tok"))
+    if len(rope) != layers or not 0 < top_k <= experts:
+        raise ValueError(f"{path}: field 'no_rope_layers' or 'num_experts_per_tok' does not fit {layers} layers "
+                         f"of {experts} experts")
+    windows = _layer_windows({**raw, "layer_types": types}, layers, int(chunk), path, 4) if chunk else ()
+    tuning = bool(raw.get("attn_temperature_tuning", True))
+    return {"layer_windows": windows, "chunked": True, "rope_layers": tuple(bool(r) for r in rope),
+            "interleaved_rope": True, "qk_l2_norm": bool(raw.get("use_qk_norm", True)),
+            "nope_temperature": (float(raw.get("floor_scale", 8192)), float(raw.get("attn_scale", 0.1)))
+            if tuning else (0.0, 0.0),
+            "num_experts": experts, "experts_per_token": top_k, "shared_expert": True,
+            "moe_intermediate_size": int(need("intermediate_size")),
+            "dense_intermediate_size": int(raw.get("intermediate_size_mlp") or need("intermediate_size")),
+            "moe_layers": tuple(i in moe for i in range(layers))}

@@ -9,9 +9,15 @@ import torch
 from safetensors import safe_open
 
 from agentkv.kernels.attention import AttentionBackend, TorchAttention
+from agentkv.model import mxfp4
 from agentkv.model.config import ModelConfig
-from agentkv.model.llama import LlamaForCausalLM, rope_inv_freq
+from agentkv.model.gemma3 import Gemma3ForCausalLM
+from agentkv.model.gpt_oss import GptOssForCausalLM
+from agentkv.model.llama import LlamaForCausalLM, Rotary
+from agentkv.model.llama4 import Llama4ForCausalLM
 
+MODELS: dict[str, type[LlamaForCausalLM]] = {"gemma3": Gemma3ForCausalLM, "gpt_oss": GptOssForCausalLM,
+                                             "llama4": Llama4ForCausalLM}  # every other family: llama.py
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
           "float32": torch.float32, "fp32": torch.float32}
 
@@ -37,9 +43,10 @@ def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: s
         dtype = DTYPES[dtype]
     dtype = dtype or DTYPES.get(cfg.torch_dtype, torch.bfloat16)
     with torch.device("meta"):
-        model = LlamaForCausalLM(cfg, backend or TorchAttention())
+        model = MODELS.get(cfg.family, LlamaForCausalLM)(cfg, backend or TorchAttention())
     expected = {k for k in model.state_dict() if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
     tensors: dict[str, torch.Tensor] = {}
+    packed: dict[str, dict[str, torch.Tensor]] = {}  # MXFP4 tensors: name -> its blocks and scales
     for path in weight_files(model_dir):
         try:  # a truncated or corrupt file fails here, on its header (safetensors' own error type)
             opened = safe_open(path, framework="pt", device="cpu")
@@ -49,17 +56,26 @@ def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: s
             for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 if name.endswith("rotary_emb.inv_freq"):
                     continue
+                base, part = name[:-7], name[-7:]
+                if part in mxfp4.SUFFIXES and base in expected and cfg.mxfp4:
+                    packed.setdefault(base, {})[part] = f.get_tensor(name).to(device)
+                    continue
                 if name not in expected:
                     raise ValueError(f"{path}: tensor '{name}' is not part of a {cfg.family} model")
                 tensors[name] = f.get_tensor(name).to(device=device, dtype=dtype)
+    for name, parts in packed.items():
+        if len(parts) != 2:
+            raise ValueError(f"{model_dir}: MXFP4 tensor '{name}' lacks its {set(mxfp4.SUFFIXES) - set(parts)}")
+        tensors[name] = mxfp4.dequantize(parts["_blocks"], parts["_scales"], dtype)
     missing = sorted(expected - set(tensors))
     if missing:
         raise ValueError(f"{model_dir}: checkpoint lacks tensor '{missing[0]}' ({len(missing)} missing)")
     model.load_state_dict(tensors, strict=False, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    model.model.rotary = model.model.rotary.to_empty(device=device)
-    model.model.rotary.inv_freq.copy_(rope_inv_freq(cfg).to(device))
+    for module in model.modules():
+        if isinstance(module, Rotary):
+            module.materialise(device)
     for name, p in model.named_parameters():
         if p.device.type == "meta":
             raise ValueError(f"{model_dir}: parameter '{name}' was not loaded")

@@ -55,6 +55,34 @@ def write_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
         model = LlamaForCausalLM(cfg)
     elif family == "qwen3":
         model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=32, tie_word_embeddings=True))
+    elif family == "qwen3_moe":  # layer 1 dense (mlp_only_layers), layers 0 and 2 routed: 8 experts, top 2
+        from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+        model = Qwen3MoeForCausalLM(Qwen3MoeConfig(**{**common, "num_hidden_layers": 3}, head_dim=32,
+                                                   moe_intermediate_size=32, num_experts=8, num_experts_per_tok=2,
+                                                   norm_topk_prob=True, mlp_only_layers=[1]))
+    elif family == "gemma3":  # 5 sliding (window 8) : 1 global, as Gemma 3's pattern
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**{**common, "num_hidden_layers": 6}, head_dim=32,
+                                                   sliding_window=8, query_pre_attn_scalar=24,
+                                                   rope_local_base_freq=100.0))
+        jitter(model)
+    elif family == "gpt_oss":  # sliding (window 8) and full alternating, sinks, 8 experts top 2, YaRN
+        from transformers import GptOssConfig, GptOssForCausalLM
+
+        model = GptOssForCausalLM(GptOssConfig(**{**common, "num_hidden_layers": 4, "intermediate_size": 32},
+                                               head_dim=16, num_local_experts=8, num_experts_per_tok=2,
+                                               sliding_window=8))
+        jitter(model)
+    elif family == "llama4":  # chunks of 8 on 3 layers of 4 (NoPE on the 4th), MoE every 2nd layer
+        from transformers import Llama4ForCausalLM, Llama4TextConfig
+
+        model = Llama4ForCausalLM(Llama4TextConfig(
+            **{**common, "num_hidden_layers": 4, "intermediate_size": 32}, intermediate_size_mlp=96, head_dim=16,
+            num_local_experts=4, num_experts_per_tok=2, attention_chunk_size=8, interleave_moe_layer_step=2,
+            floor_scale=16, attn_scale=0.5, rope_parameters={"rope_type": "default", "rope_theta": 500000.0}))
+        jitter(model)
     else:
         raise ValueError(family)
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,7 +91,15 @@ def write_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session", params=["llama3", "qwen3"])
+def jitter(model) -> None:
+    """Norm weights, biases and sinks start as constants (0 or 1): made random so a test sees them."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.3)
+
+
+@pytest.fixture(scope="session", params=["llama3", "qwen3", "qwen3_moe", "gemma3", "gpt_oss", "llama4"])
 def checkpoint(request, tmp_path_factory) -> tuple[str, Path]:
     return request.param, write_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
 

@@ -8,6 +8,7 @@ import torch
 
 from agentkv.engine.llm import LLM
 from agentkv.engine.sequence import SamplingParams
+from agentkv.engine.sliding import SlidingPages
 from tests.engine.conftest import hf_model, prompts
 
 GREEDY = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
@@ -20,8 +21,14 @@ def hf_greedy(model, p: list[int], n: int) -> list[int]:
     return out[0, len(p):].tolist()
 
 
-def block_bytes(llm: LLM) -> int:
-    return llm.layout.page_bytes
+def kv_bytes(folder, pages: int, max_num_batched_tokens: int = 2048) -> int:
+    """A KV budget of `pages` pool pages, plus the least the sliding layers' page group takes where the model
+    has one (it depends on the engine's limits)."""
+    llm = LLM(str(folder), dtype="float32", block_size=8, kv_cache_bytes=2**28)
+    if llm.sliding is None:
+        return llm.layout.page_bytes * pages
+    least = SlidingPages.floor(64, max_num_batched_tokens, llm.sliding.window, 8)
+    return llm.layout.page_bytes * pages + least * llm.sliding.layout.page_bytes
 
 
 @pytest.fixture(scope="module")
@@ -58,22 +65,19 @@ def test_prompt_sharing_a_prefix_reports_cached_tokens(cases):
 def test_preemption_under_a_small_block_budget_keeps_outputs(cases):
     folder, ps, expected = cases
     llm = LLM(str(folder), dtype="float32", check_invariants=True, block_size=8, max_num_batched_tokens=64,
-              kv_cache_bytes=block_bytes(_probe(folder)) * 16)
+              kv_cache_bytes=kv_bytes(folder, 16, max_num_batched_tokens=64))
     out = llm.generate(ps, GREEDY)
     assert [o.outputs[0].token_ids for o in out] == expected
     assert llm.scheduler.preemptions > 0
     assert llm.scheduler.cache.reserved == 0
 
 
-def _probe(folder) -> LLM:
-    return LLM(str(folder), dtype="float32", check_invariants=True, block_size=8, kv_cache_bytes=2**20)
-
-
 def test_host_tier_serves_demoted_blocks(cases):
     """A pool too small to keep every prompt, with a host-memory tier: blocks go down and come back, correct."""
     folder, ps, expected = cases
-    bb = block_bytes(_probe(folder))
-    llm = LLM(str(folder), dtype="float32", check_invariants=True, block_size=8, kv_cache_bytes=bb * 24, host_kv_bytes=bb * 200)
+    bb = kv_bytes(folder, 1) - kv_bytes(folder, 0)
+    llm = LLM(str(folder), dtype="float32", check_invariants=True, block_size=8, kv_cache_bytes=kv_bytes(folder, 24),
+              host_kv_bytes=bb * 200)
     llm.generate(ps, GREEDY)
     again = [llm.generate([p], GREEDY)[0] for p in ps]
     assert [o.outputs[0].token_ids for o in again] == expected

@@ -39,9 +39,11 @@ def layer_pages(codec_name: str, num_pages: int, block_size: int, kv_heads: int,
 
 
 def run_batch(codec_name: str, prefills: list[tuple[int, int]], decodes: list[int], heads: int, kv_heads: int,
-              dim: int = 16, block_size: int = 4, splits: int | None = None, seed: int = 0):
+              dim: int = 16, block_size: int = 4, splits: int | None = None, seed: int = 0, window: int = 0,
+              chunk: int = 0, sinks: bool = False):
     """prefills: (cached, new) tokens per chunk; decodes: context length (new token included) per decode.
-    Cached tokens are encoded into their pages first, as earlier steps would have; then one forward."""
+    Cached tokens are encoded into their pages first, as earlier steps would have; then one forward (under a
+    sliding window, a chunk, sinks, where given)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     dtype = DTYPES.get(codec_name, torch.float32)  # quantized pages: fp32 queries, so errors show
     lens = [c + n for c, n in prefills] + decodes
@@ -72,14 +74,15 @@ def run_batch(codec_name: str, prefills: list[tuple[int, int]], decodes: list[in
     t = sum(q_lens)
     q, k, v = rand(t, heads, dim), rand(t, kv_heads, dim), rand(t, kv_heads, dim)
     scale = dim**-0.5
-    out = backend.forward(q, k, v, kv, meta, scale)
+    mask = (window, rand(heads).float() * 2 if sinks else None, chunk)
+    out = backend.forward(q, k, v, kv, meta, scale, *mask)
     if codec_name in DTYPES:  # the step's K/V landed in their slots (quantized codecs: the codec's own tests)
         pages = meta.slot_mapping // block_size
         assert torch.equal(kv.k["data"][pages, meta.slot_mapping % block_size], k)
         assert torch.equal(kv.v["data"][pages, meta.slot_mapping % block_size], v)
     ref = TorchAttention()  # the engine's reference: rewrites the same K/V (deterministically), then attends
     ref.bind(len(seqs), max(need), DEVICE)
-    return out, ref.forward(q, k, v, kv, ref.prepare(seqs, len(prefills), block_size), scale)
+    return out, ref.forward(q, k, v, kv, ref.prepare(seqs, len(prefills), block_size), scale, *mask)
 
 
 def check(out: torch.Tensor, ref: torch.Tensor) -> None:
@@ -119,6 +122,17 @@ def test_quantized_pages_decoded_in_kernel(codec_name):
     """Codes and their scales (and offsets) read from the page; prefill over a cached prefix and decodes with
     splits, GQA 2, against the codec's own decode of the same bytes."""
     check(*run_batch(codec_name, prefills=[(13, 6)], decodes=[29, 5], heads=4, kv_heads=2, splits=2))
+
+
+@pytest.mark.parametrize(("window", "chunk", "sinks", "codec_name"),
+                         [(5, 0, False, "fp32"), (0, 8, False, "fp32"), (0, 0, True, "fp32"), (7, 0, True, "int8"),
+                          (0, 16, True, "bf16")])
+def test_windows_chunks_and_sinks(window, chunk, sinks, codec_name):
+    """Sliding windows (Gemma 3, gpt-oss), chunks (Llama 4) and sink logits (gpt-oss), in prefill over a cached
+    prefix and in split decode, where whole tiles and whole splits fall outside a query's window."""
+    out, ref = run_batch(codec_name, [(13, 7), (0, 21), (40, 3)], [30, 9, 64], heads=4, kv_heads=2, splits=4,
+                         window=window, chunk=chunk, sinks=sinks)
+    check(out, ref)
 
 
 def test_codec_with_keys_outside_the_pages_is_refused():
