@@ -39,6 +39,11 @@ class DeploymentSpec:
     max_replicas: int = 512
     hardware_file: str | None = None
     models_file: str | None = None
+    # deployment mode (sim/stepcost.Deployment): experts split whole over the tp devices; attention data-parallel
+    # beside them; the routed experts' own format (a mixed FP4-experts + FP8-rest checkpoint)
+    ep: bool = False
+    dp_attention: bool = False
+    expert_dtype: str = ""
 
     def __post_init__(self) -> None:
         for name, ok, rule in (("tp", self.tp >= 1, ">= 1"), ("max_replicas", self.max_replicas >= 1, ">= 1"),
@@ -79,7 +84,8 @@ LADDER = (
 def rung_config(spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, replicas: int) -> SimConfig:
     hw = hardware(spec.hardware, spec.hardware_file)
     d = Deployment(hw, model(spec.model, spec.models_file), codec(rung.codec), tp=spec.tp,
-                   weight_dtype=spec.weight_dtype, attention=rung.attention)
+                   weight_dtype=spec.weight_dtype, attention=rung.attention, ep=spec.ep,
+                   dp_attention=spec.dp_attention, expert_dtype=spec.expert_dtype)
     dram = (spec.dram_gb * 1e9 if spec.dram_gb else 0.5 * hw.dram_bytes * spec.tp) if rung.dram else 0.0
     return SimConfig(d, replicas=replicas, policy=rung.policy, prefix_cache=rung.prefix_cache, dram_bytes=dram,
                      disk_bytes=spec.disk_gb * 1e9 if rung.disk else 0.0, router=spec.router, arrival=arrival)
