@@ -25,7 +25,8 @@ class LayerGroup:
     multiple of `window` (Llama 4's local layers). mla: one latent of `latent` + `rope` values per token, shared
     by all heads. compressed: one shared K=V vector of `head_dim` per `ratio` tokens, plus the raw last `window`
     tokens (DeepSeek V4's CSA/HCA). linear: a recurrent state of `state_bytes` per sequence, whatever the
-    context (gated DeltaNet, Mamba). Any kind may be sparse: each query attends to at most `top_k` entries,
+    context (gated DeltaNet, Mamba); a compressed layer's compressor also keeps `state_bytes` of its partial
+    window. Any kind may be sparse: each query attends to at most `top_k` entries,
     chosen by an indexer of `index_heads` × `index_dim` that scores every entry (DeepSeek's DSA)."""
 
     kind: str
@@ -39,7 +40,8 @@ class LayerGroup:
     rope: int = 0
     index_heads: int = 0
     index_dim: int = 0
-    state_bytes: int = 0
+    index_bits: int = 8  # the indexer's keys: fp8 (DeepSeek-V3.2) or fp4 (V4), each entry with a 4-byte scale
+    state_bytes: int = 0  # per sequence and layer: a linear layer's state, a compressed layer's partial window
     shared_kv: bool = False  # one vector serves as key and value (DeepSeek V4): half the bytes of K and V
 
     def __post_init__(self) -> None:
@@ -87,6 +89,7 @@ class ModelSpec:
     mla_rope_dim: int = 0
     attention: tuple[LayerGroup, ...] = ()  # empty: every layer full (or MLA where mla_latent is set)
     unpublished: str = ""  # figures the entry estimates, and why
+    context_extended: int = 0  # the window with documented RoPE scaling (YaRN), beyond the native `context`
     experts: int = 0  # routed experts per MoE layer (0: dense, or not stated)
     experts_per_token: int = 0  # routed experts each token goes to (top-k); shared experts count as always active
 
@@ -95,6 +98,8 @@ class ModelSpec:
         object.__setattr__(self, "attention", groups)
         if groups and sum(g.layers for g in groups) != self.layers:
             raise ValueError(f"attention groups cover {sum(g.layers for g in groups)} layers, not {self.layers}")
+        if self.context_extended and self.context_extended < self.context:
+            raise ValueError(f"context_extended={self.context_extended} is below the native context={self.context}")
         if self.experts_per_token > self.experts or (self.experts and not self.experts_per_token):
             raise ValueError(f"experts_per_token={self.experts_per_token} must be in 1..experts={self.experts}")
 
