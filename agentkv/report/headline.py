@@ -56,7 +56,8 @@ def _deploy(rep: Report) -> str:
         return (f"No combination of levers meets {spec.slo} for {load}: with all of them on, "
                 f"{top.sized.reason}.")
     c = top.sized.cost
-    text = (f"Deploy {c.gpus} × {rep.hardware} for {load} of {spec.model}, with all levers on: "
+    mode = f" ({top.spec.mode} replicas)" if top.spec else ""
+    text = (f"Deploy {c.gpus} × {rep.hardware}{mode} for {load} of {spec.model}, with all levers on: "
             f"p{spec.slo_quantile:g} TTFT {top.sized.ttft_slo_s:.1f} s against the {spec.slo_ttft_s:g} s SLO, "
             f"${c.usd_per_mtok_blended:.3f} per million tokens (all tokens).")
     first = next(o for o in rep.outcomes if o.sized.cost and o.sized.cost.gpus == c.gpus)

@@ -11,14 +11,14 @@ This file holds what a rung is and how it becomes a simulated deployment; `capac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from agentkv.catalog import hardware, model
 from agentkv.kvcache.sizing import codec
 from agentkv.sim.simulator import SimConfig, SimResult
-from agentkv.sim.stepcost import Deployment, prefill_seconds
+from agentkv.sim.stepcost import WEIGHTS, Deployment, mode_name, prefill_seconds
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.trace import Trace
 
@@ -52,10 +52,29 @@ class DeploymentSpec:
                                ("slo_quantile", 0 < self.slo_quantile <= 100, "in (0, 100]")):
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name):g}: must be {rule}")
+        for name in ("weight_dtype", "expert_dtype"):
+            if getattr(self, name) not in WEIGHTS and (name == "weight_dtype" or getattr(self, name)):
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be one of {', '.join(WEIGHTS)}")
+        if self.dp_attention and not self.ep:
+            raise ValueError("dp_attention=true runs beside expert parallelism: set ep=true too")
 
     @property
     def slo(self) -> str:
         return f"p{self.slo_quantile:g} TTFT ≤ {self.slo_ttft_s:g} s"
+
+    @property
+    def mode(self) -> str:
+        return mode_name(self.tp, self.ep, self.dp_attention)
+
+
+def modes(spec: DeploymentSpec) -> tuple[DeploymentSpec, ...]:
+    """The deployment modes a lever is sized in, the spec's own first: for a MoE model whose experts the catalog
+    states, on more than one GPU, and a spec that names no mode: TP + EP and DP-attention + EP on the same GPUs
+    (the report's views compare levers at equal GPUs per replica). Disaggregated pools are priced apart
+    (sim/disagg.py), not simulated here."""
+    if spec.tp == 1 or spec.ep or spec.dp_attention or not model(spec.model, spec.models_file).routed_params:
+        return (spec,)
+    return (spec, replace(spec, ep=True), replace(spec, ep=True, dp_attention=True))
 
 
 @dataclass(slots=True, frozen=True)

@@ -112,6 +112,13 @@ class Coefficients:
         return self.seq_overhead_s * n / (1.0 + n / self.seq_saturation)
 
 
+def mode_name(tp: int, ep: bool, dp_attention: bool) -> str:
+    """A deployment mode as a serving engine's flags would say it."""
+    if dp_attention:
+        return f"DP-attention + EP{tp}"
+    return f"TP{tp} + EP{tp}" if ep else f"TP{tp}"
+
+
 @dataclass(slots=True, frozen=True)
 class Deployment:
     """One replica: `tp` devices. Modes: tensor parallel (every weight split over the tp devices); + `ep` (the
@@ -185,12 +192,7 @@ class Deployment:
 
     @property
     def mode(self) -> str:
-        """The deployment as a serving engine's flags would say it."""
-        if self.dp_attention:
-            return f"DP-attention + EP{self.tp}"
-        if self.ep:
-            return f"TP{self.tp} + EP{self.tp}"
-        return f"TP{self.tp}"
+        return mode_name(self.tp, self.ep, self.dp_attention)
 
     def kv_bytes(self, context: int) -> float:
         """One sequence's KV at `context` tokens on this replica (every layer by its kind, TP replicas included)."""

@@ -113,3 +113,35 @@ def test_prefill_decode_ratio_is_sized_from_both_pools_work():
     assert pd.prefill_share(1024, 8192, 256) < share
     n_pre, n_dec = pd.pools(64, 8192, 1024, 256)
     assert n_pre >= 1 and n_dec >= 1 and abs((n_pre + n_dec) * 8 - 64) <= 8
+
+
+def test_the_report_sizes_each_lever_in_every_mode_a_moe_model_can_run():
+    from agentkv.report.ladder import DeploymentSpec, modes
+
+    moe = DeploymentSpec(model="deepseek-v4-flash", tp=4, weight_dtype="fp8")
+    assert [s.mode for s in modes(moe)] == ["TP4", "TP4 + EP4", "DP-attention + EP4"]
+    assert [s.mode for s in modes(DeploymentSpec(model="llama-3.1-70b", tp=4))] == ["TP4"]  # dense
+    assert [s.mode for s in modes(DeploymentSpec(model="deepseek-v4-flash", tp=1))] == ["TP1"]  # one GPU
+    named = DeploymentSpec(model="deepseek-v4-flash", tp=8, ep=True)
+    assert modes(named) == (named,)  # a mode the user named is kept
+
+
+def test_deployment_modes_from_the_command_line():
+    from agentkv.cli import deployment_spec
+    from agentkv.cli_errors import UsageError
+
+    spec = deployment_spec("model=deepseek-v3,tp=8,ep=true,dp_attention=true,expert_dtype=fp4,weight_dtype=fp8",
+                           None, None)
+    assert (spec.ep, spec.dp_attention, spec.expert_dtype, spec.mode) == (True, True, "fp4", "DP-attention + EP8")
+    with pytest.raises(UsageError, match="ep='yes' must be true or false"):
+        deployment_spec("ep=yes", None, None)
+
+
+@pytest.mark.parametrize("bad,message", [("expert_dtype=fp3", "expert_dtype='fp3': must be one of"),
+                                         ("dp_attention=true", "set ep=true too")])
+def test_bad_modes_are_refused_with_the_setting_named(bad, message):
+    from agentkv.cli import deployment_spec
+    from agentkv.cli_errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        deployment_spec(f"model=deepseek-v3,tp=8,{bad}", None, None)
