@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,11 @@ class GroupCost:
     index_bytes: float
     state_bytes: float  # linear: per sequence
     score_heads: float  # layers × heads: the score matrices naive attention writes
+
+    @property
+    def per_sequence(self) -> bool:
+        """A decode's keys depend on its own context (a window, chunk, compression or top-k bounds them)."""
+        return self.kind != "linear" and not (self.bound == INF and self.top_k == INF and self.ratio == 1)
 
     @staticmethod
     def of(g: LayerGroup, m: ModelSpec, codec: CodecSpec, block_size: int, tp: int) -> GroupCost:
@@ -77,63 +83,70 @@ class Work:
         self.query_flops += other.query_flops
 
 
-def sum_min(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:
-    """Σ min(x, w) for x = a+1 .. b, elementwise over chunks: keys seen by the queries of a chunk at positions
-    a..b-1 under a bound w."""
-    wb = np.minimum(w, b)
-    bounded = (b - a) * wb
-    ramp = (wb * (wb + 1) - a * (a + 1)) / 2 + (b - wb) * wb
-    return np.where(b <= a, 0.0, np.where(wb <= a + 1, bounded, ramp))
+def sum_min(a: float, b: float, w: float) -> float:
+    """Σ min(x, w) for x = a+1 .. b: keys seen by the queries of a chunk at positions a..b-1 under a bound w."""
+    if b <= a:
+        return 0.0
+    if w >= b:
+        return (b * (b + 1) - a * (a + 1)) / 2
+    if w <= a + 1:
+        return (b - a) * w
+    return (w * (w + 1) - a * (a + 1)) / 2 + (b - w) * w
 
 
-def _chunk_prefix(p: np.ndarray, c: float) -> np.ndarray:
+def _chunk_prefix(p: float, c: float) -> float:
     """Σ over the first p positions of the tokens each sees inside its chunk of c."""
-    full, r = np.divmod(p, c)
+    full, r = divmod(p, c)
     return full * c * (c + 1) / 2 + r * (r + 1) / 2
 
 
-def _seen(g: GroupCost, x: np.ndarray) -> np.ndarray:
-    """Entries (keys, compressed entries) one query at x visible tokens attends to, raw window aside."""
+def _seen(g: GroupCost, x: Any) -> Any:
+    """Entries (keys, compressed entries) a query at x visible tokens attends to, raw window aside: for one
+    context (a float: plain arithmetic) or elementwise for an array of them (a step's decodes, vectorised)."""
+    many = isinstance(x, np.ndarray)
     if g.kind == "chunked":
-        return np.where(x > 0, (x - 1) % g.bound + 1, 0.0)
-    return np.minimum(np.minimum(x / g.ratio, g.bound), g.top_k)
+        return np.where(x > 0, (x - 1) % g.bound + 1, 0.0) if many else (x - 1) % g.bound + 1 if x > 0 else 0.0
+    low = np.minimum if many else min
+    return low(low(x / g.ratio, g.bound), g.top_k)
 
 
-def _pairs(g: GroupCost, s: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Σ entries seen by the queries of each chunk of n tokens after s cached ones."""
+def _pairs(g: GroupCost, s: float, n: float) -> float:
+    """Σ entries seen by the queries of a chunk of n tokens after s cached ones."""
     if g.kind == "chunked":
         return _chunk_prefix(s + n, g.bound) - _chunk_prefix(s, g.bound)
     return sum_min(s, s + n, min(g.bound, g.top_k * g.ratio)) / g.ratio
 
 
-def prefill_work(g: GroupCost, s: np.ndarray, n: np.ndarray, tile: int) -> Work:
-    """Prefill chunks of n tokens after s (arrays, one entry per chunk), summed: IO-aware kernels read what each
-    tile of `tile` queries needs once per tile; a sparse layer gathers each query's top-k entries itself."""
-    if g.kind == "linear":  # chunked scan: the state read and written once per chunk, state FLOPs per token
-        io = 2 * g.state_bytes * len(n)
-        return Work(LINEAR_FLOPS_PER_STATE_BYTE * g.state_bytes * float(n.sum()), io, io)
-    pairs = float(_pairs(g, s, n).sum())
-    raw = float(sum_min(s, s + n, g.raw_window).sum()) if g.raw_window else 0.0
-    scored = float(((s * n + n * (n + 1) / 2) / g.ratio).sum()) if g.index_flops else 0.0
-    tiles, mean = np.ceil(n / tile), s + (n + tile) / 2
-    reads = n * _seen(g, mean) if g.top_k < INF else tiles * np.minimum(mean / g.ratio, g.bound + tile)
-    io = (reads * g.entry_bytes + tiles * np.minimum(mean, g.raw_window + tile) * g.raw_bytes
+def prefill_work(g: GroupCost, s: int, n: int, tile: int) -> Work:
+    """A prefill chunk of n tokens after s (a step holds a few: plain arithmetic): IO-aware kernels read what
+    each tile of `tile` queries needs once per tile; a sparse layer gathers each query's top-k entries itself."""
+    if g.kind == "linear":  # chunked scan: the state read and written once, state FLOPs per token
+        return Work(LINEAR_FLOPS_PER_STATE_BYTE * g.state_bytes * n, 2 * g.state_bytes, 2 * g.state_bytes)
+    pairs = _pairs(g, s, n)
+    raw = sum_min(s, s + n, g.raw_window) if g.raw_window else 0.0
+    scored = (s * n + n * (n + 1) / 2) / g.ratio if g.index_flops else 0.0
+    tiles, mean = math.ceil(n / tile), s + (n + tile) / 2
+    reads = n * _seen(g, mean) if g.top_k < INF else tiles * min(mean / g.ratio, g.bound + tile)
+    io = (reads * g.entry_bytes + tiles * min(mean, g.raw_window + tile) * g.raw_bytes
           + tiles * mean / g.ratio * g.index_bytes)
     end = s + n
-    naive = (_seen(g, end) * g.entry_bytes + np.minimum(end, g.raw_window) * g.raw_bytes
+    naive = (_seen(g, end) * g.entry_bytes + min(end, g.raw_window) * g.raw_bytes
              + end / g.ratio * g.index_bytes)
-    return Work(g.prefill_flops_per_pair * (pairs + raw) + g.index_flops * scored, float(io.sum()),
-                float(naive.sum()), g.score_heads * (pairs + raw), g.prefill_flops_per_pair * float(n.sum()))
+    return Work(g.prefill_flops_per_pair * (pairs + raw) + g.index_flops * scored, io, naive,
+                g.score_heads * (pairs + raw), g.prefill_flops_per_pair * n)
 
 
-def decode_work(g: GroupCost, contexts: np.ndarray, total: float) -> Work:
-    """One token for each decode at its context (an array; `total`: their sum, for the unbounded dense case)."""
-    k = len(contexts)
+def decode_work(g: GroupCost, contexts: np.ndarray | None, k: int, total: float) -> Work:
+    """One token for each of k decodes: from their summed context `total` where every key is seen (full, MLA),
+    else from their contexts (an array, priced in a few vectorised operations whatever the batch)."""
     if g.kind == "linear":
         return Work(LINEAR_FLOPS_PER_STATE_BYTE * g.state_bytes * k, 2 * g.state_bytes * k, 2 * g.state_bytes * k)
-    dense = g.bound == INF and g.top_k == INF and g.ratio == 1
-    seen = total if dense else float(_seen(g, contexts).sum())
-    raw = float(np.minimum(contexts, g.raw_window).sum()) if g.raw_window else 0.0
+    if g.per_sequence:
+        assert contexts is not None
+        seen = float(_seen(g, contexts).sum())
+        raw = float(np.minimum(contexts, g.raw_window).sum()) if g.raw_window else 0.0
+    else:
+        seen, raw = total, 0.0
     scored = total / g.ratio if g.index_flops else 0.0
     io = seen * g.entry_bytes + raw * g.raw_bytes + scored * g.index_bytes
     return Work(g.flops_per_pair * (seen + raw) + g.index_flops * scored, io, io,

@@ -2,15 +2,19 @@
 
 A step runs the batch's new tokens (prefill chunks and one token per decode) through the model. Each op group
 costs max(compute time, memory time), groups add up:
-- weights: 2·active params FLOPs per token; the weight bytes are read once per step (for MoE, the experts
-  the step's tokens touch);
+- weights (`weight_seconds`): the always-active ones (attention, shared experts, dense layers) as one GEMM
+  over the step's tokens, read once per step; a MoE's routed experts as grouped GEMMs at the efficiency their
+  tokens per expert allow, reading only the experts the step's tokens touch;
 - attention: layer group by layer group from the model's per-layer description (`sim/attention.py`):
   4·heads·head_dim FLOPs per (query, key) pair over the keys each kind lets a query see (whole context,
   window, chunk, compressed entries, top-k), indexer scoring, linear-state updates; memory is the KV read
   (IO-aware: K and V stream through on-chip SRAM once per query tile, scores never leave it) or, for naive
   attention, whole contexts plus the score and probability matrices written to and read back from HBM;
 - KV writes for the new tokens, at the codec's bytes per token of every layer;
-- tensor parallelism splits FLOPs and bytes and adds two all-reduces per layer.
+- collectives (`communication_seconds`) by deployment mode: two all-reduces a layer under TP attention (with
+  or without EP), dispatch and combine under DP attention + EP; over NVLink or, beyond the scale-up domain, RDMA;
+- fixed costs: the step's, a floor per layer (launches, small-GEMM latency) and a per-sequence term that
+  saturates with the batch.
 Tier transfers (lower-tier hits promoted before a prefill) run at the link's bandwidth and overlap with
 compute where the engine overlaps them.
 
@@ -232,19 +236,19 @@ class StepCost:
 
 
 def attention_work(shape: StepShape, d: Deployment) -> tuple[Work, Work]:
-    """The step's attention work for its prefill chunks and for its decodes, summed over the layer groups (one
-    vectorised call per group)."""
-    tile = d.coefficients.query_tile
-    chunks = np.asarray(shape.prefills, dtype=float).reshape(-1, 2)
-    n, start = chunks[:, 0], chunks[:, 1]
-    contexts = np.asarray(shape.decodes, dtype=float)
-    total = float(contexts.sum())
+    """The step's attention work for its prefill chunks and for its decodes, summed over the layer groups: the
+    decodes in one vectorised call per group (no loop over sequences; an array only where a group bounds what a
+    decode sees), the few prefill chunks one by one."""
+    tile, decodes = d.coefficients.query_tile, shape.decodes
+    k = len(decodes)
+    total = float(decodes.sum() if isinstance(decodes, np.ndarray) else sum(decodes))
+    contexts = np.asarray(decodes, dtype=float) if k and any(g.per_sequence for g in d.groups) else None
     pre, dec = Work(), Work()
     for g in d.groups:
-        if len(n):
+        for n, start in shape.prefills:
             pre.add(prefill_work(g, start, n, tile))
-        if len(contexts):
-            dec.add(decode_work(g, contexts, total))
+        if k:
+            dec.add(decode_work(g, contexts, k, total))
     return pre, dec
 
 
