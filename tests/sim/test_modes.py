@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from agentkv.catalog import hardware, model
@@ -145,3 +147,19 @@ def test_bad_modes_are_refused_with_the_setting_named(bad, message):
 
     with pytest.raises(UsageError, match=message):
         deployment_spec(f"model=deepseek-v3,tp=8,{bad}", None, None)
+
+
+@pytest.mark.parametrize("name,fp4,domain", [("b200", 9000e12, 8), ("b300", 13125e12, 8), ("gb200", 10000e12, 72),
+                                             ("gb300", 15000e12, 72), ("mi355x", 10000e12, 8), ("h200", 0.0, 8)])
+def test_2026_hardware_with_its_fp4_rate_and_nvlink_domain(name, fp4, domain):
+    hw = hardware(name)
+    assert (hw.fp4_flops, hw.scale_up_gpus) == (fp4, domain)
+    if name in ("b300", "gb200", "gb300", "mi355x"):  # the entries issue 28 added date the pages they cite
+        assert re.search(r"\b20\d\d-\d\d-\d\d\b", hw.source)
+
+
+def test_a_rack_scale_domain_keeps_wide_expert_parallelism_on_nvlink():
+    """DP-attention + EP over 24 GPUs: inside one GB300 NVL72 the dispatch runs over NVLink; 24 B300s span three
+    8-GPU nodes, so the same collectives cross the NIC."""
+    rack, nodes = dsv3("dep", hw="gb300", tp=24), dsv3("dep", hw="b300", tp=24)
+    assert communication_seconds(2048, rack) < communication_seconds(2048, nodes) / 2
