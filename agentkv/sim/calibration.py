@@ -175,7 +175,7 @@ MEASUREMENTS = (
 
 # ---- SemiAnalysis InferenceMAX: MoE serving on 2026 hardware and engines. DeepSeek-R1 has DeepSeek-V3's shapes
 # (modelled as 'deepseek-v3'); "mean TPOT" is (end-to-end - TTFT) / (output - 1), per request, averaged.
-SPLIT = ("by hardware: FIT on the dense rows above and DeepSeek-R1 on NVIDIA B200, H200 and AMD MI355X; VALIDATION "
+SPLIT = ("by hardware: FIT on the dense rows and DeepSeek-R1 on NVIDIA B200, H200 and AMD MI355X; VALIDATION "
          "(held back, no coefficient fitted on them) on Blackwell Ultra, NVIDIA GB300 (NVL72) and B300, which the "
          "fit never saw")
 _IX = ("SemiAnalysis InferenceMAX dashboard API snapshot: github.com/SemiAnalysisAI/InferenceX-app "
