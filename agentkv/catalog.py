@@ -25,7 +25,8 @@ class LayerGroup:
     multiple of `window` (Llama 4's local layers). mla: one latent of `latent` + `rope` values per token, shared
     by all heads. compressed: one shared K=V vector of `head_dim` per `ratio` tokens, plus the raw last `window`
     tokens (DeepSeek V4's CSA/HCA). linear: a recurrent state of `state_bytes` per sequence, whatever the
-    context (gated DeltaNet, Mamba). Any kind may be sparse: each query attends to at most `top_k` entries,
+    context (gated DeltaNet, Mamba); a compressed layer's compressor also keeps `state_bytes` of its partial
+    window. Any kind may be sparse: each query attends to at most `top_k` entries,
     chosen by an indexer of `index_heads` × `index_dim` that scores every entry (DeepSeek's DSA)."""
 
     kind: str
@@ -39,7 +40,8 @@ class LayerGroup:
     rope: int = 0
     index_heads: int = 0
     index_dim: int = 0
-    state_bytes: int = 0
+    index_bits: int = 8  # the indexer's keys: fp8 (DeepSeek-V3.2) or fp4 (V4), each entry with a 4-byte scale
+    state_bytes: int = 0  # per sequence and layer: a linear layer's state, a compressed layer's partial window
     shared_kv: bool = False  # one vector serves as key and value (DeepSeek V4): half the bytes of K and V
 
     def __post_init__(self) -> None:
@@ -60,6 +62,14 @@ class LayerGroup:
         dim = (2 * self.latent + self.rope) / 2 if self.kind == "mla" else self.head_dim or model.head_dim
         return 4.0 * self.layers * model.heads * dim
 
+    def prefill_flops_per_pair(self, model: ModelSpec) -> float:
+        """The same for prefill queries. MLA prefill runs unabsorbed (vLLM's and SGLang's MLA prefill path): keys of
+        head_dim + rope and values of head_dim per head, expanded from the latent, far fewer FLOPs per pair than
+        the absorbed form decode uses to read the latent once."""
+        if self.kind != "mla":
+            return self.flops_per_pair(model)
+        return 4.0 * self.layers * model.heads * (2 * model.head_dim + self.rope) / 2
+
 
 @dataclass(slots=True, frozen=True)
 class ModelSpec:
@@ -79,12 +89,19 @@ class ModelSpec:
     mla_rope_dim: int = 0
     attention: tuple[LayerGroup, ...] = ()  # empty: every layer full (or MLA where mla_latent is set)
     unpublished: str = ""  # figures the entry estimates, and why
+    context_extended: int = 0  # the window with documented RoPE scaling (YaRN), beyond the native `context`
+    experts: int = 0  # routed experts per MoE layer (0: dense, or not stated)
+    experts_per_token: int = 0  # routed experts each token goes to (top-k); shared experts count as always active
 
     def __post_init__(self) -> None:
         groups = tuple(g if isinstance(g, LayerGroup) else LayerGroup(**g) for g in self.attention)
         object.__setattr__(self, "attention", groups)
         if groups and sum(g.layers for g in groups) != self.layers:
             raise ValueError(f"attention groups cover {sum(g.layers for g in groups)} layers, not {self.layers}")
+        if self.context_extended and self.context_extended < self.context:
+            raise ValueError(f"context_extended={self.context_extended} is below the native context={self.context}")
+        if self.experts_per_token > self.experts or (self.experts and not self.experts_per_token):
+            raise ValueError(f"experts_per_token={self.experts_per_token} must be in 1..experts={self.experts}")
 
     @property
     def groups(self) -> tuple[LayerGroup, ...]:
@@ -103,6 +120,20 @@ class ModelSpec:
     def is_moe(self) -> bool:
         return self.params_active < self.params_total
 
+    @property
+    def routed_params(self) -> float:
+        """Parameters of the routed experts, all layers: total - active = routed · (1 - k/E), so the always-active
+        rest (attention, shared experts, dense layers, embeddings) is what is left. 0 when the experts are not
+        stated."""
+        if not (self.experts and self.experts_per_token):
+            return 0.0
+        return (self.params_total - self.params_active) / (1.0 - self.experts_per_token / self.experts)
+
+    @property
+    def dense_params(self) -> float:
+        """Parameters every token uses: attention, shared experts, dense layers, embeddings."""
+        return self.params_total - self.routed_params
+
 
 @dataclass(slots=True, frozen=True)
 class HardwareSpec:
@@ -117,6 +148,8 @@ class HardwareSpec:
     nvme_bw: float
     interconnect_bw: float
     network_bw: float
+    fp4_flops: float = 0.0  # dense FP4 tensor-core peak; 0: none (FP4 weights are dequantized, run at the bf16 rate)
+    scale_up_gpus: int = 8  # devices one NVLink / Infinity Fabric domain joins (72 in an NVL72 rack)
 
 
 def read_toml(name: str, path: str | None = None) -> dict[str, Any]:

@@ -385,6 +385,11 @@ def deployment_spec(text: str, hardware_file: str | None, models_file: str | Non
         if not eq or not value:
             raise UsageError(f"--deployment: setting {key!r} has no value (write {key}=VALUE)")
         kind = types[key]
+        if kind == "bool":
+            if value.lower() not in ("true", "false"):
+                raise UsageError(f"--deployment: {key}={value!r} must be true or false")
+            values[key] = value.lower() == "true"
+            continue
         try:
             values[key] = int(value) if kind == "int" else float(value) if kind == "float" else value
         except ValueError:

@@ -69,7 +69,7 @@ def codec(name: str) -> CodecSpec:
     raise ValueError(f"unknown KV codec '{name}' (known: {', '.join(CODECS)}, int4-gN)")
 
 
-INDEX_SCALE_BYTES = 4  # a sparse indexer's key per entry: fp8 values and an fp32 scale (vLLM's DSA layout)
+INDEX_SCALE_BYTES = 4  # a sparse indexer's key per entry: its values and an fp32 scale (vLLM's DSA layout)
 GROWING = ("full", "mla", "compressed")  # kinds whose KV grows with the context; the others keep a bounded state
 
 
@@ -93,8 +93,9 @@ def entry_bytes(g: LayerGroup, model: ModelSpec, codec_spec: CodecSpec, block_si
 
 
 def index_bytes(g: LayerGroup, tp: int = 1) -> float:
-    """The sparse indexer's key per entry, kept beside the KV on every rank."""
-    return tp * (g.index_dim + INDEX_SCALE_BYTES) if g.index_dim else 0.0
+    """The sparse indexer's key per entry (fp8: 132 B for 128 values; V4's fp4: 68 B), kept beside the KV on every
+    rank."""
+    return tp * (g.index_dim * g.index_bits / 8 + INDEX_SCALE_BYTES) if g.index_dim else 0.0
 
 
 def raw_bytes(g: LayerGroup, model: ModelSpec, codec_spec: CodecSpec, block_size: int, tp: int = 1) -> float:
@@ -120,7 +121,8 @@ def kv_bytes_per_block(model: ModelSpec, codec_spec: CodecSpec, block_size: int,
 @lru_cache(maxsize=256)
 def state_bytes(model: ModelSpec, codec_spec: CodecSpec, block_size: int = BLOCK_SIZE, tp: int = 1) -> float:
     """What a running sequence keeps whatever its length, at most: a sliding layer's last `window` tokens, a
-    chunked layer's current chunk, a compressed layer's raw window, a linear layer's state (split by head)."""
+    chunked layer's current chunk, a compressed layer's raw window and its compressor's partial window, a linear
+    layer's state (split by head)."""
     return sum(g.layers * (g.window * raw_bytes(g, model, codec_spec, block_size, tp) + g.state_bytes)
                for g in model.groups)
 

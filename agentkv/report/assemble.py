@@ -21,7 +21,7 @@ from agentkv.cost.providers import ProviderCost, all_providers, same_model_apis
 from agentkv.cost.selfhosted import GpuRates
 from agentkv.kvcache.sizing import codec
 from agentkv.report.capacity import SAMPLE_SESSIONS, Capacity, sample_sessions, session_capacity
-from agentkv.report.ladder import LADDER, DeploymentSpec, Rung, rung_config
+from agentkv.report.ladder import LADDER, DeploymentSpec, Rung, modes, rung_config
 from agentkv.report.levers import CodecFit, TierLoad, codec_fits, tier_loads
 from agentkv.report.load import LoadCurve, load_curve
 from agentkv.report.models import Candidate, candidate, candidate_specs, deployment
@@ -47,6 +47,7 @@ class RungOutcome:
     capacity: Capacity
     sized: Sized
     fleet_run: SimResult | None  # at the same-fleet size, where known
+    spec: DeploymentSpec | None = None  # the deployment mode it was sized in: the cheapest meeting the SLO
 
 
 @dataclass(slots=True)
@@ -120,8 +121,18 @@ def _candidate_job(args: tuple) -> Sized | None:
 
 def measure_rung(sample: Trace, measured: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel,
                  offered: float, gpu_hour: float, fleet: int | None) -> tuple[RungOutcome, dict[int, SimResult]]:
-    """One lever: capacity on one replica, then the fewest replicas at the offered load (and the fleet run, when
-    the fleet is known up front). Returns every run at the offered load, by replicas, for the same-fleet view."""
+    """One lever in each deployment mode (`ladder.modes`); the cheapest $/Mtok meeting the SLO wins, the spec's
+    own mode where none does."""
+    tried = [_measure_mode(sample, measured, s, rung, arrival, offered, gpu_hour, fleet) for s in modes(spec)]
+    met = [t for t in tried if t[0].sized.cost is not None]
+    return min(met, key=lambda t: t[0].sized.cost.usd_per_mtok_blended) if met else tried[0]  # type: ignore[union-attr]
+
+
+def _measure_mode(sample: Trace, measured: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel,
+                  offered: float, gpu_hour: float, fleet: int | None) -> tuple[RungOutcome, dict[int, SimResult]]:
+    """One lever in one mode: capacity on one replica, then the fewest replicas at the offered load (and the
+    fleet run, when the fleet is known up front). Returns every run at the offered load, by replicas, for the
+    same-fleet view."""
     start = min(offered, 20.0) if offered > 0 else 20.0
     probes: dict[float, SimResult] = {}
     cap = session_capacity(sample, spec, rung, arrival.seed, start, runs=probes)
@@ -131,7 +142,7 @@ def measure_rung(sample: Trace, measured: Trace, spec: DeploymentSpec, rung: Run
     sized = size_to_slo(measured, spec, rung, arrival, cap, offered, gpu_hour, runs)
     if fleet and fleet not in runs:
         runs[fleet] = simulate(measured, rung_config(spec, rung, arrival, fleet))
-    return RungOutcome(rung, cap, sized, None), runs
+    return RungOutcome(rung, cap, sized, None, spec), runs
 
 
 def _fleet_job(args: tuple) -> SimResult:
@@ -183,7 +194,7 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
             step(f"{futures[fut]} sized")
         outcomes, runs = zip(*(done[r.name] for r in LADDER), strict=True)
         fleet, chosen_by = (replicas, "given with --replicas") if replicas else choose_fleet(list(outcomes), offered)
-        missing = {i: pool.submit(_fleet_job, (spec, o.rung, arrival, fleet))
+        missing = {i: pool.submit(_fleet_job, (o.spec or spec, o.rung, arrival, fleet))
                    for i, o in enumerate(outcomes) if fleet not in runs[i]}
         for i, o in enumerate(outcomes):
             o.fleet_run = missing[i].result() if i in missing else runs[i][fleet]

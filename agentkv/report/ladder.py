@@ -11,7 +11,7 @@ This file holds what a rung is and how it becomes a simulated deployment; `capac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from agentkv.catalog import hardware, model
 from agentkv.kvcache.sizing import codec
 from agentkv.report.slo import DEFAULT_OUTPUT_TPS, DEFAULT_SLOWDOWN, describe_slo
 from agentkv.sim.simulator import SimConfig, SimResult
-from agentkv.sim.stepcost import Deployment, prefill_seconds
+from agentkv.sim.stepcost import WEIGHTS, Deployment, mode_name, prefill_seconds
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.trace import Trace
 
@@ -44,6 +44,11 @@ class DeploymentSpec:
     max_replicas: int = 512
     hardware_file: str | None = None
     models_file: str | None = None
+    # deployment mode (sim/stepcost.Deployment): experts split whole over the tp devices; attention data-parallel
+    # beside them; the routed experts' own format (a mixed FP4-experts + FP8-rest checkpoint)
+    ep: bool = False
+    dp_attention: bool = False
+    expert_dtype: str = ""
 
     def __post_init__(self) -> None:
         for name, ok, rule in (("tp", self.tp >= 1, ">= 1"), ("max_replicas", self.max_replicas >= 1, ">= 1"),
@@ -55,10 +60,29 @@ class DeploymentSpec:
                                ("slo_quantile", 0 < self.slo_quantile <= 100, "in (0, 100]")):
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name):g}: must be {rule}")
+        for name in ("weight_dtype", "expert_dtype"):
+            if getattr(self, name) not in WEIGHTS and (name == "weight_dtype" or getattr(self, name)):
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be one of {', '.join(WEIGHTS)}")
+        if self.dp_attention and not self.ep:
+            raise ValueError("dp_attention=true runs beside expert parallelism: set ep=true too")
 
     @property
     def slo(self) -> str:
         return describe_slo(self)
+
+    @property
+    def mode(self) -> str:
+        return mode_name(self.tp, self.ep, self.dp_attention)
+
+
+def modes(spec: DeploymentSpec) -> tuple[DeploymentSpec, ...]:
+    """The deployment modes a lever is sized in, the spec's own first: for a MoE model whose experts the catalog
+    states, on more than one GPU, and a spec that names no mode: TP + EP and DP-attention + EP on the same GPUs
+    (the report's views compare levers at equal GPUs per replica). Disaggregated pools are priced apart
+    (sim/disagg.py), not simulated here."""
+    if spec.tp == 1 or spec.ep or spec.dp_attention or not model(spec.model, spec.models_file).routed_params:
+        return (spec,)
+    return (spec, replace(spec, ep=True), replace(spec, ep=True, dp_attention=True))
 
 
 @dataclass(slots=True, frozen=True)
@@ -87,7 +111,8 @@ LADDER = (
 def rung_config(spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, replicas: int) -> SimConfig:
     hw = hardware(spec.hardware, spec.hardware_file)
     d = Deployment(hw, model(spec.model, spec.models_file), codec(rung.codec), tp=spec.tp,
-                   weight_dtype=spec.weight_dtype, attention=rung.attention)
+                   weight_dtype=spec.weight_dtype, attention=rung.attention, ep=spec.ep,
+                   dp_attention=spec.dp_attention, expert_dtype=spec.expert_dtype)
     dram = (spec.dram_gb * 1e9 if spec.dram_gb else 0.5 * hw.dram_bytes * spec.tp) if rung.dram else 0.0
     return SimConfig(d, replicas=replicas, policy=rung.policy, prefix_cache=rung.prefix_cache, dram_bytes=dram,
                      disk_bytes=spec.disk_gb * 1e9 if rung.disk else 0.0, router=spec.router, arrival=arrival)

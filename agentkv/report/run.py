@@ -67,6 +67,8 @@ def settings(rep: Report) -> dict[str, str]:
                       f"${rep.usd_per_gpu_hour:g}/GPU-hour",
         "context window": rep.window.describe(),
         "SLO": s.slo,
+        "deployment mode by lever (the cheapest meeting the SLO)": ", ".join(
+            f"{o.rung.name.lstrip('+')} {o.spec.mode}" for o in rep.outcomes if o.spec),
         "median contexts per GPU by KV codec": fits,
         "bf16 KV of a median context onto the GPU": loads,
     }

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from agentkv.catalog import LayerGroup, ModelSpec
 from agentkv.kvcache.sizing import CodecSpec, entry_bytes, index_bytes, raw_bytes
@@ -27,7 +30,8 @@ class GroupCost:
     bound: float  # keys a query sees at most: the window or chunk (INF: the whole context)
     ratio: int
     top_k: float  # entries a query attends to at most (INF: dense)
-    flops_per_pair: float  # QK^T and PV over every query head
+    flops_per_pair: float  # QK^T and PV over every query head (MLA: absorbed, in the latent space, as decode runs)
+    prefill_flops_per_pair: float  # the same in prefill (MLA: heads expanded from the latent, as prefill runs)
     entry_bytes: float  # per entry attended
     raw_window: float  # compressed: raw recent tokens attended beside the entries
     raw_bytes: float
@@ -36,13 +40,18 @@ class GroupCost:
     state_bytes: float  # linear: per sequence
     score_heads: float  # layers × heads: the score matrices naive attention writes
 
+    @property
+    def per_sequence(self) -> bool:
+        """A decode's keys depend on its own context (a window, chunk, compression or top-k bounds them)."""
+        return self.kind != "linear" and not (self.bound == INF and self.top_k == INF and self.ratio == 1)
+
     @staticmethod
     def of(g: LayerGroup, m: ModelSpec, codec: CodecSpec, block_size: int, tp: int) -> GroupCost:
         bounded = g.kind in ("sliding", "chunked")
         entry = 0.0 if g.kind == "linear" else entry_bytes(g, m, codec, block_size, tp) - index_bytes(g, tp)
         return GroupCost(
             kind=g.kind, bound=g.window if bounded else INF, ratio=g.ratio, top_k=g.top_k or INF,
-            flops_per_pair=g.flops_per_pair(m),
+            flops_per_pair=g.flops_per_pair(m), prefill_flops_per_pair=g.prefill_flops_per_pair(m),
             entry_bytes=g.layers * entry,
             raw_window=g.window if g.kind == "compressed" else 0,
             raw_bytes=g.layers * raw_bytes(g, m, codec, block_size, tp) if g.kind == "compressed" else 0.0,
@@ -91,11 +100,14 @@ def _chunk_prefix(p: float, c: float) -> float:
     return full * c * (c + 1) / 2 + r * (r + 1) / 2
 
 
-def _seen(g: GroupCost, x: float) -> float:
-    """Entries (keys, compressed entries) one query at x visible tokens attends to, raw window aside."""
+def _seen(g: GroupCost, x: Any) -> Any:
+    """Entries (keys, compressed entries) a query at x visible tokens attends to, raw window aside: for one
+    context (a float: plain arithmetic) or elementwise for an array of them (a step's decodes, vectorised)."""
+    many = isinstance(x, np.ndarray)
     if g.kind == "chunked":
-        return (x - 1) % g.bound + 1 if x > 0 else 0.0
-    return min(x / g.ratio, g.bound, g.top_k)
+        return np.where(x > 0, (x - 1) % g.bound + 1, 0.0) if many else (x - 1) % g.bound + 1 if x > 0 else 0.0
+    low = np.minimum if many else min
+    return low(low(x / g.ratio, g.bound), g.top_k)
 
 
 def _pairs(g: GroupCost, s: float, n: float) -> float:
@@ -106,8 +118,8 @@ def _pairs(g: GroupCost, s: float, n: float) -> float:
 
 
 def prefill_work(g: GroupCost, s: int, n: int, tile: int) -> Work:
-    """A prefill chunk of n tokens after s: IO-aware kernels read what each tile of `tile` queries needs once per
-    tile; a sparse layer gathers each query's top-k entries itself."""
+    """A prefill chunk of n tokens after s (a step holds a few: plain arithmetic): IO-aware kernels read what
+    each tile of `tile` queries needs once per tile; a sparse layer gathers each query's top-k entries itself."""
     if g.kind == "linear":  # chunked scan: the state read and written once, state FLOPs per token
         return Work(LINEAR_FLOPS_PER_STATE_BYTE * g.state_bytes * n, 2 * g.state_bytes, 2 * g.state_bytes)
     pairs = _pairs(g, s, n)
@@ -120,18 +132,21 @@ def prefill_work(g: GroupCost, s: int, n: int, tile: int) -> Work:
     end = s + n
     naive = (_seen(g, end) * g.entry_bytes + min(end, g.raw_window) * g.raw_bytes
              + end / g.ratio * g.index_bytes)
-    return Work(g.flops_per_pair * (pairs + raw) + g.index_flops * scored, io, naive,
-                g.score_heads * (pairs + raw), g.flops_per_pair * n)
+    return Work(g.prefill_flops_per_pair * (pairs + raw) + g.index_flops * scored, io, naive,
+                g.score_heads * (pairs + raw), g.prefill_flops_per_pair * n)
 
 
-def decode_work(g: GroupCost, contexts: tuple[int, ...], total: float) -> Work:
-    """One token for each decode at its context (`total`: their sum, for the unbounded dense case)."""
-    k = len(contexts)
+def decode_work(g: GroupCost, contexts: np.ndarray | None, k: int, total: float) -> Work:
+    """One token for each of k decodes: from their summed context `total` where every key is seen (full, MLA),
+    else from their contexts (an array, priced in a few vectorised operations whatever the batch)."""
     if g.kind == "linear":
         return Work(LINEAR_FLOPS_PER_STATE_BYTE * g.state_bytes * k, 2 * g.state_bytes * k, 2 * g.state_bytes * k)
-    dense = g.bound == INF and g.top_k == INF and g.ratio == 1
-    seen = total if dense else sum(_seen(g, c) for c in contexts)
-    raw = sum(min(c, g.raw_window) for c in contexts) if g.raw_window else 0.0
+    if g.per_sequence:
+        assert contexts is not None
+        seen = float(_seen(g, contexts).sum())
+        raw = float(np.minimum(contexts, g.raw_window).sum()) if g.raw_window else 0.0
+    else:
+        seen, raw = total, 0.0
     scored = total / g.ratio if g.index_flops else 0.0
     io = seen * g.entry_bytes + raw * g.raw_bytes + scored * g.index_bytes
     return Work(g.flops_per_pair * (seen + raw) + g.index_flops * scored, io, io,

@@ -33,6 +33,8 @@ class Measurement:
     source: str
     as_of: str  # the source's date, or "undated" and the day it was read
     modelled: Callable[[], float]
+    split: str = "fit"  # "fit": coefficients are fitted on it; "validation": held back (see SPLIT)
+    moe: bool = False  # measured on a mixture-of-experts model
 
     @property
     def ratio(self) -> float:
@@ -40,8 +42,10 @@ class Measurement:
         return self.published / self.modelled()
 
 
-def _dep(hw: str, m: str, tp: int = 1, weights: str = "bf16", attention: str = "flash") -> Deployment:
-    return Deployment(hardware(hw), model(m), codec("bf16"), tp=tp, weight_dtype=weights, attention=attention)
+def _dep(hw: str, m: str, tp: int = 1, weights: str = "bf16", attention: str = "flash", ep: bool = False,
+         dp_attention: bool = False) -> Deployment:
+    return Deployment(hardware(hw), model(m), codec("bf16"), tp=tp, weight_dtype=weights, attention=attention,
+                      ep=ep, dp_attention=dp_attention)
 
 
 def end_to_end_ms(d: Deployment, batch: int, prompt: int, output: int) -> float:
@@ -51,13 +55,43 @@ def end_to_end_ms(d: Deployment, batch: int, prompt: int, output: int) -> float:
     return 1e3 * (pre + dec)
 
 
-def steady_output_tokens_per_s(d: Deployment, concurrency: int, prompt: int, output: int) -> float:
-    """A closed loop keeping `concurrency` requests in flight with chunked prefill: every step decodes each of
-    them and carries its share of the prompts being prefilled (concurrency x prompt tokens per `output` steps),
-    all at mean contexts."""
+def steady_output_tokens_per_s(d: Deployment, concurrency: int, prompt: int, output: int, mixed: bool = True) -> float:
+    """A closed loop keeping `concurrency` requests in flight, all at mean contexts: every step decodes each of
+    them, and concurrency x prompt tokens are prefilled per `output` steps. `mixed` (vLLM's chunked prefill):
+    each step carries its share of those prompt tokens; otherwise (SGLang's default) prompts run as prefill
+    batches of their own between decode steps."""
+    ctx = prompt + output // 2
+    if not mixed:
+        step = decode_seconds(concurrency, ctx, d) + concurrency / output * prefill_seconds(prompt, d, 8192)
+        return concurrency / step
     prefill = (concurrency * prompt // output, prompt // 2)  # prompt tokens per step, at the mean position
-    shape = StepShape(prefills=(prefill,), decodes=(prompt + output // 2,) * concurrency)
+    shape = StepShape(prefills=(prefill,), decodes=(ctx,) * concurrency)
     return concurrency / step_cost(shape, d).total
+
+
+def steady_tpot_ms(d: Deployment, concurrency: int, prompt: int, output: int, mixed: bool = True) -> float:
+    """Mean time per output token of the closed loop above: its step time."""
+    return 1e3 * concurrency / steady_output_tokens_per_s(d, concurrency, prompt, output, mixed)
+
+
+def decode_tpot_ms(d: Deployment, batch: int, prompt: int, output: int) -> float:
+    """A disaggregated decode pool's step (no prefills), `batch` sequences per replica at their mean context."""
+    return 1e3 * decode_seconds(batch, prompt + output // 2, d)
+
+
+def steady_ttft_ms(d: Deployment, concurrency: int, prompt: int, output: int) -> float:
+    """A request's prompt prefilled in one step beside the other requests' decodes (the closed loop keeps them
+    staggered), then its first token."""
+    others = (prompt + output // 2,) * (concurrency - 1)
+    return 1e3 * (step_cost(StepShape(prefills=((prompt, 0),), decodes=others), d).total
+                  + decode_seconds(concurrency, prompt + 1, d))
+
+
+def extra_prompt_ms(d: Deployment, concurrency: int, short: int, long: int, output: int) -> float:
+    """TTFT at a long prompt less TTFT at a short one: what the longer prompt's prefill costs. Published TTFTs
+    also carry the serving front end's per-request latency (HTTP, tokenizer, scheduler hand-off: ~150-200 ms on
+    InferenceMAX's runs whatever the prompt), which no step prices; the difference cancels it."""
+    return steady_ttft_ms(d, concurrency, long, output) - steady_ttft_ms(d, concurrency, short, output)
 
 
 def reload_speedup(d: Deployment, prompt: int) -> float:
@@ -138,3 +172,81 @@ MEASUREMENTS = (
     Measurement("FlashAttention-2 forward, causal, head dim 128, H100, 16k tokens", "TF/s", 335.0, _FA3,
                 "2024-07-12", lambda: kernel_tflops(_dep("h100-sxm", "llama-3.1-8b", attention="flash2"), 16384)),
 )
+
+# ---- SemiAnalysis InferenceMAX: MoE serving on 2026 hardware and engines. DeepSeek-R1 has DeepSeek-V3's shapes
+# (modelled as 'deepseek-v3'); "mean TPOT" is (end-to-end - TTFT) / (output - 1), per request, averaged.
+SPLIT = ("by hardware: FIT on the dense rows and DeepSeek-R1 on NVIDIA B200, H200 and AMD MI355X; VALIDATION "
+         "(held back, no coefficient fitted on them) on Blackwell Ultra, NVIDIA GB300 (NVL72) and B300, which the "
+         "fit never saw")
+_IX = ("SemiAnalysis InferenceMAX dashboard API snapshot: github.com/SemiAnalysisAI/InferenceX-app "
+       "packages/app/cypress/fixtures/api/benchmarks.json (stored copy at commit 3a600f1d, read 2026-12-05)")
+
+
+def _ix(workload: str, published: float, run: str, date: str, modelled: Callable[[], float],
+        split: str = "fit", unit: str = "ms") -> Measurement:
+    return Measurement(f"DeepSeek-R1 {workload}", unit, published,
+                       f"{_IX}; run github.com/SemiAnalysisAI/InferenceX/actions/runs/{run}", date, modelled, split,
+                       moe=True)
+
+
+_B200_EP4 = _dep("b200", "deepseek-v3", 4, "fp4", ep=True)  # SGLang v0.5.9, TP4 + EP4, NVFP4 checkpoint
+_H200_DEP8 = _dep("h200", "deepseek-v3", 8, "fp8", ep=True, dp_attention=True)  # Dynamo + TensorRT-LLM decode
+_B200_DEP8 = _dep("b200", "deepseek-v3", 8, "fp4", ep=True, dp_attention=True)
+_B200_EP8 = _dep("b200", "deepseek-v3", 8, "fp4", ep=True)
+_MI355_TP4 = _dep("mi355x", "deepseek-v3", 4, "mxfp4")  # SGLang v0.5.9 ROCm, TP4, MXFP4 checkpoint
+_MI355_EP8 = _dep("mi355x", "deepseek-v3", 8, "fp8", ep=True)  # SGLang + MoRI disaggregated decode, TP8 + EP8
+_GB300_TP4 = _dep("gb300", "deepseek-v3", 4, "fp8")  # Dynamo + SGLang disaggregated decode, TP4
+_GB300_DEP24 = _dep("gb300", "deepseek-v3", 24, "fp8", ep=True, dp_attention=True)  # one NVLink domain
+_B300_DEP8 = _dep("b300", "deepseek-v3", 8, "fp4", ep=True, dp_attention=True)  # Dynamo + TensorRT-LLM decode
+
+_R1 = "23552373331/attempts/2"
+_MI = "22469096331/attempts/1"
+_MORI = "21741051722/attempts/1"
+INFERENCEMAX = (
+    *(_ix(f"NVFP4, 4x B200 TP4+EP4, SGLang, {i // 1024}k/{o // 1024}k, c={c}: mean TPOT", tpot, _R1, "2026-03-25",
+          lambda c=c, i=i, o=o: steady_tpot_ms(_B200_EP4, c, i, o, mixed=False))
+      for c, i, o, tpot in ((4, 1024, 1024, 9.001), (4, 1024, 8192, 8.734), (4, 8192, 1024, 9.152),
+                            (8, 1024, 1024, 10.42), (8, 1024, 8192, 10.74), (8, 8192, 1024, 11.62),
+                            (16, 1024, 1024, 12.91), (16, 1024, 8192, 12.75))),
+    *(_ix(f"NVFP4, 4x B200 TP4+EP4, SGLang, c={c}: mean TTFT at 8k/1k less at 1k/1k (7k more prompt tokens)",
+          ttft8 - ttft1, _R1, "2026-03-25", lambda c=c: extra_prompt_ms(_B200_EP4, c, 1024, 8192, 1024))
+      for c, ttft1, ttft8 in ((4, 208.4, 317.1),)),  # at c=8 prompts also queue behind each other's prefill
+    _ix("FP8, H200 DP-attention+EP8 decode (Dynamo, TRT-LLM; 1536 over 6 decode replicas), 1k/1k: mean TPOT", 39.90,
+        "23438524239/attempts/5", "2026-03-23", lambda: decode_tpot_ms(_H200_DEP8, 256, 1024, 1024)),
+    _ix("FP8, H200 DP-attention+EP8 decode (Dynamo, TRT-LLM; 3584 over 7 decode replicas), 1k/1k: mean TPOT", 48.59,
+        "23438524239/attempts/5", "2026-03-23", lambda: decode_tpot_ms(_H200_DEP8, 512, 1024, 1024)),
+    _ix("FP8, H200 DP-attention+EP8 decode (Dynamo, TRT-LLM; 512 on 1 decode replica), 8k/1k: mean TPOT", 58.28,
+        "22013103756/attempts/1", "2026-02-14", lambda: decode_tpot_ms(_H200_DEP8, 512, 8192, 1024)),
+    _ix("NVFP4, B200 DP-attention+EP8 decode (Dynamo, TRT-LLM; 837 over 3 decode replicas), 8k/1k: mean TPOT",
+        21.07, "21484975323/attempts/1", "2026-01-29", lambda: decode_tpot_ms(_B200_DEP8, 279, 8192, 1024)),
+    _ix("NVFP4, B200 TP8+EP8 decode (Dynamo, TRT-LLM; 450 over 6 decode replicas), 1k/1k: mean TPOT", 13.84,
+        "21484975323/attempts/1", "2026-01-29", lambda: decode_tpot_ms(_B200_EP8, 75, 1024, 1024)),
+    *(_ix(f"MXFP4, 4x MI355X TP4, SGLang, 1k/1k, c={c}: mean TPOT", tpot, _MI, "2026-02-27",
+          lambda c=c: steady_tpot_ms(_MI355_TP4, c, 1024, 1024, mixed=False))
+      for c, tpot in ((4, 10.64), (8, 12.31), (16, 15.08), (32, 19.50), (64, 26.25))),
+    *(_ix(f"FP8, MI355X TP8+EP8 decode (SGLang + MoRI; {c} over 2 decode replicas), {i // 1024}k/{o // 1024}k: "
+          "mean TPOT", tpot, _MORI, "2026-02-06",
+          lambda c=c, i=i, o=o: decode_tpot_ms(_MI355_EP8, c // 2, i, o))
+      for c, i, o, tpot in ((32, 1024, 1024, 16.36), (32, 1024, 8192, 17.47), (64, 1024, 1024, 18.19),
+                            (64, 1024, 8192, 20.29), (128, 1024, 1024, 21.62), (128, 1024, 8192, 25.80))),
+    *(_ix(f"FP8, MI355X TP8+EP8 decode (SGLang + MoRI; {c} over 2 decode replicas), 8k/1k: mean TPOT", tpot,
+          "21924339253/attempts/1", "2026-02-11",
+          lambda c=c: decode_tpot_ms(_MI355_EP8, c // 2, 8192, 1024))
+      for c, tpot in ((32, 14.53), (64, 18.54))),
+    # validation: Blackwell Ultra, which the fit never saw
+    *(_ix(f"FP8, GB300 TP4 decode (Dynamo + SGLang; 1 decode replica), 8k/1k, c={c}: mean TPOT", tpot,
+          "21831958748/attempts/2", "2026-02-09", lambda c=c: decode_tpot_ms(_GB300_TP4, c, 8192, 1024),
+          "validation")
+      for c, tpot in ((4, 10.10), (8, 12.62))),
+    *(_ix(f"FP8, GB300 TP4 decode (Dynamo + SGLang; {c} over 4 decode replicas), 1k/1k: mean TPOT", tpot,
+          "21831958748/attempts/2", "2026-02-09", lambda c=c: decode_tpot_ms(_GB300_TP4, c // 4, 1024, 1024),
+          "validation")
+      for c, tpot in ((4, 7.733), (8, 8.494), (16, 9.808), (32, 12.39))),
+    *(_ix(f"FP8, GB300 NVL72 DP-attention+EP24 decode (Dynamo + SGLang; {c} on 24 GPUs), 8k/1k: mean TPOT", tpot,
+          "21831958748/attempts/2", "2026-02-09", lambda c=c: decode_tpot_ms(_GB300_DEP24, c, 8192, 1024),
+          "validation")
+      for c, tpot in ((2048, 27.38), (4096, 30.08))),
+    _ix("NVFP4, B300 DP-attention+EP8 decode (Dynamo, TRT-LLM; 4611 over 2 decode replicas), 1k/1k: mean TPOT", 29.64,
+        "21446488308/attempts/1", "2026-01-28", lambda: decode_tpot_ms(_B300_DEP8, 2306, 1024, 1024), "validation"),
+)
+MEASUREMENTS = MEASUREMENTS + INFERENCEMAX

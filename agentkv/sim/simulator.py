@@ -127,7 +127,7 @@ class _Replica:
     def __init__(self, cfg: SimConfig, block_size: int, name: int) -> None:
         self.name = name
         d = cfg.deployment
-        block = kv_bytes_per_block(d.model, d.kv_codec, block_size, d.tp)
+        block = kv_bytes_per_block(d.model, d.kv_codec, block_size, d.kv_ranks)
         tiers = [TierSpec("gpu", max(d.kv_capacity_bytes, 0.0), block)]
         for name, size in (("dram", cfg.dram_bytes), ("disk", cfg.disk_bytes)):
             if size > 0:
@@ -136,7 +136,7 @@ class _Replica:
         self.cache = KVCache(tiers, policy, cfg.write_through)
         self.tier_links = [TIER_LINKS[t.name] for t in tiers]
         self.block_bytes = block
-        state = math.ceil(state_bytes(d.model, d.kv_codec, block_size, d.tp) / block)
+        state = math.ceil(state_bytes(d.model, d.kv_codec, block_size, d.kv_ranks) / block)
         self.sched = Scheduler(SchedulerConfig(block_size, cfg.max_batched_tokens, cfg.max_num_seqs,
                                                cfg.prefix_cache, state), self.cache)
         self.busy = False

@@ -2,15 +2,19 @@
 
 A step runs the batch's new tokens (prefill chunks and one token per decode) through the model. Each op group
 costs max(compute time, memory time), groups add up:
-- weights: 2·active params FLOPs per token; the weight bytes are read once per step (for MoE, the experts
-  the step's tokens touch);
+- weights (`weight_seconds`): the always-active ones (attention, shared experts, dense layers) as one GEMM
+  over the step's tokens, read once per step; a MoE's routed experts as grouped GEMMs at the efficiency their
+  tokens per expert allow, reading only the experts the step's tokens touch;
 - attention: layer group by layer group from the model's per-layer description (`sim/attention.py`):
   4·heads·head_dim FLOPs per (query, key) pair over the keys each kind lets a query see (whole context,
   window, chunk, compressed entries, top-k), indexer scoring, linear-state updates; memory is the KV read
   (IO-aware: K and V stream through on-chip SRAM once per query tile, scores never leave it) or, for naive
   attention, whole contexts plus the score and probability matrices written to and read back from HBM;
 - KV writes for the new tokens, at the codec's bytes per token of every layer;
-- tensor parallelism splits FLOPs and bytes and adds two all-reduces per layer.
+- collectives (`communication_seconds`) by deployment mode: two all-reduces a layer under TP attention (with
+  or without EP), dispatch and combine under DP attention + EP; over NVLink or, beyond the scale-up domain, RDMA;
+- fixed costs: the step's, a floor per layer (launches, small-GEMM latency) and a per-sequence term that
+  saturates with the batch.
 Tier transfers (lower-tier hits promoted before a prefill) run at the link's bandwidth and overlap with
 compute where the engine overlaps them.
 
@@ -19,7 +23,10 @@ Every achievable-fraction and overhead lives in `Coefficients`, the one place me
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from agentkv.catalog import HardwareSpec, ModelSpec
 from agentkv.kvcache.sizing import BLOCK_SIZE, CodecSpec, kv_bytes
@@ -32,7 +39,13 @@ from agentkv.sim.attention import (
     write_bytes_per_token,
 )
 
-WEIGHT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int4": 0.5}
+# weights: bytes per parameter (block scales included) and the tensor-core rate their GEMMs run at where the
+# hardware has it. NVFP4: 4-bit values + one fp8 scale per 16 (NVIDIA, "Introducing NVFP4", developer blog,
+# 2025-06-24); MXFP4: + one 8-bit scale per 32 (OCP Microscaling spec v1.0, 2023-09). int4: W4A16 (GPTQ/AWQ).
+WEIGHTS: dict[str, tuple[float, str]] = {
+    "bf16": (2.0, "bf16"), "fp16": (2.0, "bf16"), "fp8": (1.0, "fp8"), "int4": (0.5, "bf16"),
+    "nvfp4": (0.5625, "fp4"), "mxfp4": (0.53125, "fp4"), "fp4": (0.5625, "fp4"),
+}
 # flash: IO-aware, FlashAttention-3 class; flash2: IO-aware at FlashAttention-2's efficiency (what runs anywhere);
 # naive: scores and probabilities through HBM (at long context it could never run: 8k x 98k scores per head)
 ATTENTION = ("flash", "flash2", "naive")
@@ -42,7 +55,8 @@ ATTENTION = ("flash", "flash2", "naive")
 class Coefficients:
     """Achievable fractions of peak and fixed overheads. Defaults are typical of vLLM/SGLang on Hopper
     (GEMMs 60-80% of peak FLOP/s, streaming kernels ~85% of HBM bandwidth); attention and the overheads are
-    fitted to the published measurements in agentkv/sim/calibration.py."""
+    fitted to the published measurements in agentkv/sim/calibration.py (FIT rows; VALIDATION rows are held
+    back)."""
 
     gemm_efficiency: float = 0.70
     # IO-aware attention runs at efficiency · K / (K + overhead_keys) of peak for K keys per query: each query row
@@ -60,11 +74,18 @@ class Coefficients:
     query_tile: int = 128  # IO-aware kernels re-read K/V once per tile of this many queries
     score_bytes: float = 2.0  # naive attention keeps scores and probabilities in 16-bit
     step_overhead_s: float = 3e-4  # scheduling, sampling, kernel launches (with CUDA graphs for decode)
-    # measured overheads (agentkv/sim/calibration.py holds each measurement; `python -m bench.calibration`):
-    seq_overhead_s: float = 2.7e-4  # per sequence in a step (sampling, metadata, detokenize): vLLM CI latency
-    # benchmark, Llama-3.1-8B on one H200, batch 8, 32 in / 128 out: 833 ms end to end
-    collective_latency_s: float = 3.4e-5  # per all-reduce, on top of bytes / bandwidth: NVIDIA NIM benchmark,
-    # Llama-3.3-70B fp8 on 2x H100 (TP2), 5000 in / 500 out, concurrency 1: ITL 18.6 ms
+    # fitted together on the FIT rows of agentkv/sim/calibration.py (dense vLLM / NIM rows, DeepSeek-R1 on B200,
+    # H200 and MI355X from InferenceMAX; `python -m bench.calibration` prints them beside the VALIDATION rows):
+    layer_floor_s: float = 1.5e-5  # per layer per step: kernel launches (CUDA graphs on decode) and the latency
+    # of its small GEMMs, the floor a many-layer model with few active parameters hits at low batch
+    seq_overhead_s: float = 4.65e-4  # per sequence in a step (sampling, metadata, detokenize) at small batches
+    seq_saturation: float = 8.73  # ... saturating: n sequences cost seq_overhead_s · n / (1 + n / this), so a
+    # step of thousands pays ~4 ms, not thousands of times the batch-8 figure (batched sampling and metadata)
+    moe_gemm_efficiency: float = 0.432  # grouped expert GEMMs with many tokens per expert, of dense peak
+    moe_rows_half: float = 134.0  # tokens per expert at which a grouped GEMM reaches half that
+    expert_imbalance: float = 1.0  # busiest EP rank's expert load over the mean: fitted at 1.0, the rows' engines
+    # balance experts (EPLB, redundant experts) at these batches; set it above 1 for an engine that does not
+    collective_latency_s: float = 3.62e-5  # per collective (all-reduce, dispatch, combine) on top of bytes / bandwidth
     host_load_latency_s: float = 4.8e-3  # per load from host DRAM, on top of bytes / bandwidth: vLLM blog on
     # the KV offloading connector (2025-12-29), Llama-3.1-8B on H100, 512-token prompt: TTFT from DRAM 2x faster
     nvme_load_latency_s: float = 0.0  # unmeasured: no LMCache / Dynamo NVMe figure found with its workload stated
@@ -85,9 +106,31 @@ class Coefficients:
         eff, overhead = self.attention_kernel(attention)
         return eff * keys / (keys + overhead)
 
+    def moe_efficiency_at(self, rows: float) -> float:
+        """Fraction of peak a grouped expert GEMM reaches with `rows` tokens per expert: a GEMM tile of few rows
+        wastes most of the tensor core (DeepGEMM / CUTLASS grouped GEMM), many rows approach a dense GEMM."""
+        return self.moe_gemm_efficiency * rows / (rows + self.moe_rows_half)
+
+    def sequences(self, n: float) -> float:
+        """Per-sequence overhead of a step of n sequences (seconds): linear at small n, saturating at large."""
+        return self.seq_overhead_s * n / (1.0 + n / self.seq_saturation)
+
+
+def mode_name(tp: int, ep: bool, dp_attention: bool) -> str:
+    """A deployment mode as a serving engine's flags would say it."""
+    if dp_attention:
+        return f"DP-attention + EP{tp}"
+    return f"TP{tp} + EP{tp}" if ep else f"TP{tp}"
+
 
 @dataclass(slots=True, frozen=True)
 class Deployment:
+    """One replica: `tp` devices. Modes: tensor parallel (every weight split over the tp devices); + `ep` (the
+    routed experts split whole over ep = tp devices, tokens dispatched to them and combined back all-to-all);
+    + `dp_attention` (each device runs attention for its own sequences with its own KV, the MLA latent stored
+    once, not on every rank; the always-active weights replicated on every device). `expert_dtype` sets the
+    routed experts' format apart (a mixed checkpoint: FP4 experts, FP8 rest)."""
+
     hardware: HardwareSpec
     model: ModelSpec
     kv_codec: CodecSpec
@@ -96,30 +139,68 @@ class Deployment:
     attention: str = "flash"  # one of ATTENTION
     overlap_transfers: bool = True
     coefficients: Coefficients = field(default_factory=Coefficients)
+    ep: bool = False
+    dp_attention: bool = False
+    expert_dtype: str = ""  # "": as weight_dtype
     # derived once (the simulator prices a million steps a report)
-    weight_bytes: float = field(init=False, repr=False, compare=False)
+    weight_bytes: float = field(init=False, repr=False, compare=False)  # stored across the replica
     groups: tuple[GroupCost, ...] = field(init=False, repr=False, compare=False)
     write_bytes_per_token: float = field(init=False, repr=False, compare=False)
     flops: float = field(init=False, repr=False, compare=False)  # dense peak of the replica at the weights' rate
+    expert_flops: float = field(init=False, repr=False, compare=False)  # the same at the experts' rate
     kernel: tuple[float, float] = field(init=False, repr=False, compare=False)  # Coefficients.attention_kernel
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, got {self.attention!r}")
-        if self.weight_dtype not in WEIGHT_BYTES:
-            raise ValueError(f"weight dtype must be one of {', '.join(WEIGHT_BYTES)}")
+        for name in (self.weight_dtype, self.expert_dtype or self.weight_dtype):
+            if name not in WEIGHTS:
+                raise ValueError(f"weight dtype must be one of {', '.join(WEIGHTS)}, got {name!r}")
         if self.tp < 1:
             raise ValueError("tp must be >= 1")
-        hw, wb = self.hardware, WEIGHT_BYTES[self.weight_dtype]
-        object.__setattr__(self, "weight_bytes", self.model.params_total * wb)
-        object.__setattr__(self, "groups", group_costs(self.model, self.kv_codec, BLOCK_SIZE, self.tp))
+        if (self.ep or self.dp_attention) and not self.model.routed_params:
+            raise ValueError(f"ep / dp_attention need a MoE model with its experts stated; {self.model.name} has none")
+        if self.dp_attention and not self.ep:
+            raise ValueError("dp_attention runs beside expert parallelism: set ep too")
+        m = self.model
+        dense_copies = self.tp if self.dp_attention else 1
+        object.__setattr__(self, "weight_bytes", m.dense_params * self.dense_bytes * dense_copies
+                           + m.routed_params * self.expert_bytes)
+        object.__setattr__(self, "groups", group_costs(m, self.kv_codec, BLOCK_SIZE, self.kv_ranks))
         object.__setattr__(self, "write_bytes_per_token", write_bytes_per_token(self.groups))
-        object.__setattr__(self, "flops", self.tp * (hw.fp8_flops if wb <= 1 else hw.bf16_flops))
+        object.__setattr__(self, "flops", self.tp * self.hardware_rate(self.weight_dtype))
+        object.__setattr__(self, "expert_flops", self.tp * self.hardware_rate(self.expert_dtype or self.weight_dtype))
         object.__setattr__(self, "kernel", self.coefficients.attention_kernel(self.attention))
+
+    def hardware_rate(self, dtype: str) -> float:
+        """Dense peak FLOP/s of one device for GEMMs on weights of `dtype`: FP4 on FP4 tensor cores where the
+        hardware has them, else dequantized to bf16 (weight-only kernels, as gpt-oss MXFP4 runs on Hopper)."""
+        rate, hw = WEIGHTS[dtype][1], self.hardware
+        if rate == "fp4":
+            return hw.fp4_flops or hw.bf16_flops
+        return hw.fp8_flops if rate == "fp8" else hw.bf16_flops
+
+    @property
+    def dense_bytes(self) -> float:
+        return WEIGHTS[self.weight_dtype][0]
+
+    @property
+    def expert_bytes(self) -> float:
+        return WEIGHTS[self.expert_dtype or self.weight_dtype][0]
+
+    @property
+    def kv_ranks(self) -> int:
+        """Copies of a sequence's shared KV vectors: every TP rank keeps one (of MLA's latent, a compressed K=V);
+        under DP attention a sequence lives on one rank."""
+        return 1 if self.dp_attention else self.tp
+
+    @property
+    def mode(self) -> str:
+        return mode_name(self.tp, self.ep, self.dp_attention)
 
     def kv_bytes(self, context: int) -> float:
         """One sequence's KV at `context` tokens on this replica (every layer by its kind, TP replicas included)."""
-        return kv_bytes(self.model, self.kv_codec, context, self.tp)
+        return kv_bytes(self.model, self.kv_codec, context, self.kv_ranks)
 
     @property
     def kv_capacity_bytes(self) -> float:
@@ -131,10 +212,10 @@ class Deployment:
 @dataclass(slots=True, frozen=True)
 class StepShape:
     """What the step-cost model needs of a batch: prefill chunks as (new tokens, tokens before them) and, per
-    decode, the context it attends over."""
+    decode, the context it attends over (a tuple or a numpy array: priced without a loop over sequences)."""
 
-    prefills: tuple[tuple[int, int], ...] = ()
-    decodes: tuple[int, ...] = ()
+    prefills: Sequence[tuple[int, int]] = ()
+    decodes: Sequence[int] | np.ndarray = ()
 
     @property
     def tokens(self) -> int:
@@ -155,29 +236,65 @@ class StepCost:
 
 
 def attention_work(shape: StepShape, d: Deployment) -> tuple[Work, Work]:
-    """The step's attention work for its prefill chunks and for its decodes, summed over the layer groups."""
-    tile, total = d.coefficients.query_tile, float(sum(shape.decodes))
+    """The step's attention work for its prefill chunks and for its decodes, summed over the layer groups: the
+    decodes in one vectorised call per group (no loop over sequences; an array only where a group bounds what a
+    decode sees), the few prefill chunks one by one."""
+    tile, decodes = d.coefficients.query_tile, shape.decodes
+    k = len(decodes)
+    total = float(decodes.sum() if isinstance(decodes, np.ndarray) else sum(decodes))
+    contexts = np.asarray(decodes, dtype=float) if k and any(g.per_sequence for g in d.groups) else None
     pre, dec = Work(), Work()
     for g in d.groups:
         for n, start in shape.prefills:
             pre.add(prefill_work(g, start, n, tile))
-        if shape.decodes:
-            dec.add(decode_work(g, shape.decodes, total))
+        if k:
+            dec.add(decode_work(g, contexts, k, total))
     return pre, dec
 
 
+def weight_seconds(tokens: int, d: Deployment) -> float:
+    """GEMMs over the step's tokens. The always-active weights: every token, read once per step (by every device
+    where DP attention replicates them). The routed experts: grouped GEMMs at the efficiency their tokens per
+    expert allow, reading only the experts the step's tokens touch; the busiest EP rank sets the pace."""
+    c, m, hw = d.coefficients, d.model, d.hardware
+    hbm = d.tp * hw.hbm_bw * c.hbm_efficiency
+    dense = m.dense_params
+    read = dense * d.dense_bytes * (d.tp if d.dp_attention else 1)
+    t_dense = max(2.0 * dense * tokens / (d.flops * c.gemm_efficiency), read / hbm)
+    if not m.routed_params:  # dense, or MoE with experts unstated: active params as one GEMM, touched bytes
+        return t_dense
+    k, e = m.experts_per_token, m.experts
+    touched = 1.0 - (1.0 - k / e) ** tokens  # expected fraction of experts the step's tokens reach
+    rows = tokens * k / e / touched  # tokens per expert the step reaches: the grouped GEMMs' M
+    imbalance = c.expert_imbalance if d.ep and d.tp > 1 else 1.0
+    compute = 2.0 * m.routed_params * k / e * tokens * imbalance / (d.expert_flops * c.moe_efficiency_at(rows))
+    return t_dense + max(compute, m.routed_params * d.expert_bytes * touched / hbm)
+
+
+def communication_seconds(tokens: int, d: Deployment) -> float:
+    """Collectives per layer. Under TP attention (with or without EP) two all-reduces of the hidden state: after
+    attention, and after the MLP, whose experts each rank computes for the tokens it already holds (SGLang's and
+    vLLM's EP without DeepEP: no dispatch needed). Under DP attention + EP each rank holds only its own tokens:
+    dispatch (fp8) and combine (bf16) of each token's k expert copies, all-to-all. Over NVLink inside the
+    scale-up domain, over the NIC (RDMA) beyond it."""
+    if d.tp == 1:
+        return 0.0
+    c, m, hw = d.coefficients, d.model, d.hardware
+    bw = (hw.interconnect_bw if d.tp <= hw.scale_up_gpus else hw.network_bw) * c.interconnect_efficiency
+    share = (d.tp - 1) / d.tp
+    if not d.dp_attention:
+        all_reduce = 2.0 * share * tokens * m.hidden * 2.0  # bytes per device per all-reduce (ring)
+        return m.layers * 2 * (all_reduce / bw + c.collective_latency_s)
+    a2a = share * tokens * m.experts_per_token * m.hidden * (1.0 + 2.0) / d.tp  # per device: dispatch + combine
+    return m.layers * (a2a / bw + 2 * c.collective_latency_s)
+
+
 def step_cost(shape: StepShape, d: Deployment) -> StepCost:
-    c, m = d.coefficients, d.model
+    c = d.coefficients
     tokens = shape.tokens
     if tokens == 0:
         return StepCost()
     hbm = d.tp * d.hardware.hbm_bw * c.hbm_efficiency
-    flops = d.flops
-    # weights: GEMMs over the step's tokens; weight bytes the tokens touch (all of them for a dense model)
-    touched = 1.0 - (1.0 - m.params_active / m.params_total) ** tokens
-    weight_time = max(2.0 * m.params_active * tokens / (flops * c.gemm_efficiency),
-                      d.weight_bytes * touched / hbm)
-    # attention, from the per-layer description
     pre, dec = attention_work(shape, d)
     peak = d.tp * d.hardware.bf16_flops
 
@@ -192,15 +309,12 @@ def step_cost(shape: StepShape, d: Deployment) -> StepCost:
     both = Work()
     both.add(pre)
     both.add(dec)
-    attn_time = attention_time(both)
     kv_write = tokens * d.write_bytes_per_token / hbm
-    comm = 0.0
-    if d.tp > 1:
-        volume = 2 * m.layers * 2.0 * (d.tp - 1) / d.tp * tokens * m.hidden * 2.0  # two all-reduces per layer
-        comm = (volume / (d.hardware.interconnect_bw * c.interconnect_efficiency)
-                + 2 * m.layers * c.collective_latency_s)  # and each all-reduce's fixed latency
-    overhead = c.step_overhead_s + c.seq_overhead_s * (len(shape.prefills) + len(shape.decodes))
-    return StepCost(weight_time, attn_time, kv_write, comm, overhead)  # who it is for: simulator._attribute
+    sequences = len(shape.prefills) + len(shape.decodes)
+    per_rank = sequences / d.tp if d.dp_attention else sequences  # DP ranks schedule their own sequences
+    overhead = c.step_overhead_s + d.model.layers * c.layer_floor_s + c.sequences(per_rank)
+    return StepCost(weight_seconds(tokens, d), attention_time(both), kv_write, communication_seconds(tokens, d),
+                    overhead)  # who it is for: simulator._attribute
 
 
 def transfer_seconds(bytes_by_link: dict[str, float], d: Deployment) -> float:

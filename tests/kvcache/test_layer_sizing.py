@@ -32,14 +32,20 @@ def qwen3_next(ctx: int) -> float:  # 12 full layers of 2 KV heads x 256 (2048 B
 
 
 def v4_flash(ctx: int) -> float:
-    """2 window-only layers, 21 CSA (ratio 4, fp8 indexer key 128 + 4 B scale per entry), 20 HCA (ratio 128);
-    one shared 512-value K=V vector (1024 B) per entry; every layer's raw 128-token window."""
-    return 21 * (ctx // 4) * (1024 + 132) + 20 * (ctx // 128) * 1024 + 43 * 1024 * min(ctx, 128)
+    """2 window-only layers, 21 CSA (ratio 4, FP4 indexer key: 64 B of values + a 4 B scale per entry), 20 HCA
+    (ratio 128); one shared 512-value K=V vector (1024 B) per entry; every layer's raw 128-token window."""
+    return 21 * (ctx // 4) * (1024 + 68) + 20 * (ctx // 128) * 1024 + 43 * 1024 * min(ctx, 128)
+
+
+def v4_pro(ctx: int) -> float:
+    """compress_ratios of its config.json: 30 CSA (ratio 4, FP4 indexer keys), 31 HCA (ratio 128), no
+    window-only layer; every layer's raw 128-token window."""
+    return 30 * (ctx // 4) * (1024 + 68) + 31 * (ctx // 128) * 1024 + 61 * 1024 * min(ctx, 128)
 
 
 @pytest.mark.parametrize("name,by_hand", [("gpt-oss-120b", gpt_oss), ("gemma-3-27b", gemma3),
                                           ("llama-4-scout", scout), ("qwen3-next-80b-a3b", qwen3_next),
-                                          ("deepseek-v4-flash", v4_flash)])
+                                          ("deepseek-v4-flash", v4_flash), ("deepseek-v4-pro", v4_pro)])
 @pytest.mark.parametrize("ctx", [8192, 131072, 1048576])
 def test_kv_bytes_at_context_match_the_published_configs(name, by_hand, ctx):
     assert kv_bytes(model(name), BF16, ctx) == pytest.approx(by_hand(ctx))
@@ -51,6 +57,22 @@ def test_long_context_models_keep_far_less_than_one_constant_per_token():
     assert 0.06 < kv_bytes(model("deepseek-v4-flash"), BF16, 2**20) / v32 < 0.09
     assert 0.09 < kv_bytes(model("deepseek-v4-pro"), BF16, 2**20) / v32 < 0.13
     assert kv_bytes(model("gemma-3-27b"), BF16, 131072) < 0.65 * 131072 * 62 * 8192
+
+
+@pytest.mark.parametrize("name,layers,compressor_mib", [("deepseek-v4-flash", 43, 11.6), ("deepseek-v4-pro", 61, 17.8)])
+def test_v4_state_holds_the_compressors_fp32_partial_windows(name, layers, compressor_mib):
+    """Per sequence, beside the raw 128-token windows: the compressor's fp32 partial window of every compressed
+    layer (~11.6 MiB for Flash, ~17.8 MiB for Pro, as vLLM's V4 code keeps it)."""
+    raw = layers * 128 * 1024
+    assert (state_bytes(model(name), BF16) - raw) / 2**20 == pytest.approx(compressor_mib, abs=0.1)
+
+
+def test_native_and_extended_windows_are_two_fields():
+    m = model("qwen3-32b")
+    assert (m.context, m.context_extended) == (40960, 131072)  # shipped config; YaRN factor 4
+    assert model("llama-3.1-8b").context_extended == 0
+    with pytest.raises(ValueError, match="below the native"):
+        replace(m, context_extended=32768)
 
 
 def test_mla_latent_is_replicated_on_every_tp_rank():

@@ -7,15 +7,16 @@ import re
 import pytest
 
 from agentkv.catalog import hardware
-from agentkv.sim.calibration import MEASUREMENTS
+from agentkv.sim.calibration import MEASUREMENTS, SPLIT
 from agentkv.sim.stepcost import Coefficients
 
 # FlashAttention-3 paper (arXiv 2407.08608v2), Fig. 5d: causal forward, head dim 128, H100 SXM5, TFLOP/s by seqlen
 FA_SWEEP = {"flash": (292, 423, 521, 579, 602, 616), "flash2": (191, 260, 298, 319, 333, 335)}
 SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
+VALIDATION_HARDWARE = ("B300", "GB300")
 
 
-@pytest.mark.parametrize("m", MEASUREMENTS, ids=lambda m: m.workload)
+@pytest.mark.parametrize("m", MEASUREMENTS, ids=lambda m: f"{m.split}: {m.workload}")
 def test_modelled_figure_is_within_the_band_of_the_published_one(m):
     assert 0.8 <= m.ratio <= 1.25, (m.published, m.modelled())
 
@@ -24,6 +25,17 @@ def test_every_measurement_names_its_source_and_date():
     for m in MEASUREMENTS:
         assert m.source and m.unit, m.workload
         assert re.search(r"\b20\d\d-\d\d-\d\d\b", m.as_of), (m.workload, m.as_of)
+
+
+def test_the_table_covers_moe_serving_and_holds_rows_back_by_hardware():
+    """>= 40 rows, >= 20 on MoE models; validation rows are exactly those on hardware no fitted row uses."""
+    assert len(MEASUREMENTS) >= 40
+    assert sum(m.moe for m in MEASUREMENTS) >= 20
+    assert {m.split for m in MEASUREMENTS} == {"fit", "validation"}
+    held = [m for m in MEASUREMENTS if m.split == "validation"]
+    assert len(held) >= 8 and all(re.search(r"\b(G?B300)\b", m.workload) for m in held)
+    assert not any(re.search(r"\b(G?B300)\b", m.workload) for m in MEASUREMENTS if m.split == "fit")
+    assert all(hw in SPLIT for hw in VALIDATION_HARDWARE)
 
 
 @pytest.mark.parametrize("attention", ["flash", "flash2"])

@@ -24,14 +24,16 @@ def dep(hw: str = "h100-sxm", m: str = "llama-3.1-8b", kv: str = "bf16", **kw) -
 @pytest.mark.parametrize("hw", ["h100-sxm", "h200"])
 def test_batch1_decode_is_weight_bytes_over_hbm_bandwidth(hw):
     d = dep(hw)
+    c = d.coefficients
     floor = d.weight_bytes / d.hardware.hbm_bw  # 16.06 GB / 3.35 TB/s = 4.8 ms on H100
     t = decode_seconds(1, 1024, d)
-    # achievable bandwidth (~85%) and the measured step and per-sequence overheads on top, nothing more
-    assert floor < t < floor / d.coefficients.hbm_efficiency + 1.1 * (d.coefficients.step_overhead_s
-                                                                     + d.coefficients.seq_overhead_s)
-    # published single-stream decode of Llama-3.1-8B bf16 on H100 with vLLM/TensorRT-LLM: ~170-190 tok/s
+    # achievable bandwidth (~85%) and the fitted step, per-layer and per-sequence overheads on top, nothing more
+    fixed = c.step_overhead_s + d.model.layers * c.layer_floor_s + c.sequences(1)
+    assert floor < t < floor / c.hbm_efficiency + 1.1 * fixed
+    # published single-stream decode of Llama-3.1-8B bf16 on H100 with vLLM/TensorRT-LLM: ~170-190 tok/s; the
+    # model stays inside the calibration band of its midpoint
     if hw == "h100-sxm":
-        assert 150 < 1 / t < 200
+        assert 0.8 <= (1 / t) / 180 <= 1.25
 
 
 def test_io_aware_attention_at_98k_context():
@@ -101,3 +103,58 @@ def test_transfers_run_at_link_speed_in_parallel():
     assert host == pytest.approx(c.host_load_latency_s + 44e9 / (55e9 * 0.8))  # a load's fixed latency, then bytes
     assert transfer_seconds({"host": 44e9, "nvme": 1e9}, d) == pytest.approx(
         max(host, c.nvme_load_latency_s + 1e9 / (6.5e9 * 0.8)))
+
+
+def test_moe_prefill_cost_per_prompt_token_grows_with_the_prompt():
+    """DeepSeek-R1 on 4x B200 (TP4 + EP4, NVFP4): the published TTFT grows by 108.7 ms from 1k to 8k prompts at
+    concurrency 4 (InferenceMAX, agentkv/sim/calibration.py): the 7k more tokens cost what was measured, within
+    the band, where a flat GEMM efficiency on active weights priced them 5.3x too low. Past one chunk the
+    per-token cost keeps growing (attention over the longer context); below it, a short prompt still reads
+    every expert it touches, so its per-token cost is higher."""
+    d = dep("b200", "deepseek-v3", weight_dtype="fp4", tp=4, ep=True)
+    per_token = [prefill_seconds(n, d, 8192) / n for n in (8192, 16384, 32768, 65536)]
+    assert per_token == sorted(per_token)
+    assert prefill_seconds(1024, d, 8192) / 1024 > per_token[0]
+    extra_ms = 1e3 * (prefill_seconds(8192, d, 8192) - prefill_seconds(1024, d, 8192))
+    assert 0.8 <= 108.7 / extra_ms <= 1.25
+
+
+def test_moe_grouped_gemms_run_faster_with_more_tokens_per_expert():
+    d = dep("b200", "deepseek-v3", weight_dtype="fp4", tp=4, ep=True)
+    c = d.coefficients
+    assert c.moe_efficiency_at(8) < c.moe_efficiency_at(256) < c.moe_gemm_efficiency
+    # per token, an 8k-token prefill step's expert GEMMs cost less than a 512-token one's
+    small = step_cost(StepShape(prefills=((512, 0),)), d).weights / 512
+    large = step_cost(StepShape(prefills=((8192, 0),)), d).weights / 8192
+    assert large < small
+
+
+def test_a_thousand_decodes_without_linear_overhead():
+    """The per-sequence overhead saturates: 1,000 decodes do not pay 1,000x what one does (the term fitted at
+    batch 8 grew linearly to 78% of a 540-sequence step before)."""
+    d = dep("h200")
+    c = d.coefficients
+    big = step_cost(StepShape(decodes=(2048,) * 1000), d)
+    assert big.overhead < c.step_overhead_s + 32 * c.layer_floor_s + c.seq_overhead_s * c.seq_saturation
+    assert big.overhead / big.total < 0.2
+    assert decode_seconds(1000, 2048, d) / 1000 < decode_seconds(100, 2048, d) / 100
+
+
+def test_a_batch_priced_from_a_numpy_array_equals_the_tuple():
+    import numpy as np
+
+    d = dep("h200", "gpt-oss-120b", weight_dtype="mxfp4")
+    contexts = np.arange(1000, 2000, dtype=np.int64)
+    chunks = ((512, 0), (300, 4000))
+    assert step_cost(StepShape(chunks, contexts), d).total == pytest.approx(
+        step_cost(StepShape(chunks, tuple(int(x) for x in contexts)), d).total)
+
+
+def test_fp4_weights_use_fp4_tensor_cores_where_the_hardware_has_them():
+    b200 = dep("b200", "deepseek-v3", weight_dtype="fp4", tp=8, ep=True)
+    h200 = dep("h200", "deepseek-v3", weight_dtype="fp4", tp=8, ep=True)
+    assert b200.flops == 8 * 9000e12 and h200.flops == 8 * 989e12  # Hopper dequantizes to bf16
+    mixed = dep("b200", "deepseek-v3", weight_dtype="fp8", expert_dtype="fp4", tp=8, ep=True)
+    m = mixed.model
+    assert mixed.weight_bytes == pytest.approx(m.dense_params * 1.0 + m.routed_params * 0.5625)
+    assert mixed.expert_flops == 8 * 9000e12 and mixed.flops == 8 * 4500e12
