@@ -9,7 +9,15 @@ import os
 import sys
 
 from agentkv import __version__
-from agentkv.cli_errors import Parser, UsageError, check_output, positive, run_guarded
+from agentkv.cli_errors import (
+    Parser,
+    UsageError,
+    check_output,
+    install_hint,
+    pip_extra,
+    positive,
+    run_guarded,
+)
 from agentkv.cluster.tasks import LOCAL
 from agentkv.report.capacity import SAMPLE_SESSIONS
 from agentkv.workload.arrivals import ArrivalModel
@@ -17,6 +25,7 @@ from agentkv.workload.generator import GeneratorConfig
 from agentkv.workload.trace import Trace
 from agentkv.workload.window import OVER_WINDOW
 
+COMMAND_EXTRAS = {"cmd_serve": "server", "cmd_replay": "replay", "cmd_generate": "engine", "cmd_kv_eval": "engine"}
 REPORT_SESSIONS = 40  # the default report's synthetic workload: big enough to be agentic, quick enough to run
 ABOUT = ("agentkv: a prefix-shared, quantized, tiered KV cache for agentic LLM serving, and the trace tools, "
          "simulator and cost model that say what each lever buys. Start with `agentkv report` (what to deploy for "
@@ -32,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "run"):  # a command group without its subcommand: that group's commands
             getattr(args, "group", parser).print_help()
             return 2
-        return args.run(args)
+        try:
+            return args.run(args)
+        except ModuleNotFoundError as e:  # the extra this command needs, where it provides the module
+            hint = install_hint(e, COMMAND_EXTRAS.get(args.run.__name__))
+            if hint is None:
+                raise
+            raise UsageError(hint) from None
 
     return run_guarded(run)
 
@@ -190,7 +205,7 @@ def check_ray(flag: str = "--ray") -> None:
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
-        raise UsageError(f"{flag}: Ray is not installed here (pip install 'agentkv[ray]')")
+        raise UsageError(f"{flag}: Ray is not installed here ({pip_extra('ray')})")
 
 
 def add_arrival_args(p: argparse.ArgumentParser) -> None:

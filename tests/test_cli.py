@@ -113,7 +113,7 @@ def test_ray_flags_without_ray_installed_exit_2_naming_the_extra(tmp_path):
                        (["cache", "sweep", "--ray", "--out", str(tmp_path)], "--ray"),
                        (["serve", "--model", str(tmp_path), "--replicas", "2"], "--replicas")):
         r = subprocess.run([sys.executable, "-c", hide_ray, *args], capture_output=True, text=True, timeout=60)
-        assert r.returncode == 2 and f"{flag}: Ray is not installed here (pip install 'agentkv[ray]')" in r.stderr
+        assert r.returncode == 2 and f"{flag}: Ray is not installed here (pip install -e '.[ray]' in the agentkv clone)" in r.stderr
 
 
 # what the extras bring (pyproject's optional dependencies): none of it may be needed by the main job
@@ -260,7 +260,29 @@ def bad_inputs(tmp_path_factory):
 
 
 ENGINE_HINT = ("this needs agentkv's 'engine' extra (missing module 'torch'): pip install torch==2.13.0 --index-url "
-               "https://download.pytorch.org/whl/cpu && pip install 'agentkv[engine]'")
+               "https://download.pytorch.org/whl/cpu && pip install -e '.[engine]' in the agentkv clone")
+
+
+@pytest.mark.parametrize(("args", "blocked", "hint"), [
+    (["serve", "--model", "{d}/good"], "torch", "this needs agentkv's 'server' extra (missing module 'torch'): pip "
+                                                "install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu "
+                                                "&& pip install -e '.[server]' in the agentkv clone"),
+    (["replay", "{d}/requests.csv", "--endpoint", "http://127.0.0.1:9", "--out", "{d}/replay"], "httpx",
+     "this needs agentkv's 'replay' extra (missing module 'httpx'): pip install -e '.[replay]' in the agentkv clone"),
+], ids=["serve", "replay"])
+def test_each_command_names_its_own_extra_as_a_clone_installs_it(bad_inputs, tmp_path, args, blocked, hint):
+    """`pip install 'agentkv[...]'` resolves, on the public index, to another project: from a clone it is
+    `pip install -e '.[extra]'`, and the extra is the command's (replay's is not server's, with its torch)."""
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    (missing / f"{blocked}.py").write_text(f"raise ModuleNotFoundError(\"No module named '{blocked}'\", "
+                                           f"name='{blocked}')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(missing), os.getcwd()])}
+    argv = [a.replace("{d}", str(bad_inputs)) for a in args]
+    r = subprocess.run([sys.executable, "-m", "agentkv.cli", *argv], capture_output=True, text=True, timeout=120, env=env)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"agentkv: error: {hint}"), r.stderr
+    assert ("torch" in lines[0]) == (blocked == "torch")  # replay needs no torch
 
 
 def test_the_python_api_names_the_missing_extra_as_the_cli_does(bad_inputs):
