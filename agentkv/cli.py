@@ -344,6 +344,7 @@ def cmd_cache_sweep(args: argparse.Namespace) -> int:
     from agentkv.kvcache.sweep import (
         capacities_arg,
         parse_lower_tiers,
+        policies_arg,
         rows,
         summary_lines,
         sweep,
@@ -356,11 +357,11 @@ def cmd_cache_sweep(args: argparse.Namespace) -> int:
     check_output(args.out, folder=True)
     if args.ray is not None:
         check_ray()
-    trace = load_or_generate(args)
-    policies = [p.strip() for p in args.policy.split(",") if p.strip()]
-    capacities = capacities_arg(args.capacity)
+    policies = policies_arg(args.policy)
+    capacities = capacities_arg(args.capacity)  # every flag before the trace loads: a typo costs no load
     lower = parse_lower_tiers(args.tiers)
     m, c = model(args.model, args.models), codec(args.codec)
+    trace = load_or_generate(args)
     arrival = arrival_from_args(args, trace)
     total = len(capacities) * len(set(policies) - {"infinite"} | {"belady"})
     with progress_bar(total, "cache sweep", quiet=args.json) as step:
@@ -414,6 +415,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from agentkv.report.run import run_report
 
     check_output(args.out)
+    check_output(os.path.splitext(args.out)[0] + ".json", "--out (its JSON beside it)")
     if args.ray is not None:
         check_ray()
     if args.sample_sessions is not None and args.sample_sessions < 0:

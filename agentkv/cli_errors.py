@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
 from collections import Counter
 from importlib import metadata
@@ -112,7 +113,8 @@ def check_model_dir(path: str, flag: str = "--model") -> None:
 
 
 def check_output(path: str, flag: str = "--out", folder: bool = False) -> None:
-    """Before any work: create the output folder (`path` itself, or the folder a file goes in), or say why not."""
+    """Before any work: create the output folder (`path` itself, or the folder a file goes in) and make sure a
+    file can be written there (tried, not guessed from permission bits: root, read-only mounts), or say why not."""
     if not folder and os.path.isdir(path):
         raise UsageError(f"{flag} {path}: is a folder; give a file path")
     where = path if folder else (os.path.dirname(os.path.abspath(path)))
@@ -120,8 +122,17 @@ def check_output(path: str, flag: str = "--out", folder: bool = False) -> None:
         os.makedirs(where, exist_ok=True)
     except OSError as e:
         raise UsageError(f"{flag} {path}: cannot create the folder {where} ({e.strerror})") from None
-    if not os.access(where, os.W_OK):
-        raise UsageError(f"{flag} {path}: the folder {where} is not writable")
+    try:
+        if folder:
+            tempfile.TemporaryFile(dir=where).close()
+        else:
+            existed = os.path.exists(path)
+            open(path, "a").close()
+            if not existed:
+                os.remove(path)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write {'in ' if folder else ''}{where if folder else 'it'} "
+                         f"({e.strerror})") from None
 
 
 def engine_error(e: ValueError, kv_tiers: str | None) -> Exception:

@@ -254,6 +254,12 @@ def bad_inputs(tmp_path_factory):
     (d / "no_tok").mkdir()
     (d / "no_tok" / "config.json").write_text((ckpt / "config.json").read_text())
     (d / "requests.csv").write_text("time,prompt_tokens,completion_tokens\n0,100,5\n")
+    (d / "r.json").mkdir()  # where `report --out {d}/r.html` would write its JSON
+    from agentkv.workload.formats import canonical
+    from agentkv.workload.generator import GeneratorConfig, generate
+
+    canonical.save(generate(GeneratorConfig(sessions=2, seed=0)), str(d / "whole.npz"))
+    (d / "cut.npz").write_bytes((d / "whole.npz").read_bytes()[:3000])
     (d / "no_torch").mkdir()
     (d / "no_torch" / "torch.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
     return d
@@ -327,6 +333,12 @@ BAD_INPUTS = [  # (args, exit code, what the one line must name); {d} is the fix
                                                     "needs about"),
     (["report", "--concurrency", "1e9", "--gen-sessions", "5"], 2, "--concurrency 1e+09: the trace has 5 sessions"),
     (["trace", "generate", "--sessions", "100000000", "--out", "{d}/x.npz"], 2, "--sessions 100,000,000: a generated"),
+    # flags are checked before the trace loads: a missing trace is not what is named
+    (["cache", "sweep", "{d}/missing.jsonl", "--capacity", "abc", "--out", "{d}/sw"], 2, "--capacity: bad capacity 'abc'"),
+    (["cache", "sweep", "{d}/missing.jsonl", "--policy", "lru,mru", "--out", "{d}/sw"], 2, "--policy: unknown policy 'mru'"),
+    (["report", "{d}/missing.jsonl", "--out", "/proc/r.html"], 2, "--out /proc/r.html: cannot write it"),
+    (["report", "{d}/missing.jsonl", "--out", "{d}/r.html"], 2, "--out (its JSON beside it) {d}/r.json: is a folder"),
+    (["trace", "stats", "{d}/cut.npz"], 2, "{d}/cut.npz: not a whole .npz archive, truncated or damaged"),
 ]
 
 
