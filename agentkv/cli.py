@@ -422,7 +422,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"--sample-sessions must be >= 0, got {args.sample_sessions}")
     if not args.paths and not args.gen_sessions:
         args.gen_sessions = REPORT_SESSIONS
-    from agentkv.report.models import default_model
+    from agentkv.report.models import choose_model
 
     spec = deployment_spec(args.deployment, args.hardware_file, args.models)
     candidates = tuple(dict.fromkeys(c.strip() for c in args.candidates.split(",") if c.strip()))
@@ -432,7 +432,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise UsageError(f"--candidates: unknown model '{name}' (known: {', '.join(sorted(known))})")
     trace = load_or_generate(args)
     named = {p.partition("=")[0].strip() for p in args.deployment.split(",")}
-    spec, why = (spec, f"{spec.model}, as given") if "model" in named else default_model(trace, spec, named)
+    spec, why = choose_model(trace, spec, named)
     run_report(trace, spec, arrival_from_args(args, trace), prices(args.prices), out=args.out,
                replicas=args.replicas, workers=args.workers, print_json=args.json, over_window=args.over_window,
                candidates=candidates, model_choice=why, sample_size=args.sample_sessions, ray=args.ray)

@@ -170,8 +170,12 @@ def test_report_model_view_and_window_enforcement(tmp_path):
     window = doc["context_window"]
     assert window["window"] == 131072 and window["over"] > 0 and window["rejected"] >= window["over"]
     assert doc["headline"][0].startswith("Context window: ") and "--over-window reject" in doc["headline"][0]
-    assert doc["headline"][1] == "Model: gpt-oss-120b, as given."
+    assert doc["headline"][1].startswith("Model: gpt-oss-120b, as given; 1 × h200 with fp8 weights, the fewest")
     rows = {row["model"]: row for row in doc["models"]["rows"]}
+    cheapest = min((r for r in rows.values() if r["slo_met"]), key=lambda r: r["usd_per_mtok"])["model"]
+    follows = ("The fleet and levers below are for gpt-oss-120b (named with --deployment), not for "
+               f"{cheapest}: for {cheapest}'s, run the report with --deployment model={cheapest}.")
+    assert (follows in doc["headline"][2]) == (cheapest != "gpt-oss-120b")  # the model view's answer, or why not
     assert list(rows) == ["gpt-oss-120b", "qwen3-next-80b-a3b"]
     assert rows["qwen3-next-80b-a3b"]["in_window_requests_pct"] >= rows["gpt-oss-120b"]["in_window_requests_pct"]
     assert all(row["kv_gib_median"] > 0 and row["contexts_per_gpu"] > 0 for row in rows.values())
