@@ -268,6 +268,16 @@ def load_or_generate_with_config(args: argparse.Namespace) -> tuple[Trace, Gener
     return generate(cfg), cfg
 
 
+def needs_block_ids(trace: Trace, command: str, paths: list[str]) -> Trace:
+    """A trace without prefix information cannot say what a KV cache buys: refused by name, before any work."""
+    if not trace.has_block_ids:
+        raise UsageError(f"{', '.join(paths) or trace.source}: no prefix information (block ids; an Azure CSV has arrivals and lengths "
+                         f"only): `agentkv {command}` weighs what a KV cache reuses, so it needs kv-cache-tester, "
+                         "Mooncake, OpenAI chat logs or an agentkv .npz with block ids; `agentkv trace stats` "
+                         "reads this one")
+    return trace
+
+
 def cmd_trace_stats(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -361,7 +371,7 @@ def cmd_cache_sweep(args: argparse.Namespace) -> int:
     capacities = capacities_arg(args.capacity)  # every flag before the trace loads: a typo costs no load
     lower = parse_lower_tiers(args.tiers)
     m, c = model(args.model, args.models), codec(args.codec)
-    trace = load_or_generate(args)
+    trace = needs_block_ids(load_or_generate(args), "cache sweep", args.paths)
     arrival = arrival_from_args(args, trace)
     total = len(capacities) * len(set(policies) - {"infinite"} | {"belady"})
     with progress_bar(total, "cache sweep", quiet=args.json) as step:
@@ -422,7 +432,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"--sample-sessions must be >= 0, got {args.sample_sessions}")
     if not args.paths and not args.gen_sessions:
         args.gen_sessions = REPORT_SESSIONS
+    from agentkv.catalog import hardware
     from agentkv.report.models import choose_model
+    from agentkv.report.progress import progress_bar
 
     spec = deployment_spec(args.deployment, args.hardware_file, args.models)
     candidates = tuple(dict.fromkeys(c.strip() for c in args.candidates.split(",") if c.strip()))
@@ -430,12 +442,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     for name in candidates:
         if name not in known:
             raise UsageError(f"--candidates: unknown model '{name}' (known: {', '.join(sorted(known))})")
-    trace = load_or_generate(args)
+    if spec.model not in known:
+        raise UsageError(f"--deployment: unknown model '{spec.model}' (known: {', '.join(sorted(known))})")
+    hardware(spec.hardware, spec.hardware_file)  # every name checked before the trace loads
+    price_table = prices(args.prices)
     named = {p.partition("=")[0].strip() for p in args.deployment.split(",")}
-    spec, why = choose_model(trace, spec, named)
-    run_report(trace, spec, arrival_from_args(args, trace), prices(args.prices), out=args.out,
-               replicas=args.replicas, workers=args.workers, print_json=args.json, over_window=args.over_window,
-               candidates=candidates, model_choice=why, sample_size=args.sample_sessions, ray=args.ray)
+    with progress_bar(None, "report", quiet=args.json) as step:  # a large trace takes up to a minute to read
+        step(f"loading {', '.join(args.paths)}" if args.paths else f"generating {args.gen_sessions} sessions")
+        trace = needs_block_ids(load_or_generate(args), "report", args.paths)
+        arrival = arrival_from_args(args, trace)
+        spec, why = choose_model(trace, spec, named)
+    run_report(trace, spec, arrival, price_table, out=args.out, replicas=args.replicas, workers=args.workers,
+               print_json=args.json, over_window=args.over_window, candidates=candidates, model_choice=why,
+               sample_size=args.sample_sessions, ray=args.ray)
     return 0
 
 

@@ -99,7 +99,7 @@ def test_cache_sweep_rejects_bad_input(tmp_path):
     csv_trace = tmp_path / "a.csv"
     csv_trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9,100,3\n")
     r = agentkv("cache", "sweep", str(csv_trace), "--out", str(tmp_path))
-    assert r.returncode == 2 and "no block ids" in r.stderr
+    assert r.returncode == 2 and "no prefix information (block ids" in r.stderr
 
 
 def test_report_rejects_a_negative_sample_before_any_work(tmp_path):
@@ -259,6 +259,8 @@ def bad_inputs(tmp_path_factory):
     (d / "no_tok" / "config.json").write_text((ckpt / "config.json").read_text())
     (d / "requests.csv").write_text("time,prompt_tokens,completion_tokens\n0,100,5\n")
     (d / "r.json").mkdir()  # where `report --out {d}/r.html` would write its JSON
+    (d / "azure.csv").write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,4808,10\n"
+                                 "2023-11-16 18:17:04.0319600,3180,8\n")
     from agentkv.workload.formats import canonical
     from agentkv.workload.generator import GeneratorConfig, generate
 
@@ -343,7 +345,21 @@ BAD_INPUTS = [  # (args, exit code, what the one line must name); {d} is the fix
     (["report", "{d}/missing.jsonl", "--out", "/proc/r.html"], 2, "--out /proc/r.html: cannot write it"),
     (["report", "{d}/missing.jsonl", "--out", "{d}/r.html"], 2, "--out (its JSON beside it) {d}/r.json: is a folder"),
     (["trace", "stats", "{d}/cut.npz"], 2, "{d}/cut.npz: not a whole .npz archive, truncated or damaged"),
+    (["report", "{d}/azure.csv"], 2, "{d}/azure.csv: no prefix information (block ids; an Azure CSV has arrivals"),
+    (["cache", "sweep", "{d}/azure.csv", "--out", "{d}/sw"], 2, "{d}/azure.csv: no prefix information"),
 ]
+
+
+def test_trace_stats_on_a_trace_spanning_no_time_offers_no_rate(tmp_path):
+    trace = tmp_path / "instant.jsonl"  # Mooncake lines, both at 0 ms: no span to divide by
+    trace.write_text('{"timestamp": 0, "input_length": 600, "output_length": 5, "hash_ids": [1, 2]}\n'
+                     '{"timestamp": 0, "input_length": 700, "output_length": 5, "hash_ids": [1, 2]}\n')
+    r = agentkv("trace", "stats", str(trace), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["duration_s"] == 0 and doc["offered_input_tok_s"] is None and doc["offered_output_tok_s"] is None
+    r = agentkv("trace", "stats", str(trace))
+    assert "every request at one instant: no rate" in r.stdout
 
 
 @pytest.mark.parametrize(("args", "code", "named"), BAD_INPUTS, ids=[" ".join(a[:3]) for a, _, _ in BAD_INPUTS])
