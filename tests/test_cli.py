@@ -170,7 +170,8 @@ def test_report_model_view_and_window_enforcement(tmp_path):
     window = doc["context_window"]
     assert window["window"] == 131072 and window["over"] > 0 and window["rejected"] >= window["over"]
     assert doc["headline"][0].startswith("Context window: ") and "--over-window reject" in doc["headline"][0]
-    assert doc["headline"][1].startswith("Model: gpt-oss-120b, as given; 1 × h200 with fp8 weights, the fewest")
+    assert doc["headline"][1].startswith("Model: gpt-oss-120b, as given; 1 × h200 with fp8 weights (as given), the "
+                                         "fewest GPUs whose memory holds")
     rows = {row["model"]: row for row in doc["models"]["rows"]}
     cheapest = min((r for r in rows.values() if r["slo_met"]), key=lambda r: r["usd_per_mtok"])["model"]
     follows = ("The fleet and levers below are for gpt-oss-120b (named with --deployment), not for "

@@ -85,8 +85,13 @@ def _placed(spec: DeploymentSpec, trace: Trace, named: set[str], why: str) -> tu
     if place == (spec.tp, spec.weight_dtype) and {"tp", "weight_dtype"} <= named:
         return spec, why
     spec = replace(spec, tp=place[0], weight_dtype=place[1])
-    return spec, (f"{why}; {spec.tp} × {hw.name} with {spec.weight_dtype} weights, the fewest GPUs (and widest "
-                  "weights) whose memory holds its weights and the longest request's KV")
+    holds = "whose memory holds its weights and the longest request's KV"
+    if "tp" in named:
+        return spec, f"{why}; {spec.tp} × {hw.name} as given, with {spec.weight_dtype} weights, the widest {holds}"
+    given = " (as given)" if "weight_dtype" in named else ""
+    widest = "" if given else " (and widest weights)"
+    return spec, (f"{why}; {spec.tp} × {hw.name} with {spec.weight_dtype} weights{given}, the fewest GPUs{widest} "
+                  f"{holds}")
 
 
 @dataclass(slots=True)

@@ -30,7 +30,9 @@ def test_a_named_model_is_placed_like_the_default_and_says_so(trace):
 
 def test_what_the_user_named_is_kept(trace):
     spec, why = choose_model(trace, DeploymentSpec(model="gpt-oss-120b", tp=4), {"model", "tp"})
-    assert (spec.tp, spec.weight_dtype) == (4, "bf16") and "4 × h200 with bf16 weights" in why
+    assert (spec.tp, spec.weight_dtype) == (4, "bf16") and "; 4 × h200 as given, with bf16 weights, the widest" in why
+    spec, why = choose_model(trace, DeploymentSpec(model="gpt-oss-120b", weight_dtype="bf16"), {"model", "weight_dtype"})
+    assert spec.tp == 2 and "; 2 × h200 with bf16 weights (as given), the fewest GPUs whose memory" in why
     given = DeploymentSpec(model="llama-3.1-8b", tp=2, weight_dtype="fp8")
     assert choose_model(trace, given, {"model", "tp", "weight_dtype"}) == (given, "llama-3.1-8b, as given")
 
