@@ -9,7 +9,15 @@ import os
 import sys
 
 from agentkv import __version__
-from agentkv.cli_errors import Parser, UsageError, check_output, positive, run_guarded
+from agentkv.cli_errors import (
+    Parser,
+    UsageError,
+    check_output,
+    install_hint,
+    pip_extra,
+    positive,
+    run_guarded,
+)
 from agentkv.cluster.tasks import LOCAL
 from agentkv.report.capacity import SAMPLE_SESSIONS
 from agentkv.workload.arrivals import ArrivalModel
@@ -17,6 +25,7 @@ from agentkv.workload.generator import GeneratorConfig
 from agentkv.workload.trace import Trace
 from agentkv.workload.window import OVER_WINDOW
 
+COMMAND_EXTRAS = {"cmd_serve": "server", "cmd_replay": "replay", "cmd_generate": "engine", "cmd_kv_eval": "engine"}
 REPORT_SESSIONS = 40  # the default report's synthetic workload: big enough to be agentic, quick enough to run
 ABOUT = ("agentkv: a prefix-shared, quantized, tiered KV cache for agentic LLM serving, and the trace tools, "
          "simulator and cost model that say what each lever buys. Start with `agentkv report` (what to deploy for "
@@ -32,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "run"):  # a command group without its subcommand: that group's commands
             getattr(args, "group", parser).print_help()
             return 2
-        return args.run(args)
+        try:
+            return args.run(args)
+        except ModuleNotFoundError as e:  # the extra this command needs, where it provides the module
+            hint = install_hint(e, COMMAND_EXTRAS.get(args.run.__name__))
+            if hint is None:
+                raise
+            raise UsageError(hint) from None
 
     return run_guarded(run)
 
@@ -192,7 +207,7 @@ def check_ray(flag: str = "--ray") -> None:
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
-        raise UsageError(f"{flag}: Ray is not installed here (pip install 'agentkv[ray]')")
+        raise UsageError(f"{flag}: Ray is not installed here ({pip_extra('ray')})")
 
 
 def add_arrival_args(p: argparse.ArgumentParser) -> None:
@@ -253,6 +268,16 @@ def load_or_generate_with_config(args: argparse.Namespace) -> tuple[Trace, Gener
         return trace, None
     cfg = generator_config(args, prefix="gen-")
     return generate(cfg), cfg
+
+
+def needs_block_ids(trace: Trace, command: str, paths: list[str]) -> Trace:
+    """A trace without prefix information cannot say what a KV cache buys: refused by name, before any work."""
+    if not trace.has_block_ids:
+        raise UsageError(f"{', '.join(paths) or trace.source}: no prefix information (block ids; an Azure CSV has arrivals and lengths "
+                         f"only): `agentkv {command}` weighs what a KV cache reuses, so it needs kv-cache-tester, "
+                         "Mooncake, OpenAI chat logs or an agentkv .npz with block ids; `agentkv trace stats` "
+                         "reads this one")
+    return trace
 
 
 def cmd_trace_stats(args: argparse.Namespace) -> int:
@@ -331,6 +356,7 @@ def cmd_cache_sweep(args: argparse.Namespace) -> int:
     from agentkv.kvcache.sweep import (
         capacities_arg,
         parse_lower_tiers,
+        policies_arg,
         rows,
         summary_lines,
         sweep,
@@ -343,11 +369,11 @@ def cmd_cache_sweep(args: argparse.Namespace) -> int:
     check_output(args.out, folder=True)
     if args.ray is not None:
         check_ray()
-    trace = load_or_generate(args)
-    policies = [p.strip() for p in args.policy.split(",") if p.strip()]
-    capacities = capacities_arg(args.capacity)
+    policies = policies_arg(args.policy)
+    capacities = capacities_arg(args.capacity)  # every flag before the trace loads: a typo costs no load
     lower = parse_lower_tiers(args.tiers)
     m, c = model(args.model, args.models), codec(args.codec)
+    trace = needs_block_ids(load_or_generate(args), "cache sweep", args.paths)
     arrival = arrival_from_args(args, trace)
     total = len(capacities) * len(set(policies) - {"infinite"} | {"belady"})
     with progress_bar(total, "cache sweep", quiet=args.json) as step:
@@ -406,13 +432,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     from agentkv.report.run import run_report
 
     check_output(args.out)
+    check_output(os.path.splitext(args.out)[0] + ".json", "--out (its JSON beside it)")
     if args.ray is not None:
         check_ray()
     if args.sample_sessions is not None and args.sample_sessions < 0:
         raise UsageError(f"--sample-sessions must be >= 0, got {args.sample_sessions}")
     if not args.paths and not args.gen_sessions:
         args.gen_sessions = REPORT_SESSIONS
-    from agentkv.report.models import default_model
+    from agentkv.catalog import hardware
+    from agentkv.report.models import choose_model
+    from agentkv.report.progress import progress_bar
 
     spec = deployment_spec(args.deployment, args.hardware_file, args.models)
     candidates = tuple(dict.fromkeys(c.strip() for c in args.candidates.split(",") if c.strip()))
@@ -420,12 +449,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     for name in candidates:
         if name not in known:
             raise UsageError(f"--candidates: unknown model '{name}' (known: {', '.join(sorted(known))})")
-    trace = load_or_generate(args)
+    if spec.model not in known:
+        raise UsageError(f"--deployment: unknown model '{spec.model}' (known: {', '.join(sorted(known))})")
+    hardware(spec.hardware, spec.hardware_file)  # every name checked before the trace loads
+    price_table = prices(args.prices)
     named = {p.partition("=")[0].strip() for p in args.deployment.split(",")}
-    spec, why = (spec, f"{spec.model}, as given") if "model" in named else default_model(trace, spec, named)
-    run_report(trace, spec, arrival_from_args(args, trace), prices(args.prices), out=args.out,
-               replicas=args.replicas, workers=args.workers, print_json=args.json, over_window=args.over_window,
-               candidates=candidates, model_choice=why, sample_size=args.sample_sessions, ray=args.ray)
+    with progress_bar(None, "report", quiet=args.json) as step:  # a large trace takes up to a minute to read
+        step(f"loading {', '.join(args.paths)}" if args.paths else f"generating {args.gen_sessions} sessions")
+        trace = needs_block_ids(load_or_generate(args), "report", args.paths)
+        arrival = arrival_from_args(args, trace)
+        spec, why = choose_model(trace, spec, named)
+    run_report(trace, spec, arrival, price_table, out=args.out, replicas=args.replicas, workers=args.workers,
+               print_json=args.json, over_window=args.over_window, candidates=candidates, model_choice=why,
+               sample_size=args.sample_sessions, ray=args.ray)
     return 0
 
 

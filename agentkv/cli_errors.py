@@ -8,7 +8,9 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
+from collections import Counter
 from importlib import metadata
 
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
@@ -42,34 +44,63 @@ def positive(kind: type) -> callable:  # type: ignore[valid-type]
     return parse
 
 
-def missing_extra(e: ModuleNotFoundError) -> str | None:
-    """The optional extra of agentkv that provides the missing module, if any."""
-    name = (e.name or "").split(".")[0].lower().replace("_", "-")
+def _requires() -> list[tuple[str, str, str]]:
+    """agentkv's optional requirements: (distribution, extras it names in brackets, the extra it belongs to)."""
     try:
         requires = metadata.requires("agentkv") or []
     except metadata.PackageNotFoundError:
-        return None
+        return []
+    out = []
     for req in requires:
         dist = re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower().replace("_", "-")
+        nested = re.search(r"\[([^\]]*)\]", req.split(";")[0])
         extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", req)
-        if dist == name and extra and extra.group(1) != "all":
-            return extra.group(1)
-    return None
+        if extra:
+            out.append((dist, nested.group(1) if nested else "", extra.group(1)))
+    return out
+
+
+def _provides(extra: str, name: str, requires: list[tuple[str, str, str]]) -> bool:
+    """Whether installing `extra` installs the distribution `name` (through the extras it includes too)."""
+    for dist, nested, owner in requires:
+        if owner != extra:
+            continue
+        if dist == name or (dist == "agentkv" and any(_provides(x.strip(), name, requires) for x in nested.split(","))):
+            return True
+    return False
+
+
+def missing_extra(e: ModuleNotFoundError, needs: str | None = None) -> str | None:
+    """The optional extra of agentkv to install for the missing module: `needs` (the command's own extra) when it
+    provides the module, else the smallest extra that does; None when none does."""
+    name = (e.name or "").split(".")[0].lower().replace("_", "-")
+    requires = _requires()
+    size = Counter(owner for _, _, owner in requires)
+    others = sorted({owner for _, _, owner in requires} - {"all", "test", needs}, key=lambda x: (size[x], x))
+    return next((x for x in [*([needs] if needs else []), *others] if _provides(x, name, requires)), None)
 
 
 TORCH_EXTRAS = ("engine", "server")  # extras whose install pulls torch: PyPI's default Linux wheel is a CUDA build
 CPU_TORCH = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"  # the README's, for CPUs
 
 
-def install_hint(e: ModuleNotFoundError) -> str | None:
+def pip_extra(extra: str) -> str:
+    """The install command for an extra. From the clone (the package on the public index named agentkv is
+    another project), so editable, as the README installs it."""
+    return f"pip install -e '.[{extra}]' in the agentkv clone"
+
+
+def install_hint(e: ModuleNotFoundError, needs: str | None = None) -> str | None:
     """What to install for a missing module, in the words both the CLI and the Python API use; None when no
-    extra of agentkv provides it. Extras that pull torch name the CPU build first, so a CPU machine stays on it."""
-    extra = missing_extra(e)
+    extra of agentkv provides it. `needs`: the extra the command itself needs (`serve`: server; `replay`:
+    replay), named when it provides the module. Extras that pull torch name the CPU build first, so a CPU machine
+    stays on it."""
+    extra = missing_extra(e, needs)
     if extra is None:
         return None
-    install = f"pip install 'agentkv[{extra}]'"
+    install = pip_extra(extra)
     if extra in TORCH_EXTRAS:
-        install = f"{CPU_TORCH} && {install} (with a GPU, your CUDA build of torch instead of the first command)"
+        install = f"{CPU_TORCH} && {install}; with a GPU, your CUDA build of torch instead of the first command"
     return f"this needs agentkv's '{extra}' extra (missing module '{e.name}'): {install}"
 
 
@@ -82,7 +113,8 @@ def check_model_dir(path: str, flag: str = "--model") -> None:
 
 
 def check_output(path: str, flag: str = "--out", folder: bool = False) -> None:
-    """Before any work: create the output folder (`path` itself, or the folder a file goes in), or say why not."""
+    """Before any work: create the output folder (`path` itself, or the folder a file goes in) and make sure a
+    file can be written there (tried, not guessed from permission bits: root, read-only mounts), or say why not."""
     if not folder and os.path.isdir(path):
         raise UsageError(f"{flag} {path}: is a folder; give a file path")
     where = path if folder else (os.path.dirname(os.path.abspath(path)))
@@ -90,8 +122,17 @@ def check_output(path: str, flag: str = "--out", folder: bool = False) -> None:
         os.makedirs(where, exist_ok=True)
     except OSError as e:
         raise UsageError(f"{flag} {path}: cannot create the folder {where} ({e.strerror})") from None
-    if not os.access(where, os.W_OK):
-        raise UsageError(f"{flag} {path}: the folder {where} is not writable")
+    try:
+        if folder:
+            tempfile.TemporaryFile(dir=where).close()
+        else:
+            existed = os.path.exists(path)
+            open(path, "a").close()
+            if not existed:
+                os.remove(path)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write {'in ' if folder else ''}{where if folder else 'it'} "
+                         f"({e.strerror})") from None
 
 
 def engine_error(e: ValueError, kv_tiers: str | None) -> Exception:

@@ -99,7 +99,7 @@ def test_cache_sweep_rejects_bad_input(tmp_path):
     csv_trace = tmp_path / "a.csv"
     csv_trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9,100,3\n")
     r = agentkv("cache", "sweep", str(csv_trace), "--out", str(tmp_path))
-    assert r.returncode == 2 and "no block ids" in r.stderr
+    assert r.returncode == 2 and "no prefix information (block ids" in r.stderr
 
 
 def test_report_rejects_a_negative_sample_before_any_work(tmp_path):
@@ -113,7 +113,7 @@ def test_ray_flags_without_ray_installed_exit_2_naming_the_extra(tmp_path):
                        (["cache", "sweep", "--ray", "--out", str(tmp_path)], "--ray"),
                        (["serve", "--model", str(tmp_path), "--replicas", "2"], "--replicas")):
         r = subprocess.run([sys.executable, "-c", hide_ray, *args], capture_output=True, text=True, timeout=60)
-        assert r.returncode == 2 and f"{flag}: Ray is not installed here (pip install 'agentkv[ray]')" in r.stderr
+        assert r.returncode == 2 and f"{flag}: Ray is not installed here (pip install -e '.[ray]' in the agentkv clone)" in r.stderr
 
 
 # what the extras bring (pyproject's optional dependencies): none of it may be needed by the main job
@@ -170,8 +170,13 @@ def test_report_model_view_and_window_enforcement(tmp_path):
     window = doc["context_window"]
     assert window["window"] == 131072 and window["over"] > 0 and window["rejected"] >= window["over"]
     assert doc["headline"][0].startswith("Context window: ") and "--over-window reject" in doc["headline"][0]
-    assert doc["headline"][1] == "Model: gpt-oss-120b, as given."
+    assert doc["headline"][1].startswith("Model: gpt-oss-120b, as given; 1 × h200 with fp8 weights (as given), the "
+                                         "fewest GPUs whose memory holds")
     rows = {row["model"]: row for row in doc["models"]["rows"]}
+    cheapest = min((r for r in rows.values() if r["slo_met"]), key=lambda r: r["usd_per_mtok"])["model"]
+    follows = ("The fleet and levers below are for gpt-oss-120b (named with --deployment), not for "
+               f"{cheapest}: for {cheapest}'s, run the report with --deployment model={cheapest}.")
+    assert (follows in doc["headline"][2]) == (cheapest != "gpt-oss-120b")  # the model view's answer, or why not
     assert list(rows) == ["gpt-oss-120b", "qwen3-next-80b-a3b"]
     assert rows["qwen3-next-80b-a3b"]["in_window_requests_pct"] >= rows["gpt-oss-120b"]["in_window_requests_pct"]
     assert all(row["kv_gib_median"] > 0 and row["contexts_per_gpu"] > 0 for row in rows.values())
@@ -254,13 +259,43 @@ def bad_inputs(tmp_path_factory):
     (d / "no_tok").mkdir()
     (d / "no_tok" / "config.json").write_text((ckpt / "config.json").read_text())
     (d / "requests.csv").write_text("time,prompt_tokens,completion_tokens\n0,100,5\n")
+    (d / "r.json").mkdir()  # where `report --out {d}/r.html` would write its JSON
+    (d / "azure.csv").write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,4808,10\n"
+                                 "2023-11-16 18:17:04.0319600,3180,8\n")
+    from agentkv.workload.formats import canonical
+    from agentkv.workload.generator import GeneratorConfig, generate
+
+    canonical.save(generate(GeneratorConfig(sessions=2, seed=0)), str(d / "whole.npz"))
+    (d / "cut.npz").write_bytes((d / "whole.npz").read_bytes()[:3000])
     (d / "no_torch").mkdir()
     (d / "no_torch" / "torch.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
     return d
 
 
 ENGINE_HINT = ("this needs agentkv's 'engine' extra (missing module 'torch'): pip install torch==2.13.0 --index-url "
-               "https://download.pytorch.org/whl/cpu && pip install 'agentkv[engine]'")
+               "https://download.pytorch.org/whl/cpu && pip install -e '.[engine]' in the agentkv clone")
+
+
+@pytest.mark.parametrize(("args", "blocked", "hint"), [
+    (["serve", "--model", "{d}/good"], "torch", "this needs agentkv's 'server' extra (missing module 'torch'): pip "
+                                                "install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu "
+                                                "&& pip install -e '.[server]' in the agentkv clone"),
+    (["replay", "{d}/requests.csv", "--endpoint", "http://127.0.0.1:9", "--out", "{d}/replay"], "httpx",
+     "this needs agentkv's 'replay' extra (missing module 'httpx'): pip install -e '.[replay]' in the agentkv clone"),
+], ids=["serve", "replay"])
+def test_each_command_names_its_own_extra_as_a_clone_installs_it(bad_inputs, tmp_path, args, blocked, hint):
+    """`pip install 'agentkv[...]'` resolves, on the public index, to another project: from a clone it is
+    `pip install -e '.[extra]'`, and the extra is the command's (replay's is not server's, with its torch)."""
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    (missing / f"{blocked}.py").write_text(f"raise ModuleNotFoundError(\"No module named '{blocked}'\", "
+                                           f"name='{blocked}')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(missing), os.getcwd()])}
+    argv = [a.replace("{d}", str(bad_inputs)) for a in args]
+    r = subprocess.run([sys.executable, "-m", "agentkv.cli", *argv], capture_output=True, text=True, timeout=120, env=env)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"agentkv: error: {hint}"), r.stderr
+    assert ("torch" in lines[0]) == (blocked == "torch")  # replay needs no torch
 
 
 def test_the_python_api_names_the_missing_extra_as_the_cli_does(bad_inputs):
@@ -305,7 +340,27 @@ BAD_INPUTS = [  # (args, exit code, what the one line must name); {d} is the fix
                                                     "needs about"),
     (["report", "--concurrency", "1e9", "--gen-sessions", "5"], 2, "--concurrency 1e+09: the trace has 5 sessions"),
     (["trace", "generate", "--sessions", "100000000", "--out", "{d}/x.npz"], 2, "--sessions 100,000,000: a generated"),
+    # flags are checked before the trace loads: a missing trace is not what is named
+    (["cache", "sweep", "{d}/missing.jsonl", "--capacity", "abc", "--out", "{d}/sw"], 2, "--capacity: bad capacity 'abc'"),
+    (["cache", "sweep", "{d}/missing.jsonl", "--policy", "lru,mru", "--out", "{d}/sw"], 2, "--policy: unknown policy 'mru'"),
+    (["report", "{d}/missing.jsonl", "--out", "/proc/r.html"], 2, "--out /proc/r.html: cannot write it"),
+    (["report", "{d}/missing.jsonl", "--out", "{d}/r.html"], 2, "--out (its JSON beside it) {d}/r.json: is a folder"),
+    (["trace", "stats", "{d}/cut.npz"], 2, "{d}/cut.npz: not a whole .npz archive, truncated or damaged"),
+    (["report", "{d}/azure.csv"], 2, "{d}/azure.csv: no prefix information (block ids; an Azure CSV has arrivals"),
+    (["cache", "sweep", "{d}/azure.csv", "--out", "{d}/sw"], 2, "{d}/azure.csv: no prefix information"),
 ]
+
+
+def test_trace_stats_on_a_trace_spanning_no_time_offers_no_rate(tmp_path):
+    trace = tmp_path / "instant.jsonl"  # Mooncake lines, both at 0 ms: no span to divide by
+    trace.write_text('{"timestamp": 0, "input_length": 600, "output_length": 5, "hash_ids": [1, 2]}\n'
+                     '{"timestamp": 0, "input_length": 700, "output_length": 5, "hash_ids": [1, 2]}\n')
+    r = agentkv("trace", "stats", str(trace), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["duration_s"] == 0 and doc["offered_input_tok_s"] is None and doc["offered_output_tok_s"] is None
+    r = agentkv("trace", "stats", str(trace))
+    assert "every request at one instant: no rate" in r.stdout
 
 
 @pytest.mark.parametrize(("args", "code", "named"), BAD_INPUTS, ids=[" ".join(a[:3]) for a, _, _ in BAD_INPUTS])

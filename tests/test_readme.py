@@ -9,6 +9,8 @@ against the servers the README starts before them.
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import re
 import shlex
@@ -31,12 +33,13 @@ NOT_RUN = ("python3 -m venv", ".venv/bin/pip ", "(command -v redis-server", ".ve
            "ANTHROPIC_BASE_URL=", "OPENAI_BASE_URL=",  # the agents: tests/server/test_agents.py runs them from npm
            "agentkv serve --model /path/to/Qwen2.5-7B-Instruct --replicas")  # tests/cluster/test_ray_serve.py
 SMALLER = [  # (README text, what runs instead)
+    ("../shared/data/traces/claude-code --endpoint", "{late} --endpoint"),  # replay: sub-agents 440,243 s in
     ("../shared/data/traces/claude-code", "{claude}"),
     ("../shared/data/traces/mooncake", "{mooncake}"),
     ("/path/to/Llama-3.1-8B-Instruct", "{ckpt}"),
     ("/path/to/Qwen2.5-7B-Instruct", "{ckpt}"),
     ("--sessions 500", "--sessions 4"),
-    ("--sessions 20", "--sessions 2 --max-turns 3"),
+    ("--sessions 20", "--sessions 1"),
     ("dram=8GiB", "dram=8MiB"),
     ("disk=100GiB@/mnt/nvme/agentkv", "disk=64MiB@{tmp}/kv"),
     ("redis=20GiB@redis://127.0.0.1:6379", "redis=16MiB@redis://127.0.0.1:{redis}"),
@@ -100,7 +103,7 @@ class World:
         for name in ("trace_0002.json.gz", "trace_0014.json.gz"):  # 0014 runs a sub-agent
             shutil.copy(need(CLAUDE_CODE / name), claude / name)
         self.fill = {"claude": str(claude), "mooncake": str(need(MOONCAKE).parent), "tmp": str(tmp),
-                     "ckpt": str(write_checkpoint(tmp / "ckpt", "llama3", seed=1))}
+                     "ckpt": str(write_checkpoint(tmp / "ckpt", "llama3", seed=1)), "late": str(late_subagents(tmp))}
         (tmp / "traffic.txt").write_text("the agent reads a file and calls a tool then writes code\n" * 40)
         self.redis = subprocess.Popen(["redis-server", "--port", str(free_port()), "--save", "", "--appendonly",
                                        "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -149,6 +152,19 @@ class World:
         self.redis.wait(30)
 
 
+def late_subagents(tmp: Path) -> Path:
+    """trace_0004 cut to its first 3 turns and its two sub-agents' first 3 each: they start 440,243 s into the
+    session, after the last turn kept, so the replay example finishes only if --max-think caps that wait too."""
+    doc = json.loads(gzip.decompress(need(CLAUDE_CODE / "trace_0004.json.gz").read_bytes()))
+    subs = [{**r, "requests": r["requests"][:3]} for r in doc["requests"] if r.get("type") == "subagent"]
+    assert len(subs) == 2 and min(r["t"] for r in subs) > 440_000
+    doc["requests"] = [r for r in doc["requests"] if r.get("type") != "subagent"][:3] + subs
+    folder = tmp / "late-subagents"
+    folder.mkdir()
+    (folder / "trace_0004.json").write_text(json.dumps(doc))
+    return folder
+
+
 def fill(text: str, **values: object) -> str:
     """`{name}` placeholders of SMALLER filled in (text with other braces, e.g. Python dicts, left alone)."""
     for name, value in values.items():
@@ -192,17 +208,38 @@ def serve_before(command: str) -> str:
     return [c for c in RUN[: RUN.index(command)] if c.startswith("agentkv serve")][-1]
 
 
+def run_readme(world: World, command: str) -> subprocess.CompletedProcess | None:
+    """The README's command in the world: a server started (None), anything else run to its end."""
+    if command.startswith("agentkv serve"):
+        world.serve(command)
+        return None
+    port = world.serve(serve_before(command)) if "127.0.0.1:8000" in command else None
+    return world.run(command, port)
+
+
 @pytest.mark.parametrize("command", RUN, ids=[c[:60] for c in RUN])
 def test_readme_command_runs(world, command):
-    if command.startswith("agentkv serve"):
-        port = world.serve(command)
-        proc = world.servers[command][0]
+    r = run_readme(world, command)
+    if r is None:
+        proc, port = world.servers[command]
         assert proc.poll() is None and port
         return
-    port = world.serve(serve_before(command)) if "127.0.0.1:8000" in command else None
-    r = world.run(command, port)
     assert r.returncode == 0, f"{command}\n{r.stderr[-3000:]}"
     assert "Traceback" not in r.stderr
+
+
+INPUTS = {"claude-code", "late-subagents", "ckpt", "traffic.txt", "kv"}  # the stand-ins this test writes (and the disk tier's folder)
+
+
+def test_what_the_readme_commands_create_git_ignores(world):
+    """Run from a clone, the README's commands leave nothing `git status` would offer to commit."""
+    for command in RUN:
+        run_readme(world, command)
+    made = sorted(p.name + "/" * p.is_dir() for p in world.tmp.iterdir() if p.name not in INPUTS)
+    assert made  # the report, the replay's folder, the keys file, ...
+    r = subprocess.run(["git", "check-ignore", "--no-index", "--verbose", "--non-matching", *made], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert [line.split("\t")[1] for line in r.stdout.splitlines() if line.startswith("::")] == []
 
 
 @pytest.mark.parametrize("block", range(2), ids=["engine", "openai client"])

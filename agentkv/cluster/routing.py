@@ -1,8 +1,12 @@
 """The Ray Serve request router of `agentkv serve --replicas`: Serve asks it for a replica, it asks agentkv's
 `Router` (the simulator's, kind "session" by default) over views of the replicas as this router sees them.
 
-A replica's load is the work (prompt + max tokens) of the requests this router sent it that have not finished;
-its cache is a shadow of the prompts sent to it, held to the replica's GPU capacity in blocks (which each
+A replica's load is the work (prompt + max tokens) of the requests this router sent it that have not finished.
+A request finishes when the gateway has relayed its last byte (`finished`, before the client can see the end),
+or when Serve reports it done, whichever comes first: Serve's report arrives from a Ray callback thread some
+time later, so a client that sends its next request on the reply's end (an agent, a replay at
+--max-inflight 1) would otherwise find the last one still counted, on a loaded machine, and be routed by timing
+rather than by the load there is. Its cache is a shadow of the prompts sent to it, held to the replica's GPU capacity in blocks (which each
 replica reports in its routing stats) and evicted least recently used, as SGLang's router keeps an
 approximate tree per worker instead of asking workers what they hold. A replica that dies is forgotten: its
 sessions are routed anew, to a replica that finds their prefixes in a shared Redis tier.
@@ -10,6 +14,8 @@ sessions are routed anew, to a replica that finds their prefixes in a shared Red
 
 from __future__ import annotations
 
+import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -31,6 +37,13 @@ class Routed:
     ids: np.ndarray  # the prompt's full blocks, chained hashes scoped by API key and cache_salt
     prompt_tokens: int
     work_tokens: int  # prompt + the most it may generate
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)  # names the request to `finished`
+
+
+def finished(route: Routed) -> None:
+    """The gateway has relayed the request's reply (or given up on it): it no longer loads its replica."""
+    for router in LIVE:
+        router.release(route.token)
 
 
 @dataclass(slots=True)
@@ -78,6 +91,8 @@ class AgentRouter(RequestRouter):
         self.load: dict[str, int] = {}
         self.shadow: dict[str, ShadowCache] = {}
         self.in_flight: dict[str, tuple[str, int]] = {}  # internal request id -> (replica, work tokens)
+        self.by_token: dict[str, list[str]] = {}  # Routed.token -> its internal request ids (a retry adds one)
+        self.lock = threading.Lock()  # `release` comes from the gateway's thread, the rest from Serve's loop
         from agentkv.cluster import routing  # Serve pickles this class by value: its own LIVE is a copy
 
         routing.LIVE.append(self)
@@ -102,22 +117,36 @@ class AgentRouter(RequestRouter):
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
         route: Routed = pending_request.args[0].route
-        name = replica_id.unique_id
+        name, rid = replica_id.unique_id, pending_request.metadata.internal_request_id
         if route.session is not None and self.router.kind == "session":
             self.router.home[route.session] = name  # where it went (the replica set may have changed meanwhile)
-        self.load[name] = self.load.get(name, 0) + route.work_tokens
-        self.in_flight[pending_request.metadata.internal_request_id] = (name, route.work_tokens)
+        with self.lock:
+            self.load[name] = self.load.get(name, 0) + route.work_tokens
+            self.in_flight[rid] = (name, route.work_tokens)
+            self.by_token.setdefault(route.token, []).append(rid)
         self.shadow.setdefault(name, ShadowCache()).add(route.ids)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        name, work = self.in_flight.pop(internal_request_id, (replica_id.unique_id, 0))
-        self.load[name] = max(self.load.get(name, 0) - work, 0)
+        with self.lock:
+            self._done(internal_request_id)
+
+    def release(self, token: str) -> None:
+        """`finished`: every attempt of the gateway's request is done."""
+        with self.lock:
+            for rid in self.by_token.pop(token, ()):
+                self._done(rid)
+
+    def _done(self, rid: str) -> None:
+        name, work = self.in_flight.pop(rid, ("", 0))  # once: the gateway's word or Serve's, whichever is first
+        if name in self.load:
+            self.load[name] = max(self.load[name] - work, 0)
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         name = replica_id.unique_id
         self.router.forget(name)
-        self.load.pop(name, None)
+        with self.lock:
+            self.load.pop(name, None)
         self.shadow.pop(name, None)
 
     def replica_stats(self) -> dict[str, dict[str, Any]]:

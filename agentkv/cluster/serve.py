@@ -39,12 +39,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from agentkv.cluster.routing import LIVE, AgentRouter, Routed
+from agentkv.cluster.routing import LIVE, AgentRouter, Routed, finished
 from agentkv.kvcache.block_hash import block_hashes, salt_hash
 from agentkv.server.limits import text_chars
 
 APP = "agentkv"
 REPLICA_HEADER = "x-agentkv-replica"
+STREAM_ENDS = (b"data: [DONE]", b"event: message_stop", b"event: response.completed",
+               b"event: response.incomplete")  # a stream's last event: OpenAI, Anthropic, the Responses API
 STATS_PERIOD_S = 1.0  # how often each replica's KV capacity and metrics page reach the router
 
 
@@ -208,8 +210,10 @@ class Gateway:
                 if retries and _replica_died(e):
                     retries -= 1
                     continue
+                finished(call.route)
                 return _unavailable(request, e)
-            return StreamingResponse(_rest(stream, request), status_code=status, headers=_headers(headers))
+            return StreamingResponse(_rest(stream, request, call.route), status_code=status,
+                                     headers=_headers(headers))
 
     def route(self, request: Request, body: bytes) -> Routed:
         """The request's session, blocks and size as the router weighs them, from the same `to_request` the
@@ -243,10 +247,13 @@ def _headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw if k.lower() not in (b"content-length", b"transfer-encoding")}
 
 
-async def _rest(stream: Any, request: Request) -> AsyncIterator[bytes]:
-    """The body after the first chunk; a replica lost mid-stream ends it with the API's in-band error."""
+async def _rest(stream: Any, request: Request, route: Routed) -> AsyncIterator[bytes]:
+    """The body after the first chunk; a replica lost mid-stream ends it with the API's in-band error. The
+    router learns the request is done before the client can see its end (routing.finished)."""
     try:
         async for chunk in stream:
+            if _ends_stream(chunk):  # the client may send its next request on reading it
+                finished(route)
             yield chunk
     except Exception as e:
         msg = f"replica lost mid-stream: {type(e).__name__}"
@@ -256,7 +263,12 @@ async def _rest(stream: Any, request: Request) -> AsyncIterator[bytes]:
         else:
             yield f"data: {json.dumps({'error': {'message': msg, 'type': 'server_error'}})}\n\n".encode()
     finally:
+        finished(route)
         stream.cancel()  # a client gone: the replica sees a disconnect and frees the request's KV
+
+
+def _ends_stream(chunk: bytes) -> bool:
+    return any(chunk.startswith(end) or b"\n" + end in chunk for end in STREAM_ENDS)
 
 
 def _replica_died(e: BaseException) -> bool:

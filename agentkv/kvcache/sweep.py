@@ -17,6 +17,7 @@ import numpy as np
 from agentkv.catalog import ModelSpec
 from agentkv.cluster.tasks import run_points
 from agentkv.kvcache.cache import KVCache
+from agentkv.kvcache.policies import NAMES as POLICY_NAMES
 from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.replay import ReplayResult, reference_stream, replay
 from agentkv.kvcache.sizing import CodecSpec, kv_bytes_per_block, kv_bytes_per_token
@@ -196,8 +197,21 @@ def summary_lines(points: list[SweepPoint], infinite: float) -> list[str]:
     return lines
 
 
+def policies_arg(text: str) -> list[str]:
+    """--policy's names, checked before any work."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in names if p not in POLICY_NAMES]
+    if unknown or not names:
+        raise ValueError(f"--policy: unknown policy {', '.join(map(repr, unknown)) or '(none given)'} "
+                         f"(policies: {', '.join(POLICY_NAMES)})")
+    return names
+
+
 def capacities_arg(text: str) -> list[Size]:
-    sizes = [parse_size(c) for c in text.split(",") if c.strip()]
+    try:
+        sizes = [parse_size(c) for c in text.split(",") if c.strip()]
+    except ValueError as e:
+        raise ValueError(f"--capacity: {e}") from None
     if not sizes:
         raise ValueError("--capacity: give at least one size")
     return sorted(sizes, key=lambda s: (s.is_bytes, s.value))

@@ -75,15 +75,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import httpx  # noqa: F401  (missing: the CLI names the 'replay' extra)
 
     from agentkv.cli_errors import check_output
-    from agentkv.replay import alphabet
-    from agentkv.replay.runner import Pacing, plan
-    from agentkv.replay.synth import Synth
-    from agentkv.workload.load import load_trace
 
     check_output(args.out, folder=True)
     for flag, value, low in (("--max-inflight", args.max_inflight, 1), ("--concurrency", args.concurrency, 1),
                              ("--max-turns", args.max_turns, 1), ("--max-tokens", args.max_tokens, 1),
-                             ("--server-block-size", args.server_block_size, 1), ("--max-errors", args.max_errors, 0)):
+                             ("--server-block-size", args.server_block_size, 1), ("--max-errors", args.max_errors, 0),
+                             ("--sessions", args.sessions, 1)):
         if value is not None and value < low:
             raise ValueError(f"{flag} must be >= {low}, got {value}")
     if args.time_scale < 0 or args.timeout <= 0 or not args.max_think >= 0:
@@ -104,24 +101,32 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if size.is_bytes or size.value < args.server_block_size:
             raise ValueError(f"--capacity: give the server's KV capacity in tokens, at least one block (got {args.capacity})")
         capacity = int(size.value) // args.server_block_size
-    trace = load_trace(args.paths, skip_bad=args.skip_bad, tokenizer=args.tokenizer, block_size=args.block_size)
-    words = alphabet.from_tokenizer(args.tokenizer) if args.tokenizer else alphabet.builtin()
     if args.seed is None:
         args.seed = int.from_bytes(os.urandom(4), "little")
+    return asyncio.run(_replay(args, extra, capacity))
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The trace, its synthesized text and the plan: read once the endpoint has answered, since a large trace
+    takes seconds to load and a server that is down, or refuses the key or the model, is answered at once."""
+    from agentkv.replay import alphabet
+    from agentkv.replay.runner import Pacing, plan
+    from agentkv.replay.synth import Synth
+    from agentkv.workload.load import load_trace
+
+    trace = load_trace(args.paths, skip_bad=args.skip_bad, tokenizer=args.tokenizer, block_size=args.block_size)
+    words = alphabet.from_tokenizer(args.tokenizer) if args.tokenizer else alphabet.builtin()
     synth = Synth(trace, words.words, args.token_scale, args.seed, reuse=not args.no_reuse, reply_cap=args.max_tokens)
-    the_plan = plan(trace, args.sessions, args.max_turns, args.concurrency)
     pacing = Pacing(args.time_scale, args.concurrency, args.max_inflight, args.max_think, args.max_errors)
-    return asyncio.run(_replay(args, synth, the_plan, pacing, extra, capacity))
+    return synth, plan(trace, args.sessions, args.max_turns, args.concurrency), pacing
 
 
-async def _replay(args: argparse.Namespace, synth: Any, the_plan: Any, pacing: Any, extra: dict,
-                  capacity: int | None) -> int:
+async def _replay(args: argparse.Namespace, extra: dict, capacity: int | None) -> int:
     import httpx
 
     from agentkv.replay.calibrate import calibrate
     from agentkv.replay.client import Api
     from agentkv.replay.endpoint import probe
-    from agentkv.replay.runner import Runner
 
     base = args.endpoint.rstrip("/").removesuffix("/v1")
     limits = httpx.Limits(max_connections=args.max_inflight + 4, max_keepalive_connections=args.max_inflight + 4)
@@ -130,6 +135,7 @@ async def _replay(args: argparse.Namespace, synth: Any, the_plan: Any, pacing: A
         endpoint = await probe(c, api, args.model)
         api.model = endpoint.model
         say(args, f"endpoint: {endpoint.describe(base)}")
+        synth, the_plan, pacing = _load(args)
         cal = await calibrate(c, api, synth.words, endpoint.max_model_len)
         if endpoint.max_model_len and (fitted := window.fit_window(synth, the_plan.requests, endpoint.max_model_len,
                                                                    cal.overhead, args.fit_window)):
@@ -140,31 +146,42 @@ async def _replay(args: argparse.Namespace, synth: Any, the_plan: Any, pacing: A
                   f"{synth.trace.source} ({api.kind}, text seed {synth.seed}); {synth.block_tokens} tokens per trace "
                   f"block; server adds {cal.overhead} tokens per prompt ({cal.checked_words} words checked via "
                   f"{cal.method}); think time alone takes {_duration(the_plan.think_floor(synth.trace, pacing))}")
-        with _LiveBar(the_plan.n_requests, quiet=args.json) as on_done:
-            runner = Runner(c, api, synth, cal.overhead, pacing, on_done)
-            loop = asyncio.get_running_loop()
-            stopped = []
-
-            def stop() -> None:
-                stopped.append(True)
-                runner.stop.set()
-                loop.remove_signal_handler(signal.SIGINT)  # a second Ctrl-C stops at once
-                print("\nreplay: stopping; writing what has finished", file=sys.stderr)
-
-            loop.add_signal_handler(signal.SIGINT, stop)
-            t0 = time.perf_counter()
-            try:
-                records = await runner.run(the_plan)
-            finally:
-                loop.remove_signal_handler(signal.SIGINT)
-            duration = time.perf_counter() - t0
-    summary = _write(args, records, duration, synth, cal, server, api)
+        runner, stopped, duration = await _run(args, c, api, synth, cal, pacing, the_plan)
+    summary = _write(args, runner.records, duration, synth, cal, server, api, the_plan.n_requests)
     if runner.halted:
         print(f"agentkv: error: replay stopped: {runner.halted}", file=sys.stderr)
     elif summary.errors and not stopped:
         print(f"agentkv: error: {sum(summary.errors.values()):,} of {summary.requests:,} requests failed: "
               + ", ".join(f"{k} {v}" for k, v in summary.errors.items()), file=sys.stderr)
     return INTERRUPTED if stopped else (1 if runner.halted or summary.errors else 0)
+
+
+async def _run(args: argparse.Namespace, c: Any, api: Any, synth: Any, cal: Any, pacing: Any,
+               the_plan: Any) -> tuple[Any, bool, float]:
+    """The replay itself, with its progress and Ctrl-C: (the runner, whether Ctrl-C stopped it, seconds)."""
+    from agentkv.replay.runner import Runner
+
+    progress = _Progress(the_plan.n_requests, quiet=args.json)
+    runner = Runner(c, api, synth, cal.overhead, pacing, progress.done)
+    loop = asyncio.get_running_loop()
+    stopped = []
+
+    def stop() -> None:
+        stopped.append(True)
+        runner.stop.set()
+        loop.remove_signal_handler(signal.SIGINT)  # a second Ctrl-C stops at once
+        print("\nreplay: stopping; writing what has finished", file=sys.stderr)
+
+    loop.add_signal_handler(signal.SIGINT, stop)
+    t0 = time.perf_counter()
+    with progress:
+        shown = asyncio.create_task(progress.show(runner))
+        try:
+            await runner.run(the_plan)
+        finally:
+            shown.cancel()
+            loop.remove_signal_handler(signal.SIGINT)
+    return runner, bool(stopped), time.perf_counter() - t0
 
 
 def say(args: argparse.Namespace, line: str) -> None:
@@ -179,12 +196,12 @@ def _duration(seconds: float) -> str:
 
 
 def _write(args: argparse.Namespace, records: list, duration: float, synth: Any, cal: Any, server: Any,
-           api: Any) -> Any:
+           api: Any, planned: int) -> Any:
     from agentkv.replay import plots
     from agentkv.replay.results import print_summary, summarize, write_csv, write_json
 
     sweep_cmd = _predict(args, records, synth, cal, server) if server is not None else ""
-    s = summarize(records, duration)
+    s = summarize(records, duration, planned)
     if sweep_cmd:
         s.prediction = server.describe()
     s.meta = {"trace": synth.trace.source, "endpoint": args.endpoint, "api": api.kind, "model": api.model,
@@ -246,25 +263,33 @@ async def _server_model(client: Any, args: argparse.Namespace, capacity: int | N
     return ServerModel(args.predict, tiers, found[1] or args.server_block_size, replicas, router)
 
 
-class _LiveBar:
-    """A live bar with ok/error counts and the cached share so far; silent for --json."""
+class _Progress:
+    """The replies so far (ok, errors, cached share) and the turns waiting on think time, with when the next is
+    due, so a long wait reads as one: a live bar on a terminal, a line every PERIOD seconds elsewhere (a log, CI),
+    on stderr; nothing for --json."""
+
+    PERIOD = 30.0
 
     def __init__(self, total: int, quiet: bool) -> None:
+        from rich.console import Console
+
         self.total, self.quiet = total, quiet
         self.ok = self.err = self.prompt = self.cached = 0
+        self.console = Console(stderr=True)
+        self.bar: Any = None
 
-    def __enter__(self):
-        if self.quiet:
-            return lambda r: None
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    def __enter__(self) -> _Progress:
+        if not self.quiet and self.console.is_terminal:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                            TimeElapsedColumn(), transient=True)
-        self.bar.__enter__()
-        self.task = self.bar.add_task("replay", total=self.total)
-        return self._done
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=self.console,
+                                transient=True)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("replay", total=self.total)
+        return self
 
-    def _done(self, r: Any) -> None:
+    def done(self, r: Any) -> None:
         o = r.outcome
         if o.error:
             self.err += 1
@@ -273,10 +298,26 @@ class _LiveBar:
             if o.cached_tokens >= 0:
                 self.prompt += o.prompt_tokens
                 self.cached += o.cached_tokens
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1)
+
+    def line(self, runner: Any) -> str:
         share = 100 * self.cached / self.prompt if self.prompt else 0.0
-        self.bar.update(self.task, advance=1,
-                        description=f"replay: ok {self.ok} errors {self.err} cached {share:.1f}%")
+        waiting, next_in = runner.waiting()
+        wait = f"; {waiting} waiting on think time, the next in {next_in:,.0f} s" if waiting else ""
+        return f"replay: ok {self.ok} errors {self.err} of {self.total:,}, cached {share:.1f}%{wait}"
+
+    async def show(self, runner: Any) -> None:
+        if self.quiet:
+            return
+        t0 = time.perf_counter()
+        while True:
+            await asyncio.sleep(1.0 if self.bar is not None else self.PERIOD)
+            if self.bar is not None:
+                self.bar.update(self.task, description=self.line(runner))
+            else:
+                print(f"{self.line(runner)} ({time.perf_counter() - t0:,.0f} s)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc: object) -> None:
-        if not self.quiet:
+        if self.bar is not None:
             self.bar.__exit__(*exc)

@@ -18,7 +18,8 @@ QUANTILES = (50, 90, 99)
 
 @dataclass(slots=True)
 class Summary:
-    requests: int
+    planned: int  # requests the plan holds
+    requests: int  # of those, sent (the rest never were: the run was stopped, or failed, before their turn)
     ok: int
     errors: dict[str, int]  # kind -> count
     without_usage: int  # whole replies that reported no usage (not counted in the cached share)
@@ -38,6 +39,10 @@ class Summary:
     meta: dict[str, object] = field(default_factory=dict)
 
     @property
+    def not_sent(self) -> int:
+        return self.planned - self.requests
+
+    @property
     def cached_share(self) -> float:
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else float("nan")
 
@@ -50,7 +55,7 @@ class Summary:
     def to_dict(self) -> dict[str, object]:
         """Plain JSON: what was not measured is null, never NaN."""
         d = asdict(self)
-        d.update(cached_share=self.cached_share, predicted_share=self.predicted_share,
+        d.update(not_sent=self.not_sent, cached_share=self.cached_share, predicted_share=self.predicted_share,
                  input_tok_s=self.prompt_tokens / self.duration_s if self.duration_s else 0.0,
                  output_tok_s=self.completion_tokens / self.duration_s if self.duration_s else 0.0)
         return _no_nan(d)
@@ -72,7 +77,7 @@ def measured(r: Record) -> bool:
     return not r.outcome.error and r.outcome.prompt_tokens >= 0 and r.outcome.cached_tokens >= 0
 
 
-def summarize(records: list[Record], duration_s: float) -> Summary:
+def summarize(records: list[Record], duration_s: float, planned: int) -> Summary:
     ok = [r for r in records if not r.outcome.error]
     used = [r for r in ok if measured(r)]
     tiers: Counter[str] = Counter()
@@ -82,6 +87,7 @@ def summarize(records: list[Record], duration_s: float) -> Summary:
         predicted_tiers.update(r.predicted_per_tier)
     predicted = [r.predicted_cached for r in used]
     return Summary(
+        planned=planned,
         requests=len(records),
         ok=len(ok),
         errors=dict(sorted(Counter(r.outcome.error for r in records if r.outcome.error).items())),
@@ -133,7 +139,9 @@ def print_summary(s: Summary, title: str, console: Console | None = None) -> Non
     t = Table(title=title, show_header=True, header_style="bold")
     t.add_column("metric")
     t.add_column("value", justify="right")
-    t.add_row("requests (ok / sent)", f"{s.ok:,} / {s.requests:,}")
+    t.add_row("requests (ok / sent / planned)", f"{s.ok:,} / {s.requests:,} / {s.planned:,}")
+    if s.not_sent:
+        t.add_row("requests never sent", f"{s.not_sent:,}")
     t.add_row("errors by kind", ", ".join(f"{k} {v}" for k, v in s.errors.items()) or "none")
     if s.without_usage or s.count_mismatches:
         t.add_row("replies without usage / prompt counts off plan", f"{s.without_usage} / {s.count_mismatches}")

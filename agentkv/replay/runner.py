@@ -4,7 +4,9 @@ A top-level session and its sub-agents form a group that starts together; inside
 a track of turns. A turn is sent its think time (the trace's `think_time`, else the gap between the previous
 turn's start plus its API time and this turn's start) after the previous reply ended, times --time-scale and
 capped at --max-think: the agent's own pace is kept while the server's speed decides the rest, as in a
-closed-loop agent. Groups start at the trace's session starts (scaled) where it has them, else --concurrency
+closed-loop agent. A sub-agent's first turn waits, the same way, for the parent turn that spawned it (the
+parent's last turn before it in the trace) and then the trace's gap, capped at --max-think too: a sub-agent
+that starts days into its session starts when its parent gets there. Groups start at the trace's session starts (scaled) where it has them, else --concurrency
 groups run at once, the next one starting as one ends. At most --max-inflight requests are outstanding; a stop (Ctrl-C, or --max-errors
 consecutive failures of one kind: a server that refuses everything) cancels what is in flight and keeps every
 finished record.
@@ -53,8 +55,27 @@ def think_s(trace: Trace, prev: int, i: int, pacing: Pacing) -> float:
     """Seconds to wait, as replayed, between request `prev`'s reply and request `i` of the same session."""
     think = float(trace.think_time[i])
     if think != think:
-        think = max(0.0, float(trace.time[i] - trace.time[prev]) - float(np.nan_to_num(trace.api_time[prev])))
+        return gap_s(trace, prev, i, pacing)
     return min(think * pacing.time_scale, pacing.max_think)
+
+
+def gap_s(trace: Trace, prev: int, i: int, pacing: Pacing) -> float:
+    """Seconds, as replayed, from request `prev`'s reply to request `i` by the trace's clock, capped at
+    --max-think: the wait before a turn with no think time of its own, or before a sub-agent's first turn."""
+    gap = max(0.0, float(trace.time[i] - trace.time[prev]) - float(np.nan_to_num(trace.api_time[prev])))
+    return min(gap * pacing.time_scale, pacing.max_think)
+
+
+def spawned_by(trace: Trace, parent: np.ndarray, first: int) -> int | None:
+    """The parent's turn a sub-agent starting with request `first` follows: its last turn before it (None: none)."""
+    k = int(np.searchsorted(trace.time[parent], trace.time[first], side="right")) - 1
+    return int(parent[k]) if k >= 0 else None
+
+
+def _waits(trace: Trace, track: np.ndarray, pacing: Pacing) -> np.ndarray:
+    """Think time before each turn of a track after its first, as replayed."""
+    return np.array([think_s(trace, a, b, pacing) for a, b in zip(track[:-1].tolist(), track[1:].tolist(),
+                                                                   strict=True)])
 
 
 @dataclass(slots=True)
@@ -72,13 +93,24 @@ class Plan:
 
     def think_floor(self, trace: Trace, pacing: Pacing) -> float:
         """Seconds the replay waits at least, however fast the server: each group lasts its longest track's think
-        times; a pool of --concurrency groups runs them side by side, clocked groups from their starts."""
-        spans = np.array([max(sum(think_s(trace, a, b, pacing) for a, b in zip(t[:-1].tolist(), t[1:].tolist(),
-                                                                                 strict=True)) for t in g)
-                          for g in self.groups])
+        times (a sub-agent's from its parent's turn that spawned it); a pool of --concurrency groups runs them side
+        by side, clocked groups from their starts."""
+        spans = np.array([self._group_floor(trace, g, pacing) for g in self.groups])
         if self.starts is not None:
             return float((self.starts * pacing.time_scale + spans).max())
         return max(float(spans.max()), float(spans.sum()) / (pacing.concurrency or 8))
+
+    @staticmethod
+    def _group_floor(trace: Trace, tracks: list[np.ndarray], pacing: Pacing) -> float:
+        parent = tracks[0]
+        at = np.concatenate([[0.0], np.cumsum(_waits(trace, parent, pacing))])  # each parent turn, at the least
+        ends = [float(at[-1])]
+        for track in tracks[1:]:
+            spawner = spawned_by(trace, parent, int(track[0]))
+            start = 0.0 if spawner is None else float(at[np.searchsorted(parent, spawner)])
+            start += gap_s(trace, parent[0] if spawner is None else spawner, int(track[0]), pacing)
+            ends.append(start + float(_waits(trace, track, pacing).sum()))
+        return max(ends)
 
 
 def plan(trace: Trace, sessions: int | None = None, max_turns: int | None = None,
@@ -123,6 +155,7 @@ class Runner:
         self._streak: tuple[str, int] = ("", 0)  # the last failure's kind, and how many in a row
         self._inflight = asyncio.Semaphore(pacing.max_inflight)
         self._t0 = 0.0
+        self._wakes: list[float] = []  # when each turn now waiting on think time is due
 
     async def run(self, p: Plan) -> list[Record]:
         """Replay the plan; returns the records of every request sent (cancelled ones included)."""
@@ -140,29 +173,38 @@ class Runner:
         return sorted(self.records, key=lambda r: r.sent)
 
     async def _group(self, tracks: list[np.ndarray], start: float | None, pool: asyncio.Semaphore) -> None:
-        origin = float(self.synth.trace.time[tracks[0][0]])  # the group's clock starts at its first turn
         if start is not None:
+            origin = float(self.synth.trace.time[tracks[0][0]])  # the group's clock starts at its first turn
             await self._sleep_until((start + origin) * self.pacing.time_scale)
-            t0 = self._now()
-            await asyncio.gather(*(self._track(t, t0, origin) for t in tracks))
+            await self._tracks(tracks)
             return
         async with pool:
-            t0 = self._now()
-            await asyncio.gather(*(self._track(t, t0, origin) for t in tracks))
+            await self._tracks(tracks)
 
-    async def _track(self, reqs: np.ndarray, t0: float, origin: float) -> None:
-        tr, x = self.synth.trace, self.pacing.time_scale
-        done = t0
+    async def _tracks(self, tracks: list[np.ndarray]) -> None:
+        """The parent's turns, and each sub-agent's once the parent's turn that spawned it has its reply."""
+        replied = {int(i): asyncio.Event() for i in tracks[0].tolist()}
+        spawners = [spawned_by(self.synth.trace, tracks[0], int(t[0])) for t in tracks[1:]]
+        await asyncio.gather(self._track(tracks[0], None, replied),
+                             *(self._track(t, s, replied) for t, s in zip(tracks[1:], spawners, strict=True)))
+
+    async def _track(self, reqs: np.ndarray, spawner: int | None, replied: dict[int, asyncio.Event]) -> None:
+        """One session's turns in order; `spawner`: the parent's request this sub-agent waits for."""
+        tr = self.synth.trace
+        if spawner is not None:
+            await replied[spawner].wait()
+        done = self._now()
         for turn, i in enumerate(reqs.tolist()):
-            if turn == 0:
-                at = t0 + (float(tr.time[i]) - origin) * x
-            else:
-                at = done + think_s(tr, int(reqs[turn - 1]), i, self.pacing)
-            await self._sleep_until(at)
+            if turn:
+                await self._sleep_until(done + think_s(tr, int(reqs[turn - 1]), i, self.pacing))
+            elif spawner is not None:
+                await self._sleep_until(done + gap_s(tr, spawner, i, self.pacing))
             if self.stop.is_set():
                 return
             await self._send(i, turn)
             done = self._now()
+            if i in replied:
+                replied[i].set()
 
     async def _send(self, i: int, turn: int) -> None:
         words = self.synth.prompt_words(i)
@@ -192,7 +234,16 @@ class Runner:
     def _now(self) -> float:
         return time.perf_counter() - self._t0
 
+    def waiting(self) -> tuple[int, float]:
+        """Turns now waiting on think time, and seconds until the first of them is sent (for the progress)."""
+        return len(self._wakes), (min(self._wakes) - self._now() if self._wakes else 0.0)
+
     async def _sleep_until(self, at: float) -> None:
         delay = at - self._now()
-        if delay > 0:
+        if delay <= 0:
+            return
+        self._wakes.append(at)
+        try:
             await asyncio.sleep(delay)
+        finally:
+            self._wakes.remove(at)

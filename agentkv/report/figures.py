@@ -77,18 +77,31 @@ def _sized(view: View) -> tuple[str, bytes]:
 
 
 def _capacity(view: View) -> tuple[str, bytes]:
+    return "Sessions per GPU within the SLO, and $ per session-hour", _png(capacity_figure(view))
+
+
+def capacity_figure(view: View):
     names, rows = _names(view), view.rows
     fig, ax = plt.subplots(figsize=(9, 3.4), dpi=100)
     per = [r["sessions_per_gpu"] or 0.0 for r in rows]
-    bars = ax.bar(names, per, color="tab:green")
-    for b, r in zip(bars, rows, strict=True):
+    bound = [bool(r["at_limit"]) for r in rows]  # the most the trace could load: a lower bound, drawn open
+    bars = ax.bar(names, per, color=["white" if b else "tab:green" for b in bound], edgecolor="tab:green",
+                  hatch=["//" if b else "" for b in bound])
+    for b, r, low in zip(bars, rows, bound, strict=True):
         usd = r["usd_per_session_hour"]
-        label = (("≤ " if r["at_limit"] else "") + f"${usd:.2f}/session-h") if usd else "SLO missed"
-        ax.annotate(label, (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7)
+        label = ((f"≥ {b.get_height():.3g} sessions\n≤ " if low else "") + f"${usd:.2f}/session-h") if usd \
+            else "SLO missed"
+        ax.annotate(("↑ " if low else "") + label, (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
+                    va="bottom", fontsize=7)
+    if any(bound):
+        ax.bar([names[bound.index(True)]], [0], color="white", edgecolor="tab:green", hatch="//",
+               label="lower bound: the trace has too few sessions to load it further")
+        ax.set_ylim(0, 1.45 * max(per))  # room for the legend above the bars
+        ax.legend(fontsize=7, loc="upper left")
     ax.set_ylabel("concurrent sessions per GPU")
     ax.tick_params(axis="x", labelsize=8)
     ax.set_title("Capacity: agent sessions one GPU serves within the SLO")
-    return "Sessions per GPU within the SLO, and $ per session-hour", _png(fig)
+    return fig
 
 
 def _ttft(view: View, slo_s: float) -> tuple[str, bytes]:

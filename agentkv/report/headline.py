@@ -55,8 +55,19 @@ def _window(rep: Report) -> list[str]:
         missed = [c.model for c in rep.candidates if not (c.sized and c.sized.cost)]
         if missed:
             text += f"; {', '.join(missed)} meet the SLO at no size tried (or do not fit on 8 GPUs)"
-        lines.append(text + ".")
+        lines.append(text + "." + _ladder_model(rep, best.model))
     return lines
+
+
+def _ladder_model(rep: Report, cheapest: str) -> str:
+    """Where the model view's cheapest is not the model the levers below run on, say so and why, so the fleet
+    that follows does not read as the model view's answer."""
+    if cheapest == rep.spec.model:
+        return ""
+    named = rep.model_choice.startswith(f"{rep.spec.model}, as given")
+    chosen = "named with --deployment" if named else "the default, chosen before the candidates are sized"
+    return (f" The fleet and levers below are for {rep.spec.model} ({chosen}), not for {cheapest}: for "
+            f"{cheapest}'s, run the report with --deployment model={cheapest}.")
 
 
 def _ramp(rep: Report) -> str:

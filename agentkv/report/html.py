@@ -16,7 +16,7 @@ h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.15em;margin:1.6em 0 .4em}
 .headline p{margin:.35em 0}
 table{border-collapse:collapse;width:100%;font-size:13px;table-layout:auto}
 td,th{border:1px solid #d4d4d4;padding:3px 6px;text-align:right;overflow-wrap:anywhere}
-th{background:#f3f3f3;font-weight:600}td:first-child,th:first-child{text-align:left}
+th{background:#f3f3f3;font-weight:600;overflow-wrap:normal;hyphens:manual}td:first-child,th:first-child{text-align:left}
 td.missed{color:#b00020;font-weight:600}
 .settings th{text-align:left;width:16em}.settings td{text-align:left}
 .notes{font-size:12px;color:#555;margin:.3em 0 0 0;padding-left:1.2em}

@@ -32,37 +32,66 @@ def longest_request(trace: Trace) -> int:
     return int((trace.input_tokens + np.maximum(trace.output_tokens, 1)).max()) if trace.n_requests else 0
 
 
-def placement(m: ModelSpec, hw: HardwareSpec, tokens: int) -> tuple[int, str] | None:
+def placement(m: ModelSpec, hw: HardwareSpec, tokens: int, tps: tuple[int, ...] = (1, 2, 4, 8),
+              weight_dtypes: tuple[str, ...] = WEIGHT_DTYPES) -> tuple[int, str] | None:
     """Fewest GPUs (TP 1-8), then the widest weights, whose KV room holds one `tokens`-long sequence at bf16
     KV; None where 8 GPUs cannot."""
-    for tp in (1, 2, 4, 8):
-        for wd in WEIGHT_DTYPES:
+    for tp in tps:
+        for wd in weight_dtypes:
             d = Deployment(hw, m, codec("bf16"), tp=tp, weight_dtype=wd)
             if d.kv_capacity_bytes >= d.kv_bytes(max(tokens, 1)):
                 return tp, wd
     return None
 
 
-def default_model(trace: Trace, spec: DeploymentSpec, named: set[str]) -> tuple[DeploymentSpec, str]:
-    """The deployment the report runs when the user named no model: see the module docstring. Settings the
-    user named (tp, weight_dtype) are kept."""
+def choose_model(trace: Trace, spec: DeploymentSpec, named: set[str]) -> tuple[DeploymentSpec, str]:
+    """The deployment the report runs, and why: the model named (`--deployment model=X`), else the default one
+    (see the module docstring), placed alike on the fewest GPUs and widest weights that hold its weights and the
+    longest request; tp or weight_dtype the user named are kept. A model no placement holds is refused in one
+    line: its report would be every request rejected."""
+    if "model" in named:
+        return _placed(spec, trace, named, f"{spec.model}, as given")
+    spec, why = _default(trace, spec)
+    return _placed(spec, trace, named, why)
+
+
+def _default(trace: Trace, spec: DeploymentSpec) -> tuple[DeploymentSpec, str]:
     table = models(spec.models_file)
     need = longest_request(trace)
     listed = [n for n in DEFAULT_MODELS if n in table]
     if not listed:
         return spec, f"{spec.model}, the default deployment"
     name = next((n for n in listed if table[n].context >= need), max(listed, key=lambda n: table[n].context))
-    m, hw = table[name], hardware(spec.hardware, spec.hardware_file)
-    held = table[name].context >= need
+    m = table[name]
     why = (f"{name}, the first of {', '.join(listed)} whose context window ({m.context:,} tokens) holds every "
-           f"request of this trace (the longest needs {need:,})" if held else
+           f"request of this trace (the longest needs {need:,})" if m.context >= need else
            f"{name}, the longest window of {', '.join(listed)} ({m.context:,} tokens; the longest request needs "
            f"{need:,})")
-    place = placement(m, hw, min(need, m.context))
-    if place and not {"tp", "weight_dtype"} & named:
-        spec = replace(spec, tp=place[0], weight_dtype=place[1])
-        why += f"; {spec.tp} × {hw.name} with {spec.weight_dtype} weights, the fewest GPUs whose KV holds it"
     return replace(spec, model=name), why
+
+
+def _placed(spec: DeploymentSpec, trace: Trace, named: set[str], why: str) -> tuple[DeploymentSpec, str]:
+    m, hw = models(spec.models_file)[spec.model], hardware(spec.hardware, spec.hardware_file)
+    tokens = min(longest_request(trace), m.context)
+    tps = (spec.tp,) if "tp" in named else (1, 2, 4, 8)
+    dtypes = (spec.weight_dtype,) if "weight_dtype" in named else WEIGHT_DTYPES
+    place = placement(m, hw, tokens, tps, dtypes)
+    if place is None:
+        given = ", ".join(f"{k}={getattr(spec, k)}" for k in ("tp", "weight_dtype") if k in named)
+        raise ValueError(f"--deployment model={spec.model}{', ' + given if given else ''}: no placement on "
+                         f"{'/'.join(map(str, tps))} × {hw.name} with {'/'.join(dtypes)} weights holds its weights "
+                         f"({m.params_total / 1e9:.1f}B parameters) and the KV of the longest request ({tokens:,} "
+                         "tokens)" + ("; leave tp and weight_dtype out to let the report size it" if given else ""))
+    if place == (spec.tp, spec.weight_dtype) and {"tp", "weight_dtype"} <= named:
+        return spec, why
+    spec = replace(spec, tp=place[0], weight_dtype=place[1])
+    holds = "whose memory holds its weights and the longest request's KV"
+    if "tp" in named:
+        return spec, f"{why}; {spec.tp} × {hw.name} as given, with {spec.weight_dtype} weights, the widest {holds}"
+    given = " (as given)" if "weight_dtype" in named else ""
+    widest = "" if given else " (and widest weights)"
+    return spec, (f"{why}; {spec.tp} × {hw.name} with {spec.weight_dtype} weights{given}, the fewest GPUs{widest} "
+                  f"{holds}")
 
 
 @dataclass(slots=True)

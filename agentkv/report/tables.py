@@ -83,7 +83,7 @@ def print_trace_stats(s: TraceStats, skipped: list[str], console: Console | None
     t.add_row("prefix hit, infinite cache per session", _pct(s.hit_rate_per_session))
     t.add_row("prefix hit, infinite cache shared by all", _pct(s.hit_rate_global))
     t.add_row("arrivals", s.arrival)
-    t.add_row("span (s)", _num(s.duration_s))
+    t.add_row("span (s)", _num(s.duration_s) + (" (every request at one instant: no rate)" if not s.duration_s else ""))
     t.add_row("offered input tok/s (all / uncached)", f"{_num(s.offered_input_tok_s)} / {_num(s.offered_uncached_tok_s)}")
     t.add_row("offered output tok/s", _num(s.offered_output_tok_s))
     ws = s.working_set_tokens

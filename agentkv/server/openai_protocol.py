@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from jinja2.defaults import DEFAULT_NAMESPACE
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from agentkv.engine.sequence import BIAS_MAX
 from agentkv.engine.tokenizer import TEMPLATE_GLOBALS
@@ -187,8 +187,11 @@ class CompletionRequest(Sampling):
 
 class TokenizeRequest(_Body):
     """vLLM's /tokenize: a prompt, or a chat as the model's template renders it (what a client needs to count
-    or place tokens exactly, e.g. a replay keeping block boundaries)."""
+    or place tokens exactly, e.g. a replay keeping block boundaries). Not an OpenAI endpoint, so not its rule
+    either: an unknown field is a 400 naming it (`token_strs` asks for nothing; vLLM's flag is
+    `return_token_strs`, its answer `token_strs`)."""
 
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = Field(None, min_length=1)
@@ -207,6 +210,7 @@ class TokenizeRequest(_Body):
 
 
 class DetokenizeRequest(_Body):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     model: str | None = None
     tokens: list[Annotated[int, Field(ge=0)]]
 

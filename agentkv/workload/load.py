@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import zipfile
+import zlib
 from collections.abc import Iterable
 
 from agentkv.workload.errors import BadRecords, TraceError
@@ -30,7 +32,11 @@ def load_trace(
     for path in files:
         data = _read(path)
         if canonical.looks_like(data):
-            traces.append(canonical.load(path, data))
+            try:
+                traces.append(canonical.load(path, data))
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+                raise TraceError(path, "", None, f"not a whole .npz archive, truncated or damaged ({e}); "
+                                 "write it again with `agentkv trace convert`") from None
             continue
         text = _decode(path, data)
         if not text.strip():

@@ -130,7 +130,9 @@ class TraceStats:
     skipped: int
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON: a figure the trace cannot give (a rate over a span of 0 s, a hit rate without block
+        ids) is null, never NaN."""
+        return {k: None if isinstance(v, float) and v != v else v for k, v in asdict(self).items()}
 
 
 def trace_stats(trace: Trace, arrival: ArrivalModel | None = None, window: float = 300.0) -> TraceStats:
@@ -142,7 +144,8 @@ def trace_stats(trace: Trace, arrival: ArrivalModel | None = None, window: float
     hits_session = infinite_cache_hits(trace, order, per_session=True)
     t_start = float(arrivals.min()) if len(arrivals) else 0.0
     t_end = float(np.max(arrivals + np.nan_to_num(trace.api_time, nan=0.0))) if len(arrivals) else 0.0
-    duration = max(t_end - t_start, 1e-9)
+    duration = t_end - t_start
+    per_s = 1 / duration if duration > 0 else float("nan")  # every request at one instant: no rate to offer
     roots = root_sessions(trace)
     is_sub = roots != np.arange(trace.n_sessions)
     win_t, win_tokens = working_set(trace, arrivals, window)
@@ -166,9 +169,9 @@ def trace_stats(trace: Trace, arrival: ArrivalModel | None = None, window: float
         hit_rate_per_session=ratio(hits_session),
         hit_rate_global=ratio(hits_global),
         duration_s=duration,
-        offered_input_tok_s=total_in / duration,
-        offered_uncached_tok_s=(total_in - int(hits_global.sum())) / duration,
-        offered_output_tok_s=float(trace.output_tokens.sum()) / duration,
+        offered_input_tok_s=total_in * per_s,
+        offered_uncached_tok_s=(total_in - int(hits_global.sum())) * per_s,
+        offered_output_tok_s=float(trace.output_tokens.sum()) * per_s,
         working_set_window_s=window,
         working_set_tokens=distribution(win_tokens),
         working_set_series=[(float(t), int(n)) for t, n in zip(win_t, win_tokens, strict=True)],

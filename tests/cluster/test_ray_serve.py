@@ -112,6 +112,27 @@ def test_replay_against_the_replicas_matches_the_prediction_per_replica(gateway,
         assert row["cached_tokens"] == row["predicted_cached_tokens"]
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_reply_read_to_its_end_no_longer_loads_its_replica(gateway, stream):
+    """Serve reports a request done from a Ray callback thread, some time after its last byte: an agent's next
+    turn, sent on reading [DONE], found the last one still counted on a loaded machine and was routed by timing
+    (8 of 12 as predicted at a load average of 7-9). The gateway says so before the client can read the end."""
+    from agentkv.cluster.routing import LIVE
+
+    with httpx.Client(timeout=60) as c:
+        for k in range(4):
+            body = {"model": "tiny", "prompt": " ".join(_words(f"done{k}", 30)), "max_tokens": 4, "stream": stream}
+            with c.stream("POST", gateway.url + "/v1/completions", json=body,
+                          headers={"x-session-id": f"done{k}-{stream}"}) as r:
+                assert r.status_code == 200
+                if stream:  # up to [DONE], as an agent reads it, not to the end of the body
+                    assert next(line for line in r.iter_lines() if line.startswith("data: [DONE]"))
+                else:
+                    r.read()
+                load = {name: work for router in LIVE for name, work in router.load.items()}
+            assert load and set(load.values()) == {0}, load
+
+
 def test_sessions_stay_on_a_replica_and_move_with_their_prefix_in_redis_when_it_dies(gateway):
     from openai import OpenAI
 

@@ -101,3 +101,21 @@ def test_max_think_caps_the_wait(trace, tmp_path, capsys):
     assert "think time alone takes at least 0 s" in out  # 3 waits of 0.05 s
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["duration_s"] < 2.5  # uncapped: at least 3 s
+
+
+@pytest.mark.parametrize(("stub", "flags", "named"), [
+    (None, [], "--endpoint http://127.0.0.1:{port}: cannot connect"),
+    ({"key": "sk-1"}, ["--api-key", "sk-2"], "--api-key: http://127.0.0.1:{port} refused the key"),
+    ({}, ["--model", "gpt-9"], "--model gpt-9: http://127.0.0.1:{port} serves stub-model"),
+], ids=["down", "wrong key", "wrong model"])
+def test_the_endpoint_is_checked_before_the_trace_loads(tmp_path, capsys, stub, flags, named):
+    bad = tmp_path / "bad.json"  # loading it would fail: the endpoint's answer must come first
+    bad.write_text('{"id": "s0", "block_size": 64, "requests": [{"t": "soon"}]}')
+    with Stub(("ok",), **(stub or {})) as s:
+        url = s.url
+        if stub is not None:
+            rc = main(["replay", str(bad), "--endpoint", url, *flags, "--out", str(tmp_path / "o")])
+    if stub is None:  # the server is gone
+        rc = main(["replay", str(bad), "--endpoint", url, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and named.format(port=url.rsplit(":", 1)[1]) in err, err

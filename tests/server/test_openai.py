@@ -162,6 +162,10 @@ def test_tokenize_and_detokenize_as_vllm(client, server):
         assert h.post("/detokenize", json={"model": "tiny", "tokens": r["tokens"]}).json() == {"prompt": "fix the bug"}
         for path, body, field in [("/tokenize", {"model": "tiny"}, "prompt"),
                                   ("/tokenize", {"model": "nope", "prompt": "x"}, "model"),
-                                  ("/detokenize", {"tokens": [10**6]}, "tokens")]:
+                                  ("/detokenize", {"tokens": [10**6]}, "tokens"),
+                                  ("/tokenize", {"prompt": "x", "token_strs": True}, "token_strs"),  # vLLM's
+                                  ("/detokenize", {"tokens": [1], "skip": 1}, "skip")]:  # flag: return_token_strs
             bad = h.post(path, json=body)
             assert bad.status_code in (400, 404, 422) and field in bad.text, (path, bad.text)
+        unknown = h.post("/tokenize", json={"prompt": "x", "token_strs": True})
+        assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "token_strs", unknown.text

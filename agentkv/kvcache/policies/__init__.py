@@ -12,7 +12,9 @@ from agentkv.kvcache.policies.lfu import LFU
 from agentkv.kvcache.policies.lru import LRU
 from agentkv.kvcache.policy import Policy
 
-__all__ = ["LFU", "LRU", "AgentAware", "Belady", "CostAware", "make_policy", "next_uses"]
+__all__ = ["LFU", "LRU", "NAMES", "AgentAware", "Belady", "CostAware", "make_policy", "next_uses"]
+
+NAMES = ("lru", "lfu", "cost", "agent", "belady", "infinite")
 
 
 def make_policy(name: str, stream: list[np.ndarray] | None = None, model: ModelSpec | None = None,
@@ -32,4 +34,4 @@ def make_policy(name: str, stream: list[np.ndarray] | None = None, model: ModelS
             if stream is None:
                 raise ValueError("Belady needs the replay's reference stream")
             return Belady(next_uses(stream))
-    raise ValueError(f"unknown policy '{name}' (policies: lru, lfu, cost, agent, belady, infinite)")
+    raise ValueError(f"unknown policy '{name}' (policies: {', '.join(NAMES)})")
