@@ -11,6 +11,7 @@ import sys
 from agentkv import __version__
 from agentkv.cli_errors import Parser, UsageError, check_output, positive, run_guarded
 from agentkv.cluster.tasks import LOCAL
+from agentkv.report.budget import BUDGET_S
 from agentkv.report.capacity import SAMPLE_SESSIONS
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.generator import GeneratorConfig
@@ -108,7 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "CPUs of the local Ray cluster)")
     rep.add_argument("--sample-sessions", type=int,
                      help="size and run the same fleet on an evenly spaced sample of this many top-level sessions "
-                          f"(default {SAMPLE_SESSIONS}; with --ray: the whole trace; 0: the whole trace)")
+                          "(default: the whole trace when its projected time fits --budget, else "
+                          f"{SAMPLE_SESSIONS}; with --ray: the whole trace; 0: the whole trace)")
+    rep.add_argument("--budget", type=positive(float), default=BUDGET_S,
+                     help="seconds the report may take on this machine: the whole trace is simulated when its "
+                          f"projected time fits, else a sample, and the projection is printed (default {BUDGET_S:g})")
     add_ray_arg(rep)
     rep.add_argument("--out", default="report.html",
                      help="self-contained HTML report path; the JSON goes beside it (default report.html)")
@@ -418,7 +423,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     spec, why = (spec, f"{spec.model}, as given") if "model" in named else default_model(trace, spec, named)
     run_report(trace, spec, arrival_from_args(args, trace), prices(args.prices), out=args.out,
                replicas=args.replicas, workers=args.workers, print_json=args.json, over_window=args.over_window,
-               candidates=candidates, model_choice=why, sample_size=args.sample_sessions, ray=args.ray)
+               candidates=candidates, model_choice=why, sample_size=args.sample_sessions, ray=args.ray,
+               budget_s=args.budget)
     return 0
 
 
