@@ -24,6 +24,7 @@ from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.sizing import kv_bytes_per_block, state_bytes
 from agentkv.kvcache.tiers import TIER_LINKS, TierSpec
 from agentkv.scheduler import PrefillChunk, Scheduler, SchedulerConfig, Sequence, StepPlan
+from agentkv.sim.local_ids import LocalIds
 from agentkv.sim.router import Router
 from agentkv.sim.stepcost import Deployment, StepCost, StepShape, step_cost, transfer_seconds
 from agentkv.workload.arrivals import ArrivalModel, offered_seconds, place
@@ -125,13 +126,14 @@ class _Replica:
         self.busy = False
         self.busy_s = 0.0
         self.leap: _Leap | None = None
+        self.ids = LocalIds()  # the policy core's arrays follow the blocks routed here, not the whole trace's
 
     def outstanding_tokens(self) -> int:
         s = self.sched
         return sum(q.prompt_len - q.computed + q.max_tokens - q.generated for q in (*s.waiting, *s.running))
 
     def cached_prefix(self, ids: np.ndarray) -> int:
-        return self.cache.lookup(ids)[0]
+        return self.cache.lookup(self.ids.seen_prefix(ids))[0]
 
     def catch_up(self, now: float) -> None:
         """Apply the decode steps of a leap that have ended by `now` to the running sequences."""
@@ -222,6 +224,7 @@ class Simulator:
             rep.catch_up(now)
         r = self.router.pick(self.replicas, seq.block_ids, seq.prompt_len, trace.block_size, seq.session)
         res.arrival[i], res.replica[i] = now, r
+        seq.block_ids = self.replicas[r].ids.assign(seq.block_ids)
         try:
             self.replicas[r].sched.add(seq)
         except ValueError:  # longer than the replica's whole KV: it can never run here
