@@ -32,6 +32,8 @@ class Scope:
     budget_s: float
 
     def describe(self) -> str:
+        if not self.projected_s:
+            return f"simulating the whole trace (no more than {SAMPLE_SESSIONS} top-level sessions)"
         if not self.sample_size:
             return (f"simulating the whole trace: projected {self.projected_s:.0f} s, within the "
                     f"{self.budget_s:.0f} s --budget")

@@ -26,6 +26,7 @@ def test_whole_trace_within_budget_else_the_sample_with_the_projection():
 def test_a_trace_no_larger_than_the_sample_is_simulated_whole_without_a_probe():
     scope = choose_scope(generate(GeneratorConfig(sessions=8)), DeploymentSpec(), ArrivalModel(), 1e-9, 2)
     assert scope.sample_size == 0 and scope.projected_s == 0.0
+    assert scope.describe() == f"simulating the whole trace (no more than {SAMPLE_SESSIONS} top-level sessions)"
 
 
 def test_budget_flag_is_checked():
