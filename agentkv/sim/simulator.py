@@ -24,6 +24,7 @@ from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.sizing import kv_bytes_per_block, state_bytes
 from agentkv.kvcache.tiers import TIER_LINKS, TierSpec
 from agentkv.scheduler import PrefillChunk, Scheduler, SchedulerConfig, Sequence, StepPlan
+from agentkv.scheduler.scheduler import blocks_for
 from agentkv.sim.local_ids import LocalIds
 from agentkv.sim.router import Router
 from agentkv.sim.stepcost import Deployment, StepCost, StepShape, step_cost, transfer_seconds
@@ -273,7 +274,7 @@ class Simulator:
     def _leap(self, r: int, now: float) -> bool:
         """Start a decode-only stretch as one event, to the step at which a sequence finishes or needs a block."""
         rep = self.replicas[r]
-        k = _decode_leap(rep.sched)
+        k = _reserve_ahead(rep, *_decode_leap(rep.sched), now)
         if k < 2:
             return False
         mid = k // 2
@@ -319,15 +320,33 @@ class Simulator:
         )
 
 
-def _decode_leap(sched: Scheduler) -> int:
-    """How many decode-only steps can run with this exact composition (nobody finishes, needs a block, or
-    could be admitted meanwhile): the simulator advances them in one go."""
+def _decode_leap(sched: Scheduler) -> tuple[int, int]:
+    """(decode-only steps before a sequence finishes, of those how many fit the blocks held) with this exact
+    composition (nobody could be admitted meanwhile); (0, 0) where a step must be scheduled."""
     if not sched.running or any(s.in_prefill for s in sched.running):
-        return 0
+        return 0, 0
     if sched.waiting and not sched.head_blocked:
-        return 0  # the head of the queue might be admitted at the next step
+        return 0, 0  # the head of the queue might be admitted at the next step
     bs = sched.cfg.block_size
-    return max(0, min(min(s.max_tokens - s.generated - 1, s.blocks_held * bs - s.computed) for s in sched.running))
+    to_finish = max(0, min(s.max_tokens - s.generated - 1 for s in sched.running))
+    return to_finish, min(to_finish, min(s.blocks_held * bs - s.computed for s in sched.running))
+
+
+def _reserve_ahead(rep: _Replica, to_finish: int, fits: int, now: float) -> int:
+    """Steps a leap can run: to the first finish, with the blocks its decodes will write reserved now where the
+    GPU tier has them free (no eviction: the cache is as a step-by-step run leaves it); else to the first block
+    boundary."""
+    if to_finish <= fits:
+        return fits
+    bs, running = rep.sched.cfg.block_size, rep.sched.running
+    need = [max(blocks_for(q.computed + to_finish, bs) - q.blocks_held, 0) for q in running]
+    if sum(need) > rep.cache.free_blocks(0):
+        return fits
+    for q, n in zip(running, need, strict=True):
+        if n:
+            rep.cache.reserve(q.seq_id, n, now)
+            q.blocks_held += n
+    return to_finish
 
 
 def _price(batch: StepPlan, d: Deployment, links: list[str], block_bytes: int, totals: dict) -> float:
