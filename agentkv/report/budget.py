@@ -3,7 +3,9 @@
 A sample of sessions misprices every lever by −34% to +70% on $/Mtok, with no fixed sign (docs/BENCHMARKS.md,
 `bench.sample_error`, measured 2026 on the Claude Code traces and generated ones), so a sample is the fallback
 for traces too large for the budget, not the default. The projection times one simulation of a small sample on
-this machine (CPU seconds per request) and scales it by the report's simulations and the trace's requests.
+this machine (CPU seconds per request) and scales it by what a report costs in such simulations and by the
+trace's requests. Per request, a simulation of a larger trace costs more (the capacity search probes higher
+concurrency), so the projection is a lower bound.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.trace import Trace
 
 BUDGET_S = 240.0  # default --budget: a report that runs in a few minutes
-SIMULATIONS = 30  # a report's simulations: capacity search, sizing and the same fleet for 8 levers (bench.report)
+# A report's CPU in units of one of its simulations (+DRAM tier, one replica, 20 concurrent sessions): 80.6 / 1.8
+# and 94.7 / 2.0 CPU-s, `python -m bench.report`, docs/BENCHMARKS.md, measured 2026-11-24 on this sandbox.
+REPORT_IN_SIMULATIONS = 45
+PROBE_RUNG = LADDER[5]  # the rung that ratio was measured against
 PROBE_SESSIONS = 12  # top-level sessions the speed probe simulates
 SAMPLE_ERROR = "a sample's $/Mtok was measured −34% to +70% off the whole trace's, with no fixed sign"
 
@@ -35,9 +40,9 @@ class Scope:
         if not self.projected_s:
             return f"simulating the whole trace (no more than {SAMPLE_SESSIONS} top-level sessions)"
         if not self.sample_size:
-            return (f"simulating the whole trace: projected {self.projected_s:.0f} s, within the "
+            return (f"simulating the whole trace: projected at least {self.projected_s:.0f} s, within the "
                     f"{self.budget_s:.0f} s --budget")
-        return (f"simulating a sample of {self.sample_size} sessions: the whole trace is projected at "
+        return (f"simulating a sample of {self.sample_size} sessions: the whole trace is projected at least at "
                 f"{self.projected_s:.0f} s, over the {self.budget_s:.0f} s --budget ({SAMPLE_ERROR}; raise "
                 f"--budget, pass --sample-sessions 0, or run with --ray)")
 
@@ -49,7 +54,7 @@ def choose_scope(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, budg
         return Scope(0, 0.0, budget_s)  # the sample would be the whole trace anyway
     probe = sample_sessions(trace, PROBE_SESSIONS)
     cpu = time.process_time()
-    simulate(probe, rung_config(spec, LADDER[-1], arrival, 1))
+    simulate(probe, rung_config(spec, PROBE_RUNG, arrival, 1))
     per_request = (time.process_time() - cpu) / max(probe.n_requests, 1)
-    projected = SIMULATIONS * per_request * trace.n_requests / max(workers, 1)
+    projected = REPORT_IN_SIMULATIONS * per_request * trace.n_requests / max(workers, 1)
     return Scope(0 if projected <= budget_s else SAMPLE_SESSIONS, projected, budget_s)
