@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -97,41 +98,109 @@ def hit_rate(trace: Trace, order: np.ndarray, arrivals: np.ndarray, specs: list[
     return replay(trace, order, arrivals, KVCache(specs, policy), stream).hit_rate
 
 
+@dataclass(slots=True)
+class Headroom:
+    """Hit rates on one GPU tier: the baselines, agent-aware, and the oracle at each of SIGMAS."""
+
+    capacity: str
+    lru: float
+    belady: float
+    agent: float
+    oracle: list[float]  # empty where LRU is already optimal
+
+    def closed(self, hit: float) -> float:
+        return (hit - self.lru) / (self.belady - self.lru)
+
+    def equivalent_sigma(self) -> float:
+        """The oracle σ that closes as much of the gap as agent-aware does."""
+        curve = np.asarray([self.closed(h) for h in self.oracle])
+        return float(np.interp(self.closed(self.agent), curve[::-1], np.asarray(SIGMAS[::-1])))
+
+
+@dataclass(slots=True)
+class Study:
+    source: str
+    concurrency: float
+    caps: list[Headroom]
+    pause_sigma: float  # σ of log pause after a tool call
+    residual_sigma: float  # σ left after the best linear forecast from recorded features
+    pauses: int
+
+    @property
+    def r2(self) -> float:
+        return 1.0 - (self.residual_sigma / self.pause_sigma) ** 2
+
+    @staticmethod
+    def explained(sigma: float, raw: float) -> float:
+        return raw**2 / (raw**2 + sigma**2)  # R² of log pause a forecast with this error has
+
+
+def study(path: str = str(TRACES / "claude-code"), capacities: str = "256k,512k",
+          concurrency: float = 20.0) -> Study:
+    trace = load_trace(path)
+    arrivals = arrival_times(trace, ArrivalModel("concurrency", concurrency))
+    order = replay_order(arrivals)
+    nxt = next_arrivals(trace, order, arrivals)
+    caps = []
+    for cap in capacities.split(","):
+        specs = tier_specs(parse_size(cap), [], model("llama-3.1-8b"), codec("bf16"), trace.block_size)
+        stream = reference_stream(trace, order, specs[0].capacity_blocks)
+        run = partial(hit_rate, trace, order, arrivals, specs, stream)
+        lru, belady, agent = run(make_policy("lru")), run(make_policy("belady", stream)), run(make_policy("agent"))
+        oracle = [run(OracleForecast(nxt, sigma)) for sigma in SIGMAS] if belady > lru else []
+        caps.append(Headroom(cap, lru, belady, agent, oracle))
+    return Study(trace.source, concurrency, caps, *pause_predictability(trace))
+
+
+def report(s: Study) -> None:
+    print(f"machine: {machine()}")
+    print(f"{s.source}: Poisson arrivals at {s.concurrency:g} concurrent sessions, atomic replay, GPU tier only")
+    for h in s.caps:
+        gap = h.belady - h.lru
+        print(f"\n{h.capacity}: LRU {100 * h.lru:.2f}%  Belady {100 * h.belady:.2f}%  agent-aware "
+              f"{100 * h.agent:.2f}% " + (f"(closes {100 * h.closed(h.agent):.0f}% of the gap)" if gap > 0
+                                         else "(no gap: LRU is optimal here)"))
+        for sigma, hit in zip(SIGMAS, h.oracle, strict=False):
+            print(f"  oracle pause × exp(N(0, {sigma:.2f})) (R² {s.explained(sigma, s.pause_sigma):.2f}): "
+                  f"{100 * hit:.2f}%  closes {100 * h.closed(hit):.0f}%")
+        if h.oracle:
+            print(f"  agent-aware forecasts as well as an oracle with σ ≈ {h.equivalent_sigma():.2f}")
+    print(f"\npauses after a tool call (n={s.pauses:,}): σ of log pause {s.pause_sigma:.2f}; the best linear forecast "
+          f"from recorded features leaves {s.residual_sigma:.2f} (R² {s.r2:.2f}; as good as an oracle with "
+          f"σ ≈ {s.pause_sigma * np.sqrt(1 / s.r2 - 1):.1f})")
+
+
+def markdown() -> str:
+    """docs/BENCHMARKS.md's table at the defaults (no timings: `python -m bench.docs` keeps it current)."""
+    s = study()
+    caps = [h for h in s.caps if h.oracle]
+    head = " | ".join(f"{h.capacity}: hit | gap closed" for h in caps)
+    lines = [f"| forecast | R² | {head} |", "| --- | --- | " + " | ".join("--- | ---" for _ in caps) + " |"]
+
+    def row(name: str, r2: str, hits: list[float]) -> None:
+        cells = " | ".join(f"{100 * hit:.2f}% | {100 * h.closed(hit):.0f}%" for h, hit in zip(caps, hits, strict=True))
+        lines.append(f"| {name} | {r2} | {cells} |")
+
+    row("LRU (baseline)", "—", [h.lru for h in caps])
+    row("agent-aware, as shipped", "—", [h.agent for h in caps])
+    for i, sigma in enumerate(SIGMAS):
+        row(f"oracle, σ = {sigma:g}", f"{s.explained(sigma, s.pause_sigma):.2f}", [h.oracle[i] for h in caps])
+    row("Belady (bound)", "—", [h.belady for h in caps])
+    equiv = " / ".join(f"{h.equivalent_sigma():.2f}" for h in caps)
+    lines += ["", f"Agent-aware forecasts as well as an oracle with σ ≈ {equiv} ({' / '.join(h.capacity for h in caps)}). "
+              f"Pauses after a tool call: n = {s.pauses:,}, σ of log pause {s.pause_sigma:.2f}; every online feature "
+              f"the traces record leaves σ {s.residual_sigma:.2f} in a least-squares fit (R² = {s.r2:.2f}: as good "
+              f"as an oracle with σ ≈ {s.pause_sigma * np.sqrt(1 / s.r2 - 1):.1f})."]
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trace", default=str(TRACES / "claude-code"))
     ap.add_argument("--capacity", default="256k,512k")
     ap.add_argument("--concurrency", type=float, default=20.0)
     args = ap.parse_args()
-    trace = load_trace(args.trace)
-    arrivals = arrival_times(trace, ArrivalModel("concurrency", args.concurrency))
-    order = replay_order(arrivals)
-    nxt = next_arrivals(trace, order, arrivals)
-    raw, resid, n = pause_predictability(trace)
-    r2 = 1.0 - (resid / raw) ** 2
-    print(f"machine: {machine()}")
-    print(f"{trace.source}: Poisson arrivals at {args.concurrency:g} concurrent sessions, atomic replay, GPU tier only")
-    for cap in args.capacity.split(","):
-        specs = tier_specs(parse_size(cap), [], model("llama-3.1-8b"), codec("bf16"), trace.block_size)
-        stream = reference_stream(trace, order, specs[0].capacity_blocks)
-        run = partial(hit_rate, trace, order, arrivals, specs, stream)
-        lru, belady, agent = run(make_policy("lru")), run(make_policy("belady", stream)), run(make_policy("agent"))
-        gap = belady - lru
-        print(f"\n{cap}: LRU {100 * lru:.2f}%  Belady {100 * belady:.2f}%  agent-aware {100 * agent:.2f}% "
-              + (f"(closes {100 * (agent - lru) / gap:.0f}% of the gap)" if gap > 0 else "(no gap: LRU is optimal here)"))
-        if gap <= 0:
-            continue
-        curve = []
-        for sigma in SIGMAS:
-            h = run(OracleForecast(nxt, sigma))
-            curve.append((h - lru) / gap)
-            explained = raw**2 / (raw**2 + sigma**2)  # R² of log pause such a forecast has
-            print(f"  oracle pause × exp(N(0, {sigma:.2f})) (R² {explained:.2f}): {100 * h:.2f}%  "
-                  f"closes {100 * curve[-1]:.0f}%")
-        equiv = float(np.interp((agent - lru) / gap, np.asarray(curve[::-1]), np.asarray(SIGMAS[::-1])))
-        print(f"  agent-aware forecasts as well as an oracle with σ ≈ {equiv:.2f}")
-    print(f"\npauses after a tool call (n={n:,}): σ of log pause {raw:.2f}; the best linear forecast from "
-          f"recorded features leaves {resid:.2f} (R² {r2:.2f}; as good as an oracle with σ ≈ {raw * np.sqrt(1 / r2 - 1):.1f})")
+    report(study(args.trace, args.capacity, args.concurrency))
     return 0
 
 

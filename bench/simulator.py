@@ -1,10 +1,10 @@
 """Simulated requests per second: the 195 shared Claude Code sessions served on modelled deployments.
 
-Baselines (same run): the offline replay of the same requests through the same policy core with no clock
-(`cache sweep`'s loop), i.e. what timing, batching and the step-cost model add on top of cache decisions; and,
-with `--against COMMIT`, the same simulations at that commit (checked out into a temporary git worktree and run
-in a child process, as this code is): the speed-up of the code since, on the same machine in the same run. CPU
-seconds are the figure to compare on a shared machine (wall time includes waiting for a core).
+Baseline (same run): the offline replay of the same requests through the same policy core with no clock
+(`cache sweep`'s loop), i.e. what timing, batching and the step-cost model add on top of cache decisions. With
+`--against COMMIT`, also the same simulations at that commit (checked out into a temporary git worktree) and at
+this code, each in a child process, timed in CPU seconds (the figure to compare on a shared machine): the speed-up
+of the code since, on the same machine in the same run.
 Run: .venv/bin/python -m bench.simulator [--against COMMIT]
 """
 
@@ -18,15 +18,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from agentkv.catalog import hardware, model
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.replay import replay
 from agentkv.kvcache.sizing import codec, kv_bytes_per_block
 from agentkv.kvcache.tiers import TierSpec
+from agentkv.sim.simulator import SimConfig, SimResult, simulate
 from agentkv.sim.stepcost import Deployment
 from agentkv.workload import load_trace
 from agentkv.workload.arrivals import ArrivalModel, place, replay_order
+from agentkv.workload.trace import Trace
 from bench._common import TRACES, machine
 
 CASES = (("bf16", 2, 20), ("int4", 2, 20), ("int4", 8, 200))  # KV codec, replicas, concurrent sessions
@@ -46,13 +50,40 @@ for kv, replicas, conc in json.loads(sys.argv[2]):
     d = Deployment(hardware("h200"), model("llama-3.1-8b"), codec(kv))
     cpu = time.process_time()
     res = simulate(trace, SimConfig(d, replicas=replicas, policy="lru", arrival=ArrivalModel("concurrency", conc)))
-    print(json.dumps({"cpu": time.process_time() - cpu, "wall": res.wall_s, "steps": res.steps,
-                      "hit": res.hit_rate, "requests": trace.n_requests}), flush=True)
+    print(json.dumps({"cpu": time.process_time() - cpu, "hit": res.hit_rate}), flush=True)
 """
 
 
-def simulations(root: Path, trace_path: str) -> list[dict]:
-    """The cases simulated by the code under `root`, in a child process."""
+def simulated(trace: Trace, kv: str, replicas: int, conc: int) -> SimResult:
+    d = Deployment(hardware("h200"), model("llama-3.1-8b"), codec(kv))
+    return simulate(trace, SimConfig(d, replicas=replicas, policy="lru", arrival=ArrivalModel("concurrency", conc)))
+
+
+def clockless_replay_s(trace: Trace, kv: str, conc: int) -> float:
+    """Wall seconds of the same requests through the same policy core, as the simulator places them."""
+    d = Deployment(hardware("h200"), model("llama-3.1-8b"), codec(kv))
+    served, arrivals = place(trace, ArrivalModel("concurrency", conc))  # warm start: see arrivals
+    tier = TierSpec("gpu", d.kv_capacity_bytes, kv_bytes_per_block(d.model, d.kv_codec, trace.block_size))
+    t = time.perf_counter()
+    replay(served, replay_order(arrivals), arrivals, KVCache([tier], make_policy("lru")))
+    return time.perf_counter() - t
+
+
+def markdown() -> str:
+    """docs/BENCHMARKS.md's table of what each case simulates (no timings: `python -m bench.docs`)."""
+    trace = load_trace(str(TRACES / "claude-code"))
+    lines = ["| configuration | requests | steps | steps per request | hit | TTFT p50 / p90 (modelled) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for kv, replicas, conc in CASES:
+        res = simulated(trace, kv, replicas, conc)
+        p50, p90 = np.percentile(res.ttft, [50, 90])
+        lines.append(f"| {kv} KV, {replicas} replicas, {conc} sessions | {trace.n_requests:,} | {res.steps:,} | "
+                     f"{res.steps / trace.n_requests:,.0f} | {100 * res.hit_rate:.1f}% | {p50:.2f} s / {p90:.2f} s |")
+    return "\n".join(lines)
+
+
+def cpu_seconds(root: Path, trace_path: str) -> list[dict]:
+    """CPU seconds and hit rate of each case simulated by the code under `root`, in a child process."""
     p = subprocess.run([sys.executable, "-c", _SIMULATE, trace_path, json.dumps(CASES)], capture_output=True,
                        text=True, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, cwd=root)
     if p.returncode:
@@ -60,47 +91,37 @@ def simulations(root: Path, trace_path: str) -> list[dict]:
     return [json.loads(line) for line in p.stdout.splitlines()]
 
 
-def at_commit(commit: str, trace_path: str) -> list[dict]:
+def against(commit: str, trace_path: str) -> None:
+    """Print each case's CPU seconds here and at `commit`, measured in the same run."""
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "baseline"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True,
                        capture_output=True)
         try:
-            return simulations(tree, trace_path)
+            before = cpu_seconds(tree, trace_path)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True)
-
-
-def clockless(trace, kv: str, conc: int) -> float:
-    """CPU seconds the offline replay of the same requests takes (no clock, no batching)."""
-    d = Deployment(hardware("h200"), model("llama-3.1-8b"), codec(kv))
-    arrival = ArrivalModel("concurrency", conc)
-    served, arrivals = place(trace, arrival)  # as the simulator serves it (warm start: see arrivals)
-    tier = TierSpec("gpu", d.kv_capacity_bytes, kv_bytes_per_block(d.model, d.kv_codec, trace.block_size))
-    t = time.process_time()
-    replay(served, replay_order(arrivals), arrivals, KVCache([tier], make_policy("lru")))
-    return time.process_time() - t
+    now = cpu_seconds(ROOT, trace_path)
+    for (kv, replicas, conc), new, old in zip(CASES, now, before, strict=True):
+        print(f"  {kv} KV, {replicas} replicas, {conc} sessions: {new['cpu']:.1f} CPU-s here, {old['cpu']:.1f} at "
+              f"{commit} -> {old['cpu'] / new['cpu']:.2f}x; hit {100 * new['hit']:.1f}% / {100 * old['hit']:.1f}%")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--against", metavar="COMMIT", help="also simulate at this commit and print the speed-up")
     args = ap.parse_args()
-    path = str(TRACES / "claude-code")
-    trace = load_trace(path)
+    trace = load_trace(str(TRACES / "claude-code"))
     print(f"machine: {machine()}")
     print(f"{trace.n_requests:,} requests, {int(trace.input_tokens.sum()):,} input tokens; llama-3.1-8b on h200")
-    now = simulations(ROOT, path)
-    before = at_commit(args.against, path) if args.against else [None] * len(CASES)
-    for (kv, replicas, conc), res, old in zip(CASES, now, before, strict=True):
-        base = clockless(trace, kv, conc)
-        line = (f"  {kv} KV, {replicas} replicas, {conc} sessions: {res['cpu']:5.1f} CPU-s = "
-                f"{res['requests'] / res['cpu']:6.0f} requests/CPU-s, {res['steps']:,} steps "
-                f"({res['cpu'] / base:4.1f}x the clockless replay's {base:.1f} s); hit {100 * res['hit']:.1f}%")
-        if old:
-            line += (f"; at {args.against}: {old['cpu']:.1f} CPU-s, hit {100 * old['hit']:.1f}% -> "
-                     f"{old['cpu'] / res['cpu']:.2f}x")
-        print(line, flush=True)
+    for kv, replicas, conc in CASES:
+        base = clockless_replay_s(trace, kv, conc)
+        res = simulated(trace, kv, replicas, conc)
+        print(f"  {kv} KV, {replicas} replicas, {conc} sessions: {res.wall_s:5.1f} s = "
+              f"{trace.n_requests / res.wall_s:6.0f} requests/s, {res.steps:,} steps "
+              f"({res.wall_s / base:4.1f}x the clockless replay's {base:.1f} s); hit {100 * res.hit_rate:.1f}%")
+    if args.against:
+        against(args.against, str(TRACES / "claude-code"))
     return 0
 
 

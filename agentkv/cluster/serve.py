@@ -2,10 +2,11 @@
 gateway that serves the same OpenAI and Anthropic endpoints.
 
 Each replica is the single-process server (`server.serve.build`: engine, FastAPI app, tenants, metrics), run
-by Ray Serve and called over ASGI with the whole HTTP request. The gateway (this process) reads a request,
-renders its prompt as a replica would (chat template, API key and cache_salt as the namespace) to know its
-blocks and session, and calls the deployment through a handle whose request router (`routing.AgentRouter`)
-decides with agentkv's own router. The reply streams back unchanged, with the replica's name in
+by Ray Serve and called over ASGI with the whole HTTP request. The gateway (this process) reads a request
+and renders its prompt with the replica's own `to_request` (server/apis.py: chat, completions, Responses,
+Anthropic messages; the API key and cache_salt as the namespace) to know its blocks and session, then
+calls the deployment through a handle whose request router (`routing.AgentRouter`) decides with agentkv's
+own router. The reply streams back unchanged, with the replica's name in
 `x-agentkv-replica`. A replica that dies before its reply started is retried on another (Ray Serve
 replaces the dead one); after the first byte the stream ends with an in-band error; nothing waits on a dead
 replica. `/metrics` sums every replica's series (their routing stats carry the page) and adds
@@ -122,6 +123,7 @@ class Gateway:
         self.handle = handle.options(stream=True)
         self.block_size = args.block_size
         self.router = args.router
+        self.reasoning_parser = args.reasoning_parser
         try:
             self.tokenizer: Tokenizer | None = Tokenizer(args.model)
         except FileNotFoundError:
@@ -167,36 +169,23 @@ class Gateway:
             return StreamingResponse(_rest(stream, request), status_code=status, headers=_headers(headers))
 
     def route(self, request: Request, body: bytes) -> Routed:
-        """The request's session, blocks and size as the router weighs them (empty blocks if its body is not
-        one the gateway can render: the replica answers it with the proper 4xx)."""
-        prompt, session, max_tokens = _prompt(request.url.path, body, self.tokenizer)
+        """The request's session, blocks and size as the router weighs them, from the same `to_request` the
+        replica's endpoint runs (empty blocks if its body is not one the gateway can render: the replica
+        answers it with the proper 4xx)."""
+        from agentkv.server.apis import ask_of
+        from agentkv.server.pipeline import Context, encode
+
         key = request.headers.get("authorization") or request.headers.get("x-api-key") or ""
-        session = request.headers.get("x-session-id") or session
-        salt = salt_hash(f"{key}\x00{_field(body, 'cache_salt')}")
-        ids = block_hashes(prompt, self.block_size, salt) if prompt else np.zeros(0, dtype=np.int64)
-        return Routed(f"{key}/{session}" if session else None, ids, len(prompt), len(prompt) + (max_tokens or 0))
-
-
-def _prompt(path: str, body: bytes, tokenizer: Any) -> tuple[list[int], str | None, int | None]:
-    """The prompt's token ids, session and max tokens, as the replica's endpoint will derive them."""
-    from agentkv.server import anthropic_protocol as anth
-    from agentkv.server import openai_protocol as oai
-    from agentkv.server.chat import anthropic_messages, openai_messages
-
-    with contextlib.suppress(Exception):  # anything unparsable is the replica's to refuse
-        if path == "/v1/chat/completions":
-            b = oai.ChatCompletionRequest.model_validate_json(body)
-            msgs, tools = openai_messages(b)
-            return tokenizer.encode_chat(msgs, tools=tools), b.user, b.max_new_tokens
-        if path == "/v1/messages":
-            m = anth.MessagesRequest.model_validate_json(body)
-            msgs, tools = anthropic_messages(m)
-            return tokenizer.encode_chat(msgs, tools=tools), m.metadata.user_id if m.metadata else None, m.max_tokens
-        if path == "/v1/completions":
-            c = oai.CompletionRequest.model_validate_json(body)
-            ids = c.prompt if isinstance(c.prompt, list) else tokenizer.encode(c.prompt)
-            return ids, c.user, c.max_tokens
-    return [], None, None
+        prompt: list[int] = []
+        session, max_tokens, salt = request.headers.get("x-session-id"), 0, _field(body, "cache_salt")
+        with contextlib.suppress(Exception):  # anything unparsable is the replica's to refuse
+            ask = ask_of(request.url.path, body, request.headers, Context(self.tokenizer, self.reasoning_parser))
+            if ask is not None:
+                session, max_tokens, salt = ask.session, ask.max_tokens or 0, ask.salt
+                prompt = encode(ask, self.tokenizer)
+        ids = block_hashes(prompt, self.block_size, salt_hash(f"{key}\x00{salt}")) if prompt \
+            else np.zeros(0, dtype=np.int64)
+        return Routed(f"{key}/{session}" if session else None, ids, len(prompt), len(prompt) + max_tokens)
 
 
 def _field(body: bytes, name: str) -> str:

@@ -36,6 +36,7 @@ class RequestDelta:
     output_tokens: int  # so far
     cached_tokens: int
     cached_tokens_per_tier: dict[str, int]
+    stop_string: str | None = None  # the stop string that ended it (cut from the text), once finished
 
 
 @dataclass(slots=True)
@@ -102,15 +103,30 @@ class RequestStream:
 
 
 @dataclass(slots=True)
-class _Detok:
-    """Incremental detokenization (as vLLM does): decode a short window so that multi-token characters and
-    word-boundary spaces come out right, emit only what is new."""
+class AddRequest:
+    """A request crossing to the engine thread, its prompt checked on the caller's."""
 
-    sent: int = 0  # token ids sent so far
-    prefix: int = 0
-    read: int = 0
-    emitted: int = 0  # characters of the visible text sent so far
-    text: str = ""  # visible text so far
+    stream: RequestStream
+    prompt: list[int]
+    params: SamplingParams
+    matcher: Any  # its grammar's fresh state, or None
+    session: str | None
+    tenant: str
+    cache_salt: str
+    classify_reply: Callable[[str], str] | None
+    public_prefix_tokens: int
+
+
+@dataclass(slots=True)
+class Abort:
+    request_id: str
+
+
+@dataclass(slots=True)
+class _Sent:
+    """How much of a request's reply its stream has had."""
+
+    tokens: int = 0
 
 
 class AsyncLLM:
@@ -123,7 +139,7 @@ class AsyncLLM:
         self.config = llm.config
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
-        self._streams: dict[str, tuple[RequestStream, _Detok]] = {}
+        self._streams: dict[str, tuple[RequestStream, _Sent]] = {}
         self._stats = EngineStats()
         self._stopping = False
         self._drain = True
@@ -135,23 +151,25 @@ class AsyncLLM:
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, *, request_id: str | None = None,
                     session: str | None = None, tenant: str = "", cache_salt: str = "",
                     classify_reply: Callable[[str], str] | None = None, public_prefix_tokens: int = 0,
-                    ) -> RequestStream:
-        """Queue a request; bad input (empty, over the context) raises ValueError here, at once."""
+                    grammar: Any = None) -> RequestStream:
+        """Queue a request; bad input (empty, over the context) raises ValueError here, at once. `grammar`: its
+        structured output compiled already (`Grammars.compile`, as the server does off its event loop)."""
         if self.error is not None or self._stopping:
             raise EngineDead("the engine is not running" if self.error is None else f"the engine failed: {self.error}")
         params = params or SamplingParams()
+        params.check()
         ids = self.llm.tokens_of(prompt, params)
-        if params.structured_outputs is not None:  # compiled here (cached), so the engine thread only copies it
-            self.llm.grammars.compile(params.structured_outputs)
+        if params.structured_outputs is not None and grammar is None:  # compiled here: the engine thread never does
+            grammar = self.llm.grammars.compile(params.structured_outputs)
         rid = request_id or uuid.uuid4().hex
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
         stream = RequestStream(rid, loop)
-        self._inbox.put(("add", stream, dict(prompt=ids, params=params, request_id=rid, session=session,
-                                             tenant=tenant, cache_salt=cache_salt, classify_reply=classify_reply,
-                                             public_prefix_tokens=public_prefix_tokens)))
+        matcher = grammar.deep_copy() if grammar is not None else None
+        self._inbox.put(AddRequest(stream, ids, params, matcher, session, tenant, cache_salt, classify_reply,
+                                   public_prefix_tokens))
         self._wake.set()
         return stream
 
@@ -167,7 +185,7 @@ class AsyncLLM:
                 self.abort(stream.request_id)
 
     def abort(self, request_id: str) -> None:
-        self._inbox.put(("abort", request_id, None))
+        self._inbox.put(Abort(request_id))
         self._wake.set()
 
     def stats(self) -> EngineStats:
@@ -212,64 +230,48 @@ class AsyncLLM:
     def _take_inbox(self) -> None:
         while True:
             try:
-                kind, a, kw = self._inbox.get_nowait()
+                msg = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            if kind == "add":
-                try:
-                    self.llm.add_request(**kw)
-                except Exception as e:  # refused (the engine keeps nothing of it): this request fails, not the loop
-                    if not isinstance(e, ValueError):  # not a refusal: undo whatever part of it was queued
-                        log.exception("request %s could not be added", a.request_id)
-                        self.llm.abort(a.request_id)
-                    a.push(e)
-                    continue
-                self._streams[a.request_id] = (a, _Detok())
-            elif a in self._streams and self.llm.abort(a):
-                stream, _ = self._streams.pop(a)
-                stream.push(self._final_abort(a))
+            if isinstance(msg, AddRequest):
+                self._add(msg)
+            elif msg.request_id in self._streams and self.llm.abort(msg.request_id):
+                stream, _ = self._streams.pop(msg.request_id)
+                stream.push(self._final_abort(msg.request_id))
+
+    def _add(self, msg: AddRequest) -> None:
+        rid = msg.stream.request_id
+        try:
+            self.llm.admit(msg.prompt, msg.params, msg.matcher, request_id=rid, session=msg.session,
+                           tenant=msg.tenant, cache_salt=msg.cache_salt, classify_reply=msg.classify_reply,
+                           public_prefix_tokens=msg.public_prefix_tokens)
+        except Exception as e:  # refused (the engine keeps nothing of it): this request fails, not the loop
+            if not isinstance(e, ValueError):  # not a refusal: undo whatever part of it was queued
+                log.exception("request %s could not be added", rid)
+                self.llm.abort(rid)
+            msg.stream.push(e)
+            return
+        self._streams[rid] = (msg.stream, _Sent())
 
     def _final_abort(self, rid: str) -> RequestDelta:
         return RequestDelta(rid, [], "", True, "abort", 0, 0, 0, {})
 
     def _deliver(self, out: RequestOutput) -> None:
+        """The step's news for one request: its new token ids and the new part of its text (the engine's
+        detokenizer made it; while the reply runs, what may begin a stop string is held back there)."""
         entry = self._streams.get(out.request_id)
         if entry is None:
             return
-        stream, det = entry
+        stream, sent = entry
         c = out.outputs[0]
-        text = self._new_text(out, det)
-        ids = c.token_ids
-        fresh = ids[det.sent :]
-        det.sent = len(ids)
-        stream.push(RequestDelta(out.request_id, fresh, text, out.finished, c.finish_reason,
-                                 len(out.prompt_token_ids), len(ids), out.num_cached_tokens,
-                                 dict(out.cached_tokens_per_tier)))
+        fresh = c.token_ids[sent.tokens :]
+        sent.tokens = len(c.token_ids)
+        stop = c.stop_reason if isinstance(c.stop_reason, str) else None
+        stream.push(RequestDelta(out.request_id, fresh, c.delta, out.finished, c.finish_reason,
+                                 len(out.prompt_token_ids), len(c.token_ids), out.num_cached_tokens,
+                                 dict(out.cached_tokens_per_tier), stop))
         if out.finished:
             del self._streams[out.request_id]
-
-    def _new_text(self, out: RequestOutput, det: _Detok) -> str:
-        c = out.outputs[0]
-        if self.tokenizer is None:
-            return ""
-        if out.finished:  # the engine's final text (stop strings and stop tokens removed) decides
-            new = c.text[det.emitted :]
-            det.emitted = len(c.text)
-            return new
-        ids = c.token_ids
-        before = self.tokenizer.decode(ids[det.prefix : det.read])
-        after = self.tokenizer.decode(ids[det.prefix :])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            det.text += after[len(before) :]
-            det.prefix, det.read = det.read, len(ids)
-        hold = max((len(s) for s in self.llm._seqs[out.request_id].params.stop), default=1) - 1 \
-            if out.request_id in self.llm._seqs else 0
-        visible = len(det.text) - hold
-        if visible <= det.emitted:
-            return ""
-        new = det.text[det.emitted : visible]
-        det.emitted = visible
-        return new
 
     def _publish_stats(self) -> None:
         llm = self.llm

@@ -19,6 +19,7 @@ import torch
 
 from agentkv.codecs import get_codec
 from agentkv.engine.cuda_graphs import DecodeGraphs
+from agentkv.engine.detokenizer import Detokenizer
 from agentkv.engine.grammar import Grammars
 from agentkv.engine.outputs import CompletionOutput, RequestOutput
 from agentkv.engine.pages import PageLayout
@@ -193,7 +194,16 @@ class LLM:
         operator's shared system prompt); the blocks after them stay in the tenant's."""
         params = params or SamplingParams()
         params.check()
-        ids = self.tokens_of(prompt, params)
+        matcher = self.grammars.matcher(params.structured_outputs) if params.structured_outputs is not None else None
+        return self.admit(self.tokens_of(prompt, params), params, matcher, request_id=request_id, session=session,
+                          tenant=tenant, cache_salt=cache_salt, classify_reply=classify_reply,
+                          public_prefix_tokens=public_prefix_tokens)
+
+    def admit(self, ids: list[int], params: SamplingParams, matcher: Any = None, *, request_id: str | None = None,
+              session: str | None = None, tenant: str = "", cache_salt: str = "", classify_reply: Any = None,
+              public_prefix_tokens: int = 0) -> str:
+        """Queue a request whose prompt and params `add_request` (or `AsyncLLM`, on its caller's thread)
+        checked already, with its grammar's matcher compiled there: nothing is checked or compiled twice."""
         seq_id = next(self._counter)
         rid = str(seq_id) if request_id is None else request_id
         if rid in self._seqs:
@@ -208,8 +218,8 @@ class LLM:
         seq.session = self._sessions(session) if session else -1
         seq.tenant = self._tenants.setdefault(tenant, len(self._tenants))
         seq.classify_reply = classify_reply
-        if params.structured_outputs is not None:
-            seq.matcher = self.grammars.matcher(params.structured_outputs)
+        seq.detok = Detokenizer(self.tokenizer, params.stop) if self.tokenizer is not None else None
+        seq.matcher = matcher
         try:
             self.scheduler.add(seq)
         except ValueError:
@@ -279,7 +289,8 @@ class LLM:
 
     # ---- one step ------------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Run one step; returns an output for every request that got a token (text filled in once finished)."""
+        """Run one step; returns an output for every request that got a token (its new text as `delta`, less
+        what may begin a stop string; the final text once finished)."""
         plan = self.scheduler.schedule(time.monotonic())
         self._execute(plan)
         if plan.empty:
@@ -370,11 +381,9 @@ class LLM:
         p = seq.params
         if (tok in self.config.eos_token_ids and not p.ignore_eos) or tok in p.stop_token_ids:
             seq.stop, seq.finish_reason = True, "stop"
-        elif p.stop and self.tokenizer is not None:
-            text = self.tokenizer.decode(seq.output_ids)
-            hit = min((i for i in (text.find(s) for s in p.stop) if i >= 0), default=-1)
-            if hit >= 0:
-                seq.stop, seq.finish_reason, seq.text = True, "stop", text[:hit]
+            seq.stop_reason = tok if tok in p.stop_token_ids else None
+        elif seq.detok is not None and seq.detok.push(tok) is not None:
+            seq.stop, seq.finish_reason, seq.stop_reason = True, "stop", seq.detok.matched
         if seq.stop or seq.generated + 1 >= seq.max_tokens:  # its last token: say how the reply ended
             seq.finish = FINISH_UNKNOWN
             if seq.classify_reply is not None:
@@ -389,9 +398,15 @@ class LLM:
         self._generators.pop(seq.request_id, None)
 
     def _text(self, seq: EngineSequence) -> str:
-        if seq.text is not None or self.tokenizer is None:
-            return seq.text or ""
-        return self.tokenizer.decode(self._visible(seq))
+        """The reply's final text, made once: cut at its stop string, else its tokens decoded whole (once, at
+        its end: the stream's pieces came from the incremental detokenizer)."""
+        if seq.text is None:
+            if seq.detok is None:
+                seq.text = ""
+            else:
+                matched = seq.detok.matched is not None
+                seq.text = seq.detok.text if matched else self.tokenizer.decode(self._visible(seq))
+        return seq.text
 
     def _visible(self, seq: EngineSequence) -> list[int]:
         out = seq.output_ids
@@ -404,10 +419,19 @@ class LLM:
         finished = seq.status is Status.FINISHED
         text = self._text(seq) if finished else ""
         completion = CompletionOutput(0, text, self._visible(seq) if finished else seq.output_ids,
-                                      seq.finish_reason if finished else None)
+                                      seq.finish_reason if finished else None, seq.stop_reason if finished else None,
+                                      self._delta(seq, text, finished))
         per_tier = {n: int(x) for n, x in zip(self.tier_names, seq.prompt_cached_per_tier, strict=False)}
         return RequestOutput(seq.request_id, None, seq.tokens[: seq.prompt_len], [completion], finished,  # type: ignore[index]
                              seq.prompt_cached, per_tier, seq.preemptions)
+
+    @staticmethod
+    def _delta(seq: EngineSequence, text: str, finished: bool) -> str:
+        """The text new this step, as the detokenizer lets a stream show it; at the end, the rest of the final
+        text (what the stream showed is its beginning)."""
+        if seq.detok is None:
+            return ""
+        return text[seq.detok.shown_chars :] if finished else seq.detok.take()
 
     def tokens_of(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         """The prompt's token ids, checked: not empty, and room for max_tokens within the model's context.

@@ -12,6 +12,7 @@ class CompletionOutput:
     token_ids: list[int]
     finish_reason: str | None  # "stop", "length" or "abort"; None while running
     stop_reason: str | int | None = None  # the stop string or token that ended it
+    delta: str = ""  # the text new this step, for streams (`text` is filled in once finished)
 
 
 @dataclass(slots=True)

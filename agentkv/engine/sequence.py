@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from agentkv.engine.detokenizer import Detokenizer
 from agentkv.engine.grammar import StructuredOutputsParams
 from agentkv.kvcache.ids import BlockIds
 from agentkv.scheduler import Sequence
@@ -65,7 +66,9 @@ class EngineSequence(Sequence):
     named: list[int] = field(default_factory=list)  # ids of its full blocks, each holding one reference
     pages: list[int] = field(default_factory=list)  # its block table: physical pages in position order
     row: int = -1  # its row in the attention backend's block-table tensor while it runs
-    text: str | None = None  # the reply cut at a stop string (None: not cut)
+    text: str | None = None  # the reply's final text, made once it ends
+    detok: Detokenizer | None = None  # its reply's text as it comes; None without a tokenizer
+    stop_reason: str | int | None = None  # the stop string or stop token that ended it
     finish_reason: str | None = None
     classify_reply: Callable[[str], str] | None = None  # "tool_calls" | "stop": how the reply ended
     matcher: Any = None  # its grammar's state (engine/grammar.py) when it has one

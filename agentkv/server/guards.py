@@ -54,73 +54,83 @@ def uvicorn_config(app: Any, limits: Limits, **kw: Any) -> uvicorn.Config:
 
 def guarded_protocol(limits: Limits) -> type[H11Protocol]:
     """uvicorn's h11 protocol under `limits`."""
-    refused = _Rare(f"connection refused: all {limits.max_connections} connections are busy (--max-connections)")
-    evicted = _Rare(f"oldest idle connection closed to admit a new one ({limits.max_connections} open, "
-                    "--max-connections)")
-    timed_out = _Rare(f"connection closed: no complete request headers within {limits.header_timeout_s:g} s "
-                      "(--header-timeout)")
     body = json.dumps({"error": {"message": "server busy: too many connections; retry later", "type":
                                  "service_unavailable", "param": None, "code": "too_many_connections"}}).encode()
     busy = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
             b"retry-after: 1\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return type("Guarded", (_Guarded,), {
+        "limits": limits, "busy": busy,
+        "refused": _Rare(f"connection refused: all {limits.max_connections} connections are busy "
+                         "(--max-connections)"),
+        "evicted": _Rare(f"oldest idle connection closed to admit a new one ({limits.max_connections} open, "
+                         "--max-connections)"),
+        "timed_out": _Rare(f"connection closed: no complete request headers within {limits.header_timeout_s:g} s "
+                           "(--header-timeout)")})
 
-    class Guarded(H11Protocol):
-        def __init__(self, *args: Any, **kw: Any) -> None:
-            super().__init__(*args, **kw)
-            self.opened = time.monotonic()
-            self.header_deadline: Any = None
 
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            if len(self.connections) > limits.max_connections and not self._evict_idle():
-                refused()
-                transport.write(busy)
-                transport.close()
-                return
+class _Guarded(H11Protocol):
+    """The protocol's guards; `guarded_protocol` makes a subclass with its limits, its 503 and its warnings."""
+
+    limits: Limits
+    busy: bytes
+    refused: _Rare
+    evicted: _Rare
+    timed_out: _Rare
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.opened = time.monotonic()
+        self.header_deadline: Any = None
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections and not self._evict_idle():
+            self.refused()
+            transport.write(self.busy)
+            transport.close()
+            return
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._disarm()  # the headers are in: the request's own time is not bounded here
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
             self._arm()
 
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if self.cycle is not None and not self.cycle.response_complete:
-                self._disarm()  # the headers are in: the request's own time is not bounded here
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._arm()
+    def idle(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
+    def _evict_idle(self) -> bool:
+        idle = [c for c in self.connections if c is not self and isinstance(c, _Guarded) and c.idle()
+                and not c.transport.is_closing()]
+        if not idle:
+            return False
+        self.evicted()
+        min(idle, key=lambda c: c.opened).shutdown()
+        return True
 
-        def idle(self) -> bool:
-            return self.cycle is None or self.cycle.response_complete
+    def _arm(self) -> None:
+        self._disarm()
+        self.header_deadline = self.loop.call_later(self.limits.header_timeout_s, self._too_slow)
 
-        def _evict_idle(self) -> bool:
-            idle = [c for c in self.connections if c is not self and isinstance(c, Guarded) and c.idle()
-                    and not c.transport.is_closing()]
-            if not idle:
-                return False
-            evicted()
-            min(idle, key=lambda c: c.opened).shutdown()
-            return True
-
-        def _arm(self) -> None:
-            self._disarm()
-            self.header_deadline = self.loop.call_later(limits.header_timeout_s, self._too_slow)
-
-        def _disarm(self) -> None:
-            if self.header_deadline is not None:
-                self.header_deadline.cancel()
-                self.header_deadline = None
-
-        def _too_slow(self) -> None:
+    def _disarm(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
             self.header_deadline = None
-            if self.idle() and not self.transport.is_closing():
-                timed_out()
-                self.transport.close()
 
-    return Guarded
+    def _too_slow(self) -> None:
+        self.header_deadline = None
+        if self.idle() and not self.transport.is_closing():
+            self.timed_out()
+            self.transport.close()
 
 
 class RequestLimits:

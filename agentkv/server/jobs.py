@@ -31,22 +31,28 @@ log = logging.getLogger("agentkv.server")
 class Result:
     """What a finished request returns, accumulated from its deltas."""
 
-    text: str = ""
+    pieces: list[str] = field(default_factory=list)  # the text, joined when read (no copy per delta)
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str = ""
+    stop_string: str | None = None  # the stop string the engine matched (cut from the text)
     prompt_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
     cached_tokens_per_tier: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
     def add(self, d: Any) -> None:
-        self.text += d.text
+        if d.text:
+            self.pieces.append(d.text)
         self.token_ids += d.token_ids
         if d.prompt_tokens:  # an abort's final delta carries no counts
             self.prompt_tokens, self.output_tokens = d.prompt_tokens, d.output_tokens
             self.cached_tokens, self.cached_tokens_per_tier = d.cached_tokens, dict(d.cached_tokens_per_tier)
         if d.finished:
-            self.finish_reason = d.finish_reason or "stop"
+            self.finish_reason, self.stop_string = d.finish_reason or "stop", d.stop_string
 
 
 class Jobs:

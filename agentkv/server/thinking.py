@@ -51,8 +51,3 @@ class ThinkingSplitter:
         keep = partial_suffix(self.buf, CLOSE)
         thought, self.buf = self.buf[: len(self.buf) - keep], self.buf[len(self.buf) - keep:]
         return thought, ""
-
-
-def split(text: str) -> tuple[str, str]:
-    """A whole reply's (thinking, answer)."""
-    return ThinkingSplitter().feed(text, finished=True)

@@ -190,3 +190,25 @@ def test_cached_input_carries_the_attention_over_its_keys():
     assert c.usd_per_mtok_cached > 0
     cold = simulate(sessions_trace(), replace(cfg, prefix_cache=False))
     assert cold.cached_s == 0.0  # nothing served from cache: no attention charged to it
+
+
+def test_the_split_prices_add_up_to_the_bill():
+    """Uncached input, cached input (attention over its keys and the tier transfers that brought it back) and
+    output, each at its own $/Mtok, add up to the fleet's $; so does the blended price over all tokens. Twelve
+    generated sessions of Qwen3-Coder-30B at 20 concurrent overflow one H200's HBM into DRAM, so every part is
+    non-zero."""
+    from agentkv.workload.generator import GeneratorConfig, generate
+
+    d = Deployment(hardware("h200"), model("qwen3-coder-30b-a3b"), codec("bf16"))
+    cfg = SimConfig(d, arrival=ArrivalModel("concurrency", 20.0), dram_bytes=500e9)
+    res = simulate(generate(GeneratorConfig(sessions=12, seed=0)), cfg)
+    assert res.transfer_s > 0 and res.cached_s > 0 and res.prefill_s > 0
+    c = self_hosted_cost(res, 3.49)
+    cached = float(res.cached[res.billed].sum())
+    tokens = {"uncached": float(res.prompt[res.billed].sum()) - cached, "cached": cached,
+              "output": float(res.output[res.billed].sum())}
+    parts = (c.usd_per_mtok_input * tokens["uncached"] + c.usd_per_mtok_cached * tokens["cached"]
+             + c.usd_per_mtok_output * tokens["output"]) / 1e6
+    assert parts == pytest.approx(c.usd, rel=1e-9)
+    assert c.usd_per_mtok_blended * sum(tokens.values()) / 1e6 == pytest.approx(c.usd, rel=1e-9)
+    assert c.usd == pytest.approx(c.gpu_hours * 3.49) and c.gpu_hours == pytest.approx(res.billed_s / 3600)

@@ -108,6 +108,7 @@ def test_stop_strings_and_text(llama_dir):
     stop = next(w for w in words[1:] if w != words[0])  # the first word that differs from the first
     cut = llm.generate(["the agent reads a file"], SamplingParams(max_tokens=40, temperature=0, stop=(stop,), ignore_eos=True))[0]
     assert cut.outputs[0].finish_reason == "stop" and stop not in cut.outputs[0].text
+    assert cut.outputs[0].stop_reason == stop  # the stop string that ended it, as vLLM reports it
     assert out.outputs[0].text.startswith(cut.outputs[0].text) and len(cut.outputs[0].token_ids) < len(out.outputs[0].token_ids)
 
 

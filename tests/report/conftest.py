@@ -18,10 +18,14 @@ class ReportRun:
     html: Path
 
 
-@pytest.fixture(scope="session")
-def default_report(tmp_path_factory) -> ReportRun:
-    out = tmp_path_factory.mktemp("default_report") / "report.html"
-    r = subprocess.run([sys.executable, "-m", "agentkv.cli", "report", "--out", str(out)], capture_output=True,
+def run_report(out: Path, *args: str) -> ReportRun:
+    """`agentkv report ARGS --out OUT` in a subprocess, as a user runs it."""
+    r = subprocess.run([sys.executable, "-m", "agentkv.cli", "report", *args, "--out", str(out)], capture_output=True,
                        text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     return ReportRun(r.stdout, json.loads(out.with_suffix(".json").read_text()), out)
+
+
+@pytest.fixture(scope="session")
+def default_report(tmp_path_factory) -> ReportRun:
+    return run_report(tmp_path_factory.mktemp("default_report") / "report.html")

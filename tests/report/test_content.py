@@ -44,21 +44,13 @@ def test_same_fleet_view_has_one_gpu_count_across_rows(default_report):
 
 
 def test_a_lever_missing_the_slo_gets_no_cost_presented_as_met(default_report):
-    doc, out = default_report.doc, default_report.stdout
-    missed = [row for row in rows(doc, "sized_to_slo") if not row["slo_met"]]  # none, on the refitted default
-    for row in missed:
-        assert row["ttft_p90_s"] > doc["numbers"]["slo_ttft_s"]
-        assert all(row[k] is None for k in row if k.startswith("usd_")) and row["gpus"] is None
-        line = table_row(out, "Sized to the SLO", row["lever"])
-        assert "MISSED" in line and not re.search(r"\d\.\d{3}", line)  # no $ figure on the line
-        assert any(n.startswith(f"{row['lever']}: SLO missed") for n in doc["sized_to_slo"]["notes"])
+    doc = default_report.doc
+    # levers that miss: test_slo_branches.py, on reports built to miss (none does on the default report)
     for row in rows(doc, "sized_to_slo"):
         if row["slo_met"]:
             assert row["ttft_p90_s"] <= doc["numbers"]["slo_ttft_s"] and row["usd_per_mtok"] > 0
     for row in rows(doc, "capacity_per_gpu"):
         assert (row["usd_per_session_hour"] is None) == (row["sessions_per_replica"] == 0)
-    page = html.unescape(default_report.html.read_text())
-    assert page.count("MISSED") >= len(missed)
 
 
 def test_the_slo_percentile_is_shown(default_report):

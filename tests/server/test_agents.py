@@ -1,14 +1,15 @@
 """Real coding agents, unmodified, against `agentkv serve` on 127.0.0.1: Claude Code (`claude -p`, Anthropic
 Messages), Codex CLI (`codex exec`, the Responses API), Qwen Code (`qwen -p`, OpenAI chat) and the OpenAI
-Agents SDK (Python, the Responses API). Each is installed from its registry here (npm agents into a cache
-folder, `AGENTKV_AGENTS_CACHE`, default ~/.cache/agentkv-agents; the SDK by the `test` extra), configured only
+Agents SDK (Python, the Responses API). Each is installed from its registry here at the version pyproject.toml
+pins (npm agents from [tool.agentkv.agents] into a cache folder, `AGENTKV_AGENTS_CACHE`, default
+~/.cache/agentkv-agents; the SDK by the `test` extra), configured only
 by its documented base-URL / key settings, and runs one non-interactive turn twice over the chat checkpoint
 (short replies, a 128k window). Each turn must finish without a protocol error, and the second must find the
 agent's system prompt and tool schemas in the prefix cache.
 
 What the agents send is measured from the server's side (its render of each request, its per-request log
-line) and printed: these are the figures in docs/ECONOMICS.md. Tests skip only when a registry cannot be
-reached, and say so.
+line), printed, and checked against the row docs/ECONOMICS.md (f) prints for that agent and version. Without
+npm or a reachable registry the tests skip and say so; with `CI` set they fail.
 """
 
 from __future__ import annotations
@@ -17,13 +18,22 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import unavailable
+
+ROOT = Path(__file__).resolve().parents[2]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+NPM_AGENTS: dict[str, str] = PYPROJECT["tool"]["agentkv"]["agents"]  # package → pinned version
+ECONOMICS = (ROOT / "docs" / "ECONOMICS.md").read_text()
 CACHE = Path(os.environ.get("AGENTKV_AGENTS_CACHE", Path.home() / ".cache" / "agentkv-agents"))
 PROMPT = "say hi"
 LOG_LINE = re.compile(r"^\w+ (\S+): (\d+) prompt tokens \((\d+) cached\)")
@@ -51,29 +61,42 @@ def tap(agent_server, monkeypatch, caplog):
     """Every rendered request (messages and tools, as the template saw them) and the server's log lines."""
     server = agent_server.app.state.server
     seen: list[tuple[list, list | None]] = []
-    render = server.render
+    render = server.pipe.render
 
-    async def recording(messages, tools, **template):
-        seen.append((messages, tools))
-        return await render(messages, tools, **template)
+    async def recording(ask):
+        seen.append((ask.messages, ask.tools))
+        return await render(ask)
 
-    monkeypatch.setattr(server, "render", recording)
+    monkeypatch.setattr(server.pipe, "render", recording)
     caplog.set_level(logging.INFO, logger="agentkv.server")
     return server, seen, caplog
 
 
 def npm_agent(package: str, binary: str) -> Path:
-    """`npm install` into the cache folder (a no-op when it is current): the agent's executable."""
-    prefix = CACHE / package.strip("@").replace("/", "_")
+    """`npm install` of the pinned version into the cache folder (a no-op when it is there): its executable."""
+    pinned = NPM_AGENTS[package]
+    if shutil.which("npm") is None:
+        unavailable("npm is not on PATH (the README's test command installs Debian's npm)")
+    prefix = CACHE / f"{package.strip('@').replace('/', '_')}-{pinned}"
     prefix.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(prefix), package],
+    r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(prefix), f"{package}@{pinned}"],
                        capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         ping = subprocess.run(["npm", "ping"], capture_output=True, text=True, timeout=60)
         if ping.returncode != 0:
-            pytest.skip(f"the npm registry is unreachable (npm ping: {ping.stderr.strip()[-200:]})")
-        pytest.fail(f"npm install {package} failed: {r.stderr.strip()[-2000:]}")
+            unavailable(f"the npm registry is unreachable (npm ping: {ping.stderr.strip()[-200:]})")
+        pytest.fail(f"npm install {package}@{pinned} failed: {r.stderr.strip()[-2000:]}")
+    check_node(package, json.loads((prefix / "node_modules" / package / "package.json").read_text()))
     return prefix / "node_modules" / ".bin" / binary
+
+
+def check_node(package: str, manifest: dict) -> None:
+    """npm only warns when node is older than a package's `engines`; the agent then dies on a syntax error.
+    Say which node it needs instead (Debian 12's npm brings node 18; Qwen Code needs 20)."""
+    floor = re.fullmatch(r">=\s*(\d+)(?:\.\d+)*", manifest.get("engines", {}).get("node", ">=0"))
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    assert floor and int(node.lstrip("v").split(".")[0]) >= int(floor[1]), (
+        f"{package}@{manifest['version']} needs node {manifest['engines']['node']}; this node is {node}")
 
 
 def run_twice(cmd: list[str], env: dict[str, str], tmp_path: Path, tap) -> list[Request]:
@@ -109,15 +132,45 @@ def measure(tok, messages: list[dict], tools: list | None, prompt: int, cached: 
                    head - bare if tools else 0, len(tools or []), chars)
 
 
+AGENTS = {  # test name → (row label in docs/ECONOMICS.md (f), version under test)
+    "claude-code": ("Claude Code", NPM_AGENTS["@anthropic-ai/claude-code"]),
+    "codex": ("Codex CLI", NPM_AGENTS["@openai/codex"]),
+    "qwen-code": ("Qwen Code", NPM_AGENTS["@qwen-code/qwen-code"]),
+    "openai-agents": ("OpenAI Agents SDK", version("openai-agents")),
+}
+
+
+def published(name: str) -> dict[str, int]:
+    """The figures docs/ECONOMICS.md (f) prints for this agent at the version under test."""
+    label, ver = AGENTS[name]
+    row = re.search(rf"^\| {re.escape(label)} {re.escape(ver)}(?: \([^)]*\))? \| [^|]+ \| ([\d,]+) \| ([\d,]+) "
+                    rf"\| ([\d,]+) \((\d+)\) \| ([\d,]+) \|", ECONOMICS, re.M)
+    assert row, f"docs/ECONOMICS.md (f) has no row for {label} {ver}: re-measure it (pytest -s) and update the table"
+    keys = ("prompt", "system", "tools", "n_tools", "chars")
+    return {k: int(v.replace(",", "")) for k, v in zip(keys, row.groups(), strict=True)}
+
+
 def check_and_report(name: str, turns: list[Request], block: int = 16) -> None:
     first, second = turns
     assert first.prompt == second.prompt, "an identical turn renders the same prompt length"
     assert first.head > 1000 or name == "openai-agents", f"{name}: a real agent's system block is long"
     assert second.cached >= first.head // block * block, (
         f"{name}: the second turn found {second.cached} cached tokens, fewer than its system block ({first.head})")
-    print(f"\nAGENT {name}: prompt {first.prompt} tokens; system block {first.head} tokens "
+    print(f"\nAGENT {name} {AGENTS[name][1]}: prompt {first.prompt} tokens; system block {first.head} tokens "
           f"(system prompt {first.system}, {first.n_tools} tools {first.tools}); {first.chars} characters; "
           f"second turn cached {second.cached}/{second.prompt} = {second.cached / second.prompt:.1%}")
+    doc = published(name)
+    assert first.n_tools == doc["n_tools"], (name, first.n_tools, doc)
+    # characters move with the date and folder an agent writes into its prompt; tokens also by a few with the
+    # test tokenizer, trained on this repository's sources at test time
+    assert first.chars == pytest.approx(doc["chars"], rel=0.01), (name, first.chars, doc)
+    for key, measured in (("prompt", first.prompt), ("system", first.system), ("tools", first.tools)):
+        assert measured == pytest.approx(doc[key], rel=0.03, abs=8), (name, key, measured, doc)
+
+
+def test_the_agents_sdk_is_the_pinned_version():
+    pin = next(d for d in PYPROJECT["project"]["optional-dependencies"]["test"] if d.startswith("openai-agents"))
+    assert pin == f"openai-agents=={version('openai-agents')}", "reinstall the test extra: pip install -e '.[test]'"
 
 
 def test_claude_code(agent_server, tap, tmp_path):

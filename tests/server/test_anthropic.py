@@ -56,6 +56,12 @@ def test_max_tokens_and_stop_sequences(client):
     assert s.stop_reason == "stop_sequence" and s.stop_sequence == stop
     assert s.content[0].text == text[: text.find(stop)]
     assert r.usage.output_tokens <= 3
+    with client.messages.stream(model="tiny", max_tokens=12, system=SYSTEM, extra_body=GREEDY, stop_sequences=[stop],
+                                messages=[{"role": "user", "content": "yes no"}]) as stream:
+        pieces = [e.delta.text for e in stream if e.type == "content_block_delta"]
+        streamed = stream.get_final_message()
+    assert streamed.stop_reason == "stop_sequence" and streamed.stop_sequence == stop  # the engine's match
+    assert "".join(pieces) == s.content[0].text  # no piece showed any part of the stop string
 
 
 def test_count_tokens(client):

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from agentkv.server.thinking import ThinkingSplitter, split
+from agentkv.server.thinking import ThinkingSplitter
 from tests.engine.conftest import CHAT_REPLY
 from tests.server.conftest import THINKING_TEMPLATE, write_tool_checkpoint
 
@@ -118,7 +118,8 @@ def test_reasoning_parser_gives_openai_chat_its_reasoning(start, tmp_path):
 
 
 def test_a_reasoning_item_goes_with_the_assistant_turn_after_it():
-    from agentkv.server.responses import ResponsesRequest, _messages
+    from agentkv.server.api_responses import _messages
+    from agentkv.server.responses_protocol import ResponsesRequest
 
     body = ResponsesRequest.model_validate({"model": "m", "input": [
         {"role": "user", "content": "hi"},
@@ -134,8 +135,12 @@ def test_thinking_splits_alike_in_any_pieces():
     for text in ["<think>a</think>b", "  <think>\nlong thought</think>\n\nanswer", "no thinking", "<thi", "<think>cut"]:
         splitter = ThinkingSplitter()
         got = [splitter.feed(c, i == len(text) - 1) for i, c in enumerate(text)]
-        assert ("".join(g[0] for g in got), "".join(g[1] for g in got)) == split(text)
-    assert split("<think>a</think>b") == ("a", "b") and split("<thi") == ("", "<thi") and split("x") == ("", "x")
+        assert ("".join(g[0] for g in got), "".join(g[1] for g in got)) == _whole(text)
+    assert _whole("<think>a</think>b") == ("a", "b") and _whole("<thi") == ("", "<thi") and _whole("x") == ("", "x")
+
+
+def _whole(text: str) -> tuple[str, str]:
+    return ThinkingSplitter().feed(text, finished=True)
 
 
 def test_thinking_refused_by_a_template_without_one(server):

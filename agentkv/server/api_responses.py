@@ -21,110 +21,31 @@ import json
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse, Response
 
+from agentkv.server import sse
 from agentkv.server.chat import Messages, Tools, parse_arguments
 from agentkv.server.errors import APIError
 from agentkv.server.jobs import Result
-from agentkv.server.structured import forced_call, json_reply
-from agentkv.server.thinking import CLOSE, OPEN, ThinkingSplitter
-from agentkv.server.tool_parsers import Parsed, feed, make_parser
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class ContentPart(_Body):
-    type: Literal["input_text", "output_text", "text", "summary_text", "reasoning_text", "refusal"]
-    text: str = ""
-    refusal: str = ""
-
-
-class MessageItem(_Body):
-    type: Literal["message"] = "message"
-    role: Literal["user", "assistant", "system", "developer"]
-    content: str | list[ContentPart]
-
-
-class FunctionCallItem(_Body):
-    type: Literal["function_call"]
-    call_id: str
-    name: str
-    arguments: str = "{}"
-
-
-class FunctionCallOutputItem(_Body):
-    type: Literal["function_call_output"]
-    call_id: str
-    output: str | list[ContentPart]
-
-
-class ReasoningItem(_Body):
-    type: Literal["reasoning"]
-    content: list[ContentPart] | None = None  # the reasoning text (summaries are not the model's own words)
-
-
-Item = FunctionCallItem | FunctionCallOutputItem | ReasoningItem | MessageItem
-
-
-class ToolDef(_Body):
-    type: str
-    name: str | None = None
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    tools: list[ToolDef] | None = None  # a namespace's
-
-
-class FunctionChoice(_Body):
-    type: Literal["function"]
-    name: str
-
-
-class TextFormat(_Body):
-    type: Literal["text", "json_object", "json_schema"] = "text"
-    name: str | None = None
-    schema_: dict[str, Any] | None = Field(None, alias="schema")
-    strict: bool | None = None
-
-
-class TextConfig(_Body):
-    format: TextFormat = Field(default_factory=TextFormat)
-
-
-class ResponsesRequest(_Body):
-    model: str
-    input: str | list[Item] = Field(min_length=1)
-    instructions: str | None = None
-    tools: list[ToolDef] | None = None
-    tool_choice: Literal["none", "auto", "required"] | FunctionChoice = "auto"
-    parallel_tool_calls: bool = True
-    text: TextConfig | None = None
-    max_output_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)  # extension, as on the other endpoints
-    stream: bool = False
-    previous_response_id: str | None = None
-    store: bool = True
-    prompt_cache_key: str | None = Field(None, max_length=512)
-    user: str | None = None
-    metadata: dict[str, str] | None = None
-    reasoning: dict[str, Any] | None = None  # echoed: the model's template decides whether it reasons
-    cache_salt: str | None = Field(None, max_length=256)  # extension
-
-    @property
-    def forced_tool(self) -> str | None:
-        """What `tool_choice` forces: None (the model decides), "*" (any tool) or a tool's name."""
-        if isinstance(self.tool_choice, FunctionChoice):
-            return self.tool_choice.name
-        return "*" if self.tool_choice == "required" else None
+from agentkv.server.pipeline import Ask, Context, Job, Pipeline, session_of
+from agentkv.server.reply import Call, Reply, Text, Thought, ThoughtDone, whole
+from agentkv.server.responses_protocol import (
+    ContentPart,
+    FunctionCallItem,
+    Item,
+    MessageItem,
+    ReasoningItem,
+    ResponsesRequest,
+    TextFormat,
+    ToolDef,
+)
+from agentkv.server.thinking import CLOSE, OPEN
+from agentkv.server.tool_parsers import Parsed
 
 
 @dataclass(slots=True)
@@ -134,36 +55,41 @@ class _Stored:
     messages: Messages  # the conversation, this response's reply included
 
 
+def to_request(body: ResponsesRequest, headers: Mapping[str, str], ctx: Context, history: Messages = ()) -> Ask:
+    """`history`: the conversation of `previous_response_id` (the server's store keeps it; the gateway has none)."""
+    tools, _ = _tools(body.tools) if body.tool_choice != "none" else (None, {})
+    system = [{"role": "system", "content": body.instructions}] if body.instructions else []  # never inherited
+    fmt = body.text.format if body.text else TextFormat()
+    return Ask("responses", body.model, messages=system + list(history) + _messages(body.input), tools=tools,
+               max_tokens=body.max_output_tokens, session=session_of(headers, body.prompt_cache_key or body.user),
+               salt=body.cache_salt or "", temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
+               forced_tool=body.forced_tool, parallel_tool_calls=body.parallel_tool_calls,
+               json_format=(fmt.type, fmt.schema_), format_param="text.format",
+               think=ctx.reasoning_parser is not None, param="input")
+
+
 class Responses:
-    def __init__(self, server: Any, retention_s: float = 3600.0, max_stored: int = 10_000) -> None:
-        self.server, self.retention_s, self.max_stored = server, retention_s, max_stored
+    """The endpoint, and the responses it keeps for `previous_response_id` and `GET /v1/responses/{id}`."""
+
+    def __init__(self, pipe: Pipeline, retention_s: float = 3600.0, max_stored: int = 10_000) -> None:
+        self.pipe, self.retention_s, self.max_stored = pipe, retention_s, max_stored
         self._stored: OrderedDict[str, _Stored] = OrderedDict()
         self._bodies: dict[str, dict[str, Any]] = {}
 
     # ---- the endpoint ---------------------------------------------------------------------------------------
-    async def create(self, body: ResponsesRequest, request: Request, tenant: str) -> Any:
-        """A JSONResponse, or (streaming) the events as SSE strings for the app to send."""
-        srv = self.server
-        arrival = time.monotonic()
-        srv.check_model(body.model)
-        messages = self._previous(body.previous_response_id, tenant) + _messages(body.input)
-        tools, namespaces = _tools(body.tools) if body.tool_choice != "none" else (None, {})
-        system = [{"role": "system", "content": body.instructions}] if body.instructions else []  # never inherited
-        prompt = await srv.render(system + messages, tools, param="input")
-        fmt = body.text.format if body.text else TextFormat()
-        spec = await srv.constrain(forced_call(srv.cfg.tool_parser, tools, body.forced_tool, body.parallel_tool_calls,
-                                               srv.literal), "tool_choice") or \
-            await srv.constrain(json_reply(fmt.type, fmt.schema_), "text.format")
-        session = request.headers.get("x-session-id") or body.prompt_cache_key or body.user
-        p = srv.prepare(request, tenant, body, prompt, body.max_output_tokens, (), tools is not None, session, spec)
-        rid = f"resp_{secrets.token_hex(12)}"
-        deltas = await srv.submit(request, "responses", arrival, p, rid)
-        shell = self._shell(rid, body)
+    async def handle(self, body: ResponsesRequest, request: Request, tenant: str) -> Response:
+        def ask(b: ResponsesRequest, headers: Mapping[str, str], ctx: Context) -> Ask:
+            return to_request(b, headers, ctx, self._previous(b.previous_response_id, tenant))
+
+        job = await self.pipe.start(ask, body, request, tenant)
+        reply = Reply(self.pipe.cfg.tool_parser if job.ask.tools else None, job.ask.think)
+        namespaces = _tools(body.tools)[1] if job.ask.tools else {}
+        shell = self._shell(job.rid, body)
         if body.stream:
-            return self._events(deltas, shell, body, messages, tenant, namespaces, p.tools)
-        result, thought, parsed = await srv.collect(deltas, p.tools, srv.cfg.reasoning_parser is not None)
-        items = ([_reasoning(thought)] if thought else []) + _items(parsed, namespaces)
-        return JSONResponse(self._finish(shell, body, result, items, messages, tenant))
+            return sse.response(self._stream(job, reply, shell, body, tenant, namespaces), anthropic=False)
+        w = await whole(reply, job.deltas)
+        items = ([_reasoning(w.thought)] if w.thought else []) + _items(Parsed(w.content, w.calls), namespaces)
+        return JSONResponse(self._finish(shell, body, w.result, items, job, tenant))
 
     def get(self, response_id: str, tenant: str) -> dict[str, Any]:
         self._expire()
@@ -213,7 +139,7 @@ class Responses:
                 "user": body.user}
 
     def _finish(self, shell: dict[str, Any], body: ResponsesRequest, result: Result, items: list[dict[str, Any]],
-                messages: Messages, tenant: str) -> dict[str, Any]:
+                job: Job, tenant: str) -> dict[str, Any]:
         if result.finish_reason == "abort":
             raise APIError(503, "the request was aborted (server shutting down)", code="aborted")
         cut = result.finish_reason == "length"
@@ -225,7 +151,8 @@ class Responses:
                                                   "cached_tokens_per_tier": result.cached_tokens_per_tier},
                          "output_tokens_details": {"reasoning_tokens": self._reasoning_tokens(items, result)}}}
         if body.store:
-            self._store(shell["id"], tenant, [*messages, _reply(items)], out)
+            conversation = (job.ask.messages or [])[1 if body.instructions else 0 :]  # the instructions: not kept
+            self._store(shell["id"], tenant, [*conversation, _reply(items)], out)
         return out
 
     def _reasoning_tokens(self, items: list[dict[str, Any]], result: Result) -> int:
@@ -234,70 +161,100 @@ class Responses:
         text = _thought(items)
         if not text:
             return 0
-        return min(result.output_tokens, len(self.server.tokenizer.encode(f"{OPEN}{text}{CLOSE}", False)))
+        return min(result.output_tokens, len(self.pipe.tokenizer.encode(f"{OPEN}{text}{CLOSE}", False)))
 
-    async def _events(self, deltas: AsyncIterator[Any], shell: dict[str, Any], body: ResponsesRequest,
-                      messages: Messages, tenant: str, namespaces: dict[str, str], tools: bool) -> AsyncIterator[str]:
-        seq = iter(range(1 << 62))
+    async def _stream(self, job: Job, reply: Reply, shell: dict[str, Any], body: ResponsesRequest, tenant: str,
+                      namespaces: dict[str, str]) -> AsyncIterator[str]:
+        out = _Stream(namespaces)
+        yield out.say("response.created", response=shell)
+        yield out.say("response.in_progress", response=shell)
+        async for d in job.deltas:
+            for e in reply.feed(d):
+                for frame in out.on(e):
+                    yield frame
+        for frame in out.close_text():
+            yield frame
+        done = self._finish(shell, body, reply.result, out.items, job, tenant)
+        yield out.say("response.completed" if done["status"] == "completed" else "response.incomplete", response=done)
 
-        def event(kind: str, **data: Any) -> str:
-            return (f"event: {kind}\ndata: "
-                    f"{json.dumps({'type': kind, 'sequence_number': next(seq), **data}, ensure_ascii=False)}\n\n")
 
-        yield event("response.created", response=shell)
-        yield event("response.in_progress", response=shell)
-        parser = make_parser(self.server.cfg.tool_parser) if tools else None
-        splitter = ThinkingSplitter() if self.server.cfg.reasoning_parser else None
-        result, items, text = Result(), [], None  # text: the open message item, while text streams
-        thinking = None  # the open reasoning item, while the thinking streams
-        async for d in deltas:
-            result.add(d)
-            thought, answer = splitter.feed(d.text, d.finished) if splitter else ("", d.text)
-            if thought:
-                if thinking is None:
-                    thinking = _reasoning("")
-                    thinking["status"] = "in_progress"
-                    items.append(thinking)
-                    yield event("response.output_item.added", output_index=len(items) - 1, item=thinking)
-                thinking["content"][0]["text"] += thought
-                yield event("response.reasoning_text.delta", item_id=thinking["id"], output_index=items.index(thinking),
-                            content_index=0, delta=thought)
-            if thinking is not None and thinking["status"] == "in_progress" and (answer or d.finished):
-                thinking["status"] = "completed"
-                i = items.index(thinking)
-                yield event("response.reasoning_text.done", item_id=thinking["id"], output_index=i, content_index=0,
-                            text=thinking["content"][0]["text"])
-                yield event("response.output_item.done", output_index=i, item=thinking)
-            piece = feed(parser, answer, d.finished)
-            if piece.content:
-                if text is None:
-                    text = _message("")
-                    text["status"] = "in_progress"
-                    items.append(text)
-                    yield event("response.output_item.added", output_index=len(items) - 1, item=text)
-                    yield event("response.content_part.added", item_id=text["id"], output_index=len(items) - 1,
-                                content_index=0, part=_part(""))
-                text["content"][0]["text"] += piece.content
-                yield event("response.output_text.delta", item_id=text["id"], output_index=items.index(text),
-                            content_index=0, delta=piece.content, logprobs=[])
-            for item in _items(Parsed(calls=piece.calls), namespaces):
-                items.append(item)
-                i = len(items) - 1
-                yield event("response.output_item.added", output_index=i, item={**item, "arguments": ""})
-                yield event("response.function_call_arguments.delta", item_id=item["id"], output_index=i,
-                            delta=item["arguments"])
-                yield event("response.function_call_arguments.done", item_id=item["id"], output_index=i,
-                            name=item["name"], arguments=item["arguments"])
-                yield event("response.output_item.done", output_index=i, item=item)
-        if text is not None:
-            text["status"] = "completed"
-            i, part = items.index(text), text["content"][0]
-            yield event("response.output_text.done", item_id=text["id"], output_index=i, content_index=0,
-                        text=part["text"], logprobs=[])
-            yield event("response.content_part.done", item_id=text["id"], output_index=i, content_index=0, part=part)
-            yield event("response.output_item.done", output_index=i, item=text)
-        out = self._finish(shell, body, result, items, messages, tenant)
-        yield event("response.completed" if out["status"] == "completed" else "response.incomplete", response=out)
+class _Stream:
+    """The Responses API's typed events for one reply: output items opened, filled and closed as the reply's
+    events come."""
+
+    def __init__(self, namespaces: dict[str, str]) -> None:
+        self.namespaces, self.items, self.seq = namespaces, [], 0
+        self.text: dict[str, Any] | None = None  # the open message item, while text streams
+        self.thinking: dict[str, Any] | None = None  # the open reasoning item, while the thinking streams
+
+    def say(self, kind: str, **data: Any) -> str:
+        self.seq += 1
+        return sse.event(kind, {"type": kind, "sequence_number": self.seq - 1, **data})
+
+    def _add(self, item: dict[str, Any]) -> int:
+        self.items.append(item)
+        return len(self.items) - 1
+
+    def on(self, e: Any) -> list[str]:
+        if isinstance(e, Thought):
+            return self._thought(e.text)
+        if isinstance(e, ThoughtDone) and self.thinking is not None:
+            item, self.thinking = self.thinking, None
+            item["status"] = "completed"
+            i = self.items.index(item)
+            return [self.say("response.reasoning_text.done", item_id=item["id"], output_index=i, content_index=0,
+                             text=item["content"][0]["text"]), self.say("response.output_item.done", output_index=i,
+                                                                        item=item)]
+        if isinstance(e, Text):
+            return self._text(e.text)
+        if isinstance(e, Call):
+            return self._call(e)
+        return []
+
+    def _thought(self, text: str) -> list[str]:
+        frames = []
+        if self.thinking is None:
+            self.thinking = _reasoning("") | {"status": "in_progress"}
+            frames.append(self.say("response.output_item.added", output_index=self._add(self.thinking),
+                                   item=self.thinking))
+        self.thinking["content"][0]["text"] += text
+        return [*frames, self.say("response.reasoning_text.delta", item_id=self.thinking["id"],
+                                  output_index=self.items.index(self.thinking), content_index=0, delta=text)]
+
+    def _text(self, text: str) -> list[str]:
+        frames = []
+        if self.text is None:
+            self.text = _message("") | {"status": "in_progress"}
+            i = self._add(self.text)
+            frames += [self.say("response.output_item.added", output_index=i, item=self.text),
+                       self.say("response.content_part.added", item_id=self.text["id"], output_index=i,
+                                content_index=0, part=_part(""))]
+        self.text["content"][0]["text"] += text
+        return [*frames, self.say("response.output_text.delta", item_id=self.text["id"],
+                                  output_index=self.items.index(self.text), content_index=0, delta=text, logprobs=[])]
+
+    def _call(self, e: Call) -> list[str]:
+        frames = []
+        for item in _items(Parsed(calls=[e.call]), self.namespaces):
+            i = self._add(item)
+            frames += [self.say("response.output_item.added", output_index=i, item={**item, "arguments": ""}),
+                       self.say("response.function_call_arguments.delta", item_id=item["id"], output_index=i,
+                                delta=item["arguments"]),
+                       self.say("response.function_call_arguments.done", item_id=item["id"], output_index=i,
+                                name=item["name"], arguments=item["arguments"]),
+                       self.say("response.output_item.done", output_index=i, item=item)]
+        return frames
+
+    def close_text(self) -> list[str]:
+        if self.text is None:
+            return []
+        self.text["status"] = "completed"
+        i, part = self.items.index(self.text), self.text["content"][0]
+        return [self.say("response.output_text.done", item_id=self.text["id"], output_index=i, content_index=0,
+                         text=part["text"], logprobs=[]),
+                self.say("response.content_part.done", item_id=self.text["id"], output_index=i, content_index=0,
+                         part=part),
+                self.say("response.output_item.done", output_index=i, item=self.text)]
 
 
 def _messages(given: str | list[Item]) -> Messages:
