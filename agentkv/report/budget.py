@@ -20,10 +20,12 @@ from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.trace import Trace
 
 BUDGET_S = 240.0  # default --budget: a report that runs in a few minutes
-# A report's CPU in units of one of its simulations (+DRAM tier, one replica, 20 concurrent sessions): 80.6 / 1.8
-# and 94.7 / 2.0 CPU-s, `python -m bench.report`, docs/BENCHMARKS.md, measured 2026-11-24 on this sandbox.
-REPORT_IN_SIMULATIONS = 45
-PROBE_RUNG = LADDER[5]  # the rung that ratio was measured against
+# A whole-trace report's CPU in units of the probe's CPU per request, per request: 531 CPU-s for the 10,420-request
+# trace of 300 generated sessions (`python -m bench.report_scale`, docs/BENCHMARKS.md, 2026-12-05, this sandbox)
+# against a probe that projected 64 CPU-s at 45: the report's capacity search and fleets cost ~8x more per request
+# than a small sample on one replica.
+REPORT_IN_SIMULATIONS = 370
+PROBE_RUNG = LADDER[5]  # the rung the probe runs (+DRAM tier: the one bench.report times)
 PROBE_SESSIONS = 12  # top-level sessions the speed probe simulates
 SAMPLE_ERROR = "a sample's $/Mtok was measured −34% to +70% off the whole trace's, with no fixed sign"
 
