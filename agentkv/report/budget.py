@@ -20,11 +20,11 @@ from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.trace import Trace
 
 BUDGET_S = 240.0  # default --budget: a report that runs in a few minutes
-# A whole-trace report's CPU in units of the probe's CPU per request, per request: 531 CPU-s for the 10,420-request
+# A whole-trace report's CPU in units of the probe's CPU per request, per request: 316 CPU-s for the 10,420-request
 # trace of 300 generated sessions (`python -m bench.report_scale`, docs/BENCHMARKS.md, 2026-12-05, this sandbox)
-# against a probe that projected 64 CPU-s at 45: the report's capacity search and fleets cost ~8x more per request
+# against a probe that projected 64 CPU-s at 45: the report's capacity search and fleets cost ~5x more per request
 # than a small sample on one replica.
-REPORT_IN_SIMULATIONS = 370
+REPORT_IN_SIMULATIONS = 220
 PROBE_RUNG = LADDER[5]  # the rung the probe runs (+DRAM tier: the one bench.report times)
 PROBE_SESSIONS = 12  # top-level sessions the speed probe simulates
 SAMPLE_ERROR = "a sample's $/Mtok was measured −34% to +70% off the whole trace's, with no fixed sign"
