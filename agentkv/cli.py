@@ -19,6 +19,7 @@ from agentkv.cli_errors import (
     run_guarded,
 )
 from agentkv.cluster.tasks import LOCAL
+from agentkv.report.budget import BUDGET_S
 from agentkv.report.capacity import SAMPLE_SESSIONS
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.generator import GeneratorConfig
@@ -125,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "CPUs of the local Ray cluster)")
     rep.add_argument("--sample-sessions", type=int,
                      help="size and run the same fleet on an evenly spaced sample of this many top-level sessions "
-                          f"(default {SAMPLE_SESSIONS}; with --ray: the whole trace; 0: the whole trace)")
+                          "(default: the whole trace when its projected time fits --budget, else "
+                          f"{SAMPLE_SESSIONS}; with --ray: the whole trace; 0: the whole trace)")
+    rep.add_argument("--budget", type=positive(float), default=BUDGET_S,
+                     help="seconds the report may take on this machine: the whole trace is simulated when its "
+                          f"projected time fits, else a sample, and the projection is printed (default {BUDGET_S:g})")
     add_ray_arg(rep)
     rep.add_argument("--out", default="report.html",
                      help="self-contained HTML report path; the JSON goes beside it (default report.html)")
@@ -461,7 +466,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         spec, why = choose_model(trace, spec, named)
     run_report(trace, spec, arrival, price_table, out=args.out, replicas=args.replicas, workers=args.workers,
                print_json=args.json, over_window=args.over_window, candidates=candidates, model_choice=why,
-               sample_size=args.sample_sessions, ray=args.ray)
+               sample_size=args.sample_sessions, ray=args.ray, budget_s=args.budget)
     return 0
 
 

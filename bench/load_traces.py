@@ -26,7 +26,8 @@ def main() -> int:
         canonical.save(trace, f.name)
         npz, _ = best_of(lambda: load_trace(f.name))
     print(f"machine: {machine()}")
-    print(f"sessions: {len(files)}, requests: {trace.n_requests:,}, block ids: {len(trace.block_ids):,}")
+    print(f"sessions: {len(files)}, requests: {trace.n_requests:,}, block ids: {int(trace.blocks_per_request.sum()):,} "
+          f"({len(trace.block_log.ids):,} held in the block log)")
     print(f"baseline gunzip+json.loads: {raw:.2f} s")
     print(f"agentkv load_trace:         {ours:.2f} s  ({ours / raw:.2f}x baseline)  target < 10 s")
     print(f"canonical .npz reload:      {npz:.2f} s  ({npz / raw:.3f}x baseline)")

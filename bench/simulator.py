@@ -1,14 +1,22 @@
 """Simulated requests per second: the 195 shared Claude Code sessions served on modelled deployments.
 
 Baseline (same run): the offline replay of the same requests through the same policy core with no clock
-(`cache sweep`'s loop), i.e. what timing, batching and the step-cost model add on top of cache decisions.
-Run: .venv/bin/python -m bench.simulator
+(`cache sweep`'s loop), i.e. what timing, batching and the step-cost model add on top of cache decisions. With
+`--against COMMIT`, also the same simulations at that commit (checked out into a temporary git worktree) and at
+this code, each in a child process, timed in CPU seconds (the figure to compare on a shared machine): the speed-up
+of the code since, on the same machine in the same run.
+Run: .venv/bin/python -m bench.simulator [--against COMMIT]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +34,24 @@ from agentkv.workload.trace import Trace
 from bench._common import TRACES, machine
 
 CASES = (("bf16", 2, 20), ("int4", 2, 20), ("int4", 8, 200))  # KV codec, replicas, concurrent sessions
+ROOT = Path(__file__).resolve().parents[1]
+
+# One simulation per case, through APIs every commit since the simulator has kept (so a baseline commit runs it).
+_SIMULATE = """
+import json, sys, time
+from agentkv.catalog import hardware, model
+from agentkv.kvcache.sizing import codec
+from agentkv.sim.simulator import SimConfig, simulate
+from agentkv.sim.stepcost import Deployment
+from agentkv.workload import load_trace
+from agentkv.workload.arrivals import ArrivalModel
+trace = load_trace(sys.argv[1])
+for kv, replicas, conc in json.loads(sys.argv[2]):
+    d = Deployment(hardware("h200"), model("llama-3.1-8b"), codec(kv))
+    cpu = time.process_time()
+    res = simulate(trace, SimConfig(d, replicas=replicas, policy="lru", arrival=ArrivalModel("concurrency", conc)))
+    print(json.dumps({"cpu": time.process_time() - cpu, "hit": res.hit_rate}), flush=True)
+"""
 
 
 def simulated(trace: Trace, kv: str, replicas: int, conc: int) -> SimResult:
@@ -56,7 +82,35 @@ def markdown() -> str:
     return "\n".join(lines)
 
 
+def cpu_seconds(root: Path, trace_path: str) -> list[dict]:
+    """CPU seconds and hit rate of each case simulated by the code under `root`, in a child process."""
+    p = subprocess.run([sys.executable, "-c", _SIMULATE, trace_path, json.dumps(CASES)], capture_output=True,
+                       text=True, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, cwd=root)
+    if p.returncode:
+        sys.exit(f"simulations at {root}: {p.stderr.strip().splitlines()[-1]}")
+    return [json.loads(line) for line in p.stdout.splitlines()]
+
+
+def against(commit: str, trace_path: str) -> None:
+    """Print each case's CPU seconds here and at `commit`, measured in the same run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "baseline"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True,
+                       capture_output=True)
+        try:
+            before = cpu_seconds(tree, trace_path)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True)
+    now = cpu_seconds(ROOT, trace_path)
+    for (kv, replicas, conc), new, old in zip(CASES, now, before, strict=True):
+        print(f"  {kv} KV, {replicas} replicas, {conc} sessions: {new['cpu']:.1f} CPU-s here, {old['cpu']:.1f} at "
+              f"{commit} -> {old['cpu'] / new['cpu']:.2f}x; hit {100 * new['hit']:.1f}% / {100 * old['hit']:.1f}%")
+
+
 def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--against", metavar="COMMIT", help="also simulate at this commit and print the speed-up")
+    args = ap.parse_args()
     trace = load_trace(str(TRACES / "claude-code"))
     print(f"machine: {machine()}")
     print(f"{trace.n_requests:,} requests, {int(trace.input_tokens.sum()):,} input tokens; llama-3.1-8b on h200")
@@ -66,6 +120,8 @@ def main() -> int:
         print(f"  {kv} KV, {replicas} replicas, {conc} sessions: {res.wall_s:5.1f} s = "
               f"{trace.n_requests / res.wall_s:6.0f} requests/s, {res.steps:,} steps "
               f"({res.wall_s / base:4.1f}x the clockless replay's {base:.1f} s); hit {100 * res.hit_rate:.1f}%")
+    if args.against:
+        against(args.against, str(TRACES / "claude-code"))
     return 0
 
 

@@ -9,6 +9,7 @@ runs; its own blocks must fit in the GPU tier, so a request longer than that tie
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,9 +59,28 @@ class ReplayResult:
         }
 
 
-def reference_stream(trace: Trace, order: np.ndarray, gpu_blocks: int) -> list[np.ndarray]:
-    """The blocks each request (in replay order) can cache: its ids, cut to what the GPU tier can hold."""
-    return [trace.blocks(int(i))[:gpu_blocks] for i in order]
+@dataclass(slots=True)
+class ReferenceStream:
+    """The blocks each request (in replay order) can cache: its ids, cut to what the GPU tier can hold. Built
+    from the block log as the replay reaches each request (a list of every request's ids is the flat trace)."""
+
+    trace: Trace
+    order: np.ndarray
+    gpu_blocks: int
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, rank: int) -> np.ndarray:
+        return self.trace.blocks(int(self.order[rank]))[: self.gpu_blocks]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in self.order.tolist():
+            yield self.trace.blocks(i)[: self.gpu_blocks]
+
+
+def reference_stream(trace: Trace, order: np.ndarray, gpu_blocks: int) -> ReferenceStream:
+    return ReferenceStream(trace, order, gpu_blocks)
 
 
 def replay(
@@ -68,7 +88,7 @@ def replay(
     order: np.ndarray,
     arrivals: np.ndarray,
     cache: KVCache,
-    stream: list[np.ndarray] | None = None,
+    stream: Iterable[np.ndarray] | None = None,
 ) -> ReplayResult:
     if not trace.has_block_ids:
         raise ValueError("trace has no block ids (prefix information): it cannot drive a cache")

@@ -118,7 +118,9 @@ def _in_trace_ids(trace: Trace, prompts: list[np.ndarray], replies: list[np.ndar
     prompt holds gets an id past the trace's (equal content, equal id)."""
     if all(hashes is None for hashes in replies):  # no reply's tokens came back: nothing to name
         return list(replies)
-    named = dict(zip(np.concatenate(prompts).tolist(), trace.block_ids.tolist(), strict=True))
+    named: dict[int, int] = {}
+    for i, hashes in enumerate(prompts):  # request i of the trace is prompt i
+        named.update(zip(hashes.tolist(), trace.blocks(i).tolist(), strict=True))
     fresh = itertools.count(trace.n_block_ids)
     out: list[np.ndarray | None] = []
     for hashes in replies:

@@ -96,10 +96,7 @@ def sample_sessions(trace: Trace, k: int = SAMPLE_SESSIONS) -> Trace:
     keep = np.isin(roots, top[np.linspace(0, len(top) - 1, k).round().astype(np.int64)])
     new_id = np.cumsum(keep) - 1
     req = keep[trace.session]
-    lens = trace.blocks_per_request[req]
-    starts = trace.block_offsets[:-1][req]
-    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    picks = np.repeat(starts - offsets[:-1], lens) + np.arange(offsets[-1])
+    log = trace.block_log.take(np.flatnonzero(req))  # whole sessions: every parent comes along
     parent = trace.session_parent[keep]
     return Trace(
         block_size=trace.block_size, has_block_ids=trace.has_block_ids,
@@ -110,7 +107,7 @@ def sample_sessions(trace: Trace, k: int = SAMPLE_SESSIONS) -> Trace:
         session=new_id[trace.session[req]].astype(np.int32), time=trace.time[req],
         input_tokens=trace.input_tokens[req], output_tokens=trace.output_tokens[req],
         think_time=trace.think_time[req], api_time=trace.api_time[req], finish=trace.finish[req],
-        block_offsets=offsets, block_ids=np.unique(trace.block_ids[picks], return_inverse=True)[1].astype(np.int64),
+        block_log=log.with_ids(np.unique(log.ids, return_inverse=True)[1]),
         source=f"{trace.source} (sample of {k} sessions)",
         models=list(trace.models), model=trace.model[req],
     )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import asdict, fields
 from typing import Any
 
 from agentkv import __version__
 from agentkv.report.assemble import Report, build_report
-from agentkv.report.capacity import SAMPLE_SESSIONS
+from agentkv.report.budget import BUDGET_S, choose_scope
 from agentkv.report.headline import headline
 from agentkv.report.ladder import DeploymentSpec
 from agentkv.report.load import crossings
@@ -24,11 +25,16 @@ TITLE = "agentkv report: what each KV-cache lever buys on this agentic traffic"
 def run_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, price_table: dict[str, Any],
                out: str = "report.html", replicas: int | None = None, workers: int = 2,
                print_json: bool = False, over_window: str = "compact", candidates: tuple[str, ...] = (),
-               model_choice: str = "", sample_size: int | None = None, ray: str | None = None) -> Report:
+               model_choice: str = "", sample_size: int | None = None, ray: str | None = None,
+               budget_s: float = BUDGET_S) -> Report:
     """Compute, write `out` and `<out>.json` beside it, print the report (or its JSON). `sample_size` top-level
-    sessions are simulated (default: SAMPLE_SESSIONS, the whole trace on Ray; 0: the whole trace)."""
-    if sample_size is None:
-        sample_size = 0 if ray is not None else SAMPLE_SESSIONS
+    sessions are simulated (default: the whole trace if its projected time fits `budget_s` or on Ray, else
+    SAMPLE_SESSIONS; 0: the whole trace)."""
+    if sample_size is None and ray is None:
+        scope = choose_scope(trace, spec, arrival, budget_s, workers)
+        sample_size = scope.sample_size
+        print(f"agentkv report: {scope.describe()}", file=sys.stderr)
+    sample_size = sample_size or 0
     with progress_bar(10 + len(candidates), "report", quiet=print_json) as step:
         rep = build_report(trace, spec, arrival, price_table, replicas, workers, step, sample_size or trace.n_sessions,
                            over_window=over_window, candidates=candidates, model_choice=model_choice, ray=ray)

@@ -4,7 +4,10 @@ Sessions are closed loops: a session's first request arrives when the arrival mo
 request a think time after the previous reply completes (the trace's think time, or its gap less the recorded
 service time), so a slow deployment slows its agents down as it would in life. Each replica runs the same
 `Scheduler` over its own `KVCache` as the engine does; a step lasts what the step-cost model says, plus tier
-transfers where they do not overlap. Decode-only stretches with nothing else due are advanced in one leap.
+transfers where they do not overlap. Decode-only stretches with nothing else due are advanced in one leap: to the
+first step at which a sequence finishes or needs a block. Arrivals elsewhere do not end it; one routed to the
+leaping replica cuts it at the step in progress, where a step-by-step run would admit it, and the router sees
+the steps done so far.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.sizing import kv_bytes_per_block, state_bytes
 from agentkv.kvcache.tiers import TIER_LINKS, TierSpec
 from agentkv.scheduler import PrefillChunk, Scheduler, SchedulerConfig, Sequence, StepPlan
+from agentkv.scheduler.scheduler import blocks_for
+from agentkv.sim.local_ids import LocalIds
 from agentkv.sim.router import Router
 from agentkv.sim.stepcost import Deployment, StepCost, StepShape, step_cost, transfer_seconds
 from agentkv.workload.arrivals import ArrivalModel, offered_seconds, place
 from agentkv.workload.trace import Trace
-
-MAX_LEAP_S = 0.5  # a request arriving during a decode leap waits at most this long for admission
 
 
 @dataclass(slots=True, frozen=True)
@@ -141,13 +144,42 @@ class _Replica:
                                                cfg.prefix_cache, state), self.cache)
         self.busy = False
         self.busy_s = 0.0
+        self.leap: _Leap | None = None
+        self.ids = LocalIds()  # the policy core's arrays follow the blocks routed here, not the whole trace's
 
     def outstanding_tokens(self) -> int:
         s = self.sched
         return sum(q.prompt_len - q.computed + q.max_tokens - q.generated for q in (*s.waiting, *s.running))
 
     def cached_prefix(self, ids: np.ndarray) -> int:
-        return self.cache.lookup(ids)[0]
+        return self.cache.lookup(self.ids.seen_prefix(ids))[0]
+
+    def catch_up(self, now: float) -> None:
+        """Apply the decode steps of a leap that have ended by `now` to the running sequences."""
+        leap = self.leap
+        if leap is None:
+            return
+        done = min(leap.steps, int((now - leap.start) / leap.per_step))
+        if done > leap.applied:
+            for q in self.sched.running:
+                q.computed += done - leap.applied
+                q.generated += done - leap.applied
+            leap.applied = done
+
+
+@dataclass(slots=True)
+class _Leap:
+    """Decode steps a replica runs in one event: `steps` of `per_step` seconds from `start`, priced at mid-leap
+    context (`cost`, `ahead` steps past the start); `applied` of them already applied; `event` names the step
+    completion that ends it (a cut leaves the earlier one stale)."""
+
+    start: float
+    per_step: float
+    steps: int
+    cost: StepCost
+    ahead: int
+    event: int
+    applied: int = 0
 
 
 def simulate(trace: Trace, cfg: SimConfig) -> SimResult:
@@ -193,8 +225,8 @@ class Simulator:
             if self.arrivals and (not self.steps or self.arrivals[0][0] <= self.steps[0][0]):
                 self._arrive(*heapq.heappop(self.arrivals))
             else:
-                now, _, r, plan = heapq.heappop(self.steps)
-                self._step_done(r, now, plan)
+                now, order, r, plan = heapq.heappop(self.steps)
+                self._step_done(r, now, plan, order)
         return self._result(time.perf_counter() - wall, self.offered)
 
     def _arrive(self, now: float, i: int) -> None:
@@ -207,15 +239,20 @@ class Simulator:
             res.rejected[i] = res.over_window[i] = True
             self._next_in_session(i, now)
             return
+        for rep in self.replicas:
+            rep.catch_up(now)
         r = self.router.pick(self.replicas, seq.block_ids, seq.prompt_len, trace.block_size, seq.session)
         res.arrival[i], res.replica[i] = now, r
+        seq.block_ids = self.replicas[r].ids.assign(seq.block_ids)
         try:
             self.replicas[r].sched.add(seq)
         except ValueError:  # longer than the replica's whole KV: it can never run here
             res.rejected[i] = True
             self._next_in_session(i, now)
             return
-        if not self.replicas[r].busy:
+        if self.replicas[r].leap is not None:
+            self._cut(r, now)
+        elif not self.replicas[r].busy:
             self._start_step(r, now)
 
     def _next_in_session(self, i: int, now: float) -> None:
@@ -238,9 +275,13 @@ class Simulator:
         rep.busy_s += secs
         self._push_step(now + secs, r, plan)
 
-    def _step_done(self, r: int, now: float, plan: StepPlan | None) -> None:
+    def _step_done(self, r: int, now: float, plan: StepPlan | None, order: int) -> None:
         rep = self.replicas[r]
-        if plan is not None:
+        if plan is None:
+            if rep.leap is None or rep.leap.event != order:
+                return  # a leap's end that a cut moved earlier
+            self._land(rep)
+        else:
             for seq in rep.sched.postprocess(plan, now):
                 self.records.record(seq)
                 self._next_in_session(seq.seq_id, now)
@@ -249,28 +290,37 @@ class Simulator:
         self._start_step(r, now)
 
     def _leap(self, r: int, now: float) -> bool:
-        """Advance a decode-only stretch in one event, up to the next arrival (or MAX_LEAP_S)."""
+        """Start a decode-only stretch as one event, to the step at which a sequence finishes or needs a block."""
         rep = self.replicas[r]
-        k = _decode_leap(rep.sched)
+        k = _reserve_ahead(rep, *_decode_leap(rep.sched), now)
         if k < 2:
             return False
         mid = k // 2
-        ctx = tuple(q.computed + 1 + mid for q in rep.sched.running)
-        cost = step_cost(StepShape(decodes=ctx), self.d)
-        per_step = cost.total
-        horizon = min(self.arrivals[0][0] if self.arrivals else np.inf, now + MAX_LEAP_S)
-        k = min(k, int((horizon - now) / per_step))
-        if k < 2:
-            return False
-        _attribute(cost, [], rep.sched.running, self.totals, steps=k, ahead=mid)
-        for q in rep.sched.running:
-            q.computed += k
-            q.generated += k
-        self.totals["steps"] += k
-        self.totals["decode_tokens"] += k * len(ctx)
-        rep.busy_s += k * per_step
-        self._push_step(now + k * per_step, r, None)
+        cost = step_cost(StepShape(decodes=tuple(q.computed + 1 + mid for q in rep.sched.running)), self.d)
+        self._push_step(now + k * cost.total, r, None)
+        rep.leap = _Leap(now, cost.total, k, cost, mid, self._order)
         return True
+
+    def _cut(self, r: int, now: float) -> None:
+        """A request joined a leaping replica: the leap ends with the step in progress."""
+        leap = self.replicas[r].leap
+        done = min(leap.steps, max(leap.applied, math.ceil((now - leap.start) / leap.per_step)))
+        if done < leap.steps:
+            leap.steps = done
+            self._push_step(leap.start + done * leap.per_step, r, None)
+            leap.event = self._order
+
+    def _land(self, rep: _Replica) -> None:
+        """A leap ended: its steps applied, priced and attributed."""
+        leap, running = rep.leap, rep.sched.running
+        _attribute(leap.cost, [], running, self.totals, steps=leap.steps, ahead=leap.ahead - leap.applied)
+        for q in running:
+            q.computed += leap.steps - leap.applied
+            q.generated += leap.steps - leap.applied
+        self.totals["steps"] += leap.steps
+        self.totals["decode_tokens"] += leap.steps * len(running)
+        rep.busy_s += leap.steps * leap.per_step
+        rep.leap = None
 
     def _result(self, wall: float, offered: float) -> SimResult:
         res, trace, totals = self.records, self.trace, self.totals
@@ -289,15 +339,33 @@ class Simulator:
         )
 
 
-def _decode_leap(sched: Scheduler) -> int:
-    """How many decode-only steps can run with this exact composition (nobody finishes, needs a block, or
-    could be admitted meanwhile): the simulator advances them in one go."""
+def _decode_leap(sched: Scheduler) -> tuple[int, int]:
+    """(decode-only steps before a sequence finishes, of those how many fit the blocks held) with this exact
+    composition (nobody could be admitted meanwhile); (0, 0) where a step must be scheduled."""
     if not sched.running or any(s.in_prefill for s in sched.running):
-        return 0
+        return 0, 0
     if sched.waiting and not sched.head_blocked:
-        return 0  # the head of the queue might be admitted at the next step
+        return 0, 0  # the head of the queue might be admitted at the next step
     bs = sched.cfg.block_size
-    return max(0, min(min(s.max_tokens - s.generated - 1, s.blocks_held * bs - s.computed) for s in sched.running))
+    to_finish = max(0, min(s.max_tokens - s.generated - 1 for s in sched.running))
+    return to_finish, min(to_finish, min(s.blocks_held * bs - s.computed for s in sched.running))
+
+
+def _reserve_ahead(rep: _Replica, to_finish: int, fits: int, now: float) -> int:
+    """Steps a leap can run: to the first finish, with the blocks its decodes will write reserved now where the
+    GPU tier has them free (no eviction: the cache is as a step-by-step run leaves it); else to the first block
+    boundary."""
+    if to_finish <= fits:
+        return fits
+    bs, running = rep.sched.cfg.block_size, rep.sched.running
+    need = [max(blocks_for(q.computed + to_finish, bs) - q.blocks_held, 0) for q in running]
+    if sum(need) > rep.cache.free_blocks(0):
+        return fits
+    for q, n in zip(running, need, strict=True):
+        if n:
+            rep.cache.reserve(q.seq_id, n, now)
+            q.blocks_held += n
+    return to_finish
 
 
 def _price(batch: StepPlan, d: Deployment, links: list[str], block_bytes: int, totals: dict) -> float:

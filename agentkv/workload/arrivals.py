@@ -130,22 +130,23 @@ def _split(trace: Trace, roots: np.ndarray, lap: np.ndarray) -> Trace:
     key = {(int(roots[s]), int(k)): i for i, (s, k) in enumerate(zip(old, lap[first], strict=True)) if roots[s] == s}
     parent = np.array([NO_PARENT if roots[s] == s else key.get((int(roots[s]), int(k)), NO_PARENT)
                        for s, k in zip(old, lap[first], strict=True)], dtype=np.int32)
-    ids = trace.block_ids
-    if trace.has_block_ids and len(ids):
-        ids, offset, private = ids.copy(), trace.n_block_ids, _private(trace, roots)
+    log = trace.block_log
+    if trace.has_block_ids and len(log.ids):  # a segment's first request no longer extends one in another segment
+        log = log.detach(np.flatnonzero((log.parent >= 0) & (seg[np.maximum(log.parent, 0)] != seg)))
+        ids, offset, private = log.ids.copy(), trace.n_block_ids, _private(trace, roots)
+        entry_lap = lap[log.owners()]
         for k in np.unique(lap[lap > 0]):  # one dense range of fresh ids per lap
-            reqs = np.flatnonzero(lap == k)
-            lens = trace.blocks_per_request[reqs]
-            at = np.repeat(trace.block_offsets[reqs] - (np.cumsum(lens) - lens), lens) + np.arange(lens.sum())
+            at = np.flatnonzero(entry_lap == k)
             at = at[private[ids[at]]]
             fresh, n = densify(ids[at])
             ids[at] = fresh + offset
             offset += n
+        log = log.with_ids(ids)
     return replace(
         trace, session_names=[f"{trace.session_names[s]}@{k}" if k else trace.session_names[s]
                               for s, k in zip(old, lap[first], strict=True)],
         session_start=np.full(len(first), np.nan), session_parent=parent,
-        session_tenant=trace.session_tenant[old], session=seg.astype(np.int32), block_ids=ids,
+        session_tenant=trace.session_tenant[old], session=seg.astype(np.int32), block_log=log,
     )
 
 
@@ -155,11 +156,12 @@ def _private(trace: Trace, roots: np.ndarray) -> np.ndarray:
     at many loads)."""
     if _PRIVATE and _PRIVATE[0] is trace:
         return _PRIVATE[1]
-    owner = np.repeat(roots[trace.session], trace.blocks_per_request)
+    ids = trace.block_log.ids  # a session's new ids name every id it holds
+    owner = roots[trace.session][trace.block_log.owners()]
     kept = np.full(trace.n_block_ids, -1, dtype=np.int64)
-    kept[trace.block_ids] = owner
+    kept[ids] = owner
     private = np.ones(trace.n_block_ids, dtype=bool)
-    private[trace.block_ids[owner != kept[trace.block_ids]]] = False
+    private[ids[owner != kept[ids]]] = False
     _PRIVATE[:] = [trace, private]
     return private
 

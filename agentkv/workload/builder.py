@@ -2,7 +2,8 @@
 
 Sources name blocks in their own id spaces (local to a session, global, 64-bit content hashes). Each
 session is added with an id *scope*; equal ids inside one scope are the same block, ids in different scopes
-never are. `build()` remaps every scope into one dense id space.
+never are. `build()` remaps every scope into one dense id space. A request's ids are logged as they arrive, against the
+session's previous request (`BlockLog`), so building a long trace holds only what each request adds.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from agentkv.workload.blocklog import BlockLog, LogWriter, from_parts
 from agentkv.workload.trace import FINISH_UNKNOWN, NO_PARENT, Trace
 
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -31,7 +33,7 @@ class _Session:
     apis: list[float] = field(default_factory=list)
     finishes: list[int] = field(default_factory=list)
     models: list[int] = field(default_factory=list)
-    blocks: list[np.ndarray] = field(default_factory=list)
+    log: LogWriter = field(default_factory=LogWriter)  # the session's requests in the order they were added
 
 
 class TraceBuilder:
@@ -82,7 +84,7 @@ class TraceBuilder:
         s.thinks.append(think_time)
         s.apis.append(api_time)
         s.finishes.append(finish)
-        s.blocks.append(_EMPTY if block_ids is None else np.asarray(block_ids, dtype=np.int64))
+        s.log.append(0, _EMPTY if block_ids is None else np.asarray(block_ids, dtype=np.int64))
 
     def build(self) -> Trace:
         sessions = self._sessions
@@ -92,9 +94,6 @@ class TraceBuilder:
             parts = [np.asarray(getattr(s, attr), dtype=dtype)[o] for s, o in zip(sessions, order, strict=True)]
             return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
-        blocks = [[s.blocks[i] for i in o] for s, o in zip(sessions, order, strict=True)]
-        lens = np.array([len(b) for bs in blocks for b in bs], dtype=np.int64)
-        block_ids = self._dense_ids(blocks)
         return Trace(
             block_size=self.block_size,
             has_block_ids=self.has_block_ids,
@@ -110,34 +109,58 @@ class TraceBuilder:
             think_time=column("thinks", np.float32),
             api_time=column("apis", np.float32),
             finish=column("finishes", np.int8),
-            block_offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
-            block_ids=block_ids,
+            block_log=self._block_log(order),
             source=self.source,
             models=list(self._models),
             model=column("models", np.int16),
         )
 
-    def _dense_ids(self, blocks: list[list[np.ndarray]]) -> np.ndarray:
-        """Concatenate all block ids in trace order, remapped so each scope gets its own dense range."""
+    def _block_log(self, order: list[np.ndarray]) -> BlockLog:
+        """Every session's log in time order, requests numbered across the trace, and each scope's ids remapped
+        to a dense range of its own (its new ids name every id it holds). Each session's writer is copied into
+        one array and dropped, and ids are remapped in place: building holds about one copy of the log (so
+        build() once)."""
+        for s, o in zip(self._sessions, order, strict=True):
+            s.log = _in_order(s.log, o)
+        entry = np.cumsum([0] + [sum(len(n) for n in s.log.new) for s in self._sessions])
+        ids = np.empty(int(entry[-1]), dtype=np.int64)
+        parents, shared, counts, first = [], [], [], 0
+        for sid, s in enumerate(self._sessions):
+            log = s.log.log()
+            s.log = LogWriter()
+            ids[entry[sid] : entry[sid + 1]] = log.ids
+            parents.append(np.where(log.parent >= 0, log.parent + first, NO_PARENT))
+            shared.append(log.shared)
+            counts.append(np.diff(log.offsets))
+            first += log.n_requests
         by_scope: dict[Hashable, list[int]] = {}
         for sid, s in enumerate(self._sessions):
             by_scope.setdefault(s.scope, []).append(sid)
-        dense: list[list[np.ndarray]] = [[] for _ in self._sessions]
         offset = 0
         for sids in by_scope.values():
-            flat = [b for sid in sids for b in blocks[sid]]
-            if not flat:
-                continue
-            inverse, n_unique = densify(np.concatenate(flat))
-            inverse += offset
+            spans = [(int(entry[sid]), int(entry[sid + 1])) for sid in sids]
+            if len(by_scope) == 1:
+                ids, offset = densify(ids)
+                break
+            inverse, n_unique = densify(np.concatenate([ids[a:b] for a, b in spans]))
+            at = np.cumsum([0] + [b - a for a, b in spans])
+            for (a, b), lo in zip(spans, at.tolist(), strict=False):
+                ids[a:b] = inverse[lo : lo + b - a] + offset
             offset += n_unique
-            pos = 0
-            for sid in sids:
-                for b in blocks[sid]:
-                    dense[sid].append(inverse[pos : pos + len(b)])
-                    pos += len(b)
-        flat_all = [b for per_session in dense for b in per_session]
-        return np.concatenate(flat_all) if flat_all else np.zeros(0, dtype=np.int64)
+        if not parents:
+            return from_parts([], [], [])
+        return BlockLog(np.concatenate(parents), np.concatenate(shared),
+                        np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64), ids)
+
+
+def _in_order(writer: LogWriter, order: np.ndarray) -> LogWriter:
+    """A session's log re-written for its requests in `order` (as added, in the usual case: nothing to do)."""
+    if np.array_equal(order, np.arange(len(order))):
+        return writer
+    log, w = writer.log(), LogWriter()
+    for i in order.tolist():
+        w.append(0, log.blocks(i))
+    return w
 
 
 def densify(ids: np.ndarray) -> tuple[np.ndarray, int]:
@@ -148,7 +171,10 @@ def densify(ids: np.ndarray) -> tuple[np.ndarray, int]:
     if lo >= 0 and hi < 4 * len(ids) + 1024:
         present = np.zeros(hi + 1, dtype=bool)
         present[ids] = True
-        table = np.cumsum(present, dtype=np.int64) - 1
-        return table[ids], int(table[-1]) + 1
+        if lo == 0 and present.all():  # already dense (the generator's ids): nothing to relabel
+            return ids.astype(np.int64, copy=False), hi + 1
+        table = np.cumsum(present, dtype=np.int32 if hi < 2**31 else np.int64)
+        table -= 1
+        return table[ids].astype(np.int64), int(table[-1]) + 1
     uniq, inverse = np.unique(ids, return_inverse=True)
     return inverse.astype(np.int64), len(uniq)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
+from agentkv.workload.blocklog import common_prefix
 from agentkv.workload.builder import TraceBuilder
 from agentkv.workload.trace import FINISH_END, FINISH_TOOL, Trace
 
@@ -311,6 +312,7 @@ def fit(trace: Trace, sessions: int | None = None, seed: int = 0) -> GeneratorCo
     top_reqs = [r for s, r in enumerate(per_session) if top[s] and len(r)]
     sub_reqs = [r for s, r in enumerate(per_session) if not top[s] and len(r)]
     inp, out = trace.input_tokens, trace.output_tokens
+    log, lens = trace.block_log, trace.blocks_per_request
     seen_prefix = _shared_prefix_tokens(trace, top_reqs) if trace.has_block_ids else 0
     # session-local ids hide the shared prefix; the generator still lays one down, so take it out of the history
     shared_prefix = LogNormal(float(seen_prefix), 0.0) if seen_prefix else cfg.shared_prefix
@@ -339,12 +341,11 @@ def fit(trace: Trace, sessions: int | None = None, seed: int = 0) -> GeneratorCo
                 if d:
                     continue
                 transitions += 1
-                prev, cur = trace.blocks(i), trace.blocks(j)
-                n = min(len(prev), len(cur))
-                kept = int(np.argmin(prev[:n] == cur[:n])) if n and not np.all(prev[:n] == cur[:n]) else n
-                if kept < len(prev):
+                n_prev = int(lens[i])
+                kept = int(log.shared[j]) if log.parent[j] == i else common_prefix(trace.blocks(i), trace.blocks(j))
+                if kept < n_prev:
                     breaks += 1
-                    keeps.append(kept / max(len(prev), 1))
+                    keeps.append(kept / max(n_prev, 1))
 
     session_max = np.array([inp[r].max() for r in top_reqs])
     n_requests = np.array([len(r) for r in top_reqs])
@@ -427,9 +428,10 @@ def _shared_prefix_tokens(trace: Trace, top_reqs: list[np.ndarray]) -> int:
     ids are session-local, as in kv-cache-tester traces: no cross-session reuse can be seen)."""
     owner_lo = np.full(trace.n_block_ids, np.iinfo(np.int64).max, dtype=np.int64)
     owner_hi = np.full(trace.n_block_ids, -1, dtype=np.int64)
-    sess = np.repeat(trace.session.astype(np.int64), trace.blocks_per_request)
-    np.minimum.at(owner_lo, trace.block_ids, sess)
-    np.maximum.at(owner_hi, trace.block_ids, sess)
+    ids = trace.block_log.ids  # a session's new ids name every id it holds
+    sess = trace.session.astype(np.int64)[trace.block_log.owners()]
+    np.minimum.at(owner_lo, ids, sess)
+    np.maximum.at(owner_hi, ids, sess)
     shared = owner_lo != owner_hi
     runs = []
     for r in top_reqs:

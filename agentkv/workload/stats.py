@@ -7,7 +7,7 @@ size, capped at the request's input), weighted by tokens: the most any prefix ca
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -35,19 +35,22 @@ def distribution(x: np.ndarray) -> dict[str, float]:
     return d
 
 
-def gather_blocks(trace: Trace, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(block ids, rank of their request in `order`) for all requests, concatenated in `order`."""
-    lens = trace.blocks_per_request[order]
+def gather_new(trace: Trace, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(new block ids of the log, rank of their request in `order`) for `order`'s requests, concatenated."""
+    log = trace.block_log
+    lens = np.diff(log.offsets)[order]
     total = int(lens.sum())
     seg_start = np.concatenate([[0], np.cumsum(lens)[:-1]])
-    src = np.repeat(trace.block_offsets[:-1][order] - seg_start, lens) + np.arange(total)
-    return trace.block_ids[src], np.repeat(np.arange(len(order)), lens)
+    src = np.repeat(log.offsets[:-1][order] - seg_start, lens) + np.arange(total)
+    return log.ids[src], np.repeat(np.arange(len(order)), lens)
 
 
 def infinite_cache_hits(trace: Trace, order: np.ndarray, per_session: bool) -> np.ndarray:
     """Hit tokens of every request (indexed like the trace) with a cache that never forgets, replayed in `order`.
 
-    per_session: each session (and each sub-agent) has a cache of its own; else one cache serves all.
+    per_session: each session (and each sub-agent) has a cache of its own; else one cache serves all. Works on
+    the block log: a request whose parent ran before it hits the shared part, then the leading run of its new
+    ids that an earlier request held.
     """
     hits = np.zeros(trace.n_requests, dtype=np.int64)
     if not trace.has_block_ids or trace.n_requests == 0:
@@ -59,10 +62,16 @@ def infinite_cache_hits(trace: Trace, order: np.ndarray, per_session: bool) -> n
     else:
         groups = [order]
     for group in groups:
-        ids, rank = gather_blocks(trace, group)
+        log = trace.block_log
+        rank_of = np.full(trace.n_requests, np.iinfo(np.int64).max, dtype=np.int64)
+        rank_of[group] = np.arange(len(group))
+        parent = log.parent[group]
+        late = group[(parent >= 0) & (rank_of[np.maximum(parent, 0)] > np.arange(len(group)))]
+        view = trace if not len(late) else replace(trace, block_log=log.detach(late))  # parent not run first
+        ids, rank = gather_new(view, group)
         np.minimum.at(first, ids, rank)
-        run = leading_run(first[ids] < rank, trace.blocks_per_request[group])
-        hits[group] = np.minimum(run * trace.block_size, trace.input_tokens[group])
+        run = leading_run(first[ids] < rank, np.diff(view.block_log.offsets)[group])
+        hits[group] = np.minimum((view.block_log.shared[group] + run) * trace.block_size, trace.input_tokens[group])
         first[ids] = np.iinfo(np.int64).max
     return hits
 
@@ -98,8 +107,8 @@ def working_set(trace: Trace, arrivals: np.ndarray, window: float) -> tuple[np.n
     if not trace.has_block_ids:
         tokens = np.bincount(win, weights=trace.input_tokens, minlength=n_win).astype(np.int64)
     else:
-        bwin = np.repeat(win, trace.blocks_per_request)
-        keys = sorted_unique(bwin * max(trace.n_block_ids, 1) + trace.block_ids)
+        ids, owner = trace.block_log.covering(win)
+        keys = sorted_unique(win[owner] * max(trace.n_block_ids, 1) + ids)
         tokens = np.bincount(keys // max(trace.n_block_ids, 1), minlength=n_win) * trace.block_size
     return np.arange(n_win) * window, tokens
 

@@ -1,9 +1,10 @@
 """The trace model: sessions of requests, stored column-wise.
 
 Real traces reach tens of thousands of requests and billions of tokens, so a trace is a handful of numpy
-arrays rather than a list of objects. Block ids are *dense* (0..n_block_ids-1) and unique across the whole
-trace: loaders remap whatever ids a source uses (local per session, global, content hashes) into this one
-space, so downstream code can index arrays by block id. A block id stands for its content and everything
+arrays rather than a list of objects, and each request's block ids are a log against the previous request of
+its session (`BlockLog`): memory grows with the unique blocks, not the total tokens. Block ids are *dense*
+(0..n_block_ids-1) and unique across the whole trace: loaders remap whatever ids a source uses (local per
+session, global, content hashes) into this one space, so downstream code can index arrays by block id. A block id stands for its content and everything
 before it, so equal ids mean reusable KV.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-NO_PARENT = -1
+from agentkv.workload.blocklog import NO_PARENT, BlockLog
 
 # How a response ended, which a serving engine knows when the turn ends: a tool call (the agent comes back in
 # seconds) or the end of the turn (a person reads, for minutes or hours).
@@ -43,8 +44,7 @@ class Trace:
     think_time: np.ndarray  # float32 [R], NaN = unknown
     api_time: np.ndarray  # float32 [R], NaN = unknown
     finish: np.ndarray  # int8 [R], FINISH_*
-    block_offsets: np.ndarray  # int64 [R+1]; request i's ids are block_ids[offsets[i]:offsets[i+1]]
-    block_ids: np.ndarray  # int64 [sum of blocks]
+    block_log: BlockLog  # request i's ids: blocks(i)
     source: str = ""
     skipped: list[str] = field(default_factory=list)  # reasons for records dropped under --skip-bad
     models: list[str] = field(default_factory=list)  # model names the requests name
@@ -68,14 +68,16 @@ class Trace:
 
     @property
     def n_block_ids(self) -> int:
-        return int(self.block_ids.max()) + 1 if len(self.block_ids) else 0
+        return self.block_log.n_ids()
 
     @property
     def blocks_per_request(self) -> np.ndarray:
-        return np.diff(self.block_offsets)
+        return self.block_log.lengths()
 
     def blocks(self, i: int) -> np.ndarray:
-        return self.block_ids[self.block_offsets[i] : self.block_offsets[i + 1]]
+        """Request i's full list of block ids, built from its session's log (read-only). Readers that need only
+        which ids a group of requests touches use `block_log.ids` / `covering`, never every request's list."""
+        return self.block_log.blocks(i)
 
     def session_bounds(self) -> np.ndarray:
         """[S+1] offsets: session s owns requests bounds[s]:bounds[s+1] (requests are grouped by session)."""
@@ -95,7 +97,9 @@ class Trace:
             ("api_time", self.api_time, r),
             ("finish", self.finish, r),
             ("model", self.model, r),
-            ("block_offsets", self.block_offsets, r + 1),
+            ("block_log.parent", self.block_log.parent, r),
+            ("block_log.shared", self.block_log.shared, r),
+            ("block_log.offsets", self.block_log.offsets, r + 1),
         ]:
             if len(arr) != n:
                 raise ValueError(f"trace field {name}: length {len(arr)}, expected {n}")
@@ -105,8 +109,7 @@ class Trace:
             raise ValueError("trace field model: index outside the model names")
         if np.any(self.input_tokens < 0) or np.any(self.output_tokens < 0):
             raise ValueError("trace: negative token count")
-        if self.block_offsets[0] != 0 or self.block_offsets[-1] != len(self.block_ids):
-            raise ValueError("trace field block_offsets: does not span block_ids")
+        self._validate_log()
         if self.has_block_ids:
             n = self.blocks_per_request
             need = self.input_tokens // self.block_size
@@ -117,13 +120,26 @@ class Trace:
                     f"at block size {self.block_size}"
                 )
 
+    def _validate_log(self) -> None:
+        log = self.block_log
+        if log.offsets[0] != 0 or log.offsets[-1] != len(log.ids) or np.any(np.diff(log.offsets) < 0):
+            raise ValueError("trace field block_log.offsets: does not span block_log.ids")
+        p = log.parent
+        linked = p >= 0
+        if np.any(p >= np.arange(len(p))) or np.any(p < NO_PARENT) or np.any(log.shared < 0):
+            raise ValueError("trace field block_log.parent: a parent must be an earlier request")
+        if np.any(self.session[p[linked]] != self.session[linked]):
+            raise ValueError("trace field block_log.parent: a parent must be in the request's session")
+        lens = log.lengths()
+        if np.any(log.shared[~linked] != 0) or np.any(log.shared[linked] > lens[p[linked]]):
+            raise ValueError("trace field block_log.shared: more ids than the parent has")
+
     def replicate(self, copies: int) -> Trace:
         """`copies` independent copies of every session (fresh block ids, names suffixed): scales load for benchmarks."""
         if copies < 1:
             raise ValueError("copies must be >= 1")
-        nb, ns = self.n_block_ids, self.n_sessions
+        nb, ns, nr = self.n_block_ids, self.n_sessions, self.n_requests
         reps = range(copies)
-        lens = self.blocks_per_request
         return Trace(
             block_size=self.block_size,
             has_block_ids=self.has_block_ids,
@@ -141,8 +157,7 @@ class Trace:
             think_time=np.tile(self.think_time, copies),
             api_time=np.tile(self.api_time, copies),
             finish=np.tile(self.finish, copies),
-            block_offsets=np.concatenate([[0], np.cumsum(np.tile(lens, copies))]).astype(np.int64),
-            block_ids=np.concatenate([self.block_ids + k * nb for k in reps]),
+            block_log=concat_logs([self.block_log] * copies, [k * nr for k in reps], [k * nb for k in reps]),
             source=f"{self.source} x{copies}",
             models=list(self.models),
             model=np.tile(self.model, copies),
@@ -168,7 +183,7 @@ def concat_traces(traces: list[Trace]) -> Trace:
         parts.append((t, s_off, b_off, tmap))
         s_off += t.n_sessions
         b_off += t.n_block_ids
-    lens = np.concatenate([t.blocks_per_request for t in traces])
+    r_off = np.cumsum([0] + [t.n_requests for t in traces[:-1]]).tolist()
     return Trace(
         block_size=bs.pop(),
         has_block_ids=all(t.has_block_ids for t in traces),
@@ -186,12 +201,23 @@ def concat_traces(traces: list[Trace]) -> Trace:
         think_time=np.concatenate([t.think_time for t in traces]),
         api_time=np.concatenate([t.api_time for t in traces]),
         finish=np.concatenate([t.finish for t in traces]),
-        block_offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
-        block_ids=np.concatenate([t.block_ids + bo for t, _, bo, _ in parts]),
+        block_log=concat_logs([t.block_log for t in traces], r_off, [bo for _, _, bo, _ in parts]),
         source=" + ".join(t.source for t in traces),
         skipped=[s for t in traces for s in t.skipped],
         models=models,
         model=np.concatenate([mm[t.model] for t, mm in zip(traces, model_maps, strict=True)]).astype(np.int16),
+    )
+
+
+def concat_logs(logs: list[BlockLog], request_offsets: list[int], id_offsets: list[int]) -> BlockLog:
+    """Logs one after another, requests and ids shifted so that none refers into another."""
+    new = np.concatenate([[0], np.cumsum([len(g.ids) for g in logs])])
+    return BlockLog(
+        parent=np.concatenate([np.where(g.parent >= 0, g.parent + r, NO_PARENT) for g, r in zip(logs, request_offsets,
+                                                                                                  strict=True)]),
+        shared=np.concatenate([g.shared for g in logs]),
+        offsets=np.concatenate([[0], *(g.offsets[1:] + n for g, n in zip(logs, new, strict=False))]).astype(np.int64),
+        ids=np.concatenate([g.ids + b for g, b in zip(logs, id_offsets, strict=True)]).astype(np.int64),
     )
 
 

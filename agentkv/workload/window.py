@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from agentkv.workload.blocklog import from_lists
 from agentkv.workload.trace import Trace
 
 OVER_WINDOW = ("compact", "reject", "truncate")
@@ -82,7 +83,7 @@ def fit_window(trace: Trace, window: int, mode: str = "compact") -> tuple[Trace,
     if not over.any():
         return trace, _fit(trace, window, mode, over, counts, 0)
     inputs = trace.input_tokens.copy()
-    ids = [trace.blocks(i) for i in range(trace.n_requests)]
+    ids: dict[int, np.ndarray] = {}  # the requests whose blocks change; the rest keep their recorded ones
     keep = np.ones(trace.n_requests, dtype=bool)
     fresh = _Fresh(trace.n_block_ids)
     bounds = trace.session_bounds()
@@ -105,7 +106,7 @@ def fit_window(trace: Trace, window: int, mode: str = "compact") -> tuple[Trace,
     return fitted, _fit(trace, window, mode, over, counts, int((~keep).sum()))
 
 
-def _compact(trace: Trace, rows: range, window: int, inputs: np.ndarray, ids: list[np.ndarray],
+def _compact(trace: Trace, rows: range, window: int, inputs: np.ndarray, ids: dict[int, np.ndarray],
              keep: np.ndarray, fresh: _Fresh, counts: dict[str, int]) -> None:
     """One session under compaction: `anchor` is the recorded request the current summary replaced."""
     bs = trace.block_size
@@ -152,17 +153,17 @@ class _Fresh:
         return self.next - 1
 
 
-def _rebuild(trace: Trace, inputs: np.ndarray, ids: list[np.ndarray], keep: np.ndarray, window: int,
+def _rebuild(trace: Trace, inputs: np.ndarray, ids: dict[int, np.ndarray], keep: np.ndarray, window: int,
              mode: str) -> Trace:
+    """The kept requests, their block log written anew (a changed request is a new parent for the next)."""
     rows = np.flatnonzero(keep)
-    lens = np.array([len(ids[i]) for i in rows], dtype=np.int64)
-    kept_ids = np.concatenate([ids[i] for i in rows]) if len(rows) else np.zeros(0, dtype=np.int64)
-    _, dense = np.unique(kept_ids, return_inverse=True)  # the trace's ids stay dense
+    log = from_lists(trace.session[rows], (ids[i] if i in ids else trace.blocks(i) for i in rows.tolist()))
+    _, dense = np.unique(log.ids, return_inverse=True)  # the trace's ids stay dense
     return replace(
         trace, session=trace.session[rows], time=trace.time[rows], input_tokens=inputs[rows],
         output_tokens=trace.output_tokens[rows], think_time=trace.think_time[rows], api_time=trace.api_time[rows],
-        finish=trace.finish[rows], model=trace.model[rows], block_offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
-        block_ids=dense.astype(np.int64), source=f"{trace.source} (fitted to a {window:,}-token window: {mode})")
+        finish=trace.finish[rows], model=trace.model[rows], block_log=log.with_ids(dense),
+        source=f"{trace.source} (fitted to a {window:,}-token window: {mode})")
 
 
 def _fit(trace: Trace, window: int, mode: str, over: np.ndarray, counts: dict[str, int], rejected: int) -> WindowFit:

@@ -19,6 +19,7 @@ from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.replay import replay
 from agentkv.kvcache.tiers import TierSpec
+from agentkv.workload.blocklog import from_lists
 from tests.engine.conftest import prompts
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
@@ -132,7 +133,7 @@ def _token_scaled(trace, sessions: int, turns: int, max_blocks: int):
     return replace(trace, session=trace.session[keep], time=trace.time[keep],
                    input_tokens=lengths * trace.block_size, output_tokens=np.ones(len(keep), dtype=np.int64),
                    think_time=trace.think_time[keep], api_time=trace.api_time[keep], finish=trace.finish[keep],
-                   block_offsets=np.concatenate([[0], np.cumsum(lengths)]), block_ids=np.concatenate(blocks))
+                   block_log=from_lists(trace.session[keep], blocks))
 
 
 def test_engine_hit_rate_equals_the_offline_replay(llama_dir, claude_code):
@@ -142,7 +143,7 @@ def test_engine_hit_rate_equals_the_offline_replay(llama_dir, claude_code):
     pages = 140  # the six sessions' working set is 180 blocks: LRU evicts, and hits a third
     order = np.argsort(np.arange(sub.n_requests) % 10, kind="stable")  # the sessions' turns interleaved
     rng = np.random.default_rng(1)
-    tokens = {int(b): rng.integers(32, 128, BS).tolist() for b in np.unique(sub.block_ids)}
+    tokens = {int(b): rng.integers(32, 128, BS).tolist() for b in np.unique(sub.block_log.ids)}
     probe = LLM(str(llama_dir), dtype="float32", block_size=BS, kv_cache_bytes=2**20)
     llm = LLM(str(llama_dir), dtype="float32", block_size=BS, kv_cache_bytes=probe.layout.page_bytes * pages,
               max_num_batched_tokens=4096)

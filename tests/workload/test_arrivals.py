@@ -81,12 +81,14 @@ def test_requests_keep_relative_times_and_subagents_follow_parents():
     np.testing.assert_array_equal(placed.input_tokens, trace.input_tokens)
     segments = [s for s, name in enumerate(placed.session_names) if "@" in name and placed.session_parent[s] < 0]
     assert segments
+    every = np.concatenate([trace.blocks(i) for i in range(trace.n_requests)])
     entry_root = np.repeat(root_sessions(trace)[trace.session], trace.blocks_per_request)
-    pairs = np.unique(entry_root * trace.n_block_ids + trace.block_ids)  # (session, block) held
+    pairs = np.unique(entry_root * trace.n_block_ids + every)  # (session, block) held
     shared = np.flatnonzero(np.bincount(pairs % trace.n_block_ids, minlength=trace.n_block_ids) > 1)
     for s in segments[:10]:
-        lo, hi = placed.block_offsets[bounds[s]], placed.block_offsets[bounds[s + 1]]
-        own, copy = np.unique(trace.block_ids[lo:hi]), np.unique(placed.block_ids[lo:hi])
+        reqs = range(bounds[s], bounds[s + 1])
+        own = np.unique(np.concatenate([trace.blocks(i) for i in reqs]))
+        copy = np.unique(np.concatenate([placed.blocks(i) for i in reqs]))
         np.testing.assert_array_equal(np.isin(own, copy), np.isin(own, shared))  # only shared blocks keep ids
         assert np.isin(own, shared).any() and not np.isin(own, shared).all()
 

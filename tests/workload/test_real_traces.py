@@ -37,8 +37,8 @@ def test_claude_code_subagents_are_linked_sessions(claude_code):
         parent = t.session_parent[s]
         assert t.session_names[s].startswith(t.session_names[parent] + "/")
         # a sub-agent starts with a fresh cache: none of its blocks belong to its parent
-        mine = t.block_ids[np.repeat(t.session == s, t.blocks_per_request)]
-        theirs = t.block_ids[np.repeat(t.session == parent, t.blocks_per_request)]
+        mine = np.concatenate([t.blocks(i) for i in np.flatnonzero(t.session == s)])
+        theirs = np.concatenate([t.blocks(i) for i in np.flatnonzero(t.session == parent)])
         assert not np.intersect1d(mine, theirs).size
 
 

@@ -1,0 +1,62 @@
+"""Whole trace or a sample: the report simulates the whole trace whenever its projected time fits the budget.
+
+A sample of sessions misprices every lever by −34% to +70% on $/Mtok, with no fixed sign (docs/BENCHMARKS.md,
+`bench.sample_error`, measured 2026 on the Claude Code traces and generated ones), so a sample is the fallback
+for traces too large for the budget, not the default. The projection times one simulation of a small sample on
+this machine (CPU seconds per request) and scales it by what a report costs in such simulations and by the
+trace's requests. Per request, a simulation of a larger trace costs more (the capacity search probes higher
+concurrency), so the projection is a lower bound.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from agentkv.report.capacity import SAMPLE_SESSIONS, sample_sessions
+from agentkv.report.ladder import LADDER, DeploymentSpec, rung_config
+from agentkv.sim.simulator import simulate
+from agentkv.workload.arrivals import ArrivalModel
+from agentkv.workload.trace import Trace
+
+BUDGET_S = 240.0  # default --budget: a report that runs in a few minutes
+# A whole-trace report's CPU in units of the probe's CPU per request, per request: 316 CPU-s for the 10,420-request
+# trace of 300 generated sessions (`python -m bench.report_scale`, docs/BENCHMARKS.md, 2026-12-05, this sandbox)
+# against a probe that projected 64 CPU-s at 45: the report's capacity search and fleets cost ~5x more per request
+# than a small sample on one replica.
+REPORT_IN_SIMULATIONS = 220
+PROBE_RUNG = LADDER[5]  # the rung the probe runs (+DRAM tier: the one bench.report times)
+PROBE_SESSIONS = 12  # top-level sessions the speed probe simulates
+SAMPLE_ERROR = "a sample's $/Mtok was measured −34% to +70% off the whole trace's, with no fixed sign"
+
+
+@dataclass(slots=True, frozen=True)
+class Scope:
+    """What the report simulates: `sample_size` top-level sessions, 0 for the whole trace."""
+
+    sample_size: int
+    projected_s: float  # the whole trace's report, projected
+    budget_s: float
+
+    def describe(self) -> str:
+        if not self.projected_s:
+            return f"simulating the whole trace (no more than {SAMPLE_SESSIONS} top-level sessions)"
+        if not self.sample_size:
+            return (f"simulating the whole trace: projected at least {self.projected_s:.0f} s, within the "
+                    f"{self.budget_s:.0f} s --budget")
+        return (f"simulating a sample of {self.sample_size} sessions: the whole trace is projected at least at "
+                f"{self.projected_s:.0f} s, over the {self.budget_s:.0f} s --budget ({SAMPLE_ERROR}; raise "
+                f"--budget, pass --sample-sessions 0, or run with --ray)")
+
+
+def choose_scope(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, budget_s: float, workers: int) -> Scope:
+    """The whole trace if its projected report fits `budget_s`, else the default sample."""
+    top = int((trace.session_parent < 0).sum())
+    if top <= SAMPLE_SESSIONS:
+        return Scope(0, 0.0, budget_s)  # the sample would be the whole trace anyway
+    probe = sample_sessions(trace, PROBE_SESSIONS)
+    cpu = time.process_time()
+    simulate(probe, rung_config(spec, PROBE_RUNG, arrival, 1))
+    per_request = (time.process_time() - cpu) / max(probe.n_requests, 1)
+    projected = REPORT_IN_SIMULATIONS * per_request * trace.n_requests / max(workers, 1)
+    return Scope(0 if projected <= budget_s else SAMPLE_SESSIONS, projected, budget_s)

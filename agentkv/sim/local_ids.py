@@ -1,0 +1,60 @@
+"""A replica's own block ids: the global ids it has seen, renumbered densely in the order it saw them.
+
+The policy core sizes its per-block arrays by the largest id it is given. Given the trace's ids, every replica of
+a fleet would hold arrays for every block of the trace (a whole-trace report with tens of replicas: gigabytes per
+simulation); renumbered, a replica's arrays follow the blocks routed to it. The map from global ids is paged
+(pages allocated where a replica sees an id): a request's ids lie in a few ascending runs (its agent's prompt,
+its session's blocks), so a lookup is a handful of numpy slices.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import numpy as np
+
+PAGE_BITS = 12
+PAGE = 1 << PAGE_BITS
+UNSEEN = -1
+
+
+class LocalIds:
+    def __init__(self) -> None:
+        self.pages: dict[int, np.ndarray] = {}  # global page -> int32 local ids (UNSEEN where none yet)
+        self.n = 0
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """Local ids of `ids`, UNSEEN where this replica never saw one."""
+        out = np.full(len(ids), UNSEEN, dtype=np.int64)
+        page = ids >> PAGE_BITS
+        cuts = [0, *(np.flatnonzero(page[1:] != page[:-1]) + 1).tolist(), len(ids)]
+        for a, b in pairwise(cuts):
+            table = self.pages.get(int(page[a])) if b > a else None
+            if table is not None:
+                out[a:b] = table[ids[a:b] & (PAGE - 1)]
+        return out
+
+    def seen_prefix(self, ids: np.ndarray) -> np.ndarray:
+        """The local ids of the leading run of `ids` this replica has seen (what its cache could hold)."""
+        local = self.lookup(ids)
+        unseen = np.flatnonzero(local == UNSEEN)
+        return local[: unseen[0]] if len(unseen) else local
+
+    def assign(self, ids: np.ndarray) -> np.ndarray:
+        """Local ids of `ids`, numbering the unseen ones (in order of first appearance)."""
+        local = self.lookup(ids)
+        new = local == UNSEEN
+        if not new.any():
+            return local
+        fresh, first = np.unique(ids[new], return_index=True)
+        fresh = fresh[np.argsort(first, kind="stable")]
+        numbers = np.arange(self.n, self.n + len(fresh), dtype=np.int32)
+        self.n += len(fresh)
+        for p in np.unique(fresh >> PAGE_BITS).tolist():
+            if p not in self.pages:
+                self.pages[p] = np.full(PAGE, UNSEEN, dtype=np.int32)
+        page = fresh >> PAGE_BITS
+        for p in np.unique(page).tolist():
+            on = page == p
+            self.pages[p][fresh[on] & (PAGE - 1)] = numbers[on]
+        return self.lookup(ids)

@@ -1,0 +1,139 @@
+"""The whole report at the dossier's scale: generated traces of ~10k, ~43k and (with --full) ~432k requests.
+
+For each size: the trace alone (generated in a child process: its peak RSS; saved as .npz, then loaded: seconds
+and RSS), and `agentkv report --gen-sessions N --sample-sessions 0` (the whole trace simulated) with its wall
+time, CPU seconds and peak RSS summed over the whole process tree (the report's workers included), sampled from
+/proc every 0.2 s. Requests/s is the trace's requests over the report's wall time. The machine's load average
+is printed: on a shared box, wall time is not CPU time.
+Run: .venv/bin/python -m bench.report_scale [--full] [--sessions N ...] [--trace-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench._common import machine
+
+SIZES = (300, 1400)  # generated sessions: ~10k and ~46k requests
+FULL = 13_250  # ~432k requests, the dossier's count
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def tree_rss(root: int) -> int:
+    """Bytes resident in `root` and every process below it, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            rss[int(entry.name)] = int((entry / "statm").read_text().split()[1]) * PAGE
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += children.get(pid, [])
+    return total
+
+
+def measured(cmd: list[str]) -> tuple[float, float, int, subprocess.CompletedProcess]:
+    """(wall s, CPU s of the process tree, peak tree RSS bytes, the finished process) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_rss(proc.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    sampler.join()
+    wall = time.perf_counter() - wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, peak[0], subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+_TRACE_JOB = """
+import sys, time
+from agentkv.workload import load_trace
+from agentkv.workload.formats import canonical
+from agentkv.workload.generator import GeneratorConfig, generate
+t = time.perf_counter()
+trace = generate(GeneratorConfig(sessions=int(sys.argv[1])))
+gen = time.perf_counter() - t
+canonical.save(trace, sys.argv[2])
+log = trace.block_log
+print(trace.n_requests, int(trace.blocks_per_request.sum()), len(log.ids), gen)
+"""
+_LOAD_JOB = """
+import sys, time
+from agentkv.workload import load_trace
+t = time.perf_counter()
+trace = load_trace(sys.argv[1])
+print(time.perf_counter() - t)
+"""
+
+
+def trace_figures(sessions: int, folder: str) -> tuple[int, str]:
+    path = f"{folder}/trace-{sessions}.npz"
+    _, _, gen_rss, p = measured([sys.executable, "-c", _TRACE_JOB, str(sessions), path])
+    if p.returncode:
+        sys.exit(p.stderr)
+    requests, ids, held, gen_s = p.stdout.split()
+    _, _, load_rss, q = measured([sys.executable, "-c", _LOAD_JOB, path])
+    if q.returncode:
+        sys.exit(q.stderr)
+    size = os.path.getsize(path)
+    line = (f"trace: {int(requests):,} requests, {int(ids):,} block ids in its requests, {int(held):,} held in "
+            f"the block log ({int(ids) / max(int(held), 1):.1f}x fewer); generated in {float(gen_s):.1f} s at "
+            f"{gen_rss / 2**30:.2f} GB peak RSS; .npz {size / 2**20:.0f} MiB, loaded in {float(q.stdout):.1f} s at "
+            f"{load_rss / 2**30:.2f} GB peak RSS")
+    return int(requests), line
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sessions", type=int, nargs="*", help=f"generated sessions per point (default {SIZES})")
+    ap.add_argument("--full", action="store_true", help=f"add the ~432k-request point ({FULL} sessions)")
+    ap.add_argument("--trace-only", action="store_true", help="the trace figures only, no report")
+    args = ap.parse_args()
+    sizes = [*(args.sessions or SIZES), *([FULL] if args.full else [])]
+    print(f"machine: {machine()}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    with tempfile.TemporaryDirectory() as folder:
+        for sessions in sizes:
+            requests, line = trace_figures(sessions, folder)
+            print(f"{sessions:,} sessions: {line}", flush=True)
+            if args.trace_only:
+                continue
+            cmd = [sys.executable, "-m", "agentkv.cli", "report", "--gen-sessions", str(sessions),
+                   "--sample-sessions", "0", "--json", "--out", f"{folder}/report.html"]
+            wall, cpu, rss, p = measured(cmd)
+            if p.returncode:
+                print(p.stderr, file=sys.stderr)
+                return p.returncode
+            print(f"  agentkv report --gen-sessions {sessions} --sample-sessions 0: {wall:.0f} s wall, {cpu:.0f} "
+                  f"CPU-s, peak RSS {rss / 2**30:.2f} GB (process tree), {requests / wall:.0f} requests/s; "
+                  f"load average now {os.getloadavg()[0]:.1f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

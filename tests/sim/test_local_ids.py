@@ -1,0 +1,32 @@
+"""A replica's own block ids: its policy-core arrays follow the blocks routed to it, not the whole trace's."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agentkv.report.ladder import LADDER, DeploymentSpec, rung_config
+from agentkv.sim.local_ids import PAGE, UNSEEN, LocalIds
+from agentkv.sim.simulator import Simulator
+from agentkv.workload.arrivals import ArrivalModel
+from agentkv.workload.generator import GeneratorConfig, generate
+
+
+def test_ids_numbered_in_order_of_first_sight_and_stable():
+    local = LocalIds()
+    far = np.array([5, 6, 7, 50 * PAGE + 1, 50 * PAGE + 2], dtype=np.int64)
+    np.testing.assert_array_equal(local.assign(far), [0, 1, 2, 3, 4])
+    again = np.array([5, 6, 9, 7], dtype=np.int64)
+    np.testing.assert_array_equal(local.assign(again), [0, 1, 5, 2])
+    np.testing.assert_array_equal(local.lookup(np.array([9, 8, 50 * PAGE + 2])), [5, UNSEEN, 4])
+    np.testing.assert_array_equal(local.seen_prefix(np.array([5, 6, 8, 7])), [0, 1])  # stops at the first unseen
+    assert len(local.pages) == 2  # only the pages it saw
+
+
+def test_replicas_hold_arrays_for_their_own_blocks():
+    trace = generate(GeneratorConfig(sessions=60, seed=4))
+    sim = Simulator(trace, rung_config(DeploymentSpec(router="session"), LADDER[-1], ArrivalModel("concurrency", 60.0), 6))
+    res = sim.run()
+    assert res.served.sum() > trace.n_requests / 2
+    assert sum(rep.ids.n > 0 for rep in sim.replicas) >= 3  # sessions spread over the fleet
+    for rep in sim.replicas:  # given the trace's ids, each would size its arrays for ~all of the trace's blocks
+        assert rep.cache.n_slots <= max(2 * rep.ids.n, 1024) and rep.cache.n_slots < trace.n_block_ids / 4
