@@ -104,9 +104,9 @@ def offered_concurrency(trace: Trace, arrival: ArrivalModel) -> float:
     return float((end - start).sum()) / max(float(end.max() - start.min()), 1e-9)
 
 
-def _rung_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
+def _mode_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
     spec, rung, arrival, offered, gpu_hour, fleet = args
-    return measure_rung(_SHARED["sample"], _SHARED["measured"], spec, rung, arrival, offered, gpu_hour, fleet)
+    return _measure_mode(_SHARED["sample"], _SHARED["measured"], spec, rung, arrival, offered, gpu_hour, fleet)
 
 
 def _candidate_job(args: tuple) -> Sized | None:
@@ -123,7 +123,12 @@ def measure_rung(sample: Trace, measured: Trace, spec: DeploymentSpec, rung: Run
                  offered: float, gpu_hour: float, fleet: int | None) -> tuple[RungOutcome, dict[int, SimResult]]:
     """One lever in each deployment mode (`ladder.modes`); the cheapest $/Mtok meeting the SLO wins, the spec's
     own mode where none does."""
-    tried = [_measure_mode(sample, measured, s, rung, arrival, offered, gpu_hour, fleet) for s in modes(spec)]
+    return cheapest([_measure_mode(sample, measured, s, rung, arrival, offered, gpu_hour, fleet)
+                     for s in modes(spec)])
+
+
+def cheapest(tried: list[tuple[RungOutcome, dict[int, SimResult]]]) -> tuple[RungOutcome, dict[int, SimResult]]:
+    """Of one lever's modes (the spec's own first), the cheapest $/Mtok meeting the SLO; the first where none does."""
     met = [t for t in tried if t[0].sized.cost is not None]
     return min(met, key=lambda t: t[0].sized.cost.usd_per_mtok_blended) if met else tried[0]  # type: ignore[union-attr]
 
@@ -183,16 +188,20 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
     # sizing and the same fleet run the sample of a large trace at the same offered load; on the trace's own
     # clock, the whole trace (a sample of it would carry less load)
     measured = trace if arrival.mode == "trace" else sample
-    jobs = [(spec, r, arrival, offered, gpu_hour, replicas) for r in LADDER]
+    # one job per lever and deployment mode, so the modes of the costliest lever run side by side
+    jobs = [(s, r, arrival, offered, gpu_hour, replicas) for r in LADDER for s in modes(spec)]
     with _executor(workers, measured, sample, ray) as pool:
         step("sizing every lever")
         # the costliest rungs (tiers, agent-aware ranking) first, so two workers finish together
-        futures = {pool.submit(_rung_job, j): j[1].name for j in reversed(jobs)}
-        done = {}
+        futures = {pool.submit(_mode_job, j): (j[1].name, i) for i, j in reversed(list(enumerate(jobs)))}
+        done: dict[int, tuple[RungOutcome, dict[int, SimResult]]] = {}
         for fut in as_completed(futures):
-            done[futures[fut]] = fut.result()
-            step(f"{futures[fut]} sized")
-        outcomes, runs = zip(*(done[r.name] for r in LADDER), strict=True)
+            name, i = futures[fut]
+            done[i] = fut.result()
+            if sum(jobs[k][1].name == name for k in done) == sum(j[1].name == name for j in jobs):
+                step(f"{name} sized")
+        outcomes, runs = zip(*(cheapest([done[i] for i, j in enumerate(jobs) if j[1] is r]) for r in LADDER),
+                             strict=True)
         fleet, chosen_by = (replicas, "given with --replicas") if replicas else choose_fleet(list(outcomes), offered)
         missing = {i: pool.submit(_fleet_job, (o.spec or spec, o.rung, arrival, fleet))
                    for i, o in enumerate(outcomes) if fleet not in runs[i]}
