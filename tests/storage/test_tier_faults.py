@@ -82,8 +82,10 @@ def test_admitted_prefixes_refresh_their_redis_copies(model_dir, cases, redis_se
     ps, _ = cases
     llm = engine(model_dir, f"redis=1MiB@{redis_server.url}")
     llm.generate([ps[0]], GREEDY)
+    llm.tiering.mover.barrier(llm.tiering.shared.store).result()  # copies are written behind: wait for them
     raw = redis.Redis.from_url(redis_server.url)
     names = raw.keys("akv:*")
+    assert names, "the prompt's blocks were not copied to Redis"
     time.sleep(2.1)
     assert min(raw.object("idletime", n) for n in names) >= 2
     llm.generate([ps[0]], GREEDY)  # served from the GPU; its Redis copies are touched all the same
