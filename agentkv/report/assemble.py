@@ -150,6 +150,21 @@ def _measure_mode(sample: Trace, measured: Trace, spec: DeploymentSpec, rung: Ru
     return RungOutcome(rung, cap, sized, None, spec), runs
 
 
+def _size_levers(pool: Executor, jobs: list[tuple], step: Callable[[str], None]) -> tuple[tuple, tuple]:
+    """Every (lever, mode) job on the pool; per lever, the cheapest mode (`cheapest`), in ladder order."""
+    step("sizing every lever")
+    # the costliest rungs (tiers, agent-aware ranking) first, so two workers finish together
+    futures = {pool.submit(_mode_job, j): (j[1].name, i) for i, j in reversed(list(enumerate(jobs)))}
+    done: dict[int, tuple[RungOutcome, dict[int, SimResult]]] = {}
+    for fut in as_completed(futures):
+        name, i = futures[fut]
+        done[i] = fut.result()
+        if sum(jobs[k][1].name == name for k in done) == sum(j[1].name == name for j in jobs):
+            step(f"{name} sized")
+    return tuple(zip(*(cheapest([done[i] for i, j in enumerate(jobs) if j[1] is r]) for r in LADDER),
+                      strict=True))  # type: ignore[return-value]
+
+
 def _fleet_job(args: tuple) -> SimResult:
     spec, rung, arrival, replicas = args
     return simulate(_SHARED["measured"], rung_config(spec, rung, arrival, replicas))
@@ -191,17 +206,7 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
     # one job per lever and deployment mode, so the modes of the costliest lever run side by side
     jobs = [(s, r, arrival, offered, gpu_hour, replicas) for r in LADDER for s in modes(spec)]
     with _executor(workers, measured, sample, ray) as pool:
-        step("sizing every lever")
-        # the costliest rungs (tiers, agent-aware ranking) first, so two workers finish together
-        futures = {pool.submit(_mode_job, j): (j[1].name, i) for i, j in reversed(list(enumerate(jobs)))}
-        done: dict[int, tuple[RungOutcome, dict[int, SimResult]]] = {}
-        for fut in as_completed(futures):
-            name, i = futures[fut]
-            done[i] = fut.result()
-            if sum(jobs[k][1].name == name for k in done) == sum(j[1].name == name for j in jobs):
-                step(f"{name} sized")
-        outcomes, runs = zip(*(cheapest([done[i] for i, j in enumerate(jobs) if j[1] is r]) for r in LADDER),
-                             strict=True)
+        outcomes, runs = _size_levers(pool, jobs, step)
         fleet, chosen_by = (replicas, "given with --replicas") if replicas else choose_fleet(list(outcomes), offered)
         missing = {i: pool.submit(_fleet_job, (o.spec or spec, o.rung, arrival, fleet))
                    for i, o in enumerate(outcomes) if fleet not in runs[i]}
