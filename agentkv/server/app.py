@@ -1,8 +1,8 @@
 """The HTTP server: OpenAI (/v1/chat/completions, /v1/completions, /v1/responses, /v1/models) and Anthropic
 (/v1/messages, /v1/models in its own shape) APIs over one engine, with /health and Prometheus /metrics.
 
-Here: the app's wiring, its middleware (API keys, request ids, body limits) and what the server owns
-(tenants, model names, the tokenizer endpoints). Each API is an adapter module (`api_chat`,
+Here: the app's wiring, its middleware (API keys, request ids, body limits, tenants' bytes in flight) and
+what the server owns (tenants, model names, the tokenizer endpoints). Each API is an adapter module (`api_chat`,
 `api_completions`, `api_messages`, `api_responses`): its `to_request` makes the body an `Ask`, the one
 pipeline (`pipeline.py`) renders, constrains, checks and admits it, and its renderer shapes the events of
 the one reply state machine (`reply.py`) as the API's reply, streamed as server-sent events or whole.
@@ -28,6 +28,7 @@ from agentkv.server import api_chat, api_completions, api_messages, errors
 from agentkv.server import openai_protocol as oai
 from agentkv.server.api_responses import Responses
 from agentkv.server.bodies import components, documented, parsed
+from agentkv.server.census import Census
 from agentkv.server.chat import anthropic_messages, openai_messages
 from agentkv.server.errors import APIError
 from agentkv.server.guards import RequestLimits
@@ -36,6 +37,7 @@ from agentkv.server.limits import Limits
 from agentkv.server.metrics import Metrics
 from agentkv.server.pipeline import Ask, Pipeline
 from agentkv.server.responses_protocol import ResponsesRequest
+from agentkv.server.tenant_bytes import TenantBytes
 from agentkv.server.tenants import PublicPrefixes
 
 ADMIN_PATHS = ("/metrics", "/openapi.json", "/docs", "/redoc")  # other tenants' traffic, the API's shape
@@ -68,13 +70,16 @@ def create_app(engine: Any, tokenizer: Any, cfg: ServerConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        await asyncio.to_thread(app.state.census.start)
         yield
+        app.state.census.close()
         engine.shutdown(drain=True)  # uvicorn has let the requests in flight finish first
         engine.llm.close()  # lower tiers finish their writes (a disk tier keeps its index for the next start)
 
     app = FastAPI(title="agentkv", version="0.1.0", lifespan=lifespan,
                   description="OpenAI- and Anthropic-compatible serving over agentkv's engine")
     app.state.server = server
+    app.state.census = Census(cfg.limits.max_body_items, cfg.max_model_len + cfg.limits.max_body_items)
     errors.install(app)
 
     @app.get("/health", responses={503: {"description": "the engine loop failed; the process is exiting"}})
@@ -87,6 +92,7 @@ def create_app(engine: Any, tokenizer: Any, cfg: ServerConfig) -> FastAPI:
     async def metrics() -> Response:
         return Response(server.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(TenantBytes, budget=cfg.limits.max_tenant_inflight_bytes)
     app.add_middleware(RequestLimits, max_bytes=cfg.limits.max_body_bytes, max_header_bytes=cfg.limits.max_header_bytes)
     app.add_middleware(_Authenticate, server=server)
     errors.document_400(app, components(list(REQUEST_BODIES)))

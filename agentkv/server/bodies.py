@@ -1,5 +1,7 @@
 """Request bodies parsed and validated on a worker thread, not on the event loop's: a legal 8 MB body (250k
 messages, 150k tools) takes seconds to decode and validate, and every stream's bytes wait on that thread.
+Decoding holds the GIL wherever it runs, so a large body is first counted in a helper process (`census.py`)
+and refused there if it holds more than the server decodes at a bounded cost.
 FastAPI would do both on the loop, so each endpoint's body is typed `parsed(Model)` (a dependency),
 with the same errors FastAPI gives (its `RequestValidationError`, answered as our 400), and documents it with
 `documented(Model)` so the OpenAPI schema still shows it."""
@@ -26,6 +28,7 @@ def parsed(model: type[BaseModel]) -> Any:
             raw = await request.body()
         except ClientDisconnect:  # gone, or cut off by --body-timeout: the answer reaches no one
             raise APIError(400, "the client left before its body arrived") from None
+        await request.app.state.census.check(raw)
         return await asyncio.to_thread(validate, model, raw)
 
     return Annotated[model, Depends(parse)]

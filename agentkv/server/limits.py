@@ -1,5 +1,5 @@
 """What a public endpoint bounds, so that no client (keyed or not) can take the server's memory, descriptors or
-event loop: request bodies (size and time), header size and time, idle connections, the number of connections. The numbers
+event loop: request bodies (size, items, time, a tenant's bytes in flight), header size and time, idle connections, the number of connections. The numbers
 live here, free of the web stack, so the CLI builds its flags on a core install; `guards.py` enforces them.
 """
 
@@ -23,6 +23,10 @@ class Limits:
     body_timeout_s: float = 30.0  # from the headers to the body's last byte (8 MiB at 2.2 Mbit/s)
     idle_timeout_s: float = 5.0
     max_connections: int = 2048
+    # a long agent session (1,500 messages of a few parts, 20 tools) is ~15k items; 32k decode in ~30 ms
+    max_body_items: int = 32_768
+    # a tenant's bodies from their headers to their response's end: 8 bodies of the largest size
+    max_tenant_inflight_bytes: int = 64 << 20
 
     def fit_descriptors(self) -> int:
         """Raise the soft descriptor limit to the hard one; lower the connection cap below it if need be."""

@@ -79,6 +79,12 @@ def add_limit_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("limits (a public endpoint)")
     g.add_argument("--max-body-bytes", type=positive(int), default=d.max_body_bytes,
                    help=f"larger request bodies get 413 before they are read (default {d.max_body_bytes})")
+    g.add_argument("--max-body-items", type=positive(int), default=d.max_body_items,
+                   help="JSON objects, arrays and strings in a request body; more get 413, counted in a helper "
+                        f"process before the server decodes the body (default {d.max_body_items})")
+    g.add_argument("--max-tenant-inflight-bytes", type=positive(int), default=d.max_tenant_inflight_bytes,
+                   help="request bytes one tenant may have in flight (bodies arriving, requests not yet answered); "
+                        f"more get 429 with Retry-After (default {d.max_tenant_inflight_bytes})")
     g.add_argument("--max-prompt-chars", type=positive(int),
                    help="longer prompts (characters of text) get 400 before they are tokenized (default: 16 per "
                         "token of --max-model-len)")
@@ -105,7 +111,8 @@ def limits_of(args: argparse.Namespace):
 
     return Limits(max_body_bytes=args.max_body_bytes, max_prompt_chars=args.max_prompt_chars,
                   max_header_bytes=args.max_header_bytes, header_timeout_s=args.header_timeout,
-                  body_timeout_s=args.body_timeout, idle_timeout_s=args.idle_timeout, max_connections=args.max_connections)
+                  body_timeout_s=args.body_timeout, idle_timeout_s=args.idle_timeout, max_connections=args.max_connections,
+                  max_body_items=args.max_body_items, max_tenant_inflight_bytes=args.max_tenant_inflight_bytes)
 
 
 def metrics_key(path: str | None) -> str | None:
