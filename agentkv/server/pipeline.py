@@ -10,9 +10,11 @@ prompt a replica will run.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,9 @@ from agentkv.server.limits import text_chars
 from agentkv.server.structured import forced_call, json_reply
 from agentkv.server.tool_parsers import parse_all
 
+# llguidance compiles with the GIL released, so concurrent compiles take whole cores: at most half of them
+# (vLLM's rule for its grammar workers), the rest stay the engine thread's and the event loop's
+COMPILE_WORKERS = max(1, (os.cpu_count() or 2) // 2)
 GREEDY_BELOW = 1e-5  # temperatures this small are greedy (dividing logits by them overflows)
 PROMPT_CHARS_PER_TOKEN = 16  # default prompt limit in characters per token of context (text averages ~4)
 
@@ -97,6 +102,7 @@ class Pipeline:
     def __init__(self, engine: Any, tokenizer: Any, cfg: Any, jobs: Jobs) -> None:
         self.engine, self.tokenizer, self.cfg, self.jobs = engine, tokenizer, cfg, jobs
         self.max_prompt_chars = cfg.limits.max_prompt_chars or PROMPT_CHARS_PER_TOKEN * cfg.max_model_len
+        self.compiles = ThreadPoolExecutor(COMPILE_WORKERS, thread_name_prefix="grammar")
 
     @property
     def context(self) -> Context:
@@ -164,12 +170,15 @@ class Pipeline:
 
     async def constrain(self, given: tuple[StructuredOutputsParams, str] | None, tenant: str,
                         ) -> tuple[StructuredOutputsParams, Any] | None:
-        """The spec compiled, once for this request, off the event loop; what the grammar engine refuses is a 400."""
+        """The spec compiled, once for this request, off the event loop and on at most COMPILE_WORKERS threads;
+        what the grammar engine refuses is a 400."""
         if given is None:
             return None
         spec, param = given
         try:
-            return spec, await asyncio.to_thread(self.engine.llm.grammars.compile, spec, tenant)
+            compiled = await asyncio.get_running_loop().run_in_executor(
+                self.compiles, self.engine.llm.grammars.compile, spec, tenant)
+            return spec, compiled
         except ValueError as e:
             raise APIError(400, f"{param}: {e}", param=param) from None
 

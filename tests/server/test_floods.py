@@ -1,6 +1,7 @@
 """Floods that once froze every stream: legal 8 MB bodies (200k messages, a 4M-token prompt, 150k tools) are
-counted in a helper process and refused with a 413 naming the limit, while a canary stream keeps its pace;
-and one tenant's bytes in flight are capped (429 with Retry-After) without touching another tenant's.
+counted in a helper process and refused with a 413 naming the limit, and 2,000-property JSON schemas are
+compiled, while a canary stream keeps its pace; and one tenant's bytes in flight are capped (429 with
+Retry-After) without touching another tenant's.
 
 Timing margin: the canary's largest gap during the flood must stay under 0.1 s more than its largest gap with
 nobody flooding, measured in the same test (on the 2-core sandbox at load ~10 the quiet gap is itself 0.02–0.1 s;
@@ -24,10 +25,10 @@ JSON = {"content-type": "application/json"}
 class Canary:
     """A streamed completion in a thread, recording the gap before each token."""
 
-    def __init__(self, url: str, tokens: int, headers: dict | None = None) -> None:
+    def __init__(self, url: str, tokens: int, headers: dict | None = None, model: str = "tiny") -> None:
         self.gaps: list[float] = []
-        body = {"model": "tiny", "prompt": "the agent reads a file", "max_tokens": tokens, "ignore_eos": True,
-                "stream": True, "temperature": 0}
+        body = {"model": model, "prompt": "the agent reads a file", "max_tokens": tokens, "ignore_eos": True,
+                "stream": True, "temperature": 0, "return_token_ids": True}  # a chunk a token, text or not
         self.thread = threading.Thread(target=self._run, args=(url, body, headers or {}), daemon=True)
         self.thread.start()
 
@@ -89,6 +90,44 @@ def test_legal_8mb_bodies_are_413_naming_the_limit_and_a_stream_keeps_its_pace(f
     for field, r in answers:
         assert r.status_code == 413, r.text
         assert f"of them in '{field}'" in r.json()["error"]["message"], r.text
+    assert loud < quiet + FLOOD_MARGIN_S, f"the canary's largest gap {loud:.3f} s, quiet {quiet:.3f} s"
+
+
+def flood_while(canary: Canary, send) -> list[httpx.Response]:
+    """`send(client, i)` over and over from 3 threads while the canary streams: the answers."""
+    answers: list[httpx.Response] = []
+
+    def flood(thread: int) -> None:
+        with httpx.Client(timeout=60) as c:
+            i = 0
+            while canary.running():
+                answers.append(send(c, 1000 * thread + i))
+                i += 1
+
+    floods = [threading.Thread(target=flood, args=(t,)) for t in range(3)]
+    for t in floods:
+        t.start()
+    canary.largest_gap()
+    for t in floods:
+        t.join(60)
+    assert len(answers) >= 3, "the flood did not overlap the canary"
+    return answers
+
+
+def test_2k_property_schemas_compile_while_a_stream_keeps_its_pace(spawn, chat_dir):
+    srv = spawn("--model", str(chat_dir), "--served-model-name", "chat", "--kv-cache-gb", "0.05")
+
+    def schema_reply(c: httpx.Client, i: int) -> httpx.Response:  # a new schema each time: no cache hit
+        schema = {"type": "object", "properties": {f"p{i}_{k}": {"type": "string"} for k in range(2000)}}
+        return c.post(srv.url + "/v1/chat/completions", json={
+            "model": "chat", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}})
+
+    quiet = Canary(srv.url, 300, model="chat").largest_gap()
+    canary = Canary(srv.url, 300, model="chat")
+    answers = flood_while(canary, schema_reply)
+    assert all(r.status_code == 200 for r in answers), answers[0].text
+    loud = canary.largest_gap()
     assert loud < quiet + FLOOD_MARGIN_S, f"the canary's largest gap {loud:.3f} s, quiet {quiet:.3f} s"
 
 
