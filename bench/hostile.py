@@ -8,10 +8,13 @@ traffic with Redis running.
 The attacks of issue 32 (names start with "#32"; `--only "#32"` runs just them) add: /v1/responses bodies
 with a lone surrogate and a NaN effort, JSON nested past the stack (a tool schema 480 deep, tool-call
 arguments 5,000 deep), a template global as a chat_template_kwarg, logit_bias
-(applied or ignored), best_of, a legal 8 MB body of 200k messages (a running stream's largest gap), and 2,100
+(applied or ignored), best_of, a legal 8 MB body of 200k messages (a running stream's largest gap), three
+clients sending legal 8 MB bodies (200k messages, a 4M-token prompt, 150k tools) in turn while a stream runs,
+one tenant holding 64 MiB of bodies in flight (its 9th request, and another tenant's), and 2,100
 slow-body connections, past the default --max-connections (does a new client get in?). The bench model's
-word-level tokenizer is not one llguidance reads, so forced tools and the grammar cache are shown by the tests
-(tests/server/test_breaks.py, tests/engine/test_grammar.py), not here.
+word-level tokenizer is not one llguidance reads, so forced tools, the grammar cache and 2k-property compiles
+are shown by the tests (tests/server/test_breaks.py, tests/engine/test_grammar.py,
+tests/server/test_floods.py), not here.
 
     python -m bench.hostile [--idle 2000] [--sessions 500] [--only TEXT]
 """
@@ -37,7 +40,7 @@ import httpx
 from bench._common import machine
 from bench.replay_serve import write_model
 
-KEY = "sk-bench"
+KEY, OTHER = "sk-bench", "sk-other"  # two tenants
 SLOW_BODIES = 2100  # more than the server's default --max-connections (2,048)
 # a chat template that calls one of jinja's functions (Qwen3's uses namespace() so)
 TEMPLATE = ("{%- set ns = namespace(n=0) %}{%- for m in messages %}{%- set ns.n = ns.n + 1 %}{{ m['role'] }} "
@@ -49,7 +52,7 @@ class Serve:
     """`agentkv serve` in its own process with API keys, a metrics key and a Redis tier; its log kept."""
 
     def __init__(self, folder: Path, model: Path, redis_url: str | None) -> None:
-        (folder / "keys").write_text(f"{KEY} bench\n")
+        (folder / "keys").write_text(f"{KEY} bench\n{OTHER} other\n")
         (folder / "metrics").write_text("mk-bench\n")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -300,6 +303,55 @@ def slow_bodies(srv: Serve, n: int) -> tuple[object, str]:
     return code, f"{held} connections each sent 1 body byte of 100; a new client answered in {took:.3f} s"
 
 
+def flood_bodies() -> dict[str, bytes]:
+    """Legal 8 MB bodies (under the 8 MiB limit) that each hold hundreds of thousands of JSON items."""
+    def compact(body: dict) -> bytes:
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    one = [{"role": "user", "content": "a"}]
+    return {"/v1/chat/completions": compact({"model": "m", "max_tokens": 4, "messages": one * 200_000}),
+            "/v1/completions": compact({"model": "m", "max_tokens": 4, "prompt": [5] * 4_000_000}),
+            "/v1/messages": compact({"model": "m", "max_tokens": 4, "messages": one,
+                                     "tools": [{"name": "f", "input_schema": {}}] * 150_000})}
+
+
+def large_body_flood(srv: Serve, clients: int = 3) -> tuple[object, str]:
+    """`clients` threads sending the three 8 MB bodies in turn while a stream runs."""
+    bodies, codes = flood_bodies(), []
+    stream = Stream(srv.url, tokens=2000)
+
+    def flood() -> None:
+        while stream.thread.is_alive():
+            codes.extend(post(srv.url, path, body).status_code for path, body in bodies.items())
+
+    threads = [threading.Thread(target=flood) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    gap = stream.max_gap()
+    for t in threads:
+        t.join()
+    answered = ",".join(f"{c}x{codes.count(c)}" for c in sorted(set(codes)))
+    return answered, f"{len(codes)} bodies from {clients} clients; a running stream's largest gap {gap:.3f} s"
+
+
+def tenant_bytes(srv: Serve) -> tuple[object, str]:
+    """One tenant holds 8 bodies of 8 MiB arriving (its default budget, 64 MiB), then sends a 9th; another
+    tenant sends one."""
+    head = (b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + KEY.encode()
+            + b"\r\ncontent-type: application/json\r\ncontent-length: " + str(8 << 20).encode() + b"\r\n\r\n{")
+    held = [raw(srv.port) for _ in range(8)]
+    for s in held:
+        s.sendall(head)
+    time.sleep(0.5)
+    body = {"model": "m", "prompt": "hello world", "max_tokens": 2}
+    mine = post(srv.url, "/v1/completions", body)
+    other = httpx.post(srv.url + "/v1/completions", json=body, headers={"authorization": f"Bearer {OTHER}"})
+    for s in held:
+        s.close()
+    return mine.status_code, (f"its 9th request {mine.status_code} (Retry-After {mine.headers.get('retry-after')});"
+                              f" the other tenant's {other.status_code}")
+
+
 def issue32(srv: Serve) -> list[tuple[str, object]]:
     return [
         ("#32 /v1/responses lone surrogate", lambda: (post(srv.url, "/v1/responses", b'{"model": "m", "input": '
@@ -314,6 +366,8 @@ def issue32(srv: Serve) -> list[tuple[str, object]]:
         ("#32 best_of 2", lambda: (post(srv.url, "/v1/completions", {"model": "m", "prompt": "hi", "max_tokens": 2,
                                                                    "best_of": 2}).status_code, "")),
         ("#32 8 MB body of 200k messages", lambda: large_legal_body(srv)),
+        ("#32 8 MB bodies from 3 clients", lambda: large_body_flood(srv)),
+        ("#32 a tenant's 64 MiB in flight", lambda: tenant_bytes(srv)),
         (f"#32 {SLOW_BODIES} slow bodies", lambda: slow_bodies(srv, SLOW_BODIES)),
     ]
 

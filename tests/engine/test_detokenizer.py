@@ -53,3 +53,37 @@ def test_while_running_it_holds_back_what_may_begin_a_stop_string(tok):
         shown += det.take()
     assert "S" not in shown and det.text.endswith("STOP")  # "STOP" may still become "STOP here"
     assert shown + det.take(finished=True) == "the agent reads STOP"
+
+
+class _Counting:
+    """The real tokenizer, recording how many ids each decode is given: the window the detokenizer reads."""
+
+    def __init__(self, tok: Tokenizer) -> None:
+        self.tok, self.sizes = tok, []
+
+    def decode(self, ids: list[int]) -> str:
+        self.sizes.append(len(ids))
+        return self.tok.decode(ids)
+
+
+def test_a_stop_string_after_128k_tokens_is_found_reading_a_constant_window(tok):
+    """Issue 32: the reply was decoded and searched whole on every token (18 ms a token at 128k). Now each
+    token decodes a window of a few ids and searches only its new piece and the `hold` characters before it,
+    so at 131,072 tokens the stop string, split across tokens, is found having read no more than at the
+    start."""
+    head = tok.encode("naïve café → ✓ 日本語: the agent reads a file, ", False)
+    tail, stop = tok.encode("then STOP here and more after", False), "STOP here"
+    assert len(tok.encode(stop, False)) >= 2, "the stop string must span tokens"
+    ids = head * (131_072 // len(head)) + tail
+    counting = _Counting(tok)
+    det, searched = Detokenizer(counting, (stop, "</answer>")), []
+    for t in ids:
+        done = det.push(t) is not None
+        searched.append(len(det.held))  # what the search read: this token's piece and the hold before it
+        det.take(finished=done)
+        if done:
+            break
+    assert det.matched == stop and len(det.ids) > 131_000
+    assert det.text == tok.decode(ids[: len(head) * (131_072 // len(head))]) + "then "
+    assert max(counting.sizes) <= 8, "each token decodes a window of a few ids, never the reply"
+    assert max(searched) <= det.hold + 16, "the search reads the new piece and the hold, never the reply"
