@@ -303,16 +303,16 @@ def slow_bodies(srv: Serve, n: int) -> tuple[object, str]:
     return code, f"{held} connections each sent 1 body byte of 100; a new client answered in {took:.3f} s"
 
 
-def flood_bodies() -> dict[str, bytes]:
-    """Legal 8 MB bodies (under the 8 MiB limit) that each hold hundreds of thousands of JSON items."""
+def flood_bodies(model: str = "m") -> list[tuple[str, str, bytes]]:
+    """Legal 8 MB bodies (under the 8 MiB limit), each holding hundreds of thousands of JSON items in one
+    field: (path, that field, body)."""
     def compact(body: dict) -> bytes:
-        return json.dumps(body, separators=(",", ":")).encode()
+        return json.dumps({"model": model, "max_tokens": 4, **body}, separators=(",", ":")).encode()
 
     one = [{"role": "user", "content": "a"}]
-    return {"/v1/chat/completions": compact({"model": "m", "max_tokens": 4, "messages": one * 200_000}),
-            "/v1/completions": compact({"model": "m", "max_tokens": 4, "prompt": [5] * 4_000_000}),
-            "/v1/messages": compact({"model": "m", "max_tokens": 4, "messages": one,
-                                     "tools": [{"name": "f", "input_schema": {}}] * 150_000})}
+    return [("/v1/chat/completions", "messages", compact({"messages": one * 200_000})),
+            ("/v1/completions", "prompt", compact({"prompt": [5] * 4_000_000})),
+            ("/v1/messages", "tools", compact({"messages": one, "tools": [{"name": "f", "input_schema": {}}] * 150_000}))]
 
 
 def large_body_flood(srv: Serve, clients: int = 3) -> tuple[object, str]:
@@ -322,7 +322,7 @@ def large_body_flood(srv: Serve, clients: int = 3) -> tuple[object, str]:
 
     def flood() -> None:
         while stream.thread.is_alive():
-            codes.extend(post(srv.url, path, body).status_code for path, body in bodies.items())
+            codes.extend(post(srv.url, path, body).status_code for path, _, body in bodies)
 
     threads = [threading.Thread(target=flood) for _ in range(clients)]
     for t in threads:

@@ -111,8 +111,8 @@ class Census:
         """APIError (413, or 400 for a body that is not JSON) if the body must not be decoded here."""
         if len(raw) < 2 * min(self.max_items, self.max_scalars):
             return
-        if self.pool is None:
-            self.start()
+        if self.pool is None:  # not started with the server (a replica run without lifespan), or it died
+            await asyncio.to_thread(self.start)
         try:
             found = await asyncio.get_running_loop().run_in_executor(
                 self.pool, refusal, raw, self.max_items, self.max_scalars)

@@ -10,13 +10,19 @@ before the helper process the flood's gap was 1.7 s)."""
 from __future__ import annotations
 
 import json
+import os
 import select
+import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
+
+from bench.hostile import flood_bodies
 
 FLOOD_MARGIN_S = 0.1
 JSON = {"content-type": "application/json"}
@@ -25,15 +31,15 @@ JSON = {"content-type": "application/json"}
 class Canary:
     """A streamed completion in a thread, recording the gap before each token."""
 
-    def __init__(self, url: str, tokens: int, headers: dict | None = None, model: str = "tiny") -> None:
+    def __init__(self, url: str, tokens: int, model: str = "tiny") -> None:
         self.gaps: list[float] = []
         body = {"model": model, "prompt": "the agent reads a file", "max_tokens": tokens, "ignore_eos": True,
                 "stream": True, "temperature": 0, "return_token_ids": True}  # a chunk a token, text or not
-        self.thread = threading.Thread(target=self._run, args=(url, body, headers or {}), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(url, body), daemon=True)
         self.thread.start()
 
-    def _run(self, url: str, body: dict, headers: dict) -> None:
-        with httpx.stream("POST", url + "/v1/completions", json=body, headers=headers, timeout=120) as r:
+    def _run(self, url: str, body: dict) -> None:
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=120) as r:
             last = None
             for line in r.iter_lines():
                 if line.startswith("data: {"):
@@ -51,51 +57,9 @@ class Canary:
         return max(self.gaps[1:])
 
 
-def flood_bodies() -> dict[str, bytes]:
-    def compact(body: dict) -> bytes:
-        return json.dumps(body, separators=(",", ":")).encode()
-
-    one = [{"role": "user", "content": "a"}]
-    return {"messages": compact({"model": "tiny", "max_tokens": 4, "messages": one * 200_000}),
-            "prompt": compact({"model": "tiny", "max_tokens": 4, "prompt": [5] * 4_000_000}),
-            "tools": compact({"model": "tiny", "max_tokens": 4, "messages": one,
-                              "tools": [{"type": "function", "function": {"name": "f"}}] * 150_000})}
-
-
-@pytest.fixture(scope="module")
-def flood_server(spawn, plain_dir):
-    return spawn("--model", str(plain_dir), "--served-model-name", "tiny", "--kv-cache-gb", "0.01")
-
-
-def test_legal_8mb_bodies_are_413_naming_the_limit_and_a_stream_keeps_its_pace(flood_server):
-    url, bodies = flood_server.url, flood_bodies()
-    assert all(5 << 20 < len(b) < 8 << 20 for b in bodies.values())  # each is under the 8 MiB body limit
-    quiet = Canary(url, 300).largest_gap()
-    canary, answers = Canary(url, 300), []
-
-    def flood() -> None:
-        with httpx.Client(timeout=60) as c:
-            while canary.running():
-                for field, body in bodies.items():
-                    answers.append((field, c.post(url + "/v1/chat/completions" if field != "prompt" else
-                                                  url + "/v1/completions", content=body, headers=JSON)))
-
-    floods = [threading.Thread(target=flood) for _ in range(3)]
-    for t in floods:
-        t.start()
-    loud = canary.largest_gap()
-    for t in floods:
-        t.join(60)
-    assert len(answers) >= 3, "the flood did not overlap the canary"
-    for field, r in answers:
-        assert r.status_code == 413, r.text
-        assert f"of them in '{field}'" in r.json()["error"]["message"], r.text
-    assert loud < quiet + FLOOD_MARGIN_S, f"the canary's largest gap {loud:.3f} s, quiet {quiet:.3f} s"
-
-
-def flood_while(canary: Canary, send) -> list[httpx.Response]:
-    """`send(client, i)` over and over from 3 threads while the canary streams: the answers."""
-    answers: list[httpx.Response] = []
+def flood_while(canary: Canary, send: Callable[[httpx.Client, int], Any]) -> list[Any]:
+    """`send(client, i)` over and over from 3 threads while the canary streams: what each returned."""
+    answers: list[Any] = []
 
     def flood(thread: int) -> None:
         with httpx.Client(timeout=60) as c:
@@ -112,6 +76,25 @@ def flood_while(canary: Canary, send) -> list[httpx.Response]:
         t.join(60)
     assert len(answers) >= 3, "the flood did not overlap the canary"
     return answers
+
+
+@pytest.fixture(scope="module")
+def flood_server(spawn, plain_dir):
+    return spawn("--model", str(plain_dir), "--served-model-name", "tiny", "--kv-cache-gb", "0.01")
+
+
+def test_legal_8mb_bodies_are_413_naming_the_limit_and_a_stream_keeps_its_pace(flood_server):
+    url, bodies = flood_server.url, flood_bodies("tiny")
+    assert all(4 << 20 < len(b) < 8 << 20 for _, _, b in bodies)  # each is under the 8 MiB body limit
+    quiet = Canary(url, 300).largest_gap()
+    canary = Canary(url, 300)
+    answers = flood_while(canary, lambda c, i: (bodies[i % 3][1], c.post(url + bodies[i % 3][0],
+                                                                         content=bodies[i % 3][2], headers=JSON)))
+    for field, r in answers:
+        assert r.status_code == 413, r.text
+        assert f"of them in '{field}'" in r.json()["error"]["message"], r.text
+    loud = canary.largest_gap()
+    assert loud < quiet + FLOOD_MARGIN_S, f"the canary's largest gap {loud:.3f} s, quiet {quiet:.3f} s"
 
 
 def test_2k_property_schemas_compile_while_a_stream_keeps_its_pace(spawn, chat_dir):
@@ -206,3 +189,14 @@ def test_a_chunked_body_past_the_tenants_budget_is_429(capped):
     finally:
         s.close()
     assert reply.startswith(b"HTTP/1.1 429") and b"retry-after: 1" in reply.lower(), reply[:300]
+
+
+def test_a_dead_helper_is_a_503_and_the_next_large_body_gets_a_fresh_one(capped):
+    census = capped.app.state.census
+    for pid in list(census.pool._processes):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    r = _post(capped.url, "/v1/chat/completions", chat(2000))
+    assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+    r = _post(capped.url, "/v1/chat/completions", chat(2000))
+    assert r.status_code == 413 and "in 'messages'" in r.json()["error"]["message"], r.text
