@@ -9,6 +9,7 @@ scheduler accounts the step (naming full blocks, so later prompts that share the
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import itertools
 import time
@@ -29,6 +30,7 @@ from agentkv.engine.sampler import sample
 from agentkv.engine.sequence import EngineSequence, SamplingParams
 from agentkv.engine.sessions import MAX_SESSIONS, SessionIds
 from agentkv.engine.sliding import SlidingPages
+from agentkv.engine.state_slots import StateSlots, state_views
 from agentkv.engine.tiering import Tiering
 from agentkv.kernels.attention import LayerKV, SeqSlice
 from agentkv.kernels.backends import make_backend
@@ -36,8 +38,9 @@ from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.ids import BlockIds
 from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.policy import Policy
-from agentkv.kvcache.sizing import kv_bytes_per_block
+from agentkv.kvcache.sizing import kv_bytes_per_block, state_bytes
 from agentkv.kvcache.tiers import TierSpec
+from agentkv.model.deltanet import StateSpan, StateStep
 from agentkv.model.llama import LlamaForCausalLM
 from agentkv.model.loader import load_model
 from agentkv.scheduler import Allocate, Scheduler, SchedulerConfig, Status, StepPlan
@@ -93,16 +96,17 @@ class LLM:
         self.codec = get_codec(_auto_codec(self.dtype) if kv_codec == "auto" else kv_codec)
         self.block_size = block_size
         window = _one_window(cfg)
-        full_layers = cfg.num_layers - sum(1 for w in cfg.layer_windows if w)
+        full_layers = cfg.num_layers - sum(1 for w in cfg.layer_windows if w) - sum(cfg.linear_layers)
         self.layout = PageLayout.of(self.codec, full_layers, block_size, cfg.num_kv_heads, cfg.head_dim)
-        spec = cfg.spec(name)
+        spec = dataclasses.replace(cfg, torch_dtype=str(self.dtype).removeprefix("torch.")).spec(name)
         page_bytes = kv_bytes_per_block(spec, self.codec.spec, block_size)
         assert page_bytes == self.layout.page_bytes, "codec pages disagree with kvcache.sizing"
+        attention = [layer.self_attn for layer in self.model.model.layers if hasattr(layer, "self_attn")]
         if isinstance(model, str) or attention_backend is not None:
             backend = make_backend(attention_backend or "auto", self.device, self.codec)
-            for layer in self.model.model.layers:
-                layer.self_attn.backend = backend
-        self.backend = self.model.model.layers[0].self_attn.backend
+            for module in attention:
+                module.backend = backend
+        self.backend = attention[0].backend
         self.ids = BlockIds()
         self.sliding = None  # the sliding layers' own page group (engine/sliding.py)
         self.window_layout = PageLayout.of(self.codec, cfg.num_layers - full_layers, block_size, cfg.num_kv_heads,
@@ -114,6 +118,13 @@ class LLM:
                                        block_size)
             self.sliding = SlidingPages(wl, n, window, block_size, self.device, copy.copy(self.backend), self.ids,
                                         cfg.chunked)
+        self.states = None  # the linear layers' state slots (engine/state_slots.py)
+        state_slots = 0
+        if cfg.deltanet is not None:
+            slot_bytes = StateSlots.slot_bytes_of(cfg, self.dtype)
+            assert slot_bytes == state_bytes(spec, self.codec.spec, block_size), "state slots disagree with sizing"
+            state_slots = StateSlots.slots_for(kv_bytes, slot_bytes, max_num_seqs)
+            kv_bytes -= state_slots * slot_bytes
         num_pages = (kv_bytes - (self.sliding.nbytes if self.sliding else 0)) // page_bytes
         if num_pages < 2:
             raise ValueError(f"KV budget holds {num_pages} pages of {page_bytes} bytes: give more kv_cache_bytes")
@@ -136,12 +147,16 @@ class LLM:
                                                    enable_prefix_caching), self.cache)
         if self.tiering is not None:
             self.scheduler.at_hand = functools.partial(self.tiering.at_hand, self.cache, self.ids.keys)
+        if state_slots:
+            self.states = StateSlots(cfg, state_slots, max_num_seqs, self.dtype, self.device, self.ids, block_size,
+                                     self.cache.policy)
         max_pages = min(num_pages, -(-cfg.max_position_embeddings // block_size))
         self.backend.bind(max_num_seqs, max_pages, self.device)
         self.pool = PagePool(self.layout, num_pages, self.device, self.ids, stores, self.backend, max_num_seqs)
         if self.sliding is not None:
             self.sliding.backend.bind(max_num_seqs, max_pages, self.device)
-        self.kv_layers = self._by_layer(self.pool.layers, self.sliding.layers if self.sliding else [])
+        self.kv_layers = self._by_layer(self.pool.layers, self.sliding.layers if self.sliding else [],
+                                        self.states.layers if self.states else [])
         # an engine dropped, or a process exiting, without close() still flushes and closes its tiers (once)
         self._closer = weakref.finalize(self, self.tiering.close, self.pool, self.cache) if self.tiering else None
         self.namespace = f"{name}|{self.codec.name}|bs{block_size}"  # other models/codecs never share a block
@@ -157,7 +172,7 @@ class LLM:
         if compile:  # fuses the per-token work; the attention backend's Python loop stays eager
             self.model.forward = torch.compile(self.model.forward, dynamic=True)  # type: ignore[method-assign]
         self.graphs = None  # decode steps as CUDA graphs, one per batch size (engine/cuda_graphs.py)
-        cuda_graphs = cuda_graphs and self.sliding is None
+        cuda_graphs = cuda_graphs and self.sliding is None and self.states is None
         # a MoE layer groups tokens by expert on the host (a sync a captured graph cannot replay): no graphs
         if cuda_graphs and not compile and self.device.type == "cuda" and hasattr(self.backend, "capturing") \
                 and not cfg.num_experts:
@@ -197,11 +212,15 @@ class LLM:
             wl = self.window_layout
             views = wl.views(torch.zeros(pages, wl.page_bytes, dtype=torch.uint8, device=self.device), group=1)
             meta.groups = (meta,)
-        kv = self._by_layer(self.layout.views(slab), views)
+        linear = []
+        if cfg.deltanet is not None:  # one scratch state slot
+            scratch = torch.zeros(1, StateSlots.slot_bytes_of(cfg, self.dtype), dtype=torch.uint8, device=self.device)
+            linear = state_views(cfg, scratch, self.dtype, StateStep([StateSpan(0, tokens)]))
+        kv = self._by_layer(self.layout.views(slab), views, linear)
         hidden = self.model(ids, torch.arange(tokens, device=self.device), kv, meta)
         self.model.logits(hidden[-1:])
         peak = torch.cuda.max_memory_allocated(self.device) - before if cuda else 0
-        del slab, hidden, views, kv
+        del slab, hidden, views, kv, linear
         for k, v in bound.items():  # a bound engine's block tables come back as they were
             setattr(self.backend, k, v)
         if cuda:
@@ -218,15 +237,20 @@ class LLM:
             own = f", {self.sliding.slab.shape[0]:,} pages of their own" if self.sliding else ""
             span = "chunk" if cfg.chunked else "window"
             text += ": " + " + ".join(f"{g.layers} {g.kind}" + (f" ({span} {g.window}{own})" if g.window else "")
-                                      for g in groups)
+                                      for g in groups if g.kind != "linear")
+        if self.states is not None:
+            text += (f" + {sum(cfg.linear_layers)} deltanet state ({self.states.slab.shape[0]:,} slots of "
+                     f"{self.states.slot_bytes:,} B: live and snapshots)")
         if cfg.num_experts:
             text += f", MoE {cfg.num_experts} experts top-{cfg.experts_per_token} on {sum(cfg.moe_layers)} layers"
         return text
 
-    def _by_layer(self, full: list[LayerKV], sliding: list[LayerKV]) -> list[LayerKV]:
-        """Each layer's pages in model order: the full layers' from the pool, the sliding ones' from theirs."""
-        groups = (iter(full), iter(sliding))
-        return [next(groups[bool(self.config.window_of(i))]) for i in range(self.config.num_layers)]
+    def _by_layer(self, full: list[LayerKV], sliding: list[LayerKV], linear: list[Any]) -> list[Any]:
+        """Each layer's cache in model order: the full layers' pages from the pool, the sliding ones' from theirs,
+        the linear ones' state slots."""
+        cfg, groups = self.config, (iter(full), iter(sliding), iter(linear))
+        return [next(groups[2 if cfg.is_linear_layer(i) else int(bool(cfg.window_of(i)))])
+                for i in range(cfg.num_layers)]
 
     # ---- requests ------------------------------------------------------------------------------------------
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, *, request_id: str | None = None,
@@ -370,6 +394,9 @@ class LLM:
         if self.sliding is not None:
             self.sliding.execute(plan.ops)
             self.sliding.before_forward(plan, self.scheduler.running)  # type: ignore[arg-type]
+        if self.states is not None:
+            self.states.execute(plan.ops)
+            self.states.before_forward(plan)
         for op in plan.ops:
             if isinstance(op, Allocate) and op.admission:
                 self.prefix_query_tokens += op.seq.target
@@ -383,6 +410,8 @@ class LLM:
             self.pool.check(self.cache, self.scheduler.running)  # type: ignore[arg-type]
             if self.sliding is not None:
                 self.sliding.check(self.scheduler.running)  # type: ignore[arg-type]
+            if self.states is not None:
+                self.states.check()
 
     def _recycle(self, candidates: list[int]) -> None:
         """Ids no live request names and no tier holds stand for nothing now: their numbers are reused."""

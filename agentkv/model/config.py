@@ -24,8 +24,30 @@ ARCHITECTURES = {
     "Gemma3ForCausalLM": "gemma3",
     "GptOssForCausalLM": "gpt_oss",
     "Llama4ForCausalLM": "llama4",
+    "Qwen3NextForCausalLM": "qwen3_next",
 }
 WINDOWED = {"sliding_attention": True, "chunked_attention": True, "full_attention": False}  # `layer_types`
+
+
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+@dataclass(slots=True, frozen=True)
+class DeltaNetShape:
+    """A gated DeltaNet layer's heads (Qwen3-Next): q and k heads of `k_dim`, value heads of `v_dim` (a multiple of
+    the key heads), and the causal conv's kernel."""
+
+    k_heads: int
+    v_heads: int
+    k_dim: int
+    v_dim: int
+    conv_kernel: int
+
+    @property
+    def state_values(self) -> int:
+        """Values one sequence keeps: the recurrent state, and the conv's last kernel - 1 inputs of q, k and v."""
+        return self.v_heads * self.k_dim * self.v_dim + \
+            (self.conv_kernel - 1) * (2 * self.k_heads * self.k_dim + self.v_heads * self.v_dim)
 
 
 @dataclass(slots=True, frozen=True)
@@ -70,9 +92,16 @@ class ModelConfig:
     shared_expert: bool = False  # a dense MLP of moe_intermediate_size beside the routed experts (Llama 4)
     dense_intermediate_size: int = 0  # the dense layers' MLP where it differs from intermediate_size (Llama 4)
     mxfp4: bool = False  # expert weights published as MXFP4 blocks and scales (gpt-oss), dequantized at load
+    linear_layers: tuple[bool, ...] = ()  # per layer: gated DeltaNet (True) or full attention (Qwen3-Next)
+    deltanet: DeltaNetShape | None = None
+    rotary_dim: int = 0  # dims of a head RoPE rotates (Qwen3-Next: a quarter); 0: all
+    shared_expert_size: int = 0  # a sigmoid-gated shared expert's width beside the routed ones (Qwen3-Next)
 
     def window_of(self, layer: int) -> int:
         return self.layer_windows[layer] if self.layer_windows else 0
+
+    def is_linear_layer(self, layer: int) -> bool:
+        return bool(self.linear_layers) and self.linear_layers[layer]
 
     def is_moe_layer(self, layer: int) -> bool:
         return bool(self.moe_layers) and self.moe_layers[layer]
@@ -135,12 +164,13 @@ class ModelConfig:
             max_position_embeddings=int(raw.get("max_position_embeddings", 8192)),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", family == "gemma3")),
             qkv_bias=bool(raw.get("attention_bias", family in ("qwen2", "gpt_oss"))),
-            qk_norm=family in ("qwen3", "qwen3_moe", "gemma3"),
+            qk_norm=family in ("qwen3", "qwen3_moe", "gemma3", "qwen3_next"),
             rope_scaling={**rope, "rope_type": kind},
             eos_token_ids=eos_ids,
             bos_token_id=raw.get("bos_token_id"),
             torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"),
-            **(_moe_fields(raw, layers, need, path) if family == "qwen3_moe" else {}),
+            **(_moe_fields(raw, layers, need, path) if family in ("qwen3_moe", "qwen3_next") else {}),
+            **(_qwen3_next_fields(raw, layers, need, path, rope) if family == "qwen3_next" else {}),
             **(_gemma3_fields(raw, layers, need, path, local_rope) if family == "gemma3" else {}),
             **(_gpt_oss_fields(raw, layers, need, path) if family == "gpt_oss" else {}),
             **(_llama4_fields(raw, layers, need, path) if family == "llama4" else {}),
@@ -167,6 +197,10 @@ class ModelConfig:
         """Its layers by attention kind, as the catalog describes them: () where every layer is full."""
         from agentkv.catalog import LayerGroup
 
+        if self.deltanet is not None:
+            state = self.deltanet.state_values * DTYPE_BYTES.get(self.torch_dtype, 2)
+            linear = sum(self.linear_layers)
+            return LayerGroup("full", self.num_layers - linear), LayerGroup("linear", linear, state_bytes=state)
         windows = sorted({w for w in self.layer_windows if w})
         if not windows:
             return ()
@@ -189,6 +223,27 @@ def _moe_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> dict[
             "moe_intermediate_size": int(need("moe_intermediate_size")),
             "norm_topk_prob": bool(raw.get("norm_topk_prob", False)),
             "moe_layers": tuple(i not in dense and (i + 1) % step == 0 for i in range(layers))}
+
+
+def _qwen3_next_fields(raw: dict[str, Any], layers: int, need: Any, path: str, rope: dict) -> dict[str, Any]:
+    """Qwen3-Next: gated DeltaNet layers and full attention every `full_attention_interval` (4), RoPE on a
+    `partial_rotary_factor` (0.25) of each head, MoE layers with a gated shared expert (as Qwen3-MoE routes)."""
+    interval = int(raw.get("full_attention_interval", 4))
+    types = raw.get("layer_types") or ["full_attention" if (i + 1) % interval == 0 else "linear_attention"
+                                       for i in range(layers)]
+    if len(types) != layers or any(t not in ("linear_attention", "full_attention") for t in types):
+        raise ValueError(f"{path}: field 'layer_types': expected {layers} of linear_attention, full_attention")
+    shape = DeltaNetShape(int(need("linear_num_key_heads")), int(need("linear_num_value_heads")),
+                          int(need("linear_key_head_dim")), int(need("linear_value_head_dim")),
+                          int(raw.get("linear_conv_kernel_dim", 4)))
+    if shape.v_heads % shape.k_heads or shape.conv_kernel < 2:
+        raise ValueError(f"{path}: field 'linear_num_value_heads': {shape.v_heads} is not a multiple of "
+                         f"linear_num_key_heads={shape.k_heads} (or linear_conv_kernel_dim < 2)")
+    head_dim = int(raw.get("head_dim") or int(need("hidden_size")) // int(need("num_attention_heads")))
+    factor = float(raw.get("partial_rotary_factor", rope.get("partial_rotary_factor", 0.25)))
+    return {"linear_layers": tuple(t == "linear_attention" for t in types), "deltanet": shape,
+            "rotary_dim": int(head_dim * factor), "activation": str(raw.get("hidden_act", "silu")),
+            "shared_expert_size": int(raw.get("shared_expert_intermediate_size") or 0)}
 
 
 def _layer_windows(raw: dict[str, Any], layers: int, window: int, path: str, pattern: int) -> tuple[int, ...]:

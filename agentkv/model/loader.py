@@ -15,9 +15,11 @@ from agentkv.model.gemma3 import Gemma3ForCausalLM
 from agentkv.model.gpt_oss import GptOssForCausalLM
 from agentkv.model.llama import LlamaForCausalLM, Rotary
 from agentkv.model.llama4 import Llama4ForCausalLM
+from agentkv.model.qwen3_next import Qwen3NextForCausalLM
 
 MODELS: dict[str, type[LlamaForCausalLM]] = {"gemma3": Gemma3ForCausalLM, "gpt_oss": GptOssForCausalLM,
-                                             "llama4": Llama4ForCausalLM}  # every other family: llama.py
+                                             "llama4": Llama4ForCausalLM,
+                                             "qwen3_next": Qwen3NextForCausalLM}  # every other family: llama.py
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
           "float32": torch.float32, "fp32": torch.float32}
 
