@@ -18,34 +18,16 @@ from agentkv.kernels.attention import SeqSlice
 from agentkv.kvcache.sizing import codec, kv_bytes_per_block, state_bytes
 from agentkv.model.deltanet import LayerState, StateSpan, StateStep
 from agentkv.model.loader import load_model
-from tests.engine.conftest import VOCAB, hf_model, jitter, prompts, write_tokenizer
+from tests.engine.conftest import hf_model, prompts, write_checkpoint
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
 
 
-def write_qwen3_next(folder: Path, seed: int = 0) -> Path:
-    """4 layers: 3 gated DeltaNet (2 key heads, 4 value heads of 16, conv 4) and 1 gated full attention (RoPE on
-    a quarter of 32 dims); layer 1 a dense MLP, the others 8 experts top 2 beside a shared expert."""
-    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen3NextConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-                          num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
-                          bos_token_id=0, eos_token_id=1, linear_num_key_heads=2, linear_num_value_heads=4,
-                          linear_key_head_dim=16, linear_value_head_dim=16, moe_intermediate_size=32,
-                          shared_expert_intermediate_size=48, num_experts=8, num_experts_per_tok=2,
-                          mlp_only_layers=[1])
-    model = Qwen3NextForCausalLM(cfg)
-    jitter(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.float().eval().save_pretrained(str(folder), max_shard_size="60KB")
-    write_tokenizer(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    return write_qwen3_next(tmp_path_factory.mktemp("qwen3_next"), seed=3)
+    """4 layers: 3 gated DeltaNet (2 key heads, 4 value heads of 16, conv 4) and 1 gated full attention (RoPE on
+    a quarter of 32 dims); layer 1 a dense MLP, the others 8 experts top 2 beside a shared expert."""
+    return write_checkpoint(tmp_path_factory.mktemp("qwen3_next"), "qwen3_next", seed=3)
 
 
 def backend_of(model):
