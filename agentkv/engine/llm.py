@@ -64,6 +64,7 @@ class LLM:
         attention_backend: str | None = None,
         cuda_graphs: bool = True,
         max_sessions: int = MAX_SESSIONS,
+        state_snapshots: int | None = None,
     ) -> None:
         """`model`: a Hugging Face checkpoint folder, or an already-built module (benchmarks, random weights).
         kv_codec: how KV pages are stored ('auto': the model's dtype). kv_tiers: tiers below the GPU,
@@ -72,13 +73,15 @@ class LLM:
         check_invariants: compare the policy core's accounts with the pages after every step (tests).
         attention_backend: 'auto' (Triton kernels on CUDA, the torch reference elsewhere), 'torch' or 'triton';
         None keeps a given module's own backend. cuda_graphs: capture decode steps (CUDA, Triton backend).
-        max_sessions: sessions the policy follows at once (the least recently seen beyond it are forgotten)."""
+        max_sessions: sessions the policy follows at once (the least recently seen beyond it are forgotten).
+        state_snapshots: linear-attention layers' state snapshots kept for prefix hits, beside each running
+        sequence's live state (None: up to a quarter of the KV budget; engine/state_slots.py)."""
         self.ids = BlockIds()
         self.runner = runner = ModelRunner(
             model, self.ids, dtype=dtype, device=device, kv_codec=kv_codec, kv_cache_bytes=kv_cache_bytes,
             gpu_memory_utilization=gpu_memory_utilization, block_size=block_size,
             max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
-            attention_backend=attention_backend)
+            attention_backend=attention_backend, state_snapshots=state_snapshots)
         self.config, self.block_size = runner.config, block_size
         self.tokenizer: Any = _tokenizer(model) if isinstance(model, str) else None
         tiers, stores = self._tiers(host_kv_bytes, kv_tiers)

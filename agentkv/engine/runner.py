@@ -23,14 +23,14 @@ from agentkv.engine.pool import PagePool
 from agentkv.engine.sampler import sample
 from agentkv.engine.sequence import EngineSequence
 from agentkv.engine.sliding import SlidingPages
-from agentkv.engine.state_slots import StateSlots, state_views
+from agentkv.engine.state_slots import StateSlots
 from agentkv.kernels.attention import LayerKV, SeqSlice
 from agentkv.kernels.backends import make_backend
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.ids import BlockIds
 from agentkv.kvcache.policy import Policy
 from agentkv.kvcache.sizing import kv_bytes_per_block, state_bytes
-from agentkv.model.deltanet import StateSpan, StateStep
+from agentkv.model.deltanet import StateSpan, StateStep, state_slot_bytes, state_views
 from agentkv.model.llama import LlamaForCausalLM
 from agentkv.model.loader import load_model
 from agentkv.scheduler import StepPlan
@@ -39,9 +39,11 @@ from agentkv.scheduler import StepPlan
 class ModelRunner:
     def __init__(self, model: str | LlamaForCausalLM, ids: BlockIds, *, dtype: str | None, device: str | None,
                  kv_codec: str, kv_cache_bytes: int | None, gpu_memory_utilization: float, block_size: int,
-                 max_num_batched_tokens: int, max_num_seqs: int, attention_backend: str | None) -> None:
+                 max_num_batched_tokens: int, max_num_seqs: int, attention_backend: str | None,
+                 state_snapshots: int | None = None) -> None:
         """The first half: the model on its device, its backend, and its KV budget cut into pages (see `LLM`
         for the arguments). `ids` names blocks for both page groups."""
+        self.state_snapshots = state_snapshots
         self._load(model, dtype, device)
         self.codec = get_codec(_auto_codec(self.dtype) if kv_codec == "auto" else kv_codec)
         self.block_size, self.max_num_seqs, self.ids = block_size, max_num_seqs, ids
@@ -98,9 +100,9 @@ class ModelRunner:
         self.states: StateSlots | None = None  # the linear layers' state slots (engine/state_slots.py)
         self.state_slots = 0
         if cfg.deltanet is not None:
-            slot_bytes = StateSlots.slot_bytes_of(cfg, self.dtype)
+            slot_bytes = state_slot_bytes(cfg, self.dtype)
             assert slot_bytes == state_bytes(self.spec, self.codec.spec, bs), "state slots disagree with sizing"
-            self.state_slots = StateSlots.slots_for(kv_bytes, slot_bytes, self.max_num_seqs)
+            self.state_slots = StateSlots.slots_for(kv_bytes, slot_bytes, self.max_num_seqs, self.state_snapshots)
             kv_bytes -= self.state_slots * slot_bytes
         self.num_pages = (kv_bytes - (self.sliding.nbytes if self.sliding else 0)) // self.page_bytes
         if self.num_pages < 2:
@@ -170,7 +172,7 @@ class ModelRunner:
             meta.groups = (meta,)
         linear = []
         if cfg.deltanet is not None:  # one scratch state slot
-            scratch = torch.zeros(1, StateSlots.slot_bytes_of(cfg, self.dtype), dtype=torch.uint8, device=self.device)
+            scratch = torch.zeros(1, state_slot_bytes(cfg, self.dtype), dtype=torch.uint8, device=self.device)
             linear = state_views(cfg, scratch, self.dtype, StateStep([StateSpan(0, tokens)]))
         kv = self._by_layer(self.layout.views(slab), views, linear)
         hidden = self.model(ids, torch.arange(tokens, device=self.device), kv, meta)

@@ -17,7 +17,6 @@ from DRAM, disk or Redis restores a snapshot if one is still here and otherwise 
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -27,7 +26,7 @@ from agentkv.engine.sequence import EngineSequence, rewind
 from agentkv.kvcache.ids import BlockIds
 from agentkv.kvcache.policy import Policy
 from agentkv.model.config import ModelConfig
-from agentkv.model.deltanet import LayerState, StateSpan, StateStep
+from agentkv.model.deltanet import StateSpan, StateStep, state_slot_bytes, state_views
 from agentkv.scheduler import Allocate, Free, Name, Op, StepPlan
 from agentkv.scheduler.plan import PrefillChunk
 from agentkv.storage.base import BlockKey
@@ -46,26 +45,10 @@ class Held:
     latest_key: BlockKey | None = None
 
 
-def state_views(cfg: ModelConfig, slab: torch.Tensor, dtype: torch.dtype, step: StateStep) -> list[LayerState]:
-    """Each linear layer's conv and recurrent states, typed views of a slab [slots, slot bytes] (uint8)."""
-    s = cfg.deltanet
-    assert s is not None
-    shapes = ((2 * s.k_heads * s.k_dim + s.v_heads * s.v_dim, s.conv_kernel - 1), (s.v_heads, s.k_dim, s.v_dim))
-    layers, off = [], 0
-    for _ in range(sum(cfg.linear_layers)):
-        views = []
-        for shape in shapes:
-            n = dtype.itemsize * math.prod(shape)
-            views.append(slab[:, off : off + n].view(dtype).view(slab.shape[0], *shape))
-            off += n
-        layers.append(LayerState(views[0], views[1], step))
-    return layers
-
-
 class StateSlots:
     def __init__(self, cfg: ModelConfig, num_slots: int, max_seqs: int, dtype: torch.dtype, device: torch.device,
                  ids: BlockIds, block_size: int, policy: Policy) -> None:
-        self.slot_bytes = StateSlots.slot_bytes_of(cfg, dtype)
+        self.slot_bytes = state_slot_bytes(cfg, dtype)
         self.slab = torch.zeros(num_slots, self.slot_bytes, dtype=torch.uint8, device=device)
         self.step = StateStep()
         self.layers = state_views(cfg, self.slab, dtype, self.step)
@@ -79,18 +62,15 @@ class StateSlots:
         self.rewound_tokens = 0  # cached tokens recomputed because no snapshot sat at their boundary
 
     @staticmethod
-    def slot_bytes_of(cfg: ModelConfig, dtype: torch.dtype) -> int:
-        return sum(cfg.linear_layers) * cfg.deltanet.state_values * dtype.itemsize  # type: ignore[union-attr]
-
-    @staticmethod
-    def slots_for(kv_bytes: int, slot_bytes: int, max_seqs: int) -> int:
-        """A live slot per sequence and as many snapshots again at least; up to a quarter of the KV budget. The
-        pages get the rest (the engine checks there are enough)."""
-        if 2 * max_seqs * slot_bytes >= kv_bytes:
-            raise ValueError(f"the linear layers' states of max_num_seqs={max_seqs} sequences (and a snapshot each) "
-                             f"need {2 * max_seqs * slot_bytes} bytes of the {kv_bytes}-byte KV budget: "
-                             "lower max_num_seqs or give more KV memory")
-        return max(2 * max_seqs, kv_bytes // 4 // slot_bytes)
+    def slots_for(kv_bytes: int, slot_bytes: int, max_seqs: int, snapshots: int | None = None) -> int:
+        """A live slot per sequence and `snapshots` more (None: as many again at least, up to a quarter of the KV
+        budget in all). The pages get the rest (the engine checks there are enough)."""
+        total = max(2 * max_seqs, kv_bytes // 4 // slot_bytes) if snapshots is None else max_seqs + snapshots
+        if (snapshots is not None and snapshots < 0) or total * slot_bytes >= kv_bytes:
+            raise ValueError(f"the linear layers' states of max_num_seqs={max_seqs} sequences and their snapshots "
+                             f"({total} slots) need {total * slot_bytes} bytes of the {kv_bytes}-byte KV budget: "
+                             "lower max_num_seqs or state_snapshots, or give more KV memory")
+        return total
 
     @property
     def nbytes(self) -> int:

@@ -11,10 +11,13 @@ the snapshot boundaries so each boundary's state exists), decode the recurrent f
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
+
+from agentkv.model.config import ModelConfig
 
 PIECE = 64  # tokens per chunk of the chunked rule (as the reference's default)
 
@@ -47,6 +50,27 @@ class LayerState:
     conv: torch.Tensor
     recurrent: torch.Tensor
     step: StateStep
+
+
+def state_slot_bytes(cfg: ModelConfig, dtype: torch.dtype) -> int:
+    """One sequence's state over every linear layer, in `dtype` (what `kvcache/sizing.py`'s state_bytes prices)."""
+    return sum(cfg.linear_layers) * cfg.deltanet.state_values * dtype.itemsize  # type: ignore[union-attr]
+
+
+def state_views(cfg: ModelConfig, slab: torch.Tensor, dtype: torch.dtype, step: StateStep) -> list[LayerState]:
+    """Each linear layer's conv and recurrent states, typed views of a slab [slots, slot bytes] (uint8)."""
+    s = cfg.deltanet
+    assert s is not None
+    shapes = ((2 * s.k_heads * s.k_dim + s.v_heads * s.v_dim, s.conv_kernel - 1), (s.v_heads, s.k_dim, s.v_dim))
+    layers, off = [], 0
+    for _ in range(sum(cfg.linear_layers)):
+        views = []
+        for shape in shapes:
+            n = dtype.itemsize * math.prod(shape)
+            views.append(slab[:, off : off + n].view(dtype).view(slab.shape[0], *shape))
+            off += n
+        layers.append(LayerState(views[0], views[1], step))
+    return layers
 
 
 def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

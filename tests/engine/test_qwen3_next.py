@@ -16,9 +16,10 @@ from agentkv.engine.pages import PageLayout
 from agentkv.engine.sequence import SamplingParams
 from agentkv.kernels.attention import SeqSlice
 from agentkv.kvcache.sizing import codec, kv_bytes_per_block, state_bytes
-from agentkv.model.deltanet import LayerState, StateSpan, StateStep
+from agentkv.model.deltanet import LayerState, StateSpan, StateStep, state_slot_bytes, state_views
 from agentkv.model.loader import load_model
 from tests.engine.conftest import hf_model, prompts, write_checkpoint
+from tests.engine.test_families import test_kv_eval_scores_what_transformers_scores as kv_eval_check
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
 
@@ -37,14 +38,13 @@ def backend_of(model):
 def states(model, slots: int = 4, n_pages: int = 64, bs: int = 8) -> tuple[list, StateStep]:
     """Every layer's cache in model order: pages for the full layers, zeroed state slots for the linear ones."""
     cfg, step = model.config, StateStep()
-    s = cfg.deltanet
     layout = PageLayout.of(get_codec("fp32"), cfg.num_layers - sum(cfg.linear_layers), bs, cfg.num_kv_heads,
                            cfg.head_dim)
     backend_of(model).bind(4, n_pages, torch.device("cpu"))
     pages = iter(layout.views(torch.zeros(n_pages, layout.page_bytes, dtype=torch.uint8)))
-    conv = 2 * s.k_heads * s.k_dim + s.v_heads * s.v_dim
-    return [LayerState(torch.zeros(slots, conv, s.conv_kernel - 1), torch.zeros(slots, s.v_heads, s.k_dim, s.v_dim),
-                       step) if cfg.is_linear_layer(i) else next(pages) for i in range(cfg.num_layers)], step
+    slab = torch.zeros(slots, state_slot_bytes(cfg, torch.float32), dtype=torch.uint8)
+    linear = iter(state_views(cfg, slab, torch.float32, step))
+    return [next(linear) if cfg.is_linear_layer(i) else next(pages) for i in range(cfg.num_layers)], step
 
 
 def run(model, caches, step, tokens, start, table, slot=0, snapshots=(), bs=8):
@@ -132,10 +132,10 @@ def test_a_hit_without_a_snapshot_falls_back_to_an_earlier_one(folder, ps, expec
         assert tokens([out]) == tokens(engine(folder, enable_prefix_caching=False).generate([shared], GREEDY))
 
 
-def budget(folder: Path, pages: int) -> int:
-    """KV bytes for `pages` pages beside 8 state slots (4 sequences' live states and as many snapshots)."""
-    llm = engine(folder, kv_cache_bytes=2**24)
-    return pages * llm.layout.page_bytes + 8 * llm.states.slot_bytes
+def budget(folder: Path, pages: int, kv_codec: str = "fp32", slots: int = 8) -> int:
+    """KV bytes for `pages` pages beside `slots` state slots (4 sequences' live states, the rest snapshots)."""
+    llm = engine(folder, kv_cache_bytes=2**24, kv_codec=kv_codec)
+    return pages * llm.layout.page_bytes + slots * llm.states.slot_bytes
 
 
 def test_preemption_recomputes_from_a_snapshot(folder):
@@ -169,3 +169,29 @@ def test_state_slots_are_what_sizing_prices_and_the_start_up_line_names_them(fol
     assert llm.layout.page_bytes == kv_bytes_per_block(spec, codec("fp32"), 8)
     line = summary(llm, "m", 4096, None, 0)
     assert f"4 layers: 1 full + 3 deltanet state ({llm.states.slab.shape[0]:,} slots of 16,896 B" in line
+
+
+@pytest.mark.parametrize("name", ["fp8", "int8", "int4"])
+def test_quantized_pages_hit_preempt_and_reload_as_a_cache_off_run(folder, ps, name):
+    """The full layers' pages in fp8/int8/int4 (the states stay in the model's dtype): prefix hits, preemptions
+    and a DRAM reload (with 16 snapshots kept) give what the same codec gives with the prefix cache off."""
+    short = prompts(4, seed=5, lo=17, hi=24)
+    cache_off = engine(folder, kv_codec=name, enable_prefix_caching=False)
+    expected = tokens(cache_off.generate(short, GREEDY))
+    llm = engine(folder, kv_codec=name)
+    assert tokens(llm.generate(short, GREEDY)) == expected
+    again = [llm.generate([p], GREEDY)[0] for p in short]
+    assert tokens(again) == expected and all(o.num_cached_tokens > 0 for o in again)
+    tight = engine(folder, kv_codec=name, kv_cache_bytes=budget(folder, 12, name), max_num_seqs=4)
+    assert tokens(tight.generate(short, GREEDY)) == expected and tight.scheduler.preemptions > 0
+    tiered = engine(folder, kv_codec=name, kv_cache_bytes=budget(folder, 16, name, slots=20), max_num_seqs=4,
+                    host_kv_bytes=budget(folder, 200, name), state_snapshots=16)
+    tiered.generate(ps, GREEDY)
+    back = [tiered.generate([p], GREEDY)[0] for p in ps]
+    assert tokens(back) == tokens(cache_off.generate(ps, GREEDY))
+    assert sum(o.cached_tokens_per_tier["dram"] for o in back) > 0
+
+
+def test_kv_eval_scores_what_transformers_scores(folder):
+    """kv-eval runs the linear layers over a state slot of their own and scores the codecs on the full ones."""
+    kv_eval_check(folder)
