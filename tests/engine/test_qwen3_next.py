@@ -195,3 +195,4 @@ def test_quantized_pages_hit_preempt_and_reload_as_a_cache_off_run(folder, ps, n
 def test_kv_eval_scores_what_transformers_scores(folder):
     """kv-eval runs the linear layers over a state slot of their own and scores the codecs on the full ones."""
     kv_eval_check(folder)
+
