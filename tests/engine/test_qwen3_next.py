@@ -132,6 +132,19 @@ def test_a_hit_without_a_snapshot_falls_back_to_an_earlier_one(folder, ps, expec
         assert tokens([out]) == tokens(engine(folder, enable_prefix_caching=False).generate([shared], GREEDY))
 
 
+def test_the_next_turn_restores_the_state_at_the_end_of_the_reply(folder, ps):
+    """An agent's next turn extends prompt + reply: its hit reaches into the reply, where the reply's latest
+    boundary kept a snapshot (no periodic ones here), so nothing before the hit is recomputed."""
+    llm = engine(folder)
+    llm.cache.policy.snapshot_every = 0
+    first = llm.generate([ps[2]], SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))[0]
+    turn = [*ps[2], *first.outputs[0].token_ids, *ps[1][:10]]  # 44 + 12 + 10 tokens
+    before = llm.states.restored_tokens
+    out = llm.generate([turn], GREEDY)[0]
+    assert out.num_cached_tokens == llm.states.restored_tokens - before == 55 // 8 * 8  # 55 tokens were fed
+    assert tokens([out]) == hf_greedy(folder, [turn])
+
+
 def budget(folder: Path, pages: int, kv_codec: str = "fp32", slots: int = 8) -> int:
     """KV bytes for `pages` pages beside `slots` state slots (4 sequences' live states, the rest snapshots)."""
     llm = engine(folder, kv_cache_bytes=2**24, kv_codec=kv_codec)
@@ -196,3 +209,26 @@ def test_kv_eval_scores_what_transformers_scores(folder):
     """kv-eval runs the linear layers over a state slot of their own and scores the codecs on the full ones."""
     kv_eval_check(folder)
 
+
+
+def test_the_published_shape_gives_the_catalogs_state_bytes():
+    """Qwen3-Next-80B-A3B's config.json fields (as the catalog's entry cites them: huggingface.co/Qwen/
+    Qwen3-Next-80B-A3B-Instruct, read 2026-12-03), read by the engine's ModelConfig, give the layer groups and
+    DeltaNet state bytes the simulator prices from `agentkv/data/models.toml`."""
+    from agentkv.catalog import model
+    from agentkv.model.config import ModelConfig
+
+    raw = {"architectures": ["Qwen3NextForCausalLM"], "hidden_size": 2048, "intermediate_size": 5120,
+           "num_hidden_layers": 48, "num_attention_heads": 16, "num_key_value_heads": 2, "head_dim": 256,
+           "vocab_size": 151936, "full_attention_interval": 4, "linear_num_key_heads": 16,
+           "linear_num_value_heads": 32, "linear_key_head_dim": 128, "linear_value_head_dim": 128,
+           "linear_conv_kernel_dim": 4, "num_experts": 512, "num_experts_per_tok": 10, "moe_intermediate_size": 512,
+           "shared_expert_intermediate_size": 512, "partial_rotary_factor": 0.25, "torch_dtype": "bfloat16"}
+    cfg = ModelConfig.from_hf(raw)
+    assert cfg.layer_groups() == model("qwen3-next-80b-a3b").groups and cfg.rotary_dim == 64
+    bad = [({"linear_num_value_heads": 24}, "field 'linear_num_value_heads': 24 is not a multiple"),
+           ({"layer_types": ["mamba"] * 48}, "field 'layer_types': expected 48 of linear_attention, full_attention"),
+           ({"linear_key_head_dim": None}, "field 'linear_key_head_dim': missing")]
+    for change, message in bad:
+        with pytest.raises(ValueError, match=message):
+            ModelConfig.from_hf({**raw, **change}, "ckpt/config.json")
