@@ -187,6 +187,12 @@ class ModelConfig:
         moe = sum(self.moe_layers)
         embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
         base = self.num_layers * attn + (self.num_layers - moe) * dense + moe * router + embed
+        if self.deltanet is not None:  # gated attention's q_proj is doubled; DeltaNet layers project otherwise
+            linear, s = sum(self.linear_layers), self.deltanet
+            mixer = self.hidden_size * (2 * s.k_heads * s.k_dim + 3 * s.v_heads * s.v_dim + 2 * s.v_heads) + \
+                s.conv_kernel * (2 * s.k_heads * s.k_dim + s.v_heads * s.v_dim)  # in/out projections, conv
+            base += (self.num_layers - linear) * self.hidden_size * self.head_dim * self.num_heads + \
+                linear * (mixer - attn) + moe * (3 * self.hidden_size * self.shared_expert_size + self.hidden_size)
         total = float(base + moe * self.num_experts * expert)
         active = float(base + moe * self.experts_per_token * expert)
         return ModelSpec(name, "config.json", self.num_layers, self.num_heads, self.num_kv_heads, self.head_dim,

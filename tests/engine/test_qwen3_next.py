@@ -173,6 +173,12 @@ def test_reload_from_dram_keeps_greedy_equal(folder, ps, expected):
     assert tiered.states.restored_tokens > 0 and tiered.states.rewound_tokens > 0
 
 
+def test_the_spec_counts_the_checkpoints_parameters(folder):
+    """What the cost-aware policy reads (`ModelConfig.spec`): the checkpoint's parameters, norms aside."""
+    spec = engine(folder, kv_cache_bytes=2**24).runner.spec
+    assert spec.params_total == pytest.approx(sum(p.numel() for p in hf_model(folder).parameters()), rel=0.005)
+
+
 def test_state_slots_are_what_sizing_prices_and_the_start_up_line_names_them(folder):
     from agentkv.server.startup import summary
 
@@ -225,7 +231,10 @@ def test_the_published_shape_gives_the_catalogs_state_bytes():
            "linear_conv_kernel_dim": 4, "num_experts": 512, "num_experts_per_tok": 10, "moe_intermediate_size": 512,
            "shared_expert_intermediate_size": 512, "partial_rotary_factor": 0.25, "torch_dtype": "bfloat16"}
     cfg = ModelConfig.from_hf(raw)
-    assert cfg.layer_groups() == model("qwen3-next-80b-a3b").groups and cfg.rotary_dim == 64
+    catalog = model("qwen3-next-80b-a3b")
+    assert cfg.layer_groups() == catalog.groups and cfg.rotary_dim == 64
+    spec = cfg.spec("qwen3-next")  # what the cost-aware policy reads: 80B in all, as the model card says
+    assert spec.params_total == pytest.approx(catalog.params_total, rel=0.01)
     bad = [({"linear_num_value_heads": 24}, "field 'linear_num_value_heads': 24 is not a multiple"),
            ({"layer_types": ["mamba"] * 48}, "field 'layer_types': expected 48 of linear_attention, full_attention"),
            ({"linear_key_head_dim": None}, "field 'linear_key_head_dim': missing")]
