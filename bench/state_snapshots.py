@@ -8,7 +8,7 @@ gated full-attention layer, MoE 8 experts top 2 with a shared expert) serves `--
 `--tool`-token tool result, sessions interleaved turn by turn. Both engines give the same tokens (checked).
 Time is the process's CPU time (best of `--repeat`, after a warm-up run), so other jobs on a shared machine
 do not blur it.
-Run: .venv/bin/python -m bench.state_snapshots [--sessions 2] [--turns 4] [--first 160] [--hidden 128] [--repeat 3]
+Run: .venv/bin/python -m bench.state_snapshots [--sessions 2] [--turns 4] [--first 256] [--hidden 256] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -62,12 +62,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=2)
     ap.add_argument("--turns", type=int, default=4)
-    ap.add_argument("--first", type=int, default=160, help="the first turn's prompt tokens")
+    ap.add_argument("--first", type=int, default=256, help="the first turn's prompt tokens")
     ap.add_argument("--reply", type=int, default=24)
     ap.add_argument("--tool", type=int, default=40)
-    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
+    torch.set_num_threads(1)  # CPU time of one thread: no spinning pool threads counted on a shared machine
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_model(Path(tmp) / "qwen3-next", args.hidden)
         run(folder, None, args)  # warm-up: torch's first calls
