@@ -24,7 +24,7 @@ Every achievable-fraction and overhead lives in `Coefficients`, the one place me
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from agentkv.sim.attention import (
     prefill_work,
     write_bytes_per_token,
 )
+from agentkv.sim.speculative import Speculation
 
 # weights: bytes per parameter (block scales included) and the tensor-core rate their GEMMs run at where the
 # hardware has it. NVFP4: 4-bit values + one fp8 scale per 16 (NVIDIA, "Introducing NVFP4", developer blog,
@@ -142,6 +143,7 @@ class Deployment:
     ep: bool = False
     dp_attention: bool = False
     expert_dtype: str = ""  # "": as weight_dtype
+    speculation: Speculation | None = None  # MTP / EAGLE: decode steps priced per token emitted (step_cost)
     # derived once (the simulator prices a million steps a report)
     weight_bytes: float = field(init=False, repr=False, compare=False)  # stored across the replica
     groups: tuple[GroupCost, ...] = field(init=False, repr=False, compare=False)
@@ -162,6 +164,9 @@ class Deployment:
             raise ValueError(f"ep / dp_attention need a MoE model with its experts stated; {self.model.name} has none")
         if self.dp_attention and not self.ep:
             raise ValueError("dp_attention runs beside expert parallelism: set ep too")
+        if self.speculation and self.speculation.draft_layers > self.model.layers:
+            raise ValueError(f"draft_layers={self.speculation.draft_layers} exceeds {self.model.name}'s "
+                             f"{self.model.layers} layers")
         m = self.model
         dense_copies = self.tp if self.dp_attention else 1
         object.__setattr__(self, "weight_bytes", m.dense_params * self.dense_bytes * dense_copies
@@ -212,14 +217,17 @@ class Deployment:
 @dataclass(slots=True, frozen=True)
 class StepShape:
     """What the step-cost model needs of a batch: prefill chunks as (new tokens, tokens before them) and, per
-    decode, the context it attends over (a tuple or a numpy array: priced without a loop over sequences)."""
+    decode, the context it attends over (a tuple or a numpy array: priced without a loop over sequences).
+    `decode_queries`: tokens each decode runs through the model (a speculative verification: the drafted ones
+    and the bonus token, over one read of its KV)."""
 
     prefills: Sequence[tuple[int, int]] = ()
     decodes: Sequence[int] | np.ndarray = ()
+    decode_queries: int = 1
 
     @property
     def tokens(self) -> int:
-        return sum(n for n, _ in self.prefills) + len(self.decodes)
+        return sum(n for n, _ in self.prefills) + self.decode_queries * len(self.decodes)
 
 
 @dataclass(slots=True)
@@ -248,7 +256,7 @@ def attention_work(shape: StepShape, d: Deployment) -> tuple[Work, Work]:
         for n, start in shape.prefills:
             pre.add(prefill_work(g, start, n, tile))
         if k:
-            dec.add(decode_work(g, contexts, k, total))
+            dec.add(decode_work(g, contexts, k, total, shape.decode_queries))
     return pre, dec
 
 
@@ -290,6 +298,33 @@ def communication_seconds(tokens: int, d: Deployment) -> float:
 
 
 def step_cost(shape: StepShape, d: Deployment) -> StepCost:
+    """Seconds a step takes, by term. A deployment that speculates and a step with decodes: per token emitted
+    (`speculative_cost`)."""
+    if d.speculation is not None and len(shape.decodes):
+        return speculative_cost(shape, d, d.speculation)
+    return _plain_cost(shape, d)
+
+
+def speculative_cost(shape: StepShape, d: Deployment, spec: Speculation) -> StepCost:
+    """A speculative step per token it emits, term by term: the step's prefill chunks whole, plus what its
+    decodes add (a verification of `draft_tokens` + 1 tokens a sequence, and the draft's forward passes: its
+    layers' share of a decode step's work and their kernel floors, its step overhead riding on the
+    verification's) over the `acceptance_length` tokens a verification emits. The simulator advances a decode by
+    one token a step, so a decode-only stretch costs what the engine spends on it in expectation; a mixed step
+    carries its chunk beside a 1/acceptance share of a verification (the chunks' and the decodes' work is the
+    same, the interleaving finer, the weights read once per simulated step: conservative)."""
+    base = _plain_cost(StepShape(prefills=shape.prefills), d)
+    verify = _plain_cost(replace(shape, decode_queries=spec.verify_queries), d)
+    one = _plain_cost(StepShape(decodes=shape.decodes), d)
+    share = spec.draft_share(d.model.layers)
+    draft = StepCost(one.weights * share, one.attention * share, one.kv_write * share, one.communication * share,
+                     spec.draft_tokens * spec.draft_layers * d.coefficients.layer_floor_s)
+    a = spec.acceptance_length
+    return StepCost(*(getattr(base, f.name) + (getattr(verify, f.name) + getattr(draft, f.name)
+                                               - getattr(base, f.name)) / a for f in fields(StepCost)))
+
+
+def _plain_cost(shape: StepShape, d: Deployment) -> StepCost:
     c = d.coefficients
     tokens = shape.tokens
     if tokens == 0:
