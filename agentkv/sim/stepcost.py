@@ -82,6 +82,16 @@ class Coefficients:
     seq_overhead_s: float = 4.65e-4  # per sequence in a step (sampling, metadata, detokenize) at small batches
     seq_saturation: float = 8.73  # ... saturating: n sequences cost seq_overhead_s · n / (1 + n / this), so a
     # step of thousands pays ~4 ms, not thousands of times the batch-8 figure (batched sampling and metadata)
+    # a routed-expert layer's fused-experts call (routing top-k, token alignment, two grouped GEMMs, activation)
+    # never runs faster than this at few tokens, whatever bytes it reads: vLLM's benchmark_moe.py kernel time at
+    # batch 1 on H100, 29.45 us for Qwen3-Next-80B FP8 TP4 (experts of 0.8 MB a rank: 10 read in ~3 us; vLLM PR
+    # #44830, 2026-06-08) and 40.4 us for Qwen3-30B-A3B FP8 TP1 (vLLM PR #24700, 2025-09-11). Not fitted.
+    moe_layer_floor_s: float = 2.945e-5
+    # per Gated-DeltaNet (linear-attention) layer per step, beside layer_floor_s: its decode runs two input
+    # projections, the conv1d state update, gating, the recurrence, a gated norm and the output projection as
+    # separate small kernels (vLLM's qwen_gdn_linear_attn; the gating + recurrence pair alone ~5 us on H200, vLLM
+    # PR #35777, 2026-03-02). Fitted on Qwen3-Coder-Next's batch-1 decode (calibration.py, FIT row).
+    linear_layer_floor_s: float = 4.1e-5
     moe_gemm_efficiency: float = 0.432  # grouped expert GEMMs with many tokens per expert, of dense peak
     moe_rows_half: float = 134.0  # tokens per expert at which a grouped GEMM reaches half that
     expert_imbalance: float = 1.0  # busiest EP rank's expert load over the mean: fitted at 1.0, the rows' engines
@@ -151,6 +161,7 @@ class Deployment:
     flops: float = field(init=False, repr=False, compare=False)  # dense peak of the replica at the weights' rate
     expert_flops: float = field(init=False, repr=False, compare=False)  # the same at the experts' rate
     kernel: tuple[float, float] = field(init=False, repr=False, compare=False)  # Coefficients.attention_kernel
+    layer_floors_s: float = field(init=False, repr=False, compare=False)  # every layer's floor, a step
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION:
@@ -176,6 +187,9 @@ class Deployment:
         object.__setattr__(self, "flops", self.tp * self.hardware_rate(self.weight_dtype))
         object.__setattr__(self, "expert_flops", self.tp * self.hardware_rate(self.expert_dtype or self.weight_dtype))
         object.__setattr__(self, "kernel", self.coefficients.attention_kernel(self.attention))
+        linear = sum(g.layers for g in m.groups if g.kind == "linear")
+        object.__setattr__(self, "layer_floors_s", m.layers * self.coefficients.layer_floor_s
+                           + linear * self.coefficients.linear_layer_floor_s)
 
     def hardware_rate(self, dtype: str) -> float:
         """Dense peak FLOP/s of one device for GEMMs on weights of `dtype`: FP4 on FP4 tensor cores where the
@@ -276,7 +290,7 @@ def weight_seconds(tokens: int, d: Deployment) -> float:
     rows = tokens * k / e / touched  # tokens per expert the step reaches: the grouped GEMMs' M
     imbalance = c.expert_imbalance if d.ep and d.tp > 1 else 1.0
     compute = 2.0 * m.routed_params * k / e * tokens * imbalance / (d.expert_flops * c.moe_efficiency_at(rows))
-    return t_dense + max(compute, m.routed_params * d.expert_bytes * touched / hbm)
+    return t_dense + max(compute, m.routed_params * d.expert_bytes * touched / hbm, m.layers * c.moe_layer_floor_s)
 
 
 def communication_seconds(tokens: int, d: Deployment) -> float:
@@ -347,7 +361,7 @@ def _plain_cost(shape: StepShape, d: Deployment) -> StepCost:
     kv_write = tokens * d.write_bytes_per_token / hbm
     sequences = len(shape.prefills) + len(shape.decodes)
     per_rank = sequences / d.tp if d.dp_attention else sequences  # DP ranks schedule their own sequences
-    overhead = c.step_overhead_s + d.model.layers * c.layer_floor_s + c.sequences(per_rank)
+    overhead = c.step_overhead_s + d.layer_floors_s + c.sequences(per_rank)
     return StepCost(weight_seconds(tokens, d), attention_time(both), kv_write, communication_seconds(tokens, d),
                     overhead)  # who it is for: simulator._attribute
 
