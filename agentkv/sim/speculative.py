@@ -7,7 +7,9 @@ average. The acceptance length depends on the model, the draft and the text, so 
 derived here. Published figures to state it from: DeepSeek-V3's one MTP token is accepted 85-90% of the time
 (arXiv 2412.19437 §5.4.3, 2024-12-27), an acceptance length of ~1.85-1.9 at `draft_tokens=1`.
 
-`stepcost.step_cost` prices a step of a deployment that speculates per token emitted (the simulator advances a
+The draft's layers are stored beside the target's weights (`Deployment.weight_bytes`: one layer's share each;
+DeepSeek-V3's MTP module is 11.5B unique parameters beside 671B, README_WEIGHTS.md of its checkpoint, read
+2026-12-05). `stepcost.step_cost` prices a step of a deployment that speculates per token emitted (the simulator advances a
 decode by one token a step), so every reader of the step cost (simulator, report, calibration) sees it.
 """
 

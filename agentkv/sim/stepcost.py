@@ -180,8 +180,9 @@ class Deployment:
                              f"{self.model.layers} layers")
         m = self.model
         dense_copies = self.tp if self.dp_attention else 1
-        object.__setattr__(self, "weight_bytes", m.dense_params * self.dense_bytes * dense_copies
-                           + m.routed_params * self.expert_bytes)
+        draft = self.speculation.draft_layers / m.layers if self.speculation else 0.0  # its layers, stored beside
+        object.__setattr__(self, "weight_bytes", (m.dense_params * self.dense_bytes * dense_copies
+                                                  + m.routed_params * self.expert_bytes) * (1.0 + draft))
         object.__setattr__(self, "groups", group_costs(m, self.kv_codec, BLOCK_SIZE, self.kv_ranks))
         object.__setattr__(self, "write_bytes_per_token", write_bytes_per_token(self.groups))
         object.__setattr__(self, "flops", self.tp * self.hardware_rate(self.weight_dtype))

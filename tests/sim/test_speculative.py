@@ -88,6 +88,15 @@ def test_acceptance_must_be_possible(bad):
         Speculation(*bad)
 
 
+def test_the_draft_layers_are_stored_beside_the_weights():
+    """A draft layer is priced as one layer of the target's shape: for DeepSeek-V3's MTP module 1/61 more weights,
+    that much less KV room (its README_WEIGHTS.md on huggingface.co/deepseek-ai/DeepSeek-V3, undated, read
+    2026-12-05: 11.5B unique MTP parameters beside the main model's 671B, 1/58)."""
+    plain, spec = dep(), dep(MTP)
+    assert spec.weight_bytes == pytest.approx(plain.weight_bytes * (1 + 1 / 61))
+    assert plain.kv_capacity_bytes - spec.kv_capacity_bytes == pytest.approx(plain.weight_bytes / 61)
+
+
 def test_a_draft_deeper_than_the_model_is_refused():
     with pytest.raises(ValueError, match="draft_layers"):
         replace(dep(), speculation=Speculation(1, 1.5, draft_layers=62))
