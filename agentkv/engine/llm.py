@@ -94,7 +94,7 @@ class LLM:
         self.block_size = block_size
         window = _one_window(cfg)
         full_layers = cfg.num_layers - sum(1 for w in cfg.layer_windows if w)
-        self.layout = PageLayout.of(self.codec, full_layers, block_size, cfg.num_kv_heads, cfg.head_dim)
+        self.layout = PageLayout.of_model(self.codec, cfg, full_layers, block_size)
         spec = cfg.spec(name)
         page_bytes = kv_bytes_per_block(spec, self.codec.spec, block_size)
         assert page_bytes == self.layout.page_bytes, "codec pages disagree with kvcache.sizing"

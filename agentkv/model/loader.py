@@ -11,13 +11,15 @@ from safetensors import safe_open
 from agentkv.kernels.attention import AttentionBackend, TorchAttention
 from agentkv.model import mxfp4
 from agentkv.model.config import ModelConfig
+from agentkv.model.deepseek_v3 import DeepseekV3ForCausalLM
 from agentkv.model.gemma3 import Gemma3ForCausalLM
 from agentkv.model.gpt_oss import GptOssForCausalLM
 from agentkv.model.llama import LlamaForCausalLM, Rotary
 from agentkv.model.llama4 import Llama4ForCausalLM
 
 MODELS: dict[str, type[LlamaForCausalLM]] = {"gemma3": Gemma3ForCausalLM, "gpt_oss": GptOssForCausalLM,
-                                             "llama4": Llama4ForCausalLM}  # every other family: llama.py
+                                             "llama4": Llama4ForCausalLM,
+                                             "deepseek_v3": DeepseekV3ForCausalLM}  # every other family: llama.py
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
           "float32": torch.float32, "fp32": torch.float32}
 

@@ -1,0 +1,166 @@
+"""DeepSeek-V3 (`DeepseekV3ForCausalLM`) in plain PyTorch: multi-head latent attention (MLA) over pages that
+hold the latent, and MoE layers with shared experts and grouped top-k routing.
+
+MLA, as transformers' DeepseekV3Attention computes it: per token one latent c = norm(W_DKV x) of kv_lora_rank
+values and one RoPE key k_pe of qk_rope_head_dim shared by all heads; head h's key is [W_UK,h c ; k_pe] and
+its value W_UV,h c. The pages keep only [c ; k_pe] (`engine/pages.py`'s MLA layout), what
+`kvcache/sizing.py` prices. Two ways to attend over them, equal in exact arithmetic:
+- unabsorbed (prefill chunks): expand the context's latents into per-head keys and values, then attend with
+  the full query, as vLLM's and SGLang's MLA prefill does (fewer FLOPs per pair when many queries share it);
+- absorbed (decodes): fold W_UK into the query (q_h W_UK,h: kv_lora_rank values) so every head attends the
+  same [c ; k_pe] as one multi-query head, through the engine's attention backend (the Triton kernels on
+  CUDA), and apply W_UV to the output; the context is read once, never expanded.
+The softmax scale is qk_head_dim^-0.5, times YaRN's mscale(factor, mscale_all_dim)^2 where the config has
+it. RoPE pairs adjacent dims where `rope_interleave` is set (the published checkpoints' layout).
+
+The router (`DeepseekV3MoE.route`): sigmoid scores of an fp32 linear layer; a bias per expert
+(`e_score_correction_bias`) steers the choice, not the weights; experts fall in n_group groups, each scored by
+its two best biased scores; a token keeps the topk_group best groups and its top k experts inside them; the
+chosen (unbiased) scores are renormalised (norm_topk_prob), then scaled by routed_scaling_factor. The first
+`first_k_dense_replace` layers have a dense MLP; the others add n_shared_experts dense experts to the routed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agentkv.kernels.attention import AttentionBackend, AttentionMetadata, LayerKV, Mask
+from agentkv.model.config import ModelConfig
+from agentkv.model.llama import LlamaForCausalLM, RMSNorm, Rotary, yarn_mscale
+from agentkv.model.moe import GatedMLP, SparseMoE
+
+LOW_RANK_NORM_EPS = 1e-6  # the q_a and kv_a norms use RMSNorm's default eps in every reference, not the config's
+
+
+class MLAAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, backend: AttentionBackend, layer: int = 0) -> None:
+        super().__init__()
+        m, hidden, bias = cfg.mla, cfg.hidden_size, cfg.qkv_bias
+        assert m is not None
+        self.m, self.h = m, cfg.num_heads
+        if m.q_lora_rank:
+            self.q_a_proj = nn.Linear(hidden, m.q_lora_rank, bias=bias)
+            self.q_a_layernorm = RMSNorm(m.q_lora_rank, LOW_RANK_NORM_EPS)
+            self.q_b_proj = nn.Linear(m.q_lora_rank, self.h * m.qk_head_dim, bias=False)
+        else:
+            self.q_proj = nn.Linear(hidden, self.h * m.qk_head_dim, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(hidden, m.entry_dim, bias=bias)
+        self.kv_a_layernorm = RMSNorm(m.kv_lora_rank, LOW_RANK_NORM_EPS)
+        self.kv_b_proj = nn.Linear(m.kv_lora_rank, self.h * (m.qk_nope_head_dim + m.v_head_dim), bias=False)
+        self.o_proj = nn.Linear(self.h * m.v_head_dim, hidden, bias=bias)
+        self.backend = backend
+        rs = cfg.rope_scaling
+        gain = yarn_mscale(float(rs["factor"]), float(rs["mscale_all_dim"])) \
+            if rs.get("rope_type") == "yarn" and rs.get("mscale_all_dim") else 1.0
+        self.scale = m.qk_head_dim**-0.5 * gain * gain
+        self.absorb_prefill = False  # True: prefill chunks take the absorbed path too (the tests compare both)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary, kv: LayerKV,
+                meta: AttentionMetadata) -> torch.Tensor:
+        m = self.m
+        q = (self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if m.q_lora_rank else self.q_proj(x))
+        q_nope, q_pe = q.view(-1, self.h, m.qk_head_dim).split([m.qk_nope_head_dim, m.qk_rope_head_dim], dim=-1)
+        latent, k_pe = self.kv_a_proj_with_mqa(x).split([m.kv_lora_rank, m.qk_rope_head_dim], dim=-1)
+        entry = torch.cat([self.kv_a_layernorm(latent), rotary(k_pe[:, None], positions)[:, 0]], dim=-1)[:, None]
+        q_pe = rotary(q_pe, positions)
+        split = 0 if self.absorb_prefill else meta.query_start_loc_host[meta.num_prefills]
+        out = x.new_empty(x.shape[0], self.h, m.v_head_dim)
+        if split:
+            kv.codec.encode_into(kv.k, meta.slot_mapping[:split], entry[:split])
+            out[:split] = self._unabsorbed(q_nope[:split], q_pe[:split], kv, meta)
+        if split < x.shape[0]:
+            rest = decodes_of(meta) if split else meta
+            out[split:] = self._absorbed(q_nope[split:], q_pe[split:], entry[split:], kv, rest)
+        return self.o_proj(out.view(-1, self.h * m.v_head_dim))
+
+    def _weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """W_UK [heads, qk_nope, latent] and W_UV [heads, v, latent], views of kv_b_proj."""
+        w = self.kv_b_proj.weight.view(self.h, self.m.qk_nope_head_dim + self.m.v_head_dim, self.m.kv_lora_rank)
+        return w[:, : self.m.qk_nope_head_dim], w[:, self.m.qk_nope_head_dim :]
+
+    def _absorbed(self, q_nope: torch.Tensor, q_pe: torch.Tensor, entry: torch.Tensor, kv: LayerKV,
+                  meta: AttentionMetadata) -> torch.Tensor:
+        """Every head attends the pages' [c ; k_pe] as one shared key (and c as the value: the backend's value
+        is the same page, whose RoPE part of the output is dropped)."""
+        w_uk, w_uv = self._weights()
+        q = torch.cat([torch.einsum("thn,hnl->thl", q_nope, w_uk), q_pe], dim=-1)
+        o = self.backend.forward(q, entry, entry, kv, meta, self.scale)
+        return torch.einsum("thl,hvl->thv", o[..., : self.m.kv_lora_rank], w_uv)
+
+    def _unabsorbed(self, q_nope: torch.Tensor, q_pe: torch.Tensor, kv: LayerKV,
+                    meta: AttentionMetadata) -> torch.Tensor:
+        """Each prefill chunk's context, read back from its pages, expanded to per-head keys and values."""
+        m, bs, qsl, lens = self.m, kv.block_size, meta.query_start_loc_host, meta.seq_lens_host
+        q = torch.cat([q_nope, q_pe], dim=-1)
+        out = q.new_empty(q.shape[0], self.h, m.v_head_dim)
+        for i in range(meta.num_prefills):
+            a, b, n = qsl[i], qsl[i + 1], lens[i]
+            pages = meta.block_tables[i, : -(-n // bs)].long()
+            ctx = kv.codec.decode(kv.k, pages, q.dtype).reshape(-1, m.entry_dim)[:n]
+            latent, k_pe = ctx.split([m.kv_lora_rank, m.qk_rope_head_dim], dim=-1)
+            k_nope, v = self.kv_b_proj(latent).view(n, self.h, -1).split([m.qk_nope_head_dim, m.v_head_dim], -1)
+            k = torch.cat([k_nope, k_pe[:, None].expand(n, self.h, m.qk_rope_head_dim)], dim=-1)
+            qpos = torch.arange(n - (b - a), n, device=q.device)[None]
+            seen = Mask(self.scale).visible(torch.arange(n, device=q.device), qpos)
+            out[a:b] = F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                                      attn_mask=seen, scale=self.scale).transpose(0, 1)
+        return out
+
+
+def decodes_of(meta: AttentionMetadata) -> AttentionMetadata:
+    """The step's metadata for its decode rows alone (the rows after the prefill chunks)."""
+    p, a = meta.num_prefills, meta.query_start_loc_host[meta.num_prefills]
+    return AttentionMetadata(meta.slot_mapping[a:], meta.query_start_loc[p:] - a, meta.seq_lens[p:],
+                             meta.block_tables[p:], 0, 1, meta.max_seq_len,
+                             [q - a for q in meta.query_start_loc_host[p:]], meta.seq_lens_host[p:])
+
+
+class DeepseekV3MoE(SparseMoE):
+    """The shared routed-experts block (`model/moe.py`) with DeepSeek's grouped sigmoid router and its shared
+    experts."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        assert cfg.routing is not None
+        self.routing = cfg.routing
+        self.gate.register_buffer("e_score_correction_bias", torch.zeros(cfg.num_experts))
+        self.shared_experts = GatedMLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.routing.shared)
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r, n = self.routing, self.gate.weight.shape[0]
+        scores = F.linear(x.float(), self.gate.weight.float()).sigmoid()
+        biased = scores + self.gate.e_score_correction_bias.float()
+        group_score = biased.view(-1, r.groups, n // r.groups).topk(2, dim=-1)[0].sum(-1)
+        kept = torch.zeros_like(group_score).scatter_(1, group_score.topk(r.topk_groups, dim=-1)[1], 1.0).bool()
+        biased = biased.masked_fill(~kept.repeat_interleave(n // r.groups, dim=1), float("-inf"))
+        chosen = biased.topk(self.top_k, dim=-1)[1]
+        weights = scores.gather(1, chosen)
+        if self.renormalise:
+            weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+        return chosen, (weights * r.scaling).to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.shared_experts(x)
+
+
+class DeepseekV3Layer(nn.Module):
+    def __init__(self, cfg: ModelConfig, backend: AttentionBackend, layer: int) -> None:
+        super().__init__()
+        self.self_attn = MLAAttention(cfg, backend, layer)
+        self.mlp = DeepseekV3MoE(cfg) if cfg.is_moe_layer(layer) else \
+            GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.activation)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, positions, rotary, kv, meta):
+        x = x + self.self_attn(self.input_layernorm(x), positions, rotary, kv, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DeepseekV3ForCausalLM(LlamaForCausalLM):
+    """The Llama backbone and head with MLA + grouped-MoE layers; its RoPE is the config's YaRN over the
+    qk_rope_head_dim dims (`ModelConfig.head_dim` for this family)."""
+
+    layer = DeepseekV3Layer

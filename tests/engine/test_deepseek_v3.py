@@ -1,0 +1,162 @@
+"""DeepSeek-V3 on a tiny random checkpoint transformers writes (`conftest.deepseek_v3`: MLA with low-rank
+queries, YaRN with DeepSeek's mscales, a dense layer then grouped-routing MoE with a shared expert): logits and
+greedy continuations equal to transformers', also after a prefix hit, a preemption and a reload from DRAM;
+the pool's pages hold the latent (the bytes `kvcache/sizing.py` prices), on fp8/int8/int4 pages too; the
+absorbed path equals the unabsorbed one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agentkv.codecs import get_codec
+from agentkv.engine.llm import LLM
+from agentkv.engine.pages import PageLayout
+from agentkv.kernels.attention import SeqSlice
+from agentkv.kvcache.sizing import codec, kv_bytes_per_block
+from agentkv.model.loader import load_model
+from tests.codecs.test_engine_codecs import GREEDY, engine, outputs
+from tests.engine.conftest import hf_model, prompts, write_checkpoint
+
+ATOL = 1e-4  # fp32 pages against transformers' fp32 forward (as test_model_vs_hf.py)
+ABSORBED_ATOL = 1e-5  # absorbed vs unabsorbed, both fp32: the same sums in another order
+BS = 8
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("deepseek_v3"), "deepseek_v3", seed=2)
+
+
+@pytest.fixture(scope="module")
+def ps():
+    return prompts(5, seed=9, lo=20, hi=70)
+
+
+def paged(model, n_blocks=64, name="fp32"):
+    """Every layer's latent pages over one slab, and the backend bound to it."""
+    layout = PageLayout.of_model(get_codec(name), model.config, model.config.num_layers, BS)
+    model.model.layers[0].self_attn.backend.bind(4, n_blocks, torch.device("cpu"))
+    return layout.views(torch.zeros(n_blocks, layout.page_bytes, dtype=torch.uint8))
+
+
+def run(model, caches, tokens, start, table):
+    """Forward `tokens` at positions start.. of one sequence whose blocks are `table`."""
+    backend = model.model.layers[0].self_attn.backend
+    backend.release_row(0)
+    meta = backend.prepare([SeqSlice(0, table, len(tokens), start + len(tokens))], int(len(tokens) > 1), BS)
+    return model.logits(model(torch.tensor(tokens), torch.arange(start, start + len(tokens)), caches, meta))
+
+
+def test_config_reads_mla_and_grouped_routing(folder):
+    cfg = load_model(str(folder), "float32").config
+    assert cfg.family == "deepseek_v3" and cfg.head_dim == 16 and cfg.interleaved_rope
+    assert (cfg.mla.kv_lora_rank, cfg.mla.q_lora_rank, cfg.mla.qk_nope_head_dim, cfg.mla.v_head_dim) == (32, 48, 32, 24)
+    assert (cfg.routing.groups, cfg.routing.topk_groups, cfg.routing.scaling, cfg.routing.shared) == (4, 2, 2.5, 1)
+    assert cfg.moe_layers == (False, True, True)
+    assert [g.kind for g in cfg.layer_groups()] == ["mla"]
+
+
+def test_logits_match_transformers_prefill_decode_and_prefix_hit(folder):
+    ours, ref = load_model(str(folder), "float32"), hf_model(folder)
+    p = prompts(1, seed=3, lo=60, hi=61)[0]
+    caches = paged(ours)
+    table = [9, 2, 31, 7, 40, 5, 11, 3]  # blocks scattered through the pool
+    with torch.no_grad():
+        full = ref(torch.tensor([p])).logits[0]
+    assert torch.allclose(run(ours, caches, p[:50], 0, table), full[:50], atol=ATOL)
+    for i in range(50, 60):  # decodes: the absorbed path over the latent pages
+        assert torch.allclose(run(ours, caches, [p[i]], i, table)[0], full[i], atol=ATOL), i
+    b = p[:32] + prompts(1, seed=6, lo=20, hi=21)[0]  # shares A's first 4 blocks, prefills its own suffix
+    with torch.no_grad():
+        full_b = ref(torch.tensor([b])).logits[0]
+    assert torch.allclose(run(ours, caches, b[32:], 32, [9, 2, 31, 7, 42, 43, 44]), full_b[32:], atol=ATOL)
+
+
+def test_absorbed_equals_unabsorbed(folder):
+    """The same prefill through both paths over the same pages: logits within ABSORBED_ATOL, and both far
+    from a model whose W_UK is perturbed (the comparison sees the absorption)."""
+    model = load_model(str(folder), "float32")
+    p = prompts(1, seed=4, lo=45, hi=46)[0]
+    caches, table = paged(model), [3, 1, 4, 15, 9, 2]
+    unabsorbed = run(model, caches, p, 0, table)
+    for layer in model.model.layers:
+        layer.self_attn.absorb_prefill = True
+    absorbed = run(model, caches, p, 0, table)
+    assert (absorbed - unabsorbed).abs().max() < ABSORBED_ATOL
+    with torch.no_grad():
+        model.model.layers[1].self_attn.kv_b_proj.weight[:32] += 0.05  # head 0's W_UK
+    assert (run(model, caches, p, 0, table) - absorbed).abs().max() > 100 * ABSORBED_ATOL
+
+
+def test_greedy_equals_transformers_after_a_hit_a_preemption_and_a_dram_reload(folder, ps):
+    """Prefills run unabsorbed, decodes absorbed, and a step with both splits its rows between the paths."""
+    ref = hf_model(folder)
+    with torch.no_grad():
+        expected = [ref.generate(torch.tensor([p]), max_new_tokens=6, do_sample=False, eos_token_id=None,
+                                 pad_token_id=0, min_new_tokens=6)[0, len(p):].tolist() for p in ps]
+    llm = engine(folder, "fp32")
+    assert outputs(llm, ps) == expected
+    again = [llm.generate([p], GREEDY)[0] for p in ps]
+    assert [o.outputs[0].token_ids for o in again] == expected and all(o.num_cached_tokens > 0 for o in again)
+    chunked = engine(folder, "fp32", max_num_batched_tokens=32)  # steps mixing prefill chunks and decodes
+    assert outputs(chunked, ps) == expected
+    page = llm.layout.page_bytes
+    tight = engine(folder, "fp32", kv_cache_bytes=page * 12)
+    assert outputs(tight, ps) == expected and tight.scheduler.preemptions > 0
+    tiered = engine(folder, "fp32", kv_cache_bytes=page * 16, host_kv_bytes=page * 200)
+    outputs(tiered, ps)
+    back = [tiered.generate([p], GREEDY)[0] for p in ps]
+    assert [o.outputs[0].token_ids for o in back] == expected
+    assert sum(o.cached_tokens_per_tier["dram"] for o in back) > 0
+
+
+@pytest.mark.parametrize("name", ["fp8", "int8", "int4"])
+def test_quantized_latent_pages_hit_preempt_and_reload(folder, ps, name):
+    """A cached or reloaded latent page is the very bytes a recompute writes: the cache-off run's outputs."""
+    expected = outputs(engine(folder, name, enable_prefix_caching=False), ps)
+    llm = engine(folder, name)
+    assert outputs(llm, ps) == expected
+    again = [llm.generate([p], GREEDY)[0] for p in ps]
+    assert [o.outputs[0].token_ids for o in again] == expected and all(o.num_cached_tokens > 0 for o in again)
+    page = llm.layout.page_bytes
+    tight = engine(folder, name, kv_cache_bytes=page * 12)
+    assert outputs(tight, ps) == expected and tight.scheduler.preemptions > 0
+    tiered = engine(folder, name, kv_cache_bytes=page * 16, host_kv_bytes=page * 200)
+    outputs(tiered, ps)
+    back = [tiered.generate([p], GREEDY)[0] for p in ps]
+    assert [o.outputs[0].token_ids for o in back] == expected
+    assert sum(o.cached_tokens_per_tier["dram"] for o in back) > 0
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp8", "int8", "int4", "int4-kivi"])
+def test_pool_pages_hold_the_latent_as_sizing_prices_it(folder, name):
+    """One page: 3 layers × 8 tokens × one vector of latent 32 + RoPE key 16 (and the codec's scales), what
+    `kv_bytes_per_block` prices for the MLA group; full K/V of 4 heads × (48 + 24) would be 3x the bf16 bytes."""
+    llm = LLM(str(folder), dtype="float32", kv_codec=name, block_size=BS, kv_cache_bytes=2**22)
+    spec = llm.config.spec(str(folder))
+    assert [g.kind for g in spec.groups] == ["mla"] and (spec.groups[0].latent, spec.groups[0].rope) == (32, 16)
+    assert llm.layout.page_bytes == kv_bytes_per_block(spec, codec(name), BS)
+    if name == "bf16":
+        assert llm.layout.page_bytes == 3 * BS * (32 + 16) * 2 and not llm.layout.v_fields
+    assert llm.cache.tiers[0].capacity_blocks == 2**22 // llm.layout.page_bytes
+
+
+def test_the_start_up_line_names_the_mla_group(folder):
+    from agentkv.server.startup import summary
+
+    llm = LLM(str(folder), dtype="float32", block_size=BS, kv_cache_bytes=2**22)
+    assert "model m (3 layers: 3 mla, MoE 8 experts top-2 on 2 layers" in summary(llm, "m", 4096, None, 0)
+
+
+def test_a_bad_routing_config_is_one_clear_line(folder, tmp_path):
+    import json
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    raw = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**raw, "n_group": 3}))
+    with pytest.raises(ValueError, match=r"config.json: fields 'n_routed_experts', 'n_group'.*8 experts in 3"):
+        load_model(str(bad), "float32")
+
