@@ -65,7 +65,9 @@ class MLAAttention(nn.Module):
         latent, k_pe = self.kv_a_proj_with_mqa(x).split([m.kv_lora_rank, m.qk_rope_head_dim], dim=-1)
         entry = torch.cat([self.kv_a_layernorm(latent), rotary(k_pe[:, None], positions)[:, 0]], dim=-1)[:, None]
         q_pe = rotary(q_pe, positions)
-        split = 0 if self.absorb_prefill else meta.query_start_loc_host[meta.num_prefills]
+        # kv-eval's backend brings metadata of its own, without prefill rows: every row absorbed there
+        unabsorbed = isinstance(meta, AttentionMetadata) and not self.absorb_prefill
+        split = meta.query_start_loc_host[meta.num_prefills] if unabsorbed else 0
         out = x.new_empty(x.shape[0], self.h, m.v_head_dim)
         if split:
             kv.codec.encode_into(kv.k, meta.slot_mapping[:split], entry[:split])
