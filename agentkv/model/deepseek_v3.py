@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agentkv.kernels.attention import AttentionBackend, AttentionMetadata, LayerKV, Mask
+from agentkv.kernels.attention import AttentionBackend, AttentionMetadata, LayerKV
 from agentkv.model.config import ModelConfig
 from agentkv.model.llama import LlamaForCausalLM, RMSNorm, Rotary, yarn_mscale
 from agentkv.model.moe import GatedMLP, SparseMoE
 
+BUDGET = 1 << 22  # elements of one context piece's scores or expanded keys and values (16 MiB in fp32)
 LOW_RANK_NORM_EPS = 1e-6  # the q_a and kv_a norms use RMSNorm's default eps in every reference, not the config's
 
 
@@ -93,22 +94,42 @@ class MLAAttention(nn.Module):
 
     def _unabsorbed(self, q_nope: torch.Tensor, q_pe: torch.Tensor, kv: LayerKV,
                     meta: AttentionMetadata) -> torch.Tensor:
-        """Each prefill chunk's context, read back from its pages, expanded to per-head keys and values."""
-        m, bs, qsl, lens = self.m, kv.block_size, meta.query_start_loc_host, meta.seq_lens_host
+        """Each prefill chunk over its context, read back from its pages and expanded per head."""
         q = torch.cat([q_nope, q_pe], dim=-1)
-        out = q.new_empty(q.shape[0], self.h, m.v_head_dim)
+        out = q.new_empty(q.shape[0], self.h, self.m.v_head_dim)
+        qsl = meta.query_start_loc_host
         for i in range(meta.num_prefills):
-            a, b, n = qsl[i], qsl[i + 1], lens[i]
-            pages = meta.block_tables[i, : -(-n // bs)].long()
-            ctx = kv.codec.decode(kv.k, pages, q.dtype).reshape(-1, m.entry_dim)[:n]
-            latent, k_pe = ctx.split([m.kv_lora_rank, m.qk_rope_head_dim], dim=-1)
-            k_nope, v = self.kv_b_proj(latent).view(n, self.h, -1).split([m.qk_nope_head_dim, m.v_head_dim], -1)
-            k = torch.cat([k_nope, k_pe[:, None].expand(n, self.h, m.qk_rope_head_dim)], dim=-1)
-            qpos = torch.arange(n - (b - a), n, device=q.device)[None]
-            seen = Mask(self.scale).visible(torch.arange(n, device=q.device), qpos)
-            out[a:b] = F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                                                      attn_mask=seen, scale=self.scale).transpose(0, 1)
+            a, b = qsl[i], qsl[i + 1]
+            out[a:b] = self._over_context(q[a:b], kv, meta.block_tables[i], meta.seq_lens_host[i])
         return out
+
+    def _over_context(self, q: torch.Tensor, kv: LayerKV, table: torch.Tensor, n: int) -> torch.Tensor:
+        """Queries q [L, heads, qk_head_dim] at the last L of n positions, causally over the context's keys and
+        values expanded a few pages at a time, under an online softmax (running max and sum): memory stays
+        within BUDGET elements a piece, whatever the context. The RoPE key, shared by all heads, is never
+        expanded."""
+        m, bs, L = self.m, kv.block_size, q.shape[0]
+        step = max(1, BUDGET // (bs * self.h * max(L, m.qk_nope_head_dim + m.v_head_dim)))  # pages a piece
+        qf = q.float() * self.scale
+        q_nope, q_pe = qf.split([m.qk_nope_head_dim, m.qk_rope_head_dim], dim=-1)
+        qpos = torch.arange(n - L, n, device=q.device)
+        top = torch.full((self.h, L), float("-inf"), device=q.device)
+        total = torch.zeros(self.h, L, device=q.device)
+        acc = torch.zeros(self.h, L, m.v_head_dim, device=q.device)
+        for j in range(0, -(-n // bs), step):  # the first piece holds key 0, which every query sees
+            ctx = kv.codec.decode(kv.k, table[j : j + step].long(), q.dtype).reshape(-1, m.entry_dim)
+            latent, k_pe = ctx.split([m.kv_lora_rank, m.qk_rope_head_dim], dim=-1)
+            k_nope, v = self.kv_b_proj(latent).float().view(ctx.shape[0], self.h, -1).split(
+                [m.qk_nope_head_dim, m.v_head_dim], dim=-1)
+            s = torch.einsum("lhd,thd->hlt", q_nope, k_nope) + torch.einsum("lhr,tr->hlt", q_pe, k_pe.float())
+            kpos = j * bs + torch.arange(ctx.shape[0], device=q.device)
+            s = s.masked_fill(kpos[None, None, :] > qpos[None, :, None], float("-inf"))
+            new_top = torch.maximum(top, s.amax(-1))
+            prob, fade = torch.exp(s - new_top[..., None]), torch.exp(top - new_top)
+            total = total * fade + prob.sum(-1)
+            acc = acc * fade[..., None] + torch.einsum("hlt,thv->hlv", prob, v)
+            top = new_top
+        return (acc / total[..., None]).transpose(0, 1).to(q.dtype)
 
 
 def decodes_of(meta: AttentionMetadata) -> AttentionMetadata:

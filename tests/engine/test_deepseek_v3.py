@@ -73,6 +73,21 @@ def test_logits_match_transformers_prefill_decode_and_prefix_hit(folder):
     assert torch.allclose(run(ours, caches, b[32:], 32, [9, 2, 31, 7, 42, 43, 44]), full_b[32:], atol=ATOL)
 
 
+def test_prefill_expands_its_context_a_piece_at_a_time(folder, monkeypatch):
+    """A budget of one page a piece: the 40-token prefill's online softmax crosses 5 pieces, a second chunk of
+    10 queries 7 (the first 5 from the cache); logits still transformers'."""
+    from agentkv.model import deepseek_v3
+
+    monkeypatch.setattr(deepseek_v3, "BUDGET", BS * 4 * 56)  # heads 4 × (no-RoPE key 32 + value 24) a token
+    ours, ref = load_model(str(folder), "float32"), hf_model(folder)
+    p = prompts(1, seed=8, lo=50, hi=51)[0]
+    caches, table = paged(ours), [5, 9, 1, 12, 30, 2, 7]
+    with torch.no_grad():
+        full = ref(torch.tensor([p])).logits[0]
+    assert torch.allclose(run(ours, caches, p[:40], 0, table), full[:40], atol=ATOL)
+    assert torch.allclose(run(ours, caches, p[40:], 40, table), full[40:], atol=ATOL)
+
+
 def test_absorbed_equals_unabsorbed(folder):
     """The same prefill through both paths over the same pages: logits within ABSORBED_ATOL, and both far
     from a model whose W_UK is perturbed (the comparison sees the absorption)."""
