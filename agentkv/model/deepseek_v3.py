@@ -187,3 +187,9 @@ class DeepseekV3ForCausalLM(LlamaForCausalLM):
     qk_rope_head_dim dims (`ModelConfig.head_dim` for this family)."""
 
     layer = DeepseekV3Layer
+
+    def skips(self, tensor: str) -> bool:
+        """The multi-token-prediction layers published after the last layer (`model.layers.61.*` in DeepSeek-V3,
+        `num_nextn_predict_layers`): a draft head for speculative decoding, not part of the forward pass."""
+        parts = tensor.split(".")
+        return tensor.startswith("model.layers.") and int(parts[2]) >= self.config.num_layers

@@ -210,6 +210,10 @@ class LlamaForCausalLM(nn.Module):
     def backbone(self, cfg: ModelConfig, backend: AttentionBackend) -> nn.Module:
         return Backbone(cfg, backend, self.layer)
 
+    def skips(self, tensor: str) -> bool:
+        """Whether a checkpoint tensor is published beside the model but not run by it (none here)."""
+        return False
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids)
 

@@ -56,7 +56,7 @@ def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: s
             raise ValueError(f"{path}: not a valid safetensors file ({e})") from None
         with opened as f:
             for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                if name.endswith("rotary_emb.inv_freq"):
+                if name.endswith("rotary_emb.inv_freq") or model.skips(name):
                     continue
                 base, part = name[:-7], name[-7:]
                 if part in mxfp4.SUFFIXES and base in expected and cfg.mxfp4:

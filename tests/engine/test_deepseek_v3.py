@@ -199,3 +199,29 @@ def test_kv_eval_scores_what_transformers_scores(folder):
     assert ref.ppl == pytest.approx(math.exp(nll / 94), rel=2e-3)
     assert fp8.kl > 0 and all(e > 0 for e in fp8.attn_rel_err)
     assert fp8.bytes_per_token == 3 * (32 + 16 + 2)  # per layer: 48 fp8 codes and one fp16 scale
+
+
+def test_the_published_mtp_layer_is_skipped_and_other_strays_refused(folder, tmp_path):
+    """DeepSeek-V3's checkpoints carry a multi-token-prediction layer after the last (`model.layers.61.*`):
+    loaded past, the model unchanged; an unknown tensor inside the model is still refused."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    def with_shard(tensors: dict[str, torch.Tensor], where) -> str:
+        shutil.copytree(folder, where)
+        save_file(tensors, str(where / "extra.safetensors"))
+        index = json.loads((where / "model.safetensors.index.json").read_text())
+        index["weight_map"].update({k: "extra.safetensors" for k in tensors})
+        (where / "model.safetensors.index.json").write_text(json.dumps(index))
+        return str(where)
+
+    mtp = with_shard({"model.layers.3.eh_proj.weight": torch.ones(64, 128),
+                      "model.layers.3.self_attn.kv_b_proj.weight": torch.ones(224, 32)}, tmp_path / "mtp")
+    p = prompts(1, seed=3, lo=20, hi=21)[0]
+    base, extra = load_model(str(folder), "float32"), load_model(mtp, "float32")
+    assert torch.equal(run(base, paged(base), p, 0, [1, 2, 3]), run(extra, paged(extra), p, 0, [1, 2, 3]))
+    stray = with_shard({"model.layers.1.self_attn.extra.weight": torch.ones(2)}, tmp_path / "stray")
+    with pytest.raises(ValueError, match=r"tensor 'model\.layers\.1\.self_attn\.extra\.weight' is not part of"):
+        load_model(stray, "float32")
