@@ -188,6 +188,11 @@ class DeepseekV3ForCausalLM(LlamaForCausalLM):
 
     layer = DeepseekV3Layer
 
+    def dtype_of(self, tensor: str, dtype: torch.dtype) -> torch.dtype:
+        """The router's weight and bias stay fp32 whatever the model's dtype, as transformers and vLLM keep them:
+        in bf16 the bias (which only ranks experts) would round choices apart from the reference's."""
+        return torch.float32 if tensor.endswith(("mlp.gate.weight", "mlp.gate.e_score_correction_bias")) else dtype
+
     def skips(self, tensor: str) -> bool:
         """The multi-token-prediction layers published after the last layer (`model.layers.61.*` in DeepSeek-V3,
         `num_nextn_predict_layers`): a draft head for speculative decoding, not part of the forward pass."""

@@ -214,6 +214,10 @@ class LlamaForCausalLM(nn.Module):
         """Whether a checkpoint tensor is published beside the model but not run by it (none here)."""
         return False
 
+    def dtype_of(self, tensor: str, dtype: torch.dtype) -> torch.dtype:
+        """The dtype a checkpoint tensor loads in: the model's, unless the family keeps it wider."""
+        return dtype
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids)
 

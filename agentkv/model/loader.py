@@ -64,7 +64,7 @@ def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: s
                     continue
                 if name not in expected:
                     raise ValueError(f"{path}: tensor '{name}' is not part of a {cfg.family} model")
-                tensors[name] = f.get_tensor(name).to(device=device, dtype=dtype)
+                tensors[name] = f.get_tensor(name).to(device=device, dtype=model.dtype_of(name, dtype))
     for name, parts in packed.items():
         if len(parts) != 2:
             raise ValueError(f"{model_dir}: MXFP4 tensor '{name}' lacks its {set(mxfp4.SUFFIXES) - set(parts)}")

@@ -225,3 +225,14 @@ def test_the_published_mtp_layer_is_skipped_and_other_strays_refused(folder, tmp
     stray = with_shard({"model.layers.1.self_attn.extra.weight": torch.ones(2)}, tmp_path / "stray")
     with pytest.raises(ValueError, match=r"tensor 'model\.layers\.1\.self_attn\.extra\.weight' is not part of"):
         load_model(stray, "float32")
+
+
+def test_bf16_weights_keep_the_router_fp32_and_run_close_to_fp32(folder):
+    hi, lo = load_model(str(folder), "float32"), load_model(str(folder), "bfloat16")
+    gate = lo.model.layers[1].mlp.gate
+    assert gate.weight.dtype == gate.e_score_correction_bias.dtype == torch.float32
+    assert lo.model.layers[1].mlp.experts[0].gate_proj.weight.dtype == torch.bfloat16
+    p = prompts(1, seed=8, lo=30, hi=31)[0]
+    a = run(hi, paged(hi), p, 0, [1, 2, 3, 4])
+    b = run(lo, paged(lo, name="bf16"), p, 0, [1, 2, 3, 4])
+    assert (a - b).abs().max() < 0.1 * a.abs().max()
