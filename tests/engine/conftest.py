@@ -138,6 +138,26 @@ def hf_model(folder: Path):
     return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
 
 
+def kv_eval_and_transformers_ppl(folder: Path, block_size: int = 16):
+    """kv-eval of fp8 on 120 random words (2 windows of 48 tokens, chunks of 20) and the perplexity
+    transformers scores on the same windows: (the eval's results, transformers' perplexity)."""
+    import math
+
+    from agentkv.codecs.eval import evaluate
+    from agentkv.engine.tokenizer import Tokenizer
+
+    g = torch.Generator().manual_seed(1)
+    text = " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (120,), generator=g).tolist())
+    result = evaluate(str(folder), ["fp8"], text, "t", context=48, windows=2, chunk=20, block_size=block_size)
+    ids = Tokenizer(str(folder)).encode(text)
+    hf, nll = hf_model(folder), 0.0
+    for w in range(2):
+        x = torch.tensor(ids[w * 48 : (w + 1) * 48])[None]
+        with torch.no_grad():
+            nll += float(hf(input_ids=x, labels=x).loss) * 47
+    return result.results, math.exp(nll / 94)
+
+
 def prompts(n: int, seed: int = 0, lo: int = 5, hi: int = 80) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(lo, hi, (n,), generator=g).tolist()

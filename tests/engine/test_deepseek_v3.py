@@ -16,7 +16,7 @@ from agentkv.kernels.attention import SeqSlice
 from agentkv.kvcache.sizing import codec, kv_bytes_per_block
 from agentkv.model.loader import load_model
 from tests.codecs.test_engine_codecs import GREEDY, engine, outputs
-from tests.engine.conftest import hf_model, prompts, write_checkpoint
+from tests.engine.conftest import hf_model, kv_eval_and_transformers_ppl, prompts, write_checkpoint
 
 ATOL = 1e-4  # fp32 pages against transformers' fp32 forward (as test_model_vs_hf.py)
 ABSORBED_ATOL = 1e-5  # absorbed vs unabsorbed, both fp32: the same sums in another order
@@ -180,23 +180,8 @@ def test_a_bad_routing_config_is_one_clear_line(folder, tmp_path):
 def test_kv_eval_scores_what_transformers_scores(folder):
     """kv-eval's reference (bf16 latent pages, chunks of 20, every row absorbed) scores the perplexity
     transformers does; fp8's error on the latent is measured beside it, priced at the latent's bytes."""
-    import math
-
-    from agentkv.codecs.eval import evaluate
-    from agentkv.engine.tokenizer import Tokenizer
-    from tests.engine.conftest import WORDS
-
-    g = torch.Generator().manual_seed(1)
-    text = " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (120,), generator=g).tolist())
-    result = evaluate(str(folder), ["fp8"], text, "t", context=48, windows=2, chunk=20, block_size=BS)
-    ids = Tokenizer(str(folder)).encode(text)
-    hf, nll = hf_model(folder), 0.0
-    for w in range(2):
-        x = torch.tensor(ids[w * 48 : (w + 1) * 48])[None]
-        with torch.no_grad():
-            nll += float(hf(input_ids=x, labels=x).loss) * 47
-    ref, fp8 = result.results
-    assert ref.ppl == pytest.approx(math.exp(nll / 94), rel=2e-3)
+    (ref, fp8), ppl = kv_eval_and_transformers_ppl(folder, BS)
+    assert ref.ppl == pytest.approx(ppl, rel=2e-3)
     assert fp8.kl > 0 and all(e > 0 for e in fp8.attn_rel_err)
     assert fp8.bytes_per_token == 3 * (32 + 16 + 2)  # per layer: 48 fp8 codes and one fp16 scale
 
