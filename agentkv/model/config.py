@@ -75,6 +75,7 @@ class ModelConfig:
     mxfp4: bool = False  # expert weights published as MXFP4 blocks and scales (gpt-oss), dequantized at load
     mla: MLAShape | None = None  # multi-head latent attention (DeepSeek-V3); head_dim is then its RoPE key's
     routing: GroupedRouting | None = None  # sigmoid grouped top-k routing and shared experts (DeepSeek-V3)
+    fp8_block: tuple[int, ...] = ()  # weights published as fp8 codes with a scale per block of this shape
 
     def window_of(self, layer: int) -> int:
         return self.layer_windows[layer] if self.layer_windows else 0

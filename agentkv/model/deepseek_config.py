@@ -67,10 +67,15 @@ def deepseek_v3_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -
         raise ValueError(f"{path}: fields 'scoring_func'/'topk_method': only sigmoid scores with noaux_tc "
                          "(bias-corrected grouped top-k, DeepSeek-V3's) are supported")
     dense, freq = int(raw.get("first_k_dense_replace") or 0), int(raw.get("moe_layer_freq") or 1)
+    quant = raw.get("quantization_config") or {}
+    block = tuple(int(b) for b in quant.get("weight_block_size") or ())
+    if quant and (quant.get("quant_method") != "fp8" or quant.get("fmt", "e4m3") != "e4m3" or len(block) != 2):
+        raise ValueError(f"{path}: field 'quantization_config': only fp8 e4m3 with a 2-D weight_block_size (as "
+                         f"DeepSeek-V3 is published) or unquantized weights are supported, not {quant}")
     return {"mla": mla, "interleaved_rope": bool(raw.get("rope_interleave", True)),
             "num_experts": experts, "experts_per_token": top_k,
             "moe_intermediate_size": int(need("moe_intermediate_size")),
             "norm_topk_prob": bool(raw.get("norm_topk_prob", True)),
             "routing": GroupedRouting(groups, topk_groups, float(raw.get("routed_scaling_factor", 1.0)),
                                       int(raw.get("n_shared_experts") or 0)),
-            "moe_layers": tuple(i >= dense and i % freq == 0 for i in range(layers))}
+            "moe_layers": tuple(i >= dense and i % freq == 0 for i in range(layers)), "fp8_block": block}

@@ -164,17 +164,23 @@ def test_the_start_up_line_names_the_mla_group(folder):
     assert "model m (3 layers: 3 mla, MoE 8 experts top-2 on 2 layers" in summary(llm, "m", 4096, None, 0)
 
 
-def test_a_bad_routing_config_is_one_clear_line(folder, tmp_path):
+@pytest.mark.parametrize(("change", "says"), [
+    ({"n_group": 3}, r"config.json: fields 'n_routed_experts', 'n_group'.*8 experts in 3 groups"),
+    ({"n_group": 8}, r"config.json: field 'n_group': 8 groups leave fewer than 2 of 8 experts each"),
+    ({"scoring_func": "softmax"}, r"config.json: fields 'scoring_func'/'topk_method': only sigmoid"),
+    ({"kv_lora_rank": None}, r"config.json: field 'kv_lora_rank': missing"),
+    ({"quantization_config": {"quant_method": "awq"}}, r"config.json: field 'quantization_config': only fp8"),
+])
+def test_a_bad_config_is_one_clear_line(folder, tmp_path, change, says):
     import json
     import shutil
 
     bad = tmp_path / "bad"
     shutil.copytree(folder, bad)
     raw = json.loads((bad / "config.json").read_text())
-    (bad / "config.json").write_text(json.dumps({**raw, "n_group": 3}))
-    with pytest.raises(ValueError, match=r"config.json: fields 'n_routed_experts', 'n_group'.*8 experts in 3"):
+    (bad / "config.json").write_text(json.dumps({**raw, **change}))
+    with pytest.raises(ValueError, match=says):
         load_model(str(bad), "float32")
-
 
 
 def test_kv_eval_scores_what_transformers_scores(folder):
@@ -221,3 +227,58 @@ def test_bf16_weights_keep_the_router_fp32_and_run_close_to_fp32(folder):
     a = run(hi, paged(hi), p, 0, [1, 2, 3, 4])
     b = run(lo, paged(lo, name="bf16"), p, 0, [1, 2, 3, 4])
     assert (a - b).abs().max() < 0.1 * a.abs().max()
+
+
+def fp8_blocks_of(w: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [out, in] as e4m3 codes and one fp32 scale per block × block (the published layout), by the
+    quantizer's rule: each block's absolute max maps to e4m3's 448."""
+    rows, cols = w.shape
+    grid = torch.zeros(-(-rows // block) * block, -(-cols // block) * block)
+    grid[:rows, :cols] = w
+    tiles = grid.view(grid.shape[0] // block, block, grid.shape[1] // block, block)
+    scale = tiles.abs().amax(dim=(1, 3)) / 448.0 + 1e-12
+    codes = (tiles / scale[:, None, :, None]).to(torch.float8_e4m3fn).view_as(grid)[:rows, :cols]
+    return codes.contiguous(), scale
+
+
+def test_block_fp8_weights_load_as_published(folder, tmp_path):
+    """A checkpoint in DeepSeek-V3's published format (fp8 e4m3 linear weights with a `_scale_inv` per 16 × 16
+    block here, norms, embeddings and the router unquantized) loads dequantized: logits equal transformers' on
+    a checkpoint of the dequantized weights. A weight whose scales are missing is one clear error."""
+    import json
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    published, dequantized = {}, {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(shard), "pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                w = f.get_tensor(name)
+                dequantized[name] = published[name] = w
+                if w.dim() == 2 and "proj" in name:  # attention and expert projections, as DeepSeek quantizes
+                    codes, scale = fp8_blocks_of(w, 16)
+                    published[name], published[name + "_scale_inv"] = codes, scale
+                    dequantized[name] = codes.float() * scale.repeat_interleave(16, 0)[: w.shape[0]] \
+                        .repeat_interleave(16, 1)[:, : w.shape[1]]
+    raw = json.loads((folder / "config.json").read_text())
+    for where, tensors, quant in ((tmp_path / "fp8", published, {
+            "quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [16, 16]}),
+            (tmp_path / "dequantized", dequantized, None)):
+        where.mkdir()
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(folder / f, where / f)
+        (where / "config.json").write_text(json.dumps({**raw, "quantization_config": quant}))
+        save_file(tensors, str(where / "model.safetensors"))
+    ours = load_model(str(tmp_path / "fp8"), "float32")
+    assert ours.model.layers[1].self_attn.kv_b_proj.weight.dtype == torch.float32
+    p = prompts(1, seed=3, lo=40, hi=41)[0]
+    with torch.no_grad():
+        want = hf_model(tmp_path / "dequantized")(torch.tensor([p])).logits[0]
+    assert torch.allclose(run(ours, paged(ours), p, 0, [3, 1, 4, 5, 9]), want, atol=ATOL)
+    del published["model.layers.0.self_attn.o_proj.weight_scale_inv"]
+    save_file(published, str(tmp_path / "fp8" / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"fp8 tensor 'model\.layers\.0\.self_attn\.o_proj\.weight' lacks its "
+                                         r"'model\.layers\.0\.self_attn\.o_proj\.weight_scale_inv'"):
+        load_model(str(tmp_path / "fp8"), "float32")
