@@ -36,7 +36,10 @@ LOW_RANK_NORM_EPS = 1e-6  # the q_a and kv_a norms use RMSNorm's default eps in 
 
 
 class MLAAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, backend: AttentionBackend, layer: int = 0) -> None:
+    """Multi-head latent attention over pages of [latent ; RoPE key]: prefill rows unabsorbed, decode rows
+    absorbed (the module docstring says how and why)."""
+
+    def __init__(self, cfg: ModelConfig, backend: AttentionBackend) -> None:
         super().__init__()
         m, hidden, bias = cfg.mla, cfg.hidden_size, cfg.qkv_bias
         assert m is not None
@@ -171,7 +174,7 @@ class DeepseekV3MoE(SparseMoE):
 class DeepseekV3Layer(nn.Module):
     def __init__(self, cfg: ModelConfig, backend: AttentionBackend, layer: int) -> None:
         super().__init__()
-        self.self_attn = MLAAttention(cfg, backend, layer)
+        self.self_attn = MLAAttention(cfg, backend)
         self.mlp = DeepseekV3MoE(cfg) if cfg.is_moe_layer(layer) else \
             GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.activation)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
