@@ -73,6 +73,22 @@ def test_logits_match_transformers_prefill_decode_and_prefix_hit(folder):
     assert torch.allclose(run(ours, caches, b[32:], 32, [9, 2, 31, 7, 42, 43, 44]), full_b[32:], atol=ATOL)
 
 
+def test_half_split_rope_matches_too(folder, tmp_path):
+    """`rope_interleave: false` (RoPE on the two halves of the RoPE dims, not adjacent pairs) matches as well."""
+    import json
+    import shutil
+
+    shutil.copytree(folder, tmp_path / "halves")
+    raw = json.loads((tmp_path / "halves" / "config.json").read_text())
+    (tmp_path / "halves" / "config.json").write_text(json.dumps({**raw, "rope_interleave": False}))
+    ours, ref = load_model(str(tmp_path / "halves"), "float32"), hf_model(tmp_path / "halves")
+    assert not ours.config.interleaved_rope
+    p = prompts(1, seed=3, lo=40, hi=41)[0]
+    with torch.no_grad():
+        want = ref(torch.tensor([p])).logits[0]
+    assert torch.allclose(run(ours, paged(ours), p, 0, [3, 1, 4, 5, 9]), want, atol=ATOL)
+
+
 def test_prefill_expands_its_context_a_piece_at_a_time(folder, monkeypatch):
     """A budget of one page a piece: the 40-token prefill's online softmax crosses 5 pieces, a second chunk of
     10 queries 7 (the first 5 from the cache); logits still transformers'."""
