@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agentkv.model.deepseek_config import GroupedRouting, MLAShape, deepseek_v3_fields
+from agentkv.model.deepseek_config import GroupedRouting, MLAShape, deepseek_fields
 
 if TYPE_CHECKING:
     from agentkv.catalog import LayerGroup, ModelSpec
@@ -26,6 +26,7 @@ ARCHITECTURES = {
     "Gemma3ForCausalLM": "gemma3",
     "GptOssForCausalLM": "gpt_oss",
     "Llama4ForCausalLM": "llama4",
+    "DeepseekV2ForCausalLM": "deepseek_v2",
     "DeepseekV3ForCausalLM": "deepseek_v3",
 }
 WINDOWED = {"sliding_attention": True, "chunked_attention": True, "full_attention": False}  # `layer_types`
@@ -73,8 +74,8 @@ class ModelConfig:
     shared_expert: bool = False  # a dense MLP of moe_intermediate_size beside the routed experts (Llama 4)
     dense_intermediate_size: int = 0  # the dense layers' MLP where it differs from intermediate_size (Llama 4)
     mxfp4: bool = False  # expert weights published as MXFP4 blocks and scales (gpt-oss), dequantized at load
-    mla: MLAShape | None = None  # multi-head latent attention (DeepSeek-V3); head_dim is then its RoPE key's
-    routing: GroupedRouting | None = None  # sigmoid grouped top-k routing and shared experts (DeepSeek-V3)
+    mla: MLAShape | None = None  # multi-head latent attention (DeepSeek-V2/V3); head_dim is then its RoPE key's
+    routing: GroupedRouting | None = None  # grouped top-k routing and shared experts (DeepSeek-V2/V3)
     fp8_block: tuple[int, ...] = ()  # weights published as fp8 codes with a scale per block of this shape
 
     def window_of(self, layer: int) -> int:
@@ -150,7 +151,7 @@ class ModelConfig:
             **(_gemma3_fields(raw, layers, need, path, local_rope) if family == "gemma3" else {}),
             **(_gpt_oss_fields(raw, layers, need, path) if family == "gpt_oss" else {}),
             **(_llama4_fields(raw, layers, need, path) if family == "llama4" else {}),
-            **(deepseek_v3_fields(raw, layers, need, path) if family == "deepseek_v3" else {}),
+            **(deepseek_fields(raw, layers, need, path, family) if family in ("deepseek_v2", "deepseek_v3") else {}),
         )
 
     def spec(self, name: str) -> ModelSpec:

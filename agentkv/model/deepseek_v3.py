@@ -144,21 +144,24 @@ def decodes_of(meta: AttentionMetadata) -> AttentionMetadata:
 
 
 class DeepseekV3MoE(SparseMoE):
-    """The shared routed-experts block (`model/moe.py`) with DeepSeek's grouped sigmoid router and its shared
-    experts."""
+    """The shared routed-experts block (`model/moe.py`) with DeepSeek's grouped router (V3's sigmoid, V2's
+    softmax: `GroupedRouting`) and its shared experts."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
         assert cfg.routing is not None
         self.routing = cfg.routing
-        self.gate.register_buffer("e_score_correction_bias", torch.zeros(cfg.num_experts))
+        if cfg.routing.sigmoid:  # V3's bias, which steers the choice (V2 has none)
+            self.gate.register_buffer("e_score_correction_bias", torch.zeros(cfg.num_experts))
         self.shared_experts = GatedMLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.routing.shared)
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r, n = self.routing, self.gate.weight.shape[0]
-        scores = F.linear(x.float(), self.gate.weight.float()).sigmoid()
-        biased = scores + self.gate.e_score_correction_bias.float()
-        group_score = biased.view(-1, r.groups, n // r.groups).topk(2, dim=-1)[0].sum(-1)
+        logits = F.linear(x.float(), self.gate.weight.float())
+        scores = logits.sigmoid() if r.sigmoid else logits.softmax(dim=-1)
+        biased = scores + self.gate.e_score_correction_bias.float() if r.sigmoid else scores
+        per_group = biased.view(-1, r.groups, n // r.groups)
+        group_score = per_group.topk(2, dim=-1)[0].sum(-1) if r.sigmoid else per_group.amax(-1)
         kept = torch.zeros_like(group_score).scatter_(1, group_score.topk(r.topk_groups, dim=-1)[1], 1.0).bool()
         biased = biased.masked_fill(~kept.repeat_interleave(n // r.groups, dim=1), float("-inf"))
         chosen = biased.topk(self.top_k, dim=-1)[1]
@@ -187,7 +190,8 @@ class DeepseekV3Layer(nn.Module):
 
 class DeepseekV3ForCausalLM(LlamaForCausalLM):
     """The Llama backbone and head with MLA + grouped-MoE layers; its RoPE is the config's YaRN over the
-    qk_rope_head_dim dims (`ModelConfig.head_dim` for this family)."""
+    qk_rope_head_dim dims (`ModelConfig.head_dim` for this family). DeepSeek-V2 (`DeepseekV2ForCausalLM`) is
+    the same model with V2's softmax router."""
 
     layer = DeepseekV3Layer
 

@@ -19,6 +19,7 @@ from agentkv.model.llama4 import Llama4ForCausalLM
 
 MODELS: dict[str, type[LlamaForCausalLM]] = {"gemma3": Gemma3ForCausalLM, "gpt_oss": GptOssForCausalLM,
                                              "llama4": Llama4ForCausalLM,
+                                             "deepseek_v2": DeepseekV3ForCausalLM,
                                              "deepseek_v3": DeepseekV3ForCausalLM}  # every other family: llama.py
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
           "float32": torch.float32, "fp32": torch.float32}

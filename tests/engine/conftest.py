@@ -83,8 +83,8 @@ def write_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
             num_local_experts=4, num_experts_per_tok=2, attention_chunk_size=8, interleave_moe_layer_step=2,
             floor_scale=16, attn_scale=0.5, rope_parameters={"rope_type": "default", "rope_theta": 500000.0}))
         jitter(model)
-    elif family == "deepseek_v3":
-        model = deepseek_v3(common)
+    elif family in ("deepseek_v2", "deepseek_v3"):
+        model = deepseek(common, family)
     else:
         raise ValueError(family)
     folder.mkdir(parents=True, exist_ok=True)
@@ -93,24 +93,30 @@ def write_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
     return folder
 
 
-def deepseek_v3(common: dict):
+def deepseek(common: dict, family: str):
     """MLA (latent 32, RoPE key 16, no-RoPE key 32, value 24, low-rank queries), YaRN with DeepSeek's mscales,
-    layer 0 dense, layers 1-2 MoE: 8 experts in 4 groups, top 2 groups, top-2, a shared expert. The router's
-    weights and bias are made large enough that its choices are not near-ties."""
-    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+    layer 0 dense, layers 1-2 MoE: 8 experts in 4 groups, top 2 groups, top-2, a shared expert; V3's sigmoid
+    router with its bias, or V2's softmax one (group-limited greedy). The router's weights (and bias) are made
+    large enough that its choices are not near-ties."""
+    from transformers import DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
 
-    model = DeepseekV3ForCausalLM(DeepseekV3Config(
+    v3 = family == "deepseek_v3"
+    config, model_class = (DeepseekV3Config, DeepseekV3ForCausalLM) if v3 else \
+        (DeepseekV2Config, DeepseekV2ForCausalLM)
+    routing = {} if v3 else {"topk_method": "group_limited_greedy"}
+    model = model_class(config(
         **{**common, "num_hidden_layers": 3, "num_key_value_heads": 4}, moe_intermediate_size=32,
         kv_lora_rank=32, q_lora_rank=48, qk_rope_head_dim=16, qk_nope_head_dim=32, v_head_dim=24,
         n_routed_experts=8, n_group=4, topk_group=2, num_experts_per_tok=2, n_shared_experts=1,
-        routed_scaling_factor=2.5, first_k_dense_replace=1, rope_parameters={
+        routed_scaling_factor=2.5, first_k_dense_replace=1, **routing, rope_parameters={
             "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 1024,
             "mscale": 1.0, "mscale_all_dim": 0.7, "beta_fast": 32, "beta_slow": 1}))
     jitter(model)
     with torch.no_grad():
         for layer in model.model.layers[1:]:
             layer.mlp.gate.weight.normal_(0, 0.5)
-            layer.mlp.gate.e_score_correction_bias.normal_(0, 0.5)
+            if v3:
+                layer.mlp.gate.e_score_correction_bias.normal_(0, 0.5)
     return model
 
 

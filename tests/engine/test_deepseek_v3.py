@@ -1,6 +1,7 @@
-"""DeepSeek-V3 on a tiny random checkpoint transformers writes (`conftest.deepseek_v3`: MLA with low-rank
+"""DeepSeek-V3 on a tiny random checkpoint transformers writes (`conftest.deepseek`: MLA with low-rank
 queries, YaRN with DeepSeek's mscales, a dense layer then grouped-routing MoE with a shared expert): logits and
-greedy continuations equal to transformers', also after a prefix hit, a preemption and a reload from DRAM;
+greedy continuations equal to transformers', also after a prefix hit, a preemption and a reload from DRAM
+(V2's checkpoint too: the same MLA with a softmax router);
 the pool's pages hold the latent (the bytes `kvcache/sizing.py` prices), on fp8/int8/int4 pages too; the
 absorbed path equals the unabsorbed one."""
 
@@ -28,6 +29,14 @@ def folder(tmp_path_factory):
     return write_checkpoint(tmp_path_factory.mktemp("deepseek_v3"), "deepseek_v3", seed=2)
 
 
+@pytest.fixture(scope="module", params=["deepseek_v3", "deepseek_v2"])
+def family_folder(request, folder, tmp_path_factory):
+    """V3's checkpoint, and V2's (the same MLA, a softmax router limited to the best groups)."""
+    if request.param == "deepseek_v3":
+        return folder
+    return write_checkpoint(tmp_path_factory.mktemp("deepseek_v2"), "deepseek_v2", seed=2)
+
+
 @pytest.fixture(scope="module")
 def ps():
     return prompts(5, seed=9, lo=20, hi=70)
@@ -48,17 +57,19 @@ def run(model, caches, tokens, start, table):
     return model.logits(model(torch.tensor(tokens), torch.arange(start, start + len(tokens)), caches, meta))
 
 
-def test_config_reads_mla_and_grouped_routing(folder):
-    cfg = load_model(str(folder), "float32").config
-    assert cfg.family == "deepseek_v3" and cfg.head_dim == 16 and cfg.interleaved_rope
+def test_config_reads_mla_and_grouped_routing(family_folder):
+    cfg = load_model(str(family_folder), "float32").config
+    v3 = cfg.family == "deepseek_v3"
+    assert cfg.head_dim == 16 and cfg.interleaved_rope and cfg.norm_topk_prob == v3
     assert (cfg.mla.kv_lora_rank, cfg.mla.q_lora_rank, cfg.mla.qk_nope_head_dim, cfg.mla.v_head_dim) == (32, 48, 32, 24)
-    assert (cfg.routing.groups, cfg.routing.topk_groups, cfg.routing.scaling, cfg.routing.shared) == (4, 2, 2.5, 1)
+    r = cfg.routing
+    assert (r.groups, r.topk_groups, r.scaling, r.shared, r.sigmoid) == (4, 2, 2.5, 1, v3)
     assert cfg.moe_layers == (False, True, True)
     assert [g.kind for g in cfg.layer_groups()] == ["mla"]
 
 
-def test_logits_match_transformers_prefill_decode_and_prefix_hit(folder):
-    ours, ref = load_model(str(folder), "float32"), hf_model(folder)
+def test_logits_match_transformers_prefill_decode_and_prefix_hit(family_folder):
+    ours, ref = load_model(str(family_folder), "float32"), hf_model(family_folder)
     p = prompts(1, seed=3, lo=60, hi=61)[0]
     caches = paged(ours)
     table = [9, 2, 31, 7, 40, 5, 11, 3]  # blocks scattered through the pool
@@ -120,9 +131,9 @@ def test_absorbed_equals_unabsorbed(folder):
     assert (run(model, caches, p, 0, table) - absorbed).abs().max() > 100 * ABSORBED_ATOL
 
 
-def test_greedy_equals_transformers_after_a_hit_a_preemption_and_a_dram_reload(folder, ps):
+def test_greedy_equals_transformers_after_a_hit_a_preemption_and_a_dram_reload(family_folder, ps):
     """Prefills run unabsorbed, decodes absorbed, and a step with both splits its rows between the paths."""
-    ref = hf_model(folder)
+    folder, ref = family_folder, hf_model(family_folder)
     with torch.no_grad():
         expected = [ref.generate(torch.tensor([p]), max_new_tokens=6, do_sample=False, eos_token_id=None,
                                  pad_token_id=0, min_new_tokens=6)[0, len(p):].tolist() for p in ps]
@@ -183,7 +194,7 @@ def test_the_start_up_line_names_the_mla_group(folder):
 @pytest.mark.parametrize(("change", "says"), [
     ({"n_group": 3}, r"config.json: fields 'n_routed_experts', 'n_group'.*8 experts in 3 groups"),
     ({"n_group": 8}, r"config.json: field 'n_group': 8 groups leave fewer than 2 of 8 experts each"),
-    ({"scoring_func": "softmax"}, r"config.json: fields 'scoring_func'/'topk_method': only sigmoid"),
+    ({"scoring_func": "softmax"}, r"config.json: fields 'scoring_func'/'topk_method': softmax with noaux_tc is not"),
     ({"kv_lora_rank": None}, r"config.json: field 'kv_lora_rank': missing"),
     ({"quantization_config": {"quant_method": "awq"}}, r"config.json: field 'quantization_config': only fp8"),
 ])
