@@ -66,6 +66,8 @@ def test_config_reads_mla_and_grouped_routing(family_folder):
     assert (r.groups, r.topk_groups, r.scaling, r.shared, r.sigmoid) == (4, 2, 2.5, 1, v3)
     assert cfg.moe_layers == (False, True, True)
     assert [g.kind for g in cfg.layer_groups()] == ["mla"]
+    weights = sum(p.numel() for p in hf_model(family_folder).parameters() if p.dim() > 1)  # norms aside
+    assert cfg.spec("m").params_total == weights  # MLA's projections, shared experts and router counted
 
 
 def test_logits_match_transformers_prefill_decode_and_prefix_hit(family_folder):
