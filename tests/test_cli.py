@@ -189,7 +189,8 @@ def test_version():
 
 
 def test_every_flag_has_help_and_says_its_default():
-    from agentkv.cli import REPORT_SESSIONS, build_parser
+    from agentkv.cli import build_parser
+    from agentkv.commands.report import REPORT_SESSIONS
 
     def parsers(p):
         yield p

@@ -67,8 +67,8 @@ def test_kv_eval_scores_what_transformers_scores(family_dir):
 
     import torch
 
-    from agentkv.codecs.eval import evaluate
     from agentkv.engine.tokenizer import Tokenizer
+    from agentkv.evaluate.codecs import evaluate
     from tests.engine.conftest import WORDS, hf_model
 
     g = torch.Generator().manual_seed(1)

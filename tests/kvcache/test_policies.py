@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from agentkv.catalog import model
+from agentkv.evaluate.sweep import LowerTier, tier_specs
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.policies import LFU, LRU, AgentAware, CostAware, make_policy
 from agentkv.kvcache.policy import AccessContext
 from agentkv.kvcache.replay import reference_stream, replay
 from agentkv.kvcache.sizing import codec
-from agentkv.kvcache.sweep import LowerTier, tier_specs
 from agentkv.kvcache.tiers import Size, TierSpec
 from agentkv.workload.arrivals import ArrivalModel, place, replay_order
 from agentkv.workload.stats import infinite_cache_hits
