@@ -24,6 +24,7 @@ from agentkv.engine.runner import ModelRunner
 from agentkv.engine.sequence import EngineSequence, SamplingParams
 from agentkv.engine.sessions import MAX_SESSIONS, SessionIds
 from agentkv.engine.tiering import Tiering
+from agentkv.kvcache.block_hash import namespace_digest
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.ids import BlockIds
 from agentkv.kvcache.policies import make_policy
@@ -32,7 +33,6 @@ from agentkv.kvcache.tiers import TierSpec
 from agentkv.model.llama import LlamaForCausalLM
 from agentkv.scheduler import Allocate, Scheduler, SchedulerConfig, Status, StepPlan
 from agentkv.storage.host import HostSlab
-from agentkv.storage.keys import namespace_digest
 from agentkv.workload.trace import FINISH_END, FINISH_TOOL, FINISH_UNKNOWN
 
 Prompt = str | list[int] | dict[str, Any]
