@@ -6,24 +6,14 @@ import argparse
 import json
 
 from agentkv.cli_errors import check_output
-from agentkv.commands.flags import (
-    add_arrival_args,
-    add_ray_arg,
-    add_trace_args,
-    arrival_from_args,
-    check_ray,
-    load_or_generate,
-    needs_block_ids,
-)
+from agentkv.commands import flags
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    group = sub.add_parser("cache", help="replay traces through the KV cache policy core")
-    group.set_defaults(group=group)
-    cache = group.add_subparsers(title="cache commands")
+    cache = flags.command_group(sub, "cache", "replay traces through the KV cache policy core")
     sw = cache.add_parser("sweep", help="hit rate per policy and capacity, with Belady and infinite references")
-    add_trace_args(sw, optional=True)
-    add_arrival_args(sw)
+    flags.add_trace_args(sw, optional=True)
+    flags.add_arrival_args(sw)
     sw.add_argument("--policy", default="lru,lfu,cost,agent",
                     help="comma-separated: lru, lfu, cost, agent (online); belady, infinite (references)")
     sw.add_argument("--capacity", default="128k,256k,512k,1M",
@@ -35,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--codec", default="bf16", help="KV codec: bf16, fp8, int8, int4")
     sw.add_argument("--out", default="sweep", help="output folder for sweep.csv, sweep.json, sweep.png")
     sw.add_argument("--json", action="store_true", help="print the results as JSON")
-    add_ray_arg(sw)
+    flags.add_ray_arg(sw)
     sw.set_defaults(run=cmd_cache_sweep)
 
 
@@ -59,13 +49,13 @@ def cmd_cache_sweep(args: argparse.Namespace) -> int:
 
     check_output(args.out, folder=True)
     if args.ray is not None:
-        check_ray()
+        flags.check_ray()
     policies = policies_arg(args.policy)
     capacities = capacities_arg(args.capacity)  # every flag before the trace loads: a typo costs no load
     lower = parse_lower_tiers(args.tiers)
     m, c = model(args.model, args.models), codec(args.codec)
-    trace = needs_block_ids(load_or_generate(args), "cache sweep", args.paths)
-    arrival = arrival_from_args(args, trace)
+    trace = flags.needs_block_ids(flags.load_or_generate(args), "cache sweep", args.paths)
+    arrival = flags.arrival_from_args(args, trace)
     total = len(capacities) * len(set(policies) - {"infinite"} | {"belady"})
     with progress_bar(total, "cache sweep", quiet=args.json) as step:
         points, infinite = sweep(trace, policies, capacities, lower, arrival, m, c, args.write_through, step,

@@ -11,6 +11,13 @@ from agentkv.workload.generator import GeneratorConfig
 from agentkv.workload.trace import Trace
 
 
+def command_group(sub: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """A command of subcommands (`agentkv trace ...`); given alone, it prints its own commands."""
+    group = sub.add_parser(name, help=help)
+    group.set_defaults(group=group)
+    return group.add_subparsers(title=f"{name} commands")
+
+
 def add_trace_args(p: argparse.ArgumentParser, optional: bool, default_sessions: int | None = None) -> None:
     p.add_argument("paths", nargs="*" if optional else "+", metavar="PATH",
                    help="trace files or folders (kv-cache-tester JSON, Mooncake JSONL, Azure CSV, OpenAI chat "

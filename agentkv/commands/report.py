@@ -6,15 +6,7 @@ import argparse
 import os
 
 from agentkv.cli_errors import UsageError, check_output, positive
-from agentkv.commands.flags import (
-    add_arrival_args,
-    add_ray_arg,
-    add_trace_args,
-    arrival_from_args,
-    check_ray,
-    load_or_generate,
-    needs_block_ids,
-)
+from agentkv.commands import flags
 from agentkv.report.budget import BUDGET_S
 from agentkv.report.capacity import SAMPLE_SESSIONS
 from agentkv.workload.window import OVER_WINDOW
@@ -26,8 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rep = sub.add_parser("report", help="what to deploy for this traffic: every KV-cache lever on one fleet, sized "
                                         "to the TTFT SLO, and per GPU (no PATH: the built-in synthetic agentic "
                                         "workload)")
-    add_trace_args(rep, optional=True, default_sessions=REPORT_SESSIONS)
-    add_arrival_args(rep)
+    flags.add_trace_args(rep, optional=True, default_sessions=REPORT_SESSIONS)
+    flags.add_arrival_args(rep)
     rep.add_argument("--deployment", default="",
                      help="key=value,... over the defaults: hardware=h200, model: the first of llama-3.1-8b, "
                           "qwen3-coder-30b-a3b, deepseek-v4-flash, llama-4-scout whose context window holds every "
@@ -51,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--budget", type=positive(float), default=BUDGET_S,
                      help="seconds the report may take on this machine: the whole trace is simulated when its "
                           f"projected time fits, else a sample, and the projection is printed (default {BUDGET_S:g})")
-    add_ray_arg(rep)
+    flags.add_ray_arg(rep)
     rep.add_argument("--out", default="report.html",
                      help="self-contained HTML report path; the JSON goes beside it (default report.html)")
     rep.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
@@ -103,7 +95,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     check_output(args.out)
     check_output(os.path.splitext(args.out)[0] + ".json", "--out (its JSON beside it)")
     if args.ray is not None:
-        check_ray()
+        flags.check_ray()
     if args.sample_sessions is not None and args.sample_sessions < 0:
         raise UsageError(f"--sample-sessions must be >= 0, got {args.sample_sessions}")
     if not args.paths and not args.gen_sessions:
@@ -125,8 +117,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     named = {p.partition("=")[0].strip() for p in args.deployment.split(",")}
     with progress_bar(None, "report", quiet=args.json) as step:  # a large trace takes up to a minute to read
         step(f"loading {', '.join(args.paths)}" if args.paths else f"generating {args.gen_sessions} sessions")
-        trace = needs_block_ids(load_or_generate(args), "report", args.paths)
-        arrival = arrival_from_args(args, trace)
+        trace = flags.needs_block_ids(flags.load_or_generate(args), "report", args.paths)
+        arrival = flags.arrival_from_args(args, trace)
         spec, why = choose_model(trace, spec, named)
     run_report(trace, spec, arrival, price_table, out=args.out, replicas=args.replicas, workers=args.workers,
                print_json=args.json, over_window=args.over_window, candidates=candidates, model_choice=why,

@@ -6,36 +6,27 @@ import argparse
 import json
 
 from agentkv.cli_errors import check_output, positive
-from agentkv.commands.flags import (
-    add_arrival_args,
-    add_generator_args,
-    add_trace_args,
-    arrival_from_args,
-    generator_config,
-    load_or_generate_with_config,
-)
+from agentkv.commands import flags
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    group = sub.add_parser("trace", help="load, convert, generate and describe workload traces")
-    group.set_defaults(group=group)
-    trace = group.add_subparsers(title="trace commands")
+    trace = flags.command_group(sub, "trace", "load, convert, generate and describe workload traces")
 
     stats = trace.add_parser("stats", help="what a trace asks of a KV cache (no PATH: the built-in workload)")
-    add_trace_args(stats, optional=True)
-    add_arrival_args(stats)
+    flags.add_trace_args(stats, optional=True)
+    flags.add_arrival_args(stats)
     stats.add_argument("--window", type=positive(float), default=300.0, help="working-set window in seconds (default 300)")
     stats.add_argument("--json", action="store_true", help="print machine-readable JSON")
     stats.set_defaults(run=cmd_trace_stats)
 
     gen = trace.add_parser("generate", help="write a synthetic agentic trace (.npz)")
-    add_generator_args(gen)
+    flags.add_generator_args(gen)
     gen.add_argument("--out", required=True, help="output .npz path")
     gen.add_argument("--config-out", help="also write the generator parameters as JSON")
     gen.set_defaults(run=cmd_trace_generate)
 
     conv = trace.add_parser("convert", help="load any supported trace and write the canonical .npz")
-    add_trace_args(conv, optional=False)
+    flags.add_trace_args(conv, optional=False)
     conv.add_argument("--out", required=True, help="output .npz path")
     conv.set_defaults(run=cmd_trace_convert)
 
@@ -49,9 +40,9 @@ def cmd_trace_stats(args: argparse.Namespace) -> int:
     with progress_bar(None, "trace stats", quiet=args.json) as step:
         step(f"loading {len(args.paths)} path(s)" if args.paths else "generating the workload"
              + (f" fitted to {args.fit}" if args.fit else ""))
-        trace, cfg = load_or_generate_with_config(args)
+        trace, cfg = flags.load_or_generate_with_config(args)
         step(f"measuring {trace.n_requests:,} requests")
-        stats = trace_stats(trace, arrival_from_args(args, trace), window=args.window)
+        stats = trace_stats(trace, flags.arrival_from_args(args, trace), window=args.window)
         generator = cfg if cfg is not None and args.fit else None
         fit = None
         if args.fit and not args.paths:  # the generator fitted to a real trace: how close it came
@@ -82,7 +73,7 @@ def cmd_trace_generate(args: argparse.Namespace) -> int:
     check_output(args.out)
     with progress_bar(None, "trace generate") as step:
         step("fitting the generator to " + args.fit if args.fit and not args.config else "checking the size")
-        cfg = generator_config(args)
+        cfg = flags.generator_config(args)
         step(f"generating {cfg.sessions:,} sessions")
         trace = generate(cfg)
         step(f"writing {args.out}")
