@@ -11,11 +11,12 @@ This file holds what a rung is and how it becomes a simulated deployment; `capac
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from agentkv.catalog import hardware, model
+from agentkv.catalog import HardwareSpec, ModelSpec, hardware, model
 from agentkv.kvcache.sizing import codec
 from agentkv.report.slo import DEFAULT_OUTPUT_TPS, DEFAULT_SLOWDOWN, describe_slo
 from agentkv.sim.simulator import SimConfig, SimResult
@@ -102,9 +103,21 @@ def modes(spec: DeploymentSpec) -> tuple[DeploymentSpec, ...]:
     states, on more than one GPU, and a spec that names no mode: TP + EP and DP-attention + EP on the same GPUs
     (the report's views compare levers at equal GPUs per replica). Disaggregated pools are priced apart
     (sim/disagg.py), not simulated here."""
-    if spec.tp == 1 or spec.ep or spec.dp_attention or not model(spec.model, spec.models_file).routed_params:
+    if spec.tp == 1 or spec.ep or spec.dp_attention or not catalog_of(spec)[1].routed_params:
         return (spec,)
     return (spec, replace(spec, ep=True), replace(spec, ep=True, dp_attention=True))
+
+
+def catalog_of(spec: DeploymentSpec) -> tuple[HardwareSpec, ModelSpec]:
+    """The spec's hardware and model from the TOML catalogs, read once per process (a report runs hundreds of
+    simulations, each needing both; its worker processes read them once each)."""
+    return _catalog_entries(spec.hardware, spec.hardware_file, spec.model, spec.models_file)
+
+
+@functools.lru_cache(maxsize=16)
+def _catalog_entries(hw: str, hardware_file: str | None, name: str, models_file: str | None
+                     ) -> tuple[HardwareSpec, ModelSpec]:
+    return hardware(hw, hardware_file), model(name, models_file)
 
 
 @dataclass(slots=True, frozen=True)
@@ -131,8 +144,8 @@ LADDER = (
 
 
 def rung_config(spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, replicas: int) -> SimConfig:
-    hw = hardware(spec.hardware, spec.hardware_file)
-    d = Deployment(hw, model(spec.model, spec.models_file), codec(rung.codec), tp=spec.tp,
+    hw, m = catalog_of(spec)
+    d = Deployment(hw, m, codec(rung.codec), tp=spec.tp,
                    weight_dtype=spec.weight_dtype, attention=rung.attention, ep=spec.ep,
                    dp_attention=spec.dp_attention, expert_dtype=spec.expert_dtype, speculation=spec.speculation)
     dram = (spec.dram_gb * 1e9 if spec.dram_gb else 0.5 * hw.dram_bytes * spec.tp) if rung.dram else 0.0
