@@ -201,14 +201,15 @@ def score_window(model: Any, impl: dict[str, KVCodec], span: list[int], chunk: i
     dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     tokens, step = torch.tensor(span, device=dev), StateStep()
 
+    heads, dim = (1, cfg.mla.entry_dim) if cfg.mla else (cfg.num_kv_heads, cfg.head_dim)  # MLA: the latent
+
     def layers(name: str, linear: bool = True) -> list[Any]:
         """Pages for the attention layers; with `linear`, a fresh state slot (model/deltanet.py) for the others."""
         states = iter([])
         if linear and cfg.deltanet is not None:
             slab = torch.zeros(1, state_slot_bytes(cfg, dtype), dtype=torch.uint8, device=dev)
             states = iter(state_views(cfg, slab, dtype, step))
-        return [next(states) if cfg.is_linear_layer(i) else
-                pages_for(impl[name], len(span), block_size, cfg.num_kv_heads, cfg.head_dim, dev)
+        return [next(states) if cfg.is_linear_layer(i) else pages_for(impl[name], len(span), block_size, heads, dim, dev)
                 for i in range(cfg.num_layers) if linear or not cfg.is_linear_layer(i)]
 
     names = list(impl)
