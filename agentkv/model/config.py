@@ -12,7 +12,13 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agentkv.model.deepseek_config import GroupedRouting, MLAShape, deepseek_fields
+from agentkv.model.deepseek_config import (
+    CompressedShape,
+    GroupedRouting,
+    MLAShape,
+    deepseek_fields,
+    deepseek_v4_fields,
+)
 
 if TYPE_CHECKING:
     from agentkv.catalog import LayerGroup, ModelSpec
@@ -28,6 +34,7 @@ ARCHITECTURES = {
     "Llama4ForCausalLM": "llama4",
     "DeepseekV2ForCausalLM": "deepseek_v2",
     "DeepseekV3ForCausalLM": "deepseek_v3",
+    "DeepseekV4ForCausalLM": "deepseek_v4",
 }
 WINDOWED = {"sliding_attention": True, "chunked_attention": True, "full_attention": False}  # `layer_types`
 
@@ -77,6 +84,7 @@ class ModelConfig:
     mla: MLAShape | None = None  # multi-head latent attention (DeepSeek-V2/V3); head_dim is then its RoPE key's
     routing: GroupedRouting | None = None  # grouped top-k routing and shared experts (DeepSeek-V2/V3)
     fp8_block: tuple[int, ...] = ()  # weights published as fp8 codes with a scale per block of this shape
+    v4: CompressedShape | None = None  # DeepSeek-V4's compressed attention and residual streams
 
     def window_of(self, layer: int) -> int:
         return self.layer_windows[layer] if self.layer_windows else 0
@@ -131,7 +139,7 @@ class ModelConfig:
         return ModelConfig(
             family=family,
             hidden_size=hidden,
-            intermediate_size=int(need("intermediate_size")),
+            intermediate_size=int(need("moe_intermediate_size" if family == "deepseek_v4" else "intermediate_size")),
             num_layers=layers,
             num_heads=heads,
             num_kv_heads=int(raw.get("num_key_value_heads") or heads),
@@ -152,6 +160,7 @@ class ModelConfig:
             **(_gpt_oss_fields(raw, layers, need, path) if family == "gpt_oss" else {}),
             **(_llama4_fields(raw, layers, need, path) if family == "llama4" else {}),
             **(deepseek_fields(raw, layers, need, path, family) if family in ("deepseek_v2", "deepseek_v3") else {}),
+            **(deepseek_v4_fields(raw, layers, need, path) if family == "deepseek_v4" else {}),
         )
 
     def spec(self, name: str) -> ModelSpec:
