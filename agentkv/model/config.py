@@ -168,6 +168,7 @@ class ModelConfig:
         from agentkv.catalog import ModelSpec
 
         attn = self.mla.params(self.hidden_size, self.num_heads) if self.mla else \
+            self.v4.params(self.hidden_size, self.num_heads) / self.num_layers if self.v4 else \
             self.hidden_size * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
         dense = 3 * self.hidden_size * self.intermediate_size
         expert = 3 * self.hidden_size * self.moe_intermediate_size
@@ -177,7 +178,7 @@ class ModelConfig:
         base = self.num_layers * attn + (self.num_layers - moe) * dense + moe * always + embed
         total = float(base + moe * self.num_experts * expert)
         active = float(base + moe * self.experts_per_token * expert)
-        head_dim = self.mla.qk_nope_head_dim if self.mla else self.head_dim  # as the catalog's MLA entries
+        head_dim = self.mla.qk_nope_head_dim if self.mla else self.v4.dim if self.v4 else self.head_dim  # as the catalog
         return ModelSpec(name, "config.json", self.num_layers, self.num_heads, self.num_kv_heads, head_dim,
                          self.hidden_size, self.intermediate_size, self.vocab_size, total, active,
                          self.max_position_embeddings, attention=self.layer_groups())
@@ -186,6 +187,8 @@ class ModelConfig:
         """Its layers by attention kind, as the catalog describes them: () where every layer is full."""
         from agentkv.catalog import LayerGroup
 
+        if self.v4:
+            return self.v4.layer_groups()
         if self.mla:
             return (LayerGroup("mla", self.num_layers, latent=self.mla.kv_lora_rank, rope=self.mla.qk_rope_head_dim),)
         windows = sorted({w for w in self.layer_windows if w})

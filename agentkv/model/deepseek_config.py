@@ -134,6 +134,45 @@ class CompressedShape:
         """Tokens per compressed entry of `layer` (0: a sliding layer keeps no compressed entries)."""
         return {"sliding": 0, "csa": self.csa_ratio, "hca": self.hca_ratio}[self.kinds[layer]]
 
+    def partial_window_bytes(self, kind: str) -> int:
+        """A compressor's unfinished window per sequence and layer, in fp32 as transformers' cache keeps it: a
+        window's projections and gates (CSA: both series, plus the previous window's first series it overlaps,
+        for the compressor and its indexer)."""
+        if kind == "hca":
+            return 2 * self.hca_ratio * self.dim * 4
+        return 2 * self.csa_ratio * 3 * (self.dim + self.index_dim) * 4 if kind == "csa" else 0
+
+    def params(self, hidden: int, heads: int) -> int:
+        """Every layer's attention and mHC weights (norms and sinks aside): the low-rank query, the K=V projection,
+        the grouped output, the compressors (projections, gates, slot biases) and indexers, mHC's mixes; and the
+        final mHC collapse."""
+        mixes = 2 * (2 + self.hc_mult) * self.hc_mult * self.hc_mult * hidden
+        base = hidden * self.q_lora_rank + self.q_lora_rank * heads * self.dim + hidden * self.dim \
+            + heads * self.dim * self.o_lora_rank + self.o_groups * self.o_lora_rank * hidden + mixes
+
+        def compressor(dim: int, ratio: int, width: int) -> int:
+            return (2 * hidden + ratio) * width * dim
+
+        hca = compressor(self.dim, self.hca_ratio, 1)
+        csa = compressor(self.dim, self.csa_ratio, 2) + compressor(self.index_dim, self.csa_ratio, 2) \
+            + self.q_lora_rank * self.index_heads * self.index_dim + hidden * self.index_heads
+        extra = {"sliding": 0, "csa": csa, "hca": hca}
+        return sum(base + extra[k] for k in self.kinds) + self.hc_mult * self.hc_mult * hidden
+
+    def layer_groups(self) -> tuple[Any, ...]:
+        """The catalog's view (`LayerGroup`s): the sliding layers' shared K=V window, then the CSA and HCA layers'
+        compressed entries beside the same raw window (CSA: sparse, its indexer's keys fp4 as published)."""
+        from agentkv.catalog import LayerGroup
+
+        count = {k: self.kinds.count(k) for k in ("sliding", "csa", "hca")}
+        groups = [LayerGroup("sliding", count["sliding"], window=self.window, head_dim=self.dim, shared_kv=True),
+                  LayerGroup("compressed", count["csa"], window=self.window, head_dim=self.dim, ratio=self.csa_ratio,
+                             top_k=self.index_topk, index_heads=self.index_heads, index_dim=self.index_dim,
+                             index_bits=4, state_bytes=self.partial_window_bytes("csa")),
+                  LayerGroup("compressed", count["hca"], window=self.window, head_dim=self.dim, ratio=self.hca_ratio,
+                             state_bytes=self.partial_window_bytes("hca"))]
+        return tuple(g for g, n in zip(groups, count.values(), strict=True) if n)
+
 
 def deepseek_v4_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> dict[str, Any]:
     """DeepSeek-V4's config.json as transformers 5.25 writes it (`layer_types`, `compress_rates`,

@@ -119,3 +119,32 @@ def test_bad_layer_types_name_the_field(folder, tmp_path):
     raw["layer_types"] = [*KINDS[:3], "full_attention"]
     with pytest.raises(ValueError, match="field 'layer_types'"):
         ModelConfig.from_hf(raw, "config.json")
+
+
+def test_spec_counts_transformers_weights_and_prices_each_kind(folder, models):
+    """The config's groups are the catalog's V4 kinds; its parameter count equals transformers' weights (norms,
+    sinks and biases aside), so the report can size a V4 folder it is given."""
+    from agentkv.kvcache.sizing import codec, entry_bytes, kv_bytes_per_token
+
+    cfg = ModelConfig.from_dir(str(folder))
+    groups = cfg.layer_groups()
+    assert [(g.kind, g.layers, g.ratio, g.top_k) for g in groups] == \
+        [("sliding", 1, 1, 0), ("compressed", 2, 4, 3), ("compressed", 1, 16, 0)]
+    assert all(g.window == 8 and g.head_dim == 32 for g in groups) and groups[0].shared_kv
+    spec = cfg.spec("m")
+    weights = sum(p.numel() for p in models[1].parameters() if p.dim() > 1)
+    assert spec.params_total == weights
+    fp8 = codec("fp8")
+    csa, hca = (entry_bytes(g, spec, fp8, 16) for g in groups[1:])
+    assert csa - hca == 16 / 2 + 4  # a CSA entry adds its indexer's key: 16 fp4 values and a 4-byte scale
+    assert kv_bytes_per_token(spec, fp8, 16) == 2 * csa / 4 + hca / 16  # the sliding layer's window adds none
+
+
+def test_bf16_loads_and_follows_fp32(folder, models):
+    """bf16 weights (the compressors, indexer weights, mHC mixes, sinks and router bias kept fp32, as
+    transformers keeps them) run and give the fp32 model's next-token distribution."""
+    ids = torch.tensor(prompts(1, seed=7, lo=40, hi=41)[0])
+    half = load_model(str(folder), "bfloat16", paged=False)
+    assert half.model.layers[1].attn.compressor.wkv.weight.dtype == torch.float32
+    p, q = (m.logits(m(ids))[-1].softmax(-1) for m in (models[0], half))
+    assert (p - q).abs().sum().item() < 0.1
