@@ -80,13 +80,18 @@ def test_logits_equal_transformers_across_compression_windows(models):
 
 
 def test_greedy_equals_transformers_full_forward(models):
-    """Greedy continuations past further window closings, each token transformers' argmax of its full forward."""
+    """Greedy continuations past further window closings: each token transformers' argmax of its full forward,
+    and the same as transformers' `generate` (its cached compressors and indexer)."""
     ours, hf = models
     for prompt in prompts(2, seed=5, lo=30, hi=50):
         seq = list(prompt)
         for _ in range(12):
             seq.append(int(hf(torch.tensor(seq)[None], use_cache=False).logits[0, -1].argmax()))
-        assert ours.greedy(prompt, 12) == seq[len(prompt) :]
+        got = ours.greedy(prompt, 12)
+        assert got == seq[len(prompt) :]
+        cached = hf.generate(torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)
+        assert got == cached[0, len(prompt) :].tolist()
 
 
 def test_indexer_choice_matters(models):
@@ -112,6 +117,19 @@ def test_engine_refuses_until_pages_exist(folder):
         load_model(str(folder), "float32")
     with pytest.raises(ValueError, match="DeepSeek-V4 runs whole sequences only"):
         LLM(str(folder), dtype="float32")
+
+
+@pytest.mark.parametrize("command", ["kv-eval", "serve"])
+def test_commands_refuse_in_one_line(folder, command):
+    """`agentkv kv-eval` and `agentkv serve` (the entry point as installed) say why, in one line, no traceback."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", "import sys; from agentkv.cli import main; sys.exit(main())", command,
+                          "--model", str(folder), "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert "DeepSeek-V4 runs whole sequences only" in lines[-1] and "compressed page group" in lines[-1]
 
 
 def test_bad_layer_types_name_the_field(folder, tmp_path):
