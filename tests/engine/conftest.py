@@ -149,8 +149,8 @@ def kv_eval_and_transformers_ppl(folder: Path, block_size: int = 16):
     transformers scores on the same windows: (the eval's results, transformers' perplexity)."""
     import math
 
-    from agentkv.codecs.eval import evaluate
     from agentkv.engine.tokenizer import Tokenizer
+    from agentkv.evaluate.codecs import evaluate
 
     g = torch.Generator().manual_seed(1)
     text = " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (120,), generator=g).tolist())
