@@ -134,6 +134,14 @@ class CompressedShape:
         """Tokens per compressed entry of `layer` (0: a sliding layer keeps no compressed entries)."""
         return {"sliding": 0, "csa": self.csa_ratio, "hca": self.hca_ratio}[self.kinds[layer]]
 
+    def describe(self) -> str:
+        """Its layer groups in words, e.g. '2 sliding + 21 CSA (an entry per 4 tokens, top 512) + 20 HCA (per 128),
+        raw window 128'."""
+        parts = {"sliding": "sliding", "csa": f"CSA (an entry per {self.csa_ratio} tokens, top {self.index_topk})",
+                 "hca": f"HCA (per {self.hca_ratio})"}
+        kinds = " + ".join(f"{self.kinds.count(k)} {text}" for k, text in parts.items() if k in self.kinds)
+        return f"{kinds}, raw window {self.window}"
+
     def partial_window_bytes(self, kind: str) -> int:
         """A compressor's unfinished window per sequence and layer, in fp32 as transformers' cache keeps it: a
         window's projections and gates (CSA: both series, plus the previous window's first series it overlaps,

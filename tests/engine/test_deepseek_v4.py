@@ -115,7 +115,7 @@ def test_engine_refuses_until_pages_exist(folder):
 
     with pytest.raises(ValueError, match="compressed page group"):
         load_model(str(folder), "float32")
-    with pytest.raises(ValueError, match="DeepSeek-V4 runs whole sequences only"):
+    with pytest.raises(ValueError, match="runs whole sequences only"):
         LLM(str(folder), dtype="float32")
 
 
@@ -129,7 +129,8 @@ def test_commands_refuse_in_one_line(folder, command):
                           "--model", str(folder), "--device", "cpu"], capture_output=True, text=True, timeout=300)
     lines = run.stderr.strip().splitlines()
     assert run.returncode != 0 and "Traceback" not in run.stderr
-    assert "DeepSeek-V4 runs whole sequences only" in lines[-1] and "compressed page group" in lines[-1]
+    assert "DeepSeek-V4 (1 sliding + 2 CSA (an entry per 4 tokens, top 3) + 1 HCA (per 16), raw window 8) runs " \
+        "whole sequences only" in lines[-1] and "compressed page group" in lines[-1]
 
 
 def test_bad_layer_types_name_the_field(folder, tmp_path):
