@@ -12,7 +12,13 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agentkv.model.deepseek_config import GroupedRouting, MLAShape, deepseek_fields
+from agentkv.model.deepseek_config import (
+    CompressedShape,
+    GroupedRouting,
+    MLAShape,
+    deepseek_fields,
+    deepseek_v4_fields,
+)
 
 if TYPE_CHECKING:
     from agentkv.catalog import LayerGroup, ModelSpec
@@ -29,6 +35,7 @@ ARCHITECTURES = {
     "Qwen3NextForCausalLM": "qwen3_next",
     "DeepseekV2ForCausalLM": "deepseek_v2",
     "DeepseekV3ForCausalLM": "deepseek_v3",
+    "DeepseekV4ForCausalLM": "deepseek_v4",
 }
 WINDOWED = {"sliding_attention": True, "chunked_attention": True, "full_attention": False}  # `layer_types`
 
@@ -103,6 +110,7 @@ class ModelConfig:
     mla: MLAShape | None = None  # multi-head latent attention (DeepSeek-V2/V3); head_dim is then its RoPE key's
     routing: GroupedRouting | None = None  # grouped top-k routing and shared experts (DeepSeek-V2/V3)
     fp8_block: tuple[int, ...] = ()  # weights published as fp8 codes with a scale per block of this shape
+    v4: CompressedShape | None = None  # DeepSeek-V4's compressed attention and residual streams
 
     def window_of(self, layer: int) -> int:
         return self.layer_windows[layer] if self.layer_windows else 0
@@ -160,7 +168,7 @@ class ModelConfig:
         return ModelConfig(
             family=family,
             hidden_size=hidden,
-            intermediate_size=int(need("intermediate_size")),
+            intermediate_size=int(need("moe_intermediate_size" if family == "deepseek_v4" else "intermediate_size")),
             num_layers=layers,
             num_heads=heads,
             num_kv_heads=int(raw.get("num_key_value_heads") or heads),
@@ -182,6 +190,7 @@ class ModelConfig:
             **(_gpt_oss_fields(raw, layers, need, path) if family == "gpt_oss" else {}),
             **(_llama4_fields(raw, layers, need, path) if family == "llama4" else {}),
             **(deepseek_fields(raw, layers, need, path, family) if family in ("deepseek_v2", "deepseek_v3") else {}),
+            **(deepseek_v4_fields(raw, layers, need, path) if family == "deepseek_v4" else {}),
         )
 
     def spec(self, name: str) -> ModelSpec:
@@ -189,6 +198,7 @@ class ModelConfig:
         from agentkv.catalog import ModelSpec
 
         attn = self.mla.params(self.hidden_size, self.num_heads) if self.mla else \
+            self.v4.params(self.hidden_size, self.num_heads) / self.num_layers if self.v4 else \
             self.hidden_size * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
         dense = 3 * self.hidden_size * self.intermediate_size
         expert = 3 * self.hidden_size * self.moe_intermediate_size
@@ -204,7 +214,7 @@ class ModelConfig:
                 linear * (mixer - attn) + moe * (3 * self.hidden_size * self.shared_expert_size + self.hidden_size)
         total = float(base + moe * self.num_experts * expert)
         active = float(base + moe * self.experts_per_token * expert)
-        head_dim = self.mla.qk_nope_head_dim if self.mla else self.head_dim  # as the catalog's MLA entries
+        head_dim = self.mla.qk_nope_head_dim if self.mla else self.v4.dim if self.v4 else self.head_dim  # as the catalog
         return ModelSpec(name, "config.json", self.num_layers, self.num_heads, self.num_kv_heads, head_dim,
                          self.hidden_size, self.intermediate_size, self.vocab_size, total, active,
                          self.max_position_embeddings, attention=self.layer_groups())
@@ -217,6 +227,8 @@ class ModelConfig:
             state = self.deltanet.state_values * DTYPE_BYTES.get(self.torch_dtype, 2)
             linear = sum(self.linear_layers)
             return LayerGroup("full", self.num_layers - linear), LayerGroup("linear", linear, state_bytes=state)
+        if self.v4:
+            return self.v4.layer_groups()
         if self.mla:
             return (LayerGroup("mla", self.num_layers, latent=self.mla.kv_lora_rank, rope=self.mla.qk_rope_head_dim),)
         windows = sorted({w for w in self.layer_windows if w})

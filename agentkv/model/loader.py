@@ -12,6 +12,7 @@ from agentkv.kernels.attention import AttentionBackend, TorchAttention
 from agentkv.model import fp8_blocks, mxfp4
 from agentkv.model.config import ModelConfig
 from agentkv.model.deepseek_v3 import DeepseekV3ForCausalLM
+from agentkv.model.deepseek_v4 import DeepseekV4ForCausalLM
 from agentkv.model.gemma3 import Gemma3ForCausalLM
 from agentkv.model.gpt_oss import GptOssForCausalLM
 from agentkv.model.llama import LlamaForCausalLM, Rotary
@@ -22,7 +23,8 @@ MODELS: dict[str, type[LlamaForCausalLM]] = {"gemma3": Gemma3ForCausalLM, "gpt_o
                                              "llama4": Llama4ForCausalLM,
                                              "qwen3_next": Qwen3NextForCausalLM,
                                              "deepseek_v2": DeepseekV3ForCausalLM,
-                                             "deepseek_v3": DeepseekV3ForCausalLM}  # every other family: llama.py
+                                             "deepseek_v3": DeepseekV3ForCausalLM,
+                                             "deepseek_v4": DeepseekV4ForCausalLM}  # every other family: llama.py
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
           "float32": torch.float32, "fp32": torch.float32}
 
@@ -40,8 +42,13 @@ def weight_files(model_dir: str) -> list[str]:
 
 
 def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
-               backend: AttentionBackend | None = None) -> LlamaForCausalLM:
+               backend: AttentionBackend | None = None, paged: bool = True) -> LlamaForCausalLM:
+    """`paged`: for the engine and kv-eval, which run the model over pages (refused where the family has none)."""
     cfg = ModelConfig.from_dir(model_dir)
+    if paged and cfg.v4:
+        raise ValueError(f"{model_dir}: DeepSeek-V4 ({cfg.v4.describe()}) runs whole sequences only "
+                         "(agentkv.model.deepseek_v4): its compressed page group and prefix-hit rewind are not in "
+                         "the engine yet (issue 30)")
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
