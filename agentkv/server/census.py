@@ -124,6 +124,7 @@ class Census:
             raise APIError(found.status, found.message, code=found.code)
 
     def close(self) -> None:
+        """The helper ended and its queues released (their semaphores would be reported leaked at exit)."""
         if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
