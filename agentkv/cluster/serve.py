@@ -130,6 +130,7 @@ class Gateway:
     def __init__(self, handle: Any, args: argparse.Namespace) -> None:
         from agentkv.engine.tokenizer import Tokenizer
         from agentkv.model.config import ModelConfig
+        from agentkv.server.census import Census
         from agentkv.server.pipeline import PROMPT_CHARS_PER_TOKEN
         from agentkv.server.serve import limits_of, metrics_key
         from agentkv.server.startup import api_keys
@@ -142,6 +143,7 @@ class Gateway:
         self.api_keys, self.metrics_key = api_keys(args.api_keys), metrics_key(args.metrics_key_file)
         window = args.max_model_len or ModelConfig.from_dir(args.model).max_position_embeddings
         self.max_prompt_chars = self.limits.max_prompt_chars or PROMPT_CHARS_PER_TOKEN * window
+        self.census = Census(self.limits.max_body_items, window + self.limits.max_body_items)  # before routing
         try:
             self.tokenizer: Tokenizer | None = Tokenizer(args.model)
         except FileNotFoundError:
@@ -199,6 +201,10 @@ class Gateway:
             body = await request.body()
         except ClientDisconnect:  # gone, or cut off by --body-timeout: there is no one to answer
             return Response(status_code=499)
+        try:  # a body too large to decode at a bounded cost is refused before the gateway parses it to route
+            await self.census.check(body)
+        except APIError as e:
+            return error_response(request, e)
         call = HttpCall(request.method, request.url.path, request.url.query.encode(), request.headers.raw, body,
                         await asyncio.to_thread(self.route, request, body))
         retries = 1  # a replica that dies before answering: once more, on another

@@ -2,7 +2,7 @@
 127.0.0.1:8000 (where Ray Serve's own proxy would bind): it starts, and its gateway refuses what the single
 server refuses, with the same status codes, before a replica sees the request: no key 401, /metrics without
 the metrics key 401, a 100 MiB body 413 before it is read, 20 KB of headers 431, a prompt over
---max-prompt-chars 400, a body slower than --body-timeout cut off. (Run under `flock /tmp/ray.lock`.)"""
+--max-prompt-chars 400, a body over --max-body-items 413, a body slower than --body-timeout cut off. (Run under `flock /tmp/ray.lock`.)"""
 
 from __future__ import annotations
 
@@ -102,6 +102,9 @@ def test_sizes_are_refused_before_a_replica_sees_them(gateway):
     assert r.status_code == 431, r.text
     r = httpx.post(url + "/v1/completions", json={**ASK, "prompt": "hi " * 700}, headers=KEY, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+    many = {**ASK, "tools": [{}] * 40_000}  # over 40,000 items: past --max-body-items (32,768)
+    r = httpx.post(url + "/v1/completions", json=many, headers=KEY, timeout=60)
+    assert r.status_code == 413 and "--max-body-items" in r.json()["error"]["message"], r.text
 
 
 def test_a_slow_body_is_cut_off(gateway):
