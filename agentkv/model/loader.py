@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import torch
@@ -18,6 +19,12 @@ from agentkv.model.llama4 import Llama4ForCausalLM
 
 MODELS: dict[str, type[LlamaForCausalLM]] = {"gemma3": Gemma3ForCausalLM, "gpt_oss": GptOssForCausalLM,
                                              "llama4": Llama4ForCausalLM}  # every other family: llama.py
+# A multimodal folder's tensor names: its text model's (published under `language_model.`, transformers 5's own
+# layout under `model.language_model.`) renamed to ours; the vision tower's and projector's skipped.
+TEXT_PREFIXES = (("language_model.", ""), ("model.language_model.", "model."))
+VISION_PREFIXES = ("vision_tower.", "vision_model.", "multi_modal_projector.", "model.vision_tower.",
+                   "model.vision_model.", "model.multi_modal_projector.")
+log = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
           "float32": torch.float32, "fp32": torch.float32}
 
@@ -34,6 +41,17 @@ def weight_files(model_dir: str) -> list[str]:
     raise FileNotFoundError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
 
 
+def text_name(stored: str) -> str | None:
+    """A multimodal checkpoint's tensor as our text model names it, or None for the vision side (not loaded:
+    the server serves text only and refuses image parts)."""
+    if stored.startswith(VISION_PREFIXES):
+        return None
+    for prefix, ours in TEXT_PREFIXES:
+        if stored.startswith(prefix):
+            return ours + stored[len(prefix):]
+    return stored  # named neither way: the unknown-tensor check below says so
+
+
 def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
                backend: AttentionBackend | None = None) -> LlamaForCausalLM:
     cfg = ModelConfig.from_dir(model_dir)
@@ -47,26 +65,31 @@ def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: s
     expected = {k for k in model.state_dict() if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
     tensors: dict[str, torch.Tensor] = {}
     packed: dict[str, dict[str, torch.Tensor]] = {}  # MXFP4 tensors: name -> its blocks and scales
+    skipped = 0  # a multimodal folder's vision tensors
     for path in weight_files(model_dir):
         try:  # a truncated or corrupt file fails here, on its header (safetensors' own error type)
             opened = safe_open(path, framework="pt", device="cpu")
         except Exception as e:
             raise ValueError(f"{path}: not a valid safetensors file ({e})") from None
         with opened as f:
-            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                if name.endswith("rotary_emb.inv_freq"):
+            for stored in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                name = text_name(stored) if cfg.vision_tower else stored
+                skipped += name is None
+                if name is None or name.endswith("rotary_emb.inv_freq"):
                     continue
                 base, part = name[:-7], name[-7:]
                 if part in mxfp4.SUFFIXES and base in expected and cfg.mxfp4:
-                    packed.setdefault(base, {})[part] = f.get_tensor(name).to(device)
+                    packed.setdefault(base, {})[part] = f.get_tensor(stored).to(device)
                     continue
                 if name not in expected:
-                    raise ValueError(f"{path}: tensor '{name}' is not part of a {cfg.family} model")
-                tensors[name] = f.get_tensor(name).to(device=device, dtype=dtype)
+                    raise ValueError(f"{path}: tensor '{stored}' is not part of a {cfg.family} model")
+                tensors[name] = f.get_tensor(stored).to(device=device, dtype=dtype)
     for name, parts in packed.items():
         if len(parts) != 2:
             raise ValueError(f"{model_dir}: MXFP4 tensor '{name}' lacks its {set(mxfp4.SUFFIXES) - set(parts)}")
         tensors[name] = mxfp4.dequantize(parts["_blocks"], parts["_scales"], dtype)
+    if skipped:
+        log.info("%s: %d vision tensors not loaded (the text model is served alone)", model_dir, skipped)
     missing = sorted(expected - set(tensors))
     if missing:
         raise ValueError(f"{model_dir}: checkpoint lacks tensor '{missing[0]}' ({len(missing)} missing)")
