@@ -11,7 +11,7 @@ from agentkv.engine.llm import LLM
 from agentkv.engine.sliding import SlidingPages
 from agentkv.kvcache.sizing import codec, kv_bytes_per_block
 from tests.codecs.test_engine_codecs import GREEDY, engine, outputs
-from tests.engine.conftest import prompts, write_checkpoint
+from tests.engine.conftest import EVERY_FAMILY, prompts, write_checkpoint
 
 FAMILIES = ["qwen3_moe", "gemma3", "gpt_oss", "llama4"]
 
@@ -60,26 +60,36 @@ def test_the_start_up_line_names_the_layer_groups(family_dir):
     assert f"model m ({want}" in line
 
 
-def test_kv_eval_scores_what_transformers_scores(family_dir):
-    """kv-eval's reference (bf16 pages, chunks of 20 over windows of 8) scores the perplexity transformers does
-    on the same text, windows, sinks and experts included; a codec's error is measured beside it."""
+@pytest.fixture(scope="module", params=EVERY_FAMILY)
+def any_family_dir(request, tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp(f"kv-eval-{request.param}"), request.param, seed=7)
+
+
+def test_kv_eval_scores_what_transformers_scores(any_family_dir, tmp_path, capsys):
+    """`agentkv kv-eval` on each family: its reference (bf16 pages, chunks of 20 over windows of 48) scores the
+    perplexity transformers does on the same text, windows, sinks, experts and vision-less folders included; a
+    codec's error is measured beside it."""
+    import json
     import math
 
     import torch
 
-    from agentkv.codecs.eval import evaluate
+    from agentkv.cli import main
     from agentkv.engine.tokenizer import Tokenizer
     from tests.engine.conftest import WORDS, hf_model
 
     g = torch.Generator().manual_seed(1)
     text = " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (120,), generator=g).tolist())
-    result = evaluate(str(family_dir), ["fp8"], text, "t", context=48, windows=2, chunk=20)
-    ids = Tokenizer(str(family_dir)).encode(text)
-    hf, nll = hf_model(family_dir), 0.0
+    (tmp_path / "text.txt").write_text(text)
+    assert main(["kv-eval", "--model", str(any_family_dir), "--codecs", "fp8", "--text", str(tmp_path / "text.txt"),
+                 "--context", "48", "--windows", "2", "--chunk", "20", "--block-size", "16", "--device", "cpu",
+                 "--json"]) == 0
+    ref, fp8 = json.loads(capsys.readouterr().out)["results"]
+    ids = Tokenizer(str(any_family_dir)).encode(text)
+    hf, nll = hf_model(any_family_dir), 0.0
     for w in range(2):
         x = torch.tensor(ids[w * 48 : (w + 1) * 48])[None]
         with torch.no_grad():
             nll += float(hf(input_ids=x, labels=x).loss) * 47
-    ref, fp8 = result.results
-    assert ref.ppl == pytest.approx(math.exp(nll / 94), rel=2e-3)
-    assert fp8.kl > 0 and all(e > 0 for e in fp8.attn_rel_err)
+    assert ref["ppl"] == pytest.approx(math.exp(nll / 94), rel=2e-3)
+    assert fp8["kl"] > 0 and all(e > 0 for e in fp8["attn_rel_err"])

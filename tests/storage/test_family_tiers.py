@@ -6,7 +6,7 @@ fp8/int8/int4 pages per family: tests/engine/test_families.py and tests/codecs/t
 The sliding and chunked layers' own pages (engine/sliding.py) are not written to a tier: within a run a prefix
 reloaded from disk or Redis finds its window's pages still cached beside the pool, but an engine restarted
 on the tier has none, so its sliding families (Gemma 3, gpt-oss) recompute those prompts (correctly) instead of
-hitting; chunked Llama 4 hits (a hit at a chunk boundary needs no page of an earlier chunk)."""
+hitting; chunked Llama 4 hits (a hit needs only its own chunk's pages, and here chunks and blocks are 8 tokens)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,6 @@ def test_an_engine_restarted_on_disk_or_redis_finds_the_prefixes(case, tmp_path,
         cfg = restarted.config
         if cfg.layer_windows and not cfg.chunked:  # the windows' pages are gone: recomputed from block 0
             assert restarted.sliding.rewound_tokens > 0, tier
-        else:  # full layers only, or chunks (a hit at a chunk boundary needs no earlier chunk's pages)
+        else:  # full layers only, or chunks (a hit at a chunk boundary needs no page of an earlier chunk)
             assert hits > 0, tier
         restarted.close()
