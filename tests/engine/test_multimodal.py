@@ -93,6 +93,30 @@ def test_a_published_gemma3_text_config_takes_its_class_defaults():
     assert cfg.max_position_embeddings == 131_072 and cfg.vision_tower
 
 
+def test_published_text_configs_give_the_catalogs_layer_groups():
+    """The two published folders' text models, read from their nested text_config (the fields the catalog's
+    entries cite: agentkv/data/models.toml, read 2026-12-03), have the layer groups the report prices."""
+    from agentkv.catalog import model
+
+    gemma = {"architectures": ["Gemma3ForConditionalGeneration"], "text_config": {
+        "head_dim": 128, "hidden_size": 5376, "intermediate_size": 21504, "num_attention_heads": 32,
+        "num_hidden_layers": 62, "num_key_value_heads": 16, "sliding_window": 1024}}
+    scout = {"architectures": ["Llama4ForConditionalGeneration"], "tie_word_embeddings": False, "text_config": {
+        "num_hidden_layers": 48, "hidden_size": 5120, "num_attention_heads": 40, "num_key_value_heads": 8,
+        "head_dim": 128, "intermediate_size": 8192, "intermediate_size_mlp": 16384, "vocab_size": 202048,
+        "max_position_embeddings": 10485760, "num_experts_per_tok": 1, "num_local_experts": 16,
+        "interleave_moe_layer_step": 1, "attention_chunk_size": 8192, "rope_theta": 500000.0}}
+    for raw, name in ((gemma, "gemma-3-27b"), (scout, "llama-4-scout")):
+        cfg = ModelConfig.from_hf(raw)
+        by_kind = sorted(model(name).attention, key=lambda g: g.kind)
+        assert sorted(cfg.layer_groups(), key=lambda g: g.kind) == by_kind, name
+        assert cfg.vocab_size == model(name).vocab and cfg.max_position_embeddings == model(name).context, name
+    cfg = ModelConfig.from_hf(scout)
+    assert (cfg.num_experts, cfg.experts_per_token, sum(cfg.moe_layers), cfg.dense_intermediate_size) == \
+           (16, 1, 48, 16384)
+    assert cfg.rope_layers == (True, True, True, False) * 12 and cfg.chunked and not cfg.tie_word_embeddings
+
+
 def test_a_broken_multimodal_folder_is_one_clear_error(folder, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(folder, bad)
