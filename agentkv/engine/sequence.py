@@ -79,6 +79,7 @@ class EngineSequence(Sequence):
     finish_reason: str | None = None
     classify_reply: Callable[[str], str] | None = None  # "tool_calls" | "stop": how the reply ended
     matcher: Any = None  # its grammar's state (engine/grammar.py) when it has one
+    generator: Any = None  # its own torch.Generator when it has a seed (None: the global stream)
     public_blocks: int = 0  # leading blocks named in the public namespace; the rest chain on in `private_root`'s
     private_root: bytes = b""
     # usage: prompt tokens served from the cache at its first admission (a preempted request's re-admission
