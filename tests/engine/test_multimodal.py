@@ -1,6 +1,6 @@
 """The multimodal folders Gemma 3 and Llama 4 publish (`...ForConditionalGeneration`: a nested text_config, the
 text model under `language_model.`, a vision tower beside) served text-only: loaded without the vision weights,
-said on the start-up line, and an image part refused with a 400 naming it. (Greedy parity with transformers'
+said on the start-up line, and an image part (or audio, or a file) refused with a 400 naming it. (Greedy parity with transformers'
 ConditionalGeneration model, prefix hits, preemption and tiers: the `checkpoint` fixture's `*_vision` families.)"""
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ def test_a_server_says_text_only_and_refuses_image_parts_naming_them(folder, cap
             oai.chat.completions.create(model="mm", max_tokens=3, messages=[
                 {"role": "user", "content": [{"type": "text", "text": "what is it"}, image]}])
         assert e.value.body["param"] == "messages.0.content"
+        audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+        with pytest.raises(openai.BadRequestError, match="part 0 is of type 'input_audio': audio inputs are not"):
+            oai.chat.completions.create(model="mm", max_tokens=3, messages=[{"role": "user", "content": [audio]}])
         with pytest.raises(openai.BadRequestError, match=f"input: part 0.content.0 is of type 'input_image': {IMAGE}"):
             oai.responses.create(model="mm", max_output_tokens=16, input=[{"role": "user", "content": [
                 {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}]}])
