@@ -128,6 +128,8 @@ class LLM:
             if host_kv_bytes:
                 raise ValueError("give host_kv_bytes or kv_tiers (with a dram tier), not both")
             self.tiering = Tiering(kv_tiers, r.page_bytes, self.block_size, pin=r.device.type == "cuda")
+            if r.sliding is not None:  # its window pages go down to disk and Redis beside the pool's
+                r.sliding.stores = self.tiering.window_stores(r.sliding.layout.page_bytes)
             tiers += self.tiering.tiers
             stores += self.tiering.stores
         return tiers, stores
