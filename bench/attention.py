@@ -299,9 +299,9 @@ def compile_sm90(kernel: str, page: str, quant: int, group: int, warps: int) -> 
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from agentkv.kernels import triton_attention as ta
+    from agentkv.kernels import triton_kernels
 
-    fn = ta._prefill_kernel if kernel == "prefill" else ta._decode_kernel
+    fn = triton_kernels.prefill_kernel if kernel == "prefill" else triton_kernels.decode_kernel
     scale_t = "*fp16" if quant else "*bf16"
     types = dict(q="*bf16", o="*bf16", part_o="*fp32", part_lse="*fp32", block_tables="*i32", query_start="*i32",
                  seq_lens="*i32", k=f"*{page}", v=f"*{page}", ks=scale_t, vs=scale_t, kz=scale_t, vz=scale_t,

@@ -34,6 +34,7 @@ FAMILIES = [  # one line a family: its name in tests/engine/conftest.py's write_
     "llama4",
     "gemma3_vision",
     "llama4_vision",
+    "deepseek_v3",
 ]
 BS = 8
 

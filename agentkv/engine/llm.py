@@ -24,6 +24,7 @@ from agentkv.engine.runner import ModelRunner
 from agentkv.engine.sequence import EngineSequence, SamplingParams
 from agentkv.engine.sessions import MAX_SESSIONS, SessionIds
 from agentkv.engine.tiering import Tiering
+from agentkv.kvcache.block_hash import namespace_digest
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.ids import BlockIds
 from agentkv.kvcache.policies import make_policy
@@ -32,7 +33,6 @@ from agentkv.kvcache.tiers import TierSpec
 from agentkv.model.llama import LlamaForCausalLM
 from agentkv.scheduler import Allocate, Scheduler, SchedulerConfig, Status, StepPlan
 from agentkv.storage.host import HostSlab
-from agentkv.storage.keys import namespace_digest
 from agentkv.workload.trace import FINISH_END, FINISH_TOOL, FINISH_UNKNOWN
 
 Prompt = str | list[int] | dict[str, Any]
@@ -83,12 +83,8 @@ class LLM:
         self.tokenizer: Any = _tokenizer(model) if isinstance(model, str) else None
         tiers, stores = self._tiers(host_kv_bytes, kv_tiers)
         self.tier_names = [t.name for t in tiers]
-        self.cache = KVCache(tiers, policy if isinstance(policy, Policy) else
-                             make_policy(policy, model=runner.spec, block_size=block_size))
-        self.scheduler = Scheduler(SchedulerConfig(block_size, max_num_batched_tokens, max_num_seqs,
-                                                   enable_prefix_caching), self.cache)
-        if self.tiering is not None:
-            self.scheduler.at_hand = functools.partial(self.tiering.at_hand, self.cache, self.ids.keys)
+        self._schedule(tiers, policy, SchedulerConfig(block_size, max_num_batched_tokens, max_num_seqs,
+                                                      enable_prefix_caching))
         runner.build_pool(stores, compile=compile, cuda_graphs=cuda_graphs)
         # an engine dropped, or a process exiting, without close() still flushes and closes its tiers (once)
         self._closer = weakref.finalize(self, self.tiering.close, runner.pool, self.cache) if self.tiering else None
@@ -114,6 +110,14 @@ class LLM:
 
     def layers_text(self) -> str:
         return self.runner.layers_text()
+
+    def _schedule(self, tiers: list[TierSpec], policy: str | Policy, config: SchedulerConfig) -> None:
+        """The policy core over the tiers, and the scheduler that plans each step with it."""
+        self.cache = KVCache(tiers, policy if isinstance(policy, Policy) else
+                             make_policy(policy, model=self.runner.spec, block_size=config.block_size))
+        self.scheduler = Scheduler(config, self.cache)
+        if self.tiering is not None:
+            self.scheduler.at_hand = functools.partial(self.tiering.at_hand, self.cache, self.ids.keys)
 
     def _tiers(self, host_kv_bytes: int, kv_tiers: str | None) -> tuple[list[TierSpec], list]:
         """The GPU tier of the runner's pages and the tiers below it, with their stores."""

@@ -76,7 +76,7 @@ class ModelRunner:
         cfg, bs = self.config, self.block_size
         window = _one_window(cfg)
         full_layers = cfg.num_layers - sum(1 for w in cfg.layer_windows if w)
-        self.layout = PageLayout.of(self.codec, full_layers, bs, cfg.num_kv_heads, cfg.head_dim)
+        self.layout = PageLayout.of_model(self.codec, cfg, full_layers, bs)
         self.page_bytes = kv_bytes_per_block(self.spec, self.codec.spec, bs)
         assert self.page_bytes == self.layout.page_bytes, "codec pages disagree with kvcache.sizing"
         self.sliding: SlidingPages | None = None  # the sliding layers' own page group (engine/sliding.py)

@@ -11,10 +11,10 @@ import numpy as np
 
 from agentkv.engine.detokenizer import Detokenizer
 from agentkv.engine.grammar import StructuredOutputsParams
+from agentkv.kvcache.block_hash import block_key
 from agentkv.kvcache.ids import BlockIds
 from agentkv.scheduler import Sequence
 from agentkv.scheduler.plan import PrefillChunk
-from agentkv.storage.keys import block_key
 
 # The engine's real limits on a request's numbers: the server's request models take them from here.
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts

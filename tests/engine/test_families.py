@@ -67,31 +67,12 @@ def any_family_dir(request, tmp_path_factory):
     return write_checkpoint(tmp_path_factory.mktemp(f"kv-eval-{request.param}"), request.param, seed=7)
 
 
-def test_kv_eval_scores_what_transformers_scores(any_family_dir, tmp_path, capsys):
-    """`agentkv kv-eval` on each family: its reference (bf16 pages, chunks of 20 over windows of 48) scores the
-    perplexity transformers does on the same text, windows, sinks, experts and vision-less folders included; a
+def test_kv_eval_scores_what_transformers_scores(any_family_dir):
+    """kv-eval on every family: its reference (bf16 pages, chunks of 20 over windows of 48) scores the
+    perplexity transformers does on the same text, windows, sinks, experts and multimodal folders included; a
     codec's error is measured beside it."""
-    import json
-    import math
+    from tests.engine.conftest import kv_eval_and_transformers_ppl
 
-    import torch
-
-    from agentkv.cli import main
-    from agentkv.engine.tokenizer import Tokenizer
-    from tests.engine.conftest import WORDS, hf_model
-
-    g = torch.Generator().manual_seed(1)
-    text = " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (120,), generator=g).tolist())
-    (tmp_path / "text.txt").write_text(text)
-    assert main(["kv-eval", "--model", str(any_family_dir), "--codecs", "fp8", "--text", str(tmp_path / "text.txt"),
-                 "--context", "48", "--windows", "2", "--chunk", "20", "--block-size", "16", "--device", "cpu",
-                 "--json"]) == 0
-    ref, fp8 = json.loads(capsys.readouterr().out)["results"]
-    ids = Tokenizer(str(any_family_dir)).encode(text)
-    hf, nll = hf_model(any_family_dir), 0.0
-    for w in range(2):
-        x = torch.tensor(ids[w * 48 : (w + 1) * 48])[None]
-        with torch.no_grad():
-            nll += float(hf(input_ids=x, labels=x).loss) * 47
-    assert ref["ppl"] == pytest.approx(math.exp(nll / 94), rel=2e-3)
-    assert fp8["kl"] > 0 and all(e > 0 for e in fp8["attn_rel_err"])
+    (ref, fp8), ppl = kv_eval_and_transformers_ppl(any_family_dir)
+    assert ref.ppl == pytest.approx(ppl, rel=2e-3)
+    assert fp8.kl > 0 and all(e > 0 for e in fp8.attn_rel_err)
