@@ -347,7 +347,7 @@ def smoke() -> int:
     q, k, v = torch.randn(13, 4, 16), torch.randn(13, 2, 16), torch.randn(13, 2, 16)
     outs = []
     for backend in (TritonAttention(), TorchAttention()):  # both write the same k/v, then attend
-        outs.append(backend.forward(q, k, v, kv, batch_meta(backend, lens, q_lens, 1, 16, 4, "cpu"), 0.25))
+        outs.append(backend.forward(q, k, v, kv, batch_meta(backend, lens, q_lens, 1, 16, 4, torch.device("cpu")), 0.25))
     err = (outs[0] - outs[1]).abs().max().item()
     print(f"interpreter smoke check (prefill 11 + 2 decodes, GQA 2, fp32): max |triton - torch| = {err:.1e}")
     return 0 if err < 1e-4 else 1

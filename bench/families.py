@@ -35,6 +35,7 @@ FAMILIES = [  # one line a family: its name in tests/engine/conftest.py's write_
     "gemma3_vision",
     "llama4_vision",
     "deepseek_v3",
+    "qwen3_next",
 ]
 BS = 8
 

@@ -64,6 +64,7 @@ class LLM:
         attention_backend: str | None = None,
         cuda_graphs: bool = True,
         max_sessions: int = MAX_SESSIONS,
+        state_snapshots: int | None = None,
     ) -> None:
         """`model`: a Hugging Face checkpoint folder, or an already-built module (benchmarks, random weights).
         kv_codec: how KV pages are stored ('auto': the model's dtype). kv_tiers: tiers below the GPU,
@@ -72,20 +73,20 @@ class LLM:
         check_invariants: compare the policy core's accounts with the pages after every step (tests).
         attention_backend: 'auto' (Triton kernels on CUDA, the torch reference elsewhere), 'torch' or 'triton';
         None keeps a given module's own backend. cuda_graphs: capture decode steps (CUDA, Triton backend).
-        max_sessions: sessions the policy follows at once (the least recently seen beyond it are forgotten)."""
+        max_sessions: sessions the policy follows at once (the least recently seen beyond it are forgotten).
+        state_snapshots: linear layers' state snapshots kept for hits (None: a quarter of the KV budget at most)."""
         self.ids = BlockIds()
         self.runner = runner = ModelRunner(
             model, self.ids, dtype=dtype, device=device, kv_codec=kv_codec, kv_cache_bytes=kv_cache_bytes,
-            gpu_memory_utilization=gpu_memory_utilization, block_size=block_size,
-            max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
-            attention_backend=attention_backend)
+            gpu_memory_utilization=gpu_memory_utilization, block_size=block_size, state_snapshots=state_snapshots,
+            max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, attention_backend=attention_backend)
         self.config, self.block_size = runner.config, block_size
         self.tokenizer: Any = _tokenizer(model) if isinstance(model, str) else None
         tiers, stores = self._tiers(host_kv_bytes, kv_tiers)
         self.tier_names = [t.name for t in tiers]
         self._schedule(tiers, policy, SchedulerConfig(block_size, max_num_batched_tokens, max_num_seqs,
                                                       enable_prefix_caching))
-        runner.build_pool(stores, compile=compile, cuda_graphs=cuda_graphs)
+        runner.build_pool(stores, compile=compile, cuda_graphs=cuda_graphs, policy=self.cache.policy)
         # an engine dropped, or a process exiting, without close() still flushes and closes its tiers (once)
         self._closer = weakref.finalize(self, self.tiering.close, runner.pool, self.cache) if self.tiering else None
         self.namespace = f"{runner.name}|{runner.codec.name}|bs{block_size}"  # other models/codecs never share a block
@@ -105,6 +106,7 @@ class LLM:
     codec = _runner_part("codec")
     layout = _runner_part("layout")
     sliding = _runner_part("sliding")
+    states = _runner_part("states")
     pool = _runner_part("pool")
     backend = _runner_part("backend")
 
@@ -131,9 +133,7 @@ class LLM:
         if kv_tiers:
             if host_kv_bytes:
                 raise ValueError("give host_kv_bytes or kv_tiers (with a dram tier), not both")
-            self.tiering = Tiering(kv_tiers, r.page_bytes, self.block_size, pin=r.device.type == "cuda")
-            if r.sliding is not None:  # its window pages go down to disk and Redis beside the pool's
-                r.sliding.stores = self.tiering.window_stores(r.sliding.layout.page_bytes)
+            self.tiering = Tiering(kv_tiers, r.page_bytes, self.block_size, r.device.type == "cuda", r.sliding)
             tiers += self.tiering.tiers
             stores += self.tiering.stores
         return tiers, stores

@@ -11,6 +11,7 @@ the pool can hold their stores.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
@@ -22,11 +23,14 @@ from agentkv.engine.pool import PagePool
 from agentkv.engine.sampler import sample
 from agentkv.engine.sequence import EngineSequence
 from agentkv.engine.sliding import SlidingPages
+from agentkv.engine.state_slots import StateSlots
 from agentkv.kernels.attention import LayerKV, SeqSlice
 from agentkv.kernels.backends import make_backend
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.ids import BlockIds
-from agentkv.kvcache.sizing import kv_bytes_per_block
+from agentkv.kvcache.policy import Policy
+from agentkv.kvcache.sizing import kv_bytes_per_block, state_bytes
+from agentkv.model.deltanet import StateSpan, StateStep, state_slot_bytes, state_views
 from agentkv.model.llama import LlamaForCausalLM
 from agentkv.model.loader import load_model
 from agentkv.scheduler import StepPlan
@@ -35,9 +39,11 @@ from agentkv.scheduler import StepPlan
 class ModelRunner:
     def __init__(self, model: str | LlamaForCausalLM, ids: BlockIds, *, dtype: str | None, device: str | None,
                  kv_codec: str, kv_cache_bytes: int | None, gpu_memory_utilization: float, block_size: int,
-                 max_num_batched_tokens: int, max_num_seqs: int, attention_backend: str | None) -> None:
+                 max_num_batched_tokens: int, max_num_seqs: int, attention_backend: str | None,
+                 state_snapshots: int | None = None) -> None:
         """The first half: the model on its device, its backend, and its KV budget cut into pages (see `LLM`
         for the arguments). `ids` names blocks for both page groups."""
+        self.state_snapshots = state_snapshots
         self._load(model, dtype, device)
         self.codec = get_codec(_auto_codec(self.dtype) if kv_codec == "auto" else kv_codec)
         self.block_size, self.max_num_seqs, self.ids = block_size, max_num_seqs, ids
@@ -61,21 +67,24 @@ class ModelRunner:
             self.name = f"module-{id(model)}"
         self.config = self.model.config
         self.dtype = next(self.model.parameters()).dtype
-        self.spec = self.config.spec(self.name)
+        # priced in the dtype the model runs in (its linear layers' states are kept in it)
+        self.spec = dataclasses.replace(self.config, torch_dtype=str(self.dtype).removeprefix("torch.")).spec(self.name)
 
     def _bind_backend(self, attention_backend: str | None, replace: bool) -> None:
         """Every layer attends through one backend: 'auto' picks by device; a module keeps its own unless told."""
+        attention = [layer.self_attn for layer in self.model.model.layers if hasattr(layer, "self_attn")]
         if replace:
             backend = make_backend(attention_backend or "auto", self.device, self.codec)
-            for layer in self.model.model.layers:
-                layer.self_attn.backend = backend
-        self.backend = self.model.model.layers[0].self_attn.backend
+            for module in attention:
+                module.backend = backend
+        self.backend = attention[0].backend
 
     def _size_pages(self, kv_cache_bytes: int | None, utilization: float, step_tokens: int) -> None:
-        """The full layers' page layout and count; the sliding layers' own page group, sized first."""
+        """The full layers' page layout and count; the sliding layers' own page group and the linear layers' state
+        slots, sized first."""
         cfg, bs = self.config, self.block_size
         window = _one_window(cfg)
-        full_layers = cfg.num_layers - sum(1 for w in cfg.layer_windows if w)
+        full_layers = cfg.num_layers - sum(1 for w in cfg.layer_windows if w) - sum(cfg.linear_layers)
         self.layout = PageLayout.of_model(self.codec, cfg, full_layers, bs)
         self.page_bytes = kv_bytes_per_block(self.spec, self.codec.spec, bs)
         assert self.page_bytes == self.layout.page_bytes, "codec pages disagree with kvcache.sizing"
@@ -88,14 +97,21 @@ class ModelRunner:
             n = SlidingPages.pages_for(kv_bytes, wl.page_bytes, self.max_num_seqs, step_tokens, window, bs)
             self.sliding = SlidingPages(wl, n, window, bs, self.device, copy.copy(self.backend), self.ids,
                                         cfg.chunked)
+        self.states: StateSlots | None = None  # the linear layers' state slots (engine/state_slots.py)
+        self.state_slots = 0
+        if cfg.deltanet is not None:
+            slot_bytes = state_slot_bytes(cfg, self.dtype)
+            assert slot_bytes == state_bytes(self.spec, self.codec.spec, bs), "state slots disagree with sizing"
+            self.state_slots = StateSlots.slots_for(kv_bytes, slot_bytes, self.max_num_seqs, self.state_snapshots)
+            kv_bytes -= self.state_slots * slot_bytes
         self.num_pages = (kv_bytes - (self.sliding.nbytes if self.sliding else 0)) // self.page_bytes
         if self.num_pages < 2:
             raise ValueError(f"KV budget holds {self.num_pages} pages of {self.page_bytes} bytes: give more "
                              "kv_cache_bytes")
 
-    def build_pool(self, stores: list, *, compile: bool, cuda_graphs: bool) -> None:
-        """The second half: the page pool over the lower tiers' `stores`, bound to the backend; then the
-        forward pass compiled or its decode steps captured."""
+    def build_pool(self, stores: list, *, compile: bool, cuda_graphs: bool, policy: Policy | None = None) -> None:
+        """The second half: the page pool over the lower tiers' `stores`, bound to the backend, and the state
+        slots whose snapshots `policy` places; then the forward pass compiled or its decode steps captured."""
         cfg = self.config
         max_pages = min(self.num_pages, -(-cfg.max_position_embeddings // self.block_size))
         self.backend.bind(self.max_num_seqs, max_pages, self.device)
@@ -103,11 +119,16 @@ class ModelRunner:
                              self.max_num_seqs)
         if self.sliding is not None:
             self.sliding.backend.bind(self.max_num_seqs, max_pages, self.device)
-        self.kv_layers = self._by_layer(self.pool.layers, self.sliding.layers if self.sliding else [])
+        if self.state_slots:
+            assert policy is not None, "a model with linear layers needs the policy that places its snapshots"
+            self.states = StateSlots(cfg, self.state_slots, self.max_num_seqs, self.dtype, self.device, self.ids,
+                                     self.block_size, policy)
+        self.kv_layers = self._by_layer(self.pool.layers, self.sliding.layers if self.sliding else [],
+                                        self.states.layers if self.states else [])
         if compile:  # fuses the per-token work; the attention backend's Python loop stays eager
             self.model.forward = torch.compile(self.model.forward, dynamic=True)  # type: ignore[method-assign]
         # a MoE layer groups tokens by expert on the host (a sync a captured graph cannot replay): no graphs
-        if cuda_graphs and self.sliding is None and not compile and self.device.type == "cuda" \
+        if cuda_graphs and self.sliding is None and self.states is None and not compile and self.device.type == "cuda" \
                 and hasattr(self.backend, "capturing") and not cfg.num_experts:
             self._capture_graphs(max_pages)
 
@@ -149,11 +170,15 @@ class ModelRunner:
             wl = self.window_layout
             views = wl.views(torch.zeros(pages, wl.page_bytes, dtype=torch.uint8, device=self.device), group=1)
             meta.groups = (meta,)
-        kv = self._by_layer(self.layout.views(slab), views)
+        linear = []
+        if cfg.deltanet is not None:  # one scratch state slot
+            scratch = torch.zeros(1, state_slot_bytes(cfg, self.dtype), dtype=torch.uint8, device=self.device)
+            linear = state_views(cfg, scratch, self.dtype, StateStep([StateSpan(0, tokens)]))
+        kv = self._by_layer(self.layout.views(slab), views, linear)
         hidden = self.model(ids, torch.arange(tokens, device=self.device), kv, meta)
         self.model.logits(hidden[-1:])
         peak = torch.cuda.max_memory_allocated(self.device) - before if cuda else 0
-        del slab, hidden, views, kv
+        del slab, hidden, views, kv, linear
         for k, v in bound.items():  # a bound engine's block tables come back as they were
             setattr(self.backend, k, v)
         if cuda:
@@ -170,15 +195,20 @@ class ModelRunner:
             own = f", {self.sliding.slab.shape[0]:,} pages of their own" if self.sliding else ""
             span = "chunk" if cfg.chunked else "window"
             text += ": " + " + ".join(f"{g.layers} {g.kind}" + (f" ({span} {g.window}{own})" if g.window else "")
-                                      for g in groups)
+                                      for g in groups if g.kind != "linear")
+        if self.states is not None:
+            text += (f" + {sum(cfg.linear_layers)} deltanet state ({self.states.slab.shape[0]:,} slots of "
+                     f"{self.states.slot_bytes:,} B: live and snapshots)")
         if cfg.num_experts:
             text += f", MoE {cfg.num_experts} experts top-{cfg.experts_per_token} on {sum(cfg.moe_layers)} layers"
         return text
 
-    def _by_layer(self, full: list[LayerKV], sliding: list[LayerKV]) -> list[LayerKV]:
-        """Each layer's pages in model order: the full layers' from the pool, the sliding ones' from theirs."""
-        groups = (iter(full), iter(sliding))
-        return [next(groups[bool(self.config.window_of(i))]) for i in range(self.config.num_layers)]
+    def _by_layer(self, full: list[LayerKV], sliding: list[LayerKV], linear: list[Any]) -> list[Any]:
+        """Each layer's cache in model order: the full layers' pages from the pool, the sliding ones' from theirs,
+        the linear ones' state slots."""
+        cfg, groups = self.config, (iter(full), iter(sliding), iter(linear))
+        return [next(groups[2 if cfg.is_linear_layer(i) else int(bool(cfg.window_of(i)))])
+                for i in range(cfg.num_layers)]
 
     # ---- one step ------------------------------------------------------------------------------------------
     def before_forward(self, plan: StepPlan, running: list[EngineSequence]) -> None:
@@ -187,6 +217,9 @@ class ModelRunner:
         if self.sliding is not None:
             self.sliding.execute(plan.ops)
             self.sliding.before_forward(plan, running)
+        if self.states is not None:  # a prefill whose state is elsewhere restores a snapshot (may rewind it)
+            self.states.execute(plan.ops)
+            self.states.before_forward(plan)
 
     def run(self, plan: StepPlan) -> tuple[list[EngineSequence], list[int]]:
         """The step's forward pass (a captured graph when it is decodes only) and a token for every sequence
@@ -234,6 +267,8 @@ class ModelRunner:
         self.pool.check(cache, running)
         if self.sliding is not None:
             self.sliding.check(running)
+        if self.states is not None:
+            self.states.check()
 
     def generator(self, seed: int | None) -> torch.Generator | None:
         """A request's own random stream on this device (None: the global one)."""

@@ -158,8 +158,9 @@ class MovedStore(TierStore):
 
 
 class Tiering:
-    def __init__(self, spec: str, page_bytes: int, block_size: int, pin: bool) -> None:
-        """spec: the `kv_tiers` string; sizes in tokens are converted at page_bytes per block_size tokens."""
+    def __init__(self, spec: str, page_bytes: int, block_size: int, pin: bool, sliding: Any = None) -> None:
+        """spec: the `kv_tiers` string; sizes in tokens are converted at page_bytes per block_size tokens.
+        sliding: the engine's sliding-window page group (engine/sliding.py), if any: its pages get stores too."""
         self.mover = Mover()
         self.tiers: list[TierSpec] = []
         self.stores: list[TierStore] = []
@@ -190,6 +191,8 @@ class Tiering:
             self.opened.append((cfg, self.tiers[-1].capacity_blocks))
             if cfg.kind == "redis":
                 self.shared = store
+        if sliding is not None:  # its window pages go down to disk and Redis beside the pool's
+            sliding.stores = self.window_stores(sliding.layout.page_bytes)
 
     def window_stores(self, page_bytes: int) -> list[MovedStore]:
         """Stores for the sliding layers' window pages (engine/sliding.py) beside each disk and Redis tier: the

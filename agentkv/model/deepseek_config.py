@@ -95,3 +95,122 @@ def _fp8_block(raw: dict[str, Any], path: str) -> tuple[int, ...]:
         raise ValueError(f"{path}: field 'quantization_config': only fp8 e4m3 with a 2-D weight_block_size (as "
                          f"DeepSeek-V3 is published) or unquantized weights are supported, not {quant}")
     return block
+
+
+V4_KINDS = {"sliding_attention": "sliding", "compressed_sparse_attention": "csa",
+            "heavily_compressed_attention": "hca"}  # config.json's `layer_types` -> ours
+
+
+@dataclass(slots=True, frozen=True)
+class CompressedShape:
+    """DeepSeek-V4's attention and residual shape. Every layer attends one shared K=V head of `dim` values
+    (RoPE on its last `rope_dim`) over its last `window` raw tokens; a `csa` layer also over one compressed entry
+    per `csa_ratio` tokens (overlapping windows of twice that), of which a lightning indexer (`index_heads` x
+    `index_dim`) keeps `index_topk` per query; an `hca` layer over one entry per `hca_ratio` tokens, all of them.
+    The residual is `hc_mult` streams mixed by Sinkhorn-normalised matrices; the first `hash_layers` MoE layers
+    route by a fixed token-id table."""
+
+    kinds: tuple[str, ...]  # per layer: sliding, csa or hca
+    dim: int
+    rope_dim: int
+    q_lora_rank: int
+    window: int
+    csa_ratio: int
+    hca_ratio: int
+    index_heads: int
+    index_dim: int
+    index_topk: int
+    o_groups: int
+    o_lora_rank: int
+    hc_mult: int
+    hc_iters: int
+    hc_eps: float
+    compress_theta: float
+    compress_rope: tuple[tuple[str, Any], ...]  # the compressed layers' RoPE scaling (YaRN in the published config)
+    hash_layers: tuple[bool, ...]
+    swiglu_limit: float
+
+    def ratio_of(self, layer: int) -> int:
+        """Tokens per compressed entry of `layer` (0: a sliding layer keeps no compressed entries)."""
+        return {"sliding": 0, "csa": self.csa_ratio, "hca": self.hca_ratio}[self.kinds[layer]]
+
+    def describe(self) -> str:
+        """Its layer groups in words, e.g. '2 sliding + 21 CSA (an entry per 4 tokens, top 512) + 20 HCA (per 128),
+        raw window 128'."""
+        parts = {"sliding": "sliding", "csa": f"CSA (an entry per {self.csa_ratio} tokens, top {self.index_topk})",
+                 "hca": f"HCA (per {self.hca_ratio})"}
+        kinds = " + ".join(f"{self.kinds.count(k)} {text}" for k, text in parts.items() if k in self.kinds)
+        return f"{kinds}, raw window {self.window}"
+
+    def partial_window_bytes(self, kind: str) -> int:
+        """A compressor's unfinished window per sequence and layer, in fp32 as transformers' cache keeps it: a
+        window's projections and gates (CSA: both series, plus the previous window's first series it overlaps,
+        for the compressor and its indexer)."""
+        if kind == "hca":
+            return 2 * self.hca_ratio * self.dim * 4
+        return 2 * self.csa_ratio * 3 * (self.dim + self.index_dim) * 4 if kind == "csa" else 0
+
+    def params(self, hidden: int, heads: int) -> int:
+        """Every layer's attention and mHC weights (norms and sinks aside): the low-rank query, the K=V projection,
+        the grouped output, the compressors (projections, gates, slot biases) and indexers, mHC's mixes; and the
+        final mHC collapse."""
+        mixes = 2 * (2 + self.hc_mult) * self.hc_mult * self.hc_mult * hidden
+        base = hidden * self.q_lora_rank + self.q_lora_rank * heads * self.dim + hidden * self.dim \
+            + heads * self.dim * self.o_lora_rank + self.o_groups * self.o_lora_rank * hidden + mixes
+
+        def compressor(dim: int, ratio: int, width: int) -> int:
+            return (2 * hidden + ratio) * width * dim
+
+        hca = compressor(self.dim, self.hca_ratio, 1)
+        csa = compressor(self.dim, self.csa_ratio, 2) + compressor(self.index_dim, self.csa_ratio, 2) \
+            + self.q_lora_rank * self.index_heads * self.index_dim + hidden * self.index_heads
+        extra = {"sliding": 0, "csa": csa, "hca": hca}
+        return sum(base + extra[k] for k in self.kinds) + self.hc_mult * self.hc_mult * hidden
+
+    def layer_groups(self) -> tuple[Any, ...]:
+        """The catalog's view (`LayerGroup`s): the sliding layers' shared K=V window, then the CSA and HCA layers'
+        compressed entries beside the same raw window (CSA: sparse, its indexer's keys fp4 as published)."""
+        from agentkv.catalog import LayerGroup
+
+        count = {k: self.kinds.count(k) for k in ("sliding", "csa", "hca")}
+        groups = [LayerGroup("sliding", count["sliding"], window=self.window, head_dim=self.dim, shared_kv=True),
+                  LayerGroup("compressed", count["csa"], window=self.window, head_dim=self.dim, ratio=self.csa_ratio,
+                             top_k=self.index_topk, index_heads=self.index_heads, index_dim=self.index_dim,
+                             index_bits=4, state_bytes=self.partial_window_bytes("csa")),
+                  LayerGroup("compressed", count["hca"], window=self.window, head_dim=self.dim, ratio=self.hca_ratio,
+                             state_bytes=self.partial_window_bytes("hca"))]
+        return tuple(g for g, n in zip(groups, count.values(), strict=True) if n)
+
+
+def deepseek_v4_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> dict[str, Any]:
+    """DeepSeek-V4's config.json as transformers 5.25 writes it (`layer_types`, `compress_rates`,
+    `mlp_layer_types`, `rope_parameters` with `main` and `compress`); every layer a routed MoE with shared experts
+    and sqrt-softplus scores."""
+    kinds = list(need("layer_types"))
+    bad = [k for k in kinds if k not in V4_KINDS]
+    if len(kinds) != layers or bad:
+        raise ValueError(f"{path}: field 'layer_types': {layers} of {', '.join(V4_KINDS)} expected, got {kinds}")
+    mlp = list(raw.get("mlp_layer_types") or ["hash_moe"] * min(layers, 3) + ["moe"] * max(0, layers - 3))
+    if len(mlp) != layers or set(mlp) - {"hash_moe", "moe"}:
+        raise ValueError(f"{path}: field 'mlp_layer_types': {layers} of hash_moe, moe expected, got {mlp}")
+    if raw.get("scoring_func", "sqrtsoftplus") != "sqrtsoftplus" or int(raw.get("num_key_value_heads") or 1) != 1:
+        raise ValueError(f"{path}: fields 'scoring_func'/'num_key_value_heads': only DeepSeek-V4's sqrtsoftplus "
+                         "router over one shared K=V head is supported")
+    rates = raw.get("compress_rates") or {}
+    rope = (raw.get("rope_parameters") or {}).get("compress") or {}
+    dim = int(need("head_dim"))
+    shape = CompressedShape(
+        tuple(V4_KINDS[k] for k in kinds), dim, int(raw.get("qk_rope_head_dim") or dim // 8),
+        int(need("q_lora_rank")), int(need("sliding_window")), int(rates.get("compressed_sparse_attention", 4)),
+        int(rates.get("heavily_compressed_attention", 128)), int(need("index_n_heads")), int(need("index_head_dim")),
+        int(need("index_topk")), int(need("o_groups")), int(need("o_lora_rank")), int(raw.get("hc_mult", 4)),
+        int(raw.get("hc_sinkhorn_iters", 20)), float(raw.get("hc_eps", 1e-6)),
+        float(rope.get("rope_theta", raw.get("compress_rope_theta", 160000.0))),
+        tuple(sorted((k, v) for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor"))),
+        tuple(m == "hash_moe" for m in mlp), float(raw.get("swiglu_limit", 10.0)))
+    experts = int(raw.get("n_routed_experts") or need("n_routed_experts"))
+    return {"v4": shape, "num_experts": experts, "experts_per_token": int(need("num_experts_per_tok")),
+            "moe_intermediate_size": int(need("moe_intermediate_size")), "norm_topk_prob": True,
+            "routing": GroupedRouting(1, 1, float(raw.get("routed_scaling_factor", 1.5)),
+                                      int(raw.get("n_shared_experts") or 0), sigmoid=False),
+            "moe_layers": (True,) * layers, "fp8_block": _fp8_block(raw, path)}

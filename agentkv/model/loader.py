@@ -13,15 +13,19 @@ from agentkv.kernels.attention import AttentionBackend, TorchAttention
 from agentkv.model import fp8_blocks, mxfp4
 from agentkv.model.config import ModelConfig
 from agentkv.model.deepseek_v3 import DeepseekV3ForCausalLM
+from agentkv.model.deepseek_v4 import DeepseekV4ForCausalLM
 from agentkv.model.gemma3 import Gemma3ForCausalLM
 from agentkv.model.gpt_oss import GptOssForCausalLM
 from agentkv.model.llama import LlamaForCausalLM, Rotary
 from agentkv.model.llama4 import Llama4ForCausalLM
+from agentkv.model.qwen3_next import Qwen3NextForCausalLM
 
 MODELS: dict[str, type[LlamaForCausalLM]] = {"gemma3": Gemma3ForCausalLM, "gpt_oss": GptOssForCausalLM,
                                              "llama4": Llama4ForCausalLM,
+                                             "qwen3_next": Qwen3NextForCausalLM,
                                              "deepseek_v2": DeepseekV3ForCausalLM,
-                                             "deepseek_v3": DeepseekV3ForCausalLM}  # every other family: llama.py
+                                             "deepseek_v3": DeepseekV3ForCausalLM,
+                                             "deepseek_v4": DeepseekV4ForCausalLM}  # every other family: llama.py
 # A multimodal folder's tensor names: its text model's (published under `language_model.`, transformers 5's own
 # layout under `model.language_model.`) renamed to ours; the vision tower's and projector's skipped.
 TEXT_PREFIXES = (("language_model.", ""), ("model.language_model.", "model."))
@@ -56,8 +60,13 @@ def text_name(stored: str) -> str | None:
 
 
 def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
-               backend: AttentionBackend | None = None) -> LlamaForCausalLM:
+               backend: AttentionBackend | None = None, paged: bool = True) -> LlamaForCausalLM:
+    """`paged`: for the engine and kv-eval, which run the model over pages (refused where the family has none)."""
     cfg = ModelConfig.from_dir(model_dir)
+    if paged and cfg.v4:
+        raise ValueError(f"{model_dir}: DeepSeek-V4 ({cfg.v4.describe()}) runs whole sequences only "
+                         "(agentkv.model.deepseek_v4): its compressed page group and prefix-hit rewind are not in "
+                         "the engine yet (issue 30)")
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -66,6 +75,26 @@ def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: s
     with torch.device("meta"):
         model = MODELS.get(cfg.family, LlamaForCausalLM)(cfg, backend or TorchAttention())
     expected = {k for k in model.state_dict() if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
+    tensors = _read_tensors(model_dir, cfg, model, expected, dtype, device)
+    missing = sorted(expected - set(tensors))
+    if missing:
+        raise ValueError(f"{model_dir}: checkpoint lacks tensor '{missing[0]}' ({len(missing)} missing)")
+    model.load_state_dict(tensors, strict=False, assign=True)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    for module in model.modules():
+        if isinstance(module, Rotary):
+            module.materialise(device)
+    for name, p in model.named_parameters():
+        if p.device.type == "meta":
+            raise ValueError(f"{model_dir}: parameter '{name}' was not loaded")
+    return model.eval()
+
+
+def _read_tensors(model_dir: str, cfg: ModelConfig, model: LlamaForCausalLM, expected: set[str], dtype: torch.dtype,
+                  device: str | torch.device) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder's shards under our model's names, packed formats unpacked, a multimodal
+    folder's vision side skipped."""
     tensors: dict[str, torch.Tensor] = {}
     packed: dict[str, dict[str, torch.Tensor]] = {}  # MXFP4 or block-fp8 tensors: name -> its parts
     skipped = 0  # a multimodal folder's vision tensors
@@ -99,19 +128,7 @@ def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: s
         tensors[name] = _unpack(model_dir, name, parts, cfg, dtype)
     if skipped:
         log.info("%s: %d vision tensors not loaded (the text model is served alone)", model_dir, skipped)
-    missing = sorted(expected - set(tensors))
-    if missing:
-        raise ValueError(f"{model_dir}: checkpoint lacks tensor '{missing[0]}' ({len(missing)} missing)")
-    model.load_state_dict(tensors, strict=False, assign=True)
-    if cfg.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    for module in model.modules():
-        if isinstance(module, Rotary):
-            module.materialise(device)
-    for name, p in model.named_parameters():
-        if p.device.type == "meta":
-            raise ValueError(f"{model_dir}: parameter '{name}' was not loaded")
-    return model.eval()
+    return tensors
 
 
 def _unpack(model_dir: str, name: str, parts: dict[str, torch.Tensor], cfg: ModelConfig,

@@ -85,6 +85,14 @@ def write_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
             num_local_experts=4, num_experts_per_tok=2, attention_chunk_size=8, interleave_moe_layer_step=2,
             floor_scale=16, attn_scale=0.5, rope_parameters={"rope_type": "default", "rope_theta": 500000.0}))
         jitter(model)
+    elif family == "qwen3_next":  # 3 gated DeltaNet : 1 gated full attention, MoE with a shared expert
+        from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
+
+        model = Qwen3NextForCausalLM(Qwen3NextConfig(
+            **{**common, "num_hidden_layers": 4, "intermediate_size": 96}, head_dim=32, linear_num_key_heads=2,
+            linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16, moe_intermediate_size=32,
+            shared_expert_intermediate_size=48, num_experts=8, num_experts_per_tok=2, mlp_only_layers=[1]))
+        jitter(model)
     elif family in ("deepseek_v2", "deepseek_v3"):
         model = deepseek(common, family)
     else:
