@@ -1,11 +1,14 @@
 """Each model family the engine loads, measured on a tiny random checkpoint written by transformers (the test
 extra): greedy continuations against transformers' own, the prefix hit on a repeated prompt, and the KV bytes
-per token the engine's pages hold against what `kvcache/sizing.py` prices (the report's figure).
+per token the engine's pages hold against what `kvcache/sizing.py` prices (the report's figure), and the
+prompts reloaded by an engine restarted on a disk folder and on a Redis server (a redis-server this run starts).
 
 Per family: `--prompts` prompts of 40-80 tokens (they cross the 8-token windows of the sliding families),
 `--tokens` greedy tokens each, batched through the engine and one by one through `generate` of transformers;
 the first prompt again (cached tokens / prompt tokens); the pool's page bytes / block size against
-`kv_bytes_per_token`, and the sliding group's pages a decoding sequence holds against `state_bytes`.
+`kv_bytes_per_token`, and the sliding group's pages a decoding sequence holds against `state_bytes`; an engine
+with a disk (then a Redis) tier runs the prompts and closes, a fresh one on the same tier runs the first
+prompt again: its tokens read from the tier / prompt tokens, and whether its output still equals.
 Run: .venv/bin/python -m bench.families [--prompts 6] [--tokens 12] [--codec bf16] [--markdown]
 """
 
@@ -20,12 +23,37 @@ import torch
 from agentkv.engine.llm import LLM
 from agentkv.engine.sequence import SamplingParams
 from agentkv.kvcache.sizing import codec, kv_bytes_per_token, state_bytes
+from bench.tiers import start_redis
 
-FAMILIES = ["llama3", "qwen3", "qwen3_moe", "gemma3", "gpt_oss", "llama4", "deepseek_v3", "qwen3_next"]
+FAMILIES = [  # one line a family: its name in tests/engine/conftest.py's write_checkpoint
+    "llama3",
+    "qwen3",
+    "qwen3_moe",
+    "gemma3",
+    "gpt_oss",
+    "llama4",
+    "gemma3_vision",
+    "llama4_vision",
+    "deepseek_v3",
+    "qwen3_next",
+]
 BS = 8
 
 
-def measure(family: str, folder: Path, n: int, tokens: int, kv_codec: str) -> dict[str, str]:
+def reload(folder: Path, ps: list[list[int]], greedy: SamplingParams, expected: list[int], tier: str,
+           spec: str) -> str:
+    """The first prompt run by an engine restarted on `spec`'s tier: 'read from the tier / prompt (output)'."""
+    first = LLM(str(folder), dtype="float32", block_size=BS, kv_cache_bytes=2**26, kv_tiers=spec)
+    first.generate(ps, greedy)
+    first.close()
+    restarted = LLM(str(folder), dtype="float32", block_size=BS, kv_cache_bytes=2**26, kv_tiers=spec)
+    out = restarted.generate([ps[0]], greedy)[0]
+    restarted.close()
+    same = " =" if out.outputs[0].token_ids == expected else " differs"
+    return f"{out.cached_tokens_per_tier[tier]}/{len(ps[0])}{same}"
+
+
+def measure(family: str, folder: Path, n: int, tokens: int, kv_codec: str, redis_url: str) -> dict[str, str]:
     from tests.engine.conftest import hf_model, prompts, write_checkpoint
 
     write_checkpoint(folder, family)
@@ -54,7 +82,9 @@ def measure(family: str, folder: Path, n: int, tokens: int, kv_codec: str) -> di
             "hit": f"{again.num_cached_tokens}/{len(ps[0])}" + (" =" if again.outputs[0].token_ids == expected[0]
                                                                 else " differs"),
             "pool": f"{quant.layout.page_bytes / BS:,.0f} vs {kv_bytes_per_token(spec, cs, BS):,.0f}",
-            "window": held}
+            "window": held,
+            "disk": reload(folder, ps, greedy, expected[0], "disk", f"disk=64MiB@{folder / 'disk-tier'}"),
+            "redis": reload(folder, ps, greedy, expected[0], "remote", f"redis=64MiB@{redis_url}")}
 
 
 def main() -> None:
@@ -66,12 +96,18 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for fam in FAMILIES:
-            rows.append(measure(fam, Path(tmp) / fam, args.prompts, args.tokens, args.codec))
+        server, url = start_redis(Path(tmp))
+        try:
+            for fam in FAMILIES:
+                rows.append(measure(fam, Path(tmp) / fam, args.prompts, args.tokens, args.codec, url))
+        finally:
+            server.kill()
+            server.wait()
     heads = ["family", "layers (as the start-up line names them)", "greedy = transformers",
              "repeated prompt: cached / prompt tokens (output)",
-             f"pool B/token ({args.codec}) vs sizing.py", "window pages held vs state_bytes (B)"]
-    keys = ["family", "layers", "greedy", "hit", "pool", "window"]
+             f"pool B/token ({args.codec}) vs sizing.py", "window pages held vs state_bytes (B)",
+             "restarted on disk: read / prompt tokens (output)", "restarted on Redis: read / prompt tokens (output)"]
+    keys = ["family", "layers", "greedy", "hit", "pool", "window", "disk", "redis"]
     if args.markdown:
         print("| " + " | ".join(heads) + " |\n|" + "---|" * len(heads))
         for r in rows:

@@ -14,8 +14,8 @@ from agentkv.cli_errors import UsageError, check_device, check_model_dir, positi
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("kv-eval", help="what KV codecs do to a checkpoint's outputs (KL, top-1, perplexity) "
                                        "and how many 96k contexts they fit per GPU")
-    p.add_argument("--model", required=True, help="Llama-family checkpoint folder (config.json, safetensors, "
-                                                  "tokenizer.json)")
+    p.add_argument("--model", required=True, help="checkpoint folder (config.json, safetensors, tokenizer.json) "
+                                                  "of any family `agentkv serve` loads")
     p.add_argument("--codecs", default="fp8,int8,int4",
                    help="comma-separated: fp8, int8, int4, int4-gN, int4-kivi, fp16 (default fp8,int8,int4); "
                         "always measured against bf16")

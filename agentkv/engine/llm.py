@@ -133,7 +133,7 @@ class LLM:
         if kv_tiers:
             if host_kv_bytes:
                 raise ValueError("give host_kv_bytes or kv_tiers (with a dram tier), not both")
-            self.tiering = Tiering(kv_tiers, r.page_bytes, self.block_size, pin=r.device.type == "cuda")
+            self.tiering = Tiering(kv_tiers, r.page_bytes, self.block_size, r.device.type == "cuda", r.sliding)
             tiers += self.tiering.tiers
             stores += self.tiering.stores
         return tiers, stores

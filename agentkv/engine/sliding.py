@@ -15,6 +15,10 @@ recomputes from it. This group is engine-side, as the simulator models it: its b
 budget up front (every running sequence's window, and as much again for cached windows where half the
 budget allows), not counted by the core.
 
+With disk or Redis tiers, every named page is written through to stores of its own beside theirs
+(`Tiering.window_stores`), and a hit whose window pages are gone here reads them back before it would rewind:
+an engine restarted on a disk folder or a Redis server hits a sliding model's prefixes, as a full one's.
+
 Page 0 is never handed out: released entries of a block table keep pointing at whatever page they named,
 which the window's mask hides (stale but finite values), so tables never need rewriting.
 """
@@ -32,7 +36,7 @@ from agentkv.kernels.attention import AttentionBackend, AttentionMetadata, SeqSl
 from agentkv.kvcache.ids import BlockIds
 from agentkv.scheduler import Allocate, Free, Name, Op, StepPlan
 from agentkv.scheduler.plan import PrefillChunk
-from agentkv.storage.base import BlockKey
+from agentkv.storage.base import BlockKey, TierStore
 
 
 class SlidingPages:
@@ -51,6 +55,8 @@ class SlidingPages:
         self.refs = np.zeros(num_pages, dtype=np.int64)  # running sequences holding each page
         self.idle: OrderedDict[int, None] = OrderedDict()  # named pages none holds, least recently released first
         self.rewound_tokens = 0  # cached tokens recomputed because their window's pages were gone
+        self.stores: list[TierStore] = []  # disk / Redis stores of window pages (tiering.window_stores)
+        self.restored = 0  # window pages read back from those stores
 
     @staticmethod
     def floor(max_seqs: int, max_batched_tokens: int, window: int, block_size: int) -> int:
@@ -83,11 +89,14 @@ class SlidingPages:
                     if p:
                         self._pin(p)
             elif isinstance(op, Name):
+                named = []
                 for i, b in enumerate(op.ids.tolist()):
                     p = seq.window_pages[op.first + i] if op.first + i < len(seq.window_pages) else 0
                     key = self.ids.keys[b]
                     if p and key not in self.page_of and self.key_at[p] is None:
                         self.page_of[key], self.key_at[p] = p, key  # type: ignore[index]
+                        named.append(p)
+                self._write_through(named)
             elif isinstance(op, Free):
                 for p in seq.window_pages:
                     if p:
@@ -131,9 +140,50 @@ class SlidingPages:
 
         if whole(chunk.start):
             return
+        self._restore(seq, range(self.first_seen(chunk.start) // self.bs, -(-chunk.start // self.bs)))
+        if whole(chunk.start):
+            return
         start = next(b * self.bs for b in range(chunk.start // self.bs, -1, -1) if whole(b * self.bs))
         self.rewound_tokens += chunk.start - start
         rewind(chunk, start, chunk.n)  # as many tokens as planned: the step's budget holds
+
+    def _write_through(self, pages: list[int]) -> None:
+        """Newly named window pages go to the disk and Redis stores too (the mover snapshots them), so that an
+        engine restarted on those tiers, or this one once they left here, finds a hit's window."""
+        if pages and self.stores:
+            rows = self.slab[torch.tensor(pages, device=self.slab.device)]
+            keys = [self.key_at[p] for p in pages]
+            for store in self.stores:
+                store.put(keys, rows)  # type: ignore[arg-type]
+
+    def _restore(self, seq: EngineSequence, blocks: range) -> None:
+        """The window pages a prefill needs that are gone from here, read back from the stores where they are."""
+        pages = seq.window_pages
+        pages += [0] * (blocks.stop - len(pages))
+        missing = [b for b in blocks if not pages[b] and b < len(seq.named)]
+        if not missing or not self.stores:
+            return
+        keys = [self.ids.keys[seq.named[b]] for b in missing]
+        found = np.zeros(len(keys), dtype=bool)
+        rows = torch.empty(len(keys), self.layout.page_bytes, dtype=torch.uint8)
+        for store in self.stores:
+            rest = np.flatnonzero(~found)
+            if not len(rest):
+                break
+            buf = torch.empty(len(rest), self.layout.page_bytes, dtype=torch.uint8)
+            got = store.get([keys[i] for i in rest], buf)
+            rows[torch.from_numpy(rest[got])] = buf[torch.from_numpy(got)]
+            found[rest[got]] = True
+        for i in np.flatnonzero(found).tolist():
+            key, b = keys[i], missing[i]
+            if key in self.page_of:  # another sequence brought it back meanwhile
+                pages[b] = self.page_of[key]
+                self._pin(pages[b])
+                continue
+            pages[b] = self._take()
+            self.slab[pages[b]] = rows[i].to(self.slab.device)
+            self.page_of[key], self.key_at[pages[b]] = pages[b], key
+            self.restored += 1
 
     def first_seen(self, position: int) -> int:
         """The first key position a query at `position` sees: its window's, or its chunk's start."""

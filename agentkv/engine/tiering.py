@@ -14,6 +14,9 @@
 - a promotion that misses (a corrupted or truncated record, a key Redis evicted, Redis down) cannot be served:
   the block's page is marked poisoned, the lower tier's copy is forgotten by the core, and every request
   about to read the block recomputes from it (`repair`), rewriting the page, so no wrong KV is ever read.
+- a sliding model's window pages (engine/sliding.py) have stores of their own beside each disk and Redis
+  tier (`window_stores`: a `window` folder, a key prefix), written through as they are named and read back
+  when a hit's window is gone, outside the core's accounts (the core counts the pool's blocks).
 - every block the engine names is written through, in the background, to Redis (other processes find it)
   and to disk (a kill keeps it: the next engine rescans the slots); at shutdown the blocks only GPU and DRAM
   hold are written to disk too, so the next engine on the folder finds them.
@@ -27,9 +30,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -42,7 +47,7 @@ from agentkv.scheduler import Name, StepPlan
 from agentkv.storage.base import BlockKey, TierStore
 from agentkv.storage.host import HostSlab
 from agentkv.storage.mover import Mover
-from agentkv.storage.spec import open_store, parse_kv_tiers
+from agentkv.storage.spec import TierConfig, open_store, parse_kv_tiers
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,7 @@ PROBE_EVERY = 32  # a store skipped as slower than recomputing is tried again on
 PREFETCH_BYTES = 256 << 20  # fetched-ahead pages kept per store at most (oldest dropped first)
 LOOKUP_S = 0.1  # the longest the engine waits for a remote store's lookup
 LOAD_S = 0.1  # ... and for a load it did not fetch ahead (rare: promotions wait for their prefetch)
+WINDOW_PREFIX = b"akv:w:"  # Redis keys of window pages (the pool's pages: RedisStore's default, b"akv:")
 
 
 class MovedStore(TierStore):
@@ -152,14 +158,17 @@ class MovedStore(TierStore):
 
 
 class Tiering:
-    def __init__(self, spec: str, page_bytes: int, block_size: int, pin: bool) -> None:
-        """spec: the `kv_tiers` string; sizes in tokens are converted at page_bytes per block_size tokens."""
+    def __init__(self, spec: str, page_bytes: int, block_size: int, pin: bool, sliding: Any = None) -> None:
+        """spec: the `kv_tiers` string; sizes in tokens are converted at page_bytes per block_size tokens.
+        sliding: the engine's sliding-window page group (engine/sliding.py), if any: its pages get stores too."""
         self.mover = Mover()
         self.tiers: list[TierSpec] = []
         self.stores: list[TierStore] = []
         self.shared: MovedStore | None = None  # the Redis tier: every block named is written through to it
         self.recompute_s = float("nan")  # seconds the engine takes to recompute one block (measured by it)
         self.admissions = 0
+        self.opened: list[tuple[TierConfig, int]] = []  # each disk / Redis tier's config and capacity in pages
+        self.window: list[MovedStore] = []  # a second page group's stores beside them (window_stores)
         for cfg in parse_kv_tiers(spec):
             capacity = cfg.size.to_bytes(page_bytes / block_size)
             if capacity < page_bytes:
@@ -179,8 +188,31 @@ class Tiering:
                 continue
             store = MovedStore(opened, self.mover)
             self.stores.append(store)
+            self.opened.append((cfg, self.tiers[-1].capacity_blocks))
             if cfg.kind == "redis":
                 self.shared = store
+        if sliding is not None:  # its window pages go down to disk and Redis beside the pool's
+            sliding.stores = self.window_stores(sliding.layout.page_bytes)
+
+    def window_stores(self, page_bytes: int) -> list[MovedStore]:
+        """Stores for the sliding layers' window pages (engine/sliding.py) beside each disk and Redis tier: the
+        disk's in a `window` folder inside the tier's, holding as many pages as the tier (no eviction of its
+        own: once full it stores no more); Redis's under their own key prefix, evicted by Redis's LRU."""
+        for cfg, pages in self.opened:
+            if cfg.kind == "disk":
+                window = replace(cfg, location=os.path.join(cfg.location or "", "window"))
+                try:
+                    opened = open_store(window, pages * page_bytes, page_bytes)
+                except (OSError, ValueError) as e:
+                    log.warning("disk tier %s: no room for window pages (%s): restarts recompute windows",
+                                cfg.location, getattr(e, "strerror", None) or e)
+                    continue
+            else:
+                from agentkv.storage.redis_store import RedisStore  # as open_store: redis-py only where used
+
+                opened = RedisStore(cfg.location or "", page_bytes, prefix=WINDOW_PREFIX)
+            self.window.append(MovedStore(opened, self.mover))
+        return self.window
 
     def measure_recompute(self, block_s: float) -> None:
         """The engine's latest cost of computing one block (seconds), smoothed."""
@@ -331,5 +363,5 @@ class Tiering:
         """Flush to disk, finish queued offloads, then close the stores (the disk saves its index)."""
         self.flush(pool, cache)
         self.mover.close()
-        for s in self.stores:
+        for s in [*self.stores, *self.window]:
             s.close()

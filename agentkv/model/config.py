@@ -2,7 +2,8 @@
 
 One config covers Llama 3.x (with its RoPE frequency scaling), Qwen2.5 (biases on q/k/v), Qwen3 (RMSNorm on
 q and k per head), Mistral, and Qwen3-MoE (Qwen3 with a routed mixture of experts in place of the MLP on
-its sparse layers): they differ only in those flags and numbers.
+its sparse layers): they differ only in those flags and numbers. The multimodal folders Gemma 3 and Llama 4
+publish (`...ForConditionalGeneration`) are read as their text model: the nested `text_config`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ ARCHITECTURES = {
     "DeepseekV3ForCausalLM": "deepseek_v3",
     "DeepseekV4ForCausalLM": "deepseek_v4",
 }
+MULTIMODAL = {  # a vision tower beside a text model whose config is nested under `text_config`
+    "Gemma3ForConditionalGeneration": "gemma3",
+    "Llama4ForConditionalGeneration": "llama4",
+}
+INHERITED = ("eos_token_id", "bos_token_id", "torch_dtype", "dtype", "tie_word_embeddings")  # top level -> text
+# What a published text_config leaves to its class's defaults (google/gemma-3-27b-it's names neither vocab_size
+# nor rope_theta): transformers 5.25's Gemma3TextConfig defaults, read 2026-12-05.
+TEXT_DEFAULTS = {"gemma3": {"vocab_size": 262_208, "max_position_embeddings": 131_072, "rms_norm_eps": 1e-6,
+                            "sliding_window": 4096, "bos_token_id": 2}}
+DEFAULT_THETA = {"gemma3": 1_000_000.0}  # global layers' RoPE base (the local ones': rope_local_base_freq)
 WINDOWED = {"sliding_attention": True, "chunked_attention": True, "full_attention": False}  # `layer_types`
 
 
@@ -103,6 +114,7 @@ class ModelConfig:
     shared_expert: bool = False  # a dense MLP of moe_intermediate_size beside the routed experts (Llama 4)
     dense_intermediate_size: int = 0  # the dense layers' MLP where it differs from intermediate_size (Llama 4)
     mxfp4: bool = False  # expert weights published as MXFP4 blocks and scales (gpt-oss), dequantized at load
+    vision_tower: bool = False  # a multimodal folder: its vision weights are skipped at load, text served only
     linear_layers: tuple[bool, ...] = ()  # per layer: gated DeltaNet (True) or full attention (Qwen3-Next)
     deltanet: DeltaNetShape | None = None
     rotary_dim: int = 0  # dims of a head RoPE rotates (Qwen3-Next: a quarter); 0: all
@@ -141,10 +153,12 @@ class ModelConfig:
     @staticmethod
     def from_hf(raw: dict[str, Any], path: str = "config.json") -> ModelConfig:
         arch = (raw.get("architectures") or [None])[0]
-        family = ARCHITECTURES.get(arch or "", raw.get("model_type"))
+        vision = arch in MULTIMODAL
+        family = MULTIMODAL[arch] if vision else ARCHITECTURES.get(arch or "", raw.get("model_type"))
         if family not in ARCHITECTURES.values():
             raise ValueError(f"{path}: field 'architectures': {arch or raw.get('model_type')!r} is not supported "
-                             f"(supported: {', '.join(ARCHITECTURES)})")
+                             f"(supported: {', '.join([*ARCHITECTURES, *MULTIMODAL])})")
+        raw = {**TEXT_DEFAULTS.get(family, {}), **(_text_config(raw, path) if vision else raw)}
 
         def need(key: str) -> Any:
             if key not in raw or raw[key] is None:
@@ -157,7 +171,7 @@ class ModelConfig:
         local_rope = dict(rope.get("sliding_attention") or {})
         if "full_attention" in rope:  # transformers 5 writes one RoPE per layer type (Gemma 3)
             rope = dict(rope["full_attention"])
-        theta = raw.get("rope_theta", rope.get("rope_theta", 10000.0))
+        theta = raw.get("rope_theta", rope.get("rope_theta", DEFAULT_THETA.get(family, 10000.0)))
         kind = rope.get("rope_type", rope.get("type", "default"))
         if kind not in ("default", "llama3", "linear", "yarn"):
             raise ValueError(f"{path}: field 'rope_scaling': rope type {kind!r} is not supported "
@@ -184,6 +198,7 @@ class ModelConfig:
             eos_token_ids=eos_ids,
             bos_token_id=raw.get("bos_token_id"),
             torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"),
+            vision_tower=vision,
             **(_moe_fields(raw, layers, need, path) if family in ("qwen3_moe", "qwen3_next") else {}),
             **(_qwen3_next_fields(raw, layers, need, path, rope) if family == "qwen3_next" else {}),
             **(_gemma3_fields(raw, layers, need, path, local_rope) if family == "gemma3" else {}),
@@ -238,6 +253,16 @@ class ModelConfig:
         groups = [LayerGroup(kind, self.layer_windows.count(w), window=w) for w in windows]
         full = self.layer_windows.count(0)
         return (LayerGroup("full", full), *groups) if full else tuple(groups)
+
+
+def _text_config(raw: dict[str, Any], path: str) -> dict[str, Any]:
+    """A ConditionalGeneration folder's text model: its `text_config`, with the top level's token ids, dtype and
+    tying where the nested config does not name its own (the published Gemma 3 folders keep eos at the top)."""
+    text = raw.get("text_config")
+    if not isinstance(text, dict):
+        raise ValueError(f"{path}: field 'text_config': missing (a {raw['architectures'][0]} folder nests its text "
+                         "model's config there)")
+    return {**{k: raw[k] for k in INHERITED if k in raw}, **text}
 
 
 def _moe_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import torch
@@ -25,6 +26,12 @@ MODELS: dict[str, type[LlamaForCausalLM]] = {"gemma3": Gemma3ForCausalLM, "gpt_o
                                              "deepseek_v2": DeepseekV3ForCausalLM,
                                              "deepseek_v3": DeepseekV3ForCausalLM,
                                              "deepseek_v4": DeepseekV4ForCausalLM}  # every other family: llama.py
+# A multimodal folder's tensor names: its text model's (published under `language_model.`, transformers 5's own
+# layout under `model.language_model.`) renamed to ours; the vision tower's and projector's skipped.
+TEXT_PREFIXES = (("language_model.", ""), ("model.language_model.", "model."))
+VISION_PREFIXES = ("vision_tower.", "vision_model.", "multi_modal_projector.", "model.vision_tower.",
+                   "model.vision_model.", "model.multi_modal_projector.")
+log = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
           "float32": torch.float32, "fp32": torch.float32}
 
@@ -39,6 +46,17 @@ def weight_files(model_dir: str) -> list[str]:
     if os.path.exists(single):
         return [single]
     raise FileNotFoundError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
+
+
+def text_name(stored: str) -> str | None:
+    """A multimodal checkpoint's tensor as our text model names it, or None for the vision side (not loaded:
+    the server serves text only and refuses image parts)."""
+    if stored.startswith(VISION_PREFIXES):
+        return None
+    for prefix, ours in TEXT_PREFIXES:
+        if stored.startswith(prefix):
+            return ours + stored[len(prefix):]
+    return stored  # named neither way: the unknown-tensor check below says so
 
 
 def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
@@ -57,34 +75,7 @@ def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: s
     with torch.device("meta"):
         model = MODELS.get(cfg.family, LlamaForCausalLM)(cfg, backend or TorchAttention())
     expected = {k for k in model.state_dict() if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
-    tensors: dict[str, torch.Tensor] = {}
-    packed: dict[str, dict[str, torch.Tensor]] = {}  # MXFP4 or block-fp8 tensors: name -> its parts
-    for path in weight_files(model_dir):
-        try:  # a truncated or corrupt file fails here, on its header (safetensors' own error type)
-            opened = safe_open(path, framework="pt", device="cpu")
-        except Exception as e:
-            raise ValueError(f"{path}: not a valid safetensors file ({e})") from None
-        with opened as f:
-            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                if name.endswith("rotary_emb.inv_freq") or model.skips(name):
-                    continue
-                base, part = name[:-7], name[-7:]
-                if part in mxfp4.SUFFIXES and base in expected and cfg.mxfp4:
-                    packed.setdefault(base, {})[part] = f.get_tensor(name).to(device)
-                    continue
-                scaled = name.removesuffix(fp8_blocks.SCALE)
-                if cfg.fp8_block and scaled != name and scaled in expected:
-                    packed.setdefault(scaled, {})[fp8_blocks.SCALE] = f.get_tensor(name).to(device)
-                    continue
-                if name not in expected:
-                    raise ValueError(f"{path}: tensor '{name}' is not part of a {cfg.family} model")
-                tensor = f.get_tensor(name)
-                if cfg.fp8_block and tensor.dtype == torch.float8_e4m3fn:
-                    packed.setdefault(name, {})[fp8_blocks.CODES] = tensor.to(device)
-                    continue
-                tensors[name] = tensor.to(device=device, dtype=model.dtype_of(name, dtype))
-    for name, parts in packed.items():
-        tensors[name] = _unpack(model_dir, name, parts, cfg, dtype)
+    tensors = _read_tensors(model_dir, cfg, model, expected, dtype, device)
     missing = sorted(expected - set(tensors))
     if missing:
         raise ValueError(f"{model_dir}: checkpoint lacks tensor '{missing[0]}' ({len(missing)} missing)")
@@ -98,6 +89,46 @@ def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: s
         if p.device.type == "meta":
             raise ValueError(f"{model_dir}: parameter '{name}' was not loaded")
     return model.eval()
+
+
+def _read_tensors(model_dir: str, cfg: ModelConfig, model: LlamaForCausalLM, expected: set[str], dtype: torch.dtype,
+                  device: str | torch.device) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder's shards under our model's names, packed formats unpacked, a multimodal
+    folder's vision side skipped."""
+    tensors: dict[str, torch.Tensor] = {}
+    packed: dict[str, dict[str, torch.Tensor]] = {}  # MXFP4 or block-fp8 tensors: name -> its parts
+    skipped = 0  # a multimodal folder's vision tensors
+    for path in weight_files(model_dir):
+        try:  # a truncated or corrupt file fails here, on its header (safetensors' own error type)
+            opened = safe_open(path, framework="pt", device="cpu")
+        except Exception as e:
+            raise ValueError(f"{path}: not a valid safetensors file ({e})") from None
+        with opened as f:
+            for stored in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                name = text_name(stored) if cfg.vision_tower else stored
+                skipped += name is None
+                if name is None or name.endswith("rotary_emb.inv_freq") or model.skips(name):
+                    continue
+                base, part = name[:-7], name[-7:]
+                if part in mxfp4.SUFFIXES and base in expected and cfg.mxfp4:
+                    packed.setdefault(base, {})[part] = f.get_tensor(stored).to(device)
+                    continue
+                scaled = name.removesuffix(fp8_blocks.SCALE)
+                if cfg.fp8_block and scaled != name and scaled in expected:
+                    packed.setdefault(scaled, {})[fp8_blocks.SCALE] = f.get_tensor(stored).to(device)
+                    continue
+                if name not in expected:
+                    raise ValueError(f"{path}: tensor '{stored}' is not part of a {cfg.family} model")
+                tensor = f.get_tensor(stored)
+                if cfg.fp8_block and tensor.dtype == torch.float8_e4m3fn:
+                    packed.setdefault(name, {})[fp8_blocks.CODES] = tensor.to(device)
+                    continue
+                tensors[name] = tensor.to(device=device, dtype=model.dtype_of(name, dtype))
+    for name, parts in packed.items():
+        tensors[name] = _unpack(model_dir, name, parts, cfg, dtype)
+    if skipped:
+        log.info("%s: %d vision tensors not loaded (the text model is served alone)", model_dir, skipped)
+    return tensors
 
 
 def _unpack(model_dir: str, name: str, parts: dict[str, torch.Tensor], cfg: ModelConfig,

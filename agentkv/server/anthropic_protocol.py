@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from agentkv.server.fields import Body as _Body
 from agentkv.server.fields import MaxTokens, Stops, TopK
+from agentkv.server.media import TextOnly
 
 
 class TextBlock(_Body):
@@ -48,7 +49,7 @@ Block = Annotated[TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock, Fi
 
 class Message(_Body):
     role: Literal["user", "assistant", "system"]  # Claude Code sends system messages between turns
-    content: str | list[Block]
+    content: Annotated[str | list[Block], TextOnly]
 
 
 class ToolDef(_Body):

@@ -19,6 +19,7 @@ from agentkv.engine.sequence import BIAS_MAX
 from agentkv.engine.tokenizer import TEMPLATE_GLOBALS
 from agentkv.server.fields import Body as _Body
 from agentkv.server.fields import MaxTokens, Seed, Stops, TopK
+from agentkv.server.media import TextOnly
 
 
 class TextPart(_Body):
@@ -39,7 +40,7 @@ class ToolCall(_Body):
 
 class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: Annotated[str | list[TextPart] | None, TextOnly] = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from agentkv.server.fields import Body as _Body  # the checks every body has (Unicode, NaN, nesting)
 from agentkv.server.fields import MaxTokens, TopK
+from agentkv.server.media import TextOnly
 
 # OpenAI's API reference (platform.openai.com/docs/api-reference/responses/create, read 2026-12): "Set of 16
 # key-value pairs ... Keys are strings with a maximum length of 64 characters. Values are strings with a
@@ -76,7 +77,7 @@ class TextConfig(_Body):
 
 class ResponsesRequest(_Body):
     model: str
-    input: str | list[Item] = Field(min_length=1)
+    input: Annotated[str | list[Item], TextOnly] = Field(min_length=1)
     instructions: str | None = None
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | FunctionChoice = "auto"

@@ -36,6 +36,8 @@ def write_tokenizer(folder: Path) -> dict[str, int]:
 def write_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
+    if family in MULTIMODAL:
+        return write_multimodal(folder, family, seed)
     torch.manual_seed(seed)
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
@@ -101,6 +103,45 @@ def write_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
     return folder
 
 
+MULTIMODAL = {"gemma3_vision": "gemma3", "llama4_vision": "llama4"}  # the published folders' layout, tiny
+
+
+def write_multimodal(folder: Path, family: str, seed: int) -> Path:
+    """A ConditionalGeneration folder (nested text_config, a vision tower and projector beside the text model)
+    whose text model is `write_checkpoint`'s for the same family and seed, so its text outputs are that one's."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Llama4Config,
+        Llama4ForConditionalGeneration,
+    )
+
+    text_dir = write_checkpoint(folder.with_name(folder.name + "-text"), MULTIMODAL[family], seed)
+    text = AutoConfig.from_pretrained(str(text_dir)).to_dict()
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)
+    if family == "gemma3_vision":
+        model = Gemma3ForConditionalGeneration(Gemma3Config(
+            text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=VOCAB - 1,
+            boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2))
+    else:
+        model = Llama4ForConditionalGeneration(Llama4Config(text_config=text, vision_config={
+            **vision, "vision_output_dim": 32, "projector_input_dim": 32, "projector_output_dim": 64}))
+    jitter(model)
+    source = AutoModelForCausalLM.from_pretrained(str(text_dir), dtype=torch.float32)
+    with torch.no_grad():  # Gemma 3 nests the text body (its head beside it); Llama 4 the whole ForCausalLM
+        if family == "gemma3_vision":
+            model.model.language_model.load_state_dict(source.model.state_dict())
+            model.lm_head.weight.copy_(source.lm_head.weight)
+        else:
+            model.language_model.load_state_dict(source.state_dict())
+    model.float().eval().save_pretrained(str(folder), max_shard_size="60KB")
+    write_tokenizer(folder)
+    return folder
+
+
 def deepseek(common: dict, family: str):
     """MLA (latent 32, RoPE key 16, no-RoPE key 32, value 24, low-rank queries), YaRN with DeepSeek's mscales,
     layer 0 dense, layers 1-2 MoE: 8 experts in 4 groups, top 2 groups, top-2, a shared expert; V3's sigmoid
@@ -136,7 +177,23 @@ def jitter(model) -> None:
                 p.add_(torch.randn_like(p) * 0.3)
 
 
-@pytest.fixture(scope="session", params=["llama3", "qwen3", "qwen3_moe", "gemma3", "gpt_oss", "llama4"])
+# every family `write_checkpoint` writes, one line each (the levers' per-family tests run over all of them)
+EVERY_FAMILY = [
+    "llama3",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "qwen3_moe",
+    "gemma3",
+    "gpt_oss",
+    "llama4",
+    *MULTIMODAL,
+    "deepseek_v2",
+    "deepseek_v3",
+]
+
+
+@pytest.fixture(scope="session", params=["llama3", "qwen3", "qwen3_moe", "gemma3", "gpt_oss", "llama4", *MULTIMODAL])
 def checkpoint(request, tmp_path_factory) -> tuple[str, Path]:
     return request.param, write_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
 
@@ -147,9 +204,11 @@ def llama_dir(tmp_path_factory) -> Path:
 
 
 def hf_model(folder: Path):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    multimodal = hasattr(AutoConfig.from_pretrained(str(folder)), "vision_config")
+    auto = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
+    return auto.from_pretrained(str(folder), dtype=torch.float32).eval()
 
 
 def kv_eval_and_transformers_ppl(folder: Path, block_size: int = 16):

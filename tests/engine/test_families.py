@@ -1,7 +1,8 @@
-"""The levers on every family beyond the dense Llama ones: fp8/int8/int4 pages with prefix hits and a
-preemption give what a cache-off run of the same codec gives, and pages demoted to a DRAM tier come back
-correct. (Greedy parity with transformers for each family runs in test_model_vs_hf.py and test_llm.py, where
-the family is one of the `checkpoint` fixture's parameters.)"""
+"""The levers on every family (Llama 3 and Qwen3 have theirs in tests/codecs/test_engine_codecs.py): fp8/int8/
+int4 pages with prefix hits and a preemption give what a cache-off run of the same codec gives, pages demoted
+to a DRAM tier come back correct, and `agentkv kv-eval` scores each family as transformers does. (Greedy parity
+with transformers per family: test_model_vs_hf.py and test_llm.py, where the family is one of the `checkpoint`
+fixture's parameters; disk and Redis: tests/storage/test_family_tiers.py.)"""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from agentkv.engine.llm import LLM
 from agentkv.engine.sliding import SlidingPages
 from agentkv.kvcache.sizing import codec, kv_bytes_per_block
 from tests.codecs.test_engine_codecs import GREEDY, engine, outputs
-from tests.engine.conftest import prompts, write_checkpoint
+from tests.engine.conftest import EVERY_FAMILY, prompts, write_checkpoint
 
-FAMILIES = ["qwen3_moe", "gemma3", "gpt_oss", "llama4"]
+FAMILIES = ["qwen2", "mistral", "qwen3_moe", "gemma3", "gpt_oss", "llama4"]  # llama3, qwen3: test_engine_codecs
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -52,7 +53,8 @@ def test_the_start_up_line_names_the_layer_groups(family_dir):
     llm = LLM(str(family_dir), dtype="float32", block_size=8, kv_cache_bytes=2**26)
     line = summary(llm, "m", 4096, None, 0)
     cfg = llm.config
-    want = {"qwen3_moe": "3 layers, MoE 8 experts top-2 on 2 layers",
+    want = {"qwen2": "2 layers, float32", "mistral": "2 layers, float32",
+            "qwen3_moe": "3 layers, MoE 8 experts top-2 on 2 layers",
             "gemma3": f"6 layers: 1 full + 5 sliding (window 8, {llm.sliding.slab.shape[0] if llm.sliding else 0:,} "
                       "pages of their own)",
             "gpt_oss": "4 layers: 2 full + 2 sliding (window 8, ",
@@ -60,11 +62,17 @@ def test_the_start_up_line_names_the_layer_groups(family_dir):
     assert f"model m ({want}" in line
 
 
-def test_kv_eval_scores_what_transformers_scores(family_dir):
-    """kv-eval's reference (bf16 pages, chunks of 20 over windows of 8) scores the perplexity transformers does
-    on the same text, windows, sinks and experts included; a codec's error is measured beside it."""
+@pytest.fixture(scope="module", params=EVERY_FAMILY)
+def any_family_dir(request, tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp(f"kv-eval-{request.param}"), request.param, seed=7)
+
+
+def test_kv_eval_scores_what_transformers_scores(any_family_dir):
+    """kv-eval on every family: its reference (bf16 pages, chunks of 20 over windows of 48) scores the
+    perplexity transformers does on the same text, windows, sinks, experts and multimodal folders included; a
+    codec's error is measured beside it."""
     from tests.engine.conftest import kv_eval_and_transformers_ppl
 
-    (ref, fp8), ppl = kv_eval_and_transformers_ppl(family_dir)
+    (ref, fp8), ppl = kv_eval_and_transformers_ppl(any_family_dir)
     assert ref.ppl == pytest.approx(ppl, rel=2e-3)
     assert fp8.kl > 0 and all(e > 0 for e in fp8.attn_rel_err)
