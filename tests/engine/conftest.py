@@ -248,8 +248,18 @@ CHAT_REPLY = "I read it."
 CLOSERS = ['"', "}", "]", "0", "true"]  # after EOS, what the head prefers: short JSON under a grammar
 
 
+def tokenizer_corpus() -> list[str]:
+    """Python's own standard library (asyncio, email, http, json, logging: 1.3 MB of Python), fixed for a Python
+    version: trained on this repository's sources, the vocabulary (and every token count the agent tests hold
+    against docs/ECONOMICS.md) moved with each commit."""
+    import sysconfig
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    return [str(p) for d in ("asyncio", "email", "http", "json", "logging") for p in sorted((stdlib / d).glob("*.py"))]
+
+
 def write_chat_checkpoint(folder: Path, template: str, max_len: int = 4096, vocab_size: int = 2048) -> Path:
-    """A byte-level BPE tokenizer (trained on this repository's sources) and a Llama whose greedy reply after a
+    """A byte-level BPE tokenizer (trained on `tokenizer_corpus()`) and a Llama whose greedy reply after a
     newline (where chat templates end the prompt) is `CHAT_REPLY`, then EOS; elsewhere, as under a grammar, it
     prefers EOS, then closing JSON. One-hot state embeddings, attention and MLP outputs zeroed, one attention
     head of 16 dims (a 30k-token prompt prefills in seconds on a CPU), an LM head written so: a real model run
@@ -257,11 +267,10 @@ def write_chat_checkpoint(folder: Path, template: str, max_len: int = 4096, voca
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    root = Path(__file__).resolve().parents[2]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train([str(p) for p in sorted(root.glob("agentkv/**/*.py"))], trainers.BpeTrainer(
+    tok.train(tokenizer_corpus(), trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=CHAT_SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False))
     tok.add_tokens(CHAT_ADDED)
