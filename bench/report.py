@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-from agentkv.cli import REPORT_SESSIONS
+from agentkv.commands.report import REPORT_SESSIONS
 from agentkv.report.ladder import LADDER, DeploymentSpec, rung_config
 from agentkv.sim.simulator import simulate
 from agentkv.workload.arrivals import ArrivalModel

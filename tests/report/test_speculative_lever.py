@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agentkv.cli import UsageError, deployment_spec
+from agentkv.cli_errors import UsageError
+from agentkv.commands.report import deployment_spec
 from agentkv.report.ladder import LADDER, DeploymentSpec, rung_config
 from agentkv.report.levers import speculation_gains
 from agentkv.sim.speculative import Speculation
