@@ -35,10 +35,21 @@ class LocalIds:
         return out
 
     def seen_prefix(self, ids: np.ndarray) -> np.ndarray:
-        """The local ids of the leading run of `ids` this replica has seen (what its cache could hold)."""
-        local = self.lookup(ids)
-        unseen = np.flatnonzero(local == UNSEEN)
-        return local[: unseen[0]] if len(unseen) else local
+        """The local ids of the leading run of `ids` this replica has seen (what its cache could hold): page run by
+        page run, stopping at the first unseen id (the router asks every replica for every prompt)."""
+        page = ids >> PAGE_BITS
+        parts: list[np.ndarray] = []
+        for a, b in pairwise((0, *(np.flatnonzero(page[1:] != page[:-1]) + 1).tolist(), len(ids))):
+            table = self.pages.get(int(page[a]))
+            if table is None:
+                break
+            local = table[ids[a:b] & (PAGE - 1)]
+            unseen = local == UNSEEN
+            if unseen.any():
+                parts.append(local[: int(unseen.argmax())])
+                break
+            parts.append(local)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
     def assign(self, ids: np.ndarray) -> np.ndarray:
         """Local ids of `ids`, numbering the unseen ones (in order of first appearance)."""
@@ -46,15 +57,21 @@ class LocalIds:
         new = local == UNSEEN
         if not new.any():
             return local
-        fresh, first = np.unique(ids[new], return_index=True)
-        fresh = fresh[np.argsort(first, kind="stable")]
+        fresh = ids[new]
+        ascending = len(fresh) == 1 or bool((fresh[1:] > fresh[:-1]).all())  # a session's new blocks: no repeats
+        if not ascending:
+            fresh, first = np.unique(fresh, return_index=True)
+            fresh = fresh[np.argsort(first, kind="stable")]
         numbers = np.arange(self.n, self.n + len(fresh), dtype=np.int32)
         self.n += len(fresh)
-        for p in np.unique(fresh >> PAGE_BITS).tolist():
-            if p not in self.pages:
-                self.pages[p] = np.full(PAGE, UNSEEN, dtype=np.int32)
         page = fresh >> PAGE_BITS
         for p in np.unique(page).tolist():
             on = page == p
-            self.pages[p][fresh[on] & (PAGE - 1)] = numbers[on]
+            table = self.pages.get(p)
+            if table is None:
+                table = self.pages[p] = np.full(PAGE, UNSEEN, dtype=np.int32)
+            table[fresh[on] & (PAGE - 1)] = numbers[on]
+        if ascending:
+            local[new] = numbers
+            return local
         return self.lookup(ids)
