@@ -7,11 +7,17 @@ from agentkv.scheduler import PrefillChunk, Sequence, StepPlan
 from agentkv.sim.stepcost import Deployment, StepCost, StepShape, step_cost, transfer_seconds
 
 
-def price_step(batch: StepPlan, d: Deployment, links: list[str], block_bytes: int, totals: dict) -> float:
-    """Seconds the batch takes, split into prefill / decode / cached-prefix / transfer time for the cost model."""
+def price_step(batch: StepPlan, d: Deployment, links: list[str], block_bytes: int, totals: dict,
+               prefill_only: dict[tuple, StepCost]) -> float:
+    """Seconds the batch takes, split into prefill / decode / cached-prefix / transfer time for the cost model.
+    `prefill_only` remembers the cost of steps with no decodes by their chunks: a long prompt's chunks repeat
+    from request to request (8192 tokens after 0, 8192, ...), and their count is bounded by the prompts' lengths."""
     prefills = tuple((c.n, c.start) for c in batch.prefills)
     decodes = tuple(q.computed + 1 for q in batch.decodes)
-    cost = step_cost(StepShape(prefills, decodes), d)
+    if decodes:
+        cost = step_cost(StepShape(prefills, decodes), d)
+    elif (cost := prefill_only.get(prefills)) is None:  # type: ignore[assignment]
+        cost = prefill_only[prefills] = step_cost(StepShape(prefills), d)
     total = cost.total
     moved: dict[str, float] = {}
     for mv in batch.moves:  # every copy at its link's bandwidth: promotions, demotions, write-through copies

@@ -126,6 +126,7 @@ class Simulator:
         self.totals = dict(prefill=0.0, decode=0.0, cached=0.0, transfer=0.0, steps=0, prefill_tokens=0,
                            decode_tokens=0)
         self.arrivals: list[tuple[float, int]] = []
+        self.prefill_costs: dict[tuple, StepCost] = {}  # see pricing.price_step
         self.steps: list[tuple[float, int, int, StepPlan | None]] = []
         self._order = 0  # ties between step completions break by push order
         self.in_system = 0.0
@@ -195,7 +196,7 @@ class Simulator:
             rep.busy = False
             return
         rep.busy = True
-        secs = price_step(plan, self.d, rep.tier_links, rep.block_bytes, self.totals)
+        secs = price_step(plan, self.d, rep.tier_links, rep.block_bytes, self.totals, self.prefill_costs)
         rep.busy_s += secs
         self._push_step(now + secs, r, plan)
 
