@@ -16,8 +16,10 @@ def price_step(batch: StepPlan, d: Deployment, links: list[str], block_bytes: in
     decodes = tuple(q.computed + 1 for q in batch.decodes)
     if decodes:
         cost = step_cost(StepShape(prefills, decodes), d)
-    elif (cost := prefill_only.get(prefills)) is None:  # type: ignore[assignment]
-        cost = prefill_only[prefills] = step_cost(StepShape(prefills), d)
+    else:
+        if prefills not in prefill_only:
+            prefill_only[prefills] = step_cost(StepShape(prefills), d)
+        cost = prefill_only[prefills]
     total = cost.total
     moved: dict[str, float] = {}
     for mv in batch.moves:  # every copy at its link's bandwidth: promotions, demotions, write-through copies
