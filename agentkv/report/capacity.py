@@ -59,8 +59,7 @@ def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, 
                                "can place them (Little's law would pack the whole trace into an instant); sized on "
                                "the arrivals as offered instead")
     search = Search(float(min(max(start, 1.0), max_sessions)), max_sessions, max_runs)
-    probe = _Probe(trace, spec, rung, seed)
-    done, met = search.run(probe, spec) if pool is None else search.run_side_by_side(probe, spec, pool, width)
+    done, met = search.run(_Probe(trace, spec, rung, seed), spec, pool, width)
     runs = {} if runs is None else runs
     path, _, (lo, hi) = search.replay(met)
     runs.update({c: done[c] for c in path})
@@ -138,26 +137,19 @@ class Search:
                 guesses += [{**known, c: True}, {**known, c: False}]
         return out
 
-    def run(self, probe: Callable[[float], SimResult], spec: DeploymentSpec) -> tuple[Results, dict[float, bool]]:
-        """Each probe in turn: (its results, whether each met the SLO)."""
-        done: dict[float, SimResult] = {}
-        met: dict[float, bool] = {}
-        while (c := self.replay(met)[1]) is not None:
-            done[c] = probe(c)
-            met[c] = meets_slo(done[c], spec)
-        return done, met
-
-    def run_side_by_side(self, probe: Callable[[float], SimResult], spec: DeploymentSpec, pool: Executor,
-                         width: int) -> tuple[Results, dict[float, bool]]:
-        """As `run`, with up to `width` probes in flight on `pool`; guesses that turn out wrong are dropped."""
-        done: dict[float, SimResult] = {}
+    def run(self, probe: Callable[[float], SimResult], spec: DeploymentSpec, pool: Executor | None = None,
+            width: int = 1) -> tuple[Results, dict[float, bool]]:
+        """Probes until the bracket is found: one after another, or with a `pool` up to `width` in flight (the
+        next one and what follows either guess of its outcome; guesses that turn out wrong are dropped).
+        Returns (the results, whether each met the SLO)."""
+        done: Results = {}
         met: dict[float, bool] = {}
         flying: dict[float, Future[SimResult]] = {}
         while (c := self.replay(met)[1]) is not None:
-            for nxt in self.frontier(met, width):
+            for nxt in self.frontier(met, width) if pool is not None else ():
                 if nxt not in flying and nxt not in done:
                     flying[nxt] = pool.submit(probe, nxt)
-            done[c] = flying.pop(c).result()
+            done[c] = flying.pop(c).result() if c in flying else probe(c)
             met[c] = meets_slo(done[c], spec)
         for f in flying.values():
             f.cancel()
