@@ -26,10 +26,8 @@ class LocalIds:
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Local ids of `ids`, UNSEEN where this replica never saw one."""
         out = np.full(len(ids), UNSEEN, dtype=np.int64)
-        page = ids >> PAGE_BITS
-        cuts = [0, *(np.flatnonzero(page[1:] != page[:-1]) + 1).tolist(), len(ids)]
-        for a, b in pairwise(cuts):
-            table = self.pages.get(int(page[a])) if b > a else None
+        for p, a, b in _page_runs(ids):
+            table = self.pages.get(p)
             if table is not None:
                 out[a:b] = table[ids[a:b] & (PAGE - 1)]
         return out
@@ -37,10 +35,9 @@ class LocalIds:
     def seen_prefix(self, ids: np.ndarray) -> np.ndarray:
         """The local ids of the leading run of `ids` this replica has seen (what its cache could hold): page run by
         page run, stopping at the first unseen id (the router asks every replica for every prompt)."""
-        page = ids >> PAGE_BITS
         parts: list[np.ndarray] = []
-        for a, b in pairwise((0, *(np.flatnonzero(page[1:] != page[:-1]) + 1).tolist(), len(ids))):
-            table = self.pages.get(int(page[a]))
+        for p, a, b in _page_runs(ids):
+            table = self.pages.get(p)
             if table is None:
                 break
             local = table[ids[a:b] & (PAGE - 1)]
@@ -75,3 +72,12 @@ class LocalIds:
             local[new] = numbers
             return local
         return self.lookup(ids)
+
+
+def _page_runs(ids: np.ndarray) -> list[tuple[int, int, int]]:
+    """(page, start, end) of each run of `ids` on one page, in order."""
+    if not len(ids):
+        return []
+    page = ids >> PAGE_BITS
+    cuts = [0, *(np.flatnonzero(page[1:] != page[:-1]) + 1).tolist(), len(ids)]
+    return [(int(page[a]), a, b) for a, b in pairwise(cuts)]

@@ -6,18 +6,23 @@ from __future__ import annotations
 from agentkv.scheduler import PrefillChunk, Sequence, StepPlan
 from agentkv.sim.stepcost import Deployment, StepCost, StepShape, step_cost, transfer_seconds
 
+PRICES_KEPT = 1 << 14  # prefill-only step costs remembered per simulation (~7 MB): a 432k-request trace's
+# cached-prefix lengths make most chunk shapes distinct, and those need not all be held
+
 
 def price_step(batch: StepPlan, d: Deployment, links: list[str], block_bytes: int, totals: dict,
                prefill_only: dict[tuple, StepCost]) -> float:
     """Seconds the batch takes, split into prefill / decode / cached-prefix / transfer time for the cost model.
     `prefill_only` remembers the cost of steps with no decodes by their chunks: a long prompt's chunks repeat
-    from request to request (8192 tokens after 0, 8192, ...), and their count is bounded by the prompts' lengths."""
+    from request to request (8192 tokens after 0, 8192, ...); it starts over at PRICES_KEPT entries."""
     prefills = tuple((c.n, c.start) for c in batch.prefills)
     decodes = tuple(q.computed + 1 for q in batch.decodes)
     if decodes:
         cost = step_cost(StepShape(prefills, decodes), d)
     else:
         if prefills not in prefill_only:
+            if len(prefill_only) >= PRICES_KEPT:
+                prefill_only.clear()
             prefill_only[prefills] = step_cost(StepShape(prefills), d)
         cost = prefill_only[prefills]
     total = cost.total
