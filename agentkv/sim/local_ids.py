@@ -9,6 +9,7 @@ its session's blocks), so a lookup is a handful of numpy slices.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
@@ -16,6 +17,19 @@ import numpy as np
 PAGE_BITS = 12
 PAGE = 1 << PAGE_BITS
 UNSEEN = -1
+
+
+@dataclass(slots=True)
+class PagedIds:
+    """A prompt's ids split by page: (page, start, end) runs and each id's offset in its page."""
+
+    ids: np.ndarray
+    runs: list[tuple[int, int, int]]
+    offsets: np.ndarray
+
+    @classmethod
+    def of(cls, ids: np.ndarray) -> PagedIds:
+        return cls(ids, _page_runs(ids), ids & (PAGE - 1))
 
 
 class LocalIds:
@@ -32,15 +46,16 @@ class LocalIds:
                 out[a:b] = table[ids[a:b] & (PAGE - 1)]
         return out
 
-    def seen_prefix(self, ids: np.ndarray) -> np.ndarray:
-        """The local ids of the leading run of `ids` this replica has seen (what its cache could hold): page run by
-        page run, stopping at the first unseen id (the router asks every replica for every prompt)."""
+    def seen_prefix(self, paged: PagedIds) -> np.ndarray:
+        """The local ids of the leading run of a prompt's ids this replica has seen (what its cache could hold):
+        page run by page run, stopping at the first unseen id (the router asks every replica for every prompt,
+        so the prompt is split by page once: `PagedIds`)."""
         parts: list[np.ndarray] = []
-        for p, a, b in _page_runs(ids):
+        for p, a, b in paged.runs:
             table = self.pages.get(p)
             if table is None:
                 break
-            local = table[ids[a:b] & (PAGE - 1)]
+            local = table[paged.offsets[a:b]]
             unseen = local == UNSEEN
             if unseen.any():
                 parts.append(local[: int(unseen.argmax())])

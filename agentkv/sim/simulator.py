@@ -25,7 +25,7 @@ from agentkv.kvcache.sizing import kv_bytes_per_block, state_bytes
 from agentkv.kvcache.tiers import TIER_LINKS, TierSpec
 from agentkv.scheduler import Scheduler, SchedulerConfig, Sequence, StepPlan
 from agentkv.scheduler.scheduler import blocks_for
-from agentkv.sim.local_ids import LocalIds
+from agentkv.sim.local_ids import LocalIds, PagedIds
 from agentkv.sim.pricing import attribute, price_step
 from agentkv.sim.result import Records, SimResult
 from agentkv.sim.router import Router
@@ -50,8 +50,9 @@ class SimConfig:
 
 
 class _Replica:
-    def __init__(self, cfg: SimConfig, block_size: int, name: int) -> None:
+    def __init__(self, cfg: SimConfig, block_size: int, name: int, prompt: list[PagedIds]) -> None:
         self.name = name
+        self.prompt = prompt  # the last prompt the router asked about, split by page: one list for the fleet
         d = cfg.deployment
         block = kv_bytes_per_block(d.model, d.kv_codec, block_size, d.kv_ranks)
         tiers = [TierSpec("gpu", max(d.kv_capacity_bytes, 0.0), block)]
@@ -75,7 +76,9 @@ class _Replica:
         return sum(q.prompt_len - q.computed + q.max_tokens - q.generated for q in (*s.waiting, *s.running))
 
     def cached_prefix(self, ids: np.ndarray) -> int:
-        return self.cache.lookup(self.ids.seen_prefix(ids))[0]
+        if self.prompt[0].ids is not ids:  # the router asks every replica about one prompt: split it once
+            self.prompt[0] = PagedIds.of(ids)
+        return self.cache.lookup(self.ids.seen_prefix(self.prompt[0]))[0]
 
     def catch_up(self, now: float) -> None:
         """Apply the decode steps of a leap that have ended by `now` to the running sequences."""
@@ -119,7 +122,8 @@ class Simulator:
         self.trace, self.first_arrival = place(trace, cfg.arrival)  # sessions already open at 0: see arrivals
         self.offered = offered_seconds(trace, cfg.arrival, self.first_arrival)
         self.cfg, self.d = cfg, cfg.deployment
-        self.replicas = [_Replica(cfg, trace.block_size, r) for r in range(cfg.replicas)]
+        prompt = [PagedIds.of(np.zeros(0, dtype=np.int64))]
+        self.replicas = [_Replica(cfg, trace.block_size, r, prompt) for r in range(cfg.replicas)]
         self.router = Router(cfg.router)
         self.pause = _pauses(self.trace)
         self.records = Records(trace.n_requests, len(self.replicas[0].cache.tiers))
