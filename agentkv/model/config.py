@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from agentkv.model.deepseek_config import GroupedRouting, MLAShape, deepseek_fields
+
 if TYPE_CHECKING:
     from agentkv.catalog import LayerGroup, ModelSpec
 
@@ -24,6 +26,8 @@ ARCHITECTURES = {
     "Gemma3ForCausalLM": "gemma3",
     "GptOssForCausalLM": "gpt_oss",
     "Llama4ForCausalLM": "llama4",
+    "DeepseekV2ForCausalLM": "deepseek_v2",
+    "DeepseekV3ForCausalLM": "deepseek_v3",
 }
 WINDOWED = {"sliding_attention": True, "chunked_attention": True, "full_attention": False}  # `layer_types`
 
@@ -70,6 +74,9 @@ class ModelConfig:
     shared_expert: bool = False  # a dense MLP of moe_intermediate_size beside the routed experts (Llama 4)
     dense_intermediate_size: int = 0  # the dense layers' MLP where it differs from intermediate_size (Llama 4)
     mxfp4: bool = False  # expert weights published as MXFP4 blocks and scales (gpt-oss), dequantized at load
+    mla: MLAShape | None = None  # multi-head latent attention (DeepSeek-V2/V3); head_dim is then its RoPE key's
+    routing: GroupedRouting | None = None  # grouped top-k routing and shared experts (DeepSeek-V2/V3)
+    fp8_block: tuple[int, ...] = ()  # weights published as fp8 codes with a scale per block of this shape
 
     def window_of(self, layer: int) -> int:
         return self.layer_windows[layer] if self.layer_windows else 0
@@ -128,7 +135,7 @@ class ModelConfig:
             num_layers=layers,
             num_heads=heads,
             num_kv_heads=int(raw.get("num_key_value_heads") or heads),
-            head_dim=int(raw.get("head_dim") or hidden // heads),
+            head_dim=int(raw.get("qk_rope_head_dim") or raw.get("head_dim") or hidden // heads),  # MLA: its RoPE key
             vocab_size=int(need("vocab_size")),
             rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
             rope_theta=float(theta),
@@ -144,22 +151,25 @@ class ModelConfig:
             **(_gemma3_fields(raw, layers, need, path, local_rope) if family == "gemma3" else {}),
             **(_gpt_oss_fields(raw, layers, need, path) if family == "gpt_oss" else {}),
             **(_llama4_fields(raw, layers, need, path) if family == "llama4" else {}),
+            **(deepseek_fields(raw, layers, need, path, family) if family in ("deepseek_v2", "deepseek_v3") else {}),
         )
 
     def spec(self, name: str) -> ModelSpec:
         """The catalog's view of this shape: what `kvcache/sizing.py` and the cost-aware policy read."""
         from agentkv.catalog import ModelSpec
 
-        attn = self.hidden_size * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
+        attn = self.mla.params(self.hidden_size, self.num_heads) if self.mla else \
+            self.hidden_size * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
         dense = 3 * self.hidden_size * self.intermediate_size
         expert = 3 * self.hidden_size * self.moe_intermediate_size
-        router = self.hidden_size * self.num_experts
+        always = self.hidden_size * self.num_experts + (self.routing.shared * expert if self.routing else 0)  # router, shared experts
         moe = sum(self.moe_layers)
         embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
-        base = self.num_layers * attn + (self.num_layers - moe) * dense + moe * router + embed
+        base = self.num_layers * attn + (self.num_layers - moe) * dense + moe * always + embed
         total = float(base + moe * self.num_experts * expert)
         active = float(base + moe * self.experts_per_token * expert)
-        return ModelSpec(name, "config.json", self.num_layers, self.num_heads, self.num_kv_heads, self.head_dim,
+        head_dim = self.mla.qk_nope_head_dim if self.mla else self.head_dim  # as the catalog's MLA entries
+        return ModelSpec(name, "config.json", self.num_layers, self.num_heads, self.num_kv_heads, head_dim,
                          self.hidden_size, self.intermediate_size, self.vocab_size, total, active,
                          self.max_position_embeddings, attention=self.layer_groups())
 
@@ -167,6 +177,8 @@ class ModelConfig:
         """Its layers by attention kind, as the catalog describes them: () where every layer is full."""
         from agentkv.catalog import LayerGroup
 
+        if self.mla:
+            return (LayerGroup("mla", self.num_layers, latent=self.mla.kv_lora_rank, rope=self.mla.qk_rope_head_dim),)
         windows = sorted({w for w in self.layer_windows if w})
         if not windows:
             return ()

@@ -11,14 +11,16 @@ This file holds what a rung is and how it becomes a simulated deployment; `capac
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from agentkv.catalog import hardware, model
+from agentkv.catalog import HardwareSpec, ModelSpec, hardware, model
 from agentkv.kvcache.sizing import codec
 from agentkv.report.slo import DEFAULT_OUTPUT_TPS, DEFAULT_SLOWDOWN, describe_slo
 from agentkv.sim.simulator import SimConfig, SimResult
+from agentkv.sim.speculative import Speculation
 from agentkv.sim.stepcost import WEIGHTS, Deployment, mode_name, prefill_seconds
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.trace import Trace
@@ -49,6 +51,11 @@ class DeploymentSpec:
     ep: bool = False
     dp_attention: bool = False
     expert_dtype: str = ""
+    # speculative decoding (sim/speculative.py): tokens drafted a step (0: off), the mean tokens a step emits per
+    # sequence (stated, no default: it depends on model, draft and text), the draft's layers (MTP: 1)
+    spec_tokens: int = 0
+    spec_acceptance: float = 0.0
+    spec_draft_layers: int = 1
 
     def __post_init__(self) -> None:
         for name, ok, rule in (("tp", self.tp >= 1, ">= 1"), ("max_replicas", self.max_replicas >= 1, ">= 1"),
@@ -65,6 +72,20 @@ class DeploymentSpec:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be one of {', '.join(WEIGHTS)}")
         if self.dp_attention and not self.ep:
             raise ValueError("dp_attention=true runs beside expert parallelism: set ep=true too")
+        self.speculation  # noqa: B018 (checks the spec_* settings)
+
+    @property
+    def speculation(self) -> Speculation | None:
+        if not self.spec_tokens and not self.spec_acceptance:
+            return None
+        if self.spec_tokens < 1 or not self.spec_acceptance:
+            raise ValueError("speculative decoding needs spec_tokens >= 1 and spec_acceptance, the mean tokens a "
+                             "step emits (e.g. 1.85 for DeepSeek-V3's one MTP token, arXiv 2412.19437 §5.4.3)")
+        try:
+            return Speculation(self.spec_tokens, self.spec_acceptance, self.spec_draft_layers)
+        except ValueError as e:
+            raise ValueError(f"spec_tokens={self.spec_tokens}, spec_acceptance={self.spec_acceptance:g}, "
+                             f"spec_draft_layers={self.spec_draft_layers}: {e}") from None
 
     @property
     def slo(self) -> str:
@@ -72,7 +93,9 @@ class DeploymentSpec:
 
     @property
     def mode(self) -> str:
-        return mode_name(self.tp, self.ep, self.dp_attention)
+        spec = self.speculation
+        return mode_name(self.tp, self.ep, self.dp_attention) + (
+            f" + speculative ({spec.draft_tokens} drafted, {spec.acceptance_length:g} emitted a step)" if spec else "")
 
 
 def modes(spec: DeploymentSpec) -> tuple[DeploymentSpec, ...]:
@@ -80,9 +103,21 @@ def modes(spec: DeploymentSpec) -> tuple[DeploymentSpec, ...]:
     states, on more than one GPU, and a spec that names no mode: TP + EP and DP-attention + EP on the same GPUs
     (the report's views compare levers at equal GPUs per replica). Disaggregated pools are priced apart
     (sim/disagg.py), not simulated here."""
-    if spec.tp == 1 or spec.ep or spec.dp_attention or not model(spec.model, spec.models_file).routed_params:
+    if spec.tp == 1 or spec.ep or spec.dp_attention or not catalog_of(spec)[1].routed_params:
         return (spec,)
     return (spec, replace(spec, ep=True), replace(spec, ep=True, dp_attention=True))
+
+
+def catalog_of(spec: DeploymentSpec) -> tuple[HardwareSpec, ModelSpec]:
+    """The spec's hardware and model from the TOML catalogs, read once per process (a report runs hundreds of
+    simulations, each needing both; its worker processes read them once each)."""
+    return _catalog_entries(spec.hardware, spec.hardware_file, spec.model, spec.models_file)
+
+
+@functools.lru_cache(maxsize=16)
+def _catalog_entries(hw: str, hardware_file: str | None, name: str, models_file: str | None
+                     ) -> tuple[HardwareSpec, ModelSpec]:
+    return hardware(hw, hardware_file), model(name, models_file)
 
 
 @dataclass(slots=True, frozen=True)
@@ -109,10 +144,10 @@ LADDER = (
 
 
 def rung_config(spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, replicas: int) -> SimConfig:
-    hw = hardware(spec.hardware, spec.hardware_file)
-    d = Deployment(hw, model(spec.model, spec.models_file), codec(rung.codec), tp=spec.tp,
+    hw, m = catalog_of(spec)
+    d = Deployment(hw, m, codec(rung.codec), tp=spec.tp,
                    weight_dtype=spec.weight_dtype, attention=rung.attention, ep=spec.ep,
-                   dp_attention=spec.dp_attention, expert_dtype=spec.expert_dtype)
+                   dp_attention=spec.dp_attention, expert_dtype=spec.expert_dtype, speculation=spec.speculation)
     dram = (spec.dram_gb * 1e9 if spec.dram_gb else 0.5 * hw.dram_bytes * spec.tp) if rung.dram else 0.0
     return SimConfig(d, replicas=replicas, policy=rung.policy, prefix_cache=rung.prefix_cache, dram_bytes=dram,
                      disk_bytes=spec.disk_gb * 1e9 if rung.disk else 0.0, router=spec.router, arrival=arrival)

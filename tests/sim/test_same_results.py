@@ -2,8 +2,9 @@
 reach every path (tiers and their transfers, preemption, write-through, routers, decode leaps and their cuts, a
 MoE under expert parallelism), equals the one recorded before it (tests/sim/data/sim_golden.npz).
 
-Written at commit c75a4f0 (before #29's simulator speed-ups) with `python -m tests.sim.test_same_results`; a change
-that is meant to move results (the step-cost formulas, the scheduler) rewrites it with that command and says so.
+Written by main's code at b2a2836 (before #29's simulator speed-ups; first at c75a4f0, rewritten when main's
+step cost moved the MoE case) with `python tests/sim/test_same_results.py` run against that tree's `agentkv`;
+a change meant to move results (the step-cost formulas, the scheduler) rewrites it the same way and says so.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def test_the_golden_exercises_every_path() -> None:
     assert len(np.unique(golden["two_replicas.replica"])) == 2
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # PYTHONPATH=<a checkout of the code to record> python tests/sim/test_same_results.py
     out = {f"{name}.{k}": v for name, cfg in configs().items() for k, v in flat(simulate(trace(), cfg)).items()}
     np.savez_compressed(GOLDEN, **out)
     print(f"wrote {GOLDEN} ({len(out)} arrays)", file=sys.stderr)

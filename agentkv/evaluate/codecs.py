@@ -198,9 +198,10 @@ def score_window(model: Any, impl: dict[str, KVCodec], span: list[int], chunk: i
     dev = next(model.parameters()).device
     tokens = torch.tensor(span, device=dev)
 
+    heads, dim = (1, cfg.mla.entry_dim) if cfg.mla else (cfg.num_kv_heads, cfg.head_dim)  # MLA: the latent
+
     def layers(name: str) -> list[LayerKV]:
-        return [pages_for(impl[name], len(span), block_size, cfg.num_kv_heads, cfg.head_dim, dev)
-                for _ in range(cfg.num_layers)]
+        return [pages_for(impl[name], len(span), block_size, heads, dim, dev) for _ in range(cfg.num_layers)]
 
     names = list(impl)
     runs = {c: layers(c) for c in names}
