@@ -3,7 +3,7 @@
 The deployment pays for every GPU over the window the trace offers as load (`SimResult.billed_s`), spread over
 the tokens of the requests that arrived in it, not over the makespan: a finite trace ends in a drain (one
 Claude Code session returns 122 h after it began) that would bill an idle fleet. Busy time is attributed to
-uncached input, output and cached input by the simulator (`simulator._attribute`): token-proportional work to the
+uncached input, output and cached input by the simulator (`sim/pricing.attribute`): token-proportional work to the
 step's new tokens, attention to the keys it reads, so cached input carries the attention over its KV and the
 transfers that brought it to the GPU. Idle time is its own line (`usd_per_mtok_idle`, over all tokens), not
 folded into the parts: a part-idle fleet would otherwise show output at tens of $/Mtok beside cents of input.

@@ -10,6 +10,8 @@ count replays copies of its sessions (fresh ids for their private blocks), so th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Generator
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +26,7 @@ SAMPLE_SESSIONS = 120  # top-level sessions the search simulates at most
 MAX_SESSIONS = 4096.0  # the most concurrent sessions one replica is probed at: beyond it, a lower bound
 RESOLUTION = 1.5  # stop when the highest load met and the lowest missed are this close: one geometric midpoint
 # inside a doubling bracket (√2 apart), which keeps the default report within a minute on 2 cores
+Results = dict[float, SimResult]  # by target concurrency
 
 
 @dataclass(slots=True)
@@ -39,11 +42,12 @@ class Capacity:
 
 def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, start: float = 20.0,
                      max_runs: int = 5, runs: dict[float, SimResult] | None = None,
-                     max_sessions: float = MAX_SESSIONS) -> Capacity:
+                     max_sessions: float = MAX_SESSIONS, pool: Executor | None = None, width: int = 2) -> Capacity:
     """Probes halve once below `start`, then drop to one session; `runs` (concurrency → result) is filled. The
     load is not capped by the trace's session count: past it, placement wraps each session round the shorter
     window, and every later lap is another user's copy of it with fresh ids for its private blocks (see
-    `workload.arrivals.place`)."""
+    `workload.arrivals.place`). With a `pool`, up to `width` probes run side by side: the next one and those
+    that follow it either way it goes; the answer, `runs` and `probes` are the sequential search's."""
     floor = prefill_floor(trace, spec, rung)
     if floor > spec.slo_ttft_s:
         return Capacity(0.0, floor, reason=f"the p{spec.slo_quantile:g} prompt alone takes {floor:.0f} s to "
@@ -54,31 +58,102 @@ def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, 
                         reason="its sessions are single requests with no recorded service time, so no concurrency "
                                "can place them (Little's law would pack the whole trace into an instant); sized on "
                                "the arrivals as offered instead")
+    search = Search(float(min(max(start, 1.0), max_sessions)), max_sessions, max_runs)
+    done, met = search.run(_Probe(trace, spec, rung, seed), spec, pool, width)
     runs = {} if runs is None else runs
-    probes: list[tuple[float, float]] = []
-
-    def meets(c: float) -> bool:
-        runs[c] = simulate(trace, rung_config(spec, rung, ArrivalModel("concurrency", c, seed), 1))
-        probes.append((c, slo_ttft(runs[c], spec)))
-        return meets_slo(runs[c], spec)
-
-    first = c = float(min(max(start, 1.0), max_sessions))
-    lo, hi = (c, None) if meets(c) else (None, c)
-    while lo is None and hi is not None and hi > 1.0:
-        c = max(hi / 2, 1.0) if hi == first else 1.0  # halve once, then try one session at a time
-        lo, hi = (c, hi) if meets(c) else (None, c)
-    while hi is None and lo is not None and lo < max_sessions:
-        c = min(2 * lo, max_sessions)
-        lo, hi = (c, None) if meets(c) else (lo, c)
-    while lo is not None and hi is not None and hi / lo > RESOLUTION and len(runs) < max_runs:
-        c = math.sqrt(lo * hi)
-        lo, hi = (c, hi) if meets(c) else (lo, c)
+    path, _, (lo, hi) = search.replay(met)
+    runs.update({c: done[c] for c in path})
+    probes = [(c, slo_ttft(done[c], spec)) for c in path]
     if lo is None:
         least = runs[min(runs)]
         return Capacity(0.0, slo_ttft(least, spec), reason="misses it with one session at a time ("
                                                          + "; ".join(slo_misses(least, spec)) + ")", probes=probes)
     return Capacity(lo, slo_ttft(runs[lo], spec), at_limit=hi is None, probes=probes,
                     tokens_per_session_s=billed_tokens(runs[lo]) / max(runs[lo].billed_s * lo, 1e-9))
+
+
+@dataclass(slots=True, frozen=True)
+class _Probe:
+    """One replica at a target concurrency: what every probe simulates (picklable, for a pool's workers)."""
+
+    trace: Trace
+    spec: DeploymentSpec
+    rung: Rung
+    seed: int
+
+    def __call__(self, c: float) -> SimResult:
+        return simulate(self.trace, rung_config(self.spec, self.rung, ArrivalModel("concurrency", c, self.seed), 1))
+
+
+@dataclass(slots=True, frozen=True)
+class Search:
+    """The bracket search as data: which load to probe next follows from the outcomes (met or not) so far, so
+    a probe's outcome can be guessed both ways and its successors run beside it."""
+
+    first: float
+    max_sessions: float
+    max_runs: int
+
+    def _steps(self) -> Generator[float, bool, tuple[float | None, float | None]]:
+        """Yields each load to probe, is sent whether it met the SLO; returns (highest met, lowest missed)."""
+        first, c = self.first, self.first
+        lo, hi = (c, None) if (yield c) else (None, c)
+        n = 1
+        while lo is None and hi is not None and hi > 1.0:
+            c = max(hi / 2, 1.0) if hi == first else 1.0  # halve once, then try one session at a time
+            lo, hi = (c, hi) if (yield c) else (None, c)
+            n += 1
+        while hi is None and lo is not None and lo < self.max_sessions:
+            c = min(2 * lo, self.max_sessions)
+            lo, hi = (c, None) if (yield c) else (lo, c)
+            n += 1
+        while lo is not None and hi is not None and hi / lo > RESOLUTION and n < self.max_runs:
+            c = math.sqrt(lo * hi)
+            lo, hi = (c, hi) if (yield c) else (lo, c)
+            n += 1
+        return lo, hi
+
+    def replay(self, met: dict[float, bool]) -> tuple[list[float], float | None, tuple[float | None, float | None]]:
+        """(the loads probed in order, the next load whose outcome `met` lacks or None, the bracket at the end)."""
+        steps, path = self._steps(), []
+        try:
+            c = next(steps)
+            while c in met:
+                path.append(c)
+                c = steps.send(met[c])
+            return path, c, (None, None)
+        except StopIteration as end:
+            return path, None, end.value
+
+    def frontier(self, met: dict[float, bool], width: int) -> list[float]:
+        """Up to `width` loads worth probing now: the next one, then what follows each guess of its outcome."""
+        out: list[float] = []
+        guesses = [met]
+        while guesses and len(out) < width:
+            known = guesses.pop(0)
+            c = self.replay(known)[1]
+            if c is not None:
+                out += [c] if c not in out else []
+                guesses += [{**known, c: True}, {**known, c: False}]
+        return out
+
+    def run(self, probe: Callable[[float], SimResult], spec: DeploymentSpec, pool: Executor | None = None,
+            width: int = 1) -> tuple[Results, dict[float, bool]]:
+        """Probes until the bracket is found: one after another, or with a `pool` up to `width` in flight (the
+        next one and what follows either guess of its outcome; guesses that turn out wrong are dropped).
+        Returns (the results, whether each met the SLO)."""
+        done: Results = {}
+        met: dict[float, bool] = {}
+        flying: dict[float, Future[SimResult]] = {}
+        while (c := self.replay(met)[1]) is not None:
+            for nxt in self.frontier(met, width) if pool is not None else ():
+                if nxt not in flying and nxt not in done:
+                    flying[nxt] = pool.submit(probe, nxt)
+            done[c] = flying.pop(c).result() if c in flying else probe(c)
+            met[c] = meets_slo(done[c], spec)
+        for f in flying.values():
+            f.cancel()
+        return done, met
 
 
 def billed_tokens(res: SimResult) -> float:

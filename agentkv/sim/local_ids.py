@@ -9,6 +9,7 @@ its session's blocks), so a lookup is a handful of numpy slices.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
@@ -16,6 +17,19 @@ import numpy as np
 PAGE_BITS = 12
 PAGE = 1 << PAGE_BITS
 UNSEEN = -1
+
+
+@dataclass(slots=True)
+class PagedIds:
+    """A prompt's ids split by page: (page, start, end) runs and each id's offset in its page."""
+
+    ids: np.ndarray
+    runs: list[tuple[int, int, int]]
+    offsets: np.ndarray
+
+    @classmethod
+    def of(cls, ids: np.ndarray) -> PagedIds:
+        return cls(ids, _page_runs(ids), ids & (PAGE - 1))
 
 
 class LocalIds:
@@ -26,19 +40,28 @@ class LocalIds:
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Local ids of `ids`, UNSEEN where this replica never saw one."""
         out = np.full(len(ids), UNSEEN, dtype=np.int64)
-        page = ids >> PAGE_BITS
-        cuts = [0, *(np.flatnonzero(page[1:] != page[:-1]) + 1).tolist(), len(ids)]
-        for a, b in pairwise(cuts):
-            table = self.pages.get(int(page[a])) if b > a else None
+        for p, a, b in _page_runs(ids):
+            table = self.pages.get(p)
             if table is not None:
                 out[a:b] = table[ids[a:b] & (PAGE - 1)]
         return out
 
-    def seen_prefix(self, ids: np.ndarray) -> np.ndarray:
-        """The local ids of the leading run of `ids` this replica has seen (what its cache could hold)."""
-        local = self.lookup(ids)
-        unseen = np.flatnonzero(local == UNSEEN)
-        return local[: unseen[0]] if len(unseen) else local
+    def seen_prefix(self, paged: PagedIds) -> np.ndarray:
+        """The local ids of the leading run of a prompt's ids this replica has seen (what its cache could hold):
+        page run by page run, stopping at the first unseen id (the router asks every replica for every prompt,
+        so the prompt is split by page once: `PagedIds`)."""
+        parts: list[np.ndarray] = []
+        for p, a, b in paged.runs:
+            table = self.pages.get(p)
+            if table is None:
+                break
+            local = table[paged.offsets[a:b]]
+            unseen = local == UNSEEN
+            if unseen.any():
+                parts.append(local[: int(unseen.argmax())])
+                break
+            parts.append(local)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
     def assign(self, ids: np.ndarray) -> np.ndarray:
         """Local ids of `ids`, numbering the unseen ones (in order of first appearance)."""
@@ -46,15 +69,30 @@ class LocalIds:
         new = local == UNSEEN
         if not new.any():
             return local
-        fresh, first = np.unique(ids[new], return_index=True)
-        fresh = fresh[np.argsort(first, kind="stable")]
+        fresh = ids[new]
+        ascending = len(fresh) == 1 or bool((fresh[1:] > fresh[:-1]).all())  # a session's new blocks: no repeats
+        if not ascending:
+            fresh, first = np.unique(fresh, return_index=True)
+            fresh = fresh[np.argsort(first, kind="stable")]
         numbers = np.arange(self.n, self.n + len(fresh), dtype=np.int32)
         self.n += len(fresh)
-        for p in np.unique(fresh >> PAGE_BITS).tolist():
-            if p not in self.pages:
-                self.pages[p] = np.full(PAGE, UNSEEN, dtype=np.int32)
         page = fresh >> PAGE_BITS
         for p in np.unique(page).tolist():
             on = page == p
-            self.pages[p][fresh[on] & (PAGE - 1)] = numbers[on]
+            table = self.pages.get(p)
+            if table is None:
+                table = self.pages[p] = np.full(PAGE, UNSEEN, dtype=np.int32)
+            table[fresh[on] & (PAGE - 1)] = numbers[on]
+        if ascending:
+            local[new] = numbers
+            return local
         return self.lookup(ids)
+
+
+def _page_runs(ids: np.ndarray) -> list[tuple[int, int, int]]:
+    """(page, start, end) of each run of `ids` on one page, in order."""
+    if not len(ids):
+        return []
+    page = ids >> PAGE_BITS
+    cuts = [0, *(np.flatnonzero(page[1:] != page[:-1]) + 1).tolist(), len(ids)]
+    return [(int(page[a]), a, b) for a, b in pairwise(cuts)]

@@ -23,11 +23,13 @@ from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.sizing import kv_bytes_per_block, state_bytes
 from agentkv.kvcache.tiers import TIER_LINKS, TierSpec
-from agentkv.scheduler import PrefillChunk, Scheduler, SchedulerConfig, Sequence, StepPlan
+from agentkv.scheduler import Scheduler, SchedulerConfig, Sequence, StepPlan
 from agentkv.scheduler.scheduler import blocks_for
-from agentkv.sim.local_ids import LocalIds
+from agentkv.sim.local_ids import LocalIds, PagedIds
+from agentkv.sim.pricing import attribute, price_step
+from agentkv.sim.result import Records, SimResult
 from agentkv.sim.router import Router
-from agentkv.sim.stepcost import Deployment, StepCost, StepShape, step_cost, transfer_seconds
+from agentkv.sim.stepcost import Deployment, StepCost, StepShape, step_cost
 from agentkv.workload.arrivals import ArrivalModel, offered_seconds, place
 from agentkv.workload.trace import Trace
 
@@ -47,88 +49,10 @@ class SimConfig:
     arrival: ArrivalModel = field(default_factory=ArrivalModel)
 
 
-@dataclass(slots=True)
-class SimResult:
-    arrival: np.ndarray
-    first_token: np.ndarray  # NaN: rejected
-    finish: np.ndarray
-    prompt: np.ndarray
-    output: np.ndarray
-    cached: np.ndarray  # [R, tiers] prompt tokens served from each tier
-    replica: np.ndarray
-    preemptions: np.ndarray
-    rejected: np.ndarray  # never served: over the model's window, or could never fit in a replica's KV
-    over_window: np.ndarray  # of those, over the model's context window (fit the trace first: workload.window)
-    busy_s: np.ndarray  # per replica
-    makespan_s: float  # first arrival to last reply, the drain of a finite trace included
-    offered_s: float  # how long the trace offers load (arrivals.offered_seconds): the window billed
-    prefill_s: float  # busy time attributed to uncached input, output, cached input and non-overlapped transfers
-    decode_s: float
-    cached_s: float  # attention over cached prompt keys (see simulator._attribute)
-    transfer_s: float
-    steps: int
-    prefill_tokens: int  # tokens computed by prefill (cached prefixes excluded; preemption recompute included)
-    decode_tokens: int
-    in_system_s: float  # ∫ (requests queued or running, over all replicas) dt, from the schedulers' own state
-    wall_s: float
-    config: SimConfig
-    pause: np.ndarray = field(default_factory=lambda: np.zeros(0))  # agent's think before each request (s)
-    recorded_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the trace's service time (NaN: unknown)
-
-    @property
-    def served(self) -> np.ndarray:
-        return ~self.rejected
-
-    @property
-    def ttft(self) -> np.ndarray:
-        return (self.first_token - self.arrival)[self.served]
-
-    @property
-    def tpot(self) -> np.ndarray:
-        ok = self.served & (self.output > 1)
-        return (self.finish - self.first_token)[ok] / (self.output[ok] - 1)
-
-    @property
-    def e2e(self) -> np.ndarray:
-        return (self.finish - self.arrival)[self.served]
-
-    @property
-    def output_tps(self) -> np.ndarray:
-        """Output tokens per second each request streams after its first token (1 / TPOT)."""
-        return 1.0 / np.maximum(self.tpot, 1e-9)
-
-    @property
-    def slowdown(self) -> float:
-        """How much longer the agents take than they recorded: (think + served turn times) over (think + recorded
-        service times), over served requests whose service time the trace records; NaN where none does."""
-        known = self.served & ~np.isnan(self.recorded_s) if len(self.recorded_s) else np.zeros(0, dtype=bool)
-        if not known.any():
-            return float("nan")
-        think = float(self.pause[known].sum())
-        return (think + float((self.finish - self.arrival)[known].sum())) / max(
-            think + float(self.recorded_s[known].sum()), 1e-9)
-
-    @property
-    def hit_rate(self) -> float:
-        return float(self.cached[self.served].sum()) / max(int(self.prompt[self.served].sum()), 1)
-
-    @property
-    def billed_s(self) -> float:
-        """Seconds each GPU is paid for: the offered window, or the busiest replica's busy time where the fleet
-        could not keep pace with the load."""
-        return max(self.offered_s, float(self.busy_s.max(initial=0.0)))
-
-    @property
-    def billed(self) -> np.ndarray:
-        """Served requests that arrived within the billed window: the tokens its cost is spread over (the drain
-        of a finite trace is simulated, for latency, but neither billed nor counted)."""
-        t0 = float(self.arrival.min()) if len(self.arrival) else 0.0
-        return self.served & (self.arrival - t0 <= self.billed_s)
-
-
 class _Replica:
-    def __init__(self, cfg: SimConfig, block_size: int, name: int) -> None:
+    def __init__(self, cfg: SimConfig, block_size: int, name: int, prompt: list[PagedIds]) -> None:
         self.name = name
+        self.prompt = prompt  # the last prompt the router asked about, split by page: one list for the fleet
         d = cfg.deployment
         block = kv_bytes_per_block(d.model, d.kv_codec, block_size, d.kv_ranks)
         tiers = [TierSpec("gpu", max(d.kv_capacity_bytes, 0.0), block)]
@@ -152,7 +76,9 @@ class _Replica:
         return sum(q.prompt_len - q.computed + q.max_tokens - q.generated for q in (*s.waiting, *s.running))
 
     def cached_prefix(self, ids: np.ndarray) -> int:
-        return self.cache.lookup(self.ids.seen_prefix(ids))[0]
+        if self.prompt[0].ids is not ids:  # the router asks every replica about one prompt: split it once
+            self.prompt[0] = PagedIds.of(ids)
+        return self.cache.lookup(self.ids.seen_prefix(self.prompt[0]))[0]
 
     def catch_up(self, now: float) -> None:
         """Apply the decode steps of a leap that have ended by `now` to the running sequences."""
@@ -196,16 +122,19 @@ class Simulator:
         self.trace, self.first_arrival = place(trace, cfg.arrival)  # sessions already open at 0: see arrivals
         self.offered = offered_seconds(trace, cfg.arrival, self.first_arrival)
         self.cfg, self.d = cfg, cfg.deployment
-        self.replicas = [_Replica(cfg, trace.block_size, r) for r in range(cfg.replicas)]
+        prompt = [PagedIds.of(np.zeros(0, dtype=np.int64))]
+        self.replicas = [_Replica(cfg, trace.block_size, r, prompt) for r in range(cfg.replicas)]
         self.router = Router(cfg.router)
         self.pause = _pauses(self.trace)
-        self.records = _Records(trace.n_requests, len(self.replicas[0].cache.tiers))
+        self.records = Records(trace.n_requests, len(self.replicas[0].cache.tiers))
         self.totals = dict(prefill=0.0, decode=0.0, cached=0.0, transfer=0.0, steps=0, prefill_tokens=0,
                            decode_tokens=0)
         self.arrivals: list[tuple[float, int]] = []
+        self.prefill_costs: dict[tuple, StepCost] = {}  # see pricing.price_step
         self.steps: list[tuple[float, int, int, StepPlan | None]] = []
         self._order = 0  # ties between step completions break by push order
         self.in_system = 0.0
+        self.open = 0  # requests queued or running over all replicas (added, not yet finished)
 
     def run(self) -> SimResult:
         wall = time.perf_counter()
@@ -219,8 +148,7 @@ class Simulator:
         while self.arrivals or self.steps:
             t_next = min(self.arrivals[0][0] if self.arrivals else np.inf, self.steps[0][0] if self.steps else np.inf)
             if last_t:
-                self.in_system += (t_next - last_t) * sum(len(p.sched.waiting) + len(p.sched.running)
-                                                          for p in self.replicas)
+                self.in_system += (t_next - last_t) * self.open
             last_t = t_next
             if self.arrivals and (not self.steps or self.arrivals[0][0] <= self.steps[0][0]):
                 self._arrive(*heapq.heappop(self.arrivals))
@@ -250,6 +178,7 @@ class Simulator:
             res.rejected[i] = True
             self._next_in_session(i, now)
             return
+        self.open += 1
         if self.replicas[r].leap is not None:
             self._cut(r, now)
         elif not self.replicas[r].busy:
@@ -271,7 +200,7 @@ class Simulator:
             rep.busy = False
             return
         rep.busy = True
-        secs = _price(plan, self.d, rep.tier_links, rep.block_bytes, self.totals)
+        secs = price_step(plan, self.d, rep.tier_links, rep.block_bytes, self.totals, self.prefill_costs)
         rep.busy_s += secs
         self._push_step(now + secs, r, plan)
 
@@ -283,6 +212,7 @@ class Simulator:
             self._land(rep)
         else:
             for seq in rep.sched.postprocess(plan, now):
+                self.open -= 1
                 self.records.record(seq)
                 self._next_in_session(seq.seq_id, now)
             if self._leap(r, now):
@@ -313,7 +243,7 @@ class Simulator:
     def _land(self, rep: _Replica) -> None:
         """A leap ended: its steps applied, priced and attributed."""
         leap, running = rep.leap, rep.sched.running
-        _attribute(leap.cost, [], running, self.totals, steps=leap.steps, ahead=leap.ahead - leap.applied)
+        attribute(leap.cost, [], running, self.totals, steps=leap.steps, ahead=leap.ahead - leap.applied)
         for q in running:
             q.computed += leap.steps - leap.applied
             q.generated += leap.steps - leap.applied
@@ -368,52 +298,6 @@ def _reserve_ahead(rep: _Replica, to_finish: int, fits: int, now: float) -> int:
     return to_finish
 
 
-def _price(batch: StepPlan, d: Deployment, links: list[str], block_bytes: int, totals: dict) -> float:
-    """Seconds the batch takes, split into prefill / decode / cached-prefix / transfer time for the cost model."""
-    prefills = tuple((c.n, c.start) for c in batch.prefills)
-    decodes = tuple(q.computed + 1 for q in batch.decodes)
-    cost = step_cost(StepShape(prefills, decodes), d)
-    total = cost.total
-    moved: dict[str, float] = {}
-    for mv in batch.moves:  # every copy at its link's bandwidth: promotions, demotions, write-through copies
-        if mv.kind != "drop":
-            link = links[max(mv.src, mv.dst)]  # the slower end's link
-            moved[link] = moved.get(link, 0.0) + len(mv.blocks) * block_bytes
-    transfer = transfer_seconds(moved, d)
-    secs = max(total, transfer) if d.overlap_transfers else total + transfer
-    _attribute(cost, batch.prefills, batch.decodes, totals)
-    totals["transfer"] += secs - total
-    totals["steps"] += 1
-    totals["prefill_tokens"] += sum(c.n for c in batch.prefills)
-    totals["decode_tokens"] += len(decodes)
-    return secs
-
-
-def _attribute(cost: StepCost, prefills: list[PrefillChunk], decodes: list[Sequence], totals: dict,
-               steps: int = 1, ahead: int = 0) -> None:
-    """Who a step's time is for. Token-proportional work (weights, KV writes, all-reduce, overhead) goes to the
-    step's new tokens: prefill chunks to uncached input, decodes to output. Attention goes to the keys it reads:
-    a (query, key) pair over a cached prompt token is the cost of serving that token from the cache, over an
-    output token the output's, else the uncached input's. `ahead`: decodes `steps` long, at mid-leap context."""
-    tokens = sum(c.n for c in prefills) + len(decodes)
-    per_token = (cost.total - cost.attention) * steps
-    prefill_part = sum(c.n for c in prefills) / tokens if tokens else 0.0
-    cached = out = pairs = 0.0
-    for c in prefills:  # causal pairs inside the chunk; keys before it: the cached prefix, then earlier chunks
-        pairs += c.n * (c.start + (c.n + 1) / 2)
-        cached += c.n * min(c.seq.cached, c.start)
-    for q in decodes:
-        keys = q.computed + 1 + ahead
-        pairs += keys
-        cached += min(q.cached, keys)
-        out += max(keys - q.prompt_len, 0)
-    attn = cost.attention * steps
-    share = (lambda x: attn * x / pairs) if pairs else (lambda x: 0.0)
-    totals["cached"] += share(cached)
-    totals["decode"] += per_token * (1.0 - prefill_part) + share(out)
-    totals["prefill"] += per_token * prefill_part + attn - share(cached) - share(out)
-
-
 def _pauses(trace: Trace) -> np.ndarray:
     """Seconds between a request's predecessor (same session) completing and the request being sent."""
     gap = np.diff(trace.time, prepend=trace.time[:1])
@@ -421,35 +305,3 @@ def _pauses(trace: Trace) -> np.ndarray:
     pause = np.where(np.isnan(trace.think_time), np.maximum(gap - api_prev, 0.0), trace.think_time)
     first = np.concatenate([[True], trace.session[1:] != trace.session[:-1]])
     return np.where(first, 0.0, pause)
-
-
-@dataclass(slots=True)
-class _Records:
-    n: int
-    tiers: int
-    arrival: np.ndarray = field(init=False)
-    first_token: np.ndarray = field(init=False)
-    finish: np.ndarray = field(init=False)
-    cached: np.ndarray = field(init=False)
-    replica: np.ndarray = field(init=False)
-    preemptions: np.ndarray = field(init=False)
-    rejected: np.ndarray = field(init=False)
-    over_window: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.arrival = np.full(self.n, np.nan)
-        self.first_token = np.full(self.n, np.nan)
-        self.finish = np.full(self.n, np.nan)
-        self.cached = np.zeros((self.n, self.tiers), dtype=np.int64)
-        self.replica = np.full(self.n, -1, dtype=np.int32)
-        self.preemptions = np.zeros(self.n, dtype=np.int32)
-        self.rejected = np.zeros(self.n, dtype=bool)
-        self.over_window = np.zeros(self.n, dtype=bool)
-
-    def record(self, seq: Sequence) -> None:
-        i = seq.seq_id
-        self.first_token[i] = seq.first_token_time
-        self.finish[i] = seq.finish_time
-        if len(seq.cached_per_tier):
-            self.cached[i, : len(seq.cached_per_tier)] = seq.cached_per_tier
-        self.preemptions[i] = seq.preemptions

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from agentkv.report.ladder import LADDER, DeploymentSpec, rung_config
-from agentkv.sim.local_ids import PAGE, UNSEEN, LocalIds
+from agentkv.sim.local_ids import PAGE, UNSEEN, LocalIds, PagedIds
 from agentkv.sim.simulator import Simulator
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.generator import GeneratorConfig, generate
@@ -18,7 +18,7 @@ def test_ids_numbered_in_order_of_first_sight_and_stable():
     again = np.array([5, 6, 9, 7], dtype=np.int64)
     np.testing.assert_array_equal(local.assign(again), [0, 1, 5, 2])
     np.testing.assert_array_equal(local.lookup(np.array([9, 8, 50 * PAGE + 2])), [5, UNSEEN, 4])
-    np.testing.assert_array_equal(local.seen_prefix(np.array([5, 6, 8, 7])), [0, 1])  # stops at the first unseen
+    np.testing.assert_array_equal(local.seen_prefix(PagedIds.of(np.array([5, 6, 8, 7]))), [0, 1])  # to the first unseen
     assert len(local.pages) == 2  # only the pages it saw
 
 
