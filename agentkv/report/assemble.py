@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -21,12 +21,12 @@ from agentkv.cost.providers import ProviderCost, all_providers, same_model_apis
 from agentkv.cost.selfhosted import GpuRates
 from agentkv.kvcache.sizing import codec
 from agentkv.report.capacity import SAMPLE_SESSIONS, Capacity, sample_sessions, session_capacity
-from agentkv.report.ladder import LADDER, DeploymentSpec, Rung, modes, rung_config
+from agentkv.report.ladder import LADDER, DeploymentSpec, Rung, modes, remedies, rung_config, serve
 from agentkv.report.levers import CodecFit, TierLoad, codec_fits, tier_loads
 from agentkv.report.load import LoadCurve, load_curve
 from agentkv.report.models import Candidate, candidate, candidate_specs, deployment
 from agentkv.report.sizing import Sized, size_to_slo
-from agentkv.sim.simulator import SimResult, simulate
+from agentkv.sim.simulator import SimResult
 from agentkv.workload.arrivals import (
     ArrivalModel,
     arrival_times,
@@ -109,6 +109,35 @@ def _mode_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
     return _measure_mode(_SHARED["sample"], _SHARED["measured"], spec, rung, arrival, offered, gpu_hour, fleet)
 
 
+def _remedy_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
+    return remedy(_SHARED["measured"], *args)
+
+
+def remedy(measured: Trace, tried: tuple[RungOutcome, dict[int, SimResult]], arrival: ArrivalModel, offered: float,
+           gpu_hour: float, fleet: int | None) -> tuple[RungOutcome, dict[int, SimResult]]:
+    """A lever whose size output speed sets, in each of `ladder.remedies` (smaller chunk budgets, disaggregated
+    pools), each searched only below the fewest replicas met so far: the one meeting the SLO on the fewest, or
+    the lever as it was. Each keeps the colocated capacity per replica (a disaggregated fleet has no
+    one-replica probe) and starts its search from the lever's own size."""
+    best, runs = tried
+    if best.spec is None:
+        return tried
+    n = best.sized.replicas or max(runs, default=1)
+    hint = replace(best.capacity, sessions_per_replica=offered / max(n, 1))
+    for spec in remedies(best.spec, best.sized):
+        cap = min(best.sized.replicas - 1, spec.max_replicas) if best.sized.replicas else spec.max_replicas
+        if cap < (2 if spec.prefill_share else 1):
+            continue
+        found: dict[int, SimResult] = {}
+        sized = size_to_slo(measured, replace(spec, max_replicas=cap), best.rung, arrival, hint, offered, gpu_hour,
+                            found)
+        if sized.cost is not None:
+            best, runs = RungOutcome(best.rung, best.capacity, sized, None, spec), found
+    if fleet and fleet not in runs and best.spec is not tried[0].spec:
+        runs[fleet] = serve(measured, best.spec, best.rung, arrival, fleet)  # type: ignore[arg-type]
+    return best, runs
+
+
 def _candidate_job(args: tuple) -> Sized | None:
     """A candidate model on its own fitted trace, every lever on; None where its weights leave no KV room."""
     spec, fitted, arrival, offered, gpu_hour, sample_size = args
@@ -146,28 +175,43 @@ def _measure_mode(sample: Trace, measured: Trace, spec: DeploymentSpec, rung: Ru
         runs[1] = probes[arrival.value]  # the same run: one replica at the offered concurrency
     sized = size_to_slo(measured, spec, rung, arrival, cap, offered, gpu_hour, runs)
     if fleet and fleet not in runs:
-        runs[fleet] = simulate(measured, rung_config(spec, rung, arrival, fleet))
+        runs[fleet] = serve(measured, spec, rung, arrival, fleet)
     return RungOutcome(rung, cap, sized, None, spec), runs
 
 
 def _size_levers(pool: Executor, jobs: list[tuple], step: Callable[[str], None]) -> tuple[tuple, tuple]:
-    """Every (lever, mode) job on the pool; per lever, the cheapest mode (`cheapest`), in ladder order."""
+    """Every (lever, mode) job on the pool; per lever, the cheapest mode (`cheapest`), then where output speed
+    sets its size, the remedies real engines use (`remedy`), in ladder order."""
     step("sizing every lever")
     # the costliest rungs (tiers, agent-aware ranking) first, so two workers finish together
-    futures = {pool.submit(_mode_job, j): (j[1].name, i) for i, j in reversed(list(enumerate(jobs)))}
+    todo = {pool.submit(_mode_job, j): (False, i) for i, j in reversed(list(enumerate(jobs)))}
     done: dict[int, tuple[RungOutcome, dict[int, SimResult]]] = {}
-    for fut in as_completed(futures):
-        name, i = futures[fut]
-        done[i] = fut.result()
-        if sum(jobs[k][1].name == name for k in done) == sum(j[1].name == name for j in jobs):
-            step(f"{name} sized")
-    return tuple(zip(*(cheapest([done[i] for i, j in enumerate(jobs) if j[1] is r]) for r in LADDER),
-                      strict=True))  # type: ignore[return-value]
+    best: dict[int, tuple[RungOutcome, dict[int, SimResult]]] = {}
+    while todo:
+        for fut in wait(todo, return_when=FIRST_COMPLETED)[0]:
+            remedied, i = todo.pop(fut)
+            if remedied:
+                best[i] = fut.result()
+                step(f"{LADDER[i].name} sized ({best[i][0].spec.mode})")  # type: ignore[union-attr]
+                continue
+            done[i] = fut.result()
+            rung = jobs[i][1]
+            mine = [k for k, j in enumerate(jobs) if j[1] is rung]
+            if not all(k in done for k in mine):
+                continue
+            lever = LADDER.index(rung)
+            best[lever] = cheapest([done[k] for k in mine])
+            out = best[lever][0]
+            if out.spec and remedies(out.spec, out.sized):
+                todo[pool.submit(_remedy_job, (best[lever], *jobs[i][2:]))] = (True, lever)
+            else:
+                step(f"{rung.name} sized")
+    return tuple(zip(*(best[k] for k in range(len(LADDER))), strict=True))  # type: ignore[return-value]
 
 
 def _fleet_job(args: tuple) -> SimResult:
     spec, rung, arrival, replicas = args
-    return simulate(_SHARED["measured"], rung_config(spec, rung, arrival, replicas))
+    return serve(_SHARED["measured"], spec, rung, arrival, replicas)
 
 
 def choose_fleet(outcomes: list[RungOutcome], offered: float) -> tuple[int, str]:

@@ -87,7 +87,7 @@ def _deploy(rep: Report) -> str:
                 f"{top.sized.reason}.")
     c = top.sized.cost
     assert top.sized.result is not None
-    mode = f" ({top.spec.mode} replicas)" if top.spec else ""
+    mode = f" ({top.spec.fleet_words(top.sized.replicas or 1)})" if top.spec else ""
     text = (f"Deploy {c.gpus} × {rep.hardware}{mode} for {load} of {spec.model}, with all levers on: "
             f"{slo_achieved(top.sized.result, spec)} against the SLO ({spec.slo}), "
             f"${c.usd_per_mtok_blended:.3f} per million tokens (all tokens; the GPUs are busy "

@@ -12,16 +12,27 @@ This file holds what a rung is and how it becomes a simulated deployment; `capac
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agentkv.catalog import hardware, model
 from agentkv.kvcache.sizing import codec
-from agentkv.report.slo import DEFAULT_OUTPUT_TPS, DEFAULT_SLOWDOWN, describe_slo
-from agentkv.sim.simulator import SimConfig, SimResult
+from agentkv.report.slo import DEFAULT_OUTPUT_TPS, DEFAULT_SLOWDOWN, describe_slo, slo_misses
+from agentkv.sim.pd_simulation import PDConfig, simulate_pd
+from agentkv.sim.simulator import SimConfig, SimResult, simulate
 from agentkv.sim.stepcost import WEIGHTS, Deployment, mode_name, prefill_seconds
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.trace import Trace
+
+if TYPE_CHECKING:
+    from agentkv.report.sizing import Sized
+
+
+# vLLM's `vllm serve` default max_num_batched_tokens on a GPU of >= 70 GiB other than an A100 (2048 below that):
+# vllm-project/vllm, vllm/engine/arg_utils.py, default_max_num_batched_tokens (read 2026-12-05)
+DEFAULT_CHUNK = 8192
+CHUNK_BUDGETS = (2048, 512)  # smaller budgets the report tries where output speed sets the size (see assemble)
 
 
 @dataclass(slots=True, frozen=True)
@@ -49,9 +60,16 @@ class DeploymentSpec:
     ep: bool = False
     dp_attention: bool = False
     expert_dtype: str = ""
+    # prompt tokens a step may carry beside its decodes (vLLM's max_num_batched_tokens, SGLang's
+    # chunked_prefill_size): smaller interrupts decodes less, at the price of a longer prefill
+    max_batched_tokens: int = DEFAULT_CHUNK
+    # the share of replicas in a prefill pool, the rest decoding (sim/pd_simulation.py); 0: colocated
+    prefill_share: float = 0.0
 
     def __post_init__(self) -> None:
         for name, ok, rule in (("tp", self.tp >= 1, ">= 1"), ("max_replicas", self.max_replicas >= 1, ">= 1"),
+                               ("max_batched_tokens", self.max_batched_tokens >= 16, ">= 16"),
+                               ("prefill_share", 0 <= self.prefill_share < 1, "in [0, 1)"),
                                ("dram_gb", self.dram_gb >= 0, ">= 0"), ("disk_gb", self.disk_gb >= 0, ">= 0"),
                                ("slo_ttft_s", self.slo_ttft_s > 0, "> 0"),
                                *((k, getattr(self, k) >= 0, ">= 0") for k in ("slo_output_tps", "slo_tpot_ms",
@@ -72,7 +90,22 @@ class DeploymentSpec:
 
     @property
     def mode(self) -> str:
-        return mode_name(self.tp, self.ep, self.dp_attention)
+        """The mode as an engine's flags say it, with the chunk budget where it is not the engines' default."""
+        chunk = f", {self.max_batched_tokens}-token chunks" if self.max_batched_tokens != DEFAULT_CHUNK else ""
+        pd = " prefill/decode-disaggregated" if self.prefill_share else ""
+        return mode_name(self.tp, self.ep, self.dp_attention) + pd + chunk
+
+    def pools(self, replicas: int) -> tuple[int, int]:
+        """(prefill, decode) replicas of a disaggregated fleet of `replicas` (at least one of each)."""
+        prefill = min(max(round(replicas * self.prefill_share), 1), max(replicas - 1, 1))
+        return prefill, max(replicas - prefill, 1)
+
+    def fleet_words(self, replicas: int) -> str:
+        """How the headline names a fleet of `replicas` in this mode."""
+        if not self.prefill_share:
+            return f"{self.mode} replicas"
+        pre, dec = self.pools(replicas)
+        return f"{pre} prefill + {dec} decode replicas, {self.mode.replace(' prefill/decode-disaggregated', '')}"
 
 
 def modes(spec: DeploymentSpec) -> tuple[DeploymentSpec, ...]:
@@ -83,6 +116,20 @@ def modes(spec: DeploymentSpec) -> tuple[DeploymentSpec, ...]:
     if spec.tp == 1 or spec.ep or spec.dp_attention or not model(spec.model, spec.models_file).routed_params:
         return (spec,)
     return (spec, replace(spec, ep=True), replace(spec, ep=True, dp_attention=True))
+
+
+def remedies(spec: DeploymentSpec, sized: Sized) -> tuple[DeploymentSpec, ...]:
+    """What vLLM and SGLang users do when prefill chunks slow the decodes beside them, in the order the report tries
+    them: smaller chunk budgets, then prefill and decode on separate pools, the prefill pool's share what the
+    lever's own run spent on prefill. Only where output speed sets the lever's size or is what it misses, so
+    every other report runs no more simulations than before."""
+    misses = sized.binding if sized.replicas else (slo_misses(sized.result, spec) if sized.result else [])
+    if spec.prefill_share or sized.result is None or not any("output speed" in m for m in misses):
+        return ()
+    r = sized.result
+    share = r.prefill_s / max(r.prefill_s + r.decode_s + r.cached_s, 1e-9)
+    return (*(replace(spec, max_batched_tokens=c) for c in CHUNK_BUDGETS if c < spec.max_batched_tokens),
+            replace(spec, prefill_share=round(min(max(share, 0.05), 0.5), 2)))
 
 
 @dataclass(slots=True, frozen=True)
@@ -115,7 +162,16 @@ def rung_config(spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, replica
                    dp_attention=spec.dp_attention, expert_dtype=spec.expert_dtype)
     dram = (spec.dram_gb * 1e9 if spec.dram_gb else 0.5 * hw.dram_bytes * spec.tp) if rung.dram else 0.0
     return SimConfig(d, replicas=replicas, policy=rung.policy, prefix_cache=rung.prefix_cache, dram_bytes=dram,
-                     disk_bytes=spec.disk_gb * 1e9 if rung.disk else 0.0, router=spec.router, arrival=arrival)
+                     disk_bytes=spec.disk_gb * 1e9 if rung.disk else 0.0, router=spec.router, arrival=arrival,
+                     max_batched_tokens=spec.max_batched_tokens)
+
+
+def serve(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, replicas: int) -> SimResult:
+    """The rung on `replicas` replicas at `arrival`: one colocated fleet, or prefill and decode pools."""
+    cfg = rung_config(spec, rung, arrival, replicas)
+    if not spec.prefill_share:
+        return simulate(trace, cfg)
+    return simulate_pd(trace, PDConfig(cfg, *spec.pools(replicas)))
 
 
 def quantile(x: np.ndarray, q: float) -> float:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 from agentkv.cost.selfhosted import SelfHostedCost, self_hosted_cost
 from agentkv.report.capacity import Capacity
-from agentkv.report.ladder import DeploymentSpec, Rung, rung_config, slo_ttft
+from agentkv.report.ladder import DeploymentSpec, Rung, serve, slo_ttft
 from agentkv.report.slo import meets_slo, slo_misses
-from agentkv.sim.simulator import SimResult, simulate
+from agentkv.sim.simulator import SimResult
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.trace import Trace
 
@@ -42,13 +42,14 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
 
     def meets(r: int) -> bool:
         if r not in runs:
-            runs[r] = simulate(trace, rung_config(spec, rung, arrival, r))
+            runs[r] = serve(trace, spec, rung, arrival, r)
         return meets_slo(runs[r], spec)
 
     # a replica that misses the SLO even lightly loaded may still meet it as part of a fleet: more replicas
     # also mean more cache, so that search starts from one replica per five sessions
     per = capacity.sessions_per_replica or 5.0
-    lo = max((r for r in runs if not meets(r)), default=0)  # most replicas known to miss (0: none)
+    # most replicas known to miss (0: none); a disaggregated fleet has two at least, one a pool
+    lo = max((r for r in runs if not meets(r)), default=1 if spec.prefill_share else 0)
     hi, step = None, 1  # fewest replicas known to meet
     guess = min(max(math.ceil(offered_sessions / per), lo + 1), spec.max_replicas)
     if meets(guess):

@@ -45,6 +45,7 @@ class SimConfig:
     max_batched_tokens: int = 8192
     max_num_seqs: int = 256
     arrival: ArrivalModel = field(default_factory=ArrivalModel)
+    prompt_landed: bool = False  # a decode pool (sim/pd_simulation.py): prompts arrive computed; held, not priced
 
 
 @dataclass(slots=True)
@@ -271,7 +272,7 @@ class Simulator:
             rep.busy = False
             return
         rep.busy = True
-        secs = _price(plan, self.d, rep.tier_links, rep.block_bytes, self.totals)
+        secs = _price(plan, self.d, rep.tier_links, rep.block_bytes, self.totals, self.cfg.prompt_landed)
         rep.busy_s += secs
         self._push_step(now + secs, r, plan)
 
@@ -368,9 +369,12 @@ def _reserve_ahead(rep: _Replica, to_finish: int, fits: int, now: float) -> int:
     return to_finish
 
 
-def _price(batch: StepPlan, d: Deployment, links: list[str], block_bytes: int, totals: dict) -> float:
-    """Seconds the batch takes, split into prefill / decode / cached-prefix / transfer time for the cost model."""
-    prefills = tuple((c.n, c.start) for c in batch.prefills)
+def _price(batch: StepPlan, d: Deployment, links: list[str], block_bytes: int, totals: dict,
+           landed: bool = False) -> float:
+    """Seconds the batch takes, split into prefill / decode / cached-prefix / transfer time for the cost model.
+    `landed`: prompt chunks hold KV computed elsewhere, so they cost nothing here."""
+    chunks = [] if landed else batch.prefills
+    prefills = tuple((c.n, c.start) for c in chunks)
     decodes = tuple(q.computed + 1 for q in batch.decodes)
     cost = step_cost(StepShape(prefills, decodes), d)
     total = cost.total
@@ -381,10 +385,10 @@ def _price(batch: StepPlan, d: Deployment, links: list[str], block_bytes: int, t
             moved[link] = moved.get(link, 0.0) + len(mv.blocks) * block_bytes
     transfer = transfer_seconds(moved, d)
     secs = max(total, transfer) if d.overlap_transfers else total + transfer
-    _attribute(cost, batch.prefills, batch.decodes, totals)
+    _attribute(cost, chunks, batch.decodes, totals)
     totals["transfer"] += secs - total
     totals["steps"] += 1
-    totals["prefill_tokens"] += sum(c.n for c in batch.prefills)
+    totals["prefill_tokens"] += sum(c.n for c in chunks)
     totals["decode_tokens"] += len(decodes)
     return secs
 
