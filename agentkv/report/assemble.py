@@ -109,6 +109,9 @@ def _mode_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
     return _measure_mode(_SHARED["sample"], _SHARED["measured"], spec, rung, arrival, offered, gpu_hour, fleet)
 
 
+REMEDY_RUNS = 5  # simulations a remedy's size search may take: a walk from the lever's size and a bisection
+
+
 def _remedy_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
     return remedy(_SHARED["measured"], *args)
 
@@ -116,21 +119,21 @@ def _remedy_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
 def remedy(measured: Trace, tried: tuple[RungOutcome, dict[int, SimResult]], arrival: ArrivalModel, offered: float,
            gpu_hour: float, fleet: int | None) -> tuple[RungOutcome, dict[int, SimResult]]:
     """A lever whose size output speed sets, in each of `ladder.remedies` (smaller chunk budgets, disaggregated
-    pools), each searched only below the fewest replicas met so far: the one meeting the SLO on the fewest, or
-    the lever as it was. Each keeps the colocated capacity per replica (a disaggregated fleet has no
-    one-replica probe) and starts its search from the lever's own size."""
+    pools): the one meeting the SLO on the fewest replicas, or the lever as it was. Each is searched from the
+    lever's own size (met, or the closest miss) and only below the fewest replicas met so far, or up to the most
+    the lever tried, in REMEDY_RUNS simulations at most; each keeps the colocated capacity per replica (a
+    disaggregated fleet has no one-replica probe)."""
     best, runs = tried
-    if best.spec is None:
+    if best.spec is None or best.sized.result is None:
         return tried
-    n = best.sized.replicas or max(runs, default=1)
-    hint = replace(best.capacity, sessions_per_replica=offered / max(n, 1))
+    hint = replace(best.capacity, sessions_per_replica=offered / best.sized.result.config.replicas)
     for spec in remedies(best.spec, best.sized):
-        cap = min(best.sized.replicas - 1, spec.max_replicas) if best.sized.replicas else spec.max_replicas
+        cap = best.sized.replicas - 1 if best.sized.replicas else max(runs)
         if cap < (2 if spec.prefill_share else 1):
             continue
         found: dict[int, SimResult] = {}
         sized = size_to_slo(measured, replace(spec, max_replicas=cap), best.rung, arrival, hint, offered, gpu_hour,
-                            found)
+                            found, max_runs=REMEDY_RUNS)
         if sized.cost is not None:
             best, runs = RungOutcome(best.rung, best.capacity, sized, None, spec), found
     if fleet and fleet not in runs and best.spec is not tried[0].spec:
