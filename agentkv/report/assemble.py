@@ -21,7 +21,7 @@ from agentkv.cost.providers import ProviderCost, all_providers, same_model_apis
 from agentkv.cost.selfhosted import GpuRates
 from agentkv.kvcache.sizing import codec
 from agentkv.report.capacity import SAMPLE_SESSIONS, Capacity, sample_sessions, session_capacity
-from agentkv.report.ladder import LADDER, DeploymentSpec, Rung, modes, remedies, rung_config, serve
+from agentkv.report.ladder import LADDER, DeploymentSpec, Rung, modes, remedies, rung_config, serve, wide_mode
 from agentkv.report.levers import CodecFit, TierLoad, codec_fits, tier_loads
 from agentkv.report.load import LoadCurve, load_curve
 from agentkv.report.models import Candidate, candidate, candidate_specs, deployment
@@ -109,36 +109,56 @@ def _mode_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
     return _measure_mode(_SHARED["sample"], _SHARED["measured"], spec, rung, arrival, offered, gpu_hour, fleet)
 
 
-REMEDY_RUNS = 5  # simulations a remedy's size search may take: a walk from the lever's size and a bisection
+REMEDY_RUNS = 5  # simulations a follow-up's size search may take: a walk from the lever's size and a bisection
 
 
 def _remedy_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
     return remedy(_SHARED["measured"], *args)
 
 
+def follow_ups(out: RungOutcome) -> tuple[DeploymentSpec, ...]:
+    """What a lever's cheapest same-GPU mode is tried against: the wide replica where the lever needs more GPUs
+    than one holds (below that it cannot cost less), then the remedies where output speed sets its size."""
+    if out.spec is None or out.sized.result is None:
+        return ()
+    wide = wide_mode(out.spec)
+    gpus = out.sized.cost.gpus if out.sized.cost else out.sized.result.config.replicas * out.spec.tp
+    return ((wide,) if wide and gpus > wide.tp else ()) + remedies(out.spec, out.sized)
+
+
 def remedy(measured: Trace, tried: tuple[RungOutcome, dict[int, SimResult]], arrival: ArrivalModel, offered: float,
            gpu_hour: float, fleet: int | None) -> tuple[RungOutcome, dict[int, SimResult]]:
-    """A lever whose size output speed sets, in each of `ladder.remedies` (smaller chunk budgets, disaggregated
-    pools): the one meeting the SLO on the fewest replicas, or the lever as it was. Each is searched from the
-    lever's own size (met, or the closest miss) and only below the fewest replicas met so far, or up to the most
-    the lever tried, in REMEDY_RUNS simulations at most; each keeps the colocated capacity per replica (a
-    disaggregated fleet has no one-replica probe)."""
+    """A lever in each of its `follow_ups` (the wide replica, smaller chunk budgets, disaggregated pools): the one
+    meeting the SLO on the fewest GPUs, or the lever as it was. Each is searched from the lever's own GPUs (met,
+    or the closest miss) and only below the fewest GPUs met so far, or up to the most the lever tried, in
+    REMEDY_RUNS simulations at most; each keeps the lever's capacity per replica (a disaggregated fleet has no
+    one-replica probe)."""
     best, runs = tried
-    if best.spec is None or best.sized.result is None:
-        return tried
-    hint = replace(best.capacity, sessions_per_replica=offered / best.sized.result.config.replicas)
-    for spec in remedies(best.spec, best.sized):
-        cap = best.sized.replicas - 1 if best.sized.replicas else max(runs)
+    base = best.spec
+    for spec in follow_ups(best):
+        if best.sized.cost is not None:
+            cap = (best.sized.cost.gpus - 1) // spec.tp
+        else:
+            cap = max(runs) * base.tp // spec.tp  # type: ignore[union-attr]
         if cap < (2 if spec.prefill_share else 1):
             continue
+        at = best.sized.result.config.replicas * best.sized.result.config.deployment.tp  # type: ignore[union-attr]
+        hint = replace(best.capacity, sessions_per_replica=offered * spec.tp / at)
         found: dict[int, SimResult] = {}
         sized = size_to_slo(measured, replace(spec, max_replicas=cap), best.rung, arrival, hint, offered, gpu_hour,
                             found, max_runs=REMEDY_RUNS)
         if sized.cost is not None:
             best, runs = RungOutcome(best.rung, best.capacity, sized, None, spec), found
-    if fleet and fleet not in runs and best.spec is not tried[0].spec:
-        runs[fleet] = serve(measured, best.spec, best.rung, arrival, fleet)  # type: ignore[arg-type]
+    if fleet and best.spec is not base:  # the same-fleet view's GPUs (`fleet` replicas of the lever's own mode)
+        n = replicas_for(fleet * base.tp, best.spec)  # type: ignore[union-attr]
+        if n not in runs:
+            runs[n] = serve(measured, best.spec, best.rung, arrival, n)  # type: ignore[arg-type]
     return best, runs
+
+
+def replicas_for(gpus: int, spec: DeploymentSpec) -> int:
+    """Replicas of `spec`'s mode on `gpus` GPUs (rounded up: the same-fleet view never gives a lever fewer)."""
+    return -(-gpus // spec.tp)
 
 
 def _candidate_job(args: tuple) -> Sized | None:
@@ -205,7 +225,7 @@ def _size_levers(pool: Executor, jobs: list[tuple], step: Callable[[str], None])
             lever = LADDER.index(rung)
             best[lever] = cheapest([done[k] for k in mine])
             out = best[lever][0]
-            if out.spec and remedies(out.spec, out.sized):
+            if follow_ups(out):
                 todo[pool.submit(_remedy_job, (best[lever], *jobs[i][2:]))] = (True, lever)
             else:
                 step(f"{rung.name} sized")
@@ -217,16 +237,16 @@ def _fleet_job(args: tuple) -> SimResult:
     return serve(_SHARED["measured"], spec, rung, arrival, replicas)
 
 
-def choose_fleet(outcomes: list[RungOutcome], offered: float) -> tuple[int, str]:
-    """The size all levers together need; where they miss the SLO, the largest size any lever met it at; where
-    none did, one replica per offered session."""
+def choose_fleet(outcomes: list[RungOutcome], offered: float, tp: int) -> tuple[int, str]:
+    """GPUs: what all levers together need; where they miss the SLO, the most any lever met it on; where none
+    did, one `tp`-GPU replica per offered session."""
     top = outcomes[-1].sized
-    if top.replicas:
-        return top.replicas, "the size all levers together need to meet the SLO"
-    met = [o.sized.replicas for o in outcomes if o.sized.replicas]
+    if top.cost:
+        return top.cost.gpus, "the size all levers together need to meet the SLO"
+    met = [o.sized.cost.gpus for o in outcomes if o.sized.cost]
     if met:
         return max(met), "the largest size at which any lever met the SLO"
-    return max(int(np.ceil(offered)), 1), "one replica per offered session (no lever met the SLO)"
+    return max(int(np.ceil(offered)), 1) * tp, "one replica per offered session (no lever met the SLO)"
 
 
 def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, price_table: dict[str, Any],
@@ -254,11 +274,14 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
     jobs = [(s, r, arrival, offered, gpu_hour, replicas) for r in LADDER for s in modes(spec)]
     with _executor(workers, measured, sample, ray) as pool:
         outcomes, runs = _size_levers(pool, jobs, step)
-        fleet, chosen_by = (replicas, "given with --replicas") if replicas else choose_fleet(list(outcomes), offered)
-        missing = {i: pool.submit(_fleet_job, (o.spec or spec, o.rung, arrival, fleet))
-                   for i, o in enumerate(outcomes) if fleet not in runs[i]}
+        gpus, chosen_by = (replicas * spec.tp, "given with --replicas") if replicas else \
+            choose_fleet(list(outcomes), offered, spec.tp)
+        fleet = replicas_for(gpus, spec)
+        each = [replicas_for(gpus, o.spec or spec) for o in outcomes]  # a wide mode's replicas hold more GPUs
+        missing = {i: pool.submit(_fleet_job, (o.spec or spec, o.rung, arrival, each[i]))
+                   for i, o in enumerate(outcomes) if each[i] not in runs[i]}
         for i, o in enumerate(outcomes):
-            o.fleet_run = missing[i].result() if i in missing else runs[i][fleet]
+            o.fleet_run = missing[i].result() if i in missing else runs[i][each[i]]
         step("same fleet done")
         models_view = _model_view(pool, candidates, others, (spec, trace, window, outcomes[-1].sized),
                                   (arrival, offered, gpu_hour, sample_size), step)

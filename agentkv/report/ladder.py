@@ -118,6 +118,19 @@ def modes(spec: DeploymentSpec) -> tuple[DeploymentSpec, ...]:
     return (spec, replace(spec, ep=True), replace(spec, ep=True, dp_attention=True))
 
 
+WIDE_GPUS = 8  # the wide replica tried beside the spec's own: DP attention + EP over an 8-GPU node (SGLang's DEP8)
+
+
+def wide_mode(spec: DeploymentSpec) -> DeploymentSpec | None:
+    """DP attention + EP over WIDE_GPUS for a MoE spec on fewer GPUs that names no mode (its KV room grows with
+    the DP ranks, its expert reads spread over more GPUs); None where that is not a different mode."""
+    if spec.tp >= WIDE_GPUS or spec.ep or spec.dp_attention or spec.prefill_share:
+        return None
+    if not model(spec.model, spec.models_file).routed_params:
+        return None
+    return replace(spec, tp=WIDE_GPUS, ep=True, dp_attention=True)
+
+
 def remedies(spec: DeploymentSpec, sized: Sized) -> tuple[DeploymentSpec, ...]:
     """What vLLM and SGLang users do when prefill chunks slow the decodes beside them, in the order the report tries
     them: smaller chunk budgets, then prefill and decode on separate pools, the prefill pool's share what the

@@ -6,11 +6,17 @@ wins at, not the order."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from agentkv.report.assemble import measure_rung, remedy
-from agentkv.report.ladder import LADDER, DeploymentSpec, remedies
+from agentkv.cost.selfhosted import self_hosted_cost
+from agentkv.report.assemble import RungOutcome, choose_fleet, follow_ups, measure_rung, remedy, replicas_for
+from agentkv.report.capacity import Capacity
+from agentkv.report.ladder import LADDER, DeploymentSpec, remedies, rung_config
+from agentkv.report.sizing import Sized
 from agentkv.report.slo import meets_slo
+from agentkv.sim.simulator import simulate
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.generator import GeneratorConfig, LogNormal, WindowClass, generate
 
@@ -58,3 +64,25 @@ def test_a_disaggregated_spec_is_checked():
         DeploymentSpec(max_batched_tokens=8)
     assert DeploymentSpec(prefill_share=0.25).pools(8) == (2, 6)
     assert DeploymentSpec(prefill_share=0.25).pools(2) == (1, 1)
+
+
+def _outcome(spec: DeploymentSpec, replicas: int, met: bool):
+    """A lever sized (or best missed) at `replicas` replicas of `spec`, on a real run of a tiny trace."""
+    trace = generate(GeneratorConfig(sessions=2, seed=1, turns=LogNormal(2, 0.1)))
+    res = simulate(trace, rung_config(spec, LADDER[2], ArrivalModel("concurrency", 2.0), replicas))
+    sized = Sized(replicas if met else None, 1.0, self_hosted_cost(res, 3.49) if met else None, res)
+    return RungOutcome(LADDER[2], Capacity(1.0, 1.0), sized, None, spec)
+
+
+def test_a_wide_replica_is_tried_only_where_the_lever_needs_more_gpus_than_it_holds():
+    moe = DeploymentSpec(model="qwen3-coder-30b-a3b", tp=2, slo_output_tps=0, slo_slowdown=0)
+    wide = follow_ups(_outcome(moe, 6, met=True))  # 12 GPUs: one 8-GPU DEP8 replica might do
+    assert [(s.tp, s.ep, s.dp_attention) for s in wide] == [(8, True, True)]
+    assert wide[0].mode == "DP-attention + EP8"
+    assert follow_ups(_outcome(moe, 4, met=True)) == ()  # 8 GPUs: a DEP8 replica cannot cost less
+    assert follow_ups(_outcome(moe, 5, met=False))[0].tp == 8  # missed at 10 GPUs: worth a try
+    assert follow_ups(_outcome(DeploymentSpec(model="llama-3.1-8b", tp=2), 6, met=True)) == ()  # dense: no experts
+    # the same-fleet view counts GPUs: a DEP8 lever on 16 GPUs puts every TP2 lever on 8 replicas
+    levers = [_outcome(moe, 6, met=True), _outcome(replace(moe, tp=8, ep=True, dp_attention=True), 2, met=True)]
+    assert choose_fleet(levers, 12.0, 2) == (16, "the size all levers together need to meet the SLO")
+    assert replicas_for(16, moe) == 8 and replicas_for(12, levers[1].spec) == 2
