@@ -105,7 +105,8 @@ class DeploymentSpec:
         if not self.prefill_share:
             return f"{self.mode} replicas"
         pre, dec = self.pools(replicas)
-        return f"{pre} prefill + {dec} decode replicas, {self.mode.replace(' prefill/decode-disaggregated', '')}"
+        unit = "replica" if dec == 1 else "replicas"
+        return f"{pre} prefill + {dec} decode {unit}, {self.mode.replace(' prefill/decode-disaggregated', '')}"
 
 
 def modes(spec: DeploymentSpec) -> tuple[DeploymentSpec, ...]:
