@@ -92,9 +92,8 @@ def test_pools_need_a_replica_each():
 @pytest.fixture(scope="module")
 def mixed():
     """Agentic sessions with long prompts, replies of a few hundred tokens: decodes always beside prefills."""
-    cfg = GeneratorConfig(sessions=24, seed=3, windows=(WindowClass(1.0, 120_000, LogNormal(30_000, 0.5)),),
-                          turns=LogNormal(8, 0.5))
-    return generate(cfg)
+    return generate(GeneratorConfig(sessions=24, seed=3, turns=LogNormal(8, 0.5),
+                                    windows=(WindowClass(1.0, 120_000, LogNormal(30_000, 0.5)),)))
 
 
 def test_a_smaller_chunk_budget_lowers_p90_tpot_and_raises_ttft(mixed):
