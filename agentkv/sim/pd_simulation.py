@@ -70,9 +70,13 @@ def simulate_pd(trace: Trace, pd: PDConfig) -> SimResult:
         first = simulate(_prefill_trace(trace, after), pd.prefill_config())
         landed = first.first_token + transfer
         going = np.flatnonzero(~first.rejected & (trace.output_tokens > 1))
+        if not len(going):  # every reply ends at its first token: the decode pool idles
+            return replace(first, first_token=landed, finish=np.where(first.rejected, np.nan, landed),
+                           busy_s=np.concatenate([first.busy_s, np.zeros(pd.decode)]),
+                           config=replace(pd.colocated, replicas=pd.prefill + pd.decode))
         second = simulate(_decode_trace(trace, going, landed[going]), pd.decode_config())
         finish = landed.copy()
-        finish[going] = second.finish + np.nanmin(landed[going]) if len(going) else finish[going]
+        finish[going] = second.finish + np.nanmin(landed[going])
         after = np.nan_to_num(finish - first.first_token, nan=0.0)
     return _joined(trace, pd, first, second, going, landed, finish, after)
 

@@ -114,3 +114,9 @@ def test_disaggregated_fleet_serves_the_mixed_load_with_decode_only_steps(mixed)
     assert apart.decode_tokens == together.decode_tokens  # every token after the first, once
     assert np.percentile(apart.tpot, 90) < np.percentile(together.tpot, 90)
     assert apart.hit_rate == pytest.approx(together.hit_rate, abs=0.05)  # prefixes stay on the prefill pool
+
+
+def test_replies_of_one_token_leave_the_decode_pool_idle():
+    r = simulate_pd(trace_of([(0.0, 4_000, 1), (1.0, 6_000, 1)]), pd((1, 2)))
+    assert np.all(r.finish == r.first_token) and not r.rejected.any()
+    assert r.busy_s[0] > 0 and np.all(r.busy_s[1:] == 0) and r.config.replicas == 3
