@@ -134,15 +134,16 @@ def wide_mode(spec: DeploymentSpec) -> DeploymentSpec | None:
 
 def remedies(spec: DeploymentSpec, sized: Sized) -> tuple[DeploymentSpec, ...]:
     """What vLLM and SGLang users do when prefill chunks slow the decodes beside them, in the order the report tries
-    them: smaller chunk budgets, then prefill and decode on separate pools, the prefill pool's share what the
-    lever's own run spent on prefill. Only where output speed sets the lever's size or is what it misses, so
-    every other report runs no more simulations than before."""
+    them: smaller chunk budgets (not where TTFT misses too: they only delay prefill), then prefill and decode on
+    separate pools, the prefill pool's share what the lever's own run spent on prefill. Only where output speed
+    sets the lever's size or is what it misses, so every other report runs no more simulations than before."""
     misses = sized.binding if sized.replicas else (slo_misses(sized.result, spec) if sized.result else [])
     if spec.prefill_share or sized.result is None or not any("output speed" in m for m in misses):
         return ()
     r = sized.result
     share = r.prefill_s / max(r.prefill_s + r.decode_s + r.cached_s, 1e-9)
-    return (*(replace(spec, max_batched_tokens=c) for c in CHUNK_BUDGETS if c < spec.max_batched_tokens),
+    chunks = () if any("TTFT" in m for m in misses) else CHUNK_BUDGETS
+    return (*(replace(spec, max_batched_tokens=c) for c in chunks if c < spec.max_batched_tokens),
             replace(spec, prefill_share=round(min(max(share, 0.05), 0.5), 2)))
 
 

@@ -86,3 +86,16 @@ def test_a_wide_replica_is_tried_only_where_the_lever_needs_more_gpus_than_it_ho
     levers = [_outcome(moe, 6, met=True), _outcome(replace(moe, tp=8, ep=True, dp_attention=True), 2, met=True)]
     assert choose_fleet(levers, 12.0, 2) == (16, "the size all levers together need to meet the SLO")
     assert replicas_for(16, moe) == 8 and replicas_for(12, levers[1].spec) == 2
+
+
+def test_remedies_follow_what_one_replica_fewer_misses():
+    spec = DeploymentSpec(model="llama-3.1-8b")
+    out = _outcome(spec, 3, met=True)
+    out.sized.binding = ["p90 output speed 20 tok/s < 30 tok/s"]
+    tried = remedies(spec, out.sized)
+    assert [(s.max_batched_tokens, s.prefill_share > 0) for s in tried] == [(2048, False), (512, False),
+                                                                            (8192, True)]
+    out.sized.binding.append("p90 TTFT 25.0 s > 20 s")  # smaller chunks only delay prefill: not tried
+    assert [s.prefill_share > 0 for s in remedies(spec, out.sized)] == [True]
+    out.sized.binding = ["p90 TTFT 25.0 s > 20 s"]
+    assert remedies(spec, out.sized) == ()
