@@ -8,13 +8,13 @@ same simulator as a colocated fleet, chained by the time each request's KV lands
    TTFT = prefill pool (queue + prefill) + transfer.
 3. The decode pool serves each request as arriving at that moment with its prompt already computed
    (`SimConfig.prompt_landed`: the prompt's KV is held, not priced), so its steps carry no prefill chunks and
-   TPOT is decode steps alone. It holds each prompt whole (no prefix sharing on the decode side, as SGLang's
-   and vLLM's decode instances run), so its KV room is what bounds its batch.
+   TPOT is decode steps alone. It holds each prompt whole (no prefix sharing on the decode side: a
+   simplification on the cautious side, since sharing would fit more), so its KV room bounds its batch.
 
 Sessions are closed loops: an agent's next request waits for the previous reply's last token. The prefill pass
 cannot see the decode pool, so the gap it waits is the agent's think time plus each reply's decode-side time,
 first estimated (transfer + an idle decode step per token), then taken from the decode pass and run again
-(`rounds`); what moves between rounds is said by the test suite, not assumed.
+(`rounds`, two by default: the second pass's waits are the first decode pass's, not a fixed point).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ class PDConfig:
     def __post_init__(self) -> None:
         if self.prefill < 1 or self.decode < 1:
             raise ValueError(f"disaggregated pools need a replica each, got {self.prefill}P + {self.decode}D")
+        if self.rounds < 1:
+            raise ValueError(f"rounds={self.rounds}: must be >= 1")
 
     @property
     def link(self) -> Disaggregated:
