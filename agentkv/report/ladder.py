@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 # vllm-project/vllm, vllm/engine/arg_utils.py, default_max_num_batched_tokens (read 2026-12-05)
 DEFAULT_CHUNK = 8192
 CHUNK_BUDGETS = (2048, 512)  # smaller budgets the report tries where output speed sets the size (see assemble)
+SATURATED = 0.9  # GPU time busy at one replica fewer above which no remedy is tried (a stated choice)
 
 
 @dataclass(slots=True, frozen=True)
@@ -136,9 +137,12 @@ def remedies(spec: DeploymentSpec, sized: Sized) -> tuple[DeploymentSpec, ...]:
     """What vLLM and SGLang users do when prefill chunks slow the decodes beside them, in the order the report tries
     them: smaller chunk budgets (not where TTFT misses too: they only delay prefill), then prefill and decode on
     separate pools, the prefill pool's share what the lever's own run spent on prefill. Only where output speed
-    sets the lever's size or is what it misses, so every other report runs no more simulations than before."""
+    sets the lever's size or is what it misses, and one replica fewer was not saturated, so every other report
+    runs no more simulations than before."""
     misses = sized.binding if sized.replicas else (slo_misses(sized.result, spec) if sized.result else [])
     if spec.prefill_share or sized.result is None or not any("output speed" in m for m in misses):
+        return ()
+    if sized.busy_below >= SATURATED:  # the miss below is load: reordering prefill does not remove work
         return ()
     r = sized.result
     share = r.prefill_s / max(r.prefill_s + r.decode_s + r.cached_s, 1e-9)

@@ -30,6 +30,7 @@ class Sized:
     result: SimResult | None = None
     reason: str = ""  # why the SLO is missed
     binding: list[str] = field(default_factory=list)  # what one replica fewer misses: the bounds that set the size
+    busy_below: float = float("nan")  # the share of GPU time busy at one replica fewer, where that was run
 
 
 def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, capacity: Capacity,
@@ -73,7 +74,8 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
         return Sized(None, slo_ttft(runs[best], spec), None, runs[best],
                      reason=f"no fleet up to {max(runs)} replicas meets it (at {best}: "
                             + "; ".join(slo_misses(runs[best], spec)) + ")")
-    below = slo_misses(runs[hi - 1], spec) if hi - 1 in runs else []
+    below = runs.get(hi - 1)
     return Sized(hi, slo_ttft(runs[hi], spec), self_hosted_cost(runs[hi], usd_per_gpu_hour), runs[hi],
-                 binding=below)
+                 binding=slo_misses(below, spec) if below else [],
+                 busy_below=self_hosted_cost(below, usd_per_gpu_hour).utilisation if below else float("nan"))
 

@@ -99,3 +99,5 @@ def test_remedies_follow_what_one_replica_fewer_misses():
     assert [s.prefill_share > 0 for s in remedies(spec, out.sized)] == [True]
     out.sized.binding = ["p90 TTFT 25.0 s > 20 s"]
     assert remedies(spec, out.sized) == ()
+    out.sized.binding, out.sized.busy_below = ["p90 output speed 20 tok/s < 30 tok/s"], 0.95
+    assert remedies(spec, out.sized) == ()  # one replica fewer was saturated: only GPUs help
