@@ -18,7 +18,7 @@ import numpy as np
 
 from agentkv.catalog import hardware, model
 from agentkv.kvcache.sizing import codec
-from agentkv.report.slo import DEFAULT_OUTPUT_TPS, DEFAULT_SLOWDOWN, describe_slo, slo_misses
+from agentkv.report.slo import DEFAULT_OUTPUT_TPS, DEFAULT_SLOWDOWN, describe_slo, slo_misses, tpot_limit_ms
 from agentkv.sim.pd_simulation import PDConfig, simulate_pd
 from agentkv.sim.simulator import SimConfig, SimResult, simulate
 from agentkv.sim.stepcost import WEIGHTS, Deployment, mode_name, prefill_seconds
@@ -137,12 +137,15 @@ def remedies(spec: DeploymentSpec, sized: Sized) -> tuple[DeploymentSpec, ...]:
     """What vLLM and SGLang users do when prefill chunks slow the decodes beside them, in the order the report tries
     them: smaller chunk budgets (not where TTFT misses too: they only delay prefill), then prefill and decode on
     separate pools, the prefill pool's share what the lever's own run spent on prefill. Only where output speed
-    sets the lever's size or is what it misses, and one replica fewer was not saturated, so every other report
-    runs no more simulations than before."""
+    sets the lever's size or is what it misses, and where one replica fewer was neither saturated nor too slow
+    with its prefill time taken out (a bound, not a simulation), so every other report runs no more simulations
+    than before."""
     misses = sized.binding if sized.replicas else (slo_misses(sized.result, spec) if sized.result else [])
     if spec.prefill_share or sized.result is None or not any("output speed" in m for m in misses):
         return ()
     if sized.busy_below >= SATURATED:  # the miss below is load: reordering prefill does not remove work
+        return ()
+    if sized.decode_tpot_below_ms > tpot_limit_ms(spec):  # decode steps alone would still miss there
         return ()
     r = sized.result
     share = r.prefill_s / max(r.prefill_s + r.decode_s + r.cached_s, 1e-9)

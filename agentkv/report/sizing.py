@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from agentkv.cost.selfhosted import SelfHostedCost, self_hosted_cost
 from agentkv.report.capacity import Capacity
 from agentkv.report.ladder import DeploymentSpec, Rung, serve, slo_ttft
@@ -31,6 +33,9 @@ class Sized:
     reason: str = ""  # why the SLO is missed
     binding: list[str] = field(default_factory=list)  # what one replica fewer misses: the bounds that set the size
     busy_below: float = float("nan")  # the share of GPU time busy at one replica fewer, where that was run
+    # TPOT at the SLO's percentile one replica fewer, less the share of busy time its prefill took: about what
+    # decode steps with no prefill in them would give there (ms; NaN where not run)
+    decode_tpot_below_ms: float = float("nan")
 
 
 def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, capacity: Capacity,
@@ -75,7 +80,11 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
                      reason=f"no fleet up to {max(runs)} replicas meets it (at {best}: "
                             + "; ".join(slo_misses(runs[best], spec)) + ")")
     below = runs.get(hi - 1)
-    return Sized(hi, slo_ttft(runs[hi], spec), self_hosted_cost(runs[hi], usd_per_gpu_hour), runs[hi],
-                 binding=slo_misses(below, spec) if below else [],
-                 busy_below=self_hosted_cost(below, usd_per_gpu_hour).utilisation if below else float("nan"))
+    sized = Sized(hi, slo_ttft(runs[hi], spec), self_hosted_cost(runs[hi], usd_per_gpu_hour), runs[hi],
+                  binding=slo_misses(below, spec) if below else [])
+    if below is not None and len(below.tpot):
+        sized.busy_below = self_hosted_cost(below, usd_per_gpu_hour).utilisation
+        prefill = below.prefill_s / max(float(below.busy_s.sum()), 1e-9)
+        sized.decode_tpot_below_ms = 1e3 * float(np.percentile(below.tpot, spec.slo_quantile)) * (1 - prefill)
+    return sized
 

@@ -101,3 +101,7 @@ def test_remedies_follow_what_one_replica_fewer_misses():
     assert remedies(spec, out.sized) == ()
     out.sized.binding, out.sized.busy_below = ["p90 output speed 20 tok/s < 30 tok/s"], 0.95
     assert remedies(spec, out.sized) == ()  # one replica fewer was saturated: only GPUs help
+    out.sized.busy_below, out.sized.decode_tpot_below_ms = 0.5, 40.0  # the SLO allows 1000 / 30 = 33.3 ms
+    assert remedies(spec, out.sized) == ()  # decode steps with no prefill beside them would still miss
+    out.sized.decode_tpot_below_ms = 30.0
+    assert len(remedies(spec, out.sized)) == 3
