@@ -299,9 +299,9 @@ def compile_sm90(kernel: str, page: str, quant: int, group: int, warps: int) -> 
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from agentkv.kernels import triton_attention as ta
+    from agentkv.kernels import triton_kernels
 
-    fn = ta._prefill_kernel if kernel == "prefill" else ta._decode_kernel
+    fn = triton_kernels.prefill_kernel if kernel == "prefill" else triton_kernels.decode_kernel
     scale_t = "*fp16" if quant else "*bf16"
     types = dict(q="*bf16", o="*bf16", part_o="*fp32", part_lse="*fp32", block_tables="*i32", query_start="*i32",
                  seq_lens="*i32", k=f"*{page}", v=f"*{page}", ks=scale_t, vs=scale_t, kz=scale_t, vz=scale_t,
@@ -347,7 +347,7 @@ def smoke() -> int:
     q, k, v = torch.randn(13, 4, 16), torch.randn(13, 2, 16), torch.randn(13, 2, 16)
     outs = []
     for backend in (TritonAttention(), TorchAttention()):  # both write the same k/v, then attend
-        outs.append(backend.forward(q, k, v, kv, batch_meta(backend, lens, q_lens, 1, 16, 4, "cpu"), 0.25))
+        outs.append(backend.forward(q, k, v, kv, batch_meta(backend, lens, q_lens, 1, 16, 4, torch.device("cpu")), 0.25))
     err = (outs[0] - outs[1]).abs().max().item()
     print(f"interpreter smoke check (prefill 11 + 2 decodes, GQA 2, fp32): max |triton - torch| = {err:.1e}")
     return 0 if err < 1e-4 else 1

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from agentkv.sim.calibration import MEASUREMENTS, SPLIT, Measurement
 
-HEADINGS = {"fit": "FIT (coefficients fitted on these)", "validation": "VALIDATION (held back)"}
+HEADINGS = {"fit": "FIT (coefficients fitted on these)", "validation": "VALIDATION (held back)",
+            "review": "REVIEWER CHECK (public measurements beyond the issue's, never fitted)"}
 
 
 def _row(m: Measurement, sources: list[tuple[str, str]]) -> str:
@@ -30,6 +31,8 @@ def main() -> None:
         print(f"{'workload':<112} {'published':>13} {'agentkv':>13} {'ratio':>5} src")
         for m in rows:
             print(_row(m, sources))
+            if m.out_of_band:
+                print(f"    why: {m.out_of_band}")
     print()
     for i, (source, as_of) in enumerate(sources, 1):
         print(f"[{i}] {source} ({as_of})")

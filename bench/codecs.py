@@ -16,7 +16,7 @@ import argparse
 import torch
 
 from agentkv.codecs import get_codec
-from agentkv.codecs.eval import pages_for
+from agentkv.evaluate.codecs import pages_for
 from bench._common import best_of, machine
 
 CODECS = ["bf16", "fp8", "int8", "int4", "int4-g32", "int4-kivi"]

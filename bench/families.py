@@ -21,7 +21,7 @@ from agentkv.engine.llm import LLM
 from agentkv.engine.sequence import SamplingParams
 from agentkv.kvcache.sizing import codec, kv_bytes_per_token, state_bytes
 
-FAMILIES = ["llama3", "qwen3", "qwen3_moe", "gemma3", "gpt_oss", "llama4"]
+FAMILIES = ["llama3", "qwen3", "qwen3_moe", "gemma3", "gpt_oss", "llama4", "deepseek_v3", "qwen3_next"]
 BS = 8
 
 

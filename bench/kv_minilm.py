@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from agentkv.codecs import get_codec
 from agentkv.codecs.corpus import stdlib_text
-from agentkv.codecs.eval import pages_for
+from agentkv.evaluate.codecs import pages_for
 
 CODECS = ["bf16", "fp8", "int8", "int4", "int4-g16", "int4-kivi"]
 

@@ -20,12 +20,12 @@ from functools import partial
 import numpy as np
 
 from agentkv.catalog import model
+from agentkv.evaluate.sweep import tier_specs
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.policies import AgentAware, make_policy
 from agentkv.kvcache.policy import AccessContext, Policy
 from agentkv.kvcache.replay import reference_stream, replay
 from agentkv.kvcache.sizing import codec
-from agentkv.kvcache.sweep import tier_specs
 from agentkv.kvcache.tiers import TierSpec, parse_size
 from agentkv.workload import load_trace
 from agentkv.workload.arrivals import ArrivalModel, arrival_times, replay_order

@@ -1,14 +1,14 @@
-"""`LLM(model=DIR).generate(prompts, sampling_params)`: the engine, one plan per step.
+"""`LLM(model=DIR).generate(prompts, sampling_params)`: the engine loop, one plan per step.
 
 Each step: the shared scheduler returns one `StepPlan` (the policy core's tier moves, pages allocated, named
-and freed, and the batch); the page pool carries its operations out, in order; the attention backend builds
-its metadata from the batch; the model runs the flattened batch over paged KV; the sampler picks tokens; the
-scheduler accounts the step (naming full blocks, so later prompts that share the prefix skip their prefill).
+and freed, and the batch); the page pool carries its operations out, in order; the device runner
+(engine/runner.py: model, pages, kernels, CUDA graphs) runs the flattened batch over paged KV and samples; the
+loop appends the tokens, checks the stops and makes outputs; the scheduler accounts the step (naming full
+blocks, so later prompts that share the prefix skip their prefill).
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import itertools
 import time
@@ -16,36 +16,30 @@ import weakref
 from typing import Any
 
 import numpy as np
-import torch
 
-from agentkv.codecs import get_codec
-from agentkv.engine.cuda_graphs import DecodeGraphs
 from agentkv.engine.detokenizer import Detokenizer
 from agentkv.engine.grammar import Grammars
 from agentkv.engine.outputs import CompletionOutput, RequestOutput
-from agentkv.engine.pages import PageLayout
-from agentkv.engine.pool import PagePool
-from agentkv.engine.sampler import sample
+from agentkv.engine.runner import ModelRunner
 from agentkv.engine.sequence import EngineSequence, SamplingParams
 from agentkv.engine.sessions import MAX_SESSIONS, SessionIds
-from agentkv.engine.sliding import SlidingPages
 from agentkv.engine.tiering import Tiering
-from agentkv.kernels.attention import LayerKV, SeqSlice
-from agentkv.kernels.backends import make_backend
+from agentkv.kvcache.block_hash import namespace_digest
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.ids import BlockIds
 from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.policy import Policy
-from agentkv.kvcache.sizing import kv_bytes_per_block
 from agentkv.kvcache.tiers import TierSpec
 from agentkv.model.llama import LlamaForCausalLM
-from agentkv.model.loader import load_model
 from agentkv.scheduler import Allocate, Scheduler, SchedulerConfig, Status, StepPlan
 from agentkv.storage.host import HostSlab
-from agentkv.storage.keys import namespace_digest
 from agentkv.workload.trace import FINISH_END, FINISH_TOOL, FINISH_UNKNOWN
 
 Prompt = str | list[int] | dict[str, Any]
+
+
+def _runner_part(name: str) -> property:
+    return property(lambda self: getattr(self.runner, name), doc=f"the device runner's `{name}`")
 
 
 class LLM:
@@ -70,6 +64,7 @@ class LLM:
         attention_backend: str | None = None,
         cuda_graphs: bool = True,
         max_sessions: int = MAX_SESSIONS,
+        state_snapshots: int | None = None,
     ) -> None:
         """`model`: a Hugging Face checkpoint folder, or an already-built module (benchmarks, random weights).
         kv_codec: how KV pages are stored ('auto': the model's dtype). kv_tiers: tiers below the GPU,
@@ -78,155 +73,70 @@ class LLM:
         check_invariants: compare the policy core's accounts with the pages after every step (tests).
         attention_backend: 'auto' (Triton kernels on CUDA, the torch reference elsewhere), 'torch' or 'triton';
         None keeps a given module's own backend. cuda_graphs: capture decode steps (CUDA, Triton backend).
-        max_sessions: sessions the policy follows at once (the least recently seen beyond it are forgotten)."""
-        if isinstance(model, str):
-            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            self.model = load_model(model, dtype, self.device)
-            name = model
-        else:
-            self.model = model.eval()
-            self.device = next(model.parameters()).device
-            name = f"module-{id(model)}"
-        cfg = self.config = self.model.config
-        self.dtype = next(self.model.parameters()).dtype
-        self.tokenizer: Any = _tokenizer(model) if isinstance(model, str) else None
-        self.codec = get_codec(_auto_codec(self.dtype) if kv_codec == "auto" else kv_codec)
-        self.block_size = block_size
-        window = _one_window(cfg)
-        full_layers = cfg.num_layers - sum(1 for w in cfg.layer_windows if w)
-        self.layout = PageLayout.of(self.codec, full_layers, block_size, cfg.num_kv_heads, cfg.head_dim)
-        spec = cfg.spec(name)
-        page_bytes = kv_bytes_per_block(spec, self.codec.spec, block_size)
-        assert page_bytes == self.layout.page_bytes, "codec pages disagree with kvcache.sizing"
-        if isinstance(model, str) or attention_backend is not None:
-            backend = make_backend(attention_backend or "auto", self.device, self.codec)
-            for layer in self.model.model.layers:
-                layer.self_attn.backend = backend
-        self.backend = self.model.model.layers[0].self_attn.backend
+        max_sessions: sessions the policy follows at once (the least recently seen beyond it are forgotten).
+        state_snapshots: linear layers' state snapshots kept for hits (None: a quarter of the KV budget at most)."""
         self.ids = BlockIds()
-        self.sliding = None  # the sliding layers' own page group (engine/sliding.py)
-        self.window_layout = PageLayout.of(self.codec, cfg.num_layers - full_layers, block_size, cfg.num_kv_heads,
-                                           cfg.head_dim) if window else None
-        kv_bytes = self._kv_budget(kv_cache_bytes, gpu_memory_utilization, max_num_batched_tokens)
-        if self.window_layout is not None:
-            wl = self.window_layout
-            n = SlidingPages.pages_for(kv_bytes, wl.page_bytes, max_num_seqs, max_num_batched_tokens, window,
-                                       block_size)
-            self.sliding = SlidingPages(wl, n, window, block_size, self.device, copy.copy(self.backend), self.ids,
-                                        cfg.chunked)
-        num_pages = (kv_bytes - (self.sliding.nbytes if self.sliding else 0)) // page_bytes
-        if num_pages < 2:
-            raise ValueError(f"KV budget holds {num_pages} pages of {page_bytes} bytes: give more kv_cache_bytes")
-        tiers = [TierSpec("gpu", num_pages * page_bytes, page_bytes)]
-        stores = []
-        if host_kv_bytes:
-            tiers.append(TierSpec("dram", host_kv_bytes, page_bytes))
-            stores.append(HostSlab(tiers[-1].capacity_blocks, page_bytes, pin=self.device.type == "cuda"))
-        self.tiering = None
-        if kv_tiers:
-            if host_kv_bytes:
-                raise ValueError("give host_kv_bytes or kv_tiers (with a dram tier), not both")
-            self.tiering = Tiering(kv_tiers, page_bytes, block_size, pin=self.device.type == "cuda")
-            tiers += self.tiering.tiers
-            stores += self.tiering.stores
+        self.runner = runner = ModelRunner(
+            model, self.ids, dtype=dtype, device=device, kv_codec=kv_codec, kv_cache_bytes=kv_cache_bytes,
+            gpu_memory_utilization=gpu_memory_utilization, block_size=block_size, state_snapshots=state_snapshots,
+            max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, attention_backend=attention_backend)
+        self.config, self.block_size = runner.config, block_size
+        self.tokenizer: Any = _tokenizer(model) if isinstance(model, str) else None
+        tiers, stores = self._tiers(host_kv_bytes, kv_tiers)
         self.tier_names = [t.name for t in tiers]
-        self.cache = KVCache(tiers, policy if isinstance(policy, Policy) else
-                             make_policy(policy, model=spec, block_size=block_size))
-        self.scheduler = Scheduler(SchedulerConfig(block_size, max_num_batched_tokens, max_num_seqs,
-                                                   enable_prefix_caching), self.cache)
-        if self.tiering is not None:
-            self.scheduler.at_hand = functools.partial(self.tiering.at_hand, self.cache, self.ids.keys)
-        max_pages = min(num_pages, -(-cfg.max_position_embeddings // block_size))
-        self.backend.bind(max_num_seqs, max_pages, self.device)
-        self.pool = PagePool(self.layout, num_pages, self.device, self.ids, stores, self.backend, max_num_seqs)
-        if self.sliding is not None:
-            self.sliding.backend.bind(max_num_seqs, max_pages, self.device)
-        self.kv_layers = self._by_layer(self.pool.layers, self.sliding.layers if self.sliding else [])
+        self._schedule(tiers, policy, SchedulerConfig(block_size, max_num_batched_tokens, max_num_seqs,
+                                                      enable_prefix_caching))
+        runner.build_pool(stores, compile=compile, cuda_graphs=cuda_graphs, policy=self.cache.policy)
         # an engine dropped, or a process exiting, without close() still flushes and closes its tiers (once)
-        self._closer = weakref.finalize(self, self.tiering.close, self.pool, self.cache) if self.tiering else None
-        self.namespace = f"{name}|{self.codec.name}|bs{block_size}"  # other models/codecs never share a block
+        self._closer = weakref.finalize(self, self.tiering.close, runner.pool, self.cache) if self.tiering else None
+        self.namespace = f"{runner.name}|{runner.codec.name}|bs{block_size}"  # other models/codecs never share a block
         self.check_invariants = check_invariants
         self._counter = itertools.count()
         self._seqs: dict[str, EngineSequence] = {}
-        self._generators: dict[str, torch.Generator | None] = {}
         self._sessions = SessionIds(self.cache.policy.forget_session, max_sessions)
         self._tenants: dict[str, int] = {"": 0}
         self._unreferenced: list[int] = []  # ids whose last request ended: recycled if no tier holds them
         self.prefix_query_tokens = 0
         self.prefix_hit_tokens = np.zeros(len(tiers), dtype=np.int64)
-        if compile:  # fuses the per-token work; the attention backend's Python loop stays eager
-            self.model.forward = torch.compile(self.model.forward, dynamic=True)  # type: ignore[method-assign]
-        self.graphs = None  # decode steps as CUDA graphs, one per batch size (engine/cuda_graphs.py)
-        cuda_graphs = cuda_graphs and self.sliding is None
-        # a MoE layer groups tokens by expert on the host (a sync a captured graph cannot replay): no graphs
-        if cuda_graphs and not compile and self.device.type == "cuda" and hasattr(self.backend, "capturing") \
-                and not cfg.num_experts:
-            self.graphs = DecodeGraphs(self.model.forward, self.pool.layers, self.backend, max_num_seqs, max_pages,
-                                       block_size, cfg.num_kv_heads, self.device)
-            self.graphs.capture()
 
-    def _kv_budget(self, kv_cache_bytes: int | None, utilization: float, step_tokens: int) -> int:
-        """KV bytes: as given; on CUDA, what `utilization` of the device leaves after the weights and the peak
-        activations of a profiled forward pass of a full step; on CPU, 512 MiB."""
-        if kv_cache_bytes is not None:
-            return kv_cache_bytes
-        if self.device.type != "cuda":
-            return 512 * 2**20
-        activations = self.profile_activations(step_tokens)
-        free, total = torch.cuda.mem_get_info(self.device)
-        used = total - free  # weights, the CUDA context, other processes
-        return int(total * utilization) - used - int(activations * 1.2)
-
-    def profile_activations(self, tokens: int) -> int:
-        """Peak bytes (CUDA; 0 elsewhere) a forward pass of one `tokens`-token prefill takes beyond what is
-        allocated already, over a scratch KV slab of its own (freed after). It also warms up the kernels."""
-        cfg, bs = self.config, self.block_size
-        pages = -(-tokens // bs)
-        slab = torch.zeros(pages, self.layout.page_bytes, dtype=torch.uint8, device=self.device)
-        bound = {k: getattr(self.backend, k) for k in ("device", "tables", "synced") if hasattr(self.backend, k)}
-        self.backend.bind(1, pages, self.device)
-        meta = self.backend.prepare([SeqSlice(0, list(range(pages)), tokens, tokens)], 1, bs)
-        cuda = self.device.type == "cuda"
-        if cuda:
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        before = torch.cuda.memory_allocated(self.device) if cuda else 0
-        ids = torch.zeros(tokens, dtype=torch.long, device=self.device) + (cfg.bos_token_id or 0)
-        views = []
-        if self.window_layout is not None:  # its scratch pages 0.. too: the same table serves both groups
-            wl = self.window_layout
-            views = wl.views(torch.zeros(pages, wl.page_bytes, dtype=torch.uint8, device=self.device), group=1)
-            meta.groups = (meta,)
-        kv = self._by_layer(self.layout.views(slab), views)
-        hidden = self.model(ids, torch.arange(tokens, device=self.device), kv, meta)
-        self.model.logits(hidden[-1:])
-        peak = torch.cuda.max_memory_allocated(self.device) - before if cuda else 0
-        del slab, hidden, views, kv
-        for k, v in bound.items():  # a bound engine's block tables come back as they were
-            setattr(self.backend, k, v)
-        if cuda:
-            torch.cuda.empty_cache()
-        return max(peak, 0)
+    # the runner's parts, where callers (tests, the start-up line, benchmarks) reach them on the engine
+    model = _runner_part("model")
+    device = _runner_part("device")
+    dtype = _runner_part("dtype")
+    codec = _runner_part("codec")
+    layout = _runner_part("layout")
+    sliding = _runner_part("sliding")
+    states = _runner_part("states")
+    pool = _runner_part("pool")
+    backend = _runner_part("backend")
 
     def layers_text(self) -> str:
-        """Its layers as the start-up line names them: '28 layers', or their groups, where each group's pages
-        live, and the experts: '6 layers: 1 full + 5 sliding (window 8, 1,234 pages of their own), MoE ...'."""
-        cfg = self.config
-        groups = cfg.layer_groups()
-        text = f"{cfg.num_layers} layers"
-        if groups:
-            own = f", {self.sliding.slab.shape[0]:,} pages of their own" if self.sliding else ""
-            span = "chunk" if cfg.chunked else "window"
-            text += ": " + " + ".join(f"{g.layers} {g.kind}" + (f" ({span} {g.window}{own})" if g.window else "")
-                                      for g in groups)
-        if cfg.num_experts:
-            text += f", MoE {cfg.num_experts} experts top-{cfg.experts_per_token} on {sum(cfg.moe_layers)} layers"
-        return text
+        return self.runner.layers_text()
 
-    def _by_layer(self, full: list[LayerKV], sliding: list[LayerKV]) -> list[LayerKV]:
-        """Each layer's pages in model order: the full layers' from the pool, the sliding ones' from theirs."""
-        groups = (iter(full), iter(sliding))
-        return [next(groups[bool(self.config.window_of(i))]) for i in range(self.config.num_layers)]
+    def _schedule(self, tiers: list[TierSpec], policy: str | Policy, config: SchedulerConfig) -> None:
+        """The policy core over the tiers, and the scheduler that plans each step with it."""
+        self.cache = KVCache(tiers, policy if isinstance(policy, Policy) else
+                             make_policy(policy, model=self.runner.spec, block_size=config.block_size))
+        self.scheduler = Scheduler(config, self.cache)
+        if self.tiering is not None:
+            self.scheduler.at_hand = functools.partial(self.tiering.at_hand, self.cache, self.ids.keys)
+
+    def _tiers(self, host_kv_bytes: int, kv_tiers: str | None) -> tuple[list[TierSpec], list]:
+        """The GPU tier of the runner's pages and the tiers below it, with their stores."""
+        r = self.runner
+        tiers = [TierSpec("gpu", r.num_pages * r.page_bytes, r.page_bytes)]
+        stores: list = []
+        if host_kv_bytes:
+            tiers.append(TierSpec("dram", host_kv_bytes, r.page_bytes))
+            stores.append(HostSlab(tiers[-1].capacity_blocks, r.page_bytes, pin=r.device.type == "cuda"))
+        self.tiering = None
+        if kv_tiers:
+            if host_kv_bytes:
+                raise ValueError("give host_kv_bytes or kv_tiers (with a dram tier), not both")
+            self.tiering = Tiering(kv_tiers, r.page_bytes, self.block_size, pin=r.device.type == "cuda")
+            tiers += self.tiering.tiers
+            stores += self.tiering.stores
+        return tiers, stores
 
     # ---- requests ------------------------------------------------------------------------------------------
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, *, request_id: str | None = None,
@@ -254,7 +164,7 @@ class LLM:
         rid = str(seq_id) if request_id is None else request_id
         if rid in self._seqs:
             raise ValueError(f"request id {rid!r} is already in use")
-        generator = _generator(params.seed, self.device)  # before anything is queued: a refusal leaves no trace
+        generator = self.runner.generator(params.seed)  # before anything is queued: a refusal leaves no trace
         namespace = namespace_digest(f"{self.namespace}|{tenant}|{cache_salt}")
         public = public_prefix_tokens // self.block_size if tenant or cache_salt else 0
         root = namespace_digest(f"{self.namespace}||") if public else namespace
@@ -266,13 +176,13 @@ class LLM:
         seq.classify_reply = classify_reply
         seq.detok = Detokenizer(self.tokenizer, params.stop) if self.tokenizer is not None else None
         seq.matcher = matcher
+        seq.generator = generator
         try:
             self.scheduler.add(seq)
         except ValueError:
             self._end(seq)
             raise
         self._seqs[rid] = seq
-        self._generators[rid] = generator
         if self.tiering is not None:  # adopt what disk/Redis hold of its prefix; fetch it while it waits
             waits = self.tiering.admit(self.cache, self.ids.keys, seq.block_ids)
             if waits:
@@ -344,14 +254,7 @@ class LLM:
                 time.sleep(0.001)  # every waiting request's prefix is still in flight from a slow tier
             return []
         t0 = time.perf_counter()
-        input_ids, positions, rows, sampling = self._prepare(plan)
-        if self.graphs is not None and not plan.prefills and self.graphs.size_for(len(plan.decodes)):
-            hidden = self.graphs.run(input_ids, positions, self.meta)
-        else:
-            hidden = self.model(input_ids, positions, self.kv_layers, self.meta)
-        tokens = sample(self.model.logits(hidden[rows]), [s.params for s in sampling],
-                        [self._generators[s.request_id] for s in sampling],
-                        [s.matcher for s in sampling]) if sampling else []
+        sampling, tokens = self.runner.run(plan)
         for seq, tok in zip(sampling, tokens, strict=True):
             if seq.matcher is not None:
                 seq.matcher.consume_token(tok)
@@ -364,12 +267,11 @@ class LLM:
         return [self._output(s) for s in sampling]
 
     def _execute(self, plan: StepPlan) -> None:
-        self.pool.execute(plan.ops)
+        pool = self.runner.pool
+        pool.execute(plan.ops)
         if self.tiering is not None:  # lost blocks recomputed, named blocks written through to Redis
-            self.tiering.repair(plan, self.pool, self.cache, self.block_size)
-        if self.sliding is not None:
-            self.sliding.execute(plan.ops)
-            self.sliding.before_forward(plan, self.scheduler.running)  # type: ignore[arg-type]
+            self.tiering.repair(plan, pool, self.cache, self.block_size)
+        self.runner.before_forward(plan, self.scheduler.running)  # type: ignore[arg-type]
         for op in plan.ops:
             if isinstance(op, Allocate) and op.admission:
                 self.prefix_query_tokens += op.seq.target
@@ -377,12 +279,10 @@ class LLM:
                 if not op.seq.preemptions:  # after repair: a lost block's tokens were not served from cache
                     op.seq.prompt_cached = op.seq.cached  # type: ignore[attr-defined]
                     op.seq.prompt_cached_per_tier = op.seq.cached_per_tier.copy()  # type: ignore[attr-defined]
-        self._recycle(self.pool.gone + self._unreferenced)
-        self.pool.gone, self._unreferenced = [], []
+        self._recycle(pool.gone + self._unreferenced)
+        pool.gone, self._unreferenced = [], []
         if self.check_invariants:
-            self.pool.check(self.cache, self.scheduler.running)  # type: ignore[arg-type]
-            if self.sliding is not None:
-                self.sliding.check(self.scheduler.running)  # type: ignore[arg-type]
+            self.runner.check(self.cache, self.scheduler.running)  # type: ignore[arg-type]
 
     def _recycle(self, candidates: list[int]) -> None:
         """Ids no live request names and no tier holds stand for nothing now: their numbers are reused."""
@@ -399,35 +299,6 @@ class LLM:
         for i in fresh.tolist():
             if self.ids.refs[i] == 0 and self.ids.keys[i] is not None:
                 self.ids.recycle(i)
-
-    def _prepare(self, plan: StepPlan):
-        tokens: list[int] = []
-        positions: list[int] = []
-        slices: list[SeqSlice] = []
-        rows: list[int] = []
-        sampling: list[EngineSequence] = []
-        for c in plan.prefills:
-            seq: EngineSequence = c.seq  # type: ignore[assignment]
-            end = c.start + c.n
-            slices.append(SeqSlice(seq.row, seq.pages, c.n, end))
-            tokens += seq.tokens[c.start : end]  # type: ignore[index]
-            positions += range(c.start, end)
-            if end == seq.target:
-                rows.append(len(tokens) - 1)
-                sampling.append(seq)
-        for seq in plan.decodes:  # type: ignore[assignment]
-            p = seq.computed
-            slices.append(SeqSlice(seq.row, seq.pages, 1, p + 1))
-            tokens.append(seq.tokens[p])  # type: ignore[index]
-            positions.append(p)
-            rows.append(len(tokens) - 1)
-            sampling.append(seq)
-        self.meta = self.backend.prepare(slices, len(plan.prefills), self.block_size)
-        if self.sliding is not None:
-            self.meta.groups = (self.sliding.prepare(plan),)
-        dev = self.device
-        return (torch.tensor(tokens, dtype=torch.long, device=dev), torch.tensor(positions, dtype=torch.long, device=dev),
-                torch.tensor(rows, dtype=torch.long, device=dev), sampling)
 
     def _append(self, seq: EngineSequence, tok: int) -> None:
         seq.tokens.append(tok)  # type: ignore[union-attr]
@@ -448,7 +319,6 @@ class LLM:
         self._unreferenced += self.ids.unref(seq.named)
         seq.named = []
         self._seqs.pop(seq.request_id, None)
-        self._generators.pop(seq.request_id, None)
 
     def _text(self, seq: EngineSequence) -> str:
         """The reply's final text, made once: cut at its stop string, else its tokens decoded whole (once, at
@@ -517,10 +387,6 @@ def _is_token_list(p: Any) -> bool:
     return isinstance(p, list) and bool(p) and isinstance(p[0], int | np.integer)
 
 
-def _auto_codec(dtype: torch.dtype) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
-
-
 def _tokenizer(model_dir: str) -> Any:
     from agentkv.engine.tokenizer import Tokenizer
 
@@ -530,22 +396,5 @@ def _tokenizer(model_dir: str) -> Any:
         return None
 
 
-def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
-    if seed is None:
-        return None
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
-
-
 __all__ = ["LLM", "RequestOutput", "SamplingParams"]
 
-
-def _one_window(cfg: Any) -> int:
-    """The sliding layers' window (0: none); the page groups serve one window size so far."""
-    windows = {w for w in cfg.layer_windows if w}
-    if len(windows) > 1:
-        raise ValueError(f"config.json: sliding windows of {sorted(windows)} tokens: one size is supported")
-    if windows and all(cfg.layer_windows):
-        raise ValueError("config.json: every layer slides: a model needs one full-attention layer here")
-    return windows.pop() if windows else 0

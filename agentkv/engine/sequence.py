@@ -11,10 +11,10 @@ import numpy as np
 
 from agentkv.engine.detokenizer import Detokenizer
 from agentkv.engine.grammar import StructuredOutputsParams
+from agentkv.kvcache.block_hash import block_key
 from agentkv.kvcache.ids import BlockIds
 from agentkv.scheduler import Sequence
 from agentkv.scheduler.plan import PrefillChunk
-from agentkv.storage.keys import block_key
 
 # The engine's real limits on a request's numbers: the server's request models take them from here.
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
@@ -79,6 +79,7 @@ class EngineSequence(Sequence):
     finish_reason: str | None = None
     classify_reply: Callable[[str], str] | None = None  # "tool_calls" | "stop": how the reply ended
     matcher: Any = None  # its grammar's state (engine/grammar.py) when it has one
+    generator: Any = None  # its own torch.Generator when it has a seed (None: the global stream)
     public_blocks: int = 0  # leading blocks named in the public namespace; the rest chain on in `private_root`'s
     private_root: bytes = b""
     # usage: prompt tokens served from the cache at its first admission (a preempted request's re-admission

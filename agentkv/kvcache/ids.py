@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from agentkv.storage.keys import BlockKey
+from agentkv.kvcache.block_hash import BlockKey
 
 
 class BlockIds:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agentkv.kvcache.snapshots import Snapshot, snapshot_points
+
 
 @dataclass(slots=True)
 class AccessContext:
@@ -35,6 +37,9 @@ class Policy(ABC):
     # higher of their keys, so it never ranks below a child of either. Policies whose keys are monotone across
     # branches by construction, but must fall (Belady: the next use moves later), set this False.
     keys_only_rise: bool = True
+    # linear-attention layers' state is kept at every this many block boundaries (besides a prompt's end and a
+    # reply's latest boundary: `kvcache/snapshots.py`); 0: only those
+    snapshot_every: int = 8
 
     def bind(self, cache: KVCache) -> None:  # noqa: F821 (forward reference to the core)
         """Called once by the core; policies that keep per-block state size it from `cache.n_slots`."""
@@ -67,6 +72,11 @@ class Policy(ABC):
     def prefetch(self, now: float) -> list[np.ndarray]:
         """Chains (head to tail) worth bringing back to the GPU tier now, most urgent first."""
         return []
+
+    def snapshots(self, start: int, end: int, prompt_len: int, block_size: int) -> list[Snapshot]:
+        """Block boundaries of a span [start, end) a sequence computes now where the linear layers' state is kept
+        (a later prefix hit there restores it instead of recomputing from an earlier one)."""
+        return snapshot_points(start, end, prompt_len, block_size, self.snapshot_every)
 
 
 def chain_monotone(raw: np.ndarray) -> np.ndarray:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.policy import AccessContext, Policy
-from agentkv.workload.trace import Trace
+
+if TYPE_CHECKING:  # the core reads a trace's arrays; it does not import the workload package
+    from agentkv.workload.trace import Trace
 
 
 @dataclass(slots=True)

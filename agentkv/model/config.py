@@ -12,6 +12,14 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from agentkv.model.deepseek_config import (
+    CompressedShape,
+    GroupedRouting,
+    MLAShape,
+    deepseek_fields,
+    deepseek_v4_fields,
+)
+
 if TYPE_CHECKING:
     from agentkv.catalog import LayerGroup, ModelSpec
 
@@ -24,8 +32,33 @@ ARCHITECTURES = {
     "Gemma3ForCausalLM": "gemma3",
     "GptOssForCausalLM": "gpt_oss",
     "Llama4ForCausalLM": "llama4",
+    "Qwen3NextForCausalLM": "qwen3_next",
+    "DeepseekV2ForCausalLM": "deepseek_v2",
+    "DeepseekV3ForCausalLM": "deepseek_v3",
+    "DeepseekV4ForCausalLM": "deepseek_v4",
 }
 WINDOWED = {"sliding_attention": True, "chunked_attention": True, "full_attention": False}  # `layer_types`
+
+
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+@dataclass(slots=True, frozen=True)
+class DeltaNetShape:
+    """A gated DeltaNet layer's heads (Qwen3-Next): q and k heads of `k_dim`, value heads of `v_dim` (a multiple of
+    the key heads), and the causal conv's kernel."""
+
+    k_heads: int
+    v_heads: int
+    k_dim: int
+    v_dim: int
+    conv_kernel: int
+
+    @property
+    def state_values(self) -> int:
+        """Values one sequence keeps: the recurrent state, and the conv's last kernel - 1 inputs of q, k and v."""
+        return self.v_heads * self.k_dim * self.v_dim + \
+            (self.conv_kernel - 1) * (2 * self.k_heads * self.k_dim + self.v_heads * self.v_dim)
 
 
 @dataclass(slots=True, frozen=True)
@@ -70,9 +103,20 @@ class ModelConfig:
     shared_expert: bool = False  # a dense MLP of moe_intermediate_size beside the routed experts (Llama 4)
     dense_intermediate_size: int = 0  # the dense layers' MLP where it differs from intermediate_size (Llama 4)
     mxfp4: bool = False  # expert weights published as MXFP4 blocks and scales (gpt-oss), dequantized at load
+    linear_layers: tuple[bool, ...] = ()  # per layer: gated DeltaNet (True) or full attention (Qwen3-Next)
+    deltanet: DeltaNetShape | None = None
+    rotary_dim: int = 0  # dims of a head RoPE rotates (Qwen3-Next: a quarter); 0: all
+    shared_expert_size: int = 0  # a sigmoid-gated shared expert's width beside the routed ones (Qwen3-Next)
+    mla: MLAShape | None = None  # multi-head latent attention (DeepSeek-V2/V3); head_dim is then its RoPE key's
+    routing: GroupedRouting | None = None  # grouped top-k routing and shared experts (DeepSeek-V2/V3)
+    fp8_block: tuple[int, ...] = ()  # weights published as fp8 codes with a scale per block of this shape
+    v4: CompressedShape | None = None  # DeepSeek-V4's compressed attention and residual streams
 
     def window_of(self, layer: int) -> int:
         return self.layer_windows[layer] if self.layer_windows else 0
+
+    def is_linear_layer(self, layer: int) -> bool:
+        return bool(self.linear_layers) and self.linear_layers[layer]
 
     def is_moe_layer(self, layer: int) -> bool:
         return bool(self.moe_layers) and self.moe_layers[layer]
@@ -124,42 +168,54 @@ class ModelConfig:
         return ModelConfig(
             family=family,
             hidden_size=hidden,
-            intermediate_size=int(need("intermediate_size")),
+            intermediate_size=int(need("moe_intermediate_size" if family == "deepseek_v4" else "intermediate_size")),
             num_layers=layers,
             num_heads=heads,
             num_kv_heads=int(raw.get("num_key_value_heads") or heads),
-            head_dim=int(raw.get("head_dim") or hidden // heads),
+            head_dim=int(raw.get("qk_rope_head_dim") or raw.get("head_dim") or hidden // heads),  # MLA: its RoPE key
             vocab_size=int(need("vocab_size")),
             rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
             rope_theta=float(theta),
             max_position_embeddings=int(raw.get("max_position_embeddings", 8192)),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", family == "gemma3")),
             qkv_bias=bool(raw.get("attention_bias", family in ("qwen2", "gpt_oss"))),
-            qk_norm=family in ("qwen3", "qwen3_moe", "gemma3"),
+            qk_norm=family in ("qwen3", "qwen3_moe", "gemma3", "qwen3_next"),
             rope_scaling={**rope, "rope_type": kind},
             eos_token_ids=eos_ids,
             bos_token_id=raw.get("bos_token_id"),
             torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"),
-            **(_moe_fields(raw, layers, need, path) if family == "qwen3_moe" else {}),
+            **(_moe_fields(raw, layers, need, path) if family in ("qwen3_moe", "qwen3_next") else {}),
+            **(_qwen3_next_fields(raw, layers, need, path, rope) if family == "qwen3_next" else {}),
             **(_gemma3_fields(raw, layers, need, path, local_rope) if family == "gemma3" else {}),
             **(_gpt_oss_fields(raw, layers, need, path) if family == "gpt_oss" else {}),
             **(_llama4_fields(raw, layers, need, path) if family == "llama4" else {}),
+            **(deepseek_fields(raw, layers, need, path, family) if family in ("deepseek_v2", "deepseek_v3") else {}),
+            **(deepseek_v4_fields(raw, layers, need, path) if family == "deepseek_v4" else {}),
         )
 
     def spec(self, name: str) -> ModelSpec:
         """The catalog's view of this shape: what `kvcache/sizing.py` and the cost-aware policy read."""
         from agentkv.catalog import ModelSpec
 
-        attn = self.hidden_size * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
+        attn = self.mla.params(self.hidden_size, self.num_heads) if self.mla else \
+            self.v4.params(self.hidden_size, self.num_heads) / self.num_layers if self.v4 else \
+            self.hidden_size * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
         dense = 3 * self.hidden_size * self.intermediate_size
         expert = 3 * self.hidden_size * self.moe_intermediate_size
-        router = self.hidden_size * self.num_experts
+        always = self.hidden_size * self.num_experts + (self.routing.shared * expert if self.routing else 0)  # router, shared experts
         moe = sum(self.moe_layers)
         embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
-        base = self.num_layers * attn + (self.num_layers - moe) * dense + moe * router + embed
+        base = self.num_layers * attn + (self.num_layers - moe) * dense + moe * always + embed
+        if self.deltanet is not None:  # gated attention's q_proj is doubled; DeltaNet layers project otherwise
+            linear, s = sum(self.linear_layers), self.deltanet
+            mixer = self.hidden_size * (2 * s.k_heads * s.k_dim + 3 * s.v_heads * s.v_dim + 2 * s.v_heads) + \
+                s.conv_kernel * (2 * s.k_heads * s.k_dim + s.v_heads * s.v_dim)  # in/out projections, conv
+            base += (self.num_layers - linear) * self.hidden_size * self.head_dim * self.num_heads + \
+                linear * (mixer - attn) + moe * (3 * self.hidden_size * self.shared_expert_size + self.hidden_size)
         total = float(base + moe * self.num_experts * expert)
         active = float(base + moe * self.experts_per_token * expert)
-        return ModelSpec(name, "config.json", self.num_layers, self.num_heads, self.num_kv_heads, self.head_dim,
+        head_dim = self.mla.qk_nope_head_dim if self.mla else self.v4.dim if self.v4 else self.head_dim  # as the catalog
+        return ModelSpec(name, "config.json", self.num_layers, self.num_heads, self.num_kv_heads, head_dim,
                          self.hidden_size, self.intermediate_size, self.vocab_size, total, active,
                          self.max_position_embeddings, attention=self.layer_groups())
 
@@ -167,6 +223,14 @@ class ModelConfig:
         """Its layers by attention kind, as the catalog describes them: () where every layer is full."""
         from agentkv.catalog import LayerGroup
 
+        if self.deltanet is not None:
+            state = self.deltanet.state_values * DTYPE_BYTES.get(self.torch_dtype, 2)
+            linear = sum(self.linear_layers)
+            return LayerGroup("full", self.num_layers - linear), LayerGroup("linear", linear, state_bytes=state)
+        if self.v4:
+            return self.v4.layer_groups()
+        if self.mla:
+            return (LayerGroup("mla", self.num_layers, latent=self.mla.kv_lora_rank, rope=self.mla.qk_rope_head_dim),)
         windows = sorted({w for w in self.layer_windows if w})
         if not windows:
             return ()
@@ -189,6 +253,27 @@ def _moe_fields(raw: dict[str, Any], layers: int, need: Any, path: str) -> dict[
             "moe_intermediate_size": int(need("moe_intermediate_size")),
             "norm_topk_prob": bool(raw.get("norm_topk_prob", False)),
             "moe_layers": tuple(i not in dense and (i + 1) % step == 0 for i in range(layers))}
+
+
+def _qwen3_next_fields(raw: dict[str, Any], layers: int, need: Any, path: str, rope: dict) -> dict[str, Any]:
+    """Qwen3-Next: gated DeltaNet layers and full attention every `full_attention_interval` (4), RoPE on a
+    `partial_rotary_factor` (0.25) of each head, MoE layers with a gated shared expert (as Qwen3-MoE routes)."""
+    interval = int(raw.get("full_attention_interval", 4))
+    types = raw.get("layer_types") or ["full_attention" if (i + 1) % interval == 0 else "linear_attention"
+                                       for i in range(layers)]
+    if len(types) != layers or any(t not in ("linear_attention", "full_attention") for t in types):
+        raise ValueError(f"{path}: field 'layer_types': expected {layers} of linear_attention, full_attention")
+    shape = DeltaNetShape(int(need("linear_num_key_heads")), int(need("linear_num_value_heads")),
+                          int(need("linear_key_head_dim")), int(need("linear_value_head_dim")),
+                          int(raw.get("linear_conv_kernel_dim", 4)))
+    if shape.v_heads % shape.k_heads or shape.conv_kernel < 2:
+        raise ValueError(f"{path}: field 'linear_num_value_heads': {shape.v_heads} is not a multiple of "
+                         f"linear_num_key_heads={shape.k_heads} (or linear_conv_kernel_dim < 2)")
+    head_dim = int(raw.get("head_dim") or int(need("hidden_size")) // int(need("num_attention_heads")))
+    factor = float(raw.get("partial_rotary_factor", rope.get("partial_rotary_factor", 0.25)))
+    return {"linear_layers": tuple(t == "linear_attention" for t in types), "deltanet": shape,
+            "rotary_dim": int(head_dim * factor), "activation": str(raw.get("hidden_act", "silu")),
+            "shared_expert_size": int(raw.get("shared_expert_intermediate_size") or 0)}
 
 
 def _layer_windows(raw: dict[str, Any], layers: int, window: int, path: str, pattern: int) -> tuple[int, ...]:

@@ -68,12 +68,22 @@ def yarn_inv_freq(inv: torch.Tensor, d: int, theta: float, rs: dict) -> torch.Te
     return (inv / factor * ramp + inv * (1 - ramp)).float()
 
 
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's magnitude correction, 0.1 mscale ln(factor) + 1 (1 where nothing is stretched)."""
+    return 0.1 * mscale * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+
 def rope_attention_factor(rs: dict) -> float:
-    """YaRN scales cos and sin by this (0.1 ln(factor) + 1 unless the config names it); 1 for the others."""
+    """YaRN scales cos and sin by this: the config's `attention_factor`, else mscale(factor) over
+    mscale(mscale_all_dim) where both are given (DeepSeek's), else mscale(factor); 1 for the other RoPEs."""
     if rs.get("rope_type") != "yarn":
         return 1.0
     factor = float(rs["factor"])
-    return float(rs.get("attention_factor") or (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0))
+    if rs.get("attention_factor"):
+        return float(rs["attention_factor"])
+    if rs.get("mscale") and rs.get("mscale_all_dim"):
+        return yarn_mscale(factor, float(rs["mscale"])) / yarn_mscale(factor, float(rs["mscale_all_dim"]))
+    return yarn_mscale(factor)
 
 
 class Rotary(nn.Module):
@@ -199,6 +209,14 @@ class LlamaForCausalLM(nn.Module):
 
     def backbone(self, cfg: ModelConfig, backend: AttentionBackend) -> nn.Module:
         return Backbone(cfg, backend, self.layer)
+
+    def skips(self, tensor: str) -> bool:
+        """Whether a checkpoint tensor is published beside the model but not run by it (none here)."""
+        return False
+
+    def dtype_of(self, tensor: str, dtype: torch.dtype) -> torch.dtype:
+        """The dtype a checkpoint tensor loads in: the model's, unless the family keeps it wider."""
+        return dtype
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids)

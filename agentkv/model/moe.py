@@ -1,6 +1,7 @@
 """A routed mixture of experts in place of the dense MLP: each token runs through its top-k experts only.
 
-`dispatch` (tokens grouped by expert) is shared by the MoE families; Qwen3-MoE's block is here: a linear router scores every expert, the top k are kept (their
+`dispatch` (tokens grouped by expert) is shared by the MoE families; Qwen3-MoE's block is here (and
+Qwen3-Next's, the same with a gated shared expert): a linear router scores every expert, the top k are kept (their
 softmax weights renormalised where the config says so), and each expert is a gated MLP. Tokens are grouped
 by expert so each expert runs one matmul over the tokens routed to it, not one per token. Parameter names
 follow the published per-expert checkpoints (`mlp.gate`, `mlp.experts.{i}.gate_proj`), so they load as is.
@@ -55,6 +56,19 @@ class SparseMoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         chosen, weights = self.route(x)
         return dispatch(x, chosen, weights, lambda e, rows, w: self.experts[e](rows) * w)
+
+
+class SharedExpertMoE(SparseMoE):
+    """Qwen3-Next's block: the routed experts plus a shared expert (a gated MLP every token runs), weighed per
+    token by sigmoid(shared_expert_gate(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.shared_expert = GatedMLP(cfg.hidden_size, cfg.shared_expert_size)
+        self.shared_expert_gate = nn.Linear(cfg.hidden_size, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
 
 
 def dispatch(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor,

@@ -11,16 +11,18 @@ This file holds what a rung is and how it becomes a simulated deployment; `capac
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agentkv.catalog import hardware, model
+from agentkv.catalog import HardwareSpec, ModelSpec, hardware, model
 from agentkv.kvcache.sizing import codec
 from agentkv.report.slo import DEFAULT_OUTPUT_TPS, DEFAULT_SLOWDOWN, describe_slo, slo_misses, tpot_limit_ms
 from agentkv.sim.pd_simulation import PDConfig, simulate_pd
 from agentkv.sim.simulator import SimConfig, SimResult, simulate
+from agentkv.sim.speculative import Speculation
 from agentkv.sim.stepcost import WEIGHTS, Deployment, mode_name, prefill_seconds
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.trace import Trace
@@ -61,6 +63,11 @@ class DeploymentSpec:
     ep: bool = False
     dp_attention: bool = False
     expert_dtype: str = ""
+    # speculative decoding (sim/speculative.py): tokens drafted a step (0: off), the mean tokens a step emits per
+    # sequence (stated, no default: it depends on model, draft and text), the draft's layers (MTP: 1)
+    spec_tokens: int = 0
+    spec_acceptance: float = 0.0
+    spec_draft_layers: int = 1
     # prompt tokens a step may carry beside its decodes (vLLM's max_num_batched_tokens, SGLang's
     # chunked_prefill_size): smaller interrupts decodes less, at the price of a longer prefill
     max_batched_tokens: int = DEFAULT_CHUNK
@@ -84,6 +91,20 @@ class DeploymentSpec:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be one of {', '.join(WEIGHTS)}")
         if self.dp_attention and not self.ep:
             raise ValueError("dp_attention=true runs beside expert parallelism: set ep=true too")
+        self.speculation  # noqa: B018 (checks the spec_* settings)
+
+    @property
+    def speculation(self) -> Speculation | None:
+        if not self.spec_tokens and not self.spec_acceptance:
+            return None
+        if self.spec_tokens < 1 or not self.spec_acceptance:
+            raise ValueError("speculative decoding needs spec_tokens >= 1 and spec_acceptance, the mean tokens a "
+                             "step emits (e.g. 1.85 for DeepSeek-V3's one MTP token, arXiv 2412.19437 §5.4.3)")
+        try:
+            return Speculation(self.spec_tokens, self.spec_acceptance, self.spec_draft_layers)
+        except ValueError as e:
+            raise ValueError(f"spec_tokens={self.spec_tokens}, spec_acceptance={self.spec_acceptance:g}, "
+                             f"spec_draft_layers={self.spec_draft_layers}: {e}") from None
 
     @property
     def slo(self) -> str:
@@ -91,10 +112,14 @@ class DeploymentSpec:
 
     @property
     def mode(self) -> str:
-        """The mode as an engine's flags say it, with the chunk budget where it is not the engines' default."""
+        """The mode as an engine's flags say it, with speculation, disaggregation and a chunk budget other than the
+        engines' default where set."""
+        spec = self.speculation
         chunk = f", {self.max_batched_tokens}-token chunks" if self.max_batched_tokens != DEFAULT_CHUNK else ""
         pd = " prefill/decode-disaggregated" if self.prefill_share else ""
-        return mode_name(self.tp, self.ep, self.dp_attention) + pd + chunk
+        return mode_name(self.tp, self.ep, self.dp_attention) + (
+            f" + speculative ({spec.draft_tokens} drafted, {spec.acceptance_length:g} emitted a step)" if spec else ""
+        ) + pd + chunk
 
     def pools(self, replicas: int) -> tuple[int, int]:
         """(prefill, decode) replicas of a disaggregated fleet of `replicas` (at least one of each)."""
@@ -113,11 +138,23 @@ class DeploymentSpec:
 def modes(spec: DeploymentSpec) -> tuple[DeploymentSpec, ...]:
     """The deployment modes a lever is sized in, the spec's own first: for a MoE model whose experts the catalog
     states, on more than one GPU, and a spec that names no mode: TP + EP and DP-attention + EP on the same GPUs
-    (the report's views compare levers at equal GPUs per replica). Disaggregated pools are priced apart
-    (sim/disagg.py), not simulated here."""
-    if spec.tp == 1 or spec.ep or spec.dp_attention or not model(spec.model, spec.models_file).routed_params:
+    (the report's views compare levers at equal GPUs per replica). A wider replica, smaller chunk budgets and
+    disaggregated pools are tried after them, where they can win (`assemble.follow_ups`)."""
+    if spec.tp == 1 or spec.ep or spec.dp_attention or not catalog_of(spec)[1].routed_params:
         return (spec,)
     return (spec, replace(spec, ep=True), replace(spec, ep=True, dp_attention=True))
+
+
+def catalog_of(spec: DeploymentSpec) -> tuple[HardwareSpec, ModelSpec]:
+    """The spec's hardware and model from the TOML catalogs, read once per process (a report runs hundreds of
+    simulations, each needing both; its worker processes read them once each)."""
+    return _catalog_entries(spec.hardware, spec.hardware_file, spec.model, spec.models_file)
+
+
+@functools.lru_cache(maxsize=16)
+def _catalog_entries(hw: str, hardware_file: str | None, name: str, models_file: str | None
+                     ) -> tuple[HardwareSpec, ModelSpec]:
+    return hardware(hw, hardware_file), model(name, models_file)
 
 
 WIDE_GPUS = 8  # the wide replica tried beside the spec's own: DP attention + EP over an 8-GPU node (SGLang's DEP8)
@@ -128,7 +165,7 @@ def wide_mode(spec: DeploymentSpec) -> DeploymentSpec | None:
     the DP ranks, its expert reads spread over more GPUs); None where that is not a different mode."""
     if spec.tp >= WIDE_GPUS or spec.ep or spec.dp_attention or spec.prefill_share:
         return None
-    if not model(spec.model, spec.models_file).routed_params:
+    if not catalog_of(spec)[1].routed_params:
         return None
     return replace(spec, tp=WIDE_GPUS, ep=True, dp_attention=True)
 
@@ -178,10 +215,10 @@ LADDER = (
 
 
 def rung_config(spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, replicas: int) -> SimConfig:
-    hw = hardware(spec.hardware, spec.hardware_file)
-    d = Deployment(hw, model(spec.model, spec.models_file), codec(rung.codec), tp=spec.tp,
+    hw, m = catalog_of(spec)
+    d = Deployment(hw, m, codec(rung.codec), tp=spec.tp,
                    weight_dtype=spec.weight_dtype, attention=rung.attention, ep=spec.ep,
-                   dp_attention=spec.dp_attention, expert_dtype=spec.expert_dtype)
+                   dp_attention=spec.dp_attention, expert_dtype=spec.expert_dtype, speculation=spec.speculation)
     dram = (spec.dram_gb * 1e9 if spec.dram_gb else 0.5 * hw.dram_bytes * spec.tp) if rung.dram else 0.0
     return SimConfig(d, replicas=replicas, policy=rung.policy, prefix_cache=rung.prefix_cache, dram_bytes=dram,
                      disk_bytes=spec.disk_gb * 1e9 if rung.disk else 0.0, router=spec.router, arrival=arrival,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import textwrap
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from agentkv.kvcache.sweep import SweepPoint
+if TYPE_CHECKING:  # the cache sweep's plot; the sweep itself is a driver above the report
+    from agentkv.evaluate.sweep import SweepPoint
 
 
 def hit_rate_vs_capacity(points: list[SweepPoint], infinite: float, path: str, title: str) -> None:

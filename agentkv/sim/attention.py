@@ -136,11 +136,14 @@ def prefill_work(g: GroupCost, s: int, n: int, tile: int) -> Work:
                 g.score_heads * (pairs + raw), g.prefill_flops_per_pair * n)
 
 
-def decode_work(g: GroupCost, contexts: np.ndarray | None, k: int, total: float) -> Work:
-    """One token for each of k decodes: from their summed context `total` where every key is seen (full, MLA),
-    else from their contexts (an array, priced in a few vectorised operations whatever the batch)."""
+def decode_work(g: GroupCost, contexts: np.ndarray | None, k: int, total: float, queries: int = 1) -> Work:
+    """`queries` tokens (1, or a speculative verification's) for each of k decodes: from their summed context
+    `total` where every key is seen (full, MLA), else from their contexts (an array, priced in a few vectorised
+    operations whatever the batch). A decode's queries share one read of its KV (one query tile) and see about
+    its context each; FLOPs and score elements grow with them."""
     if g.kind == "linear":
-        return Work(LINEAR_FLOPS_PER_STATE_BYTE * g.state_bytes * k, 2 * g.state_bytes * k, 2 * g.state_bytes * k)
+        return Work(LINEAR_FLOPS_PER_STATE_BYTE * g.state_bytes * k * queries, 2 * g.state_bytes * k,
+                    2 * g.state_bytes * k)
     if g.per_sequence:
         assert contexts is not None
         seen = float(_seen(g, contexts).sum())
@@ -149,8 +152,8 @@ def decode_work(g: GroupCost, contexts: np.ndarray | None, k: int, total: float)
         seen, raw = total, 0.0
     scored = total / g.ratio if g.index_flops else 0.0
     io = seen * g.entry_bytes + raw * g.raw_bytes + scored * g.index_bytes
-    return Work(g.flops_per_pair * (seen + raw) + g.index_flops * scored, io, io,
-                g.score_heads * (seen + raw), g.flops_per_pair * k)
+    return Work(queries * (g.flops_per_pair * (seen + raw) + g.index_flops * scored), io, io,
+                queries * g.score_heads * (seen + raw), queries * g.flops_per_pair * k)
 
 
 def write_bytes_per_token(groups: tuple[GroupCost, ...]) -> float:

@@ -1,17 +1,21 @@
 """Speculative decoding (MTP, EAGLE): a small draft proposes tokens, the target verifies them all in one pass.
 
-Per verification step every sequence runs `draft_tokens` + 1 query tokens through the target (priced as a prefill
-chunk of that many tokens after its context) and the draft runs `draft_tokens` one-token steps of its own
-`draft_layers`; the step emits `acceptance_length` tokens per sequence on average. The acceptance length depends on
-the model, the draft and the text, so it is a stated parameter, never derived here (DeepSeek-V3's report gives
-85-90% acceptance of its one MTP token, arXiv 2412.19437 §5.4.3, 2024-12-27: an acceptance length of ~1.85-1.9).
+Per verification step every decoding sequence runs `draft_tokens` + 1 query tokens through the target (one
+pass over its weights and its KV, `StepShape.decode_queries`), and the draft runs `draft_tokens` one-token steps
+through `draft_layers` layers of the target's shape; the step emits `acceptance_length` tokens per sequence on
+average. The acceptance length depends on the model, the draft and the text, so it is a stated parameter, never
+derived here. Published figures to state it from: DeepSeek-V3's one MTP token is accepted 85-90% of the time
+(arXiv 2412.19437 §5.4.3, 2024-12-27), an acceptance length of ~1.85-1.9 at `draft_tokens=1`.
+
+The draft's layers are stored beside the target's weights (`Deployment.weight_bytes`: one layer's share each;
+DeepSeek-V3's MTP module is 11.5B unique parameters beside 671B, README_WEIGHTS.md of its checkpoint, read
+2026-12-05). `stepcost.step_cost` prices a step of a deployment that speculates per token emitted (the simulator advances a
+decode by one token a step), so every reader of the step cost (simulator, report, calibration) sees it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from agentkv.sim.stepcost import Deployment, StepShape, step_cost
 
 
 @dataclass(slots=True, frozen=True)
@@ -26,18 +30,11 @@ class Speculation:
         if not 1.0 <= self.acceptance_length <= self.draft_tokens + 1:
             raise ValueError(f"acceptance_length={self.acceptance_length:g} must be in 1..{self.draft_tokens + 1}")
 
+    @property
+    def verify_queries(self) -> int:
+        """Query tokens each sequence runs through the target per step: the drafted ones and the bonus token."""
+        return self.draft_tokens + 1
 
-def draft_seconds(batch: int, context: int, d: Deployment, spec: Speculation) -> float:
-    """The draft's steps: each a one-token decode through `draft_layers` layers' share of the target's weights,
-    attention and collectives, at the per-layer floor, its step overhead riding on the verification step's."""
-    one = step_cost(StepShape(decodes=(context,) * batch), d)
-    share = spec.draft_layers / d.model.layers
-    work = (one.weights + one.attention + one.kv_write + one.communication) * share
-    return spec.draft_tokens * (work + spec.draft_layers * d.coefficients.layer_floor_s)
-
-
-def seconds_per_token(batch: int, context: int, d: Deployment, spec: Speculation) -> float:
-    """Time per output token of each of `batch` sequences at `context`: verification plus drafting, over the
-    tokens a step emits."""
-    verify = step_cost(StepShape(prefills=((spec.draft_tokens + 1, context),) * batch), d).total
-    return (verify + draft_seconds(batch, context, d, spec)) / spec.acceptance_length
+    def draft_share(self, layers: int) -> float:
+        """The draft's forward passes as a share of one target decode step's layer work."""
+        return self.draft_tokens * self.draft_layers / layers

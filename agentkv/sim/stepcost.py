@@ -24,7 +24,7 @@ Every achievable-fraction and overhead lives in `Coefficients`, the one place me
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from agentkv.sim.attention import (
     prefill_work,
     write_bytes_per_token,
 )
+from agentkv.sim.speculative import Speculation
 
 # weights: bytes per parameter (block scales included) and the tensor-core rate their GEMMs run at where the
 # hardware has it. NVFP4: 4-bit values + one fp8 scale per 16 (NVIDIA, "Introducing NVFP4", developer blog,
@@ -81,6 +82,16 @@ class Coefficients:
     seq_overhead_s: float = 4.65e-4  # per sequence in a step (sampling, metadata, detokenize) at small batches
     seq_saturation: float = 8.73  # ... saturating: n sequences cost seq_overhead_s · n / (1 + n / this), so a
     # step of thousands pays ~4 ms, not thousands of times the batch-8 figure (batched sampling and metadata)
+    # a routed-expert layer's fused-experts call (routing top-k, token alignment, two grouped GEMMs, activation)
+    # never runs faster than this at few tokens, whatever bytes it reads: vLLM's benchmark_moe.py kernel time at
+    # batch 1 on H100, 29.45 us for Qwen3-Next-80B FP8 TP4 (experts of 0.8 MB a rank: 10 read in ~3 us; vLLM PR
+    # #44830, 2026-06-08) and 40.4 us for Qwen3-30B-A3B FP8 TP1 (vLLM PR #24700, 2025-09-11). Not fitted.
+    moe_layer_floor_s: float = 2.945e-5
+    # per Gated-DeltaNet (linear-attention) layer per step, beside layer_floor_s: its decode runs two input
+    # projections, the conv1d state update, gating, the recurrence, a gated norm and the output projection as
+    # separate small kernels (vLLM's qwen_gdn_linear_attn; the gating + recurrence pair alone ~5 us on H200, vLLM
+    # PR #35777, 2026-03-02). Fitted on Qwen3-Coder-Next's batch-1 decode (calibration.py, FIT row).
+    linear_layer_floor_s: float = 4.1e-5
     moe_gemm_efficiency: float = 0.432  # grouped expert GEMMs with many tokens per expert, of dense peak
     moe_rows_half: float = 134.0  # tokens per expert at which a grouped GEMM reaches half that
     expert_imbalance: float = 1.0  # busiest EP rank's expert load over the mean: fitted at 1.0, the rows' engines
@@ -142,6 +153,7 @@ class Deployment:
     ep: bool = False
     dp_attention: bool = False
     expert_dtype: str = ""  # "": as weight_dtype
+    speculation: Speculation | None = None  # MTP / EAGLE: decode steps priced per token emitted (step_cost)
     # derived once (the simulator prices a million steps a report)
     weight_bytes: float = field(init=False, repr=False, compare=False)  # stored across the replica
     groups: tuple[GroupCost, ...] = field(init=False, repr=False, compare=False)
@@ -149,6 +161,7 @@ class Deployment:
     flops: float = field(init=False, repr=False, compare=False)  # dense peak of the replica at the weights' rate
     expert_flops: float = field(init=False, repr=False, compare=False)  # the same at the experts' rate
     kernel: tuple[float, float] = field(init=False, repr=False, compare=False)  # Coefficients.attention_kernel
+    layer_floors_s: float = field(init=False, repr=False, compare=False)  # every layer's floor, a step
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION:
@@ -162,15 +175,22 @@ class Deployment:
             raise ValueError(f"ep / dp_attention need a MoE model with its experts stated; {self.model.name} has none")
         if self.dp_attention and not self.ep:
             raise ValueError("dp_attention runs beside expert parallelism: set ep too")
+        if self.speculation and self.speculation.draft_layers > self.model.layers:
+            raise ValueError(f"draft_layers={self.speculation.draft_layers} exceeds {self.model.name}'s "
+                             f"{self.model.layers} layers")
         m = self.model
         dense_copies = self.tp if self.dp_attention else 1
-        object.__setattr__(self, "weight_bytes", m.dense_params * self.dense_bytes * dense_copies
-                           + m.routed_params * self.expert_bytes)
+        draft = self.speculation.draft_layers / m.layers if self.speculation else 0.0  # its layers, stored beside
+        object.__setattr__(self, "weight_bytes", (m.dense_params * self.dense_bytes * dense_copies
+                                                  + m.routed_params * self.expert_bytes) * (1.0 + draft))
         object.__setattr__(self, "groups", group_costs(m, self.kv_codec, BLOCK_SIZE, self.kv_ranks))
         object.__setattr__(self, "write_bytes_per_token", write_bytes_per_token(self.groups))
         object.__setattr__(self, "flops", self.tp * self.hardware_rate(self.weight_dtype))
         object.__setattr__(self, "expert_flops", self.tp * self.hardware_rate(self.expert_dtype or self.weight_dtype))
         object.__setattr__(self, "kernel", self.coefficients.attention_kernel(self.attention))
+        linear = sum(g.layers for g in m.groups if g.kind == "linear")
+        object.__setattr__(self, "layer_floors_s", m.layers * self.coefficients.layer_floor_s
+                           + linear * self.coefficients.linear_layer_floor_s)
 
     def hardware_rate(self, dtype: str) -> float:
         """Dense peak FLOP/s of one device for GEMMs on weights of `dtype`: FP4 on FP4 tensor cores where the
@@ -212,14 +232,17 @@ class Deployment:
 @dataclass(slots=True, frozen=True)
 class StepShape:
     """What the step-cost model needs of a batch: prefill chunks as (new tokens, tokens before them) and, per
-    decode, the context it attends over (a tuple or a numpy array: priced without a loop over sequences)."""
+    decode, the context it attends over (a tuple or a numpy array: priced without a loop over sequences).
+    `decode_queries`: tokens each decode runs through the model (a speculative verification: the drafted ones
+    and the bonus token, over one read of its KV)."""
 
     prefills: Sequence[tuple[int, int]] = ()
     decodes: Sequence[int] | np.ndarray = ()
+    decode_queries: int = 1
 
     @property
     def tokens(self) -> int:
-        return sum(n for n, _ in self.prefills) + len(self.decodes)
+        return sum(n for n, _ in self.prefills) + self.decode_queries * len(self.decodes)
 
 
 @dataclass(slots=True)
@@ -248,7 +271,7 @@ def attention_work(shape: StepShape, d: Deployment) -> tuple[Work, Work]:
         for n, start in shape.prefills:
             pre.add(prefill_work(g, start, n, tile))
         if k:
-            dec.add(decode_work(g, contexts, k, total))
+            dec.add(decode_work(g, contexts, k, total, shape.decode_queries))
     return pre, dec
 
 
@@ -268,7 +291,7 @@ def weight_seconds(tokens: int, d: Deployment) -> float:
     rows = tokens * k / e / touched  # tokens per expert the step reaches: the grouped GEMMs' M
     imbalance = c.expert_imbalance if d.ep and d.tp > 1 else 1.0
     compute = 2.0 * m.routed_params * k / e * tokens * imbalance / (d.expert_flops * c.moe_efficiency_at(rows))
-    return t_dense + max(compute, m.routed_params * d.expert_bytes * touched / hbm)
+    return t_dense + max(compute, m.routed_params * d.expert_bytes * touched / hbm, m.layers * c.moe_layer_floor_s)
 
 
 def communication_seconds(tokens: int, d: Deployment) -> float:
@@ -290,6 +313,33 @@ def communication_seconds(tokens: int, d: Deployment) -> float:
 
 
 def step_cost(shape: StepShape, d: Deployment) -> StepCost:
+    """Seconds a step takes, by term. A deployment that speculates and a step with decodes: per token emitted
+    (`speculative_cost`)."""
+    if d.speculation is not None and len(shape.decodes):
+        return speculative_cost(shape, d, d.speculation)
+    return _plain_cost(shape, d)
+
+
+def speculative_cost(shape: StepShape, d: Deployment, spec: Speculation) -> StepCost:
+    """A speculative step per token it emits, term by term: the step's prefill chunks whole, plus what its
+    decodes add (a verification of `draft_tokens` + 1 tokens a sequence, and the draft's forward passes: its
+    layers' share of a decode step's work and their kernel floors, its step overhead riding on the
+    verification's) over the `acceptance_length` tokens a verification emits. The simulator advances a decode by
+    one token a step, so a decode-only stretch costs what the engine spends on it in expectation; a mixed step
+    carries its chunk beside a 1/acceptance share of a verification (the chunks' and the decodes' work is the
+    same, the interleaving finer, the weights read once per simulated step: conservative)."""
+    base = _plain_cost(StepShape(prefills=shape.prefills), d)
+    verify = _plain_cost(replace(shape, decode_queries=spec.verify_queries), d)
+    one = _plain_cost(StepShape(decodes=shape.decodes), d)
+    share = spec.draft_share(d.model.layers)
+    draft = StepCost(one.weights * share, one.attention * share, one.kv_write * share, one.communication * share,
+                     spec.draft_tokens * spec.draft_layers * d.coefficients.layer_floor_s)
+    a = spec.acceptance_length
+    return StepCost(*(getattr(base, f.name) + (getattr(verify, f.name) + getattr(draft, f.name)
+                                               - getattr(base, f.name)) / a for f in fields(StepCost)))
+
+
+def _plain_cost(shape: StepShape, d: Deployment) -> StepCost:
     c = d.coefficients
     tokens = shape.tokens
     if tokens == 0:
@@ -312,7 +362,7 @@ def step_cost(shape: StepShape, d: Deployment) -> StepCost:
     kv_write = tokens * d.write_bytes_per_token / hbm
     sequences = len(shape.prefills) + len(shape.decodes)
     per_rank = sequences / d.tp if d.dp_attention else sequences  # DP ranks schedule their own sequences
-    overhead = c.step_overhead_s + d.model.layers * c.layer_floor_s + c.sequences(per_rank)
+    overhead = c.step_overhead_s + d.layer_floors_s + c.sequences(per_rank)
     return StepCost(weight_seconds(tokens, d), attention_time(both), kv_write, communication_seconds(tokens, d),
                     overhead)  # who it is for: simulator._attribute
 

@@ -15,19 +15,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from agentkv.kvcache.block_hash import BlockKey  # the one block identity (its module says how keys chain)
+
 if TYPE_CHECKING:  # the policy core names blocks with BlockKey and must not import torch
     import torch
-
-
-@dataclass(slots=True, frozen=True)
-class BlockKey:
-    digest: bytes  # 16 bytes: blake2b-128 over (parent digest, tokens), chained from the namespace salt
-    identity: bytes  # parent digest (16 bytes) + tokens (int32 little-endian): what the block stands for
 
 
 class TierStore(ABC):

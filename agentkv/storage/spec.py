@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agentkv.kvcache.tiers import TIER_NAMES, Size, parse_size
+from agentkv.kvcache.tiers import Size, parse_tier_list
 from agentkv.storage.base import TierStore
 
 _CORE_TIER = {"dram": "dram", "disk": "disk", "redis": "remote"}
@@ -29,33 +29,17 @@ class TierConfig:
 
 
 def parse_kv_tiers(text: str) -> list[TierConfig]:
-    out: list[TierConfig] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            raise ValueError(f"kv_tiers {text!r}: empty tier (write NAME=SIZE[@LOCATION], comma-separated)")
-        name, eq, rest = part.partition("=")
-        name = name.strip().lower()
-        if not eq or name not in _CORE_TIER:
-            raise ValueError(f"kv_tiers: {part!r}: expected NAME=SIZE[@LOCATION] with NAME one of "
-                             f"{', '.join(_CORE_TIER)}")
-        if any(t.kind == name for t in out):
-            raise ValueError(f"kv_tiers: tier {name!r} given twice")
-        size_text, at, location = rest.partition("@")
-        try:
-            size = parse_size(size_text)
-        except ValueError as e:
-            raise ValueError(f"kv_tiers: {part!r}: {e}") from None
-        if size.value <= 0:
-            raise ValueError(f"kv_tiers: {part!r}: size must be positive")
-        location = location.strip() if at else None
-        if name == "dram" and location is not None:
-            raise ValueError(f"kv_tiers: {part!r}: dram takes no @LOCATION")
-        if name == "disk" and not location:
-            raise ValueError(f"kv_tiers: {part!r}: disk needs a directory, e.g. disk=100GiB@/mnt/nvme/agentkv")
-        if name == "redis" and not (location or "").startswith(_REDIS_SCHEMES):
-            raise ValueError(f"kv_tiers: {part!r}: redis needs a URL, e.g. redis=20GiB@redis://127.0.0.1:6379")
-        out.append(TierConfig(name, size, location))
-    return sorted(out, key=lambda t: TIER_NAMES.index(t.core_name))
+    out = []
+    for t in parse_tier_list(text, "kv_tiers", tuple(_CORE_TIER)):
+        where = f"kv_tiers: {t.written!r}"
+        if t.name == "dram" and t.location is not None:
+            raise ValueError(f"{where}: dram takes no @LOCATION")
+        if t.name == "disk" and not t.location:
+            raise ValueError(f"{where}: disk needs a directory, e.g. disk=100GiB@/mnt/nvme/agentkv")
+        if t.name == "redis" and not (t.location or "").startswith(_REDIS_SCHEMES):
+            raise ValueError(f"{where}: redis needs a URL, e.g. redis=20GiB@redis://127.0.0.1:6379")
+        out.append(TierConfig(t.name, t.size, t.location))  # type: ignore[arg-type]
+    return out
 
 
 def open_store(tier: TierConfig, capacity_bytes: float, page_bytes: int) -> TierStore:

@@ -15,8 +15,8 @@ fresh id otherwise, so equal ids are equal prefixes, as in a real trace.
 
 Defaults are fitted to the shared Claude Code traces' context distribution (token-weighted median, shares over
 128k and 400k: the tail that sizes a KV cache) while keeping the dossier's request figures (median ≈ 96k, about
-half over 128k) close; `workload.stats.fit_figures` says how close, and `fit(trace)` estimates every parameter
-from a real trace instead.
+half over 128k) close; `workload.stats.fit_figures` says how close, and `workload.fit.fit(trace)` estimates every
+parameter from a real trace instead.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
-from agentkv.workload.blocklog import common_prefix
 from agentkv.workload.builder import TraceBuilder
 from agentkv.workload.trace import FINISH_END, FINISH_TOOL, Trace
 
@@ -295,147 +294,3 @@ def _assign_by_load(turns: np.ndarray, shares: np.ndarray) -> np.ndarray:
 def generate(cfg: GeneratorConfig | None = None) -> Trace:
     """A synthetic agentic trace (sessions on their own clocks: place them with an arrival model)."""
     return _Generator(cfg or GeneratorConfig()).run()
-
-
-WINDOW_EDGES = (128_000, 200_000)  # sessions are classed by the largest context they reach: ≤128k, ≤200k, more
-
-
-def fit(trace: Trace, sessions: int | None = None, seed: int = 0) -> GeneratorConfig:
-    """Generator parameters estimated from a real trace (sub-agents fitted apart from top-level sessions)."""
-    if trace.n_requests == 0:
-        raise ValueError("cannot fit the generator to an empty trace")
-    cfg = GeneratorConfig()
-    bs = trace.block_size
-    top = trace.session_parent < 0
-    bounds = trace.session_bounds()
-    per_session = [np.arange(bounds[s], bounds[s + 1]) for s in range(trace.n_sessions)]
-    top_reqs = [r for s, r in enumerate(per_session) if top[s] and len(r)]
-    sub_reqs = [r for s, r in enumerate(per_session) if not top[s] and len(r)]
-    inp, out = trace.input_tokens, trace.output_tokens
-    log, lens = trace.block_log, trace.blocks_per_request
-    seen_prefix = _shared_prefix_tokens(trace, top_reqs) if trace.has_block_ids else 0
-    # session-local ids hide the shared prefix; the generator still lays one down, so take it out of the history
-    shared_prefix = LogNormal(float(seen_prefix), 0.0) if seen_prefix else cfg.shared_prefix
-    prefix = int(shared_prefix.median)
-
-    steps, drops_before, drop_share, log_steps_by_session, session_step, session_compact = [], [], [], [], [], []
-    by_turn: list[list[float]] = [[] for _ in range(len(cfg.warmup) + 1)]  # growth at turns 1..7, and later
-    breaks, keeps, transitions = 0, [], 0
-    for reqs in top_reqs:
-        a, b = reqs[:-1], reqs[1:]
-        grow = inp[b] - inp[a]
-        dropped = inp[b] < 0.7 * inp[a]
-        drops_before.extend(inp[a][dropped])
-        session_compact.append(float(np.max(inp[a][dropped])) if dropped.any() else np.nan)  # smaller drops: /clear
-        drop_share.extend(inp[b][dropped] / inp[a][dropped])
-        ok = ~dropped & (grow > 0)
-        steps.extend(grow[ok])
-        kept = ~dropped
-        for k in np.flatnonzero(kept):
-            by_turn[min(k, len(cfg.warmup))].append(max(float(grow[k]), 0.0))
-        session_step.append(float(np.mean(np.maximum(grow[kept], 0))) if kept.sum() >= 3 else np.nan)
-        if ok.sum() >= 5:
-            log_steps_by_session.append(np.log(grow[ok]))
-        if trace.has_block_ids:
-            for i, j, d in zip(a, b, dropped, strict=True):
-                if d:
-                    continue
-                transitions += 1
-                n_prev = int(lens[i])
-                kept = int(log.shared[j]) if log.parent[j] == i else common_prefix(trace.blocks(i), trace.blocks(j))
-                if kept < n_prev:
-                    breaks += 1
-                    keeps.append(kept / max(n_prev, 1))
-
-    session_max = np.array([inp[r].max() for r in top_reqs])
-    n_requests = np.array([len(r) for r in top_reqs])
-    first = np.array([inp[r[0]] for r in top_reqs])
-    cls = np.searchsorted(np.array(WINDOW_EDGES), session_max, side="left")
-    windows = []
-    for c in range(len(WINDOW_EDGES) + 1):
-        members = cls == c
-        if not members.any():
-            continue
-        in_class = np.concatenate([trace.input_tokens[r] for r, m in zip(top_reqs, members, strict=True) if m])
-        pre = np.array([d for d in drops_before if (WINDOW_EDGES[c - 1] if c else 0) < d <= (
-            WINDOW_EDGES[c] if c < len(WINDOW_EDGES) else np.inf)])
-        compact_at = float(np.median(pre)) if len(pre) else float(in_class.max()) + 1.0
-        windows.append(WindowClass(
-            share=float(n_requests[members].sum() / n_requests.sum()),
-            compact_at=compact_at,
-            initial_history=Quantiles.fit(np.maximum(first[members] - prefix - cfg.header_tokens, bs)),
-        ))
-
-    log_steps = np.log(np.maximum(np.array(steps, dtype=np.float64), 1.0))
-    step_median = float(np.exp(np.median(log_steps))) if len(steps) else cfg.step.median
-    step_mean = float(np.mean(steps)) if len(steps) else cfg.step.median
-    within = np.concatenate([x - x.mean() for x in log_steps_by_session]) if log_steps_by_session else log_steps
-    between = 0.0
-    if len(log_steps_by_session) > 1:  # spread of session means, less what sampling noise alone would give
-        means = np.array([x.mean() for x in log_steps_by_session])
-        noise = np.mean([np.var(within) / len(x) for x in log_steps_by_session])
-        between = float(np.sqrt(max(np.var(means) - noise, 0.0)))
-
-    think = trace.think_time[np.concatenate([r[1:] for r in top_reqs])].astype(np.float64)
-    think = think[~np.isnan(think)]
-    human = think > 60.0
-    api = trace.api_time.astype(np.float64)
-    timed = ~np.isnan(api)
-    overhead, decode = cfg.api_overhead_s, cfg.decode_tok_s
-    if timed.sum() >= 10:
-        slope, intercept = np.polyfit(out[timed].astype(np.float64), api[timed], 1)
-        if slope > 0:
-            overhead, decode = max(float(intercept), 0.0), float(1.0 / slope)
-
-    n_top_requests = int(n_requests.sum())
-    updates = dict(
-        sessions=sessions or len(top_reqs),
-        seed=seed,
-        block_size=bs,
-        shared_prefix=shared_prefix,
-        turns=LogNormal.fit(n_requests),
-        step=LogNormal(step_median, float(np.std(within))) if len(steps) else cfg.step,
-        session_step_sigma=between,
-        windows=tuple(windows),
-        warmup=tuple(float(np.mean(g) / np.mean(by_turn[-1])) if g else 1.0 for g in by_turn[:-1])
-        if by_turn[-1] and np.mean(by_turn[-1]) > 0 else cfg.warmup,
-        shapes=tuple((int(cls[i]), float(n_requests[i]), float(max(first[i] - prefix - cfg.header_tokens, bs)),
-                      session_step[i] if session_step[i] == session_step[i] else step_mean,
-                      session_compact[i] if session_compact[i] == session_compact[i] else windows[cls[i]].compact_at)
-                     for i in range(len(top_reqs))),
-        compacted_share=Quantiles.fit(np.array(drop_share)) if drop_share else cfg.compacted_share,
-        header_change_rate=0.0,  # header changes and edits look alike in a trace: all breaks are fitted as edits
-        edit_rate=breaks / transitions if transitions else cfg.edit_rate,
-        edit_keep=tuple(float(q) for q in np.quantile(keeps, np.linspace(0, 1, 7))) if keeps else cfg.edit_keep,
-        output=LogNormal.fit(out),
-        human_turn_share=float(human.mean()) if len(think) else cfg.human_turn_share,
-        tool_think=LogNormal.fit(think[~human]) if (~human).sum() > 1 else cfg.tool_think,
-        human_think=LogNormal.fit(think[human]) if human.sum() > 1 else cfg.human_think,
-        api_overhead_s=overhead,
-        decode_tok_s=decode,
-        subagent_rate=len(sub_reqs) / n_top_requests,
-        fitted_from=trace.source,
-    )
-    if sub_reqs:
-        updates["subagent_turns"] = LogNormal.fit(np.array([len(r) for r in sub_reqs]))
-        updates["subagent_prefix"] = LogNormal.fit(np.array([inp[r[0]] for r in sub_reqs]))
-        updates["subagent_initial"] = LogNormal(float(bs), 0.0)
-    return replace(cfg, **updates)
-
-
-def _shared_prefix_tokens(trace: Trace, top_reqs: list[np.ndarray]) -> int:
-    """Median over sessions of the leading run of first-request blocks that other sessions also hold (0 when
-    ids are session-local, as in kv-cache-tester traces: no cross-session reuse can be seen)."""
-    owner_lo = np.full(trace.n_block_ids, np.iinfo(np.int64).max, dtype=np.int64)
-    owner_hi = np.full(trace.n_block_ids, -1, dtype=np.int64)
-    ids = trace.block_log.ids  # a session's new ids name every id it holds
-    sess = trace.session.astype(np.int64)[trace.block_log.owners()]
-    np.minimum.at(owner_lo, ids, sess)
-    np.maximum.at(owner_hi, ids, sess)
-    shared = owner_lo != owner_hi
-    runs = []
-    for r in top_reqs:
-        ids = trace.blocks(int(r[0]))
-        flags = shared[ids]
-        runs.append(int(np.argmin(flags)) if len(flags) and not flags.all() else len(flags))
-    return int(np.median(runs)) * trace.block_size if runs else 0

@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 
 from agentkv.catalog import model, prices
+from agentkv.evaluate.sweep import capacities_arg, parse_lower_tiers, rows, sweep
 from agentkv.kvcache.sizing import codec
-from agentkv.kvcache.sweep import capacities_arg, parse_lower_tiers, rows, sweep
 from agentkv.report.assemble import build_report
 from agentkv.report.ladder import DeploymentSpec
 from agentkv.report.run import document, settings

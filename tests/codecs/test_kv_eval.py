@@ -12,7 +12,7 @@ import torch
 
 from agentkv.catalog import hardware, model
 from agentkv.cli import main
-from agentkv.codecs.eval import DOSSIER_CONTEXT, contexts_per_gpu, evaluate
+from agentkv.evaluate.codecs import DOSSIER_CONTEXT, contexts_per_gpu, evaluate
 from agentkv.kvcache.sizing import codec, kv_bytes_per_token
 from agentkv.model.config import ModelConfig
 from agentkv.report.levers import codec_fits

@@ -83,12 +83,49 @@ def write_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
             num_local_experts=4, num_experts_per_tok=2, attention_chunk_size=8, interleave_moe_layer_step=2,
             floor_scale=16, attn_scale=0.5, rope_parameters={"rope_type": "default", "rope_theta": 500000.0}))
         jitter(model)
+    elif family == "qwen3_next":  # 3 gated DeltaNet : 1 gated full attention, MoE with a shared expert
+        from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
+
+        model = Qwen3NextForCausalLM(Qwen3NextConfig(
+            **{**common, "num_hidden_layers": 4, "intermediate_size": 96}, head_dim=32, linear_num_key_heads=2,
+            linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16, moe_intermediate_size=32,
+            shared_expert_intermediate_size=48, num_experts=8, num_experts_per_tok=2, mlp_only_layers=[1]))
+        jitter(model)
+    elif family in ("deepseek_v2", "deepseek_v3"):
+        model = deepseek(common, family)
     else:
         raise ValueError(family)
     folder.mkdir(parents=True, exist_ok=True)
     model.float().eval().save_pretrained(str(folder), max_shard_size="60KB")
     write_tokenizer(folder)
     return folder
+
+
+def deepseek(common: dict, family: str):
+    """MLA (latent 32, RoPE key 16, no-RoPE key 32, value 24, low-rank queries), YaRN with DeepSeek's mscales,
+    layer 0 dense, layers 1-2 MoE: 8 experts in 4 groups, top 2 groups, top-2, a shared expert; V3's sigmoid
+    router with its bias, or V2's softmax one (group-limited greedy). The router's weights (and bias) are made
+    large enough that its choices are not near-ties."""
+    from transformers import DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
+
+    v3 = family == "deepseek_v3"
+    config, model_class = (DeepseekV3Config, DeepseekV3ForCausalLM) if v3 else \
+        (DeepseekV2Config, DeepseekV2ForCausalLM)
+    routing = {} if v3 else {"topk_method": "group_limited_greedy"}
+    model = model_class(config(
+        **{**common, "num_hidden_layers": 3, "num_key_value_heads": 4}, moe_intermediate_size=32,
+        kv_lora_rank=32, q_lora_rank=48, qk_rope_head_dim=16, qk_nope_head_dim=32, v_head_dim=24,
+        n_routed_experts=8, n_group=4, topk_group=2, num_experts_per_tok=2, n_shared_experts=1,
+        routed_scaling_factor=2.5, first_k_dense_replace=1, **routing, rope_parameters={
+            "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 1024,
+            "mscale": 1.0, "mscale_all_dim": 0.7, "beta_fast": 32, "beta_slow": 1}))
+    jitter(model)
+    with torch.no_grad():
+        for layer in model.model.layers[1:]:
+            layer.mlp.gate.weight.normal_(0, 0.5)
+            if v3:
+                layer.mlp.gate.e_score_correction_bias.normal_(0, 0.5)
+    return model
 
 
 def jitter(model) -> None:
@@ -113,6 +150,26 @@ def hf_model(folder: Path):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+
+
+def kv_eval_and_transformers_ppl(folder: Path, block_size: int = 16):
+    """kv-eval of fp8 on 120 random words (2 windows of 48 tokens, chunks of 20) and the perplexity
+    transformers scores on the same windows: (the eval's results, transformers' perplexity)."""
+    import math
+
+    from agentkv.engine.tokenizer import Tokenizer
+    from agentkv.evaluate.codecs import evaluate
+
+    g = torch.Generator().manual_seed(1)
+    text = " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (120,), generator=g).tolist())
+    result = evaluate(str(folder), ["fp8"], text, "t", context=48, windows=2, chunk=20, block_size=block_size)
+    ids = Tokenizer(str(folder)).encode(text)
+    hf, nll = hf_model(folder), 0.0
+    for w in range(2):
+        x = torch.tensor(ids[w * 48 : (w + 1) * 48])[None]
+        with torch.no_grad():
+            nll += float(hf(input_ids=x, labels=x).loss) * 47
+    return result.results, math.exp(nll / 94)
 
 
 def prompts(n: int, seed: int = 0, lo: int = 5, hi: int = 80) -> list[list[int]]:

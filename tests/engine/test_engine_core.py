@@ -191,5 +191,5 @@ def test_profiling_forward_leaves_the_engine_intact(llama_dir, family):
     ps, expected = family
     llm = LLM(str(llama_dir), dtype="float32", block_size=BS, check_invariants=True)
     first = llm.generate(ps[:2], GREEDY)
-    assert llm.profile_activations(100) == 0  # no allocator statistics on CPU: the pass itself is what runs here
+    assert llm.runner.profile_activations(100) == 0  # no allocator statistics on CPU: the pass itself is what runs here
     assert [o.outputs[0].token_ids for o in first + llm.generate(ps[2:4], GREEDY)] == expected[:4]

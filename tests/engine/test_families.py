@@ -63,23 +63,8 @@ def test_the_start_up_line_names_the_layer_groups(family_dir):
 def test_kv_eval_scores_what_transformers_scores(family_dir):
     """kv-eval's reference (bf16 pages, chunks of 20 over windows of 8) scores the perplexity transformers does
     on the same text, windows, sinks and experts included; a codec's error is measured beside it."""
-    import math
+    from tests.engine.conftest import kv_eval_and_transformers_ppl
 
-    import torch
-
-    from agentkv.codecs.eval import evaluate
-    from agentkv.engine.tokenizer import Tokenizer
-    from tests.engine.conftest import WORDS, hf_model
-
-    g = torch.Generator().manual_seed(1)
-    text = " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (120,), generator=g).tolist())
-    result = evaluate(str(family_dir), ["fp8"], text, "t", context=48, windows=2, chunk=20)
-    ids = Tokenizer(str(family_dir)).encode(text)
-    hf, nll = hf_model(family_dir), 0.0
-    for w in range(2):
-        x = torch.tensor(ids[w * 48 : (w + 1) * 48])[None]
-        with torch.no_grad():
-            nll += float(hf(input_ids=x, labels=x).loss) * 47
-    ref, fp8 = result.results
-    assert ref.ppl == pytest.approx(math.exp(nll / 94), rel=2e-3)
+    (ref, fp8), ppl = kv_eval_and_transformers_ppl(family_dir)
+    assert ref.ppl == pytest.approx(ppl, rel=2e-3)
     assert fp8.kl > 0 and all(e > 0 for e in fp8.attn_rel_err)

@@ -37,9 +37,10 @@ def test_greedy_outputs_equal_the_reference_backend(folder, kv_codec):
     assert greedy(folder, "triton", kv_codec) == greedy(folder, "torch", kv_codec)
 
 
-@pytest.mark.parametrize("family", ["gemma3", "gpt_oss", "llama4"])
+@pytest.mark.parametrize("family", ["gemma3", "gpt_oss", "llama4", "qwen3_next"])
 def test_windowed_families_equal_the_reference_backend(tmp_path, family):
     """Sliding windows and sinks (Gemma 3, gpt-oss), chunks (Llama 4), each group's pages through its own
-    block tables: the kernels give the reference's greedy outputs."""
+    block tables, the full layers beside DeltaNet state slots (Qwen3-Next): the kernels give the reference's
+    greedy outputs."""
     path = str(write_checkpoint(tmp_path / family, family, seed=2))
     assert greedy(path, "triton", "fp32", 1 << 24) == greedy(path, "torch", "fp32", 1 << 24)

@@ -1,7 +1,7 @@
 """Block naming for the engine: a 128-bit digest finds a candidate id, the content decides; ids are recycled."""
 
+from agentkv.kvcache.block_hash import BlockKey, block_key, chain_keys, namespace_digest
 from agentkv.kvcache.ids import BlockIds
-from agentkv.storage.keys import BlockKey, block_key, chain_keys, namespace_digest
 
 
 def test_equal_content_and_prefix_share_an_id():

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from agentkv.catalog import model
+from agentkv.evaluate.sweep import tier_specs
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.policies import LFU, LRU, AgentAware, CostAware, make_policy
 from agentkv.kvcache.policy import AccessContext
 from agentkv.kvcache.replay import reference_stream, replay
 from agentkv.kvcache.sizing import codec
-from agentkv.kvcache.sweep import LowerTier, tier_specs
-from agentkv.kvcache.tiers import Size, TierSpec
+from agentkv.kvcache.tiers import Size, TierEntry, TierSpec
 from agentkv.workload.arrivals import ArrivalModel, place, replay_order
 from agentkv.workload.stats import infinite_cache_hits
 from agentkv.workload.trace import FINISH_END, FINISH_TOOL
@@ -147,7 +147,7 @@ def test_dram_tier_serves_hits_and_saves_recompute(replayed):
     trace, order, arrivals = replayed
     m, c = model("llama-3.1-8b"), codec("bf16")
     gpu_only = tier_specs(Size(256_000, False), [], m, c, trace.block_size)
-    with_dram = tier_specs(Size(256_000, False), [LowerTier("dram", None, 8.0)], m, c, trace.block_size)
+    with_dram = tier_specs(Size(256_000, False), [TierEntry("dram", None, 8.0)], m, c, trace.block_size)
     assert with_dram[1].capacity_blocks == 8 * with_dram[0].capacity_blocks
     a = replay(trace, order, arrivals, KVCache(gpu_only, AgentAware()))
     b = replay(trace, order, arrivals, KVCache(with_dram, AgentAware()))

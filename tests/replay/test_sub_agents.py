@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agentkv.cli import main
-from agentkv.replay import cli as replay_cli
+from agentkv.commands import replay as replay_cli
 from agentkv.replay.runner import Pacing, plan
 from agentkv.workload.load import load_trace
 from tests.replay.stub import Stub

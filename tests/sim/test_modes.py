@@ -129,8 +129,8 @@ def test_the_report_sizes_each_lever_in_every_mode_a_moe_model_can_run():
 
 
 def test_deployment_modes_from_the_command_line():
-    from agentkv.cli import deployment_spec
     from agentkv.cli_errors import UsageError
+    from agentkv.commands.report import deployment_spec
 
     spec = deployment_spec("model=deepseek-v3,tp=8,ep=true,dp_attention=true,expert_dtype=fp4,weight_dtype=fp8",
                            None, None)
@@ -142,8 +142,8 @@ def test_deployment_modes_from_the_command_line():
 @pytest.mark.parametrize("bad,message", [("expert_dtype=fp3", "expert_dtype='fp3': must be one of"),
                                          ("dp_attention=true", "set ep=true too")])
 def test_bad_modes_are_refused_with_the_setting_named(bad, message):
-    from agentkv.cli import deployment_spec
     from agentkv.cli_errors import UsageError
+    from agentkv.commands.report import deployment_spec
 
     with pytest.raises(UsageError, match=message):
         deployment_spec(f"model=deepseek-v3,tp=8,{bad}", None, None)

@@ -7,7 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from agentkv.workload.generator import GeneratorConfig, fit, generate
+from agentkv.workload.fit import fit
+from agentkv.workload.generator import GeneratorConfig, generate
 from agentkv.workload.stats import fit_figures, infinite_cache_hits, percentile, trace_stats
 
 

@@ -21,36 +21,21 @@ from agentkv.kvcache.policies import NAMES as POLICY_NAMES
 from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.replay import ReplayResult, reference_stream, replay
 from agentkv.kvcache.sizing import CodecSpec, kv_bytes_per_block, kv_bytes_per_token
-from agentkv.kvcache.tiers import TIER_NAMES, Size, TierSpec, parse_size
+from agentkv.kvcache.tiers import TIER_NAMES, Size, TierEntry, TierSpec, parse_size, parse_tier_list
 from agentkv.workload.arrivals import ArrivalModel, place, replay_order
 from agentkv.workload.stats import infinite_cache_hits
 from agentkv.workload.trace import Trace
 
 
-@dataclass(slots=True, frozen=True)
-class LowerTier:
-    name: str
-    size: Size | None  # absolute
-    times_gpu: float = 0.0  # or a multiple of the GPU tier
-
-
-def parse_lower_tiers(text: str | None) -> list[LowerTier]:
-    """`dram=8x,disk=1TiB` → lower tiers (the GPU tier comes from --capacity)."""
-    out: list[LowerTier] = []
-    for part in filter(None, (p.strip() for p in (text or "").split(","))):
-        name, _, value = part.partition("=")
-        name = name.strip().lower()
-        if name not in TIER_NAMES[1:]:
-            raise ValueError(f"--tiers: unknown lower tier {name!r} (tiers below the GPU: {', '.join(TIER_NAMES[1:])}; "
-                             "the GPU tier is --capacity)")
-        if any(t.name == name for t in out):
-            raise ValueError(f"--tiers: tier {name!r} given twice")
-        value = value.strip().lower()
-        if value.endswith("x"):
-            out.append(LowerTier(name, None, float(value[:-1])))
-        else:
-            out.append(LowerTier(name, parse_size(value)))
-    return sorted(out, key=lambda t: TIER_NAMES.index(t.name))
+def parse_lower_tiers(text: str | None) -> list[TierEntry]:
+    """`dram=8x,disk=1TiB` → lower tiers (the GPU tier comes from --capacity); the engine's syntax, without
+    locations."""
+    tiers = parse_tier_list(text, "--tiers", TIER_NAMES[1:], multiples=True,
+                            about=" (the tiers below the GPU; the GPU tier is --capacity)") if text else []
+    for t in tiers:
+        if t.location is not None:
+            raise ValueError(f"--tiers: {t.written!r}: a simulated tier takes no @LOCATION")
+    return tiers
 
 
 @dataclass(slots=True)
@@ -60,7 +45,7 @@ class SweepPoint:
     result: ReplayResult
 
 
-def tier_specs(gpu: Size, lower: list[LowerTier], model: ModelSpec, codec: CodecSpec, block_size: int) -> list[TierSpec]:
+def tier_specs(gpu: Size, lower: list[TierEntry], model: ModelSpec, codec: CodecSpec, block_size: int) -> list[TierSpec]:
     per_token = kv_bytes_per_token(model, codec)
     block = kv_bytes_per_block(model, codec, block_size)
     gpu_bytes = gpu.to_bytes(per_token)
@@ -75,7 +60,7 @@ def sweep(
     trace: Trace,
     policies: list[str],
     capacities: list[Size],
-    lower: list[LowerTier],
+    lower: list[TierEntry],
     arrival: ArrivalModel,
     model: ModelSpec,
     codec: CodecSpec,

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from agentkv.codecs import KVCodec, get_codec
 from agentkv.kernels.attention import LayerKV, Mask
+from agentkv.model.deltanet import StateSpan, StateStep, state_slot_bytes, state_views
 
 DOSSIER_CONTEXT = 96_000  # tokens: the dossier's long agentic context
 REFERENCE = "bf16"
@@ -172,7 +173,8 @@ def evaluate(model_dir: str, codecs: list[str], text: str, text_name: str, conte
     spans = [ids[i * context : (i + 1) * context] for i in range(min(windows, len(ids) // context) or 1)]
     if len(spans[0]) < 2:
         raise ValueError(f"{text_name}: {len(ids)} tokens; kv-eval needs at least 2")
-    sums = {c: _Sums([0.0] * cfg.num_layers, [0.0] * cfg.num_layers) for c in codecs}
+    attending = cfg.num_layers - sum(cfg.linear_layers)  # a linear layer's state has no pages a codec stores
+    sums = {c: _Sums([0.0] * attending, [0.0] * attending) for c in codecs}
     task = progress.add_task("kv-eval", total=sum(-(-len(s) // chunk) for s in spans)) if progress else None
     for span in spans:
         for _ in score_window(model, {c: get_codec(c) for c in codecs}, span, chunk, block_size, sums):
@@ -194,20 +196,28 @@ def score_window(model: Any, impl: dict[str, KVCodec], span: list[int], chunk: i
                  sums: dict[str, _Sums]):
     """Teacher-force one window chunk by chunk through the reference and every codec, adding to `sums`;
     yields after each chunk (for the progress bar)."""
-    cfg, backend = model.config, model.model.layers[0].self_attn.backend
-    dev = next(model.parameters()).device
-    tokens = torch.tensor(span, device=dev)
+    cfg = model.config
+    backend = next(layer.self_attn for layer in model.model.layers if hasattr(layer, "self_attn")).backend
+    dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    tokens, step = torch.tensor(span, device=dev), StateStep()
 
-    def layers(name: str) -> list[LayerKV]:
-        return [pages_for(impl[name], len(span), block_size, cfg.num_kv_heads, cfg.head_dim, dev)
-                for _ in range(cfg.num_layers)]
+    heads, dim = (1, cfg.mla.entry_dim) if cfg.mla else (cfg.num_kv_heads, cfg.head_dim)  # MLA: the latent
+
+    def layers(name: str, linear: bool = True) -> list[Any]:
+        """Pages for the attention layers; with `linear`, a fresh state slot (model/deltanet.py) for the others."""
+        states = iter([])
+        if linear and cfg.deltanet is not None:
+            slab = torch.zeros(1, state_slot_bytes(cfg, dtype), dtype=torch.uint8, device=dev)
+            states = iter(state_views(cfg, slab, dtype, step))
+        return [next(states) if cfg.is_linear_layer(i) else pages_for(impl[name], len(span), block_size, heads, dim, dev)
+                for i in range(cfg.num_layers) if linear or not cfg.is_linear_layer(i)]
 
     names = list(impl)
     runs = {c: layers(c) for c in names}
-    apart = {c: layers(c) for c in names[1:]}  # the codec on the reference's q/k/v, layer by layer
+    apart = {c: layers(c, linear=False) for c in names[1:]}  # the codec on the reference's q/k/v, layer by layer
     for a in range(0, len(span), chunk):
         b = min(a + chunk, len(span))
-        pos = torch.arange(a, b, device=dev)
+        pos, step.prefills = torch.arange(a, b, device=dev), [StateSpan(0, b - a)]
         meta, targets = EvalMeta(pos, a, b), tokens[a + 1 : b + 1]
         backend.record = []
         ref = model.logits(model(tokens[a:b], pos, runs[names[0]], meta))[: len(targets)].log_softmax(-1)

@@ -11,15 +11,14 @@ import sys
 import time
 from typing import Any
 
+from agentkv.commands.flags import add_trace_args
 from agentkv.replay import window
 
 INTERRUPTED = 130
 PREDICTABLE = ("lru", "lfu", "agent")  # policies the core runs without the server's model (cost needs it)
 
 
-def add_replay_parser(sub: Any) -> None:
-    from agentkv.cli import add_trace_args
-
+def add_parser(sub: Any) -> None:
     p = sub.add_parser("replay", help="replay a trace's sessions against a live OpenAI/Anthropic-compatible server "
                                       "and measure cached tokens, TTFT, TPOT (with --predict: beside the prediction)",
                        description="Prompts are synthesized so that equal trace block ids give equal text, in words "

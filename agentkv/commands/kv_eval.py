@@ -1,4 +1,4 @@
-"""`agentkv kv-eval`: flags, the table and the JSON. The measurement itself is agentkv.codecs.eval (torch)."""
+"""`agentkv kv-eval`: flags, the table and the JSON. The measurement itself is agentkv.evaluate.codecs (torch)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def cmd_kv_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from agentkv.codecs.eval import evaluate, to_json
+    from agentkv.evaluate.codecs import evaluate, to_json
     from agentkv.model.config import ModelConfig
 
     window = ModelConfig.from_dir(args.model).max_position_embeddings
