@@ -15,10 +15,10 @@ import time
 from dataclasses import replace
 
 from agentkv.catalog import model
-from agentkv.report.assemble import measure_rung
+from agentkv.report.assemble import measure_rung, remedy
 from agentkv.report.capacity import sample_sessions
 from agentkv.report.ladder import LADDER, DeploymentSpec
-from agentkv.report.models import default_model
+from agentkv.report.models import choose_model
 from agentkv.report.slo import slo_achieved
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.generator import GeneratorConfig, generate
@@ -34,7 +34,7 @@ def main() -> int:
     args = ap.parse_args()
     print(f"machine: {machine()}")
     trace = generate(GeneratorConfig(sessions=args.sessions))
-    spec, why = default_model(trace, DeploymentSpec(), set())
+    spec, why = choose_model(trace, DeploymentSpec(), set())
     print(f"model: {why}")
     fitted = fit_window(trace, model(spec.model).context, "compact")[0]
     sample = sample_sessions(fitted, args.sample)
@@ -43,12 +43,14 @@ def main() -> int:
     gpus = []
     for label, s in (("default SLO", spec), (f"+ {args.bound}", replace(spec, **{key: float(value)}))):
         wall = time.perf_counter()
-        out = measure_rung(sample, sample, s, LADDER[-1], arrival, float(args.sessions), 3.49, None)[0]
+        tried = measure_rung(sample, sample, s, LADDER[-1], arrival, float(args.sessions), 3.49, None)
+        out = remedy(sample, tried, arrival, float(args.sessions), 3.49, None)[0]  # chunk budgets, disaggregation
         sized = out.sized
         got = slo_achieved(sized.result, s) if sized.result is not None else sized.reason
         n = sized.cost.gpus if sized.cost else None
         gpus.append(n)
-        print(f"{label} ({s.slo}): {n} GPUs at {args.sessions} sessions; {got}; capacity "
+        print(f"{label} ({s.slo}): {n} GPUs ({out.spec.fleet_words(sized.replicas or 1)}) at {args.sessions} "
+              f"sessions; {got}; capacity "
               f"{out.capacity.sessions_per_replica:.3g} sessions per replica"
               + (f"; one replica fewer misses {'; '.join(sized.binding)}" if sized.binding else "")
               + f" [{time.perf_counter() - wall:.0f} s]")

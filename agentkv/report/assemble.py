@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -21,12 +21,12 @@ from agentkv.cost.providers import ProviderCost, all_providers, same_model_apis
 from agentkv.cost.selfhosted import GpuRates
 from agentkv.kvcache.sizing import codec
 from agentkv.report.capacity import SAMPLE_SESSIONS, Capacity, sample_sessions, session_capacity
-from agentkv.report.ladder import LADDER, DeploymentSpec, Rung, modes, rung_config
+from agentkv.report.ladder import LADDER, DeploymentSpec, Rung, modes, remedies, rung_config, serve, wide_mode
 from agentkv.report.levers import CodecFit, TierLoad, codec_fits, tier_loads
 from agentkv.report.load import LoadCurve, load_curve
 from agentkv.report.models import Candidate, candidate, candidate_specs, deployment
 from agentkv.report.sizing import Sized, size_to_slo
-from agentkv.sim.simulator import SimResult, simulate
+from agentkv.sim.simulator import SimResult
 from agentkv.workload.arrivals import (
     ArrivalModel,
     arrival_times,
@@ -109,6 +109,58 @@ def _mode_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
     return _measure_mode(_SHARED["sample"], _SHARED["measured"], spec, rung, arrival, offered, gpu_hour, fleet)
 
 
+REMEDY_RUNS = 5  # simulations a follow-up's size search may take: a walk from the lever's size and a bisection
+
+
+def _remedy_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
+    return remedy(_SHARED["measured"], *args)
+
+
+def follow_ups(out: RungOutcome) -> tuple[DeploymentSpec, ...]:
+    """What a lever's cheapest same-GPU mode is tried against: the wide replica where the lever needs more GPUs
+    than one holds (below that it cannot cost less), then the remedies where output speed sets its size."""
+    if out.spec is None or out.sized.result is None:
+        return ()
+    wide = wide_mode(out.spec)
+    gpus = out.sized.cost.gpus if out.sized.cost else out.sized.result.config.replicas * out.spec.tp
+    return ((wide,) if wide and gpus > wide.tp else ()) + remedies(out.spec, out.sized)
+
+
+def remedy(measured: Trace, tried: tuple[RungOutcome, dict[int, SimResult]], arrival: ArrivalModel, offered: float,
+           gpu_hour: float, fleet: int | None) -> tuple[RungOutcome, dict[int, SimResult]]:
+    """A lever in each of its `follow_ups` (the wide replica, smaller chunk budgets, disaggregated pools): the one
+    meeting the SLO on the fewest GPUs, or the lever as it was. Each is searched from the lever's own GPUs (met,
+    or the closest miss) and only below the fewest GPUs met so far, or up to the most the lever tried, in
+    REMEDY_RUNS simulations at most; each keeps the lever's capacity per replica (a disaggregated fleet has no
+    one-replica probe)."""
+    best, runs = tried
+    base = best.spec
+    for spec in follow_ups(best):
+        if best.sized.cost is not None:
+            cap = (best.sized.cost.gpus - 1) // spec.tp
+        else:
+            cap = max(runs) * base.tp // spec.tp  # type: ignore[union-attr]
+        if cap < (2 if spec.prefill_share else 1):
+            continue
+        at = best.sized.result.config.replicas * best.sized.result.config.deployment.tp  # type: ignore[union-attr]
+        hint = replace(best.capacity, sessions_per_replica=offered * spec.tp / at)
+        found: dict[int, SimResult] = {}
+        sized = size_to_slo(measured, replace(spec, max_replicas=cap), best.rung, arrival, hint, offered, gpu_hour,
+                            found, max_runs=REMEDY_RUNS)
+        if sized.cost is not None:
+            best, runs = RungOutcome(best.rung, best.capacity, sized, None, spec), found
+    if fleet and best.spec is not base:  # the same-fleet view's GPUs (`fleet` replicas of the lever's own mode)
+        n = replicas_for(fleet * base.tp, best.spec)  # type: ignore[union-attr]
+        if n not in runs:
+            runs[n] = serve(measured, best.spec, best.rung, arrival, n)  # type: ignore[arg-type]
+    return best, runs
+
+
+def replicas_for(gpus: int, spec: DeploymentSpec) -> int:
+    """Replicas of `spec`'s mode on `gpus` GPUs (rounded up: the same-fleet view never gives a lever fewer)."""
+    return -(-gpus // spec.tp)
+
+
 def _candidate_job(args: tuple) -> Sized | None:
     """A candidate model on its own fitted trace, every lever on; None where its weights leave no KV room."""
     spec, fitted, arrival, offered, gpu_hour, sample_size = args
@@ -146,40 +198,55 @@ def _measure_mode(sample: Trace, measured: Trace, spec: DeploymentSpec, rung: Ru
         runs[1] = probes[arrival.value]  # the same run: one replica at the offered concurrency
     sized = size_to_slo(measured, spec, rung, arrival, cap, offered, gpu_hour, runs)
     if fleet and fleet not in runs:
-        runs[fleet] = simulate(measured, rung_config(spec, rung, arrival, fleet))
+        runs[fleet] = serve(measured, spec, rung, arrival, fleet)
     return RungOutcome(rung, cap, sized, None, spec), runs
 
 
 def _size_levers(pool: Executor, jobs: list[tuple], step: Callable[[str], None]) -> tuple[tuple, tuple]:
-    """Every (lever, mode) job on the pool; per lever, the cheapest mode (`cheapest`), in ladder order."""
+    """Every (lever, mode) job on the pool; per lever, the cheapest mode (`cheapest`), then where output speed
+    sets its size, the remedies real engines use (`remedy`), in ladder order."""
     step("sizing every lever")
     # the costliest rungs (tiers, agent-aware ranking) first, so two workers finish together
-    futures = {pool.submit(_mode_job, j): (j[1].name, i) for i, j in reversed(list(enumerate(jobs)))}
+    todo = {pool.submit(_mode_job, j): (False, i) for i, j in reversed(list(enumerate(jobs)))}
     done: dict[int, tuple[RungOutcome, dict[int, SimResult]]] = {}
-    for fut in as_completed(futures):
-        name, i = futures[fut]
-        done[i] = fut.result()
-        if sum(jobs[k][1].name == name for k in done) == sum(j[1].name == name for j in jobs):
-            step(f"{name} sized")
-    return tuple(zip(*(cheapest([done[i] for i, j in enumerate(jobs) if j[1] is r]) for r in LADDER),
-                      strict=True))  # type: ignore[return-value]
+    best: dict[int, tuple[RungOutcome, dict[int, SimResult]]] = {}
+    while todo:
+        for fut in wait(todo, return_when=FIRST_COMPLETED)[0]:
+            remedied, i = todo.pop(fut)
+            if remedied:
+                best[i] = fut.result()
+                step(f"{LADDER[i].name} sized ({best[i][0].spec.mode})")  # type: ignore[union-attr]
+                continue
+            done[i] = fut.result()
+            rung = jobs[i][1]
+            mine = [k for k, j in enumerate(jobs) if j[1] is rung]
+            if not all(k in done for k in mine):
+                continue
+            lever = LADDER.index(rung)
+            best[lever] = cheapest([done[k] for k in mine])
+            out = best[lever][0]
+            if follow_ups(out):
+                todo[pool.submit(_remedy_job, (best[lever], *jobs[i][2:]))] = (True, lever)
+            else:
+                step(f"{rung.name} sized")
+    return tuple(zip(*(best[k] for k in range(len(LADDER))), strict=True))  # type: ignore[return-value]
 
 
 def _fleet_job(args: tuple) -> SimResult:
     spec, rung, arrival, replicas = args
-    return simulate(_SHARED["measured"], rung_config(spec, rung, arrival, replicas))
+    return serve(_SHARED["measured"], spec, rung, arrival, replicas)
 
 
-def choose_fleet(outcomes: list[RungOutcome], offered: float) -> tuple[int, str]:
-    """The size all levers together need; where they miss the SLO, the largest size any lever met it at; where
-    none did, one replica per offered session."""
+def choose_fleet(outcomes: list[RungOutcome], offered: float, tp: int) -> tuple[int, str]:
+    """GPUs: what all levers together need; where they miss the SLO, the most any lever met it on; where none
+    did, one `tp`-GPU replica per offered session."""
     top = outcomes[-1].sized
-    if top.replicas:
-        return top.replicas, "the size all levers together need to meet the SLO"
-    met = [o.sized.replicas for o in outcomes if o.sized.replicas]
+    if top.cost:
+        return top.cost.gpus, "the size all levers together need to meet the SLO"
+    met = [o.sized.cost.gpus for o in outcomes if o.sized.cost]
     if met:
         return max(met), "the largest size at which any lever met the SLO"
-    return max(int(np.ceil(offered)), 1), "one replica per offered session (no lever met the SLO)"
+    return max(int(np.ceil(offered)), 1) * tp, "one replica per offered session (no lever met the SLO)"
 
 
 def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, price_table: dict[str, Any],
@@ -207,11 +274,14 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
     jobs = [(s, r, arrival, offered, gpu_hour, replicas) for r in LADDER for s in modes(spec)]
     with _executor(workers, measured, sample, ray) as pool:
         outcomes, runs = _size_levers(pool, jobs, step)
-        fleet, chosen_by = (replicas, "given with --replicas") if replicas else choose_fleet(list(outcomes), offered)
-        missing = {i: pool.submit(_fleet_job, (o.spec or spec, o.rung, arrival, fleet))
-                   for i, o in enumerate(outcomes) if fleet not in runs[i]}
+        gpus, chosen_by = (replicas * spec.tp, "given with --replicas") if replicas else \
+            choose_fleet(list(outcomes), offered, spec.tp)
+        fleet = replicas_for(gpus, spec)
+        each = [replicas_for(gpus, o.spec or spec) for o in outcomes]  # a wide mode's replicas hold more GPUs
+        missing = {i: pool.submit(_fleet_job, (o.spec or spec, o.rung, arrival, each[i]))
+                   for i, o in enumerate(outcomes) if each[i] not in runs[i]}
         for i, o in enumerate(outcomes):
-            o.fleet_run = missing[i].result() if i in missing else runs[i][fleet]
+            o.fleet_run = missing[i].result() if i in missing else runs[i][each[i]]
         step("same fleet done")
         models_view = _model_view(pool, candidates, others, (spec, trace, window, outcomes[-1].sized),
                                   (arrival, offered, gpu_hour, sample_size), step)

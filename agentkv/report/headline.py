@@ -6,7 +6,7 @@ from __future__ import annotations
 from itertools import pairwise
 
 from agentkv.report.assemble import Report, RungOutcome
-from agentkv.report.ladder import quantile
+from agentkv.report.ladder import DEFAULT_CHUNK, quantile
 from agentkv.report.load import crossings
 from agentkv.report.slo import slo_achieved
 from agentkv.report.views import plural
@@ -87,13 +87,18 @@ def _deploy(rep: Report) -> str:
                 f"{top.sized.reason}.")
     c = top.sized.cost
     assert top.sized.result is not None
-    mode = f" ({top.spec.mode} replicas)" if top.spec else ""
+    mode = f" ({top.spec.fleet_words(top.sized.replicas or 1)})" if top.spec else ""
     text = (f"Deploy {c.gpus} × {rep.hardware}{mode} for {load} of {spec.model}, with all levers on: "
             f"{slo_achieved(top.sized.result, spec)} against the SLO ({spec.slo}), "
             f"${c.usd_per_mtok_blended:.3f} per million tokens (all tokens; the GPUs are busy "
             f"{c.utilisation:.0%} of the time, idle capacity ${c.usd_per_mtok_idle:.3f} of it).")
     if top.sized.binding:
         text += (f" What sets the size: one replica fewer misses {'; '.join(top.sized.binding)}.")
+    if top.spec and (top.spec.prefill_share or top.spec.max_batched_tokens != DEFAULT_CHUNK):
+        how = "prefill and decode on separate pools" if top.spec.prefill_share else \
+            f"{top.spec.max_batched_tokens}-token prefill chunks"
+        text += (f" It runs {how}: with the engines' default {DEFAULT_CHUNK}-token chunks beside the decodes, "
+                 "output speed needs more GPUs for this SLO, or no fleet meets it.")
     first = next(o for o in rep.outcomes if o.sized.cost and o.sized.cost.gpus == c.gpus)
     if first is not top:
         text += (f" From the {first.rung.name.lstrip('+')} on, {_gpus(c.gpus)} already "

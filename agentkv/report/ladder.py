@@ -13,17 +13,29 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agentkv.catalog import HardwareSpec, ModelSpec, hardware, model
 from agentkv.kvcache.sizing import codec
-from agentkv.report.slo import DEFAULT_OUTPUT_TPS, DEFAULT_SLOWDOWN, describe_slo
-from agentkv.sim.simulator import SimConfig, SimResult
+from agentkv.report.slo import DEFAULT_OUTPUT_TPS, DEFAULT_SLOWDOWN, describe_slo, slo_misses, tpot_limit_ms
+from agentkv.sim.pd_simulation import PDConfig, simulate_pd
+from agentkv.sim.simulator import SimConfig, SimResult, simulate
 from agentkv.sim.speculative import Speculation
 from agentkv.sim.stepcost import WEIGHTS, Deployment, mode_name, prefill_seconds
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.trace import Trace
+
+if TYPE_CHECKING:
+    from agentkv.report.sizing import Sized
+
+
+# vLLM's `vllm serve` default max_num_batched_tokens on a GPU of >= 70 GiB other than an A100 (2048 below that):
+# vllm-project/vllm, vllm/engine/arg_utils.py, default_max_num_batched_tokens (read 2026-12-05)
+DEFAULT_CHUNK = 8192
+CHUNK_BUDGETS = (2048, 512)  # smaller budgets the report tries where output speed sets the size (see assemble)
+SATURATED = 0.9  # GPU time busy at one replica fewer above which no remedy is tried (a stated choice)
 
 
 @dataclass(slots=True, frozen=True)
@@ -56,9 +68,16 @@ class DeploymentSpec:
     spec_tokens: int = 0
     spec_acceptance: float = 0.0
     spec_draft_layers: int = 1
+    # prompt tokens a step may carry beside its decodes (vLLM's max_num_batched_tokens, SGLang's
+    # chunked_prefill_size): smaller interrupts decodes less, at the price of a longer prefill
+    max_batched_tokens: int = DEFAULT_CHUNK
+    # the share of replicas in a prefill pool, the rest decoding (sim/pd_simulation.py); 0: colocated
+    prefill_share: float = 0.0
 
     def __post_init__(self) -> None:
         for name, ok, rule in (("tp", self.tp >= 1, ">= 1"), ("max_replicas", self.max_replicas >= 1, ">= 1"),
+                               ("max_batched_tokens", self.max_batched_tokens >= 16, ">= 16"),
+                               ("prefill_share", 0 <= self.prefill_share < 1, "in [0, 1)"),
                                ("dram_gb", self.dram_gb >= 0, ">= 0"), ("disk_gb", self.disk_gb >= 0, ">= 0"),
                                ("slo_ttft_s", self.slo_ttft_s > 0, "> 0"),
                                *((k, getattr(self, k) >= 0, ">= 0") for k in ("slo_output_tps", "slo_tpot_ms",
@@ -93,16 +112,34 @@ class DeploymentSpec:
 
     @property
     def mode(self) -> str:
+        """The mode as an engine's flags say it, with speculation, disaggregation and a chunk budget other than the
+        engines' default where set."""
         spec = self.speculation
+        chunk = f", {self.max_batched_tokens}-token chunks" if self.max_batched_tokens != DEFAULT_CHUNK else ""
+        pd = " prefill/decode-disaggregated" if self.prefill_share else ""
         return mode_name(self.tp, self.ep, self.dp_attention) + (
-            f" + speculative ({spec.draft_tokens} drafted, {spec.acceptance_length:g} emitted a step)" if spec else "")
+            f" + speculative ({spec.draft_tokens} drafted, {spec.acceptance_length:g} emitted a step)" if spec else ""
+        ) + pd + chunk
+
+    def pools(self, replicas: int) -> tuple[int, int]:
+        """(prefill, decode) replicas of a disaggregated fleet of `replicas` (at least one of each)."""
+        prefill = min(max(round(replicas * self.prefill_share), 1), max(replicas - 1, 1))
+        return prefill, max(replicas - prefill, 1)
+
+    def fleet_words(self, replicas: int) -> str:
+        """How the headline names a fleet of `replicas` in this mode."""
+        if not self.prefill_share:
+            return f"{self.mode} replicas"
+        pre, dec = self.pools(replicas)
+        unit = "replica" if dec == 1 else "replicas"
+        return f"{pre} prefill + {dec} decode {unit}, {self.mode.replace(' prefill/decode-disaggregated', '')}"
 
 
 def modes(spec: DeploymentSpec) -> tuple[DeploymentSpec, ...]:
     """The deployment modes a lever is sized in, the spec's own first: for a MoE model whose experts the catalog
     states, on more than one GPU, and a spec that names no mode: TP + EP and DP-attention + EP on the same GPUs
-    (the report's views compare levers at equal GPUs per replica). Disaggregated pools are priced apart
-    (sim/disagg.py), not simulated here."""
+    (the report's views compare levers at equal GPUs per replica). A wider replica, smaller chunk budgets and
+    disaggregated pools are tried after them, where they can win (`assemble.follow_ups`)."""
     if spec.tp == 1 or spec.ep or spec.dp_attention or not catalog_of(spec)[1].routed_params:
         return (spec,)
     return (spec, replace(spec, ep=True), replace(spec, ep=True, dp_attention=True))
@@ -118,6 +155,40 @@ def catalog_of(spec: DeploymentSpec) -> tuple[HardwareSpec, ModelSpec]:
 def _catalog_entries(hw: str, hardware_file: str | None, name: str, models_file: str | None
                      ) -> tuple[HardwareSpec, ModelSpec]:
     return hardware(hw, hardware_file), model(name, models_file)
+
+
+WIDE_GPUS = 8  # the wide replica tried beside the spec's own: DP attention + EP over an 8-GPU node (SGLang's DEP8)
+
+
+def wide_mode(spec: DeploymentSpec) -> DeploymentSpec | None:
+    """DP attention + EP over WIDE_GPUS for a MoE spec on fewer GPUs that names no mode (its KV room grows with
+    the DP ranks, its expert reads spread over more GPUs); None where that is not a different mode."""
+    if spec.tp >= WIDE_GPUS or spec.ep or spec.dp_attention or spec.prefill_share:
+        return None
+    if not catalog_of(spec)[1].routed_params:
+        return None
+    return replace(spec, tp=WIDE_GPUS, ep=True, dp_attention=True)
+
+
+def remedies(spec: DeploymentSpec, sized: Sized) -> tuple[DeploymentSpec, ...]:
+    """What vLLM and SGLang users do when prefill chunks slow the decodes beside them, in the order the report tries
+    them: smaller chunk budgets (not where TTFT misses too: they only delay prefill), then prefill and decode on
+    separate pools, the prefill pool's share what the lever's own run spent on prefill. Only where output speed
+    sets the lever's size or is what it misses, and where one replica fewer was neither saturated nor too slow
+    with its prefill time taken out (a bound, not a simulation), so every other report runs no more simulations
+    than before."""
+    misses = sized.binding if sized.replicas else (slo_misses(sized.result, spec) if sized.result else [])
+    if spec.prefill_share or sized.result is None or not any("output speed" in m for m in misses):
+        return ()
+    if sized.busy_below >= SATURATED:  # the miss below is load: reordering prefill does not remove work
+        return ()
+    if sized.decode_tpot_below_ms > tpot_limit_ms(spec):  # decode steps alone would still miss there
+        return ()
+    r = sized.result
+    share = r.prefill_s / max(r.prefill_s + r.decode_s + r.cached_s, 1e-9)
+    chunks = () if any("TTFT" in m for m in misses) else CHUNK_BUDGETS
+    return (*(replace(spec, max_batched_tokens=c) for c in chunks if c < spec.max_batched_tokens),
+            replace(spec, prefill_share=round(min(max(share, 0.05), 0.5), 2)))
 
 
 @dataclass(slots=True, frozen=True)
@@ -150,7 +221,16 @@ def rung_config(spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, replica
                    dp_attention=spec.dp_attention, expert_dtype=spec.expert_dtype, speculation=spec.speculation)
     dram = (spec.dram_gb * 1e9 if spec.dram_gb else 0.5 * hw.dram_bytes * spec.tp) if rung.dram else 0.0
     return SimConfig(d, replicas=replicas, policy=rung.policy, prefix_cache=rung.prefix_cache, dram_bytes=dram,
-                     disk_bytes=spec.disk_gb * 1e9 if rung.disk else 0.0, router=spec.router, arrival=arrival)
+                     disk_bytes=spec.disk_gb * 1e9 if rung.disk else 0.0, router=spec.router, arrival=arrival,
+                     max_batched_tokens=spec.max_batched_tokens)
+
+
+def serve(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, replicas: int) -> SimResult:
+    """The rung on `replicas` replicas at `arrival`: one colocated fleet, or prefill and decode pools."""
+    cfg = rung_config(spec, rung, arrival, replicas)
+    if not spec.prefill_share:
+        return simulate(trace, cfg)
+    return simulate_pd(trace, PDConfig(cfg, *spec.pools(replicas)))
 
 
 def quantile(x: np.ndarray, q: float) -> float:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from agentkv.cost.selfhosted import SelfHostedCost, self_hosted_cost
 from agentkv.report.capacity import Capacity
-from agentkv.report.ladder import DeploymentSpec, Rung, rung_config, slo_ttft
+from agentkv.report.ladder import DeploymentSpec, Rung, serve, slo_ttft
 from agentkv.report.slo import meets_slo, slo_misses
-from agentkv.sim.simulator import SimResult, simulate
+from agentkv.sim.simulator import SimResult
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.trace import Trace
 
@@ -30,6 +32,10 @@ class Sized:
     result: SimResult | None = None
     reason: str = ""  # why the SLO is missed
     binding: list[str] = field(default_factory=list)  # what one replica fewer misses: the bounds that set the size
+    busy_below: float = float("nan")  # the share of GPU time busy at one replica fewer, where that was run
+    # TPOT at the SLO's percentile one replica fewer, less the share of busy time its prefill took: about what
+    # decode steps with no prefill in them would give there (ms; NaN where not run)
+    decode_tpot_below_ms: float = float("nan")
 
 
 def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, capacity: Capacity,
@@ -42,13 +48,14 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
 
     def meets(r: int) -> bool:
         if r not in runs:
-            runs[r] = simulate(trace, rung_config(spec, rung, arrival, r))
+            runs[r] = serve(trace, spec, rung, arrival, r)
         return meets_slo(runs[r], spec)
 
     # a replica that misses the SLO even lightly loaded may still meet it as part of a fleet: more replicas
     # also mean more cache, so that search starts from one replica per five sessions
     per = capacity.sessions_per_replica or 5.0
-    lo = max((r for r in runs if not meets(r)), default=0)  # most replicas known to miss (0: none)
+    # most replicas known to miss (0: none); a disaggregated fleet has two at least, one a pool
+    lo = max((r for r in runs if not meets(r)), default=1 if spec.prefill_share else 0)
     hi, step = None, 1  # fewest replicas known to meet
     guess = min(max(math.ceil(offered_sessions / per), lo + 1), spec.max_replicas)
     if meets(guess):
@@ -72,7 +79,12 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
         return Sized(None, slo_ttft(runs[best], spec), None, runs[best],
                      reason=f"no fleet up to {max(runs)} replicas meets it (at {best}: "
                             + "; ".join(slo_misses(runs[best], spec)) + ")")
-    below = slo_misses(runs[hi - 1], spec) if hi - 1 in runs else []
-    return Sized(hi, slo_ttft(runs[hi], spec), self_hosted_cost(runs[hi], usd_per_gpu_hour), runs[hi],
-                 binding=below)
+    below = runs.get(hi - 1)
+    sized = Sized(hi, slo_ttft(runs[hi], spec), self_hosted_cost(runs[hi], usd_per_gpu_hour), runs[hi],
+                  binding=slo_misses(below, spec) if below else [])
+    if below is not None and len(below.tpot):
+        sized.busy_below = self_hosted_cost(below, usd_per_gpu_hour).utilisation
+        prefill = below.prefill_s / max(float(below.busy_s.sum()), 1e-9)
+        sized.decode_tpot_below_ms = 1e3 * float(np.percentile(below.tpot, spec.slo_quantile)) * (1 - prefill)
+    return sized
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from agentkv.report.capacity import MAX_SESSIONS, RESOLUTION
-from agentkv.report.ladder import quantile
+from agentkv.report.ladder import DEFAULT_CHUNK, quantile
 from agentkv.report.load import LOADS, Crossing, crossings
 from agentkv.report.slo import meets_slo
 
@@ -227,6 +227,10 @@ def sized(rep: Report) -> View:
                      "requests_rejected": int(s.result.rejected.sum()) if s.result and c else None})
         if s.reason:
             notes.append(f"{o.rung.name}: SLO missed, no size or cost — {s.reason}.")
+        if c and o.spec and (o.spec.prefill_share or o.spec.max_batched_tokens != DEFAULT_CHUNK):
+            notes.append(f"{o.rung.name}: sized as {o.spec.fleet_words(s.replicas or 1)}: output speed sets its "
+                         f"size, and with {DEFAULT_CHUNK}-token chunks beside the decodes it took more GPUs or no "
+                         "fleet met it.")
     notes.append(f"GPU-hours at ${r.typical:g} (specialty GPU clouds); the band is the same fleet at ${r.low:g} "
                  f"(long-tail clouds) and ${r.hyperscaler:g} (hyperscalers) per GPU-hour, on demand.")
     notes.append("$/Mtok: the fleet's GPU-hours over the window its sessions start in (n / start rate), over the "

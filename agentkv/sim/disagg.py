@@ -20,6 +20,7 @@ PREFILL_CHUNK = 8192  # tokens per prefill step on a prefill-only replica (SGLan
 class Disaggregated:
     prefill: Deployment
     decode: Deployment
+    fleet_gpus: int = 0  # both pools' GPUs (0: the one pair): the KV crosses NICs unless all of them share a domain
 
     def __post_init__(self) -> None:
         p, d = self.prefill, self.decode
@@ -28,8 +29,10 @@ class Disaggregated:
 
     @property
     def same_domain(self) -> bool:
-        """Both replicas fit one NVLink domain (one rack of an NVL72), so KV moves over NVLink."""
-        return self.prefill.tp + self.decode.tp <= self.prefill.hardware.scale_up_gpus
+        """The fleet fits one NVLink domain (one rack of an NVL72), so KV moves over NVLink: a prefill replica
+        sends to any decode replica, so one pair sharing a node is not enough."""
+        gpus = max(self.fleet_gpus, self.prefill.tp + self.decode.tp)
+        return gpus <= self.prefill.hardware.scale_up_gpus
 
     def transfer_seconds(self, prompt: int) -> float:
         """One request's KV, one copy of it (each rank sends its shard; replicated MLA latents go once), over

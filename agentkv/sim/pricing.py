@@ -11,11 +11,13 @@ PRICES_KEPT = 1 << 14  # prefill-only step costs remembered per simulation (~7 M
 
 
 def price_step(batch: StepPlan, d: Deployment, links: list[str], block_bytes: int, totals: dict,
-               prefill_only: dict[tuple, StepCost]) -> float:
+               prefill_only: dict[tuple, StepCost], landed: bool = False) -> float:
     """Seconds the batch takes, split into prefill / decode / cached-prefix / transfer time for the cost model.
     `prefill_only` remembers the cost of steps with no decodes by their chunks: a long prompt's chunks repeat
-    from request to request (8192 tokens after 0, 8192, ...); it starts over at PRICES_KEPT entries."""
-    prefills = tuple((c.n, c.start) for c in batch.prefills)
+    from request to request (8192 tokens after 0, 8192, ...); it starts over at PRICES_KEPT entries.
+    `landed`: prompt chunks hold KV computed elsewhere (a disaggregated decode pool), so they cost nothing here."""
+    chunks = [] if landed else batch.prefills
+    prefills = tuple((c.n, c.start) for c in chunks)
     decodes = tuple(q.computed + 1 for q in batch.decodes)
     if decodes:
         cost = step_cost(StepShape(prefills, decodes), d)
@@ -33,10 +35,10 @@ def price_step(batch: StepPlan, d: Deployment, links: list[str], block_bytes: in
             moved[link] = moved.get(link, 0.0) + len(mv.blocks) * block_bytes
     transfer = transfer_seconds(moved, d)
     secs = max(total, transfer) if d.overlap_transfers else total + transfer
-    attribute(cost, batch.prefills, batch.decodes, totals)
+    attribute(cost, chunks, batch.decodes, totals)
     totals["transfer"] += secs - total
     totals["steps"] += 1
-    totals["prefill_tokens"] += sum(c.n for c in batch.prefills)
+    totals["prefill_tokens"] += sum(c.n for c in chunks)
     totals["decode_tokens"] += len(decodes)
     return secs
 

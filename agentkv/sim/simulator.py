@@ -47,6 +47,7 @@ class SimConfig:
     max_batched_tokens: int = 8192
     max_num_seqs: int = 256
     arrival: ArrivalModel = field(default_factory=ArrivalModel)
+    prompt_landed: bool = False  # a decode pool (sim/pd_simulation.py): prompts arrive computed; held, not priced
 
 
 class _Replica:
@@ -125,7 +126,7 @@ class Simulator:
         prompt = [PagedIds.of(np.zeros(0, dtype=np.int64))]
         self.replicas = [_Replica(cfg, trace.block_size, r, prompt) for r in range(cfg.replicas)]
         self.router = Router(cfg.router)
-        self.pause = _pauses(self.trace)
+        self.pause = agent_pauses(self.trace)
         self.records = Records(trace.n_requests, len(self.replicas[0].cache.tiers))
         self.totals = dict(prefill=0.0, decode=0.0, cached=0.0, transfer=0.0, steps=0, prefill_tokens=0,
                            decode_tokens=0)
@@ -200,7 +201,8 @@ class Simulator:
             rep.busy = False
             return
         rep.busy = True
-        secs = price_step(plan, self.d, rep.tier_links, rep.block_bytes, self.totals, self.prefill_costs)
+        secs = price_step(plan, self.d, rep.tier_links, rep.block_bytes, self.totals, self.prefill_costs,
+                          landed=self.cfg.prompt_landed)
         rep.busy_s += secs
         self._push_step(now + secs, r, plan)
 
@@ -298,7 +300,7 @@ def _reserve_ahead(rep: _Replica, to_finish: int, fits: int, now: float) -> int:
     return to_finish
 
 
-def _pauses(trace: Trace) -> np.ndarray:
+def agent_pauses(trace: Trace) -> np.ndarray:
     """Seconds between a request's predecessor (same session) completing and the request being sent."""
     gap = np.diff(trace.time, prepend=trace.time[:1])
     api_prev = np.concatenate([[0.0], np.nan_to_num(trace.api_time[:-1].astype(np.float64), nan=0.0)])

@@ -364,7 +364,7 @@ def _plain_cost(shape: StepShape, d: Deployment) -> StepCost:
     per_rank = sequences / d.tp if d.dp_attention else sequences  # DP ranks schedule their own sequences
     overhead = c.step_overhead_s + d.layer_floors_s + c.sequences(per_rank)
     return StepCost(weight_seconds(tokens, d), attention_time(both), kv_write, communication_seconds(tokens, d),
-                    overhead)  # who it is for: simulator._attribute
+                    overhead)  # who it is for: pricing.attribute
 
 
 def transfer_seconds(bytes_by_link: dict[str, float], d: Deployment) -> float:
