@@ -69,7 +69,7 @@ def test_an_engine_restarted_on_disk_or_redis_finds_the_prefixes(case, tmp_path,
         assert outputs(back) == expected, tier
         if restarted.states is None:
             assert sum(o.cached_tokens_per_tier[tier] for o in back) > 0, tier
-        else:  # every prompt's whole blocks found (on the tier, the last one's on the GPU), no state to go on
+        else:  # every prompt's whole blocks found, none with a state at its boundary: all recomputed
             assert sum(o.num_cached_tokens for o in back) == restarted.states.restored_tokens == 0, tier
             assert restarted.states.rewound_tokens == sum((len(p) - 1) // 8 * 8 for p in ps), tier
         if restarted.sliding is not None and not restarted.config.chunked:  # a hit's window: read back too
