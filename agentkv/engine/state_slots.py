@@ -62,10 +62,16 @@ class StateSlots:
         self.rewound_tokens = 0  # cached tokens recomputed because no snapshot sat at their boundary
 
     @staticmethod
+    def floor(max_seqs: int) -> int:
+        """The fewest slots the default takes: a live one per sequence and as many snapshots."""
+        return 2 * max_seqs
+
+    @staticmethod
     def slots_for(kv_bytes: int, slot_bytes: int, max_seqs: int, snapshots: int | None = None) -> int:
-        """A live slot per sequence and `snapshots` more (None: as many again at least, up to a quarter of the KV
+        """A live slot per sequence and `snapshots` more (None: the floor at least, up to a quarter of the KV
         budget in all). The pages get the rest (the engine checks there are enough)."""
-        total = max(2 * max_seqs, kv_bytes // 4 // slot_bytes) if snapshots is None else max_seqs + snapshots
+        total = max(StateSlots.floor(max_seqs), kv_bytes // 4 // slot_bytes) if snapshots is None \
+            else max_seqs + snapshots
         if (snapshots is not None and snapshots < 0) or total * slot_bytes >= kv_bytes:
             raise ValueError(f"the linear layers' states of max_num_seqs={max_seqs} sequences and their snapshots "
                              f"({total} slots) need {total * slot_bytes} bytes of the {kv_bytes}-byte KV budget: "

@@ -190,6 +190,7 @@ EVERY_FAMILY = [
     *MULTIMODAL,
     "deepseek_v2",
     "deepseek_v3",
+    "qwen3_next",
 ]
 
 

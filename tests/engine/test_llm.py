@@ -9,6 +9,7 @@ import torch
 from agentkv.engine.llm import LLM
 from agentkv.engine.sequence import SamplingParams
 from agentkv.engine.sliding import SlidingPages
+from agentkv.engine.state_slots import StateSlots
 from tests.engine.conftest import hf_model, prompts
 
 GREEDY = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
@@ -22,13 +23,17 @@ def hf_greedy(model, p: list[int], n: int) -> list[int]:
 
 
 def kv_bytes(folder, pages: int, max_num_batched_tokens: int = 2048) -> int:
-    """A KV budget of `pages` pool pages, plus the least the sliding layers' page group takes where the model
-    has one (it depends on the engine's limits)."""
+    """A KV budget of `pages` pool pages, plus the least the sliding layers' page group and the linear layers'
+    state slots take where the model has them (they depend on the engine's limits; with so few pages the
+    states' default share stays at its floor, so the pool gets exactly `pages`)."""
     llm = LLM(str(folder), dtype="float32", block_size=8, kv_cache_bytes=2**28)
-    if llm.sliding is None:
-        return llm.layout.page_bytes * pages
-    least = SlidingPages.floor(64, max_num_batched_tokens, llm.sliding.window, 8)
-    return llm.layout.page_bytes * pages + least * llm.sliding.layout.page_bytes
+    budget = llm.layout.page_bytes * pages
+    if llm.sliding is not None:
+        least = SlidingPages.floor(64, max_num_batched_tokens, llm.sliding.window, 8)
+        budget += least * llm.sliding.layout.page_bytes
+    if llm.states is not None:
+        budget += StateSlots.floor(llm.runner.max_num_seqs) * llm.states.slot_bytes
+    return budget
 
 
 @pytest.fixture(scope="module")
