@@ -43,7 +43,7 @@ def add_generator_args(p: argparse.ArgumentParser, prefix: str = "", default_ses
 def add_ray_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", nargs="?", const=LOCAL, metavar="ADDRESS",
                    help="run the simulation points as Ray tasks on the cluster at ADDRESS (ray://host:10001 or "
-                        "host:6379; no ADDRESS: a local cluster started here); needs agentkv[ray]")
+                        "host:6379; no ADDRESS: a local cluster started here); needs the ray extra: pip install -e '.[ray]'")
 
 
 def check_ray(flag: str = "--ray") -> None:

@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from agentkv.cli_errors import pip_extra
 from agentkv.codecs import KVCodec
 from agentkv.kernels.attention import AttentionBackend, TorchAttention
 
@@ -30,7 +31,7 @@ def make_backend(name: str, device: torch.device | str, codec: KVCodec | None = 
     if name == "torch":
         return TorchAttention()
     if not have_triton:
-        raise ValueError("attention backend 'triton' needs the triton package: pip install 'agentkv[gpu]'")
+        raise ValueError(f"attention backend 'triton' needs the triton package: {pip_extra('gpu')}")
     if why:
         raise ValueError(why)
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":

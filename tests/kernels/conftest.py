@@ -11,4 +11,4 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-pytest.importorskip("triton", reason="the triton extra is not installed (pip install agentkv[gpu])")
+pytest.importorskip("triton", reason="the triton extra is not installed (pip install -e '.[gpu]')")
