@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentkv.engine.llm import LLM, Prompt
+from agentkv.engine.llm import LLM, REPLY_KINDS, Prompt
 from agentkv.engine.outputs import RequestOutput
 from agentkv.engine.sequence import SamplingParams
 
@@ -113,13 +113,20 @@ class AddRequest:
     session: str | None
     tenant: str
     cache_salt: str
-    classify_reply: Callable[[str], str] | None
     public_prefix_tokens: int
 
 
 @dataclass(slots=True)
 class Abort:
     request_id: str
+
+
+@dataclass(slots=True)
+class Classify:
+    """How a session's last reply ended (`LLM.classify`), from the server that parsed its tool calls."""
+
+    session: str
+    kind: str
 
 
 @dataclass(slots=True)
@@ -150,8 +157,7 @@ class AsyncLLM:
     # ---- any thread ----------------------------------------------------------------------------------------
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, *, request_id: str | None = None,
                     session: str | None = None, tenant: str = "", cache_salt: str = "",
-                    classify_reply: Callable[[str], str] | None = None, public_prefix_tokens: int = 0,
-                    grammar: Any = None) -> RequestStream:
+                    public_prefix_tokens: int = 0, grammar: Any = None) -> RequestStream:
         """Queue a request; bad input (empty, over the context) raises ValueError here, at once. `grammar`: its
         structured output compiled already (`Grammars.compile`, as the server does off its event loop)."""
         if self.error is not None or self._stopping:
@@ -168,8 +174,7 @@ class AsyncLLM:
             loop = None
         stream = RequestStream(rid, loop)
         matcher = grammar.deep_copy() if grammar is not None else None
-        self._inbox.put(AddRequest(stream, ids, params, matcher, session, tenant, cache_salt, classify_reply,
-                                   public_prefix_tokens))
+        self._inbox.put(AddRequest(stream, ids, params, matcher, session, tenant, cache_salt, public_prefix_tokens))
         self._wake.set()
         return stream
 
@@ -186,6 +191,14 @@ class AsyncLLM:
 
     def abort(self, request_id: str) -> None:
         self._inbox.put(Abort(request_id))
+        self._wake.set()
+
+    def classify(self, session: str, kind: str) -> None:
+        """`LLM.classify` on the engine thread. Queued behind the reply's last delta and ahead of anything its
+        client sends after reading it, so the session's next request finds the kind already filed."""
+        if kind not in REPLY_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(REPLY_KINDS)}, got {kind!r}")
+        self._inbox.put(Classify(session, kind))
         self._wake.set()
 
     def stats(self) -> EngineStats:
@@ -235,6 +248,8 @@ class AsyncLLM:
                 return
             if isinstance(msg, AddRequest):
                 self._add(msg)
+            elif isinstance(msg, Classify):
+                self.llm.classify(msg.session, msg.kind)
             elif msg.request_id in self._streams and self.llm.abort(msg.request_id):
                 stream, _ = self._streams.pop(msg.request_id)
                 stream.push(self._final_abort(msg.request_id))
@@ -243,8 +258,7 @@ class AsyncLLM:
         rid = msg.stream.request_id
         try:
             self.llm.admit(msg.prompt, msg.params, msg.matcher, request_id=rid, session=msg.session,
-                           tenant=msg.tenant, cache_salt=msg.cache_salt, classify_reply=msg.classify_reply,
-                           public_prefix_tokens=msg.public_prefix_tokens)
+                           tenant=msg.tenant, cache_salt=msg.cache_salt, public_prefix_tokens=msg.public_prefix_tokens)
         except Exception as e:  # refused (the engine keeps nothing of it): this request fails, not the loop
             if not isinstance(e, ValueError):  # not a refusal: undo whatever part of it was queued
                 log.exception("request %s could not be added", rid)

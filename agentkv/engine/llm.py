@@ -33,9 +33,10 @@ from agentkv.kvcache.tiers import TierSpec
 from agentkv.model.llama import LlamaForCausalLM
 from agentkv.scheduler import Allocate, Scheduler, SchedulerConfig, Status, StepPlan
 from agentkv.storage.host import HostSlab
-from agentkv.workload.trace import FINISH_END, FINISH_TOOL, FINISH_UNKNOWN
+from agentkv.workload.trace import FINISH_END, FINISH_TOOL
 
 Prompt = str | list[int] | dict[str, Any]
+REPLY_KINDS = {"tool_calls": FINISH_TOOL, "stop": FINISH_END}  # how a reply ended, in OpenAI's finish reasons
 
 
 def _runner_part(name: str) -> property:
@@ -140,24 +141,20 @@ class LLM:
 
     # ---- requests ------------------------------------------------------------------------------------------
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, *, request_id: str | None = None,
-                    session: str | None = None, tenant: str = "", cache_salt: str = "",
-                    classify_reply: Any = None, public_prefix_tokens: int = 0) -> str:
+                    session: str | None = None, tenant: str = "", cache_salt: str = "", public_prefix_tokens: int = 0,
+                    ) -> str:
         """Queue a request; returns its id. `session` (an agent conversation) lets the agent-aware policy follow
         it across turns; `tenant` and `cache_salt` partition the prefix cache (different values never share a
-        block). `classify_reply(text)` says how the reply ended ('tool_calls' or 'stop') before its blocks are
-        released, so the cache policy knows whether a tool call or a person comes next. The first
-        `public_prefix_tokens` (whole blocks of them) are named in the public namespace, shared by every tenant (an
-        operator's shared system prompt); the blocks after them stay in the tenant's."""
+        block); `classify` tells the policy afterwards how its reply ended. The first `public_prefix_tokens` (whole
+        blocks) are named in the public namespace, shared by every tenant (an operator's system prompt)."""
         params = params or SamplingParams()
         params.check()
         matcher = self.grammars.matcher(params.structured_outputs) if params.structured_outputs is not None else None
         return self.admit(self.tokens_of(prompt, params), params, matcher, request_id=request_id, session=session,
-                          tenant=tenant, cache_salt=cache_salt, classify_reply=classify_reply,
-                          public_prefix_tokens=public_prefix_tokens)
+                          tenant=tenant, cache_salt=cache_salt, public_prefix_tokens=public_prefix_tokens)
 
     def admit(self, ids: list[int], params: SamplingParams, matcher: Any = None, *, request_id: str | None = None,
-              session: str | None = None, tenant: str = "", cache_salt: str = "", classify_reply: Any = None,
-              public_prefix_tokens: int = 0) -> str:
+              session: str | None = None, tenant: str = "", cache_salt: str = "", public_prefix_tokens: int = 0) -> str:
         """Queue a request whose prompt and params `add_request` (or `AsyncLLM`, on its caller's thread)
         checked already, with its grammar's matcher compiled there: nothing is checked or compiled twice."""
         seq_id = next(self._counter)
@@ -173,7 +170,6 @@ class LLM:
         seq.arrival = time.monotonic()
         seq.session = self._sessions(session) if session else -1
         seq.tenant = self._tenants.setdefault(tenant, len(self._tenants))
-        seq.classify_reply = classify_reply
         seq.detok = Detokenizer(self.tokenizer, params.stop) if self.tokenizer is not None else None
         seq.matcher = matcher
         seq.generator = generator
@@ -308,11 +304,15 @@ class LLM:
             seq.stop_reason = tok if tok in p.stop_token_ids else None
         elif seq.detok is not None and seq.detok.push(tok) is not None:
             seq.stop, seq.finish_reason, seq.stop_reason = True, "stop", seq.detok.matched
-        if seq.stop or seq.generated + 1 >= seq.max_tokens:  # its last token: say how the reply ended
-            seq.finish = FINISH_UNKNOWN
-            if seq.classify_reply is not None:
-                kind = seq.classify_reply(self._text(seq))
-                seq.finish = FINISH_TOOL if kind == "tool_calls" else FINISH_END
+
+    def classify(self, session: str, kind: str) -> None:
+        """How `session`'s last reply ended ('tool_calls' or 'stop'), from whoever parsed its tool calls (the server,
+        as it streamed them) after its blocks were released; a session no longer followed is ignored."""
+        if kind not in REPLY_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(REPLY_KINDS)}, got {kind!r}")
+        number = self._sessions.get(session)
+        if number is not None:
+            self.cache.policy.classify(number, REPLY_KINDS[kind])
 
     def _end(self, seq: EngineSequence) -> None:
         """The request is over: its ids lose this reference (the core released its pins already)."""

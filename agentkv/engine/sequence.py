@@ -3,7 +3,6 @@ them, and its block table."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +76,6 @@ class EngineSequence(Sequence):
     detok: Detokenizer | None = None  # its reply's text as it comes; None without a tokenizer
     stop_reason: str | int | None = None  # the stop string or stop token that ended it
     finish_reason: str | None = None
-    classify_reply: Callable[[str], str] | None = None  # "tool_calls" | "stop": how the reply ended
     matcher: Any = None  # its grammar's state (engine/grammar.py) when it has one
     generator: Any = None  # its own torch.Generator when it has a seed (None: the global stream)
     public_blocks: int = 0  # leading blocks named in the public namespace; the rest chain on in `private_root`'s

@@ -54,6 +54,10 @@ class Policy(ABC):
     def forget_session(self, session: int) -> None:
         """This session number will stand for another session from now on: reset any per-session state."""
 
+    def classify(self, session: int, finish: int) -> None:
+        """`session`'s last reply ended this way (FINISH_*), learned after it released its blocks with
+        `ctx.finish` unknown (a server knows only once it has parsed the reply's tool calls)."""
+
     def on_acquire(self, hits: np.ndarray, ctx: AccessContext) -> None:
         """A request of `ctx.session` arrived and pinned the cached prefix `hits` (a session's return)."""
 

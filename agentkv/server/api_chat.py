@@ -31,7 +31,7 @@ def to_request(body: oai.ChatCompletionRequest, headers: Mapping[str, str], ctx:
 
 async def handle(pipe: Pipeline, body: oai.ChatCompletionRequest, request: Request, tenant: str) -> Response:
     job = await pipe.start(to_request, body, request, tenant)
-    reply = Reply(pipe.cfg.tool_parser if job.ask.tools else None, job.ask.think)
+    reply = pipe.reply(job)
     if body.stream:
         return sse.response(_stream(job, reply, body), anthropic=False)
     w = await whole(reply, job.deltas)

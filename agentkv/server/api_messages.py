@@ -48,7 +48,7 @@ def thinking_template(thinking: anth.Thinking | None, tokenizer: Any) -> dict[st
 
 async def handle(pipe: Pipeline, body: anth.MessagesRequest, request: Request, tenant: str) -> Response:
     job = await pipe.start(to_request, body, request, tenant)
-    reply = Reply(pipe.cfg.tool_parser if job.ask.tools else None, job.ask.think)
+    reply = pipe.reply(job)
     block = pipe.cfg.block_size
     if body.stream:
         return sse.response(_stream(job, reply, block), anthropic=True)

@@ -72,7 +72,7 @@ class Responses:
             return to_request(b, headers, ctx, self._previous(b.previous_response_id, tenant))
 
         job = await self.pipe.start(ask, body, request, tenant)
-        reply = Reply(self.pipe.cfg.tool_parser if job.ask.tools else None, job.ask.think)
+        reply = self.pipe.reply(job)
         namespaces = _tools(body.tools)[1] if job.ask.tools else {}
         shell = self._shell(job.rid, body)
         if body.stream:

@@ -10,6 +10,7 @@ prompt a replica will run.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 import time
@@ -26,8 +27,8 @@ from agentkv.server.chat import Messages, Tools
 from agentkv.server.errors import APIError
 from agentkv.server.jobs import Jobs
 from agentkv.server.limits import text_chars
+from agentkv.server.reply import Reply
 from agentkv.server.structured import forced_call, json_reply
-from agentkv.server.tool_parsers import parse_all
 
 # llguidance compiles with the GIL released, so concurrent compiles take whole cores: at most half of them
 # (vLLM's rule for its grammar workers), the rest stay the engine thread's and the event loop's
@@ -81,6 +82,7 @@ class Job:
     rid: str
     prompt: list[int]
     deltas: AsyncIterator[Any]
+    session: str | None  # the engine's name for its session (the tenant's, then the client's)
 
 
 def session_of(headers: Mapping[str, str], own: str | None) -> str | None:
@@ -120,12 +122,18 @@ class Pipeline:
         params = self.sampling(ask, prompt, grammar[0] if grammar else None)
         rid = f"{_ID_PREFIX[ask.endpoint]}{secrets.token_hex(12)}"
         public = self.cfg.public.public_tokens(prompt) if self.cfg.public and not ask.salt else 0
+        session = f"{tenant}/{ask.session}" if ask.session else None
         deltas = await self.jobs.submit(
-            request, ask.endpoint, arrival, prompt, params, request_id=rid,
-            session=f"{tenant}/{ask.session}" if ask.session else None, tenant=tenant, cache_salt=ask.salt,
-            classify_reply=self._classifier() if ask.tools else None, public_prefix_tokens=public,
-            grammar=grammar[1] if grammar else None)
-        return Job(ask, rid, prompt, deltas)
+            request, ask.endpoint, arrival, prompt, params, request_id=rid, session=session, tenant=tenant,
+            cache_salt=ask.salt, public_prefix_tokens=public, grammar=grammar[1] if grammar else None)
+        return Job(ask, rid, prompt, deltas, session)
+
+    def reply(self, job: Job) -> Reply:
+        """The job's reply state machine. With tools, it parses the calls (the one parse of the reply's text) and,
+        in a session, tells the engine how the reply ended, for the agent-aware cache policy."""
+        ask = job.ask
+        tell = functools.partial(self.engine.classify, job.session) if ask.tools and job.session else None
+        return Reply(self.cfg.tool_parser if ask.tools else None, ask.think, tell)
 
     # ---- prepare ------------------------------------------------------------------------------------------
     async def prompt(self, ask: Ask) -> list[int]:
@@ -218,10 +226,6 @@ class Pipeline:
         vocab = self.cfg.vocab_size
         if not all(0 <= t < vocab for t in ids):
             raise APIError(400, f"{param}: token ids must be in [0, {vocab})", param=param)
-
-    def _classifier(self) -> Callable[[str], str]:
-        name = self.cfg.tool_parser
-        return lambda text: "tool_calls" if parse_all(name, text).calls else "stop"
 
 
 _ID_PREFIX = {"chat": "chatcmpl-", "completions": "cmpl-", "messages": "msg_", "responses": "resp_"}

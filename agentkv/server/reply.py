@@ -2,12 +2,14 @@
 (thinking, its end, text, a tool call), usage accumulated once, and the stop string the engine matched.
 
 A streamed reply and a whole one go through the same machine (`whole` just gathers its events), so both
-split thinking and parse tool calls the same way, once.
+split thinking and parse tool calls the same way, once. The engine's cache policy needs that parse too (a reply
+that called a tool is followed by the agent in seconds, one that did not by a person): at the reply's end the
+machine tells it how the reply ended (`tell`), rather than the engine parsing the text a second time.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,12 +43,14 @@ Event = Thought | ThoughtDone | Text | Call
 
 
 class Reply:
-    """One reply's state: `feed` each delta, render the events it returns."""
+    """One reply's state: `feed` each delta, render the events it returns. `tell(kind)`, with a tool parser, hears
+    how the finished reply ended ("tool_calls" or "stop") before its last events are rendered."""
 
-    __slots__ = ("calls", "parser", "result", "splitter", "thinking")
+    __slots__ = ("calls", "parser", "result", "splitter", "tell", "thinking")
 
-    def __init__(self, tool_parser: str | None, think: bool) -> None:
+    def __init__(self, tool_parser: str | None, think: bool, tell: Callable[[str], None] | None = None) -> None:
         self.parser: ToolParser | None = make_parser(tool_parser) if tool_parser else None
+        self.tell = tell
         self.splitter = ThinkingSplitter() if think else None
         self.result = Result()
         self.calls = 0
@@ -65,6 +69,8 @@ class Reply:
             events.append(Text(piece.content))
         events += [Call(c) for c in piece.calls]
         self.calls += len(piece.calls)
+        if d.finished and self.parser is not None and self.tell is not None and d.finish_reason != "abort":
+            self.tell("tool_calls" if self.calls else "stop")
         return events
 
     @property

@@ -210,7 +210,8 @@ def feed(parser: ToolParser | None, text: str, finished: bool) -> Parsed:
 
 
 def parse_all(name: str, text: str) -> Parsed:
-    """The whole reply at once (non-streaming responses, and the reply's finish reason for the cache policy)."""
+    """The whole reply at once: what any split of it into streamed pieces must parse to (the server streams
+    every reply through `Reply`, whole or not, and parses it only there)."""
     parser = make_parser(name)
     out = parser.feed(text)
     out += parser.finish()

@@ -173,12 +173,12 @@ def test_every_online_policy_runs_in_the_engine(llama_dir, family, policy):
               policy=policy, check_invariants=True)
     for turn in range(2):
         for s, i in enumerate([0, 4, 1]):
-            rid = llm.add_request(ps[i], GREEDY, session=f"agent-{s}",
-                                  classify_reply=lambda text, t=turn: "tool_calls" if t == 0 else "stop")
+            rid = llm.add_request(ps[i], GREEDY, session=f"agent-{s}")
             while llm.has_unfinished_requests():
                 for o in llm.step():
                     if o.finished:
                         assert o.request_id == rid and o.outputs[0].token_ids == expected[i]
+            llm.classify(f"agent-{s}", "tool_calls" if turn == 0 else "stop")  # as a server does, having parsed it
     assert llm.cache.stats.hit_blocks.sum() > 0
     if policy == "agent":
         assert set(llm.cache.policy.owner[llm.cache.policy.owner >= 0].tolist()) <= {0, 1, 2}

@@ -15,7 +15,7 @@ from agentkv.kvcache.sizing import codec
 from agentkv.kvcache.tiers import Size, TierEntry, TierSpec
 from agentkv.workload.arrivals import ArrivalModel, place, replay_order
 from agentkv.workload.stats import infinite_cache_hits
-from agentkv.workload.trace import FINISH_END, FINISH_TOOL
+from agentkv.workload.trace import FINISH_END, FINISH_TOOL, FINISH_UNKNOWN
 
 
 def run(cache: KVCache, key, ids, now: float, session: int = -1, finish: int = FINISH_TOOL, tick: bool = True):
@@ -59,6 +59,46 @@ def test_agent_keeps_the_session_that_comes_back_first():
         kept[name] = (int(np.sum(c.tier_of(np.arange(6)) == 0)), int(np.sum(c.tier_of(np.arange(50, 56)) == 0)))
     assert kept["agent"] == (6, 2)
     assert kept["lru"] == (2, 6)
+
+
+def test_agent_ranks_by_a_kind_told_after_the_release():
+    """A server knows how a reply ended only once it has parsed the reply's tool calls, after the engine released
+    its blocks with the kind unknown: told then (`classify`), the policy ranks as if told at the release (session
+    1 called a tool and is kept, session 0 ended its turn and makes room); never told, it cannot tell them apart."""
+    kept = {}
+    for told in ("at release", "after", "never"):
+        policy = AgentAware()
+        c = KVCache([TierSpec("gpu", 12, 1)], policy)
+        t = 0.0
+        for i in range(40):  # one session's rhythm: back 5 s after a tool call, 600 s after the end of a turn
+            finish = FINISH_TOOL if i % 2 else FINISH_END
+            run(c, f"w{i}", [], t, session=100, finish=finish)
+            t += 5.0 if finish == FINISH_TOOL else 600.0
+        at_release = told == "at release"
+        run(c, "a", list(range(6)), t, session=0, finish=FINISH_END if at_release else FINISH_UNKNOWN)
+        run(c, "b", list(range(50, 56)), t + 1, session=1, finish=FINISH_TOOL if at_release else FINISH_UNKNOWN)
+        if told == "after":
+            policy.classify(0, FINISH_END)
+            policy.classify(1, FINISH_TOOL)
+        run(c, "z", list(range(200, 204)), t + 2, session=2, finish=FINISH_END)  # needs 4 of the 12
+        kept[told] = (int(np.sum(c.tier_of(np.arange(6)) == 0)), int(np.sum(c.tier_of(np.arange(50, 56)) == 0)))
+    assert kept["at release"] == kept["after"] == (2, 6)
+    assert kept["never"] == (6, 2)
+
+
+def test_agent_files_a_late_kind_only_while_the_session_is_away():
+    """A kind told after the session's next request began is stale: that request filed its pause already."""
+    policy = AgentAware()
+    c = KVCache([TierSpec("gpu", 8, 1)], policy)
+    run(c, "a", [1], 0.0, session=0, finish=FINISH_UNKNOWN)
+    c.acquire("b", np.array([1, 2]), 2, AccessContext(5.0, session=0))
+    policy.classify(0, FINISH_TOOL)
+    assert policy.last_kind[0] == FINISH_UNKNOWN
+    c.release("b", AccessContext(6.0, session=0))
+    policy.classify(0, FINISH_TOOL)
+    assert policy.last_kind[0] == FINISH_TOOL
+    policy.classify(7, FINISH_TOOL)  # a session never seen: nothing to file
+    assert len(policy.last_kind) == 1
 
 
 def test_agent_measures_pauses_from_the_end_of_the_reply():

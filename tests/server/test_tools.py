@@ -4,12 +4,14 @@ OpenAI `tool_calls` / Anthropic `tool_use`, whole and streamed, and a full round
 from __future__ import annotations
 
 import json
+import time
 
 import anthropic
 import openai
 import pytest
 
-from agentkv.workload.trace import FINISH_TOOL
+from agentkv.server.tool_parsers import HermesParser
+from agentkv.workload.trace import FINISH_END, FINISH_TOOL
 from tests.server.conftest import write_tool_checkpoint
 
 READ_FILE = {"type": "function", "function": {"name": "read_file", "description": "Read a file",
@@ -62,16 +64,65 @@ def test_round_trip_reaches_the_cache_policy(oai, tool_server):
     first = oai.chat.completions.create(model="tool", messages=ASK, tools=[READ_FILE], max_tokens=20,
                                         extra_headers={"x-session-id": "agent-7"})
     call = first.choices[0].message.tool_calls[0]
-    llm = tool_server.engine.llm
-    session = llm._sessions.get("/agent-7")
-    assert llm.cache.policy.last_kind[session] == FINISH_TOOL
+    pauses = tool_server.engine.llm.cache.policy.kinds
+    after_calls, after_ends = len(pauses[FINISH_TOOL].recent), len(pauses[FINISH_END].recent)
     history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
                {"role": "tool", "tool_call_id": call.id, "content": "print ( 1 )"}]
     second = oai.chat.completions.create(model="tool", messages=history, tools=[READ_FILE], max_tokens=20,
                                          extra_headers={"x-session-id": "agent-7"})
+    # the pause before the second turn was filed as one after a tool call (the server's parse told the engine)
+    assert len(pauses[FINISH_TOOL].recent) == after_calls + 1 and len(pauses[FINISH_END].recent) == after_ends
     assert second.usage.prompt_tokens > first.usage.prompt_tokens
     assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens // 16 * 16 - 16
     assert second.choices[0].finish_reason == "tool_calls"
+
+
+@pytest.fixture
+def feeds(monkeypatch) -> dict[int, list[str]]:
+    """What each Hermes parser the server makes is fed: {parser: pieces}. The real parser runs."""
+    fed: dict[int, list[str]] = {}
+    real = HermesParser.feed
+
+    def counted(self: HermesParser, text: str):
+        fed.setdefault(id(self), []).append(text)
+        return real(self, text)
+
+    monkeypatch.setattr(HermesParser, "feed", counted)
+    return fed
+
+
+@pytest.mark.parametrize("api", ["chat", "messages", "responses"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reply_is_parsed_once(oai, tool_server, feeds, api, stream):
+    """One parser per request is fed the reply's text once, whole or streamed, in every API; the engine's cache
+    policy still learns that a session's reply called a tool (from that one parse, not a second of its own)."""
+    text = oai.chat.completions.create(model="tool", messages=ASK, max_tokens=20).choices[0].message.content
+    assert not feeds and "<tool_call>" in text  # without tools nothing is parsed
+    session = {"x-session-id": f"once-{api}-{stream}"}
+    if api == "chat":
+        r = oai.chat.completions.create(model="tool", messages=ASK, tools=[READ_FILE], max_tokens=20,
+                                        stream=stream, extra_headers=session)
+        names = [tc.function.name for ch in r for tc in ch.choices[0].delta.tool_calls or []] if stream else [
+            tc.function.name for tc in r.choices[0].message.tool_calls]
+    elif api == "messages":
+        a = anthropic.Anthropic(base_url=tool_server.url, api_key="none", max_retries=0)
+        r = a.messages.create(model="tool", max_tokens=20, messages=ASK, stream=stream, extra_headers=session,
+                              tools=[{"name": "read_file", "input_schema": READ_FILE["function"]["parameters"]}])
+        blocks = [e.content_block for e in r if e.type == "content_block_start"] if stream else r.content
+        names = [b.name for b in blocks if b.type == "tool_use"]
+    else:
+        r = oai.responses.create(model="tool", input=ASK[0]["content"], max_output_tokens=20, stream=stream,
+                                 tools=[{"type": "function", **READ_FILE["function"]}], extra_headers=session)
+        items = [e.item for e in r if e.type == "response.output_item.done"] if stream else r.output
+        names = [i.name for i in items if i.type == "function_call"]
+    assert names == ["read_file"]
+    assert len(feeds) == 1, f"{len(feeds)} parsers read the reply"
+    assert "".join(*feeds.values()) == text  # fed each piece of the text once
+    policy, number = tool_server.engine.llm.cache.policy, tool_server.engine.llm._sessions.get("/" + session["x-session-id"])
+    deadline = time.monotonic() + 10  # the kind crosses to the engine thread in its inbox
+    while policy.last_kind[number] != FINISH_TOOL and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert policy.last_kind[number] == FINISH_TOOL
 
 
 def test_anthropic_tool_use_whole_streamed_and_round_trip(tool_server):

@@ -125,6 +125,11 @@ class AgentAware(Policy):
         table = self.kinds[kind]
         return table if len(table.sorted) >= MIN_SAMPLES else self.pooled
 
+    def classify(self, session: int, finish: int) -> None:
+        """The kind its last release filed as unknown; a session serving again has filed its pause already."""
+        if session < len(self.last_release) and not self.serving[session]:
+            self.last_kind[session] = finish if 0 <= finish < N_KINDS else 0
+
     def on_acquire(self, hits: np.ndarray, ctx: AccessContext) -> None:
         s = ctx.session
         if s < 0:
