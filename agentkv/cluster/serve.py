@@ -124,6 +124,23 @@ def deployment(args: argparse.Namespace):
                             ).bind(args)
 
 
+class _TenantOf:
+    """The request's tenant in its state, where `TenantBytes` reads it, so the gateway caps a tenant's bytes in
+    flight as the single server does (not once per replica); a bad key is left to `Gateway.forward`'s 401."""
+
+    def __init__(self, app: Any, api_keys: dict[str, str] | None) -> None:
+        self.app, self.api_keys = app, api_keys
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        from agentkv.server.app import API_PATHS, tenant_of
+        from agentkv.server.errors import APIError
+
+        if scope["type"] == "http" and scope["path"].startswith(API_PATHS):
+            with contextlib.suppress(APIError):
+                scope.setdefault("state", {})["tenant"] = tenant_of(Request(scope), self.api_keys)
+        await self.app(scope, receive, send)
+
+
 class Gateway:
     """The HTTP front: every path goes to a replica the router picks, except /health and /metrics."""
 
@@ -159,11 +176,14 @@ class Gateway:
     def app(self) -> Starlette:
         from agentkv.server import errors
         from agentkv.server.guards import RequestLimits
+        from agentkv.server.tenant_bytes import TenantBytes
 
         app = Starlette(routes=[Route("/health", self.health), Route("/metrics", self.metrics),
                                 Route("/{path:path}", self.forward, methods=["GET", "POST"])],
                         middleware=[Middleware(RequestLimits, max_bytes=self.limits.max_body_bytes,
-                                               max_header_bytes=self.limits.max_header_bytes)])
+                                               max_header_bytes=self.limits.max_header_bytes),
+                                    Middleware(_TenantOf, api_keys=self.api_keys),
+                                    Middleware(TenantBytes, budget=self.limits.max_tenant_inflight_bytes)])
         errors.install(app)
         return app
 
