@@ -28,7 +28,7 @@ from torch import nn
 
 from agentkv.kernels.attention import AttentionBackend, AttentionMetadata, LayerKV
 from agentkv.model.config import ModelConfig
-from agentkv.model.llama import LlamaForCausalLM, RMSNorm, Rotary, yarn_mscale
+from agentkv.model.llama import DecoderLayer, LlamaForCausalLM, RMSNorm, Rotary, yarn_mscale
 from agentkv.model.moe import GatedMLP, SparseMoE
 
 BUDGET = 1 << 22  # elements of one context piece's scores or expanded keys and values (16 MiB in fp32)
@@ -174,18 +174,13 @@ class DeepseekV3MoE(SparseMoE):
         return super().forward(x) + self.shared_experts(x)
 
 
-class DeepseekV3Layer(nn.Module):
-    def __init__(self, cfg: ModelConfig, backend: AttentionBackend, layer: int) -> None:
-        super().__init__()
-        self.self_attn = MLAAttention(cfg, backend)
-        self.mlp = DeepseekV3MoE(cfg) if cfg.is_moe_layer(layer) else \
-            GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.activation)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+class DeepseekV3Layer(DecoderLayer):
+    def make_attention(self, cfg: ModelConfig, backend: AttentionBackend, layer: int) -> nn.Module:
+        return MLAAttention(cfg, backend)
 
-    def forward(self, x, positions, rotary, kv, meta):
-        x = x + self.self_attn(self.input_layernorm(x), positions, rotary, kv, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def make_mlp(self, cfg: ModelConfig, layer: int) -> nn.Module:
+        return DeepseekV3MoE(cfg) if cfg.is_moe_layer(layer) else \
+            GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.activation)
 
 
 class DeepseekV3ForCausalLM(LlamaForCausalLM):

@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from agentkv.kernels.attention import AttentionBackend
 from agentkv.model.config import ModelConfig
-from agentkv.model.llama import Attention, LlamaForCausalLM, RMSNorm
+from agentkv.model.llama import DecoderLayer, LlamaForCausalLM
 from agentkv.model.moe import dispatch
 
 
@@ -47,17 +46,9 @@ class GptOssMoE(nn.Module):
         return dispatch(x, chosen, torch.softmax(top, dim=-1), lambda e, rows, w: self.experts(e, rows) * w)
 
 
-class GptOssLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, backend: AttentionBackend, layer: int) -> None:
-        super().__init__()
-        self.self_attn = Attention(cfg, backend, layer)
-        self.mlp = GptOssMoE(cfg)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-    def forward(self, x, positions, rotary, kv, meta):
-        x = x + self.self_attn(self.input_layernorm(x), positions, rotary, kv, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+class GptOssLayer(DecoderLayer):
+    def make_mlp(self, cfg: ModelConfig, layer: int) -> nn.Module:
+        return GptOssMoE(cfg)
 
 
 class GptOssForCausalLM(LlamaForCausalLM):

@@ -162,12 +162,21 @@ def feed_forward(cfg: ModelConfig, layer: int) -> nn.Module:
 
 
 class DecoderLayer(nn.Module):
+    """A pre-norm residual block; a family that changes only its attention or MLP overrides `make_attention` /
+    `make_mlp` (the module names stay the checkpoints' own)."""
+
     def __init__(self, cfg: ModelConfig, backend: AttentionBackend, layer: int) -> None:
         super().__init__()
-        self.self_attn = Attention(cfg, backend, layer)
-        self.mlp = feed_forward(cfg, layer)
+        self.self_attn = self.make_attention(cfg, backend, layer)
+        self.mlp = self.make_mlp(cfg, layer)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def make_attention(self, cfg: ModelConfig, backend: AttentionBackend, layer: int) -> nn.Module:
+        return Attention(cfg, backend, layer)
+
+    def make_mlp(self, cfg: ModelConfig, layer: int) -> nn.Module:
+        return feed_forward(cfg, layer)
 
     def forward(self, x, positions, rotary, kv, meta):
         x = x + self.self_attn(self.input_layernorm(x), positions, rotary, kv, meta)
