@@ -4,9 +4,10 @@ Sessions are closed loops: a session's first request arrives when the arrival mo
 request a think time after the previous reply completes (the trace's think time, or its gap less the recorded
 service time), so a slow deployment slows its agents down as it would in life. Each replica runs the same
 `Scheduler` over its own `KVCache` as the engine does; a step lasts what the step-cost model says, plus tier
-transfers where they do not overlap. Decode-only stretches with nothing else due are advanced in one leap: to the
-first step at which a sequence finishes or needs a block. Arrivals elsewhere do not end it; one routed to the
-leaping replica cuts it at the step in progress, where a step-by-step run would admit it, and the router sees
+transfers where they do not overlap. Decode-only stretches with nothing else due are advanced in one leap: through
+the first step at which a sequence finishes (that step's accounting, the finish included, runs at the leap's end)
+or to the first that needs a block the GPU tier cannot reserve. Arrivals elsewhere do not end it; one routed to
+the leaping replica cuts it at the step in progress, where a step-by-step run would admit it, and the router sees
 the steps done so far.
 """
 
@@ -86,7 +87,7 @@ class _Replica:
         leap = self.leap
         if leap is None:
             return
-        done = min(leap.steps, int((now - leap.start) / leap.per_step))
+        done = min(leap.steps - leap.finishes, int((now - leap.start) / leap.per_step))
         if done > leap.applied:
             for q in self.sched.running:
                 q.computed += done - leap.applied
@@ -98,7 +99,8 @@ class _Replica:
 class _Leap:
     """Decode steps a replica runs in one event: `steps` of `per_step` seconds from `start`, priced at mid-leap
     context (`cost`, `ahead` steps past the start); `applied` of them already applied; `event` names the step
-    completion that ends it (a cut leaves the earlier one stale)."""
+    completion that ends it (a cut leaves the earlier one stale); `finishes`: its last step finishes a sequence
+    (that step is applied by the scheduler's own accounting when the leap lands)."""
 
     start: float
     per_step: float
@@ -106,6 +108,7 @@ class _Leap:
     cost: StepCost
     ahead: int
     event: int
+    finishes: bool
     applied: int = 0
 
 
@@ -211,26 +214,31 @@ class Simulator:
         if plan is None:
             if rep.leap is None or rep.leap.event != order:
                 return  # a leap's end that a cut moved earlier
-            self._land(rep)
+            self._land(rep, now)
         else:
-            for seq in rep.sched.postprocess(plan, now):
-                self.open -= 1
-                self.records.record(seq)
-                self._next_in_session(seq.seq_id, now)
+            self._finished(rep.sched.postprocess(plan, now), now)
             if self._leap(r, now):
                 return
         self._start_step(r, now)
 
+    def _finished(self, seqs: list[Sequence], now: float) -> None:
+        for seq in seqs:
+            self.open -= 1
+            self.records.record(seq)
+            self._next_in_session(seq.seq_id, now)
+
     def _leap(self, r: int, now: float) -> bool:
-        """Start a decode-only stretch as one event, to the step at which a sequence finishes or needs a block."""
+        """Start a decode-only stretch as one event, through the step at which a sequence finishes, or to the one
+        that needs a block."""
         rep = self.replicas[r]
-        k = _reserve_ahead(rep, *_decode_leap(rep.sched), now)
+        to_finish, fits = _decode_leap(rep.sched)
+        k = _reserve_ahead(rep, to_finish, fits, now)
         if k < 2:
             return False
         mid = k // 2
         cost = step_cost(StepShape(decodes=tuple(q.computed + 1 + mid for q in rep.sched.running)), self.d)
         self._push_step(now + k * cost.total, r, None)
-        rep.leap = _Leap(now, cost.total, k, cost, mid, self._order)
+        rep.leap = _Leap(now, cost.total, k, cost, mid, self._order, finishes=k == to_finish)
         return True
 
     def _cut(self, r: int, now: float) -> None:
@@ -238,21 +246,25 @@ class Simulator:
         leap = self.replicas[r].leap
         done = min(leap.steps, max(leap.applied, math.ceil((now - leap.start) / leap.per_step)))
         if done < leap.steps:
-            leap.steps = done
+            leap.steps, leap.finishes = done, False
             self._push_step(leap.start + done * leap.per_step, r, None)
             leap.event = self._order
 
-    def _land(self, rep: _Replica) -> None:
-        """A leap ended: its steps applied, priced and attributed."""
+    def _land(self, rep: _Replica, now: float) -> None:
+        """A leap ended: its steps applied, priced and attributed; a last step that finishes a sequence applied by
+        the scheduler's accounting of a decode step (commits, the finish, its release)."""
         leap, running = rep.leap, rep.sched.running
         attribute(leap.cost, [], running, self.totals, steps=leap.steps, ahead=leap.ahead - leap.applied)
+        plain = leap.steps - leap.finishes - leap.applied
         for q in running:
-            q.computed += leap.steps - leap.applied
-            q.generated += leap.steps - leap.applied
+            q.computed += plain
+            q.generated += plain
         self.totals["steps"] += leap.steps
         self.totals["decode_tokens"] += leap.steps * len(running)
         rep.busy_s += leap.steps * leap.per_step
         rep.leap = None
+        if leap.finishes:
+            self._finished(rep.sched.postprocess(StepPlan(decodes=list(running)), now), now)
 
     def _result(self, wall: float, offered: float) -> SimResult:
         res, trace, totals = self.records, self.trace, self.totals
@@ -272,14 +284,14 @@ class Simulator:
 
 
 def _decode_leap(sched: Scheduler) -> tuple[int, int]:
-    """(decode-only steps before a sequence finishes, of those how many fit the blocks held) with this exact
-    composition (nobody could be admitted meanwhile); (0, 0) where a step must be scheduled."""
+    """(decode-only steps through the first that finishes a sequence, of those how many fit the blocks held)
+    with this exact composition (nobody could be admitted meanwhile); (0, 0) where a step must be scheduled."""
     if not sched.running or any(s.in_prefill for s in sched.running):
         return 0, 0
     if sched.waiting and not sched.head_blocked:
         return 0, 0  # the head of the queue might be admitted at the next step
     bs = sched.cfg.block_size
-    to_finish = max(0, min(s.max_tokens - s.generated - 1 for s in sched.running))
+    to_finish = max(0, min(s.max_tokens - s.generated for s in sched.running))
     return to_finish, min(to_finish, min(s.blocks_held * bs - s.computed for s in sched.running))
 
 
