@@ -101,6 +101,15 @@ class KVCache:
         n = int(np.argmin(present)) if len(ids) and not present.all() else len(ids)
         return n, _lowest_bit(self.where[ids[:n]])
 
+    def held_prefix(self, ids: np.ndarray) -> int:
+        """Length of the leading run of `ids` held by some tier: `lookup`'s first half (a router asks every
+        replica's cache about every prompt, and needs no more)."""
+        if not len(ids):
+            return 0
+        self._ensure(ids)
+        absent = np.flatnonzero(self.where[ids] == 0)
+        return int(absent[0]) if len(absent) else len(ids)
+
     def tier_of(self, ids: np.ndarray) -> np.ndarray:
         """Best tier holding each id, -1 where none does."""
         ids = np.asarray(ids, dtype=np.int64)

@@ -14,10 +14,10 @@ from agentkv.workload.generator import GeneratorConfig, generate
 def test_ids_numbered_in_order_of_first_sight_and_stable():
     local = LocalIds()
     far = np.array([5, 6, 7, 50 * PAGE + 1, 50 * PAGE + 2], dtype=np.int64)
-    np.testing.assert_array_equal(local.assign(far), [0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(local.assign(PagedIds.of(far)), [0, 1, 2, 3, 4])
     again = np.array([5, 6, 9, 7], dtype=np.int64)
-    np.testing.assert_array_equal(local.assign(again), [0, 1, 5, 2])
-    np.testing.assert_array_equal(local.lookup(np.array([9, 8, 50 * PAGE + 2])), [5, UNSEEN, 4])
+    np.testing.assert_array_equal(local.assign(PagedIds.of(again)), [0, 1, 5, 2])
+    np.testing.assert_array_equal(local.lookup(PagedIds.of(np.array([9, 8, 50 * PAGE + 2]))), [5, UNSEEN, 4])
     np.testing.assert_array_equal(local.seen_prefix(PagedIds.of(np.array([5, 6, 8, 7]))), [0, 1])  # to the first unseen
     assert len(local.pages) == 2  # only the pages it saw
 
