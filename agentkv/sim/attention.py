@@ -40,11 +40,6 @@ class GroupCost:
     state_bytes: float  # linear: per sequence
     score_heads: float  # layers × heads: the score matrices naive attention writes
 
-    @property
-    def per_sequence(self) -> bool:
-        """A decode's keys depend on its own context (a window, chunk, compression or top-k bounds them)."""
-        return self.kind != "linear" and not (self.bound == INF and self.top_k == INF and self.ratio == 1)
-
     @staticmethod
     def of(g: LayerGroup, m: ModelSpec, codec: CodecSpec, block_size: int, tp: int) -> GroupCost:
         bounded = g.kind in ("sliding", "chunked")
@@ -136,24 +131,74 @@ def prefill_work(g: GroupCost, s: int, n: int, tile: int) -> Work:
                 g.score_heads * (pairs + raw), g.prefill_flops_per_pair * n)
 
 
-def decode_work(g: GroupCost, contexts: np.ndarray | None, k: int, total: float, queries: int = 1) -> Work:
-    """`queries` tokens (1, or a speculative verification's) for each of k decodes: from their summed context
-    `total` where every key is seen (full, MLA), else from their contexts (an array, priced in a few vectorised
-    operations whatever the batch). A decode's queries share one read of its KV (one query tile) and see about
-    its context each; FLOPs and score elements grow with them."""
+class DecodeTable:
+    """Every layer group's decode work as one linear map, built once per deployment, so a step's decodes are
+    priced in a few vectorised operations whatever the batch and however many groups the model has. A decode at
+    context x sees min(x, cap) / ratio entries of a group whose window, chunk or top-k caps it (x / ratio where
+    nothing does), min(x, window) raw keys of a compressed group, ((x - 1) mod W) + 1 keys of a chunked one, and
+    its indexer scores x / ratio entries; a linear group updates a fixed state. So each Work field is a sum over
+    columns of Σ min(x, cap) over the decodes (one column per distinct cap), Σ chunk position (one per chunk
+    size), Σ x and the number of decodes, times constants (`coef`). A decode's queries (1, or a speculative
+    verification's) share one read of its KV (one query tile); FLOPs and score elements grow with them."""
+
+    __slots__ = ("caps", "chunks", "coef", "per_sum")
+
+    def __init__(self, groups: tuple[GroupCost, ...]) -> None:
+        caps = sorted({c for g in groups for c in _caps(g)})
+        chunks = sorted({g.bound for g in groups if g.kind == "chunked"})
+        columns = [*(("cap", c) for c in caps), *(("chunk", w) for w in chunks), ("total", 0), ("k", 0)]
+        where = {col: i for i, col in enumerate(columns)}
+        coef = np.zeros((5, len(columns)))  # rows: flops, io_bytes, naive_bytes, scores, query_flops
+        for g in groups:
+            for column, weight, row in _terms(g):
+                coef[:, where[column]] += weight * np.asarray(row)
+        self.caps = np.array(caps, dtype=float)[:, None]
+        self.chunks = np.array(chunks, dtype=float)[:, None]
+        self.coef = coef
+        self.per_sum = [(float(a), float(b)) for a, b in coef[:, -2:]]  # (per Σ x, per decode), each field
+
+    @property
+    def needs_contexts(self) -> bool:
+        """Some group bounds what a decode sees: the contexts one by one, not only their sum."""
+        return bool(len(self.caps) or len(self.chunks))
+
+    def work(self, contexts: np.ndarray | None, k: int, total: float, queries: int = 1) -> Work:
+        """The decodes' work: `contexts` (an array) where `needs_contexts`, else only their count and sum."""
+        if contexts is None:  # plain Python: a few numbers, no array worth building
+            flops, io, naive, scores, query_flops = (a * total + b * k for a, b in self.per_sum)
+        else:
+            parts = [np.minimum(contexts, self.caps).sum(axis=1)] if len(self.caps) else []
+            if len(self.chunks):
+                parts.append(np.where(contexts > 0, (contexts - 1) % self.chunks + 1, 0.0).sum(axis=1))
+            flops, io, naive, scores, query_flops = (self.coef @ np.concatenate([*parts, (total, k)])).tolist()
+        return Work(queries * flops, io, naive, queries * scores, queries * query_flops)
+
+
+def _caps(g: GroupCost) -> list[float]:
+    """The caps on a decode's context a group's work sums over (see DecodeTable)."""
+    if g.kind in ("linear", "chunked"):
+        return []
+    seen = g.ratio * min(g.bound, g.top_k)
+    return [c for c in (seen, g.raw_window or INF) if c < INF]
+
+
+def _terms(g: GroupCost) -> list[tuple[tuple[str, float], float, tuple[float, ...]]]:
+    """(column, weight, per-field constants) of a group's decode work (see DecodeTable)."""
     if g.kind == "linear":
-        return Work(LINEAR_FLOPS_PER_STATE_BYTE * g.state_bytes * k * queries, 2 * g.state_bytes * k,
-                    2 * g.state_bytes * k)
-    if g.per_sequence:
-        assert contexts is not None
-        seen = float(_seen(g, contexts).sum())
-        raw = float(np.minimum(contexts, g.raw_window).sum()) if g.raw_window else 0.0
+        return [(("k", 0), 1.0, (LINEAR_FLOPS_PER_STATE_BYTE * g.state_bytes, 2 * g.state_bytes,
+                                 2 * g.state_bytes, 0.0, 0.0))]
+    key = (g.flops_per_pair, g.entry_bytes, g.entry_bytes, g.score_heads, 0.0)
+    if g.kind == "chunked":
+        seen = (("chunk", g.bound), 1.0)
     else:
-        seen, raw = total, 0.0
-    scored = total / g.ratio if g.index_flops else 0.0
-    io = seen * g.entry_bytes + raw * g.raw_bytes + scored * g.index_bytes
-    return Work(queries * (g.flops_per_pair * (seen + raw) + g.index_flops * scored), io, io,
-                queries * g.score_heads * (seen + raw), queries * g.flops_per_pair * k)
+        cap = g.ratio * min(g.bound, g.top_k)
+        seen = (("cap", cap) if cap < INF else ("total", 0), 1.0 / g.ratio)
+    terms = [(*seen, key), (("k", 0), 1.0, (0.0, 0.0, 0.0, 0.0, g.flops_per_pair))]
+    if g.raw_window:
+        terms.append((("cap", g.raw_window), 1.0, (g.flops_per_pair, g.raw_bytes, g.raw_bytes, g.score_heads, 0.0)))
+    if g.index_flops:
+        terms.append((("total", 0), 1.0 / g.ratio, (g.index_flops, g.index_bytes, g.index_bytes, 0.0, 0.0)))
+    return terms
 
 
 def write_bytes_per_token(groups: tuple[GroupCost, ...]) -> float:

@@ -31,9 +31,9 @@ import numpy as np
 from agentkv.catalog import HardwareSpec, ModelSpec
 from agentkv.kvcache.sizing import BLOCK_SIZE, CodecSpec, kv_bytes
 from agentkv.sim.attention import (
+    DecodeTable,
     GroupCost,
     Work,
-    decode_work,
     group_costs,
     prefill_work,
     write_bytes_per_token,
@@ -157,6 +157,7 @@ class Deployment:
     # derived once (the simulator prices a million steps a report)
     weight_bytes: float = field(init=False, repr=False, compare=False)  # stored across the replica
     groups: tuple[GroupCost, ...] = field(init=False, repr=False, compare=False)
+    decode_table: DecodeTable = field(init=False, repr=False, compare=False)  # every group's decodes at once
     write_bytes_per_token: float = field(init=False, repr=False, compare=False)
     flops: float = field(init=False, repr=False, compare=False)  # dense peak of the replica at the weights' rate
     expert_flops: float = field(init=False, repr=False, compare=False)  # the same at the experts' rate
@@ -184,6 +185,7 @@ class Deployment:
         object.__setattr__(self, "weight_bytes", (m.dense_params * self.dense_bytes * dense_copies
                                                   + m.routed_params * self.expert_bytes) * (1.0 + draft))
         object.__setattr__(self, "groups", group_costs(m, self.kv_codec, BLOCK_SIZE, self.kv_ranks))
+        object.__setattr__(self, "decode_table", DecodeTable(self.groups))
         object.__setattr__(self, "write_bytes_per_token", write_bytes_per_token(self.groups))
         object.__setattr__(self, "flops", self.tp * self.hardware_rate(self.weight_dtype))
         object.__setattr__(self, "expert_flops", self.tp * self.hardware_rate(self.expert_dtype or self.weight_dtype))
@@ -259,19 +261,19 @@ class StepCost:
 
 
 def attention_work(shape: StepShape, d: Deployment) -> tuple[Work, Work]:
-    """The step's attention work for its prefill chunks and for its decodes, summed over the layer groups: the
-    decodes in one vectorised call per group (no loop over sequences; an array only where a group bounds what a
-    decode sees), the few prefill chunks one by one."""
-    tile, decodes = d.coefficients.query_tile, shape.decodes
+    """The step's attention work for its prefill chunks and for its decodes: the decodes in one vectorised call
+    for every layer group (`attention.DecodeTable`: no loop over sequences or groups; an array of contexts only
+    where a group bounds what a decode sees), the few prefill chunks one by one, group by group."""
+    tile, decodes, table = d.coefficients.query_tile, shape.decodes, d.decode_table
     k = len(decodes)
-    total = float(decodes.sum() if isinstance(decodes, np.ndarray) else sum(decodes))
-    contexts = np.asarray(decodes, dtype=float) if k and any(g.per_sequence for g in d.groups) else None
     pre, dec = Work(), Work()
     for g in d.groups:
         for n, start in shape.prefills:
             pre.add(prefill_work(g, start, n, tile))
-        if k:
-            dec.add(decode_work(g, contexts, k, total, shape.decode_queries))
+    if k:
+        total = float(decodes.sum() if isinstance(decodes, np.ndarray) else sum(decodes))
+        contexts = np.asarray(decodes, dtype=float) if table.needs_contexts else None
+        dec = table.work(contexts, k, total, shape.decode_queries)
     return pre, dec
 
 

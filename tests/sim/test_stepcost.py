@@ -158,3 +158,33 @@ def test_fp4_weights_use_fp4_tensor_cores_where_the_hardware_has_them():
     m = mixed.model
     assert mixed.weight_bytes == pytest.approx(m.dense_params * 1.0 + m.routed_params * 0.5625)
     assert mixed.expert_flops == 8 * 9000e12 and mixed.flops == 8 * 4500e12
+
+
+def per_sequence_decode_work(g, x: float, queries: int) -> tuple[float, ...]:
+    """One decode's work in one layer group, from the layer kinds' definitions (attention.py's docstring)."""
+    from agentkv.sim.attention import LINEAR_FLOPS_PER_STATE_BYTE, _seen
+
+    if g.kind == "linear":
+        return (LINEAR_FLOPS_PER_STATE_BYTE * g.state_bytes * queries, 2 * g.state_bytes, 2 * g.state_bytes, 0, 0)
+    seen, raw = _seen(g, x), min(x, g.raw_window)
+    scored = x / g.ratio if g.index_flops else 0.0
+    io = seen * g.entry_bytes + raw * g.raw_bytes + scored * g.index_bytes
+    return (queries * (g.flops_per_pair * (seen + raw) + g.index_flops * scored), io, io,
+            queries * g.score_heads * (seen + raw), queries * g.flops_per_pair)
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "gemma-3-27b", "llama-4-scout", "qwen3-next-80b-a3b",
+                                  "gpt-oss-120b", "deepseek-v3.2", "deepseek-v4-flash"])
+@pytest.mark.parametrize("queries", [1, 4])
+def test_decode_table_is_the_sum_of_every_decode_in_every_group(name, queries):
+    """Full, sliding, chunked, linear, MLA, sparse top-k and compressed groups, at contexts below and above
+    their windows, chunks and caps."""
+    import numpy as np
+
+    d = dep("h200", name)
+    contexts = np.array([1, 7, 127, 128, 129, 1000, 8191, 8192, 8193, 70_000, 300_000], dtype=float)
+    want = np.sum([per_sequence_decode_work(g, x, queries) for g in d.groups for x in contexts], axis=0)
+    table = d.decode_table
+    w = table.work(contexts if table.needs_contexts else None, len(contexts), float(contexts.sum()), queries)
+    got = (w.flops, w.io_bytes, w.naive_bytes, w.scores, w.query_flops)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
