@@ -1,10 +1,15 @@
-"""Simulated requests per second: the 195 shared Claude Code sessions served on modelled deployments.
+"""Simulated requests per second: the 195 shared Claude Code sessions served on modelled deployments, and one
+capacity probe of the report.
 
 Baseline (same run): the offline replay of the same requests through the same policy core with no clock
 (`cache sweep`'s loop), i.e. what timing, batching and the step-cost model add on top of cache decisions. With
 `--against COMMIT`, also the same simulations at that commit (checked out into a temporary git worktree) and at
 this code, each in a child process, timed in CPU seconds (the figure to compare on a shared machine): the speed-up
 of the code since, on the same machine in the same run.
+The report case is what `agentkv report` simulates ~80 times per report: its default deployment for a generated
+trace (DeepSeek-V4-Flash, int4 weights, TP2 on h200: `report.models.choose_model`'s pick for it), the +DRAM-tier
+rung, one replica, 20 concurrent sessions, on `REPORT_CASE_SESSIONS` generated sessions (each side generates
+them with its own code: compare requests per CPU-second where the trace differs).
 Run: .venv/bin/python -m bench.simulator [--against COMMIT]
 """
 
@@ -26,14 +31,17 @@ from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.replay import replay
 from agentkv.kvcache.sizing import codec, kv_bytes_per_block
 from agentkv.kvcache.tiers import TierSpec
+from agentkv.report.ladder import LADDER, DeploymentSpec, rung_config
 from agentkv.sim.simulator import SimConfig, SimResult, simulate
 from agentkv.sim.stepcost import Deployment
 from agentkv.workload import load_trace
 from agentkv.workload.arrivals import ArrivalModel, place, replay_order
+from agentkv.workload.generator import GeneratorConfig, generate
 from agentkv.workload.trace import Trace
 from bench._common import TRACES, machine
 
 CASES = (("bf16", 2, 20), ("int4", 2, 20), ("int4", 8, 200))  # KV codec, replicas, concurrent sessions
+REPORT_CASE_SESSIONS = 100
 ROOT = Path(__file__).resolve().parents[1]
 
 # One simulation per case, through APIs every commit since the simulator has kept (so a baseline commit runs it).
@@ -50,13 +58,28 @@ for kv, replicas, conc in json.loads(sys.argv[2]):
     d = Deployment(hardware("h200"), model("llama-3.1-8b"), codec(kv))
     cpu = time.process_time()
     res = simulate(trace, SimConfig(d, replicas=replicas, policy="lru", arrival=ArrivalModel("concurrency", conc)))
-    print(json.dumps({"cpu": time.process_time() - cpu, "hit": res.hit_rate}), flush=True)
+    print(json.dumps({"cpu": time.process_time() - cpu, "hit": res.hit_rate, "requests": trace.n_requests}),
+          flush=True)
+from agentkv.report.ladder import LADDER, DeploymentSpec, rung_config
+from agentkv.workload.generator import GeneratorConfig, generate
+trace = generate(GeneratorConfig(sessions=int(sys.argv[3])))
+spec = DeploymentSpec(model="deepseek-v4-flash", tp=2, weight_dtype="int4")
+cpu = time.process_time()
+res = simulate(trace, rung_config(spec, LADDER[5], ArrivalModel("concurrency", 20.0), 1))
+print(json.dumps({"cpu": time.process_time() - cpu, "hit": res.hit_rate, "requests": trace.n_requests}), flush=True)
 """
 
 
 def simulated(trace: Trace, kv: str, replicas: int, conc: int) -> SimResult:
     d = Deployment(hardware("h200"), model("llama-3.1-8b"), codec(kv))
     return simulate(trace, SimConfig(d, replicas=replicas, policy="lru", arrival=ArrivalModel("concurrency", conc)))
+
+
+def report_case() -> tuple[Trace, SimConfig]:
+    """The report's capacity probe (see the module docstring)."""
+    trace = generate(GeneratorConfig(sessions=REPORT_CASE_SESSIONS))
+    spec = DeploymentSpec(model="deepseek-v4-flash", tp=2, weight_dtype="int4")
+    return trace, rung_config(spec, LADDER[5], ArrivalModel("concurrency", 20.0), 1)
 
 
 def clockless_replay_s(trace: Trace, kv: str, conc: int) -> float:
@@ -84,7 +107,8 @@ def markdown() -> str:
 
 def cpu_seconds(root: Path, trace_path: str) -> list[dict]:
     """CPU seconds and hit rate of each case simulated by the code under `root`, in a child process."""
-    p = subprocess.run([sys.executable, "-c", _SIMULATE, trace_path, json.dumps(CASES)], capture_output=True,
+    p = subprocess.run([sys.executable, "-c", _SIMULATE, trace_path, json.dumps(CASES), str(REPORT_CASE_SESSIONS)],
+                       capture_output=True,
                        text=True, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, cwd=root)
     if p.returncode:
         sys.exit(f"simulations at {root}: {p.stderr.strip().splitlines()[-1]}")
@@ -102,9 +126,11 @@ def against(commit: str, trace_path: str) -> None:
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True)
     now = cpu_seconds(ROOT, trace_path)
-    for (kv, replicas, conc), new, old in zip(CASES, now, before, strict=True):
-        print(f"  {kv} KV, {replicas} replicas, {conc} sessions: {new['cpu']:.1f} CPU-s here, {old['cpu']:.1f} at "
-              f"{commit} -> {old['cpu'] / new['cpu']:.2f}x; hit {100 * new['hit']:.1f}% / {100 * old['hit']:.1f}%")
+    names = [f"{kv} KV, {replicas} replicas, {conc} sessions" for kv, replicas, conc in CASES]
+    for name, new, old in zip([*names, "report probe"], now, before, strict=True):
+        rate, was = new["requests"] / new["cpu"], old["requests"] / old["cpu"]
+        print(f"  {name}: {new['cpu']:.2f} CPU-s here ({rate:,.0f} requests/CPU-s), {old['cpu']:.2f} at {commit} "
+              f"({was:,.0f}) -> {rate / was:.2f}x; hit {100 * new['hit']:.1f}% / {100 * old['hit']:.1f}%")
 
 
 def main() -> int:
@@ -120,6 +146,13 @@ def main() -> int:
         print(f"  {kv} KV, {replicas} replicas, {conc} sessions: {res.wall_s:5.1f} s = "
               f"{trace.n_requests / res.wall_s:6.0f} requests/s, {res.steps:,} steps "
               f"({res.wall_s / base:4.1f}x the clockless replay's {base:.1f} s); hit {100 * res.hit_rate:.1f}%")
+    trace, cfg = report_case()
+    cpu = time.process_time()
+    res = simulate(trace, cfg)
+    cpu = time.process_time() - cpu
+    print(f"  report probe ({cfg.deployment.model.name}, {cfg.deployment.mode}, +DRAM tier, 1 replica, 20 sessions of "
+          f"{REPORT_CASE_SESSIONS} generated, {trace.n_requests:,} requests): {cpu:.2f} CPU-s = "
+          f"{trace.n_requests / cpu:,.0f} requests/CPU-s, {res.steps:,} steps; hit {100 * res.hit_rate:.1f}%")
     if args.against:
         against(args.against, str(TRACES / "claude-code"))
     return 0

@@ -90,52 +90,6 @@ class LocalIds:
         return self.lookup(paged)
 
 
-class SeenBy:
-    """Which replicas of a fleet (up to 64) have seen each global id, a bit per replica in pages as `LocalIds`: an
-    upper bound on the prompt prefix every replica's cache can hold, found for the whole fleet in one pass, so the
-    router asks only the replicas that bound leaves in the running (`router.Router.pick`)."""
-
-    def __init__(self, replicas: int) -> None:
-        if not 0 < replicas <= MAX_SEEN_BY:
-            raise ValueError(f"SeenBy tracks 1 to {MAX_SEEN_BY} replicas, not {replicas}")
-        self.replicas = replicas
-        self.dtype = next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if np.iinfo(t).bits >= replicas)
-        self.pages: dict[int, np.ndarray] = {}
-
-    def mark(self, paged: PagedIds, replica: int) -> None:
-        bit = self.dtype(1 << replica)
-        for p, a, b in paged.runs:
-            table = self.pages.get(p)
-            if table is None:
-                table = self.pages[p] = np.zeros(PAGE, dtype=self.dtype)
-            table[paged.offsets[a:b]] |= bit
-
-    def prefixes(self, paged: PagedIds) -> list[int]:
-        """For each replica, how many of the prompt's leading ids it has seen."""
-        parts: list[np.ndarray] = []
-        for p, a, b in paged.runs:
-            table = self.pages.get(p)
-            if table is None:
-                break
-            parts.append(table[paged.offsets[a:b]])
-        seen = [0] * self.replicas
-        if not parts:
-            return seen
-        run = np.bitwise_and.accumulate(np.concatenate(parts))  # bit r stays set while replica r saw every id
-        ends = [*(np.flatnonzero(run[1:] != run[:-1]) + 1).tolist(), len(run)]
-        starts = [0, *ends[:-1]]
-        for a, b in zip(starts, ends, strict=True):
-            lost = int(run[a]) & ~(int(run[b]) if b < len(run) else 0)
-            while lost:
-                r = (lost & -lost).bit_length() - 1
-                seen[r] = b
-                lost &= lost - 1
-        return seen
-
-
-MAX_SEEN_BY = 64
-
-
 def _page_runs(ids: np.ndarray) -> list[tuple[int, int, int]]:
     """(page, start, end) of each run of `ids` on one page, in order."""
     if not len(ids):

@@ -26,15 +26,13 @@ from agentkv.kvcache.sizing import kv_bytes_per_block, state_bytes
 from agentkv.kvcache.tiers import TIER_LINKS, TierSpec
 from agentkv.scheduler import Scheduler, SchedulerConfig, Sequence, StepPlan
 from agentkv.scheduler.scheduler import blocks_for
-from agentkv.sim.local_ids import MAX_SEEN_BY, LocalIds, PagedIds, SeenBy
+from agentkv.sim.local_ids import LocalIds, PagedIds
 from agentkv.sim.pricing import attribute, price_step
 from agentkv.sim.result import Records, SimResult
 from agentkv.sim.router import Router
 from agentkv.sim.stepcost import Deployment, StepCost, StepShape, step_cost
 from agentkv.workload.arrivals import ArrivalModel, offered_seconds, place
 from agentkv.workload.trace import Trace
-
-BOUNDED = ("prefix-aware", "session")  # routers that weigh what each replica holds: bounded by SeenBy
 
 
 @dataclass(slots=True, frozen=True)
@@ -132,7 +130,6 @@ class Simulator:
         self.replicas = [_Replica(cfg, trace.block_size, r, prompt) for r in range(cfg.replicas)]
         self.router = Router(cfg.router)
         self.prompt = prompt
-        self.seen_by = SeenBy(cfg.replicas) if 1 < cfg.replicas <= MAX_SEEN_BY and cfg.router in BOUNDED else None
         self.pause = agent_pauses(self.trace)
         self.records = Records(trace.n_requests, len(self.replicas[0].cache.tiers))
         self.totals = dict(prefill=0.0, decode=0.0, cached=0.0, transfer=0.0, steps=0, prefill_tokens=0,
@@ -178,11 +175,8 @@ class Simulator:
         for rep in self.replicas:
             rep.catch_up(now)
         paged = self.prompt[0] = PagedIds.of(seq.block_ids)  # split by page once: see _Replica.cached_prefix
-        bounds = self.seen_by.prefixes(paged) if self.seen_by else None
-        r = self.router.pick(self.replicas, seq.block_ids, seq.prompt_len, trace.block_size, seq.session, bounds)
+        r = self.router.pick(self.replicas, seq.block_ids, seq.prompt_len, trace.block_size, seq.session)
         res.arrival[i], res.replica[i] = now, r
-        if self.seen_by:
-            self.seen_by.mark(paged, r)
         seq.block_ids = self.replicas[r].ids.assign(paged)
         try:
             self.replicas[r].sched.add(seq)
