@@ -33,7 +33,7 @@ def price_step(batch: StepPlan, d: Deployment, links: list[str], block_bytes: in
         if mv.kind != "drop":
             link = links[max(mv.src, mv.dst)]  # the slower end's link
             moved[link] = moved.get(link, 0.0) + len(mv.blocks) * block_bytes
-    transfer = transfer_seconds(moved, d)
+    transfer = transfer_seconds(moved, d) if moved else 0.0
     secs = max(total, transfer) if d.overlap_transfers else total + transfer
     attribute(cost, chunks, batch.decodes, totals)
     totals["transfer"] += secs - total
