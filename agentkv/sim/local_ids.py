@@ -77,13 +77,11 @@ class LocalIds:
             fresh = fresh[np.argsort(first, kind="stable")]
         numbers = np.arange(self.n, self.n + len(fresh), dtype=np.int32)
         self.n += len(fresh)
-        page = fresh >> PAGE_BITS
-        for p in np.unique(page).tolist():
-            on = page == p
+        for p, a, b in _page_runs(fresh):  # a session's new blocks: one run or two
             table = self.pages.get(p)
             if table is None:
                 table = self.pages[p] = np.full(PAGE, UNSEEN, dtype=np.int32)
-            table[fresh[on] & (PAGE - 1)] = numbers[on]
+            table[fresh[a:b] & (PAGE - 1)] = numbers[a:b]
         if ascending:
             local[new] = numbers
             return local
