@@ -17,6 +17,8 @@ router, a mispriced step, a cache that stops hitting):
 - p50 / p90 TTFT and TPOT within 5%;
 - the fleet's busy GPU-seconds and the makespan within 2%;
 - the prefill and decode tokens computed within 2%.
+At session 11's code the largest move is the tight-tier case's p90 TTFT (−4.7%, deterministic there: the same
+under a 1e-3 change of the step overhead); the other four deployments agree to four digits.
 """
 
 from __future__ import annotations
