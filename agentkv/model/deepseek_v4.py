@@ -1,4 +1,4 @@
-"""DeepSeek-V4 (`DeepseekV4ForCausalLM`) in plain PyTorch, over one whole sequence at a time (no pages yet).
+"""DeepSeek-V4 (`DeepseekV4ForCausalLM`) in plain PyTorch, over paged KV like the other families.
 
 As transformers 5.25's model computes it (the semantics were read there; the parameter names are the published
 checkpoint's, which transformers writes back):
@@ -13,8 +13,9 @@ checkpoint's, which transformers writes back):
 - MoE on every layer: sqrt(softplus) scores, top k by bias-corrected score (or, on the first hash layers, the
   experts a fixed token-id table names), weights renormalised and scaled; SwiGLU experts clamped to
   `swiglu_limit`, plus shared experts.
-The engine cannot run it yet: its compressed entries need their own page group and a rewind to the last
-compression boundary on a prefix hit (docs/ARCHITECTURE.md, "DeepSeek-V4"); `model/loader.py` says so.
+Over pages (docs/ARCHITECTURE.md, "DeepSeek-V4 in the engine"): every layer's raw keys in the sliding page group,
+the compressed entries (and CSA indexer keys, fp4) in the pool's pages, each compressor's unfinished window in a
+tail per running sequence; attention is `kernels/compressed_attention.py`'s.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agentkv.kernels.attention import AttentionBackend
+from agentkv.kernels.attention import AttentionBackend, AttentionMetadata
+from agentkv.kernels.compressed_attention import Tail, V4LayerKV, attend, read_window, spans
 from agentkv.model.config import ModelConfig
 from agentkv.model.deepseek_config import CompressedShape
 from agentkv.model.llama import RMSNorm, Rotary
@@ -47,7 +49,10 @@ def rotate(rotary: Rotary, x: torch.Tensor, positions: torch.Tensor) -> torch.Te
 class Compressor(nn.Module):
     """One compressed entry per `ratio` tokens: a softmax-gated pool (gate + a learned bias per slot) of the window's
     projections, normed and rotated at the window's first position. `overlap` (CSA): each token projects twice,
-    and entry w pools window w-1's first half with window w's second (width 2 x ratio, stride ratio)."""
+    and entry w pools window w-1's first half with window w's second (width 2 x ratio, stride ratio).
+
+    Over pages, a window closes in a later step than most of its tokens ran in: their projections wait in the
+    sequence's tail (`Tail`), and an entry is written to the pool's pages when its window closes."""
 
     def __init__(self, hidden: int, dim: int, ratio: int, overlap: bool, eps: float) -> None:
         super().__init__()
@@ -58,22 +63,48 @@ class Compressor(nn.Module):
         self.ape = nn.Parameter(torch.empty(ratio, width))
         self.norm = RMSNorm(dim, eps)
 
-    def forward(self, x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
-        """Entries [n, dim] of the n windows that x [T, hidden] closes (T // ratio)."""
-        n, m, d = x.shape[0] // self.ratio, self.ratio, self.dim
-        x = x[: n * m].to(self.wkv.weight.dtype)
-        kv, gate = self.wkv(x).view(n, m, -1), self.wgate(x).view(n, m, -1) + self.ape
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.wkv.weight.dtype)
+        return self.wkv(x), self.wgate(x)
+
+    def pool(self, kv: torch.Tensor, gate: torch.Tensor, first: int, lead: bool, rotary: Rotary) -> torch.Tensor:
+        """Entries [n, dim] of consecutive windows first.. from their projections kv, gate [n, m, width]; with
+        `lead` (CSA past window 0) one more window comes first, read only as the next one's overlap."""
+        n, m, d = kv.shape[0], self.ratio, self.dim
+        gate = gate + self.ape
         if self.overlap:
             first_kv, first_gate = kv.new_zeros(n, m, d), gate.new_full((n, m, d), float("-inf"))
             first_kv[1:], first_gate[1:] = kv[:-1, :, :d], gate[:-1, :, :d]
             kv, gate = torch.cat([first_kv, kv[..., d:]], dim=1), torch.cat([first_gate, gate[..., d:]], dim=1)
-        pooled = self.norm((kv * gate.softmax(dim=1, dtype=torch.float32).to(kv.dtype)).sum(dim=1))
-        return rotate(rotary, pooled[:, None], torch.arange(n, device=x.device) * m)[:, 0].to(self.norm.weight.dtype)
+        pooled = self.norm((kv * gate.softmax(dim=1, dtype=torch.float32).to(kv.dtype)).sum(dim=1))[int(lead):]
+        where = (first + torch.arange(pooled.shape[0], device=kv.device)) * m
+        return rotate(rotary, pooled[:, None], where)[:, 0].to(self.norm.weight.dtype)
+
+    def close(self, kv: torch.Tensor, gate: torch.Tensor, tail: Tail, row: int, start: int, end: int,
+              valid_from: int, rotary: Rotary) -> tuple[int, torch.Tensor | None]:
+        """One sequence's new projections kv, gate [end - start, width] at positions start..end-1: the entries of
+        the windows they close (the first window's index and [n, dim], or None), its tail kept up to date.
+        A window needing positions before `valid_from` is not rebuilt: its entry is in the hit's pages."""
+        m, span = self.ratio, tail.span
+        lo = max(start // m, valid_from // m + int(self.overlap and valid_from > 0))
+        hi, lead = end // m, self.overlap and lo > 0
+        entries = None
+        if hi > lo:
+            base = (lo - lead) * m
+            held = torch.arange(base, start, device=kv.device) % span
+            rows_kv = torch.cat([tail.kv[row, held], kv[max(0, base - start) : hi * m - start]])
+            rows_gate = torch.cat([tail.gate[row, held], gate[max(0, base - start) : hi * m - start]])
+            entries = self.pool(rows_kv.view(-1, m, kv.shape[-1]), rows_gate.view(-1, m, kv.shape[-1]), lo, lead,
+                                rotary)
+        keep = torch.arange(max(start, end - span), end, device=kv.device)
+        tail.kv[row, keep % span], tail.gate[row, keep % span] = kv[keep - start], gate[keep - start]
+        return lo, entries
 
 
 class Indexer(nn.Module):
     """CSA's lightning indexer: its own compressor of `index_dim`; query t scores entry s as
-    sum_h w_t,h relu(q_t,h . k_s) and keeps its `index_topk` best among the closed windows."""
+    sum_h w_t,h relu(q_t,h . k_s) and keeps its `index_topk` best among the closed windows. Its keys are
+    read from the pages at fp4 (`codecs/fp4.py`), so it ranks what the pages hold."""
 
     def __init__(self, cfg: ModelConfig, v4: CompressedShape) -> None:
         super().__init__()
@@ -82,10 +113,11 @@ class Indexer(nn.Module):
         self.wq_b = nn.Linear(v4.q_lora_rank, v4.index_heads * v4.index_dim, bias=False)
         self.weights_proj = nn.Linear(cfg.hidden_size, v4.index_heads, bias=False)
 
-    def forward(self, x: torch.Tensor, q_low: torch.Tensor, positions: torch.Tensor, rotary: Rotary,
-                visible: torch.Tensor) -> torch.Tensor:
-        """Which entries each query attends [T, n] (bool), given those it may (`visible`, closed windows)."""
-        keys = self.compressor(x, rotary)
+    def pick(self, x: torch.Tensor, q_low: torch.Tensor, positions: torch.Tensor, rotary: Rotary,
+             keys: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """Which entries (keys [n, index_dim]) each query attends [T, n] (bool), given those it may (`visible`)."""
+        if not keys.shape[0]:
+            return visible
         q = rotate(rotary, self.wq_b(q_low).view(x.shape[0], self.heads, self.dim), positions)
         scores = F.relu(torch.einsum("thd,sd->ths", q.float(), keys.float())) * self.dim**-0.5
         weights = self.weights_proj(x.to(self.weights_proj.weight.dtype)).float() * self.heads**-0.5
@@ -117,28 +149,53 @@ class V4Attention(nn.Module):
         if self.kind == "csa":
             self.indexer = Indexer(cfg, v4)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary, kv: V4LayerKV,
+                meta: AttentionMetadata) -> torch.Tensor:
         v4, t = self.v4, x.shape[0]
         q_low = self.q_norm(self.wq_a(x))
         q = rotate(rotary, unit_rms(self.wq_b(q_low).view(t, self.h, v4.dim), self.eps), positions)
-        keys = rotate(rotary, self.norm(self.wkv(x))[:, None], positions)[:, 0]
-        gap = positions[:, None] - positions[None, :]
-        visible = (gap >= 0) & (gap < v4.window)
-        if self.kind != "sliding":
-            entries = self.compressor(x, rotary)
-            closed = torch.arange(entries.shape[0], device=x.device)[None, :] < \
-                ((positions + 1) // self.compressor.ratio)[:, None]
-            if self.kind == "csa":
-                closed = self.indexer(x, q_low, positions, rotary, closed)
-            keys, visible = torch.cat([keys, entries]), torch.cat([visible, closed], dim=1)
-        scores = torch.einsum("thd,sd->hts", q, keys) * v4.dim**-0.5
-        scores = scores.masked_fill(~visible, float("-inf"))
-        sinks = self.attn_sink.to(scores.dtype)[:, None, None].expand(-1, t, 1)
-        probs = torch.cat([scores, sinks], dim=-1).softmax(dim=-1)[..., :-1]
-        out = rotate(rotary, torch.einsum("hts,sd->thd", probs.to(keys.dtype), keys), -positions)
-        grouped = out.reshape(t, v4.o_groups, -1)
+        keys = rotate(rotary, self.norm(self.wkv(x))[:, None], positions)
+        kv.raw.codec.encode_into(kv.raw.k, meta.groups[0].slot_mapping, keys)
+        if kv.entries is not None:
+            self.compress(x, kv, meta, rotary)
+        out = torch.empty_like(q)
+        for i, (a, b, start, end) in enumerate(spans(meta)):
+            keys, visible = self.context(i, start, end, x[a:b], q_low[a:b], positions[a:b], kv, meta, rotary)
+            out[a:b] = attend(q[a:b], keys, visible, self.attn_sink, v4.dim**-0.5)
+        grouped = rotate(rotary, out, -positions).reshape(t, v4.o_groups, -1)
         weight = self.wo_a.weight.view(v4.o_groups, v4.o_lora_rank, -1)
         return self.wo_b(torch.einsum("tgi,gri->tgr", grouped, weight).flatten(1))
+
+    def compress(self, x: torch.Tensor, kv: V4LayerKV, meta: AttentionMetadata, rotary: Rotary) -> None:
+        """The entries (and a CSA layer's indexer keys) of every window the step's tokens close, into the pages."""
+        assert kv.entries is not None and kv.tail is not None
+        projected = self.compressor.project(x)
+        indexed = self.indexer.compressor.project(x) if self.kind == "csa" else None
+        for i, (a, b, start, end) in enumerate(spans(meta)):
+            row, valid = kv.step.rows[i], kv.step.valid_from[i]
+            first, entries = self.compressor.close(projected[0][a:b], projected[1][a:b], kv.tail, row, start, end,
+                                                   valid, rotary)
+            keys = None
+            if indexed is not None and kv.index_tail is not None:
+                _, keys = self.indexer.compressor.close(indexed[0][a:b], indexed[1][a:b], kv.index_tail, row, start,
+                                                        end, valid, rotary)
+            if entries is not None:
+                kv.entries.write(meta.block_tables[i], first, entries, keys)
+
+    def context(self, i: int, start: int, end: int, x: torch.Tensor, q_low: torch.Tensor, positions: torch.Tensor,
+                kv: V4LayerKV, meta: AttentionMetadata, rotary: Rotary) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequence i's keys (its raw window, then its entries) and which of them each of its queries sees."""
+        keys, where = read_window(kv.raw, meta.groups[0].block_tables[i], start, end, self.v4.window, x.dtype)
+        gap = positions[:, None] - where[None, :]
+        visible = (gap >= 0) & (gap < self.v4.window)
+        if kv.entries is not None:
+            ratio = kv.entries.ratio
+            entries, index_keys = kv.entries.read(meta.block_tables[i], end // ratio, x.dtype)
+            closed = torch.arange(entries.shape[0], device=x.device)[None, :] < ((positions + 1) // ratio)[:, None]
+            if index_keys is not None:
+                closed = self.indexer.pick(x, q_low, positions, rotary, index_keys, closed)
+            keys, visible = torch.cat([keys, entries]), torch.cat([visible, closed], dim=1)
+        return keys, visible
 
 
 class ClampedExpert(nn.Module):
@@ -225,9 +282,9 @@ class V4Layer(nn.Module):
             self.register_parameter(f"hc_{block}_base", nn.Parameter(torch.empty((2 + n) * n)))
             self.register_parameter(f"hc_{block}_scale", nn.Parameter(torch.empty(3)))
 
-    def forward(self, streams: torch.Tensor, input_ids: torch.Tensor, positions: torch.Tensor,
-                rotary: Rotary) -> torch.Tensor:
-        streams = self.block(streams, "attn", lambda x: self.attn(self.attn_norm(x), positions, rotary))
+    def forward(self, streams: torch.Tensor, input_ids: torch.Tensor, positions: torch.Tensor, rotary: Rotary,
+                kv: V4LayerKV, meta: AttentionMetadata) -> torch.Tensor:
+        streams = self.block(streams, "attn", lambda x: self.attn(self.attn_norm(x), positions, rotary, kv, meta))
         return self.block(streams, "ffn", lambda x: self.ffn(self.ffn_norm(x), input_ids))
 
     def block(self, streams: torch.Tensor, name: str, run) -> torch.Tensor:
@@ -272,7 +329,7 @@ class V4Backbone(nn.Module):
 
 
 class DeepseekV4ForCausalLM(nn.Module):
-    """The backbone and the LM head (`head`, as published), run over one whole sequence per call."""
+    """The backbone and the LM head (`head`, as published), over a flattened batch of paged sequences."""
 
     def __init__(self, cfg: ModelConfig, backend: AttentionBackend | None = None) -> None:
         super().__init__()
@@ -281,29 +338,21 @@ class DeepseekV4ForCausalLM(nn.Module):
         self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     @torch.no_grad()
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Hidden states [T, hidden] of one sequence's tokens [T], every one recomputed (no KV kept)."""
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[V4LayerKV],
+                meta: AttentionMetadata) -> torch.Tensor:
+        """Hidden states [T, hidden]; each layer's raw keys, closed windows' entries and compressor tails are
+        written into `kv_caches` (engine/compressed.py builds them)."""
         m, v4 = self.model, self.config.v4
         assert v4 is not None
-        positions = torch.arange(input_ids.shape[0], device=input_ids.device)
         streams = m.embed_tokens(input_ids)[:, None].expand(-1, v4.hc_mult, -1).contiguous()
-        for i, layer in enumerate(m.layers):
+        for i, (layer, kv) in enumerate(zip(m.layers, kv_caches, strict=True)):
             rotary = m.rotary if v4.kinds[i] == "sliding" else m.compress_rotary
-            streams = layer(streams, input_ids, positions, rotary)
+            streams = layer(streams, input_ids, positions, rotary, kv, meta)
         return m.norm(m.hc_head(streams))
 
     @torch.no_grad()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden).float()
-
-    @torch.no_grad()
-    def greedy(self, prompt: list[int], max_tokens: int) -> list[int]:
-        """Greedy continuation by whole-sequence recompute: what a paged engine must reproduce."""
-        ids = list(prompt)
-        device = self.head.weight.device
-        for _ in range(max_tokens):
-            ids.append(int(self.logits(self(torch.tensor(ids, device=device)))[-1].argmax()))
-        return ids[len(prompt) :]
 
     def skips(self, tensor: str) -> bool:
         """The multi-token-prediction layer is published beside the model but not run (as transformers)."""

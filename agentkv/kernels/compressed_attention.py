@@ -1,0 +1,114 @@
+"""DeepSeek-V4's attention over pages, in torch (the reference; the Triton backend refuses V4): each query sees
+its layer's raw window (one shared K=V vector a token, in the sliding page group) and, on a compressed layer,
+the compressed entries whose windows have closed (in the pool's pages), a CSA layer only those its indexer
+picks; a sink logit per head joins every softmax.
+
+What a layer holds (`V4LayerKV`): its raw-window pages, its entries' pages, and the tails of its compressors'
+unfinished windows (engine/compressed.py owns them), with the step's rows and first valid positions
+(`TailStep`, shared by every layer and filled by the engine before each step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from agentkv.codecs import KVCodec
+from agentkv.codecs.fp4 import fp4_decode, fp4_encode
+from agentkv.kernels.attention import AttentionMetadata, LayerKV
+
+
+@dataclass(slots=True)
+class EntryPages:
+    """One compressed layer's entries in the pool's pages: `per_page` K=V vectors a page (codec fields
+    [num_pages, per_page, 1, dim]) and, on a CSA layer, its indexer's fp4 keys [num_pages, per_page, bytes]."""
+
+    codec: KVCodec
+    data: dict[str, torch.Tensor]
+    index: torch.Tensor | None
+    ratio: int
+
+    @property
+    def per_page(self) -> int:
+        return next(iter(self.data.values())).shape[1]
+
+    def slots(self, table: torch.Tensor, first: int, n: int) -> torch.Tensor:
+        """Flat slots (page * per_page + offset) of entries first .. first + n - 1 of a sequence's block table."""
+        w = torch.arange(first, first + n, device=table.device)
+        return table[w // self.per_page].long() * self.per_page + w % self.per_page
+
+    def write(self, table: torch.Tensor, first: int, entries: torch.Tensor, keys: torch.Tensor | None) -> None:
+        """Store entries [n, dim] (and a CSA layer's indexer keys [n, index_dim]) from entry `first` on."""
+        slots = self.slots(table, first, entries.shape[0])
+        self.codec.encode_into(self.data, slots, entries[:, None])
+        if keys is not None and self.index is not None:
+            self.index[slots // self.per_page, slots % self.per_page] = fp4_encode(keys)
+
+    def read(self, table: torch.Tensor, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A sequence's first n entries [n, dim] and its indexer keys [n, index_dim] (None on an HCA layer)."""
+        pages = table[: -(-n // self.per_page)].long()
+        entries = self.codec.decode(self.data, pages, dtype).flatten(0, 1)[:n, 0]
+        keys = None if self.index is None else fp4_decode(self.index[pages].flatten(0, 1)[:n])
+        return entries, keys
+
+
+@dataclass(slots=True)
+class Tail:
+    """One compressor's unfinished windows, per running sequence (its backend row): the projections and gates
+    of its last `span` positions, position p at row p % span (fp32, as the compressor computes them)."""
+
+    kv: torch.Tensor  # [max_rows, span, width]
+    gate: torch.Tensor
+
+    @property
+    def span(self) -> int:
+        return self.kv.shape[1]
+
+
+@dataclass(slots=True)
+class TailStep:
+    """This step's sequences in the metadata's order: their rows and the first position their tails hold
+    (a sequence restarted at a hit holds nothing before it: entries needing older positions are in its pages)."""
+
+    rows: list[int] = field(default_factory=list)
+    valid_from: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class V4LayerKV:
+    raw: LayerKV  # the raw window (page group 1)
+    entries: EntryPages | None  # None: a sliding layer
+    tail: Tail | None
+    index_tail: Tail | None  # a CSA layer's indexer compressor
+    step: TailStep
+
+
+def read_window(raw: LayerKV, table: torch.Tensor, start: int, end: int, window: int,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The raw keys a span of queries start..end-1 can see: positions first..end-1 (first = start - window + 1)
+    as [K, dim], and those positions [K]."""
+    bs = raw.block_size
+    first = max(0, start - window + 1)
+    pages = table[first // bs : -(-end // bs)].long()
+    keys = raw.codec.decode(raw.k, pages, dtype).flatten(0, 1)[:, 0]
+    lo = first // bs * bs
+    return keys[first - lo : end - lo], torch.arange(first, end, device=keys.device)
+
+
+def attend(q: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor, sinks: torch.Tensor,
+           scale: float) -> torch.Tensor:
+    """q [L, heads, dim] over shared K=V keys [K, dim] where visible [L, K]; each head's sink logit joins the
+    softmax's denominator (a key of value 0)."""
+    scores = torch.einsum("thd,sd->hts", q, keys) * scale
+    scores = scores.masked_fill(~visible, float("-inf"))
+    sink = sinks.to(scores.dtype)[:, None, None].expand(-1, q.shape[0], 1)
+    probs = torch.cat([scores, sink], dim=-1).softmax(dim=-1)[..., :-1]
+    return torch.einsum("hts,sd->thd", probs.to(keys.dtype), keys)
+
+
+def spans(meta: AttentionMetadata) -> list[tuple[int, int, int, int]]:
+    """Each sequence of the step: (its first row in the flattened batch, one past its last, its first new
+    position, its context after the step)."""
+    qsl, lens = meta.query_start_loc_host, meta.seq_lens_host
+    return [(qsl[i], qsl[i + 1], lens[i] - (qsl[i + 1] - qsl[i]), lens[i]) for i in range(len(lens))]
