@@ -9,8 +9,8 @@
 - A compressor's unfinished window (the projections and gates of tokens whose window has not closed, which
   no page holds) lives in a tail per running sequence (`CompressorTails`). Tails are not cached: a prefill that
   starts where its tail does not reach (a prefix hit, a preemption, a reload from a tier) is rewound to the
-  latest block boundary from which every compressor rebuilds what it needs (one window back for CSA's overlap)
-  and recomputes from there, as the sliding group rewinds to a boundary whose window is here. Entries of
+  latest position from which every compressor rebuilds what it needs (one CSA window back, for its overlap)
+  and recomputes from there (a few tokens, not a block), as the sliding group rewinds to a boundary whose window is here. Entries of
   windows that need positions before the restart are not rebuilt: they are in the hit's pages.
 """
 
@@ -87,10 +87,10 @@ class CompressorTails:
     """The compressors' unfinished windows of every running sequence (a row each: its backend row), and where
     each row's tail starts and ends."""
 
-    def __init__(self, cfg: ModelConfig, max_rows: int, block_size: int, device: torch.device) -> None:
+    def __init__(self, cfg: ModelConfig, max_rows: int, device: torch.device) -> None:
         v4 = cfg.v4
         assert v4 is not None
-        self.v4, self.bs = v4, block_size
+        self.v4 = v4
         self.upto = [-1] * max_rows  # the position each row's tail reaches (-1: nothing yet)
         self.valid_from = [0] * max_rows  # the first position it holds
         self.step = TailStep()
@@ -122,13 +122,13 @@ class CompressorTails:
                 for r, kind, (own, index) in zip(raw, self.v4.kinds, self.tails, strict=True)]
 
     def restart_at(self, start: int) -> int:
-        """The latest block boundary at or before `start` from which every compressor rebuilds the windows that
-        close at or after `start` (CSA: from the window before)."""
+        """The latest position at or before `start` (a block boundary) from which every compressor rebuilds the
+        windows that close at or after `start`: CSA's first reads the window before it, HCA's starts there."""
         need = start
         for kind in set(self.v4.kinds) - {"sliding"}:
             ratio = self.v4.csa_ratio if kind == "csa" else self.v4.hca_ratio
             need = min(need, max(0, (start // ratio - (kind == "csa")) * ratio))
-        return need // self.bs * self.bs
+        return need
 
     def before_forward(self, plan: StepPlan) -> None:
         """Admitted rows start empty; a prefill whose tail does not reach its start is rewound (before the

@@ -86,12 +86,12 @@ class Compressor(nn.Module):
         the windows they close (the first window's index and [n, dim], or None), its tail kept up to date.
         A window needing positions before `valid_from` is not rebuilt: its entry is in the hit's pages."""
         m, span = self.ratio, tail.span
-        lo = max(start // m, valid_from // m + int(self.overlap and valid_from > 0))
+        lo = max(start // m, -(-valid_from // m) + int(self.overlap and valid_from > 0))
         hi, lead = end // m, self.overlap and lo > 0
         entries = None
         if hi > lo:
             base = (lo - lead) * m
-            held = torch.arange(base, start, device=kv.device) % span
+            held = torch.arange(base, max(base, start), device=kv.device) % span
             rows_kv = torch.cat([tail.kv[row, held], kv[max(0, base - start) : hi * m - start]])
             rows_gate = torch.cat([tail.gate[row, held], gate[max(0, base - start) : hi * m - start]])
             entries = self.pool(rows_kv.view(-1, m, kv.shape[-1]), rows_gate.view(-1, m, kv.shape[-1]), lo, lead,

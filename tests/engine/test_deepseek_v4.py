@@ -20,54 +20,28 @@ from agentkv.engine.llm import LLM
 from agentkv.engine.sequence import SamplingParams
 from agentkv.kvcache.sizing import codec, kv_bytes_per_block
 from agentkv.model.config import ModelConfig
-from tests.engine.conftest import VOCAB, jitter, prompts, write_tokenizer
+from tests.engine.conftest import V4_KINDS as KINDS
+from tests.engine.conftest import deepseek_v4, prompts, write_checkpoint, write_tokenizer
 from tests.storage.conftest import redis_server  # noqa: F401 (a real redis-server, for the Redis tier)
 
-KINDS = ["sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention",
-         "compressed_sparse_attention"]
 BS = 16  # a multiple of both compression ratios: a page holds whole entries
 GREEDY = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
-
-
-def v4_model(seed: int = 3, index_topk: int = 3):
-    """The tiny V4 with every constant-initialised part (norms, sinks, gate biases, mHC bases, the compressors'
-    slot biases, the hash table) made random, so the test sees each of them."""
-    from transformers import DeepseekV4Config, DeepseekV4ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = DeepseekV4Config(
-        vocab_size=VOCAB, hidden_size=64, moe_intermediate_size=32, num_hidden_layers=4, num_attention_heads=4,
-        head_dim=32, q_lora_rank=32, partial_rotary_factor=0.25, num_experts_per_tok=2, n_routed_experts=8,
-        n_shared_experts=1, layer_types=KINDS, mlp_layer_types=["hash_moe", "moe", "moe", "moe"],
-        compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 16}, sliding_window=8,
-        o_groups=2, o_lora_rank=16, index_n_heads=8, index_head_dim=16, index_topk=index_topk, hc_mult=4,
-        max_position_embeddings=4096, bos_token_id=0, eos_token_id=1)
-    model = DeepseekV4ForCausalLM(cfg)
-    jitter(model)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("position_bias", "gate.weight")):  # slot biases; routers away from near-ties
-                p.normal_(0, 0.5)
-        model.model.layers[0].mlp.gate.tid2eid.copy_(torch.stack([torch.randperm(8)[:2] for _ in range(VOCAB)]))
-    return model.float().eval()
-
-
-def write(path, index_topk: int):
-    v4_model(index_topk=index_topk).save_pretrained(str(path), max_shard_size="60KB")
-    write_tokenizer(path)
-    return path
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """index_topk 3: the indexer's choice binds."""
-    return write(tmp_path_factory.mktemp("deepseek_v4"), 3)
+    path = tmp_path_factory.mktemp("deepseek_v4")
+    torch.manual_seed(3)
+    deepseek_v4(index_topk=3).float().eval().save_pretrained(str(path), max_shard_size="60KB")
+    write_tokenizer(path)
+    return path
 
 
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory):
     """index_topk 64, more than any prompt here has entries: every closed entry is attended."""
-    return write(tmp_path_factory.mktemp("deepseek_v4_wide"), 64)
+    return write_checkpoint(tmp_path_factory.mktemp("deepseek_v4_wide"), "deepseek_v4", seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +102,11 @@ def test_greedy_equals_transformers_in_one_step_in_chunks_and_after_a_hit(wide, 
     expected = reference(wide, ps)
     llm = engine(wide)
     assert outputs(llm.generate(ps, GREEDY)) == expected
+    before = llm.runner.tails.rewound_tokens
     again = [llm.generate([p], GREEDY)[0] for p in ps]
-    assert outputs(again) == expected and all(o.num_cached_tokens > 0 for o in again)
-    assert llm.runner.tails.rewound_tokens > 0
+    assert outputs(again) == expected
+    assert [o.num_cached_tokens for o in again] == [(len(p) - 1) // BS * BS - 4 for p in ps]  # one CSA window back
+    assert llm.runner.tails.rewound_tokens - before == 4 * len(ps)
     chunked = engine(wide, max_num_batched_tokens=16)
     assert outputs(chunked.generate(ps, GREEDY)) == expected
 
@@ -179,7 +155,7 @@ def test_the_indexer_ranks_the_fp4_keys_the_pages_hold(folder, ps):
     assert got != reference(folder, ps)
 
 
-@pytest.mark.parametrize("name", ["bf16", "fp8", "int8", "int4"])
+@pytest.mark.parametrize("name", ["bf16", "fp8", "int8", "int4", "int4-kivi"])
 def test_pool_pages_hold_what_sizing_prices(folder, name):
     """One page: 2 CSA layers x 4 entries (32 values, as the codec stores a value, and 16 fp4 indexer values + a
     4-byte scale each) + 1 HCA layer x 1 entry; no raw window (its pages are the sliding group's)."""
