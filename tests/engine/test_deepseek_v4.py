@@ -21,7 +21,13 @@ from agentkv.engine.sequence import SamplingParams
 from agentkv.kvcache.sizing import codec, kv_bytes_per_block
 from agentkv.model.config import ModelConfig
 from tests.engine.conftest import V4_KINDS as KINDS
-from tests.engine.conftest import deepseek_v4, prompts, write_checkpoint, write_tokenizer
+from tests.engine.conftest import (
+    deepseek_v4,
+    kv_eval_and_transformers_ppl,
+    prompts,
+    write_checkpoint,
+    write_tokenizer,
+)
 from tests.storage.conftest import redis_server  # noqa: F401 (a real redis-server, for the Redis tier)
 
 BS = 16  # a multiple of both compression ratios: a page holds whole entries
@@ -184,6 +190,41 @@ def test_the_start_up_line_names_the_layer_groups(folder):
 
     line = summary(engine(folder), "m", 4096, None, 0)
     assert "4 layers: 1 sliding + 2 CSA (an entry per 4 tokens, top 3) + 1 HCA (per 16), raw window 8 (" in line
+
+
+def test_kv_eval_scores_what_transformers_scores(wide):
+    """kv-eval over V4's own page groups: its reference (bf16 pages, chunks of 20 over windows of 48) scores the
+    perplexity transformers does; fp8's error is measured beside it, layer by layer on the reference's inputs."""
+    (ref, fp8), ppl = kv_eval_and_transformers_ppl(wide, block_size=BS)
+    assert ref.ppl == pytest.approx(ppl, rel=2e-3)
+    assert fp8.kl > 0 and len(fp8.attn_rel_err) == 4 and all(e > 0 for e in fp8.attn_rel_err)
+
+
+@pytest.mark.parametrize("command", ["kv-eval", "serve"])
+def test_commands_load_the_folder_and_name_its_groups(wide, command):
+    """`agentkv kv-eval` and `agentkv serve` (the entry point as installed) load a V4 folder; serve's start-up line
+    names the layer groups (stopped once it has printed it)."""
+    import socket
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-c", "import sys; from agentkv.cli import main; sys.exit(main())", command, "--model",
+            str(wide), "--device", "cpu"]
+    if command == "kv-eval":
+        run = subprocess.run([*argv, "--context", "48", "--windows", "1"], capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0 and "fp8" in run.stdout, run.stderr
+        return
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with subprocess.Popen([*argv, "--port", str(port)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                          text=True) as server:
+        try:
+            line = next(line for line in server.stderr if "agentkv serve: model" in line)
+        finally:
+            server.terminate()
+    assert "4 layers: 1 sliding + 2 CSA (an entry per 4 tokens, top 64) + 1 HCA (per 16), raw window 8" in line
 
 
 def test_refusals_are_one_line(folder):
