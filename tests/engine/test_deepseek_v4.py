@@ -20,6 +20,7 @@ from agentkv.engine.llm import LLM
 from agentkv.engine.sequence import SamplingParams
 from agentkv.kvcache.sizing import codec, kv_bytes_per_block
 from agentkv.model.config import ModelConfig
+from tests.codecs.test_engine_codecs import first_logits
 from tests.engine.conftest import V4_KINDS as KINDS
 from tests.engine.conftest import (
     deepseek_v4,
@@ -260,16 +261,6 @@ def test_spec_counts_transformers_weights_and_prices_each_kind(folder):
     csa, hca = (entry_bytes(g, spec, fp8, 16) for g in groups[1:])
     assert csa - hca == 16 / 2 + 4  # a CSA entry adds its indexer's key: 16 fp4 values and a 4-byte scale
     assert kv_bytes_per_token(spec, fp8, 16) == 2 * csa / 4 + hca / 16  # the sliding layer's window adds none
-
-
-def first_logits(llm: LLM, ps) -> torch.Tensor:
-    """Each prompt's first-token logits, as the engine computes them over its pages."""
-    got: list[torch.Tensor] = []
-    hook = llm.model.head.register_forward_hook(lambda m, i, o: got.append(o.float()))
-    for p in ps:
-        llm.generate([p], SamplingParams(max_tokens=1, temperature=0))
-    hook.remove()
-    return torch.cat(got)
 
 
 def test_first_token_logits_equal_transformers(wide, ps):
