@@ -46,8 +46,9 @@ class CompressedLayout:
         ratios = tuple(v4.ratio_of(i) for i, k in enumerate(v4.kinds) if k != "sliding")
         bad = sorted({r for r in ratios if block_size % r})
         if bad:
-            raise ValueError(f"block_size {block_size}: DeepSeek-V4 keeps whole compressed entries in a page, so the "
-                             f"block size must be a multiple of every compression ratio ({', '.join(map(str, bad))})")
+            raise ValueError(f"block size {block_size} (--block-size): DeepSeek-V4 keeps whole compressed entries in "
+                             "a page, so the block size must be a multiple of every compression ratio "
+                             f"({', '.join(map(str, bad))})")
         csa = tuple(k == "csa" for k in v4.kinds if k != "sliding")
         entries = tuple(codec.value_fields(block_size // r, 1, v4.dim) for r in ratios)
         index = tuple(fp4_field(block_size // r, v4.index_dim) for r, c in zip(ratios, csa, strict=True) if c)

@@ -75,9 +75,9 @@ class ModelRunner:
         """Every layer attends through one backend: 'auto' picks by device; a module keeps its own unless told."""
         attention = [layer.self_attn for layer in self.model.model.layers if hasattr(layer, "self_attn")]
         if self.config.v4 is not None:  # its layers attend in kernels/compressed_attention.py
-            if attention_backend == "triton":
-                raise ValueError("attention backend 'triton': DeepSeek-V4's compressed attention runs on the torch "
-                                 "backend only (agentkv.kernels.compressed_attention)")
+            if attention_backend not in (None, "auto", "torch"):
+                raise ValueError(f"attention backend '{attention_backend}': DeepSeek-V4's compressed attention runs "
+                                 "on the torch backend only (agentkv.kernels.compressed_attention)")
             self.backend = TorchAttention()
             return
         if replace:

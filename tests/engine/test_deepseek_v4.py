@@ -228,9 +228,31 @@ def test_commands_load_the_folder_and_name_its_groups(wide, command):
     assert "4 layers: 1 sliding + 2 CSA (an entry per 4 tokens, top 64) + 1 HCA (per 16), raw window 8" in line
 
 
+def test_the_activation_profile_leaves_the_engine_as_it_was(wide, ps):
+    """On CUDA the KV budget is what a profiled forward pass over scratch pages (both groups, one tail row)
+    leaves; here (CPU, 0 bytes counted) the pass runs, and the engine's tables and tails are untouched by it."""
+    expected = outputs(engine(wide).generate(ps[:2], GREEDY))
+    llm = engine(wide)
+    llm.generate(ps[2:3], GREEDY)
+    assert llm.runner.profile_activations(40) == 0
+    assert outputs(llm.generate(ps[:2], GREEDY)) == expected
+
+
 def test_refusals_are_one_line(folder):
+    """A block size that would split an entry across pages, and the Triton backend: one line each, naming them
+    (the CLI prints it without a traceback)."""
+    import subprocess
+    import sys
+
     with pytest.raises(ValueError, match="block size must be a multiple of every compression ratio"):
         LLM(str(folder), dtype="float32", block_size=8, kv_cache_bytes=2**22)
+    run = subprocess.run([sys.executable, "-c", "import sys; from agentkv.cli import main; sys.exit(main())", "serve",
+                          "--model", str(folder), "--device", "cpu", "--block-size", "8"], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1].endswith("block size 8 (--block-size): DeepSeek-V4 keeps whole "
+                                                         "compressed entries in a page, so the block size must be a "
+                                                         "multiple of every compression ratio (16)")
     with pytest.raises(ValueError, match="DeepSeek-V4's compressed attention runs on the torch backend only"):
         LLM(str(folder), dtype="float32", block_size=BS, kv_cache_bytes=2**22, attention_backend="triton")
 
