@@ -31,6 +31,7 @@ from agentkv.model.deepseek_config import CompressedShape
 from agentkv.model.llama import RMSNorm, Rotary
 from agentkv.model.moe import dispatch
 
+BUDGET = 1 << 22  # elements of one piece of queries' scores (heads x queries x keys: 16 MiB in fp32)
 FP32_PARTS = ("hc_", "attn_sink", ".ape", "gate.bias", "compressor.wkv", "compressor.wgate", "weights_proj")
 # ^ kept in fp32 as transformers keeps them (`_keep_in_fp32_modules`); the norms' weights load in the model's dtype
 
@@ -159,9 +160,14 @@ class V4Attention(nn.Module):
         if kv.entries is not None:
             self.compress(x, kv, meta, rotary)
         out = torch.empty_like(q)
+        heads = max(self.h, v4.index_heads if self.kind == "csa" else 0)
         for i, (a, b, start, end) in enumerate(spans(meta)):
-            keys, visible = self.context(i, start, end, x[a:b], q_low[a:b], positions[a:b], kv, meta, rotary)
-            out[a:b] = attend(q[a:b], keys, visible, self.attn_sink, v4.dim**-0.5)
+            keys, where, index_keys = self.context(i, start, end, kv, meta, x.dtype)
+            piece = max(1, BUDGET // (heads * keys.shape[0]))  # queries a piece: their scores within the budget
+            for p in range(a, b, piece):
+                e = min(p + piece, b)
+                visible = self.visible(keys.shape[0], where, index_keys, x[p:e], q_low[p:e], positions[p:e], rotary)
+                out[p:e] = attend(q[p:e], keys, visible, self.attn_sink, v4.dim**-0.5)
         grouped = rotate(rotary, out, -positions).reshape(t, v4.o_groups, -1)
         weight = self.wo_a.weight.view(v4.o_groups, v4.o_lora_rank, -1)
         return self.wo_b(torch.einsum("tgi,gri->tgr", grouped, weight).flatten(1))
@@ -182,20 +188,31 @@ class V4Attention(nn.Module):
             if entries is not None:
                 kv.entries.write(meta.block_tables[i], first, entries, keys)
 
-    def context(self, i: int, start: int, end: int, x: torch.Tensor, q_low: torch.Tensor, positions: torch.Tensor,
-                kv: V4LayerKV, meta: AttentionMetadata, rotary: Rotary) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sequence i's keys (its raw window, then its entries) and which of them each of its queries sees."""
-        keys, where = read_window(kv.raw, meta.groups[0].block_tables[i], start, end, self.v4.window, x.dtype)
-        gap = positions[:, None] - where[None, :]
-        visible = (gap >= 0) & (gap < self.v4.window)
+    def context(self, i: int, start: int, end: int, kv: V4LayerKV, meta: AttentionMetadata,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Sequence i's keys (its raw window, then its entries), the raw ones' positions, and a CSA layer's
+        indexer keys (fp4, decoded)."""
+        keys, where = read_window(kv.raw, meta.groups[0].block_tables[i], start, end, self.v4.window, dtype)
+        index_keys = None
         if kv.entries is not None:
-            ratio = kv.entries.ratio
-            entries, index_keys = kv.entries.read(meta.block_tables[i], end // ratio, x.dtype)
-            closed = torch.arange(entries.shape[0], device=x.device)[None, :] < ((positions + 1) // ratio)[:, None]
-            if index_keys is not None:
-                closed = self.indexer.pick(x, q_low, positions, rotary, index_keys, closed)
-            keys, visible = torch.cat([keys, entries]), torch.cat([visible, closed], dim=1)
-        return keys, visible
+            entries, index_keys = kv.entries.read(meta.block_tables[i], end // kv.entries.ratio, dtype)
+            keys = torch.cat([keys, entries])
+        return keys, where, index_keys
+
+    def visible(self, n_keys: int, where: torch.Tensor, index_keys: torch.Tensor | None, x: torch.Tensor,
+                q_low: torch.Tensor, positions: torch.Tensor, rotary: Rotary) -> torch.Tensor:
+        """[L, n_keys] bool: each query's raw window, and the entries whose windows have closed (on a CSA layer,
+        those of them its indexer picks)."""
+        gap = positions[:, None] - where[None, :]
+        raw = (gap >= 0) & (gap < self.v4.window)
+        if self.kind == "sliding":
+            return raw
+        ratio = self.compressor.ratio
+        n = n_keys - where.shape[0]
+        closed = torch.arange(n, device=x.device)[None, :] < ((positions + 1) // ratio)[:, None]
+        if index_keys is not None:
+            closed = self.indexer.pick(x, q_low, positions, rotary, index_keys, closed)
+        return torch.cat([raw, closed], dim=1)
 
 
 class ClampedExpert(nn.Module):

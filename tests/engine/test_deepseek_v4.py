@@ -285,9 +285,16 @@ def test_spec_counts_transformers_weights_and_prices_each_kind(folder):
     assert kv_bytes_per_token(spec, fp8, 16) == 2 * csa / 4 + hca / 16  # the sliding layer's window adds none
 
 
-def test_first_token_logits_equal_transformers(wide, ps):
-    """fp32 pages against transformers' fp32 forward, within 1e-4 as the other families' tests."""
+@pytest.mark.parametrize("piece", ["whole", "one query"])
+def test_first_token_logits_equal_transformers(wide, ps, piece, monkeypatch):
+    """fp32 pages against transformers' fp32 forward, within 1e-4 as the other families' tests; also with a
+    score budget so small that each prefill attends one query at a time."""
     from transformers import DeepseekV4ForCausalLM
+
+    from agentkv.model import deepseek_v4
+
+    if piece == "one query":
+        monkeypatch.setattr(deepseek_v4, "BUDGET", 1)
 
     hf = DeepseekV4ForCausalLM.from_pretrained(str(wide), dtype=torch.float32).eval()
     with torch.no_grad():
