@@ -25,7 +25,6 @@ from agentkv.codecs.fp4 import fp4_field
 from agentkv.engine.sequence import EngineSequence, rewind
 from agentkv.kernels.attention import LayerKV
 from agentkv.kernels.compressed_attention import EntryPages, Tail, TailStep, V4LayerKV
-from agentkv.model.config import ModelConfig
 from agentkv.model.deepseek_config import CompressedShape
 from agentkv.scheduler import Allocate, StepPlan
 
@@ -88,9 +87,7 @@ class CompressorTails:
     """The compressors' unfinished windows of every running sequence (a row each: its backend row), and where
     each row's tail starts and ends."""
 
-    def __init__(self, cfg: ModelConfig, max_rows: int, device: torch.device) -> None:
-        v4 = cfg.v4
-        assert v4 is not None
+    def __init__(self, v4: CompressedShape, max_rows: int, device: torch.device) -> None:
         self.v4 = v4
         self.upto = [-1] * max_rows  # the position each row's tail reaches (-1: nothing yet)
         self.valid_from = [0] * max_rows  # the first position it holds
@@ -106,6 +103,8 @@ class CompressorTails:
             index = self._tail(max_rows, ratio, 2 * v4.index_dim, True, device) if overlap else None
             self.tails.append((own, index))
         self.rewound_tokens = 0  # cached tokens recomputed to rebuild a tail
+        priced = max_rows * sum(v4.partial_window_bytes(kind) for kind in v4.kinds)
+        assert self.nbytes == priced, f"compressor tails take {self.nbytes} B, sizing prices {priced} B"
 
     @staticmethod
     def _tail(rows: int, ratio: int, width: int, overlap: bool, device: torch.device) -> Tail:

@@ -95,7 +95,7 @@ class ModelRunner:
         self.page_bytes = kv_bytes_per_block(self.spec, self.codec.spec, bs)
         assert self.page_bytes == self.layout.page_bytes, "codec pages disagree with kvcache.sizing"
         self.sliding: SlidingPages | None = None  # the sliding layers' own page group (engine/sliding.py)
-        self.tails = CompressorTails(cfg, self.max_num_seqs, self.device) if cfg.v4 else None
+        self.tails = CompressorTails(cfg.v4, self.max_num_seqs, self.device) if cfg.v4 else None
         kv_bytes = self._kv_budget(kv_cache_bytes, utilization, step_tokens)
         if self.tails is not None:  # V4's compressors' unfinished windows, one row a running sequence
             kv_bytes -= self.tails.nbytes
@@ -197,7 +197,7 @@ class ModelRunner:
             linear = state_views(cfg, scratch, self.dtype, StateStep([StateSpan(0, tokens)]))
         tails = None
         if cfg.v4 is not None:  # one scratch row of compressor tails
-            tails = CompressorTails(cfg, 1, self.device)
+            tails = CompressorTails(cfg.v4, 1, self.device)
             tails.step.rows, tails.step.valid_from = [0], [0]
         kv = self._by_layer(self.layout.views(slab), views, linear, tails)
         hidden = self.model(ids, torch.arange(tokens, device=self.device), kv, meta)

@@ -31,7 +31,7 @@ class V4Pages:
         codec, v4, bs = self.impl[name], self.config.v4, self.block_size
         entries = CompressedLayout.of_model(codec, v4, bs)
         window = PageLayout(codec, self.config.num_layers, raw_window_fields(codec, v4, bs), ())
-        tails = CompressorTails(self.config, 1, self.device)
+        tails = CompressorTails(v4, 1, self.device)
         tails.step.rows, tails.step.valid_from = [0], [0]
 
         def slab(page_bytes: int) -> torch.Tensor:

@@ -174,6 +174,27 @@ def test_pool_pages_hold_what_sizing_prices(folder, name):
     assert llm.sliding.layout.page_bytes == 4 * BS * codec(name).half_block_bytes(1, 1, 32, keys=False)
 
 
+@pytest.mark.parametrize("name", ["bf16", "fp8", "int8", "int4"])
+def test_at_v4_flash_shape_pages_and_tails_are_the_catalogs(name):
+    """The published V4-Flash's attention shape (the catalog's `deepseek-v4-flash`, from its config.json as
+    data/models.toml cites it): 2 sliding + 21 CSA + 20 HCA layers, K=V of 512, indexer 64 x 128 keeping 512,
+    ratios 4 and 128, window 128. With blocks of 128 a pool page is what the catalog's sizing prices, and a
+    sequence's compressor tails are the partial-window bytes the catalog gives each compressed layer."""
+    from agentkv.catalog import models
+    from agentkv.codecs import get_codec
+    from agentkv.engine.compressed import CompressedLayout, CompressorTails
+    from agentkv.model.deepseek_config import CompressedShape
+
+    flash = CompressedShape(("sliding",) * 2 + ("csa", "hca") * 20 + ("csa",), 512, 64, 1024, 128, 4, 128, 64, 128,
+                            512, 8, 1024, 4, 20, 1e-6, 160000.0, (), (False,) * 43, 10.0)
+    spec = models()["deepseek-v4-flash"]
+    assert CompressedLayout.of_model(get_codec(name), flash, 128).page_bytes == \
+        kv_bytes_per_block(spec, codec(name), 128)
+    assert CompressorTails(flash, 1, torch.device("cpu")).nbytes == sum(g.layers * g.state_bytes for g in spec.groups)
+    with pytest.raises(ValueError, match=r"multiple of every compression ratio \(128\)"):
+        CompressedLayout.of_model(get_codec(name), flash, 16)
+
+
 @pytest.mark.parametrize("name", ["fp8", "int8", "int4"])
 def test_quantized_pages_hit_and_preempt(folder, ps, name):
     """Lossy pages: a hit and a preemption give what the cache-off run gives (the same bytes are read)."""
