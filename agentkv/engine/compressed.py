@@ -145,12 +145,13 @@ class CompressorTails:
 
     def begin(self, plan: StepPlan) -> None:
         """After every rewind: a prefill not continuing its tail restarts it at its start; the step's rows."""
-        spans = [(c.seq, c.start, c.start + c.n) for c in plan.prefills]
-        spans += [(s, s.computed, s.computed + 1) for s in plan.decodes]
+        spans = [(c.seq, c.start, c.start + c.n, True) for c in plan.prefills]
+        spans += [(s, s.computed, s.computed + 1, False) for s in plan.decodes]
         self.step.rows, self.step.valid_from = [], []
-        for seq, start, end in spans:
+        for seq, start, end, prefill in spans:
             row = seq.row  # type: ignore[union-attr]
-            if self.upto[row] != start:
+            if self.upto[row] != start:  # only a prefill can restart (before_forward rewound it to where it may)
+                assert prefill, f"request {seq.request_id}: a decode at {start}, its tail at {self.upto[row]}"  # type: ignore[union-attr]
                 self.valid_from[row] = start
             self.upto[row] = end
             self.step.rows.append(row)
