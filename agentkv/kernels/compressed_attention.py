@@ -96,15 +96,20 @@ def read_window(raw: LayerKV, table: torch.Tensor, start: int, end: int, window:
     return keys[first - lo : end - lo], torch.arange(first, end, device=keys.device)
 
 
-def attend(q: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor, sinks: torch.Tensor,
-           scale: float) -> torch.Tensor:
-    """q [L, heads, dim] over shared K=V keys [K, dim] where visible [L, K]; each head's sink logit joins the
-    softmax's denominator (a key of value 0)."""
-    scores = torch.einsum("thd,sd->hts", q, keys) * scale
-    scores = scores.masked_fill(~visible, float("-inf"))
-    sink = sinks.to(scores.dtype)[:, None, None].expand(-1, q.shape[0], 1)
-    probs = torch.cat([scores, sink], dim=-1).softmax(dim=-1)[..., :-1]
-    return torch.einsum("hts,sd->thd", probs.to(keys.dtype), keys)
+def attend(q: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor, sinks: torch.Tensor, scale: float,
+           picked: torch.Tensor | None = None, picked_seen: torch.Tensor | None = None) -> torch.Tensor:
+    """q [L, heads, dim] over shared K=V keys [K, dim] where visible [L, K] and, on a CSA layer, each query's own
+    gathered entries picked [L, k, dim] where picked_seen [L, k] (the indexer's top k: only those are scored);
+    each head's sink logit joins the softmax's denominator (a key of value 0)."""
+    parts = [(torch.einsum("thd,sd->hts", q, keys) * scale).masked_fill(~visible, float("-inf"))]
+    if picked is not None and picked_seen is not None:
+        parts.append((torch.einsum("thd,tkd->htk", q, picked) * scale).masked_fill(~picked_seen, float("-inf")))
+    sink = sinks.to(parts[0].dtype)[:, None, None].expand(-1, q.shape[0], 1)
+    probs = torch.cat([*parts, sink], dim=-1).softmax(dim=-1).to(keys.dtype)
+    out = torch.einsum("hts,sd->thd", probs[..., : keys.shape[0]], keys)
+    if picked is not None:
+        out = out + torch.einsum("htk,tkd->thd", probs[..., keys.shape[0] : -1], picked)
+    return out
 
 
 def spans(meta: AttentionMetadata) -> list[tuple[int, int, int, int]]:

@@ -115,17 +115,15 @@ class Indexer(nn.Module):
         self.weights_proj = nn.Linear(cfg.hidden_size, v4.index_heads, bias=False)
 
     def pick(self, x: torch.Tensor, q_low: torch.Tensor, positions: torch.Tensor, rotary: Rotary,
-             keys: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-        """Which entries (keys [n, index_dim]) each query attends [T, n] (bool), given those it may (`visible`)."""
-        if not keys.shape[0]:
-            return visible
+             keys: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each query's top k of the entries (keys [n, index_dim]) it may see (`visible` [T, n]): their indices
+        [T, k] and which of them it may see (fewer than k closed windows: the rest are not attended)."""
         q = rotate(rotary, self.wq_b(q_low).view(x.shape[0], self.heads, self.dim), positions)
         scores = F.relu(torch.einsum("thd,sd->ths", q.float(), keys.float())) * self.dim**-0.5
         weights = self.weights_proj(x.to(self.weights_proj.weight.dtype)).float() * self.heads**-0.5
         scores = (scores * weights[..., None]).sum(dim=1).masked_fill(~visible, float("-inf"))
         chosen = scores.topk(min(self.topk, keys.shape[0]), dim=-1).indices
-        picked = torch.zeros_like(visible).scatter_(-1, chosen, True)
-        return picked & visible
+        return chosen, visible.gather(-1, chosen)
 
 
 class V4Attention(nn.Module):
@@ -160,14 +158,13 @@ class V4Attention(nn.Module):
         if kv.entries is not None:
             self.compress(x, kv, meta, rotary)
         out = torch.empty_like(q)
-        heads = max(self.h, v4.index_heads if self.kind == "csa" else 0)
         for i, (a, b, start, end) in enumerate(spans(meta)):
-            keys, where, index_keys = self.context(i, start, end, kv, meta, x.dtype)
-            piece = max(1, BUDGET // (heads * keys.shape[0]))  # queries a piece: their scores within the budget
-            for p in range(a, b, piece):
+            raw, where, entries, index_keys = self.context(i, start, end, kv, meta, x.dtype)
+            piece = max(1, BUDGET // self.per_query(raw.shape[0], 0 if entries is None else entries.shape[0]))
+            for p in range(a, b, piece):  # queries a piece: their scores within the budget
                 e = min(p + piece, b)
-                visible = self.visible(keys.shape[0], where, index_keys, x[p:e], q_low[p:e], positions[p:e], rotary)
-                out[p:e] = attend(q[p:e], keys, visible, self.attn_sink, v4.dim**-0.5)
+                out[p:e] = self.attend(q[p:e], raw, where, entries, index_keys, x[p:e], q_low[p:e], positions[p:e],
+                                       rotary)
         grouped = rotate(rotary, out, -positions).reshape(t, v4.o_groups, -1)
         weight = self.wo_a.weight.view(v4.o_groups, v4.o_lora_rank, -1)
         return self.wo_b(torch.einsum("tgi,gri->tgr", grouped, weight).flatten(1))
@@ -188,31 +185,38 @@ class V4Attention(nn.Module):
             if entries is not None:
                 kv.entries.write(meta.block_tables[i], first, entries, keys)
 
-    def context(self, i: int, start: int, end: int, kv: V4LayerKV, meta: AttentionMetadata,
-                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Sequence i's keys (its raw window, then its entries), the raw ones' positions, and a CSA layer's
-        indexer keys (fp4, decoded)."""
-        keys, where = read_window(kv.raw, meta.groups[0].block_tables[i], start, end, self.v4.window, dtype)
-        index_keys = None
-        if kv.entries is not None:
-            entries, index_keys = kv.entries.read(meta.block_tables[i], end // kv.entries.ratio, dtype)
-            keys = torch.cat([keys, entries])
-        return keys, where, index_keys
+    def context(self, i: int, start: int, end: int, kv: V4LayerKV, meta: AttentionMetadata, dtype: torch.dtype,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Sequence i's raw keys and their positions, its closed windows' entries (compressed layers) and a CSA
+        layer's indexer keys (fp4, decoded)."""
+        raw, where = read_window(kv.raw, meta.groups[0].block_tables[i], start, end, self.v4.window, dtype)
+        if kv.entries is None:
+            return raw, where, None, None
+        return raw, where, *kv.entries.read(meta.block_tables[i], end // kv.entries.ratio, dtype)
 
-    def visible(self, n_keys: int, where: torch.Tensor, index_keys: torch.Tensor | None, x: torch.Tensor,
-                q_low: torch.Tensor, positions: torch.Tensor, rotary: Rotary) -> torch.Tensor:
-        """[L, n_keys] bool: each query's raw window, and the entries whose windows have closed (on a CSA layer,
-        those of them its indexer picks)."""
+    def per_query(self, raw: int, entries: int) -> int:
+        """Score elements a query takes: its heads over the raw window and the entries it scores (a CSA layer:
+        its top k, gathered, and its indexer's heads over every entry)."""
+        if self.kind != "csa":
+            return self.h * (raw + entries)
+        k = min(self.v4.index_topk, entries)
+        return max(self.h * (raw + k), k * self.v4.dim, self.v4.index_heads * entries)
+
+    def attend(self, q: torch.Tensor, raw: torch.Tensor, where: torch.Tensor, entries: torch.Tensor | None,
+               index_keys: torch.Tensor | None, x: torch.Tensor, q_low: torch.Tensor, positions: torch.Tensor,
+               rotary: Rotary) -> torch.Tensor:
+        """Queries at `positions` over their raw window and the entries whose windows have closed: all of them on
+        an HCA layer, the indexer's top k (gathered per query) on a CSA layer."""
         gap = positions[:, None] - where[None, :]
-        raw = (gap >= 0) & (gap < self.v4.window)
-        if self.kind == "sliding":
-            return raw
-        ratio = self.compressor.ratio
-        n = n_keys - where.shape[0]
-        closed = torch.arange(n, device=x.device)[None, :] < ((positions + 1) // ratio)[:, None]
-        if index_keys is not None:
-            closed = self.indexer.pick(x, q_low, positions, rotary, index_keys, closed)
-        return torch.cat([raw, closed], dim=1)
+        seen, scale = (gap >= 0) & (gap < self.v4.window), self.v4.dim**-0.5
+        if entries is None:
+            return attend(q, raw, seen, self.attn_sink, scale)
+        closed = torch.arange(entries.shape[0], device=q.device)[None, :] < \
+            ((positions + 1) // self.compressor.ratio)[:, None]
+        if index_keys is None:
+            return attend(q, torch.cat([raw, entries]), torch.cat([seen, closed], dim=1), self.attn_sink, scale)
+        chosen, chosen_seen = self.indexer.pick(x, q_low, positions, rotary, index_keys, closed)
+        return attend(q, raw, seen, self.attn_sink, scale, entries[chosen], chosen_seen)
 
 
 class ClampedExpert(nn.Module):

@@ -116,6 +116,8 @@ def test_greedy_equals_transformers_in_one_step_in_chunks_and_after_a_hit(wide, 
     assert llm.runner.tails.rewound_tokens - before == 4 * len(ps)
     chunked = engine(wide, max_num_batched_tokens=16)
     assert outputs(chunked.generate(ps, GREEDY)) == expected
+    short = [[5], [9, 8, 7]]  # no window closed before the first tokens: the indexer has nothing to rank
+    assert outputs(llm.generate(short, GREEDY)) == reference(wide, short)
 
 
 def test_preemption_and_a_dram_reload(wide, ps):
