@@ -45,11 +45,13 @@ class EntryPages:
         if keys is not None and self.index is not None:
             self.index[slots // self.per_page, slots % self.per_page] = fp4_encode(keys)
 
-    def read(self, table: torch.Tensor, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A sequence's first n entries [n, dim] and its indexer keys [n, index_dim] (None on an HCA layer)."""
-        pages = table[: -(-n // self.per_page)].long()
-        entries = self.codec.decode(self.data, pages, dtype).flatten(0, 1)[:n, 0]
-        keys = None if self.index is None else fp4_decode(self.index[pages].flatten(0, 1)[:n])
+    def read(self, tables: torch.Tensor, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The first n entries [B, n, dim] of B sequences' block tables [B, width] and their indexer keys
+        [B, n, index_dim] (None on an HCA layer); a sequence with fewer reads stale values past its own."""
+        pages = tables[:, : -(-n // self.per_page)].long()
+        decoded = self.codec.decode(self.data, pages.flatten(), dtype)
+        entries = decoded.view(pages.shape[0], -1, decoded.shape[-1])[:, :n]
+        keys = None if self.index is None else fp4_decode(self.index[pages].flatten(1, 2)[:, :n])
         return entries, keys
 
 
@@ -84,31 +86,30 @@ class V4LayerKV:
     step: TailStep
 
 
-def read_window(raw: LayerKV, table: torch.Tensor, start: int, end: int, window: int,
+def read_window(raw: LayerKV, tables: torch.Tensor, blocks: torch.Tensor,
                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The raw keys a span of queries start..end-1 can see: positions first..end-1 (first = start - window + 1)
-    as [K, dim], and those positions [K]."""
+    """Raw keys of blocks [B, nb] (by block index; below 0: none, read as position < 0) of B sequences' block
+    tables [B, width]: [B, nb * block_size, dim], and their positions [B, nb * block_size]."""
     bs = raw.block_size
-    first = max(0, start - window + 1)
-    pages = table[first // bs : -(-end // bs)].long()
-    keys = raw.codec.decode(raw.k, pages, dtype).flatten(0, 1)[:, 0]
-    lo = first // bs * bs
-    return keys[first - lo : end - lo], torch.arange(first, end, device=keys.device)
+    pages = tables.gather(1, blocks.clamp(min=0)).long()
+    decoded = raw.codec.decode(raw.k, pages.flatten(), dtype)
+    where = blocks[..., None] * bs + torch.arange(bs, device=blocks.device)
+    return decoded.view(blocks.shape[0], -1, decoded.shape[-1]), where.flatten(1)
 
 
-def attend(q: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor, sinks: torch.Tensor, scale: float,
-           picked: torch.Tensor | None = None, picked_seen: torch.Tensor | None = None) -> torch.Tensor:
-    """q [L, heads, dim] over shared K=V keys [K, dim] where visible [L, K] and, on a CSA layer, each query's own
-    gathered entries picked [L, k, dim] where picked_seen [L, k] (the indexer's top k: only those are scored);
-    each head's sink logit joins the softmax's denominator (a key of value 0)."""
+def attend(q: torch.Tensor, sinks: torch.Tensor, scale: float, keys: torch.Tensor, visible: torch.Tensor,
+           own: torch.Tensor | None = None, own_seen: torch.Tensor | None = None) -> torch.Tensor:
+    """q [L, heads, dim] over shared K=V keys [K, dim] where visible [L, K], and over each query's own keys
+    own [L, k, dim] where own_seen [L, k] (a CSA query's gathered top k; a decode's whole context); each head's
+    sink logit joins the softmax's denominator (a key of value 0)."""
     parts = [(torch.einsum("thd,sd->hts", q, keys) * scale).masked_fill(~visible, float("-inf"))]
-    if picked is not None and picked_seen is not None:
-        parts.append((torch.einsum("thd,tkd->htk", q, picked) * scale).masked_fill(~picked_seen, float("-inf")))
+    if own is not None and own_seen is not None:
+        parts.append((torch.einsum("thd,tkd->htk", q, own) * scale).masked_fill(~own_seen, float("-inf")))
     sink = sinks.to(parts[0].dtype)[:, None, None].expand(-1, q.shape[0], 1)
     probs = torch.cat([*parts, sink], dim=-1).softmax(dim=-1).to(keys.dtype)
     out = torch.einsum("hts,sd->thd", probs[..., : keys.shape[0]], keys)
-    if picked is not None:
-        out = out + torch.einsum("htk,tkd->thd", probs[..., keys.shape[0] : -1], picked)
+    if own is not None:
+        out = out + torch.einsum("htk,tkd->thd", probs[..., keys.shape[0] : -1], own)
     return out
 
 

@@ -311,18 +311,20 @@ def test_spec_counts_transformers_weights_and_prices_each_kind(folder):
 @pytest.mark.parametrize("piece", ["whole", "one query"])
 def test_first_token_logits_equal_transformers(wide, ps, piece, monkeypatch):
     """fp32 pages against transformers' fp32 forward, within 1e-4 as the other families' tests; also with a
-    score budget so small that each prefill attends one query at a time."""
+    score budget so small that each prefill attends one query at a time, and each decode alone."""
     from transformers import DeepseekV4ForCausalLM
 
-    from agentkv.model import deepseek_v4
+    from agentkv.model import v4_attention
 
     if piece == "one query":
-        monkeypatch.setattr(deepseek_v4, "BUDGET", 1)
+        monkeypatch.setattr(v4_attention, "BUDGET", 1)
 
     hf = DeepseekV4ForCausalLM.from_pretrained(str(wide), dtype=torch.float32).eval()
     with torch.no_grad():
         want = torch.stack([hf(torch.tensor([p]), use_cache=False).logits[0, -1] for p in ps])
     assert (first_logits(engine(wide), ps) - want).abs().max().item() < 1e-4
+    if piece == "one query":  # the decodes too, one at a time
+        assert outputs(engine(wide).generate(ps, GREEDY)) == reference(wide, ps)
 
 
 def test_bf16_loads_and_follows_fp32(wide, ps):
