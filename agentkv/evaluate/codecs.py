@@ -5,7 +5,8 @@ as the engine runs a long prompt: each chunk's K/V are encoded into pages by the
 attend over the decoded pages. The reference stores bf16 pages. For each codec:
 
 - attention-output relative error per layer, on the reference's own Q/K/V (so layers are measured apart,
-  errors not compounded): ||attn(q, dec(enc(k)), dec(enc(v))) - attn(q, k, v)|| / ||attn(q, k, v)||;
+  errors not compounded): ||attn(q, dec(enc(k)), dec(enc(v))) - attn(q, k, v)|| / ||attn(q, k, v)||
+  (DeepSeek-V4: each layer's attention on the reference's input over the codec's pages, `evaluate/v4.py`);
 - next-token KL(reference || codec) and top-1 agreement, the codec's K/V used in every layer;
 - perplexity and its change, against the reference's;
 - bytes per token of this model, and how many 96k-token contexts fit per GPU for each catalog model and GPU.
