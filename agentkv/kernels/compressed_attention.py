@@ -33,17 +33,15 @@ class EntryPages:
     def per_page(self) -> int:
         return next(iter(self.data.values())).shape[1]
 
-    def slots(self, table: torch.Tensor, first: int, n: int) -> torch.Tensor:
-        """Flat slots (page * per_page + offset) of entries first .. first + n - 1 of a sequence's block table."""
-        w = torch.arange(first, first + n, device=table.device)
-        return table[w // self.per_page].long() * self.per_page + w % self.per_page
-
-    def write(self, table: torch.Tensor, first: int, entries: torch.Tensor, keys: torch.Tensor | None) -> None:
-        """Store entries [n, dim] (and a CSA layer's indexer keys [n, index_dim]) from entry `first` on."""
-        slots = self.slots(table, first, entries.shape[0])
+    def write(self, tables: torch.Tensor, windows: torch.Tensor, entries: torch.Tensor,
+              keys: torch.Tensor | None) -> None:
+        """Store entries [n, dim] of windows [n] (and a CSA layer's indexer keys [n, index_dim]), each in the
+        page its block table row (tables [n, width]) gives for its window."""
+        pp = self.per_page
+        slots = tables.gather(1, (windows // pp)[:, None])[:, 0].long() * pp + windows % pp
         self.codec.encode_into(self.data, slots, entries[:, None])
         if keys is not None and self.index is not None:
-            self.index[slots // self.per_page, slots % self.per_page] = fp4_encode(keys)
+            self.index[slots // pp, slots % pp] = fp4_encode(keys)
 
     def read(self, tables: torch.Tensor, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The first n entries [B, n, dim] of B sequences' block tables [B, width] and their indexer keys

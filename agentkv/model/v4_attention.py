@@ -52,38 +52,62 @@ class Compressor(nn.Module):
         x = x.to(self.wkv.weight.dtype)
         return self.wkv(x), self.wgate(x)
 
-    def pool(self, kv: torch.Tensor, gate: torch.Tensor, first: int, lead: bool, rotary: Rotary) -> torch.Tensor:
-        """Entries [n, dim] of consecutive windows first.. from their projections kv, gate [n, m, width]; with
-        `lead` (CSA past window 0) one more window comes first, read only as the next one's overlap."""
-        n, m, d = kv.shape[0], self.ratio, self.dim
+    def pool(self, kv: torch.Tensor, gate: torch.Tensor, prev_kv: torch.Tensor, prev_gate: torch.Tensor,
+             windows: torch.Tensor, rotary: Rotary) -> torch.Tensor:
+        """Entries [n, dim] of windows `windows` [n] from their projections kv, gate [n, m, width] and, for CSA's
+        overlap, the previous windows' prev_kv, prev_gate (window 0 has none: masked)."""
+        d = self.dim
         gate = gate + self.ape
         if self.overlap:
-            first_kv, first_gate = kv.new_zeros(n, m, d), gate.new_full((n, m, d), float("-inf"))
-            first_kv[1:], first_gate[1:] = kv[:-1, :, :d], gate[:-1, :, :d]
-            kv, gate = torch.cat([first_kv, kv[..., d:]], dim=1), torch.cat([first_gate, gate[..., d:]], dim=1)
-        pooled = self.norm((kv * gate.softmax(dim=1, dtype=torch.float32).to(kv.dtype)).sum(dim=1))[int(lead):]
-        where = (first + torch.arange(pooled.shape[0], device=kv.device)) * m
-        return rotate(rotary, pooled[:, None], where)[:, 0].to(self.norm.weight.dtype)
+            none = (windows == 0)[:, None, None]
+            prev_kv = prev_kv[..., :d].masked_fill(none, 0.0)
+            prev_gate = (prev_gate + self.ape)[..., :d].masked_fill(none, float("-inf"))
+            kv, gate = torch.cat([prev_kv, kv[..., d:]], dim=1), torch.cat([prev_gate, gate[..., d:]], dim=1)
+        pooled = self.norm((kv * gate.softmax(dim=1, dtype=torch.float32).to(kv.dtype)).sum(dim=1))
+        return rotate(rotary, pooled[:, None], windows * self.ratio)[:, 0].to(self.norm.weight.dtype)
+
+    def first_rebuilt(self, valid_from: int) -> int:
+        """The first window whose entry a tail starting at `valid_from` rebuilds (CSA's reads the window before);
+        earlier ones are in the hit's pages."""
+        return -(-valid_from // self.ratio) + int(self.overlap and valid_from > 0)
 
     def close(self, kv: torch.Tensor, gate: torch.Tensor, tail: Tail, row: int, start: int, end: int,
-              valid_from: int, rotary: Rotary) -> tuple[int, torch.Tensor | None]:
-        """One sequence's new projections kv, gate [end - start, width] at positions start..end-1: the entries of
-        the windows they close (the first window's index and [n, dim], or None), its tail kept up to date.
-        A window needing positions before `valid_from` is not rebuilt: its entry is in the hit's pages."""
-        m, span = self.ratio, tail.span
-        lo = max(start // m, -(-valid_from // m) + int(self.overlap and valid_from > 0))
+              valid_from: int, rotary: Rotary) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One prefill chunk's new projections kv, gate [end - start, width] at positions start..end-1: the windows
+        they close and their entries [n, dim] (or None), its tail kept up to date."""
+        m, span, width = self.ratio, tail.span, kv.shape[-1]
+        lo = max(start // m, self.first_rebuilt(valid_from))
         hi, lead = end // m, self.overlap and lo > 0
-        entries = None
+        windows, entries = torch.arange(lo, max(lo, hi), device=kv.device), None
         if hi > lo:
             base = (lo - lead) * m
             held = torch.arange(base, max(base, start), device=kv.device) % span
-            rows_kv = torch.cat([tail.kv[row, held], kv[max(0, base - start) : hi * m - start]])
-            rows_gate = torch.cat([tail.gate[row, held], gate[max(0, base - start) : hi * m - start]])
-            entries = self.pool(rows_kv.view(-1, m, kv.shape[-1]), rows_gate.view(-1, m, kv.shape[-1]), lo, lead,
+            new = slice(max(0, base - start), hi * m - start)
+            rows_kv = torch.cat([tail.kv[row, held], kv[new]]).view(-1, m, width)
+            rows_gate = torch.cat([tail.gate[row, held], gate[new]]).view(-1, m, width)
+            prev = slice(0, -1) if lead else torch.arange(-1, hi - lo - 1, device=kv.device).clamp(min=0)
+            entries = self.pool(rows_kv[int(lead):], rows_gate[int(lead):], rows_kv[prev], rows_gate[prev], windows,
                                 rotary)
         keep = torch.arange(max(start, end - span), end, device=kv.device)
         tail.kv[row, keep % span], tail.gate[row, keep % span] = kv[keep - start], gate[keep - start]
-        return lo, entries
+        return windows, entries
+
+    def close_decodes(self, kv: torch.Tensor, gate: torch.Tensor, tail: Tail, rows: list[int], positions: list[int],
+                      valid_from: list[int], rotary: Rotary) -> tuple[list[int], torch.Tensor, torch.Tensor | None]:
+        """The step's decodes together (one token each, kv, gate [B, width]): into their tails, then the entries
+        of the windows their tokens close: which decodes close one, those windows, their entries [n, dim]."""
+        m, span, dev = self.ratio, tail.span, kv.device
+        at_row, at = torch.tensor(rows, device=dev), torch.tensor(positions, device=dev) % span
+        tail.kv[at_row, at], tail.gate[at_row, at] = kv, gate
+        closing = [j for j, p in enumerate(positions) if (p + 1) % m == 0 and p // m >= self.first_rebuilt(valid_from[j])]
+        windows = torch.tensor([positions[j] // m for j in closing], dtype=torch.long, device=dev)
+        if not closing:
+            return closing, windows, None
+        who = at_row[closing][:, None]
+        cur = (windows[:, None] * m + torch.arange(m, device=dev)) % span
+        prev = (cur - m) % span
+        return closing, windows, self.pool(tail.kv[who, cur], tail.gate[who, cur], tail.kv[who, prev],
+                                           tail.gate[who, prev], windows, rotary)
 
 
 class Indexer(nn.Module):
@@ -160,20 +184,28 @@ class V4Attention(nn.Module):
         return self.wo_b(torch.einsum("tgi,gri->tgr", grouped, weight).flatten(1))
 
     def compress(self, x: torch.Tensor, kv: V4LayerKV, meta: AttentionMetadata, rotary: Rotary) -> None:
-        """The entries (and a CSA layer's indexer keys) of every window the step's tokens close, into the pages."""
+        """The entries (and a CSA layer's indexer keys) of every window the step's tokens close, into the pages:
+        each prefill chunk's, then the decodes' together."""
         assert kv.entries is not None and kv.tail is not None
-        projected = self.compressor.project(x)
-        indexed = self.indexer.compressor.project(x) if self.kind == "csa" else None
-        for i, (a, b, start, end) in enumerate(spans(meta)):
-            row, valid = kv.step.rows[i], kv.step.valid_from[i]
-            first, entries = self.compressor.close(projected[0][a:b], projected[1][a:b], kv.tail, row, start, end,
-                                                   valid, rotary)
-            keys = None
-            if indexed is not None and kv.index_tail is not None:
-                _, keys = self.indexer.compressor.close(indexed[0][a:b], indexed[1][a:b], kv.index_tail, row, start,
-                                                        end, valid, rotary)
+        own = self.compressor.project(x)
+        index = self.indexer.compressor.project(x) if self.kind == "csa" else None
+        sequences, first = spans(meta), meta.num_prefills
+        for i, (a, b, start, end) in enumerate(sequences[:first]):
+            step = (kv.step.rows[i], start, end, kv.step.valid_from[i], rotary)
+            windows, entries = self.compressor.close(own[0][a:b], own[1][a:b], kv.tail, *step)
+            keys = None if index is None else self.indexer.compressor.close(index[0][a:b], index[1][a:b],
+                                                                            kv.index_tail, *step)[1]
             if entries is not None:
-                kv.entries.write(meta.block_tables[i], first, entries, keys)
+                kv.entries.write(meta.block_tables[i : i + 1].expand(len(windows), -1), windows, entries, keys)
+        if len(sequences) > first:
+            d0 = sequences[first][0]
+            step = (kv.step.rows[first:], [end - 1 for *_, end in sequences[first:]], kv.step.valid_from[first:],
+                    rotary)
+            closing, windows, entries = self.compressor.close_decodes(own[0][d0:], own[1][d0:], kv.tail, *step)
+            keys = None if index is None else self.indexer.compressor.close_decodes(index[0][d0:], index[1][d0:],
+                                                                                    kv.index_tail, *step)[2]
+            if entries is not None:
+                kv.entries.write(meta.block_tables[first:][closing], windows, entries, keys)
 
     @property
     def ratio(self) -> int:
