@@ -9,7 +9,8 @@ the first prompt again (cached tokens / prompt tokens); the pool's page bytes / 
 `kv_bytes_per_token`, and the sliding group's pages a decoding sequence holds against `state_bytes`; an engine
 with a disk (then a Redis) tier runs the prompts and closes, a fresh one on the same tier runs the first
 prompt again: its tokens read from the tier / prompt tokens, and whether its output still equals.
-Run: .venv/bin/python -m bench.families [--prompts 6] [--tokens 12] [--codec bf16] [--markdown]
+DeepSeek-V4: blocks of 16 (its pages hold whole compressed entries), transformers' greedy by full forwards.
+Run: .venv/bin/python -m bench.families [--prompts 6] [--tokens 12] [--codec bf16] [--markdown] [--only a,b]
 """
 
 from __future__ import annotations
@@ -36,17 +37,42 @@ FAMILIES = [  # one line a family: its name in tests/engine/conftest.py's write_
     "llama4_vision",
     "deepseek_v3",
     "qwen3_next",
+    "deepseek_v4",
 ]
-BS = 8
+BLOCK_SIZE = {"deepseek_v4": 16}  # V4's pages hold whole compressed entries (its ratios: 4 and 16); others 8
+
+
+def block_size(family: str) -> int:
+    return BLOCK_SIZE.get(family, 8)
+
+
+def transformers_greedy(family: str, folder: Path, ps: list[list[int]], tokens: int) -> list[list[int]]:
+    """Each prompt's greedy continuation by transformers: `generate`, or for DeepSeek-V4 repeated full forwards
+    (its cached `generate` drifts from its own forward at near-ties in the indexer's top-k)."""
+    from tests.engine.conftest import hf_model
+
+    ref = hf_model(folder)
+    out = []
+    with torch.no_grad():
+        for p in ps:
+            if family != "deepseek_v4":
+                out.append(ref.generate(torch.tensor([p]), max_new_tokens=tokens, do_sample=False,
+                                        eos_token_id=None, pad_token_id=0, min_new_tokens=tokens)[0, len(p):].tolist())
+                continue
+            seq = list(p)
+            for _ in range(tokens):
+                seq.append(int(ref(torch.tensor([seq]), use_cache=False).logits[0, -1].argmax()))
+            out.append(seq[len(p):])
+    return out
 
 
 def reload(folder: Path, ps: list[list[int]], greedy: SamplingParams, expected: list[int], tier: str,
-           spec: str) -> str:
+           spec: str, bs: int) -> str:
     """The first prompt run by an engine restarted on `spec`'s tier: 'read from the tier / prompt (output)'."""
-    first = LLM(str(folder), dtype="float32", block_size=BS, kv_cache_bytes=2**26, kv_tiers=spec)
+    first = LLM(str(folder), dtype="float32", block_size=bs, kv_cache_bytes=2**26, kv_tiers=spec)
     first.generate(ps, greedy)
     first.close()
-    restarted = LLM(str(folder), dtype="float32", block_size=BS, kv_cache_bytes=2**26, kv_tiers=spec)
+    restarted = LLM(str(folder), dtype="float32", block_size=bs, kv_cache_bytes=2**26, kv_tiers=spec)
     out = restarted.generate([ps[0]], greedy)[0]
     restarted.close()
     same = " =" if out.outputs[0].token_ids == expected else " differs"
@@ -54,19 +80,17 @@ def reload(folder: Path, ps: list[list[int]], greedy: SamplingParams, expected: 
 
 
 def measure(family: str, folder: Path, n: int, tokens: int, kv_codec: str, redis_url: str) -> dict[str, str]:
-    from tests.engine.conftest import hf_model, prompts, write_checkpoint
+    from tests.engine.conftest import prompts, write_checkpoint
 
     write_checkpoint(folder, family)
     ps = prompts(n, seed=11, lo=40, hi=80)
     greedy = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
-    ref = hf_model(folder)
-    with torch.no_grad():
-        expected = [ref.generate(torch.tensor([p]), max_new_tokens=tokens, do_sample=False, eos_token_id=None,
-                                 pad_token_id=0, min_new_tokens=tokens)[0, len(p):].tolist() for p in ps]
-    llm = LLM(str(folder), dtype="float32", block_size=BS, kv_cache_bytes=2**26, check_invariants=True)
+    expected = transformers_greedy(family, folder, ps, tokens)
+    bs = block_size(family)
+    llm = LLM(str(folder), dtype="float32", block_size=bs, kv_cache_bytes=2**26, check_invariants=True)
     got = [o.outputs[0].token_ids for o in llm.generate(ps, greedy)]
     again = llm.generate([ps[0]], greedy)[0]
-    quant = LLM(str(folder), dtype="float32", kv_codec=kv_codec, block_size=BS, kv_cache_bytes=2**26)
+    quant = LLM(str(folder), dtype="float32", kv_codec=kv_codec, block_size=bs, kv_cache_bytes=2**26)
     spec, cs = quant.config.spec(family), codec(kv_codec)
     held = "-"
     if quant.sliding is not None:
@@ -76,15 +100,15 @@ def measure(family: str, folder: Path, n: int, tokens: int, kv_codec: str, redis
             quant.step()
             most = max([most] + [sum(1 for p in s.window_pages if p) for s in quant.scheduler.running
                                  if s.generated >= 2])
-        held = f"{most * quant.sliding.layout.page_bytes:,} vs {state_bytes(spec, cs, BS):,.0f}"
+        held = f"{most * quant.sliding.layout.page_bytes:,} vs {state_bytes(spec, cs, bs):,.0f}"
     return {"family": family, "layers": quant.layers_text(),
             "greedy": f"{sum(a == b for a, b in zip(got, expected, strict=True))}/{n}",
             "hit": f"{again.num_cached_tokens}/{len(ps[0])}" + (" =" if again.outputs[0].token_ids == expected[0]
                                                                 else " differs"),
-            "pool": f"{quant.layout.page_bytes / BS:,.0f} vs {kv_bytes_per_token(spec, cs, BS):,.0f}",
+            "pool": f"{quant.layout.page_bytes / bs:,.0f} vs {kv_bytes_per_token(spec, cs, bs):,.0f}",
             "window": held,
-            "disk": reload(folder, ps, greedy, expected[0], "disk", f"disk=64MiB@{folder / 'disk-tier'}"),
-            "redis": reload(folder, ps, greedy, expected[0], "remote", f"redis=64MiB@{redis_url}")}
+            "disk": reload(folder, ps, greedy, expected[0], "disk", f"disk=64MiB@{folder / 'disk-tier'}", bs),
+            "redis": reload(folder, ps, greedy, expected[0], "remote", f"redis=64MiB@{redis_url}", bs)}
 
 
 def main() -> None:
@@ -93,12 +117,17 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=12)
     ap.add_argument("--codec", default="bf16")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated families to measure (default: all)")
     args = ap.parse_args()
+    only = [f for f in args.only.split(",") if f]
+    unknown = sorted(set(only) - set(FAMILIES))
+    if unknown:
+        ap.error(f"--only: unknown families {', '.join(unknown)} (known: {', '.join(FAMILIES)})")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         server, url = start_redis(Path(tmp))
         try:
-            for fam in FAMILIES:
+            for fam in only or FAMILIES:
                 rows.append(measure(fam, Path(tmp) / fam, args.prompts, args.tokens, args.codec, url))
         finally:
             server.kill()

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from agentkv.codecs import get_codec
+from agentkv.engine.compressed import CompressedLayout, CompressorTails, raw_window_fields
 from agentkv.engine.cuda_graphs import DecodeGraphs
 from agentkv.engine.pages import PageLayout
 from agentkv.engine.pool import PagePool
@@ -24,7 +25,7 @@ from agentkv.engine.sampler import sample
 from agentkv.engine.sequence import EngineSequence
 from agentkv.engine.sliding import SlidingPages
 from agentkv.engine.state_slots import StateSlots
-from agentkv.kernels.attention import LayerKV, SeqSlice
+from agentkv.kernels.attention import LayerKV, SeqSlice, TorchAttention
 from agentkv.kernels.backends import make_backend
 from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.ids import BlockIds
@@ -73,6 +74,12 @@ class ModelRunner:
     def _bind_backend(self, attention_backend: str | None, replace: bool) -> None:
         """Every layer attends through one backend: 'auto' picks by device; a module keeps its own unless told."""
         attention = [layer.self_attn for layer in self.model.model.layers if hasattr(layer, "self_attn")]
+        if self.config.v4 is not None:  # its layers attend in kernels/compressed_attention.py
+            if attention_backend not in (None, "auto", "torch"):
+                raise ValueError(f"attention backend '{attention_backend}': DeepSeek-V4's compressed attention runs "
+                                 "on the torch backend only (agentkv.kernels.compressed_attention)")
+            self.backend = TorchAttention()
+            return
         if replace:
             backend = make_backend(attention_backend or "auto", self.device, self.codec)
             for module in attention:
@@ -83,15 +90,15 @@ class ModelRunner:
         """The full layers' page layout and count; the sliding layers' own page group and the linear layers' state
         slots, sized first."""
         cfg, bs = self.config, self.block_size
-        window = _one_window(cfg)
-        full_layers = cfg.num_layers - sum(1 for w in cfg.layer_windows if w) - sum(cfg.linear_layers)
-        self.layout = PageLayout.of_model(self.codec, cfg, full_layers, bs)
+        window = cfg.v4.window if cfg.v4 else _one_window(cfg)
+        self._layouts(window)
         self.page_bytes = kv_bytes_per_block(self.spec, self.codec.spec, bs)
         assert self.page_bytes == self.layout.page_bytes, "codec pages disagree with kvcache.sizing"
         self.sliding: SlidingPages | None = None  # the sliding layers' own page group (engine/sliding.py)
-        self.window_layout = PageLayout.of(self.codec, cfg.num_layers - full_layers, bs, cfg.num_kv_heads,
-                                           cfg.head_dim) if window else None
+        self.tails = CompressorTails(cfg.v4, self.max_num_seqs, self.device) if cfg.v4 else None
         kv_bytes = self._kv_budget(kv_cache_bytes, utilization, step_tokens)
+        if self.tails is not None:  # V4's compressors' unfinished windows, one row a running sequence
+            kv_bytes -= self.tails.nbytes
         if self.window_layout is not None:
             wl = self.window_layout
             n = SlidingPages.pages_for(kv_bytes, wl.page_bytes, self.max_num_seqs, step_tokens, window, bs)
@@ -109,6 +116,20 @@ class ModelRunner:
             raise ValueError(f"KV budget holds {self.num_pages} pages of {self.page_bytes} bytes: give more "
                              "kv_cache_bytes")
 
+    def _layouts(self, window: int) -> None:
+        """The pool's page (the full layers', MLA's latent or V4's compressed entries) and the windowed layers'
+        page (V4: every layer's raw window, one shared K=V vector a token)."""
+        cfg, bs, codec = self.config, self.block_size, self.codec
+        self.layout: PageLayout | CompressedLayout
+        if cfg.v4 is not None:
+            self.layout = CompressedLayout.of_model(codec, cfg.v4, bs)
+            self.window_layout = PageLayout(codec, cfg.num_layers, raw_window_fields(codec, cfg.v4, bs), ())
+            return
+        full_layers = cfg.num_layers - sum(1 for w in cfg.layer_windows if w) - sum(cfg.linear_layers)
+        self.layout = PageLayout.of_model(codec, cfg, full_layers, bs)
+        self.window_layout = PageLayout.of(codec, cfg.num_layers - full_layers, bs, cfg.num_kv_heads,
+                                           cfg.head_dim) if window else None
+
     def build_pool(self, stores: list, *, compile: bool, cuda_graphs: bool, policy: Policy | None = None) -> None:
         """The second half: the page pool over the lower tiers' `stores`, bound to the backend, and the state
         slots whose snapshots `policy` places; then the forward pass compiled or its decode steps captured."""
@@ -124,7 +145,7 @@ class ModelRunner:
             self.states = StateSlots(cfg, self.state_slots, self.max_num_seqs, self.dtype, self.device, self.ids,
                                      self.block_size, policy)
         self.kv_layers = self._by_layer(self.pool.layers, self.sliding.layers if self.sliding else [],
-                                        self.states.layers if self.states else [])
+                                        self.states.layers if self.states else [], self.tails)
         if compile:  # fuses the per-token work; the attention backend's Python loop stays eager
             self.model.forward = torch.compile(self.model.forward, dynamic=True)  # type: ignore[method-assign]
         # a MoE layer groups tokens by expert on the host (a sync a captured graph cannot replay): no graphs
@@ -174,7 +195,11 @@ class ModelRunner:
         if cfg.deltanet is not None:  # one scratch state slot
             scratch = torch.zeros(1, state_slot_bytes(cfg, self.dtype), dtype=torch.uint8, device=self.device)
             linear = state_views(cfg, scratch, self.dtype, StateStep([StateSpan(0, tokens)]))
-        kv = self._by_layer(self.layout.views(slab), views, linear)
+        tails = None
+        if cfg.v4 is not None:  # one scratch row of compressor tails
+            tails = CompressorTails(cfg.v4, 1, self.device)
+            tails.step.rows, tails.step.valid_from = [0], [0]
+        kv = self._by_layer(self.layout.views(slab), views, linear, tails)
         hidden = self.model(ids, torch.arange(tokens, device=self.device), kv, meta)
         self.model.logits(hidden[-1:])
         peak = torch.cuda.max_memory_allocated(self.device) - before if cuda else 0
@@ -191,7 +216,10 @@ class ModelRunner:
         cfg = self.config
         groups = cfg.layer_groups()
         text = f"{cfg.num_layers} layers"
-        if groups:
+        if cfg.v4 is not None and self.sliding is not None and self.tails is not None:
+            text += (f": {cfg.v4.describe()} ({self.sliding.slab.shape[0]:,} raw-window pages of their own; "
+                     f"entries in the pool, compressor tails {self.tails.nbytes:,} B)")
+        elif groups:
             own = f", {self.sliding.slab.shape[0]:,} pages of their own" if self.sliding else ""
             span = "chunk" if cfg.chunked else "window"
             text += ": " + " + ".join(f"{g.layers} {g.kind}" + (f" ({span} {g.window}{own})" if g.window else "")
@@ -203,9 +231,12 @@ class ModelRunner:
             text += f", MoE {cfg.num_experts} experts top-{cfg.experts_per_token} on {sum(cfg.moe_layers)} layers"
         return text
 
-    def _by_layer(self, full: list[LayerKV], sliding: list[LayerKV], linear: list[Any]) -> list[Any]:
+    def _by_layer(self, full: list[Any], sliding: list[LayerKV], linear: list[Any],
+                  tails: CompressorTails | None = None) -> list[Any]:
         """Each layer's cache in model order: the full layers' pages from the pool, the sliding ones' from theirs,
-        the linear ones' state slots."""
+        the linear ones' state slots; V4's layers: a raw window each, entries and tails (engine/compressed.py)."""
+        if tails is not None:
+            return tails.layers(sliding, full)
         cfg, groups = self.config, (iter(full), iter(sliding), iter(linear))
         return [next(groups[2 if cfg.is_linear_layer(i) else int(bool(cfg.window_of(i)))])
                 for i in range(cfg.num_layers)]
@@ -214,9 +245,13 @@ class ModelRunner:
     def before_forward(self, plan: StepPlan, running: list[EngineSequence]) -> None:
         """The sliding group's share of the plan (its pins and names), then its windows made ready; after the
         pool executed the plan and the tiers repaired what they lost."""
+        if self.tails is not None:  # a prefill its tail does not reach rewinds first (engine/compressed.py)
+            self.tails.before_forward(plan)
         if self.sliding is not None:
             self.sliding.execute(plan.ops)
             self.sliding.before_forward(plan, running)
+        if self.tails is not None:
+            self.tails.begin(plan)
         if self.states is not None:  # a prefill whose state is elsewhere restores a snapshot (may rewind it)
             self.states.execute(plan.ops)
             self.states.before_forward(plan)

@@ -5,7 +5,8 @@ as the engine runs a long prompt: each chunk's K/V are encoded into pages by the
 attend over the decoded pages. The reference stores bf16 pages. For each codec:
 
 - attention-output relative error per layer, on the reference's own Q/K/V (so layers are measured apart,
-  errors not compounded): ||attn(q, dec(enc(k)), dec(enc(v))) - attn(q, k, v)|| / ||attn(q, k, v)||;
+  errors not compounded): ||attn(q, dec(enc(k)), dec(enc(v))) - attn(q, k, v)|| / ||attn(q, k, v)||
+  (DeepSeek-V4: each layer's attention on the reference's input over the codec's pages, `evaluate/v4.py`);
 - next-token KL(reference || codec) and top-1 agreement, the codec's K/V used in every layer;
 - perplexity and its change, against the reference's;
 - bytes per token of this model, and how many 96k-token contexts fit per GPU for each catalog model and GPU.
@@ -14,6 +15,8 @@ attend over the decoded pages. The reference stores bf16 pages. For each codec:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -192,39 +195,65 @@ def evaluate(model_dir: str, codecs: list[str], text: str, text_name: str, conte
     return KVEval(model_dir, text_name, scored, context, len(spans), chunk, block_size, device, results)
 
 
+class BackendPages:
+    """The eval's caches for the families whose layers attend through its backend: K/V pages per layer, a
+    fresh DeltaNet state slot per linear layer; the reference's q/k/v recorded by the backend."""
+
+    def __init__(self, model: Any, impl: dict[str, KVCodec], tokens: int, block_size: int) -> None:
+        cfg = self.config = model.config
+        self.backend = next(layer.self_attn for layer in model.model.layers if hasattr(layer, "self_attn")).backend
+        self.device, self.dtype = next(model.parameters()).device, next(model.parameters()).dtype
+        self.impl, self.tokens, self.block_size, self.step = impl, tokens, block_size, StateStep()
+        self.heads, self.dim = (1, cfg.mla.entry_dim) if cfg.mla else (cfg.num_kv_heads, cfg.head_dim)  # MLA: latent
+
+    def layers(self, name: str, apart: bool = False) -> list[Any]:
+        """Pages for the attention layers; unless `apart` (the attention layers alone), a state slot for the
+        linear ones (model/deltanet.py)."""
+        cfg, states = self.config, iter([])
+        if not apart and cfg.deltanet is not None:
+            slab = torch.zeros(1, state_slot_bytes(cfg, self.dtype), dtype=torch.uint8, device=self.device)
+            states = iter(state_views(cfg, slab, self.dtype, self.step))
+        return [next(states) if cfg.is_linear_layer(i) else
+                pages_for(self.impl[name], self.tokens, self.block_size, self.heads, self.dim, self.device)
+                for i in range(cfg.num_layers) if not apart or not cfg.is_linear_layer(i)]
+
+    def meta(self, a: int, b: int) -> tuple[torch.Tensor, Any]:
+        pos = torch.arange(a, b, device=self.device)
+        self.step.prefills = [StateSpan(0, b - a)]
+        return pos, EvalMeta(pos, a, b)
+
+    @contextmanager
+    def recording(self) -> Iterator[list[Any]]:
+        self.backend.record = record = []
+        try:
+            yield record
+        finally:
+            self.backend.record = None
+
+    def errors(self, codec: KVCodec, record: list[Any], layers: list[Any], a: int, b: int, meta: Any,
+               sums: _Sums) -> None:
+        attention_errors(codec, record, layers, a, b, sums)
+
+
 def score_window(model: Any, impl: dict[str, KVCodec], span: list[int], chunk: int, block_size: int,
                  sums: dict[str, _Sums]):
     """Teacher-force one window chunk by chunk through the reference and every codec, adding to `sums`;
     yields after each chunk (for the progress bar)."""
-    cfg = model.config
-    backend = next(layer.self_attn for layer in model.model.layers if hasattr(layer, "self_attn")).backend
-    dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    tokens, step = torch.tensor(span, device=dev), StateStep()
+    from agentkv.evaluate.v4 import V4Pages
 
-    heads, dim = (1, cfg.mla.entry_dim) if cfg.mla else (cfg.num_kv_heads, cfg.head_dim)  # MLA: the latent
-
-    def layers(name: str, linear: bool = True) -> list[Any]:
-        """Pages for the attention layers; with `linear`, a fresh state slot (model/deltanet.py) for the others."""
-        states = iter([])
-        if linear and cfg.deltanet is not None:
-            slab = torch.zeros(1, state_slot_bytes(cfg, dtype), dtype=torch.uint8, device=dev)
-            states = iter(state_views(cfg, slab, dtype, step))
-        return [next(states) if cfg.is_linear_layer(i) else pages_for(impl[name], len(span), block_size, heads, dim, dev)
-                for i in range(cfg.num_layers) if linear or not cfg.is_linear_layer(i)]
-
+    plan = (V4Pages if model.config.v4 else BackendPages)(model, impl, len(span), block_size)
+    tokens = torch.tensor(span, device=plan.device)
     names = list(impl)
-    runs = {c: layers(c) for c in names}
-    apart = {c: layers(c, linear=False) for c in names[1:]}  # the codec on the reference's q/k/v, layer by layer
+    runs = {c: plan.layers(c) for c in names}
+    apart = {c: plan.layers(c, apart=True) for c in names[1:]}  # the codec on the reference's inputs, layer by layer
     for a in range(0, len(span), chunk):
         b = min(a + chunk, len(span))
-        pos, step.prefills = torch.arange(a, b, device=dev), [StateSpan(0, b - a)]
-        meta, targets = EvalMeta(pos, a, b), tokens[a + 1 : b + 1]
-        backend.record = []
-        ref = model.logits(model(tokens[a:b], pos, runs[names[0]], meta))[: len(targets)].log_softmax(-1)
-        record, backend.record = backend.record, None
+        (pos, meta), targets = plan.meta(a, b), tokens[a + 1 : b + 1]
+        with plan.recording() as record:
+            ref = model.logits(model(tokens[a:b], pos, runs[names[0]], meta))[: len(targets)].log_softmax(-1)
         sums[names[0]].nll -= float(ref.gather(-1, targets[:, None]).sum())
         for c in names[1:]:
-            attention_errors(impl[c], record, apart[c], a, b, sums[c])
+            plan.errors(impl[c], record, apart[c], a, b, meta, sums[c])
             out = model.logits(model(tokens[a:b], pos, runs[c], meta))[: len(targets)].log_softmax(-1)
             s = sums[c]
             s.kl += float((ref.exp() * (ref - out)).sum())

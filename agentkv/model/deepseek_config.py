@@ -143,12 +143,13 @@ class CompressedShape:
         return f"{kinds}, raw window {self.window}"
 
     def partial_window_bytes(self, kind: str) -> int:
-        """A compressor's unfinished window per sequence and layer, in fp32 as transformers' cache keeps it: a
-        window's projections and gates (CSA: both series, plus the previous window's first series it overlaps,
-        for the compressor and its indexer)."""
+        """A compressor's unfinished window per sequence and layer, in fp32: the projections and gates of its last
+        window (HCA), or of its last two at both series' width (CSA, whose next entry reads the window before, for
+        the compressor and its indexer), as the engine's tails hold them (engine/compressed.py) and as the
+        catalog prices V4 from vLLM's code (80 KiB a CSA layer, 512 KiB an HCA layer at V4-Flash's shape)."""
         if kind == "hca":
             return 2 * self.hca_ratio * self.dim * 4
-        return 2 * self.csa_ratio * 3 * (self.dim + self.index_dim) * 4 if kind == "csa" else 0
+        return 2 * (2 * self.csa_ratio) * 2 * (self.dim + self.index_dim) * 4 if kind == "csa" else 0
 
     def params(self, hidden: int, heads: int) -> int:
         """Every layer's attention and mHC weights (norms and sinks aside): the low-rank query, the K=V projection,

@@ -1,10 +1,11 @@
-"""DeepSeek-V4 (`DeepseekV4ForCausalLM`) in plain PyTorch, over one whole sequence at a time (no pages yet).
+"""DeepSeek-V4 (`DeepseekV4ForCausalLM`) in plain PyTorch, over paged KV like the other families.
 
 As transformers 5.25's model computes it (the semantics were read there; the parameter names are the published
 checkpoint's, which transformers writes back):
 - attention: one shared K=V head of `dim` values per token (normed, RoPE on its last `rope_dim` dims, adjacent
   pairs), low-rank queries RMS-normed per head, a sink logit per head, softmax scale dim^-0.5. Every layer sees
-  its last `window` raw tokens; a compressed layer also sees compressed entries (`Compressor`): an HCA layer
+  its last `window` raw tokens; a compressed layer also sees compressed entries (`model/v4_attention.py`'s
+  `Compressor`, `Indexer`, `V4Attention`): an HCA layer
   every entry whose window has closed, a CSA layer only the `index_topk` a lightning indexer picks per query.
   The output is rotated back by the query's position (so each entry counts by relative distance) and projected
   by a grouped low-rank projection (`o_groups` blocks to `o_lora_rank` each, then one linear);
@@ -13,8 +14,9 @@ checkpoint's, which transformers writes back):
 - MoE on every layer: sqrt(softplus) scores, top k by bias-corrected score (or, on the first hash layers, the
   experts a fixed token-id table names), weights renormalised and scaled; SwiGLU experts clamped to
   `swiglu_limit`, plus shared experts.
-The engine cannot run it yet: its compressed entries need their own page group and a rewind to the last
-compression boundary on a prefix hit (docs/ARCHITECTURE.md, "DeepSeek-V4"); `model/loader.py` says so.
+Over pages (docs/ARCHITECTURE.md, "DeepSeek-V4 in the engine"): every layer's raw keys in the sliding page group,
+the compressed entries (and CSA indexer keys, fp4) in the pool's pages, each compressor's unfinished window in a
+tail per running sequence; the attention over them is `kernels/compressed_attention.py`'s.
 """
 
 from __future__ import annotations
@@ -23,122 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agentkv.kernels.attention import AttentionBackend
+from agentkv.kernels.attention import AttentionBackend, AttentionMetadata
+from agentkv.kernels.compressed_attention import V4LayerKV
 from agentkv.model.config import ModelConfig
 from agentkv.model.deepseek_config import CompressedShape
 from agentkv.model.llama import RMSNorm, Rotary
 from agentkv.model.moe import dispatch
+from agentkv.model.v4_attention import V4Attention, unit_rms
 
 FP32_PARTS = ("hc_", "attn_sink", ".ape", "gate.bias", "compressor.wkv", "compressor.wgate", "weights_proj")
 # ^ kept in fp32 as transformers keeps them (`_keep_in_fp32_modules`); the norms' weights load in the model's dtype
-
-
-def unit_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm without a weight (the per-head query norm, mHC's input norm)."""
-    return x * torch.rsqrt(x.float().square().mean(-1, keepdim=True) + eps).to(x.dtype)
-
-
-def rotate(rotary: Rotary, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """RoPE on the last `rotary.head_dim` dims of x [T, heads, dim], the rest as is."""
-    d = rotary.head_dim
-    return torch.cat([x[..., :-d], rotary(x[..., -d:], positions)], dim=-1)
-
-
-class Compressor(nn.Module):
-    """One compressed entry per `ratio` tokens: a softmax-gated pool (gate + a learned bias per slot) of the window's
-    projections, normed and rotated at the window's first position. `overlap` (CSA): each token projects twice,
-    and entry w pools window w-1's first half with window w's second (width 2 x ratio, stride ratio)."""
-
-    def __init__(self, hidden: int, dim: int, ratio: int, overlap: bool, eps: float) -> None:
-        super().__init__()
-        width = 2 * dim if overlap else dim
-        self.dim, self.ratio, self.overlap = dim, ratio, overlap
-        self.wkv = nn.Linear(hidden, width, bias=False)
-        self.wgate = nn.Linear(hidden, width, bias=False)
-        self.ape = nn.Parameter(torch.empty(ratio, width))
-        self.norm = RMSNorm(dim, eps)
-
-    def forward(self, x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
-        """Entries [n, dim] of the n windows that x [T, hidden] closes (T // ratio)."""
-        n, m, d = x.shape[0] // self.ratio, self.ratio, self.dim
-        x = x[: n * m].to(self.wkv.weight.dtype)
-        kv, gate = self.wkv(x).view(n, m, -1), self.wgate(x).view(n, m, -1) + self.ape
-        if self.overlap:
-            first_kv, first_gate = kv.new_zeros(n, m, d), gate.new_full((n, m, d), float("-inf"))
-            first_kv[1:], first_gate[1:] = kv[:-1, :, :d], gate[:-1, :, :d]
-            kv, gate = torch.cat([first_kv, kv[..., d:]], dim=1), torch.cat([first_gate, gate[..., d:]], dim=1)
-        pooled = self.norm((kv * gate.softmax(dim=1, dtype=torch.float32).to(kv.dtype)).sum(dim=1))
-        return rotate(rotary, pooled[:, None], torch.arange(n, device=x.device) * m)[:, 0].to(self.norm.weight.dtype)
-
-
-class Indexer(nn.Module):
-    """CSA's lightning indexer: its own compressor of `index_dim`; query t scores entry s as
-    sum_h w_t,h relu(q_t,h . k_s) and keeps its `index_topk` best among the closed windows."""
-
-    def __init__(self, cfg: ModelConfig, v4: CompressedShape) -> None:
-        super().__init__()
-        self.heads, self.dim, self.topk = v4.index_heads, v4.index_dim, v4.index_topk
-        self.compressor = Compressor(cfg.hidden_size, v4.index_dim, v4.csa_ratio, True, cfg.rms_norm_eps)
-        self.wq_b = nn.Linear(v4.q_lora_rank, v4.index_heads * v4.index_dim, bias=False)
-        self.weights_proj = nn.Linear(cfg.hidden_size, v4.index_heads, bias=False)
-
-    def forward(self, x: torch.Tensor, q_low: torch.Tensor, positions: torch.Tensor, rotary: Rotary,
-                visible: torch.Tensor) -> torch.Tensor:
-        """Which entries each query attends [T, n] (bool), given those it may (`visible`, closed windows)."""
-        keys = self.compressor(x, rotary)
-        q = rotate(rotary, self.wq_b(q_low).view(x.shape[0], self.heads, self.dim), positions)
-        scores = F.relu(torch.einsum("thd,sd->ths", q.float(), keys.float())) * self.dim**-0.5
-        weights = self.weights_proj(x.to(self.weights_proj.weight.dtype)).float() * self.heads**-0.5
-        scores = (scores * weights[..., None]).sum(dim=1).masked_fill(~visible, float("-inf"))
-        chosen = scores.topk(min(self.topk, keys.shape[0]), dim=-1).indices
-        picked = torch.zeros_like(visible).scatter_(-1, chosen, True)
-        return picked & visible
-
-
-class V4Attention(nn.Module):
-    """Shared K=V multi-query attention over the raw window and, on CSA/HCA layers, the compressed entries."""
-
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
-        super().__init__()
-        v4, hidden, eps = cfg.v4, cfg.hidden_size, cfg.rms_norm_eps
-        assert v4 is not None
-        self.v4, self.kind, self.h, self.eps = v4, v4.kinds[layer], cfg.num_heads, eps
-        self.wq_a = nn.Linear(hidden, v4.q_lora_rank, bias=False)
-        self.q_norm = RMSNorm(v4.q_lora_rank, eps)
-        self.wq_b = nn.Linear(v4.q_lora_rank, self.h * v4.dim, bias=False)
-        self.wkv = nn.Linear(hidden, v4.dim, bias=False)
-        self.norm = RMSNorm(v4.dim, eps)
-        self.wo_a = nn.Linear(self.h * v4.dim // v4.o_groups, v4.o_groups * v4.o_lora_rank, bias=False)
-        self.wo_b = nn.Linear(v4.o_groups * v4.o_lora_rank, hidden, bias=False)
-        self.attn_sink = nn.Parameter(torch.empty(self.h))
-        if self.kind != "sliding":
-            ratio = v4.ratio_of(layer)
-            self.compressor = Compressor(hidden, v4.dim, ratio, self.kind == "csa", eps)
-        if self.kind == "csa":
-            self.indexer = Indexer(cfg, v4)
-
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary) -> torch.Tensor:
-        v4, t = self.v4, x.shape[0]
-        q_low = self.q_norm(self.wq_a(x))
-        q = rotate(rotary, unit_rms(self.wq_b(q_low).view(t, self.h, v4.dim), self.eps), positions)
-        keys = rotate(rotary, self.norm(self.wkv(x))[:, None], positions)[:, 0]
-        gap = positions[:, None] - positions[None, :]
-        visible = (gap >= 0) & (gap < v4.window)
-        if self.kind != "sliding":
-            entries = self.compressor(x, rotary)
-            closed = torch.arange(entries.shape[0], device=x.device)[None, :] < \
-                ((positions + 1) // self.compressor.ratio)[:, None]
-            if self.kind == "csa":
-                closed = self.indexer(x, q_low, positions, rotary, closed)
-            keys, visible = torch.cat([keys, entries]), torch.cat([visible, closed], dim=1)
-        scores = torch.einsum("thd,sd->hts", q, keys) * v4.dim**-0.5
-        scores = scores.masked_fill(~visible, float("-inf"))
-        sinks = self.attn_sink.to(scores.dtype)[:, None, None].expand(-1, t, 1)
-        probs = torch.cat([scores, sinks], dim=-1).softmax(dim=-1)[..., :-1]
-        out = rotate(rotary, torch.einsum("hts,sd->thd", probs.to(keys.dtype), keys), -positions)
-        grouped = out.reshape(t, v4.o_groups, -1)
-        weight = self.wo_a.weight.view(v4.o_groups, v4.o_lora_rank, -1)
-        return self.wo_b(torch.einsum("tgi,gri->tgr", grouped, weight).flatten(1))
 
 
 class ClampedExpert(nn.Module):
@@ -225,9 +121,9 @@ class V4Layer(nn.Module):
             self.register_parameter(f"hc_{block}_base", nn.Parameter(torch.empty((2 + n) * n)))
             self.register_parameter(f"hc_{block}_scale", nn.Parameter(torch.empty(3)))
 
-    def forward(self, streams: torch.Tensor, input_ids: torch.Tensor, positions: torch.Tensor,
-                rotary: Rotary) -> torch.Tensor:
-        streams = self.block(streams, "attn", lambda x: self.attn(self.attn_norm(x), positions, rotary))
+    def forward(self, streams: torch.Tensor, input_ids: torch.Tensor, positions: torch.Tensor, rotary: Rotary,
+                kv: V4LayerKV, meta: AttentionMetadata) -> torch.Tensor:
+        streams = self.block(streams, "attn", lambda x: self.attn(self.attn_norm(x), positions, rotary, kv, meta))
         return self.block(streams, "ffn", lambda x: self.ffn(self.ffn_norm(x), input_ids))
 
     def block(self, streams: torch.Tensor, name: str, run) -> torch.Tensor:
@@ -272,7 +168,7 @@ class V4Backbone(nn.Module):
 
 
 class DeepseekV4ForCausalLM(nn.Module):
-    """The backbone and the LM head (`head`, as published), run over one whole sequence per call."""
+    """The backbone and the LM head (`head`, as published), over a flattened batch of paged sequences."""
 
     def __init__(self, cfg: ModelConfig, backend: AttentionBackend | None = None) -> None:
         super().__init__()
@@ -281,29 +177,21 @@ class DeepseekV4ForCausalLM(nn.Module):
         self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     @torch.no_grad()
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Hidden states [T, hidden] of one sequence's tokens [T], every one recomputed (no KV kept)."""
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[V4LayerKV],
+                meta: AttentionMetadata) -> torch.Tensor:
+        """Hidden states [T, hidden]; each layer's raw keys, closed windows' entries and compressor tails are
+        written into `kv_caches` (engine/compressed.py builds them)."""
         m, v4 = self.model, self.config.v4
         assert v4 is not None
-        positions = torch.arange(input_ids.shape[0], device=input_ids.device)
         streams = m.embed_tokens(input_ids)[:, None].expand(-1, v4.hc_mult, -1).contiguous()
-        for i, layer in enumerate(m.layers):
+        for i, (layer, kv) in enumerate(zip(m.layers, kv_caches, strict=True)):
             rotary = m.rotary if v4.kinds[i] == "sliding" else m.compress_rotary
-            streams = layer(streams, input_ids, positions, rotary)
+            streams = layer(streams, input_ids, positions, rotary, kv, meta)
         return m.norm(m.hc_head(streams))
 
     @torch.no_grad()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden).float()
-
-    @torch.no_grad()
-    def greedy(self, prompt: list[int], max_tokens: int) -> list[int]:
-        """Greedy continuation by whole-sequence recompute: what a paged engine must reproduce."""
-        ids = list(prompt)
-        device = self.head.weight.device
-        for _ in range(max_tokens):
-            ids.append(int(self.logits(self(torch.tensor(ids, device=device)))[-1].argmax()))
-        return ids[len(prompt) :]
 
     def skips(self, tensor: str) -> bool:
         """The multi-token-prediction layer is published beside the model but not run (as transformers)."""

@@ -60,13 +60,8 @@ def text_name(stored: str) -> str | None:
 
 
 def load_model(model_dir: str, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
-               backend: AttentionBackend | None = None, paged: bool = True) -> LlamaForCausalLM:
-    """`paged`: for the engine and kv-eval, which run the model over pages (refused where the family has none)."""
+               backend: AttentionBackend | None = None) -> LlamaForCausalLM:
     cfg = ModelConfig.from_dir(model_dir)
-    if paged and cfg.v4:
-        raise ValueError(f"{model_dir}: DeepSeek-V4 ({cfg.v4.describe()}) runs whole sequences only "
-                         "(agentkv.model.deepseek_v4): its compressed page group and prefix-hit rewind are not in "
-                         "the engine yet (issue 30)")
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")

@@ -54,7 +54,8 @@ def unit_bound(name: str, head_dim: int) -> float:
 def first_logits(llm: LLM, ps) -> torch.Tensor:
     """Each prompt's first-token logits (its prefill read back through the codec's pages)."""
     got: list[torch.Tensor] = []
-    hook = llm.model.lm_head.register_forward_hook(lambda m, i, o: got.append(o.float()))
+    head = getattr(llm.model, "lm_head", None) or llm.model.head  # DeepSeek-V4's is `head`, as published
+    hook = head.register_forward_hook(lambda m, i, o: got.append(o.float()))
     for p in ps:
         llm.generate([p], SamplingParams(max_tokens=1, temperature=0))
     hook.remove()

@@ -95,6 +95,8 @@ def write_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
         jitter(model)
     elif family in ("deepseek_v2", "deepseek_v3"):
         model = deepseek(common, family)
+    elif family == "deepseek_v4":  # index_topk 64: every entry of these prompts selected (the engine's fp4 keys
+        model = deepseek_v4(index_topk=64)  # cannot change the output); blocks of 16 (a multiple of its ratios)
     else:
         raise ValueError(family)
     folder.mkdir(parents=True, exist_ok=True)
@@ -166,6 +168,34 @@ def deepseek(common: dict, family: str):
             layer.mlp.gate.weight.normal_(0, 0.5)
             if v3:
                 layer.mlp.gate.e_score_correction_bias.normal_(0, 0.5)
+    return model
+
+
+V4_KINDS = ["sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention",
+            "compressed_sparse_attention"]
+
+
+def deepseek_v4(index_topk: int):
+    """DeepSeek-V4: a sliding layer, two CSA layers (an entry per 4 tokens, a lightning indexer keeping
+    `index_topk`) and an HCA layer (per 16), window 8, mHC over 4 streams, a hash-routed MoE layer then bias-routed
+    ones; every constant-initialised part (norms, sinks, gate biases, mHC bases, the compressors'
+    slot biases, the hash table) made random, so the test sees each of them."""
+    from transformers import DeepseekV4Config, DeepseekV4ForCausalLM
+
+    cfg = DeepseekV4Config(
+        vocab_size=VOCAB, hidden_size=64, moe_intermediate_size=32, num_hidden_layers=4, num_attention_heads=4,
+        head_dim=32, q_lora_rank=32, partial_rotary_factor=0.25, num_experts_per_tok=2, n_routed_experts=8,
+        n_shared_experts=1, layer_types=V4_KINDS, mlp_layer_types=["hash_moe", "moe", "moe", "moe"],
+        compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 16}, sliding_window=8,
+        o_groups=2, o_lora_rank=16, index_n_heads=8, index_head_dim=16, index_topk=index_topk, hc_mult=4,
+        max_position_embeddings=4096, bos_token_id=0, eos_token_id=1)
+    model = DeepseekV4ForCausalLM(cfg)
+    jitter(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("position_bias", "gate.weight")):  # slot biases; routers away from near-ties
+                p.normal_(0, 0.5)
+        model.model.layers[0].mlp.gate.tid2eid.copy_(torch.stack([torch.randperm(8)[:2] for _ in range(VOCAB)]))
     return model
 
 
