@@ -119,9 +119,17 @@ def deployment(args: argparse.Namespace):
                             max_ongoing_requests=args.max_num_seqs + args.max_queue, health_check_period_s=1.0,
                             request_router_config=RequestRouterConfig(
                                 request_router_class=AgentRouter,
-                                request_router_kwargs={"router": args.router, "block_size": args.block_size},
+                                request_router_kwargs={"router": args.router, "block_size": block_size_of(args)},
                                 request_routing_stats_period_s=STATS_PERIOD_S),
                             ).bind(args)
+
+
+def block_size_of(args: argparse.Namespace) -> int:
+    """The replicas' block size (`--block-size`, or what the model needs), for routing by block."""
+    from agentkv.engine.block_size import block_size_for
+    from agentkv.model.config import ModelConfig
+
+    return block_size_for(ModelConfig.from_dir(args.model), args.block_size).tokens
 
 
 class _TenantOf:
@@ -153,7 +161,7 @@ class Gateway:
         from agentkv.server.startup import api_keys
 
         self.handle = handle.options(stream=True)
-        self.block_size = args.block_size
+        self.block_size = block_size_of(args)
         self.router = args.router
         self.reasoning_parser = args.reasoning_parser
         self.limits = limits_of(args)

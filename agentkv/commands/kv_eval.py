@@ -23,7 +23,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--context", type=positive(int), help="tokens per window (default: the model's maximum)")
     p.add_argument("--windows", type=positive(int), default=4, help="windows of --context tokens (default 4)")
     p.add_argument("--chunk", type=positive(int), default=512, help="prefill chunk in tokens (default 512)")
-    p.add_argument("--block-size", type=positive(int), default=16, help="tokens per KV page (default 16)")
+    p.add_argument("--block-size", type=positive(int),
+                   help="tokens per KV page (default 16, or what the model needs: for DeepSeek-V4 the least "
+                        "multiple of its compression ratios above 16)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
                    help="compute dtype (default: float32 on CPU, bfloat16 on GPU)")

@@ -31,7 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                       "(default auto: the model's dtype)")
     p.add_argument("--policy", default="lru", help="KV eviction policy: lru, lfu, cost, agent (default lru; agent "
                                                    "follows sessions from how each reply ended)")
-    p.add_argument("--block-size", type=positive(int), default=16, help="tokens per KV block (default 16)")
+    p.add_argument("--block-size", type=positive(int),
+                   help="tokens per KV block (default 16, or what the model needs: for DeepSeek-V4 the least "
+                        "multiple of its compression ratios above 16)")
     p.add_argument("--max-num-seqs", type=positive(int), default=64, help="requests in the running batch (default 64)")
     p.add_argument("--max-batched-tokens", type=positive(int), default=2048, help="tokens per step (default 2048)")
     p.add_argument("--max-model-len", type=positive(int), help="context limit (default: the model's)")

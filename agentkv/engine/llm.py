@@ -55,7 +55,7 @@ class LLM:
         gpu_memory_utilization: float = 0.9,
         host_kv_bytes: int = 0,
         kv_tiers: str | None = None,
-        block_size: int = 16,
+        block_size: int | None = None,
         max_num_batched_tokens: int = 2048,
         max_num_seqs: int = 64,
         enable_prefix_caching: bool = True,
@@ -70,6 +70,8 @@ class LLM:
         """`model`: a Hugging Face checkpoint folder, or an already-built module (benchmarks, random weights).
         kv_codec: how KV pages are stored ('auto': the model's dtype). kv_tiers: tiers below the GPU,
         e.g. "dram=8GiB,disk=100GiB@/mnt/nvme/kv,redis=20GiB@redis://host:6379" (see engine/tiering.py).
+        block_size: tokens per KV block (None: 16, or the least multiple of DeepSeek-V4's compression ratios
+        above it; `block_size_why` says which).
         policy: a policy's name (lru, lfu, cost, agent) or a `Policy` of your own.
         check_invariants: compare the policy core's accounts with the pages after every step (tests).
         attention_backend: 'auto' (Triton kernels on CUDA, the torch reference elsewhere), 'torch' or 'triton';
@@ -81,16 +83,17 @@ class LLM:
             model, self.ids, dtype=dtype, device=device, kv_codec=kv_codec, kv_cache_bytes=kv_cache_bytes,
             gpu_memory_utilization=gpu_memory_utilization, block_size=block_size, state_snapshots=state_snapshots,
             max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, attention_backend=attention_backend)
-        self.config, self.block_size = runner.config, block_size
+        self.config, self.block_size, self.block_size_why = runner.config, runner.block.tokens, runner.block.why
         self.tokenizer: Any = _tokenizer(model) if isinstance(model, str) else None
         tiers, stores = self._tiers(host_kv_bytes, kv_tiers)
         self.tier_names = [t.name for t in tiers]
-        self._schedule(tiers, policy, SchedulerConfig(block_size, max_num_batched_tokens, max_num_seqs,
+        self._schedule(tiers, policy, SchedulerConfig(self.block_size, max_num_batched_tokens, max_num_seqs,
                                                       enable_prefix_caching))
         runner.build_pool(stores, compile=compile, cuda_graphs=cuda_graphs, policy=self.cache.policy)
         # an engine dropped, or a process exiting, without close() still flushes and closes its tiers (once)
         self._closer = weakref.finalize(self, self.tiering.close, runner.pool, self.cache) if self.tiering else None
-        self.namespace = f"{runner.name}|{runner.codec.name}|bs{block_size}"  # other models/codecs never share a block
+        # other models/codecs never share a block
+        self.namespace = f"{runner.name}|{runner.codec.name}|bs{self.block_size}"
         self.check_invariants = check_invariants
         self._counter = itertools.count()
         self._seqs: dict[str, EngineSequence] = {}

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from agentkv.codecs import get_codec
+from agentkv.engine.block_size import block_size_for
 from agentkv.engine.compressed import CompressedLayout, CompressorTails, raw_window_fields
 from agentkv.engine.cuda_graphs import DecodeGraphs
 from agentkv.engine.pages import PageLayout
@@ -39,15 +40,17 @@ from agentkv.scheduler import StepPlan
 
 class ModelRunner:
     def __init__(self, model: str | LlamaForCausalLM, ids: BlockIds, *, dtype: str | None, device: str | None,
-                 kv_codec: str, kv_cache_bytes: int | None, gpu_memory_utilization: float, block_size: int,
+                 kv_codec: str, kv_cache_bytes: int | None, gpu_memory_utilization: float, block_size: int | None,
                  max_num_batched_tokens: int, max_num_seqs: int, attention_backend: str | None,
                  state_snapshots: int | None = None) -> None:
         """The first half: the model on its device, its backend, and its KV budget cut into pages (see `LLM`
-        for the arguments). `ids` names blocks for both page groups."""
+        for the arguments; `block_size` None: what the model needs, engine/block_size.py). `ids` names blocks for
+        both page groups."""
         self.state_snapshots = state_snapshots
         self._load(model, dtype, device)
         self.codec = get_codec(_auto_codec(self.dtype) if kv_codec == "auto" else kv_codec)
-        self.block_size, self.max_num_seqs, self.ids = block_size, max_num_seqs, ids
+        self.block = block_size_for(self.config, block_size)
+        self.block_size, self.max_num_seqs, self.ids = self.block.tokens, max_num_seqs, ids
         self._bind_backend(attention_backend, replace=isinstance(model, str) or attention_backend is not None)
         self._size_pages(kv_cache_bytes, gpu_memory_utilization, max_num_batched_tokens)
         self.pool: PagePool

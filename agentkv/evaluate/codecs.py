@@ -160,8 +160,9 @@ def contexts_per_gpu(codec_name: str, context: int = DOSSIER_CONTEXT) -> dict[st
 
 
 def evaluate(model_dir: str, codecs: list[str], text: str, text_name: str, context: int | None = None,
-             windows: int = 4, chunk: int = 512, block_size: int = 16, device: str = "cpu",
+             windows: int = 4, chunk: int = 512, block_size: int | None = None, device: str = "cpu",
              dtype: str | None = None, progress: Any = None) -> KVEval:
+    from agentkv.engine.block_size import block_size_for
     from agentkv.engine.tokenizer import Tokenizer
     from agentkv.kvcache.sizing import codec as codec_spec
     from agentkv.kvcache.sizing import kv_bytes_per_token
@@ -171,6 +172,7 @@ def evaluate(model_dir: str, codecs: list[str], text: str, text_name: str, conte
     model = load_model(model_dir, dtype or ("float32" if device == "cpu" else "bfloat16"), device,
                        backend=EvalAttention())
     cfg = model.config
+    block_size = block_size_for(cfg, block_size).tokens  # none given: the engine's default for this model
     context = min(context or cfg.max_position_embeddings, cfg.max_position_embeddings)
     ids = Tokenizer(model_dir).encode(text)
     spans = [ids[i * context : (i + 1) * context] for i in range(min(windows, len(ids) // context) or 1)]

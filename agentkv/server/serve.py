@@ -63,7 +63,7 @@ def load(args: argparse.Namespace):
     names = tuple(dict.fromkeys(args.served_model_name or [os.path.basename(os.path.normpath(args.model))]))
     name = names[0]
     window = args.max_model_len or llm.config.max_position_embeddings
-    cfg = ServerConfig(model_name=name, aliases=names[1:], max_model_len=window, block_size=args.block_size,
+    cfg = ServerConfig(model_name=name, aliases=names[1:], max_model_len=window, block_size=llm.block_size,
                        vocab_size=llm.config.vocab_size, tool_parser=args.tool_call_parser,
                        reasoning_parser=args.reasoning_parser, api_keys=keys,
                        public=public, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue,

@@ -98,10 +98,11 @@ def summary(llm: Any, name: str, window: int, keys: dict[str, str] | None, publi
     template = "present" if llm.tokenizer is not None and llm.tokenizer.chat_template else \
         "none: /v1/chat/completions and /v1/messages will answer 400; /v1/completions works"
     dtype = str(llm.dtype).removeprefix("torch.")
+    why = f"{llm.block_size_why}; " if llm.block_size_why else ""
     text_only = ", text only: its vision tower is not loaded" if llm.config.vision_tower else ""
     return (f"agentkv serve: model {name} ({llm.layers_text()}{text_only}, {dtype}) on {llm.device}; window "
             f"{window:,} tokens; KV pool {pool.capacity_blocks:,} blocks of {llm.block_size} tokens "
-            f"({gib(pool.capacity_blocks * pool.block_bytes)}), codec {llm.codec.name}; tiers below: {tiers}; "
+            f"({why}{gib(pool.capacity_blocks * pool.block_bytes)}), codec {llm.codec.name}; tiers below: {tiers}; "
             f"policy {llm.cache.policy.name}; tenants: {tenants}; public prefixes: {public}; chat template: {template}")
 
 

@@ -175,9 +175,9 @@ V4_KINDS = ["sliding_attention", "compressed_sparse_attention", "heavily_compres
             "compressed_sparse_attention"]
 
 
-def deepseek_v4(index_topk: int):
+def deepseek_v4(index_topk: int, hca_ratio: int = 16):
     """DeepSeek-V4: a sliding layer, two CSA layers (an entry per 4 tokens, a lightning indexer keeping
-    `index_topk`) and an HCA layer (per 16), window 8, mHC over 4 streams, a hash-routed MoE layer then bias-routed
+    `index_topk`) and an HCA layer (per `hca_ratio`), window 8, mHC over 4 streams, a hash-routed MoE layer then bias-routed
     ones; every constant-initialised part (norms, sinks, gate biases, mHC bases, the compressors'
     slot biases, the hash table) made random, so the test sees each of them."""
     from transformers import DeepseekV4Config, DeepseekV4ForCausalLM
@@ -186,7 +186,7 @@ def deepseek_v4(index_topk: int):
         vocab_size=VOCAB, hidden_size=64, moe_intermediate_size=32, num_hidden_layers=4, num_attention_heads=4,
         head_dim=32, q_lora_rank=32, partial_rotary_factor=0.25, num_experts_per_tok=2, n_routed_experts=8,
         n_shared_experts=1, layer_types=V4_KINDS, mlp_layer_types=["hash_moe", "moe", "moe", "moe"],
-        compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 16}, sliding_window=8,
+        compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": hca_ratio}, sliding_window=8,
         o_groups=2, o_lora_rank=16, index_n_heads=8, index_head_dim=16, index_topk=index_topk, hc_mult=4,
         max_position_embeddings=4096, bos_token_id=0, eos_token_id=1)
     model = DeepseekV4ForCausalLM(cfg)

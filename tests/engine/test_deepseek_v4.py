@@ -52,6 +52,17 @@ def wide(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def coarse(tmp_path_factory):
+    """HCA compressing 32 to 1 (the published V4-Flash: 128), every entry attended: a block of 16 cannot hold
+    whole entries, so the engine's default block size is 32."""
+    path = tmp_path_factory.mktemp("deepseek_v4_coarse")
+    torch.manual_seed(3)
+    deepseek_v4(index_topk=64, hca_ratio=32).float().eval().save_pretrained(str(path))
+    write_tokenizer(path)
+    return path
+
+
+@pytest.fixture(scope="module")
 def ps():
     """Prompts of 40-75 tokens (10-18 CSA entries, 2-4 HCA entries, the raw window long passed); the last shares
     its first 40 tokens with the first."""
@@ -225,19 +236,22 @@ def test_kv_eval_scores_what_transformers_scores(wide):
 
 
 @pytest.mark.parametrize("command", ["kv-eval", "serve"])
-def test_commands_load_the_folder_and_name_its_groups(wide, command):
-    """`agentkv kv-eval` and `agentkv serve` (the entry point as installed) load a V4 folder; serve's start-up line
-    names the layer groups (stopped once it has printed it)."""
+def test_commands_load_the_folder_and_name_its_groups(coarse, command):
+    """`agentkv kv-eval` and `agentkv serve` (the entry point as installed) load a V4 folder whose HCA ratio (32)
+    the usual block size (16) cannot hold, with no --block-size: both take blocks of 32; serve's start-up line
+    names the layer groups and says why (stopped once it has printed it)."""
     import socket
     import subprocess
     import sys
 
     argv = [sys.executable, "-c", "import sys; from agentkv.cli import main; sys.exit(main())", command, "--model",
-            str(wide), "--device", "cpu"]
+            str(coarse), "--device", "cpu"]
     if command == "kv-eval":
-        run = subprocess.run([*argv, "--context", "48", "--windows", "1"], capture_output=True, text=True,
+        run = subprocess.run([*argv, "--context", "48", "--windows", "1", "--json"], capture_output=True, text=True,
                              timeout=300)
-        assert run.returncode == 0 and "fp8" in run.stdout, run.stderr
+        assert run.returncode == 0, run.stderr
+        ev = json.loads(run.stdout)
+        assert ev["block_size"] == 32 and [r["codec"] for r in ev["results"]] == ["bf16", "fp8", "int8", "int4"]
         return
     with socket.socket() as probe:  # a free port
         probe.bind(("127.0.0.1", 0))
@@ -248,7 +262,23 @@ def test_commands_load_the_folder_and_name_its_groups(wide, command):
             line = next(line for line in server.stderr if "agentkv serve: model" in line)
         finally:
             server.terminate()
-    assert "4 layers: 1 sliding + 2 CSA (an entry per 4 tokens, top 64) + 1 HCA (per 16), raw window 8" in line
+    assert "4 layers: 1 sliding + 2 CSA (an entry per 4 tokens, top 64) + 1 HCA (per 32), raw window 8" in line
+    assert " blocks of 32 tokens (block size 32: a multiple of V4's compression ratios (4, 32); " in line
+
+
+def test_the_block_size_follows_the_compression_ratios_when_none_is_given(coarse, ps):
+    """No block size given: the least multiple of the ratios (4, 32) at or above 16, said on the start-up line;
+    greedy continuations equal transformers' there. A block size given that splits an entry is refused."""
+    from agentkv.server.startup import summary
+
+    llm = LLM(str(coarse), dtype="float32", kv_cache_bytes=2**22, max_num_seqs=8, check_invariants=True)
+    assert (llm.block_size, llm.block_size_why) == (32, "block size 32: a multiple of V4's compression ratios (4, 32)")
+    assert " blocks of 32 tokens (block size 32: a multiple of V4's compression ratios (4, 32); " in \
+        summary(llm, "m", 4096, None, 0)
+    assert outputs(llm.generate(ps[:2], GREEDY)) == reference(coarse, ps[:2])
+    with pytest.raises(ValueError, match=r"block size 16 \(--block-size\).* every compression ratio \(32\)"):
+        LLM(str(coarse), dtype="float32", block_size=16, kv_cache_bytes=2**22, max_num_seqs=8)
+    assert LLM(str(coarse), dtype="float32", block_size=64, kv_cache_bytes=2**22, max_num_seqs=8).block_size_why == ""
 
 
 def test_the_activation_profile_leaves_the_engine_as_it_was(wide, ps):
