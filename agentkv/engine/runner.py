@@ -84,7 +84,9 @@ class ModelRunner:
             self.backend = TorchAttention()
             return
         if replace:
-            backend = make_backend(attention_backend or "auto", self.device, self.codec)
+            cfg = self.config  # MLA decodes attend over latent + RoPE key vectors
+            width = cfg.mla.entry_dim if cfg.mla is not None else cfg.head_dim
+            backend = make_backend(attention_backend or "auto", self.device, self.codec, width)
             for module in attention:
                 module.backend = backend
         self.backend = attention[0].backend

@@ -40,14 +40,21 @@ def _strides(t: torch.Tensor, what: str) -> tuple[int, int, int, int]:
 KNOWN = {"data", "scale", "offset"}
 
 
-def unsupported(codec: KVCodec) -> str | None:
-    """Why the kernels cannot read this codec's pages, or None."""
-    names = {f.name for f in (*codec.key_fields(16, 1, 128), *codec.value_fields(16, 1, 128))}
+def unsupported(codec: KVCodec, head_dim: int = 128) -> str | None:
+    """Why the kernels cannot read this codec's pages of `head_dim`-value vectors, or None. A scale shared by a
+    group of values within a vector is read as a [groups, group] tile of the vector padded to a power of two,
+    which lines up only where the vector is one (MLA's latent + RoPE key, 576 values published, is not)."""
+    fields = (*codec.key_fields(16, 1, head_dim), *codec.value_fields(16, 1, head_dim))
+    names = {f.name for f in fields}
     if "tag" in names:
         return (f"KV codec {codec.name} keeps a partial block's keys beside the pages, in full precision, where "
                 "the Triton kernels cannot read them: use the torch attention backend")
     if names - KNOWN:
         return f"KV codec {codec.name} has fields {sorted(names - KNOWN)} the Triton kernels do not know"
+    if head_dim & (head_dim - 1) and any(f.name == "scale" and f.shape[-1] > 1 for f in fields):
+        return (f"KV codec {codec.name} (--kv-codec) keeps a scale per group of values within each "
+                f"{head_dim}-value vector the model attends over (not a power of two), which the Triton kernels "
+                "cannot read: use --attention-backend torch, or a codec with one scale a vector (fp8, int8, int4)")
     return None
 
 

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from agentkv.kernels.attention import AttentionBackend, AttentionMetadata, LayerKV, Mask
-from agentkv.kernels.page_layout import KernelPages, kernel_pages
+from agentkv.kernels.page_layout import KernelPages, kernel_pages, unsupported
 from agentkv.kernels.triton_kernels import INTERPRET, decode_kernel, prefill_kernel, reduce_kernel
 
 
@@ -93,8 +93,7 @@ class TritonAttention(AttentionBackend):
         kp, vp = kernel_pages(kv.codec, kv.k), kernel_pages(kv.codec, kv.v)
         kv_heads, dim = kp.data.shape[2], q.shape[2]
         if any(p.quant and p.group < dim for p in (kp, vp)) and dim != triton.next_power_of_2(dim):
-            raise NotImplementedError(f"KV codec {kv.codec.name}: scale groups within a head of {dim} values "
-                                      "(not a power of two) are not supported by the Triton kernels")
+            raise NotImplementedError(unsupported(kv.codec, dim))  # an engine refuses this at start-up
         if meta.num_prefills:
             self._prefill(q, out, kp, vp, kv.block_size, kv_heads, meta, mask)
         if meta.seq_lens.shape[0] > meta.num_prefills:
