@@ -16,7 +16,10 @@
   about to read the block recomputes from it (`repair`), rewriting the page, so no wrong KV is ever read.
 - a sliding model's window pages (engine/sliding.py) have stores of their own beside each disk and Redis
   tier (`window_stores`: a `window` folder, a key prefix), written through as they are named and read back
-  when a hit's window is gone, outside the core's accounts (the core counts the pool's blocks).
+  when a hit's window is gone, outside the core's accounts (the core counts the pool's blocks). On disk a
+  block's window page leaves with its full page (the core's eviction drops both), and the folder holds as
+  many window pages as the tier holds full ones, its least recently used evicted for new ones; a window page
+  is only read back for a hit's blocks (their full pages are there), verified by key, else recomputed.
 - every block the engine names is written through, in the background, to Redis (other processes find it)
   and to disk (a kill keeps it: the next engine rescans the slots); at shutdown the blocks only GPU and DRAM
   hold are written to disk too, so the next engine on the folder finds them.
@@ -34,7 +37,6 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -69,6 +71,7 @@ class MovedStore(TierStore):
         self.load_s = float("nan")  # seconds a page takes to load, smoothed over recent loads
         self.ahead: dict[bytes, tuple[BlockKey, Future, torch.Tensor, int]] = {}  # digest -> fetch in flight
         self.late: Future | None = None  # a job that missed its deadline: bypassed until it is done
+        self.companion: MovedStore | None = None  # the same blocks' window pages: dropped with them
 
     def prefetch(self, keys: Sequence[BlockKey]) -> list[Future]:
         """Start loading `keys`; returns the loads they wait on (some may be in flight already)."""
@@ -141,6 +144,8 @@ class MovedStore(TierStore):
 
     def drop(self, keys: Sequence[BlockKey]) -> None:
         self.mover.drop(self.store, keys)
+        if self.companion is not None:
+            self.companion.drop(keys)
 
     def contains(self, keys: Sequence[BlockKey]) -> np.ndarray:
         staged = self.mover.staged(self.store, keys)
@@ -196,13 +201,17 @@ class Tiering:
 
     def window_stores(self, page_bytes: int) -> list[MovedStore]:
         """Stores for the sliding layers' window pages (engine/sliding.py) beside each disk and Redis tier: the
-        disk's in a `window` folder inside the tier's, holding as many pages as the tier (no eviction of its
-        own: once full it stores no more); Redis's under their own key prefix, evicted by Redis's LRU."""
-        for cfg, pages in self.opened:
+        disk's in a `window` folder inside the tier's, as many pages as the tier, evicting its least recently
+        used when full and dropping a block's page when the tier drops the block; Redis's under their own key
+        prefix, evicted by Redis's LRU."""
+        from agentkv.storage.disk import DiskStore
+
+        beside = [s for s in self.stores if isinstance(s, MovedStore)]  # in the order of `opened`
+        for (cfg, pages), full in zip(self.opened, beside, strict=True):
             if cfg.kind == "disk":
-                window = replace(cfg, location=os.path.join(cfg.location or "", "window"))
                 try:
-                    opened = open_store(window, pages * page_bytes, page_bytes)
+                    opened: TierStore = DiskStore(os.path.join(cfg.location or "", "window"), pages * page_bytes,
+                                                  page_bytes, evicts=True)
                 except (OSError, ValueError) as e:
                     log.warning("disk tier %s: no room for window pages (%s): restarts recompute windows",
                                 cfg.location, getattr(e, "strerror", None) or e)
@@ -212,6 +221,8 @@ class Tiering:
 
                 opened = RedisStore(cfg.location or "", page_bytes, prefix=WINDOW_PREFIX)
             self.window.append(MovedStore(opened, self.mover))
+            if cfg.kind == "disk":
+                full.companion = self.window[-1]
         return self.window
 
     def measure_recompute(self, block_s: float) -> None:

@@ -15,6 +15,10 @@ while a store has it open, and a second store gets `FolderInUse`.
 
 Disk full (ENOSPC, EDQUOT, EFBIG) shrinks the store to the slots its files already span; `capacity_pages`
 tells the engine the new size.
+
+The pool's pages on disk are placed and evicted by the policy core (the store is never asked to hold more than
+its capacity). A store of pages the core does not count (a sliding model's window pages, engine/tiering.py)
+is opened with `evicts`: once full, a put takes the slot of the least recently written or read block.
 """
 
 from __future__ import annotations
@@ -54,9 +58,9 @@ class DiskStore(TierStore):
     may_lose = True
 
     def __init__(self, path: str | os.PathLike, capacity_bytes: float, page_bytes: int,
-                 max_identity_bytes: int = 16 + 4 * 256) -> None:
+                 max_identity_bytes: int = 16 + 4 * 256, evicts: bool = False) -> None:
         """max_identity_bytes: room for a key's identity (parent digest + int32 tokens: 256-token blocks by
-        default)."""
+        default). evicts: a full store makes room by evicting its least recently used block (else it skips)."""
         self.root = Path(path)
         self.page_bytes = page_bytes
         self.head_room = _round_up(HEAD_BYTES + max_identity_bytes, 64)
@@ -70,7 +74,9 @@ class DiskStore(TierStore):
         self._fds: dict[int, int] = {}
         self.failure: str | None = None  # what the disk last failed with, while it fails
         self._lock = threading.Lock()  # guards index and free list: `contains` may run on another thread
-        self.index: dict[bytes, int] = {}  # digest -> slot
+        self.evicts = evicts
+        self.evicted = 0  # blocks evicted to make room (with `evicts`)
+        self.index: dict[bytes, int] = {}  # digest -> slot, least recently used first
         self.index = self._load_index() or self._scan()
         used = set(self.index.values())
         self.free = [s for s in range(self.n_slots - 1, -1, -1) if s not in used]
@@ -84,9 +90,12 @@ class DiskStore(TierStore):
         rows = host_rows(pages)
         for key, row in zip(keys, rows, strict=True):
             with self._lock:
-                if key.digest in self.index or not self.free:
-                    continue  # content-addressed: already stored; or full (the core's accounts prevent that)
-                slot = self.free.pop()
+                if key.digest in self.index:  # content-addressed: already stored
+                    self._used(key.digest)
+                    continue
+                slot = self._free_slot()
+                if slot is None:
+                    continue  # full (the core's accounts prevent that where it places the pages)
             try:
                 written = self._write(slot, encode_head(key, row), row)
             except OSError as e:  # a failing disk (EIO, a read-only remount): the slot goes back, the put is a skip
@@ -105,6 +114,8 @@ class DiskStore(TierStore):
         found = np.zeros(len(keys), dtype=bool)
         with self._lock:
             slots = [self.index.get(k.digest, -1) for k in keys]
+            for k in keys:
+                self._used(k.digest)
         head = bytearray(self.head_room)
         for i in sorted(range(len(keys)), key=slots.__getitem__):  # in file order
             if slots[i] < 0:
@@ -118,6 +129,20 @@ class DiskStore(TierStore):
         if host is not out:
             out.copy_(host)
         return found
+
+    def _used(self, digest: bytes) -> None:
+        """`digest` becomes the most recently used (the order `evicts` takes victims in); lock held."""
+        if self.evicts and digest in self.index:
+            self.index[digest] = self.index.pop(digest)
+
+    def _free_slot(self) -> int | None:
+        """A slot to write: a free one, or with `evicts` the least recently used block's; lock held."""
+        if self.free:
+            return self.free.pop()
+        if not self.evicts or not self.index:
+            return None
+        self.evicted += 1
+        return self.index.pop(next(iter(self.index)))
 
     def drop(self, keys: Sequence[BlockKey]) -> None:
         with self._lock:

@@ -49,6 +49,25 @@ def test_byte_cap_holds(tmp_path):
     assert found.all() and torch.equal(out, pages[10:12])
 
 
+def test_an_evicting_store_makes_room_from_its_least_recently_used(tmp_path):
+    """`evicts` (window pages, which no policy core places): a full store takes the slot of the block least
+    recently written or read; its files stay within the cap and every read is the block asked for."""
+    keys, pages = make_blocks(8)
+    store = DiskStore(tmp_path, 4 * 8192, PAGE, evicts=True)
+    store.put(keys[:4], pages[:4])
+    load(store, keys[:1])  # block 0 read: now the most recently used
+    store.put(keys[4:6], pages[4:6])
+    assert store.contains(keys).tolist() == [True, False, False, True, True, True, False, False]
+    assert store.evicted == 2
+    store.put(keys[3:4], pages[3:4])  # already there: used again, not written twice
+    store.put(keys[6:7], pages[6:7])
+    assert store.contains(keys).tolist() == [False, False, False, True, True, True, True, False]
+    found, out = load(store, keys[3:7])
+    assert found.all() and torch.equal(out, pages[3:7])
+    assert sum(f.stat().st_size for f in tmp_path.glob("seg*.kv")) <= 4 * 8192
+    store.close()
+
+
 @pytest.mark.parametrize("lose_index", [False, True])
 def test_survives_reopen(tmp_path, lose_index):
     keys, pages = make_blocks(10)
