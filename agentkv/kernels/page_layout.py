@@ -43,7 +43,8 @@ KNOWN = {"data", "scale", "offset"}
 def unsupported(codec: KVCodec, head_dim: int = 128) -> str | None:
     """Why the kernels cannot read this codec's pages of `head_dim`-value vectors, or None. A scale shared by a
     group of values within a vector is read as a [groups, group] tile of the vector padded to a power of two,
-    which lines up only where the vector is one (MLA's latent + RoPE key, 576 values published, is not)."""
+    which lines up only where the vector is one (MLA's latent + RoPE key is not: DeepSeek-V3's 512 + 64, as
+    `agentkv/data/models.toml` cites its config.json)."""
     fields = (*codec.key_fields(16, 1, head_dim), *codec.value_fields(16, 1, head_dim))
     names = {f.name for f in fields}
     if "tag" in names:
