@@ -129,7 +129,7 @@ def block_size_of(args: argparse.Namespace) -> int:
     from agentkv.engine.block_size import block_size_for
     from agentkv.model.config import ModelConfig
 
-    return block_size_for(ModelConfig.from_dir(args.model), args.block_size).tokens
+    return block_size_for(ModelConfig.from_dir(args.model).v4, args.block_size).tokens
 
 
 class _TenantOf:

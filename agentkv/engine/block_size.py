@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from agentkv.model.config import ModelConfig
+from agentkv.model.deepseek_config import CompressedShape
 
 DEFAULT_BLOCK_SIZE = 16
 
@@ -23,11 +23,12 @@ class BlockSize:
     why: str  # what the start-up line says when the model chose it ("" when given or the usual default)
 
 
-def block_size_for(cfg: ModelConfig, given: int | None) -> BlockSize:
-    """`given` as is; otherwise the usual default, rounded up to a multiple of V4's compression ratios."""
+def block_size_for(v4: CompressedShape | None, given: int | None) -> BlockSize:
+    """`given` as is; otherwise the usual default, rounded up to a multiple of V4's compression ratios (`v4`:
+    the model config's DeepSeek-V4 shape, None for every other family)."""
     if given is not None:
         return BlockSize(given, "")
-    ratios = sorted({cfg.v4.ratio_of(i) for i, k in enumerate(cfg.v4.kinds) if k != "sliding"}) if cfg.v4 else []
+    ratios = sorted({v4.ratio_of(i) for i, k in enumerate(v4.kinds) if k != "sliding"}) if v4 else []
     step = math.lcm(*ratios) if ratios else 1
     tokens = -(-DEFAULT_BLOCK_SIZE // step) * step
     if tokens == DEFAULT_BLOCK_SIZE:

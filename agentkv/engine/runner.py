@@ -49,7 +49,7 @@ class ModelRunner:
         self.state_snapshots = state_snapshots
         self._load(model, dtype, device)
         self.codec = get_codec(_auto_codec(self.dtype) if kv_codec == "auto" else kv_codec)
-        self.block = block_size_for(self.config, block_size)
+        self.block = block_size_for(self.config.v4, block_size)
         self.block_size, self.max_num_seqs, self.ids = self.block.tokens, max_num_seqs, ids
         self._bind_backend(attention_backend, replace=isinstance(model, str) or attention_backend is not None)
         self._size_pages(kv_cache_bytes, gpu_memory_utilization, max_num_batched_tokens)

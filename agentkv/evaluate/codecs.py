@@ -172,7 +172,7 @@ def evaluate(model_dir: str, codecs: list[str], text: str, text_name: str, conte
     model = load_model(model_dir, dtype or ("float32" if device == "cpu" else "bfloat16"), device,
                        backend=EvalAttention())
     cfg = model.config
-    block_size = block_size_for(cfg, block_size).tokens  # none given: the engine's default for this model
+    block_size = block_size_for(cfg.v4, block_size).tokens  # none given: the engine's default for this model
     context = min(context or cfg.max_position_embeddings, cfg.max_position_embeddings)
     ids = Tokenizer(model_dir).encode(text)
     spans = [ids[i * context : (i + 1) * context] for i in range(min(windows, len(ids) // context) or 1)]

@@ -191,10 +191,12 @@ def test_pool_pages_hold_what_sizing_prices(folder, name):
 def test_at_v4_flash_shape_pages_and_tails_are_the_catalogs(name):
     """The published V4-Flash's attention shape (the catalog's `deepseek-v4-flash`, from its config.json as
     data/models.toml cites it): 2 sliding + 21 CSA + 20 HCA layers, K=V of 512, indexer 64 x 128 keeping 512,
-    ratios 4 and 128, window 128. With blocks of 128 a pool page is what the catalog's sizing prices, and a
-    sequence's compressor tails are the partial-window bytes the catalog gives each compressed layer."""
+    ratios 4 and 128, window 128. With blocks of 128 (the block size the engine takes where none is given) a pool
+    page is what the catalog's sizing prices, and a sequence's compressor tails are the partial-window bytes the
+    catalog gives each compressed layer."""
     from agentkv.catalog import models
     from agentkv.codecs import get_codec
+    from agentkv.engine.block_size import BlockSize, block_size_for
     from agentkv.engine.compressed import CompressedLayout, CompressorTails
     from agentkv.model.deepseek_config import CompressedShape
 
@@ -206,6 +208,8 @@ def test_at_v4_flash_shape_pages_and_tails_are_the_catalogs(name):
     assert CompressorTails(flash, 1, torch.device("cpu")).nbytes == sum(g.layers * g.state_bytes for g in spec.groups)
     with pytest.raises(ValueError, match=r"multiple of every compression ratio \(128\)"):
         CompressedLayout.of_model(get_codec(name), flash, 16)
+    assert block_size_for(flash, None) == BlockSize(128, "block size 128: a multiple of V4's compression ratios "
+                                                         "(4, 128)")
 
 
 @pytest.mark.parametrize("name", ["fp8", "int8", "int4"])
