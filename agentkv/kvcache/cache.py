@@ -107,6 +107,8 @@ class KVCache:
         if not len(ids):
             return 0
         self._ensure(ids)
+        if not self.where[ids[0]]:  # the usual answer of a replica the prompt's session never ran on
+            return 0
         absent = np.flatnonzero(self.where[ids] == 0)
         return int(absent[0]) if len(absent) else len(ids)
 

@@ -17,6 +17,8 @@ import numpy as np
 PAGE_BITS = 12
 PAGE = 1 << PAGE_BITS
 UNSEEN = -1
+_NONE = np.zeros(0, dtype=np.int32)
+_NONE.flags.writeable = False
 
 
 @dataclass(slots=True)
@@ -53,7 +55,7 @@ class LocalIds:
         parts: list[np.ndarray] = []
         for p, a, b in paged.runs:
             table = self.pages.get(p)
-            if table is None:
+            if table is None or table[paged.offsets[a]] == UNSEEN:  # most replicas never saw the prompt's head
                 break
             local = table[paged.offsets[a:b]]
             unseen = local == UNSEEN
@@ -61,7 +63,7 @@ class LocalIds:
                 parts.append(local[: int(unseen.argmax())])
                 break
             parts.append(local)
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+        return np.concatenate(parts) if parts else _NONE
 
     def assign(self, paged: PagedIds) -> np.ndarray:
         """Local ids of a prompt's ids, numbering the unseen ones (in order of first appearance)."""

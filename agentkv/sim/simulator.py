@@ -80,7 +80,8 @@ class _Replica:
     def cached_prefix(self, ids: np.ndarray) -> int:
         if self.prompt[0].ids is not ids:  # the router asks every replica about one prompt: split it once
             self.prompt[0] = PagedIds.of(ids)
-        return self.cache.held_prefix(self.ids.seen_prefix(self.prompt[0]))
+        seen = self.ids.seen_prefix(self.prompt[0])
+        return self.cache.held_prefix(seen) if len(seen) else 0  # most replicas never saw the prompt's head
 
     def catch_up(self, now: float) -> None:
         """Apply the decode steps of a leap that have ended by `now` to the running sequences."""
