@@ -90,6 +90,15 @@ class LocalIds:
         return self.lookup(paged)
 
 
+    def extend(self, earlier: np.ndarray, shared: int, new: np.ndarray) -> np.ndarray:
+        """Local ids of a prompt that repeats the first `shared` ids of a prompt numbered here (`earlier`: its local
+        ids) and then holds `new` ones: only those are looked up and numbered, as `assign` would number them (the
+        repeated ids were seen), so a session's next prompt costs what it adds, not its whole length."""
+        if not len(new):
+            return earlier[:shared]
+        return np.concatenate([earlier[:shared], self.assign(PagedIds.of(new))])
+
+
 def _page_runs(ids: np.ndarray) -> list[tuple[int, int, int]]:
     """(page, start, end) of each run of `ids` on one page, in order."""
     if not len(ids):
