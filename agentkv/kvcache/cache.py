@@ -324,7 +324,7 @@ class KVCache:
         """Evict the (up to) k candidates ranked lowest from tier 0; returns how many went."""
         k = min(k, len(cands))
         if k:
-            chosen = _lowest(keys, self.depth[cands], k)
+            chosen = _lowest(keys, cands, self.depth, k)
             self.policy.on_evict(keys[chosen])
             self._evict(0, cands[chosen], moves, now)
         return k
@@ -356,7 +356,7 @@ class KVCache:
             resident = self._resident(t)
             resident = resident[self.pins[resident] == 0]  # pinned here: about to be promoted, copied first
             pool = np.concatenate([resident, incoming])
-            out = pool[_lowest(self.policy.keys(pool, now), self.depth[pool], over)]
+            out = pool[_lowest(self.policy.keys(pool, now), pool, self.depth, over)]
             is_incoming = np.isin(out, incoming, assume_unique=True)
             incoming = np.setdiff1d(incoming, out[is_incoming], assume_unique=True)
             if (~is_incoming).any():
@@ -365,8 +365,9 @@ class KVCache:
         return incoming
 
 
-def _lowest(keys: np.ndarray, depth: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k entries ranked lowest by (key ascending, depth descending)."""
+def _lowest(keys: np.ndarray, ids: np.ndarray, depth: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k entries ranked lowest by (key ascending, depth descending); `keys` are those of `ids`,
+    `depth` is per id (read only for the ties at the k-th key: a scan of tier 0 need not gather every depth)."""
     n = len(keys)
     if k >= n:
         return np.arange(n)
@@ -375,7 +376,7 @@ def _lowest(keys: np.ndarray, depth: np.ndarray, k: int) -> np.ndarray:
     kth = np.partition(keys, k - 1)[k - 1]
     below = np.flatnonzero(keys < kth)
     ties = np.flatnonzero(keys == kth)
-    deepest = ties[np.argsort(-depth[ties], kind="stable")[: k - len(below)]]
+    deepest = ties[np.argsort(-depth[ids[ties]], kind="stable")[: k - len(below)]]
     return np.concatenate([below, deepest])
 
 
