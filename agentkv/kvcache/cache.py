@@ -97,9 +97,10 @@ class KVCache:
         """(length of the leading run of `ids` held by some tier, best tier of each block of that run)."""
         ids = np.asarray(ids, dtype=np.int64)
         self._ensure(ids)
-        present = self.where[ids] != 0
-        n = int(np.argmin(present)) if len(ids) and not present.all() else len(ids)
-        return n, _lowest_bit(self.where[ids[:n]])
+        held = self.where[ids]
+        absent = np.flatnonzero(held == 0)
+        n = int(absent[0]) if len(absent) else len(ids)
+        return n, _lowest_bit(held[:n])
 
     def held_prefix(self, ids: np.ndarray) -> int:
         """Length of the leading run of `ids` held by some tier: `lookup`'s first half (a router asks every
