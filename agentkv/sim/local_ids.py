@@ -79,7 +79,8 @@ class LocalIds:
             fresh = fresh[np.argsort(first, kind="stable")]
         numbers = np.arange(self.n, self.n + len(fresh), dtype=np.int32)
         self.n += len(fresh)
-        for p, a, b in _page_runs(fresh):  # a session's new blocks: one run or two
+        whole = ascending and len(fresh) == len(ids)  # every id new (a session's next turn): already split
+        for p, a, b in paged.runs if whole else _page_runs(fresh):  # a session's new blocks: one run or two
             table = self.pages.get(p)
             if table is None:
                 table = self.pages[p] = np.full(PAGE, UNSEEN, dtype=np.int32)
@@ -88,7 +89,6 @@ class LocalIds:
             local[new] = numbers
             return local
         return self.lookup(paged)
-
 
     def extend(self, earlier: np.ndarray, shared: int, new: np.ndarray) -> np.ndarray:
         """Local ids of a prompt that repeats the first `shared` ids of a prompt numbered here (`earlier`: its local
