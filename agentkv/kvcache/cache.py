@@ -137,7 +137,8 @@ class KVCache:
         n_hit, hit_tier = self.lookup(ids)
         n_new = n_blocks - n_hit
         hits = ids[:n_hit]
-        promote = hits[hit_tier > 0]
+        lower = hit_tier > 0
+        promote = hits[lower]
         need = len(promote) + n_new
         moves: list[MoveBatch] = []
         self.pins[hits] += 1  # pinned before making room, so eviction cannot take them
@@ -148,8 +149,9 @@ class KVCache:
         per_tier = np.bincount(hit_tier, minlength=len(self.tiers)).astype(np.int64)
         for t in range(1, len(self.tiers)):
             if per_tier[t]:
-                self._add(0, promote[hit_tier[hit_tier > 0] == t])
-                moves.append(MoveBatch("promote", t, 0, promote[hit_tier[hit_tier > 0] == t]))
+                up = promote[hit_tier[lower] == t]
+                self._add(0, up)
+                moves.append(MoveBatch("promote", t, 0, up))
         self.reserved += n_new
         self.stats.lookups += 1
         self.stats.hit_blocks += per_tier
