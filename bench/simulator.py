@@ -3,14 +3,14 @@ capacity probe of the report.
 
 Baseline (same run): the offline replay of the same requests through the same policy core with no clock
 (`cache sweep`'s loop), i.e. what timing, batching and the step-cost model add on top of cache decisions. With
-`--against COMMIT`, also the same simulations at that commit (checked out into a temporary git worktree) and at
+`--against COMMIT ...`, also the same simulations at each commit (checked out into a temporary git worktree) and at
 this code, each in a child process, timed in CPU seconds (the figure to compare on a shared machine): the speed-up
 of the code since, on the same machine in the same run.
 The report case is what `agentkv report` simulates ~80 times per report: its default deployment for a generated
 trace (DeepSeek-V4-Flash, int4 weights, TP2 on h200: `report.models.choose_model`'s pick for it), the +DRAM-tier
 rung, one replica, 20 concurrent sessions, on `REPORT_CASE_SESSIONS` generated sessions (each side generates
 them with its own code: compare requests per CPU-second where the trace differs).
-Run: .venv/bin/python -m bench.simulator [--against COMMIT]
+Run: .venv/bin/python -m bench.simulator [--against COMMIT ...]
 """
 
 from __future__ import annotations
@@ -115,27 +115,36 @@ def cpu_seconds(root: Path, trace_path: str) -> list[dict]:
     return [json.loads(line) for line in p.stdout.splitlines()]
 
 
-def against(commit: str, trace_path: str) -> None:
-    """Print each case's CPU seconds here and at `commit`, measured in the same run."""
+def at_commit(commit: str, trace_path: str) -> list[dict]:
+    """`cpu_seconds` of the code at `commit`, checked out into a temporary git worktree."""
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "baseline"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True,
                        capture_output=True)
         try:
-            before = cpu_seconds(tree, trace_path)
+            return cpu_seconds(tree, trace_path)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True)
+
+
+def against(commits: list[str], trace_path: str) -> None:
+    """Print each case's CPU seconds here and at each of `commits`, measured in the same run."""
+    before = {commit: at_commit(commit, trace_path) for commit in commits}
     now = cpu_seconds(ROOT, trace_path)
     names = [f"{kv} KV, {replicas} replicas, {conc} sessions" for kv, replicas, conc in CASES]
-    for name, new, old in zip([*names, "report probe"], now, before, strict=True):
-        rate, was = new["requests"] / new["cpu"], old["requests"] / old["cpu"]
-        print(f"  {name}: {new['cpu']:.2f} CPU-s here ({rate:,.0f} requests/CPU-s), {old['cpu']:.2f} at {commit} "
-              f"({was:,.0f}) -> {rate / was:.2f}x; hit {100 * new['hit']:.1f}% / {100 * old['hit']:.1f}%")
+    for k, (name, new) in enumerate(zip([*names, "report probe"], now, strict=True)):
+        rate = new["requests"] / new["cpu"]
+        print(f"  {name}: {new['cpu']:.2f} CPU-s here ({rate:,.0f} requests/CPU-s, hit {100 * new['hit']:.1f}%)")
+        for commit, runs in before.items():
+            old = runs[k]
+            was = old["requests"] / old["cpu"]
+            print(f"    {old['cpu']:.2f} at {commit} ({was:,.0f}) -> {rate / was:.2f}x; hit {100 * old['hit']:.1f}%")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--against", metavar="COMMIT", help="also simulate at this commit and print the speed-up")
+    ap.add_argument("--against", metavar="COMMIT", nargs="+", default=[],
+                    help="also simulate at these commits (each in its own worktree) and print the speed-ups")
     args = ap.parse_args()
     trace = load_trace(str(TRACES / "claude-code"))
     print(f"machine: {machine()}")

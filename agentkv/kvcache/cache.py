@@ -97,9 +97,10 @@ class KVCache:
         """(length of the leading run of `ids` held by some tier, best tier of each block of that run)."""
         ids = np.asarray(ids, dtype=np.int64)
         self._ensure(ids)
-        present = self.where[ids] != 0
-        n = int(np.argmin(present)) if len(ids) and not present.all() else len(ids)
-        return n, _lowest_bit(self.where[ids[:n]])
+        held = self.where[ids]
+        absent = np.flatnonzero(held == 0)
+        n = int(absent[0]) if len(absent) else len(ids)
+        return n, _lowest_bit(held[:n])
 
     def held_prefix(self, ids: np.ndarray) -> int:
         """Length of the leading run of `ids` held by some tier: `lookup`'s first half (a router asks every
@@ -107,6 +108,8 @@ class KVCache:
         if not len(ids):
             return 0
         self._ensure(ids)
+        if not self.where[ids[0]]:  # the usual answer of a replica the prompt's session never ran on
+            return 0
         absent = np.flatnonzero(self.where[ids] == 0)
         return int(absent[0]) if len(absent) else len(ids)
 
@@ -134,7 +137,8 @@ class KVCache:
         n_hit, hit_tier = self.lookup(ids)
         n_new = n_blocks - n_hit
         hits = ids[:n_hit]
-        promote = hits[hit_tier > 0]
+        lower = hit_tier > 0
+        promote = hits[lower]
         need = len(promote) + n_new
         moves: list[MoveBatch] = []
         self.pins[hits] += 1  # pinned before making room, so eviction cannot take them
@@ -145,8 +149,9 @@ class KVCache:
         per_tier = np.bincount(hit_tier, minlength=len(self.tiers)).astype(np.int64)
         for t in range(1, len(self.tiers)):
             if per_tier[t]:
-                self._add(0, promote[hit_tier[hit_tier > 0] == t])
-                moves.append(MoveBatch("promote", t, 0, promote[hit_tier[hit_tier > 0] == t]))
+                up = promote[hit_tier[lower] == t]
+                self._add(0, up)
+                moves.append(MoveBatch("promote", t, 0, up))
         self.reserved += n_new
         self.stats.lookups += 1
         self.stats.hit_blocks += per_tier
@@ -322,7 +327,7 @@ class KVCache:
         """Evict the (up to) k candidates ranked lowest from tier 0; returns how many went."""
         k = min(k, len(cands))
         if k:
-            chosen = _lowest(keys, self.depth[cands], k)
+            chosen = _lowest(keys, cands, self.depth, k)
             self.policy.on_evict(keys[chosen])
             self._evict(0, cands[chosen], moves, now)
         return k
@@ -354,7 +359,7 @@ class KVCache:
             resident = self._resident(t)
             resident = resident[self.pins[resident] == 0]  # pinned here: about to be promoted, copied first
             pool = np.concatenate([resident, incoming])
-            out = pool[_lowest(self.policy.keys(pool, now), self.depth[pool], over)]
+            out = pool[_lowest(self.policy.keys(pool, now), pool, self.depth, over)]
             is_incoming = np.isin(out, incoming, assume_unique=True)
             incoming = np.setdiff1d(incoming, out[is_incoming], assume_unique=True)
             if (~is_incoming).any():
@@ -363,8 +368,9 @@ class KVCache:
         return incoming
 
 
-def _lowest(keys: np.ndarray, depth: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k entries ranked lowest by (key ascending, depth descending)."""
+def _lowest(keys: np.ndarray, ids: np.ndarray, depth: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k entries ranked lowest by (key ascending, depth descending); `keys` are those of `ids`,
+    `depth` is per id (read only for the ties at the k-th key: a scan of tier 0 need not gather every depth)."""
     n = len(keys)
     if k >= n:
         return np.arange(n)
@@ -373,7 +379,7 @@ def _lowest(keys: np.ndarray, depth: np.ndarray, k: int) -> np.ndarray:
     kth = np.partition(keys, k - 1)[k - 1]
     below = np.flatnonzero(keys < kth)
     ties = np.flatnonzero(keys == kth)
-    deepest = ties[np.argsort(-depth[ties], kind="stable")[: k - len(below)]]
+    deepest = ties[np.argsort(-depth[ids[ties]], kind="stable")[: k - len(below)]]
     return np.concatenate([below, deepest])
 
 

@@ -17,6 +17,8 @@ import numpy as np
 PAGE_BITS = 12
 PAGE = 1 << PAGE_BITS
 UNSEEN = -1
+_NONE = np.zeros(0, dtype=np.int32)
+_NONE.flags.writeable = False
 
 
 @dataclass(slots=True)
@@ -53,7 +55,7 @@ class LocalIds:
         parts: list[np.ndarray] = []
         for p, a, b in paged.runs:
             table = self.pages.get(p)
-            if table is None:
+            if table is None or table[paged.offsets[a]] == UNSEEN:  # most replicas never saw the prompt's head
                 break
             local = table[paged.offsets[a:b]]
             unseen = local == UNSEEN
@@ -61,7 +63,7 @@ class LocalIds:
                 parts.append(local[: int(unseen.argmax())])
                 break
             parts.append(local)
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+        return np.concatenate(parts) if parts else _NONE
 
     def assign(self, paged: PagedIds) -> np.ndarray:
         """Local ids of a prompt's ids, numbering the unseen ones (in order of first appearance)."""
@@ -77,7 +79,8 @@ class LocalIds:
             fresh = fresh[np.argsort(first, kind="stable")]
         numbers = np.arange(self.n, self.n + len(fresh), dtype=np.int32)
         self.n += len(fresh)
-        for p, a, b in _page_runs(fresh):  # a session's new blocks: one run or two
+        whole = ascending and len(fresh) == len(ids)  # every id new (a session's next turn): already split
+        for p, a, b in paged.runs if whole else _page_runs(fresh):  # a session's new blocks: one run or two
             table = self.pages.get(p)
             if table is None:
                 table = self.pages[p] = np.full(PAGE, UNSEEN, dtype=np.int32)
@@ -86,6 +89,14 @@ class LocalIds:
             local[new] = numbers
             return local
         return self.lookup(paged)
+
+    def extend(self, earlier: np.ndarray, shared: int, new: np.ndarray) -> np.ndarray:
+        """Local ids of a prompt that repeats the first `shared` ids of a prompt numbered here (`earlier`: its local
+        ids) and then holds `new` ones: only those are looked up and numbered, as `assign` would number them (the
+        repeated ids were seen), so a session's next prompt costs what it adds, not its whole length."""
+        if not len(new):
+            return earlier[:shared]
+        return np.concatenate([earlier[:shared], self.assign(PagedIds.of(new))])
 
 
 def _page_runs(ids: np.ndarray) -> list[tuple[int, int, int]]:

@@ -48,7 +48,9 @@ def attribute(cost: StepCost, prefills: list[PrefillChunk], decodes: list[Sequen
     """Who a step's time is for. Token-proportional work (weights, KV writes, all-reduce, overhead) goes to the
     step's new tokens: prefill chunks to uncached input, decodes to output. Attention goes to the keys it reads:
     a (query, key) pair over a cached prompt token is the cost of serving that token from the cache, over an
-    output token the output's, else the uncached input's. `ahead`: decodes `steps` long, at mid-leap context."""
+    output token the output's, else the uncached input's. `ahead`: decodes `steps` long, at mid-leap context.
+    A decode's keys (computed + 1 + ahead) exceed its prompt and so its cached prefix: its sums need no min/max,
+    and being integers (as the chunks' half-integers are) they add up exactly in any order."""
     tokens = sum(c.n for c in prefills) + len(decodes)
     per_token = (cost.total - cost.attention) * steps
     prefill_part = sum(c.n for c in prefills) / tokens if tokens else 0.0
@@ -56,11 +58,11 @@ def attribute(cost: StepCost, prefills: list[PrefillChunk], decodes: list[Sequen
     for c in prefills:  # causal pairs inside the chunk; keys before it: the cached prefix, then earlier chunks
         pairs += c.n * (c.start + (c.n + 1) / 2)
         cached += c.n * min(c.seq.cached, c.start)
-    for q in decodes:
-        keys = q.computed + 1 + ahead
+    if decodes:
+        keys = sum(q.computed for q in decodes) + (1 + ahead) * len(decodes)
         pairs += keys
-        cached += min(q.cached, keys)
-        out += max(keys - q.prompt_len, 0)
+        cached += sum(q.cached for q in decodes)
+        out += keys - sum(q.prompt_len for q in decodes)
     attn = cost.attention * steps
     share = (lambda x: attn * x / pairs) if pairs else (lambda x: 0.0)
     totals["cached"] += share(cached)

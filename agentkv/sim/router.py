@@ -15,6 +15,7 @@ fleet and a served one route alike.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Hashable
 from collections.abc import Sequence as Seq
 from typing import Protocol
@@ -69,5 +70,5 @@ class Router:
         work = load + np.maximum(prompt_tokens - cached, 0.0)
         if self.kind == "prefix-aware":
             return int(np.lexsort((load, work))[0])
-        homed = np.array([sum(h == n for h in self.home.values()) for n in names])
-        return int(np.lexsort((homed, load, work))[0])
+        homed = Counter(self.home.values())  # one pass over the sessions, not one per replica
+        return int(np.lexsort(([homed[n] for n in names], load, work))[0])

@@ -80,7 +80,8 @@ class _Replica:
     def cached_prefix(self, ids: np.ndarray) -> int:
         if self.prompt[0].ids is not ids:  # the router asks every replica about one prompt: split it once
             self.prompt[0] = PagedIds.of(ids)
-        return self.cache.held_prefix(self.ids.seen_prefix(self.prompt[0]))
+        seen = self.ids.seen_prefix(self.prompt[0])
+        return self.cache.held_prefix(seen) if len(seen) else 0  # most replicas never saw the prompt's head
 
     def catch_up(self, now: float) -> None:
         """Apply the decode steps of a leap that have ended by `now` to the running sequences."""
@@ -140,6 +141,7 @@ class Simulator:
         self._order = 0  # ties between step completions break by push order
         self.in_system = 0.0
         self.open = 0  # requests queued or running over all replicas (added, not yet finished)
+        self.numbered: dict[int, tuple[int, int, np.ndarray]] = {}  # session -> its last request, replica, local ids
 
     def run(self) -> SimResult:
         wall = time.perf_counter()
@@ -164,7 +166,7 @@ class Simulator:
 
     def _arrive(self, now: float, i: int) -> None:
         trace, res = self.trace, self.records
-        seq = Sequence(i, int(trace.input_tokens[i]), trace.blocks(i), max(int(trace.output_tokens[i]), 1),
+        seq = Sequence(i, int(trace.input_tokens[i]), _NO_IDS, max(int(trace.output_tokens[i]), 1),
                        arrival=now, session=int(trace.session[i]),
                        tenant=int(trace.session_tenant[trace.session[i]]), finish=int(trace.finish[i]))
         if seq.prompt_len + seq.max_tokens > self.d.model.context:  # the model cannot take it: no replica sees it
@@ -174,10 +176,10 @@ class Simulator:
             return
         for rep in self.replicas:
             rep.catch_up(now)
-        paged = self.prompt[0] = PagedIds.of(seq.block_ids)  # split by page once: see _Replica.cached_prefix
-        r = self.router.pick(self.replicas, seq.block_ids, seq.prompt_len, trace.block_size, seq.session)
+        r = 0 if len(self.replicas) == 1 else self.router.pick(self.replicas, trace.blocks(i), seq.prompt_len,
+                                                                trace.block_size, seq.session)
         res.arrival[i], res.replica[i] = now, r
-        seq.block_ids = self.replicas[r].ids.assign(paged)
+        seq.block_ids = self._local_ids(i, r)
         try:
             self.replicas[r].sched.add(seq)
         except ValueError:  # longer than the replica's whole KV: it can never run here
@@ -190,10 +192,25 @@ class Simulator:
         elif not self.replicas[r].busy:
             self._start_step(r, now)
 
+    def _local_ids(self, i: int, r: int) -> np.ndarray:
+        """Request i's block ids as replica r numbers them. Where the request it extends was numbered there too,
+        from that one's local ids and its own new ids (`LocalIds.extend`): its full list is never built."""
+        log, ids, session = self.trace.block_log, self.replicas[r].ids, int(self.trace.session[i])
+        last = self.numbered.get(session)
+        if last is not None and last[0] == log.parent[i] and last[1] == r:
+            local = ids.extend(last[2], int(log.shared[i]), log.new(i))
+        else:
+            full = self.trace.blocks(i)
+            local = ids.assign(self.prompt[0] if self.prompt[0].ids is full else PagedIds.of(full))
+        self.numbered[session] = (i, r, local)
+        return local
+
     def _next_in_session(self, i: int, now: float) -> None:
         j = i + 1
         if j < self.trace.n_requests and self.trace.session[j] == self.trace.session[i]:
             heapq.heappush(self.arrivals, (now + float(self.pause[j]), j))
+        else:
+            self.numbered.pop(int(self.trace.session[i]), None)  # the session is over
 
     def _push_step(self, t: float, r: int, plan: StepPlan | None) -> None:
         self._order += 1
@@ -283,6 +300,9 @@ class Simulator:
             decode_tokens=int(totals["decode_tokens"]), in_system_s=self.in_system, wall_s=wall, config=self.cfg,
             pause=self.pause, recorded_s=trace.api_time.astype(np.float64),
         )
+
+
+_NO_IDS = np.zeros(0, dtype=np.int64)  # a request's ids before routing (its replica numbers them)
 
 
 def _decode_leap(sched: Scheduler) -> tuple[int, int]:

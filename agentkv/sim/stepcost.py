@@ -163,6 +163,7 @@ class Deployment:
     expert_flops: float = field(init=False, repr=False, compare=False)  # the same at the experts' rate
     kernel: tuple[float, float] = field(init=False, repr=False, compare=False)  # Coefficients.attention_kernel
     layer_floors_s: float = field(init=False, repr=False, compare=False)  # every layer's floor, a step
+    by_tokens: dict[int, tuple[float, float]] = field(init=False, repr=False, compare=False)  # see token_seconds
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION:
@@ -193,6 +194,7 @@ class Deployment:
         linear = sum(g.layers for g in m.groups if g.kind == "linear")
         object.__setattr__(self, "layer_floors_s", m.layers * self.coefficients.layer_floor_s
                            + linear * self.coefficients.linear_layer_floor_s)
+        object.__setattr__(self, "by_tokens", {})
 
     def hardware_rate(self, dtype: str) -> float:
         """Dense peak FLOP/s of one device for GEMMs on weights of `dtype`: FP4 on FP4 tensor cores where the
@@ -314,6 +316,15 @@ def communication_seconds(tokens: int, d: Deployment) -> float:
     return m.layers * (a2a / bw + 2 * c.collective_latency_s)
 
 
+def token_seconds(tokens: int, d: Deployment) -> tuple[float, float]:
+    """(weights, communication) seconds of a step of `tokens` tokens: functions of the count alone, remembered on
+    the deployment (a simulation prices a million steps over a few thousand distinct counts)."""
+    got = d.by_tokens.get(tokens)
+    if got is None:
+        got = d.by_tokens[tokens] = (weight_seconds(tokens, d), communication_seconds(tokens, d))
+    return got
+
+
 def step_cost(shape: StepShape, d: Deployment) -> StepCost:
     """Seconds a step takes, by term. A deployment that speculates and a step with decodes: per token emitted
     (`speculative_cost`)."""
@@ -365,8 +376,8 @@ def _plain_cost(shape: StepShape, d: Deployment) -> StepCost:
     sequences = len(shape.prefills) + len(shape.decodes)
     per_rank = sequences / d.tp if d.dp_attention else sequences  # DP ranks schedule their own sequences
     overhead = c.step_overhead_s + d.layer_floors_s + c.sequences(per_rank)
-    return StepCost(weight_seconds(tokens, d), attention_time(both), kv_write, communication_seconds(tokens, d),
-                    overhead)  # who it is for: pricing.attribute
+    weights, communication = token_seconds(tokens, d)
+    return StepCost(weights, attention_time(both), kv_write, communication, overhead)  # for whom: pricing.attribute
 
 
 def transfer_seconds(bytes_by_link: dict[str, float], d: Deployment) -> float:

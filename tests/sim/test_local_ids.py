@@ -30,3 +30,16 @@ def test_replicas_hold_arrays_for_their_own_blocks():
     assert sum(rep.ids.n > 0 for rep in sim.replicas) >= 3  # sessions spread over the fleet
     for rep in sim.replicas:  # given the trace's ids, each would size its arrays for ~all of the trace's blocks
         assert rep.cache.n_slots <= max(2 * rep.ids.n, 1024) and rep.cache.n_slots < trace.n_block_ids / 2
+
+
+def test_extending_a_numbered_prompt_numbers_as_assigning_the_whole_would():
+    by_extend, by_assign = LocalIds(), LocalIds()
+    first = np.array([5, 6, 7, 50 * PAGE + 1], dtype=np.int64)
+    earlier = by_extend.assign(PagedIds.of(first))
+    by_assign.assign(PagedIds.of(first))
+    new = np.array([50 * PAGE + 2, 9, 7, 3 * PAGE, 10], dtype=np.int64)  # unseen ids beside one seen, two pages
+    whole = by_assign.assign(PagedIds.of(np.concatenate([first[:3], new])))
+    np.testing.assert_array_equal(by_extend.extend(earlier, 3, new), whole)
+    np.testing.assert_array_equal(whole, [0, 1, 2, 4, 5, 2, 6, 7])
+    assert by_extend.n == by_assign.n == 8
+    np.testing.assert_array_equal(by_extend.extend(earlier, 2, new[:0]), [0, 1])  # nothing new: the repeated part
