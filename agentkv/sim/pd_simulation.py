@@ -27,6 +27,7 @@ from agentkv.sim.disagg import Disaggregated
 from agentkv.sim.simulator import SimConfig, SimResult, agent_pauses, simulate
 from agentkv.sim.stepcost import decode_seconds
 from agentkv.workload.arrivals import ArrivalModel
+from agentkv.workload.blocklog import NO_PARENT, BlockLog
 from agentkv.workload.trace import Trace
 
 
@@ -94,9 +95,11 @@ def _prefill_trace(trace: Trace, after: np.ndarray) -> Trace:
 
 def _decode_trace(trace: Trace, going: np.ndarray, landed: np.ndarray) -> Trace:
     """Requests `going` as single-request sessions that start when their KV lands. The landing step (free: see
-    `SimConfig.prompt_landed`) re-emits the first token, so the n - 1 after it are n - 1 priced decode steps."""
+    `SimConfig.prompt_landed`) re-emits the first token, so the n - 1 after it are n - 1 priced decode steps.
+    The decode pool names no blocks (no prefix cache), so they carry no ids: an empty log, not the prompts' own."""
     n = len(going)
-    log = trace.block_log.detach(going).take(going)
+    none = np.zeros(n + 1, dtype=np.int64)
+    log = BlockLog(np.full(n, NO_PARENT, dtype=np.int64), none[:n].copy(), none, none[:0].copy())
     return replace(
         trace, has_block_ids=False, session_names=[str(i) for i in going.tolist()],
         session_start=landed.astype(np.float64), session_parent=np.full(n, -1, dtype=np.int32),

@@ -176,10 +176,11 @@ class Simulator:
             return
         for rep in self.replicas:
             rep.catch_up(now)
-        r = 0 if len(self.replicas) == 1 else self.router.pick(self.replicas, trace.blocks(i), seq.prompt_len,
-                                                                trace.block_size, seq.session)
+        named = self.cfg.prefix_cache  # off: no id is looked up or named, so none is read
+        r = 0 if len(self.replicas) == 1 else self.router.pick(self.replicas, trace.blocks(i) if named else _NO_IDS,
+                                                                seq.prompt_len, trace.block_size, seq.session)
         res.arrival[i], res.replica[i] = now, r
-        seq.block_ids = self._local_ids(i, r)
+        seq.block_ids = self._local_ids(i, r) if named else _NO_IDS
         try:
             self.replicas[r].sched.add(seq)
         except ValueError:  # longer than the replica's whole KV: it can never run here
