@@ -13,6 +13,7 @@ from agentkv.kvcache.sizing import codec
 from agentkv.sim.simulator import SimConfig, simulate
 from agentkv.sim.stepcost import Coefficients, Deployment, prefill_seconds
 from agentkv.workload.arrivals import ArrivalModel, place
+from agentkv.workload.blocklog import NO_PARENT, from_parts
 from agentkv.workload.builder import TraceBuilder
 from agentkv.workload.generator import GeneratorConfig, LogNormal, WindowClass, generate
 
@@ -123,3 +124,17 @@ def test_session_routing_keeps_each_session_on_one_replica(small):
     prefix = simulate(small, SimConfig(dep(), replicas=4, router="prefix-aware",
                                        arrival=ArrivalModel("concurrency", 10)))
     assert r.hit_rate >= prefix.hit_rate - 0.01
+
+
+def test_with_the_prefix_cache_off_no_block_id_is_read(small):
+    # the same requests with no ids at all (an empty log, as a disaggregated run's decode pool gets) are served
+    # exactly as with their ids: nothing is looked up or named, so nothing is read
+    n = small.n_requests
+    empty = from_parts(np.full(n, NO_PARENT), np.zeros(n), [np.zeros(0, dtype=np.int64)] * n)
+    bare = replace(small, has_block_ids=False, block_log=empty)
+    cfg = SimConfig(dep(), replicas=3, router="prefix-aware", prefix_cache=False,
+                    arrival=ArrivalModel("concurrency", 10))
+    a, b = simulate(small, cfg), simulate(bare, cfg)
+    assert a.hit_rate == 0.0 and a.steps == b.steps and a.busy_s.tolist() == b.busy_s.tolist()
+    for f in ("first_token", "finish", "replica", "rejected", "preemptions"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
