@@ -9,7 +9,9 @@ of the code since, on the same machine in the same run.
 The report case is what `agentkv report` simulates ~80 times per report: its default deployment for a generated
 trace (DeepSeek-V4-Flash, int4 weights, TP2 on h200: `report.models.choose_model`'s pick for it), the +DRAM-tier
 rung, one replica, 20 concurrent sessions, on `REPORT_CASE_SESSIONS` generated sessions (each side generates
-them with its own code: compare requests per CPU-second where the trace differs).
+them with its own code: compare requests per CPU-second where the trace differs). The disaggregated probe is the
+same on 1 prefill + 3 decode replicas (`report.ladder.serve` with a prefill share: `sim/pd_simulation.py`'s two
+rounds of both pools); `--against` needs commits that have it (main from 22a9b2e on).
 Run: .venv/bin/python -m bench.simulator [--against COMMIT ...]
 """
 
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,7 @@ from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.replay import replay
 from agentkv.kvcache.sizing import codec, kv_bytes_per_block
 from agentkv.kvcache.tiers import TierSpec
-from agentkv.report.ladder import LADDER, DeploymentSpec, rung_config
+from agentkv.report.ladder import LADDER, DeploymentSpec, rung_config, serve
 from agentkv.sim.simulator import SimConfig, SimResult, simulate
 from agentkv.sim.stepcost import Deployment
 from agentkv.workload import load_trace
@@ -42,6 +45,8 @@ from bench._common import TRACES, machine
 
 CASES = (("bf16", 2, 20), ("int4", 2, 20), ("int4", 8, 200))  # KV codec, replicas, concurrent sessions
 REPORT_CASE_SESSIONS = 100
+REPORT_SPEC = DeploymentSpec(model="deepseek-v4-flash", tp=2, weight_dtype="int4")
+PD_SHARE, PD_REPLICAS = 0.3, 4  # the disaggregated probe: the report case on 1 prefill + 3 decode replicas
 ROOT = Path(__file__).resolve().parents[1]
 
 # One simulation per case, through APIs every commit since the simulator has kept (so a baseline commit runs it).
@@ -60,12 +65,17 @@ for kv, replicas, conc in json.loads(sys.argv[2]):
     res = simulate(trace, SimConfig(d, replicas=replicas, policy="lru", arrival=ArrivalModel("concurrency", conc)))
     print(json.dumps({"cpu": time.process_time() - cpu, "hit": res.hit_rate, "requests": trace.n_requests}),
           flush=True)
-from agentkv.report.ladder import LADDER, DeploymentSpec, rung_config
+from agentkv.report.ladder import LADDER, DeploymentSpec, rung_config, serve
 from agentkv.workload.generator import GeneratorConfig, generate
 trace = generate(GeneratorConfig(sessions=int(sys.argv[3])))
 spec = DeploymentSpec(model="deepseek-v4-flash", tp=2, weight_dtype="int4")
 cpu = time.process_time()
 res = simulate(trace, rung_config(spec, LADDER[5], ArrivalModel("concurrency", 20.0), 1))
+print(json.dumps({"cpu": time.process_time() - cpu, "hit": res.hit_rate, "requests": trace.n_requests}), flush=True)
+from dataclasses import replace
+share, replicas = json.loads(sys.argv[4])
+cpu = time.process_time()
+res = serve(trace, replace(spec, prefill_share=share), LADDER[5], ArrivalModel("concurrency", 20.0), replicas)
 print(json.dumps({"cpu": time.process_time() - cpu, "hit": res.hit_rate, "requests": trace.n_requests}), flush=True)
 """
 
@@ -78,8 +88,7 @@ def simulated(trace: Trace, kv: str, replicas: int, conc: int) -> SimResult:
 def report_case() -> tuple[Trace, SimConfig]:
     """The report's capacity probe (see the module docstring)."""
     trace = generate(GeneratorConfig(sessions=REPORT_CASE_SESSIONS))
-    spec = DeploymentSpec(model="deepseek-v4-flash", tp=2, weight_dtype="int4")
-    return trace, rung_config(spec, LADDER[5], ArrivalModel("concurrency", 20.0), 1)
+    return trace, rung_config(REPORT_SPEC, LADDER[5], ArrivalModel("concurrency", 20.0), 1)
 
 
 def clockless_replay_s(trace: Trace, kv: str, conc: int) -> float:
@@ -107,7 +116,8 @@ def markdown() -> str:
 
 def cpu_seconds(root: Path, trace_path: str) -> list[dict]:
     """CPU seconds and hit rate of each case simulated by the code under `root`, in a child process."""
-    p = subprocess.run([sys.executable, "-c", _SIMULATE, trace_path, json.dumps(CASES), str(REPORT_CASE_SESSIONS)],
+    p = subprocess.run([sys.executable, "-c", _SIMULATE, trace_path, json.dumps(CASES), str(REPORT_CASE_SESSIONS),
+                        json.dumps([PD_SHARE, PD_REPLICAS])],
                        capture_output=True,
                        text=True, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, cwd=root)
     if p.returncode:
@@ -132,7 +142,7 @@ def against(commits: list[str], trace_path: str) -> None:
     before = {commit: at_commit(commit, trace_path) for commit in commits}
     now = cpu_seconds(ROOT, trace_path)
     names = [f"{kv} KV, {replicas} replicas, {conc} sessions" for kv, replicas, conc in CASES]
-    for k, (name, new) in enumerate(zip([*names, "report probe"], now, strict=True)):
+    for k, (name, new) in enumerate(zip([*names, "report probe", "disaggregated probe"], now, strict=True)):
         rate = new["requests"] / new["cpu"]
         print(f"  {name}: {new['cpu']:.2f} CPU-s here ({rate:,.0f} requests/CPU-s, hit {100 * new['hit']:.1f}%)")
         for commit, runs in before.items():
@@ -161,6 +171,12 @@ def main() -> int:
     cpu = time.process_time() - cpu
     print(f"  report probe ({cfg.deployment.model.name}, {cfg.deployment.mode}, +DRAM tier, 1 replica, 20 sessions of "
           f"{REPORT_CASE_SESSIONS} generated, {trace.n_requests:,} requests): {cpu:.2f} CPU-s = "
+          f"{trace.n_requests / cpu:,.0f} requests/CPU-s, {res.steps:,} steps; hit {100 * res.hit_rate:.1f}%")
+    spec = replace(REPORT_SPEC, prefill_share=PD_SHARE)
+    cpu = time.process_time()
+    res = serve(trace, spec, LADDER[5], ArrivalModel("concurrency", 20.0), PD_REPLICAS)
+    cpu = time.process_time() - cpu
+    print(f"  disaggregated probe (the same on {spec.fleet_words(PD_REPLICAS)}): {cpu:.2f} CPU-s = "
           f"{trace.n_requests / cpu:,.0f} requests/CPU-s, {res.steps:,} steps; hit {100 * res.hit_rate:.1f}%")
     if args.against:
         against(args.against, str(TRACES / "claude-code"))
