@@ -92,8 +92,7 @@ class LLM:
         runner.build_pool(stores, compile=compile, cuda_graphs=cuda_graphs, policy=self.cache.policy)
         # an engine dropped, or a process exiting, without close() still flushes and closes its tiers (once)
         self._closer = weakref.finalize(self, self.tiering.close, runner.pool, self.cache) if self.tiering else None
-        # other models/codecs never share a block
-        self.namespace = f"{runner.name}|{runner.codec.name}|bs{self.block_size}"
+        self.namespace = f"{runner.name}|{runner.codec.name}|bs{self.block_size}"  # no block across models
         self.check_invariants = check_invariants
         self._counter = itertools.count()
         self._seqs: dict[str, EngineSequence] = {}
@@ -113,9 +112,7 @@ class LLM:
     states = _runner_part("states")
     pool = _runner_part("pool")
     backend = _runner_part("backend")
-
-    def layers_text(self) -> str:
-        return self.runner.layers_text()
+    layers_text = _runner_part("layers_text")  # a method: llm.layers_text()
 
     def _schedule(self, tiers: list[TierSpec], policy: str | Policy, config: SchedulerConfig) -> None:
         """The policy core over the tiers, and the scheduler that plans each step with it."""

@@ -263,9 +263,8 @@ class StepCost:
 
 
 def attention_work(shape: StepShape, d: Deployment) -> tuple[Work, Work]:
-    """The step's attention work for its prefill chunks and for its decodes: the decodes in one vectorised call
-    for every layer group (`attention.DecodeTable`: no loop over sequences or groups; an array of contexts only
-    where a group bounds what a decode sees), the few prefill chunks one by one, group by group."""
+    """The step's attention work for its prefill chunks (one by one, group by group) and for its decodes (one
+    vectorised call for every group: `attention.DecodeTable`, contexts as an array only where a group bounds them)."""
     tile, decodes, table = d.coefficients.query_tile, shape.decodes, d.decode_table
     k = len(decodes)
     pre, dec = Work(), Work()
@@ -317,17 +316,14 @@ def communication_seconds(tokens: int, d: Deployment) -> float:
 
 
 def token_seconds(tokens: int, d: Deployment) -> tuple[float, float]:
-    """(weights, communication) seconds of a step of `tokens` tokens: functions of the count alone, remembered on
-    the deployment (a simulation prices a million steps over a few thousand distinct counts)."""
-    got = d.by_tokens.get(tokens)
-    if got is None:
-        got = d.by_tokens[tokens] = (weight_seconds(tokens, d), communication_seconds(tokens, d))
-    return got
+    """(weights, communication) seconds of a `tokens`-token step, remembered: a run has few distinct counts."""
+    if tokens not in d.by_tokens:
+        d.by_tokens[tokens] = (weight_seconds(tokens, d), communication_seconds(tokens, d))
+    return d.by_tokens[tokens]
 
 
 def step_cost(shape: StepShape, d: Deployment) -> StepCost:
-    """Seconds a step takes, by term. A deployment that speculates and a step with decodes: per token emitted
-    (`speculative_cost`)."""
+    """Seconds a step takes, by term; speculating with decodes in the step: per token emitted (`speculative_cost`)."""
     if d.speculation is not None and len(shape.decodes):
         return speculative_cost(shape, d, d.speculation)
     return _plain_cost(shape, d)
