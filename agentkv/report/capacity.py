@@ -48,10 +48,8 @@ def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, 
     window, and every later lap is another user's copy of it with fresh ids for its private blocks (see
     `workload.arrivals.place`). With a `pool`, up to `width` probes run side by side: the next one and those
     that follow it either way it goes; the answer, `runs` and `probes` are the sequential search's."""
-    floor = prefill_floor(trace, spec, rung)
-    if floor > spec.slo_ttft_s:
-        return Capacity(0.0, floor, reason=f"the p{spec.slo_quantile:g} prompt alone takes {floor:.0f} s to "
-                                           "prefill on an idle GPU")
+    if (miss := floor_miss(trace, spec, rung)) is not None:
+        return miss
     top = root_sessions(trace) == np.arange(trace.n_sessions)
     if not top.any() or float(session_spans(trace)[top].mean()) <= 0:
         return Capacity(0.0, float("nan"), undefined=True,
@@ -70,6 +68,16 @@ def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, 
                                                          + "; ".join(slo_misses(least, spec)) + ")", probes=probes)
     return Capacity(lo, slo_ttft(runs[lo], spec), at_limit=hi is None, probes=probes,
                     tokens_per_session_s=billed_tokens(runs[lo]) / max(runs[lo].billed_s * lo, 1e-9))
+
+
+def floor_miss(trace: Trace, spec: DeploymentSpec, rung: Rung) -> Capacity | None:
+    """No load, on any fleet, meets the SLO where its percentile's prompt alone takes longer to prefill on an idle
+    GPU than the TTFT bound (a rung without a prefix cache): known without a simulation. None otherwise."""
+    floor = prefill_floor(trace, spec, rung)
+    if floor <= spec.slo_ttft_s:
+        return None
+    return Capacity(0.0, floor, reason=f"the p{spec.slo_quantile:g} prompt alone takes {floor:.0f} s to prefill on "
+                                       "an idle GPU")
 
 
 @dataclass(slots=True, frozen=True)
