@@ -4,6 +4,7 @@ size, fleet and price from whole-trace runs, and no simulation run twice (counte
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import fields, is_dataclass
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from agentkv.report.assemble import build_report, measure_rung, on_whole
 from agentkv.report.capacity import sample_sessions
 from agentkv.report.ladder import LADDER, DeploymentSpec, serve
 from agentkv.report.sizing import size_to_slo
-from agentkv.sim.simulator import simulate
+from agentkv.sim.simulator import SimResult, simulate
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.generator import GeneratorConfig, generate
 from agentkv.workload.window import fit_window
@@ -54,6 +55,28 @@ def test_a_whole_report_probes_a_sample_and_prints_only_whole_trace_runs(counted
         again = serve(fitted, o.spec, o.rung, arrival, o.sized.replicas)  # the sized figures: this very run
         assert np.array_equal(again.first_token, o.sized.result.first_token, equal_nan=True)
         assert len(o.fleet_run.arrival) == fitted.n_requests
+    kept = _results(rep)  # a run's per-request arrays are held only where a view reads them
+    assert len(kept) <= 2 * len(LADDER) < len(counted)
+    assert {id(r) for r in kept} <= {id(x) for o in rep.outcomes for x in (o.sized.result, o.fleet_run)}
+
+
+def _results(obj: object, seen: set[int] | None = None) -> list[SimResult]:
+    """Every distinct SimResult reachable from `obj` through dataclass fields, lists, tuples and dicts."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or isinstance(obj, (str, bytes, int, float, np.ndarray)) or obj is None:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, SimResult):
+        return [obj]
+    if isinstance(obj, dict):
+        children = [*obj.keys(), *obj.values()]
+    elif isinstance(obj, (list, tuple, set)):
+        children = list(obj)
+    elif is_dataclass(obj):
+        children = [getattr(obj, f.name) for f in fields(obj)]
+    else:
+        return []
+    return [r for c in children for r in _results(c, seen)]
 
 
 def test_the_whole_trace_search_starts_from_the_samples_answer_and_finds_the_searchs_size(counted):
