@@ -76,7 +76,7 @@ def measured(cmd: list[str]) -> tuple[float, float, tuple[int, int], subprocess.
 
 
 _TRACE_JOB = """
-import sys, time
+import resource, sys, time
 from agentkv.workload import load_trace
 from agentkv.workload.formats import canonical
 from agentkv.workload.generator import GeneratorConfig, generate
@@ -85,31 +85,34 @@ trace = generate(GeneratorConfig(sessions=int(sys.argv[1])))
 gen = time.perf_counter() - t
 canonical.save(trace, sys.argv[2])
 log = trace.block_log
-print(trace.n_requests, int(trace.blocks_per_request.sum()), len(log.ids), gen)
+print(trace.n_requests, int(trace.blocks_per_request.sum()), len(log.ids), gen,
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 _LOAD_JOB = """
-import sys, time
+import resource, sys, time
 from agentkv.workload import load_trace
 t = time.perf_counter()
 trace = load_trace(sys.argv[1])
-print(time.perf_counter() - t)
+print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
 
 def trace_figures(sessions: int, folder: str) -> tuple[int, str]:
+    """The trace's figures; each job reports its own peak RSS (getrusage: a short job ends between /proc samples)."""
     path = f"{folder}/trace-{sessions}.npz"
-    _, _, (gen_rss, _), p = measured([sys.executable, "-c", _TRACE_JOB, str(sessions), path])
+    p = subprocess.run([sys.executable, "-c", _TRACE_JOB, str(sessions), path], capture_output=True, text=True)
     if p.returncode:
         sys.exit(p.stderr)
-    requests, ids, held, gen_s = p.stdout.split()
-    _, _, (load_rss, _), q = measured([sys.executable, "-c", _LOAD_JOB, path])
+    requests, ids, held, gen_s, gen_rss = p.stdout.split()
+    q = subprocess.run([sys.executable, "-c", _LOAD_JOB, path], capture_output=True, text=True)
     if q.returncode:
         sys.exit(q.stderr)
+    load_s, load_rss = q.stdout.split()
     size = os.path.getsize(path)
     line = (f"trace: {int(requests):,} requests, {int(ids):,} block ids in its requests, {int(held):,} held in "
             f"the block log ({int(ids) / max(int(held), 1):.1f}x fewer); generated in {float(gen_s):.1f} s at "
-            f"{gen_rss / 2**30:.2f} GB peak RSS; .npz {size / 2**20:.0f} MiB, loaded in {float(q.stdout):.1f} s at "
-            f"{load_rss / 2**30:.2f} GB peak RSS")
+            f"{int(gen_rss) / 2**30:.2f} GB peak RSS; .npz {size / 2**20:.0f} MiB, loaded in {float(load_s):.1f} s at "
+            f"{int(load_rss) / 2**30:.2f} GB peak RSS")
     return int(requests), line
 
 
