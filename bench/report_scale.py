@@ -2,9 +2,10 @@
 
 For each size: the trace alone (generated in a child process: its peak RSS; saved as .npz, then loaded: seconds
 and RSS), and `agentkv report --gen-sessions N --sample-sessions 0` (the whole trace simulated) with its wall
-time, CPU seconds and peak PSS and RSS summed over the whole process tree (the report's workers included), sampled
-from /proc every 0.2 s (PSS counts the pages forked workers share once: what the tree takes; RSS once per process). Requests/s is the trace's requests over the report's wall time. The machine's load average
-is printed: on a shared box, wall time is not CPU time.
+time, CPU seconds and peak PSS and RSS summed over the whole process tree (the report's workers included),
+sampled from /proc every 0.2 s (PSS counts a page the forked workers share once: what the tree takes; RSS once
+per process). Requests/s is the trace's requests over the report's wall time. The machine's load average is
+printed: on a shared box, wall time is not CPU time.
 Run: .venv/bin/python -m bench.report_scale [--full] [--sessions N ...] [--trace-only]
 """
 
