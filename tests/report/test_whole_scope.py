@@ -95,3 +95,13 @@ def test_the_whole_trace_search_starts_from_the_samples_answer_and_finds_the_sea
     searched = size_to_slo(fitted, spec, rung, arrival, chosen.capacity, 40.0, 3.49, {})
     assert whole.sized.replicas == searched.replicas
     assert set(runs) == {int(c.split("replicas=")[1].split(",")[0]) for _, _, c in counted[:len(runs)]}
+
+
+def test_a_candidate_model_is_sized_on_the_whole_trace_too():
+    from agentkv.report.assemble import _candidate_job
+
+    trace = generate(GeneratorConfig(sessions=12, seed=4))
+    spec = DeploymentSpec()
+    fitted = fit_window(trace, model(spec.model).context, "compact")[0]
+    sized = _candidate_job((spec, fitted, ArrivalModel("concurrency", 3.0), 3.0, 3.49, 12, 4))
+    assert sized.cost is not None and len(sized.result.arrival) == fitted.n_requests
