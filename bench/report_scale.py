@@ -2,9 +2,10 @@
 
 For each size: the trace alone (generated in a child process: its peak RSS; saved as .npz, then loaded: seconds
 and RSS), and `agentkv report --gen-sessions N --sample-sessions 0` (the whole trace simulated) with its wall
-time, CPU seconds and peak RSS summed over the whole process tree (the report's workers included), sampled from
-/proc every 0.2 s. Requests/s is the trace's requests over the report's wall time. The machine's load average
-is printed: on a shared box, wall time is not CPU time.
+time, CPU seconds and peak PSS and RSS summed over the whole process tree (the report's workers included),
+sampled from /proc every 0.2 s (PSS counts a page the forked workers share once: what the tree takes; RSS once
+per process). Requests/s is the trace's requests over the report's wall time. The machine's load average is
+printed: on a shared box, wall time is not CPU time.
 Run: .venv/bin/python -m bench.report_scale [--full] [--sessions N ...] [--trace-only]
 """
 
@@ -27,38 +28,42 @@ FULL = 13_250  # ~432k requests, the dossier's count
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def tree_rss(root: int) -> int:
-    """Bytes resident in `root` and every process below it, from /proc."""
+def tree_memory(root: int) -> tuple[int, int]:
+    """(RSS, PSS) bytes of `root` and every process below it, from /proc. RSS counts a page shared by forked
+    workers (the trace they inherit) once per process; PSS divides it among them: the memory the tree takes."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            rss[int(entry.name)] = int((entry / "statm").read_text().split()[1]) * PAGE
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue  # gone meanwhile
         children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [root]
+    rss = pss = 0
+    todo = [root]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
         todo += children.get(pid, [])
-    return total
+        try:
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+        except (OSError, ValueError):
+            continue
+        rss += int(fields["Rss"].split()[0]) * 1024
+        pss += int(fields["Pss"].split()[0]) * 1024
+    return rss, pss
 
 
-def measured(cmd: list[str]) -> tuple[float, float, int, subprocess.CompletedProcess]:
-    """(wall s, CPU s of the process tree, peak tree RSS bytes, the finished process) of one command."""
+def measured(cmd: list[str]) -> tuple[float, float, tuple[int, int], subprocess.CompletedProcess]:
+    """(wall s, CPU s of the process tree, peak tree (RSS, PSS) bytes, the finished process) of one command."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = [0]
+    peak = [0, 0]
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], tree_rss(proc.pid))
+            peak[:] = map(max, peak, tree_memory(proc.pid))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -68,11 +73,11 @@ def measured(cmd: list[str]) -> tuple[float, float, int, subprocess.CompletedPro
     wall = time.perf_counter() - wall
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, peak[0], subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return wall, cpu, (peak[0], peak[1]), subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 _TRACE_JOB = """
-import sys, time
+import resource, sys, time
 from agentkv.workload import load_trace
 from agentkv.workload.formats import canonical
 from agentkv.workload.generator import GeneratorConfig, generate
@@ -81,31 +86,34 @@ trace = generate(GeneratorConfig(sessions=int(sys.argv[1])))
 gen = time.perf_counter() - t
 canonical.save(trace, sys.argv[2])
 log = trace.block_log
-print(trace.n_requests, int(trace.blocks_per_request.sum()), len(log.ids), gen)
+print(trace.n_requests, int(trace.blocks_per_request.sum()), len(log.ids), gen,
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 _LOAD_JOB = """
-import sys, time
+import resource, sys, time
 from agentkv.workload import load_trace
 t = time.perf_counter()
 trace = load_trace(sys.argv[1])
-print(time.perf_counter() - t)
+print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
 
 def trace_figures(sessions: int, folder: str) -> tuple[int, str]:
+    """The trace's figures; each job reports its own peak RSS (getrusage: a short job ends between /proc samples)."""
     path = f"{folder}/trace-{sessions}.npz"
-    _, _, gen_rss, p = measured([sys.executable, "-c", _TRACE_JOB, str(sessions), path])
+    p = subprocess.run([sys.executable, "-c", _TRACE_JOB, str(sessions), path], capture_output=True, text=True)
     if p.returncode:
         sys.exit(p.stderr)
-    requests, ids, held, gen_s = p.stdout.split()
-    _, _, load_rss, q = measured([sys.executable, "-c", _LOAD_JOB, path])
+    requests, ids, held, gen_s, gen_rss = p.stdout.split()
+    q = subprocess.run([sys.executable, "-c", _LOAD_JOB, path], capture_output=True, text=True)
     if q.returncode:
         sys.exit(q.stderr)
+    load_s, load_rss = q.stdout.split()
     size = os.path.getsize(path)
     line = (f"trace: {int(requests):,} requests, {int(ids):,} block ids in its requests, {int(held):,} held in "
             f"the block log ({int(ids) / max(int(held), 1):.1f}x fewer); generated in {float(gen_s):.1f} s at "
-            f"{gen_rss / 2**30:.2f} GB peak RSS; .npz {size / 2**20:.0f} MiB, loaded in {float(q.stdout):.1f} s at "
-            f"{load_rss / 2**30:.2f} GB peak RSS")
+            f"{int(gen_rss) / 2**30:.2f} GB peak RSS; .npz {size / 2**20:.0f} MiB, loaded in {float(load_s):.1f} s at "
+            f"{int(load_rss) / 2**30:.2f} GB peak RSS")
     return int(requests), line
 
 
@@ -125,12 +133,13 @@ def main() -> int:
                 continue
             cmd = [sys.executable, "-m", "agentkv.cli", "report", "--gen-sessions", str(sessions),
                    "--sample-sessions", "0", "--json", "--out", f"{folder}/report.html"]
-            wall, cpu, rss, p = measured(cmd)
+            wall, cpu, (rss, pss), p = measured(cmd)
             if p.returncode:
                 print(p.stderr, file=sys.stderr)
                 return p.returncode
             print(f"  agentkv report --gen-sessions {sessions} --sample-sessions 0: {wall:.0f} s wall, {cpu:.0f} "
-                  f"CPU-s, peak RSS {rss / 2**30:.2f} GB (process tree), {requests / wall:.0f} requests/s; "
+                  f"CPU-s, peak PSS {pss / 2**30:.2f} GB (RSS {rss / 2**30:.2f} GB; process tree), "
+                  f"{requests / wall:.0f} requests/s; "
                   f"load average now {os.getloadavg()[0]:.1f}", flush=True)
     return 0
 

@@ -3,13 +3,9 @@ fleet, the same traffic at API prices, and the facts the headline is written fro
 
 from __future__ import annotations
 
-import ctypes
-import signal
-import sys
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
-from contextlib import contextmanager
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Executor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,12 +16,14 @@ from agentkv.cost.plans import BreakEven, break_even
 from agentkv.cost.providers import ProviderCost, all_providers, same_model_apis
 from agentkv.cost.selfhosted import GpuRates
 from agentkv.kvcache.sizing import codec
-from agentkv.report.capacity import SAMPLE_SESSIONS, Capacity, sample_sessions, session_capacity
+from agentkv.report.capacity import SAMPLE_SESSIONS, Capacity, session_capacity
 from agentkv.report.ladder import LADDER, DeploymentSpec, Rung, modes, remedies, rung_config, serve, wide_mode
 from agentkv.report.levers import CodecFit, TierLoad, codec_fits, tier_loads
 from agentkv.report.load import LoadCurve, load_curve
 from agentkv.report.models import Candidate, candidate, candidate_specs, deployment
-from agentkv.report.sizing import Sized, size_to_slo
+from agentkv.report.pool import SHARED, executor
+from agentkv.report.simulated import simulated_on
+from agentkv.report.sizing import Sized, resize, size_to_slo
 from agentkv.sim.simulator import SimResult
 from agentkv.workload.arrivals import (
     ArrivalModel,
@@ -35,7 +33,6 @@ from agentkv.workload.arrivals import (
     root_sessions,
     session_intervals,
     session_spans,
-    tokens_per_open_second,
 )
 from agentkv.workload.trace import Trace
 from agentkv.workload.window import WindowFit, fit_window
@@ -106,14 +103,27 @@ def offered_concurrency(trace: Trace, arrival: ArrivalModel) -> float:
 
 def _mode_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
     spec, rung, arrival, offered, gpu_hour, fleet = args
-    return _measure_mode(_SHARED["sample"], _SHARED["measured"], spec, rung, arrival, offered, gpu_hour, fleet)
+    return _measure_mode(SHARED["probes"], SHARED["modes"], spec, rung, arrival, offered, gpu_hour, fleet)
 
 
 REMEDY_RUNS = 5  # simulations a follow-up's size search may take: a walk from the lever's size and a bisection
 
 
 def _remedy_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
-    return remedy(_SHARED["measured"], *args)
+    return remedy(SHARED["modes"], *args)
+
+
+def _whole_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
+    return on_whole(SHARED["whole"], *args)
+
+
+def on_whole(whole: Trace, chosen: RungOutcome, arrival: ArrivalModel, offered: float, gpu_hour: float
+             ) -> tuple[RungOutcome, dict[int, SimResult]]:
+    """A lever in the mode chosen on the capacity sample, sized on the whole trace (`sizing.resize`)."""
+    spec = chosen.spec
+    assert spec is not None  # _measure_mode names the mode of every outcome
+    sized, runs = resize(whole, spec, chosen.rung, arrival, chosen.capacity, chosen.sized, offered, gpu_hour)
+    return RungOutcome(chosen.rung, chosen.capacity, sized, None, spec), runs
 
 
 def follow_ups(out: RungOutcome) -> tuple[DeploymentSpec, ...]:
@@ -163,12 +173,12 @@ def replicas_for(gpus: int, spec: DeploymentSpec) -> int:
 
 def _candidate_job(args: tuple) -> Sized | None:
     """A candidate model on its own fitted trace, every lever on; None where its weights leave no KV room."""
-    spec, fitted, arrival, offered, gpu_hour, sample_size = args
+    spec, fitted, arrival, offered, gpu_hour, sample_size, probe_sessions = args
     if deployment(spec).kv_capacity_bytes <= 0:
         return None
-    sample = sample_sessions(fitted, sample_size)
-    measured = fitted if arrival.mode == "trace" else sample
-    return measure_rung(sample, measured, spec, LADDER[-1], arrival, offered, gpu_hour, None)[0].sized
+    on = simulated_on(fitted, arrival, sample_size, probe_sessions)
+    chosen = measure_rung(on.probes, on.modes, spec, LADDER[-1], arrival, offered, gpu_hour, None)[0]
+    return on_whole(on.whole, chosen, arrival, offered, gpu_hour)[0].sized if on.two_phase else chosen.sized
 
 
 def measure_rung(sample: Trace, measured: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel,
@@ -202,39 +212,44 @@ def _measure_mode(sample: Trace, measured: Trace, spec: DeploymentSpec, rung: Ru
     return RungOutcome(rung, cap, sized, None, spec), runs
 
 
-def _size_levers(pool: Executor, jobs: list[tuple], step: Callable[[str], None]) -> tuple[tuple, tuple]:
+MODES, REMEDIES, WHOLE = range(3)  # a lever's stages: every mode, the cheapest's remedies, the whole trace
+
+
+def _size_levers(pool: Executor, jobs: list[tuple], step: Callable[[str], None], two_phase: bool
+                 ) -> tuple[tuple, tuple]:
     """Every (lever, mode) job on the pool; per lever, the cheapest mode (`cheapest`), then where output speed
-    sets its size, the remedies real engines use (`remedy`), in ladder order."""
+    sets its size, the remedies real engines use (`remedy`), then where the modes were chosen on the capacity
+    sample, that mode sized on the whole trace (`on_whole`); in ladder order."""
     step("sizing every lever")
     # the costliest rungs (tiers, agent-aware ranking) first, so two workers finish together
-    todo = {pool.submit(_mode_job, j): (False, i) for i, j in reversed(list(enumerate(jobs)))}
+    todo = {pool.submit(_mode_job, j): (MODES, i) for i, j in reversed(list(enumerate(jobs)))}
     done: dict[int, tuple[RungOutcome, dict[int, SimResult]]] = {}
     best: dict[int, tuple[RungOutcome, dict[int, SimResult]]] = {}
     while todo:
         for fut in wait(todo, return_when=FIRST_COMPLETED)[0]:
-            remedied, i = todo.pop(fut)
-            if remedied:
-                best[i] = fut.result()
-                step(f"{LADDER[i].name} sized ({best[i][0].spec.mode})")  # type: ignore[union-attr]
-                continue
-            done[i] = fut.result()
-            rung = jobs[i][1]
-            mine = [k for k, j in enumerate(jobs) if j[1] is rung]
-            if not all(k in done for k in mine):
-                continue
-            lever = LADDER.index(rung)
-            best[lever] = cheapest([done[k] for k in mine])
-            out = best[lever][0]
-            if follow_ups(out):
-                todo[pool.submit(_remedy_job, (best[lever], *jobs[i][2:]))] = (True, lever)
+            stage, i = todo.pop(fut)
+            if stage == MODES:
+                done[i] = fut.result()
+                mine = [k for k, j in enumerate(jobs) if j[1] is jobs[i][1]]
+                if not all(k in done for k in mine):
+                    continue
+                stage, i, found = MODES, LADDER.index(jobs[i][1]), cheapest([done.pop(k) for k in mine])
+                if follow_ups(found[0]):
+                    todo[pool.submit(_remedy_job, (found, *jobs[mine[0]][2:]))] = (REMEDIES, i)
+                    continue
             else:
-                step(f"{rung.name} sized")
+                found = fut.result()
+            if two_phase and stage != WHOLE:
+                todo[pool.submit(_whole_job, (found[0], *jobs[0][2:5]))] = (WHOLE, i)
+                continue
+            best[i] = found
+            step(f"{LADDER[i].name} sized ({found[0].spec.mode})")  # type: ignore[union-attr]
     return tuple(zip(*(best[k] for k in range(len(LADDER))), strict=True))  # type: ignore[return-value]
 
 
 def _fleet_job(args: tuple) -> SimResult:
     spec, rung, arrival, replicas = args
-    return serve(_SHARED["measured"], spec, rung, arrival, replicas)
+    return serve(SHARED["whole"], spec, rung, arrival, replicas)
 
 
 def choose_fleet(outcomes: list[RungOutcome], offered: float, tp: int) -> tuple[int, str]:
@@ -253,11 +268,13 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
                  replicas: int | None = None, workers: int = 2,
                  step: Callable[[str], None] = lambda label: None, sample_size: int = SAMPLE_SESSIONS,
                  over_window: str = "compact", candidates: tuple[str, ...] = (), model_choice: str = "",
-                 ray: str | None = None) -> Report:
+                 ray: str | None = None, probe_sessions: int = SAMPLE_SESSIONS) -> Report:
     """Everything the report shows, for `trace` offered at `arrival` to the deployment `spec`, fitted first to
     the model's context window (`over_window`: workload.window). `replicas` fixes the same-fleet size (default:
     what all levers together need); `candidates` adds the model view. Rungs run in `workers` processes, or as
-    tasks on the Ray cluster at `ray` ("local": one started here with `workers` CPUs)."""
+    tasks on the Ray cluster at `ray` ("local": one started here with `workers` CPUs). `sample_size` top-level
+    sessions are simulated (the whole trace where it has no more), capacity on at most `probe_sessions` of them
+    (`simulated.simulated_on`)."""
     wall = time.perf_counter()
     recorded = trace
     trace, window = fit_window(trace, model(spec.model, spec.models_file).context, over_window)
@@ -266,39 +283,32 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
     rates = GpuRates.of(price_table.get("gpu_hour", {}), spec.hardware)
     gpu_hour = rates.typical
     offered = offered_concurrency(recorded, arrival)
-    sample = sample_sessions(trace, sample_size)
-    # sizing and the same fleet run the sample of a large trace at the same offered load; on the trace's own
-    # clock, the whole trace (a sample of it would carry less load)
-    measured = trace if arrival.mode == "trace" else sample
-    # one job per lever and deployment mode, so the modes of the costliest lever run side by side
-    jobs = [(s, r, arrival, offered, gpu_hour, replicas) for r in LADDER for s in modes(spec)]
-    with _executor(workers, measured, sample, ray) as pool:
-        outcomes, runs = _size_levers(pool, jobs, step)
+    on = simulated_on(trace, arrival, sample_size, probe_sessions)
+    # one job per lever and deployment mode, so the modes of the costliest lever run side by side; the fleet
+    # given up front is run with them where the modes are chosen on the trace the report prints
+    jobs = [(s, r, arrival, offered, gpu_hour, None if on.two_phase else replicas) for r in LADDER for s in modes(spec)]
+    with executor(workers, on.traces(), ray) as pool:
+        outcomes, runs = _size_levers(pool, jobs, step, on.two_phase)
         gpus, chosen_by = (replicas * spec.tp, "given with --replicas") if replicas else \
             choose_fleet(list(outcomes), offered, spec.tp)
-        fleet = replicas_for(gpus, spec)
-        each = [replicas_for(gpus, o.spec or spec) for o in outcomes]  # a wide mode's replicas hold more GPUs
-        missing = {i: pool.submit(_fleet_job, (o.spec or spec, o.rung, arrival, each[i]))
-                   for i, o in enumerate(outcomes) if each[i] not in runs[i]}
-        for i, o in enumerate(outcomes):
-            o.fleet_run = missing[i].result() if i in missing else runs[i][each[i]]
+        _same_fleet(pool, outcomes, runs, gpus, arrival)
+        del runs  # the views read each lever's sized run and fleet run only
         step("same fleet done")
         models_view = _model_view(pool, candidates, others, (spec, trace, window, outcomes[-1].sized),
-                                  (arrival, offered, gpu_hour, sample_size), step)
-    _SHARED.clear()
+                                  (arrival, offered, gpu_hour, sample_size, probe_sessions), step)
     placed = place(recorded, arrival) if recorded.has_block_ids else None
     providers = all_providers(*placed, price_table["providers"]) if placed else []
     apis = same_model_apis(*placed, price_table, spec.model) if placed else []
     plan_prices = {k: float(v) for k, v in price_table.get("plans", {}).items() if k not in ("source", "as_of")}
     top = int((trace.session_parent < 0).sum())
-    measured_on = "the whole trace" if measured is trace else _sample_note(measured, trace, top)
     median = int(np.median(trace.input_tokens)) if trace.n_requests else 0
     base = rung_config(spec, LADDER[-1], arrival, 1).deployment
     return Report(
-        spec=spec, hardware=hw.name, gpu_rates=rates, trace=recorded.source, measured_on=measured_on,
+        spec=spec, hardware=hw.name, gpu_rates=rates, trace=recorded.source, measured_on=on.describe(trace),
         top_sessions=top,
         requests=recorded.n_requests, input_tokens=int(recorded.input_tokens.sum()), arrival=arrival.describe(),
-        offered_sessions=offered, open_sessions=open_sessions(measured, arrival), fleet_replicas=fleet,
+        offered_sessions=offered, open_sessions=open_sessions(on.whole, arrival),
+        fleet_replicas=replicas_for(gpus, spec),
         fleet_chosen_by=chosen_by, outcomes=list(outcomes),
         providers=providers, model_apis=apis, plans=break_even(plan_prices, providers, top), median_context=median,
         kv_fit=codec_fits(base, max(median, 1)), kv_load=tier_loads(replace(base, kv_codec=codec("bf16")), median),
@@ -306,14 +316,14 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
     )
 
 
-def _sample_note(sample: Trace, trace: Trace, top: int) -> str:
-    """Which sample the figures come from, and how far its sessions' load is from the whole trace's: at the same
-    concurrency a sparser sample fills fewer GPU-hours with tokens, so its $/Mtok reads high (and the reverse)."""
-    ratio = tokens_per_open_second(sample) / max(tokens_per_open_second(trace), 1e-9)
-    return (f"an evenly spaced sample of {int((sample.session_parent < 0).sum())} of its {top} sessions "
-            f"({sample.n_requests:,} requests), at the same offered load; its sessions send {ratio:.2f}x the "
-            f"whole trace's input tokens per open second, which biases $/Mtok by about the inverse "
-            f"(--sample-sessions 0 or --ray simulates the whole trace)")
+def _same_fleet(pool: Executor, outcomes: tuple[RungOutcome, ...], runs: tuple[dict[int, SimResult], ...],
+                gpus: int, arrival: ArrivalModel) -> None:
+    """Every lever on `gpus` GPUs, on the trace the report prints: a run its sizing made where it has one."""
+    each = [replicas_for(gpus, o.spec) for o in outcomes]  # type: ignore[arg-type]  # a wide mode's hold more GPUs
+    missing = {i: pool.submit(_fleet_job, (o.spec, o.rung, arrival, each[i]))
+               for i, o in enumerate(outcomes) if each[i] not in runs[i]}
+    for i, o in enumerate(outcomes):
+        o.fleet_run = missing[i].result() if i in missing else runs[i][each[i]]
 
 
 def _model_view(pool: Executor, names: tuple[str, ...], others: list, deployed: tuple, load: tuple,
@@ -331,60 +341,3 @@ def _model_view(pool: Executor, names: tuple[str, ...], others: list, deployed: 
         step(f"candidate {name} sized")
         out.append(candidate(c_spec, fitted, fit, future.result()))
     return out
-
-
-class _Inline(Executor):
-    """`workers=1`: the same code path, run in this process."""
-
-    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
-        from concurrent.futures import Future
-
-        f: Future = Future()
-        f.set_result(fn(*args, **kwargs))
-        return f
-
-
-PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
-_SHARED: dict[str, Trace] = {}  # the traces the jobs simulate, handed to each worker once (not pickled per job)
-
-
-def _share(measured: Trace, sample: Trace) -> None:
-    _SHARED.update(measured=measured, sample=sample)
-
-
-@contextmanager
-def _executor(workers: int, measured: Trace, sample: Trace, ray: str | None = None) -> Iterator[Executor]:
-    """Tasks on the Ray cluster at `ray`, or worker processes that never outlive the report: on any exit but
-    success (Ctrl-C, SIGTERM, SIGHUP, an error) they are terminated at once rather than left to finish their
-    simulations, and each also dies with its parent should that be killed outright (Linux's parent-death
-    signal)."""
-    if ray is not None:
-        from agentkv.cluster.tasks import RayExecutor
-
-        with RayExecutor(ray, _share, (measured, sample), num_cpus=workers) as pool:
-            yield pool
-        return
-    if workers <= 1:
-        _share(measured, sample)
-        yield _Inline()
-        return
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(measured, sample))
-    try:
-        yield pool
-    except BaseException:
-        for proc in list(pool._processes.values()):  # no public handle before Python 3.14's terminate_workers()
-            proc.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
-
-
-def _worker_init(measured: Trace, sample: Trace) -> None:
-    """Ctrl-C reaches the whole process group: the parent alone answers it (by ending the workers). SIGTERM ends
-    a worker outright (not the parent's unwinding handler, which a fork inherits)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for s in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, signal.SIG_DFL)
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    _share(measured, sample)

@@ -2,10 +2,11 @@
 
 A sample of sessions misprices every lever by −34% to +70% on $/Mtok, with no fixed sign (docs/BENCHMARKS.md,
 `bench.sample_error`, measured 2026 on the Claude Code traces and generated ones), so a sample is the fallback
-for traces too large for the budget, not the default. The projection times one simulation of a small sample on
-this machine (CPU seconds per request) and scales it by what a report costs in such simulations and by the
-trace's requests. Per request, a simulation of a larger trace costs more (the capacity search probes higher
-concurrency), so the projection is a lower bound.
+for traces too large for the budget, not the default. A whole-trace report probes capacity and chooses each
+lever's mode on the SAMPLE_SESSIONS sample (`report/simulated.py`) and sizes, runs the same fleet and prices on
+the whole trace, so its cost is a fixed part (the sample's simulations) plus a part in proportion to the trace's
+requests. The projection times one simulation of a small sample on this machine (CPU seconds per request) and
+scales each part by the simulations it costs, fitted to measured reports.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.trace import Trace
 
 BUDGET_S = 240.0  # default --budget: a report that runs in a few minutes
-# A whole-trace report's CPU in units of the probe's CPU per request, per request: 316 CPU-s for the 10,420-request
-# trace of 300 generated sessions (`python -m bench.report_scale`, docs/BENCHMARKS.md, 2026-12-05, this sandbox)
-# against a probe that projected 64 CPU-s at 45: the report's capacity search and fleets cost ~5x more per request
-# than a small sample on one replica.
-REPORT_IN_SIMULATIONS = 220
+# A whole-trace report's CPU in units of the probe's CPU per request, per request of the capacity sample and per
+# request of the whole trace: fitted to `python -m bench.report_scale` at 300 and 1,400 generated sessions
+# (docs/BENCHMARKS.md, 2026-12-05, this sandbox at load 4-7): 484 CPU-s for 10,420 requests (a 3,913-request
+# sample) at a probe of 0.33 ms a request, 844 CPU-s for 45,715 (a 4,310-request sample) at 0.285 ms. The sample's
+# part is its ~100 capacity probes, ~24 sizings and the remedies (disaggregated runs cost ~10x a colocated one
+# per request); the whole trace's, ~3 runs per lever on several replicas, a disaggregated lever's among them.
+SAMPLE_IN_SIMULATIONS = 270
+WHOLE_IN_SIMULATIONS = 39
 PROBE_RUNG = LADDER[5]  # the rung the probe runs (+DRAM tier: the one bench.report times)
 PROBE_SESSIONS = 12  # top-level sessions the speed probe simulates
 SAMPLE_ERROR = "a sample's $/Mtok was measured −34% to +70% off the whole trace's, with no fixed sign"
@@ -35,16 +39,16 @@ class Scope:
     """What the report simulates: `sample_size` top-level sessions, 0 for the whole trace."""
 
     sample_size: int
-    projected_s: float  # the whole trace's report, projected
+    projected_s: float  # the whole trace's report, projected (wall seconds on the report's workers)
     budget_s: float
 
     def describe(self) -> str:
         if not self.projected_s:
             return f"simulating the whole trace (no more than {SAMPLE_SESSIONS} top-level sessions)"
         if not self.sample_size:
-            return (f"simulating the whole trace: projected at least {self.projected_s:.0f} s, within the "
+            return (f"simulating the whole trace: projected {self.projected_s:.0f} s, within the "
                     f"{self.budget_s:.0f} s --budget")
-        return (f"simulating a sample of {self.sample_size} sessions: the whole trace is projected at least at "
+        return (f"simulating a sample of {self.sample_size} sessions: the whole trace is projected at "
                 f"{self.projected_s:.0f} s, over the {self.budget_s:.0f} s --budget ({SAMPLE_ERROR}; raise "
                 f"--budget, pass --sample-sessions 0, or run with --ray)")
 
@@ -58,5 +62,7 @@ def choose_scope(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, budg
     cpu = time.process_time()
     simulate(probe, rung_config(spec, PROBE_RUNG, arrival, 1))
     per_request = (time.process_time() - cpu) / max(probe.n_requests, 1)
-    projected = REPORT_IN_SIMULATIONS * per_request * trace.n_requests / max(workers, 1)
+    sample = sample_sessions(trace, SAMPLE_SESSIONS).n_requests
+    cpu_s = per_request * (SAMPLE_IN_SIMULATIONS * sample + WHOLE_IN_SIMULATIONS * trace.n_requests)
+    projected = cpu_s / max(workers, 1)
     return Scope(0 if projected <= budget_s else SAMPLE_SESSIONS, projected, budget_s)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agentkv.report.ladder import DeploymentSpec, Rung, prefill_floor, rung_config, slo_ttft
+from agentkv.report.ladder import DeploymentSpec, Rung, prefill_floor, released, rung_config, slo_ttft
 from agentkv.report.slo import meets_slo, slo_misses
 from agentkv.sim.simulator import SimResult, simulate
 from agentkv.workload.arrivals import ArrivalModel, root_sessions, session_spans
@@ -48,10 +48,8 @@ def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, 
     window, and every later lap is another user's copy of it with fresh ids for its private blocks (see
     `workload.arrivals.place`). With a `pool`, up to `width` probes run side by side: the next one and those
     that follow it either way it goes; the answer, `runs` and `probes` are the sequential search's."""
-    floor = prefill_floor(trace, spec, rung)
-    if floor > spec.slo_ttft_s:
-        return Capacity(0.0, floor, reason=f"the p{spec.slo_quantile:g} prompt alone takes {floor:.0f} s to "
-                                           "prefill on an idle GPU")
+    if (miss := floor_miss(trace, spec, rung)) is not None:
+        return miss
     top = root_sessions(trace) == np.arange(trace.n_sessions)
     if not top.any() or float(session_spans(trace)[top].mean()) <= 0:
         return Capacity(0.0, float("nan"), undefined=True,
@@ -72,6 +70,16 @@ def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, 
                     tokens_per_session_s=billed_tokens(runs[lo]) / max(runs[lo].billed_s * lo, 1e-9))
 
 
+def floor_miss(trace: Trace, spec: DeploymentSpec, rung: Rung) -> Capacity | None:
+    """No load, on any fleet, meets the SLO where its percentile's prompt alone takes longer to prefill on an idle
+    GPU than the TTFT bound (a rung without a prefix cache): known without a simulation. None otherwise."""
+    floor = prefill_floor(trace, spec, rung)
+    if floor <= spec.slo_ttft_s:
+        return None
+    return Capacity(0.0, floor, reason=f"the p{spec.slo_quantile:g} prompt alone takes {floor:.0f} s to prefill on "
+                                       "an idle GPU")
+
+
 @dataclass(slots=True, frozen=True)
 class _Probe:
     """One replica at a target concurrency: what every probe simulates (picklable, for a pool's workers)."""
@@ -82,7 +90,8 @@ class _Probe:
     seed: int
 
     def __call__(self, c: float) -> SimResult:
-        return simulate(self.trace, rung_config(self.spec, self.rung, ArrivalModel("concurrency", c, self.seed), 1))
+        arrival = ArrivalModel("concurrency", c, self.seed)
+        return released(simulate(self.trace, rung_config(self.spec, self.rung, arrival, 1)))
 
 
 @dataclass(slots=True, frozen=True)

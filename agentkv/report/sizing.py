@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agentkv.cost.selfhosted import SelfHostedCost, self_hosted_cost
-from agentkv.report.capacity import Capacity
+from agentkv.report.capacity import Capacity, floor_miss
 from agentkv.report.ladder import DeploymentSpec, Rung, serve, slo_ttft
 from agentkv.report.slo import meets_slo, slo_misses
 from agentkv.sim.simulator import SimResult
@@ -40,8 +40,9 @@ class Sized:
 
 def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, capacity: Capacity,
                 offered_sessions: float, usd_per_gpu_hour: float, runs: dict[int, SimResult],
-                max_runs: int = 8) -> Sized:
-    """`runs` (replicas → result at the offered arrivals) is read and filled, so other views can reuse them."""
+                max_runs: int = 8, start: int | None = None) -> Sized:
+    """`runs` (replicas → result at the offered arrivals) is read and filled, so other views can reuse them.
+    `start`: the first size tried (default: what the capacity per replica implies)."""
     if capacity.sessions_per_replica <= 0 and not rung.prefix_cache and not capacity.undefined:
         return Sized(None, capacity.ttft_slo_s, None, reason=capacity.reason)
     budget = len(runs) + max_runs
@@ -57,7 +58,7 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
     # most replicas known to miss (0: none); a disaggregated fleet has two at least, one a pool
     lo = max((r for r in runs if not meets(r)), default=1 if spec.prefill_share else 0)
     hi, step = None, 1  # fewest replicas known to meet
-    guess = min(max(math.ceil(offered_sessions / per), lo + 1), spec.max_replicas)
+    guess = min(max(start or math.ceil(offered_sessions / per), lo + 1), spec.max_replicas)
     if meets(guess):
         hi = guess
         while lo == 0 and hi > 1 and len(runs) < budget:  # walk down until a miss bounds it, then bisect
@@ -88,3 +89,15 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
         sized.decode_tpot_below_ms = 1e3 * float(np.percentile(below.tpot, spec.slo_quantile)) * (1 - prefill)
     return sized
 
+
+
+def resize(whole: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, capacity: Capacity,
+           on_sample: Sized, offered_sessions: float, usd_per_gpu_hour: float) -> tuple[Sized, dict[int, SimResult]]:
+    """A lever in the mode chosen on the capacity sample, sized on the whole trace from the sample's answer: its
+    size and one fewer where the sample was right. Returns the size and every run, by replicas, for the
+    same-fleet view."""
+    runs: dict[int, SimResult] = {}
+    if (miss := floor_miss(whole, spec, rung)) is not None:
+        return Sized(None, miss.ttft_slo_s, None, reason=miss.reason), runs
+    return size_to_slo(whole, spec, rung, arrival, capacity, offered_sessions, usd_per_gpu_hour, runs,
+                       start=on_sample.replicas), runs

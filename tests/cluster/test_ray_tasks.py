@@ -35,6 +35,17 @@ def test_a_report_run_as_ray_tasks_equals_the_report_run_here(ray_cluster):
         assert np.array_equal(a.fleet_run.first_token, b.fleet_run.first_token, equal_nan=True)
 
 
+def test_a_whole_report_probed_on_a_sample_as_ray_tasks_equals_the_one_run_here(ray_cluster):
+    """Probes and mode choice on a 3-session sample, sizes and the same fleet on the whole trace: three traces,
+    two of them one object, handed to the Ray workers."""
+    trace = generate(GeneratorConfig(sessions=6, seed=2))
+    args = (trace, DeploymentSpec(), ArrivalModel("concurrency", 3.0), prices())
+    here = build_report(*args, workers=1, sample_size=6, probe_sessions=3)
+    on_ray = build_report(*args, workers=2, sample_size=6, probe_sessions=3, ray="local")
+    assert here.measured_on.startswith("sized and priced on the whole trace")
+    assert _doc(on_ray) == _doc(here)
+
+
 def test_a_sweep_run_as_ray_tasks_equals_the_sweep_run_here(ray_cluster):
     trace = generate(GeneratorConfig(sessions=5, seed=1))
     args = (trace, ["lru", "agent"], capacities_arg("16k,64k"), parse_lower_tiers("dram=4x"),
