@@ -27,7 +27,7 @@ FLOORS = [
 ]
 # the imports that run back up a floor, each justified in ARCHITECTURE.md
 UPWARD = {
-    ("report", "cluster"),  # report/assemble.py hands its jobs to cluster.tasks' Ray executor under --ray
+    ("report", "cluster"),  # report/pool.py hands its jobs to cluster.tasks' Ray executor under --ray
 }
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
