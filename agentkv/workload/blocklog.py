@@ -60,7 +60,7 @@ class BlockLog:
             k = int(self.shared[j])
             pieces.append(self.new(j)[: max(need - k, 0)])
             need, j = min(need, k), int(self.parent[j])
-        out = np.concatenate(pieces[::-1]) if len(pieces) != 1 else pieces[0].copy()
+        out = np.concatenate(pieces[::-1]) if pieces else self.ids[:0].copy()  # no ids: an empty prompt
         out.flags.writeable = False
         self._built[i] = out
         if len(self._built) > _CACHED:

@@ -67,6 +67,16 @@ def test_blocks_returns_what_was_given_in_any_order_of_reading():
         trace.blocks(5)[0] = 1  # read-only: a shared list, not a copy
 
 
+def test_a_request_with_no_blocks_reads_back_empty():
+    b = TraceBuilder(block_size=16, source="test")
+    sid = b.add_session("s")
+    b.add_request(sid, 0.0, 0, 1, np.zeros(0, dtype=np.int64))  # an empty prompt: no block at all
+    b.add_request(sid, 1.0, 32, 1, np.arange(2))
+    trace = b.build()
+    assert trace.blocks(0).shape == (0,) and trace.blocks(0).dtype == trace.blocks(1).dtype
+    np.testing.assert_array_equal(trace.blocks(1), np.arange(2))
+
+
 def test_requests_added_out_of_time_order_are_logged_in_time_order():
     b = TraceBuilder(block_size=16)
     sid = b.add_session("s")
