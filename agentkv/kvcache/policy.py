@@ -10,6 +10,7 @@ evict blocks ranked lower.
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -42,8 +43,9 @@ class Policy(ABC):
     snapshot_every: int = 8
 
     def bind(self, cache: KVCache) -> None:  # noqa: F821 (forward reference to the core)
-        """Called once by the core; policies that keep per-block state size it from `cache.n_slots`."""
-        self.cache = cache
+        """Called once by the core; policies that keep per-block state size it from `cache.n_slots`. The core
+        owns its policy, so the policy's way back is weak: no cycle, and a dropped core is freed at once."""
+        self.cache = weakref.proxy(cache)
 
     def grow(self, n_slots: int) -> None:
         """The core's per-block arrays now hold `n_slots` ids; grow any of the policy's own."""

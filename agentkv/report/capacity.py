@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agentkv.report.ladder import DeploymentSpec, Rung, prefill_floor, released, rung_config, slo_ttft
+from agentkv.report.ladder import DeploymentSpec, Rung, prefill_floor, rung_config, slo_ttft
 from agentkv.report.slo import meets_slo, slo_misses
 from agentkv.sim.simulator import SimResult, simulate
 from agentkv.workload.arrivals import ArrivalModel, root_sessions, session_spans
@@ -91,7 +91,7 @@ class _Probe:
 
     def __call__(self, c: float) -> SimResult:
         arrival = ArrivalModel("concurrency", c, self.seed)
-        return released(simulate(self.trace, rung_config(self.spec, self.rung, arrival, 1)))
+        return simulate(self.trace, rung_config(self.spec, self.rung, arrival, 1))
 
 
 @dataclass(slots=True, frozen=True)

@@ -12,7 +12,6 @@ This file holds what a rung is and how it becomes a simulated deployment; `capac
 from __future__ import annotations
 
 import functools
-import gc
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -230,17 +229,8 @@ def serve(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel,
     """The rung on `replicas` replicas at `arrival`: one colocated fleet, or prefill and decode pools."""
     cfg = rung_config(spec, rung, arrival, replicas)
     if not spec.prefill_share:
-        return released(simulate(trace, cfg))
-    return released(simulate_pd(trace, PDConfig(cfg, *spec.pools(replicas))))
-
-
-def released(res: SimResult) -> SimResult:
-    """`res`, after a full garbage collection. A simulation leaves its replicas' policy cores (per-block arrays:
-    hundreds of MB on a whole trace) in reference cycles, which only a full collection frees, and a few large
-    arrays seldom trigger one: a worker running simulation after simulation grew by each (0.2 → 0.85 GB over four
-    runs of a 45,715-request trace, measured 2026-12-05), so each is released before the next."""
-    gc.collect()
-    return res
+        return simulate(trace, cfg)
+    return simulate_pd(trace, PDConfig(cfg, *spec.pools(replicas)))
 
 
 def quantile(x: np.ndarray, q: float) -> float:

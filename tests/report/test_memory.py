@@ -1,5 +1,6 @@
-"""What a report's simulation leaves behind: its result, not the policy cores it ran (they sit in reference
-cycles that only a full collection frees; a worker running simulation after simulation grew by each)."""
+"""What a report's simulation leaves behind: its result, not the policy cores it ran (a policy's way back to its
+core is weak, so no reference cycle keeps them for a full collection; with a strong one, a worker running
+simulation after simulation grew by each)."""
 
 from __future__ import annotations
 
