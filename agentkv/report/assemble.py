@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Executor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -72,6 +72,7 @@ class Report:
     window: WindowFit  # the trace fitted to the model's context window: what is over it and what became of it
     model_choice: str = ""  # which model the report runs, and why
     candidates: list[Candidate] = field(default_factory=list)  # --candidates: the model view
+    jobs: list[JobTime] = field(default_factory=list)  # the simulation jobs, with their CPU seconds
     wall_s: float = 0.0
 
     @property
@@ -212,39 +213,104 @@ def _measure_mode(sample: Trace, measured: Trace, spec: DeploymentSpec, rung: Ru
     return RungOutcome(rung, cap, sized, None, spec), runs
 
 
-MODES, REMEDIES, WHOLE = range(3)  # a lever's stages: every mode, the cheapest's remedies, the whole trace
+MODES, REMEDIES, WHOLE, FLEET = "modes", "remedies", "whole", "fleet"  # a lever's stages, in order
 
 
-def _size_levers(pool: Executor, jobs: list[tuple], step: Callable[[str], None], two_phase: bool
-                 ) -> tuple[tuple, tuple]:
-    """Every (lever, mode) job on the pool; per lever, the cheapest mode (`cheapest`), then where output speed
-    sets its size, the remedies real engines use (`remedy`), then where the modes were chosen on the capacity
-    sample, that mode sized on the whole trace (`on_whole`); in ladder order."""
-    step("sizing every lever")
-    # the costliest rungs (tiers, agent-aware ranking) first, so two workers finish together
-    todo = {pool.submit(_mode_job, j): (MODES, i) for i, j in reversed(list(enumerate(jobs)))}
-    done: dict[int, tuple[RungOutcome, dict[int, SimResult]]] = {}
-    best: dict[int, tuple[RungOutcome, dict[int, SimResult]]] = {}
-    while todo:
-        for fut in wait(todo, return_when=FIRST_COMPLETED)[0]:
-            stage, i = todo.pop(fut)
-            if stage == MODES:
-                done[i] = fut.result()
-                mine = [k for k, j in enumerate(jobs) if j[1] is jobs[i][1]]
-                if not all(k in done for k in mine):
-                    continue
-                stage, i, found = MODES, LADDER.index(jobs[i][1]), cheapest([done.pop(k) for k in mine])
-                if follow_ups(found[0]):
-                    todo[pool.submit(_remedy_job, (found, *jobs[mine[0]][2:]))] = (REMEDIES, i)
-                    continue
-            else:
-                found = fut.result()
-            if two_phase and stage != WHOLE:
-                todo[pool.submit(_whole_job, (found[0], *jobs[0][2:5]))] = (WHOLE, i)
-                continue
-            best[i] = found
-            step(f"{LADDER[i].name} sized ({found[0].spec.mode})")  # type: ignore[union-attr]
-    return tuple(zip(*(best[k] for k in range(len(LADDER))), strict=True))  # type: ignore[return-value]
+@dataclass(slots=True, frozen=True)
+class JobTime:
+    """One simulation job of the report and the CPU seconds it took in its worker: what a projection to more
+    workers schedules (`bench.ray_scale`)."""
+
+    stage: str
+    lever: str
+    mode: str
+    cpu_s: float
+
+
+def _timed(fn: Callable[[tuple], Any], args: tuple) -> tuple[Any, float]:
+    cpu = time.process_time()
+    out = fn(args)
+    return out, time.process_time() - cpu
+
+
+@dataclass(slots=True)
+class _Levers:
+    """Every lever's jobs on the pool, each stage submitted as the one before it ends: every (lever, mode) job;
+    per lever, the cheapest mode (`cheapest`), then where output speed sets its size, the remedies real engines
+    use (`remedy`), then where the modes were chosen on the capacity sample, that mode sized on the whole trace
+    (`on_whole`), then its run on the same fleet (`_fleet_job`) as soon as that fleet is known: given, or the
+    top lever's size where it met the SLO (else once every lever is sized, `choose_fleet`)."""
+
+    pool: Executor
+    jobs: list[tuple]
+    two_phase: bool
+    gpus: int | None  # the same fleet's GPUs, once known
+    step: Callable[[str], None]
+    todo: dict[Future, tuple[str, int]] = field(default_factory=dict)
+    modes: dict[int, tuple[RungOutcome, dict[int, SimResult]]] = field(default_factory=dict)
+    sized: dict[int, tuple[RungOutcome, dict[int, SimResult]]] = field(default_factory=dict)  # by ladder index
+    times: list[JobTime] = field(default_factory=list)
+
+    def run(self, offered: float, tp: int) -> tuple[list[RungOutcome], int, str]:
+        """(outcomes in ladder order, the fleet's GPUs, how it was chosen)."""
+        given = self.gpus
+        for i, job in reversed(list(enumerate(self.jobs))):  # the costliest rungs first: two workers end together
+            self._submit(MODES, i, _mode_job, job)
+        while self.todo:
+            for fut in wait(self.todo, return_when=FIRST_COMPLETED)[0]:
+                self._done(*self.todo.pop(fut), *fut.result())
+            if not self.todo and self.gpus is None:
+                self._fleet_known(choose_fleet(self.outcomes(), offered, tp)[0])
+        outcomes = self.outcomes()
+        return outcomes, self.gpus, "given with --replicas" if given else choose_fleet(outcomes, offered, tp)[1]
+
+    def outcomes(self) -> list[RungOutcome]:
+        return [self.sized[k][0] for k in sorted(self.sized)]
+
+    def _submit(self, stage: str, i: int, fn: Callable[[tuple], Any], args: tuple) -> None:
+        self.todo[self.pool.submit(_timed, fn, args)] = (stage, i)
+
+    def _done(self, stage: str, i: int, found: Any, cpu_s: float) -> None:
+        if stage == FLEET:
+            out = self.sized[i][0]
+            out.fleet_run = found
+            self.times.append(JobTime(stage, out.rung.name, out.spec.mode, cpu_s))  # type: ignore[union-attr]
+            return
+        spec, rung = (self.jobs[i][0], self.jobs[i][1]) if stage == MODES else (found[0].spec, LADDER[i])
+        self.times.append(JobTime(stage, rung.name, spec.mode, cpu_s))
+        if stage == MODES:
+            self.modes[i] = found
+            mine = [k for k, j in enumerate(self.jobs) if j[1] is rung]
+            if not all(k in self.modes for k in mine):
+                return
+            stage, i, found = MODES, LADDER.index(rung), cheapest([self.modes.pop(k) for k in mine])
+            if follow_ups(found[0]):
+                return self._submit(REMEDIES, i, _remedy_job, (found, *self.jobs[mine[0]][2:]))
+        if self.two_phase and stage != WHOLE:
+            return self._submit(WHOLE, i, _whole_job, (found[0], *self.jobs[0][2:5]))
+        self.sized[i] = found
+        self.step(f"{rung.name} sized ({found[0].spec.mode})")
+        top = self.sized.get(len(LADDER) - 1, (None,))[0]
+        if self.gpus is None and top is not None and top.sized.cost is not None:
+            self._fleet_known(top.sized.cost.gpus)  # what all levers together need: `choose_fleet`'s first rule
+        elif self.gpus is not None:
+            self._on_fleet(i)
+
+    def _fleet_known(self, gpus: int) -> None:
+        self.gpus = gpus
+        for i in self.sized:
+            self._on_fleet(i)
+
+    def _on_fleet(self, i: int) -> None:
+        """Lever `i` on the fleet: a run its sizing made where it has one, else a job; then only the sized run is
+        kept (the views read no other)."""
+        out, runs = self.sized[i]
+        n = replicas_for(self.gpus, out.spec)  # type: ignore[arg-type]  # a wide mode's replicas hold more GPUs
+        if n in runs:
+            out.fleet_run = runs[n]
+        else:
+            self._submit(FLEET, i, _fleet_job, (out.spec, out.rung, self.jobs[0][2], n))
+        self.sized[i] = (out, {})
 
 
 def _fleet_job(args: tuple) -> SimResult:
@@ -288,11 +354,8 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
     # given up front is run with them where the modes are chosen on the trace the report prints
     jobs = [(s, r, arrival, offered, gpu_hour, None if on.two_phase else replicas) for r in LADDER for s in modes(spec)]
     with executor(workers, on.traces(), ray) as pool:
-        outcomes, runs = _size_levers(pool, jobs, step, on.two_phase)
-        gpus, chosen_by = (replicas * spec.tp, "given with --replicas") if replicas else \
-            choose_fleet(list(outcomes), offered, spec.tp)
-        _same_fleet(pool, outcomes, runs, gpus, arrival)
-        del runs  # the views read each lever's sized run and fleet run only
+        levers = _Levers(pool, jobs, on.two_phase, replicas * spec.tp if replicas else None, step)
+        outcomes, gpus, chosen_by = levers.run(offered, spec.tp)
         step("same fleet done")
         models_view = _model_view(pool, candidates, others, (spec, trace, window, outcomes[-1].sized),
                                   (arrival, offered, gpu_hour, sample_size, probe_sessions), step)
@@ -309,21 +372,11 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
         requests=recorded.n_requests, input_tokens=int(recorded.input_tokens.sum()), arrival=arrival.describe(),
         offered_sessions=offered, open_sessions=open_sessions(on.whole, arrival),
         fleet_replicas=replicas_for(gpus, spec),
-        fleet_chosen_by=chosen_by, outcomes=list(outcomes),
+        fleet_chosen_by=chosen_by, outcomes=outcomes, jobs=levers.times,
         providers=providers, model_apis=apis, plans=break_even(plan_prices, providers, top), median_context=median,
         kv_fit=codec_fits(base, max(median, 1)), kv_load=tier_loads(replace(base, kv_codec=codec("bf16")), median),
         window=window, model_choice=model_choice, candidates=models_view, wall_s=time.perf_counter() - wall,
     )
-
-
-def _same_fleet(pool: Executor, outcomes: tuple[RungOutcome, ...], runs: tuple[dict[int, SimResult], ...],
-                gpus: int, arrival: ArrivalModel) -> None:
-    """Every lever on `gpus` GPUs, on the trace the report prints: a run its sizing made where it has one."""
-    each = [replicas_for(gpus, o.spec) for o in outcomes]  # type: ignore[arg-type]  # a wide mode's hold more GPUs
-    missing = {i: pool.submit(_fleet_job, (o.spec, o.rung, arrival, each[i]))
-               for i, o in enumerate(outcomes) if each[i] not in runs[i]}
-    for i, o in enumerate(outcomes):
-        o.fleet_run = missing[i].result() if i in missing else runs[i][each[i]]
 
 
 def _model_view(pool: Executor, names: tuple[str, ...], others: list, deployed: tuple, load: tuple,

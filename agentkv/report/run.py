@@ -102,6 +102,7 @@ def document(rep: Report, lines: list[str], info: dict[str, str], vs: list[View]
         "context_window": {**asdict(rep.window), "served": rep.window.served},
         "kv_codec_fit": [asdict(f) for f in rep.kv_fit],
         "kv_load_seconds": [asdict(t) for t in rep.kv_load],
+        "simulation_jobs": [asdict(j) for j in rep.jobs],  # what ran where: CPU seconds per job, for projections
     }
 
 

@@ -14,7 +14,7 @@ import agentkv.report.ladder as ladder_mod
 from agentkv.catalog import model, prices
 from agentkv.report.assemble import build_report, measure_rung, on_whole
 from agentkv.report.capacity import sample_sessions
-from agentkv.report.ladder import LADDER, DeploymentSpec, serve
+from agentkv.report.ladder import LADDER, DeploymentSpec, modes, serve
 from agentkv.report.sizing import size_to_slo
 from agentkv.sim.simulator import SimResult, simulate
 from agentkv.workload.arrivals import ArrivalModel
@@ -55,6 +55,11 @@ def test_a_whole_report_probes_a_sample_and_prints_only_whole_trace_runs(counted
         again = serve(fitted, o.spec, o.rung, arrival, o.sized.replicas)  # the sized figures: this very run
         assert np.array_equal(again.first_token, o.sized.result.first_token, equal_nan=True)
         assert len(o.fleet_run.arrival) == fitted.n_requests
+    stages = Counter(j.stage for j in rep.jobs)  # every job timed, each stage as often as it ran
+    assert stages["modes"] == len(LADDER) * len(modes(spec)) and stages["whole"] == len(LADDER)
+    assert stages["fleet"] <= len(LADDER) and sum(j.cpu_s for j in rep.jobs) > 0
+    for o in rep.outcomes:  # every lever on the same GPUs, run once the fleet was known
+        assert o.fleet_run.config.replicas * o.spec.tp == rep.fleet_gpus
     kept = _results(rep)  # a run's per-request arrays are held only where a view reads them
     assert len(kept) <= 2 * len(LADDER) < len(counted)
     assert {id(r) for r in kept} <= {id(x) for o in rep.outcomes for x in (o.sized.result, o.fleet_run)}
