@@ -1,12 +1,15 @@
 """`agentkv report --ray` on the whole of a generated trace (no sample), on a local Ray cluster of 1 and then
 2 CPUs in the same run: wall time, the CPU-seconds and peak memory of the report's whole process tree (the
-driver, Ray's own processes and its workers, sampled every 0.5 s), and the speed-up from the second worker.
+driver, Ray's own processes and its workers, sampled every 0.5 s), and the speed-up from the second worker; then
+the first run's wall projected to more CPUs from the jobs it ran (`bench/_projection.py`: list scheduling of its
+measured jobs, with the assumptions stated there).
 Run: .venv/bin/python -m bench.ray_scale [--sessions N] [--workers 1,2]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +17,9 @@ import tempfile
 import time
 
 from bench._common import machine
+from bench._projection import projected_wall
+
+PROJECTED_CPUS = (2, 8, 24, 64)
 
 
 def _tree(root: int) -> list[int]:
@@ -79,12 +85,21 @@ def main() -> int:
         gen = subprocess.run([sys.executable, "-m", "agentkv.cli", "trace", "generate", "--sessions",
                               str(a.sessions), "--out", trace], capture_output=True, text=True, check=True)
         print(gen.stdout.strip())
-        base = None
+        base, serial, jobs = None, 0.0, []
         for k in (int(w) for w in a.workers.split(",")):
             wall, cpu, peak = run(trace, k, out)
-            base = base or wall
+            with open(f"{out}/report-{k}.json") as f:
+                ran = json.load(f)["simulation_jobs"]
+            projected = f"; projected from the first run's jobs: {projected_wall(jobs, serial, k):.0f} s" if jobs else ""
+            if base is None:
+                base, jobs = wall, ran
+                serial = max(wall - sum(j["cpu_s"] for j in jobs), 0.0)
             print(f"--ray --workers {k}: {wall:.0f} s wall ({base / wall:.2f}x the first), {cpu:.0f} CPU-s, "
-                  f"peak {peak:.2f} GiB (process tree); load average after: {os.getloadavg()[0]:.1f}", flush=True)
+                  f"peak {peak:.2f} GiB (process tree); load average after: {os.getloadavg()[0]:.1f}{projected}",
+                  flush=True)
+        print(f"projection from the first run's {len(jobs)} jobs ({sum(j['cpu_s'] for j in jobs):.0f} CPU-s) and its "
+              f"serial part ({serial:.0f} s; bench/_projection.py states the assumptions): "
+              + ", ".join(f"{c} CPUs {projected_wall(jobs, serial, c):.0f} s" for c in PROJECTED_CPUS))
     return 0
 
 

@@ -1,0 +1,51 @@
+"""A report's wall time on more workers, projected from the jobs it ran (report.json's simulation_jobs).
+
+Assumptions (stated wherever a projection is printed): each job takes the CPU seconds it took here, whatever
+runs beside it (no memory-bandwidth or scheduling contention; Ray's per-task overhead ignored); jobs start in the
+order the report submits them, each stage of a lever when the one before it ends (its every mode, then its
+remedies, then the whole trace, then the same fleet, which also waits for the top lever's whole-trace size);
+the driver's own work (window fit, placement, API replays, HTML) is serial: the measured wall at one worker
+less the jobs' CPU seconds.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict, deque
+
+from agentkv.report.assemble import FLEET, MODES, REMEDIES, WHOLE
+from agentkv.report.ladder import LADDER
+
+
+def projected_wall(jobs: list[dict], serial_s: float, cpus: int) -> float:
+    """Seconds the report would take on `cpus` workers (see the module's assumptions)."""
+    cost: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for j in jobs:
+        cost[j["lever"]][j["stage"]].append(float(j["cpu_s"]))
+    order = [r.name for r in reversed(LADDER) if r.name in cost]  # the costliest rungs first, as submitted
+    chain = {name: [st for st in (REMEDIES, WHOLE) if cost[name][st]] for name in order}
+    left = {name: len(cost[name][MODES]) for name in order}
+    queue = deque((name, MODES, s) for name in order for s in cost[name][MODES])
+    sized: set[str] = set()
+    running: list[tuple[float, int, str, str]] = []
+    now, seq = 0.0, 0
+    while queue or running:
+        while queue and len(running) < cpus:
+            name, stage, s = queue.popleft()
+            heapq.heappush(running, (now + s, seq, name, stage))
+            seq += 1
+        now, _, name, stage = heapq.heappop(running)
+        left[name] -= 1
+        if left[name] or stage == FLEET:
+            continue
+        if chain[name]:  # the lever's next stage
+            nxt = chain[name].pop(0)
+            left[name] = len(cost[name][nxt])
+            queue.extend((name, nxt, s) for s in cost[name][nxt])
+            continue
+        sized.add(name)  # the same fleet: once this lever and the top lever are sized
+        ready = sized if order[0] in sized else set()
+        for lever in ready if name == order[0] else ready & {name}:
+            left[lever] = len(cost[lever][FLEET])
+            queue.extend((lever, FLEET, s) for s in cost[lever][FLEET])
+    return serial_s + now

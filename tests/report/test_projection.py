@@ -1,0 +1,29 @@
+"""The projection of a report's wall time to more workers (bench/_projection.py) schedules the jobs the report
+ran: on one worker it is their sum, on many the longest chain of stages, and the same fleet waits for the top
+lever's size."""
+
+from __future__ import annotations
+
+from agentkv.report.assemble import FLEET, MODES, WHOLE
+from agentkv.report.ladder import LADDER
+from bench._projection import projected_wall
+
+
+def _jobs(mode_s: float, whole_s: float, fleet_s: float, top_whole_s: float) -> list[dict]:
+    out = []
+    for r in LADDER:
+        out += [dict(stage=MODES, lever=r.name, mode=m, cpu_s=mode_s) for m in ("TP2", "TP2 + EP2")]
+        out.append(dict(stage=WHOLE, lever=r.name, mode="TP2", cpu_s=top_whole_s if r is LADDER[-1] else whole_s))
+        out.append(dict(stage=FLEET, lever=r.name, mode="TP2", cpu_s=fleet_s))
+    return out
+
+
+def test_one_worker_runs_every_job_in_turn_and_many_run_the_longest_chain():
+    jobs = _jobs(10.0, 20.0, 5.0, 20.0)
+    assert projected_wall(jobs, 3.0, 1) == 3.0 + sum(j["cpu_s"] for j in jobs)
+    assert projected_wall(jobs, 3.0, 64) == 3.0 + 10.0 + 20.0 + 5.0
+    assert projected_wall(jobs, 3.0, 2) < projected_wall(jobs, 3.0, 1) / 1.9
+
+
+def test_the_same_fleet_waits_for_the_top_levers_size():
+    assert projected_wall(_jobs(10.0, 20.0, 5.0, 100.0), 0.0, 64) == 10.0 + 100.0 + 5.0
