@@ -3,7 +3,7 @@
 Assumptions (stated wherever a projection is printed): each job takes the CPU seconds it took here, whatever
 runs beside it (no memory-bandwidth or scheduling contention; Ray's per-task overhead ignored); jobs start in the
 order the report submits them, each stage of a lever when the one before it ends (its every mode, then its
-remedies, then the whole trace, then the same fleet, which also waits for the top lever's whole-trace size);
+remedies, then the whole trace (the pair side by side), then a search on from it, then the same fleet, which also waits for the top lever's whole-trace size);
 the driver's own work (window fit, placement, API replays, HTML) is serial: the measured wall at one worker
 less the jobs' CPU seconds.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict, deque
 
-from agentkv.report.assemble import FLEET, MODES, REMEDIES, WHOLE
+from agentkv.report.assemble import FLEET, MODES, REMEDIES, RESIZE, WHOLE
 from agentkv.report.ladder import LADDER
 
 
@@ -23,7 +23,7 @@ def projected_wall(jobs: list[dict], serial_s: float, cpus: int) -> float:
     for j in jobs:
         cost[j["lever"]][j["stage"]].append(float(j["cpu_s"]))
     order = [r.name for r in reversed(LADDER) if r.name in cost]  # the costliest rungs first, as submitted
-    chain = {name: [st for st in (REMEDIES, WHOLE) if cost[name][st]] for name in order}
+    chain = {name: [st for st in (REMEDIES, WHOLE, RESIZE) if cost[name][st]] for name in order}
     left = {name: len(cost[name][MODES]) for name in order}
     queue = deque((name, MODES, s) for name in order for s in cost[name][MODES])
     sized: set[str] = set()

@@ -6,12 +6,13 @@ time, CPU seconds and peak PSS and RSS summed over the whole process tree (the r
 sampled from /proc every 0.2 s (PSS counts a page the forked workers share once: what the tree takes; RSS once
 per process). Requests/s is the trace's requests over the report's wall time. The machine's load average is
 printed: on a shared box, wall time is not CPU time.
-Run: .venv/bin/python -m bench.report_scale [--full] [--sessions N ...] [--trace-only]
+Run: .venv/bin/python -m bench.report_scale [--full] [--sessions N ...] [--trace-only] [--against-sample]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -21,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from agentkv.report.capacity import SAMPLE_SESSIONS
 from bench._common import machine
 
 SIZES = (300, 1400)  # generated sessions: ~10k and ~46k requests
@@ -122,6 +124,8 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, nargs="*", help=f"generated sessions per point (default {SIZES})")
     ap.add_argument("--full", action="store_true", help=f"add the ~432k-request point ({FULL} sessions)")
     ap.add_argument("--trace-only", action="store_true", help="the trace figures only, no report")
+    ap.add_argument("--against-sample", action="store_true",
+                    help=f"also the report on its {SAMPLE_SESSIONS}-session sample, lever by lever against the whole")
     args = ap.parse_args()
     sizes = [*(args.sessions or SIZES), *([FULL] if args.full else [])]
     print(f"machine: {machine()}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
@@ -141,7 +145,50 @@ def main() -> int:
                   f"CPU-s, peak PSS {pss / 2**30:.2f} GB (RSS {rss / 2**30:.2f} GB; process tree), "
                   f"{requests / wall:.0f} requests/s; "
                   f"load average now {os.getloadavg()[0]:.1f}", flush=True)
+            whole = _read(f"{folder}/report.json")
+            print(f"  its jobs' CPU by stage: {_by_stage(whole)}", flush=True)
+            if args.against_sample:
+                _against_sample(sessions, folder, whole)
     return 0
+
+
+def _read(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _by_stage(doc: dict) -> str:
+    cpu: dict[str, list[float]] = {}
+    for j in doc["simulation_jobs"]:
+        cpu.setdefault(j["stage"], []).append(j["cpu_s"])
+    return ", ".join(f"{k} {sum(v):.0f} CPU-s ({len(v)} jobs)" for k, v in cpu.items())
+
+
+def _against_sample(sessions: int, folder: str, whole: dict) -> None:
+    """The report's default sample (`--sample-sessions 120`) on the same trace, lever by lever against the whole."""
+    cmd = [sys.executable, "-m", "agentkv.cli", "report", "--gen-sessions", str(sessions), "--sample-sessions",
+           str(SAMPLE_SESSIONS), "--json", "--out", f"{folder}/sample.html"]
+    wall, cpu, (_, pss), p = measured(cmd)
+    if p.returncode:
+        sys.exit(p.stderr)
+    print(f"  the same with --sample-sessions {SAMPLE_SESSIONS}: {wall:.0f} s wall, {cpu:.0f} CPU-s, peak PSS "
+          f"{pss / 2**30:.2f} GB", flush=True)
+    sample = _read(f"{folder}/sample.json")
+    print("  | lever | GPUs sample / whole | $/Mtok sample / whole (error) | p90 TTFT s sample / whole |")
+    print("  | --- | --- | --- | --- |")
+    for s, w in zip(sample["sized_to_slo"]["rows"], whole["sized_to_slo"]["rows"], strict=True):
+        err = f"{100 * (s['usd_per_mtok'] - w['usd_per_mtok']) / w['usd_per_mtok']:+.0f}%" \
+            if s["usd_per_mtok"] and w["usd_per_mtok"] else "n/a"
+        print(f"  | {w['lever']} | {s['gpus'] or '—'} / {w['gpus'] or '—'} | {_usd(s)} / {_usd(w)} ({err}) | "
+              f"{_s(s['ttft_p90_s'])} / {_s(w['ttft_p90_s'])} |", flush=True)
+
+
+def _usd(row: dict) -> str:
+    return f"${row['usd_per_mtok']:.3f}" if row["usd_per_mtok"] else "—"
+
+
+def _s(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1f}"
 
 
 if __name__ == "__main__":

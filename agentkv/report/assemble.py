@@ -16,7 +16,7 @@ from agentkv.cost.plans import BreakEven, break_even
 from agentkv.cost.providers import ProviderCost, all_providers, same_model_apis
 from agentkv.cost.selfhosted import GpuRates
 from agentkv.kvcache.sizing import codec
-from agentkv.report.capacity import SAMPLE_SESSIONS, Capacity, session_capacity
+from agentkv.report.capacity import SAMPLE_SESSIONS, Capacity, floor_miss, session_capacity
 from agentkv.report.ladder import LADDER, DeploymentSpec, Rung, modes, remedies, rung_config, serve, wide_mode
 from agentkv.report.levers import CodecFit, TierLoad, codec_fits, tier_loads
 from agentkv.report.load import LoadCurve, load_curve
@@ -24,6 +24,7 @@ from agentkv.report.models import Candidate, candidate, candidate_specs, deploym
 from agentkv.report.pool import SHARED, executor
 from agentkv.report.simulated import simulated_on
 from agentkv.report.sizing import Sized, resize, size_to_slo
+from agentkv.report.slo import meets_slo
 from agentkv.sim.simulator import SimResult
 from agentkv.workload.arrivals import (
     ArrivalModel,
@@ -118,13 +119,35 @@ def _whole_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
     return on_whole(SHARED["whole"], *args)
 
 
-def on_whole(whole: Trace, chosen: RungOutcome, arrival: ArrivalModel, offered: float, gpu_hour: float
-             ) -> tuple[RungOutcome, dict[int, SimResult]]:
-    """A lever in the mode chosen on the capacity sample, sized on the whole trace (`sizing.resize`)."""
+def _serve_job(args: tuple) -> SimResult:
+    spec, rung, arrival, replicas = args
+    return serve(SHARED["whole"], spec, rung, arrival, replicas)
+
+
+def on_whole(whole: Trace, chosen: RungOutcome, arrival: ArrivalModel, offered: float, gpu_hour: float,
+             runs: dict[int, SimResult] | None = None) -> tuple[RungOutcome, dict[int, SimResult]]:
+    """A lever in the mode chosen on the capacity sample, sized on the whole trace (`sizing.resize`), from the
+    whole-trace `runs` made so far (by replicas)."""
     spec = chosen.spec
     assert spec is not None  # _measure_mode names the mode of every outcome
-    sized, runs = resize(whole, spec, chosen.rung, arrival, chosen.capacity, chosen.sized, offered, gpu_hour)
+    sized, runs = resize(whole, spec, chosen.rung, arrival, chosen.capacity, chosen.sized, offered, gpu_hour, runs)
     return RungOutcome(chosen.rung, chosen.capacity, sized, None, spec), runs
+
+
+def whole_pair(whole: Trace, chosen: RungOutcome) -> list[int]:
+    """What `resize` simulates first when the sample was right, run side by side: the sample's size and one fewer
+    (a disaggregated fleet has two replicas at least). None where the sample found no size or no size can meet
+    the SLO on the whole trace (`resize` knows that without a simulation)."""
+    r, spec = chosen.sized.replicas, chosen.spec
+    assert spec is not None
+    if r is None or floor_miss(whole, spec, chosen.rung) is not None:
+        return []
+    return [r] + ([r - 1] if r - 1 > (1 if spec.prefill_share else 0) else [])
+
+
+def bracketed(pair: list[int], runs: dict[int, SimResult], spec: DeploymentSpec) -> bool:
+    """Whether the pair settles the size: the sample's size meets the SLO and one fewer misses or is no fleet."""
+    return meets_slo(runs[pair[0]], spec) and (len(pair) == 1 or not meets_slo(runs[pair[1]], spec))
 
 
 def follow_ups(out: RungOutcome) -> tuple[DeploymentSpec, ...]:
@@ -213,7 +236,9 @@ def _measure_mode(sample: Trace, measured: Trace, spec: DeploymentSpec, rung: Ru
     return RungOutcome(rung, cap, sized, None, spec), runs
 
 
-MODES, REMEDIES, WHOLE, FLEET = "modes", "remedies", "whole", "fleet"  # a lever's stages, in order
+# a lever's stages, in order: every mode on the sample, remedies, the whole trace (the sample's size and one fewer
+# side by side), a search on from them where they do not bracket the size, the same fleet
+MODES, REMEDIES, WHOLE, RESIZE, FLEET = "modes", "remedies", "whole", "resize", "fleet"
 
 
 @dataclass(slots=True, frozen=True)
@@ -237,17 +262,19 @@ def _timed(fn: Callable[[tuple], Any], args: tuple) -> tuple[Any, float]:
 class _Levers:
     """Every lever's jobs on the pool, each stage submitted as the one before it ends: every (lever, mode) job;
     per lever, the cheapest mode (`cheapest`), then where output speed sets its size, the remedies real engines
-    use (`remedy`), then where the modes were chosen on the capacity sample, that mode sized on the whole trace
-    (`on_whole`), then its run on the same fleet (`_fleet_job`) as soon as that fleet is known: given, or the
-    top lever's size where it met the SLO (else once every lever is sized, `choose_fleet`)."""
+    use (`remedy`), then where the modes were chosen on the capacity sample, that mode on the whole trace (its
+    sample's size and one fewer side by side, `whole_pair`; searched on in a worker where they do not bracket
+    it), then its run on the same fleet as soon as that fleet is known: given, or the top lever's size where it
+    met the SLO (else once every lever is sized, `choose_fleet`)."""
 
     pool: Executor
     jobs: list[tuple]
-    two_phase: bool
+    whole: Trace | None  # the trace the modes are sized on again (None: they are not)
     gpus: int | None  # the same fleet's GPUs, once known
     step: Callable[[str], None]
-    todo: dict[Future, tuple[str, int]] = field(default_factory=dict)
+    todo: dict[Future, tuple[str, int, int]] = field(default_factory=dict)
     modes: dict[int, tuple[RungOutcome, dict[int, SimResult]]] = field(default_factory=dict)
+    pairs: dict[int, tuple[RungOutcome, list[int], dict[int, SimResult]]] = field(default_factory=dict)
     sized: dict[int, tuple[RungOutcome, dict[int, SimResult]]] = field(default_factory=dict)  # by ladder index
     times: list[JobTime] = field(default_factory=list)
 
@@ -267,29 +294,64 @@ class _Levers:
     def outcomes(self) -> list[RungOutcome]:
         return [self.sized[k][0] for k in sorted(self.sized)]
 
-    def _submit(self, stage: str, i: int, fn: Callable[[tuple], Any], args: tuple) -> None:
-        self.todo[self.pool.submit(_timed, fn, args)] = (stage, i)
+    @property
+    def load(self) -> tuple:
+        """(arrival, offered sessions, $/GPU-hour): what every job after the modes is given."""
+        return self.jobs[0][2:5]
 
-    def _done(self, stage: str, i: int, found: Any, cpu_s: float) -> None:
+    def _submit(self, stage: str, i: int, fn: Callable[[tuple], Any], args: tuple, replicas: int = 0) -> None:
+        self.todo[self.pool.submit(_timed, fn, args)] = (stage, i, replicas)
+
+    def _time(self, stage: str, out: RungOutcome, cpu_s: float) -> None:
+        self.times.append(JobTime(stage, out.rung.name, out.spec.mode, cpu_s))  # type: ignore[union-attr]
+
+    def _done(self, stage: str, i: int, replicas: int, found: Any, cpu_s: float) -> None:
         if stage == FLEET:
-            out = self.sized[i][0]
-            out.fleet_run = found
-            self.times.append(JobTime(stage, out.rung.name, out.spec.mode, cpu_s))  # type: ignore[union-attr]
-            return
-        spec, rung = (self.jobs[i][0], self.jobs[i][1]) if stage == MODES else (found[0].spec, LADDER[i])
-        self.times.append(JobTime(stage, rung.name, spec.mode, cpu_s))
+            self.sized[i][0].fleet_run = found
+            return self._time(stage, self.sized[i][0], cpu_s)
+        if stage == WHOLE and replicas:
+            return self._pair_done(i, replicas, found, cpu_s)
+        self._time(stage, found[0], cpu_s)
         if stage == MODES:
             self.modes[i] = found
-            mine = [k for k, j in enumerate(self.jobs) if j[1] is rung]
+            mine = [k for k, j in enumerate(self.jobs) if j[1] is self.jobs[i][1]]
             if not all(k in self.modes for k in mine):
                 return
-            stage, i, found = MODES, LADDER.index(rung), cheapest([self.modes.pop(k) for k in mine])
+            i, found = LADDER.index(self.jobs[i][1]), cheapest([self.modes.pop(k) for k in mine])
             if follow_ups(found[0]):
                 return self._submit(REMEDIES, i, _remedy_job, (found, *self.jobs[mine[0]][2:]))
-        if self.two_phase and stage != WHOLE:
-            return self._submit(WHOLE, i, _whole_job, (found[0], *self.jobs[0][2:5]))
+        if self.whole is not None and stage in (MODES, REMEDIES):
+            return self._start_whole(i, found[0])
+        self._sized(i, found)
+
+    def _start_whole(self, i: int, chosen: RungOutcome) -> None:
+        pair = whole_pair(self.whole, chosen)  # type: ignore[arg-type]
+        if not pair:
+            return self._submit(WHOLE, i, _whole_job, (chosen, *self.load))
+        self.pairs[i] = (chosen, pair, {})
+        for r in pair:
+            self._submit(WHOLE, i, _serve_job, (chosen.spec, chosen.rung, self.load[0], r), r)
+
+    def _pair_done(self, i: int, replicas: int, found: SimResult, cpu_s: float) -> None:
+        """Sized here where the pair brackets the size (no simulation: `size_to_slo` reads the two runs), else
+        searched on in a worker from them."""
+        chosen, pair, runs = self.pairs[i]
+        runs[replicas] = found
+        self._time(WHOLE, chosen, cpu_s)
+        if len(runs) < len(pair):
+            return
+        del self.pairs[i]
+        if not bracketed(pair, runs, chosen.spec):  # type: ignore[arg-type]
+            return self._submit(RESIZE, i, _whole_job, (chosen, *self.load, runs))
+        arrival, offered, gpu_hour = self.load
+        sized = size_to_slo(self.whole, chosen.spec, chosen.rung, arrival, chosen.capacity, offered,  # type: ignore
+                            gpu_hour, runs, start=pair[0])
+        assert len(runs) == len(pair), "a bracketed size is read from its runs, never simulated here"
+        self._sized(i, (RungOutcome(chosen.rung, chosen.capacity, sized, None, chosen.spec), runs))
+
+    def _sized(self, i: int, found: tuple[RungOutcome, dict[int, SimResult]]) -> None:
         self.sized[i] = found
-        self.step(f"{rung.name} sized ({found[0].spec.mode})")
+        self.step(f"{LADDER[i].name} sized ({found[0].spec.mode})")  # type: ignore[union-attr]
         top = self.sized.get(len(LADDER) - 1, (None,))[0]
         if self.gpus is None and top is not None and top.sized.cost is not None:
             self._fleet_known(top.sized.cost.gpus)  # what all levers together need: `choose_fleet`'s first rule
@@ -309,13 +371,8 @@ class _Levers:
         if n in runs:
             out.fleet_run = runs[n]
         else:
-            self._submit(FLEET, i, _fleet_job, (out.spec, out.rung, self.jobs[0][2], n))
+            self._submit(FLEET, i, _serve_job, (out.spec, out.rung, self.load[0], n))
         self.sized[i] = (out, {})
-
-
-def _fleet_job(args: tuple) -> SimResult:
-    spec, rung, arrival, replicas = args
-    return serve(SHARED["whole"], spec, rung, arrival, replicas)
 
 
 def choose_fleet(outcomes: list[RungOutcome], offered: float, tp: int) -> tuple[int, str]:
@@ -354,7 +411,7 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
     # given up front is run with them where the modes are chosen on the trace the report prints
     jobs = [(s, r, arrival, offered, gpu_hour, None if on.two_phase else replicas) for r in LADDER for s in modes(spec)]
     with executor(workers, on.traces(), ray) as pool:
-        levers = _Levers(pool, jobs, on.two_phase, replicas * spec.tp if replicas else None, step)
+        levers = _Levers(pool, jobs, on.whole if on.two_phase else None, replicas * spec.tp if replicas else None, step)
         outcomes, gpus, chosen_by = levers.run(offered, spec.tp)
         step("same fleet done")
         models_view = _model_view(pool, candidates, others, (spec, trace, window, outcomes[-1].sized),

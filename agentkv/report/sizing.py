@@ -92,11 +92,12 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
 
 
 def resize(whole: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, capacity: Capacity,
-           on_sample: Sized, offered_sessions: float, usd_per_gpu_hour: float) -> tuple[Sized, dict[int, SimResult]]:
+           on_sample: Sized, offered_sessions: float, usd_per_gpu_hour: float,
+           runs: dict[int, SimResult] | None = None) -> tuple[Sized, dict[int, SimResult]]:
     """A lever in the mode chosen on the capacity sample, sized on the whole trace from the sample's answer: its
-    size and one fewer where the sample was right. Returns the size and every run, by replicas, for the
-    same-fleet view."""
-    runs: dict[int, SimResult] = {}
+    size and one fewer where the sample was right. `runs`: the whole-trace runs made so far, by replicas. Returns
+    the size and every run, by replicas, for the same-fleet view."""
+    runs = {} if runs is None else runs
     if (miss := floor_miss(whole, spec, rung)) is not None:
         return Sized(None, miss.ttft_slo_s, None, reason=miss.reason), runs
     return size_to_slo(whole, spec, rung, arrival, capacity, offered_sessions, usd_per_gpu_hour, runs,

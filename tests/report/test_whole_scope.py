@@ -56,7 +56,7 @@ def test_a_whole_report_probes_a_sample_and_prints_only_whole_trace_runs(counted
         assert np.array_equal(again.first_token, o.sized.result.first_token, equal_nan=True)
         assert len(o.fleet_run.arrival) == fitted.n_requests
     stages = Counter(j.stage for j in rep.jobs)  # every job timed, each stage as often as it ran
-    assert stages["modes"] == len(LADDER) * len(modes(spec)) and stages["whole"] == len(LADDER)
+    assert stages["modes"] == len(LADDER) * len(modes(spec)) and len(LADDER) <= stages["whole"] <= 2 * len(LADDER)
     assert stages["fleet"] <= len(LADDER) and sum(j.cpu_s for j in rep.jobs) > 0
     for o in rep.outcomes:  # every lever on the same GPUs, run once the fleet was known
         assert o.fleet_run.config.replicas * o.spec.tp == rep.fleet_gpus
