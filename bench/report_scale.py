@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from agentkv.report.budget import SAMPLE_IN_SIMULATIONS, WHOLE_IN_SIMULATIONS
 from agentkv.report.capacity import SAMPLE_SESSIONS
 from bench._common import machine
 
@@ -88,8 +89,9 @@ trace = generate(GeneratorConfig(sessions=int(sys.argv[1])))
 gen = time.perf_counter() - t
 canonical.save(trace, sys.argv[2])
 log = trace.block_log
-print(trace.n_requests, int(trace.blocks_per_request.sum()), len(log.ids), gen,
-      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from agentkv.report.capacity import sample_sessions
+print(trace.n_requests, int(trace.blocks_per_request.sum()), len(log.ids), gen, rss, sample_sessions(trace).n_requests)
 """
 _LOAD_JOB = """
 import resource, sys, time
@@ -100,13 +102,13 @@ print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrs
 """
 
 
-def trace_figures(sessions: int, folder: str) -> tuple[int, str]:
+def trace_figures(sessions: int, folder: str) -> tuple[int, int, str]:
     """The trace's figures; each job reports its own peak RSS (getrusage: a short job ends between /proc samples)."""
     path = f"{folder}/trace-{sessions}.npz"
     p = subprocess.run([sys.executable, "-c", _TRACE_JOB, str(sessions), path], capture_output=True, text=True)
     if p.returncode:
         sys.exit(p.stderr)
-    requests, ids, held, gen_s, gen_rss = p.stdout.split()
+    requests, ids, held, gen_s, gen_rss, sample = p.stdout.split()
     q = subprocess.run([sys.executable, "-c", _LOAD_JOB, path], capture_output=True, text=True)
     if q.returncode:
         sys.exit(q.stderr)
@@ -116,7 +118,7 @@ def trace_figures(sessions: int, folder: str) -> tuple[int, str]:
             f"the block log ({int(ids) / max(int(held), 1):.1f}x fewer); generated in {float(gen_s):.1f} s at "
             f"{int(gen_rss) / 2**30:.2f} GB peak RSS; .npz {size / 2**20:.0f} MiB, loaded in {float(load_s):.1f} s at "
             f"{int(load_rss) / 2**30:.2f} GB peak RSS")
-    return int(requests), line
+    return int(requests), int(sample), line
 
 
 def main() -> int:
@@ -131,7 +133,7 @@ def main() -> int:
     print(f"machine: {machine()}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as folder:
         for sessions in sizes:
-            requests, line = trace_figures(sessions, folder)
+            requests, sample, line = trace_figures(sessions, folder)
             print(f"{sessions:,} sessions: {line}", flush=True)
             if args.trace_only:
                 continue
@@ -146,7 +148,7 @@ def main() -> int:
                   f"{requests / wall:.0f} requests/s; "
                   f"load average now {os.getloadavg()[0]:.1f}", flush=True)
             whole = _read(f"{folder}/report.json")
-            print(f"  its jobs' CPU by stage: {_by_stage(whole)}", flush=True)
+            print(f"  its jobs' CPU by stage: {_by_stage(whole)}; {_fit(whole, sample, requests)}", flush=True)
             if args.against_sample:
                 _against_sample(sessions, folder, whole)
     return 0
@@ -162,6 +164,22 @@ def _by_stage(doc: dict) -> str:
     for j in doc["simulation_jobs"]:
         cpu.setdefault(j["stage"], []).append(j["cpu_s"])
     return ", ".join(f"{k} {sum(v):.0f} CPU-s ({len(v)} jobs)" for k, v in cpu.items())
+
+
+def _fit(doc: dict, sample: int, requests: int) -> str:
+    """The budget's projection beside the run, and this run's part in `report/budget.py`'s units: the sample's
+    jobs (modes, remedies) per request of the sample and the whole trace's (whole, resize, fleet) per request of
+    the trace, in simulations of the speed probe's CPU per request."""
+    n = doc["numbers"]
+    if not n.get("probe_cpu_s_per_request"):
+        return "no projection (the trace is its own sample)"
+    cpu = {k: sum(j["cpu_s"] for j in doc["simulation_jobs"] if j["stage"] in k)
+           for k in (("modes", "remedies"), ("whole", "resize", "fleet"))}
+    per = n["probe_cpu_s_per_request"]
+    parts = [c / per / r for c, r in zip(cpu.values(), (sample, requests), strict=True)]
+    return (f"projected {n['projected_whole_s']:.0f} s; in probe-requests per request: sample {parts[0]:.0f} "
+            f"(budget.SAMPLE_IN_SIMULATIONS {SAMPLE_IN_SIMULATIONS}), whole {parts[1]:.0f} (WHOLE_IN_SIMULATIONS "
+            f"{WHOLE_IN_SIMULATIONS}); probe {1e3 * per:.2f} ms a request")
 
 
 def _against_sample(sessions: int, folder: str, whole: dict) -> None:

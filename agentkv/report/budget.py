@@ -41,6 +41,7 @@ class Scope:
     sample_size: int
     projected_s: float  # the whole trace's report, projected (wall seconds on the report's workers)
     budget_s: float
+    probe_s_per_request: float = 0.0  # the speed probe's CPU seconds per simulated request, on this machine now
 
     def describe(self) -> str:
         if not self.projected_s:
@@ -65,4 +66,4 @@ def choose_scope(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, budg
     sample = sample_sessions(trace, SAMPLE_SESSIONS).n_requests
     cpu_s = per_request * (SAMPLE_IN_SIMULATIONS * sample + WHOLE_IN_SIMULATIONS * trace.n_requests)
     projected = cpu_s / max(workers, 1)
-    return Scope(0 if projected <= budget_s else SAMPLE_SESSIONS, projected, budget_s)
+    return Scope(0 if projected <= budget_s else SAMPLE_SESSIONS, projected, budget_s, per_request)

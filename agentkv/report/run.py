@@ -30,8 +30,8 @@ def run_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, price_
     """Compute, write `out` and `<out>.json` beside it, print the report (or its JSON). `sample_size` top-level
     sessions are simulated (default: the whole trace if its projected time fits `budget_s` or on Ray, else
     SAMPLE_SESSIONS; 0: the whole trace)."""
-    if sample_size is None and ray is None:
-        scope = choose_scope(trace, spec, arrival, budget_s, workers)
+    scope = choose_scope(trace, spec, arrival, budget_s, workers) if ray is None else None
+    if sample_size is None and scope is not None:
         sample_size = scope.sample_size
         print(f"agentkv report: {scope.describe()}", file=sys.stderr)
     sample_size = sample_size or 0
@@ -46,6 +46,8 @@ def run_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, price_
 
     write_html(out, TITLE, lines, info, vs, figures({v.key: v for v in vs}, spec.slo_ttft_s))
     doc = document(rep, lines, info, vs)
+    if scope is not None:  # what the budget projected for the whole trace, beside what the report took
+        doc["numbers"].update(projected_whole_s=scope.projected_s, probe_cpu_s_per_request=scope.probe_s_per_request)
     json_path = os.path.splitext(out)[0] + ".json"
     with open(json_path, "w") as f:
         json.dump(doc, f, indent=1, allow_nan=False)
