@@ -3,6 +3,7 @@ fleet, the same traffic at API prices, and the facts the headline is written fro
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
@@ -410,15 +411,15 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
     # one job per lever and deployment mode, so the modes of the costliest lever run side by side; the fleet
     # given up front is run with them where the modes are chosen on the trace the report prints
     jobs = [(s, r, arrival, offered, gpu_hour, None if on.two_phase else replicas) for r in LADDER for s in modes(spec)]
+    # the API prices replay the whole trace in the driver (~50 CPU-s at 449k requests): beside the simulations
+    api = beside(api_costs, recorded, arrival, price_table, spec.model)
     with executor(workers, on.traces(), ray) as pool:
         levers = _Levers(pool, jobs, on.whole if on.two_phase else None, replicas * spec.tp if replicas else None, step)
         outcomes, gpus, chosen_by = levers.run(offered, spec.tp)
         step("same fleet done")
         models_view = _model_view(pool, candidates, others, (spec, trace, window, outcomes[-1].sized),
                                   (arrival, offered, gpu_hour, sample_size, probe_sessions), step)
-    placed = place(recorded, arrival) if recorded.has_block_ids else None
-    providers = all_providers(*placed, price_table["providers"]) if placed else []
-    apis = same_model_apis(*placed, price_table, spec.model) if placed else []
+    providers, apis = api.result()
     plan_prices = {k: float(v) for k, v in price_table.get("plans", {}).items() if k not in ("source", "as_of")}
     top = int((trace.session_parent < 0).sum())
     median = int(np.median(trace.input_tokens)) if trace.n_requests else 0
@@ -434,6 +435,30 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
         kv_fit=codec_fits(base, max(median, 1)), kv_load=tier_loads(replace(base, kv_codec=codec("bf16")), median),
         window=window, model_choice=model_choice, candidates=models_view, wall_s=time.perf_counter() - wall,
     )
+
+
+def beside(fn: Callable[..., Any], *args: Any) -> Future:
+    """`fn(*args)` in a daemon thread of this process: an interrupted report exits without waiting for it."""
+    out: Future = Future()
+
+    def run() -> None:
+        try:
+            out.set_result(fn(*args))
+        except BaseException as e:  # handed to whoever reads the result
+            out.set_exception(e)
+
+    threading.Thread(target=run, daemon=True).start()
+    return out
+
+
+def api_costs(recorded: Trace, arrival: ArrivalModel, price_table: dict[str, Any], model_name: str
+              ) -> tuple[list[ProviderCost], list[ProviderCost]]:
+    """The same traffic at every API's prices, and at those of the APIs that sell the deployed model: each replays
+    the trace as placed (none where it has no block ids to replay)."""
+    if not recorded.has_block_ids:
+        return [], []
+    placed = place(recorded, arrival)
+    return all_providers(*placed, price_table["providers"]), same_model_apis(*placed, price_table, model_name)
 
 
 def _model_view(pool: Executor, names: tuple[str, ...], others: list, deployed: tuple, load: tuple,
