@@ -279,11 +279,15 @@ class _Levers:
     sized: dict[int, tuple[RungOutcome, dict[int, SimResult]]] = field(default_factory=dict)  # by ladder index
     times: list[JobTime] = field(default_factory=list)
 
-    def run(self, offered: float, tp: int) -> tuple[list[RungOutcome], int, str]:
-        """(outcomes in ladder order, the fleet's GPUs, how it was chosen)."""
-        given = self.gpus
-        for i, job in reversed(list(enumerate(self.jobs))):  # the costliest rungs first: two workers end together
+    def start(self) -> None:
+        """Every (lever, mode) job, the costliest rungs first (so two workers end together)."""
+        for i, job in reversed(list(enumerate(self.jobs))):
             self._submit(MODES, i, _mode_job, job)
+
+    def run(self, offered: float, tp: int) -> tuple[list[RungOutcome], int, str]:
+        """Every later stage as the one before it ends: (outcomes in ladder order, the fleet's GPUs, how it was
+        chosen)."""
+        given = self.gpus
         while self.todo:
             for fut in wait(self.todo, return_when=FIRST_COMPLETED)[0]:
                 self._done(*self.todo.pop(fut), *fut.result())
@@ -411,10 +415,11 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
     # one job per lever and deployment mode, so the modes of the costliest lever run side by side; the fleet
     # given up front is run with them where the modes are chosen on the trace the report prints
     jobs = [(s, r, arrival, offered, gpu_hour, None if on.two_phase else replicas) for r in LADDER for s in modes(spec)]
-    # the API prices replay the whole trace in the driver (~50 CPU-s at 449k requests): beside the simulations
-    api = beside(api_costs, recorded, arrival, price_table, spec.model)
     with executor(workers, on.traces(), ray) as pool:
         levers = _Levers(pool, jobs, on.whole if on.two_phase else None, replicas * spec.tp if replicas else None, step)
+        levers.start()  # the pool's worker processes are forked by now: no thread of ours is copied into them
+        # the API prices replay the whole trace in the driver (~50 CPU-s at 449k requests): beside the simulations
+        api = beside(api_costs, recorded, arrival, price_table, spec.model)
         outcomes, gpus, chosen_by = levers.run(offered, spec.tp)
         step("same fleet done")
         models_view = _model_view(pool, candidates, others, (spec, trace, window, outcomes[-1].sized),
