@@ -187,7 +187,7 @@ class AgentAware(Policy):
         """Forecast arrival of each session's next request (now for sessions in service). A reply may end
         after `now` (an offline replay releases a request at the end of its recorded service time)."""
         away = ~self.serving & ~np.isnan(self.last_release)
-        since = np.where(away, now - np.nan_to_num(self.last_release), 0.0)
+        since = np.where(away, now - self.last_release, 0.0)  # nan where never released: not away, not read
         elapsed = np.maximum(since, 0.0)
         remaining = np.maximum(-since, 0.0)
         pace = np.maximum(self.pace * self.reply**self.reply_exponent, 1e-3)
