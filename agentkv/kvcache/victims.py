@@ -2,12 +2,12 @@
 
 Valid only for policies whose eviction keys are the stored keys and only rise while a block is resident (LRU,
 LFU, cost-aware: `exact_for`). A scan keeps every resident keyed at or below the m-th lowest unpinned key (the
-`ceiling`; pinned residents included). Later an unpinned block entering the tier, or a block unpinned by its
-request's release, joins if keyed at or below the ceiling; a resident's key only rises, so one outside never
-falls to the ceiling. Hence every
-resident outside the queue ranks above every entry, and while the queue (with the incoming blocks keyed at or
-below the ceiling) covers the k victims wanted, the k lowest of it are exactly the k lowest of the whole tier.
-When it runs short, the tier is scanned again.
+`ceiling`; pinned residents included), sorted by key. Later an unpinned block entering the tier, or a block
+unpinned by its request's release, joins if keyed at or below the ceiling; a resident's key only rises, so one
+outside never falls to the ceiling. Hence every resident outside the queue ranks above every entry, and while the
+queue (with the incoming blocks keyed at or below the ceiling) covers the k victims wanted, the k lowest of it are
+exactly the k lowest of the whole tier (`_lowest` breaks the last ties by id, so the order of the candidates does
+not matter). When it runs short, the tier is scanned again (the lowest tenth of it is kept: `KVCache`).
 """
 
 from __future__ import annotations
