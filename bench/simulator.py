@@ -65,7 +65,7 @@ for kv, replicas, conc in json.loads(sys.argv[2]):
     res = simulate(trace, SimConfig(d, replicas=replicas, policy="lru", arrival=ArrivalModel("concurrency", conc)))
     print(json.dumps({"cpu": time.process_time() - cpu, "hit": res.hit_rate, "requests": trace.n_requests}),
           flush=True)
-from agentkv.report.ladder import LADDER, DeploymentSpec, rung_config, serve
+from agentkv.report.ladder import LADDER, DeploymentSpec, rung_config
 from agentkv.workload.generator import GeneratorConfig, generate
 trace = generate(GeneratorConfig(sessions=int(sys.argv[3])))
 spec = DeploymentSpec(model="deepseek-v4-flash", tp=2, weight_dtype="int4")
@@ -73,6 +73,7 @@ cpu = time.process_time()
 res = simulate(trace, rung_config(spec, LADDER[5], ArrivalModel("concurrency", 20.0), 1))
 print(json.dumps({"cpu": time.process_time() - cpu, "hit": res.hit_rate, "requests": trace.n_requests}), flush=True)
 from dataclasses import replace
+from agentkv.report.ladder import serve  # a commit before 22a9b2e stops here: the cases before still count
 share, replicas = json.loads(sys.argv[4])
 cpu = time.process_time()
 res = serve(trace, replace(spec, prefill_share=share), LADDER[5], ArrivalModel("concurrency", 20.0), replicas)
@@ -120,9 +121,10 @@ def cpu_seconds(root: Path, trace_path: str) -> list[dict]:
                         json.dumps([PD_SHARE, PD_REPLICAS])],
                        capture_output=True,
                        text=True, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, cwd=root)
+    runs = [json.loads(line) for line in p.stdout.splitlines()]
     if p.returncode:
-        sys.exit(f"simulations at {root}: {p.stderr.strip().splitlines()[-1]}")
-    return [json.loads(line) for line in p.stdout.splitlines()]
+        print(f"  simulations at {root} stopped after {len(runs)} cases: {p.stderr.strip().splitlines()[-1]}")
+    return runs
 
 
 def at_commit(commit: str, trace_path: str) -> list[dict]:
@@ -146,6 +148,9 @@ def against(commits: list[str], trace_path: str) -> None:
         rate = new["requests"] / new["cpu"]
         print(f"  {name}: {new['cpu']:.2f} CPU-s here ({rate:,.0f} requests/CPU-s, hit {100 * new['hit']:.1f}%)")
         for commit, runs in before.items():
+            if k >= len(runs):
+                print(f"    not at {commit} (its code cannot run this case)")
+                continue
             old = runs[k]
             was = old["requests"] / old["cpu"]
             print(f"    {old['cpu']:.2f} at {commit} ({was:,.0f}) -> {rate / was:.2f}x; hit {100 * old['hit']:.1f}%")

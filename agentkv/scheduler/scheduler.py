@@ -88,7 +88,7 @@ class Scheduler:
         batch = StepPlan(ops=self._ops)
         self._ops = batch.ops
         self._ops.extend(self.cache.tick(now, self.at_hand))  # the policy's prefetches first
-        budget = self.cfg.max_batched_tokens
+        budget, bs = self.cfg.max_batched_tokens, self.cfg.block_size
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
@@ -98,8 +98,8 @@ class Scheduler:
                 budget -= n
                 i += 1
                 continue
-            if not self._room_for_decode(seq, batch, now):
-                break  # seq itself was preempted; everything after it already was
+            if seq.computed >= seq.blocks_held * bs and not self._room_for_decode(seq, batch, now):
+                break  # seq itself was preempted; everything after it already was (else its block had room)
             batch.decodes.append(seq)
             budget -= 1
             i += 1

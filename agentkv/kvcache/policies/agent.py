@@ -171,22 +171,23 @@ class AgentAware(Policy):
         return np.zeros(len(slots))  # keys are computed when needed: they change as time passes
 
     def keys(self, slots: np.ndarray, now: float) -> np.ndarray:
+        """Shared blocks on top, then live ones by their session's forecast return, dead ones at the bottom.
+        A whole tier is keyed at every eviction: each per-block array is read once, and a block of no session
+        (owner -1) reads the sentinel appended to each per-session array."""
         owner = self.owner[slots]
-        known = owner >= 0
-        o = np.maximum(owner, 0)
-        ret = self.predicted_return(now)
-        keys = np.full(len(slots), -np.inf)
-        if len(ret):
-            keys = np.where(known, -ret[np.minimum(o, len(ret) - 1)], -np.inf)
-            dead = known & (self.touch[slots] < self.last_seq[np.minimum(o, len(ret) - 1)])
-            keys = np.where(dead, -PROTECT + self.touch[slots], keys)
-        return np.where(self.shared[slots], PROTECT + self.touch[slots], keys)
+        touch = self.touch[slots].astype(np.float64)
+        keys = np.append(-self.predicted_return(now), -np.inf)[owner]
+        dead = touch < np.append(self.last_seq, -1)[owner]
+        keys[dead] = touch[dead] - PROTECT
+        shared = self.shared[slots]
+        keys[shared] = touch[shared] + PROTECT
+        return keys
 
     def predicted_return(self, now: float) -> np.ndarray:
         """Forecast arrival of each session's next request (now for sessions in service). A reply may end
         after `now` (an offline replay releases a request at the end of its recorded service time)."""
         away = ~self.serving & ~np.isnan(self.last_release)
-        since = np.where(away, now - np.nan_to_num(self.last_release), 0.0)
+        since = np.where(away, now - self.last_release, 0.0)  # nan where never released: not away, not read
         elapsed = np.maximum(since, 0.0)
         remaining = np.maximum(-since, 0.0)
         pace = np.maximum(self.pace * self.reply**self.reply_exponent, 1e-3)
