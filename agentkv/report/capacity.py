@@ -247,12 +247,23 @@ def least_busy_seconds(trace: Trace, d: Deployment, budget: int, prefix_cache: b
     outputs = np.maximum(trace.output_tokens[served].astype(np.int64), 1) - 1  # the first token ends the prefill
     computed, flops = _prefill_least(trace, d, served) if prefix_cache else (int(prompts.sum()),
                                                                              _prefill_flops(d, prompts, 0))
-    contexts = np.repeat(prompts, outputs) + np.arange(int(outputs.sum())) - np.repeat(np.cumsum(outputs) - outputs,
-                                                                                       outputs)
-    dec = d.decode_table.work(contexts.astype(float) if d.decode_table.needs_contexts else None, len(contexts),
-                              float(contexts.sum()))
-    attention = max((flops + dec.flops) / (d.tp * d.hardware.bf16_flops * d.kernel[0]), dec.io_bytes / hbm)
+    dec_flops, dec_io = _decode_work(d, prompts, outputs)
+    attention = max((flops + dec_flops) / (d.tp * d.hardware.bf16_flops * d.kernel[0]), dec_io / hbm)
     return (computed + int(outputs.sum())) * per_token + attention
+
+
+def _decode_work(d: Deployment, prompts: np.ndarray, outputs: np.ndarray) -> tuple[float, float]:
+    """(FLOPs, HBM bytes) of every decode's attention, request i's `outputs[i]` decodes at contexts from its
+    prompt up: the step-cost model's own table, over slices of ~1M decodes (a long trace has hundreds of millions)."""
+    flops = io = 0.0
+    ends = np.cumsum(outputs)
+    for part in np.array_split(np.arange(len(outputs)), max(1, int(ends[-1]) >> 20) if len(ends) else 1):
+        p, o = prompts[part], outputs[part]
+        contexts = np.repeat(p, o) + np.arange(int(o.sum())) - np.repeat(np.cumsum(o) - o, o)
+        work = d.decode_table.work(contexts.astype(float) if d.decode_table.needs_contexts else None, len(contexts),
+                                   float(contexts.sum()))
+        flops, io = flops + work.flops, io + work.io_bytes
+    return flops, io
 
 
 def _prefill_least(trace: Trace, d: Deployment, served: np.ndarray) -> tuple[int, float]:
