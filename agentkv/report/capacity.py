@@ -4,8 +4,8 @@ Whole replicas are coarse (at 20 sessions several levers all need one GPU), so e
 one replica under rising load: Poisson session starts at a target concurrency (as `--concurrency` sets it:
 start rate × mean recorded session length), bracketed by doubling and then narrowed geometrically to within
 RESOLUTION. Two analytic bounds come first: the prefill floor (`floor_miss`: no load meets the SLO) and the
-throughput bound (`throughput_bound`: above it one replica cannot do the offered work in its window, a miss
-without a simulation), which caps the doubling and, where it leaves no room to double the start, moves the first
+throughput bound on the agents' pace (`slo_bound`: above it one replica's least work slows the sessions past the
+SLO's tolerance, a miss without a simulation), which caps the doubling and, where it leaves no room to double the start, moves the first
 probe to the geometric middle of [1, bound] (`bounded_search`; `Capacity.bound` says where it closed the
 bracket). KV room is no bound on the SLO: a replica short of it evicts and recomputes, slower but not failing,
 so where that crosses the SLO only a simulation says. Large traces are measured on an evenly spaced sample of sessions; a load above the sample's session
@@ -65,7 +65,7 @@ def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, 
                                "can place them (Little's law would pack the whole trace into an instant); sized on "
                                "the arrivals as offered instead")
     search = bounded_search(float(min(max(start, 1.0), max_sessions)), max_sessions, max_runs,
-                            throughput_bound(trace, spec, rung))
+                            slo_bound(trace, spec, rung))
     done, met = search.run(_Probe(trace, spec, rung, seed), spec, pool, width)
     runs = {} if runs is None else runs
     path, _, (lo, hi) = search.replay(met)
@@ -75,7 +75,8 @@ def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, 
         least = runs[min(runs)]
         return Capacity(0.0, slo_ttft(least, spec), reason="misses it with one session at a time ("
                                                          + "; ".join(slo_misses(least, spec)) + ")", probes=probes)
-    bound = f"{hi:.3g} sessions: the throughput bound, not simulated" if hi == search.known_miss else ""
+    bound = f"{hi:.3g} sessions: the throughput bound on the agents' pace, not simulated" \
+        if hi == search.known_miss else ""
     return Capacity(lo, slo_ttft(runs[lo], spec), at_limit=hi is None, probes=probes,
                     tokens_per_session_s=billed_tokens(runs[lo]) / max(runs[lo].billed_s * lo, 1e-9), bound=bound)
 
@@ -119,7 +120,7 @@ class Search:
     first: float
     max_sessions: float
     max_runs: int
-    known_miss: float = math.inf  # a load that misses without a simulation (`throughput_bound`): never probed
+    known_miss: float = math.inf  # a load that misses without a simulation (`slo_bound`): never probed
 
     def _steps(self) -> Generator[float, bool, tuple[float | None, float | None]]:
         """Yields each load to probe, is sent whether it met the SLO; returns (highest met, lowest missed)."""
@@ -218,12 +219,22 @@ def sample_sessions(trace: Trace, k: int = SAMPLE_SESSIONS) -> Trace:
     )
 
 
+def slo_bound(trace: Trace, spec: DeploymentSpec, rung: Rung) -> float:
+    """Concurrent sessions per replica at and above which the SLO's pace bound is missed (inf: none known, as
+    where the SLO does not bound the agents' pace). Sessions are closed loops, so over a cycle (think + turn)
+    a replica's N sessions need N × their least GPU seconds: the response-time law (Denning & Buzen) makes the
+    mean cycle at least N / `throughput_bound` of the recorded one, i.e. the agents run at least that many times
+    slower than recorded; past the SLO's slowdown tolerance it is missed (tests/report/test_capacity_bounds.py)."""
+    if not spec.slo_slowdown:
+        return math.inf
+    return spec.slo_slowdown * throughput_bound(trace, spec, rung)
+
+
 def throughput_bound(trace: Trace, spec: DeploymentSpec, rung: Rung) -> float:
-    """Concurrent sessions above which one replica cannot do the trace's work in the window it is offered in
+    """Concurrent sessions at which one replica's least GPU seconds fill the window the trace is offered in
     (inf: none known). A placed trace's requests are fixed (extra laps are copies of the same requests), and its
     window is Σ session spans / concurrency, so at c sessions the work fills c × least_busy_seconds / Σ spans of
-    the window: above 1 the sessions, which wait for each reply, cannot keep their recorded pace and the queue
-    grows through the run (a miss, checked in tests/report/test_capacity_bounds.py)."""
+    the window."""
     top = root_sessions(trace) == np.arange(trace.n_sessions)
     least = least_busy_seconds(trace, rung_config(spec, rung, ArrivalModel(), 1).deployment,
                                spec.max_batched_tokens, rung.prefix_cache)

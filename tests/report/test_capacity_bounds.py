@@ -1,6 +1,7 @@
 """The capacity search's analytic bound, against real simulations: the least busy time the step-cost model allows
-is never more than a replica spends, a probe at or above the throughput bound misses the SLO (so the search may
-take it as a miss unprobed), and a search the bound brackets takes fewer probes than one without it."""
+is never more than a replica spends, a probe at or above the bound it sets on the agents' pace misses the SLO (so
+the search and the sizing may take it as a miss unprobed), and a search the bound brackets takes fewer probes
+than one without it."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from agentkv.report.capacity import (
     bounded_search,
     least_busy_seconds,
     session_capacity,
+    slo_bound,
     throughput_bound,
 )
-from agentkv.report.ladder import LADDER, DeploymentSpec, rung_config
+from agentkv.report.ladder import LADDER, DeploymentSpec, rung_config, serve
+from agentkv.report.sizing import known_misses
 from agentkv.report.slo import meets_slo
 from agentkv.sim.simulator import simulate
 from agentkv.workload.arrivals import ArrivalModel
@@ -41,27 +44,41 @@ def test_no_run_is_busy_for_less_than_the_least_busy_seconds(small, rung):
     assert 0 < least <= float(simulate(small, cfg).busy_s.sum())
 
 
-@pytest.mark.parametrize("spec", [DeploymentSpec(), TTFT_ONLY], ids=["default SLO", "TTFT only"])
 @pytest.mark.parametrize("rung", [0, 2, 5, 7])
-def test_a_probe_at_or_above_the_throughput_bound_misses(small, spec, rung):
-    bound = throughput_bound(small, spec, LADDER[rung])
-    assert math.isfinite(bound)
+def test_a_probe_at_or_above_the_pace_bound_misses(small, rung):
+    spec = DeploymentSpec()
+    bound = slo_bound(small, spec, LADDER[rung])
+    assert bound == pytest.approx(spec.slo_slowdown * throughput_bound(small, spec, LADDER[rung]))
     for load in (bound, 1.5 * bound):
         res = simulate(small, rung_config(spec, LADDER[rung], ArrivalModel("concurrency", load, 0), 1))
-        assert float(res.busy_s.max()) >= res.offered_s  # more work than the window holds, as the bound says
+        assert res.slowdown > spec.slo_slowdown  # the part of the SLO the bound speaks for
         assert not meets_slo(res, spec)
 
 
+def test_an_slo_that_does_not_bound_the_pace_has_no_known_miss(small):
+    assert slo_bound(small, TTFT_ONLY, LADDER[0]) == math.inf
+    assert known_misses(small, TTFT_ONLY, LADDER[0], ArrivalModel("concurrency", 1e6, 0)) == 0
+
+
+@pytest.mark.parametrize("rung", [0, 2])
+def test_fleets_below_the_pace_bound_miss(small, rung):
+    spec = DeploymentSpec()
+    arrival = ArrivalModel("concurrency", 3.3 * slo_bound(small, spec, LADDER[rung]), 0)
+    known = known_misses(small, spec, LADDER[rung], arrival)
+    assert known == 3
+    for replicas in range(1, known + 1):
+        assert not meets_slo(serve(small, spec, LADDER[rung], arrival, replicas), spec)
+
+
 def test_a_bound_below_the_start_saves_probes_on_real_runs(small):
-    spec, rung = TTFT_ONLY, LADDER[0]
-    bound = throughput_bound(small, spec, rung)
-    start = bound  # where the unbounded search would begin: it cannot double, so its first probe is wasted
+    spec, rung = DeploymentSpec(), LADDER[0]
+    start = slo_bound(small, spec, rung)  # where the plain search would begin: a known miss, then it halves
     probe = _Probe(small, spec, rung, 0)
     plain = Search(start, 4096.0, 5)
     path, _, _ = plain.replay(plain.run(probe, spec)[1])
     got = session_capacity(small, spec, rung, seed=0, start=start)
     assert len(got.probes) < len(path)
-    assert 0 < got.sessions_per_replica < bound
+    assert 0 < got.sessions_per_replica < start
 
 
 def test_the_bound_closes_the_bracket_from_above_unprobed():
