@@ -55,9 +55,10 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
     # a replica that misses the SLO even lightly loaded may still meet it as part of a fleet: more replicas
     # also mean more cache, so that search starts from one replica per five sessions
     per = capacity.sessions_per_replica or 5.0
-    # most replicas known to miss (0: none); a disaggregated fleet has two at least, one a pool
+    # most replicas known to miss (0: none); a disaggregated fleet has two at least, one a pool. From a `start`
+    # (a sample's answer) the walk takes two runs already: the bound, a second over the trace, would not save one
     lo = max(max((r for r in runs if not meets(r)), default=1 if spec.prefill_share else 0),
-             known_misses(trace, spec, rung, arrival))
+             0 if start else known_misses(trace, spec, rung, arrival))
     hi, step = None, 1  # fewest replicas known to meet
     guess = min(max(start or math.ceil(offered_sessions / per), lo + 1), spec.max_replicas)
     if meets(guess):
