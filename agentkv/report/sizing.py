@@ -45,6 +45,8 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
     `start`: the first size tried (default: what the capacity per replica implies)."""
     if capacity.sessions_per_replica <= 0 and not rung.prefix_cache and not capacity.undefined:
         return Sized(None, capacity.ttft_slo_s, None, reason=capacity.reason)
+    if (miss := floor_miss(trace, spec, rung)) is not None:  # a remedy's own chunk budget or width may set one
+        return Sized(None, miss.ttft_slo_s, None, reason=miss.reason)
     budget = len(runs) + max_runs
 
     def meets(r: int) -> bool:

@@ -6,6 +6,7 @@ than one without it."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -19,7 +20,7 @@ from agentkv.report.capacity import (
     throughput_bound,
 )
 from agentkv.report.ladder import LADDER, DeploymentSpec, rung_config, serve
-from agentkv.report.sizing import known_misses
+from agentkv.report.sizing import known_misses, size_to_slo
 from agentkv.report.slo import meets_slo
 from agentkv.sim.simulator import simulate
 from agentkv.workload.arrivals import ArrivalModel
@@ -92,3 +93,16 @@ def test_the_bound_closes_the_bracket_from_above_unprobed():
     assert bracket == (pytest.approx(4 * math.sqrt(30.0)), 30.0)  # 8√30 would pass the bound: 30 closes it
     assert len(path) == 3  # √30, 2√30, 4√30; without the bound it doubles on to 4,096
     assert bounded_search(20.0, 4096.0, 5, known_miss=400.0).first == 20.0  # room to double: the caller's start
+
+
+def test_a_chunk_budget_whose_prefill_floor_misses_is_not_sized(small):
+    """A remedy's smaller chunk budget can put the SLO-percentile prompt's lone prefill past the TTFT bound: no
+    fleet meets it (checked on one run), so sizing says so without a simulation."""
+    spec = DeploymentSpec(slo_ttft_s=1.0, max_batched_tokens=512)
+    cap = session_capacity(small, replace(spec, max_batched_tokens=8192, slo_ttft_s=60.0), LADDER[0], seed=0)
+    assert cap.sessions_per_replica > 0
+    runs: dict = {}
+    arrival = ArrivalModel("concurrency", 2.0, 0)
+    sized = size_to_slo(small, spec, LADDER[0], arrival, cap, 2.0, 3.0, runs)
+    assert sized.replicas is None and not runs and "to prefill on an idle GPU" in sized.reason
+    assert not meets_slo(serve(small, spec, LADDER[0], arrival, 8), spec)
