@@ -3,7 +3,12 @@
 Whole replicas are coarse (at 20 sessions several levers all need one GPU), so each lever is also measured on
 one replica under rising load: Poisson session starts at a target concurrency (as `--concurrency` sets it:
 start rate × mean recorded session length), bracketed by doubling and then narrowed geometrically to within
-RESOLUTION. Large traces are measured on an evenly spaced sample of sessions; a load above the sample's session
+RESOLUTION. Two analytic bounds come first: the prefill floor (`floor_miss`: no load meets the SLO) and the
+throughput bound on the agents' pace (`slo_bound`: above it one replica's least work slows the sessions past the
+SLO's tolerance, a miss without a simulation), which caps the doubling and, where it leaves no room to double the start, moves the first
+probe to the geometric middle of [1, bound] (`bounded_search`; `Capacity.bound` says where it closed the
+bracket). KV room is no bound on the SLO: a replica short of it evicts and recomputes, slower but not failing,
+so where that crosses the SLO only a simulation says. Large traces are measured on an evenly spaced sample of sessions; a load above the sample's session
 count replays copies of its sessions (fresh ids for their private blocks), so the search is not capped by it.
 """
 
@@ -18,7 +23,9 @@ import numpy as np
 
 from agentkv.report.ladder import DeploymentSpec, Rung, prefill_floor, rung_config, slo_ttft
 from agentkv.report.slo import meets_slo, slo_misses
+from agentkv.sim.attention import prefill_work
 from agentkv.sim.simulator import SimResult, simulate
+from agentkv.sim.stepcost import Deployment, token_seconds
 from agentkv.workload.arrivals import ArrivalModel, root_sessions, session_spans
 from agentkv.workload.trace import Trace
 
@@ -38,6 +45,7 @@ class Capacity:
     probes: list[tuple[float, float]] = field(default_factory=list)  # (target concurrency, TTFT at the SLO's q)
     tokens_per_session_s: float = 0.0  # prompt and output tokens an open session sends per second, at capacity
     undefined: bool = False  # the trace's sessions have no length, so a concurrency cannot place them: not probed
+    bound: str = ""  # where an analytic bound closed the bracket from above instead of a probe ("": none did)
 
 
 def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, start: float = 20.0,
@@ -56,7 +64,8 @@ def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, 
                         reason="its sessions are single requests with no recorded service time, so no concurrency "
                                "can place them (Little's law would pack the whole trace into an instant); sized on "
                                "the arrivals as offered instead")
-    search = Search(float(min(max(start, 1.0), max_sessions)), max_sessions, max_runs)
+    search = bounded_search(float(min(max(start, 1.0), max_sessions)), max_sessions, max_runs,
+                            slo_bound(trace, spec, rung))
     done, met = search.run(_Probe(trace, spec, rung, seed), spec, pool, width)
     runs = {} if runs is None else runs
     path, _, (lo, hi) = search.replay(met)
@@ -66,8 +75,17 @@ def session_capacity(trace: Trace, spec: DeploymentSpec, rung: Rung, seed: int, 
         least = runs[min(runs)]
         return Capacity(0.0, slo_ttft(least, spec), reason="misses it with one session at a time ("
                                                          + "; ".join(slo_misses(least, spec)) + ")", probes=probes)
+    bound = f"{hi:.3g} sessions: the throughput bound on the agents' pace, not simulated" \
+        if hi == search.known_miss else ""
     return Capacity(lo, slo_ttft(runs[lo], spec), at_limit=hi is None, probes=probes,
-                    tokens_per_session_s=billed_tokens(runs[lo]) / max(runs[lo].billed_s * lo, 1e-9))
+                    tokens_per_session_s=billed_tokens(runs[lo]) / max(runs[lo].billed_s * lo, 1e-9), bound=bound)
+
+
+def bounded_search(start: float, max_sessions: float, max_runs: int, known_miss: float) -> Search:
+    """The search between the bounds: from `start`, or where the throughput bound leaves it no room to double,
+    from the geometric middle of one session and the bound (the bracket's widest unknown span, halved in log)."""
+    first = start if 2 * start < known_miss else max(math.sqrt(known_miss), 1.0)
+    return Search(min(first, max_sessions), max_sessions, max_runs, known_miss)
 
 
 def floor_miss(trace: Trace, spec: DeploymentSpec, rung: Rung) -> Capacity | None:
@@ -102,6 +120,7 @@ class Search:
     first: float
     max_sessions: float
     max_runs: int
+    known_miss: float = math.inf  # a load that misses without a simulation (`slo_bound`): never probed
 
     def _steps(self) -> Generator[float, bool, tuple[float | None, float | None]]:
         """Yields each load to probe, is sent whether it met the SLO; returns (highest met, lowest missed)."""
@@ -114,6 +133,9 @@ class Search:
             n += 1
         while hi is None and lo is not None and lo < self.max_sessions:
             c = min(2 * lo, self.max_sessions)
+            if c >= self.known_miss:
+                hi = self.known_miss
+                break
             lo, hi = (c, None) if (yield c) else (lo, c)
             n += 1
         while lo is not None and hi is not None and hi / lo > RESOLUTION and n < self.max_runs:
@@ -195,3 +217,86 @@ def sample_sessions(trace: Trace, k: int = SAMPLE_SESSIONS) -> Trace:
         source=f"{trace.source} (sample of {k} sessions)",
         models=list(trace.models), model=trace.model[req],
     )
+
+
+def slo_bound(trace: Trace, spec: DeploymentSpec, rung: Rung) -> float:
+    """Concurrent sessions per replica at and above which the SLO's pace bound is missed (inf: none known, as
+    where the SLO does not bound the agents' pace). Sessions are closed loops, so over a cycle (think + turn)
+    a replica's N sessions need N × their least GPU seconds: the response-time law (Denning & Buzen) makes the
+    mean cycle at least N / `throughput_bound` of the recorded one, i.e. the agents run at least that many times
+    slower than recorded; past the SLO's slowdown tolerance it is missed (tests/report/test_capacity_bounds.py)."""
+    if not spec.slo_slowdown:
+        return math.inf
+    return spec.slo_slowdown * throughput_bound(trace, spec, rung)
+
+
+def throughput_bound(trace: Trace, spec: DeploymentSpec, rung: Rung) -> float:
+    """Concurrent sessions at which one replica's least GPU seconds fill the window the trace is offered in
+    (inf: none known). A placed trace's requests are fixed (extra laps are copies of the same requests), and its
+    window is Σ session spans / concurrency, so at c sessions the work fills c × least_busy_seconds / Σ spans of
+    the window."""
+    top = root_sessions(trace) == np.arange(trace.n_sessions)
+    least = least_busy_seconds(trace, rung_config(spec, rung, ArrivalModel(), 1).deployment,
+                               spec.max_batched_tokens, rung.prefix_cache)
+    return float(session_spans(trace)[top].sum()) / least if least > 0 else math.inf
+
+
+def least_busy_seconds(trace: Trace, d: Deployment, budget: int, prefix_cache: bool) -> float:
+    """A lower bound on the GPU seconds one replica spends on the trace, from the step-cost model: every token
+    computed (the whole prompt without a prefix cache; with one, each distinct full block once) and every decode
+    at the least seconds per token any step of at most `budget` tokens costs (weights, collectives, KV write,
+    per-step overhead), plus attention: Σ over steps of max(compute, HBM reads) ≥ max of the sums. Requests over
+    the model's window are never served, so not counted; 0 where decodes are speculative (priced per token
+    emitted, whose count a trace does not fix)."""
+    if d.speculation is not None:
+        return 0.0
+    served = trace.input_tokens + np.maximum(trace.output_tokens, 1) <= d.model.context
+    c, hbm = d.coefficients, d.tp * d.hardware.hbm_bw * d.coefficients.hbm_efficiency
+    per_token = (min(sum(token_seconds(n, d)) / n for n in range(1, budget + 1)) + d.write_bytes_per_token / hbm
+                 + (c.step_overhead_s + d.layer_floors_s) / budget)
+    prompts = trace.input_tokens[served].astype(np.int64)
+    outputs = np.maximum(trace.output_tokens[served].astype(np.int64), 1) - 1  # the first token ends the prefill
+    computed, flops = _prefill_least(trace, d, served) if prefix_cache else (int(prompts.sum()),
+                                                                             _prefill_flops(d, prompts, 0))
+    dec_flops, dec_io = _decode_work(d, prompts, outputs)
+    attention = max((flops + dec_flops) / (d.tp * d.hardware.bf16_flops * d.kernel[0]), dec_io / hbm)
+    return (computed + int(outputs.sum())) * per_token + attention
+
+
+def _decode_work(d: Deployment, prompts: np.ndarray, outputs: np.ndarray) -> tuple[float, float]:
+    """(FLOPs, HBM bytes) of every decode's attention, request i's `outputs[i]` decodes at contexts from its
+    prompt up: the step-cost model's own table, over slices of ~1M decodes (a long trace has hundreds of millions)."""
+    flops = io = 0.0
+    ends = np.cumsum(outputs)
+    for part in np.array_split(np.arange(len(outputs)), max(1, int(ends[-1]) >> 20) if len(ends) else 1):
+        p, o = prompts[part], outputs[part]
+        contexts = np.repeat(p, o) + np.arange(int(o.sum())) - np.repeat(np.cumsum(o) - o, o)
+        work = d.decode_table.work(contexts.astype(float) if d.decode_table.needs_contexts else None, len(contexts),
+                                   float(contexts.sum()))
+        flops, io = flops + work.flops, io + work.io_bytes
+    return flops, io
+
+
+def _prefill_least(trace: Trace, d: Deployment, served: np.ndarray) -> tuple[int, float]:
+    """(tokens, attention FLOPs) a prefix cache cannot spare: each distinct block the served requests add, computed
+    once at its place (a block id names its whole prefix, so its position), less one block per request (a
+    request's last block may be partial)."""
+    log, size = trace.block_log, trace.block_size
+    new = np.diff(log.offsets)
+    keep = np.repeat(served, new)
+    position = (np.repeat(log.shared, new) + np.arange(len(log.ids)) - np.repeat(log.offsets[:-1], new))[keep]
+    ids, first = np.unique(log.ids[keep], return_index=True)
+    blocks = position[first]
+    full = max(len(ids) - int(served.sum()), 0)
+    starts = np.sort(blocks)[:full] * size  # the earliest places: the cheapest blocks to attend from
+    return full * size, _prefill_flops(d, starts + size, 0) - _prefill_flops(d, starts, 0)
+
+
+def _prefill_flops(d: Deployment, ends: np.ndarray, start: int) -> float:
+    """Σ attention FLOPs of prefilling tokens start..end of each of `ends` (every layer group): a prefix
+    difference, so however the scheduler chunks them (one call per distinct length)."""
+    lengths, count = np.unique(ends, return_counts=True)
+    tile = d.coefficients.query_tile
+    per = [sum(prefill_work(g, start, int(n) - start, tile).flops for g in d.groups) if n > start else 0.0
+           for n in lengths]
+    return float(np.dot(per, count))

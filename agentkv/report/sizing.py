@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agentkv.cost.selfhosted import SelfHostedCost, self_hosted_cost
-from agentkv.report.capacity import Capacity, floor_miss
+from agentkv.report.capacity import Capacity, floor_miss, slo_bound
 from agentkv.report.ladder import DeploymentSpec, Rung, serve, slo_ttft
 from agentkv.report.slo import meets_slo, slo_misses
 from agentkv.sim.simulator import SimResult
@@ -45,6 +45,8 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
     `start`: the first size tried (default: what the capacity per replica implies)."""
     if capacity.sessions_per_replica <= 0 and not rung.prefix_cache and not capacity.undefined:
         return Sized(None, capacity.ttft_slo_s, None, reason=capacity.reason)
+    if (miss := floor_miss(trace, spec, rung)) is not None:  # a remedy's own chunk budget or width may set one
+        return Sized(None, miss.ttft_slo_s, None, reason=miss.reason)
     budget = len(runs) + max_runs
 
     def meets(r: int) -> bool:
@@ -55,8 +57,10 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
     # a replica that misses the SLO even lightly loaded may still meet it as part of a fleet: more replicas
     # also mean more cache, so that search starts from one replica per five sessions
     per = capacity.sessions_per_replica or 5.0
-    # most replicas known to miss (0: none); a disaggregated fleet has two at least, one a pool
-    lo = max((r for r in runs if not meets(r)), default=1 if spec.prefill_share else 0)
+    # most replicas known to miss (0: none); a disaggregated fleet has two at least, one a pool. From a `start`
+    # (a sample's answer) the walk takes two runs already: the bound, a second over the trace, would not save one
+    lo = max(max((r for r in runs if not meets(r)), default=1 if spec.prefill_share else 0),
+             0 if start else known_misses(trace, spec, rung, arrival))
     hi, step = None, 1  # fewest replicas known to meet
     guess = min(max(start or math.ceil(offered_sessions / per), lo + 1), spec.max_replicas)
     if meets(guess):
@@ -89,6 +93,17 @@ def size_to_slo(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: Arrival
         sized.decode_tpot_below_ms = 1e3 * float(np.percentile(below.tpot, spec.slo_quantile)) * (1 - prefill)
     return sized
 
+
+
+def known_misses(trace: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel) -> int:
+    """Most replicas that miss the SLO without a simulation (0: none known): below concurrency / `capacity.slo_bound`
+    per replica, the fleet's GPU time is too short for the trace's least work (each token is computed on some
+    replica at least once) at the pace the SLO allows. Colocated fleets at a concurrency only: what the bound is
+    stated for."""
+    if spec.prefill_share or arrival.mode != "concurrency":
+        return 0
+    bound = slo_bound(trace, spec, rung)
+    return max(math.ceil(arrival.value / bound) - 1, 0) if bound > 0 else 0
 
 
 def resize(whole: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel, capacity: Capacity,
