@@ -34,6 +34,12 @@ def alive(pid: int) -> bool:
         return False
 
 
+def _interruptible() -> None:
+    """A suite started in the background (`pytest &` from a script) ignores SIGINT, and the report would inherit
+    that (Python keeps an ignored SIGINT ignored): the child gets the default, as one started from a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 @pytest.mark.parametrize(("signum", "group", "status"), [
     (signal.SIGTERM, False, -signal.SIGTERM),  # a supervisor's stop, to the parent alone
@@ -43,7 +49,7 @@ def alive(pid: int) -> bool:
 def test_a_stopped_report_leaves_no_worker_running(tmp_path, signum, group, status):
     proc = subprocess.Popen([sys.executable, "-m", "agentkv.cli", "report", "--gen-sessions", "60", "--workers", "2",
                              "--out", str(tmp_path / "r.html")], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_interruptible)
     try:
         deadline = time.monotonic() + 120
         while len(workers := children(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
