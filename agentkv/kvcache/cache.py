@@ -382,9 +382,9 @@ class KVCache:
         if over > 0:
             resident = self._unpinned(t, over, incoming)  # pinned here: about to be promoted, copied first
             pool = np.concatenate([resident, incoming])
-            # keys that move with time (no exact victim queue): a scan makes room ahead, as tier 0 does, so a
-            # stream of demotions does not key the whole tier each time
-            ahead = 0 if self._victims is not None else int(self.capacity[t] // 200)
+            # keys that move with time (no exact victim queue for them): a scan makes room ahead, as tier 0 does,
+            # so a stream of demotions does not key the whole tier each time
+            ahead = int(self.capacity[t] // 200) if self.policy.keys_move_with_time else 0
             out = pool[_lowest(self.policy.keys(pool, now), pool, self.depth, over + ahead)]
             is_incoming = np.isin(out, incoming, assume_unique=True)
             incoming = np.setdiff1d(incoming, out[is_incoming], assume_unique=True)

@@ -38,6 +38,9 @@ class Policy(ABC):
     # higher of their keys, so it never ranks below a child of either. Policies whose keys are monotone across
     # branches by construction, but must fall (Belady: the next use moves later), set this False.
     keys_only_rise: bool = True
+    # `keys` depends on the time it is asked at (a predicted return): a full lower tier then makes room ahead,
+    # as tier 0 always does, instead of keying every resident at each demotion
+    keys_move_with_time: bool = False
     # linear-attention layers' state is kept at every this many block boundaries (besides a prompt's end and a
     # reply's latest boundary: `kvcache/snapshots.py`); 0: only those
     snapshot_every: int = 8

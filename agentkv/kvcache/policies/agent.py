@@ -65,6 +65,7 @@ class _Pauses:
 
 class AgentAware(Policy):
     name = "agent"
+    keys_move_with_time = True  # a block's key is its session's predicted return, which moves with the clock
 
     def __init__(self, prefetch_lead_s: float = 10.0) -> None:
         self.lead = prefetch_lead_s
