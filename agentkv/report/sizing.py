@@ -112,8 +112,6 @@ def resize(whole: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel
     """A lever in the mode chosen on the capacity sample, sized on the whole trace from the sample's answer: its
     size and one fewer where the sample was right. `runs`: the whole-trace runs made so far, by replicas. Returns
     the size and every run, by replicas, for the same-fleet view."""
-    runs = {} if runs is None else runs
-    if (miss := floor_miss(whole, spec, rung)) is not None:
-        return Sized(None, miss.ttft_slo_s, None, reason=miss.reason), runs
+    runs = {} if runs is None else runs  # a floor miss gets no run: `size_to_slo` knows it without one
     return size_to_slo(whole, spec, rung, arrival, capacity, offered_sessions, usd_per_gpu_hour, runs,
                        start=on_sample.replicas), runs
