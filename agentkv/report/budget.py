@@ -22,13 +22,13 @@ from agentkv.workload.trace import Trace
 
 BUDGET_S = 240.0  # default --budget: a report that runs in a few minutes
 # A whole-trace report's CPU in units of the probe's CPU per request, per request of the capacity sample and per
-# request of the whole trace: fitted to `python -m bench.report_scale` at 300 and 1,400 generated sessions
-# (docs/BENCHMARKS.md, 2026-12-05, this sandbox at load 4-7): 484 CPU-s for 10,420 requests (a 3,913-request
-# sample) at a probe of 0.33 ms a request, 844 CPU-s for 45,715 (a 4,310-request sample) at 0.285 ms. The sample's
-# part is its ~100 capacity probes, ~24 sizings and the remedies (disaggregated runs cost ~10x a colocated one
-# per request); the whole trace's, ~3 runs per lever on several replicas, a disaggregated lever's among them.
-SAMPLE_IN_SIMULATIONS = 270
-WHOLE_IN_SIMULATIONS = 39
+# request of the whole trace: measured by `python -m bench.report_scale --sessions 1400 13250` (docs/BENCHMARKS.md,
+# 2026-12-06, this sandbox idle), which prints both from the report's own job timings: 194 and 27 at 1,400
+# sessions (45,715 requests, a 4,310-request sample), 162 and 33 at 13,250 (449,403, a 3,819-request sample). The
+# sample's part is its ~90 capacity probes, ~24 sizings and the remedies; the whole trace's, ~2 runs per lever
+# and the same fleet's. The larger trace's whole part is taken: it decides whether a large trace fits.
+SAMPLE_IN_SIMULATIONS = 180
+WHOLE_IN_SIMULATIONS = 33
 PROBE_RUNG = LADDER[5]  # the rung the probe runs (+DRAM tier: the one bench.report times)
 PROBE_SESSIONS = 12  # top-level sessions the speed probe simulates
 SAMPLE_ERROR = "a sample's $/Mtok was measured −34% to +70% off the whole trace's, with no fixed sign"
