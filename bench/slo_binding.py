@@ -15,10 +15,10 @@ import time
 from dataclasses import replace
 
 from agentkv.catalog import model
-from agentkv.report.assemble import measure_rung, remedy
 from agentkv.report.capacity import sample_sessions
 from agentkv.report.ladder import LADDER, DeploymentSpec
 from agentkv.report.models import choose_model
+from agentkv.report.rungs import measure_rung, remedy
 from agentkv.report.slo import slo_achieved
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.generator import GeneratorConfig, generate

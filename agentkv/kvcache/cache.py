@@ -36,6 +36,7 @@ import numpy as np
 
 from agentkv.kvcache.moves import CacheStats, Grant, MoveBatch
 from agentkv.kvcache.policy import AccessContext, Policy, chain_monotone
+from agentkv.kvcache.ranking import lowest, lowest_bit
 from agentkv.kvcache.tiers import TierSpec
 from agentkv.kvcache.victims import VictimQueue, exact_for
 
@@ -107,7 +108,7 @@ class KVCache:
         held = self.where[ids]
         absent = np.flatnonzero(held == 0)
         n = int(absent[0]) if len(absent) else len(ids)
-        return n, _lowest_bit(held[:n])
+        return n, lowest_bit(held[:n])
 
     def held_prefix(self, ids: np.ndarray) -> int:
         """Length of the leading run of `ids` held by some tier: `lookup`'s first half (a router asks every
@@ -125,7 +126,7 @@ class KVCache:
         ids = np.asarray(ids, dtype=np.int64)
         self._ensure(ids)
         w = self.where[ids]
-        return np.where(w != 0, _lowest_bit(w), -1)
+        return np.where(w != 0, lowest_bit(w), -1)
 
     def free_blocks(self, tier: int = 0) -> int:
         return int(self.capacity[tier] - self.used[tier] - (self.reserved if tier == 0 else 0))
@@ -351,7 +352,7 @@ class KVCache:
         """Evict the (up to) k candidates ranked lowest from tier 0; returns how many went."""
         k = min(k, len(cands))
         if k:
-            chosen = _lowest(keys, cands, self.depth, k)
+            chosen = lowest(keys, cands, self.depth, k)
             self.policy.on_evict(keys[chosen])
             self._evict(0, cands[chosen], moves, now)
         return k
@@ -385,34 +386,10 @@ class KVCache:
             # keys that move with time (no exact victim queue for them): a scan makes room ahead, as tier 0 does,
             # so a stream of demotions does not key the whole tier each time
             ahead = int(self.capacity[t] // 200) if self.policy.keys_move_with_time else 0
-            out = pool[_lowest(self.policy.keys(pool, now), pool, self.depth, over + ahead)]
+            out = pool[lowest(self.policy.keys(pool, now), pool, self.depth, over + ahead)]
             is_incoming = np.isin(out, incoming, assume_unique=True)
             incoming = np.setdiff1d(incoming, out[is_incoming], assume_unique=True)
             if (~is_incoming).any():
                 self._evict(t, out[~is_incoming], moves, now)
         self._add(t, incoming)
         return incoming
-
-
-def _lowest(keys: np.ndarray, ids: np.ndarray, depth: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k entries ranked lowest by (key ascending, depth descending, id ascending: the same choice
-    whatever order `ids` come in); `keys` are those of `ids`, `depth` is per id (read only for the ties at the
-    k-th key: a scan of tier 0 need not gather every depth)."""
-    n = len(keys)
-    if k >= n:
-        return np.arange(n)
-    if k <= 0:
-        return np.zeros(0, dtype=np.int64)
-    kth = np.partition(keys, k - 1)[k - 1]
-    below = np.flatnonzero(keys < kth)
-    ties = np.flatnonzero(keys == kth)
-    deepest = ties[np.lexsort((ids[ties], -depth[ids[ties]]))[: k - len(below)]]  # then lowest id: any order in
-    return np.concatenate([below, deepest])
-
-
-def _lowest_bit(w: np.ndarray) -> np.ndarray:
-    """Index of the lowest set bit of each (nonzero) uint8: the best tier holding a block."""
-    return _LOWEST_BIT[w]
-
-
-_LOWEST_BIT = np.array([(x & -x).bit_length() - 1 if x else -1 for x in range(256)], dtype=np.int64)

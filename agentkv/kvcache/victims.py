@@ -6,7 +6,7 @@ LFU, cost-aware: `exact_for`). A scan keeps every resident keyed at or below the
 unpinned by its request's release, joins if keyed at or below the ceiling; a resident's key only rises, so one
 outside never falls to the ceiling. Hence every resident outside the queue ranks above every entry, and while the
 queue (with the incoming blocks keyed at or below the ceiling) covers the k victims wanted, the k lowest of it are
-exactly the k lowest of the whole tier (`_lowest` breaks the last ties by id, so the order of the candidates does
+exactly the k lowest of the whole tier (`ranking.lowest` breaks the last ties by id, so the order of the candidates does
 not matter). When it runs short, the tier is scanned again (the lowest tenth of it is kept: `KVCache`).
 """
 

@@ -17,15 +17,28 @@ from agentkv.cost.plans import BreakEven, break_even
 from agentkv.cost.providers import ProviderCost, all_providers, same_model_apis
 from agentkv.cost.selfhosted import GpuRates
 from agentkv.kvcache.sizing import codec
-from agentkv.report.capacity import SAMPLE_SESSIONS, Capacity, floor_miss, session_capacity
-from agentkv.report.ladder import LADDER, DeploymentSpec, Rung, modes, remedies, rung_config, serve, wide_mode
+from agentkv.report.capacity import SAMPLE_SESSIONS
+from agentkv.report.ladder import LADDER, DeploymentSpec, modes, rung_config
 from agentkv.report.levers import CodecFit, TierLoad, codec_fits, tier_loads
 from agentkv.report.load import LoadCurve, load_curve
 from agentkv.report.models import Candidate, candidate, candidate_specs, deployment
-from agentkv.report.pool import SHARED, executor
+from agentkv.report.pool import executor
+from agentkv.report.rungs import (
+    RungOutcome,
+    bracketed,
+    cheapest,
+    follow_ups,
+    measure_rung,
+    mode_job,
+    on_whole,
+    remedy_job,
+    replicas_for,
+    serve_job,
+    whole_job,
+    whole_pair,
+)
 from agentkv.report.simulated import simulated_on
-from agentkv.report.sizing import Sized, resize, size_to_slo
-from agentkv.report.slo import meets_slo
+from agentkv.report.sizing import Sized, size_to_slo
 from agentkv.sim.simulator import SimResult
 from agentkv.workload.arrivals import (
     ArrivalModel,
@@ -38,15 +51,6 @@ from agentkv.workload.arrivals import (
 )
 from agentkv.workload.trace import Trace
 from agentkv.workload.window import WindowFit, fit_window
-
-
-@dataclass(slots=True)
-class RungOutcome:
-    rung: Rung
-    capacity: Capacity
-    sized: Sized
-    fleet_run: SimResult | None  # at the same-fleet size, where known
-    spec: DeploymentSpec | None = None  # the deployment mode it was sized in: the cheapest meeting the SLO
 
 
 @dataclass(slots=True)
@@ -104,98 +108,6 @@ def offered_concurrency(trace: Trace, arrival: ArrivalModel) -> float:
     return float((end - start).sum()) / max(float(end.max() - start.min()), 1e-9)
 
 
-def _mode_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
-    spec, rung, arrival, offered, gpu_hour, fleet = args
-    return _measure_mode(SHARED["probes"], SHARED["modes"], spec, rung, arrival, offered, gpu_hour, fleet)
-
-
-REMEDY_RUNS = 5  # simulations a follow-up's size search may take: a walk from the lever's size and a bisection
-
-
-def _remedy_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
-    return remedy(SHARED["modes"], *args)
-
-
-def _whole_job(args: tuple) -> tuple[RungOutcome, dict[int, SimResult]]:
-    return on_whole(SHARED["whole"], *args)
-
-
-def _serve_job(args: tuple) -> SimResult:
-    spec, rung, arrival, replicas = args
-    return serve(SHARED["whole"], spec, rung, arrival, replicas)
-
-
-def on_whole(whole: Trace, chosen: RungOutcome, arrival: ArrivalModel, offered: float, gpu_hour: float,
-             runs: dict[int, SimResult] | None = None) -> tuple[RungOutcome, dict[int, SimResult]]:
-    """A lever in the mode chosen on the capacity sample, sized on the whole trace (`sizing.resize`), from the
-    whole-trace `runs` made so far (by replicas)."""
-    spec = chosen.spec
-    assert spec is not None  # _measure_mode names the mode of every outcome
-    sized, runs = resize(whole, spec, chosen.rung, arrival, chosen.capacity, chosen.sized, offered, gpu_hour, runs)
-    return RungOutcome(chosen.rung, chosen.capacity, sized, None, spec), runs
-
-
-def whole_pair(whole: Trace, chosen: RungOutcome) -> list[int]:
-    """What `resize` simulates first when the sample was right, run side by side: the sample's size and one fewer
-    (a disaggregated fleet has two replicas at least). None where the sample found no size or no size can meet
-    the SLO on the whole trace (`resize` knows that without a simulation)."""
-    r, spec = chosen.sized.replicas, chosen.spec
-    assert spec is not None
-    if r is None or floor_miss(whole, spec, chosen.rung) is not None:
-        return []
-    return [r] + ([r - 1] if r - 1 > (1 if spec.prefill_share else 0) else [])
-
-
-def bracketed(pair: list[int], runs: dict[int, SimResult], spec: DeploymentSpec) -> bool:
-    """Whether the pair settles the size: the sample's size meets the SLO and one fewer misses or is no fleet."""
-    return meets_slo(runs[pair[0]], spec) and (len(pair) == 1 or not meets_slo(runs[pair[1]], spec))
-
-
-def follow_ups(out: RungOutcome) -> tuple[DeploymentSpec, ...]:
-    """What a lever's cheapest same-GPU mode is tried against: the wide replica where the lever needs more GPUs
-    than one holds (below that it cannot cost less), then the remedies where output speed sets its size."""
-    if out.spec is None or out.sized.result is None:
-        return ()
-    wide = wide_mode(out.spec)
-    gpus = out.sized.cost.gpus if out.sized.cost else out.sized.result.config.replicas * out.spec.tp
-    return ((wide,) if wide and gpus > wide.tp else ()) + remedies(out.spec, out.sized)
-
-
-def remedy(measured: Trace, tried: tuple[RungOutcome, dict[int, SimResult]], arrival: ArrivalModel, offered: float,
-           gpu_hour: float, fleet: int | None) -> tuple[RungOutcome, dict[int, SimResult]]:
-    """A lever in each of its `follow_ups` (the wide replica, smaller chunk budgets, disaggregated pools): the one
-    meeting the SLO on the fewest GPUs, or the lever as it was. Each is searched from the lever's own GPUs (met,
-    or the closest miss) and only below the fewest GPUs met so far, or up to the most the lever tried, in
-    REMEDY_RUNS simulations at most; each keeps the lever's capacity per replica (a disaggregated fleet has no
-    one-replica probe)."""
-    best, runs = tried
-    base = best.spec
-    for spec in follow_ups(best):
-        if best.sized.cost is not None:
-            cap = (best.sized.cost.gpus - 1) // spec.tp
-        else:
-            cap = max(runs) * base.tp // spec.tp  # type: ignore[union-attr]
-        if cap < (2 if spec.prefill_share else 1):
-            continue
-        at = best.sized.result.config.replicas * best.sized.result.config.deployment.tp  # type: ignore[union-attr]
-        hint = replace(best.capacity, sessions_per_replica=offered * spec.tp / at)
-        found: dict[int, SimResult] = {}
-        sized = size_to_slo(measured, replace(spec, max_replicas=cap), best.rung, arrival, hint, offered, gpu_hour,
-                            found, max_runs=REMEDY_RUNS)
-        if sized.cost is not None:
-            best, runs = RungOutcome(best.rung, best.capacity, sized, None, spec), found
-    if fleet and best.spec is not base:  # the same-fleet view's GPUs (`fleet` replicas of the lever's own mode)
-        n = replicas_for(fleet * base.tp, best.spec)  # type: ignore[union-attr]
-        if n not in runs:
-            runs[n] = serve(measured, best.spec, best.rung, arrival, n)  # type: ignore[arg-type]
-    return best, runs
-
-
-def replicas_for(gpus: int, spec: DeploymentSpec) -> int:
-    """Replicas of `spec`'s mode on `gpus` GPUs (rounded up: the same-fleet view never gives a lever fewer)."""
-    return -(-gpus // spec.tp)
-
-
 def _candidate_job(args: tuple) -> Sized | None:
     """A candidate model on its own fitted trace, every lever on; None where its weights leave no KV room."""
     spec, fitted, arrival, offered, gpu_hour, sample_size, probe_sessions = args
@@ -205,36 +117,6 @@ def _candidate_job(args: tuple) -> Sized | None:
     chosen = measure_rung(on.probes, on.modes, spec, LADDER[-1], arrival, offered, gpu_hour, None)[0]
     return on_whole(on.whole, chosen, arrival, offered, gpu_hour)[0].sized if on.two_phase else chosen.sized
 
-
-def measure_rung(sample: Trace, measured: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel,
-                 offered: float, gpu_hour: float, fleet: int | None) -> tuple[RungOutcome, dict[int, SimResult]]:
-    """One lever in each deployment mode (`ladder.modes`); the cheapest $/Mtok meeting the SLO wins, the spec's
-    own mode where none does."""
-    return cheapest([_measure_mode(sample, measured, s, rung, arrival, offered, gpu_hour, fleet)
-                     for s in modes(spec)])
-
-
-def cheapest(tried: list[tuple[RungOutcome, dict[int, SimResult]]]) -> tuple[RungOutcome, dict[int, SimResult]]:
-    """Of one lever's modes (the spec's own first), the cheapest $/Mtok meeting the SLO; the first where none does."""
-    met = [t for t in tried if t[0].sized.cost is not None]
-    return min(met, key=lambda t: t[0].sized.cost.usd_per_mtok_blended) if met else tried[0]  # type: ignore[union-attr]
-
-
-def _measure_mode(sample: Trace, measured: Trace, spec: DeploymentSpec, rung: Rung, arrival: ArrivalModel,
-                  offered: float, gpu_hour: float, fleet: int | None) -> tuple[RungOutcome, dict[int, SimResult]]:
-    """One lever in one mode: capacity on one replica, then the fewest replicas at the offered load (and the
-    fleet run, when the fleet is known up front). Returns every run at the offered load, by replicas, for the
-    same-fleet view."""
-    start = min(offered, 20.0) if offered > 0 else 20.0
-    probes: dict[float, SimResult] = {}
-    cap = session_capacity(sample, spec, rung, arrival.seed, start, runs=probes)
-    runs: dict[int, SimResult] = {}
-    if measured is sample and arrival.mode == "concurrency" and arrival.value in probes:
-        runs[1] = probes[arrival.value]  # the same run: one replica at the offered concurrency
-    sized = size_to_slo(measured, spec, rung, arrival, cap, offered, gpu_hour, runs)
-    if fleet and fleet not in runs:
-        runs[fleet] = serve(measured, spec, rung, arrival, fleet)
-    return RungOutcome(rung, cap, sized, None, spec), runs
 
 
 # a lever's stages, in order: every mode on the sample, remedies, the whole trace (the sample's size and one fewer
@@ -282,7 +164,7 @@ class _Levers:
     def start(self) -> None:
         """Every (lever, mode) job, the costliest rungs first (so two workers end together)."""
         for i, job in reversed(list(enumerate(self.jobs))):
-            self._submit(MODES, i, _mode_job, job)
+            self._submit(MODES, i, mode_job, job)
 
     def run(self, offered: float, tp: int) -> tuple[list[RungOutcome], int, str]:
         """Every later stage as the one before it ends: (outcomes in ladder order, the fleet's GPUs, how it was
@@ -324,7 +206,7 @@ class _Levers:
                 return
             i, found = LADDER.index(self.jobs[i][1]), cheapest([self.modes.pop(k) for k in mine])
             if follow_ups(found[0]):
-                return self._submit(REMEDIES, i, _remedy_job, (found, *self.jobs[mine[0]][2:]))
+                return self._submit(REMEDIES, i, remedy_job, (found, *self.jobs[mine[0]][2:]))
         if self.whole is not None and stage in (MODES, REMEDIES):
             return self._start_whole(i, found[0])
         self._sized(i, found)
@@ -332,10 +214,10 @@ class _Levers:
     def _start_whole(self, i: int, chosen: RungOutcome) -> None:
         pair = whole_pair(self.whole, chosen)  # type: ignore[arg-type]
         if not pair:
-            return self._submit(WHOLE, i, _whole_job, (chosen, *self.load))
+            return self._submit(WHOLE, i, whole_job, (chosen, *self.load))
         self.pairs[i] = (chosen, pair, {})
         for r in pair:
-            self._submit(WHOLE, i, _serve_job, (chosen.spec, chosen.rung, self.load[0], r), r)
+            self._submit(WHOLE, i, serve_job, (chosen.spec, chosen.rung, self.load[0], r), r)
 
     def _pair_done(self, i: int, replicas: int, found: SimResult, cpu_s: float) -> None:
         """Sized here where the pair brackets the size (no simulation: `size_to_slo` reads the two runs), else
@@ -347,7 +229,7 @@ class _Levers:
             return
         del self.pairs[i]
         if not bracketed(pair, runs, chosen.spec):  # type: ignore[arg-type]
-            return self._submit(RESIZE, i, _whole_job, (chosen, *self.load, runs))
+            return self._submit(RESIZE, i, whole_job, (chosen, *self.load, runs))
         arrival, offered, gpu_hour = self.load
         sized = size_to_slo(self.whole, chosen.spec, chosen.rung, arrival, chosen.capacity, offered,  # type: ignore
                             gpu_hour, runs, start=pair[0])
@@ -376,7 +258,7 @@ class _Levers:
         if n in runs:
             out.fleet_run = runs[n]
         else:
-            self._submit(FLEET, i, _serve_job, (out.spec, out.rung, self.load[0], n))
+            self._submit(FLEET, i, serve_job, (out.spec, out.rung, self.load[0], n))
         self.sized[i] = (out, {})
 
 

@@ -11,9 +11,10 @@ from dataclasses import replace
 import pytest
 
 from agentkv.cost.selfhosted import self_hosted_cost
-from agentkv.report.assemble import RungOutcome, choose_fleet, follow_ups, measure_rung, remedy, replicas_for
+from agentkv.report.assemble import choose_fleet
 from agentkv.report.capacity import Capacity
 from agentkv.report.ladder import LADDER, DeploymentSpec, remedies, rung_config
+from agentkv.report.rungs import RungOutcome, follow_ups, measure_rung, remedy, replicas_for
 from agentkv.report.sizing import Sized
 from agentkv.report.slo import meets_slo
 from agentkv.sim.simulator import simulate

@@ -1,0 +1,30 @@
+"""How the policy core ranks blocks for eviction, and reads the best tier holding a block: the two array kernels
+every eviction and lookup runs (`cache.KVCache`, `victims.VictimQueue`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def lowest(keys: np.ndarray, ids: np.ndarray, depth: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k entries ranked lowest by (key ascending, depth descending, id ascending: the same choice
+    whatever order `ids` come in); `keys` are those of `ids`, `depth` is per id (read only for the ties at the
+    k-th key: a scan of tier 0 need not gather every depth)."""
+    n = len(keys)
+    if k >= n:
+        return np.arange(n)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    kth = np.partition(keys, k - 1)[k - 1]
+    below = np.flatnonzero(keys < kth)
+    ties = np.flatnonzero(keys == kth)
+    deepest = ties[np.lexsort((ids[ties], -depth[ids[ties]]))[: k - len(below)]]  # then lowest id: any order in
+    return np.concatenate([below, deepest])
+
+
+def lowest_bit(w: np.ndarray) -> np.ndarray:
+    """Index of the lowest set bit of each (nonzero) uint8: the best tier holding a block."""
+    return LOWEST_BIT[w]
+
+
+LOWEST_BIT = np.array([(x & -x).bit_length() - 1 if x else -1 for x in range(256)], dtype=np.int64)
