@@ -3,7 +3,7 @@
 For each size: the trace alone (generated in a child process: its peak RSS; saved as .npz, then loaded: seconds
 and RSS), and `agentkv report --gen-sessions N --sample-sessions 0` (the whole trace simulated) with its wall
 time, CPU seconds and peak PSS and RSS summed over the whole process tree (the report's workers included),
-sampled from /proc every 0.2 s (PSS counts a page the forked workers share once: what the tree takes; RSS once
+sampled from /proc every second (PSS counts a page the forked workers share once: what the tree takes; RSS once
 per process). Requests/s is the trace's requests over the report's wall time. The machine's load average is
 printed: on a shared box, wall time is not CPU time.
 Run: .venv/bin/python -m bench.report_scale [--full] [--sessions N ...] [--trace-only] [--against-sample]
@@ -29,6 +29,9 @@ from bench._common import machine
 SIZES = (300, 1400)  # generated sessions: ~10k and ~46k requests
 FULL = 13_250  # ~432k requests, the dossier's count
 PAGE = os.sysconf("SC_PAGE_SIZE")
+# smaps_rollup of a tree holding GBs costs the kernel a page-table walk: every 0.2 s took 15-19% of a core from
+# the 449k-request report (2026-12-06); its memory peaks last minutes
+SAMPLE_EVERY_S = 1.0
 
 
 def tree_memory(root: int) -> tuple[int, int]:
@@ -67,7 +70,7 @@ def measured(cmd: list[str]) -> tuple[float, float, tuple[int, int], subprocess.
     def sample() -> None:
         while proc.poll() is None:
             peak[:] = map(max, peak, tree_memory(proc.pid))
-            time.sleep(0.2)
+            time.sleep(SAMPLE_EVERY_S)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
