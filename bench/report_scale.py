@@ -25,6 +25,7 @@ from pathlib import Path
 from agentkv.report.budget import SAMPLE_IN_SIMULATIONS, WHOLE_IN_SIMULATIONS
 from agentkv.report.capacity import SAMPLE_SESSIONS
 from bench._common import machine
+from bench.sample_error import relative_error
 
 SIZES = (300, 1400)  # generated sessions: ~10k and ~46k requests
 FULL = 13_250  # ~432k requests, the dossier's count
@@ -198,8 +199,7 @@ def _against_sample(sessions: int, folder: str, whole: dict) -> None:
     print("  | lever | GPUs sample / whole | $/Mtok sample / whole (error) | p90 TTFT s sample / whole |")
     print("  | --- | --- | --- | --- |")
     for s, w in zip(sample["sized_to_slo"]["rows"], whole["sized_to_slo"]["rows"], strict=True):
-        err = f"{100 * (s['usd_per_mtok'] - w['usd_per_mtok']) / w['usd_per_mtok']:+.0f}%" \
-            if s["usd_per_mtok"] and w["usd_per_mtok"] else "n/a"
+        err = relative_error(s["usd_per_mtok"], w["usd_per_mtok"])
         print(f"  | {w['lever']} | {s['gpus'] or '—'} / {w['gpus'] or '—'} | {_usd(s)} / {_usd(w)} ({err}) | "
               f"{_s(s['ttft_p90_s'])} / {_s(w['ttft_p90_s'])} |", flush=True)
 

@@ -30,7 +30,8 @@ def _figures(rep: Report) -> dict[str, tuple]:
     return out
 
 
-def _err(sample, full) -> str:
+def relative_error(sample, full) -> str:
+    """The sample's figure against the whole trace's, in percent (— where neither has one)."""
     if sample is None or full is None:
         return "—" if sample == full else "n/a"
     return f"{100 * (sample - full) / full:+.0f}%" if full else "—"
@@ -63,7 +64,7 @@ def main() -> int:
             g2, usd2, ttft2 = runs["whole"][lever]
             fmt = lambda x, f: "—" if x is None else format(x, f)  # noqa: E731
             print(f"| {lever} | {fmt(g, 'd')} / {fmt(g2, 'd')} | {fmt(usd, '.3f')} / {fmt(usd2, '.3f')} "
-                  f"({_err(usd, usd2)}) | {ttft:.2f} / {ttft2:.2f} ({_err(ttft, ttft2)}) |", flush=True)
+                  f"({relative_error(usd, usd2)}) | {ttft:.2f} / {ttft2:.2f} ({relative_error(ttft, ttft2)}) |", flush=True)
     return 0
 
 

@@ -118,7 +118,6 @@ def _candidate_job(args: tuple) -> Sized | None:
     return on_whole(on.whole, chosen, arrival, offered, gpu_hour)[0].sized if on.two_phase else chosen.sized
 
 
-
 # a lever's stages, in order: every mode on the sample, remedies, the whole trace (the sample's size and one fewer
 # side by side), a search on from them where they do not bracket the size, the same fleet
 MODES, REMEDIES, WHOLE, RESIZE, FLEET = "modes", "remedies", "whole", "resize", "fleet"
