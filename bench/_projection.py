@@ -3,7 +3,8 @@
 Assumptions (stated wherever a projection is printed): each job takes the CPU seconds it took here, whatever
 runs beside it (no memory-bandwidth or scheduling contention; Ray's per-task overhead ignored); jobs start in the
 order the report submits them, each stage of a lever when the one before it ends (its every mode, then its
-remedies, then the whole trace (the pair side by side), then a search on from it, then the same fleet, which also waits for the top lever's whole-trace size);
+remedies, then the whole trace (the pair side by side), then a search on from it, then the same fleet, which also
+waits for the top lever's modes and remedies: their size is the fleet run ahead, `assemble._Levers.guess`);
 the driver's own work (window fit, placement, API replays, HTML) is serial: the measured wall at one worker
 less the jobs' CPU seconds.
 """
@@ -26,7 +27,8 @@ def projected_wall(jobs: list[dict], serial_s: float, cpus: int) -> float:
     chain = {name: [st for st in (REMEDIES, WHOLE, RESIZE) if cost[name][st]] for name in order}
     left = {name: len(cost[name][MODES]) for name in order}
     queue = deque((name, MODES, s) for name in order for s in cost[name][MODES])
-    sized: set[str] = set()
+    guess_known = False
+    waiting: list[str] = []  # sized levers whose fleet waits for the guess
     running: list[tuple[float, int, str, str]] = []
     now, seq = 0.0, 0
     while queue or running:
@@ -38,14 +40,15 @@ def projected_wall(jobs: list[dict], serial_s: float, cpus: int) -> float:
         left[name] -= 1
         if left[name] or stage == FLEET:
             continue
+        guess_known |= name == order[0] and chain[name][:1] != [REMEDIES]  # the top lever's sample size
         if chain[name]:  # the lever's next stage
             nxt = chain[name].pop(0)
             left[name] = len(cost[name][nxt])
             queue.extend((name, nxt, s) for s in cost[name][nxt])
-            continue
-        sized.add(name)  # the same fleet: once this lever and the top lever are sized
-        ready = sized if order[0] in sized else set()
-        for lever in ready if name == order[0] else ready & {name}:
+        else:
+            waiting.append(name)
+        for lever in waiting if guess_known else ():
             left[lever] = len(cost[lever][FLEET])
             queue.extend((lever, FLEET, s) for s in cost[lever][FLEET])
+        waiting = waiting if not guess_known else []
     return serial_s + now

@@ -70,8 +70,10 @@ class KVCache:
     def __init__(self, tiers: Sequence[TierSpec], policy: Policy, write_through: bool = False,
                  evict_ahead: int | None = None) -> None:
         """evict_ahead: when tier 0 must evict, free this many blocks more than needed, so that a stream of
-        one-block decode reservations does not scan the tier every step (default: 0.5% of tier 0, the same for
-        every driver — engine, simulator and offline replay; 0: evict exactly what is needed)."""
+        one-block decode reservations does not scan the tier every step (default: 0.5% of tier 0, 2% where the
+        policy's keys move with time, the same for every driver — engine, simulator and offline replay; 0: evict
+        exactly what is needed). Lower tiers make room ahead only for such keys (2%: with no exact victim queue,
+        every scan keys the whole tier; a tier of 10^6 blocks takes ~5 ms)."""
         if not tiers:
             raise ValueError("a cache needs at least one tier")
         if len(tiers) > 8:
@@ -81,7 +83,9 @@ class KVCache:
         self.used = np.zeros(len(tiers), dtype=np.int64)
         self.reserved = 0
         self.write_through = write_through and len(tiers) > 1
-        self.evict_ahead = int(self.capacity[0] // 200) if evict_ahead is None else evict_ahead
+        self.ahead = self.capacity // (50 if policy.keys_move_with_time else 200)  # per tier
+        self.ahead[1:] *= policy.keys_move_with_time
+        self.ahead[0] = self.ahead[0] if evict_ahead is None else evict_ahead
         self.policy = policy
         self.n_slots = 0
         self.where = np.zeros(0, dtype=np.uint8)  # bit t set: tier t holds the block
@@ -91,7 +95,7 @@ class KVCache:
         self.key = np.zeros(0, dtype=np.float64)
         self._members = [_Members() for _ in tiers]
         # each lower tier's next victims, where they can be known exactly in advance (else every eviction scans);
-        # tier 0 evicts `evict_ahead` at a time, so its scans are rare already and offering every release to a
+        # tier 0 evicts `ahead[0]` at a time, so its scans are rare already and offering every release to a
         # queue there cost more than it saved (HBM-only rungs 10-20% slower, tiered ones ~5% faster)
         self._victims = [None, *(VictimQueue() for _ in tiers[1:])] if exact_for(policy) else None
         self._victims_ahead = np.maximum(self.capacity // 10, 1)
@@ -317,10 +321,10 @@ class KVCache:
         short = need - self.free_blocks(0)
         if short <= 0:
             return True
-        cands = self._unpinned(0, short + self.evict_ahead)
+        cands = self._unpinned(0, short + int(self.ahead[0]))
         if len(cands) < short:
             return False
-        self._evict_lowest0(cands, self.policy.keys(cands, now), short + self.evict_ahead, moves, now)
+        self._evict_lowest0(cands, self.policy.keys(cands, now), short + int(self.ahead[0]), moves, now)
         return True
 
     def _room0_below(self, want: int, threshold: float, moves: list[MoveBatch], now: float) -> int:
@@ -383,10 +387,7 @@ class KVCache:
         if over > 0:
             resident = self._unpinned(t, over, incoming)  # pinned here: about to be promoted, copied first
             pool = np.concatenate([resident, incoming])
-            # keys that move with time (no exact victim queue for them): a scan makes room ahead, as tier 0 does,
-            # so a stream of demotions does not key the whole tier each time
-            ahead = int(self.capacity[t] // 200) if self.policy.keys_move_with_time else 0
-            out = pool[lowest(self.policy.keys(pool, now), pool, self.depth, over + ahead)]
+            out = pool[lowest(self.policy.keys(pool, now), pool, self.depth, over + int(self.ahead[t]))]
             is_incoming = np.isin(out, incoming, assume_unique=True)
             incoming = np.setdiff1d(incoming, out[is_incoming], assume_unique=True)
             if (~is_incoming).any():

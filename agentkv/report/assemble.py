@@ -132,6 +132,7 @@ class JobTime:
     lever: str
     mode: str
     cpu_s: float
+    replicas: int = 0  # the fleet a same-fleet or whole-trace run was on (0: a job of several runs)
 
 
 def _timed(fn: Callable[[tuple], Any], args: tuple) -> tuple[Any, float]:
@@ -147,13 +148,17 @@ class _Levers:
     use (`remedy`), then where the modes were chosen on the capacity sample, that mode on the whole trace (its
     sample's size and one fewer side by side, `whole_pair`; searched on in a worker where they do not bracket
     it), then its run on the same fleet as soon as that fleet is known: given, or the top lever's size where it
-    met the SLO (else once every lever is sized, `choose_fleet`)."""
+    met the SLO (else once every lever is sized, `choose_fleet`). Until the top lever is sized on the whole trace,
+    the fleet its sample's size gives is run ahead (`guess`: the two agreed at every scale measured), so those runs
+    fill the workers while its whole-trace run goes on; a run ahead on another fleet is timed and not used."""
 
     pool: Executor
     jobs: list[tuple]
     whole: Trace | None  # the trace the modes are sized on again (None: they are not)
     gpus: int | None  # the same fleet's GPUs, once known
     step: Callable[[str], None]
+    guess: int | None = None  # the top lever's GPUs on the sample, while its whole-trace size is not known
+    flying: dict[int, int] = field(default_factory=dict)  # lever -> replicas of its same-fleet run in flight
     todo: dict[Future, tuple[str, int, int]] = field(default_factory=dict)
     modes: dict[int, tuple[RungOutcome, dict[int, SimResult]]] = field(default_factory=dict)
     pairs: dict[int, tuple[RungOutcome, list[int], dict[int, SimResult]]] = field(default_factory=dict)
@@ -170,7 +175,8 @@ class _Levers:
         chosen)."""
         given = self.gpus
         while self.todo:
-            for fut in wait(self.todo, return_when=FIRST_COMPLETED)[0]:
+            done = wait(self.todo, return_when=FIRST_COMPLETED)[0]
+            for fut in [f for f in self.todo if f in done]:  # in the order submitted: one worker, one order
                 self._done(*self.todo.pop(fut), *fut.result())
             if not self.todo and self.gpus is None:
                 self._fleet_known(choose_fleet(self.outcomes(), offered, tp)[0])
@@ -188,13 +194,12 @@ class _Levers:
     def _submit(self, stage: str, i: int, fn: Callable[[tuple], Any], args: tuple, replicas: int = 0) -> None:
         self.todo[self.pool.submit(_timed, fn, args)] = (stage, i, replicas)
 
-    def _time(self, stage: str, out: RungOutcome, cpu_s: float) -> None:
-        self.times.append(JobTime(stage, out.rung.name, out.spec.mode, cpu_s))  # type: ignore[union-attr]
+    def _time(self, stage: str, out: RungOutcome, cpu_s: float, replicas: int = 0) -> None:
+        self.times.append(JobTime(stage, out.rung.name, out.spec.mode, cpu_s, replicas))  # type: ignore[union-attr]
 
     def _done(self, stage: str, i: int, replicas: int, found: Any, cpu_s: float) -> None:
         if stage == FLEET:
-            self.sized[i][0].fleet_run = found
-            return self._time(stage, self.sized[i][0], cpu_s)
+            return self._fleet_done(i, replicas, found, cpu_s)
         if stage == WHOLE and replicas:
             return self._pair_done(i, replicas, found, cpu_s)
         self._time(stage, found[0], cpu_s)
@@ -211,6 +216,10 @@ class _Levers:
         self._sized(i, found)
 
     def _start_whole(self, i: int, chosen: RungOutcome) -> None:
+        if i == len(LADDER) - 1 and self.gpus is None and chosen.sized.cost is not None:
+            self.guess = chosen.sized.cost.gpus
+            for k in self.sized:
+                self._to_fleet(k, self.guess)
         pair = whole_pair(self.whole, chosen)  # type: ignore[arg-type]
         if not pair:
             return self._submit(WHOLE, i, whole_job, (chosen, *self.load))
@@ -223,7 +232,7 @@ class _Levers:
         searched on in a worker from them."""
         chosen, pair, runs = self.pairs[i]
         runs[replicas] = found
-        self._time(WHOLE, chosen, cpu_s)
+        self._time(WHOLE, chosen, cpu_s, replicas)
         if len(runs) < len(pair):
             return
         del self.pairs[i]
@@ -241,24 +250,38 @@ class _Levers:
         top = self.sized.get(len(LADDER) - 1, (None,))[0]
         if self.gpus is None and top is not None and top.sized.cost is not None:
             self._fleet_known(top.sized.cost.gpus)  # what all levers together need: `choose_fleet`'s first rule
-        elif self.gpus is not None:
-            self._on_fleet(i)
+        elif self.gpus is not None or self.guess is not None:
+            self._to_fleet(i, self.gpus or self.guess)  # type: ignore[arg-type]
 
     def _fleet_known(self, gpus: int) -> None:
         self.gpus = gpus
         for i in self.sized:
-            self._on_fleet(i)
+            self._to_fleet(i, gpus)
 
-    def _on_fleet(self, i: int) -> None:
-        """Lever `i` on the fleet: a run its sizing made where it has one, else a job; then only the sized run is
-        kept (the views read no other)."""
+    def _to_fleet(self, i: int, gpus: int) -> None:
+        """Lever `i` on `gpus` GPUs: the fleet (then the run its sizing made, where it has one, is its fleet run and
+        only the sized run is kept: the views read no other), or the guess (run ahead unless it was made)."""
         out, runs = self.sized[i]
-        n = replicas_for(self.gpus, out.spec)  # type: ignore[arg-type]  # a wide mode's replicas hold more GPUs
+        n = replicas_for(gpus, out.spec)  # type: ignore[arg-type]  # a wide mode's replicas hold more GPUs
+        if out.fleet_run is not None:
+            return
         if n in runs:
-            out.fleet_run = runs[n]
-        else:
-            self._submit(FLEET, i, serve_job, (out.spec, out.rung, self.load[0], n))
-        self.sized[i] = (out, {})
+            if gpus == self.gpus:
+                out.fleet_run = runs[n]
+                self.sized[i] = (out, {})
+        elif self.flying.get(i) != n:
+            self.flying[i] = n
+            self._submit(FLEET, i, serve_job, (out.spec, out.rung, self.load[0], n), n)
+
+    def _fleet_done(self, i: int, replicas: int, found: SimResult, cpu_s: float) -> None:
+        out, runs = self.sized[i]
+        self._time(FLEET, out, cpu_s, replicas)
+        if self.flying.get(i) == replicas:
+            del self.flying[i]
+        if out.fleet_run is None:
+            runs[replicas] = found
+            if self.gpus is not None:
+                self._to_fleet(i, self.gpus)
 
 
 def choose_fleet(outcomes: list[RungOutcome], offered: float, tp: int) -> tuple[int, str]:

@@ -1,6 +1,6 @@
 """The projection of a report's wall time to more workers (bench/_projection.py) schedules the jobs the report
 ran: on one worker it is their sum, on many the longest chain of stages, and the same fleet waits for the top
-lever's size."""
+lever's sample size."""
 
 from __future__ import annotations
 
@@ -25,5 +25,14 @@ def test_one_worker_runs_every_job_in_turn_and_many_run_the_longest_chain():
     assert projected_wall(jobs, 3.0, 2) < projected_wall(jobs, 3.0, 1) / 1.9
 
 
-def test_the_same_fleet_waits_for_the_top_levers_size():
-    assert projected_wall(_jobs(10.0, 20.0, 5.0, 100.0), 0.0, 64) == 10.0 + 100.0 + 5.0
+def _without_the_top_fleet(jobs: list[dict]) -> list[dict]:
+    return [j for j in jobs if not (j["lever"] == LADDER[-1].name and j["stage"] == FLEET)]
+
+
+def test_the_same_fleet_runs_ahead_once_the_top_levers_sample_size_is_known():
+    """Not after the top lever's whole-trace run (its own fleet run is one of its sizing runs), but not before its
+    modes end either: their size is the fleet guessed."""
+    assert projected_wall(_without_the_top_fleet(_jobs(10.0, 20.0, 5.0, 100.0)), 0.0, 64) == 10.0 + 100.0
+    slow_top = [dict(j, cpu_s=50.0) if j["lever"] == LADDER[-1].name and j["stage"] == MODES else j
+                for j in _without_the_top_fleet(_jobs(10.0, 20.0, 30.0, 1.0))]
+    assert projected_wall(slow_top, 0.0, 64) == 50.0 + 30.0  # the others were sized at 30 s, the guess at 50

@@ -4,17 +4,21 @@ size, fleet and price from whole-trace runs, and no simulation run twice (counte
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import fields, is_dataclass
 
 import numpy as np
 import pytest
 
+import agentkv.report.assemble as assemble_mod
 import agentkv.report.capacity as capacity_mod
 import agentkv.report.ladder as ladder_mod
 from agentkv.catalog import model, prices
 from agentkv.report.assemble import build_report, measure_rung, on_whole
 from agentkv.report.capacity import sample_sessions
 from agentkv.report.ladder import LADDER, DeploymentSpec, modes, serve
+from agentkv.report.pool import SHARED, share
 from agentkv.report.sizing import size_to_slo
 from agentkv.sim.simulator import SimResult, simulate
 from agentkv.workload.arrivals import ArrivalModel
@@ -110,3 +114,34 @@ def test_a_candidate_model_is_sized_on_the_whole_trace_too():
     fitted = fit_window(trace, model(spec.model).context, "compact")[0]
     sized = _candidate_job((spec, fitted, ArrivalModel("concurrency", 3.0), 3.0, 3.49, 12, 4))
     assert sized.cost is not None and len(sized.result.arrival) == fitted.n_requests
+
+
+@contextmanager
+def _one_thread(workers: int, traces: tuple, ray: str | None = None):
+    """One worker thread: jobs run one at a time in the order submitted, so which finish first is fixed (the top
+    lever's whole-trace search queues behind the other levers' whole-trace runs)."""
+    share(*traces)
+    with ThreadPoolExecutor(1) as pool:
+        yield pool
+    SHARED.clear()
+
+
+def test_the_same_fleet_is_run_ahead_on_the_samples_size_and_run_again_where_that_was_wrong(counted, monkeypatch):
+    """The top lever's sample size is the fleet guessed while its whole-trace sizing goes on; here the whole trace
+    needs fewer (a 4-session sample of 16 at 80 concurrent sessions): the runs made ahead are not what the report
+    prints, every lever's fleet run is on the final fleet, and still no simulation runs twice."""
+    trace = generate(GeneratorConfig(sessions=16, seed=0))
+    arrival, spec = ArrivalModel("concurrency", 80.0), DeploymentSpec(slo_output_tps=0.0)
+    fitted = fit_window(trace, model(spec.model).context, "compact")[0]
+    sample = sample_sessions(fitted, 4)
+    guess = measure_rung(sample, sample, spec, LADDER[-1], arrival, 80.0, 3.49, None)[0].sized.cost.gpus
+    counted.clear()
+    monkeypatch.setattr(assemble_mod, "executor", _one_thread)
+    rep = build_report(trace, spec, arrival, prices(), workers=2, sample_size=16, probe_sessions=4)
+    assert guess != rep.fleet_gpus, "the case needs a sample that guessed wrong"
+    assert max(Counter((t, c) for t, _, c in counted).values()) == 1, "a simulation ran twice"
+    fleets = {j.replicas * spec.tp for j in rep.jobs if j.stage == "fleet"}
+    assert guess in fleets and rep.fleet_gpus in fleets, "the guessed fleet was run ahead, then the right one"
+    for o in rep.outcomes:
+        assert o.fleet_run.config.replicas * o.spec.tp == rep.fleet_gpus
+        assert len(o.fleet_run.arrival) == fitted.n_requests

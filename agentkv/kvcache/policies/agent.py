@@ -39,6 +39,7 @@ class _Pauses:
     def __init__(self, window: int = 20_000) -> None:
         self.recent: deque[float] = deque(maxlen=window)
         self.fresh = 0
+        self.builds = 0  # how often the table was rebuilt: forecasts made before a rebuild are stale
         self.sorted = np.zeros(0)
         self.tail_sum = np.zeros(1)
 
@@ -49,6 +50,7 @@ class _Pauses:
             self.sorted = np.sort(np.fromiter(self.recent, dtype=np.float64))
             self.tail_sum = np.concatenate([np.cumsum(self.sorted[::-1])[::-1], [0.0]])
             self.fresh = 0
+            self.builds += 1
 
     @property
     def median(self) -> float:
@@ -82,6 +84,8 @@ class AgentAware(Policy):
         self.last_seq = np.zeros(0, dtype=np.int64)
         self.pace = np.zeros(0)  # its gaps relative to the typical gap of their kind (median ratio)
         self.reply = np.zeros(0)  # its last reply's length relative to the typical reply (1: unknown)
+        self.due_after = np.zeros(0)  # a time its forecast return cannot precede (-inf: unknown, inf: not away)
+        self.forecast_basis: tuple = ()  # what those bounds were computed with (`_basis`)
         self.out_log: deque[float] = deque(maxlen=20_000)  # recent (log reply length, log gap ratio) pairs
         self.gap_log: deque[float] = deque(maxlen=20_000)
         self.learned = 0
@@ -110,6 +114,7 @@ class AgentAware(Policy):
             self.last_seq = np.concatenate([self.last_seq, np.zeros(pad, dtype=np.int64)])
             self.pace = np.concatenate([self.pace, np.ones(pad)])
             self.reply = np.concatenate([self.reply, np.ones(pad)])
+            self.due_after = np.concatenate([self.due_after, np.full(pad, -np.inf)])
             self.ratios += [[] for _ in range(pad)]
             self.chains += [np.zeros(0, dtype=np.int64) for _ in range(pad)]
 
@@ -119,6 +124,7 @@ class AgentAware(Policy):
         s = session
         self.last_release[s], self.serving[s], self.last_kind[s], self.last_seq[s] = np.nan, False, 0, 0
         self.pace[s] = self.reply[s] = 1.0
+        self.due_after[s] = np.inf
         self.ratios[s], self.chains[s] = [], np.zeros(0, dtype=np.int64)
         self.owner[self.owner == s] = -1  # its blocks belong to no session now
 
@@ -130,6 +136,7 @@ class AgentAware(Policy):
         """The kind its last release filed as unknown; a session serving again has filed its pause already."""
         if session < len(self.last_release) and not self.serving[session]:
             self.last_kind[session] = finish if 0 <= finish < N_KINDS else 0
+            self.due_after[session] = -np.inf
 
     def on_acquire(self, hits: np.ndarray, ctx: AccessContext) -> None:
         s = ctx.session
@@ -153,6 +160,7 @@ class AgentAware(Policy):
             self.kinds[kind].add(pause)
             self.pooled.add(pause)
         self.serving[s] = True
+        self.due_after[s] = np.inf
 
     def on_release(self, slots: np.ndarray, depth: np.ndarray, ctx: AccessContext) -> np.ndarray:
         self.releases += 1
@@ -168,32 +176,46 @@ class AgentAware(Policy):
             self.reply[s] = self._relative_reply(ctx.output_tokens)
             self.last_seq[s] = self.releases
             self.chains[s] = slots.copy()
+            self.due_after[s] = -np.inf
         self.touch[slots] = self.releases
         return np.zeros(len(slots))  # keys are computed when needed: they change as time passes
 
     def keys(self, slots: np.ndarray, now: float) -> np.ndarray:
         """Shared blocks on top, then live ones by their session's forecast return, dead ones at the bottom.
         A whole tier is keyed at every eviction: each per-block array is read once, and a block of no session
-        (owner -1) reads the sentinel appended to each per-session array."""
+        (owner -1) reads the sentinel appended to each per-session array. Forecasts are made for every session or
+        for the blocks' own owners, whichever are fewer."""
         owner = self.owner[slots]
         touch = self.touch[slots].astype(np.float64)
-        keys = np.append(-self.predicted_return(now), -np.inf)[owner]
-        dead = touch < np.append(self.last_seq, -1)[owner]
+        if len(slots) < len(self.last_release):
+            sessions, owner = np.unique(owner, return_inverse=True)
+            known = sessions >= 0
+            ret = np.full(len(sessions), np.inf)
+            ret[known] = self.predicted_return(now, sessions[known])
+            keys, last_seq = -ret[owner], np.where(known, self.last_seq[sessions], -1)[owner]
+        else:
+            keys = np.append(-self.predicted_return(now), -np.inf)[owner]
+            last_seq = np.append(self.last_seq, -1)[owner]
+        dead = touch < last_seq
         keys[dead] = touch[dead] - PROTECT
         shared = self.shared[slots]
         keys[shared] = touch[shared] + PROTECT
         return keys
 
-    def predicted_return(self, now: float) -> np.ndarray:
-        """Forecast arrival of each session's next request (now for sessions in service). A reply may end
-        after `now` (an offline replay releases a request at the end of its recorded service time)."""
-        away = ~self.serving & ~np.isnan(self.last_release)
-        since = np.where(away, now - self.last_release, 0.0)  # nan where never released: not away, not read
+    def predicted_return(self, now: float, sessions: np.ndarray | None = None) -> np.ndarray:
+        """Forecast arrival of each session's next request (of `sessions`, default all; now for sessions in
+        service). A reply may end after `now` (an offline replay releases a request at the end of its recorded
+        service time). Given the tables, a session's forecast never moves earlier as time passes: E[pause | pause
+        > e] only grows with e (`prefetch` relies on it)."""
+        pick = slice(None) if sessions is None else sessions
+        last_release, kinds = self.last_release[pick], self.last_kind[pick]
+        away = ~self.serving[pick] & ~np.isnan(last_release)
+        since = np.where(away, now - last_release, 0.0)  # nan where never released: not away, not read
         elapsed = np.maximum(since, 0.0)
         remaining = np.maximum(-since, 0.0)
-        pace = np.maximum(self.pace * self.reply**self.reply_exponent, 1e-3)
+        pace = np.maximum(self.pace[pick] * self.reply[pick] ** self.reply_exponent, 1e-3)
         for kind in range(N_KINDS):
-            sel = away & (self.last_kind == kind)
+            sel = away & (kinds == kind)
             if sel.any():
                 table = self._table(kind)
                 remaining[sel] += pace[sel] * table.mean_residual_life(elapsed[sel] / pace[sel])
@@ -217,9 +239,22 @@ class AgentAware(Policy):
             self.reply_exponent = float(np.clip(np.cov(x, y, bias=True)[0, 1] / var, 0.0, 1.0)) if var > 0 else 0.0
 
     def prefetch(self, now: float) -> list[np.ndarray]:
+        """The chains of the sessions forecast back within the lead, soonest first. Only sessions whose bound
+        (`due_after`: their last forecast, which only moves later while the tables stay as they were) falls
+        within the lead are forecast again: at 13k sessions most are far from due at every tick."""
         if len(self.cache.tiers) < 2 or not len(self.last_release):
             return []
-        ret = self.predicted_return(now)
-        away = ~self.serving & ~np.isnan(self.last_release)
-        due = np.flatnonzero(away & (ret <= now + self.lead))
-        return [self.chains[s] for s in due[np.argsort(ret[due], kind="stable")] if len(self.chains[s])]
+        basis = (now, self.reply_exponent, self.pooled.builds, *(t.builds for t in self.kinds))
+        if basis[1:] != self.forecast_basis[1:] or now < self.forecast_basis[0]:
+            self.due_after[np.isfinite(self.due_after)] = -np.inf  # new tables or an earlier clock: all stale
+        self.forecast_basis = basis
+        horizon = now + self.lead
+        maybe = np.flatnonzero(self.due_after <= horizon)
+        if not len(maybe):
+            return []
+        ret = self.predicted_return(now, maybe)
+        away = ~self.serving[maybe] & ~np.isnan(self.last_release[maybe])
+        self.due_after[maybe] = np.where(away, ret - (1e-6 + 1e-12 * np.abs(ret)), np.inf)  # rounding's margin
+        due = away & (ret <= horizon)
+        order = maybe[due][np.argsort(ret[due], kind="stable")]
+        return [self.chains[s] for s in order if len(self.chains[s])]
