@@ -281,7 +281,7 @@ class KVCache:
             return
         if int(ids.min()) < 0:
             raise ValueError("block ids must be non-negative dense ids (see BlockIds)")
-        n = max(top, 2 * self.n_slots, 1024)
+        n = max(top, self.n_slots + self.n_slots // 4, 1024)  # a quarter more: whole-trace runs hold ~10^8 ids
         grow = n - self.n_slots
         self.where = np.concatenate([self.where, np.zeros(grow, np.uint8)])
         self.listed = np.concatenate([self.listed, np.zeros(grow, np.uint8)])

@@ -114,7 +114,11 @@ class _Leap:
 
 
 def simulate(trace: Trace, cfg: SimConfig) -> SimResult:
-    return Simulator(trace, cfg).run()
+    sim = Simulator(trace, cfg)
+    try:
+        return sim.run()
+    finally:
+        sim.trace.block_log.drop_built()  # the placed trace outlives the run (`place` keeps it): not its lists
 
 
 class Simulator:

@@ -67,6 +67,10 @@ class BlockLog:
             self._built.popitem(last=False)
         return out
 
+    def drop_built(self) -> None:
+        """Forget the lists built so far: a reader is done with a log that is kept (`arrivals.place`)."""
+        self._built.clear()
+
     def n_ids(self) -> int:
         return int(self.ids.max()) + 1 if len(self.ids) else 0
 

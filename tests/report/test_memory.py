@@ -21,7 +21,8 @@ def _arrays(res) -> int:
 def test_a_simulation_holds_only_its_result_once_it_returns():
     trace = generate(GeneratorConfig(sessions=40, seed=3))
     run = (trace, DeploymentSpec(), LADDER[-1], ArrivalModel("concurrency", 8.0))
-    serve(*run, 1)  # the catalogs and lazy imports, read once per process, out of the count
+    serve(*run, 1)  # out of the count: the catalogs and lazy imports, read once per process, and the trace's
+    # placement (kept for the next simulation of the same trace: arrivals.place)
     gc.collect()
     gc.disable()  # no collection but the report's own may free the cycles
     tracemalloc.start()

@@ -71,7 +71,7 @@ class AgentAware(Policy):
 
     def __init__(self, prefetch_lead_s: float = 10.0) -> None:
         self.lead = prefetch_lead_s
-        self.owner = np.zeros(0, dtype=np.int64)  # session that last used the block (-1: none)
+        self.owner = np.zeros(0, dtype=np.int32)  # session that last used the block (-1: none)
         self.touch = np.zeros(0, dtype=np.int64)  # release number of that use
         self.shared = np.zeros(0, dtype=bool)
         self.releases = 0
@@ -96,7 +96,7 @@ class AgentAware(Policy):
 
     def grow(self, n_slots: int) -> None:
         extra = n_slots - len(self.owner)
-        self.owner = np.concatenate([self.owner, np.full(extra, -1, dtype=np.int64)])
+        self.owner = np.concatenate([self.owner, np.full(extra, -1, dtype=np.int32)])
         self.touch = np.concatenate([self.touch, np.zeros(extra, dtype=np.int64)])
         self.shared = np.concatenate([self.shared, np.zeros(extra, dtype=bool)])
 
