@@ -4,7 +4,7 @@ Assumptions (stated wherever a projection is printed): each job takes the CPU se
 runs beside it (no memory-bandwidth or scheduling contention; Ray's per-task overhead ignored); jobs start in the
 order the report submits them, each stage of a lever when the one before it ends (its every mode, then its
 remedies, then the whole trace (the pair side by side), then a search on from it, then the same fleet, which also
-waits for the top lever's modes and remedies: their size is the fleet run ahead, `assemble._Levers.guess`);
+waits for the top lever's modes and remedies: their size is the fleet run ahead, `stages.Levers.guess`);
 the driver's own work (window fit, placement, API replays, HTML) is serial: the measured wall at one worker
 less the jobs' CPU seconds.
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict, deque
 
-from agentkv.report.assemble import FLEET, MODES, REMEDIES, RESIZE, WHOLE
 from agentkv.report.ladder import LADDER
+from agentkv.report.stages import FLEET, MODES, REMEDIES, RESIZE, WHOLE
 
 
 def projected_wall(jobs: list[dict], serial_s: float, cpus: int) -> float:

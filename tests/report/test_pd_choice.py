@@ -11,12 +11,12 @@ from dataclasses import replace
 import pytest
 
 from agentkv.cost.selfhosted import self_hosted_cost
-from agentkv.report.assemble import choose_fleet
 from agentkv.report.capacity import Capacity
 from agentkv.report.ladder import LADDER, DeploymentSpec, remedies, rung_config
 from agentkv.report.rungs import RungOutcome, follow_ups, measure_rung, remedy, replicas_for
 from agentkv.report.sizing import Sized
 from agentkv.report.slo import meets_slo
+from agentkv.report.stages import choose_fleet
 from agentkv.sim.simulator import simulate
 from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.generator import GeneratorConfig, LogNormal, WindowClass, generate

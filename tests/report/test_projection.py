@@ -4,8 +4,8 @@ lever's sample size."""
 
 from __future__ import annotations
 
-from agentkv.report.assemble import FLEET, MODES, WHOLE
 from agentkv.report.ladder import LADDER
+from agentkv.report.stages import FLEET, MODES, WHOLE
 from bench._projection import projected_wall
 
 
