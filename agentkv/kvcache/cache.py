@@ -68,12 +68,13 @@ class _Members:
 
 class KVCache:
     def __init__(self, tiers: Sequence[TierSpec], policy: Policy, write_through: bool = False,
-                 evict_ahead: int | None = None) -> None:
+                 evict_ahead: int | None = None, max_ids: int | None = None) -> None:
         """evict_ahead: when tier 0 must evict, free this many blocks more than needed, so that a stream of
         one-block decode reservations does not scan the tier every step (default: 0.5% of tier 0, 2% where the
         policy's keys move with time, the same for every driver — engine, simulator and offline replay; 0: evict
         exactly what is needed). Lower tiers make room ahead only for such keys (2%: with no exact victim queue,
-        every scan keys the whole tier; a tier of 10^6 blocks takes ~5 ms)."""
+        every scan keys the whole tier; a tier of 10^6 blocks takes ~5 ms). max_ids: where the driver knows how
+        many ids it can give (a simulation: its trace's), the per-block arrays never grow past it."""
         if not tiers:
             raise ValueError("a cache needs at least one tier")
         if len(tiers) > 8:
@@ -88,6 +89,7 @@ class KVCache:
         self.ahead[0] = self.ahead[0] if evict_ahead is None else evict_ahead
         self.policy = policy
         self.n_slots = 0
+        self.max_ids = max_ids
         self.where = np.zeros(0, dtype=np.uint8)  # bit t set: tier t holds the block
         self.listed = np.zeros(0, dtype=np.uint8)  # bit t set: the block is in tier t's member buffer
         self.pins = np.zeros(0, dtype=np.int32)
@@ -281,7 +283,10 @@ class KVCache:
             return
         if int(ids.min()) < 0:
             raise ValueError("block ids must be non-negative dense ids (see BlockIds)")
-        n = max(top, self.n_slots + self.n_slots // 4, 1024)  # a quarter more: whole-trace runs hold ~10^8 ids
+        n = max(self.n_slots + self.n_slots // 4, 1024)  # a quarter more: whole-trace runs hold ~10^8 ids
+        if self.max_ids is not None and top <= self.max_ids:
+            n = min(n, self.max_ids)
+        n = max(n, top)
         grow = n - self.n_slots
         self.where = np.concatenate([self.where, np.zeros(grow, np.uint8)])
         self.listed = np.concatenate([self.listed, np.zeros(grow, np.uint8)])

@@ -52,7 +52,7 @@ class SimConfig:
 
 
 class _Replica:
-    def __init__(self, cfg: SimConfig, block_size: int, name: int, prompt: list[PagedIds]) -> None:
+    def __init__(self, cfg: SimConfig, block_size: int, name: int, prompt: list[PagedIds], ids: int) -> None:
         self.name = name
         self.prompt = prompt  # the last prompt the router asked about, split by page: one list for the fleet
         d = cfg.deployment
@@ -62,7 +62,7 @@ class _Replica:
             if size > 0:
                 tiers.append(TierSpec(name, size, block))
         policy = make_policy(cfg.policy, model=d.model, block_size=block_size)
-        self.cache = KVCache(tiers, policy, cfg.write_through)
+        self.cache = KVCache(tiers, policy, cfg.write_through, max_ids=ids)  # its local ids: at most the trace's
         self.tier_links = [TIER_LINKS[t.name] for t in tiers]
         self.block_bytes = block
         state = math.ceil(state_bytes(d.model, d.kv_codec, block_size, d.kv_ranks) / block)
@@ -132,7 +132,8 @@ class Simulator:
         self.offered = offered_seconds(trace, cfg.arrival, self.first_arrival)
         self.cfg, self.d = cfg, cfg.deployment
         prompt = [PagedIds.of(np.zeros(0, dtype=np.int64))]
-        self.replicas = [_Replica(cfg, trace.block_size, r, prompt) for r in range(cfg.replicas)]
+        self.replicas = [_Replica(cfg, trace.block_size, r, prompt, self.trace.n_block_ids)
+                         for r in range(cfg.replicas)]
         self.router = Router(cfg.router)
         self.prompt = prompt
         self.pause = agent_pauses(self.trace)

@@ -95,6 +95,8 @@ class AgentAware(Policy):
         self.chains: list[np.ndarray] = []
 
     def grow(self, n_slots: int) -> None:
+        if n_slots > np.iinfo(np.int32).max:
+            raise ValueError("the agent-aware policy keeps block ids as int32: at most 2**31 - 1 of them")
         extra = n_slots - len(self.owner)
         self.owner = np.concatenate([self.owner, np.full(extra, -1, dtype=np.int32)])
         self.touch = np.concatenate([self.touch, np.zeros(extra, dtype=np.int64)])
@@ -175,7 +177,7 @@ class AgentAware(Policy):
             self.last_kind[s] = ctx.finish if 0 <= ctx.finish < N_KINDS else 0
             self.reply[s] = self._relative_reply(ctx.output_tokens)
             self.last_seq[s] = self.releases
-            self.chains[s] = slots.copy()
+            self.chains[s] = slots.astype(np.int32)  # one per session ever seen: half the bytes of the ids
             self.due_after[s] = -np.inf
         self.touch[slots] = self.releases
         return np.zeros(len(slots))  # keys are computed when needed: they change as time passes
@@ -257,4 +259,4 @@ class AgentAware(Policy):
         self.due_after[maybe] = np.where(away, ret - (1e-6 + 1e-12 * np.abs(ret)), np.inf)  # rounding's margin
         due = away & (ret <= horizon)
         order = maybe[due][np.argsort(ret[due], kind="stable")]
-        return [self.chains[s] for s in order if len(self.chains[s])]
+        return [self.chains[s].astype(np.int64) for s in order if len(self.chains[s])]
