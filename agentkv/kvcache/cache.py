@@ -41,6 +41,7 @@ from agentkv.kvcache.tiers import TierSpec
 from agentkv.kvcache.victims import VictimQueue, exact_for
 
 NEVER = -np.inf  # the key of a block that has never been released
+MAX_HOLDERS = 32_000  # requests holding blocks at once: a block's pins fit int16 (half a GB less at 10^8 blocks)
 _NONE = np.zeros(0, dtype=np.int64)
 AtHand = Callable[[int, np.ndarray], np.ndarray]  # (tier, ids) -> which can move up now
 
@@ -92,9 +93,10 @@ class KVCache:
         self.max_ids = max_ids
         self.where = np.zeros(0, dtype=np.uint8)  # bit t set: tier t holds the block
         self.listed = np.zeros(0, dtype=np.uint8)  # bit t set: the block is in tier t's member buffer
-        self.pins = np.zeros(0, dtype=np.int32)
+        self.pins = np.zeros(0, dtype=np.int16)  # at most one pin a holder, and MAX_HOLDERS holders (`acquire`)
         self.depth = np.zeros(0, dtype=np.int32)
-        self.key = np.zeros(0, dtype=np.float64)
+        self.key = np.zeros(0, dtype=np.float64)  # stored keys; none where they move with time (`policy.keys`)
+        self._stores_keys = not policy.keys_move_with_time
         self._members = [_Members() for _ in tiers]
         # each lower tier's next victims, where they can be known exactly in advance (else every eviction scans);
         # tier 0 evicts `ahead[0]` at a time, so its scans are rare already and offering every release to a
@@ -145,6 +147,8 @@ class KVCache:
     def acquire(self, key: Hashable, ids: np.ndarray, n_blocks: int, ctx: AccessContext) -> Grant | None:
         if key in self._held:
             raise ValueError(f"request {key!r} already holds blocks")
+        if len(self._held) >= MAX_HOLDERS:
+            raise ValueError(f"request {key!r}: {MAX_HOLDERS} requests already hold blocks of this cache")
         ids = np.asarray(ids, dtype=np.int64)
         if n_blocks < len(ids):
             raise ValueError(f"request {key!r}: {len(ids)} block ids but only {n_blocks} blocks needed")
@@ -214,7 +218,8 @@ class KVCache:
         self.pins[chain] -= 1
         self.reserved -= held.reserved
         keys = chain_monotone(self.policy.on_release(chain, self.depth[chain], ctx))  # even empty: the turn ended
-        self.key[chain] = np.maximum(self.key[chain], keys) if self.policy.keys_only_rise else keys
+        if self._stores_keys:
+            self.key[chain] = np.maximum(self.key[chain], keys) if self.policy.keys_only_rise else keys
         if self._victims is not None:
             free = chain[self.pins[chain] == 0]
             for t, queue in enumerate(self._victims[1:], start=1):
@@ -270,7 +275,8 @@ class KVCache:
             return
         if np.any(self.where[ids] != 0) or np.any(self.pins[ids] != 0):
             raise ValueError("only ids that no tier holds and no request pins can be forgotten")
-        self.key[ids] = NEVER
+        if self._stores_keys:
+            self.key[ids] = NEVER
         self.depth[ids] = 0
         self.policy.forget(ids)
 
@@ -290,9 +296,10 @@ class KVCache:
         grow = n - self.n_slots
         self.where = np.concatenate([self.where, np.zeros(grow, np.uint8)])
         self.listed = np.concatenate([self.listed, np.zeros(grow, np.uint8)])
-        self.pins = np.concatenate([self.pins, np.zeros(grow, np.int32)])
+        self.pins = np.concatenate([self.pins, np.zeros(grow, np.int16)])
         self.depth = np.concatenate([self.depth, np.zeros(grow, np.int32)])
-        self.key = np.concatenate([self.key, np.full(grow, NEVER)])
+        if self._stores_keys:
+            self.key = np.concatenate([self.key, np.full(grow, NEVER)])
         self.n_slots = n
         self.policy.grow(n)
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from agentkv.report.ladder import LADDER
+from agentkv.report.pool import give_back_freed
 from agentkv.report.rungs import (
     RungOutcome,
     bracketed,
@@ -46,9 +47,12 @@ class JobTime:
 
 
 def _timed(fn: Callable[[tuple], Any], args: tuple) -> tuple[Any, float]:
+    """One job and its CPU seconds; then the memory it freed goes back to the system (`pool.give_back_freed`)."""
     cpu = time.process_time()
     out = fn(args)
-    return out, time.process_time() - cpu
+    cpu = time.process_time() - cpu
+    give_back_freed()
+    return out, cpu
 
 
 @dataclass(slots=True)
