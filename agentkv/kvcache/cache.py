@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agentkv.kvcache.members import Members
 from agentkv.kvcache.moves import CacheStats, Grant, MoveBatch
 from agentkv.kvcache.policy import AccessContext, Policy, chain_monotone
 from agentkv.kvcache.ranking import lowest, lowest_bit
@@ -50,21 +51,6 @@ AtHand = Callable[[int, np.ndarray], np.ndarray]  # (tier, ids) -> which can mov
 class _Held:
     chain: list[np.ndarray]  # named blocks pinned for the request, head to tail
     reserved: int  # anonymous tier-0 blocks (being written, or partial)
-
-
-class _Members:
-    """The ids resident in one tier, as an append-only buffer cleaned lazily (departures only clear a bit)."""
-
-    def __init__(self) -> None:
-        self.buf = np.empty(1024, dtype=np.int64)
-        self.n = 0
-
-    def add(self, slots: np.ndarray) -> None:
-        need = self.n + len(slots)
-        if need > len(self.buf):
-            self.buf = np.resize(self.buf, max(need, 2 * len(self.buf)))
-        self.buf[self.n : need] = slots
-        self.n = need
 
 
 class KVCache:
@@ -97,7 +83,7 @@ class KVCache:
         self.depth = np.zeros(0, dtype=np.int32)
         self.key = np.zeros(0, dtype=np.float64)  # stored keys; none where they move with time (`policy.keys`)
         self._stores_keys = not policy.keys_move_with_time
-        self._members = [_Members() for _ in tiers]
+        self._members = [Members() for _ in tiers]
         # each lower tier's next victims, where they can be known exactly in advance (else every eviction scans);
         # tier 0 evicts `ahead[0]` at a time, so its scans are rare already and offering every release to a
         # queue there cost more than it saved (HBM-only rungs 10-20% slower, tiered ones ~5% faster)
