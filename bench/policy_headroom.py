@@ -55,9 +55,10 @@ class OracleForecast(AgentAware):
         self.oracle[ctx.session] = ctx.now + pause * float(np.exp(self.rng.normal(0.0, self.sigma)))
         return keys
 
-    def predicted_return(self, now: float) -> np.ndarray:
-        away = ~self.serving & ~np.isnan(self.last_release)
-        return np.where(away, self.oracle[: len(away)], now)
+    def predicted_return(self, now: float, sessions: np.ndarray | None = None) -> np.ndarray:
+        pick = slice(None) if sessions is None else sessions
+        away = ~self.serving[pick] & ~np.isnan(self.last_release[pick])
+        return np.where(away, self.oracle[: len(self.serving)][pick], now)
 
 
 def next_arrivals(trace: Trace, order: np.ndarray, arrivals: np.ndarray) -> np.ndarray:
