@@ -63,8 +63,9 @@ def executor(workers: int, traces: tuple[Trace, Trace, Trace], ray: str | None =
 def give_back_freed() -> None:
     """Return the heap a finished job freed to the system (glibc's malloc_trim): a worker otherwise keeps the
     ~1.3 GB a whole-trace simulation of 449k requests freed while it waits for, or runs, a smaller job."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None).malloc_trim(0)
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform == "linux" else None
+    if trim is not None:  # glibc only (musl has none)
+        trim(0)
 
 
 def _worker_init(probes: Trace, modes: Trace, whole: Trace) -> None:

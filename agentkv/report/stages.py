@@ -155,9 +155,14 @@ class Levers:
         pair makes that run (a fleet run needs the lever's mode, not its size)."""
         chosen, pair, _ = self.pairs[i]
         n = replicas_for(self.gpus or self.guess, chosen.spec)  # type: ignore[arg-type]
-        if n not in pair and self.flying.get(i) != n and n not in self.ahead.get(i, {}):
+        if n not in pair and n not in self.ahead.get(i, {}):
+            self._fleet_job(i, chosen, n)
+
+    def _fleet_job(self, i: int, out: RungOutcome, n: int) -> None:
+        """Lever `i` on `n` replicas of its mode, unless that run is in flight already."""
+        if self.flying.get(i) != n:
             self.flying[i] = n
-            self._submit(FLEET, i, serve_job, (chosen.spec, chosen.rung, self.load[0], n), n)
+            self._submit(FLEET, i, serve_job, (out.spec, out.rung, self.load[0], n), n)
 
     def _pair_done(self, i: int, replicas: int, found: SimResult, cpu_s: float) -> None:
         """Sized here where the pair brackets the size (no simulation: `size_to_slo` reads the two runs), else
@@ -201,13 +206,11 @@ class Levers:
         n = replicas_for(gpus, out.spec)  # type: ignore[arg-type]  # a wide mode's replicas hold more GPUs
         if out.fleet_run is not None:
             return
-        if n in runs:
-            if gpus == self.gpus:
-                out.fleet_run = runs[n]
-                self.sized[i] = (out, {})
-        elif self.flying.get(i) != n:
-            self.flying[i] = n
-            self._submit(FLEET, i, serve_job, (out.spec, out.rung, self.load[0], n), n)
+        if n not in runs:
+            self._fleet_job(i, out, n)
+        elif gpus == self.gpus:
+            out.fleet_run = runs[n]
+            self.sized[i] = (out, {})
 
     def _fleet_done(self, i: int, replicas: int, found: SimResult, cpu_s: float) -> None:
         if self.flying.get(i) == replicas:

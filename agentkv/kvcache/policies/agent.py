@@ -85,7 +85,7 @@ class AgentAware(Policy):
         self.pace = np.zeros(0)  # its gaps relative to the typical gap of their kind (median ratio)
         self.reply = np.zeros(0)  # its last reply's length relative to the typical reply (1: unknown)
         self.due_after = np.zeros(0)  # a time its forecast return cannot precede (-inf: unknown, inf: not away)
-        self.forecast_basis: tuple = ()  # what those bounds were computed with (`_basis`)
+        self.forecast_basis: tuple = ()  # (now, the tables' state) at the last prefetch: when bounds go stale
         self.out_log: deque[float] = deque(maxlen=20_000)  # recent (log reply length, log gap ratio) pairs
         self.gap_log: deque[float] = deque(maxlen=20_000)
         self.learned = 0
