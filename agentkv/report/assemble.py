@@ -22,7 +22,7 @@ from agentkv.report.ladder import LADDER, DeploymentSpec, modes, rung_config
 from agentkv.report.levers import CodecFit, TierLoad, codec_fits, tier_loads
 from agentkv.report.load import LoadCurve, load_curve
 from agentkv.report.models import Candidate, candidate, candidate_specs, deployment
-from agentkv.report.pool import executor
+from agentkv.report.pool import executor, result_of
 from agentkv.report.rungs import (
     RungOutcome,
     measure_rung,
@@ -198,5 +198,5 @@ def _model_view(pool: Executor, names: tuple[str, ...], others: list, deployed: 
             continue
         (c_spec, fitted, fit), future = futures[name]
         step(f"candidate {name} sized")
-        out.append(candidate(c_spec, fitted, fit, future.result()))
+        out.append(candidate(c_spec, fitted, fit, result_of(pool, future)))
     return out

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agentkv.report.ladder import DeploymentSpec, Rung, prefill_floor, rung_config, slo_ttft
+from agentkv.report.pool import result_of
 from agentkv.report.slo import meets_slo, slo_misses
 from agentkv.sim.attention import prefill_work
 from agentkv.sim.simulator import SimResult, simulate
@@ -180,7 +181,7 @@ class Search:
             for nxt in self.frontier(met, width) if pool is not None else ():
                 if nxt not in flying and nxt not in done:
                     flying[nxt] = pool.submit(probe, nxt)
-            done[c] = flying.pop(c).result() if c in flying else probe(c)
+            done[c] = result_of(pool, flying.pop(c)) if c in flying else probe(c)
             met[c] = meets_slo(done[c], spec)
         for f in flying.values():
             f.cancel()

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from agentkv.report.ladder import LADDER
-from agentkv.report.pool import give_back_freed
+from agentkv.report.pool import give_back_freed, wait_first
 from agentkv.report.rungs import (
     RungOutcome,
     bracketed,
@@ -92,7 +92,7 @@ class Levers:
         chosen)."""
         given = self.gpus
         while self.todo:
-            done = wait(self.todo, return_when=FIRST_COMPLETED)[0]
+            done = wait_first(self.pool, self.todo)
             for fut in [f for f in self.todo if f in done]:  # in the order submitted: one worker, one order
                 self._done(*self.todo.pop(fut), *fut.result())
             if not self.todo and self.gpus is None:
