@@ -19,14 +19,7 @@ def price_step(batch: StepPlan, d: Deployment, links: list[str], block_bytes: in
     chunks = [] if landed else batch.prefills
     prefills = tuple((c.n, c.start) for c in chunks)
     decodes = tuple(q.computed + 1 for q in batch.decodes)
-    if decodes:
-        cost = step_cost(StepShape(prefills, decodes), d)
-    else:
-        if prefills not in prefill_only:
-            if len(prefill_only) >= PRICES_KEPT:
-                prefill_only.clear()
-            prefill_only[prefills] = step_cost(StepShape(prefills), d)
-        cost = prefill_only[prefills]
+    cost = step_cost(StepShape(prefills, decodes), d) if decodes else prefill_cost(prefills, d, prefill_only)
     total = cost.total
     moved: dict[str, float] = {}
     for mv in batch.moves:  # every copy at its link's bandwidth: promotions, demotions, write-through copies
@@ -41,6 +34,25 @@ def price_step(batch: StepPlan, d: Deployment, links: list[str], block_bytes: in
     totals["prefill_tokens"] += sum(c.n for c in chunks)
     totals["decode_tokens"] += len(decodes)
     return secs
+
+
+def price_chunk(chunk: PrefillChunk, cost: StepCost, totals: dict, landed: bool = False) -> float:
+    """`price_step` of a step that is `chunk` alone and moves nothing between tiers (`cost`: its `prefill_cost`),
+    without building the step: a prompt's full chunks run as one event (`sim/prefill_leap.py`)."""
+    chunks = [] if landed else [chunk]
+    attribute(cost, chunks, [], totals)
+    totals["steps"] += 1
+    totals["prefill_tokens"] += chunk.n if chunks else 0
+    return cost.total
+
+
+def prefill_cost(prefills: tuple[tuple[int, int], ...], d: Deployment, memo: dict[tuple, StepCost]) -> StepCost:
+    """A step of prompt chunks ((tokens, start) each) and no decodes, remembered in `memo` (see `price_step`)."""
+    if prefills not in memo:
+        if len(memo) >= PRICES_KEPT:
+            memo.clear()
+        memo[prefills] = step_cost(StepShape(prefills), d)
+    return memo[prefills]
 
 
 def attribute(cost: StepCost, prefills: list[PrefillChunk], decodes: list[Sequence], totals: dict,

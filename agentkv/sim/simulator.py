@@ -17,6 +17,7 @@ import heapq
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -24,10 +25,11 @@ from agentkv.kvcache.cache import KVCache
 from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.sizing import kv_bytes_per_block, state_bytes
 from agentkv.kvcache.tiers import TIER_LINKS, TierSpec
-from agentkv.scheduler import Scheduler, SchedulerConfig, Sequence, StepPlan
+from agentkv.scheduler import PrefillChunk, Scheduler, SchedulerConfig, Sequence, StepPlan
 from agentkv.scheduler.scheduler import blocks_for
 from agentkv.sim.local_ids import LocalIds, PagedIds
-from agentkv.sim.pricing import attribute, price_step
+from agentkv.sim.prefill_leap import PrefillLeap, prefill_leap
+from agentkv.sim.pricing import attribute, prefill_cost, price_chunk, price_step
 from agentkv.sim.result import Records, SimResult
 from agentkv.sim.router import Router
 from agentkv.sim.stepcost import Deployment, StepCost, StepShape, step_cost
@@ -70,7 +72,7 @@ class _Replica:
                                                cfg.prefix_cache, state), self.cache)
         self.busy = False
         self.busy_s = 0.0
-        self.leap: _Leap | None = None
+        self.leap: _Leap | PrefillLeap | None = None
         self.ids = LocalIds()  # the policy core's arrays follow the blocks routed here, not the whole trace's
 
     def outstanding_tokens(self) -> int:
@@ -180,7 +182,10 @@ class Simulator:
             self._next_in_session(i, now)
             return
         for rep in self.replicas:
-            rep.catch_up(now)
+            if isinstance(rep.leap, PrefillLeap):
+                rep.leap.apply(rep.sched, now, partial(self._price_chunk, rep))
+            else:
+                rep.catch_up(now)
         named = self.cfg.prefix_cache  # off: no id is looked up or named, so none is read
         r = 0 if len(self.replicas) == 1 else self.router.pick(self.replicas, trace.blocks(i) if named else _NO_IDS,
                                                                 seq.prompt_len, trace.block_size, seq.session)
@@ -229,10 +234,13 @@ class Simulator:
             rep.busy = False
             return
         rep.busy = True
+        self._push_step(now + self._price(rep, plan), r, plan)
+
+    def _price(self, rep: _Replica, plan: StepPlan) -> float:
         secs = price_step(plan, self.d, rep.tier_links, rep.block_bytes, self.totals, self.prefill_costs,
                           landed=self.cfg.prompt_landed)
         rep.busy_s += secs
-        self._push_step(now + secs, r, plan)
+        return secs
 
     def _step_done(self, r: int, now: float, plan: StepPlan | None, order: int) -> None:
         rep = self.replicas[r]
@@ -253,9 +261,13 @@ class Simulator:
             self._next_in_session(seq.seq_id, now)
 
     def _leap(self, r: int, now: float) -> bool:
-        """Start a decode-only stretch as one event, through the step at which a sequence finishes, or to the one
-        that needs a block."""
+        """Start the head sequence's full prompt chunks as one event (`prefill_leap`), or a decode-only stretch,
+        through the step at which a sequence finishes, or to the one that needs a block."""
         rep = self.replicas[r]
+        if (chunks := prefill_leap(rep.sched, now, self._chunk_cost)) is not None:
+            self._push_step(chunks.end, r, None)
+            chunks.event, rep.leap = self._order, chunks
+            return True
         to_finish, fits = _decode_leap(rep.sched)
         k = _reserve_ahead(rep, to_finish, fits, now)
         if k < 2:
@@ -266,9 +278,19 @@ class Simulator:
         rep.leap = _Leap(now, cost.total, k, cost, mid, self._order, finishes=k == to_finish)
         return True
 
+    def _chunk_cost(self, chunk: PrefillChunk) -> StepCost:
+        """A step of this chunk alone, as `price_step` prices it."""
+        return prefill_cost(() if self.cfg.prompt_landed else ((chunk.n, chunk.start),), self.d, self.prefill_costs)
+
+    def _price_chunk(self, rep: _Replica, chunk: PrefillChunk, cost: StepCost) -> None:
+        rep.busy_s += price_chunk(chunk, cost, self.totals, self.cfg.prompt_landed)
+
     def _cut(self, r: int, now: float) -> None:
-        """A request joined a leaping replica: the leap ends with the step in progress."""
+        """A request joined a leaping replica: a decode leap ends with the step in progress (a prompt's full chunks
+        leave it no room: it queues)."""
         leap = self.replicas[r].leap
+        if isinstance(leap, PrefillLeap):
+            return
         done = min(leap.steps, max(leap.applied, math.ceil((now - leap.start) / leap.per_step)))
         if done < leap.steps:
             leap.steps, leap.finishes = done, False
@@ -277,8 +299,13 @@ class Simulator:
 
     def _land(self, rep: _Replica, now: float) -> None:
         """A leap ended: its steps applied, priced and attributed; a last step that finishes a sequence applied by
-        the scheduler's accounting of a decode step (commits, the finish, its release)."""
+        the scheduler's accounting of a decode step (commits, the finish, its release). A prompt's chunks: the rest
+        applied."""
         leap, running = rep.leap, rep.sched.running
+        if isinstance(leap, PrefillLeap):
+            leap.apply(rep.sched, math.inf, partial(self._price_chunk, rep))
+            rep.leap = None
+            return
         attribute(leap.cost, [], running, self.totals, steps=leap.steps, ahead=leap.ahead - leap.applied)
         plain = leap.steps - leap.finishes - leap.applied
         for q in running:
