@@ -20,6 +20,7 @@ from agentkv.kvcache.sizing import CodecSpec, entry_bytes, index_bytes, raw_byte
 
 INF = math.inf
 LINEAR_FLOPS_PER_STATE_BYTE = 3.0  # decay, rank-1 update and read-out: ~6 FLOPs per 2-byte state value (estimate)
+CHUNKS_KEPT = 1 << 15  # prompt chunks whose attention work a deployment remembers: see chunk_work
 
 
 @dataclass(slots=True, frozen=True)
@@ -129,6 +130,20 @@ def prefill_work(g: GroupCost, s: int, n: int, tile: int) -> Work:
              + end / g.ratio * g.index_bytes)
     return Work(g.prefill_flops_per_pair * (pairs + raw) + g.index_flops * scored, io, naive,
                 g.score_heads * (pairs + raw), g.prefill_flops_per_pair * n)
+
+
+def chunk_work(n: int, start: int, groups: tuple[GroupCost, ...], tile: int, memo: dict[tuple, Work]) -> Work:
+    """A prompt chunk's attention work over every layer group, remembered in `memo` by (n, start): a step beside
+    decodes is priced whole every time, but its chunk recurs (a prompt's chunks after 0, 8192, ... less the
+    decodes' tokens). The memo starts over at CHUNKS_KEPT entries (~4 MB)."""
+    work = memo.get((n, start))
+    if work is None:
+        if len(memo) >= CHUNKS_KEPT:
+            memo.clear()
+        work = memo[(n, start)] = Work()
+        for g in groups:
+            work.add(prefill_work(g, start, n, tile))
+    return work
 
 
 class DecodeTable:

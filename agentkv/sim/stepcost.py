@@ -34,8 +34,8 @@ from agentkv.sim.attention import (
     DecodeTable,
     GroupCost,
     Work,
+    chunk_work,
     group_costs,
-    prefill_work,
     write_bytes_per_token,
 )
 from agentkv.sim.speculative import Speculation
@@ -164,6 +164,7 @@ class Deployment:
     kernel: tuple[float, float] = field(init=False, repr=False, compare=False)  # Coefficients.attention_kernel
     layer_floors_s: float = field(init=False, repr=False, compare=False)  # every layer's floor, a step
     by_tokens: dict[int, tuple[float, float]] = field(init=False, repr=False, compare=False)  # see token_seconds
+    by_chunk: dict[tuple[int, int], Work] = field(init=False, repr=False, compare=False)  # see chunk_work
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION:
@@ -195,6 +196,7 @@ class Deployment:
         object.__setattr__(self, "layer_floors_s", m.layers * self.coefficients.layer_floor_s
                            + linear * self.coefficients.linear_layer_floor_s)
         object.__setattr__(self, "by_tokens", {})
+        object.__setattr__(self, "by_chunk", {})
 
     def hardware_rate(self, dtype: str) -> float:
         """Dense peak FLOP/s of one device for GEMMs on weights of `dtype`: FP4 on FP4 tensor cores where the
@@ -263,14 +265,12 @@ class StepCost:
 
 
 def attention_work(shape: StepShape, d: Deployment) -> tuple[Work, Work]:
-    """The step's attention work for its prefill chunks (one by one, group by group) and for its decodes (one
-    vectorised call for every group: `attention.DecodeTable`, contexts as an array only where a group bounds them)."""
-    tile, decodes, table = d.coefficients.query_tile, shape.decodes, d.decode_table
-    k = len(decodes)
+    """The step's attention work for its prefill chunks (one by one, remembered: `chunk_work`) and for its decodes
+    (one vectorised call for every group: `attention.DecodeTable`, contexts as an array where a group bounds them)."""
+    decodes, table, k = shape.decodes, d.decode_table, len(shape.decodes)
     pre, dec = Work(), Work()
-    for g in d.groups:
-        for n, start in shape.prefills:
-            pre.add(prefill_work(g, start, n, tile))
+    for n, start in shape.prefills:
+        pre.add(chunk_work(n, start, d.groups, d.coefficients.query_tile, d.by_chunk))
     if k:
         total = float(decodes.sum() if isinstance(decodes, np.ndarray) else sum(decodes))
         contexts = np.asarray(decodes, dtype=float) if table.needs_contexts else None
