@@ -121,6 +121,7 @@ def simulate(trace: Trace, cfg: SimConfig) -> SimResult:
         return sim.run()
     finally:
         sim.trace.block_log.drop_built()  # the placed trace outlives the run (`place` keeps it): not its lists
+        cfg.deployment.by_chunk.clear()  # its result keeps the deployment: not the prompt chunks it priced
 
 
 class Simulator:
