@@ -61,8 +61,8 @@ class KVCache:
         every driver — engine, simulator and offline replay; 0: evict exactly what is needed; 2% cost the
         agent-aware policy a fifth of its gain at 256k tokens, `bench.policy_headroom`). Lower tiers make room 2%
         ahead where the policy's keys move with time (no exact victim queue: every scan keys the whole tier, ~5 ms
-        at 10^6 blocks), else not at all. max_ids: where the driver knows how
-        many ids it can give (a simulation: its trace's), the per-block arrays never grow past it."""
+        at 10^6 blocks), else not at all. max_ids: where the driver knows how many ids it can give (a simulation:
+        its trace's), the per-block arrays never grow past it."""
         if not tiers:
             raise ValueError("a cache needs at least one tier")
         if len(tiers) > 8:

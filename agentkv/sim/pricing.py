@@ -28,22 +28,25 @@ def price_step(batch: StepPlan, d: Deployment, links: list[str], block_bytes: in
             moved[link] = moved.get(link, 0.0) + len(mv.blocks) * block_bytes
     transfer = transfer_seconds(moved, d) if moved else 0.0
     secs = max(total, transfer) if d.overlap_transfers else total + transfer
-    attribute(cost, chunks, batch.decodes, totals)
-    totals["transfer"] += secs - total
-    totals["steps"] += 1
-    totals["prefill_tokens"] += sum(c.n for c in chunks)
-    totals["decode_tokens"] += len(decodes)
+    _account(cost, chunks, batch.decodes, totals, secs - total)
     return secs
 
 
 def price_chunk(chunk: PrefillChunk, cost: StepCost, totals: dict, landed: bool = False) -> float:
     """`price_step` of a step that is `chunk` alone and moves nothing between tiers (`cost`: its `prefill_cost`),
     without building the step: a prompt's full chunks run as one event (`sim/prefill_leap.py`)."""
-    chunks = [] if landed else [chunk]
-    attribute(cost, chunks, [], totals)
-    totals["steps"] += 1
-    totals["prefill_tokens"] += chunk.n if chunks else 0
+    _account(cost, [] if landed else [chunk], [], totals, 0.0)
     return cost.total
+
+
+def _account(cost: StepCost, chunks: list[PrefillChunk], decodes: list[Sequence], totals: dict,
+             transfer_s: float) -> None:
+    """A priced step in the totals: its time by whom it is for (`attribute`), what its transfers add, its tokens."""
+    attribute(cost, chunks, decodes, totals)
+    totals["transfer"] += transfer_s
+    totals["steps"] += 1
+    totals["prefill_tokens"] += sum(c.n for c in chunks)
+    totals["decode_tokens"] += len(decodes)
 
 
 def prefill_cost(prefills: tuple[tuple[int, int], ...], d: Deployment, memo: dict[tuple, StepCost]) -> StepCost:
