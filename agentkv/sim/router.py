@@ -63,12 +63,12 @@ class Router:
         names = [r.name for r in replicas]
         if self.kind == "session" and self.home.get(session) in names:
             return names.index(self.home[session])
-        load = np.array([r.outstanding_tokens() for r in replicas], dtype=np.float64)
+        load = [r.outstanding_tokens() for r in replicas]  # a handful of replicas: Python ints beat numpy calls
         if self.kind == "least-loaded":
-            return int(np.argmin(load))
-        cached = np.array([r.cached_prefix(ids) for r in replicas], dtype=np.float64) * block_size
-        work = load + np.maximum(prompt_tokens - cached, 0.0)
+            return min(range(len(replicas)), key=load.__getitem__)  # the first of the least loaded
+        work = [w + max(prompt_tokens - r.cached_prefix(ids) * block_size, 0)
+                for r, w in zip(replicas, load, strict=True)]
         if self.kind == "prefix-aware":
-            return int(np.lexsort((load, work))[0])
+            return min(range(len(replicas)), key=lambda i: (work[i], load[i]))
         homed = Counter(self.home.values())  # one pass over the sessions, not one per replica
-        return int(np.lexsort(([homed[n] for n in names], load, work))[0])
+        return min(range(len(replicas)), key=lambda i: (work[i], load[i], homed[names[i]]))
