@@ -37,7 +37,7 @@ import numpy as np
 from agentkv.kvcache.members import Members
 from agentkv.kvcache.moves import CacheStats, Grant, MoveBatch
 from agentkv.kvcache.policy import AccessContext, Policy, chain_monotone
-from agentkv.kvcache.ranking import lowest, lowest_bit
+from agentkv.kvcache.ranking import held_run, lowest, lowest_bit
 from agentkv.kvcache.tiers import TierSpec
 from agentkv.kvcache.victims import VictimQueue, exact_for
 
@@ -99,8 +99,7 @@ class KVCache:
         ids = np.asarray(ids, dtype=np.int64)
         self._ensure(ids)
         held = self.where[ids]
-        absent = np.flatnonzero(held == 0)
-        n = int(absent[0]) if len(absent) else len(ids)
+        n = held_run(held)
         return n, lowest_bit(held[:n])
 
     def held_prefix(self, ids: np.ndarray) -> int:
@@ -111,8 +110,7 @@ class KVCache:
         self._ensure(ids)
         if not self.where[ids[0]]:  # the usual answer of a replica the prompt's session never ran on
             return 0
-        absent = np.flatnonzero(self.where[ids] == 0)
-        return int(absent[0]) if len(absent) else len(ids)
+        return held_run(self.where[ids])
 
     def tier_of(self, ids: np.ndarray) -> np.ndarray:
         """Best tier holding each id, -1 where none does."""

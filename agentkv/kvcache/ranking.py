@@ -1,5 +1,5 @@
-"""How the policy core ranks blocks for eviction, and reads the best tier holding a block: the two array kernels
-every eviction and lookup runs (`cache.KVCache`, `victims.VictimQueue`)."""
+"""How the policy core ranks blocks for eviction, and reads which tiers hold a block: the array kernels every
+eviction and lookup runs (`cache.KVCache`, `victims.VictimQueue`)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,15 @@ def lowest(keys: np.ndarray, ids: np.ndarray, depth: np.ndarray, k: int) -> np.n
     ties = np.flatnonzero(keys == kth)
     deepest = ties[np.lexsort((ids[ties], -depth[ids[ties]]))[: k - len(below)]]  # then lowest id: any order in
     return np.concatenate([below, deepest])
+
+
+def held_run(held: np.ndarray) -> int:
+    """Length of the leading run of nonzero `held` (tier bits): the first zero is the minimum's first index (one
+    reduction, where finding every zero is two passes and a Python wrapper: this is asked at every admission)."""
+    if not len(held):
+        return 0
+    first = int(held.argmin())
+    return first if held[first] == 0 else len(held)
 
 
 def lowest_bit(w: np.ndarray) -> np.ndarray:
