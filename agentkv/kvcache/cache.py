@@ -51,6 +51,7 @@ AtHand = Callable[[int, np.ndarray], np.ndarray]  # (tier, ids) -> which can mov
 class _Held:
     chain: list[np.ndarray]  # named blocks pinned for the request, head to tail
     reserved: int  # anonymous tier-0 blocks (being written, or partial)
+    named: int  # blocks in `chain`: the depth of the next one committed
 
 
 class KVCache:
@@ -158,7 +159,7 @@ class KVCache:
         self.stats.lookups += 1
         self.stats.hit_blocks += per_tier
         self.stats.promoted += per_tier * (np.arange(len(self.tiers)) > 0)
-        self._held[key] = _Held([hits], n_new)
+        self._held[key] = _Held([hits], n_new, len(hits))
         self.policy.on_acquire(hits, ctx)
         return Grant(n_hit, hit_tier, per_tier, moves)
 
@@ -178,14 +179,14 @@ class KVCache:
         if len(ids) > held.reserved:
             raise ValueError(f"request {key!r} commits {len(ids)} blocks but reserved {held.reserved}")
         self._ensure(ids)
-        depth0 = sum(len(c) for c in held.chain)
-        self.depth[ids] = np.arange(depth0, depth0 + len(ids), dtype=np.int32)
+        self.depth[ids] = np.arange(held.named, held.named + len(ids), dtype=np.int32)
         fresh = ids[(self.where[ids] & 1) == 0]  # a block another request wrote meanwhile stays theirs
         held.reserved -= len(fresh)
         self.reserved -= len(fresh)
         self.pins[ids] += 1  # before they enter tier 0: pinned, they join its victim queue only at release
         self._add(0, fresh)
         held.chain.append(ids)
+        held.named += len(ids)
         moves: list[MoveBatch] = []
         if self.write_through and len(fresh):
             below = fresh[(self.where[fresh] & 2) == 0]
@@ -201,7 +202,8 @@ class KVCache:
         chain = np.concatenate(held.chain) if held.chain else np.zeros(0, dtype=np.int64)
         self.pins[chain] -= 1
         self.reserved -= held.reserved
-        keys = chain_monotone(self.policy.on_release(chain, self.depth[chain], ctx))  # even empty: the turn ended
+        keys = self.policy.on_release(chain, self.depth[chain], ctx)  # even empty: the turn ended
+        keys = keys if isinstance(keys, float) else chain_monotone(keys)  # one key a chain is monotone as it is
         if self._stores_keys:
             self.key[chain] = np.maximum(self.key[chain], keys) if self.policy.keys_only_rise else keys
         self._offer(chain)

@@ -67,9 +67,9 @@ class Policy(ABC):
         """A request of `ctx.session` arrived and pinned the cached prefix `hits` (a session's return)."""
 
     @abstractmethod
-    def on_release(self, slots: np.ndarray, depth: np.ndarray, ctx: AccessContext) -> np.ndarray:
+    def on_release(self, slots: np.ndarray, depth: np.ndarray, ctx: AccessContext) -> np.ndarray | float:
         """A request released its chain `slots` (head to tail): return their raw keys (the core makes them
-        chain-monotone)."""
+        chain-monotone), or one float key for them all."""
 
     def keys(self, slots: np.ndarray, now: float) -> np.ndarray:
         """Eviction keys of candidate `slots` at time `now` (default: the stored keys)."""

@@ -17,6 +17,6 @@ class LRU(Policy):
     def __init__(self) -> None:
         self.releases = 0
 
-    def on_release(self, slots: np.ndarray, depth: np.ndarray, ctx: AccessContext) -> np.ndarray:
+    def on_release(self, slots: np.ndarray, depth: np.ndarray, ctx: AccessContext) -> float:
         self.releases += 1  # a counter, not the clock: simultaneous requests still get a strict order
-        return np.full(len(slots), float(self.releases))
+        return float(self.releases)  # one key for the chain: the core gives it to every block
