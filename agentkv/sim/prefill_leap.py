@@ -15,6 +15,7 @@ never prefetches (a step's start can promote blocks).
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ class PrefillLeap:
     chunks: list[PrefillChunk]  # each a step of its own, in order
     costs: list[StepCost]  # each chunk's step
     ends: list[float]  # when each chunk's step ends
-    event: int = 0  # the step completion that ends the leap (as `simulator._Leap.event`)
+    event: int = 0  # the step completion that ends the leap (as `DecodeLeap.event`)
     applied: int = 0  # chunks applied so far
 
     @property
@@ -53,6 +54,15 @@ class PrefillLeap:
         sched.postprocess(StepPlan(prefills=[PrefillChunk(head, start, self.chunks[done - 1].start
                                                           + self.chunks[done - 1].n - start)]), self.ends[done - 1])
         self.applied = done
+
+    def cut(self, now: float) -> None:
+        """A request joined the replica: the chunks leave it no budget, so it queues and the leap goes on."""
+
+    def land(self, sched: Scheduler, account: Callable[[PrefillChunk, StepCost], None],
+             totals: dict) -> tuple[float, None]:
+        """The leap ended: the rest of its chunks applied (their steps' seconds are in `account`)."""
+        self.apply(sched, math.inf, account)
+        return 0.0, None
 
 
 def prefill_leap(sched: Scheduler, now: float, cost_of: Callable[[PrefillChunk], StepCost]) -> PrefillLeap | None:

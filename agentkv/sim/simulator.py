@@ -4,11 +4,8 @@ Sessions are closed loops: a session's first request arrives when the arrival mo
 request a think time after the previous reply completes (the trace's think time, or its gap less the recorded
 service time), so a slow deployment slows its agents down as it would in life. Each replica runs the same
 `Scheduler` over its own `KVCache` as the engine does; a step lasts what the step-cost model says, plus tier
-transfers where they do not overlap. Decode-only stretches with nothing else due are advanced in one leap: through
-the first step at which a sequence finishes (that step's accounting, the finish included, runs at the leap's end)
-or to the first that needs a block the GPU tier cannot reserve. Arrivals elsewhere do not end it; one routed to
-the leaping replica cuts it at the step in progress, where a step-by-step run would admit it, and the router sees
-the steps done so far.
+transfers where they do not overlap. Stretches whose steps are known when the first starts run as one event: a
+long prompt's full chunks (`prefill_leap.py`) and decode-only steps with nothing else due (`decode_leap.py`).
 """
 
 from __future__ import annotations
@@ -26,13 +23,13 @@ from agentkv.kvcache.policies import make_policy
 from agentkv.kvcache.sizing import kv_bytes_per_block, state_bytes
 from agentkv.kvcache.tiers import TIER_LINKS, TierSpec
 from agentkv.scheduler import PrefillChunk, Scheduler, SchedulerConfig, Sequence, StepPlan
-from agentkv.scheduler.scheduler import blocks_for
+from agentkv.sim.decode_leap import DecodeLeap, decode_leap
 from agentkv.sim.local_ids import LocalIds, PagedIds
 from agentkv.sim.prefill_leap import PrefillLeap, prefill_leap
-from agentkv.sim.pricing import attribute, prefill_cost, price_chunk, price_step
+from agentkv.sim.pricing import prefill_cost, price_chunk, price_step
 from agentkv.sim.result import Records, SimResult
 from agentkv.sim.router import Router
-from agentkv.sim.stepcost import Deployment, StepCost, StepShape, step_cost
+from agentkv.sim.stepcost import Deployment, StepCost
 from agentkv.workload.arrivals import ArrivalModel, offered_seconds, place
 from agentkv.workload.trace import Trace
 
@@ -72,7 +69,8 @@ class _Replica:
                                                cfg.prefix_cache, state), self.cache)
         self.busy = False
         self.busy_s = 0.0
-        self.leap: _Leap | PrefillLeap | None = None
+        self.leap: DecodeLeap | PrefillLeap | None = None
+        self.account: partial[None] | None = None  # prices a leap's prompt chunk on this replica (`Simulator`)
         self.ids = LocalIds()  # the policy core's arrays follow the blocks routed here, not the whole trace's
 
     def outstanding_tokens(self) -> int:
@@ -84,35 +82,6 @@ class _Replica:
             self.prompt[0] = PagedIds.of(ids)
         seen = self.ids.seen_prefix(self.prompt[0])
         return self.cache.held_prefix(seen) if len(seen) else 0  # most replicas never saw the prompt's head
-
-    def catch_up(self, now: float) -> None:
-        """Apply the decode steps of a leap that have ended by `now` to the running sequences."""
-        leap = self.leap
-        if leap is None:
-            return
-        done = min(leap.steps - leap.finishes, int((now - leap.start) / leap.per_step))
-        if done > leap.applied:
-            for q in self.sched.running:
-                q.computed += done - leap.applied
-                q.generated += done - leap.applied
-            leap.applied = done
-
-
-@dataclass(slots=True)
-class _Leap:
-    """Decode steps a replica runs in one event: `steps` of `per_step` seconds from `start`, priced at mid-leap
-    context (`cost`, `ahead` steps past the start); `applied` of them already applied; `event` names the step
-    completion that ends it (a cut leaves the earlier one stale); `finishes`: its last step finishes a sequence
-    (that step is applied by the scheduler's own accounting when the leap lands)."""
-
-    start: float
-    per_step: float
-    steps: int
-    cost: StepCost
-    ahead: int
-    event: int
-    finishes: bool
-    applied: int = 0
 
 
 def simulate(trace: Trace, cfg: SimConfig) -> SimResult:
@@ -137,6 +106,8 @@ class Simulator:
         prompt = [PagedIds.of(np.zeros(0, dtype=np.int64))]
         self.replicas = [_Replica(cfg, trace.block_size, r, prompt, self.trace.n_block_ids)
                          for r in range(cfg.replicas)]
+        for rep in self.replicas:
+            rep.account = partial(self._price_chunk, rep)
         self.router = Router(cfg.router)
         self.prompt = prompt
         self.pause = agent_pauses(self.trace)
@@ -182,11 +153,9 @@ class Simulator:
             res.rejected[i] = res.over_window[i] = True
             self._next_in_session(i, now)
             return
-        for rep in self.replicas:
-            if isinstance(rep.leap, PrefillLeap):
-                rep.leap.apply(rep.sched, now, partial(self._price_chunk, rep))
-            else:
-                rep.catch_up(now)
+        for rep in self.replicas:  # the router sees every leap's steps done by now
+            if rep.leap is not None:
+                rep.leap.apply(rep.sched, now, rep.account)
         named = self.cfg.prefix_cache  # off: no id is looked up or named, so none is read
         r = 0 if len(self.replicas) == 1 else self.router.pick(self.replicas, trace.blocks(i) if named else _NO_IDS,
                                                                 seq.prompt_len, trace.block_size, seq.session)
@@ -262,21 +231,13 @@ class Simulator:
             self._next_in_session(seq.seq_id, now)
 
     def _leap(self, r: int, now: float) -> bool:
-        """Start the head sequence's full prompt chunks as one event (`prefill_leap`), or a decode-only stretch,
-        through the step at which a sequence finishes, or to the one that needs a block."""
+        """Start the head sequence's full prompt chunks as one event, or a decode-only stretch (the two leaps)."""
         rep = self.replicas[r]
-        if (chunks := prefill_leap(rep.sched, now, self._chunk_cost)) is not None:
-            self._push_step(chunks.end, r, None)
-            chunks.event, rep.leap = self._order, chunks
-            return True
-        to_finish, fits = _decode_leap(rep.sched)
-        k = _reserve_ahead(rep, to_finish, fits, now)
-        if k < 2:
+        leap = prefill_leap(rep.sched, now, self._chunk_cost) or decode_leap(rep.sched, now, self.d)
+        if leap is None:
             return False
-        mid = k // 2
-        cost = step_cost(StepShape(decodes=tuple(q.computed + 1 + mid for q in rep.sched.running)), self.d)
-        self._push_step(now + k * cost.total, r, None)
-        rep.leap = _Leap(now, cost.total, k, cost, mid, self._order, finishes=k == to_finish)
+        self._push_step(leap.end, r, None)
+        leap.event, rep.leap = self._order, leap
         return True
 
     def _chunk_cost(self, chunk: PrefillChunk) -> StepCost:
@@ -287,37 +248,20 @@ class Simulator:
         rep.busy_s += price_chunk(chunk, cost, self.totals, self.cfg.prompt_landed)
 
     def _cut(self, r: int, now: float) -> None:
-        """A request joined a leaping replica: a decode leap ends with the step in progress (a prompt's full chunks
-        leave it no room: it queues)."""
+        """A request joined a leaping replica: the leap ends with the step in progress where it can."""
         leap = self.replicas[r].leap
-        if isinstance(leap, PrefillLeap):
-            return
-        done = min(leap.steps, max(leap.applied, math.ceil((now - leap.start) / leap.per_step)))
-        if done < leap.steps:
-            leap.steps, leap.finishes = done, False
-            self._push_step(leap.start + done * leap.per_step, r, None)
+        if (end := leap.cut(now)) is not None:
+            self._push_step(end, r, None)
             leap.event = self._order
 
     def _land(self, rep: _Replica, now: float) -> None:
-        """A leap ended: its steps applied, priced and attributed; a last step that finishes a sequence applied by
-        the scheduler's accounting of a decode step (commits, the finish, its release). A prompt's chunks: the rest
-        applied."""
-        leap, running = rep.leap, rep.sched.running
-        if isinstance(leap, PrefillLeap):
-            leap.apply(rep.sched, math.inf, partial(self._price_chunk, rep))
-            rep.leap = None
-            return
-        attribute(leap.cost, [], running, self.totals, steps=leap.steps, ahead=leap.ahead - leap.applied)
-        plain = leap.steps - leap.finishes - leap.applied
-        for q in running:
-            q.computed += plain
-            q.generated += plain
-        self.totals["steps"] += leap.steps
-        self.totals["decode_tokens"] += leap.steps * len(running)
-        rep.busy_s += leap.steps * leap.per_step
-        rep.leap = None
-        if leap.finishes:
-            self._finished(rep.sched.postprocess(StepPlan(decodes=list(running)), now), now)
+        """A leap ended: its steps applied, priced and attributed; a last step that finishes a sequence accounted
+        by the scheduler (commits, the finish, its release)."""
+        leap, rep.leap = rep.leap, None
+        busy, last = leap.land(rep.sched, rep.account, self.totals)
+        rep.busy_s += busy
+        if last is not None:
+            self._finished(rep.sched.postprocess(last, now), now)
 
     def _result(self, wall: float, offered: float) -> SimResult:
         res, trace, totals = self.records, self.trace, self.totals
@@ -337,35 +281,6 @@ class Simulator:
 
 
 _NO_IDS = np.zeros(0, dtype=np.int64)  # a request's ids before routing (its replica numbers them)
-
-
-def _decode_leap(sched: Scheduler) -> tuple[int, int]:
-    """(decode-only steps through the first that finishes a sequence, of those how many fit the blocks held)
-    with this exact composition (nobody could be admitted meanwhile); (0, 0) where a step must be scheduled."""
-    if not sched.running or any(s.in_prefill for s in sched.running):
-        return 0, 0
-    if sched.waiting and not sched.head_blocked:
-        return 0, 0  # the head of the queue might be admitted at the next step
-    bs = sched.cfg.block_size
-    to_finish = max(0, min(s.max_tokens - s.generated for s in sched.running))
-    return to_finish, min(to_finish, min(s.blocks_held * bs - s.computed for s in sched.running))
-
-
-def _reserve_ahead(rep: _Replica, to_finish: int, fits: int, now: float) -> int:
-    """Steps a leap can run: to the first finish, with the blocks its decodes will write reserved now where the
-    GPU tier has them free (no eviction: the cache is as a step-by-step run leaves it); else to the first block
-    boundary."""
-    if to_finish <= fits:
-        return fits
-    bs, running = rep.sched.cfg.block_size, rep.sched.running
-    need = [max(blocks_for(q.computed + to_finish, bs) - q.blocks_held, 0) for q in running]
-    if sum(need) > rep.cache.free_blocks(0):
-        return fits
-    for q, n in zip(running, need, strict=True):
-        if n:
-            rep.cache.reserve(q.seq_id, n, now)
-            q.blocks_held += n
-    return to_finish
 
 
 def agent_pauses(trace: Trace) -> np.ndarray:
