@@ -188,7 +188,7 @@ class AgentAware(Policy):
         (owner -1) reads the sentinel appended to each per-session array. Forecasts are made for every session or
         for the blocks' own owners, whichever are fewer."""
         owner = self.owner[slots]
-        touch = self.touch[slots].astype(np.float64)
+        touch = self.touch[slots]  # release counts: compared as integers, made keys (floats) only where used
         if len(slots) < len(self.last_release):
             sessions, owner = np.unique(owner, return_inverse=True)
             known = sessions >= 0
