@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -70,7 +71,7 @@ class _Replica:
         self.busy = False
         self.busy_s = 0.0
         self.leap: DecodeLeap | PrefillLeap | None = None
-        self.account: partial[None] | None = None  # prices a leap's prompt chunk on this replica (`Simulator`)
+        self.account: Callable[[PrefillChunk, StepCost], None] | None = None  # prices a leap's chunk here (`Simulator`)
         self.ids = LocalIds()  # the policy core's arrays follow the blocks routed here, not the whole trace's
 
     def outstanding_tokens(self) -> int:
