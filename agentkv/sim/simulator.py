@@ -13,9 +13,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 
@@ -52,9 +50,11 @@ class SimConfig:
 
 
 class _Replica:
-    def __init__(self, cfg: SimConfig, block_size: int, name: int, prompt: list[PagedIds], ids: int) -> None:
+    def __init__(self, cfg: SimConfig, block_size: int, name: int, prompt: list[PagedIds], ids: int,
+                 totals: dict) -> None:
         self.name = name
         self.prompt = prompt  # the last prompt the router asked about, split by page: one list for the fleet
+        self.totals, self.landed = totals, cfg.prompt_landed  # the fleet's counters, which its steps add to
         d = cfg.deployment
         block = kv_bytes_per_block(d.model, d.kv_codec, block_size, d.kv_ranks)
         tiers = [TierSpec("gpu", max(d.kv_capacity_bytes, 0.0), block)]
@@ -71,8 +71,12 @@ class _Replica:
         self.busy = False
         self.busy_s = 0.0
         self.leap: DecodeLeap | PrefillLeap | None = None
-        self.account: Callable[[PrefillChunk, StepCost], None] | None = None  # prices a leap's chunk here (`Simulator`)
         self.ids = LocalIds()  # the policy core's arrays follow the blocks routed here, not the whole trace's
+
+    def price_chunk(self, chunk: PrefillChunk, cost: StepCost) -> None:
+        """A leap's prompt chunk priced and accounted here (a method, not a stored closure over the simulator:
+        a reference cycle would keep a finished simulation's caches until a full collection)."""
+        self.busy_s += price_chunk(chunk, cost, self.totals, self.landed)
 
     def outstanding_tokens(self) -> int:
         s = self.sched
@@ -105,16 +109,14 @@ class Simulator:
         self.offered = offered_seconds(trace, cfg.arrival, self.first_arrival)
         self.cfg, self.d = cfg, cfg.deployment
         prompt = [PagedIds.of(np.zeros(0, dtype=np.int64))]
-        self.replicas = [_Replica(cfg, trace.block_size, r, prompt, self.trace.n_block_ids)
+        self.totals = dict(prefill=0.0, decode=0.0, cached=0.0, transfer=0.0, steps=0, prefill_tokens=0,
+                           decode_tokens=0)
+        self.replicas = [_Replica(cfg, trace.block_size, r, prompt, self.trace.n_block_ids, self.totals)
                          for r in range(cfg.replicas)]
-        for rep in self.replicas:
-            rep.account = partial(self._price_chunk, rep)
         self.router = Router(cfg.router)
         self.prompt = prompt
         self.pause = agent_pauses(self.trace)
         self.records = Records(trace.n_requests, len(self.replicas[0].cache.tiers))
-        self.totals = dict(prefill=0.0, decode=0.0, cached=0.0, transfer=0.0, steps=0, prefill_tokens=0,
-                           decode_tokens=0)
         self.arrivals: list[tuple[float, int]] = []
         self.prefill_costs: dict[tuple, StepCost] = {}  # see pricing.price_step
         self.steps: list[tuple[float, int, int, StepPlan | None]] = []
@@ -156,7 +158,7 @@ class Simulator:
             return
         for rep in self.replicas:  # the router sees every leap's steps done by now
             if rep.leap is not None:
-                rep.leap.apply(rep.sched, now, rep.account)
+                rep.leap.apply(rep.sched, now, rep.price_chunk)
         named = self.cfg.prefix_cache  # off: no id is looked up or named, so none is read
         r = 0 if len(self.replicas) == 1 else self.router.pick(self.replicas, trace.blocks(i) if named else _NO_IDS,
                                                                 seq.prompt_len, trace.block_size, seq.session)
@@ -245,9 +247,6 @@ class Simulator:
         """A step of this chunk alone, as `price_step` prices it."""
         return prefill_cost(() if self.cfg.prompt_landed else ((chunk.n, chunk.start),), self.d, self.prefill_costs)
 
-    def _price_chunk(self, rep: _Replica, chunk: PrefillChunk, cost: StepCost) -> None:
-        rep.busy_s += price_chunk(chunk, cost, self.totals, self.cfg.prompt_landed)
-
     def _cut(self, r: int, now: float) -> None:
         """A request joined a leaping replica: the leap ends with the step in progress where it can."""
         leap = self.replicas[r].leap
@@ -259,7 +258,7 @@ class Simulator:
         """A leap ended: its steps applied, priced and attributed; a last step that finishes a sequence accounted
         by the scheduler (commits, the finish, its release)."""
         leap, rep.leap = rep.leap, None
-        busy, last = leap.land(rep.sched, rep.account, self.totals)
+        busy, last = leap.land(rep.sched, rep.price_chunk, self.totals)
         rep.busy_s += busy
         if last is not None:
             self._finished(rep.sched.postprocess(last, now), now)
