@@ -23,13 +23,14 @@ from agentkv.workload.trace import Trace
 BUDGET_S = 240.0  # default --budget: a report that runs in a few minutes
 # A whole-trace report's time in units of the probe's CPU per request, per request of the capacity sample and per
 # request of the whole trace, fitted to the wall time of measured reports on two workers: `python -m
-# bench.report_scale --sessions 1400 13250` (docs/BENCHMARKS.md, session 14, 2026-12-06, this sandbox idle) took
-# 200 s at 1,400 sessions (45,715 requests, a 4,310-request sample) and 1,380 s at 13,250 (449,403, a 3,819-request
-# sample), whose jobs' CPU alone is 155 and 20, and 146 and 22 probe-requests per request: the driver's own work
-# and a tail with one worker idle make up the rest. 160 and 25 project 202 s and 1,362 s for them. The sample's
-# part is its ~90 capacity probes, ~24 sizings and the remedies; the whole trace's, ~2 runs per lever and the same
-# fleet's.
-SAMPLE_IN_SIMULATIONS = 160
+# bench.report_scale --sessions 1400 13250` (docs/BENCHMARKS.md, session 15, 2026-12-06, this sandbox idle) took
+# 199 s at 1,400 sessions (45,715 requests, a 4,310-request sample) and 1,372 s at 13,250 (449,403, a 3,819-request
+# sample), whose jobs' CPU alone is 178 and 24, and 141 and 21 probe-requests per request: the driver's own work
+# and a tail with one worker idle make up the rest. 220 and 25 project 199 s and 1,372 s for them (session 14's 160
+# and 25, fitted when the probe's simulation was slower against the rest of a report, now say 174 s and 1,346 s).
+# The sample's part is its ~90 capacity probes, ~24 sizings and the remedies; the whole trace's, ~2 runs per lever
+# and the same fleet's.
+SAMPLE_IN_SIMULATIONS = 220
 WHOLE_IN_SIMULATIONS = 25
 PROBE_RUNG = LADDER[5]  # the rung the probe runs (+DRAM tier: the one bench.report times)
 PROBE_SESSIONS = 12  # top-level sessions the speed probe simulates
