@@ -46,12 +46,7 @@ class DecodeLeap:
     def apply(self, sched: Scheduler, until: float, account: Callable[[PrefillChunk, StepCost], None]) -> None:
         """Apply to the running sequences the steps that have ended by `until` (as `PrefillLeap.apply`; a decode
         step is accounted when the leap lands, so `account` is not called)."""
-        done = min(self.steps - self.finishes, int((until - self.start) / self.per_step))
-        if done > self.applied:
-            for q in sched.running:
-                q.computed += done - self.applied
-                q.generated += done - self.applied
-            self.applied = done
+        self._advance(sched, min(self.steps - self.finishes, int((until - self.start) / self.per_step)))
 
     def cut(self, now: float) -> float | None:
         """A request joined the replica: end with the step in progress. Its new end, None where it ends then anyway."""
@@ -67,13 +62,18 @@ class DecodeLeap:
         finishing step for the scheduler to account, or None)."""
         running = sched.running
         attribute(self.cost, [], running, totals, steps=self.steps, ahead=self.ahead - self.applied)
-        plain = self.steps - self.finishes - self.applied
-        for q in running:
-            q.computed += plain
-            q.generated += plain
+        self._advance(sched, self.steps - self.finishes)  # a finishing step: the scheduler's accounting
         totals["steps"] += self.steps
         totals["decode_tokens"] += self.steps * len(running)
         return self.steps * self.per_step, StepPlan(decodes=list(running)) if self.finishes else None
+
+    def _advance(self, sched: Scheduler, done: int) -> None:
+        """The running sequences through the leap's first `done` steps (those not applied yet)."""
+        if done > self.applied:
+            for q in sched.running:
+                q.computed += done - self.applied
+                q.generated += done - self.applied
+            self.applied = done
 
 
 def decode_leap(sched: Scheduler, now: float, d: Deployment) -> DecodeLeap | None:
