@@ -133,7 +133,8 @@ def build_report(trace: Trace, spec: DeploymentSpec, arrival: ArrivalModel, pric
     # one job per lever and deployment mode, so the modes of the costliest lever run side by side; the fleet
     # given up front is run with them where the modes are chosen on the trace the report prints
     jobs = [(s, r, arrival, offered, gpu_hour, None if on.two_phase else replicas) for r in LADDER for s in modes(spec)]
-    place(on.whole, arrival)  # every whole-trace run places it so: once here, and the forked workers share it
+    placed, _ = place(on.whole, arrival)  # every whole-trace run places it so: once here, and the forked workers
+    placed.lead_in_other_sessions()  # share it, with what their routers read of it (`sim/simulator.py`)
     with executor(workers, on.traces(), ray) as pool:
         levers = Levers(pool, jobs, on.whole if on.two_phase else None, replicas * spec.tp if replicas else None, step)
         levers.start()  # the pool's worker processes are forked by now: no thread of ours is copied into them

@@ -90,13 +90,13 @@ class LocalIds:
             return local
         return self.lookup(paged)
 
-    def extend(self, earlier: np.ndarray, shared: int, new: np.ndarray) -> np.ndarray:
+    def extend(self, earlier: np.ndarray, shared: int, new: PagedIds) -> np.ndarray:
         """Local ids of a prompt that repeats the first `shared` ids of a prompt numbered here (`earlier`: its local
         ids) and then holds `new` ones: only those are looked up and numbered, as `assign` would number them (the
         repeated ids were seen), so a session's next prompt costs what it adds, not its whole length."""
-        if not len(new):
+        if not len(new.ids):
             return earlier[:shared]
-        return np.concatenate([earlier[:shared], self.assign(PagedIds.of(new))])
+        return np.concatenate([earlier[:shared], self.assign(new)])
 
 
 def _page_runs(ids: np.ndarray) -> list[tuple[int, int, int]]:

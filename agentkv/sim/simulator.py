@@ -23,10 +23,11 @@ from agentkv.kvcache.sizing import kv_bytes_per_block, state_bytes
 from agentkv.kvcache.tiers import TIER_LINKS, TierSpec
 from agentkv.scheduler import PrefillChunk, Scheduler, SchedulerConfig, Sequence, StepPlan
 from agentkv.sim.decode_leap import DecodeLeap, decode_leap
-from agentkv.sim.local_ids import LocalIds, PagedIds
+from agentkv.sim.local_ids import LocalIds
 from agentkv.sim.prefill_leap import PrefillLeap, prefill_leap
 from agentkv.sim.pricing import prefill_cost, price_chunk, price_step
 from agentkv.sim.result import Records, SimResult
+from agentkv.sim.routed_prompt import RoutedPrompt
 from agentkv.sim.router import Router
 from agentkv.sim.stepcost import Deployment, StepCost
 from agentkv.workload.arrivals import ArrivalModel, offered_seconds, place
@@ -50,10 +51,8 @@ class SimConfig:
 
 
 class _Replica:
-    def __init__(self, cfg: SimConfig, block_size: int, name: int, prompt: list[PagedIds], ids: int,
-                 totals: dict) -> None:
+    def __init__(self, cfg: SimConfig, block_size: int, name: int, ids: int, totals: dict) -> None:
         self.name = name
-        self.prompt = prompt  # the last prompt the router asked about, split by page: one list for the fleet
         self.totals, self.landed = totals, cfg.prompt_landed  # the fleet's counters, which its steps add to
         d = cfg.deployment
         block = kv_bytes_per_block(d.model, d.kv_codec, block_size, d.kv_ranks)
@@ -82,11 +81,8 @@ class _Replica:
         s = self.sched
         return sum(q.prompt_len - q.computed + q.max_tokens - q.generated for q in (*s.waiting, *s.running))
 
-    def cached_prefix(self, ids: np.ndarray) -> int:
-        if self.prompt[0].ids is not ids:  # the router asks every replica about one prompt: split it once
-            self.prompt[0] = PagedIds.of(ids)
-        seen = self.ids.seen_prefix(self.prompt[0])
-        return self.cache.held_prefix(seen) if len(seen) else 0  # most replicas never saw the prompt's head
+    def cached_prefix(self, prompt: RoutedPrompt | None) -> int:
+        return 0 if prompt is None else prompt.cached_on(self.name, self.ids, self.cache)  # None: no prefix cache
 
 
 def simulate(trace: Trace, cfg: SimConfig) -> SimResult:
@@ -108,13 +104,11 @@ class Simulator:
         self.trace, self.first_arrival = place(trace, cfg.arrival)  # sessions already open at 0: see arrivals
         self.offered = offered_seconds(trace, cfg.arrival, self.first_arrival)
         self.cfg, self.d = cfg, cfg.deployment
-        prompt = [PagedIds.of(np.zeros(0, dtype=np.int64))]
         self.totals = dict(prefill=0.0, decode=0.0, cached=0.0, transfer=0.0, steps=0, prefill_tokens=0,
                            decode_tokens=0)
-        self.replicas = [_Replica(cfg, trace.block_size, r, prompt, self.trace.n_block_ids, self.totals)
+        self.replicas = [_Replica(cfg, trace.block_size, r, self.trace.n_block_ids, self.totals)
                          for r in range(cfg.replicas)]
         self.router = Router(cfg.router)
-        self.prompt = prompt
         self.pause = agent_pauses(self.trace)
         self.records = Records(trace.n_requests, len(self.replicas[0].cache.tiers))
         self.arrivals: list[tuple[float, int]] = []
@@ -124,6 +118,9 @@ class Simulator:
         self.in_system = 0.0
         self.open = 0  # requests queued or running over all replicas (added, not yet finished)
         self.numbered: dict[int, tuple[int, int, np.ndarray]] = {}  # session -> its last request, replica, local ids
+        self.ran_on: dict[int, int] = {}  # session -> bit r set where replica r served one of its requests
+        fleet = cfg.replicas > 1 and cfg.prefix_cache and cfg.router in ("prefix-aware", "session")
+        self.lead = self.trace.lead_in_other_sessions() if fleet else None
 
     def run(self) -> SimResult:
         wall = time.perf_counter()
@@ -159,11 +156,12 @@ class Simulator:
         for rep in self.replicas:  # the router sees every leap's steps done by now
             if rep.leap is not None:
                 rep.leap.apply(rep.sched, now, rep.price_chunk)
-        named = self.cfg.prefix_cache  # off: no id is looked up or named, so none is read
-        r = 0 if len(self.replicas) == 1 else self.router.pick(self.replicas, trace.blocks(i) if named else _NO_IDS,
-                                                                seq.prompt_len, trace.block_size, seq.session)
+        prompt = self._prompt(i) if self.cfg.prefix_cache else None  # off: no id is looked up or named
+        r = 0 if len(self.replicas) == 1 else self._route(i, seq, prompt)
         res.arrival[i], res.replica[i] = now, r
-        seq.block_ids = self._local_ids(i, r) if named else _NO_IDS
+        if prompt is not None:
+            seq.block_ids = prompt.numbered_on(r, self.replicas[r].ids)
+            self.numbered[seq.session] = (i, r, seq.block_ids)
         try:
             self.replicas[r].sched.add(seq)
         except ValueError:  # longer than the replica's whole KV: it can never run here
@@ -176,18 +174,27 @@ class Simulator:
         elif not self.replicas[r].busy:
             self._start_step(r, now)
 
-    def _local_ids(self, i: int, r: int) -> np.ndarray:
-        """Request i's block ids as replica r numbers them. Where the request it extends was numbered there too,
-        from that one's local ids and its own new ids (`LocalIds.extend`): its full list is never built."""
-        log, ids, session = self.trace.block_log, self.replicas[r].ids, int(self.trace.session[i])
-        last = self.numbered.get(session)
-        if last is not None and last[0] == log.parent[i] and last[1] == r:
-            local = ids.extend(last[2], int(log.shared[i]), log.new(i))
-        else:
-            full = self.trace.blocks(i)
-            local = ids.assign(self.prompt[0] if self.prompt[0].ids is full else PagedIds.of(full))
-        self.numbered[session] = (i, r, local)
-        return local
+    def _prompt(self, i: int) -> RoutedPrompt:
+        """Request i's ids as the fleet looks them up: where the request it extends was numbered on a replica, from
+        that one's local ids and its own new ids (see `RoutedPrompt`)."""
+        last = self.numbered.get(int(self.trace.session[i]))
+        if last is not None and last[0] == self.trace.block_log.parent[i]:
+            return RoutedPrompt(self.trace.block_log, i, last[1], last[2])
+        return RoutedPrompt(self.trace.block_log, i)
+
+    def _route(self, i: int, seq: Sequence, prompt: RoutedPrompt | None) -> int:
+        """The router's pick, told that a replica the session never ran on holds at most the prompt's lead that
+        other sessions share (`Trace.lead_in_other_sessions`): most replicas' caches are then never asked."""
+        if prompt is None:
+            return self.router.pick(self.replicas, None, seq.prompt_len, self.trace.block_size, seq.session,
+                                    [0] * len(self.replicas))
+        ran, most = self.ran_on.get(seq.session, 0), None
+        if self.lead is not None:  # a router that reads caches
+            lead, n = int(self.lead[i]), len(prompt)
+            most = [n if ran >> r & 1 else lead for r in range(len(self.replicas))]
+        r = self.router.pick(self.replicas, prompt, seq.prompt_len, self.trace.block_size, seq.session, most)
+        self.ran_on[seq.session] = ran | 1 << r
+        return r
 
     def _next_in_session(self, i: int, now: float) -> None:
         j = i + 1
@@ -195,6 +202,7 @@ class Simulator:
             heapq.heappush(self.arrivals, (now + float(self.pause[j]), j))
         else:
             self.numbered.pop(int(self.trace.session[i]), None)  # the session is over
+            self.ran_on.pop(int(self.trace.session[i]), None)
 
     def _push_step(self, t: float, r: int, plan: StepPlan | None) -> None:
         self._order += 1

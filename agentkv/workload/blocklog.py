@@ -126,6 +126,29 @@ class BlockLog:
         return BlockLog(self.parent, self.shared, self.offsets, np.asarray(ids, dtype=np.int64))
 
 
+def lead_in_other_sessions(log: BlockLog, bounds: np.ndarray) -> np.ndarray:
+    """Per request, the length of the leading run of its ids that some other session also names (sessions own
+    the request ranges `bounds[s]:bounds[s+1]`): all a cache that never served the request's session can hold of
+    its prompt, since a session's own blocks reach a cache only through its requests. A parent's run carries over
+    to a request that repeats past its end, so only a session's first request (or one repeating less) is read."""
+    seen = np.zeros(log.n_ids(), dtype=bool)  # named by an earlier session
+    multi = [np.zeros(0, dtype=np.int64)]
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        named = log.ids[log.offsets[a] : log.offsets[b]]  # a session's ids are its requests' new ids
+        multi.append(named[seen[named]])  # (an id it repeats is not yet `seen`: read before it is set)
+        seen[named] = True
+    del seen
+    multi_ids = np.unique(np.concatenate(multi))
+    lead: list[int] = []
+    for i, (p, k) in enumerate(zip(log.parent.tolist(), log.shared.tolist(), strict=True)):
+        if p >= 0 and k > lead[p]:
+            lead.append(lead[p])
+            continue
+        other = np.isin(log.new(i), multi_ids)
+        lead.append(k + (int(other.argmin()) if not other.all() else len(other)))
+    return np.array(lead, dtype=np.int64)
+
+
 def from_parts(parent: np.ndarray, shared: np.ndarray, new: list[np.ndarray]) -> BlockLog:
     counts = np.array([len(n) for n in new], dtype=np.int64)
     ids = np.concatenate(new).astype(np.int64) if new else np.zeros(0, dtype=np.int64)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agentkv.workload.blocklog import NO_PARENT, BlockLog
+from agentkv.workload.blocklog import NO_PARENT, BlockLog, lead_in_other_sessions
 
 # How a response ended, which a serving engine knows when the turn ends: a tool call (the agent comes back in
 # seconds) or the end of the turn (a person reads, for minutes or hours).
@@ -49,6 +49,7 @@ class Trace:
     skipped: list[str] = field(default_factory=list)  # reasons for records dropped under --skip-bad
     models: list[str] = field(default_factory=list)  # model names the requests name
     model: np.ndarray = None  # type: ignore[assignment]  # int16 [R], index into models, -1 = not recorded
+    _lead: tuple | None = field(default=None, repr=False, compare=False)  # (block_log, session, lead_in_other_...)
 
     def __post_init__(self) -> None:
         if self.model is None:  # sources without a model per request
@@ -78,6 +79,15 @@ class Trace:
         """Request i's full list of block ids, built from its session's log (read-only). Readers that need only
         which ids a group of requests touches use `block_log.ids` / `covering`, never every request's list."""
         return self.block_log.blocks(i)
+
+    def lead_in_other_sessions(self) -> np.ndarray:
+        """Per request, how many of its leading blocks other sessions also name (`blocklog.lead_in_other_sessions`:
+        a replica that never served the session holds no more of its prompt). Computed once per trace."""
+        if self._lead is None or self._lead[0] is not self.block_log or self._lead[1] is not self.session:
+            lead = lead_in_other_sessions(self.block_log, self.session_bounds())  # (a copy by `replace` recomputes)
+            lead.flags.writeable = False
+            self._lead = (self.block_log, self.session, lead)
+        return self._lead[2]
 
     def session_bounds(self) -> np.ndarray:
         """[S+1] offsets: session s owns requests bounds[s]:bounds[s+1] (requests are grouped by session)."""

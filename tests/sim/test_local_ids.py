@@ -39,7 +39,7 @@ def test_extending_a_numbered_prompt_numbers_as_assigning_the_whole_would():
     by_assign.assign(PagedIds.of(first))
     new = np.array([50 * PAGE + 2, 9, 7, 3 * PAGE, 10], dtype=np.int64)  # unseen ids beside one seen, two pages
     whole = by_assign.assign(PagedIds.of(np.concatenate([first[:3], new])))
-    np.testing.assert_array_equal(by_extend.extend(earlier, 3, new), whole)
+    np.testing.assert_array_equal(by_extend.extend(earlier, 3, PagedIds.of(new)), whole)
     np.testing.assert_array_equal(whole, [0, 1, 2, 4, 5, 2, 6, 7])
     assert by_extend.n == by_assign.n == 8
-    np.testing.assert_array_equal(by_extend.extend(earlier, 2, new[:0]), [0, 1])  # nothing new: the repeated part
+    np.testing.assert_array_equal(by_extend.extend(earlier, 2, PagedIds.of(new[:0])), [0, 1])  # nothing new: the repeated part
