@@ -103,6 +103,17 @@ class KVCache:
         n = held_run(held)
         return n, lowest_bit(held[:n])
 
+    def _found(self, ids: np.ndarray) -> tuple[int, np.ndarray, np.ndarray | None]:
+        """`lookup`, and where the run's blocks sit below tier 0 (None where none does: one tier, or all in tier
+        0, the usual admission, which then reads no per-block tier)."""
+        self._ensure(ids)
+        held = self.where[ids]
+        n = held_run(held)
+        if len(self.tiers) == 1 or (held[:n] & 1).all():
+            return n, np.zeros(n, dtype=np.int64), None
+        hit_tier = lowest_bit(held[:n])
+        return n, hit_tier, hit_tier > 0
+
     def held_prefix(self, ids: np.ndarray) -> int:
         """Length of the leading run of `ids` held by some tier: `lookup`'s first half (a router asks every
         replica's cache about every prompt, and needs no more)."""
@@ -136,11 +147,10 @@ class KVCache:
         ids = np.asarray(ids, dtype=np.int64)
         if n_blocks < len(ids):
             raise ValueError(f"request {key!r}: {len(ids)} block ids but only {n_blocks} blocks needed")
-        n_hit, hit_tier = self.lookup(ids)
+        n_hit, hit_tier, lower = self._found(ids)
         n_new = n_blocks - n_hit
         hits = ids[:n_hit]
-        lower = hit_tier > 0
-        promote = hits[lower]
+        promote = hits[lower] if lower is not None else _NONE
         need = len(promote) + n_new
         moves: list[MoveBatch] = []
         self.pins[hits] += 1  # pinned before making room, so eviction cannot take them
@@ -149,7 +159,10 @@ class KVCache:
             self._offer(hits)
             self.stats.refused += 1
             return None
-        per_tier = np.bincount(hit_tier, minlength=len(self.tiers)).astype(np.int64)
+        per_tier = np.zeros(len(self.tiers), dtype=np.int64)
+        per_tier[0] = n_hit
+        if lower is not None:
+            per_tier = np.bincount(hit_tier, minlength=len(self.tiers)).astype(np.int64)
         for t in range(1, len(self.tiers)):
             if per_tier[t]:
                 up = promote[hit_tier[lower] == t]
@@ -206,6 +219,8 @@ class KVCache:
         keys = keys if isinstance(keys, float) else chain_monotone(keys)  # one key a chain is monotone as it is
         if self._stores_keys:
             self.key[chain] = np.maximum(self.key[chain], keys) if self.policy.keys_only_rise else keys
+        if isinstance(keys, float) and self._victims is not None and all(keys > q.ceiling for q in self._victims):
+            return  # every block is keyed above each queue's ceiling now (LRU's new key): none would join
         self._offer(chain)
 
     def tick(self, now: float, at_hand: AtHand | None = None) -> list[MoveBatch]:
