@@ -115,8 +115,8 @@ class KVCache:
         return n, hit_tier, hit_tier > 0
 
     def held_prefix(self, ids: np.ndarray) -> int:
-        """Length of the leading run of `ids` held by some tier: `lookup`'s first half (a router asks every
-        replica's cache about every prompt, and needs no more)."""
+        """Length of the leading run of `ids` held by some tier: `lookup`'s first half (a router asks replicas'
+        caches about every prompt, and needs no more)."""
         if not len(ids):
             return 0
         self._ensure(ids)

@@ -50,8 +50,8 @@ class LocalIds:
 
     def seen_prefix(self, paged: PagedIds) -> np.ndarray:
         """The local ids of the leading run of a prompt's ids this replica has seen (what its cache could hold):
-        page run by page run, stopping at the first unseen id (the router asks every replica for every prompt,
-        so the prompt is split by page once: `PagedIds`)."""
+        page run by page run, stopping at the first unseen id (the router may ask several replicas about one
+        prompt, so the prompt is split by page once: `PagedIds`, held by `routed_prompt.RoutedPrompt`)."""
         parts: list[np.ndarray] = []
         for p, a, b in paged.runs:
             table = self.pages.get(p)

@@ -120,7 +120,8 @@ class Simulator:
         self.numbered: dict[int, tuple[int, int, np.ndarray]] = {}  # session -> its last request, replica, local ids
         self.ran_on: dict[int, int] = {}  # session -> bit r set where replica r served one of its requests
         fleet = cfg.replicas > 1 and cfg.prefix_cache and cfg.router in ("prefix-aware", "session")
-        self.lead = self.trace.lead_in_other_sessions() if fleet else None
+        self.lead = self.trace.lead_in_other_sessions() if fleet else None  # (lead, origin) per request
+        self.heads: dict[int, tuple] = {}  # session -> its prompts' lead, as `RoutedPrompt.head` keeps it
 
     def run(self) -> SimResult:
         wall = time.perf_counter()
@@ -177,10 +178,11 @@ class Simulator:
     def _prompt(self, i: int) -> RoutedPrompt:
         """Request i's ids as the fleet looks them up: where the request it extends was numbered on a replica, from
         that one's local ids and its own new ids (see `RoutedPrompt`)."""
-        last = self.numbered.get(int(self.trace.session[i]))
+        session = int(self.trace.session[i])
+        last = self.numbered.get(session)
         if last is not None and last[0] == self.trace.block_log.parent[i]:
-            return RoutedPrompt(self.trace.block_log, i, last[1], last[2])
-        return RoutedPrompt(self.trace.block_log, i)
+            return RoutedPrompt(self.trace.block_log, i, session, home=last[1], earlier=last[2])
+        return RoutedPrompt(self.trace.block_log, i, session)
 
     def _route(self, i: int, seq: Sequence, prompt: RoutedPrompt | None) -> int:
         """The router's pick, told that a replica the session never ran on holds at most the prompt's lead that
@@ -190,8 +192,9 @@ class Simulator:
                                     [0] * len(self.replicas))
         ran, most = self.ran_on.get(seq.session, 0), None
         if self.lead is not None:  # a router that reads caches
-            lead, n = int(self.lead[i]), len(prompt)
+            lead, n = int(self.lead[0][i]), len(prompt)
             most = [n if ran >> r & 1 else lead for r in range(len(self.replicas))]
+            prompt.ran, prompt.lead, prompt.origin, prompt.heads = ran, lead, int(self.lead[1][i]), self.heads
         r = self.router.pick(self.replicas, prompt, seq.prompt_len, self.trace.block_size, seq.session, most)
         self.ran_on[seq.session] = ran | 1 << r
         return r
@@ -203,6 +206,7 @@ class Simulator:
         else:
             self.numbered.pop(int(self.trace.session[i]), None)  # the session is over
             self.ran_on.pop(int(self.trace.session[i]), None)
+            self.heads.pop(int(self.trace.session[i]), None)
 
     def _push_step(self, t: float, r: int, plan: StepPlan | None) -> None:
         self._order += 1

@@ -126,11 +126,13 @@ class BlockLog:
         return BlockLog(self.parent, self.shared, self.offsets, np.asarray(ids, dtype=np.int64))
 
 
-def lead_in_other_sessions(log: BlockLog, bounds: np.ndarray) -> np.ndarray:
+def lead_in_other_sessions(log: BlockLog, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per request, the length of the leading run of its ids that some other session also names (sessions own
     the request ranges `bounds[s]:bounds[s+1]`): all a cache that never served the request's session can hold of
-    its prompt, since a session's own blocks reach a cache only through its requests. A parent's run carries over
-    to a request that repeats past its end, so only a session's first request (or one repeating less) is read."""
+    its prompt, since a session's own blocks reach a cache only through its requests. And per request its origin:
+    the request whose ids it takes that run from (itself, or the ancestor it carries the run over from: a parent's
+    run carries over to a request that repeats past its end, so only a session's first request, or one repeating
+    less, is read)."""
     seen = np.zeros(log.n_ids(), dtype=bool)  # named by an earlier session
     multi = [np.zeros(0, dtype=np.int64)]
     for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
@@ -140,13 +142,16 @@ def lead_in_other_sessions(log: BlockLog, bounds: np.ndarray) -> np.ndarray:
     del seen
     multi_ids = np.unique(np.concatenate(multi))
     lead: list[int] = []
+    origin: list[int] = []
     for i, (p, k) in enumerate(zip(log.parent.tolist(), log.shared.tolist(), strict=True)):
         if p >= 0 and k > lead[p]:
             lead.append(lead[p])
+            origin.append(origin[p])
             continue
         other = np.isin(log.new(i), multi_ids)
         lead.append(k + (int(other.argmin()) if not other.all() else len(other)))
-    return np.array(lead, dtype=np.int64)
+        origin.append(i)
+    return np.array(lead, dtype=np.int64), np.array(origin, dtype=np.int64)
 
 
 def from_parts(parent: np.ndarray, shared: np.ndarray, new: list[np.ndarray]) -> BlockLog:

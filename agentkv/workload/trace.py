@@ -80,13 +80,15 @@ class Trace:
         which ids a group of requests touches use `block_log.ids` / `covering`, never every request's list."""
         return self.block_log.blocks(i)
 
-    def lead_in_other_sessions(self) -> np.ndarray:
-        """Per request, how many of its leading blocks other sessions also name (`blocklog.lead_in_other_sessions`:
-        a replica that never served the session holds no more of its prompt). Computed once per trace."""
+    def lead_in_other_sessions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per request, how many of its leading blocks other sessions also name, and the request it takes them
+        from (`blocklog.lead_in_other_sessions`: a replica that never served the session holds no more of its
+        prompt). Computed once per trace."""
         if self._lead is None or self._lead[0] is not self.block_log or self._lead[1] is not self.session:
-            lead = lead_in_other_sessions(self.block_log, self.session_bounds())  # (a copy by `replace` recomputes)
-            lead.flags.writeable = False
-            self._lead = (self.block_log, self.session, lead)
+            got = lead_in_other_sessions(self.block_log, self.session_bounds())  # (a copy by `replace` recomputes)
+            for a in got:
+                a.flags.writeable = False
+            self._lead = (self.block_log, self.session, got)
         return self._lead[2]
 
     def session_bounds(self) -> np.ndarray:

@@ -9,8 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from agentkv.report.ladder import LADDER, DeploymentSpec, rung_config
 from agentkv.sim.router import Router
+from agentkv.sim.simulator import Simulator
+from agentkv.workload.arrivals import ArrivalModel
 from agentkv.workload.builder import TraceBuilder
+from agentkv.workload.generator import GeneratorConfig, generate
 
 
 @dataclass
@@ -74,5 +78,24 @@ def test_lead_in_other_sessions_is_the_prompt_head_that_other_sessions_name():
     b.add_request(s1, 9.0, 16 * 6, 10, np.array([200, 201, 300, 301, 302, 303]))  # 200, 201 also in s0: shared
     b.add_request(s2, 0.0, 16 * 3, 10, np.array([500, 501, 502]))  # its own agent: nothing shared
     trace = b.build()
-    np.testing.assert_array_equal(trace.lead_in_other_sessions(), [4, 4, 4, 4, 2, 0])
-    assert trace.lead_in_other_sessions() is trace.lead_in_other_sessions()  # once per trace
+    lead, origin = trace.lead_in_other_sessions()
+    np.testing.assert_array_equal(lead, [4, 4, 4, 4, 2, 0])
+    np.testing.assert_array_equal(origin, [0, 0, 2, 3, 4, 5])  # the second request's run is its parent's
+    assert trace.lead_in_other_sessions()[0] is lead  # once per trace
+
+
+@pytest.mark.parametrize("router", ["prefix-aware", "session"])
+def test_a_simulation_routes_alike_with_and_without_the_bound(router):
+    """The bound (and asking a never-ran replica about the shared lead only) changes which caches are asked, not
+    where a request goes: the same replica for every request as when every replica is asked about the full list."""
+    trace = generate(GeneratorConfig(sessions=80, seed=11))
+    cfg = rung_config(DeploymentSpec(router=router), LADDER[5], ArrivalModel("concurrency", 120.0), 12)
+    runs = []
+    for bounded in (True, False):
+        sim = Simulator(trace, cfg)
+        if not bounded:
+            sim.lead = None  # no bound: every replica asked, about the prompt's full list
+        runs.append(sim.run())
+    np.testing.assert_array_equal(runs[0].replica, runs[1].replica)
+    np.testing.assert_array_equal(runs[0].cached, runs[1].cached)
+    assert len(np.unique(runs[0].replica)) >= 6
