@@ -37,7 +37,7 @@ import numpy as np
 from agentkv.kvcache.members import Members
 from agentkv.kvcache.moves import CacheStats, Grant, MoveBatch
 from agentkv.kvcache.policy import AccessContext, Policy, chain_monotone
-from agentkv.kvcache.ranking import held_run, lowest, lowest_bit
+from agentkv.kvcache.ranking import found, held_run, lowest, lowest_bit
 from agentkv.kvcache.tiers import TierSpec
 from agentkv.kvcache.victims import VictimQueue, exact_for
 
@@ -99,20 +99,8 @@ class KVCache:
         """(length of the leading run of `ids` held by some tier, best tier of each block of that run)."""
         ids = np.asarray(ids, dtype=np.int64)
         self._ensure(ids)
-        held = self.where[ids]
-        n = held_run(held)
-        return n, lowest_bit(held[:n])
-
-    def _found(self, ids: np.ndarray) -> tuple[int, np.ndarray, np.ndarray | None]:
-        """`lookup`, and where the run's blocks sit below tier 0 (None where none does: one tier, or all in tier
-        0, the usual admission, which then reads no per-block tier)."""
-        self._ensure(ids)
-        held = self.where[ids]
-        n = held_run(held)
-        if len(self.tiers) == 1 or (held[:n] & 1).all():
-            return n, np.zeros(n, dtype=np.int64), None
-        hit_tier = lowest_bit(held[:n])
-        return n, hit_tier, hit_tier > 0
+        n, tier, _ = found(self.where[ids], len(self.tiers))
+        return n, tier
 
     def held_prefix(self, ids: np.ndarray) -> int:
         """Length of the leading run of `ids` held by some tier: `lookup`'s first half (a router asks replicas'
@@ -147,7 +135,8 @@ class KVCache:
         ids = np.asarray(ids, dtype=np.int64)
         if n_blocks < len(ids):
             raise ValueError(f"request {key!r}: {len(ids)} block ids but only {n_blocks} blocks needed")
-        n_hit, hit_tier, lower = self._found(ids)
+        self._ensure(ids)
+        n_hit, hit_tier, lower = found(self.where[ids], len(self.tiers))
         n_new = n_blocks - n_hit
         hits = ids[:n_hit]
         promote = hits[lower] if lower is not None else _NONE
@@ -159,10 +148,7 @@ class KVCache:
             self._offer(hits)
             self.stats.refused += 1
             return None
-        per_tier = np.zeros(len(self.tiers), dtype=np.int64)
-        per_tier[0] = n_hit
-        if lower is not None:
-            per_tier = np.bincount(hit_tier, minlength=len(self.tiers)).astype(np.int64)
+        per_tier = np.bincount(hit_tier, minlength=len(self.tiers)).astype(np.int64)
         for t in range(1, len(self.tiers)):
             if per_tier[t]:
                 up = promote[hit_tier[lower] == t]

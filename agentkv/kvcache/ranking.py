@@ -31,6 +31,17 @@ def held_run(held: np.ndarray) -> int:
     return first if held[first] == 0 else len(held)
 
 
+def found(held: np.ndarray, n_tiers: int) -> tuple[int, np.ndarray, np.ndarray | None]:
+    """(the leading run of nonzero `held`, the best tier of each block in it, which of those sit below tier 0).
+    The last is None where none does (one tier, or the run all in tier 0: the usual admission, which then reads no
+    per-block tier)."""
+    n = held_run(held)
+    if n_tiers == 1 or (held[:n] & 1).all():
+        return n, np.zeros(n, dtype=np.int64), None
+    tier = lowest_bit(held[:n])
+    return n, tier, tier > 0
+
+
 def lowest_bit(w: np.ndarray) -> np.ndarray:
     """Index of the lowest set bit of each (nonzero) uint8: the best tier holding a block."""
     return LOWEST_BIT[w]
