@@ -27,7 +27,7 @@ from agentkv.sim.local_ids import LocalIds
 from agentkv.sim.prefill_leap import PrefillLeap, prefill_leap
 from agentkv.sim.pricing import prefill_cost, price_chunk, price_step
 from agentkv.sim.result import Records, SimResult
-from agentkv.sim.routed_prompt import RoutedPrompt
+from agentkv.sim.routed_prompt import NO_HOME, RoutedPrompt
 from agentkv.sim.router import Router
 from agentkv.sim.stepcost import Deployment, StepCost
 from agentkv.workload.arrivals import ArrivalModel, offered_seconds, place
@@ -158,7 +158,7 @@ class Simulator:
             if rep.leap is not None:
                 rep.leap.apply(rep.sched, now, rep.price_chunk)
         prompt = self._prompt(i) if self.cfg.prefix_cache else None  # off: no id is looked up or named
-        r = 0 if len(self.replicas) == 1 else self._route(i, seq, prompt)
+        r = 0 if len(self.replicas) == 1 else self._route(seq, prompt)
         res.arrival[i], res.replica[i] = now, r
         if prompt is not None:
             seq.block_ids = prompt.numbered_on(r, self.replicas[r].ids)
@@ -177,26 +177,26 @@ class Simulator:
 
     def _prompt(self, i: int) -> RoutedPrompt:
         """Request i's ids as the fleet looks them up: where the request it extends was numbered on a replica, from
-        that one's local ids and its own new ids (see `RoutedPrompt`)."""
-        session = int(self.trace.session[i])
+        that one's local ids and its own new ids; where the router reads caches, with what bounds each replica's
+        answer (which replicas ran the session, the lead other sessions share: see `RoutedPrompt`)."""
+        session, log = int(self.trace.session[i]), self.trace.block_log
         last = self.numbered.get(session)
-        if last is not None and last[0] == self.trace.block_log.parent[i]:
-            return RoutedPrompt(self.trace.block_log, i, session, home=last[1], earlier=last[2])
-        return RoutedPrompt(self.trace.block_log, i, session)
+        home, earlier = (last[1], last[2]) if last is not None and last[0] == log.parent[i] else (NO_HOME, None)
+        if self.lead is None:
+            return RoutedPrompt(log, i, session, home, earlier)
+        return RoutedPrompt(log, i, session, home, earlier, ran=self.ran_on.get(session, 0),
+                            lead=int(self.lead[0][i]), origin=int(self.lead[1][i]), heads=self.heads)
 
-    def _route(self, i: int, seq: Sequence, prompt: RoutedPrompt | None) -> int:
+    def _route(self, seq: Sequence, prompt: RoutedPrompt | None) -> int:
         """The router's pick, told that a replica the session never ran on holds at most the prompt's lead that
         other sessions share (`Trace.lead_in_other_sessions`): most replicas' caches are then never asked."""
         if prompt is None:
             return self.router.pick(self.replicas, None, seq.prompt_len, self.trace.block_size, seq.session,
                                     [0] * len(self.replicas))
-        ran, most = self.ran_on.get(seq.session, 0), None
-        if self.lead is not None:  # a router that reads caches
-            lead, n = int(self.lead[0][i]), len(prompt)
-            most = [n if ran >> r & 1 else lead for r in range(len(self.replicas))]
-            prompt.ran, prompt.lead, prompt.origin, prompt.heads = ran, lead, int(self.lead[1][i]), self.heads
+        most = None if self.lead is None else [len(prompt) if prompt.ran >> r & 1 else prompt.lead
+                                                 for r in range(len(self.replicas))]
         r = self.router.pick(self.replicas, prompt, seq.prompt_len, self.trace.block_size, seq.session, most)
-        self.ran_on[seq.session] = ran | 1 << r
+        self.ran_on[seq.session] = self.ran_on.get(seq.session, 0) | 1 << r
         return r
 
     def _next_in_session(self, i: int, now: float) -> None:
