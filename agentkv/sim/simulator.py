@@ -193,10 +193,11 @@ class Simulator:
         if prompt is None:
             return self.router.pick(self.replicas, None, seq.prompt_len, self.trace.block_size, seq.session,
                                     [0] * len(self.replicas))
-        most = None if self.lead is None else [len(prompt) if prompt.ran >> r & 1 else prompt.lead
-                                                 for r in range(len(self.replicas))]
+        if self.lead is None:  # a router that reads no cache (or a test's unbounded one): no bound kept
+            return self.router.pick(self.replicas, prompt, seq.prompt_len, self.trace.block_size, seq.session)
+        most = [len(prompt) if prompt.ran >> r & 1 else prompt.lead for r in range(len(self.replicas))]
         r = self.router.pick(self.replicas, prompt, seq.prompt_len, self.trace.block_size, seq.session, most)
-        self.ran_on[seq.session] = self.ran_on.get(seq.session, 0) | 1 << r
+        self.ran_on[seq.session] = prompt.ran | 1 << r
         return r
 
     def _next_in_session(self, i: int, now: float) -> None:
